@@ -1,0 +1,166 @@
+"""The Python API: the same experiment as the CLI, from a notebook, with your own modules.
+
+    from kdstyles import Experiment
+    exp = Experiment("configs/demo.yaml", overrides=["routing.preset=kdml"])
+    exp.fit()
+    exp.evaluate()          # -> metrics per network + ensemble, also in RUN/eval.json
+
+    # your own networks (any nn.Module returning class logits); taps by module path
+    exp = Experiment({"networks": {"students": {"s1": {"arch": "custom", "tap": "features.3"}, ...}}},
+                     networks={"s1": my_small_cnn, "s2": other_cnn})
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from . import __version__, checkpoints
+from .cohort import Cohort, build_cohort
+from .config import ExperimentConfig, build_config, dump_config, load_config, read_yaml
+from .data import DataBundle, build_data
+from .engine import Callback, Trainer, pick_device
+from .errors import KDError
+from .evaluate import ENSEMBLE, predict_probs, score, write_json
+from .models.zoo import count_parameters
+from .routing import T
+
+
+def _as_config(config: ExperimentConfig | str | Path | dict | None, overrides: list[str]) -> ExperimentConfig:
+    if isinstance(config, ExperimentConfig):
+        return build_config(config.model_dump(mode="json"), overrides) if overrides else config
+    if isinstance(config, dict):
+        return build_config(config, overrides)
+    return load_config(config, overrides)
+
+
+class Experiment:
+    """One run: a config, its data, its cohort of networks, and its run folder."""
+
+    def __init__(self, config: ExperimentConfig | str | Path | dict | None = None, *,
+                 overrides: list[str] | None = None, networks: dict[str, nn.Module] | None = None,
+                 run_dir: str | Path | None = None, quiet: bool = False):
+        cfg = _as_config(config, list(overrides or []))
+        if networks:  # record that these networks came from Python, not from a name
+            raw = cfg.model_dump(mode="json")
+            for name in networks:
+                spec = raw["networks"]["teacher"] if name == T else raw["networks"]["students"].get(name)
+                if spec is not None:
+                    spec["arch"] = "custom"
+            cfg = build_config(raw)
+        self.cfg = cfg
+        self.modules = dict(networks or {})
+        self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
+        self.quiet = quiet
+        self._data: DataBundle | None = None
+        self._cohort: Cohort | None = None
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *, overrides: list[str] | None = None,
+                 networks: dict[str, nn.Module] | None = None, quiet: bool = False) -> "Experiment":
+        """Reopen a run folder with the config saved in it (optionally with overrides)."""
+        run_dir = Path(run_dir)
+        cfg_path = run_dir / "config.yaml"
+        if not cfg_path.is_file():
+            raise KDError(f"'{run_dir}' is not a run folder: {cfg_path.name} is missing")
+        cfg = build_config(read_yaml(cfg_path), overrides)
+        return cls(cfg, networks=networks, run_dir=run_dir, quiet=quiet)
+
+    # ------------------------------------------------------------------ parts
+
+    @property
+    def data(self) -> DataBundle:
+        if self._data is None:
+            self._data = build_data(self.cfg.data, self.cfg.train.seed)
+        return self._data
+
+    @property
+    def cohort(self) -> Cohort:
+        if self._cohort is None:
+            d = self.data
+            self._cohort = build_cohort(self.cfg, d.num_classes, d.channels, d.image_size, self.modules)
+        return self._cohort
+
+    def _write_run_info(self) -> None:
+        c = self.cohort
+        params = {n: count_parameters(net) for n, net in c.networks.items()}
+        info = {
+            "kdstyles": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "preset": self.cfg.routing.label, "edges": [str(e) for e in c.edges],
+            "adapters": sorted(c.adapters), "parameters": params,
+            "class_names": self.data.class_names, "normalize": {"mean": self.data.mean, "std": self.data.std},
+            "status": "created",
+        }
+        checkpoints.write_text(self.run_dir / "run.json", json.dumps(info, indent=2) + "\n")
+        checkpoints.write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+
+    def _check_dirs(self, resume: bool) -> None:
+        last = self.run_dir / "checkpoints" / "last.pt"
+        if resume and not last.is_file():
+            raise KDError(f"cannot resume '{self.run_dir}': checkpoints/last.pt is missing (no epoch finished yet?)")
+        if not resume and last.is_file():
+            raise KDError(f"run folder '{self.run_dir}' already holds a run; resume it with "
+                          f"'kdstyles train --resume {self.run_dir}' or choose another --set output.name=NAME")
+
+    # ------------------------------------------------------------------ actions
+
+    def fit(self, resume: bool = False, callbacks: list[Callback] | None = None) -> dict[str, Any]:
+        """Train (or resume) the cohort; returns the best validation value per network."""
+        self._check_dirs(resume)
+        cohort = self.cohort  # builds and checks every network before anything is written
+        if not resume:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_run_info()
+            if T in cohort.frozen:
+                checkpoints.save({"network": T, "epoch": 0, "state_dict": cohort.networks[T].state_dict()},
+                                 self.run_dir / "checkpoints" / "best-teacher.pt")
+        trainer = Trainer(self.cfg, cohort, self.data, self.run_dir, quiet=self.quiet, callbacks=callbacks)
+        state = trainer.fit(resume=resume)
+        return {"run_dir": str(self.run_dir), "status": state.status, "epochs": state.epoch, "best": state.best}
+
+    def load_weights(self, checkpoint: str = "best") -> None:
+        """Load each network's best checkpoint (or the last epoch's weights) from the run folder."""
+        cohort, ckpt_dir = self.cohort, self.run_dir / "checkpoints"
+        if checkpoint == "last":
+            ckpt = checkpoints.load(ckpt_dir / "last.pt")
+            cohort.load_state_dict(ckpt["cohort"])
+            return
+        if checkpoint != "best":
+            raise KDError(f"checkpoint '{checkpoint}' is not known; allowed: best, last")
+        for name in cohort.names:
+            path = ckpt_dir / f"best-{name}.pt"
+            sd = checkpoints.state_dict_of(checkpoints.load(path), path, name)
+            try:
+                cohort.networks[name].load_state_dict(sd)
+            except RuntimeError as exc:
+                raise KDError(f"checkpoint '{path}' does not fit network '{name}' "
+                              f"({str(exc).splitlines()[0][:120]})") from None
+
+    def evaluate(self, checkpoint: str = "best", split: str = "test") -> dict[str, Any]:
+        """Metrics of every network and the ensemble on a split; written to RUN/eval.json."""
+        if split not in self.data.splits:
+            raise KDError(f"split '{split}' is not known; allowed: {', '.join(self.data.splits)}")
+        self.load_weights(checkpoint)
+        device = pick_device(self.cfg.train.device)
+        cohort = self.cohort.to(device)
+        loader = self.data.loader(split, self.cfg.data.batch_size, num_workers=self.cfg.data.num_workers)
+        probs, labels = predict_probs(cohort, loader, device)
+        metrics = score(probs, labels)
+        params = {n: count_parameters(net) for n, net in cohort.networks.items()}
+        if len(cohort.students) > 1:
+            params[ENSEMBLE] = sum(params[s] for s in cohort.students)
+        for name, p in params.items():
+            metrics[name]["parameters"] = p
+            if T in params and name != T:
+                metrics[name]["compression"] = params[T] / p
+        result = {"run_dir": str(self.run_dir), "split": split, "checkpoint": checkpoint,
+                  "samples": len(labels), "preset": self.cfg.routing.label, "networks": metrics}
+        write_json(self.run_dir / "eval.json", result)
+        return result

@@ -1,0 +1,162 @@
+"""The command line: ``kdstyles demo | train | evaluate | check | presets``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import KDError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train a teacher and compact students together, each in its own learning style.")
+console = Console()
+
+SetOpt = typer.Option(None, "--set", "-s", help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
+DEMO_PRESETS = ("diverse", "kdml")
+TABLE_METRICS = {"accuracy": "acc", "balanced_accuracy": "bal. acc", "f1": "macro-F1", "auroc": "AUROC",
+                 "ece": "ECE", "fidelity_kl": "KL(T||S)", "parameters": "params", "compression": "T/S"}
+
+
+def _fmt(v: Any, key: str = "") -> str:
+    if key == "compression" and isinstance(v, float):
+        return f"{v:.1f}x"
+    if isinstance(v, int):
+        return f"{v / 1e6:.2f}M" if v >= 1e5 else str(v)
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.4f}"
+    return "-" if v is None else str(v)
+
+
+def metrics_table(result: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("network")
+    for label in TABLE_METRICS.values():
+        table.add_column(label, justify="right")
+    for name, metrics in result["networks"].items():
+        table.add_row(name, *(_fmt(metrics.get(m), m) for m in TABLE_METRICS))
+    return table
+
+
+@app.command()
+def train(config: Optional[Path] = typer.Argument(None, help="experiment YAML (default: the demo experiment)"),
+          set_: Optional[list[str]] = SetOpt,
+          resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run folder where it stopped"),
+          evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate", help="evaluate on the test split"),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or per-epoch lines")) -> None:
+    """Train the teacher and students of an experiment (or resume a run folder)."""
+    from .api import Experiment
+
+    if resume is not None:
+        if config is not None:
+            raise KDError("give either a CONFIG or --resume RUN_DIR (the run folder holds its config)")
+        exp = Experiment.from_run(resume, overrides=set_ or [], quiet=quiet)
+    else:
+        exp = Experiment(config, overrides=set_ or [], quiet=quiet)
+    summary = exp.fit(resume=resume is not None)
+    console.print(f"run folder: {summary['run_dir']} ({summary['status']}, {summary['epochs']} epochs)")
+    if evaluate_after:
+        result = exp.evaluate()
+        console.print(metrics_table(result, f"test split, {result['checkpoint']} checkpoint per network"))
+
+
+@app.command()
+def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
+             checkpoint: str = typer.Option("best", help="best (per network, on its own validation metric) or last"),
+             split: str = typer.Option("test", help="train, val or test"),
+             as_json: bool = typer.Option(False, "--json", help="print eval.json instead of a table")) -> None:
+    """Evaluate every network of a run and the student ensemble; writes RUN_DIR/eval.json."""
+    from .api import Experiment
+
+    result = Experiment.from_run(run_dir, quiet=True).evaluate(checkpoint=checkpoint, split=split)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(metrics_table(result, f"{run_dir} | {split} split | {checkpoint} checkpoint per network"))
+        console.print(f"written: {Path(run_dir) / 'eval.json'}")
+
+
+@app.command()
+def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
+          set_: Optional[list[str]] = SetOpt) -> None:
+    """Validate a config and build its networks (taps, shapes, adapters) without training."""
+    from .api import Experiment
+    from .models.zoo import count_parameters
+
+    exp = Experiment(config, overrides=set_ or [], quiet=True)
+    cohort = exp.cohort
+    console.print(f"config ok: preset {exp.cfg.routing.label}, run folder {exp.run_dir}")
+    for e in cohort.edges:
+        console.print(f"  edge  {e}")
+    for name, net in cohort.networks.items():
+        mode = " (offline, frozen)" if name in cohort.frozen else ""
+        console.print(f"  {name}: {count_parameters(net):,} parameters{mode}")
+    for key in cohort.adapters:
+        console.print(f"  adapter {key}")
+
+
+@app.command()
+def presets() -> None:
+    """List the routing presets and their edges."""
+    from .routing import PRESETS
+
+    for name, triples in PRESETS.items():
+        edges = ", ".join(f"{s}->{d} {st}" for s, d, st in triples) or "(no edges: cross-entropy only)"
+        console.print(f"[bold]{name}[/bold]: {edges}", highlight=False)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the two run folders"),
+         set_: Optional[list[str]] = SetOpt,
+         quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Train the paper's `diverse` preset and the `kdml` baseline on the embedded histology
+    patches, then print both side by side. Re-running resumes or reuses finished runs."""
+    from .api import Experiment
+
+    results = {}
+    for preset in DEMO_PRESETS:
+        overrides = [f"routing.preset={preset}", f"output.dir={out}", f"output.name={preset}", *(set_ or [])]
+        exp = Experiment(None, overrides=overrides, quiet=quiet)
+        last = exp.run_dir / "checkpoints" / "last.pt"
+        info_path = exp.run_dir / "run.json"
+        status = json.loads(info_path.read_text()).get("status") if info_path.is_file() else None
+        console.rule(f"[bold]{preset}[/bold]: {', '.join(str(e) for e in exp.cohort.edges)}")
+        if status in ("finished", "stopped early"):
+            console.print(f"{exp.run_dir} is already trained; evaluating it again")
+        else:
+            exp.fit(resume=last.is_file())
+        results[preset] = exp.evaluate()
+    table = Table(title="demo: test accuracy / macro-F1 (best checkpoint per network)")
+    table.add_column("network")
+    for preset in DEMO_PRESETS:
+        table.add_column(f"{preset} acc", justify="right")
+        table.add_column(f"{preset} F1", justify="right")
+    table.add_column("parameters", justify="right")
+    first = results[DEMO_PRESETS[0]]["networks"]
+    for name in first:
+        cells = []
+        for preset in DEMO_PRESETS:
+            m = results[preset]["networks"].get(name, {})
+            cells += [_fmt(m.get("accuracy")), _fmt(m.get("f1"))]
+        table.add_row(name, *cells, _fmt(first[name].get("parameters")))
+    console.print(table)
+    console.print(f"run folders: {', '.join(str(out / p) for p in DEMO_PRESETS)} "
+                  f"(try: kdstyles evaluate {out / DEMO_PRESETS[0]})")
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:torchmetrics")
+    try:
+        app()
+    except KDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

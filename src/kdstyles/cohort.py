@@ -1,0 +1,228 @@
+"""The cohort: every network of an experiment and the adapters of its edges, as one module.
+
+``forward`` runs each network once on the batch (an offline teacher under
+``torch.inference_mode()`` in eval mode) and records the tapped feature maps.
+``losses`` turns the outputs into each network's loss, edge by edge:
+
+    L_i = CE(y, z_i)                                                 (no incoming edge)
+    L_i = a * CE(y, z_i) + (1 - a) * sum_e w_e * L_style(e)          (otherwise)
+
+Every tensor taken from another network goes through :func:`as_target` (detach), in this
+one place, so one network's loss never trains another; an adapter belongs to its
+receiver. Summing the losses and calling ``backward`` once therefore gives each network
+exactly the gradient of its own loss.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checkpoints
+from .config import ExperimentConfig, NetworkConfig
+from .errors import KDError
+from .models.adapters import make_adapter
+from .models.taps import Tap
+from .models.zoo import build_network, default_tap
+from .routing import T, Edge, resolve_edges, used_networks
+from .styles import STYLES, NetOutput
+
+
+def as_target(t: torch.Tensor) -> torch.Tensor:
+    """A tensor from another network as a fixed target: no gradient flows back through it."""
+    t = t.detach()
+    return t.clone() if t.is_inference() else t  # inference tensors cannot be saved for backward
+
+
+@dataclass
+class NetLoss:
+    """One network's loss: the total that is optimised and its raw (unweighted) terms."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
+def network_seed(seed: int, name: str) -> int:
+    """Each network's initialisation depends only on the run seed and its own name, so a
+    student starts from the same weights whichever preset it is trained with."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
+
+
+class Cohort(nn.Module):
+    def __init__(self, networks: dict[str, nn.Module], edges: list[Edge], taps: dict[str, str | None],
+                 ce_weight: float, frozen: set[str], sample: torch.Tensor, num_classes: int):
+        super().__init__()
+        self.networks = nn.ModuleDict(networks)
+        self.edges = edges
+        self.ce_weight = ce_weight
+        self.frozen = set(frozen)
+        for name in self.frozen:
+            self.networks[name].requires_grad_(False).eval()
+        # Which module paths each network must record, and which paths each edge compares.
+        self.edge_taps: list[tuple[str, str] | None] = []
+        wanted: dict[str, list[str]] = {n: [] for n in networks}
+        for i, e in enumerate(edges):
+            if not STYLES[e.style].needs_features:
+                self.edge_taps.append(None)
+                continue
+            pair = []
+            for role, net in (("src", e.src), ("dst", e.dst)):
+                path = getattr(e.options, f"{role}_tap", None) or taps.get(net) or default_tap(networks[net])
+                wanted[net].append(path)
+                pair.append(path)
+            self.edge_taps.append((pair[0], pair[1]))
+        self.taps = {n: Tap(networks[n], wanted[n], f"networks.{n}.tap") for n in networks}
+        self.adapters = nn.ModuleDict()
+        self._check_shapes(sample, num_classes)
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.networks)
+
+    @property
+    def trainable(self) -> list[str]:
+        return [n for n in self.networks if n not in self.frozen]
+
+    @property
+    def students(self) -> list[str]:
+        return [n for n in self.networks if n != T]
+
+    def adapter_key(self, index: int) -> str:
+        e = self.edges[index]
+        return f"{e.src}__{e.dst}__{e.style}__{index}"
+
+    def parameters_of(self, name: str) -> list[nn.Parameter]:
+        """A network's own parameters plus those of the adapters on its incoming edges."""
+        params = list(self.networks[name].parameters())
+        for i, e in enumerate(self.edges):
+            key = self.adapter_key(i)
+            if e.dst == name and key in self.adapters:
+                params += list(self.adapters[key].parameters())
+        return params
+
+    def train(self, mode: bool = True) -> "Cohort":
+        super().train(mode)
+        for name in self.frozen:
+            self.networks[name].eval()
+        return self
+
+    def _check_shapes(self, sample: torch.Tensor, num_classes: int) -> None:
+        """One dummy forward: logits shapes, tap shapes, and adapters where shapes differ."""
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            outs = self.forward(sample)
+        self.train(was_training)
+        for name, out in outs.items():
+            if out.logits.ndim != 2 or out.logits.shape[1] != num_classes:
+                raise KDError(f"networks.{name}: output shape {tuple(out.logits.shape)} does not match "
+                              f"(batch, {num_classes} classes); the network must return class logits")
+        for i, (e, pair) in enumerate(zip(self.edges, self.edge_taps)):
+            if pair is None:
+                continue
+            src_shape, dst_shape = outs[e.src].features[pair[0]].shape, outs[e.dst].features[pair[1]].shape
+            adapter = make_adapter(dst_shape, src_shape, f"edge {e}")
+            if adapter is not None:
+                self.adapters[self.adapter_key(i)] = adapter
+
+    # ------------------------------------------------------------------ computation
+
+    def forward(self, x: torch.Tensor, record: bool = True) -> dict[str, NetOutput]:
+        outs = {}
+        for name, net in self.networks.items():
+            tap = self.taps[name]
+            if name in self.frozen:
+                with torch.inference_mode(), tap.recording() as feats:
+                    logits = net(x)
+            elif record:
+                with tap.recording() as feats:
+                    logits = net(x)
+            else:
+                logits, feats = net(x), {}
+            outs[name] = NetOutput(logits, dict(feats))
+        return outs
+
+    def losses(self, outs: dict[str, NetOutput], y: torch.Tensor) -> dict[str, NetLoss]:
+        result = {}
+        for name in self.trainable:
+            terms = {"ce": F.cross_entropy(outs[name].logits, y)}
+            distill = []
+            for i, e in enumerate(self.edges):
+                if e.dst != name:
+                    continue
+                pair = self.edge_taps[i]
+                if pair is None:
+                    source, target = as_target(outs[e.src].logits), outs[name].logits
+                else:
+                    source, target = as_target(outs[e.src].features[pair[0]]), outs[name].features[pair[1]]
+                    key = self.adapter_key(i)
+                    if key in self.adapters:
+                        target, source = self.adapters[key](target, source)
+                term = STYLES[e.style].loss(source, target, e.options)
+                label = e.key if e.key not in terms else f"{e.key}#{i}"
+                terms[label] = term
+                distill.append(e.weight * term)
+            if distill:
+                total = self.ce_weight * terms["ce"] + (1 - self.ce_weight) * torch.stack(distill).sum()
+            else:
+                total = terms["ce"]
+            result[name] = NetLoss(total, terms)
+        return result
+
+
+def _offline_teacher_weights(path_str: str) -> dict[str, torch.Tensor]:
+    from pathlib import Path
+
+    path = Path(path_str)
+    if path.is_dir():
+        candidates = [path / "checkpoints" / "best-teacher.pt", path / "checkpoints" / "teacher.pt"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise KDError(f"networks.teacher.checkpoint: run folder '{path}' has no checkpoints/best-teacher.pt")
+        path = found
+    return checkpoints.state_dict_of(checkpoints.load(path), path, "teacher")
+
+
+def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_size: int,
+                 modules: dict[str, nn.Module] | None = None, load_offline: bool = True) -> Cohort:
+    """Build every network the routing uses, check taps and shapes, create adapters."""
+    modules = dict(modules or {})
+    edges = resolve_edges(cfg)
+    names = used_networks(cfg, edges)
+    unknown = sorted(set(modules) - {T, *cfg.networks.students})
+    if unknown:
+        raise KDError(f"networks passed in: '{unknown[0]}' is not a network of this experiment; "
+                      f"allowed: teacher, {', '.join(cfg.networks.students)}")
+    specs: dict[str, NetworkConfig] = {T: cfg.networks.teacher, **cfg.networks.students}
+    nets, taps = {}, {}
+    for name in names:
+        spec = specs[name]
+        if name in modules:
+            nets[name] = modules[name]
+        elif spec.arch == "custom":
+            raise KDError(f"networks.{name}.arch is 'custom': pass the module through the API, "
+                          f"e.g. Experiment(config, networks={{'{name}': model}})")
+        else:
+            torch.manual_seed(network_seed(cfg.train.seed, name))
+            nets[name] = build_network(spec.arch, channels, num_classes, image_size, spec.widen, spec.stem,
+                                       spec.pretrained, where=f"networks.{name}")
+        taps[name] = spec.tap
+    frozen = set()
+    if T in nets and cfg.networks.teacher.mode == "offline":
+        frozen.add(T)
+        if load_offline:
+            sd = _offline_teacher_weights(cfg.networks.teacher.checkpoint)
+            try:
+                nets[T].load_state_dict(sd)
+            except RuntimeError as exc:
+                first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+                raise KDError(f"networks.teacher.checkpoint '{cfg.networks.teacher.checkpoint}' does not fit "
+                              f"arch {cfg.networks.teacher.arch}: {first[:160]}") from None
+    sample = torch.zeros(2, channels, image_size, image_size)
+    return Cohort(nets, edges, taps, cfg.loss.ce_weight, frozen, sample, num_classes)

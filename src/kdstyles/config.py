@@ -1,0 +1,341 @@
+"""Experiment configuration: pydantic models, YAML loading, ``--set`` overrides.
+
+Every key is validated before any work starts; a bad key or value raises :class:`KDError`
+with one line naming the key path and what is allowed. The defaults describe the demo:
+a small online teacher and two compact students on the embedded histology patches.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import KDError
+
+PRESET_NAMES = ("student", "kd", "fitnet", "dml", "kdml", "diverse", "diverse-full")
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "f1", "auroc")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(Strict):
+    """Random augmentation of training images (MONAI transforms, seeded per sample and epoch)."""
+
+    hflip: bool = True
+    vflip: bool = True
+    rotate90: bool = False
+    rotate: float = Field(0.0, ge=0, le=180, description="max rotation in degrees")
+    zoom: float = Field(0.0, ge=0, lt=1, description="max relative zoom in or out")
+    shift: float = Field(0.0, ge=0, lt=1, description="max shift as a fraction of the image size")
+    shear: float = Field(0.0, ge=0, lt=1)
+
+
+class DataConfig(Strict):
+    source: Literal["synthetic"] = "synthetic"
+    image_size: int = Field(32, ge=8, le=1024)
+    channels: int = Field(3, ge=1, le=4)
+    train_samples: int = Field(2000, ge=2)
+    val_samples: int = Field(500, ge=1)
+    test_samples: int = Field(1000, ge=1)
+    normalize: Literal["dataset", "none"] = Field(
+        "dataset", description="dataset: per-channel mean/std of the training split; none: [0, 1]")
+    batch_size: int = Field(32, ge=2)
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+
+
+class NetworkConfig(Strict):
+    """One network: an architecture by name (or ``custom`` for a module passed through the API)."""
+
+    arch: str = "resnet10"
+    widen: float = Field(1.0, gt=0, description="width multiplier (resnets only)")
+    stem: Literal["auto", "imagenet", "small"] = Field(
+        "auto", description="small: 3x3 stride-1 stem, no max pool; auto: small below 32 px")
+    tap: Optional[str] = Field(None, description="module path of the feature map used by features edges")
+    pretrained: bool = False
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from .models.zoo import ARCHS
+
+        if v != "custom" and v not in ARCHS:
+            near = difflib.get_close_matches(v, list(ARCHS), n=3)
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise ValueError(f"unknown arch '{v}'{hint}; allowed: {', '.join(ARCHS)}, custom")
+        return v
+
+
+class TeacherConfig(NetworkConfig):
+    arch: str = "resnet18"
+    widen: float = Field(0.5, gt=0)
+    mode: Literal["online", "offline"] = "online"
+    checkpoint: Optional[str] = Field(None, description="offline teacher: a run folder or a .pt state dict")
+
+    @model_validator(mode="after")
+    def _offline_needs_checkpoint(self) -> "TeacherConfig":
+        if self.mode == "offline" and not self.checkpoint:
+            raise ValueError("mode 'offline' needs checkpoint: a run folder or a .pt file with the teacher's weights")
+        return self
+
+
+def _default_students() -> dict[str, NetworkConfig]:
+    return {"s1": NetworkConfig(arch="resnet10", widen=0.25), "s2": NetworkConfig(arch="resnet10", widen=0.25)}
+
+
+class NetworksConfig(Strict):
+    teacher: TeacherConfig = TeacherConfig()
+    students: dict[str, NetworkConfig] = Field(default_factory=_default_students)
+
+    @field_validator("students")
+    @classmethod
+    def _student_names(cls, v: dict[str, NetworkConfig]) -> dict[str, NetworkConfig]:
+        if not v:
+            raise ValueError("at least one student is needed")
+        for name in v:
+            if name == "teacher" or not name.isidentifier():
+                raise ValueError(f"student name '{name}' is not allowed; use identifiers such as s1, s2 (not 'teacher')")
+        return v
+
+
+class EdgeConfig(Strict):
+    """One knowledge transfer: ``src`` teaches ``dst`` in ``style``."""
+
+    src: str
+    dst: str
+    style: str
+    weight: Optional[float] = Field(None, ge=0, description="default: loss.teacher_weight or loss.peer_weight")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RoutingConfig(Strict):
+    preset: Optional[Literal[PRESET_NAMES]] = None  # type: ignore[valid-type]
+    edges: Optional[list[EdgeConfig]] = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "RoutingConfig":
+        if self.preset is not None and self.edges is not None:
+            raise ValueError("give either preset or edges, not both")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The preset name, 'custom' for an edge list, 'diverse' when neither is given."""
+        if self.edges is not None:
+            return "custom"
+        return self.preset or "diverse"
+
+
+class LossConfig(Strict):
+    """L_i = ce_weight * CE + (1 - ce_weight) * sum_e weight_e * L_style(e); CE alone without edges."""
+
+    ce_weight: float = Field(0.1, ge=0, le=1)
+    teacher_weight: float = Field(0.2, ge=0)
+    peer_weight: float = Field(0.1, ge=0)
+
+
+class OptimConfig(Strict):
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+
+
+class ScheduleConfig(Strict):
+    name: Literal["plateau", "cosine", "none"] = "plateau"
+    factor: float = Field(0.5, gt=0, lt=1, description="plateau: lr multiplier")
+    patience: int = Field(10, ge=0, description="plateau: epochs without gain before the lr is cut")
+    min_lr: float = Field(1e-7, ge=0)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(8, ge=1)
+    early_stopping: Optional[int] = Field(40, ge=1, description="epochs without any student gaining; null: off")
+    selection_metric: Literal[METRIC_NAMES] = "accuracy"  # type: ignore[valid-type]
+    seed: int = 0
+    device: str = "auto"
+    max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="cap on training batches per epoch")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda", "mps") and not v.startswith("cuda:"):
+            raise ValueError(f"device '{v}' is not known; allowed: auto, cpu, cuda, cuda:N, mps")
+        return v
+
+
+class OutputConfig(Strict):
+    dir: str = "runs"
+    name: Optional[str] = Field(None, description="run folder name; default: <experiment name>-<preset>-seed<seed>")
+    tensorboard: bool = True
+
+
+class ExperimentConfig(Strict):
+    name: str = "demo"
+    task: Literal["classification"] = "classification"
+    data: DataConfig = DataConfig()
+    networks: NetworksConfig = NetworksConfig()
+    routing: RoutingConfig = RoutingConfig()
+    loss: LossConfig = LossConfig()
+    styles: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="default options per style, e.g. predictions: {temperature: 4}")
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _check_styles_and_edges(self) -> "ExperimentConfig":
+        from .routing import check_style_options, resolve_edges
+
+        for style, opts in self.styles.items():
+            check_style_options(style, opts, f"styles.{style}")
+        resolve_edges(self)
+        return self
+
+    def run_name(self) -> str:
+        return self.output.name or f"{self.name}-{self.routing.label}-seed{self.train.seed}"
+
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) / self.run_name()
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _annotation_model(ann: Any) -> Any:
+    """The pydantic model class inside an annotation (through Optional, list, dict), if any."""
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType, list, dict):
+        for arg in typing.get_args(ann):
+            found = _annotation_model(arg)
+            if found is not None:
+                return found
+        return None
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Field names allowed at the parent of ``loc`` (walks models, dict keys and list indices)."""
+    cls: Any = ExperimentConfig
+    for part in loc[:-1]:
+        if cls is None:
+            return []
+        if isinstance(part, int) or part not in cls.model_fields:
+            continue  # a dict key or list index: stay on the element model
+        cls = _annotation_model(cls.model_fields[part].annotation)
+    return sorted(cls.model_fields) if cls is not None else []
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line: the first error's key path and what is allowed (plus a count of the rest)."""
+    errors = err.errors()
+    first = errors[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    path = prefix + ".".join(str(p) for p in loc)
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc)
+        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        msg = f"unknown key '{path}'{hint}; allowed here: {', '.join(allowed)}"
+    else:
+        text = first["msg"].removeprefix("Value error, ")
+        given = first.get("input")
+        shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+        msg = f"{path or 'config'}: {text}{shown}"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"config error: {msg}{more}"
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
+    """``a.b.c=value`` -> (['a','b','c'], yaml-parsed value)."""
+    out = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.split(".")):
+            raise KDError(f"--set '{pair}': expected KEY.PATH=VALUE, e.g. optim.lr=3e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise KDError(f"--set '{pair}': the value is not valid YAML ({exc.problem})") from None
+        out.append((key.strip().split("."), value))
+    return out
+
+
+def apply_overrides(raw: dict, pairs: list[str]) -> dict:
+    """Set each ``KEY.PATH=VALUE`` inside a raw config dict (creating dicts on the way)."""
+    for path, value in parse_overrides(pairs):
+        node: Any = raw
+        for depth, part in enumerate(path[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise KDError(f"--set {'.'.join(path)}: '{part}' is not an index of a list of {len(node)}")
+                node = node[int(part)]
+                continue
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, (dict, list)):
+                where = ".".join(path[: depth + 1])
+                raise KDError(f"--set {'.'.join(path)}: '{where}' holds a value, not a section")
+            node = child
+        last = path[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise KDError(f"--set {'.'.join(path)}: '{last}' is not an index of a list of {len(node)}")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise KDError(f"config file '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise KDError(f"config file '{path}'{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise KDError(f"config file '{path}': expected a mapping of sections (data, networks, ...) at the top")
+    return raw
+
+
+def _validate(raw: dict) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise KDError(format_validation_error(err)) from None
+
+
+def build_config(raw: dict, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Validate a raw config; overrides apply on top of the resolved config (defaults filled in),
+    so ``--set networks.students.s1.arch=resnet18`` changes s1 and keeps s2."""
+    if not overrides:
+        return _validate(raw)
+    try:
+        resolved = ExperimentConfig.model_validate(raw).model_dump(mode="json", exclude_none=True)
+    except (ValidationError, KDError):
+        resolved = raw  # the overrides may be what repairs it; validate once with them applied
+    return _validate(apply_overrides(resolved, list(overrides)))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML experiment (or the defaults when ``path`` is None) and apply overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    return build_config(raw, overrides)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

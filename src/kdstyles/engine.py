@@ -1,0 +1,311 @@
+"""The one training loop, for every preset and custom routing.
+
+Per batch: one forward of every network, every network's loss, one backward of their
+sum (targets are detached, so each network receives exactly its own loss's gradient),
+then one optimizer step per network. Per epoch: validation of every network and the
+student ensemble, a learning-rate schedule per network on its own validation metric,
+a best checkpoint per network on that metric, ``last.pt`` with everything needed to
+resume exactly, ``metrics.csv`` and TensorBoard events. The engine never asks which
+method it runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import checkpoints
+from .cohort import Cohort
+from .config import ExperimentConfig, OptimConfig, ScheduleConfig
+from .data import DataBundle
+from .errors import KDError, TrainingDiverged
+from .evaluate import ENSEMBLE, predict_probs, score
+
+Callback = Callable[["Trainer", int], None]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KDError(f"train.device: '{name}' was asked for but CUDA is not available here; use auto or cpu")
+    return device
+
+
+def make_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: ScheduleConfig, opt: torch.optim.Optimizer, epochs: int):
+    if cfg.name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.factor,
+                                                          patience=cfg.patience, min_lr=cfg.min_lr)
+    if cfg.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=cfg.min_lr)
+    return None
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(s) if isinstance(s, list) else s for s in state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class TrainState:
+    """Everything about progress that a resume must restore (besides weights and optimizers)."""
+
+    epoch: int = 0  # completed epochs
+    best: dict[str, dict[str, float]] = field(default_factory=dict)  # network -> {"epoch", "value"}
+    since_improved: int = 0  # epochs since any student improved (early stopping)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per (epoch, network)
+    status: str = "running"
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, cohort: Cohort, data: DataBundle, run_dir: Path,
+                 device: torch.device | None = None, quiet: bool = False, callbacks: list[Callback] | None = None):
+        self.cfg, self.cohort, self.data, self.run_dir = cfg, cohort, data, Path(run_dir)
+        self.device = device or pick_device(cfg.train.device)
+        self.cohort.to(self.device)
+        self.console = Console(quiet=quiet)
+        self.quiet = quiet
+        self.callbacks = list(callbacks or [])
+        self.optimizers = {n: make_optimizer(cfg.optim, cohort.parameters_of(n)) for n in cohort.trainable}
+        self.schedulers = {n: make_scheduler(cfg.schedule, o, cfg.train.epochs) for n, o in self.optimizers.items()}
+        self.state = TrainState(best={n: {"epoch": 0, "value": -math.inf} for n in cohort.trainable})
+        self.train_loader = data.loader("train", cfg.data.batch_size, train=True, num_workers=cfg.data.num_workers,
+                                        seed=cfg.train.seed, max_batches=cfg.train.max_steps_per_epoch)
+        self.val_loader = data.loader("val", cfg.data.batch_size, num_workers=cfg.data.num_workers)
+        self.writer = None
+
+    # ------------------------------------------------------------------ files
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "epoch": self.state.epoch,
+            "cohort": self.cohort.state_dict(),
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items() if s is not None},
+            "rng": _rng_state(),
+            "state": {"best": self.state.best, "since_improved": self.state.since_improved,
+                      "history": self.state.history, "status": self.state.status},
+        }
+
+    def save_last(self) -> None:
+        checkpoints.save(self._checkpoint(), self.ckpt_dir / "last.pt")
+
+    def save_best(self, name: str, value: float) -> None:
+        checkpoints.save({"network": name, "epoch": self.state.epoch, "metric": self.cfg.train.selection_metric,
+                          "value": value, "state_dict": self.cohort.networks[name].state_dict()},
+                         self.ckpt_dir / f"best-{name}.pt")
+
+    def load_last(self) -> None:
+        path = self.ckpt_dir / "last.pt"
+        ckpt = checkpoints.load(path, map_location=self.device)
+        try:
+            self.cohort.load_state_dict(ckpt["cohort"])
+            for n, o in self.optimizers.items():
+                o.load_state_dict(ckpt["optimizers"][n])
+            for n, s in self.schedulers.items():
+                if s is not None:
+                    s.load_state_dict(ckpt["schedulers"][n])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0][:160]
+            raise KDError(f"checkpoint '{path}' does not match this run's networks/optimizers ({reason})") from None
+        _set_rng_state(ckpt["rng"])
+        st = ckpt["state"]
+        self.state = TrainState(ckpt["epoch"], st["best"], st["since_improved"], st["history"], "running")
+
+    def write_status(self, status: str, **extra: Any) -> None:
+        self.state.status = status
+        path = self.run_dir / "run.json"
+        info = json.loads(path.read_text()) if path.is_file() else {}
+        info.update(status=status, epochs_done=self.state.epoch,
+                    best={n: b for n, b in self.state.best.items()}, **extra)
+        checkpoints.write_text(path, json.dumps(info, indent=2) + "\n")
+
+    def write_metrics_csv(self) -> None:
+        columns: list[str] = []
+        for row in self.state.history:
+            columns += [k for k in row if k not in columns]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, restval="")
+        w.writeheader()
+        w.writerows(self.state.history)
+        checkpoints.write_text(self.run_dir / "metrics.csv", buf.getvalue())
+
+    def _tensorboard(self, rows: list[dict[str, Any]], epoch: int) -> None:
+        if not self.cfg.output.tensorboard:
+            return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=epoch)
+        for row in rows:
+            for k, v in row.items():
+                if k not in ("epoch", "network", "best") and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.writer.add_scalar(f"{row['network']}/{k}", v, epoch)
+        self.writer.flush()
+
+    # ------------------------------------------------------------------ training
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+                        console=self.console, transient=True, disable=self.quiet)
+
+    def _diverged(self, losses, step: int) -> None:
+        for name, nl in losses.items():
+            for term, value in nl.terms.items():
+                if not torch.isfinite(value):
+                    where = f"epoch {self.state.epoch + 1} step {step + 1}"
+                    last = self.ckpt_dir / "last.pt"
+                    kept = f"last good checkpoint: {last} (epoch {self.state.epoch})" if last.is_file() \
+                        else "no checkpoint was written yet"
+                    self.write_status("diverged", error=f"{name}: {term} non-finite at {where}")
+                    raise TrainingDiverged(f"network '{name}': loss term '{term}' is {float(value)} at {where}; "
+                                           f"training stopped, {kept}; try a lower optim.lr")
+        self.write_status("diverged")
+        raise TrainingDiverged(f"a loss became non-finite at epoch {self.state.epoch + 1} step {step + 1}")
+
+    def train_epoch(self) -> dict[str, dict[str, float]]:
+        cohort, epoch = self.cohort, self.state.epoch
+        cohort.train()
+        self.train_loader.batch_sampler.set_epoch(epoch)
+        sums: dict[str, dict[str, torch.Tensor]] = {}
+        steps = 0
+        with self._progress() as bar:
+            task = bar.add_task("train", total=len(self.train_loader), epoch=f"{epoch + 1}/{self.cfg.train.epochs}",
+                                losses="")
+            for step, (x, y) in enumerate(self.train_loader):
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                outs = cohort(x)
+                losses = cohort.losses(outs, y)
+                total = torch.stack([nl.total for nl in losses.values()]).sum()
+                if not torch.isfinite(total):
+                    self._diverged(losses, step)
+                for opt in self.optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                total.backward()
+                for opt in self.optimizers.values():
+                    opt.step()
+                for name, nl in losses.items():
+                    acc = sums.setdefault(name, {})
+                    acc["loss"] = acc.get("loss", 0) + nl.total.detach()
+                    for term, v in nl.terms.items():
+                        acc[term] = acc.get(term, 0) + v.detach()
+                steps += 1
+                if not self.quiet and (step % 5 == 0 or step == len(self.train_loader) - 1):
+                    text = "  ".join(f"{n} {float(a['loss']) / steps:.3f}" for n, a in sums.items())
+                    bar.update(task, completed=step + 1, losses=text)
+        return {n: {k: float(v) / max(steps, 1) for k, v in acc.items()} for n, acc in sums.items()}
+
+    def validate(self) -> dict[str, dict[str, float]]:
+        probs, labels = predict_probs(self.cohort, self.val_loader, self.device)
+        return score(probs, labels)
+
+    def fit(self, resume: bool = False) -> TrainState:
+        if resume:
+            self.load_last()
+            if self.state.epoch >= self.cfg.train.epochs:
+                self.console.print(f"[green]{self.run_dir}: all {self.state.epoch} epochs are done")
+                self.write_status("finished")
+                return self.state
+            self.console.print(f"resuming {self.run_dir} after epoch {self.state.epoch}")
+        self.write_status("running")
+        metric = self.cfg.train.selection_metric
+        patience = self.cfg.train.early_stopping
+        try:
+            while self.state.epoch < self.cfg.train.epochs:
+                t0 = time.perf_counter()
+                train = self.train_epoch()
+                val = self.validate()
+                self.state.epoch += 1
+                epoch = self.state.epoch
+                improved_students = False
+                rows = []
+                for name in self.cohort.names + ([ENSEMBLE] if ENSEMBLE in val else []):
+                    row: dict[str, Any] = {"epoch": epoch, "network": name}
+                    if name in self.optimizers:
+                        row["lr"] = self.optimizers[name].param_groups[0]["lr"]
+                    row.update({f"train_{k}": v for k, v in train.get(name, {}).items()})
+                    row.update({f"val_{k}": v for k, v in val[name].items()})
+                    best = name in self.state.best and val[name][metric] > self.state.best[name]["value"]
+                    row["best"] = best
+                    if best:
+                        self.state.best[name] = {"epoch": epoch, "value": val[name][metric]}
+                        self.save_best(name, val[name][metric])
+                        improved_students |= name in self.cohort.students
+                    rows.append(row)
+                for name, sched in self.schedulers.items():
+                    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        sched.step(val[name][metric])
+                    elif sched is not None:
+                        sched.step()
+                self.state.since_improved = 0 if improved_students else self.state.since_improved + 1
+                self.state.history += rows
+                stop = patience is not None and self.state.since_improved >= patience
+                if stop or epoch >= self.cfg.train.epochs:
+                    self.state.status = "stopped early" if stop else "finished"
+                self.save_last()
+                self.write_metrics_csv()
+                self._tensorboard(rows, epoch)
+                self._print_epoch(rows, time.perf_counter() - t0)
+                for cb in self.callbacks:
+                    cb(self, epoch)
+                if stop:
+                    self.console.print(f"early stopping: no student improved its validation {metric} "
+                                       f"for {patience} epochs")
+                    break
+        except KeyboardInterrupt:
+            self.write_status("interrupted")
+            self.console.print(f"[yellow]interrupted; resume with: kdstyles train --resume {self.run_dir}")
+            raise
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+        self.write_status(self.state.status if self.state.status != "running" else "finished")
+        return self.state
+
+    def _print_epoch(self, rows: list[dict[str, Any]], seconds: float) -> None:
+        metric = self.cfg.train.selection_metric
+        parts = []
+        for r in rows:
+            loss = f" loss {r['train_loss']:.3f}" if "train_loss" in r else ""
+            star = "*" if r["best"] else ""
+            parts.append(f"{r['network']}{loss} {metric} {r['val_' + metric]:.3f}{star}")
+        self.console.print(f"epoch {rows[0]['epoch']}/{self.cfg.train.epochs} ({seconds:.0f}s)  " + " | ".join(parts),
+                           highlight=False)

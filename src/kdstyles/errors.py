@@ -1,0 +1,13 @@
+"""The one exception type for errors a user can cause (config, data, paths, checkpoints).
+
+The CLI prints these as one line without a traceback and exits non-zero; programming
+errors still raise normally.
+"""
+
+
+class KDError(Exception):
+    """A user-facing error: its message is one line naming the key/file and what is allowed."""
+
+
+class TrainingDiverged(KDError):
+    """A loss became non-finite; the message names the network and the loss term."""

@@ -1,0 +1,51 @@
+"""Adapters for features edges whose tapped maps differ in shape.
+
+An adapter sits on the receiving side and is trained by the receiver's loss (FitNets):
+a 1x1 conv + BN maps the receiver's channels to the source's, and the (detached) source
+map is resized to the receiver's spatial size (average pooling when shrinking, bilinear
+when growing). It exists only where shapes differ.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import KDError
+
+
+class Adapter(nn.Module):
+    def __init__(self, dst_shape: torch.Size, src_shape: torch.Size):
+        super().__init__()
+        if len(dst_shape) != len(src_shape) or len(dst_shape) not in (2, 4):
+            raise ValueError(f"cannot adapt a map of shape {tuple(dst_shape)} to {tuple(src_shape)}")
+        self.size = tuple(dst_shape[2:])
+        self.resize = tuple(src_shape[2:]) != self.size
+        self.project: nn.Module = nn.Identity()
+        if dst_shape[1] != src_shape[1]:
+            if len(dst_shape) == 4:
+                self.project = nn.Sequential(nn.Conv2d(dst_shape[1], src_shape[1], 1, bias=False),
+                                             nn.BatchNorm2d(src_shape[1]))
+            else:
+                self.project = nn.Sequential(nn.Linear(dst_shape[1], src_shape[1], bias=False),
+                                             nn.BatchNorm1d(src_shape[1]))
+
+    def forward(self, dst: torch.Tensor, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(receiver's map in the source's channels, source map at the receiver's size)."""
+        if self.resize:
+            if all(s >= d for s, d in zip(src.shape[2:], self.size)):
+                src = F.adaptive_avg_pool2d(src, self.size)
+            else:
+                src = F.interpolate(src, size=self.size, mode="bilinear", align_corners=False)
+        return self.project(dst), src
+
+
+def make_adapter(dst_shape: torch.Size, src_shape: torch.Size, where: str) -> Adapter | None:
+    """An adapter when the shapes (beyond the batch) differ, else None."""
+    if tuple(dst_shape[1:]) == tuple(src_shape[1:]):
+        return None
+    try:
+        return Adapter(dst_shape, src_shape)
+    except ValueError as exc:
+        raise KDError(f"{where}: {exc}; tap maps of the same rank (both conv maps or both vectors)") from None

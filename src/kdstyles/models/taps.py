@@ -1,0 +1,69 @@
+"""Feature taps: forward hooks addressed by module path (``layer4.1.conv2``), no rewriting.
+
+A :class:`Tap` records only inside :meth:`Tap.recording`, so evaluation and export run the
+network untouched. A recorded tensor that a later in-place operation changes (e.g. the
+output of a BatchNorm followed by ``ReLU(inplace=True)``) would silently be the wrong map;
+that is detected and reported with the module path.
+"""
+
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from ..errors import KDError
+
+
+def resolve_module(model: nn.Module, path: str, where: str) -> nn.Module:
+    """The submodule at ``path``; a one-line KDError listing the nearest valid paths if absent."""
+    modules = dict(model.named_modules())
+    if path in modules and path != "":
+        return modules[path]
+    names = [n for n in modules if n]
+    near = difflib.get_close_matches(path, names, n=5, cutoff=0.5) or names[-5:]
+    raise KDError(f"{where}: no module '{path}' in {type(model).__name__}; nearest valid paths: {', '.join(near)}")
+
+
+class Tap:
+    """Records the outputs of some modules of one network, by module path."""
+
+    def __init__(self, model: nn.Module, paths: list[str], where: str):
+        self.paths = list(dict.fromkeys(paths))
+        self._active = False
+        self._store: dict[str, torch.Tensor] = {}
+        self._versions: dict[str, int] = {}
+        self._handles = [resolve_module(model, p, where).register_forward_hook(self._hook(p)) for p in self.paths]
+
+    def _hook(self, path: str):
+        def hook(_module, _inputs, output):
+            if self._active:
+                if not isinstance(output, torch.Tensor):
+                    raise KDError(f"tap '{path}' returns {type(output).__name__}, not a tensor; tap a module "
+                                  "whose output is a single feature map")
+                self._store[path] = output
+                self._versions[path] = output._version
+        return hook
+
+    @contextmanager
+    def recording(self) -> Iterator[dict[str, torch.Tensor]]:
+        self._store, self._versions = {}, {}
+        self._active = bool(self.paths)
+        try:
+            yield self._store
+        finally:
+            self._active = False
+        for path, tensor in self._store.items():
+            if tensor._version != self._versions[path]:
+                raise KDError(f"tap '{path}': its output is modified in place later in the forward "
+                              "(e.g. by ReLU(inplace=True)); tap the module before it, such as the conv")
+        missing = [p for p in self.paths if p not in self._store]
+        if self.paths and missing:
+            raise KDError(f"tap '{missing[0]}' was not called during the forward pass; tap a module that runs")
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()

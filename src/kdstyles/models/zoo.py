@@ -1,0 +1,92 @@
+"""Networks by name: MONAI's 2D ResNets, DenseNets and EfficientNets.
+
+``stem``: ``imagenet`` keeps the usual 7x7/stride-2 stem and max pool; ``small`` uses a
+3x3/stride-1 stem without max pool (for 28-64 px images, CIFAR-style); ``auto`` picks
+``small`` for inputs below 32 px (MedMNIST's 28 px) and ``imagenet`` from 32 px up.
+
+Default feature taps (METHOD.md section 3): a ResNet's last 3x3 convolution (for ResNet18
+``layer4.1.conv2``, for ResNet50 ``layer4.2.conv2``), otherwise the last convolution
+(DenseNet's ``features.denseblock4...conv2``, EfficientNet's final 1x1 ``_conv_head``).
+Raw conv outputs, before BN and activation.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch.nn as nn
+from monai.networks import nets
+
+from ..errors import KDError
+
+SMALL_STEM_BELOW = 32
+
+
+def _resnet(fn: Callable, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
+    if pretrained:
+        raise KDError("pretrained: MONAI's ResNet weights are 3D MedicalNet weights; no 2D ImageNet weights "
+                      "exist without torchvision. Set pretrained: false (or use an efficientnet-b* arch)")
+    kw = dict(spatial_dims=2, n_input_channels=in_ch, num_classes=n_cls, widen_factor=widen)
+    if small:
+        kw.update(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True)
+    return fn(**kw)
+
+
+def _densenet(cls: type, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
+    if pretrained:
+        raise KDError("pretrained: MONAI's 2D DenseNet weights need torchvision, which kdstyles does not install; "
+                      "set pretrained: false")
+    model = cls(spatial_dims=2, in_channels=in_ch, out_channels=n_cls)
+    if small:
+        old = model.features.conv0
+        model.features.conv0 = nn.Conv2d(in_ch, old.out_channels, 3, stride=1, padding=1, bias=False)
+        model.features.pool0 = nn.Identity()
+    return model
+
+
+def _efficientnet(name: str, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
+    try:
+        model = nets.EfficientNetBN(name, pretrained=pretrained, spatial_dims=2, in_channels=in_ch,
+                                    num_classes=n_cls)
+    except (OSError, ValueError, RuntimeError) as exc:
+        if not pretrained:
+            raise
+        raise KDError(f"pretrained {name}: could not download the ImageNet weights ({type(exc).__name__}); "
+                      "set pretrained: false or run where the network is reachable") from None
+    if small:
+        model._conv_stem.stride = (1, 1)
+    return model
+
+
+ARCHS: dict[str, Callable[..., nn.Module]] = {
+    **{f"resnet{d}": partial(_resnet, getattr(nets, f"resnet{d}")) for d in (10, 18, 34, 50, 101, 152)},
+    **{f"densenet{d}": partial(_densenet, getattr(nets, f"DenseNet{d}")) for d in (121, 169, 201)},
+    **{f"efficientnet-b{i}": partial(_efficientnet, f"efficientnet-b{i}") for i in range(8)},
+}
+
+
+def build_network(arch: str, in_channels: int, num_classes: int, image_size: int, widen: float = 1.0,
+                  stem: str = "auto", pretrained: bool = False, where: str = "networks") -> nn.Module:
+    """Build a named 2D classification network."""
+    if arch not in ARCHS:
+        raise KDError(f"{where}.arch: unknown arch '{arch}'; allowed: {', '.join(ARCHS)}")
+    if widen != 1.0 and not arch.startswith("resnet"):
+        raise KDError(f"{where}.widen: only resnet archs take a width multiplier (arch is {arch}); set {where}.widen=1")
+    small = stem == "small" or (stem == "auto" and image_size < SMALL_STEM_BELOW)
+    return ARCHS[arch](in_channels, num_classes, widen, small, pretrained)
+
+
+def default_tap(model: nn.Module) -> str:
+    """The module path tapped when a features edge names none (see the module docstring)."""
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise KDError(f"{type(model).__name__} has no Conv2d to tap by default; set 'tap' to a module path")
+    if any(name.startswith("layer4.") for name, _ in convs):  # a ResNet: its last 3x3 conv
+        spatial = [name for name, m in convs if name.startswith("layer4.") and max(m.kernel_size) > 1]
+        return spatial[-1]
+    return convs[-1][0]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
