@@ -77,6 +77,7 @@ class Cohort(nn.Module):
             self.edge_taps.append((pair[0], pair[1]))
         self.taps = {n: Tap(networks[n], wanted[n], f"networks.{n}.tap") for n in networks}
         self.adapters = nn.ModuleDict()
+        self._probing = False
         self._check_shapes(sample, num_classes)
 
     # ------------------------------------------------------------------ structure
@@ -116,8 +117,12 @@ class Cohort(nn.Module):
         """One dummy forward: logits shapes, tap shapes, and adapters where shapes differ."""
         was_training = self.training
         self.eval()
-        with torch.no_grad():
-            outs = self.forward(sample)
+        self._probing = True  # frozen networks too run outside inference mode: taps are checked
+        try:
+            with torch.no_grad():
+                outs = self.forward(sample)
+        finally:
+            self._probing = False
         self.train(was_training)
         for name, out in outs.items():
             if out.logits.ndim != 2 or out.logits.shape[1] != num_classes:
@@ -137,7 +142,7 @@ class Cohort(nn.Module):
         outs = {}
         for name, net in self.networks.items():
             tap = self.taps[name]
-            if name in self.frozen:
+            if name in self.frozen and not self._probing:
                 with torch.inference_mode(), tap.recording() as feats:
                     logits = net(x)
             elif record:

@@ -150,7 +150,7 @@ class OptimConfig(Strict):
 
 
 class ScheduleConfig(Strict):
-    name: Literal["plateau", "cosine", "none"] = "plateau"
+    name: Literal["plateau", "cosine", "none"] = "cosine"
     factor: float = Field(0.5, gt=0, lt=1, description="plateau: lr multiplier")
     patience: int = Field(10, ge=0, description="plateau: epochs without gain before the lr is cut")
     min_lr: float = Field(1e-7, ge=0)

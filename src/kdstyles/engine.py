@@ -189,13 +189,14 @@ class Trainer:
     def _diverged(self, losses, step: int) -> None:
         for name, nl in losses.items():
             for term, value in nl.terms.items():
+                value = value.detach()
                 if not torch.isfinite(value):
                     where = f"epoch {self.state.epoch + 1} step {step + 1}"
                     last = self.ckpt_dir / "last.pt"
                     kept = f"last good checkpoint: {last} (epoch {self.state.epoch})" if last.is_file() \
                         else "no checkpoint was written yet"
                     self.write_status("diverged", error=f"{name}: {term} non-finite at {where}")
-                    raise TrainingDiverged(f"network '{name}': loss term '{term}' is {float(value)} at {where}; "
+                    raise TrainingDiverged(f"network '{name}': loss term '{term}' is {value.item()} at {where}; "
                                            f"training stopped, {kept}; try a lower optim.lr")
         self.write_status("diverged")
         raise TrainingDiverged(f"a loss became non-finite at epoch {self.state.epoch + 1} step {step + 1}")

@@ -23,7 +23,7 @@ from ..errors import KDError
 
 CLASS_NAMES = ("normal", "lymphocytic", "tumour", "stroma")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-MIN_SIZE, MAX_SIZE = 28, 224
+MIN_SIZE, MAX_SIZE = 16, 512
 
 # Reference H&E optical-density stain vectors (RGB), rows: haematoxylin, eosin.
 _STAIN_H = np.array([0.65, 0.70, 0.29])

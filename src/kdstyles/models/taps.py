@@ -45,7 +45,9 @@ class Tap:
                     raise KDError(f"tap '{path}' returns {type(output).__name__}, not a tensor; tap a module "
                                   "whose output is a single feature map")
                 self._store[path] = output
-                self._versions[path] = output._version
+                # Inference tensors (offline teacher) keep no version counter; the build probe
+                # runs every network outside inference mode, so the check happens there.
+                self._versions[path] = -1 if output.is_inference() else output._version
         return hook
 
     @contextmanager
@@ -57,7 +59,7 @@ class Tap:
         finally:
             self._active = False
         for path, tensor in self._store.items():
-            if tensor._version != self._versions[path]:
+            if self._versions[path] >= 0 and tensor._version != self._versions[path]:
                 raise KDError(f"tap '{path}': its output is modified in place later in the forward "
                               "(e.g. by ReLU(inplace=True)); tap the module before it, such as the conv")
         missing = [p for p in self.paths if p not in self._store]

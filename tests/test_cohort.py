@@ -1,0 +1,139 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from kdstyles import KDError, build_cohort, load_config
+from kdstyles.routing import PRESETS
+
+
+def cohort_for(preset, *extra, modules=None):
+    cfg = load_config(None, [f"routing.preset={preset}", "data.image_size=16", "networks.teacher.widen=0.25",
+                             "networks.students.s1.widen=0.125", "networks.students.s2.widen=0.125", *extra])
+    return build_cohort(cfg, num_classes=4, channels=3, image_size=16, modules=modules)
+
+
+def grads(params):
+    return [None if p.grad is None else p.grad.clone() for p in params]
+
+
+def nonzero(g):
+    return g is not None and bool(g.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_gradient_isolation(preset):
+    torch.manual_seed(0)
+    cohort = cohort_for(preset)
+    cohort.train()
+    x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 4, (6,))
+    losses = cohort.losses(cohort(x), y)
+    all_params = list(cohort.parameters())
+    own = {n: {id(p) for p in cohort.parameters_of(n)} for n in cohort.trainable}
+    per_network = {}
+    for name, nl in losses.items():
+        cohort.zero_grad(set_to_none=True)
+        nl.total.backward(retain_graph=True)
+        for p in all_params:
+            if id(p) not in own[name]:
+                assert not nonzero(p.grad), f"{preset}: {name}'s loss reached a parameter it does not own"
+        assert any(nonzero(p.grad) for p in cohort.networks[name].parameters())
+        for key, adapter in cohort.adapters.items():  # adapters: gradient only from their receiver
+            dst = key.split("__")[1]
+            assert any(nonzero(p.grad) for p in adapter.parameters()) == (dst == name)
+        per_network[name] = {id(p): p.grad.clone() for p in all_params if p.grad is not None}
+    # One backward of the sum gives each network exactly its own loss's gradient.
+    cohort.zero_grad(set_to_none=True)
+    torch.stack([nl.total for nl in losses.values()]).sum().backward()
+    for name in losses:
+        for p in cohort.parameters_of(name):
+            if id(p) in per_network[name]:
+                torch.testing.assert_close(p.grad, per_network[name][id(p)])
+
+
+def test_teacher_is_absent_when_no_edge_uses_it():
+    assert cohort_for("dml").names == ["s1", "s2"]
+    assert cohort_for("student").names == ["s1", "s2"]
+    assert cohort_for("kd").names == ["teacher", "s1", "s2"]
+
+
+def test_adapters_exist_exactly_when_shapes_differ():
+    # diverse: teacher(w=0.25) -> s2 features differ in channels; s2 -> s1 features (same arch) match.
+    cohort = cohort_for("diverse")
+    assert sorted(cohort.adapters) == ["teacher__s2__features__1"]
+    a = cohort.adapters["teacher__s2__features__1"]
+    assert isinstance(a.project, nn.Sequential) and not a.resize
+    assert a.project[0].in_channels == 64 and a.project[0].out_channels == 128  # 512 * widen
+
+    # teacher layer3 (w=0.25: 64 ch, 4x4) vs s1 layer4 (w=0.125: 64 ch, 2x2): resize only, no parameters;
+    # s2 tapped exactly like the teacher (w=0.25, layer3): no adapter at all.
+    mixed = cohort_for("fitnet", "networks.teacher.tap=layer3.0.conv2", "networks.students.s2.widen=0.25",
+                       "networks.students.s2.tap=layer3.0.conv2")
+    assert list(mixed.adapters) == ["teacher__s1__features__0"]
+    adapter = mixed.adapters["teacher__s1__features__0"]
+    assert adapter.resize and isinstance(adapter.project, nn.Identity)
+    assert sum(p.numel() for p in adapter.parameters()) == 0
+
+
+def test_adapter_resizes_source_to_receiver():
+    cohort = cohort_for("fitnet", "networks.students.s1.tap=layer3.0.conv2")
+    x = torch.randn(2, 3, 16, 16)
+    outs = cohort(x)
+    src = outs["teacher"].features["layer4.1.conv2"]
+    dst = outs["s1"].features["layer3.0.conv2"]
+    pred, target = cohort.adapters["teacher__s1__features__0"](dst, src)
+    assert pred.shape == (2, src.shape[1], *dst.shape[2:])
+    assert target.shape == pred.shape
+
+
+def test_custom_module_with_tap_path():
+    class Small(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3))
+            self.head = nn.Linear(width, 4)
+
+        def forward(self, x):
+            return self.head(self.body(x).mean((2, 3)))
+
+    cohort = cohort_for("diverse", "networks.students.s1.tap=body.2", "networks.students.s2.tap=body.2",
+                        modules={"s1": Small(8), "s2": Small(12)})
+    assert "s2__s1__features__3" in cohort.adapters  # 12 -> 8 channels
+    losses = cohort.losses(cohort(torch.randn(4, 3, 16, 16)), torch.randint(0, 4, (4,)))
+    assert set(losses["s1"].terms) == {"ce", "predictions<-teacher", "features<-s2"}
+
+
+def test_wrong_output_shape_is_reported():
+    bad = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 7))
+    with pytest.raises(KDError, match=r"networks.s1: output shape \(2, 7\) does not match \(batch, 4 classes\)"):
+        cohort_for("dml", modules={"s1": bad})
+
+
+def test_in_place_modified_tap_is_detected():
+    with pytest.raises(KDError, match="modified in place"):
+        cohort_for("fitnet", "networks.students.s1.tap=layer4.0.bn2", "networks.students.s2.tap=layer4.0.bn2",
+                   "networks.teacher.tap=layer4.0.bn2")
+
+
+def test_offline_teacher_is_frozen_and_gets_no_gradient(tmp_path):
+    teacher_cohort = cohort_for("kd")
+    path = tmp_path / "teacher.pt"
+    torch.save(teacher_cohort.networks["teacher"].state_dict(), path)
+    cohort = cohort_for("diverse", "networks.teacher.mode=offline", f"networks.teacher.checkpoint={path}")
+    assert cohort.frozen == {"teacher"} and cohort.trainable == ["s1", "s2"]
+    before = {k: v.clone() for k, v in cohort.networks["teacher"].state_dict().items()}
+    cohort.train()
+    assert not cohort.networks["teacher"].training
+    outs = cohort(torch.randn(4, 3, 16, 16))
+    assert outs["teacher"].logits.is_inference() and not outs["teacher"].logits.requires_grad
+    losses = cohort.losses(outs, torch.randint(0, 4, (4,)))
+    torch.stack([nl.total for nl in losses.values()]).sum().backward()
+    assert all(p.grad is None for p in cohort.networks["teacher"].parameters())
+    after = cohort.networks["teacher"].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats untouched too
+
+
+def test_offline_teacher_that_does_not_fit_is_reported(tmp_path):
+    path = tmp_path / "t.pt"
+    torch.save(nn.Linear(2, 2).state_dict(), path)
+    with pytest.raises(KDError, match="does not fit arch resnet18"):
+        cohort_for("kd", "networks.teacher.mode=offline", f"networks.teacher.checkpoint={path}")

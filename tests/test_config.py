@@ -1,0 +1,107 @@
+import subprocess
+import sys
+
+import pytest
+
+from kdstyles import KDError, load_config
+from kdstyles.cli import main
+from kdstyles.config import ExperimentConfig, apply_overrides, dump_config, read_yaml
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["kdstyles", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.lrr=0.1", "config error: unknown key 'optim.lrr' (did you mean 'lr'?); allowed here: lr, momentum, name, weight_decay"),
+    ("train.epochs=many", "config error: train.epochs: Input should be a valid integer"),
+    ("optim.lr=-1", "config error: optim.lr: Input should be greater than 0 (got -1)"),
+    ("routing.preset=distill", "config error: routing.preset: Input should be 'student', 'kd', 'fitnet', 'dml', "
+                               "'kdml', 'diverse' or 'diverse-full' (got 'distill')"),
+    ("networks.students.s1.arch=resnet19", "unknown arch 'resnet19' (did you mean resnet18"),
+    ("networks.students.s2.tap=layer4.0.conv9", "networks.s2.tap: no module 'layer4.0.conv9' in ResNet; "
+                                                "nearest valid paths: layer4.0.conv2"),
+])
+def test_config_errors_one_line_through_cli(monkeypatch, capsys, override, expected):
+    code, out, err = run_cli(monkeypatch, capsys, "check", "--set", override,
+                             "--set", "data.train_samples=8", "--set", "data.val_samples=4",
+                             "--set", "data.test_samples=4", "--set", "data.image_size=16")
+    assert code == 2
+    assert expected in err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "Traceback" not in err + out
+
+
+def test_cli_error_in_a_real_process_has_no_traceback(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("optim:\n  lr: -0.1\n")
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", "train", str(cfg)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: config error: optim.lr: Input should be greater than 0 (got -0.1)"
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_unknown_nested_key_in_yaml_names_full_path(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("networks:\n  students:\n    s1:\n      arch: resnet10\n      depth: 3\n")
+    with pytest.raises(KDError) as err:
+        load_config(cfg)
+    assert "unknown key 'networks.students.s1.depth'" in str(err.value)
+    assert "allowed here: arch, pretrained, stem, tap, widen" in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(KDError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(KDError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_overrides_merge_into_defaults():
+    cfg = load_config(None, ["networks.students.s1.arch=resnet18", "optim.lr=3e-4", "routing.preset=kdml"])
+    assert cfg.networks.students["s1"].arch == "resnet18"
+    assert set(cfg.networks.students) == {"s1", "s2"}  # s2 kept
+    assert cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.routing.label == "kdml"
+
+
+@pytest.mark.parametrize("pair", ["noequals", "=3", "a..b=1"])
+def test_malformed_override(pair):
+    with pytest.raises(KDError, match="expected KEY.PATH=VALUE"):
+        apply_overrides({}, [pair])
+
+
+def test_offline_teacher_needs_checkpoint():
+    with pytest.raises(KDError, match="networks.teacher: mode 'offline' needs checkpoint"):
+        load_config(None, ["networks.teacher.mode=offline"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["routing.preset=fitnet", "styles.features.normalize=l2"])
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(cfg))
+    assert ExperimentConfig.model_validate(read_yaml(path)) == cfg
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert configs, "configs/ should ship example experiments"
+    for path in configs:
+        load_config(path)
+
+
+def test_demo_yaml_is_the_default_experiment():
+    from pathlib import Path
+
+    demo = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
+    assert demo == load_config(None, ["routing.preset=diverse"])  # no preset given means diverse
+    assert ExperimentConfig().routing.label == "diverse"

@@ -1,0 +1,181 @@
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from kdstyles import Experiment, KDError, TrainingDiverged
+from kdstyles import checkpoints
+
+
+def test_cli_train_then_evaluate_end_to_end(tmp_path):
+    from conftest import tiny
+
+    args = [a for o in tiny(tmp_path) for a in ("--set", o)]
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", "train", *args, "--quiet", "--no-evaluate"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    for name in ("config.yaml", "run.json", "metrics.csv", "checkpoints/last.pt", "checkpoints/best-teacher.pt",
+                 "checkpoints/best-s1.pt", "checkpoints/best-s2.pt"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [(r["epoch"], r["network"]) for r in rows] == [
+        (str(e), n) for e in (1, 2) for n in ("teacher", "s1", "s2", "ensemble")]
+    assert rows[1]["train_predictions<-teacher"] and rows[2]["train_features<-teacher"]
+
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", "evaluate", str(run), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result == json.loads((run / "eval.json").read_text())
+    assert result["checkpoint"] == "best" and result["split"] == "test" and result["samples"] == 24
+    nets = result["networks"]
+    assert list(nets) == ["teacher", "s1", "s2", "ensemble"]
+    for name, m in nets.items():
+        for key in ("accuracy", "balanced_accuracy", "f1", "auroc", "ece", "parameters"):
+            assert key in m, (name, key)
+        assert 0.0 <= m["accuracy"] <= 1.0
+    assert "fidelity_kl" in nets["s1"] and nets["s1"]["fidelity_kl"] >= 0
+    assert nets["ensemble"]["parameters"] == nets["s1"]["parameters"] + nets["s2"]["parameters"]
+    assert nets["s1"]["compression"] == pytest.approx(nets["teacher"]["parameters"] / nets["s1"]["parameters"])
+
+
+def test_existing_run_is_not_overwritten(tiny_overrides):
+    Experiment(None, overrides=tiny_overrides("train.epochs=1"), quiet=True).fit()
+    exp = Experiment(None, overrides=tiny_overrides("train.epochs=1"), quiet=True)
+    last = exp.run_dir / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    with pytest.raises(KDError, match="already holds a run; resume it with"):
+        exp.fit()
+    assert last.read_bytes() == before
+
+
+class StopAfter:
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def __call__(self, trainer, epoch):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    from conftest import tiny
+
+    common = ["train.epochs=3", "data.augment.rotate90=true", "schedule.name=cosine"]
+    full = Experiment(None, overrides=tiny(tmp_path / "a", *common), quiet=True)
+    full.fit()
+
+    part = Experiment(None, overrides=tiny(tmp_path / "b", *common), quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        part.fit(callbacks=[StopAfter(1)])
+    assert json.loads((part.run_dir / "run.json").read_text())["status"] == "interrupted"
+    # resume in a fresh process-like state: a new Experiment reading the run folder
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", "train", "--resume", str(part.run_dir), "--quiet",
+                           "--no-evaluate"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+    a = checkpoints.load(full.run_dir / "checkpoints" / "last.pt")
+    b = checkpoints.load(part.run_dir / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for key, value in a["cohort"].items():
+        assert torch.equal(value, b["cohort"][key]), key
+    for name in a["optimizers"]:
+        sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
+        assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    strip = lambda path: [{k: v for k, v in r.items()} for r in csv.DictReader(path.open())]
+    assert strip(full.run_dir / "metrics.csv") == strip(part.run_dir / "metrics.csv")
+    assert json.loads((part.run_dir / "run.json").read_text())["status"] == "finished"
+
+
+def test_resume_can_extend_epochs_and_refuses_missing(tiny_overrides, tmp_path):
+    exp = Experiment(None, overrides=tiny_overrides("train.epochs=1"), quiet=True)
+    exp.fit()
+    more = Experiment.from_run(exp.run_dir, overrides=["train.epochs=2"], quiet=True)
+    assert more.fit(resume=True)["epochs"] == 2
+    with pytest.raises(KDError, match="is not a run folder"):
+        Experiment.from_run(tmp_path / "nowhere")
+
+
+class NaNAfter(nn.Module):
+    """A tiny classifier whose output turns to NaN after a number of training forwards."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 4)
+        self.after, self.calls = after, 0
+
+    def forward(self, x):
+        out = self.head(self.conv(x).mean((2, 3)))
+        if self.training:
+            self.calls += 1
+            if self.calls > self.after:
+                out = out * float("nan")
+        return out
+
+
+def test_non_finite_loss_stops_with_network_and_term(tiny_overrides):
+    # 48 train samples / batch 16 = 3 steps per epoch; NaN from the 5th step (epoch 2).
+    exp = Experiment(None, overrides=tiny_overrides("train.epochs=3", "routing.preset=dml"),
+                     networks={"s2": NaNAfter(4)}, quiet=True)
+    with pytest.raises(TrainingDiverged) as err:
+        exp.fit()
+    msg = str(err.value)
+    assert "network 's1': loss term 'predictions<-s2' is nan at epoch 2 step 2" in msg
+    assert "last good checkpoint" in msg and "\n" not in msg
+    last = checkpoints.load(exp.run_dir / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["cohort"].values() if v.is_floating_point())
+    assert json.loads((exp.run_dir / "run.json").read_text())["status"] == "diverged"
+
+
+def test_offline_teacher_from_run_folder(tiny_overrides, tmp_path):
+    first = Experiment(None, overrides=tiny_overrides("train.epochs=1", "routing.preset=kd"), quiet=True)
+    first.fit()
+    teacher_sd = checkpoints.load(first.run_dir / "checkpoints" / "best-teacher.pt")["state_dict"]
+    second = Experiment(None, overrides=tiny_overrides(
+        "train.epochs=1", "output.name=offline", "networks.teacher.mode=offline",
+        f"networks.teacher.checkpoint={first.run_dir}"), quiet=True)
+    second.fit()
+    after = checkpoints.load(second.run_dir / "checkpoints" / "last.pt")["cohort"]
+    for key, value in teacher_sd.items():
+        assert torch.equal(after[f"networks.teacher.{key}"], value), key
+    result = second.evaluate()
+    assert set(result["networks"]) == {"teacher", "s1", "s2", "ensemble"}
+
+
+def test_one_forward_per_network_per_step(tiny_overrides):
+    exp = Experiment(None, overrides=tiny_overrides("train.epochs=1", "routing.preset=diverse-full"), quiet=True)
+    counts = {n: 0 for n in exp.cohort.names}
+    for name, net in exp.cohort.networks.items():
+        net.register_forward_hook(lambda m, i, o, name=name: counts.__setitem__(name, counts[name] + 1) if m.training else None)
+    exp.fit()
+    assert counts == {n: 3 for n in exp.cohort.names}  # 48 samples / batch 16
+
+
+class Boom:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_checkpoint_with_code_is_refused_and_not_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": Boom()}, path)
+    with pytest.raises(KDError, match="refused unread"):
+        checkpoints.load(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_truncated_checkpoint_is_reported(tmp_path):
+    path = tmp_path / "last.pt"
+    checkpoints.save({"cohort": {"w": torch.randn(100, 100)}}, path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(KDError, match="truncated or corrupted"):
+        checkpoints.load(path)

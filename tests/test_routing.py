@@ -1,0 +1,87 @@
+import pytest
+
+from kdstyles import KDError, load_config, resolve_edges
+from kdstyles.routing import PRESETS
+
+# METHOD.md section 5, written out as (src, dst, style) sets.
+P, F = "predictions", "features"
+METHOD_TABLE = {
+    "student": set(),
+    "kd": {("teacher", "s1", P), ("teacher", "s2", P)},
+    "fitnet": {("teacher", "s1", F), ("teacher", "s2", F)},
+    "dml": {("s1", "s2", P), ("s2", "s1", P)},
+    "kdml": {("teacher", "s1", P), ("teacher", "s2", P), ("s1", "s2", P), ("s2", "s1", P)},
+    "diverse": {("teacher", "s1", P), ("teacher", "s2", F), ("s1", "s2", P), ("s2", "s1", F)},
+    "diverse-full": {("teacher", "s1", P), ("teacher", "s2", F), ("s1", "s2", P), ("s2", "s1", P),
+                     ("s1", "s2", F), ("s2", "s1", F)},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(METHOD_TABLE))
+def test_preset_expansion_matches_method_table(preset):
+    edges = resolve_edges(load_config(None, [f"routing.preset={preset}"]))
+    assert {(e.src, e.dst, e.style) for e in edges} == METHOD_TABLE[preset]
+    assert len(edges) == len(METHOD_TABLE[preset])
+    for e in edges:  # weights by source (METHOD.md section 2 defaults)
+        assert e.weight == (0.2 if e.src == "teacher" else 0.1)
+
+
+def test_every_preset_is_covered():
+    assert set(PRESETS) == set(METHOD_TABLE)
+
+
+def test_default_preset_is_diverse():
+    cfg = load_config()
+    assert cfg.routing.label == "diverse"
+    assert {(e.src, e.dst, e.style) for e in resolve_edges(cfg)} == METHOD_TABLE["diverse"]
+
+
+def test_custom_edges_with_weights_and_options():
+    raw = {"routing": {"edges": [
+        {"src": "teacher", "dst": "s1", "style": "predictions", "options": {"temperature": 4}},
+        {"src": "s1", "dst": "s2", "style": "features", "weight": 0.7, "options": {"normalize": "l2"}},
+    ]}, "styles": {"predictions": {"t2_scaling": False}}}
+    from kdstyles.config import build_config
+
+    edges = resolve_edges(build_config(raw))
+    assert [(e.src, e.dst, e.style, e.weight) for e in edges] == [
+        ("teacher", "s1", "predictions", 0.2), ("s1", "s2", "features", 0.7)]
+    assert edges[0].options.temperature == 4 and edges[0].options.t2_scaling is False
+    assert edges[1].options.normalize == "l2"
+
+
+def test_style_defaults_from_config_reach_preset_edges():
+    edges = resolve_edges(load_config(None, ["routing.preset=kd", "styles.predictions.temperature=4"]))
+    assert all(e.options.temperature == 4 and e.options.t2_scaling for e in edges)
+
+
+@pytest.mark.parametrize("edge, message", [
+    ({"src": "teacher", "dst": "s9", "style": "predictions"}, "dst 's9' is not a network"),
+    ({"src": "s1", "dst": "s1", "style": "predictions"}, "both 's1'"),
+    ({"src": "teacher", "dst": "s1", "style": "telepathy"}, "unknown style 'telepathy'; allowed: predictions, features"),
+    ({"src": "teacher", "dst": "s1", "style": "predictions", "options": {"temp": 2}},
+     "routing.edges.0.temp: unknown option of style 'predictions'; allowed: temperature, t2_scaling"),
+    ({"src": "teacher", "dst": "s1", "style": "predictions", "options": {"temperature": -1}},
+     "routing.edges.0.temperature"),
+])
+def test_bad_edges_fail_with_one_line(edge, message):
+    from kdstyles.config import build_config
+
+    with pytest.raises(KDError) as err:
+        build_config({"routing": {"edges": [edge]}})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_offline_teacher_cannot_receive():
+    from kdstyles.config import build_config
+
+    raw = {"networks": {"teacher": {"mode": "offline", "checkpoint": "x.pt"}},
+           "routing": {"edges": [{"src": "s1", "dst": "teacher", "style": "predictions"}]}}
+    with pytest.raises(KDError, match="offline teacher is frozen"):
+        build_config(raw)
+
+
+def test_preset_and_edges_together_is_an_error():
+    with pytest.raises(KDError, match="either preset or edges"):
+        load_config(None, ["routing.preset=kd", "routing.edges=[]"])
