@@ -137,3 +137,19 @@ def test_offline_teacher_that_does_not_fit_is_reported(tmp_path):
     torch.save(nn.Linear(2, 2).state_dict(), path)
     with pytest.raises(KDError, match="does not fit arch resnet18"):
         cohort_for("kd", "networks.teacher.mode=offline", f"networks.teacher.checkpoint={path}")
+
+
+@pytest.mark.parametrize("arch, tap", [("densenet121", "features.denseblock4.denselayer16.layers.conv2"),
+                                       ("efficientnet-b0", "_conv_head"), ("resnet50", "layer4.2.conv2")])
+def test_other_architectures_default_taps_and_adapters(arch, tap):
+    from kdstyles.models.zoo import build_network, default_tap
+
+    net = build_network(arch, 3, 4, 32, stem="small")
+    assert default_tap(net) == tap
+    cfg = load_config(None, ["routing.preset=fitnet", "data.image_size=32", f"networks.teacher.arch={arch}",
+                             "networks.teacher.widen=1", "networks.students.s1.widen=0.125",
+                             "networks.students.s2.widen=0.125"])
+    cohort = build_cohort(cfg, num_classes=4, channels=3, image_size=32)
+    assert sorted(cohort.adapters) == ["teacher__s1__features__0", "teacher__s2__features__1"]
+    losses = cohort.losses(cohort(torch.randn(2, 3, 32, 32)), torch.tensor([0, 3]))
+    assert torch.isfinite(losses["s1"].terms["features<-teacher"])

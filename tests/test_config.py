@@ -21,7 +21,7 @@ def run_cli(monkeypatch, capsys, *args):
     ("train.epochs=many", "config error: train.epochs: Input should be a valid integer"),
     ("optim.lr=-1", "config error: optim.lr: Input should be greater than 0 (got -1)"),
     ("routing.preset=distill", "config error: routing.preset: Input should be 'student', 'kd', 'fitnet', 'dml', "
-                               "'kdml', 'diverse' or 'diverse-full' (got 'distill')"),
+                               "'kdml', 'diverse', 'diverse-full' or 'ctsl-mkt' (got 'distill')"),
     ("networks.students.s1.arch=resnet19", "unknown arch 'resnet19' (did you mean resnet18"),
     ("networks.students.s2.tap=layer4.0.conv9", "networks.s2.tap: no module 'layer4.0.conv9' in ResNet; "
                                                 "nearest valid paths: layer4.0.conv2"),
@@ -52,7 +52,7 @@ def test_unknown_nested_key_in_yaml_names_full_path(tmp_path):
     with pytest.raises(KDError) as err:
         load_config(cfg)
     assert "unknown key 'networks.students.s1.depth'" in str(err.value)
-    assert "allowed here: arch, pretrained, stem, tap, widen" in str(err.value)
+    assert "allowed here: arch, embedding_tap, pretrained, stem, tap, widen" in str(err.value)
 
 
 def test_missing_and_malformed_files(tmp_path):

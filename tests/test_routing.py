@@ -57,7 +57,10 @@ def test_style_defaults_from_config_reach_preset_edges():
 
 @pytest.mark.parametrize("edge, message", [
     ({"src": "teacher", "dst": "s9", "style": "predictions"}, "dst 's9' is not a network"),
-    ({"src": "s1", "dst": "s1", "style": "predictions"}, "both 's1'"),
+    ({"src": "s1", "dst": "s1", "style": "predictions"},
+     "routing.edges.0: s1 -> s1 in style 'predictions': an edge joins two different networks"),
+    ({"src": "s1", "dst": "s2", "style": "self"},
+     "routing.edges.0: s1 -> s2 in style 'self': its src and dst must be the same network"),
     ({"src": "teacher", "dst": "s1", "style": "telepathy"}, "unknown style 'telepathy'; allowed: predictions, features"),
     ({"src": "teacher", "dst": "s1", "style": "predictions", "options": {"temp": 2}},
      "routing.edges.0.temp: unknown option of style 'predictions'; allowed: temperature, t2_scaling"),

@@ -64,5 +64,7 @@ def test_features_mse_and_normalisations():
 
 
 def test_style_options_reject_unknown_keys():
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="temperatur"):
         PredictionsOptions(temperatur=2)

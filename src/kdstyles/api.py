@@ -77,7 +77,12 @@ class Experiment:
     @property
     def data(self) -> DataBundle:
         if self._data is None:
-            self._data = build_data(self.cfg.data, self.cfg.train.seed)
+            from rich.console import Console
+
+            d = self.cfg.data
+            n = d.train_samples + d.val_samples + d.test_samples
+            with Console(quiet=self.quiet).status(f"preparing {n} {d.source} images ({d.image_size} px)"):
+                self._data = build_data(d, self.cfg.train.seed)
         return self._data
 
     @property

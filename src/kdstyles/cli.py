@@ -100,14 +100,19 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
         console.print(f"  {name}: {count_parameters(net):,} parameters{mode}")
     for key in cohort.adapters:
         console.print(f"  adapter {key}")
+    for key in cohort.shadows:
+        console.print(f"  shadow  {key} (frozen copy for self-distillation)")
 
 
 @app.command()
-def presets() -> None:
+def presets(students: int = typer.Option(2, help="number of students (ctsl-mkt spans all of them)")) -> None:
     """List the routing presets and their edges."""
-    from .routing import PRESETS
+    from .config import PRESET_NAMES
+    from .routing import preset_triples
 
-    for name, triples in PRESETS.items():
+    names = [f"s{i + 1}" for i in range(students)]
+    for name in PRESET_NAMES:
+        triples = preset_triples(name, names)
         edges = ", ".join(f"{s}->{d} {st}" for s, d, st in triples) or "(no edges: cross-entropy only)"
         console.print(f"[bold]{name}[/bold]: {edges}", highlight=False)
 

@@ -7,15 +7,17 @@
     L_i = CE(y, z_i)                                                 (no incoming edge)
     L_i = a * CE(y, z_i) + (1 - a) * sum_e w_e * L_style(e)          (otherwise)
 
-Every tensor taken from another network goes through :func:`as_target` (detach), in this
-one place, so one network's loss never trains another; an adapter belongs to its
-receiver. Summing the losses and calling ``backward`` once therefore gives each network
+Every tensor taken from another network (or from a network's frozen shadow, for
+self-distillation) goes through :func:`as_target` (detach), in this one place, so one
+network's loss never trains another; an adapter belongs to its receiver. Summing the losses and calling ``backward`` once therefore gives each network
 exactly the gradient of its own loss.
 """
 
 from __future__ import annotations
 
+import copy
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +29,7 @@ from .config import ExperimentConfig, NetworkConfig
 from .errors import KDError
 from .models.adapters import make_adapter
 from .models.taps import Tap
-from .models.zoo import build_network, default_tap
+from .models.zoo import build_network, default_embedding_tap, default_tap
 from .routing import T, Edge, resolve_edges, used_networks
 from .styles import STYLES, NetOutput
 
@@ -54,7 +56,8 @@ def network_seed(seed: int, name: str) -> int:
 
 class Cohort(nn.Module):
     def __init__(self, networks: dict[str, nn.Module], edges: list[Edge], taps: dict[str, str | None],
-                 ce_weight: float, frozen: set[str], sample: torch.Tensor, num_classes: int):
+                 ce_weight: float, frozen: set[str], sample: torch.Tensor, num_classes: int,
+                 embedding_taps: dict[str, str | None] | None = None):
         super().__init__()
         self.networks = nn.ModuleDict(networks)
         self.edges = edges
@@ -62,16 +65,27 @@ class Cohort(nn.Module):
         self.frozen = set(frozen)
         for name in self.frozen:
             self.networks[name].requires_grad_(False).eval()
-        # Which module paths each network must record, and which paths each edge compares.
+        # Self edges teach a network from a frozen shadow copy of itself (made before any hook).
+        self.shadows = nn.ModuleDict()
+        for i, e in enumerate(edges):
+            if STYLES[e.style].self_edge:
+                shadow = copy.deepcopy(networks[e.dst]).requires_grad_(False).eval()
+                self.shadows[self.edge_module_key(i)] = shadow
+        # Which paths each network records, and which (source, target) paths each edge compares.
+        embedding_taps = embedding_taps or {}
         self.edge_taps: list[tuple[str, str] | None] = []
         wanted: dict[str, list[str]] = {n: [] for n in networks}
-        for i, e in enumerate(edges):
-            if not STYLES[e.style].needs_features:
+        for e in edges:
+            consumes = STYLES[e.style].consumes
+            if consumes == "logits":
                 self.edge_taps.append(None)
                 continue
             pair = []
             for role, net in (("src", e.src), ("dst", e.dst)):
-                path = getattr(e.options, f"{role}_tap", None) or taps.get(net) or default_tap(networks[net])
+                if consumes == "map":
+                    path = getattr(e.options, f"{role}_tap", None) or taps.get(net) or default_tap(networks[net])
+                else:
+                    path = embedding_taps.get(net) or default_embedding_tap(networks[net])
                 wanted[net].append(path)
                 pair.append(path)
             self.edge_taps.append((pair[0], pair[1]))
@@ -94,7 +108,8 @@ class Cohort(nn.Module):
     def students(self) -> list[str]:
         return [n for n in self.networks if n != T]
 
-    def adapter_key(self, index: int) -> str:
+    def edge_module_key(self, index: int) -> str:
+        """Key of an edge's adapter or shadow module."""
         e = self.edges[index]
         return f"{e.src}__{e.dst}__{e.style}__{index}"
 
@@ -102,7 +117,7 @@ class Cohort(nn.Module):
         """A network's own parameters plus those of the adapters on its incoming edges."""
         params = list(self.networks[name].parameters())
         for i, e in enumerate(self.edges):
-            key = self.adapter_key(i)
+            key = self.edge_module_key(i)
             if e.dst == name and key in self.adapters:
                 params += list(self.adapters[key].parameters())
         return params
@@ -111,7 +126,22 @@ class Cohort(nn.Module):
         super().train(mode)
         for name in self.frozen:
             self.networks[name].eval()
+        self.shadows.eval()
         return self
+
+    def _update_shadows(self, event: str) -> None:
+        for i, e in enumerate(self.edges):
+            key = self.edge_module_key(i)
+            if key in self.shadows:
+                STYLES[e.style].update_shadow(self.shadows[key], self.networks[e.dst], e.options, event)
+
+    def after_step(self) -> None:
+        """Called by the engine after every optimizer step (e.g. EMA shadows)."""
+        self._update_shadows("step")
+
+    def after_epoch(self) -> None:
+        """Called by the engine at the end of every training epoch."""
+        self._update_shadows("epoch")
 
     def _check_shapes(self, sample: torch.Tensor, num_classes: int) -> None:
         """One dummy forward: logits shapes, tap shapes, and adapters where shapes differ."""
@@ -131,26 +161,29 @@ class Cohort(nn.Module):
         for i, (e, pair) in enumerate(zip(self.edges, self.edge_taps)):
             if pair is None:
                 continue
+            kind = STYLES[e.style].adapter
+            if kind is None:
+                continue
             src_shape, dst_shape = outs[e.src].features[pair[0]].shape, outs[e.dst].features[pair[1]].shape
-            adapter = make_adapter(dst_shape, src_shape, f"edge {e}")
+            adapter = make_adapter(dst_shape, src_shape, f"edge {e}", project=kind == "project")
             if adapter is not None:
-                self.adapters[self.adapter_key(i)] = adapter
+                self.adapters[self.edge_module_key(i)] = adapter
 
     # ------------------------------------------------------------------ computation
 
     def forward(self, x: torch.Tensor, record: bool = True) -> dict[str, NetOutput]:
+        """Run every network once; ``record`` keeps the tapped tensors and runs shadows (training)."""
         outs = {}
         for name, net in self.networks.items():
-            tap = self.taps[name]
-            if name in self.frozen and not self._probing:
-                with torch.inference_mode(), tap.recording() as feats:
-                    logits = net(x)
-            elif record:
-                with tap.recording() as feats:
-                    logits = net(x)
-            else:
-                logits, feats = net(x), {}
+            recording = self.taps[name].recording() if record else nullcontext({})
+            frozen = name in self.frozen and not self._probing
+            with torch.inference_mode() if frozen else nullcontext(), recording as feats:
+                logits = net(x)
             outs[name] = NetOutput(logits, dict(feats))
+        if record:
+            with torch.no_grad():
+                for key, shadow in self.shadows.items():
+                    outs[key] = NetOutput(shadow(x))
         return outs
 
     def losses(self, outs: dict[str, NetOutput], y: torch.Tensor) -> dict[str, NetLoss]:
@@ -161,12 +194,13 @@ class Cohort(nn.Module):
             for i, e in enumerate(self.edges):
                 if e.dst != name:
                     continue
+                key = self.edge_module_key(i)
+                src = key if key in self.shadows else e.src
                 pair = self.edge_taps[i]
                 if pair is None:
-                    source, target = as_target(outs[e.src].logits), outs[name].logits
+                    source, target = as_target(outs[src].logits), outs[name].logits
                 else:
-                    source, target = as_target(outs[e.src].features[pair[0]]), outs[name].features[pair[1]]
-                    key = self.adapter_key(i)
+                    source, target = as_target(outs[src].features[pair[0]]), outs[name].features[pair[1]]
                     if key in self.adapters:
                         target, source = self.adapters[key](target, source)
                 term = STYLES[e.style].loss(source, target, e.options)
@@ -205,7 +239,7 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
         raise KDError(f"networks passed in: '{unknown[0]}' is not a network of this experiment; "
                       f"allowed: teacher, {', '.join(cfg.networks.students)}")
     specs: dict[str, NetworkConfig] = {T: cfg.networks.teacher, **cfg.networks.students}
-    nets, taps = {}, {}
+    nets, taps, embedding_taps = {}, {}, {}
     for name in names:
         spec = specs[name]
         if name in modules:
@@ -218,6 +252,7 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
             nets[name] = build_network(spec.arch, channels, num_classes, image_size, spec.widen, spec.stem,
                                        spec.pretrained, where=f"networks.{name}")
         taps[name] = spec.tap
+        embedding_taps[name] = spec.embedding_tap
     frozen = set()
     if T in nets and cfg.networks.teacher.mode == "offline":
         frozen.add(T)
@@ -230,4 +265,4 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
                 raise KDError(f"networks.teacher.checkpoint '{cfg.networks.teacher.checkpoint}' does not fit "
                               f"arch {cfg.networks.teacher.arch}: {first[:160]}") from None
     sample = torch.zeros(2, channels, image_size, image_size)
-    return Cohort(nets, edges, taps, cfg.loss.ce_weight, frozen, sample, num_classes)
+    return Cohort(nets, edges, taps, cfg.loss.ce_weight, frozen, sample, num_classes, embedding_taps)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import KDError
 
-PRESET_NAMES = ("student", "kd", "fitnet", "dml", "kdml", "diverse", "diverse-full")
+PRESET_NAMES = ("student", "kd", "fitnet", "dml", "kdml", "diverse", "diverse-full", "ctsl-mkt")
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "f1", "auroc")
 
 
@@ -59,7 +59,9 @@ class NetworkConfig(Strict):
     widen: float = Field(1.0, gt=0, description="width multiplier (resnets only)")
     stem: Literal["auto", "imagenet", "small"] = Field(
         "auto", description="small: 3x3 stride-1 stem, no max pool; auto: small below 32 px")
-    tap: Optional[str] = Field(None, description="module path of the feature map used by features edges")
+    tap: Optional[str] = Field(None, description="module path of the map used by features/attention edges")
+    embedding_tap: Optional[str] = Field(None, description="penultimate embedding for relations edges; "
+                                         "default: input of the last Linear ('fc:in')")
     pretrained: bool = False
 
     @field_validator("arch")
@@ -138,8 +140,9 @@ class LossConfig(Strict):
     """L_i = ce_weight * CE + (1 - ce_weight) * sum_e weight_e * L_style(e); CE alone without edges."""
 
     ce_weight: float = Field(0.1, ge=0, le=1)
-    teacher_weight: float = Field(0.2, ge=0)
-    peer_weight: float = Field(0.1, ge=0)
+    teacher_weight: float = Field(0.2, ge=0, description="default weight of edges from the teacher")
+    peer_weight: float = Field(0.1, ge=0, description="default weight of edges between students")
+    self_weight: float = Field(0.1, ge=0, description="default weight of self-distillation edges")
 
 
 class OptimConfig(Strict):

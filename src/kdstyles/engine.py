@@ -222,6 +222,7 @@ class Trainer:
                 total.backward()
                 for opt in self.optimizers.values():
                     opt.step()
+                cohort.after_step()
                 for name, nl in losses.items():
                     acc = sums.setdefault(name, {})
                     acc["loss"] = acc.get("loss", 0) + nl.total.detach()
@@ -231,6 +232,7 @@ class Trainer:
                 if not self.quiet and (step % 5 == 0 or step == len(self.train_loader) - 1):
                     text = "  ".join(f"{n} {float(a['loss']) / steps:.3f}" for n, a in sums.items())
                     bar.update(task, completed=step + 1, losses=text)
+        cohort.after_epoch()
         return {n: {k: float(v) / max(steps, 1) for k, v in acc.items()} for n, acc in sums.items()}
 
     def validate(self) -> dict[str, dict[str, float]]:

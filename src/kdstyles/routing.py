@@ -33,6 +33,23 @@ PRESETS: dict[str, list[tuple[str, str, str]]] = {
     "diverse-full": [(T, S1, P), (T, S2, F), (S1, S2, P), (S2, S1, P), (S1, S2, F), (S2, S1, F)],
 }
 
+# CTSL-MKT (METHOD.md section 7): students only; each learns from every peer's softened
+# predictions and instance relations, and from its own earlier state. Options the preset
+# sets by default (style defaults < these < config `styles:` < an edge's own options).
+CTSL_MKT_OPTIONS = {P: {"temperature": 3.0, "t2_scaling": True}, "self": {"temperature": 3.0, "mode": "ema"}}
+
+
+def preset_triples(name: str, students: list[str]) -> list[tuple[str, str, str]]:
+    """A preset's (src, dst, style) triples; ``ctsl-mkt`` spans all students of the cohort."""
+    if name == "ctsl-mkt":
+        pairs = [(a, b) for b in students for a in students if a != b]
+        return [(a, b, st) for a, b in pairs for st in (P, "relations")] + [(s, s, "self") for s in students]
+    return PRESETS[name]
+
+
+def preset_options(name: str, style: str) -> dict[str, Any]:
+    return CTSL_MKT_OPTIONS.get(style, {}) if name == "ctsl-mkt" else {}
+
 
 @dataclass(frozen=True)
 class Edge:
@@ -71,25 +88,29 @@ def resolve_edges(cfg: "ExperimentConfig") -> list[Edge]:
     """Expand the config's preset or custom edges into validated :class:`Edge` objects."""
     nodes = {T, *cfg.networks.students}
     if cfg.routing.edges is not None:
-        triples = [(e.src, e.dst, e.style, e.weight, e.options, f"routing.edges.{i}")
+        triples = [(e.src, e.dst, e.style, e.weight, {}, e.options, f"routing.edges.{i}")
                    for i, e in enumerate(cfg.routing.edges)]
     else:
         preset = cfg.routing.label
-        triples = [(s, d, st, None, {}, f"routing.preset '{preset}'") for s, d, st in PRESETS[preset]]
+        triples = [(s, d, st, None, preset_options(preset, st), {}, f"routing.preset '{preset}'")
+                   for s, d, st in preset_triples(preset, list(cfg.networks.students))]
     edges = []
-    for src, dst, style, weight, options, where in triples:
+    for src, dst, style, weight, defaults, options, where in triples:
         for role, node in (("src", src), ("dst", dst)):
             if node not in nodes:
                 raise KDError(f"{where}: {role} '{node}' is not a network of this experiment; "
                               f"networks: {', '.join(sorted(nodes))}")
-        if src == dst:
-            raise KDError(f"{where}: src and dst are both '{src}'; an edge joins two different networks")
+        if style in STYLES and STYLES[style].self_edge != (src == dst):
+            need = "its src and dst must be the same network" if STYLES[style].self_edge else \
+                "an edge joins two different networks"
+            raise KDError(f"{where}: {src} -> {dst} in style '{style}': {need}")
         if dst == T and cfg.networks.teacher.mode == "offline":
             raise KDError(f"{where}: the offline teacher is frozen and cannot receive knowledge (dst: teacher)")
-        merged = {**cfg.styles.get(style, {}), **options}
+        merged = {**defaults, **cfg.styles.get(style, {}), **options}
         opts = check_style_options(style, merged, where if "edges" in where else f"styles.{style}")
         if weight is None:
-            weight = cfg.loss.teacher_weight if src == T else cfg.loss.peer_weight
+            weight = (cfg.loss.self_weight if src == dst else
+                      cfg.loss.teacher_weight if src == T else cfg.loss.peer_weight)
         edges.append(Edge(src, dst, style, float(weight), opts))
     return edges
 

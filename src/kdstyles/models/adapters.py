@@ -16,14 +16,14 @@ from ..errors import KDError
 
 
 class Adapter(nn.Module):
-    def __init__(self, dst_shape: torch.Size, src_shape: torch.Size):
+    def __init__(self, dst_shape: torch.Size, src_shape: torch.Size, project: bool = True):
         super().__init__()
         if len(dst_shape) != len(src_shape) or len(dst_shape) not in (2, 4):
             raise ValueError(f"cannot adapt a map of shape {tuple(dst_shape)} to {tuple(src_shape)}")
         self.size = tuple(dst_shape[2:])
         self.resize = tuple(src_shape[2:]) != self.size
         self.project: nn.Module = nn.Identity()
-        if dst_shape[1] != src_shape[1]:
+        if project and dst_shape[1] != src_shape[1]:
             if len(dst_shape) == 4:
                 self.project = nn.Sequential(nn.Conv2d(dst_shape[1], src_shape[1], 1, bias=False),
                                              nn.BatchNorm2d(src_shape[1]))
@@ -41,11 +41,13 @@ class Adapter(nn.Module):
         return self.project(dst), src
 
 
-def make_adapter(dst_shape: torch.Size, src_shape: torch.Size, where: str) -> Adapter | None:
-    """An adapter when the shapes (beyond the batch) differ, else None."""
-    if tuple(dst_shape[1:]) == tuple(src_shape[1:]):
+def make_adapter(dst_shape: torch.Size, src_shape: torch.Size, where: str, project: bool = True) -> Adapter | None:
+    """An adapter when the shapes (beyond the batch) differ, else None. ``project=False``:
+    only the spatial size is matched (for styles that pool channels away)."""
+    differs = dst_shape[2:] != src_shape[2:] or (project and dst_shape[1] != src_shape[1])
+    if len(dst_shape) == len(src_shape) and not differs:
         return None
     try:
-        return Adapter(dst_shape, src_shape)
+        return Adapter(dst_shape, src_shape, project)
     except ValueError as exc:
         raise KDError(f"{where}: {exc}; tap maps of the same rank (both conv maps or both vectors)") from None

@@ -1,5 +1,8 @@
 """Feature taps: forward hooks addressed by module path (``layer4.1.conv2``), no rewriting.
 
+A path ending in ``:in`` records the module's input instead of its output: ``fc:in`` is
+the penultimate embedding of a network whose classifier is ``fc``.
+
 A :class:`Tap` records only inside :meth:`Tap.recording`, so evaluation and export run the
 network untouched. A recorded tensor that a later in-place operation changes (e.g. the
 output of a BatchNorm followed by ``ReLU(inplace=True)``) would silently be the wrong map;
@@ -36,11 +39,15 @@ class Tap:
         self._active = False
         self._store: dict[str, torch.Tensor] = {}
         self._versions: dict[str, int] = {}
-        self._handles = [resolve_module(model, p, where).register_forward_hook(self._hook(p)) for p in self.paths]
+        self._handles = [resolve_module(model, p.removesuffix(":in"), where).register_forward_hook(self._hook(p))
+                         for p in self.paths]
 
     def _hook(self, path: str):
-        def hook(_module, _inputs, output):
+        record_input = path.endswith(":in")
+
+        def hook(_module, inputs, output):
             if self._active:
+                output = inputs[0] if record_input and inputs else output
                 if not isinstance(output, torch.Tensor):
                     raise KDError(f"tap '{path}' returns {type(output).__name__}, not a tensor; tap a module "
                                   "whose output is a single feature map")

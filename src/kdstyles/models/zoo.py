@@ -88,5 +88,14 @@ def default_tap(model: nn.Module) -> str:
     return convs[-1][0]
 
 
+def default_embedding_tap(model: nn.Module) -> str:
+    """The penultimate embedding: the input of the network's last Linear layer (``fc:in``)."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise KDError(f"{type(model).__name__} has no Linear classifier; set 'embedding_tap' to a module path "
+                      "(append ':in' to record a module's input)")
+    return f"{linears[-1]}:in"
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

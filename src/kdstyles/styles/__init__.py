@@ -1,8 +1,11 @@
 """Learning styles, registered by name. Adding a style = one file + one line here."""
 
+from .attention import Attention
 from .base import NetOutput, Style, StyleOptions
 from .features import Features
 from .predictions import Predictions
+from .relations import Relations
+from .self_distill import SelfDistillation
 
 STYLES: dict[str, Style] = {}
 
@@ -12,7 +15,7 @@ def register(style: Style) -> Style:
     return style
 
 
-register(Predictions())
-register(Features())
+for _style in (Predictions(), Features(), Attention(), Relations(), SelfDistillation()):
+    register(_style)
 
 __all__ = ["STYLES", "NetOutput", "Style", "StyleOptions", "register"]

@@ -35,7 +35,8 @@ def _normalize(x: torch.Tensor, how: str) -> torch.Tensor:
 class Features(Style):
     name = "features"
     Options = FeaturesOptions
-    needs_features = True
+    consumes = "map"
+    adapter = "project"
 
     def loss(self, source, target, options):
         return F.mse_loss(_normalize(target, options.normalize), _normalize(source, options.normalize))
