@@ -13,13 +13,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .base import Style, StyleOptions
+from .base import MapOptions, Style
 
 
-class AttentionOptions(StyleOptions):
+class AttentionOptions(MapOptions):
     p: float = Field(2.0, gt=0, description="exponent of the channel pooling")
-    src_tap: str | None = None
-    dst_tap: str | None = None
 
 
 def attention_map(x: torch.Tensor, p: float) -> torch.Tensor:

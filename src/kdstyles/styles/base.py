@@ -37,6 +37,13 @@ class StyleOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class MapOptions(StyleOptions):
+    """Options of styles that compare tapped maps: per-edge overrides of the networks' taps."""
+
+    src_tap: str | None = None
+    dst_tap: str | None = None
+
+
 class Style:
     """Base class of a learning style; subclasses set ``name``, ``Options`` and ``loss``."""
 

@@ -13,13 +13,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .base import Style, StyleOptions
+from .base import MapOptions, Style
 
 
-class FeaturesOptions(StyleOptions):
+class FeaturesOptions(MapOptions):
     normalize: Literal["none", "channel", "l2"] = "none"
-    src_tap: str | None = None
-    dst_tap: str | None = None
 
 
 def _normalize(x: torch.Tensor, how: str) -> torch.Tensor:
