@@ -28,7 +28,7 @@ def run_cli(monkeypatch, capsys, *args):
 ])
 def test_config_errors_one_line_through_cli(monkeypatch, capsys, override, expected):
     code, out, err = run_cli(monkeypatch, capsys, "check", "--set", override,
-                             "--set", "data.train_samples=8", "--set", "data.val_samples=4",
+                             "--set", "data.train_samples=40", "--set", "data.val_samples=4",
                              "--set", "data.test_samples=4", "--set", "data.image_size=16")
     assert code == 2
     assert expected in err
@@ -103,5 +103,6 @@ def test_demo_yaml_is_the_default_experiment():
     from pathlib import Path
 
     demo = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
-    assert demo == load_config(None, ["routing.preset=diverse"])  # no preset given means diverse
+    # no preset means diverse; image_size/channels null mean the source's own (synthetic: 32 px, RGB)
+    assert demo == load_config(None, ["routing.preset=diverse", "data.image_size=32", "data.channels=3"])
     assert ExperimentConfig().routing.label == "diverse"

@@ -56,7 +56,7 @@ def test_sampler_order_depends_on_seed_and_epoch_only():
 
 
 def test_bundle_normalisation_and_augmentation_are_reproducible():
-    cfg = load_config(None, ["data.image_size=16", "data.train_samples=8", "data.val_samples=4",
+    cfg = load_config(None, ["data.image_size=16", "data.train_samples=40", "data.val_samples=4",
                              "data.test_samples=4", "data.augment.rotate=20", "data.augment.zoom=0.1"])
     bundle = build_data(cfg.data, seed=0)
     assert bundle.num_classes == 4 and bundle.channels == 3
@@ -69,8 +69,8 @@ def test_bundle_normalisation_and_augmentation_are_reproducible():
     val = torch.stack([bundle.splits["train"].images[i] is not None and
                        ((torch.from_numpy(bundle.splits["train"].images[i]).permute(2, 0, 1).float() / 255)
                         - torch.tensor(bundle.mean).view(3, 1, 1)) / torch.tensor(bundle.std).view(3, 1, 1)
-                       for i in range(8)])
+                       for i in range(40)])
     assert val.mean().abs() < 0.05  # training split standardised per channel
-    gray = build_data(load_config(None, ["data.image_size=16", "data.train_samples=4", "data.val_samples=2",
+    gray = build_data(load_config(None, ["data.image_size=16", "data.train_samples=40", "data.val_samples=2",
                                          "data.test_samples=2", "data.channels=1"]).data, seed=0)
     assert gray.splits["test"][0][0].shape == (1, 16, 16)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import platform
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -81,15 +82,21 @@ class Experiment:
 
             d = self.cfg.data
             n = d.train_samples + d.val_samples + d.test_samples
-            with Console(quiet=self.quiet).status(f"preparing {n} {d.source} images ({d.image_size} px)"):
-                self._data = build_data(d, self.cfg.train.seed)
+            console = Console(quiet=self.quiet)
+            status = f"preparing {n} synthetic images" if d.source == "synthetic" else f"loading {d.source} data"
+            with console.status(status) if d.source != "folder" and d.source != "csv" else nullcontext():
+                self._data = build_data(d, self.cfg.train.seed, run_dir=self.run_dir, quiet=self.quiet)
+            for w in self._data.report.warnings:
+                console.print(f"[yellow]data warning:[/yellow] {w.message}", highlight=False)
         return self._data
 
     @property
     def cohort(self) -> Cohort:
         if self._cohort is None:
             d = self.data
-            self._cohort = build_cohort(self.cfg, d.num_classes, d.channels, d.image_size, self.modules)
+            counts = d.report.counts.get("train") if self.cfg.loss.class_weights == "balanced" else None
+            self._cohort = build_cohort(self.cfg, d.num_classes, d.channels, d.image_size, self.modules,
+                                        class_counts=counts)
         return self._cohort
 
     def _write_run_info(self) -> None:
@@ -123,6 +130,7 @@ class Experiment:
         if not resume:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_run_info()
+            self.data.save(self.run_dir)
             if T in cohort.frozen:
                 checkpoints.save({"network": T, "epoch": 0, "state_dict": cohort.networks[T].state_dict()},
                                  self.run_dir / "checkpoints" / "best-teacher.pt")

@@ -104,6 +104,61 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
         console.print(f"  shadow  {key} (frozen copy for self-distillation)")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Look at a data set before training on it.")
+app.add_typer(data_app, name="data")
+
+
+def _data_spec(spec: str, overrides: list[str]):
+    """A config file, a folder, a CSV, a MedMNIST npz, or 'synthetic' -> an experiment config."""
+    from .config import load_config
+
+    path = Path(spec)
+    if spec.endswith((".yaml", ".yml")):
+        return load_config(path, overrides)
+    if spec == "synthetic":
+        data = ["data.source=synthetic"]
+    elif path.is_dir():
+        data = ["data.source=folder", f"data.root={path}"]
+    elif spec.endswith(".csv"):
+        data = ["data.source=csv", f"data.path={path}"]
+    elif spec.endswith(".npz"):
+        flag, _, size = path.stem.partition("_")
+        data = ["data.source=medmnist", f"data.flag={flag}", f"data.size={size or 28}", f"data.root={path.parent}"]
+    else:
+        raise KDError(f"'{spec}' is neither a config (.yaml), a folder, a .csv, a MedMNIST .npz nor 'synthetic'")
+    return load_config(None, [*data, *overrides])
+
+
+@data_app.command("inspect")
+def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folder, .csv, MedMNIST .npz, or synthetic"),
+                 set_: Optional[list[str]] = SetOpt) -> None:
+    """Class counts per split, image sizes and channels, and every problem found (exit 1 on errors)."""
+    from .data import build_data
+
+    cfg = _data_spec(spec, set_ or [])
+    bundle = build_data(cfg.data, cfg.train.seed, quiet=False, check=False)
+    report = bundle.report
+    table = Table(title=f"{spec}: {bundle.num_classes} classes, images used at {bundle.image_size} px, "
+                        f"{bundle.channels} channel(s)")
+    table.add_column("class")
+    splits = list(report.counts)
+    for split in splits:
+        table.add_column(split, justify="right")
+    for k, name in enumerate(report.class_names):
+        table.add_row(name, *(str(report.counts[s][k]) for s in splits))
+    table.add_row("[bold]total", *(f"[bold]{sum(report.counts[s])}" for s in splits))
+    console.print(table)
+    console.print("source images: " + ", ".join(f"{k} ({v})" for k, v in sorted(report.sources.items())),
+                  highlight=False)
+    for p in report.problems:
+        colour = "red" if p.level == "error" else "yellow"
+        console.print(f"[{colour}]{p.level}:[/{colour}] {p.message}", highlight=False, soft_wrap=True)
+    if not report.problems:
+        console.print("[green]no problems found")
+    if report.errors:
+        raise typer.Exit(1)
+
+
 @app.command()
 def presets(students: int = typer.Option(2, help="number of students (ctsl-mkt spans all of them)")) -> None:
     """List the routing presets and their edges."""

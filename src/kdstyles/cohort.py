@@ -57,9 +57,10 @@ def network_seed(seed: int, name: str) -> int:
 class Cohort(nn.Module):
     def __init__(self, networks: dict[str, nn.Module], edges: list[Edge], taps: dict[str, str | None],
                  ce_weight: float, frozen: set[str], sample: torch.Tensor, num_classes: int,
-                 embedding_taps: dict[str, str | None] | None = None):
+                 embedding_taps: dict[str, str | None] | None = None, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.networks = nn.ModuleDict(networks)
+        self.register_buffer("class_weights", class_weights, persistent=False)
         self.edges = edges
         self.ce_weight = ce_weight
         self.frozen = set(frozen)
@@ -189,7 +190,7 @@ class Cohort(nn.Module):
     def losses(self, outs: dict[str, NetOutput], y: torch.Tensor) -> dict[str, NetLoss]:
         result = {}
         for name in self.trainable:
-            terms = {"ce": F.cross_entropy(outs[name].logits, y)}
+            terms = {"ce": F.cross_entropy(outs[name].logits, y, weight=self.class_weights)}
             distill = []
             for i, e in enumerate(self.edges):
                 if e.dst != name:
@@ -229,8 +230,10 @@ def _offline_teacher_weights(path_str: str) -> dict[str, torch.Tensor]:
 
 
 def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_size: int,
-                 modules: dict[str, nn.Module] | None = None, load_offline: bool = True) -> Cohort:
-    """Build every network the routing uses, check taps and shapes, create adapters."""
+                 modules: dict[str, nn.Module] | None = None, load_offline: bool = True,
+                 class_counts: list[int] | None = None) -> Cohort:
+    """Build every network the routing uses, check taps and shapes, create adapters.
+    ``class_counts`` (training split) weights CE by inverse class frequency."""
     modules = dict(modules or {})
     edges = resolve_edges(cfg)
     names = used_networks(cfg, edges)
@@ -265,4 +268,8 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
                 raise KDError(f"networks.teacher.checkpoint '{cfg.networks.teacher.checkpoint}' does not fit "
                               f"arch {cfg.networks.teacher.arch}: {first[:160]}") from None
     sample = torch.zeros(2, channels, image_size, image_size)
-    return Cohort(nets, edges, taps, cfg.loss.ce_weight, frozen, sample, num_classes, embedding_taps)
+    weights = None
+    if class_counts is not None:
+        counts = torch.tensor(class_counts, dtype=torch.float).clamp_min(1)
+        weights = counts.sum() / (len(counts) * counts)
+    return Cohort(nets, edges, taps, cfg.loss.ce_weight, frozen, sample, num_classes, embedding_taps, weights)

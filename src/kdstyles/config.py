@@ -39,17 +39,47 @@ class AugmentConfig(Strict):
 
 
 class DataConfig(Strict):
-    source: Literal["synthetic"] = "synthetic"
-    image_size: int = Field(32, ge=8, le=1024)
-    channels: int = Field(3, ge=1, le=4)
-    train_samples: int = Field(2000, ge=2)
-    val_samples: int = Field(500, ge=1)
-    test_samples: int = Field(1000, ge=1)
+    """Where images come from and how they are prepared.
+
+    ``source``: ``synthetic`` (embedded generator), ``medmnist`` (an npz file by ``flag`` and
+    ``size`` in ``root``), ``folder`` (class-per-subfolder tree at ``root``, optionally inside
+    ``train/``, ``val/``, ``test/``) or ``csv`` (``path`` to a CSV with ``path,label[,split]``).
+    """
+
+    source: Literal["synthetic", "medmnist", "folder", "csv"] = "synthetic"
+    root: Optional[str] = Field(None, description="medmnist: folder of the npz files (default ~/.medmnist); "
+                                                  "folder: the image tree")
+    path: Optional[str] = Field(None, description="csv: the CSV file (image paths relative to it)")
+    flag: Optional[str] = Field(None, description="medmnist: pathmnist, dermamnist, bloodmnist, ...")
+    size: Literal[28, 64, 128, 224] = Field(28, description="medmnist: which file (image size) to read")
+    classes: Optional[list[str]] = Field(None, description="folder/csv: the class list (default: sorted labels)")
+    image_size: Optional[int] = Field(None, ge=8, le=1024, description="network input size; default: the source's "
+                                      "(synthetic 32, medmnist its size, folder/csv 224)")
+    channels: Optional[int] = Field(None, ge=1, le=3, description="1 or 3; default: the source's (synthetic and "
+                                    "folder/csv 3, medmnist its own)")
+    train_samples: int = Field(2000, ge=2, description="synthetic only")
+    val_samples: int = Field(500, ge=1, description="synthetic only")
+    test_samples: int = Field(1000, ge=1, description="synthetic only")
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="folder/csv: share of train split off as val "
+                                "when no val split exists (stratified, seeded, saved in the run folder)")
+    test_fraction: float = Field(0.15, gt=0, lt=1, description="likewise for a missing test split")
     normalize: Literal["dataset", "none"] = Field(
         "dataset", description="dataset: per-channel mean/std of the training split; none: [0, 1]")
     batch_size: int = Field(32, ge=2)
     num_workers: int = Field(0, ge=0)
+    persistent_workers: bool = False
+    sampler: Literal["uniform", "balanced"] = Field("uniform", description="balanced: classes drawn equally often")
+    cache_gb: float = Field(4.0, ge=0, description="folder/csv: decode into memory when the set fits in this")
+    on_duplicates: Literal["error", "warn"] = Field("error", description="identical images across splits")
+    imbalance_ratio: float = Field(20.0, gt=1, description="warn when largest/smallest class count exceeds this")
     augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _source_keys(self) -> "DataConfig":
+        needs = {"medmnist": "flag", "folder": "root", "csv": "path"}.get(self.source)
+        if needs and getattr(self, needs) is None:
+            raise ValueError(f"source '{self.source}' needs data.{needs}")
+        return self
 
 
 class NetworkConfig(Strict):
@@ -140,6 +170,8 @@ class LossConfig(Strict):
     """L_i = ce_weight * CE + (1 - ce_weight) * sum_e weight_e * L_style(e); CE alone without edges."""
 
     ce_weight: float = Field(0.1, ge=0, le=1)
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: CE weighted by inverse class frequency of the training split")
     teacher_weight: float = Field(0.2, ge=0, description="default weight of edges from the teacher")
     peer_weight: float = Field(0.1, ge=0, description="default weight of edges between students")
     self_weight: float = Field(0.1, ge=0, description="default weight of self-distillation edges")

@@ -101,9 +101,10 @@ class Trainer:
         self.optimizers = {n: make_optimizer(cfg.optim, cohort.parameters_of(n)) for n in cohort.trainable}
         self.schedulers = {n: make_scheduler(cfg.schedule, o, cfg.train.epochs) for n, o in self.optimizers.items()}
         self.state = TrainState(best={n: {"epoch": 0, "value": -math.inf} for n in cohort.trainable})
-        self.train_loader = data.loader("train", cfg.data.batch_size, train=True, num_workers=cfg.data.num_workers,
-                                        seed=cfg.train.seed, max_batches=cfg.train.max_steps_per_epoch)
-        self.val_loader = data.loader("val", cfg.data.batch_size, num_workers=cfg.data.num_workers)
+        workers = dict(num_workers=cfg.data.num_workers, persistent_workers=cfg.data.persistent_workers)
+        self.train_loader = data.loader("train", cfg.data.batch_size, train=True, seed=cfg.train.seed,
+                                        max_batches=cfg.train.max_steps_per_epoch, **workers)
+        self.val_loader = data.loader("val", cfg.data.batch_size, **workers)
         self.writer = None
 
     # ------------------------------------------------------------------ files

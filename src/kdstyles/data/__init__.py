@@ -1,26 +1,36 @@
-"""Datasets, augmentation and loaders.
+"""Datasets, checks, augmentation and loaders for every source.
 
-Images live in memory as uint8 arrays (N, H, W, C). Augmentation uses MONAI array
-transforms seeded per ``(seed, epoch, index)``, and the sampler's order is seeded per
-``(seed, epoch)``: an epoch's batches are a pure function of the seed and the epoch
-number, whatever the number of workers, so a resumed run sees exactly the batches the
-uninterrupted run would have seen, without saving any sampler or worker state.
+Every source ends up as one :class:`ImageDataset` per split: uint8 images (N, H, W, C)
+in memory (synthetic, MedMNIST, and folder/CSV sets that fit ``data.cache_gb``) or image
+files decoded on access. Before any training, one streaming pass checks the data
+(:mod:`kdstyles.data.checks`); for files that pass also decodes them into the cache.
+
+Augmentation uses MONAI array transforms seeded per ``(seed, epoch, index)``, and the
+sampler's order is seeded per ``(seed, epoch)``: an epoch's batches are a pure function
+of the seed and the epoch number, whatever the number of workers, so a resumed run sees
+exactly the batches the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
+import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import AugmentConfig, DataConfig
 from ..errors import KDError
-from . import synthetic
+from . import checks, medmnist, sources, synthetic
+from .images import convert, read_image
 
 MAX_SEED = 2**31 - 1
+NORM_SAMPLE = 2000  # images used to estimate the per-channel mean/std
 
 
 def _mix(*values: int) -> int:
@@ -47,34 +57,58 @@ def build_augment(cfg: AugmentConfig, image_size: int):
     return Compose(ts) if ts else None
 
 
-class ArrayDataset(Dataset):
-    """uint8 images (N, H, W, C) + int labels; items are addressed by ``(epoch, index)``."""
+class ImageDataset(Dataset):
+    """Images + int labels; items are addressed by ``(epoch, index)`` (augmentation seed)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
-                 augment=None, seed: int = 0):
-        self.images, self.labels = images, labels
+    def __init__(self, labels: np.ndarray, mean: torch.Tensor, std: torch.Tensor, augment=None, seed: int = 0,
+                 images: np.ndarray | None = None, paths: list[Path] | None = None, channels: int = 3,
+                 size: int = 32):
+        self.labels, self.images, self.paths = labels, images, paths
         self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
-        self.augment, self.seed = augment, seed
+        self.augment, self.seed, self.channels, self.size = augment, seed, channels, size
+        # One random stream shared by the transforms, reseeded per item (one seeding, not one per transform).
+        self._random = np.random.RandomState()
+        for t in getattr(augment, "transforms", ()):
+            t.set_random_state(state=self._random)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.labels)
+
+    def raw(self, index: int) -> np.ndarray:
+        """The uint8 (H, W, C) image, from memory or decoded from its file."""
+        if self.images is not None:
+            return self.images[index]
+        return read_image(self.paths[index], self.channels, self.size)[0]
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        img = torch.from_numpy(self.images[index]).permute(2, 0, 1).float().div_(255)
+        img = torch.from_numpy(np.ascontiguousarray(self.raw(index))).permute(2, 0, 1).float().div_(255)
         if self.augment is not None:
-            self.augment.set_random_state(seed=_mix(self.seed, epoch, index))
-            img = self.augment(img)
+            self._random.seed(_mix(self.seed, epoch, index))
+            tracking = get_track_meta()
+            set_track_meta(False)  # plain tensors: MONAI's metadata bookkeeping costs more than the flip
+            try:
+                img = self.augment(img)
+            finally:
+                set_track_meta(tracking)
             img = img.as_tensor() if hasattr(img, "as_tensor") else img
         return (img - self.mean) / self.std, int(self.labels[index])
 
 
 class EpochBatchSampler(Sampler):
-    """Batches of ``(epoch, index)`` keys; the order is seeded by (seed, epoch)."""
+    """Batches of ``(epoch, index)`` keys; the order is seeded by (seed, epoch).
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, max_batches: int | None = None):
+    ``labels`` given: classes are drawn equally often (sampling with replacement, one
+    epoch = as many draws as samples)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, max_batches: int | None = None,
+                 labels: np.ndarray | None = None):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.max_batches, self.epoch = max_batches, 0
+        self.weights = None
+        if labels is not None:
+            counts = np.bincount(labels)
+            self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
         # A training batch of one would break BatchNorm; drop such a remainder.
         self.drop_last = shuffle and n % batch_size == 1
 
@@ -86,8 +120,10 @@ class EpochBatchSampler(Sampler):
         return min(n, self.max_batches) if self.max_batches else n
 
     def __iter__(self):
-        if self.shuffle:
-            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
@@ -99,24 +135,40 @@ class EpochBatchSampler(Sampler):
 class DataBundle:
     """The splits of one experiment plus what a model needs to know about them."""
 
-    splits: dict[str, ArrayDataset]
+    splits: dict[str, ImageDataset]
     class_names: list[str]
     channels: int
     image_size: int
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    report: checks.DataReport | None = None
+    split_table: tuple | None = None  # folder/csv: (records, labels, splits, base) to save
+    sampler: str = "uniform"
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def loader(self, split: str, batch_size: int, train: bool = False, num_workers: int = 0,
-               seed: int = 0, max_batches: int | None = None) -> DataLoader:
+               seed: int = 0, max_batches: int | None = None, persistent_workers: bool = False) -> DataLoader:
         ds = self.splits[split]
+        balanced = train and self.sampler == "balanced"
         sampler = EpochBatchSampler(len(ds), batch_size, shuffle=train, seed=seed,
-                                    max_batches=max_batches if train else None)
+                                    max_batches=max_batches if train else None,
+                                    labels=ds.labels if balanced else None)
         return DataLoader(ds, batch_sampler=sampler, num_workers=num_workers,
-                          persistent_workers=False, pin_memory=torch.cuda.is_available())
+                          persistent_workers=persistent_workers and num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def save(self, run_dir: Path) -> None:
+        """Write the data report and, for folder/CSV sources, the split assignment."""
+        from ..checkpoints import write_text
+
+        if self.report is not None:
+            write_text(run_dir / "data_report.json", json.dumps(self.report.to_dict(), indent=2) + "\n")
+        if self.split_table is not None:
+            records, labels, splits, base = self.split_table
+            sources.write_splits(run_dir / "splits.csv", records, labels, splits, base)
 
 
 @lru_cache(maxsize=8)
@@ -124,31 +176,115 @@ def _synthetic_split(seed: int, split: str, n: int, size: int) -> tuple[np.ndarr
     return synthetic.generate(seed, split, n, size)
 
 
-def _convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
-    have = images.shape[-1]
-    if have == channels:
+def _fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:
+    """In-memory images converted to the configured channels and size."""
+    if images.shape[1:] == (size, size, channels):
         return images
-    if channels == 1:  # luminance (ITU-R 601)
-        gray = images[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        return np.clip(gray + 0.5, 0, 255).astype(np.uint8)[..., None]
-    if have == 1:
-        return np.repeat(images, channels, axis=-1)
-    raise KDError(f"data.channels: cannot convert {have}-channel images to {channels} channels; allowed: 1 or 3")
+    from PIL import Image
+
+    out = np.empty((len(images), size, size, channels), np.uint8)
+    for i, img in enumerate(images):
+        out[i] = convert(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), channels, size)
+    return out
 
 
-def build_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """Load every split of the configured source into memory and fit the normalisation."""
-    raw = {split: _synthetic_split(seed, split, n, cfg.image_size)
-           for split, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples))}
-    raw = {k: (_convert_channels(x, cfg.channels), y) for k, (x, y) in raw.items()}
-    if cfg.normalize == "dataset":
-        x = torch.from_numpy(raw["train"][0]).float().div_(255)
-        mean = x.mean(dim=(0, 1, 2))
-        std = x.std(dim=(0, 1, 2)).clamp_min(1e-3)
+def _progress(quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if quiet:
+        return nullcontext(None)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    transient=True)
+
+
+def _load_arrays(cfg: DataConfig, seed: int) -> tuple[dict, list[str], int, int, str]:
+    """synthetic / medmnist: {split: (images, labels)}, class names, native channels and size, a label."""
+    if cfg.source == "synthetic":
+        size = cfg.image_size or 32
+        raw = {s: _synthetic_split(seed, s, n, size)
+               for s, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples))}
+        return raw, list(synthetic.CLASS_NAMES), 3, size, "synthetic"
+    path = medmnist.locate(cfg.flag, cfg.size, cfg.root)
+    arrays = medmnist.load(path)
+    raw = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "val", "test")}
+    task, channels, names, _ = medmnist.FLAGS[cfg.flag]
+    return raw, list(names), raw["train"][0].shape[-1], raw["train"][0].shape[1], str(path)
+
+
+def build_data(cfg: DataConfig, seed: int, run_dir: Path | None = None, quiet: bool = True,
+               check: bool = True) -> DataBundle:
+    """Load and check every split of the configured source and fit the normalisation.
+
+    ``check=False`` returns the bundle with its report even when the data has errors
+    (``kdstyles data inspect``); otherwise the first error is raised before anything else."""
+    split_table = None
+    if cfg.source in ("synthetic", "medmnist"):
+        raw, names, native_ch, native_size, label = _load_arrays(cfg, seed)
+        channels, size = cfg.channels or native_ch, cfg.image_size or native_size
+        report = checks.DataReport(names)
+        digests, item_names, stored = {}, {}, {}
+        for split, (images, labels) in raw.items():
+            where = f"{label} {split}"
+            item_names[split] = [f"{where}[{i}]" for i in range(len(labels))]
+            checks.check_labels(split, labels, len(names), item_names[split], report)
+            digests[split] = checks.digest_arrays(images)
+            stored[split] = (_fit_arrays(images, channels, size), labels, None)
+            shape = "x".join(map(str, images.shape[1:]))
+            report.sources[shape] = report.sources.get(shape, 0) + len(images)
     else:
-        mean, std = torch.zeros(cfg.channels), torch.ones(cfg.channels)
-    augment = build_augment(cfg.augment, cfg.image_size)
-    splits = {name: ArrayDataset(x, y, mean, std, augment if name == "train" else None, seed)
-              for name, (x, y) in raw.items()}
-    return DataBundle(splits, list(synthetic.CLASS_NAMES), cfg.channels, cfg.image_size,
-                      mean.tolist(), std.tolist())
+        base = Path(cfg.root if cfg.source == "folder" else cfg.path)
+        records = sources.list_folder(base) if cfg.source == "folder" else sources.list_csv(base)
+        base = base if cfg.source == "folder" else base.parent
+        where = f"data.{'root' if cfg.source == 'folder' else 'path'}"
+        names = sources.class_list(records, cfg.classes, where)
+        index = {n: k for k, n in enumerate(names)}
+        labels = np.array([index[r.label] for r in records], dtype=np.int64)
+        saved = run_dir / "splits.csv" if run_dir is not None else None
+        assignment = sources.read_splits(saved, records, base) if saved is not None and saved.is_file() else None
+        if saved is not None and saved.is_file() and assignment is None:
+            raise KDError(f"{where}: the files changed since this run was created ({saved} no longer matches); "
+                          "start a new run")
+        if assignment is None:
+            assignment = sources.assign_splits(records, labels, seed, cfg.val_fraction, cfg.test_fraction)
+        split_table = (records, [r.label for r in records], assignment, base)
+        channels, size = cfg.channels or 3, cfg.image_size or 224
+        keep = len(records) * size * size * channels <= cfg.cache_gb * 1e9
+        report = checks.DataReport(names)
+        digests, item_names, stored = {}, {}, {}
+        with _progress(quiet) as bar:
+            task = bar.add_task(f"checking {len(records)} images", total=len(records)) if bar else None
+            advance = (lambda n: bar.advance(task, n)) if bar else None
+            for split in sources.SPLITS:
+                idx = [i for i, s in enumerate(assignment) if s == split]
+                paths = [records[i].path for i in idx]
+                item_names[split] = [f"'{p}'" for p in paths]
+                checks.check_labels(split, labels[idx], len(names), item_names[split], report)
+                images, digests[split] = checks.decode_files(paths, channels, size, keep, report, advance)
+                stored[split] = (images, labels[idx], paths)
+    checks.check_balance(report, cfg.imbalance_ratio)
+    checks.check_duplicates(digests, item_names, cfg.on_duplicates, report)
+    if check:
+        report.raise_errors()
+    empty = [s for s, (_, lbl, _) in stored.items() if len(lbl) == 0]
+    if empty and check:
+        raise KDError(f"data: the {empty[0]} split is empty; give it files or lower the fractions")
+    mean, std = _normalisation(cfg, stored["train"], channels, size, seed)
+    augment = build_augment(cfg.augment, size)
+    splits = {s: ImageDataset(lbl, mean, std, augment if s == "train" else None, seed, images=imgs,
+                              paths=paths, channels=channels, size=size)
+              for s, (imgs, lbl, paths) in stored.items()}
+    return DataBundle(splits, names, channels, size, mean.tolist(), std.tolist(), report, split_table, cfg.sampler)
+
+
+def _normalisation(cfg: DataConfig, train: tuple, channels: int, size: int, seed: int):
+    if cfg.normalize == "none" or len(train[1]) == 0:
+        return torch.zeros(channels), torch.ones(channels)
+    images, labels, paths = train
+    n = len(labels)
+    pick = np.random.default_rng([seed, 17]).permutation(n)[:NORM_SAMPLE] if n > NORM_SAMPLE else np.arange(n)
+    if images is not None:
+        sample = images[np.sort(pick)]
+    else:
+        sample = np.stack([read_image(paths[i], channels, size)[0] for i in np.sort(pick)])
+    x = torch.from_numpy(sample).float().div_(255)
+    return x.mean(dim=(0, 1, 2)), x.std(dim=(0, 1, 2)).clamp_min(1e-3)

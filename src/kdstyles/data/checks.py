@@ -1,0 +1,139 @@
+"""Checks before training: every problem a data set can have that would crash a run
+mid-epoch or silently poison it, found in one streaming pass.
+
+Errors (unreadable or truncated image, label outside the class list, empty class,
+identical images across splits unless ``data.on_duplicates: warn``) stop the run before
+training with one line naming the file. Warnings (class imbalance, duplicates when
+allowed) are printed and saved in the run folder as ``data_report.json``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import KDError
+from .images import array_digest, file_digest, read_image
+
+
+@dataclass
+class Problem:
+    level: str  # "error" or "warning"
+    message: str
+
+
+@dataclass
+class DataReport:
+    class_names: list[str]
+    counts: dict[str, list[int]] = field(default_factory=dict)  # split -> count per class
+    sources: dict[str, int] = field(default_factory=dict)  # "WxH mode" (files) or "HxWxC" (arrays) -> count
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == "warning"]
+
+    def raise_errors(self) -> None:
+        errs = self.errors
+        if errs:
+            more = f" (+{len(errs) - 1} more problems: run 'kdstyles data inspect')" if len(errs) > 1 else ""
+            raise KDError(f"{errs[0].message}{more}")
+
+    def to_dict(self) -> dict:
+        return {"class_names": self.class_names, "counts": self.counts, "sources": self.sources,
+                "problems": [asdict(p) for p in self.problems]}
+
+
+def decode_files(paths: list[Path], channels: int, size: int, keep: bool, report: DataReport,
+                 advance: Callable[[int], None] | None = None, threads: int = 4
+                 ) -> tuple[np.ndarray | None, list[str | None]]:
+    """Decode every file once (streaming): problems into ``report``; returns the decoded
+    uint8 array when ``keep`` (else None) and each file's content digest (None if unreadable)."""
+    images = np.zeros((len(paths), size, size, channels), np.uint8) if keep else None
+    digests: list[str | None] = [None] * len(paths)
+    sizes: Counter = Counter()
+
+    def work(i: int):
+        try:
+            digest = file_digest(paths[i])
+            arr, info = read_image(paths[i], channels, size)
+            return i, arr, info, digest, None
+        except KDError as exc:
+            return i, None, None, None, str(exc)
+        except OSError as exc:
+            return i, None, None, None, f"image file '{paths[i]}' cannot be read ({exc.strerror})"
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for i, arr, info, digest, err in pool.map(work, range(len(paths)), chunksize=16):
+            if err is not None:
+                report.problems.append(Problem("error", err))
+            else:
+                digests[i] = digest
+                sizes[f"{info[0]}x{info[1]} {info[2]}"] += 1
+                if images is not None:
+                    images[i] = arr
+            if advance is not None:
+                advance(1)
+    for k, v in sizes.items():
+        report.sources[k] = report.sources.get(k, 0) + v
+    return images, digests
+
+
+def check_labels(split: str, labels: np.ndarray, num_classes: int, names: list[str], report: DataReport) -> None:
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        i = int(bad[0])
+        report.problems.append(Problem("error", f"{names[i]}: label {int(labels[i])} is outside the class list "
+                                                f"0..{num_classes - 1} ({len(bad)} such labels in {split})"))
+        labels = labels[(labels >= 0) & (labels < num_classes)]
+    report.counts[split] = np.bincount(labels, minlength=num_classes).tolist()
+
+
+def check_balance(report: DataReport, ratio: float) -> None:
+    counts = report.counts.get("train")
+    if not counts:
+        return
+    for k, n in enumerate(counts):
+        if n == 0:
+            report.problems.append(Problem("error", f"class '{report.class_names[k]}' has no training images"))
+    present = [n for n in counts if n > 0]
+    if present and max(present) / min(present) > ratio:
+        big, small = int(np.argmax(counts)), min((n, k) for k, n in enumerate(counts) if n > 0)[1]
+        report.problems.append(Problem(
+            "warning", f"class imbalance: '{report.class_names[big]}' has {max(present)} training images, "
+                       f"'{report.class_names[small]}' {min(present)} (ratio > {ratio:g}); consider "
+                       "data.sampler: balanced or loss.class_weights: balanced"))
+
+
+def check_duplicates(digests: dict[str, list[str | None]], names: dict[str, list[str]], on_duplicates: str,
+                     report: DataReport) -> None:
+    """Identical content in two different splits (leakage between training and evaluation)."""
+    seen: dict[str, tuple[str, str]] = {}
+    found = []
+    for split, ds in digests.items():
+        for d, name in zip(ds, names[split], strict=True):
+            if d is None:
+                continue
+            if d in seen and seen[d][0] != split:
+                found.append((seen[d][1], name))
+            seen.setdefault(d, (split, name))
+    if found:
+        a, b = found[0]
+        more = f" (+{len(found) - 1} more pairs)" if len(found) > 1 else ""
+        hint = "; remove them or set data.on_duplicates: warn" if on_duplicates == "error" else ""
+        report.problems.append(Problem("error" if on_duplicates == "error" else "warning",
+                                       f"duplicate images across splits (leakage): {b} is identical to {a}"
+                                       f"{more}{hint}"))
+
+
+def digest_arrays(images: np.ndarray) -> list[str | None]:
+    return [array_digest(img) for img in images]

@@ -1,0 +1,115 @@
+"""MedMNIST ``.npz`` files, read directly (the ``medmnist`` package pulls torchvision).
+
+A missing file is downloaded with a progress bar and an MD5 check where the network is
+reachable; where it is not (or ``KDSTYLES_OFFLINE=1``), loading fails at once with the
+exact file name, the folder it is expected in, and where to get it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import KDError
+from .medmnist_info import FLAGS, URL
+
+SIZES = (28, 64, 128, 224)
+KEYS = tuple(f"{split}_{kind}" for split in ("train", "val", "test") for kind in ("images", "labels"))
+DEFAULT_ROOT = "~/.medmnist"
+
+
+def file_name(flag: str, size: int) -> str:
+    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+
+
+def check_flag(flag: str, size: int) -> None:
+    if flag not in FLAGS:
+        raise KDError(f"data.flag: '{flag}' is not a 2D MedMNIST flag; allowed: {', '.join(FLAGS)}")
+    if size not in SIZES:
+        raise KDError(f"data.size: {size} is not a MedMNIST size; allowed: {', '.join(map(str, SIZES))}")
+    if FLAGS[flag][0].startswith("multi-label"):
+        raise KDError(f"data.flag: {flag} is multi-label ({len(FLAGS[flag][2])} findings per image); kdstyles "
+                      "trains single-label classifiers, so it is not supported yet; use another flag")
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(flag: str, size: int, root: Path, timeout: float = 20.0) -> Path:
+    """Fetch one file into ``root`` (temporary name, MD5 check, then rename)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    name = file_name(flag, size)
+    target = root / name
+    url = URL.format(name=name)
+    where = (f"data.root: '{name}' is not in '{root}' and could not be downloaded (%s); download it from "
+             f"{url} into that folder, or set data.root to the folder that holds it")
+    if os.environ.get("KDSTYLES_OFFLINE") == "1":
+        raise KDError(where % "KDSTYLES_OFFLINE=1")
+    root.mkdir(parents=True, exist_ok=True)
+    part = target.with_suffix(".npz.part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with Progress(TextColumn(f"downloading {name}"), BarColumn(), DownloadColumn(),
+                          TransferSpeedColumn()) as bar:
+                task = bar.add_task("dl", total=total)
+                for block in iter(lambda: resp.read(1 << 20), b""):
+                    out.write(block)
+                    bar.advance(task, len(block))
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        part.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", exc)
+        raise KDError(where % f"no network: {str(reason).splitlines()[0][:80]}") from None
+    expected = FLAGS[flag][3][size]
+    got = _md5(part)
+    if got != expected:
+        part.unlink(missing_ok=True)
+        raise KDError(f"downloaded '{name}' has MD5 {got}, expected {expected}; the file was discarded, try again")
+    os.replace(part, target)
+    return target
+
+
+def locate(flag: str, size: int, root: str | None) -> Path:
+    check_flag(flag, size)
+    folder = Path(os.path.expanduser(root or DEFAULT_ROOT))
+    path = folder / file_name(flag, size)
+    return path if path.is_file() else download(flag, size, folder)
+
+
+def load(path: Path) -> dict[str, np.ndarray]:
+    """Every split's images (N, H, W[, C]) and labels (N,) from a MedMNIST-format npz."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in KEYS if k not in npz.files]
+            if missing:
+                raise KDError(f"npz file '{path}' lacks key '{missing[0]}'; a MedMNIST file holds "
+                              f"{', '.join(KEYS)}")
+            arrays = {k: npz[k] for k in KEYS}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise KDError(f"npz file '{path}' is unreadable or truncated ({str(exc).splitlines()[0][:80]})") from None
+    for split in ("train", "val", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim not in (3, 4) or images.dtype != np.uint8:
+            raise KDError(f"npz file '{path}': {split}_images has shape {images.shape} and dtype {images.dtype}; "
+                          "expected uint8 (N, H, W) or (N, H, W, C)")
+        if labels.ndim == 2 and labels.shape[1] > 1:
+            raise KDError(f"npz file '{path}': {split}_labels has {labels.shape[1]} labels per image (multi-label); "
+                          "kdstyles trains single-label classifiers")
+        if len(labels) != len(images):
+            raise KDError(f"npz file '{path}': {len(images)} {split} images but {len(labels)} labels")
+        arrays[f"{split}_labels"] = labels.reshape(-1).astype(np.int64)
+        if images.ndim == 3:
+            arrays[f"{split}_images"] = images[..., None]
+    return arrays

@@ -1,0 +1,136 @@
+"""Folder and CSV sources: which file belongs to which class and split.
+
+Folder: ``root/<class>/<image>``, or ``root/{train,val,test}/<class>/<image>``.
+CSV: columns ``path,label[,split]``; paths relative to the CSV file's folder.
+
+A split that does not exist is made from the training files, stratified by class, with
+the run's seed; the assignment is saved in the run folder (``splits.csv``) and read back
+from there on resume and evaluate, so they always see the same split.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import KDError
+from .images import IMAGE_SUFFIXES
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Record:
+    path: Path
+    label: str
+    split: str | None  # None: to be assigned
+
+
+def list_folder(root: Path) -> list[Record]:
+    if not root.is_dir():
+        raise KDError(f"data.root: folder '{root}' does not exist")
+    bases = [(root / s, s) for s in SPLITS if (root / s).is_dir()] if (root / "train").is_dir() else [(root, None)]
+    records = []
+    for base, split in bases:
+        class_dirs = sorted(d for d in base.iterdir() if d.is_dir())
+        if not class_dirs:
+            raise KDError(f"data.root: '{base}' has no class subfolders; expected {base}/<class>/<image files>")
+        for d in class_dirs:
+            files = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not files:
+                raise KDError(f"data.root: class folder '{d}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            records += [Record(f, d.name, split) for f in files]
+    return records
+
+
+def list_csv(path: Path) -> list[Record]:
+    if not path.is_file():
+        raise KDError(f"data.path: CSV file '{path}' does not exist")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip() for c in (reader.fieldnames or [])]
+        if "path" not in fields or "label" not in fields:
+            raise KDError(f"CSV file '{path}': needs columns path,label[,split]; found: {', '.join(fields) or 'none'}")
+        records = []
+        for line, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            split = row.get("split") or None
+            if split is not None and split not in SPLITS:
+                raise KDError(f"CSV file '{path}' line {line}: split '{split}' is not one of {', '.join(SPLITS)}")
+            if not row["path"] or not row["label"]:
+                raise KDError(f"CSV file '{path}' line {line}: empty path or label")
+            records.append(Record((path.parent / row["path"]), row["label"], split))
+    if not records:
+        raise KDError(f"CSV file '{path}' has no rows")
+    return records
+
+
+def class_list(records: list[Record], classes: list[str] | None, where: str) -> list[str]:
+    """The class names, in order; labels outside a given list and empty classes are errors."""
+    present = {r.label for r in records}
+    if classes is None:
+        numeric = all(lbl.lstrip("-").isdigit() for lbl in present)
+        return sorted(present, key=int if numeric else str)
+    for r in records:
+        if r.label not in classes:
+            raise KDError(f"{where}: '{r.path}' has label '{r.label}', which is not in data.classes "
+                          f"({', '.join(classes)})")
+    empty = [c for c in classes if c not in present]
+    if empty:
+        raise KDError(f"{where}: class '{empty[0]}' of data.classes has no images")
+    return list(classes)
+
+
+def assign_splits(records: list[Record], labels: np.ndarray, seed: int, val_fraction: float,
+                  test_fraction: float) -> list[str]:
+    """Fill missing splits: stratified by class, seeded, from the files without a split
+    (or from train when val/test are missing)."""
+    splits = [r.split for r in records]
+    have = {s for s in splits if s is not None}
+    missing = [s for s in ("val", "test") if s not in have]
+    if not missing:
+        return [s or "train" for s in splits]
+    pool = [i for i, s in enumerate(splits) if s in (None, "train")]
+    fractions = {"val": val_fraction, "test": test_fraction}
+    rng = np.random.default_rng([seed, 7919])
+    out = [s or "train" for s in splits]
+    for cls in np.unique(labels[pool]):
+        members = [i for i in pool if labels[i] == cls]
+        rng.shuffle(members)
+        start = 0
+        for s in missing:
+            n = int(round(len(members) * fractions[s]))
+            n = min(max(n, 1), max(len(members) - start - 1, 0))  # keep at least one for training
+            for i in members[start:start + n]:
+                out[i] = s
+            start += n
+    return out
+
+
+def write_splits(path: Path, records: list[Record], labels: list[str], splits: list[str], base: Path) -> None:
+    from ..checkpoints import write_text
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "split"])
+    for r, lbl, s in zip(records, labels, splits, strict=True):
+        try:
+            shown = r.path.resolve().relative_to(base.resolve())
+        except ValueError:
+            shown = r.path.resolve()
+        w.writerow([shown.as_posix(), lbl, s])
+    write_text(path, buf.getvalue())
+
+
+def read_splits(path: Path, records: list[Record], base: Path) -> list[str] | None:
+    """The saved assignment for these records, or None when it no longer matches the files."""
+    with open(path, newline="") as f:
+        saved = {(base / row["path"]).resolve(): row["split"] for row in csv.DictReader(f)}
+    try:
+        return [saved[r.path.resolve()] for r in records]
+    except KeyError:
+        return None

@@ -1,0 +1,326 @@
+import csv
+import json
+import sys
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kdstyles import Experiment, KDError, load_config
+from kdstyles.data import EpochBatchSampler, build_data, medmnist
+
+FAST = ["data.batch_size=8", "networks.teacher.widen=0.25", "networks.students.s1.widen=0.125",
+        "networks.students.s2.widen=0.125", "train.epochs=1"]
+
+
+def write_npz(path, n=(40, 10, 10), size=28, channels=3, classes=9, multilabel=False, drop=None, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n):
+        shape = (count, size, size, channels) if channels == 3 else (count, size, size)
+        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+        labels = rng.integers(0, 2, (count, 14)) if multilabel else (np.arange(count) % classes)[:, None]
+        arrays[f"{split}_labels"] = labels.astype(np.uint8)
+    if drop:
+        arrays.pop(drop)
+    np.savez_compressed(path, **arrays)
+    return arrays
+
+
+def test_medmnist_multiclass_rgb_and_gray(tmp_path):
+    arrays = write_npz(tmp_path / "pathmnist.npz")
+    cfg = load_config(None, ["data.source=medmnist", "data.flag=pathmnist", f"data.root={tmp_path}"])
+    bundle = build_data(cfg.data, seed=0)
+    assert bundle.num_classes == 9 and bundle.class_names[0] == "adipose"
+    assert bundle.channels == 3 and bundle.image_size == 28
+    assert len(bundle.splits["train"]) == 40 and len(bundle.splits["test"]) == 10
+    np.testing.assert_array_equal(bundle.splits["val"].labels, arrays["val_labels"][:, 0])
+    np.testing.assert_array_equal(bundle.splits["test"].images, arrays["test_images"])
+    x, y = bundle.splits["train"][(0, 3)]
+    assert x.shape == (3, 28, 28) and y == 3
+
+    write_npz(tmp_path / "octmnist_64.npz", size=64, channels=1, classes=4)
+    cfg = load_config(None, ["data.source=medmnist", "data.flag=octmnist", "data.size=64", f"data.root={tmp_path}",
+                             "data.image_size=32"])
+    bundle = build_data(cfg.data, seed=0)
+    assert bundle.channels == 1 and bundle.image_size == 32 and bundle.class_names[0] == "choroidal neovascularization"
+    assert bundle.splits["train"].images.shape == (40, 32, 32, 1)
+
+
+def test_medmnist_trains_end_to_end(tmp_path):
+    write_npz(tmp_path / "bloodmnist.npz", classes=8)
+    exp = Experiment(None, overrides=["data.source=medmnist", "data.flag=bloodmnist", f"data.root={tmp_path}",
+                                      f"output.dir={tmp_path}", *FAST], quiet=True)
+    exp.fit()
+    assert exp.evaluate()["samples"] == 10
+
+
+def test_multilabel_chestmnist_is_rejected(tmp_path):
+    write_npz(tmp_path / "chestmnist.npz", channels=1, multilabel=True)
+    cfg = load_config(None, ["data.source=medmnist", "data.flag=chestmnist", f"data.root={tmp_path}"])
+    with pytest.raises(KDError, match="chestmnist is multi-label .14 findings per image.; kdstyles trains single-label"):
+        build_data(cfg.data, seed=0)
+    # a multi-label file under a multi-class name is caught by its labels' shape
+    write_npz(tmp_path / "dermamnist.npz", multilabel=True)
+    cfg = load_config(None, ["data.source=medmnist", "data.flag=dermamnist", f"data.root={tmp_path}"])
+    with pytest.raises(KDError, match="train_labels has 14 labels per image"):
+        build_data(cfg.data, seed=0)
+
+
+def test_missing_npz_offline_names_file_folder_and_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDSTYLES_OFFLINE", "1")
+    with pytest.raises(KDError) as err:
+        medmnist.locate("dermamnist", 64, str(tmp_path))
+    msg = str(err.value)
+    assert f"'dermamnist_64.npz' is not in '{tmp_path}'" in msg
+    assert "https://zenodo.org/records/10519652/files/dermamnist_64.npz" in msg and "\n" not in msg
+
+
+def test_missing_npz_without_network_fails_at_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("KDSTYLES_OFFLINE", raising=False)
+    calls = []
+
+    def no_network(url, timeout=None):
+        calls.append(url)
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(medmnist.urllib.request, "urlopen", no_network)
+    with pytest.raises(KDError, match=r"could not be downloaded \(no network: Name or service not known\)"):
+        medmnist.locate("pathmnist", 28, str(tmp_path / "m"))
+    assert len(calls) == 1  # no retry loop
+    assert not list((tmp_path / "m").glob("*.part"))
+
+
+def test_download_checks_md5(tmp_path, monkeypatch):
+    class Resp:
+        headers = {"Content-Length": "4"}
+
+        def __init__(self):
+            self.chunks = [b"junk", b""]
+
+        def read(self, _n):
+            return self.chunks.pop(0)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.delenv("KDSTYLES_OFFLINE", raising=False)
+    monkeypatch.setattr(medmnist.urllib.request, "urlopen", lambda url, timeout=None: Resp())
+    with pytest.raises(KDError, match="has MD5 .* expected a8b06965200029087d5bd730944a56c1; the file was discarded"):
+        medmnist.locate("pathmnist", 28, str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_npz_files(tmp_path):
+    write_npz(tmp_path / "pathmnist.npz", drop="val_labels")
+    cfg = load_config(None, ["data.source=medmnist", "data.flag=pathmnist", f"data.root={tmp_path}"])
+    with pytest.raises(KDError, match=f"npz file '{tmp_path / 'pathmnist.npz'}' lacks key 'val_labels'"):
+        build_data(cfg.data, seed=0)
+    (tmp_path / "pathmnist.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(KDError, match="is unreadable or truncated"):
+        build_data(cfg.data, seed=0)
+
+
+def test_label_outside_class_list_in_npz(tmp_path):
+    arrays = write_npz(tmp_path / "breastmnist.npz", classes=2)
+    arrays["train_labels"][5] = 7
+    np.savez(tmp_path / "breastmnist.npz", **arrays)
+    cfg = load_config(None, ["data.source=medmnist", "data.flag=breastmnist", f"data.root={tmp_path}"])
+    with pytest.raises(KDError, match=r"breastmnist.npz train\[5\]: label 7 is outside the class list 0..1"):
+        build_data(cfg.data, seed=0)
+
+
+# ------------------------------------------------------------------ folders and CSV
+
+
+def make_mixed_folder(root, per_class=12):
+    """Two classes, every pixel format a user may have; images are distinct."""
+    rng = np.random.default_rng(0)
+    for c, cls in enumerate(("benign", "malignant")):
+        d = root / cls
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            base = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+            kind = i % 6
+            if kind == 0:
+                Image.fromarray(base).save(d / f"{i}.png")
+            elif kind == 1:
+                Image.fromarray(np.stack([base, base // 2, 255 - base], -1)).save(d / f"{i}.png")
+            elif kind == 2:
+                Image.fromarray(np.stack([base, base, base, base], -1)).save(d / f"{i}.png")
+            elif kind == 3:
+                Image.fromarray(base.astype(np.uint16) * 257).save(d / f"{i}.png")
+            elif kind == 4:
+                Image.fromarray(np.stack([base] * 3, -1)).save(d / f"{i}.jpg", quality=95)
+            else:
+                Image.fromarray(base).convert("P").save(d / f"{i}.png")
+
+
+def test_mixed_modes_are_converted(tmp_path):
+    from kdstyles.data.images import read_image
+
+    make_mixed_folder(tmp_path)
+    d = tmp_path / "benign"
+    gray = read_image(d / "0.png", 3, 24)[0]
+    assert gray.shape == (24, 24, 3) and (gray[..., 0] == gray[..., 2]).all()
+    rgb = read_image(d / "1.png", 3, 24)[0]
+    assert (rgb[..., 2].astype(int) + rgb[..., 0] > 200).mean() > 0.9  # channel order kept (B = 255 - R)
+    rgba = read_image(d / "2.png", 3, 24)[0]
+    assert rgba.shape == (24, 24, 3)
+    sixteen = read_image(d / "3.png", 1, 24)[0]
+    eight = read_image(d / "0.png", 1, 24)[0]
+    assert sixteen.shape == (24, 24, 1) and sixteen.dtype == np.uint8 and sixteen.max() > 200
+    with Image.open(d / "3.png") as im:
+        assert im.mode.startswith("I")  # really 16-bit on disk
+    assert read_image(d / "4.jpg", 1, 24)[0].shape == (24, 24, 1)
+    assert read_image(d / "5.png", 3, 24)[0].shape == (24, 24, 3)
+    assert np.abs(eight.astype(int) - read_image(d / "0.png", 1, 24)[0]).max() == 0
+
+
+def test_folder_source_stratified_split_saved_and_reused(tmp_path):
+    make_mixed_folder(tmp_path / "data", per_class=20)
+    over = ["data.source=folder", f"data.root={tmp_path / 'data'}", "data.image_size=16", f"output.dir={tmp_path}",
+            "output.name=run", *FAST]
+    exp = Experiment(None, overrides=over, quiet=True)
+    d = exp.data
+    assert d.class_names == ["benign", "malignant"] and d.channels == 3
+    counts = d.report.counts
+    assert counts["val"] == [3, 3] and counts["test"] == [3, 3] and counts["train"] == [14, 14]
+    assert d.splits["train"].images is not None  # small set: decoded into memory during the check
+    exp.fit()
+    rows = list(csv.DictReader((exp.run_dir / "splits.csv").open()))
+    assert len(rows) == 40 and {r["split"] for r in rows} == {"train", "val", "test"}
+    assert rows[0]["path"].startswith("benign/")
+    # the same seed gives the same split; another seed another one
+    again = build_data(load_config(None, over).data, seed=0)
+    other = build_data(load_config(None, over).data, seed=1)
+    assert list(map(str, again.splits["val"].paths)) == list(map(str, d.splits["val"].paths))
+    assert list(map(str, other.splits["val"].paths)) != list(map(str, d.splits["val"].paths))
+    # evaluate reads the saved split back, even after a file was added to the folder
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "data" / "benign" / "new.png")
+    with pytest.raises(KDError, match="the files changed since this run was created"):
+        Experiment.from_run(exp.run_dir, quiet=True).evaluate()
+
+
+def test_folder_with_split_subfolders_and_lazy_loading(tmp_path):
+    for split in ("train", "test"):
+        make_mixed_folder(tmp_path / split, per_class=10)
+    cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path}", "data.image_size=16", "data.cache_gb=0",
+                             "data.on_duplicates=warn"])
+    bundle = build_data(cfg.data, seed=0)
+    assert bundle.report.counts["test"] == [10, 10]
+    assert sum(bundle.report.counts["val"]) == 4  # val made from train (stratified)
+    assert bundle.splits["train"].images is None and bundle.splits["train"][(0, 0)][0].shape == (3, 16, 16)
+    # identical files in train and test (the same generator seed) are leakage
+    assert any("duplicate images across splits" in p.message for p in bundle.report.warnings)
+
+
+def test_csv_source(tmp_path):
+    make_mixed_folder(tmp_path / "imgs", per_class=8)
+    rows = [("imgs/benign/%d.png" % i if i % 6 != 4 else "imgs/benign/%d.jpg" % i, "benign") for i in range(8)]
+    rows += [("imgs/malignant/%d.png" % i if i % 6 != 4 else "imgs/malignant/%d.jpg" % i, "malignant")
+             for i in range(8)]
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        for k, (p, lbl) in enumerate(rows):
+            w.writerow([p, lbl, "test" if k % 8 == 0 else "val" if k % 8 == 1 else "train"])
+    cfg = load_config(None, ["data.source=csv", f"data.path={tmp_path / 'labels.csv'}", "data.image_size=16",
+                             "data.channels=1"])
+    bundle = build_data(cfg.data, seed=0)
+    assert bundle.report.counts == {"train": [6, 6], "val": [1, 1], "test": [1, 1]}
+    assert bundle.splits["val"][(0, 0)][0].shape == (1, 16, 16)
+    bad = load_config(None, ["data.source=csv", f"data.path={tmp_path / 'labels.csv'}", "data.classes=[benign, other]"])
+    with pytest.raises(KDError, match="imgs/malignant/0.png' has label 'malignant', which is not in data.classes"):
+        build_data(bad.data, seed=0)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("truncated", "is unreadable or truncated"),
+    ("not_image", "is unreadable or truncated"),
+    ("empty_class", "holds no images"),
+    ("duplicate", "duplicate images across splits (leakage)"),
+])
+def test_bad_folder_inputs_fail_before_training(tmp_path, problem, message):
+    root = tmp_path / "data"
+    make_mixed_folder(root)
+    if problem == "truncated":
+        target = root / "benign" / "1.png"
+        target.write_bytes(target.read_bytes()[:120])
+    elif problem == "not_image":
+        target = root / "malignant" / "3.png"
+        target.write_text("this is not a png")
+    elif problem == "empty_class":
+        target = root / "empty"
+        target.mkdir()
+    else:
+        (root / "benign" / "copy.png").write_bytes((root / "benign" / "0.png").read_bytes())
+        target = root / "benign" / "copy.png"
+    exp = Experiment(None, overrides=["data.source=folder", f"data.root={root}", "data.image_size=16",
+                                      f"output.dir={tmp_path}", "output.name=run", *FAST], quiet=True)
+    with pytest.raises(KDError) as err:
+        exp.fit()
+    msg = str(err.value)
+    assert message in msg and "\n" not in msg
+    if problem != "duplicate":
+        assert str(target) in msg
+    assert not (tmp_path / "run").exists()  # nothing was written, no training step ran
+
+
+def test_imbalance_warning_printed_and_saved(tmp_path, capsys):
+    root = tmp_path / "data"
+    make_mixed_folder(root, per_class=6)
+    rng = np.random.default_rng(1)
+    for i in range(150):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / "benign" / f"extra{i}.png")
+    exp = Experiment(None, overrides=["data.source=folder", f"data.root={root}", "data.image_size=16",
+                                      f"output.dir={tmp_path}", "output.name=run", *FAST,
+                                      "data.sampler=balanced", "loss.class_weights=balanced"])
+    exp.fit()
+    assert "data warning: class imbalance: 'benign' has" in capsys.readouterr().out
+    report = json.loads((exp.run_dir / "data_report.json").read_text())
+    assert any(p["level"] == "warning" and "imbalance" in p["message"] for p in report["problems"])
+    w = exp.cohort.class_weights
+    assert w[1] > 10 * w[0]  # the rare class weighs more in CE
+
+
+def test_balanced_sampler_draws_classes_equally():
+    labels = np.array([0] * 90 + [1] * 10)
+    s = EpochBatchSampler(100, 10, shuffle=True, seed=0, labels=labels)
+    drawn = [labels[i] for b in s for _, i in b]
+    assert 35 < sum(drawn) < 65  # about half from the rare class
+    s.set_epoch(0)
+    assert [i for b in s for _, i in b] == [i for b in s for _, i in b]  # seeded per epoch
+
+
+def test_class_weighted_ce_matches_manual():
+    from kdstyles import build_cohort
+
+    cfg = load_config(None, ["routing.preset=student", "data.image_size=16", "networks.students.s1.widen=0.125",
+                             "networks.students.s2.widen=0.125"])
+    cohort = build_cohort(cfg, 4, 3, 16, class_counts=[10, 20, 30, 40])
+    outs = cohort(torch.randn(5, 3, 16, 16))
+    y = torch.tensor([0, 1, 2, 3, 0])
+    w = torch.tensor([100 / 40, 100 / 80, 100 / 120, 100 / 160])
+    expected = torch.nn.functional.cross_entropy(outs["s1"].logits, y, weight=w)
+    torch.testing.assert_close(cohort.losses(outs, y)["s1"].total, expected)
+
+
+def test_data_inspect_cli(tmp_path, monkeypatch, capsys):
+    from kdstyles.cli import main
+
+    root = tmp_path / "data"
+    make_mixed_folder(root)
+    (root / "malignant" / "3.png").write_text("broken")
+    monkeypatch.setattr(sys, "argv", ["kdstyles", "data", "inspect", str(root), "--set", "data.image_size=16"])
+    with pytest.raises(SystemExit) as code:
+        main()
+    out = capsys.readouterr().out
+    assert code.value.code == 1
+    assert "benign" in out and "malignant" in out and "train" in out
+    assert "is unreadable or truncated" in out and "3.png" in out.replace("\n", "")
