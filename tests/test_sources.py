@@ -162,7 +162,7 @@ def make_mixed_folder(root, per_class=12):
 
 
 def test_mixed_modes_are_converted(tmp_path):
-    from kdstyles.data.images import read_image
+    from kdstyles.imageio import read_image
 
     make_mixed_folder(tmp_path)
     d = tmp_path / "benign"

@@ -1,18 +1,26 @@
 """kdstyles: compress biomedical image models by training a teacher and compact students
 together, each student learning in its own style (predictions, feature maps), the students
-sharing what they learn (knowledge distillation + mutual learning, diversified knowledge)."""
+sharing what they learn (knowledge distillation + mutual learning, diversified knowledge).
+
+Names are imported lazily, so ``kdstyles predict`` on an exported ONNX model runs without
+torch installed.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-from .api import Experiment  # noqa: E402
-from .cohort import Cohort, NetLoss, as_target, build_cohort  # noqa: E402
-from .config import ExperimentConfig, load_config  # noqa: E402
-from .errors import KDError, TrainingDiverged  # noqa: E402
-from .routing import PRESETS, Edge, resolve_edges  # noqa: E402
-from .styles import STYLES, NetOutput, Style, StyleOptions, register  # noqa: E402
+_EXPORTS = {
+    "Experiment": "api", "Cohort": "cohort", "NetLoss": "cohort", "as_target": "cohort", "build_cohort": "cohort",
+    "ExperimentConfig": "config", "load_config": "config", "KDError": "errors", "TrainingDiverged": "errors",
+    "PRESETS": "routing", "Edge": "routing", "resolve_edges": "routing", "STYLES": "styles", "NetOutput": "styles",
+    "Style": "styles", "StyleOptions": "styles", "register": "styles",
+}
 
-__all__ = [
-    "Cohort", "Edge", "Experiment", "ExperimentConfig", "KDError", "NetLoss", "NetOutput", "PRESETS", "STYLES",
-    "Style", "StyleOptions", "TrainingDiverged", "as_target", "build_cohort", "load_config", "register",
-    "resolve_edges", "__version__",
-]
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'kdstyles' has no attribute '{name}'")

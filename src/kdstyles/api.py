@@ -92,12 +92,29 @@ class Experiment:
 
     @property
     def cohort(self) -> Cohort:
+        """Every network and adapter. An existing run folder describes the shapes, so
+        evaluating or exporting a run builds its networks without loading data first."""
         if self._cohort is None:
-            d = self.data
-            counts = d.report.counts.get("train") if self.cfg.loss.class_weights == "balanced" else None
-            self._cohort = build_cohort(self.cfg, d.num_classes, d.channels, d.image_size, self.modules,
-                                        class_counts=counts)
+            info = self.run_info() if (self.run_dir / "run.json").is_file() else None
+            if info is not None and "image_size" in info:
+                shape = (len(info["class_names"]), info["channels"], info["image_size"])
+                counts = info.get("train_counts")
+            else:
+                d = self.data
+                shape, counts = (d.num_classes, d.channels, d.image_size), d.report.counts.get("train")
+            counts = counts if self.cfg.loss.class_weights == "balanced" else None
+            self._cohort = build_cohort(self.cfg, *shape, self.modules, class_counts=counts)
         return self._cohort
+
+    def run_info(self) -> dict[str, Any]:
+        """The run folder's run.json (edges, shapes, class names, normalisation, status)."""
+        path = self.run_dir / "run.json"
+        if not path.is_file():
+            raise KDError(f"'{self.run_dir}' is not a run folder: run.json is missing")
+        info = json.loads(path.read_text())
+        if "image_size" not in info and self._data is not None:  # run folders from kdstyles before 0.1.0's data
+            info.update(image_size=self.data.image_size, channels=self.data.channels)
+        return info
 
     def _write_run_info(self) -> None:
         c = self.cohort
@@ -108,6 +125,8 @@ class Experiment:
             "preset": self.cfg.routing.label, "edges": [str(e) for e in c.edges],
             "adapters": sorted(c.adapters), "parameters": params,
             "class_names": self.data.class_names, "normalize": {"mean": self.data.mean, "std": self.data.std},
+            "image_size": self.data.image_size, "channels": self.data.channels,
+            "train_counts": self.data.report.counts.get("train"),
             "status": "created",
         }
         checkpoints.write_text(self.run_dir / "run.json", json.dumps(info, indent=2) + "\n")

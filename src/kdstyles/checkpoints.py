@@ -7,9 +7,7 @@ a file carrying arbitrary pickled objects is refused and nothing in it is execut
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,26 +15,9 @@ from typing import Any
 import torch
 
 from .errors import KDError
+from .fileio import atomic_write, write_text  # noqa: F401  (re-exported)
 
 FORMAT = "kdstyles-1"
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then move the file into place atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save(obj: dict[str, Any], path: str | Path) -> None:

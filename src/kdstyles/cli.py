@@ -160,6 +160,37 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
 
 
 @app.command()
+def export(run_dir: Path = typer.Argument(..., help="a run folder"),
+           network: str = typer.Option("s1", help="s1, s2, ..., ensemble (mean of the students) or teacher"),
+           fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
+           out: Optional[Path] = typer.Option(None, help="model file (default: RUN_DIR/export/NETWORK.onnx|.pt)"),
+           checkpoint: str = typer.Option("best", help="best or last")) -> None:
+    """Export a network as a self-contained model + JSON sidecar + Markdown model card."""
+    from .export import export_run
+
+    side = export_run(run_dir, network, fmt, out, checkpoint)
+    model = Path(out) if out else Path(run_dir) / "export" / side["file"]
+    v = side["verification"]
+    console.print(f"exported {network} ({side['checkpoint']} checkpoint) to {model}", highlight=False)
+    console.print(f"max |{fmt} - pytorch| on {v['samples']} inputs: {v['max_abs_diff']:.2e} ({v['against']})",
+                  highlight=False)
+    console.print(f"sidecar: {model.with_suffix('.json')}\nmodel card: {model.with_suffix('.md')}", highlight=False)
+
+
+@app.command()
+def predict(model: Path = typer.Argument(..., help="an exported .onnx / TorchScript .pt file, or a run folder"),
+            inputs: list[Path] = typer.Argument(..., help="image files, folders, or CSV files with a 'path' column"),
+            out: Path = typer.Option(Path("predictions"), help="folder for predictions.csv"),
+            network: str = typer.Option("s1", help="with a run folder: which network (or ensemble)"),
+            batch_size: int = typer.Option(32, min=1)) -> None:
+    """Classify new images; writes OUT/predictions.csv (path, class, probability per class)."""
+    from .predict import predict as run_predict
+
+    path = run_predict(model, inputs, out, network, batch_size)
+    console.print(f"predictions: {path}", highlight=False)
+
+
+@app.command()
 def presets(students: int = typer.Option(2, help="number of students (ctsl-mkt spans all of them)")) -> None:
     """List the routing presets and their edges."""
     from .config import PRESET_NAMES

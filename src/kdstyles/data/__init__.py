@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import AugmentConfig, DataConfig
 from ..errors import KDError
 from . import checks, medmnist, sources, synthetic
-from .images import convert, read_image
+from ..imageio import convert, read_image
 
 MAX_SEED = 2**31 - 1
 NORM_SAMPLE = 2000  # images used to estimate the per-channel mean/std

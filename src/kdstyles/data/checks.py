@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import KDError
-from .images import array_digest, file_digest, read_image
+from ..imageio import array_digest, file_digest, read_image
 
 
 @dataclass

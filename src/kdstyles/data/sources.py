@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KDError
-from .images import IMAGE_SUFFIXES
+from ..imageio import IMAGE_SUFFIXES
 
 SPLITS = ("train", "val", "test")
 

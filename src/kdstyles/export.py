@@ -1,0 +1,215 @@
+"""Export a trained network (or the student ensemble) as a self-contained model file.
+
+The exported model takes float32 images in [0, 1], shape (N, C, H, W), and returns class
+probabilities (N, K): the training normalisation is inside, and the ensemble averages its
+students' softmax probabilities. Next to the model: a JSON sidecar (everything ``predict``
+needs, and the export's numerical check) and a Markdown model card.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import time
+import warnings
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import __version__, checkpoints
+from .api import Experiment
+from .errors import KDError
+from .evaluate import ENSEMBLE
+from .models.zoo import count_parameters
+from .routing import T
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+class Deployable(nn.Module):
+    """[0, 1] images -> class probabilities; one network or the mean of several."""
+
+    def __init__(self, networks: list[nn.Module], mean: list[float], std: list[float]):
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image - self.mean) / self.std
+        probs = [F.softmax(net(x), dim=1) for net in self.networks]
+        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+
+
+def deployable(exp: Experiment, network: str) -> Deployable:
+    """The network of a run (weights already loaded) wrapped for deployment."""
+    cohort = exp.cohort
+    allowed = cohort.names + ([ENSEMBLE] if len(cohort.students) > 1 else [])
+    if network not in allowed:
+        raise KDError(f"--network '{network}' is not in this run; allowed: {', '.join(allowed)}")
+    names = cohort.students if network == ENSEMBLE else [network]
+    info = exp.run_info()
+    return Deployable([cohort.networks[n] for n in names], info["normalize"]["mean"],
+                      info["normalize"]["std"]).eval()
+
+
+def flops_per_image(model: nn.Module, sample: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(sample[:1])
+    return int(counter.get_total_flops())
+
+
+def cpu_latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 20) -> float:
+    """Median CPU latency of one forward at the sample's batch size."""
+    model = model.cpu().eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 3):
+            t0 = time.perf_counter()
+            model(sample)
+            if i >= 3:
+                times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> float:
+    import numpy as np
+    import onnxruntime as ort
+
+    def write(tmp: str) -> None:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (sample,), tmp, input_names=["image"], output_names=["probabilities"],
+                              dynamic_shapes={"image": {0: batch}}, dynamo=True, external_data=False,
+                              verbose=False)
+
+    checkpoints.atomic_write(path, write)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": sample.numpy()})[0]
+    with torch.inference_mode():
+        want = model(sample).numpy()
+    return float(np.abs(got - want).max())
+
+
+def _export_torchscript(model: nn.Module, sample: torch.Tensor, path: Path) -> float:
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(torch.jit.trace(model, sample), tmp)
+
+    checkpoints.atomic_write(path, write)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path))
+    with torch.inference_mode():
+        return float((loaded(sample) - model(sample)).abs().max())
+
+
+def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out: str | Path | None = None,
+               checkpoint: str = "best", samples: int = 8) -> dict[str, Any]:
+    """Export one network of a run; returns the sidecar (also written next to the model)."""
+    if fmt not in FORMATS:
+        raise KDError(f"--format '{fmt}' is not known; allowed: {', '.join(FORMATS)}")
+    run_dir = Path(run_dir)
+    exp = Experiment.from_run(run_dir, quiet=True)
+    exp.load_weights(checkpoint)
+    model = deployable(exp, network)
+    info = exp.run_info()
+    if "image_size" not in info:
+        exp.data  # an older run folder: read the shapes from the data
+        info = exp.run_info()
+    size, channels = info["image_size"], info["channels"]
+    path = Path(out) if out is not None else run_dir / "export" / f"{network}{FORMATS[fmt]}"
+    if path.suffix != FORMATS[fmt]:
+        raise KDError(f"--out '{path}': a {fmt} model file ends in {FORMATS[fmt]}")
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.rand(samples, channels, size, size, generator=gen)
+    diff = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, sample, path)
+
+    eval_path = run_dir / "eval.json"
+    evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else None
+    if evaluation is None or evaluation.get("checkpoint") != checkpoint:
+        evaluation = exp.evaluate(checkpoint=checkpoint)
+    metrics = evaluation["networks"].get(network, {})
+    best = info.get("best", {})
+    epochs = {n: best.get(n, {}).get("epoch") for n in (exp.cohort.students if network == ENSEMBLE else [network])}
+    sidecar = {
+        "format": fmt, "file": path.name, "kdstyles": __version__, "torch": torch.__version__,
+        "task": "classification", "network": network, "run_dir": str(run_dir), "preset": info.get("preset"),
+        "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.get("epochs_done")},
+        "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0],
+                  "channels": channels, "height": size, "width": size},
+        "output": {"name": "probabilities", "shape": ["batch", len(info["class_names"])]},
+        "normalisation": {"mean": info["normalize"]["mean"], "std": info["normalize"]["std"],
+                          "applied": "inside the model"},
+        "class_names": info["class_names"],
+        "metrics": {"split": evaluation.get("split"), **metrics},
+        "verification": {"samples": samples, "max_abs_diff": diff,
+                         "against": "onnxruntime" if fmt == "onnx" else "torch.jit.load"},
+    }
+    checkpoints.write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
+    checkpoints.write_text(path.with_suffix(".md"), model_card(exp, network, model, sidecar, sample))
+    return sidecar
+
+
+def model_card(exp: Experiment, network: str, model: nn.Module, sidecar: dict[str, Any], sample: torch.Tensor) -> str:
+    cfg, info = exp.cfg, exp.run_info()
+    one = sample[:1]
+    rows = [(network, count_parameters(model), flops_per_image(model, one), cpu_latency_ms(model, one))]
+    if T in exp.cohort.networks and network != T:
+        teacher = deployable(exp, T)
+        rows.append((f"{T} (reference)", count_parameters(teacher), flops_per_image(teacher, one),
+                     cpu_latency_ms(teacher, one)))
+    m = sidecar["metrics"]
+    data = cfg.data
+    source = {"synthetic": "the embedded synthetic histology patches", "medmnist": f"MedMNIST {data.flag} ({data.size} px)",
+              "folder": f"image folder {data.root}", "csv": f"CSV {data.path}"}[data.source]
+    metric_rows = "\n".join(f"| {k} | {m[k]:.4f} |" for k in ("accuracy", "balanced_accuracy", "f1", "auroc", "ece")
+                            if isinstance(m.get(k), float))
+    size_rows = "\n".join(f"| {n} | {p:,} | {f / 1e6:.1f} | {lat:.2f} |" for n, p, f, lat in rows)
+    return f"""# Model card: `{network}` from `{sidecar['run_dir']}`
+
+Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`), from the
+`{sidecar['checkpoint']}` checkpoint.
+
+## Task and data
+
+Classification of {sidecar['input']['channels']}-channel {sidecar['input']['height']} px images into
+{len(sidecar['class_names'])} classes: {', '.join(sidecar['class_names'])}. Trained on {source}.
+
+## Training
+
+Preset `{info.get('preset')}` (edges: {'; '.join(info.get('edges', [])) or 'none'}), seed {cfg.train.seed},
+{info.get('epochs_done')} epochs, model selection on validation {cfg.train.selection_metric}.
+
+## Metrics ({m.get('split', 'test')} split)
+
+| metric | value |
+|---|---|
+{metric_rows}
+
+## Size and speed (CPU, batch 1, {torch.get_num_threads()} threads)
+
+| network | parameters | MFLOPs / image | latency (ms) |
+|---|---|---|---|
+{size_rows}
+
+## Use
+
+Input: float32 images in [0, 1], shape (N, {sidecar['input']['channels']}, {sidecar['input']['height']},
+{sidecar['input']['width']}); the training normalisation is inside the model. Output: class probabilities.
+`kdstyles predict {sidecar['file']} IMAGES...` does the resizing and writes a CSV. The exported model matched
+PyTorch to {sidecar['verification']['max_abs_diff']:.2e} (max absolute difference on
+{sidecar['verification']['samples']} inputs, checked with {sidecar['verification']['against']}).
+
+A research model: validate it on data from your own site before any use.
+"""

@@ -1,0 +1,139 @@
+"""Predict classes for new images with an exported model or a run folder.
+
+An ONNX model runs on onnxruntime with numpy and Pillow only: this module imports torch
+only for TorchScript models and run folders, so a deployment machine needs no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import KDError
+from .imageio import IMAGE_SUFFIXES, read_image
+
+
+class Predictor:
+    """Images in [0, 1] (N, C, H, W) float32 -> class probabilities (N, K)."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], class_names: list[str], channels: int, size: int,
+                 source: str):
+        self.run, self.class_names, self.channels, self.size, self.source = run, class_names, channels, size, source
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch)
+
+
+def _sidecar(model: Path) -> dict:
+    path = model.with_suffix(".json")
+    if not path.is_file():
+        raise KDError(f"'{model}' has no sidecar '{path.name}' next to it (written by kdstyles export)")
+    return json.loads(path.read_text())
+
+
+def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "best") -> Predictor:
+    """An exported .onnx or TorchScript .pt file (with its sidecar), or a run folder."""
+    model = Path(model)
+    if model.is_dir():
+        import torch
+
+        from .api import Experiment
+        from .export import deployable
+
+        exp = Experiment.from_run(model, quiet=True)
+        exp.load_weights(checkpoint)
+        net = deployable(exp, network)
+        info = exp.run_info()
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return net(torch.from_numpy(batch)).numpy()
+
+        return Predictor(run, info["class_names"], info["channels"], info["image_size"], f"{model} ({network})")
+    if not model.is_file():
+        raise KDError(f"model '{model}' does not exist (give an exported .onnx/.pt file or a run folder)")
+    side = _sidecar(model)
+    names, ch, size = side["class_names"], side["input"]["channels"], side["input"]["height"]
+    if model.suffix == ".onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise KDError("predicting with an .onnx model needs onnxruntime: pip install onnxruntime") from None
+        try:
+            session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise KDError(f"model '{model}' is not a valid ONNX file ({str(exc).splitlines()[0][:100]})") from None
+        return Predictor(lambda b: session.run(None, {"image": b})[0], names, ch, size, str(model))
+    if model.suffix == ".pt":
+        import torch
+
+        try:
+            scripted = torch.jit.load(str(model), map_location="cpu")
+        except (RuntimeError, ValueError) as exc:
+            raise KDError(f"model '{model}' is not a TorchScript file ({str(exc).splitlines()[0][:100]})") from None
+
+        def run_ts(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return scripted(torch.from_numpy(batch)).numpy()
+
+        return Predictor(run_ts, names, ch, size, str(model))
+    raise KDError(f"model '{model}': expected an .onnx or TorchScript .pt file, or a run folder")
+
+
+def collect_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Image files, folders (searched recursively) and CSV files of paths (column 'path')."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif item.suffix.lower() == ".csv":
+            if not item.is_file():
+                raise KDError(f"input CSV '{item}' does not exist")
+            with open(item, newline="") as f:
+                reader = csv.DictReader(f)
+                if "path" not in (reader.fieldnames or []):
+                    raise KDError(f"input CSV '{item}' needs a 'path' column")
+                files += [item.parent / row["path"] for row in reader]
+        elif item.suffix.lower() in IMAGE_SUFFIXES:
+            if not item.is_file():
+                raise KDError(f"input image '{item}' does not exist")
+            files.append(item)
+        else:
+            raise KDError(f"input '{item}' is not an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a .csv")
+    if not files:
+        raise KDError("no input images found")
+    return files
+
+
+def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, network: str = "s1",
+            batch_size: int = 32, quiet: bool = False) -> Path:
+    """Write ``predictions.csv`` (path, predicted class, its probability, one column per class)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .fileio import write_text
+
+    predictor = load_predictor(model, network)
+    files = collect_inputs(inputs)
+    rows = []
+    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), disable=quiet, transient=True) as bar:
+        task = bar.add_task("predict", total=len(files))
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            batch = np.stack([read_image(p, predictor.channels, predictor.size)[0] for p in chunk])
+            probs = predictor(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0)
+            for path, p in zip(chunk, probs, strict=True):
+                k = int(p.argmax())
+                rows.append([str(path), predictor.class_names[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p)])
+            bar.advance(task, len(chunk))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "prediction", "probability", *(f"p_{c}" for c in predictor.class_names)])
+    w.writerows(rows)
+    out = Path(out_dir) / "predictions.csv"
+    write_text(out, buf.getvalue())
+    return out

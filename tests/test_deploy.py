@@ -1,0 +1,136 @@
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kdstyles import Experiment, KDError
+from kdstyles.export import Deployable, export_run
+from kdstyles.predict import load_predictor
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from conftest import tiny
+
+    tmp = tmp_path_factory.mktemp("deploy")
+    exp = Experiment(None, overrides=tiny(tmp, "train.epochs=1"), quiet=True)
+    exp.fit()
+    return exp.run_dir
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from kdstyles.data.synthetic import render_patch
+
+    folder = tmp_path_factory.mktemp("images")
+    for i in range(5):
+        img, _ = render_patch(9, "test", i, 24)  # another size: predict resizes
+        Image.fromarray(img).save(folder / f"img{i}.png")
+    Image.fromarray(render_patch(9, "test", 7, 16)[0]).convert("L").save(folder / "gray.png")
+    return folder
+
+
+def reference(run_dir, network):
+    exp = Experiment.from_run(run_dir, quiet=True)
+    exp.load_weights("best")
+    from kdstyles.export import deployable
+
+    return deployable(exp, network)
+
+
+def test_onnx_export_of_the_ensemble(run_dir):
+    import onnxruntime as ort
+
+    side = export_run(run_dir, "ensemble", "onnx")
+    model = run_dir / "export" / "ensemble.onnx"
+    assert model.is_file() and side["verification"]["max_abs_diff"] < 1e-4
+    for key in ("task", "input", "output", "normalisation", "class_names", "checkpoint", "metrics", "network"):
+        assert key in side
+    assert side["input"] == {"name": "image", "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0],
+                             "channels": 3, "height": 16, "width": 16}
+    assert side["class_names"] == ["normal", "lymphocytic", "tumour", "stroma"]
+    assert side["metrics"]["accuracy"] == json.loads((run_dir / "eval.json").read_text())["networks"]["ensemble"]["accuracy"]
+    assert json.loads((run_dir / "export" / "ensemble.json").read_text()) == side
+
+    # new inputs, another batch size: onnxruntime == PyTorch, and the ensemble is the students' mean
+    x = torch.rand(3, 3, 16, 16)
+    got = ort.InferenceSession(str(model)).run(None, {"image": x.numpy()})[0]
+    ref = reference(run_dir, "ensemble")
+    with torch.inference_mode():
+        np.testing.assert_allclose(got, ref(x).numpy(), atol=1e-4)
+        s1, s2 = reference(run_dir, "s1")(x), reference(run_dir, "s2")(x)
+    np.testing.assert_allclose(got, ((s1 + s2) / 2).numpy(), atol=1e-4)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+
+    card = (run_dir / "export" / "ensemble.md").read_text()
+    assert "| ensemble |" in card and "| teacher (reference) |" in card and "MFLOPs" in card
+    assert "Preset `diverse`" in card
+
+
+def test_torchscript_export(run_dir, tmp_path):
+    out = tmp_path / "student.pt"
+    side = export_run(run_dir, "s2", "torchscript", out=out)
+    assert side["verification"]["max_abs_diff"] < 1e-4 and out.with_suffix(".json").is_file()
+    loaded = torch.jit.load(str(out))
+    x = torch.rand(2, 3, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), reference(run_dir, "s2")(x), atol=1e-4, rtol=0)
+
+
+def test_export_errors(run_dir):
+    with pytest.raises(KDError, match="--network 's7' is not in this run; allowed: teacher, s1, s2, ensemble"):
+        export_run(run_dir, "s7")
+    with pytest.raises(KDError, match="--format 'tflite' is not known; allowed: onnx, torchscript"):
+        export_run(run_dir, "s1", "tflite")
+
+
+def test_predict_onnx_without_torch_matches_run_folder(run_dir, images, tmp_path):
+    if not (run_dir / "export" / "ensemble.onnx").is_file():
+        export_run(run_dir, "ensemble", "onnx")
+    code = ("import sys; sys.modules['torch'] = None\n"  # importing torch would now fail
+            "from kdstyles.cli import main\n"
+            f"sys.argv = ['kdstyles', 'predict', {str(run_dir / 'export' / 'ensemble.onnx')!r}, {str(images)!r},"
+            f" '--out', {str(tmp_path / 'onnx')!r}]\n"
+            "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", "predict", str(run_dir), str(images), "--network",
+                           "ensemble", "--out", str(tmp_path / "run"), "--batch-size", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    a = list(csv.DictReader((tmp_path / "onnx" / "predictions.csv").open()))
+    b = list(csv.DictReader((tmp_path / "run" / "predictions.csv").open()))
+    assert len(a) == 6 and [r["path"] for r in a] == [r["path"] for r in b]
+    assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
+    for ra, rb in zip(a, b):
+        assert abs(float(ra["p_tumour"]) - float(rb["p_tumour"])) < 1e-4
+        assert abs(sum(float(ra[f"p_{c}"]) for c in ("normal", "lymphocytic", "tumour", "stroma")) - 1) < 1e-4
+
+
+def test_predict_inputs_from_csv_and_errors(run_dir, images, tmp_path):
+    from kdstyles.predict import collect_inputs, predict
+
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\n" + f"{images / 'img0.png'}\n{images / 'img3.png'}\n")
+    assert collect_inputs([listing]) == [images / "img0.png", images / "img3.png"]
+    with pytest.raises(KDError, match="is not an image"):
+        collect_inputs([tmp_path / "notes.txt"])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(KDError, match=f"image file '{broken}' is unreadable"):
+        predict(run_dir, [broken], tmp_path / "out", quiet=True)
+    with pytest.raises(KDError, match="has no sidecar"):
+        (tmp_path / "lonely.onnx").write_bytes(b"x")
+        load_predictor(tmp_path / "lonely.onnx")
+
+
+def test_deployable_normalises_inside():
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+    model = Deployable([net], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    x = torch.rand(2, 3, 4, 4)
+    torch.testing.assert_close(model(x), torch.softmax(net((x - 0.5) / 0.25), 1))
