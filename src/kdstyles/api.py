@@ -28,7 +28,7 @@ from .config import ExperimentConfig, build_config, dump_config, load_config, re
 from .data import DataBundle, build_data
 from .engine import Callback, Trainer, pick_device
 from .errors import KDError
-from .evaluate import ENSEMBLE, predict_probs, score, write_json
+from .evaluate import ENSEMBLE, details, predict_probs, score, write_json
 from .models.zoo import count_parameters
 from .routing import T
 
@@ -193,6 +193,8 @@ class Experiment:
             if T in params and name != T:
                 metrics[name]["compression"] = params[T] / p
         result = {"run_dir": str(self.run_dir), "split": split, "checkpoint": checkpoint,
-                  "samples": len(labels), "preset": self.cfg.routing.label, "networks": metrics}
+                  "samples": len(labels), "preset": self.cfg.routing.label, "seed": self.cfg.train.seed,
+                  "class_names": self.data.class_names,
+                  "networks": metrics, "details": {n: details(p, labels) for n, p in probs.items()}}
         write_json(self.run_dir / "eval.json", result)
         return result

@@ -160,6 +160,44 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
 
 
 @app.command()
+def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML (default: the demo experiment)"),
+            presets_: str = typer.Option("student,kd,fitnet,dml,kdml,diverse,diverse-full", "--presets",
+                                         help="comma-separated presets; 'custom' = the config's own routing"),
+            seeds: int = typer.Option(3, help="seeds per preset (train.seed, +1, +2, ...)"),
+            out: Optional[Path] = typer.Option(None, help="comparison folder (default: runs/compare-<name>)"),
+            jobs: int = typer.Option(1, min=1, help="runs at a time, in separate processes"),
+            set_: Optional[list[str]] = SetOpt,
+            quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Run every preset x seed (resumable), then write results.csv, the table and report.html."""
+    from .compare import compare as run_compare
+    from .config import load_config
+    from .report import load_rows, markdown, render
+
+    cfg = load_config(config, set_ or [])
+    folder = out or Path(cfg.output.dir) / f"compare-{cfg.name}"
+    names = [p.strip() for p in presets_.split(",") if p.strip()]
+    summary = run_compare(str(config) if config else None, names, seeds, folder, set_ or [], jobs=jobs, quiet=quiet,
+                          echo=lambda line: console.print(line, highlight=False))
+    if summary["rows"]:
+        console.print(markdown(load_rows(folder)), highlight=False, soft_wrap=True)
+        console.print(f"results: {folder / 'results.csv'}\nreport: {render(folder)}", highlight=False)
+    if summary["failed"]:
+        console.print(f"[red]{len(summary['failed'])} run(s) failed[/red]; fix the cause and run the same command "
+                      "again to continue", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(folder: Path = typer.Argument(..., help="a comparison folder or an evaluated run folder")) -> None:
+    """Re-render report.html (and print the table) from existing results, without training."""
+    from .report import load_rows, markdown, render
+
+    rows = load_rows(folder)
+    console.print(markdown(rows), highlight=False, soft_wrap=True)
+    console.print(f"report: {render(folder)}", highlight=False)
+
+
+@app.command()
 def export(run_dir: Path = typer.Argument(..., help="a run folder"),
            network: str = typer.Option("s1", help="s1, s2, ..., ensemble (mean of the students) or teacher"),
            fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript"),

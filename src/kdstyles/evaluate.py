@@ -60,6 +60,29 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[st
     return {name: float(v) for name, v in m.items()}
 
 
+def details(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 10) -> dict[str, Any]:
+    """Per-class precision/recall/F1, the confusion matrix (rows: true class), and the
+    reliability diagram's bins (count, mean confidence, accuracy per confidence bin)."""
+    k = probs.shape[1]
+    pred = probs.argmax(1)
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    tp = confusion.diag().float()
+    precision = tp / confusion.sum(0).clamp_min(1)
+    recall = tp / confusion.sum(1).clamp_min(1)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    conf, correct = probs.max(1).values, (pred == labels).float()
+    bins = torch.clamp((conf * n_bins).long(), max=n_bins - 1)
+    reliability = []
+    for b in range(n_bins):
+        mask = bins == b
+        n = int(mask.sum())
+        reliability.append({"count": n, "confidence": float(conf[mask].mean()) if n else None,
+                            "accuracy": float(correct[mask].mean()) if n else None})
+    return {"confusion": confusion.tolist(), "precision": precision.tolist(), "recall": recall.tolist(),
+            "f1": f1.tolist(), "support": confusion.sum(1).tolist(), "reliability": reliability}
+
+
 def fidelity(teacher: torch.Tensor, student: torch.Tensor) -> dict[str, float]:
     """KL(teacher || student) averaged over samples, and top-1 agreement."""
     kl = (teacher * (teacher.clamp_min(1e-12).log() - student.clamp_min(1e-12).log())).sum(1).mean()

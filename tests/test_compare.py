@@ -1,0 +1,136 @@
+import csv
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdstyles.compare import compare
+from kdstyles.report import load_rows, markdown, render, table_data
+
+SMALL = ["data.image_size=16", "data.train_samples=48", "data.val_samples=24", "data.test_samples=24",
+         "data.batch_size=16", "networks.teacher.widen=0.25", "networks.students.s1.widen=0.125",
+         "networks.students.s2.widen=0.125", "train.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "kd-vs-diverse"
+    lines = []
+    summary = compare(None, ["kd", "diverse"], 2, out, SMALL, quiet=True, echo=lines.append)
+    return out, summary, lines
+
+
+def test_compare_results_rows_and_table(comparison):
+    out, summary, lines = comparison
+    assert summary["failed"] == [] and summary["runs"] == 4
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 2 * 2 * 4
+    assert {(r["preset"], r["seed"], r["network"]) for r in rows} == {
+        (p, str(s), n) for p in ("kd", "diverse") for s in (0, 1) for n in ("teacher", "s1", "s2", "ensemble")}
+    assert all(r["checkpoint"] == "best" and r["split"] == "test" for r in rows)
+    for p in ("kd", "diverse"):
+        for s in (0, 1):
+            assert (out / f"{p}-seed{s}" / "eval.json").is_file()
+
+    # the table's mean ± std, by hand from results.csv
+    header, body, best = table_data(load_rows(out), "ensemble")
+    acc = [float(r["accuracy"]) for r in rows if r["preset"] == "diverse" and r["network"] == "ensemble"]
+    line = next(b for b in body if b[0] == "diverse")
+    assert line[1] == f"{statistics.fmean(acc):.3f} ± {statistics.stdev(acc):.3f}"
+    teacher = [float(r["accuracy"]) for r in rows if r["preset"] == "kd" and r["network"] == "teacher"]
+    assert body[0][0] == "teacher (reference)"
+    assert body[0][1] == f"{statistics.fmean(teacher):.3f} ± {statistics.stdev(teacher):.3f}"
+    text = markdown(load_rows(out))
+    assert "### ensemble" in text and "| diverse |" in text
+    d = {r["seed"]: float(r["accuracy"]) for r in rows if r["preset"] == "diverse" and r["network"] == "s2"}
+    k = {r["seed"]: float(r["accuracy"]) for r in rows if r["preset"] == "kd" and r["network"] == "s2"}
+    diff = statistics.fmean(d[s] - k[s] for s in d)
+    assert f"| kd | s2 | {diff:+.4f} |" in text
+
+
+def test_rerun_skips_finished_runs(comparison):
+    out, _, _ = comparison
+    stamp = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoints/last.pt")}
+    lines = []
+    compare(None, ["kd", "diverse"], 2, out, SMALL, quiet=True, echo=lines.append)
+    assert sum("skipped (finished)" in ln for ln in lines) == 4
+    assert stamp == {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoints/last.pt")}
+
+
+def test_killed_compare_resumes_and_completes(tmp_path):
+    out = tmp_path / "cmp"
+    args = [sys.executable, "-m", "kdstyles", "compare", "--presets", "dml,kd", "--seeds", "1", "--out", str(out),
+            "--quiet", *[a for o in SMALL for a in ("--set", o)], "--set", "train.epochs=8"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = out / "dml-seed0" / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not first.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # killed mid-run: epoch 1 of 8 written
+    proc.wait()
+    assert first.is_file()
+    status = json.loads((out / "dml-seed0" / "run.json").read_text())["status"]
+    assert status == "running"
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "resumed: " in done.stdout and str(out / "dml-seed0") in done.stdout.replace("\n", "")
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["preset"] for r in rows} == {"dml", "kd"}
+    metrics = list(csv.DictReader((out / "dml-seed0" / "metrics.csv").open()))
+    assert sorted({int(r["epoch"]) for r in metrics}) == list(range(1, 9))
+    assert (out / "report.html").is_file()
+
+
+def test_bad_presets_fail_before_any_run(tmp_path):
+    from kdstyles import KDError
+
+    with pytest.raises(KDError, match="--presets: 'dkd' is not a preset"):
+        compare(None, ["kd", "dkd"], 1, tmp_path / "c", SMALL)
+    assert not (tmp_path / "c").exists()
+
+
+CHECK = """<script>
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+  const rows = document.querySelectorAll('table.results tr.row').length;
+  document.body.setAttribute('data-check', JSON.stringify({images: imgs.length, broken: broken, rows: rows}));
+});
+</script></body>"""
+
+
+def test_report_renders_in_a_real_browser(comparison, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("Chromium is not installed here (.ci/run installs Debian's chromium where it can)")
+    out, _, _ = comparison
+    subprocess.run([sys.executable, "-m", "kdstyles", "report", str(out)], check=True, capture_output=True,
+                   timeout=300)
+    page = (out / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page  # self-contained
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", CHECK))
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                          "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    marker = dom.split("data-check=\"", 1)[1].split("\"", 1)[0].replace("&quot;", '"')
+    check = json.loads(marker)
+    # 3 result tables (s1, s2, ensemble) x (teacher row + 2 presets); 5 plots, none broken
+    assert check == {"images": 5, "broken": 0, "rows": 9}
+
+
+def test_report_of_a_single_run(comparison, tmp_path):
+    out, _, _ = comparison
+    run = tmp_path / "one"
+    shutil.copytree(out / "kd-seed0", run)
+    path = render(run)
+    text = path.read_text()
+    assert "teacher (reference)" in text and "<img" in text
