@@ -32,7 +32,7 @@ def loader_rate(bundle, workers: int, batches: int = 40) -> float:
     n, t0 = 0, time.perf_counter()
     for _ in range(batches):
         try:
-            x, _ = next(it)
+            x, *_ = next(it)
         except StopIteration:
             break
         n += len(x)
@@ -44,7 +44,7 @@ def train_rate(size: int, steps: int = 10) -> float:
                                       "data.test_samples=40"], quiet=True)
     cohort, data = exp.cohort, exp.data
     opts = [torch.optim.Adam(cohort.parameters_of(n)) for n in cohort.trainable]
-    x, y = next(iter(data.loader("train", 32, train=True)))
+    x, y, _ = next(iter(data.loader("train", 32, train=True)))
     cohort.train()
 
     def step():

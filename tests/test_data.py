@@ -61,16 +61,14 @@ def test_bundle_normalisation_and_augmentation_are_reproducible():
     bundle = build_data(cfg.data, seed=0)
     assert bundle.num_classes == 4 and bundle.channels == 3
     train = bundle.splits["train"]
-    x1, _ = train[(2, 5)]
-    x2, _ = train[(2, 5)]
-    x3, _ = train[(3, 5)]
-    assert torch.equal(x1, x2) and not torch.equal(x1, x3)
-    assert type(x1) is torch.Tensor and x1.shape == (3, 16, 16)
-    val = torch.stack([bundle.splits["train"].images[i] is not None and
-                       ((torch.from_numpy(bundle.splits["train"].images[i]).permute(2, 0, 1).float() / 255)
-                        - torch.tensor(bundle.mean).view(3, 1, 1)) / torch.tensor(bundle.std).view(3, 1, 1)
-                       for i in range(40)])
-    assert val.mean().abs() < 0.05  # training split standardised per channel
+    x1, y1, i1 = train[(2, 5)]
+    x2, _, _ = train[(2, 5)]
+    x3, _, _ = train[(3, 5)]
+    assert torch.equal(x1, x2) and not torch.equal(x1, x3)  # seeded per (epoch, index)
+    assert type(x1) is torch.Tensor and x1.shape == (3, 16, 16) and i1 == 5 and y1 == train.labels[5]
+    raw = torch.from_numpy(train.images).float().div(255)  # (N, H, W, C)
+    standardised = (raw - torch.tensor(bundle.mean)) / torch.tensor(bundle.std)
+    assert standardised.mean().abs() < 0.05  # the training split standardised per channel
     gray = build_data(load_config(None, ["data.image_size=16", "data.train_samples=40", "data.val_samples=2",
                                          "data.test_samples=2", "data.channels=1"]).data, seed=0)
     assert gray.splits["test"][0][0].shape == (1, 16, 16)

@@ -151,8 +151,10 @@ def test_offline_teacher_from_run_folder(tiny_overrides, tmp_path):
     assert set(result["networks"]) == {"teacher", "s1", "s2", "ensemble"}
 
 
-def test_one_forward_per_network_per_step(tiny_overrides):
-    exp = Experiment(None, overrides=tiny_overrides("train.epochs=1", "routing.preset=diverse-full"), quiet=True)
+@pytest.mark.parametrize("preset", ["student", "kd", "fitnet", "dml", "kdml", "diverse", "diverse-full", "ctsl-mkt"])
+def test_one_forward_per_network_per_step(tiny_overrides, preset):
+    exp = Experiment(None, overrides=tiny_overrides("train.epochs=1", f"routing.preset={preset}",
+                                                    "train.max_steps_per_epoch=2"), quiet=True)
     counts = {n: 0 for n in exp.cohort.names}
     for name, net in exp.cohort.networks.items():
         def count(module, _inputs, _output, name=name):
@@ -160,7 +162,66 @@ def test_one_forward_per_network_per_step(tiny_overrides):
 
         net.register_forward_hook(count)
     exp.fit()
-    assert counts == {n: 3 for n in exp.cohort.names}  # 48 samples / batch 16
+    assert counts == {n: 2 for n in exp.cohort.names}  # 2 steps, one forward each, whatever the edges
+
+
+def offline_teacher(tmp_path, tiny_overrides):
+    first = Experiment(None, overrides=tiny_overrides("train.epochs=1", "routing.preset=kd", "output.name=t"),
+                       quiet=True)
+    first.fit()
+    return first.run_dir
+
+
+def test_teacher_cache_same_losses_and_no_teacher_forward_after_epoch_one(tiny_overrides, tmp_path):
+    teacher_run = offline_teacher(tmp_path, tiny_overrides)
+    common = ["train.epochs=3", "networks.teacher.mode=offline", f"networks.teacher.checkpoint={teacher_run}",
+              "data.augment.hflip=false", "data.augment.vflip=false", "train.early_stopping=null"]
+    plain = Experiment(None, overrides=tiny_overrides(*common, "output.name=plain"), quiet=True)
+    plain.fit()
+    cached = Experiment(None, overrides=tiny_overrides(*common, "output.name=cached", "networks.teacher.cache=true"),
+                        quiet=True)
+    class Epoch:
+        now = 0
+
+    def mark(_trainer, epoch):
+        Epoch.now = epoch
+
+    before = []
+    cached.cohort.networks["teacher"].register_forward_pre_hook(lambda m, i: before.append(Epoch.now))
+    cached.fit(callbacks=[mark])
+    a = list(csv.DictReader((plain.run_dir / "metrics.csv").open()))
+    b = list(csv.DictReader((cached.run_dir / "metrics.csv").open()))
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "train_predictions<-teacher", "train_features<-teacher", "val_accuracy"):
+            if ra.get(key):
+                assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-5, abs=1e-6), key
+    # training forwards of the teacher happen in epoch 1 only (3 steps); later calls are validation
+    train_calls = [e for e in before if e == 0]
+    assert len(train_calls) >= 3
+    n_val_batches = len(cached.data.loader("val", 16))
+    assert len([e for e in before if e >= 1]) == 2 * n_val_batches  # epochs 2, 3: validation only
+
+
+def test_cache_needs_offline_teacher_and_no_augmentation():
+    from kdstyles import load_config
+
+    with pytest.raises(KDError, match="networks.teacher.cache: needs mode offline and no random augmentation"):
+        load_config(None, ["networks.teacher.cache=true", "networks.teacher.mode=offline",
+                           "networks.teacher.checkpoint=x"])
+
+
+@pytest.mark.parametrize("option", ["train.precision=bf16", "train.channels_last=true"])
+def test_precision_and_layout_match_fp32(tiny_overrides, option):
+    ref = Experiment(None, overrides=tiny_overrides("train.epochs=1", "output.name=fp32"), quiet=True)
+    ref.fit()
+    other = Experiment(None, overrides=tiny_overrides("train.epochs=1", "output.name=other", option), quiet=True)
+    other.fit()
+    a = list(csv.DictReader((ref.run_dir / "metrics.csv").open()))
+    b = list(csv.DictReader((other.run_dir / "metrics.csv").open()))
+    tol = 0.05 if "bf16" in option else 1e-4
+    for ra, rb in zip(a, b):
+        if ra.get("train_loss"):
+            assert float(rb["train_loss"]) == pytest.approx(float(ra["train_loss"]), rel=tol), ra["network"]
 
 
 class Boom:

@@ -38,7 +38,7 @@ def test_medmnist_multiclass_rgb_and_gray(tmp_path):
     assert len(bundle.splits["train"]) == 40 and len(bundle.splits["test"]) == 10
     np.testing.assert_array_equal(bundle.splits["val"].labels, arrays["val_labels"][:, 0])
     np.testing.assert_array_equal(bundle.splits["test"].images, arrays["test_images"])
-    x, y = bundle.splits["train"][(0, 3)]
+    x, y, _ = bundle.splits["train"][(0, 3)]
     assert x.shape == (3, 28, 28) and y == 3
 
     write_npz(tmp_path / "octmnist_64.npz", size=64, channels=1, classes=4)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import __version__, checkpoints
+from . import __version__, checkpoints, distributed
 from .cohort import Cohort, build_cohort
 from .config import ExperimentConfig, build_config, dump_config, load_config, read_yaml
 from .data import DataBundle, build_data
@@ -146,7 +146,8 @@ class Experiment:
         """Train (or resume) the cohort; returns the best validation value per network."""
         self._check_dirs(resume)
         cohort = self.cohort  # builds and checks every network before anything is written
-        if not resume:
+        main = distributed.setup(self.cfg.train.device).main  # under torchrun, rank 0 writes the files
+        if not resume and main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_run_info()
             self.data.save(self.run_dir)

@@ -60,11 +60,18 @@ def train(config: Optional[Path] = typer.Argument(None, help="experiment YAML (d
         exp = Experiment.from_run(resume, overrides=set_ or [], quiet=quiet)
     else:
         exp = Experiment(config, overrides=set_ or [], quiet=quiet)
-    summary = exp.fit(resume=resume is not None)
-    console.print(f"run folder: {summary['run_dir']} ({summary['status']}, {summary['epochs']} epochs)")
-    if evaluate_after:
-        result = exp.evaluate()
-        console.print(metrics_table(result, f"test split, {result['checkpoint']} checkpoint per network"))
+    from .distributed import current, teardown
+
+    try:
+        summary = exp.fit(resume=resume is not None)
+        if current().main:  # under torchrun only rank 0 reports and evaluates
+            console.print(f"run folder: {summary['run_dir']} ({summary['status']}, {summary['epochs']} epochs)")
+            if evaluate_after:
+                result = exp.evaluate()
+                console.print(metrics_table(result, f"test split, {result['checkpoint']} checkpoint per network"),
+                              width=max(console.width, 110))
+    finally:
+        teardown()
 
 
 @app.command()
@@ -79,7 +86,8 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        console.print(metrics_table(result, f"{run_dir} | {split} split | {checkpoint} checkpoint per network"))
+        console.print(metrics_table(result, f"{run_dir} | {split} split | {checkpoint} checkpoint per network"),
+                      width=max(console.width, 110))
         console.print(f"written: {Path(run_dir) / 'eval.json'}")
 
 
@@ -147,7 +155,7 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
     for k, name in enumerate(report.class_names):
         table.add_row(name, *(str(report.counts[s][k]) for s in splits))
     table.add_row("[bold]total", *(f"[bold]{sum(report.counts[s])}" for s in splits))
-    console.print(table)
+    console.print(table, width=max(console.width, 100))
     console.print("source images: " + ", ".join(f"{k} ({v})" for k, v in sorted(report.sources.items())),
                   highlight=False)
     for p in report.problems:
@@ -275,7 +283,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the two ru
             m = results[preset]["networks"].get(name, {})
             cells += [_fmt(m.get("accuracy")), _fmt(m.get("f1"))]
         table.add_row(name, *cells, _fmt(first[name].get("parameters")))
-    console.print(table)
+    console.print(table, width=max(console.width, 100))
     console.print(f"run folders: {', '.join(str(out / p) for p in DEMO_PRESETS)} "
                   f"(try: kdstyles evaluate {out / DEMO_PRESETS[0]})")
 

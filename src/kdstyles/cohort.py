@@ -93,6 +93,8 @@ class Cohort(nn.Module):
         self.taps = {n: Tap(networks[n], wanted[n], f"networks.{n}.tap") for n in networks}
         self.adapters = nn.ModuleDict()
         self._probing = False
+        self._cache: dict[str, dict | None] = {}
+        self._cache_size = 0
         self._check_shapes(sample, num_classes)
 
     # ------------------------------------------------------------------ structure
@@ -172,15 +174,50 @@ class Cohort(nn.Module):
 
     # ------------------------------------------------------------------ computation
 
-    def forward(self, x: torch.Tensor, record: bool = True) -> dict[str, NetOutput]:
-        """Run every network once; ``record`` keeps the tapped tensors and runs shadows (training)."""
+    def enable_cache(self, n: int) -> None:
+        """Keep frozen networks' outputs per training sample (``n`` samples); a batch whose
+        samples are all cached skips those networks' forward."""
+        self._cache = {name: None for name in self.frozen}
+        self._cache_size = n
+
+    def _from_cache(self, name: str, keys: torch.Tensor) -> NetOutput | None:
+        store = self._cache.get(name)
+        if store is None or not bool(store["filled"][keys].all()):
+            return None
+        return NetOutput(store["logits"][keys], {p: t[keys] for p, t in store["features"].items()})
+
+    def _to_cache(self, name: str, keys: torch.Tensor, out: NetOutput) -> None:
+        store = self._cache[name]
+        if store is None:
+            def alloc(t):
+                return torch.zeros((self._cache_size, *t.shape[1:]), dtype=t.dtype, device=t.device)
+
+            store = self._cache[name] = {
+                "logits": alloc(out.logits), "features": {p: alloc(t) for p, t in out.features.items()},
+                "filled": torch.zeros(self._cache_size, dtype=torch.bool, device=out.logits.device)}
+        store["logits"][keys] = out.logits
+        for p, t in out.features.items():
+            store["features"][p][keys] = t
+        store["filled"][keys] = True
+
+    def forward(self, x: torch.Tensor, record: bool = True, keys: torch.Tensor | None = None
+                ) -> dict[str, NetOutput]:
+        """Run every network once; ``record`` keeps the tapped tensors and runs shadows
+        (training); ``keys`` (sample indices) serve cached frozen networks from the cache."""
         outs = {}
         for name, net in self.networks.items():
+            cached = name in self._cache and keys is not None
+            if cached and (hit := self._from_cache(name, keys)) is not None:
+                outs[name] = hit
+                continue
             recording = self.taps[name].recording() if record else nullcontext({})
             frozen = name in self.frozen and not self._probing
             with torch.inference_mode() if frozen else nullcontext(), recording as feats:
                 logits = net(x)
             outs[name] = NetOutput(logits, dict(feats))
+            if cached:
+                with torch.inference_mode():
+                    self._to_cache(name, keys, outs[name])
         if record:
             with torch.no_grad():
                 for key, shadow in self.shadows.items():
@@ -190,7 +227,7 @@ class Cohort(nn.Module):
     def losses(self, outs: dict[str, NetOutput], y: torch.Tensor) -> dict[str, NetLoss]:
         result = {}
         for name in self.trainable:
-            terms = {"ce": F.cross_entropy(outs[name].logits, y, weight=self.class_weights)}
+            terms = {"ce": F.cross_entropy(outs[name].logits.float(), y, weight=self.class_weights)}
             distill = []
             for i, e in enumerate(self.edges):
                 if e.dst != name:
@@ -214,6 +251,26 @@ class Cohort(nn.Module):
                 total = terms["ce"]
             result[name] = NetLoss(total, terms)
         return result
+
+
+class TrainStep(nn.Module):
+    """forward + losses as one module call, so DistributedDataParallel can wrap the cohort once."""
+
+    def __init__(self, cohort: Cohort):
+        super().__init__()
+        self.cohort = cohort
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor | None = None) -> dict[str, NetLoss]:
+        return self.cohort.losses(self.cohort(x, keys=keys), y)
+
+    def outside_ddp(self) -> list[str]:
+        """Parameter and buffer names DDP must leave alone: frozen networks and shadows."""
+        names = []
+        for prefix, module in [(f"cohort.networks.{n}", self.cohort.networks[n]) for n in self.cohort.frozen] + \
+                [("cohort.shadows", self.cohort.shadows)]:
+            names += [f"{prefix}.{k}" for k, _ in module.named_parameters()]
+            names += [f"{prefix}.{k}" for k, _ in module.named_buffers()]
+        return names
 
 
 def _offline_teacher_weights(path_str: str) -> dict[str, torch.Tensor]:

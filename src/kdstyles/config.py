@@ -111,6 +111,8 @@ class TeacherConfig(NetworkConfig):
     widen: float = Field(0.5, gt=0)
     mode: Literal["online", "offline"] = "online"
     checkpoint: Optional[str] = Field(None, description="offline teacher: a run folder or a .pt state dict")
+    cache: bool = Field(False, description="offline teacher without random augmentation: keep its outputs per "
+                                           "training image after the first epoch and skip its forward from then on")
 
     @model_validator(mode="after")
     def _offline_needs_checkpoint(self) -> "TeacherConfig":
@@ -198,6 +200,9 @@ class TrainConfig(Strict):
     seed: int = 0
     device: str = "auto"
     max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="cap on training batches per epoch")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype; fp16 uses a GradScaler")
+    channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile every trainable network")
 
     @field_validator("device")
     @classmethod
@@ -234,6 +239,11 @@ class ExperimentConfig(Strict):
         for style, opts in self.styles.items():
             check_style_options(style, opts, f"styles.{style}")
         resolve_edges(self)
+        t, a = self.networks.teacher, self.data.augment
+        if t.cache and (t.mode != "offline" or a.hflip or a.vflip or a.rotate90 or a.rotate or a.zoom or a.shift
+                        or a.shear):
+            raise KDError("networks.teacher.cache: needs mode offline and no random augmentation "
+                          "(data.augment: hflip, vflip, rotate90 false and rotate, zoom, shift, shear 0)")
         return self
 
     def run_name(self) -> str:

@@ -26,8 +26,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import checkpoints
-from .cohort import Cohort
+from . import checkpoints, distributed
+from .cohort import Cohort, TrainStep
 from .config import ExperimentConfig, OptimConfig, ScheduleConfig
 from .data import DataBundle
 from .errors import KDError, TrainingDiverged
@@ -36,10 +36,10 @@ from .evaluate import ENSEMBLE, predict_probs, score
 Callback = Callable[["Trainer", int], None]
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise KDError(f"train.device: '{name}' was asked for but CUDA is not available here; use auto or cpu")
     return device
@@ -93,18 +93,40 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, cohort: Cohort, data: DataBundle, run_dir: Path,
                  device: torch.device | None = None, quiet: bool = False, callbacks: list[Callback] | None = None):
         self.cfg, self.cohort, self.data, self.run_dir = cfg, cohort, data, Path(run_dir)
-        self.device = device or pick_device(cfg.train.device)
-        self.cohort.to(self.device)
-        self.console = Console(quiet=quiet)
-        self.quiet = quiet
+        self.dist = distributed.setup(cfg.train.device)
+        self.device = device or pick_device(cfg.train.device, self.dist.local_rank)
+        self.quiet = quiet or not self.dist.main
+        self.console = Console(quiet=self.quiet)
         self.callbacks = list(callbacks or [])
+        t = cfg.train
+        self.memory_format = torch.channels_last if t.channels_last else torch.preserve_format
+        self.cohort.to(self.device, memory_format=self.memory_format)
+        if t.compile:
+            for name in cohort.trainable:
+                cohort.networks[name].compile()
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type) if t.precision == "fp16" else None
         self.optimizers = {n: make_optimizer(cfg.optim, cohort.parameters_of(n)) for n in cohort.trainable}
-        self.schedulers = {n: make_scheduler(cfg.schedule, o, cfg.train.epochs) for n, o in self.optimizers.items()}
+        self.schedulers = {n: make_scheduler(cfg.schedule, o, t.epochs) for n, o in self.optimizers.items()}
         self.state = TrainState(best={n: {"epoch": 0, "value": -math.inf} for n in cohort.trainable})
-        workers = dict(num_workers=cfg.data.num_workers, persistent_workers=cfg.data.persistent_workers)
-        self.train_loader = data.loader("train", cfg.data.batch_size, train=True, seed=cfg.train.seed,
-                                        max_batches=cfg.train.max_steps_per_epoch, **workers)
+        shard = (self.dist.rank, self.dist.world)
+        if cfg.data.batch_size % self.dist.world:
+            raise KDError(f"data.batch_size {cfg.data.batch_size} is the global batch and must divide by the "
+                          f"{self.dist.world} processes")
+        workers = dict(num_workers=cfg.data.num_workers, persistent_workers=cfg.data.persistent_workers, shard=shard)
+        self.train_loader = data.loader("train", cfg.data.batch_size, train=True, seed=t.seed,
+                                        max_batches=t.max_steps_per_epoch, **workers)
         self.val_loader = data.loader("val", cfg.data.batch_size, **workers)
+        self.use_cache = cfg.networks.teacher.cache and bool(cohort.frozen)
+        if self.use_cache:
+            cohort.enable_cache(len(data.splits["train"]))
+        self.model: torch.nn.Module = TrainStep(cohort)
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            DDP._set_params_and_buffers_to_ignore_for_model(self.model, self.model.outside_ddp())
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(self.model, device_ids=ids)
         self.writer = None
 
     # ------------------------------------------------------------------ files
@@ -120,14 +142,19 @@ class Trainer:
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items() if s is not None},
             "rng": _rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "state": {"best": self.state.best, "since_improved": self.state.since_improved,
                       "history": self.state.history, "status": self.state.status},
         }
 
     def save_last(self) -> None:
+        if not self.dist.main:
+            return
         checkpoints.save(self._checkpoint(), self.ckpt_dir / "last.pt")
 
     def save_best(self, name: str, value: float) -> None:
+        if not self.dist.main:
+            return
         checkpoints.save({"network": name, "epoch": self.state.epoch, "metric": self.cfg.train.selection_metric,
                           "value": value, "state_dict": self.cohort.networks[name].state_dict()},
                          self.ckpt_dir / f"best-{name}.pt")
@@ -146,11 +173,15 @@ class Trainer:
             reason = str(exc).strip().splitlines()[0][:160]
             raise KDError(f"checkpoint '{path}' does not match this run's networks/optimizers ({reason})") from None
         _set_rng_state(ckpt["rng"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         st = ckpt["state"]
         self.state = TrainState(ckpt["epoch"], st["best"], st["since_improved"], st["history"], "running")
 
     def write_status(self, status: str, **extra: Any) -> None:
         self.state.status = status
+        if not self.dist.main:
+            return
         path = self.run_dir / "run.json"
         info = json.loads(path.read_text()) if path.is_file() else {}
         info.update(status=status, epochs_done=self.state.epoch,
@@ -158,6 +189,8 @@ class Trainer:
         checkpoints.write_text(path, json.dumps(info, indent=2) + "\n")
 
     def write_metrics_csv(self) -> None:
+        if not self.dist.main:
+            return
         columns: list[str] = []
         for row in self.state.history:
             columns += [k for k in row if k not in columns]
@@ -168,7 +201,7 @@ class Trainer:
         checkpoints.write_text(self.run_dir / "metrics.csv", buf.getvalue())
 
     def _tensorboard(self, rows: list[dict[str, Any]], epoch: int) -> None:
-        if not self.cfg.output.tensorboard:
+        if not self.cfg.output.tensorboard or not self.dist.main:
             return
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
@@ -208,36 +241,52 @@ class Trainer:
         self.train_loader.batch_sampler.set_epoch(epoch)
         sums: dict[str, dict[str, torch.Tensor]] = {}
         steps = 0
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                  enabled=self.autocast_dtype is not None)
         with self._progress() as bar:
             task = bar.add_task("train", total=len(self.train_loader), epoch=f"{epoch + 1}/{self.cfg.train.epochs}",
                                 losses="")
-            for step, (x, y) in enumerate(self.train_loader):
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                outs = cohort(x)
-                losses = cohort.losses(outs, y)
-                total = torch.stack([nl.total for nl in losses.values()]).sum()
-                if not torch.isfinite(total):
+            for step, (x, y, keys) in enumerate(self.train_loader):
+                x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                y = y.to(self.device, non_blocking=True)
+                keys = keys.to(self.device, non_blocking=True) if self.use_cache else None
+                with autocast:
+                    losses = self.model(x, y, keys)
+                total = torch.stack([nl.total.float() for nl in losses.values()]).sum()
+                if distributed.any_flag(not bool(torch.isfinite(total)), self.dist, self.device):
                     self._diverged(losses, step)
                 for opt in self.optimizers.values():
                     opt.zero_grad(set_to_none=True)
-                total.backward()
-                for opt in self.optimizers.values():
-                    opt.step()
+                if self.scaler is not None:
+                    self.scaler.scale(total).backward()
+                    for opt in self.optimizers.values():
+                        self.scaler.step(opt)
+                    self.scaler.update()
+                else:
+                    total.backward()
+                    for opt in self.optimizers.values():
+                        opt.step()
                 cohort.after_step()
                 for name, nl in losses.items():
                     acc = sums.setdefault(name, {})
-                    acc["loss"] = acc.get("loss", 0) + nl.total.detach()
+                    acc["loss"] = acc.get("loss", 0) + nl.total.detach().float()
                     for term, v in nl.terms.items():
-                        acc[term] = acc.get(term, 0) + v.detach()
+                        acc[term] = acc.get(term, 0) + v.detach().float()
                 steps += 1
                 if not self.quiet and (step % 5 == 0 or step == len(self.train_loader) - 1):
                     text = "  ".join(f"{n} {float(a['loss']) / steps:.3f}" for n, a in sums.items())
                     bar.update(task, completed=step + 1, losses=text)
         cohort.after_epoch()
-        return {n: {k: float(v) / max(steps, 1) for k, v in acc.items()} for n, acc in sums.items()}
+        local = {n: {k: float(v) / max(steps, 1) for k, v in acc.items()} for n, acc in sums.items()}
+        per_rank = distributed.gather_objects(local, self.dist)  # every rank's mean over equal shares
+        return {n: {k: sum(r[n][k] for r in per_rank) / len(per_rank) for k in local[n]} for n in local}
 
     def validate(self) -> dict[str, dict[str, float]]:
         probs, labels = predict_probs(self.cohort, self.val_loader, self.device)
+        if self.dist.active:  # every rank scored its own chunk: put the split back together, in order
+            parts = distributed.gather_objects((probs, labels), self.dist)
+            probs = {n: torch.cat([p[n] for p, _ in parts]) for n in probs}
+            labels = torch.cat([lbl for _, lbl in parts])
         return score(probs, labels)
 
     def fit(self, resume: bool = False) -> TrainState:

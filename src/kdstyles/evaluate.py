@@ -33,7 +33,7 @@ def predict_probs(cohort: Cohort, loader, device: torch.device) -> tuple[dict[st
     cohort.eval()
     probs: dict[str, list[torch.Tensor]] = {n: [] for n in cohort.names}
     labels = []
-    for x, y in loader:
+    for x, y, _index in loader:
         outs = cohort(x.to(device, non_blocking=True), record=False)
         for name, out in outs.items():
             probs[name].append(F.softmax(out.logits.float(), dim=1).cpu())

@@ -92,43 +92,55 @@ class ImageDataset(Dataset):
             finally:
                 set_track_meta(tracking)
             img = img.as_tensor() if hasattr(img, "as_tensor") else img
-        return (img - self.mean) / self.std, int(self.labels[index])
+        return (img - self.mean) / self.std, int(self.labels[index]), index
 
 
 class EpochBatchSampler(Sampler):
     """Batches of ``(epoch, index)`` keys; the order is seeded by (seed, epoch).
 
     ``labels`` given: classes are drawn equally often (sampling with replacement, one
-    epoch = as many draws as samples)."""
+    epoch = as many draws as samples). ``shard=(rank, world)`` splits the work between
+    distributed processes: in training every rank takes a strided slice of each global
+    batch (so the global batches, their order and their augmentation are those of one
+    process); in evaluation every rank takes a contiguous chunk (each sample once)."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, max_batches: int | None = None,
-                 labels: np.ndarray | None = None):
+                 labels: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.max_batches, self.epoch = max_batches, 0
+        self.rank, self.world = shard
         self.weights = None
         if labels is not None:
             counts = np.bincount(labels)
             self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
-        # A training batch of one would break BatchNorm; drop such a remainder.
-        self.drop_last = shuffle and n % batch_size == 1
+        # A training batch of one (per process) would break BatchNorm; drop such a remainder.
+        self.drop_last = shuffle and n % batch_size in range(1, self.world + 1)
+        if not shuffle:
+            per = -(-n // self.world)
+            self.chunk = range(min(n, self.rank * per), min(n, (self.rank + 1) * per))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
+        if not self.shuffle:
+            return -(-len(self.chunk) // self.batch_size)
         n = self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
         return min(n, self.max_batches) if self.max_batches else n
 
     def __iter__(self):
+        if not self.shuffle:
+            for b in range(len(self)):
+                yield [(0, i) for i in self.chunk[b * self.batch_size:(b + 1) * self.batch_size]]
+            return
         g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
         if self.weights is not None:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
-        elif self.shuffle:
-            order = torch.randperm(self.n, generator=g).tolist()
         else:
-            order = list(range(self.n))
+            order = torch.randperm(self.n, generator=g).tolist()
         for b in range(len(self)):
-            yield [(self.epoch, i) for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [(self.epoch, i) for i in batch[self.rank::self.world]]
 
 
 @dataclass
@@ -150,12 +162,14 @@ class DataBundle:
         return len(self.class_names)
 
     def loader(self, split: str, batch_size: int, train: bool = False, num_workers: int = 0,
-               seed: int = 0, max_batches: int | None = None, persistent_workers: bool = False) -> DataLoader:
+               seed: int = 0, max_batches: int | None = None, persistent_workers: bool = False,
+               shard: tuple[int, int] = (0, 1)) -> DataLoader:
+        """Batches of (images, labels, sample indices)."""
         ds = self.splits[split]
         balanced = train and self.sampler == "balanced"
         sampler = EpochBatchSampler(len(ds), batch_size, shuffle=train, seed=seed,
                                     max_batches=max_batches if train else None,
-                                    labels=ds.labels if balanced else None)
+                                    labels=ds.labels if balanced else None, shard=shard)
         return DataLoader(ds, batch_sampler=sampler, num_workers=num_workers,
                           persistent_workers=persistent_workers and num_workers > 0,
                           pin_memory=torch.cuda.is_available())

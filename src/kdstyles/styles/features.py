@@ -37,4 +37,5 @@ class Features(Style):
     adapter = "project"
 
     def loss(self, source, target, options):
+        target, source = target.float(), source.float()  # fp32 under autocast too
         return F.mse_loss(_normalize(target, options.normalize), _normalize(source, options.normalize))

@@ -22,8 +22,8 @@ class PredictionsOptions(StyleOptions):
 
 def softened_kl(source_logits: torch.Tensor, target_logits: torch.Tensor, temperature: float,
                 t2_scaling: bool) -> torch.Tensor:
-    log_p_src = F.log_softmax(source_logits / temperature, dim=1)
-    log_p_dst = F.log_softmax(target_logits / temperature, dim=1)
+    log_p_src = F.log_softmax(source_logits.float() / temperature, dim=1)  # fp32 under autocast too
+    log_p_dst = F.log_softmax(target_logits.float() / temperature, dim=1)
     kl = (log_p_src.exp() * (log_p_src - log_p_dst)).sum(dim=1).mean()
     return kl * temperature**2 if t2_scaling else kl
 

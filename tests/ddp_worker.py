@@ -1,0 +1,59 @@
+"""Run by tests/test_distributed.py, with and without torchrun: a tiny experiment with
+BatchNorm-free networks (per-process BatchNorm statistics would differ from one process),
+so a 2-process run can be compared with a 1-process run of the same global batch."""
+
+import sys
+
+import torch
+import torch.nn as nn
+
+from kdstyles import Experiment
+from kdstyles.distributed import current, teardown
+
+
+class Net(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, hidden, 3, padding=1), nn.GroupNorm(2, hidden), nn.ReLU(),
+                                  nn.Conv2d(hidden, 8, 3, stride=2), nn.ReLU())
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+def networks():
+    torch.manual_seed(123)
+    return {"teacher": Net(16), "s1": Net(8), "s2": Net(6)}
+
+
+def main() -> None:
+    out, epochs, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    resume = mode == "resume"
+    taps = {"tap": "body.3"}  # 8 channels in every network: no adapter (adapters carry BatchNorm)
+    config = {"networks": {"teacher": taps, "students": {"s1": taps, "s2": taps}},
+              "data": {"image_size": 16, "train_samples": 64, "val_samples": 30, "test_samples": 10,
+                       "batch_size": 16, "augment": {"hflip": True, "vflip": True}},
+              "train": {"epochs": epochs}, "output": {"dir": out, "name": "run", "tensorboard": True}}
+    if resume:
+        exp = Experiment.from_run(f"{out}/run", overrides=[f"train.epochs={epochs}"], networks=networks(),
+                                  quiet=True)
+    else:
+        exp = Experiment(config, networks=networks(), quiet=True)
+    def stop_after_first_epoch(_trainer, epoch):
+        if mode == "stop1" and epoch == 1:
+            raise KeyboardInterrupt  # as if the job were interrupted after epoch 1
+
+    try:
+        exp.fit(resume=resume, callbacks=[stop_after_first_epoch])
+    except KeyboardInterrupt:
+        teardown()
+        return
+    info = current()
+    state = {k: v.clone() for k, v in exp.cohort.state_dict().items()}
+    torch.save(state, f"{out}/weights-rank{info.rank}.pt")
+    teardown()
+
+
+if __name__ == "__main__":
+    main()
