@@ -28,7 +28,7 @@ from .config import ExperimentConfig, build_config, dump_config, load_config, re
 from .data import DataBundle, build_data
 from .engine import Callback, Trainer, pick_device
 from .errors import KDError
-from .evaluate import ENSEMBLE, details, predict_probs, score, write_json
+from .evaluate import ENSEMBLE, predict_probs, score, write_json, write_overlays
 from .models.zoo import count_parameters
 from .routing import T
 
@@ -85,7 +85,8 @@ class Experiment:
             console = Console(quiet=self.quiet)
             status = f"preparing {n} synthetic images" if d.source == "synthetic" else f"loading {d.source} data"
             with console.status(status) if d.source != "folder" and d.source != "csv" else nullcontext():
-                self._data = build_data(d, self.cfg.train.seed, run_dir=self.run_dir, quiet=self.quiet)
+                self._data = build_data(d, self.cfg.train.seed, run_dir=self.run_dir, quiet=self.quiet,
+                                        task=self.cfg.task)
             for w in self._data.report.warnings:
                 console.print(f"[yellow]data warning:[/yellow] {w.message}", highlight=False)
         return self._data
@@ -185,7 +186,7 @@ class Experiment:
         cohort = self.cohort.to(device)
         loader = self.data.loader(split, self.cfg.data.batch_size, num_workers=self.cfg.data.num_workers)
         probs, labels = predict_probs(cohort, loader, device)
-        metrics = score(probs, labels)
+        metrics = score(probs, labels, cohort.task)
         params = {n: count_parameters(net) for n, net in cohort.networks.items()}
         if len(cohort.students) > 1:
             params[ENSEMBLE] = sum(params[s] for s in cohort.students)
@@ -196,6 +197,12 @@ class Experiment:
         result = {"run_dir": str(self.run_dir), "split": split, "checkpoint": checkpoint,
                   "samples": len(labels), "preset": self.cfg.routing.label, "seed": self.cfg.train.seed,
                   "class_names": self.data.class_names,
-                  "networks": metrics, "details": {n: details(p, labels) for n, p in probs.items()}}
+                  "networks": metrics, "details": {n: cohort.task.details(p, labels) for n, p in probs.items()}}
+        if self.cfg.task == "segmentation" and self.cfg.eval.overlays:
+            n = min(self.cfg.eval.overlays, len(labels))
+            images = torch.stack([self.data.splits[split][i][0] for i in range(n)])
+            paths = write_overlays(self.run_dir / "overlays", images, labels[:n], {k: p[:n] for k, p in probs.items()},
+                                   self.data.mean, self.data.std)
+            result["overlays"] = [str(p.relative_to(self.run_dir)) for p in paths]
         write_json(self.run_dir / "eval.json", result)
         return result

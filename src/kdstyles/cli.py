@@ -23,6 +23,8 @@ SetOpt = typer.Option(None, "--set", "-s", help="override a config key, e.g. --s
 DEMO_PRESETS = ("diverse", "kdml")
 TABLE_METRICS = {"accuracy": "acc", "balanced_accuracy": "bal. acc", "f1": "macro-F1", "auroc": "AUROC",
                  "ece": "ECE", "fidelity_kl": "KL(T||S)", "parameters": "params", "compression": "T/S"}
+SEG_TABLE_METRICS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95 (px)", "pixel_accuracy": "pixel acc",
+                     "fidelity_kl": "KL(T||S)", "parameters": "params", "compression": "T/S"}
 
 
 def _fmt(v: Any, key: str = "") -> str:
@@ -36,12 +38,15 @@ def _fmt(v: Any, key: str = "") -> str:
 
 
 def metrics_table(result: dict[str, Any], title: str) -> Table:
+    first = next(iter(result["networks"].values()))
+    columns = SEG_TABLE_METRICS if "dice" in first else TABLE_METRICS
+    columns = {k: v for k, v in columns.items() if k != "hd95" or "hd95" in first}
     table = Table(title=title)
     table.add_column("network")
-    for label in TABLE_METRICS.values():
+    for label in columns.values():
         table.add_column(label, justify="right")
     for name, metrics in result["networks"].items():
-        table.add_row(name, *(_fmt(metrics.get(m), m) for m in TABLE_METRICS))
+        table.add_row(name, *(_fmt(metrics.get(m), m) for m in columns))
     return table
 
 
@@ -144,7 +149,7 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
     from .data import build_data
 
     cfg = _data_spec(spec, set_ or [])
-    bundle = build_data(cfg.data, cfg.train.seed, quiet=False, check=False)
+    bundle = build_data(cfg.data, cfg.train.seed, quiet=False, check=False, task=cfg.task)
     report = bundle.report
     table = Table(title=f"{spec}: {bundle.num_classes} classes, images used at {bundle.image_size} px, "
                         f"{bundle.channels} channel(s)")

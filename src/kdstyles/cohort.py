@@ -29,9 +29,10 @@ from .config import ExperimentConfig, NetworkConfig
 from .errors import KDError
 from .models.adapters import make_adapter
 from .models.taps import Tap
-from .models.zoo import build_network, default_embedding_tap, default_tap
+from .models.zoo import bottleneck_tap, build_network, default_embedding_tap, default_tap
 from .routing import T, Edge, resolve_edges, used_networks
 from .styles import STYLES, NetOutput
+from .tasks import Classification, make_task
 
 
 def as_target(t: torch.Tensor) -> torch.Tensor:
@@ -57,8 +58,10 @@ def network_seed(seed: int, name: str) -> int:
 class Cohort(nn.Module):
     def __init__(self, networks: dict[str, nn.Module], edges: list[Edge], taps: dict[str, str | None],
                  ce_weight: float, frozen: set[str], sample: torch.Tensor, num_classes: int,
-                 embedding_taps: dict[str, str | None] | None = None, class_weights: torch.Tensor | None = None):
+                 embedding_taps: dict[str, str | None] | None = None, class_weights: torch.Tensor | None = None,
+                 task: Classification | None = None):
         super().__init__()
+        self.task = task or Classification(num_classes)
         self.networks = nn.ModuleDict(networks)
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.edges = edges
@@ -158,9 +161,8 @@ class Cohort(nn.Module):
             self._probing = False
         self.train(was_training)
         for name, out in outs.items():
-            if out.logits.ndim != 2 or out.logits.shape[1] != num_classes:
-                raise KDError(f"networks.{name}: output shape {tuple(out.logits.shape)} does not match "
-                              f"(batch, {num_classes} classes); the network must return class logits")
+            if name in self.networks:
+                self.task.check_output(name, out.logits, sample)
         for i, (e, pair) in enumerate(zip(self.edges, self.edge_taps)):
             if pair is None:
                 continue
@@ -227,7 +229,8 @@ class Cohort(nn.Module):
     def losses(self, outs: dict[str, NetOutput], y: torch.Tensor) -> dict[str, NetLoss]:
         result = {}
         for name in self.trainable:
-            terms = {"ce": F.cross_entropy(outs[name].logits.float(), y, weight=self.class_weights)}
+            sup = self.task.loss_name
+            terms = {sup: self.task.supervised(outs[name].logits, y, self.class_weights)}
             distill = []
             for i, e in enumerate(self.edges):
                 if e.dst != name:
@@ -246,9 +249,9 @@ class Cohort(nn.Module):
                 terms[label] = term
                 distill.append(e.weight * term)
             if distill:
-                total = self.ce_weight * terms["ce"] + (1 - self.ce_weight) * torch.stack(distill).sum()
+                total = self.ce_weight * terms[sup] + (1 - self.ce_weight) * torch.stack(distill).sum()
             else:
-                total = terms["ce"]
+                total = terms[sup]
             result[name] = NetLoss(total, terms)
         return result
 
@@ -312,6 +315,8 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
             nets[name] = build_network(spec.arch, channels, num_classes, image_size, spec.widen, spec.stem,
                                        spec.pretrained, where=f"networks.{name}")
         taps[name] = spec.tap
+        if spec.tap is None and cfg.task == "segmentation":  # the encoder's bottleneck
+            taps[name] = bottleneck_tap(nets[name], torch.zeros(2, channels, image_size, image_size))
         embedding_taps[name] = spec.embedding_tap
     frozen = set()
     if T in nets and cfg.networks.teacher.mode == "offline":
@@ -329,4 +334,5 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
     if class_counts is not None:
         counts = torch.tensor(class_counts, dtype=torch.float).clamp_min(1)
         weights = counts.sum() / (len(counts) * counts)
-    return Cohort(nets, edges, taps, cfg.loss.ce_weight, frozen, sample, num_classes, embedding_taps, weights)
+    task = make_task(cfg.task, num_classes, cfg.loss.dice_weight, cfg.eval.hd95)
+    return Cohort(nets, edges, taps, cfg.loss.ce_weight, frozen, sample, num_classes, embedding_taps, weights, task)

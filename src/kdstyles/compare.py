@@ -137,7 +137,8 @@ def _echo_result(result: dict[str, Any], echo) -> None:
 
 
 RESULT_FIELDS = ("preset", "seed", "network", "checkpoint", "split", "accuracy", "balanced_accuracy", "f1", "auroc",
-                 "ece", "nll", "fidelity_kl", "agreement", "parameters", "compression", "run_dir")
+                 "ece", "dice", "iou", "hd95", "pixel_accuracy", "nll", "fidelity_kl", "agreement", "parameters",
+                 "compression", "run_dir")
 
 
 def collect(specs: list[RunSpec]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import KDError
 
 PRESET_NAMES = ("student", "kd", "fitnet", "dml", "kdml", "diverse", "diverse-full", "ctsl-mkt")
-METRIC_NAMES = ("accuracy", "balanced_accuracy", "f1", "auroc")
+METRIC_NAMES = ("auto", "accuracy", "balanced_accuracy", "f1", "auroc", "dice", "iou")
 
 
 class Strict(BaseModel):
@@ -36,6 +36,7 @@ class AugmentConfig(Strict):
     zoom: float = Field(0.0, ge=0, lt=1, description="max relative zoom in or out")
     shift: float = Field(0.0, ge=0, lt=1, description="max shift as a fraction of the image size")
     shear: float = Field(0.0, ge=0, lt=1)
+    intensity: float = Field(0.0, ge=0, lt=1, description="max relative change of brightness and contrast")
 
 
 class DataConfig(Strict):
@@ -52,7 +53,10 @@ class DataConfig(Strict):
     path: Optional[str] = Field(None, description="csv: the CSV file (image paths relative to it)")
     flag: Optional[str] = Field(None, description="medmnist: pathmnist, dermamnist, bloodmnist, ...")
     size: Literal[28, 64, 128, 224] = Field(28, description="medmnist: which file (image size) to read")
-    classes: Optional[list[str]] = Field(None, description="folder/csv: the class list (default: sorted labels)")
+    classes: Optional[list[str]] = Field(None, description="folder/csv: the class list (default: sorted labels); "
+                                         "segmentation: names of the mask values 0..K-1")
+    num_classes: int = Field(2, ge=2, le=255, description="segmentation: mask values 0..K-1 (2: binary masks, "
+                                                          "0/255 thresholded)")
     image_size: Optional[int] = Field(None, ge=8, le=1024, description="network input size; default: the source's "
                                       "(synthetic 32, medmnist its size, folder/csv 224)")
     channels: Optional[int] = Field(None, ge=1, le=3, description="1 or 3; default: the source's (synthetic and "
@@ -171,7 +175,8 @@ class RoutingConfig(Strict):
 class LossConfig(Strict):
     """L_i = ce_weight * CE + (1 - ce_weight) * sum_e weight_e * L_style(e); CE alone without edges."""
 
-    ce_weight: float = Field(0.1, ge=0, le=1)
+    ce_weight: float = Field(0.1, ge=0, le=1, description="a: weight of the supervised loss (CE, or Dice+CE)")
+    dice_weight: float = Field(1.0, ge=0, description="segmentation: weight of Dice in the Dice+CE loss (CE: 1)")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="balanced: CE weighted by inverse class frequency of the training split")
     teacher_weight: float = Field(0.2, ge=0, description="default weight of edges from the teacher")
@@ -196,7 +201,8 @@ class ScheduleConfig(Strict):
 class TrainConfig(Strict):
     epochs: int = Field(8, ge=1)
     early_stopping: Optional[int] = Field(40, ge=1, description="epochs without any student gaining; null: off")
-    selection_metric: Literal[METRIC_NAMES] = "accuracy"  # type: ignore[valid-type]
+    selection_metric: Literal[METRIC_NAMES] = Field(  # type: ignore[valid-type]
+        "auto", description="per-network checkpoint selection; auto: accuracy (classification), dice (segmentation)")
     seed: int = 0
     device: str = "auto"
     max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="cap on training batches per epoch")
@@ -212,6 +218,11 @@ class TrainConfig(Strict):
         return v
 
 
+class EvalConfig(Strict):
+    hd95: bool = Field(False, description="segmentation: 95th-percentile Hausdorff distance (needs scipy)")
+    overlays: int = Field(4, ge=0, description="segmentation: test images drawn as overlay PNGs by evaluate")
+
+
 class OutputConfig(Strict):
     dir: str = "runs"
     name: Optional[str] = Field(None, description="run folder name; default: <experiment name>-<preset>-seed<seed>")
@@ -220,7 +231,7 @@ class OutputConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str = "demo"
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "segmentation"] = "classification"
     data: DataConfig = DataConfig()
     networks: NetworksConfig = NetworksConfig()
     routing: RoutingConfig = RoutingConfig()
@@ -230,6 +241,7 @@ class ExperimentConfig(Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
@@ -239,6 +251,20 @@ class ExperimentConfig(Strict):
         for style, opts in self.styles.items():
             check_style_options(style, opts, f"styles.{style}")
         resolve_edges(self)
+        from .models.zoo import SEG_PREFIXES
+
+        seg = self.task == "segmentation"
+        for name, spec in {"teacher": self.networks.teacher, **self.networks.students}.items():
+            key = "networks.teacher" if name == "teacher" else f"networks.students.{name}"
+            if spec.arch != "custom" and spec.arch.startswith(SEG_PREFIXES) != seg:
+                kind = "an encoder-decoder (unet, basicunet, flexunet-<encoder>)" if seg else "a classifier"
+                raise KDError(f"{key}.arch: '{spec.arch}' does not fit task {self.task}; it needs {kind}")
+        metric = self.train.selection_metric
+        if metric != "auto" and (metric in ("dice", "iou")) != seg:
+            raise KDError(f"train.selection_metric: '{metric}' is not a {self.task} metric")
+        if seg and self.data.source in ("medmnist", "csv"):
+            raise KDError(f"data.source: '{self.data.source}' is for classification; segmentation reads "
+                          "synthetic or folder (images/ and masks/)")
         t, a = self.networks.teacher, self.data.augment
         if t.cache and (t.mode != "offline" or a.hflip or a.vflip or a.rotate90 or a.rotate or a.zoom or a.shift
                         or a.shear):

@@ -128,6 +128,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.model, device_ids=ids)
         self.writer = None
+        self.metric = cfg.train.selection_metric if cfg.train.selection_metric != "auto" else cohort.task.selection
 
     # ------------------------------------------------------------------ files
 
@@ -155,7 +156,7 @@ class Trainer:
     def save_best(self, name: str, value: float) -> None:
         if not self.dist.main:
             return
-        checkpoints.save({"network": name, "epoch": self.state.epoch, "metric": self.cfg.train.selection_metric,
+        checkpoints.save({"network": name, "epoch": self.state.epoch, "metric": self.metric,
                           "value": value, "state_dict": self.cohort.networks[name].state_dict()},
                          self.ckpt_dir / f"best-{name}.pt")
 
@@ -287,7 +288,7 @@ class Trainer:
             parts = distributed.gather_objects((probs, labels), self.dist)
             probs = {n: torch.cat([p[n] for p, _ in parts]) for n in probs}
             labels = torch.cat([lbl for _, lbl in parts])
-        return score(probs, labels)
+        return score(probs, labels, self.cohort.task)
 
     def fit(self, resume: bool = False) -> TrainState:
         if resume:
@@ -298,7 +299,7 @@ class Trainer:
                 return self.state
             self.console.print(f"resuming {self.run_dir} after epoch {self.state.epoch}")
         self.write_status("running")
-        metric = self.cfg.train.selection_metric
+        metric = self.metric
         patience = self.cfg.train.early_stopping
         try:
             while self.state.epoch < self.cfg.train.epochs:
@@ -354,7 +355,7 @@ class Trainer:
         return self.state
 
     def _print_epoch(self, rows: list[dict[str, Any]], seconds: float) -> None:
-        metric = self.cfg.train.selection_metric
+        metric = self.metric
         parts = []
         for r in rows:
             loss = f" loss {r['train_loss']:.3f}" if "train_loss" in r else ""

@@ -142,13 +142,15 @@ def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out:
     metrics = evaluation["networks"].get(network, {})
     best = info.get("best", {})
     epochs = {n: best.get(n, {}).get("epoch") for n in (exp.cohort.students if network == ENSEMBLE else [network])}
+    cfg_task = exp.cfg.task
     sidecar = {
         "format": fmt, "file": path.name, "kdstyles": __version__, "torch": torch.__version__,
-        "task": "classification", "network": network, "run_dir": str(run_dir), "preset": info.get("preset"),
+        "task": cfg_task, "network": network, "run_dir": str(run_dir), "preset": info.get("preset"),
         "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.get("epochs_done")},
         "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0],
                   "channels": channels, "height": size, "width": size},
-        "output": {"name": "probabilities", "shape": ["batch", len(info["class_names"])]},
+        "output": {"name": "probabilities", "shape": ["batch", len(info["class_names"])] +
+                   (["height", "width"] if cfg_task == "segmentation" else [])},
         "normalisation": {"mean": info["normalize"]["mean"], "std": info["normalize"]["std"],
                           "applied": "inside the model"},
         "class_names": info["class_names"],
@@ -171,9 +173,11 @@ def model_card(exp: Experiment, network: str, model: nn.Module, sidecar: dict[st
                      cpu_latency_ms(teacher, one)))
     m = sidecar["metrics"]
     data = cfg.data
-    source = {"synthetic": "the embedded synthetic histology patches", "medmnist": f"MedMNIST {data.flag} ({data.size} px)",
+    source = {"synthetic": "the embedded synthetic " + ("endoscopy frames" if cfg.task == "segmentation"
+                                                        else "histology patches"), "medmnist": f"MedMNIST {data.flag} ({data.size} px)",
               "folder": f"image folder {data.root}", "csv": f"CSV {data.path}"}[data.source]
-    metric_rows = "\n".join(f"| {k} | {m[k]:.4f} |" for k in ("accuracy", "balanced_accuracy", "f1", "auroc", "ece")
+    metric_rows = "\n".join(f"| {k} | {m[k]:.4f} |" for k in ("accuracy", "balanced_accuracy", "f1", "auroc", "ece",
+                                                               "dice", "iou", "hd95", "pixel_accuracy")
                             if isinstance(m.get(k), float))
     size_rows = "\n".join(f"| {n} | {p:,} | {f / 1e6:.1f} | {lat:.2f} |" for n, p, f, lat in rows)
     return f"""# Model card: `{network}` from `{sidecar['run_dir']}`
@@ -183,7 +187,7 @@ Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`),
 
 ## Task and data
 
-Classification of {sidecar['input']['channels']}-channel {sidecar['input']['height']} px images into
+{sidecar['task'].capitalize()} of {sidecar['input']['channels']}-channel {sidecar['input']['height']} px images into
 {len(sidecar['class_names'])} classes: {', '.join(sidecar['class_names'])}. Trained on {source}.
 
 ## Training

@@ -22,8 +22,9 @@ class Predictor:
     """Images in [0, 1] (N, C, H, W) float32 -> class probabilities (N, K)."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], class_names: list[str], channels: int, size: int,
-                 source: str):
+                 source: str, task: str = "classification"):
         self.run, self.class_names, self.channels, self.size, self.source = run, class_names, channels, size, source
+        self.task = task
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)
@@ -54,11 +55,13 @@ def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "be
             with torch.inference_mode():
                 return net(torch.from_numpy(batch)).numpy()
 
-        return Predictor(run, info["class_names"], info["channels"], info["image_size"], f"{model} ({network})")
+        return Predictor(run, info["class_names"], info["channels"], info["image_size"], f"{model} ({network})",
+                         exp.cfg.task)
     if not model.is_file():
         raise KDError(f"model '{model}' does not exist (give an exported .onnx/.pt file or a run folder)")
     side = _sidecar(model)
     names, ch, size = side["class_names"], side["input"]["channels"], side["input"]["height"]
+    task = side.get("task", "classification")
     if model.suffix == ".onnx":
         try:
             import onnxruntime as ort
@@ -68,7 +71,7 @@ def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "be
             session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise KDError(f"model '{model}' is not a valid ONNX file ({str(exc).splitlines()[0][:100]})") from None
-        return Predictor(lambda b: session.run(None, {"image": b})[0], names, ch, size, str(model))
+        return Predictor(lambda b: session.run(None, {"image": b})[0], names, ch, size, str(model), task)
     if model.suffix == ".pt":
         import torch
 
@@ -81,7 +84,7 @@ def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "be
             with torch.inference_mode():
                 return scripted(torch.from_numpy(batch)).numpy()
 
-        return Predictor(run_ts, names, ch, size, str(model))
+        return Predictor(run_ts, names, ch, size, str(model), task)
     raise KDError(f"model '{model}': expected an .onnx or TorchScript .pt file, or a run folder")
 
 
@@ -110,15 +113,36 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
+def _write_mask(path: Path, probs: np.ndarray, source: Path) -> float:
+    """The argmax mask at the input image's own size (nearest); binary masks as 0/255."""
+    from PIL import Image
+
+    from .fileio import atomic_write
+
+    mask = probs.argmax(0).astype(np.uint8)
+    fraction = float((mask > 0).mean())
+    if probs.shape[0] == 2:
+        mask = mask * 255
+    with Image.open(source) as im:
+        size = im.size
+    img = Image.fromarray(mask).resize(size, Image.Resampling.NEAREST)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return fraction
+
+
 def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, network: str = "s1",
             batch_size: int = 32, quiet: bool = False) -> Path:
-    """Write ``predictions.csv`` (path, predicted class, its probability, one column per class)."""
+    """Classification: ``predictions.csv`` (path, predicted class, its probability, one column
+    per class). Segmentation: one mask PNG per image in ``masks/`` and ``predictions.csv``
+    (path, mask file, foreground fraction)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .fileio import write_text
 
     predictor = load_predictor(model, network)
     files = collect_inputs(inputs)
+    out_dir = Path(out_dir)
+    seg = predictor.task == "segmentation"
     rows = []
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), disable=quiet, transient=True) as bar:
         task = bar.add_task("predict", total=len(files))
@@ -126,14 +150,19 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
             chunk = files[start:start + batch_size]
             batch = np.stack([read_image(p, predictor.channels, predictor.size)[0] for p in chunk])
             probs = predictor(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0)
-            for path, p in zip(chunk, probs, strict=True):
-                k = int(p.argmax())
-                rows.append([str(path), predictor.class_names[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p)])
+            for n, (path, p) in enumerate(zip(chunk, probs, strict=True)):
+                if seg:
+                    mask_path = out_dir / "masks" / f"{start + n:05d}-{path.stem}.png"
+                    rows.append([str(path), str(mask_path), f"{_write_mask(mask_path, p, path):.6f}"])
+                else:
+                    k = int(p.argmax())
+                    rows.append([str(path), predictor.class_names[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p)])
             bar.advance(task, len(chunk))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "prediction", "probability", *(f"p_{c}" for c in predictor.class_names)])
+    w.writerow(["path", "mask", "foreground_fraction"] if seg else
+               ["path", "prediction", "probability", *(f"p_{c}" for c in predictor.class_names)])
     w.writerows(rows)
-    out = Path(out_dir) / "predictions.csv"
+    out = out_dir / "predictions.csv"
     write_text(out, buf.getvalue())
     return out

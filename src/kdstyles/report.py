@@ -20,9 +20,21 @@ from typing import Any
 from .errors import KDError
 from .fileio import write_text
 
-METRICS = ("accuracy", "balanced_accuracy", "f1", "auroc", "ece")
-LOWER_IS_BETTER = {"ece", "nll", "fidelity_kl"}
-LABELS = {"accuracy": "accuracy", "balanced_accuracy": "bal. acc.", "f1": "macro-F1", "auroc": "AUROC", "ece": "ECE"}
+CLASSIFICATION = ("accuracy", "balanced_accuracy", "f1", "auroc", "ece")
+SEGMENTATION = ("dice", "iou", "hd95", "pixel_accuracy")
+LOWER_IS_BETTER = {"ece", "nll", "fidelity_kl", "hd95"}
+LABELS = {"accuracy": "accuracy", "balanced_accuracy": "bal. acc.", "f1": "macro-F1", "auroc": "AUROC", "ece": "ECE",
+          "dice": "Dice", "iou": "IoU", "hd95": "HD95 (px)", "pixel_accuracy": "pixel acc."}
+
+
+def metric_set(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The task's metrics present in the rows (segmentation rows carry Dice)."""
+    names = SEGMENTATION if any(isinstance(r.get("dice"), (int, float)) for r in rows) else CLASSIFICATION
+    return tuple(m for m in names if any(isinstance(r.get(m), (int, float)) for r in rows))
+
+
+def primary(rows: list[dict[str, Any]]) -> str:
+    return metric_set(rows)[0]
 TARGET = "diverse"
 
 
@@ -75,7 +87,8 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, tup
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["preset"], r["network"])].append(r)
-    return {key: {m: mean_std([r.get(m) for r in rs]) for m in (*METRICS, "parameters")} for key, rs in groups.items()}
+    metrics = metric_set(rows)
+    return {key: {m: mean_std([r.get(m) for r in rs]) for m in (*metrics, "parameters")} for key, rs in groups.items()}
 
 
 def presets_in(rows) -> list[str]:
@@ -87,8 +100,9 @@ def networks_in(rows) -> list[str]:
     return [n for n in order if n != "teacher"]
 
 
-def paired(rows: list[dict[str, Any]], target: str = TARGET, metric: str = "accuracy") -> list[dict[str, Any]]:
+def paired(rows: list[dict[str, Any]], target: str = TARGET, metric: str | None = None) -> list[dict[str, Any]]:
     """``target`` against each other preset: per-seed differences of ``metric`` per network."""
+    metric = metric or primary(rows)
     by = {(r["preset"], r["network"], r["seed"]): r.get(metric) for r in rows}
     out = []
     for base in presets_in(rows):
@@ -119,22 +133,24 @@ def table_data(rows: list[dict[str, Any]], network: str) -> tuple[list[str], lis
     """Rows: the teacher (reference) then every preset; cells mean ± std; best per column flagged."""
     agg = aggregate(rows)
     presets = presets_in(rows)
-    header = ["preset", *(LABELS[m] for m in METRICS)]
-    body, best = [], []
+    metrics_ = metric_set(rows)
+    header = ["preset", *(LABELS[m] for m in metrics_)]
+    body: list[list[str]] = []
     teacher_preset = next((p for p in presets if (p, "teacher") in agg), None)
     lines = ([("teacher (reference)", agg[(teacher_preset, "teacher")])] if teacher_preset else [])
     lines += [(p + (" (independent students)" if p == "student" else ""), agg[(p, network)])
               for p in presets if (p, network) in agg]
     for label, metrics in lines:
-        body.append([label, *(_cell(metrics[m]) for m in METRICS)])
-    for j, m in enumerate(METRICS):
-        values = [metrics[m][0] for label, metrics in lines[1 if teacher_preset else 0:]]
-        finite = [v for v in values if not math.isnan(v)]
-        target = (min if m in LOWER_IS_BETTER else max)(finite) if finite else None
+        body.append([label, *(_cell(metrics[m]) for m in metrics_)])
+    best = [[False] * len(metrics_) for _ in lines]
+    candidates = lines[1 if teacher_preset else 0:]
+    for j, m in enumerate(metrics_):
+        finite = [metrics[m][0] for _, metrics in candidates if not math.isnan(metrics[m][0])]
+        if not finite:
+            continue
+        target = (min if m in LOWER_IS_BETTER else max)(finite)
         for i, (label, metrics) in enumerate(lines):
-            if len(best) <= i:
-                best.append([False] * len(METRICS))
-            best[i][j] = label != "teacher (reference)" and target is not None and metrics[m][0] == target
+            best[i][j] = label != "teacher (reference)" and metrics[m][0] == target
     return header, body, best
 
 
@@ -152,7 +168,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         parts.append("")
     diffs = paired(rows)
     if diffs:
-        parts.append(f"### {TARGET} minus each baseline (accuracy, paired by seed)\n")
+        parts.append(f"### {TARGET} minus each baseline ({primary(rows)}, paired by seed)\n")
         parts.append("| baseline | network | mean difference | std | seeds won |")
         parts.append("|---|---|---|---|---|")
         for d in diffs:
@@ -233,7 +249,7 @@ def _focus(evals: list[dict]) -> str:
 def plot_confusions(details) -> str | None:
     import numpy as np
 
-    items = [(p, evs) for p, evs in details.items() if evs and "details" in evs[0]]
+    items = [(p, evs) for p, evs in details.items() if evs and "confusion" in next(iter(evs[0]["details"].values()))]
     if not items:
         return None
     fig, axes = _figure(3.2, 3.0, len(items))
@@ -258,7 +274,7 @@ def plot_confusions(details) -> str | None:
 def plot_per_class(details) -> str | None:
     import numpy as np
 
-    items = [(p, evs) for p, evs in details.items() if evs and "details" in evs[0]]
+    items = [(p, evs) for p, evs in details.items() if evs and "f1" in next(iter(evs[0]["details"].values()))]
     if not items:
         return None
     names = items[0][1][0].get("class_names") or []
@@ -277,7 +293,8 @@ def plot_per_class(details) -> str | None:
 
 
 def plot_reliability(details) -> str | None:
-    items = [(p, evs) for p, evs in details.items() if evs and "details" in evs[0]]
+    items = [(p, evs) for p, evs in details.items()
+             if evs and "reliability" in next(iter(evs[0]["details"].values()))]
     if not items:
         return None
     fig, axes = _figure(3.0, 3.0, len(items))
@@ -394,7 +411,7 @@ def render(folder: str | Path) -> Path:
     rows = load_rows(folder)
     dirs = run_dirs(folder, rows)
     details = _details(dirs)
-    metric = "accuracy"
+    metric = primary(rows)
     seeds = sorted({r["seed"] for r in rows})
     sections = [f"<h1>kdstyles report: {html.escape(folder.name)}</h1>",
                 f'<p class="note">{len(presets_in(rows))} preset(s) × {len(seeds)} seed(s), test split, '
@@ -405,7 +422,7 @@ def render(folder: str | Path) -> Path:
         sections.append(f"<h2>{html.escape(net)}</h2>" + _html_table(header, body, best, cls="results"))
     diffs = paired(rows)
     if diffs:
-        sections.append(f"<h2>{TARGET} against each baseline (paired by seed, accuracy)</h2>")
+        sections.append(f"<h2>{TARGET} against each baseline (paired by seed, {metric})</h2>")
         sections.append(_html_table(["baseline", "network", "mean difference", "std", "seeds won"],
                                     [[d["baseline"], d["network"], f"{d['mean']:+.4f}", f"{d['std']:.4f}",
                                       f"{d['wins']}/{d['n']}"] for d in diffs], cls="paired"))
@@ -417,7 +434,7 @@ def render(folder: str | Path) -> Path:
             [[c["network"], f"{c['parameters']:,}", f"{c['mflops']:.1f}", f"{c['latency_b1_ms']:.2f}",
               f"{c['latency_b32_ms']:.1f}", f"{c['relative_size']:.1%}" if c["relative_size"] else "–"]
              for c in comp], cls="compression"))
-    plots = [("Test accuracy vs parameters", plot_accuracy_vs_parameters(rows, metric)),
+    plots = [(f"Test {metric} vs parameters", plot_accuracy_vs_parameters(rows, metric)),
              ("Training curves (validation, mean over seeds)", plot_curves(rows, dirs, metric)),
              ("Confusion matrices (rows: true class; summed over seeds)", plot_confusions(details)),
              ("Per-class F1", plot_per_class(details)),
@@ -425,6 +442,17 @@ def render(folder: str | Path) -> Path:
     for title, b64 in plots:
         if b64:
             sections.append(f"<h2>{html.escape(title)}</h2>{_img(b64, title)}")
+    shown = False
+    for (preset, _seed), run in sorted(dirs.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        ev_path = run / "eval.json"
+        overlays = json.loads(ev_path.read_text()).get("overlays") if ev_path.is_file() else None
+        if not overlays or (run / overlays[0]).is_file() is False or f"<h3>{preset}</h3>" in "".join(sections):
+            continue
+        if not shown:
+            sections.append("<h2>Segmentation overlays (first test image, first seed)</h2>")
+            shown = True
+        b64 = base64.b64encode((run / overlays[0]).read_bytes()).decode()
+        sections.append(f"<h3>{html.escape(preset)}</h3>{_img(b64, preset + ' overlay')}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>kdstyles report: {html.escape(folder.name)}"
             f"</title><style>{CSS}</style></head><body>{''.join(sections)}</body></html>\n")
     out = folder / "report.html"

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import AugmentConfig, DataConfig
 from ..errors import KDError
-from . import checks, medmnist, sources, synthetic
+from . import checks, medmnist, segfolder, sources, synthetic, synthetic_seg
 from ..imageio import convert, read_image
 
 MAX_SEED = 2**31 - 1
@@ -38,32 +38,41 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence([v & 0xFFFFFFFF for v in values]).generate_state(1)[0]) & MAX_SEED
 
 
-def build_augment(cfg: AugmentConfig, image_size: int):
-    """MONAI array transforms for (C, H, W) float tensors, or None when nothing is random."""
-    from monai.transforms import Compose, RandAffine, RandFlip, RandRotate90
+def build_augment(cfg: AugmentConfig, image_size: int, with_mask: bool = False):
+    """MONAI dictionary transforms moving the image (and its mask, nearest-neighbour) together;
+    None when nothing is random."""
+    from monai.transforms import (Compose, RandAffined, RandFlipd, RandRotate90d, RandScaleIntensityd,
+                                  RandShiftIntensityd)
 
+    keys = ["image", "mask"] if with_mask else ["image"]
+    modes = ["bilinear", "nearest"] if with_mask else ["bilinear"]
     ts = []
     if cfg.hflip:
-        ts.append(RandFlip(prob=0.5, spatial_axis=1))
+        ts.append(RandFlipd(keys, prob=0.5, spatial_axis=1))
     if cfg.vflip:
-        ts.append(RandFlip(prob=0.5, spatial_axis=0))
+        ts.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
     if cfg.rotate90:
-        ts.append(RandRotate90(prob=0.75, spatial_axes=(0, 1)))
+        ts.append(RandRotate90d(keys, prob=0.75, spatial_axes=(0, 1)))
     if cfg.rotate or cfg.zoom or cfg.shift or cfg.shear:
-        ts.append(RandAffine(
-            prob=1.0, rotate_range=(np.deg2rad(cfg.rotate),), scale_range=(cfg.zoom, cfg.zoom),
+        ts.append(RandAffined(
+            keys, prob=1.0, rotate_range=(np.deg2rad(cfg.rotate),), scale_range=(cfg.zoom, cfg.zoom),
             translate_range=(cfg.shift * image_size, cfg.shift * image_size), shear_range=(cfg.shear, cfg.shear),
-            padding_mode="reflection", mode="bilinear"))
+            padding_mode="reflection", mode=modes))
+    if cfg.intensity:
+        ts.append(RandScaleIntensityd(["image"], factors=cfg.intensity, prob=1.0))
+        ts.append(RandShiftIntensityd(["image"], offsets=cfg.intensity, prob=1.0))
     return Compose(ts) if ts else None
 
 
 class ImageDataset(Dataset):
-    """Images + int labels; items are addressed by ``(epoch, index)`` (augmentation seed)."""
+    """Images + labels; items are ``(image, label, index)`` addressed by ``(epoch, index)``
+    (the augmentation seed). With ``masks`` (segmentation) the label is the (H, W) mask,
+    augmented together with the image; ``labels`` then says whether an image has foreground."""
 
     def __init__(self, labels: np.ndarray, mean: torch.Tensor, std: torch.Tensor, augment=None, seed: int = 0,
                  images: np.ndarray | None = None, paths: list[Path] | None = None, channels: int = 3,
-                 size: int = 32):
-        self.labels, self.images, self.paths = labels, images, paths
+                 size: int = 32, masks: np.ndarray | None = None):
+        self.labels, self.images, self.paths, self.masks = labels, images, paths, masks
         self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
         self.augment, self.seed, self.channels, self.size = augment, seed, channels, size
         # One random stream shared by the transforms, reseeded per item (one seeding, not one per transform).
@@ -83,16 +92,20 @@ class ImageDataset(Dataset):
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         img = torch.from_numpy(np.ascontiguousarray(self.raw(index))).permute(2, 0, 1).float().div_(255)
+        item = {"image": img}
+        if self.masks is not None:
+            item["mask"] = torch.from_numpy(self.masks[index]).unsqueeze(0).float()
         if self.augment is not None:
             self._random.seed(_mix(self.seed, epoch, index))
             tracking = get_track_meta()
             set_track_meta(False)  # plain tensors: MONAI's metadata bookkeeping costs more than the flip
             try:
-                img = self.augment(img)
+                item = self.augment(item)
             finally:
                 set_track_meta(tracking)
-            img = img.as_tensor() if hasattr(img, "as_tensor") else img
-        return (img - self.mean) / self.std, int(self.labels[index]), index
+        img = item["image"].as_tensor() if hasattr(item["image"], "as_tensor") else item["image"]
+        label = item["mask"][0].round().long() if self.masks is not None else int(self.labels[index])
+        return (img - self.mean) / self.std, label, index
 
 
 class EpochBatchSampler(Sampler):
@@ -211,8 +224,21 @@ def _progress(quiet: bool):
                     transient=True)
 
 
-def _load_arrays(cfg: DataConfig, seed: int) -> tuple[dict, list[str], int, int, str]:
-    """synthetic / medmnist: {split: (images, labels)}, class names, native channels and size, a label."""
+@lru_cache(maxsize=8)
+def _synthetic_seg_split(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    return synthetic_seg.generate(seed, split, n, size)
+
+
+def _load_arrays(cfg: DataConfig, seed: int, task: str) -> tuple[dict, list[str], int, int, str]:
+    """synthetic / medmnist: {split: (images, labels[, masks])}, class names, native channels and size,
+    a label for messages."""
+    if cfg.source == "synthetic" and task == "segmentation":
+        size = cfg.image_size or 64
+        raw = {}
+        for s, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples)):
+            images, masks = _synthetic_seg_split(seed, s, n, size)
+            raw[s] = (images, (masks.reshape(n, -1).max(1) > 0).astype(np.int64), masks)
+        return raw, list(synthetic_seg.CLASS_NAMES), 3, size, "synthetic"
     if cfg.source == "synthetic":
         size = cfg.image_size or 32
         raw = {s: _synthetic_split(seed, s, n, size)
@@ -226,33 +252,52 @@ def _load_arrays(cfg: DataConfig, seed: int) -> tuple[dict, list[str], int, int,
 
 
 def build_data(cfg: DataConfig, seed: int, run_dir: Path | None = None, quiet: bool = True,
-               check: bool = True) -> DataBundle:
+               check: bool = True, task: str = "classification") -> DataBundle:
     """Load and check every split of the configured source and fit the normalisation.
 
     ``check=False`` returns the bundle with its report even when the data has errors
     (``kdstyles data inspect``); otherwise the first error is raised before anything else."""
+    seg = task == "segmentation"
     split_table = None
     if cfg.source in ("synthetic", "medmnist"):
-        raw, names, native_ch, native_size, label = _load_arrays(cfg, seed)
+        raw, names, native_ch, native_size, label = _load_arrays(cfg, seed, task)
         channels, size = cfg.channels or native_ch, cfg.image_size or native_size
         report = checks.DataReport(names)
         digests, item_names, stored = {}, {}, {}
-        for split, (images, labels) in raw.items():
+        for split, (images, labels, *masks) in raw.items():
             where = f"{label} {split}"
             item_names[split] = [f"{where}[{i}]" for i in range(len(labels))]
             checks.check_labels(split, labels, len(names), item_names[split], report)
             digests[split] = checks.digest_arrays(images)
-            stored[split] = (_fit_arrays(images, channels, size), labels, None)
+            stored[split] = (_fit_arrays(images, channels, size), labels, None, masks[0] if masks else None)
             shape = "x".join(map(str, images.shape[1:]))
             report.sources[shape] = report.sources.get(shape, 0) + len(images)
     else:
         base = Path(cfg.root if cfg.source == "folder" else cfg.path)
-        records = sources.list_folder(base) if cfg.source == "folder" else sources.list_csv(base)
+        mask_of = None
+        if seg:
+            records, mask_of = segfolder.list_pairs(base)
+        else:
+            records = sources.list_folder(base) if cfg.source == "folder" else sources.list_csv(base)
         base = base if cfg.source == "folder" else base.parent
         where = f"data.{'root' if cfg.source == 'folder' else 'path'}"
-        names = sources.class_list(records, cfg.classes, where)
-        index = {n: k for k, n in enumerate(names)}
-        labels = np.array([index[r.label] for r in records], dtype=np.int64)
+        channels, size = cfg.channels or 3, cfg.image_size or 224
+        seg_masks = {}
+        if seg:  # masks first: every image must have one of its size; the image-level label = has foreground
+            names = cfg.classes or (["background", "foreground"] if cfg.num_classes == 2 else
+                                    [str(k) for k in range(cfg.num_classes)])
+            from PIL import Image
+
+            for r in records:
+                with Image.open(r.path) as im:
+                    wh = im.size
+                seg_masks[str(r.path)] = segfolder.read_mask(mask_of[str(r.path)], cfg.num_classes, size, wh)
+                r.label = "1" if seg_masks[str(r.path)].any() else "0"
+            labels = np.array([int(r.label) for r in records], dtype=np.int64)
+        else:
+            names = sources.class_list(records, cfg.classes, where)
+            index = {n: k for k, n in enumerate(names)}
+            labels = np.array([index[r.label] for r in records], dtype=np.int64)
         saved = run_dir / "splits.csv" if run_dir is not None else None
         assignment = sources.read_splits(saved, records, base) if saved is not None and saved.is_file() else None
         if saved is not None and saved.is_file() and assignment is None:
@@ -261,32 +306,34 @@ def build_data(cfg: DataConfig, seed: int, run_dir: Path | None = None, quiet: b
         if assignment is None:
             assignment = sources.assign_splits(records, labels, seed, cfg.val_fraction, cfg.test_fraction)
         split_table = (records, [r.label for r in records], assignment, base)
-        channels, size = cfg.channels or 3, cfg.image_size or 224
         keep = len(records) * size * size * channels <= cfg.cache_gb * 1e9
-        report = checks.DataReport(names)
+        report = checks.DataReport(names if not seg else ["no foreground", "foreground"])
         digests, item_names, stored = {}, {}, {}
         with _progress(quiet) as bar:
-            task = bar.add_task(f"checking {len(records)} images", total=len(records)) if bar else None
-            advance = (lambda n: bar.advance(task, n)) if bar else None
+            task_id = bar.add_task(f"checking {len(records)} images", total=len(records)) if bar else None
+            advance = (lambda n: bar.advance(task_id, n)) if bar else None
             for split in sources.SPLITS:
                 idx = [i for i, s in enumerate(assignment) if s == split]
                 paths = [records[i].path for i in idx]
                 item_names[split] = [f"'{p}'" for p in paths]
-                checks.check_labels(split, labels[idx], len(names), item_names[split], report)
+                checks.check_labels(split, labels[idx], len(report.class_names), item_names[split], report)
                 images, digests[split] = checks.decode_files(paths, channels, size, keep, report, advance)
-                stored[split] = (images, labels[idx], paths)
-    checks.check_balance(report, cfg.imbalance_ratio)
+                masks = np.stack([seg_masks[str(p)] for p in paths]) if seg and paths else None
+                stored[split] = (images, labels[idx], paths, masks)
+        names = names if seg else report.class_names
+    if not seg:
+        checks.check_balance(report, cfg.imbalance_ratio)
     checks.check_duplicates(digests, item_names, cfg.on_duplicates, report)
     if check:
         report.raise_errors()
-    empty = [s for s, (_, lbl, _) in stored.items() if len(lbl) == 0]
+    empty = [s for s, (_, lbl, _, _) in stored.items() if len(lbl) == 0]
     if empty and check:
         raise KDError(f"data: the {empty[0]} split is empty; give it files or lower the fractions")
-    mean, std = _normalisation(cfg, stored["train"], channels, size, seed)
-    augment = build_augment(cfg.augment, size)
+    mean, std = _normalisation(cfg, stored["train"][:3], channels, size, seed)
+    augment = build_augment(cfg.augment, size, with_mask=seg)
     splits = {s: ImageDataset(lbl, mean, std, augment if s == "train" else None, seed, images=imgs,
-                              paths=paths, channels=channels, size=size)
-              for s, (imgs, lbl, paths) in stored.items()}
+                              paths=paths, channels=channels, size=size, masks=masks)
+              for s, (imgs, lbl, paths, masks) in stored.items()}
     return DataBundle(splits, names, channels, size, mean.tolist(), std.tolist(), report, split_table, cfg.sampler)
 
 

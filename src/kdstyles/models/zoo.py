@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
+import torch
 import torch.nn as nn
 from monai.networks import nets
 
@@ -59,10 +60,40 @@ def _efficientnet(name: str, in_ch: int, n_cls: int, widen: float, small: bool, 
     return model
 
 
+def _unet(in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
+    channels = tuple(max(4, int(round(c * widen))) for c in (16, 32, 64, 128))
+    return nets.UNet(2, in_ch, n_cls, channels=channels, strides=(2, 2, 2), num_res_units=1, norm="batch")
+
+
+def _basicunet(in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
+    features = tuple(max(4, int(round(c * widen))) for c in (32, 32, 64, 128, 256, 32))
+    return nets.BasicUNet(2, in_ch, n_cls, features=features, norm="batch")
+
+
+def _flexunet(backbone: str, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
+    decoder = tuple(max(4, int(round(c * widen))) for c in (256, 128, 64, 32, 16))
+    try:
+        return nets.FlexibleUNet(in_ch, n_cls, backbone, pretrained=pretrained, decoder_channels=decoder,
+                                 spatial_dims=2)
+    except (OSError, ValueError, RuntimeError) as exc:
+        if not pretrained:
+            raise
+        raise KDError(f"pretrained flexunet-{backbone}: the encoder weights could not be loaded "
+                      f"({type(exc).__name__}); set pretrained: false") from None
+
+
+SEG_PREFIXES = ("unet", "basicunet", "flexunet-")
+SEG_ARCHS: dict[str, Callable[..., nn.Module]] = {
+    "unet": _unet, "basicunet": _basicunet,
+    **{f"flexunet-resnet{d}": partial(_flexunet, f"resnet{d}") for d in (10, 18, 34, 50)},
+    **{f"flexunet-efficientnet-b{i}": partial(_flexunet, f"efficientnet-b{i}") for i in range(8)},
+}
+
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     **{f"resnet{d}": partial(_resnet, getattr(nets, f"resnet{d}")) for d in (10, 18, 34, 50, 101, 152)},
     **{f"densenet{d}": partial(_densenet, getattr(nets, f"DenseNet{d}")) for d in (121, 169, 201)},
     **{f"efficientnet-b{i}": partial(_efficientnet, f"efficientnet-b{i}") for i in range(8)},
+    **SEG_ARCHS,
 }
 
 
@@ -71,8 +102,9 @@ def build_network(arch: str, in_channels: int, num_classes: int, image_size: int
     """Build a named 2D classification network."""
     if arch not in ARCHS:
         raise KDError(f"{where}.arch: unknown arch '{arch}'; allowed: {', '.join(ARCHS)}")
-    if widen != 1.0 and not arch.startswith("resnet"):
-        raise KDError(f"{where}.widen: only resnet archs take a width multiplier (arch is {arch}); set {where}.widen=1")
+    if widen != 1.0 and not arch.startswith(("resnet", *SEG_PREFIXES)):
+        raise KDError(f"{where}.widen: only resnet and encoder-decoder archs take a width multiplier (arch is "
+                      f"{arch}); set {where}.widen=1")
     small = stem == "small" or (stem == "auto" and image_size < SMALL_STEM_BELOW)
     return ARCHS[arch](in_channels, num_classes, widen, small, pretrained)
 
@@ -86,6 +118,27 @@ def default_tap(model: nn.Module) -> str:
         spatial = [name for name, m in convs if name.startswith("layer4.") and max(m.kernel_size) > 1]
         return spatial[-1]
     return convs[-1][0]
+
+
+def bottleneck_tap(model: nn.Module, sample: torch.Tensor) -> str:
+    """An encoder-decoder's bottleneck: the deepest convolution with the smallest output map
+    (raw conv output), found by one forward of ``sample``."""
+    seen: list[tuple[int, str]] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: seen.append((o.shape[-2] * o.shape[-1], name)))
+             for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(sample)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    if not seen:
+        raise KDError(f"{type(model).__name__} has no Conv2d to tap by default; set 'tap' to a module path")
+    smallest = min(area for area, _ in seen)
+    return [name for area, name in seen if area == smallest][-1]
 
 
 def default_embedding_tap(model: nn.Module) -> str:

@@ -1,0 +1,63 @@
+"""Segmentation folders as in Kvasir-SEG / CVC-ClinicDB: ``root/images/`` and
+``root/masks/``, matched by file stem; optional ``root/{train,val,test}.txt`` list the
+stems of each split (missing splits are made as for classification).
+
+Masks: palette PNGs give their palette indices; other modes are read as grayscale. With
+``data.num_classes: 2`` a mask is binary: values above 127 (0/255 masks, JPEG noise
+included) or exactly 1 are foreground. With more classes, values must be 0..K-1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import KDError
+from ..imageio import IMAGE_SUFFIXES
+from .sources import SPLITS, Record
+
+
+def list_pairs(root: Path) -> tuple[list[Record], dict[str, Path]]:
+    """Records (image path, label placeholder, split) and each image's mask path."""
+    images_dir, masks_dir = root / "images", root / "masks"
+    for d in (images_dir, masks_dir):
+        if not d.is_dir():
+            raise KDError(f"data.root: '{d}' does not exist; a segmentation folder holds images/ and masks/")
+    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    splits: dict[str, str] = {}
+    for split in SPLITS:
+        listing = root / f"{split}.txt"
+        if listing.is_file():
+            for stem in listing.read_text().split():
+                splits[Path(stem).stem] = split
+    records, mask_of = [], {}
+    for img in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        if img.stem not in masks:
+            raise KDError(f"image '{img}' has no mask in '{masks_dir}' (matched by file name without extension)")
+        mask_of[str(img)] = masks[img.stem]
+        records.append(Record(img, "", splits.get(img.stem)))
+    if not records:
+        raise KDError(f"data.root: '{images_dir}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return records, mask_of
+
+
+def read_mask(path: Path, num_classes: int, size: int, image_size_wh: tuple[int, int] | None) -> np.ndarray:
+    """A mask as uint8 class indices at ``size`` (nearest); errors name the file."""
+    try:
+        with Image.open(path) as m:
+            m.load()
+            if image_size_wh is not None and m.size != image_size_wh:
+                raise KDError(f"mask '{path}' is {m.size[0]}x{m.size[1]} but its image is "
+                              f"{image_size_wh[0]}x{image_size_wh[1]}")
+            values = np.array(m if m.mode == "P" else m.convert("L"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise KDError(f"mask '{path}' is unreadable or truncated ({str(exc).splitlines()[0][:80]})") from None
+    if num_classes == 2:
+        values = ((values > 127) | (values == 1)).astype(np.uint8)
+    elif values.max() >= num_classes:
+        raise KDError(f"mask '{path}' has value {int(values.max())}, outside 0..{num_classes - 1} (data.num_classes)")
+    if values.shape != (size, size):
+        values = np.array(Image.fromarray(values.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST))
+    return values.astype(np.uint8)
