@@ -89,8 +89,7 @@ def joint_vs_separate(config, preset, size, repeats, precision="fp32", channels_
     frozen = [n for n in cohort.names if n in cohort.frozen]
     if frozen:  # an offline teacher's forward is part of the work the joint step has to do
         for n in frozen:
-            net = cohort.networks[n]
-            t_sep += _timed(lambda: net(x), repeats)
+            t_sep += _timed(lambda net=cohort.networks[n]: net(x), repeats)
     return {"size": size, "precision": precision, "channels_last": channels_last, "batch": len(x),
             "joint_s": t_joint, "separate_s": t_sep, "ratio": t_joint / t_sep, "images_per_s": len(x) / t_joint}
 
@@ -136,8 +135,8 @@ def teacher_cache(config, size) -> dict:
                                                         f"networks.teacher.checkpoint={t.run_dir}",
                                                         f"networks.teacher.cache={str(cache).lower()}",
                                                         "output.tensorboard=false", "train.early_stopping=null"])
-            stamps = []
-            exp.fit(callbacks=[lambda _t, e: stamps.append(time.perf_counter())])
+            stamps: list[float] = []
+            exp.fit(callbacks=[lambda _t, e, stamps=stamps: stamps.append(time.perf_counter())])
             n = len(exp.data.splits["train"])
             rates["cache" if cache else "no cache"] = 2 * n / (stamps[2] - stamps[0])  # epochs 2 and 3
         return {"size": size, **{f"images_per_s ({k})": v for k, v in rates.items()}}

@@ -15,6 +15,25 @@ def tiny(tmp_path, *extra: str) -> list[str]:
     ]
 
 
+def assert_gradient_isolation(cohort, losses) -> dict:
+    """Backward each network's loss alone: it must reach only that network's own parameters
+    (and its adapters), and some of them. Returns each network's gradients by parameter id."""
+    own = {n: {id(p) for p in cohort.parameters_of(n)} for n in cohort.trainable}
+    grads = {}
+    for name, nl in losses.items():
+        cohort.zero_grad(set_to_none=True)
+        nl.total.backward(retain_graph=True)
+        for p in cohort.parameters():
+            if id(p) not in own[name]:
+                assert p.grad is None or not p.grad.any(), f"{name}'s loss reached a parameter it does not own"
+        assert any(p.grad is not None and p.grad.any() for p in cohort.networks[name].parameters())
+        for key, adapter in cohort.adapters.items():  # an adapter: gradient from its receiver's loss only
+            receiver = key.split("__")[1]
+            assert any(p.grad is not None and p.grad.any() for p in adapter.parameters()) == (receiver == name)
+        grads[name] = {id(p): p.grad.clone() for p in cohort.parameters() if p.grad is not None}
+    return grads
+
+
 @pytest.fixture
 def tiny_overrides(tmp_path):
     return lambda *extra: tiny(tmp_path, *extra)

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import assert_gradient_isolation
 from kdstyles import KDError, build_cohort, load_config
 from kdstyles.routing import PRESETS
 
@@ -12,14 +13,6 @@ def cohort_for(preset, *extra, modules=None):
     return build_cohort(cfg, num_classes=4, channels=3, image_size=16, modules=modules)
 
 
-def grads(params):
-    return [None if p.grad is None else p.grad.clone() for p in params]
-
-
-def nonzero(g):
-    return g is not None and bool(g.abs().sum() > 0)
-
-
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_gradient_isolation(preset):
     torch.manual_seed(0)
@@ -27,20 +20,7 @@ def test_gradient_isolation(preset):
     cohort.train()
     x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 4, (6,))
     losses = cohort.losses(cohort(x), y)
-    all_params = list(cohort.parameters())
-    own = {n: {id(p) for p in cohort.parameters_of(n)} for n in cohort.trainable}
-    per_network = {}
-    for name, nl in losses.items():
-        cohort.zero_grad(set_to_none=True)
-        nl.total.backward(retain_graph=True)
-        for p in all_params:
-            if id(p) not in own[name]:
-                assert not nonzero(p.grad), f"{preset}: {name}'s loss reached a parameter it does not own"
-        assert any(nonzero(p.grad) for p in cohort.networks[name].parameters())
-        for key, adapter in cohort.adapters.items():  # adapters: gradient only from their receiver
-            dst = key.split("__")[1]
-            assert any(nonzero(p.grad) for p in adapter.parameters()) == (dst == name)
-        per_network[name] = {id(p): p.grad.clone() for p in all_params if p.grad is not None}
+    per_network = assert_gradient_isolation(cohort, losses)
     # One backward of the sum gives each network exactly its own loss's gradient.
     cohort.zero_grad(set_to_none=True)
     torch.stack([nl.total for nl in losses.values()]).sum().backward()

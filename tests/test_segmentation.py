@@ -3,6 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import assert_gradient_isolation
 from kdstyles import Experiment, KDError, build_cohort, load_config
 from kdstyles.data import build_data
 from kdstyles.styles import STYLES
@@ -80,14 +81,7 @@ def test_gradient_isolation_segmentation(preset):
     cohort = seg_cohort(preset)
     cohort.train()
     losses = cohort.losses(cohort(torch.randn(4, 3, 32, 32)), torch.randint(0, 2, (4, 32, 32)))
-    own = {n: {id(p) for p in cohort.parameters_of(n)} for n in cohort.trainable}
-    for name, nl in losses.items():
-        cohort.zero_grad(set_to_none=True)
-        nl.total.backward(retain_graph=True)
-        for p in cohort.parameters():
-            if id(p) not in own[name]:
-                assert p.grad is None or not p.grad.any(), f"{name}'s loss reached a parameter it does not own"
-        assert any(p.grad is not None and p.grad.any() for p in cohort.networks[name].parameters())
+    assert_gradient_isolation(cohort, losses)
 
 
 def test_classifier_for_segmentation_is_rejected():

@@ -141,7 +141,7 @@ def test_label_outside_class_list_in_npz(tmp_path):
 def make_mixed_folder(root, per_class=12):
     """Two classes, every pixel format a user may have; images are distinct."""
     rng = np.random.default_rng(0)
-    for c, cls in enumerate(("benign", "malignant")):
+    for cls in ("benign", "malignant"):
         d = root / cls
         d.mkdir(parents=True)
         for i in range(per_class):

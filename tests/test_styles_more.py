@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import assert_gradient_isolation
 from kdstyles import Experiment, build_cohort, load_config
 from kdstyles.routing import resolve_edges
 from kdstyles.styles import STYLES
@@ -123,13 +124,7 @@ def test_gradient_isolation_new_styles_three_students(kind):
     cohort = build_cohort(cfg, num_classes=4, channels=3, image_size=16)
     cohort.train()
     losses = cohort.losses(cohort(torch.randn(6, 3, 16, 16)), torch.randint(0, 4, (6,)))
-    own = {n: {id(p) for p in cohort.parameters_of(n)} for n in cohort.trainable}
-    for name, nl in losses.items():
-        cohort.zero_grad(set_to_none=True)
-        nl.total.backward(retain_graph=True)
-        for p in cohort.parameters():
-            if id(p) not in own[name]:
-                assert p.grad is None or not p.grad.any(), f"{name}'s loss reached a parameter it does not own"
+    assert_gradient_isolation(cohort, losses)
     for shadow in cohort.shadows.values():
         assert all(p.grad is None and not p.requires_grad for p in shadow.parameters())
     if kind == "custom3":

@@ -97,7 +97,7 @@ class Experiment:
         evaluating or exporting a run builds its networks without loading data first."""
         if self._cohort is None:
             info = self.run_info() if (self.run_dir / "run.json").is_file() else None
-            if info is not None and "image_size" in info:
+            if info is not None:
                 shape = (len(info["class_names"]), info["channels"], info["image_size"])
                 counts = info.get("train_counts")
             else:
@@ -113,7 +113,7 @@ class Experiment:
         if not path.is_file():
             raise KDError(f"'{self.run_dir}' is not a run folder: run.json is missing")
         info = json.loads(path.read_text())
-        if "image_size" not in info and self._data is not None:  # run folders from kdstyles before 0.1.0's data
+        if "image_size" not in info:  # a run folder written before run.json recorded shapes: ask the data
             info.update(image_size=self.data.image_size, channels=self.data.channels)
         return info
 

@@ -135,7 +135,7 @@ def write_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor, pro
             ax.set_title(title, fontsize=8)
             ax.axis("off")
         path = folder / f"test-{i:03d}.png"
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight"))
+        atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight"))
         plt.close(fig)
         written.append(path)
     return written

@@ -124,9 +124,6 @@ def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out:
     exp.load_weights(checkpoint)
     model = deployable(exp, network)
     info = exp.run_info()
-    if "image_size" not in info:
-        exp.data  # an older run folder: read the shapes from the data
-        info = exp.run_info()
     size, channels = info["image_size"], info["channels"]
     path = Path(out) if out is not None else run_dir / "export" / f"{network}{FORMATS[fmt]}"
     if path.suffix != FORMATS[fmt]:

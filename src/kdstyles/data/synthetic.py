@@ -80,6 +80,20 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
+def check_request(split: str, size: int) -> None:
+    if split not in SPLIT_IDS:
+        raise KDError(f"synthetic split '{split}' is not known; allowed: {', '.join(SPLIT_IDS)}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise KDError(f"data.image_size: {size} is outside the synthetic generator's range {MIN_SIZE}..{MAX_SIZE}")
+
+
+def finish(img: np.ndarray, rng: np.random.Generator, blur: float, noise: float) -> np.ndarray:
+    """Camera/scanner effects on a float RGB image in [0, 1], then uint8."""
+    img = _blur(img, blur)
+    img = img + rng.normal(0, noise, img.shape)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def _draw_nucleus(h_map: np.ndarray, rng: np.random.Generator, cy: float, cx: float,
                   r: float, elong: float, angle: float, wobble: float, dark: float) -> None:
     """Add one soft-edged elliptical nucleus with chromatin texture to the H map."""
@@ -157,17 +171,12 @@ def render_patch(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
     h_gain, e_gain = rng.uniform(0.6, 1.4), rng.uniform(0.5, 1.3)
     od = (h_gain * np.clip(h_map, 0, 3.0))[..., None] * stain_h + (e_gain * np.clip(e_map, 0, None))[..., None] * stain_e
     rgb = np.exp(-od) * rng.uniform(0.85, 1.0)  # illumination
-    rgb = _blur(rgb, rng.uniform(0.0, 1.1) * max(scale, 0.5))
-    rgb = rgb + rng.normal(0, rng.uniform(0.01, 0.05), rgb.shape)
-    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), label
+    return finish(rgb, rng, rng.uniform(0.0, 1.1) * max(scale, 0.5), rng.uniform(0.01, 0.05)), label
 
 
 def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Generate ``n`` patches of one split: (uint8 images (n, size, size, 3), int64 labels (n,))."""
-    if split not in SPLIT_IDS:
-        raise KDError(f"synthetic split '{split}' is not known; allowed: {', '.join(SPLIT_IDS)}")
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise KDError(f"data.image_size: {size} is outside the synthetic generator's range {MIN_SIZE}..{MAX_SIZE}")
+    check_request(split, size)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)
     for i in range(n):

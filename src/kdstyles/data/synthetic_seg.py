@@ -14,8 +14,7 @@ import math
 
 import numpy as np
 
-from ..errors import KDError
-from .synthetic import MAX_SIZE, MIN_SIZE, SPLIT_IDS, _blur, _smooth_field
+from .synthetic import SPLIT_IDS, _smooth_field, check_request, finish
 
 CLASS_NAMES = ("background", "polyp")
 
@@ -69,17 +68,12 @@ def render_frame(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
     yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
     radius = np.sqrt(yy ** 2 + xx ** 2)
     img = img * np.clip(1.25 - 1.6 * radius, 0, 1)[..., None] ** 1.5
-    img = _blur(img, rng.uniform(0.0, 0.9) * max(s, 0.5))
-    img = img + rng.normal(0, rng.uniform(0.005, 0.03), img.shape)
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mask
+    return finish(img, rng, rng.uniform(0.0, 0.9) * max(s, 0.5), rng.uniform(0.005, 0.03)), mask
 
 
 def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` frames of one split: (uint8 images (n, size, size, 3), uint8 masks (n, size, size))."""
-    if split not in SPLIT_IDS:
-        raise KDError(f"synthetic split '{split}' is not known; allowed: {', '.join(SPLIT_IDS)}")
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise KDError(f"data.image_size: {size} is outside the synthetic generator's range {MIN_SIZE}..{MAX_SIZE}")
+    check_request(split, size)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     masks = np.empty((n, size, size), dtype=np.uint8)
     for i in range(n):
