@@ -96,7 +96,8 @@ class Experiment:
         """Every network and adapter. An existing run folder describes the shapes, so
         evaluating or exporting a run builds its networks without loading data first."""
         if self._cohort is None:
-            info = self.run_info() if (self.run_dir / "run.json").is_file() else None
+            trained = (self.run_dir / "run.json").is_file() and (self.run_dir / "checkpoints").is_dir()
+            info = self.run_info() if trained else None
             if info is not None:
                 shape = (len(info["class_names"]), info["channels"], info["image_size"])
                 counts = info.get("train_counts")
