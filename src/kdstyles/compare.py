@@ -180,9 +180,3 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
     write_results(rows, out / "results.csv")
     failed = [r for r in results if r["state"] == "failed"]
     return {"out": str(out), "runs": len(specs), "failed": failed, "rows": len(rows)}
-
-
-def load_manifest(folder: Path) -> list[RunSpec]:
-    manifest = json.loads((folder / "comparison.json").read_text())
-    return [RunSpec(r["preset"], r["seed"], r["run_dir"], r["config"], tuple(r["overrides"]), r["checkpoint"])
-            for r in manifest["runs"]]

@@ -68,11 +68,6 @@ def any_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def barrier(info: DistInfo) -> None:
-    if info.active:
-        dist.barrier()
-
-
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
