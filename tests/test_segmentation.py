@@ -195,3 +195,25 @@ def test_segmentation_export_and_predict_masks(tiny_overrides, tmp_path):
             assert ma.size == (40, 40)  # back at the input image's size
             assert np.array_equal(np.array(ma), np.array(mb))
             assert set(np.unique(np.array(ma))) <= {0, 255}
+
+
+def test_multiclass_masks_load_as_labels(tmp_path):
+    root = tmp_path / "organs"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / "images" / f"c{i}.png")
+        mask = np.zeros((16, 16), np.uint8)
+        mask[:8, :8], mask[8:, 8:] = 1, 2
+        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
+    (root / "test.txt").write_text("c0\nc1\n")
+    (root / "val.txt").write_text("c2\n")
+    cfg = load_config(None, [*SEG, "data.source=folder", f"data.root={root}", "data.image_size=16",
+                             "data.num_classes=3", "data.classes=[background, liver, kidney]",
+                             "data.on_duplicates=warn"])
+    bundle = build_data(cfg.data, seed=0, task="segmentation")
+    assert bundle.class_names == ["background", "liver", "kidney"]
+    assert len(bundle.splits["test"]) == 2 and len(bundle.splits["val"]) == 1  # from the split lists
+    _, mask, _ = bundle.splits["test"][(0, 0)]
+    assert mask[0, 0] == 1 and mask[15, 15] == 2 and mask[0, 15] == 0

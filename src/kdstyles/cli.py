@@ -179,6 +179,7 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
             seeds: int = typer.Option(3, help="seeds per preset (train.seed, +1, +2, ...)"),
             out: Optional[Path] = typer.Option(None, help="comparison folder (default: runs/compare-<name>)"),
             jobs: int = typer.Option(1, min=1, help="runs at a time, in separate processes"),
+            checkpoint: str = typer.Option("best", help="evaluate each network's best or last checkpoint"),
             set_: Optional[list[str]] = SetOpt,
             quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Run every preset x seed (resumable), then write results.csv, the table and report.html."""
@@ -189,8 +190,10 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
     cfg = load_config(config, set_ or [])
     folder = out or Path(cfg.output.dir) / f"compare-{cfg.name}"
     names = [p.strip() for p in presets_.split(",") if p.strip()]
-    summary = run_compare(str(config) if config else None, names, seeds, folder, set_ or [], jobs=jobs, quiet=quiet,
-                          echo=lambda line: console.print(line, highlight=False))
+    if checkpoint not in ("best", "last"):
+        raise KDError(f"--checkpoint '{checkpoint}' is not known; allowed: best, last")
+    summary = run_compare(str(config) if config else None, names, seeds, folder, set_ or [], jobs=jobs,
+                          checkpoint=checkpoint, quiet=quiet, echo=lambda line: console.print(line, highlight=False))
     if summary["rows"]:
         console.print(markdown(load_rows(folder)), highlight=False, soft_wrap=True)
         console.print(f"results: {folder / 'results.csv'}\nreport: {render(folder)}", highlight=False)
