@@ -201,12 +201,14 @@ class Cohort(nn.Module):
             store["features"][p][keys] = t
         store["filled"][keys] = True
 
-    def forward(self, x: torch.Tensor, record: bool = True, keys: torch.Tensor | None = None
-                ) -> dict[str, NetOutput]:
-        """Run every network once; ``record`` keeps the tapped tensors and runs shadows
-        (training); ``keys`` (sample indices) serve cached frozen networks from the cache."""
+    def forward(self, x: torch.Tensor, record: bool = True, keys: torch.Tensor | None = None,
+                skip: frozenset[str] = frozenset()) -> dict[str, NetOutput]:
+        """Run every network once (but those in ``skip``); ``record`` keeps the tapped tensors
+        and runs shadows (training); ``keys`` (sample indices) serve cached frozen networks."""
         outs = {}
         for name, net in self.networks.items():
+            if name in skip:
+                continue
             cached = name in self._cache and keys is not None
             if cached and (hit := self._from_cache(name, keys)) is not None:
                 outs[name] = hit

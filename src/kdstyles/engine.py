@@ -128,6 +128,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.model, device_ids=ids)
         self.writer = None
+        self._frozen_val: dict[str, torch.Tensor] = {}
         self.metric = cfg.train.selection_metric if cfg.train.selection_metric != "auto" else cohort.task.selection
 
     # ------------------------------------------------------------------ files
@@ -283,7 +284,9 @@ class Trainer:
         return {n: {k: sum(r[n][k] for r in per_rank) / len(per_rank) for k in local[n]} for n in local}
 
     def validate(self) -> dict[str, dict[str, float]]:
-        probs, labels = predict_probs(self.cohort, self.val_loader, self.device)
+        # A frozen network's validation predictions never change: computed once, then reused.
+        probs, labels = predict_probs(self.cohort, self.val_loader, self.device, self._frozen_val)
+        self._frozen_val = {n: probs[n] for n in self.cohort.frozen}
         if self.dist.active:  # every rank scored its own chunk: put the split back together, in order
             parts = distributed.gather_objects((probs, labels), self.dist)
             probs = {n: torch.cat([p[n] for p, _ in parts]) for n in probs}

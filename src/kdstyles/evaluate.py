@@ -27,19 +27,22 @@ ENSEMBLE = "ensemble"
 
 
 @torch.inference_mode()
-def predict_probs(cohort: Cohort, loader, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Softmax probabilities of every network (and the student ensemble) on a loader, plus labels."""
+def predict_probs(cohort: Cohort, loader, device: torch.device, known: dict[str, torch.Tensor] | None = None
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Softmax probabilities of every network (and the student ensemble) on a loader, plus
+    labels. Networks in ``known`` (probabilities from an earlier pass) are not run again."""
+    known = known or {}
     was_training = cohort.training
     cohort.eval()
-    probs: dict[str, list[torch.Tensor]] = {n: [] for n in cohort.names}
+    probs: dict[str, list[torch.Tensor]] = {n: [] for n in cohort.names if n not in known}
     labels = []
     for x, y, _index in loader:
-        outs = cohort(x.to(device, non_blocking=True), record=False)
+        outs = cohort(x.to(device, non_blocking=True), record=False, skip=frozenset(known))
         for name, out in outs.items():
             probs[name].append(F.softmax(out.logits.float(), dim=1).cpu())
         labels.append(y)
     cohort.train(was_training)
-    result = {n: torch.cat(p) for n, p in probs.items()}
+    result = {n: known[n] if n in known else torch.cat(probs[n]) for n in cohort.names}
     students = cohort.students
     if len(students) > 1:
         result[ENSEMBLE] = torch.stack([result[s] for s in students]).mean(0)
