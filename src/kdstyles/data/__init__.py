@@ -199,8 +199,10 @@ class DataBundle:
 
 
 @lru_cache(maxsize=8)
-def _synthetic_split(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    return synthetic.generate(seed, split, n, size)
+def _synthetic_split(task: str, seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One split of the embedded generator of a task (kept in memory: the demo trains twice)."""
+    generator = synthetic_seg if task == "segmentation" else synthetic
+    return generator.generate(seed, split, n, size)
 
 
 def _fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:
@@ -224,11 +226,6 @@ def _progress(quiet: bool):
                     transient=True)
 
 
-@lru_cache(maxsize=8)
-def _synthetic_seg_split(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    return synthetic_seg.generate(seed, split, n, size)
-
-
 def _load_arrays(cfg: DataConfig, seed: int, task: str) -> tuple[dict, list[str], int, int, str]:
     """synthetic / medmnist: {split: (images, labels[, masks])}, class names, native channels and size,
     a label for messages."""
@@ -236,12 +233,12 @@ def _load_arrays(cfg: DataConfig, seed: int, task: str) -> tuple[dict, list[str]
         size = cfg.image_size or 64
         raw = {}
         for s, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples)):
-            images, masks = _synthetic_seg_split(seed, s, n, size)
+            images, masks = _synthetic_split(task, seed, s, n, size)
             raw[s] = (images, (masks.reshape(n, -1).max(1) > 0).astype(np.int64), masks)
         return raw, list(synthetic_seg.CLASS_NAMES), 3, size, "synthetic"
     if cfg.source == "synthetic":
         size = cfg.image_size or 32
-        raw = {s: _synthetic_split(seed, s, n, size)
+        raw = {s: _synthetic_split(task, seed, s, n, size)
                for s, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples))}
         return raw, list(synthetic.CLASS_NAMES), 3, size, "synthetic"
     path = medmnist.locate(cfg.flag, cfg.size, cfg.root)
@@ -288,11 +285,15 @@ def build_data(cfg: DataConfig, seed: int, run_dir: Path | None = None, quiet: b
                                     [str(k) for k in range(cfg.num_classes)])
             from PIL import Image
 
-            for r in records:
-                with Image.open(r.path) as im:
-                    wh = im.size
-                seg_masks[str(r.path)] = segfolder.read_mask(mask_of[str(r.path)], cfg.num_classes, size, wh)
-                r.label = "1" if seg_masks[str(r.path)].any() else "0"
+            with _progress(quiet) as bar:
+                task_id = bar.add_task(f"reading {len(records)} masks", total=len(records)) if bar else None
+                for r in records:
+                    with Image.open(r.path) as im:  # the header only: the size the mask must have
+                        wh = im.size
+                    seg_masks[str(r.path)] = segfolder.read_mask(mask_of[str(r.path)], cfg.num_classes, size, wh)
+                    r.label = "1" if seg_masks[str(r.path)].any() else "0"
+                    if bar:
+                        bar.advance(task_id)
             labels = np.array([int(r.label) for r in records], dtype=np.int64)
         else:
             names = sources.class_list(records, cfg.classes, where)
