@@ -243,3 +243,27 @@ def test_truncated_checkpoint_is_reported(tmp_path):
     path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(KDError, match="truncated or corrupted"):
         checkpoints.load(path)
+
+
+def test_demo_trains_both_presets_then_reuses_them(tmp_path, monkeypatch, capsys):
+    from conftest import tiny
+    from kdstyles.cli import main
+
+    sets = [a for o in tiny(tmp_path, "train.epochs=1") if not o.startswith("output.") for a in ("--set", o)]
+    args = ["kdstyles", "demo", "--out", str(tmp_path / "demo"), "-q", *sets]
+    monkeypatch.setattr(sys, "argv", args)
+
+    def run():
+        with pytest.raises(SystemExit) as done:
+            main()
+        assert done.value.code == 0
+
+    run()
+    first = capsys.readouterr().out
+    assert "diverse acc" in first and "kdml acc" in first and "ensemble" in first
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").glob("*/checkpoints/last.pt")}
+    assert len(stamps) == 2
+    run()
+    again = capsys.readouterr().out
+    assert again.count("already trained and evaluated") == 2
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").glob("*/checkpoints/last.pt")}

@@ -263,21 +263,24 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the two ru
          quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Train the paper's `diverse` preset and the `kdml` baseline on the embedded histology
     patches, then print both side by side. Re-running resumes or reuses finished runs."""
-    from .api import Experiment
+    from .compare import RunSpec, run_one, run_state
+    from .config import load_config
+    from .routing import resolve_edges
 
     results = {}
     for preset in DEMO_PRESETS:
-        overrides = [f"routing.preset={preset}", f"output.dir={out}", f"output.name={preset}", *(set_ or [])]
-        exp = Experiment(None, overrides=overrides, quiet=quiet)
-        last = exp.run_dir / "checkpoints" / "last.pt"
-        info_path = exp.run_dir / "run.json"
-        status = json.loads(info_path.read_text()).get("status") if info_path.is_file() else None
-        console.rule(f"[bold]{preset}[/bold]: {', '.join(str(e) for e in exp.cohort.edges)}")
-        if status in ("finished", "stopped early"):
-            console.print(f"{exp.run_dir} is already trained; evaluating it again")
-        else:
-            exp.fit(resume=last.is_file())
-        results[preset] = exp.evaluate()
+        overrides = (f"routing.preset={preset}", f"output.dir={out}", f"output.name={preset}", *(set_ or []))
+        edges = resolve_edges(load_config(None, list(overrides)))
+        console.rule(f"[bold]{preset}[/bold]: {', '.join(str(e) for e in edges)}")
+        spec = RunSpec(preset, 0, str(out / preset), None, overrides, "best")
+        if run_state(spec) == "done":
+            console.print(f"{spec.run_dir} is already trained and evaluated; showing its results")
+        outcome = run_one(spec, quiet=quiet)  # trains, resumes or reuses, then evaluates: as compare does
+        if outcome["state"] == "failed":
+            if "traceback" in outcome:
+                print(outcome["traceback"], file=sys.stderr)
+            raise KDError(outcome["error"])
+        results[preset] = json.loads((out / preset / "eval.json").read_text())
     table = Table(title="demo: test accuracy / macro-F1 (best checkpoint per network)")
     table.add_column("network")
     for preset in DEMO_PRESETS:
