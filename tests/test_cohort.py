@@ -115,7 +115,7 @@ def test_offline_teacher_is_frozen_and_gets_no_gradient(tmp_path):
 def test_offline_teacher_that_does_not_fit_is_reported(tmp_path):
     path = tmp_path / "t.pt"
     torch.save(nn.Linear(2, 2).state_dict(), path)
-    with pytest.raises(KDError, match="does not fit arch resnet18"):
+    with pytest.raises(KDError, match=r"does not fit networks.teacher \(arch resnet18\) \([0-9]+ missing key"):
         cohort_for("kd", "networks.teacher.mode=offline", f"networks.teacher.checkpoint={path}")
 
 

@@ -99,7 +99,7 @@ def test_resume_can_extend_epochs_and_refuses_missing(tiny_overrides, tmp_path):
     exp.fit()
     more = Experiment.from_run(exp.run_dir, overrides=["train.epochs=2"], quiet=True)
     assert more.fit(resume=True)["epochs"] == 2
-    with pytest.raises(KDError, match="is not a run folder"):
+    with pytest.raises(KDError, match="run folder .* does not exist"):
         Experiment.from_run(tmp_path / "nowhere")
 
 

@@ -12,10 +12,8 @@
 
 from __future__ import annotations
 
-import json
 import platform
 from contextlib import nullcontext
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +22,15 @@ import torch.nn as nn
 
 from . import __version__, checkpoints, distributed
 from .cohort import Cohort, build_cohort
-from .config import ExperimentConfig, build_config, dump_config, load_config, read_yaml
+from .config import (ExperimentConfig, build_config, check_resumable, config_changes, dump_config,
+                     load_config)
 from .data import DataBundle, build_data
 from .engine import Callback, Trainer, pick_device
 from .errors import KDError
-from .evaluate import ENSEMBLE, predict_probs, score, write_json, write_overlays
+from .evaluate import ENSEMBLE, predict_probs, score, write_overlays
 from .models.zoo import count_parameters
 from .routing import T
+from .runfolder import RunFolder, now
 
 
 def _as_config(config: ExperimentConfig | str | Path | dict | None, overrides: list[str]) -> ExperimentConfig:
@@ -58,7 +58,9 @@ class Experiment:
         self.cfg = cfg
         self.modules = dict(networks or {})
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
+        self.folder = RunFolder(self.run_dir)
         self.quiet = quiet
+        self.changes: dict[str, tuple] = {}  # from_run with overrides: key -> (saved, new)
         self._data: DataBundle | None = None
         self._cohort: Cohort | None = None
 
@@ -66,12 +68,13 @@ class Experiment:
     def from_run(cls, run_dir: str | Path, *, overrides: list[str] | None = None,
                  networks: dict[str, nn.Module] | None = None, quiet: bool = False) -> "Experiment":
         """Reopen a run folder with the config saved in it (optionally with overrides)."""
-        run_dir = Path(run_dir)
-        cfg_path = run_dir / "config.yaml"
-        if not cfg_path.is_file():
-            raise KDError(f"'{run_dir}' is not a run folder: {cfg_path.name} is missing")
-        cfg = build_config(read_yaml(cfg_path), overrides)
-        return cls(cfg, networks=networks, run_dir=run_dir, quiet=quiet)
+        folder = RunFolder(run_dir).require()
+        raw = folder.read_config()
+        saved = build_config(raw)
+        cfg = build_config(raw, overrides) if overrides else saved
+        exp = cls(cfg, networks=networks, run_dir=folder.path, quiet=quiet)
+        exp.changes = config_changes(saved, cfg)
+        return exp
 
     # ------------------------------------------------------------------ parts
 
@@ -96,8 +99,7 @@ class Experiment:
         """Every network and adapter. An existing run folder describes the shapes, so
         evaluating or exporting a run builds its networks without loading data first."""
         if self._cohort is None:
-            trained = (self.run_dir / "run.json").is_file() and (self.run_dir / "checkpoints").is_dir()
-            info = self.run_info() if trained else None
+            info = self.run_info() if self.folder.trained() else None
             if info is not None:
                 shape = (len(info["class_names"]), info["channels"], info["image_size"])
                 counts = info.get("train_counts")
@@ -110,10 +112,13 @@ class Experiment:
 
     def run_info(self) -> dict[str, Any]:
         """The run folder's run.json (edges, shapes, class names, normalisation, status)."""
-        path = self.run_dir / "run.json"
-        if not path.is_file():
+        if not self.folder.info_path.is_file():
             raise KDError(f"'{self.run_dir}' is not a run folder: run.json is missing")
-        info = json.loads(path.read_text())
+        info = self.folder.info()
+        missing = [k for k in ("class_names", "normalize") if k not in info]
+        if missing:
+            raise KDError(f"'{self.folder.info_path}' is damaged (no '{missing[0]}'); restore it, or train again "
+                          "in a new folder")
         if "image_size" not in info:  # a run folder written before run.json recorded shapes: ask the data
             info.update(image_size=self.data.image_size, channels=self.data.channels)
         return info
@@ -123,19 +128,18 @@ class Experiment:
         params = {n: count_parameters(net) for n, net in c.networks.items()}
         info = {
             "kdstyles": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "preset": self.cfg.routing.label, "edges": [str(e) for e in c.edges],
+            "created": now(), "preset": self.cfg.routing.label, "edges": [str(e) for e in c.edges],
             "adapters": sorted(c.adapters), "parameters": params,
             "class_names": self.data.class_names, "normalize": {"mean": self.data.mean, "std": self.data.std},
             "image_size": self.data.image_size, "channels": self.data.channels,
             "train_counts": self.data.report.counts.get("train"),
             "status": "created",
         }
-        checkpoints.write_text(self.run_dir / "run.json", json.dumps(info, indent=2) + "\n")
-        checkpoints.write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+        self.folder.write_info(info)
+        self.folder.write_config(dump_config(self.cfg))
 
     def _check_dirs(self, resume: bool) -> None:
-        last = self.run_dir / "checkpoints" / "last.pt"
+        last = self.folder.last
         if resume and not last.is_file():
             raise KDError(f"cannot resume '{self.run_dir}': checkpoints/last.pt is missing (no epoch finished yet?)")
         if not resume and last.is_file():
@@ -145,38 +149,51 @@ class Experiment:
     # ------------------------------------------------------------------ actions
 
     def fit(self, resume: bool = False, callbacks: list[Callback] | None = None) -> dict[str, Any]:
-        """Train (or resume) the cohort; returns the best validation value per network."""
+        """Train (or resume) the cohort; returns the best validation value per network.
+
+        Everything that can be wrong (config, data, networks, the checkpoint to resume from,
+        overrides a resume cannot take) fails before anything is written. Then the run
+        folder is locked for this process, stale temporary files are removed, and training
+        starts (see :class:`kdstyles.engine.Trainer` for signals and crashes)."""
         self._check_dirs(resume)
-        cohort = self.cohort  # builds and checks every network before anything is written
+        if resume:
+            check_resumable(self.changes)
+        cohort = self.cohort  # builds and checks every network (and the data) before anything is written
         main = distributed.setup(self.cfg.train.device).main  # under torchrun, rank 0 writes the files
-        if not resume and main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._write_run_info()
-            self.data.save(self.run_dir)
-            if T in cohort.frozen:
-                checkpoints.save({"network": T, "epoch": 0, "state_dict": cohort.networks[T].state_dict()},
-                                 self.run_dir / "checkpoints" / "best-teacher.pt")
         trainer = Trainer(self.cfg, cohort, self.data, self.run_dir, quiet=self.quiet, callbacks=callbacks)
-        state = trainer.fit(resume=resume)
+        if resume:
+            trainer.load_last()
+        with self.folder.lock() if main else nullcontext():
+            if main:
+                self.folder.clean_temp_files()
+                if not resume:
+                    self._check_dirs(resume)  # again, now that no other process can be writing
+                    self._write_run_info()
+                    self.data.save(self.run_dir)
+                    if T in cohort.frozen:
+                        checkpoints.save({"network": T, "epoch": 0, "state_dict": cohort.networks[T].state_dict()},
+                                         self.folder.best(T))
+                elif self.changes:
+                    self.folder.write_config(dump_config(self.cfg))
+                    self.folder.record_resume(trainer.state.epoch, trainer.state.step, self.changes)
+            if resume and self.changes:
+                trainer.apply_changes(self.changes)
+            state = trainer.fit(resume=resume)
         return {"run_dir": str(self.run_dir), "status": state.status, "epochs": state.epoch, "best": state.best}
 
     def load_weights(self, checkpoint: str = "best") -> None:
         """Load each network's best checkpoint (or the last epoch's weights) from the run folder."""
-        cohort, ckpt_dir = self.cohort, self.run_dir / "checkpoints"
+        cohort = self.cohort
         if checkpoint == "last":
-            ckpt = checkpoints.load(ckpt_dir / "last.pt")
-            cohort.load_state_dict(ckpt["cohort"])
+            path = self.folder.last
+            checkpoints.load_into(cohort, checkpoints.load(path).get("cohort"), path, "this run's networks")
             return
         if checkpoint != "best":
             raise KDError(f"checkpoint '{checkpoint}' is not known; allowed: best, last")
         for name in cohort.names:
-            path = ckpt_dir / f"best-{name}.pt"
-            sd = checkpoints.state_dict_of(checkpoints.load(path), path, name)
-            try:
-                cohort.networks[name].load_state_dict(sd)
-            except RuntimeError as exc:
-                raise KDError(f"checkpoint '{path}' does not fit network '{name}' "
-                              f"({str(exc).splitlines()[0][:120]})") from None
+            path = self.folder.best(name)
+            checkpoints.load_into(cohort.networks[name], checkpoints.state_dict_of(checkpoints.load(path), path, name),
+                                  path, f"network '{name}'")
 
     def evaluate(self, checkpoint: str = "best", split: str = "test") -> dict[str, Any]:
         """Metrics of every network and the ensemble on a split; written to RUN/eval.json."""
@@ -205,5 +222,5 @@ class Experiment:
             paths = write_overlays(self.run_dir / "overlays", images, labels[:n], {k: p[:n] for k, p in probs.items()},
                                    self.data.mean, self.data.std)
             result["overlays"] = [str(p.relative_to(self.run_dir)) for p in paths]
-        write_json(self.run_dir / "eval.json", result)
+        self.folder.write_eval(result)
         return result

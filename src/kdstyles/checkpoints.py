@@ -1,13 +1,17 @@
 """Checkpoint files: atomic writes and safe loads.
 
-Writes go to a temporary file in the same folder, then ``os.replace``: a crash never
-leaves a half-written checkpoint where a good one was. Loads use ``weights_only=True``:
-a file carrying arbitrary pickled objects is refused and nothing in it is executed.
+A checkpoint is serialised in memory, then written to a temporary file in the same folder
+and moved into place (``os.replace``): a crash or a full disk never leaves a half-written
+checkpoint where a good one was, and a write error is one line (fileio.atomic_write).
+Loads use ``weights_only=True``: a file carrying arbitrary pickled objects is refused and
+nothing in it is executed.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,13 +19,15 @@ from typing import Any
 import torch
 
 from .errors import KDError
-from .fileio import atomic_write, write_text  # noqa: F401  (re-exported)
+from .fileio import atomic_write
 
 FORMAT = "kdstyles-1"
 
 
 def save(obj: dict[str, Any], path: str | Path) -> None:
-    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **obj}, tmp))
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **obj}, buf)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getbuffer()))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -29,6 +35,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     path = Path(path)
     if not path.is_file():
         raise KDError(f"checkpoint '{path}' does not exist")
+    if path.stat().st_size == 0:
+        raise KDError(f"checkpoint '{path}' is empty (0 bytes): it was not written completely")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -60,3 +68,32 @@ def state_dict_of(obj: dict[str, Any], path: str | Path, network: str = "teacher
     if isinstance(obj.get("state_dict"), dict):
         return obj["state_dict"]
     raise KDError(f"checkpoint '{path}' is neither a kdstyles checkpoint nor a state dict")
+
+
+def load_into(module: torch.nn.Module, state_dict: Any, path: str | Path, what: str) -> None:
+    """``module.load_state_dict(state_dict)`` (strict) with a mismatch as one line naming the file."""
+    if not isinstance(state_dict, dict):
+        raise KDError(f"checkpoint '{path}' holds no weights for {what}")
+    try:
+        module.load_state_dict(state_dict)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise KDError(f"checkpoint '{path}' does not fit {what} ({_mismatch(str(exc))})") from None
+
+
+def _mismatch(text: str) -> str:
+    """load_state_dict's multi-line complaint in a few words: the first missing, unexpected
+    or mismatched key and how many there are."""
+    parts = []
+    for label, pattern in (("missing", r"Missing key\(s\) in state_dict: (.*?)(?:\. \s*Unexpected|\.\s*$|$)"),
+                           ("unexpected", r"Unexpected key\(s\) in state_dict: (.*?)(?:\.\s*$|$)")):
+        found = re.search(pattern, text, re.S)
+        if found:
+            keys = re.findall(r'"([^"]+)"', found.group(1))
+            parts.append(f"{len(keys)} {label} key(s), e.g. {keys[0]}" if keys else label)
+    size = re.search(r"size mismatch for ([^:]+): (.*?)(?:\n|$)", text)
+    if size:
+        parts.append(f"shape of {size.group(1)}: {size.group(2).strip()[:120]}")
+    if not parts:
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        parts.append((lines[-1] if lines else "load_state_dict failed")[:160])
+    return "; ".join(parts)

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import KDError
+from .errors import Interrupted, KDError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train a teacher and compact students together, each in its own learning style.")
@@ -266,6 +266,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the two ru
     from .compare import RunSpec, run_one, run_state
     from .config import load_config
     from .routing import resolve_edges
+    from .runfolder import RunFolder
 
     results = {}
     for preset in DEMO_PRESETS:
@@ -276,11 +277,13 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the two ru
         if run_state(spec) == "done":
             console.print(f"{spec.run_dir} is already trained and evaluated; showing its results")
         outcome = run_one(spec, quiet=quiet)  # trains, resumes or reuses, then evaluates: as compare does
+        if outcome["state"] == "interrupted":
+            raise Interrupted(f"{outcome['error']}; 'kdstyles demo' again continues", outcome["signum"])
         if outcome["state"] == "failed":
             if "traceback" in outcome:
                 print(outcome["traceback"], file=sys.stderr)
             raise KDError(outcome["error"])
-        results[preset] = json.loads((out / preset / "eval.json").read_text())
+        results[preset] = RunFolder(out / preset).read_eval()
     table = Table(title="demo: test accuracy / macro-F1 (best checkpoint per network)")
     table.add_column("network")
     for preset in DEMO_PRESETS:
@@ -303,6 +306,9 @@ def main() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:torchmetrics")
     try:
         app()
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        raise SystemExit(128 + exc.signum) from None
     except KDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -323,13 +323,9 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
     if T in nets and cfg.networks.teacher.mode == "offline":
         frozen.add(T)
         if load_offline:
-            sd = _offline_teacher_weights(cfg.networks.teacher.checkpoint)
-            try:
-                nets[T].load_state_dict(sd)
-            except RuntimeError as exc:
-                first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-                raise KDError(f"networks.teacher.checkpoint '{cfg.networks.teacher.checkpoint}' does not fit "
-                              f"arch {cfg.networks.teacher.arch}: {first[:160]}") from None
+            path = cfg.networks.teacher.checkpoint
+            checkpoints.load_into(nets[T], _offline_teacher_weights(path), path,
+                                  f"networks.teacher (arch {cfg.networks.teacher.arch})")
     sample = torch.zeros(2, channels, image_size, image_size)
     weights = None
     if class_counts is not None:

@@ -4,27 +4,36 @@ folder; results.csv gathers every network's test metrics; the report renders the
 Resumable: a finished run is skipped, an interrupted one is resumed, a new one started,
 so running the same command again after a crash continues where it stopped. ``jobs > 1``
 runs several at once in separate processes, splitting the CPU threads between them.
+
+Stopping: on SIGINT/SIGTERM/SIGHUP the parent passes the signal to its workers, each run
+writes a checkpoint and stops, no new run starts, and :class:`Interrupted` is raised. A
+worker whose parent dies (even by SIGKILL) stops the same way by itself. The comparison
+folder is locked while a compare runs in it, and every run folder while a run trains.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import multiprocessing
 import os
+import signal
+import threading
+import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
 from .config import PRESET_NAMES, load_config
-from .errors import KDError
-from .fileio import write_text
+from .errors import Interrupted, KDError
+from .fileio import FolderLock, write_json, write_text
+from .runfolder import STATUS_DONE, RunFolder
+from .signals import GracefulStop, signal_name
 
 CUSTOM = "custom"  # the config's own routing (its edges or preset), next to the named presets
-DONE = ("finished", "stopped early")
+STOP_GRACE_S = 120  # how long stopped workers may take to write their checkpoints before they are killed
 
 
 @dataclass(frozen=True)
@@ -61,27 +70,26 @@ def plan(config: str | None, presets: list[str], seeds: int, out: Path, override
 
 
 def run_state(spec: RunSpec) -> str:
-    run = Path(spec.run_dir)
-    info = run / "run.json"
-    status = json.loads(info.read_text()).get("status") if info.is_file() else None
-    evaluated = run / "eval.json"
-    if status in DONE and evaluated.is_file() and json.loads(evaluated.read_text()).get("checkpoint") == spec.checkpoint:
+    run = RunFolder(spec.run_dir)
+    status = run.status()
+    if status in STATUS_DONE and run.eval_checkpoint() == spec.checkpoint:
         return "done"
-    if status in DONE:
+    if status in STATUS_DONE:
         return "evaluate"
-    return "resume" if (run / "checkpoints" / "last.pt").is_file() else "new"
+    return "resume" if run.last.is_file() else "new"
 
 
 def run_one(spec: RunSpec, quiet: bool = True, threads: int | None = None) -> dict[str, Any]:
-    """Train (or resume) and evaluate one run; never raises (the error is returned)."""
+    """Train (or resume) and evaluate one run; never raises (the error is returned), except
+    that a stop signal ends it as ``interrupted`` after its checkpoint."""
     import torch
 
     from .api import Experiment
 
     if threads:
         torch.set_num_threads(threads)
-    state = run_state(spec)
     try:
+        state = run_state(spec)
         if state == "done":
             return {"run_dir": spec.run_dir, "state": "skipped (finished)"}
         if state == "new":
@@ -93,6 +101,8 @@ def run_one(spec: RunSpec, quiet: bool = True, threads: int | None = None) -> di
                 exp.fit(resume=True)
         exp.evaluate(checkpoint=spec.checkpoint)
         return {"run_dir": spec.run_dir, "state": {"new": "trained", "resume": "resumed"}.get(state, "evaluated")}
+    except Interrupted as exc:
+        return {"run_dir": spec.run_dir, "state": "interrupted", "error": str(exc), "signum": exc.signum}
     except KDError as exc:
         return {"run_dir": spec.run_dir, "state": "failed", "error": str(exc)}
     except Exception as exc:  # a crash in one run must not lose the others
@@ -100,33 +110,36 @@ def run_one(spec: RunSpec, quiet: bool = True, threads: int | None = None) -> di
                 "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
 
 
-def _worker_init(threads: int) -> None:
+def _stop_with_parent(parent: int) -> None:
+    """In a worker: when the parent process dies (however), stop like on SIGTERM. Linux is told
+    directly (PR_SET_PDEATHSIG); everywhere a thread also watches the parent's PID."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before we got here
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="kdstyles-parent-watch").start()
+
+
+def _worker(spec: RunSpec, threads: int, parent: int, conn) -> None:
+    """A spawned process running one spec; the result goes back through ``conn``."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
-
-
-def execute(specs: list[RunSpec], jobs: int = 1, quiet: bool = False, echo=print) -> list[dict[str, Any]]:
-    """Run every spec (sequentially in this process, or ``jobs`` processes at a time)."""
-    results = []
-    total = len(specs)
-    if jobs <= 1:
-        for i, spec in enumerate(specs, 1):
-            echo(f"[{i}/{total}] {spec.preset} seed {spec.seed}: {run_state(spec)}")
-            results.append(run_one(spec, quiet=quiet))
-            _echo_result(results[-1], echo)
-        return results
-    import torch
-
-    threads = max(1, torch.get_num_threads() // jobs)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads,)) as pool:
-        futures = {pool.submit(run_one, spec, True, threads): spec for spec in specs}
-        for done, future in enumerate(as_completed(futures), 1):
-            spec = futures[future]
-            results.append(future.result())
-            echo(f"[{done}/{total}] {spec.preset} seed {spec.seed}:")
-            _echo_result(results[-1], echo)
-    return results
+    _stop_with_parent(parent)
+    result = run_one(spec, True, threads)
+    try:
+        conn.send(result)
+    except (BrokenPipeError, OSError):
+        pass  # the parent is gone; the run folder says what happened
 
 
 def _echo_result(result: dict[str, Any], echo) -> None:
@@ -134,6 +147,70 @@ def _echo_result(result: dict[str, Any], echo) -> None:
     if "error" in result:
         line += f" -- {result['error']}"
     echo(line)
+
+
+def execute(specs: list[RunSpec], jobs: int = 1, quiet: bool = False, echo=print) -> list[dict[str, Any]]:
+    """Run every spec (sequentially in this process, or ``jobs`` processes at a time). A stop
+    signal ends it after the running runs have written their checkpoints (Interrupted)."""
+    if jobs <= 1:
+        results = []
+        for i, spec in enumerate(specs, 1):
+            echo(f"[{i}/{len(specs)}] {spec.preset} seed {spec.seed}: {run_state(spec)}")
+            results.append(run_one(spec, quiet=quiet))
+            _echo_result(results[-1], echo)
+            if results[-1]["state"] == "interrupted":
+                raise Interrupted(f"compare stopped by {signal_name(results[-1]['signum'])}; run the same command "
+                                  "again to continue", results[-1]["signum"])
+        return results
+    return _execute_parallel(specs, jobs, echo)
+
+
+def _execute_parallel(specs: list[RunSpec], jobs: int, echo) -> list[dict[str, Any]]:
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    pending = list(specs)
+    running: dict[Any, tuple[RunSpec, Any]] = {}  # connection -> (spec, process)
+    results: list[dict[str, Any]] = []
+
+    def forward(signum: int) -> None:  # from the signal handler: every worker checkpoints and stops
+        for _spec, proc in running.values():
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+
+    with GracefulStop(on_signal=forward) as stop:
+        stopped_at = None
+        while pending or running:
+            while pending and len(running) < jobs and not stop.requested:
+                spec = pending.pop(0)
+                receive, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker, args=(spec, threads, os.getpid(), send), daemon=False,
+                                   name=f"kdstyles-{spec.preset}-seed{spec.seed}")
+                proc.start()
+                send.close()
+                running[receive] = (spec, proc)
+            if stop.requested and stopped_at is None:
+                stopped_at = time.monotonic()
+            for conn in wait(list(running), timeout=0.5):
+                spec, proc = running.pop(conn)
+                try:
+                    result = conn.recv()
+                except (EOFError, OSError):
+                    proc.join(5)
+                    result = {"run_dir": spec.run_dir, "state": "failed",
+                              "error": f"its process ended with exit code {proc.exitcode} before reporting"}
+                proc.join()
+                results.append(result)
+                echo(f"[{len(results)}/{len(specs)}] {spec.preset} seed {spec.seed}:")
+                _echo_result(result, echo)
+            if stopped_at is not None and time.monotonic() - stopped_at > STOP_GRACE_S:
+                for _spec, proc in running.values():
+                    proc.kill()  # did not stop in time; its last checkpoint is still whole
+    if stop.requested:
+        raise Interrupted(f"compare stopped by {signal_name(stop.signum)}; its runs wrote checkpoints; run the same "
+                          "command again to continue", stop.signum)
+    return results
 
 
 RESULT_FIELDS = ("preset", "seed", "network", "checkpoint", "split", "accuracy", "balanced_accuracy", "f1", "auroc",
@@ -145,10 +222,10 @@ def collect(specs: list[RunSpec]) -> list[dict[str, Any]]:
     """One row per run x network from each run's eval.json (runs without one are left out)."""
     rows = []
     for spec in specs:
-        path = Path(spec.run_dir) / "eval.json"
-        if not path.is_file():
+        run = RunFolder(spec.run_dir)
+        if not run.eval_path.is_file():
             continue
-        ev = json.loads(path.read_text())
+        ev = run.read_eval()
         for network, metrics in ev["networks"].items():
             row = {"preset": spec.preset, "seed": spec.seed, "network": network, "checkpoint": ev["checkpoint"],
                    "split": ev["split"], "run_dir": spec.run_dir}
@@ -171,12 +248,15 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
     out = Path(out)
     overrides = list(overrides or [])
     specs = plan(config, presets, seeds, out, overrides, checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = {"config": config, "presets": presets, "seeds": seeds, "overrides": overrides, "checkpoint": checkpoint,
-                "runs": [spec.__dict__ | {"overrides": list(spec.overrides)} for spec in specs]}
-    write_text(out / "comparison.json", json.dumps(manifest, indent=2) + "\n")
-    results = execute(specs, jobs=jobs, quiet=quiet, echo=echo)
-    rows = collect(specs)
-    write_results(rows, out / "results.csv")
+    with FolderLock(out, "comparison folder"):
+        manifest = {"config": config, "presets": presets, "seeds": seeds, "overrides": overrides,
+                    "checkpoint": checkpoint,
+                    "runs": [spec.__dict__ | {"overrides": list(spec.overrides)} for spec in specs]}
+        write_json(out / "comparison.json", manifest)
+        try:
+            results = execute(specs, jobs=jobs, quiet=quiet, echo=echo)
+        finally:
+            rows = collect(specs)  # what finished so far, also when stopped
+            write_results(rows, out / "results.csv")
     failed = [r for r in results if r["state"] == "failed"]
     return {"out": str(out), "runs": len(specs), "failed": failed, "rows": len(rows)}

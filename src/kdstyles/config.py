@@ -78,6 +78,15 @@ class DataConfig(Strict):
     imbalance_ratio: float = Field(20.0, gt=1, description="warn when largest/smallest class count exceeds this")
     augment: AugmentConfig = AugmentConfig()
 
+    @field_validator("classes")
+    @classmethod
+    def _two_classes(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is not None and len(v) < 2:
+            raise ValueError(f"needs at least two class names (got {len(v)}); a classifier tells classes apart")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("class names must be distinct")
+        return v
+
     @model_validator(mode="after")
     def _source_keys(self) -> "DataConfig":
         needs = {"medmnist": "flag", "folder": "root", "csv": "path"}.get(self.source)
@@ -206,6 +215,9 @@ class TrainConfig(Strict):
     seed: int = 0
     device: str = "auto"
     max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="cap on training batches per epoch")
+    checkpoint_every_steps: Optional[int] = Field(
+        None, ge=1, description="also write last.pt every N steps within an epoch (long epochs); resume continues "
+                                "at the next step")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype; fp16 uses a GradScaler")
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile every trainable network")
@@ -370,14 +382,27 @@ def apply_overrides(raw: dict, pairs: list[str]) -> dict:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise KDError(f"config file '{path}' is a folder; give an experiment .yaml file")
     if not path.is_file():
         raise KDError(f"config file '{path}' does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise KDError(f"config file '{path}' is not UTF-8 text (is it a YAML file?)") from None
+    except OSError as exc:
+        raise KDError(f"config file '{path}' cannot be read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise KDError(f"config file '{path}'{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        import sys
+
+        print(f"warning: config file '{path}' is empty; every key takes its default (the demo experiment)",
+              file=sys.stderr)
+        raw = {}
     if not isinstance(raw, dict):
         raise KDError(f"config file '{path}': expected a mapping of sections (data, networks, ...) at the top")
     return raw
@@ -410,3 +435,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- resume
+
+# Keys a resume may change (prefixes). Everything else fixed the networks, data, routing or
+# the meaning of the checkpoint when the run was created.
+RESUMABLE = ("train.epochs", "train.early_stopping", "train.checkpoint_every_steps", "train.device",
+             "train.precision", "train.channels_last", "train.compile", "train.max_steps_per_epoch",
+             "optim.lr", "optim.weight_decay", "optim.momentum", "schedule.factor", "schedule.patience",
+             "schedule.min_lr", "data.num_workers", "data.persistent_workers", "eval.", "output.tensorboard")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): value}
+
+
+def config_changes(old: ExperimentConfig, new: ExperimentConfig) -> dict[str, tuple[Any, Any]]:
+    """Every leaf key whose value differs: key -> (old, new)."""
+    a, b = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resumable(changes: dict[str, tuple[Any, Any]]) -> None:
+    """A resume takes these changes, or refuses with one line naming what may change."""
+    for key in changes:
+        if not key.startswith(RESUMABLE) and key not in ("output.dir", "output.name"):
+            allowed = ", ".join(k.rstrip(".") + ("*" if k.endswith(".") else "") for k in RESUMABLE)
+            raise KDError(f"--set {key}: cannot change when resuming (the run was built with "
+                          f"{changes[key][0]!r}); keys that may change on resume: {allowed}")

@@ -59,13 +59,13 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
-def any_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True on every rank when it is True on any rank."""
+def any_flags(flags: list[bool], info: DistInfo, device: torch.device) -> list[bool]:
+    """Each flag True on every rank when it is True on any rank (one all-reduce for all)."""
     if not info.active:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
 
 
 def teardown() -> None:

@@ -6,7 +6,6 @@ split in ``kdstyles evaluate``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +141,3 @@ def write_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor, pro
         plt.close(fig)
         written.append(path)
     return written
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    from .checkpoints import write_text
-
-    write_text(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")

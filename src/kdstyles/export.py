@@ -9,7 +9,6 @@ needs, and the export's numerical check) and a Markdown model card.
 from __future__ import annotations
 
 import io
-import json
 import statistics
 import time
 import warnings
@@ -21,9 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import __version__, checkpoints
+from . import __version__
 from .api import Experiment
 from .errors import KDError
+from .fileio import atomic_write, write_json, write_text
 from .evaluate import ENSEMBLE
 from .models.zoo import count_parameters
 from .routing import T
@@ -92,7 +92,7 @@ def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> float:
                               dynamic_shapes={"image": {0: batch}}, dynamo=True, external_data=False,
                               verbose=False)
 
-    checkpoints.atomic_write(path, write)
+    atomic_write(path, write)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"image": sample.numpy()})[0]
     with torch.inference_mode():
@@ -106,7 +106,7 @@ def _export_torchscript(model: nn.Module, sample: torch.Tensor, path: Path) -> f
             warnings.simplefilter("ignore")
             torch.jit.save(torch.jit.trace(model, sample), tmp)
 
-    checkpoints.atomic_write(path, write)
+    atomic_write(path, write)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = torch.jit.load(str(path))
@@ -132,10 +132,8 @@ def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out:
     sample = torch.rand(samples, channels, size, size, generator=gen)
     diff = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, sample, path)
 
-    eval_path = run_dir / "eval.json"
-    evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else None
-    if evaluation is None or evaluation.get("checkpoint") != checkpoint:
-        evaluation = exp.evaluate(checkpoint=checkpoint)
+    evaluation = exp.folder.read_eval() if exp.folder.eval_checkpoint() == checkpoint else \
+        exp.evaluate(checkpoint=checkpoint)
     metrics = evaluation["networks"].get(network, {})
     best = info.get("best", {})
     epochs = {n: best.get(n, {}).get("epoch") for n in (exp.cohort.students if network == ENSEMBLE else [network])}
@@ -155,8 +153,8 @@ def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out:
         "verification": {"samples": samples, "max_abs_diff": diff,
                          "against": "onnxruntime" if fmt == "onnx" else "torch.jit.load"},
     }
-    checkpoints.write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
-    checkpoints.write_text(path.with_suffix(".md"), model_card(exp, network, model, sidecar, sample))
+    write_json(path.with_suffix(".json"), sidecar)
+    write_text(path.with_suffix(".md"), model_card(exp, network, model, sidecar, sample))
     return sidecar
 
 

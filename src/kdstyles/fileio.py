@@ -1,25 +1,218 @@
-"""Crash-safe file writes (no torch): a temporary file in the same folder, then os.replace."""
+"""Files, safely (no torch): crash-safe writes, one reader for every file kdstyles reads
+back, and a lock per folder.
+
+- Writes go to a temporary file in the same folder, then ``os.replace``: a crash (or a full
+  disk) never leaves a half-written file where a good one was. New files get the user's
+  umask (0644 typically), not mkstemp's 0600, so colleagues can read results.
+- :func:`read_json` and :func:`read_csv` turn a missing, damaged or non-UTF-8 file into one
+  line naming it and saying how to recover.
+- :class:`FolderLock` keeps two processes from writing one run folder: an ``fcntl`` lock
+  (released by the kernel when its holder dies, however it dies) on a file holding the PID.
+- File names that are not valid UTF-8 travel as Python's surrogate escapes and are written
+  back byte for byte (``errors="surrogateescape"``).
+"""
 
 from __future__ import annotations
 
+import csv
+import errno
+import json
 import os
 import tempfile
+import time
 from pathlib import Path
+from typing import Any, Callable
+
+from .errors import KDError
+
+ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+TEMP_SUFFIX = ".tmp"
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then move the file into place atomically."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
+    """Call ``write(tmp_path)`` then move the file into place atomically. An OS error (a full
+    disk, a read-only folder) is a one-line KDError; the previous file stays intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())
+    except OSError as exc:
+        raise KDError(f"cannot write '{path}': {exc.strerror or exc}") from None
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            why = "the disk is full" if full else (exc.strerror or str(exc).splitlines()[0][:100])
+            kept = f"the previous '{path.name}' is intact" if path.exists() else "nothing was written"
+            raise KDError(f"cannot write '{path}': {why}; {kept}") from None
         raise
 
 
 def write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, **ENCODING))
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    write_text(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
+
+
+def clean_temp_files(folder: str | Path) -> list[Path]:
+    """Remove temporary files that a killed write left behind (``.NAME.*.tmp``), in the folder
+    and its subfolders. Call it only while holding the folder's lock."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def read_json(path: str | Path, recover: str, kind: type = dict) -> Any:
+    """A JSON file kdstyles wrote; missing, damaged or of the wrong shape -> one line naming
+    the file and ``recover`` (what to do about it)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KDError(f"'{path}' is missing; {recover}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KDError(f"'{path}' cannot be read ({getattr(exc, 'strerror', None) or exc.__class__.__name__}); "
+                      f"{recover}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KDError(f"'{path}' is damaged (not valid JSON: {exc.msg} at line {exc.lineno}); {recover}") from None
+    if not isinstance(value, kind):
+        raise KDError(f"'{path}' is damaged (holds a JSON {type(value).__name__}, expected "
+                      f"{'an object' if kind is dict else 'a list'}); {recover}")
+    return value
+
+
+def read_csv(path: str | Path, recover: str, required: tuple[str, ...] = (), own: bool = False
+             ) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts; unreadable, non-UTF-8, malformed or lacking ``required``
+    columns -> one line naming the file (and the line) and ``recover``. ``own``: a file
+    kdstyles wrote (non-UTF-8 file names in it come back byte for byte)."""
+    path = Path(path)
+    line = 1
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape" if own else "strict") as f:
+            reader = csv.DictReader(f)
+            fields = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in fields]
+            if missing:
+                raise KDError(f"CSV file '{path}' needs the column(s) {', '.join(required)}; found: "
+                              f"{', '.join(fields) or 'none'}; {recover}")
+            rows = []
+            for row in reader:
+                line = reader.line_num
+                rows.append({k.strip(): (v or "").strip() for k, v in row.items() if isinstance(k, str)})
+    except FileNotFoundError:
+        raise KDError(f"CSV file '{path}' does not exist; {recover}") from None
+    except UnicodeDecodeError:
+        raise KDError(f"CSV file '{path}' near line {line + 1} is not UTF-8 text; save it as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise KDError(f"CSV file '{path}' line {line + 1} is malformed ({exc}); {recover}") from None
+    except IsADirectoryError:
+        raise KDError(f"'{path}' is a folder, not a CSV file") from None
+    except OSError as exc:
+        raise KDError(f"CSV file '{path}' cannot be read ({exc.strerror}); {recover}") from None
+    return rows
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """An exclusive lock on a folder while a process writes it (``FOLDER/.lock`` holds its PID).
+
+    A second process gets a one-line KDError naming the holder's PID. The lock is an
+    ``fcntl.flock`` on the file, which the kernel releases when the holder dies (even by
+    SIGKILL), so a lock left by a dead process is simply taken over."""
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | Path, what: str = "run folder"):
+        self.folder, self.what = Path(folder), what
+        self.path = self.folder / self.NAME
+        self._fd: int | None = None
+        self.took_over: int | None = None  # PID of a dead holder whose lock was taken over
+
+    def holder(self) -> int | None:
+        try:
+            text = self.path.read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def acquire(self) -> "FolderLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            import fcntl
+
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                pid = self.holder()
+                who = f"process {pid}" if pid else "another process"
+                raise KDError(f"{self.what} '{self.folder}' is in use by {who} (lock {self.path}); wait for it to "
+                              f"finish or stop it{f' (kill {pid})' if pid else ''}, then run this again") from None
+        except ImportError:  # no fcntl (not POSIX): fall back to the PID's liveness
+            pid = self.holder()
+            if pid and pid != os.getpid() and _alive(pid):
+                os.close(fd)
+                raise KDError(f"{self.what} '{self.folder}' is in use by process {pid} (lock {self.path})") from None
+        previous = self.holder()
+        if previous and previous != os.getpid() and not _alive(previous):
+            self.took_over = previous
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:
+            pass
+        os.close(self._fd)  # closing the descriptor drops the flock
+        self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

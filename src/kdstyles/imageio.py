@@ -8,6 +8,7 @@ or float grayscale (I, F; likewise), PNG, JPEG, BMP and TIFF.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,25 @@ def convert(img: Image.Image, channels: int, size: int) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def _failure(path: Path, exc: BaseException) -> KDError:
+    """One line for a file Pillow cannot (or must not) decode."""
+    if isinstance(exc, FileNotFoundError):
+        return KDError(f"image file '{path}' does not exist")
+    if isinstance(exc, IsADirectoryError):
+        return KDError(f"image file '{path}' is a folder")
+    if isinstance(exc, Image.DecompressionBombError):
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        return KDError(f"image file '{path}' is too large to decode safely ({count}, above Pillow's "
+                       f"decompression-bomb limit of {2 * (Image.MAX_IMAGE_PIXELS or 0):,}); downscale it or remove it")
+    reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+    return KDError(f"image file '{path}' is unreadable or truncated ({reason})")
+
+
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+                 EOFError)
+
+
 def read_image(path: Path, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int, str]]:
     """Decode a file fully (a truncated file fails here): (array, (width, height, mode))."""
     try:
@@ -51,11 +71,17 @@ def read_image(path: Path, channels: int, size: int) -> tuple[np.ndarray, tuple[
             img.load()
             info = (img.size[0], img.size[1], img.mode)
             return convert(img, channels, size), info
-    except FileNotFoundError:
-        raise KDError(f"image file '{path}' does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-        raise KDError(f"image file '{path}' is unreadable or truncated ({reason})") from None
+    except DECODE_ERRORS as exc:
+        raise _failure(path, exc) from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except DECODE_ERRORS as exc:
+        raise _failure(path, exc) from None
 
 
 def file_digest(path: Path) -> str:

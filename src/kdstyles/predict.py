@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .errors import KDError
-from .imageio import IMAGE_SUFFIXES, read_image
+from .imageio import IMAGE_SUFFIXES, image_size, read_image
 
 
 class Predictor:
@@ -31,10 +30,23 @@ class Predictor:
 
 
 def _sidecar(model: Path) -> dict:
+    """The JSON sidecar written next to an exported model, checked for what predict needs."""
+    from .fileio import read_json
+
     path = model.with_suffix(".json")
     if not path.is_file():
         raise KDError(f"'{model}' has no sidecar '{path.name}' next to it (written by kdstyles export)")
-    return json.loads(path.read_text())
+    side = read_json(path, "export the model again with 'kdstyles export RUN_DIR' to rewrite it")
+    try:
+        names, inp = side["class_names"], side["input"]
+        ok = isinstance(names, list) and len(names) >= 2 and all(
+            isinstance(inp[k], int) and inp[k] > 0 for k in ("channels", "height"))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise KDError(f"sidecar '{path}' is damaged (needs class_names and input.channels/height); export the "
+                      "model again with 'kdstyles export RUN_DIR' to rewrite it")
+    return side
 
 
 def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "best") -> Predictor:
@@ -95,13 +107,10 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
         if item.is_dir():
             files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif item.suffix.lower() == ".csv":
-            if not item.is_file():
-                raise KDError(f"input CSV '{item}' does not exist")
-            with open(item, newline="") as f:
-                reader = csv.DictReader(f)
-                if "path" not in (reader.fieldnames or []):
-                    raise KDError(f"input CSV '{item}' needs a 'path' column")
-                files += [item.parent / row["path"] for row in reader]
+            from .fileio import read_csv
+
+            rows = read_csv(item, "give a CSV with a 'path' column of image files", required=("path",))
+            files += [item.parent / row["path"] for row in rows if row["path"]]
         elif item.suffix.lower() in IMAGE_SUFFIXES:
             if not item.is_file():
                 raise KDError(f"input image '{item}' does not exist")
@@ -123,8 +132,7 @@ def _write_mask(path: Path, probs: np.ndarray, source: Path) -> float:
     fraction = float((mask > 0).mean())
     if probs.shape[0] == 2:
         mask = mask * 255
-    with Image.open(source) as im:
-        size = im.size
+    size = image_size(source)
     img = Image.fromarray(mask).resize(size, Image.Resampling.NEAREST)
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
     return fraction

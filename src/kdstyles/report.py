@@ -7,10 +7,8 @@ existing results only (``kdstyles report DIR``), nothing is trained.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -18,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import KDError
-from .fileio import write_text
+from .fileio import read_csv, read_json, write_json, write_text
+from .runfolder import RunFolder
 
 CLASSIFICATION = ("accuracy", "balanced_accuracy", "f1", "auroc", "ece")
 SEGMENTATION = ("dice", "iou", "hd95", "pixel_accuracy")
@@ -51,16 +50,22 @@ def _num(v: str) -> Any:
 
 def load_rows(folder: Path) -> list[dict[str, Any]]:
     """results.csv of a comparison, or one run's eval.json as rows."""
+    folder = Path(folder)
     results = folder / "results.csv"
     if results.is_file():
-        with open(results, newline="") as f:
-            return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    ev = folder / "eval.json"
-    if ev.is_file():
-        data = json.loads(ev.read_text())
-        return [{"preset": data.get("preset", "run"), "seed": data.get("seed", 0), "network": n,
-                 "checkpoint": data["checkpoint"], "split": data["split"], "run_dir": str(folder), **m}
-                for n, m in data["networks"].items()]
+        rows = read_csv(results, "run the same 'kdstyles compare' command again to rebuild it",
+                        required=("preset", "seed", "network", "run_dir"))
+        return [{k: _num(v) for k, v in row.items()} for row in rows]
+    run = RunFolder(folder)
+    if run.eval_path.is_file():
+        data = run.read_eval()
+        try:
+            return [{"preset": data.get("preset", "run"), "seed": data.get("seed", 0), "network": n,
+                     "checkpoint": data["checkpoint"], "split": data["split"], "run_dir": str(folder), **m}
+                    for n, m in data["networks"].items()]
+        except (KeyError, AttributeError, TypeError) as exc:
+            raise KDError(f"'{run.eval_path}' is damaged (no {exc}); write it again with "
+                          f"'kdstyles evaluate {folder}'") from None
     raise KDError(f"'{folder}' has neither results.csv (a comparison) nor eval.json (an evaluated run); "
                   "run kdstyles compare or kdstyles evaluate first")
 
@@ -207,13 +212,12 @@ def _figure(w: float, h: float, n: int = 1):
 def plot_curves(rows, dirs, metric: str) -> str | None:
     series: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (preset, _seed), run in dirs.items():
-        path = run / "metrics.csv"
-        if not path.is_file():
+        folder = RunFolder(run)
+        if not folder.metrics_path.is_file():
             continue
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                if r.get(f"val_{metric}"):
-                    series[(r["network"], preset)][int(r["epoch"])].append(float(r[f"val_{metric}"]))
+        for r in folder.read_metrics():
+            if r.get(f"val_{metric}"):
+                series[(r["network"], preset)][int(r["epoch"])].append(float(r[f"val_{metric}"]))
     if not series:
         return None
     nets = list(dict.fromkeys(n for n, _ in series))
@@ -235,9 +239,9 @@ def _details(dirs) -> dict[str, list[dict]]:
     """preset -> the eval.json of each seed."""
     out: dict[str, list[dict]] = defaultdict(list)
     for (preset, _seed), run in dirs.items():
-        path = run / "eval.json"
-        if path.is_file():
-            out[preset].append(json.loads(path.read_text()))
+        folder = RunFolder(run)
+        if folder.eval_path.is_file():
+            out[preset].append(folder.read_eval())
     return out
 
 
@@ -350,17 +354,20 @@ def compression(folder: Path, dirs) -> list[dict[str, Any]]:
     (on the run with the most networks) and cached in compression.json."""
     cache = folder / "compression.json"
     if cache.is_file():
-        return json.loads(cache.read_text())
+        try:
+            return read_json(cache, "", kind=list)
+        except KDError:
+            pass  # a damaged cache is measured again
     import torch
 
     from .api import Experiment
     from .export import cpu_latency_ms, flops_per_image
     from .models.zoo import count_parameters
 
-    runs = [r for r in dirs.values() if (r / "run.json").is_file()]
+    runs = [RunFolder(r) for r in dirs.values() if RunFolder(r).trained()]
     if not runs:
         return []
-    run = max(runs, key=lambda r: len(json.loads((r / "run.json").read_text()).get("parameters", {})))
+    run = max(runs, key=lambda r: len(r.info().get("parameters", {}))).path
     exp = Experiment.from_run(run, quiet=True)
     info = exp.run_info()
     nets = exp.cohort.networks
@@ -376,7 +383,7 @@ def compression(folder: Path, dirs) -> list[dict[str, Any]]:
         rows.append({"network": name, "parameters": p, "mflops": flops_per_image(net, one) / 1e6,
                      "latency_b1_ms": cpu_latency_ms(net, one), "latency_b32_ms": cpu_latency_ms(net, many, 5),
                      "relative_size": p / teacher_params if teacher_params else None})
-    write_text(cache, json.dumps(rows, indent=2) + "\n")
+    write_json(cache, rows)
     return rows
 
 
@@ -444,8 +451,8 @@ def render(folder: str | Path) -> Path:
             sections.append(f"<h2>{html.escape(title)}</h2>{_img(b64, title)}")
     shown = False
     for (preset, _seed), run in sorted(dirs.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        ev_path = run / "eval.json"
-        overlays = json.loads(ev_path.read_text()).get("overlays") if ev_path.is_file() else None
+        folder_ = RunFolder(run)
+        overlays = folder_.read_eval().get("overlays") if folder_.eval_path.is_file() else None
         if not overlays or (run / overlays[0]).is_file() is False or f"<h3>{preset}</h3>" in "".join(sections):
             continue
         if not shown:

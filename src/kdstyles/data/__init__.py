@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import AugmentConfig, DataConfig
 from ..errors import KDError
 from . import checks, medmnist, segfolder, sources, synthetic, synthetic_seg
-from ..imageio import convert, read_image
+from ..imageio import convert, image_size, read_image
 
 MAX_SEED = 2**31 - 1
 NORM_SAMPLE = 2000  # images used to estimate the per-channel mean/std
@@ -120,7 +120,7 @@ class EpochBatchSampler(Sampler):
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, max_batches: int | None = None,
                  labels: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.max_batches, self.epoch = max_batches, 0
+        self.max_batches, self.epoch, self.start = max_batches, 0, 0
         self.rank, self.world = shard
         self.weights = None
         if labels is not None:
@@ -132,8 +132,10 @@ class EpochBatchSampler(Sampler):
             per = -(-n // self.world)
             self.chunk = range(min(n, self.rank * per), min(n, (self.rank + 1) * per))
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The epoch to draw, and the batch to start from (a run resumed mid-epoch skips the
+        batches it already trained on; the order itself does not change)."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         if not self.shuffle:
@@ -151,7 +153,7 @@ class EpochBatchSampler(Sampler):
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
         else:
             order = torch.randperm(self.n, generator=g).tolist()
-        for b in range(len(self)):
+        for b in range(self.start, len(self)):
             batch = order[b * self.batch_size:(b + 1) * self.batch_size]
             yield [(self.epoch, i) for i in batch[self.rank::self.world]]
 
@@ -189,10 +191,10 @@ class DataBundle:
 
     def save(self, run_dir: Path) -> None:
         """Write the data report and, for folder/CSV sources, the split assignment."""
-        from ..checkpoints import write_text
+        from ..fileio import write_json
 
         if self.report is not None:
-            write_text(run_dir / "data_report.json", json.dumps(self.report.to_dict(), indent=2) + "\n")
+            write_json(run_dir / "data_report.json", self.report.to_dict())
         if self.split_table is not None:
             records, labels, splits, base = self.split_table
             sources.write_splits(run_dir / "splits.csv", records, labels, splits, base)
@@ -283,13 +285,10 @@ def build_data(cfg: DataConfig, seed: int, run_dir: Path | None = None, quiet: b
         if seg:  # masks first: every image must have one of its size; the image-level label = has foreground
             names = cfg.classes or (["background", "foreground"] if cfg.num_classes == 2 else
                                     [str(k) for k in range(cfg.num_classes)])
-            from PIL import Image
-
             with _progress(quiet) as bar:
                 task_id = bar.add_task(f"reading {len(records)} masks", total=len(records)) if bar else None
                 for r in records:
-                    with Image.open(r.path) as im:  # the header only: the size the mask must have
-                        wh = im.size
+                    wh = image_size(r.path)  # the header only: the size the mask must have
                     seg_masks[str(r.path)] = segfolder.read_mask(mask_of[str(r.path)], cfg.num_classes, size, wh)
                     r.label = "1" if seg_masks[str(r.path)].any() else "0"
                     if bar:
@@ -297,6 +296,9 @@ def build_data(cfg: DataConfig, seed: int, run_dir: Path | None = None, quiet: b
             labels = np.array([int(r.label) for r in records], dtype=np.int64)
         else:
             names = sources.class_list(records, cfg.classes, where)
+            if len(names) < 2:
+                raise KDError(f"{where}: '{base}' holds one class only ('{names[0]}'); a classifier needs at least "
+                              "two (class folders, or label values in the CSV)")
             index = {n: k for k, n in enumerate(names)}
             labels = np.array([index[r.label] for r in records], dtype=np.int64)
         saved = run_dir / "splits.csv" if run_dir is not None else None

@@ -97,7 +97,12 @@ def load(path: Path) -> dict[str, np.ndarray]:
                 raise KDError(f"npz file '{path}' lacks key '{missing[0]}'; a MedMNIST file holds "
                               f"{', '.join(KEYS)}")
             arrays = {k: npz[k] for k in KEYS}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise KDError(f"npz file '{path}' holds pickled Python objects and was refused unread "
+                          "(allow_pickle=False); a MedMNIST file holds plain uint8 and integer arrays") from None
+        raise KDError(f"npz file '{path}' is unreadable or truncated ({str(exc).splitlines()[0][:80]})") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise KDError(f"npz file '{path}' is unreadable or truncated ({str(exc).splitlines()[0][:80]})") from None
     for split in ("train", "val", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]

@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import KDError
-from ..imageio import IMAGE_SUFFIXES
+from ..imageio import DECODE_ERRORS, IMAGE_SUFFIXES, _failure
 from .sources import SPLITS, Record
 
 
@@ -30,7 +30,7 @@ def list_pairs(root: Path) -> tuple[list[Record], dict[str, Path]]:
     for split in SPLITS:
         listing = root / f"{split}.txt"
         if listing.is_file():
-            for stem in listing.read_text().split():
+            for stem in listing.read_text(encoding="utf-8", errors="surrogateescape").split():
                 splits[Path(stem).stem] = split
     records, mask_of = [], {}
     for img in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
@@ -52,8 +52,8 @@ def read_mask(path: Path, num_classes: int, size: int, image_size_wh: tuple[int,
                 raise KDError(f"mask '{path}' is {m.size[0]}x{m.size[1]} but its image is "
                               f"{image_size_wh[0]}x{image_size_wh[1]}")
             values = np.array(m if m.mode == "P" else m.convert("L"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise KDError(f"mask '{path}' is unreadable or truncated ({str(exc).splitlines()[0][:80]})") from None
+    except DECODE_ERRORS as exc:
+        raise KDError(f"mask {str(_failure(path, exc)).removeprefix('image file ')}") from None
     if num_classes == 2:
         values = ((values > 127) | (values == 1)).astype(np.uint8)
     elif values.max() >= num_classes:

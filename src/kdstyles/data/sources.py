@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KDError
+from ..fileio import read_csv
 from ..imageio import IMAGE_SUFFIXES
 
 SPLITS = ("train", "val", "test")
@@ -49,20 +50,15 @@ def list_folder(root: Path) -> list[Record]:
 def list_csv(path: Path) -> list[Record]:
     if not path.is_file():
         raise KDError(f"data.path: CSV file '{path}' does not exist")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = [c.strip() for c in (reader.fieldnames or [])]
-        if "path" not in fields or "label" not in fields:
-            raise KDError(f"CSV file '{path}': needs columns path,label[,split]; found: {', '.join(fields) or 'none'}")
-        records = []
-        for line, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-            split = row.get("split") or None
-            if split is not None and split not in SPLITS:
-                raise KDError(f"CSV file '{path}' line {line}: split '{split}' is not one of {', '.join(SPLITS)}")
-            if not row["path"] or not row["label"]:
-                raise KDError(f"CSV file '{path}' line {line}: empty path or label")
-            records.append(Record((path.parent / row["path"]), row["label"], split))
+    rows = read_csv(path, "give columns path,label[,split]", required=("path", "label"))
+    records = []
+    for line, row in enumerate(rows, start=2):
+        split = row.get("split") or None
+        if split is not None and split not in SPLITS:
+            raise KDError(f"CSV file '{path}' line {line}: split '{split}' is not one of {', '.join(SPLITS)}")
+        if not row["path"] or not row["label"]:
+            raise KDError(f"CSV file '{path}' line {line}: empty path or label")
+        records.append(Record((path.parent / row["path"]), row["label"], split))
     if not records:
         raise KDError(f"CSV file '{path}' has no rows")
     return records
@@ -111,8 +107,9 @@ def assign_splits(records: list[Record], labels: np.ndarray, seed: int, val_frac
 
 
 def write_splits(path: Path, records: list[Record], labels: list[str], splits: list[str], base: Path) -> None:
-    from ..checkpoints import write_text
     import io
+
+    from ..fileio import write_text
 
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -128,8 +125,9 @@ def write_splits(path: Path, records: list[Record], labels: list[str], splits: l
 
 def read_splits(path: Path, records: list[Record], base: Path) -> list[str] | None:
     """The saved assignment for these records, or None when it no longer matches the files."""
-    with open(path, newline="") as f:
-        saved = {(base / row["path"]).resolve(): row["split"] for row in csv.DictReader(f)}
+    rows = read_csv(path, "delete it to split the files again (the run then differs from before), or start a "
+                          "new run", required=("path", "split"), own=True)
+    saved = {(base / row["path"]).resolve(): row["split"] for row in rows}
     try:
         return [saved[r.path.resolve()] for r in records]
     except KeyError:

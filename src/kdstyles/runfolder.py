@@ -1,0 +1,150 @@
+"""The run folder: the one reader and writer of its files, so each file's format lives here.
+
+    RUN/config.yaml          the fully resolved config (kept current after a resume with overrides)
+    RUN/run.json             edges, adapters, shapes, class names, normalisation, status, resumes
+    RUN/metrics.csv          one row per epoch and network
+    RUN/eval.json            test metrics (after evaluate)
+    RUN/checkpoints/last.pt  everything to resume; best-<network>.pt per network
+    RUN/data_report.json, RUN/splits.csv, RUN/tensorboard/, RUN/overlays/, RUN/export/
+    RUN/.lock                the PID of the process training in it (see fileio.FolderLock)
+
+Every read of a file kdstyles wrote fails, when the file is damaged, with one line naming
+it and what to do. No torch here: ``predict`` and ``report`` use it without torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import KDError
+from .fileio import FolderLock, clean_temp_files, read_json, write_json, write_text
+
+STATUS_DONE = ("finished", "stopped early")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def info_path(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def eval_path(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    def best(self, network: str) -> Path:
+        return self.checkpoints / f"best-{network}.pt"
+
+    @property
+    def splits_path(self) -> Path:
+        return self.path / "splits.csv"
+
+    # ------------------------------------------------------------------ state
+
+    def require(self) -> "RunFolder":
+        """This must be a run folder (it holds config.yaml)."""
+        if not self.path.is_dir():
+            raise KDError(f"run folder '{self.path}' does not exist")
+        if not self.config_path.is_file():
+            raise KDError(f"'{self.path}' is not a run folder: {self.config_path.name} is missing")
+        return self
+
+    def trained(self) -> bool:
+        """Training started here: run.json and checkpoints/ exist (shapes can be read back)."""
+        return self.info_path.is_file() and self.checkpoints.is_dir()
+
+    def info(self) -> dict[str, Any]:
+        return read_json(self.info_path, f"it records the run's shapes and status; restore it, or train again in "
+                                         f"a new folder (--set output.name=NEW)")
+
+    def status(self) -> str | None:
+        return self.info().get("status") if self.info_path.is_file() else None
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        write_json(self.info_path, info)
+
+    def update_info(self, **fields: Any) -> dict[str, Any]:
+        info = self.info() if self.info_path.is_file() else {}
+        info.update(fields)
+        self.write_info(info)
+        return info
+
+    def record_resume(self, epoch: int, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
+        info = self.info()
+        resumes = info.get("resumes", [])
+        resumes.append({"at": now(), "after_epoch": epoch, "step": step,
+                        "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+        info["resumes"] = resumes
+        self.write_info(info)
+
+    def read_config(self) -> dict[str, Any]:
+        from .config import read_yaml
+
+        return read_yaml(self.config_path)
+
+    def write_config(self, text: str) -> None:
+        write_text(self.config_path, text)
+
+    def read_eval(self) -> dict[str, Any]:
+        return read_json(self.eval_path, f"write it again with 'kdstyles evaluate {self.path}'")
+
+    def eval_checkpoint(self) -> str | None:
+        """Which checkpoint eval.json describes (None when there is no eval.json)."""
+        return self.read_eval().get("checkpoint") if self.eval_path.is_file() else None
+
+    def write_eval(self, result: dict[str, Any]) -> None:
+        write_json(self.eval_path, result)
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        columns: list[str] = []
+        for row in history:
+            columns += [k for k in row if k not in columns]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, restval="")
+        w.writeheader()
+        w.writerows(history)
+        write_text(self.metrics_path, buf.getvalue())
+
+    def read_metrics(self) -> list[dict[str, str]]:
+        from .fileio import read_csv
+
+        return read_csv(self.metrics_path, "it is rewritten from the checkpoint when training resumes", own=True)
+
+    # ------------------------------------------------------------------ writers' discipline
+
+    def lock(self) -> FolderLock:
+        return FolderLock(self.path, "run folder")
+
+    def clean_temp_files(self) -> list[Path]:
+        return clean_temp_files(self.path)
