@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import zlib
+from pathlib import Path
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -277,9 +278,8 @@ class TrainStep(nn.Module):
         return names
 
 
-def _offline_teacher_weights(path_str: str) -> dict[str, torch.Tensor]:
-    from pathlib import Path
-
+def _offline_teacher_weights(path_str: str) -> tuple[dict[str, torch.Tensor], Path]:
+    """The teacher's weights from a run folder (its best teacher checkpoint) or a file, and the file."""
     path = Path(path_str)
     if path.is_dir():
         candidates = [path / "checkpoints" / "best-teacher.pt", path / "checkpoints" / "teacher.pt"]
@@ -287,7 +287,7 @@ def _offline_teacher_weights(path_str: str) -> dict[str, torch.Tensor]:
         if found is None:
             raise KDError(f"networks.teacher.checkpoint: run folder '{path}' has no checkpoints/best-teacher.pt")
         path = found
-    return checkpoints.state_dict_of(checkpoints.load(path), path, "teacher")
+    return checkpoints.state_dict_of(checkpoints.load(path), path, "teacher"), path
 
 
 def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_size: int,
@@ -323,9 +323,8 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
     if T in nets and cfg.networks.teacher.mode == "offline":
         frozen.add(T)
         if load_offline:
-            path = cfg.networks.teacher.checkpoint
-            checkpoints.load_into(nets[T], _offline_teacher_weights(path), path,
-                                  f"networks.teacher (arch {cfg.networks.teacher.arch})")
+            weights, path = _offline_teacher_weights(cfg.networks.teacher.checkpoint)
+            checkpoints.load_into(nets[T], weights, path, f"networks.teacher (arch {cfg.networks.teacher.arch})")
     sample = torch.zeros(2, channels, image_size, image_size)
     weights = None
     if class_counts is not None:

@@ -466,6 +466,7 @@ def check_resumable(changes: dict[str, tuple[Any, Any]]) -> None:
     """A resume takes these changes, or refuses with one line naming what may change."""
     for key in changes:
         if not key.startswith(RESUMABLE) and key not in ("output.dir", "output.name"):
-            allowed = ", ".join(k.rstrip(".") + ("*" if k.endswith(".") else "") for k in RESUMABLE)
-            raise KDError(f"--set {key}: cannot change when resuming (the run was built with "
-                          f"{changes[key][0]!r}); keys that may change on resume: {allowed}")
+            allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE)
+            was = yaml.safe_dump(changes[key][0], default_flow_style=True).strip().removesuffix("...").strip()
+            raise KDError(f"--set {key}: cannot change when resuming (the run was created with {key}={was}); "
+                          f"keys that may change on resume: {allowed}")

@@ -460,4 +460,4 @@ class Trainer:
             star = "*" if r["best"] else ""
             parts.append(f"{r['network']}{loss} {metric} {r['val_' + metric]:.3f}{star}")
         self.console.print(f"epoch {rows[0]['epoch']}/{self.cfg.train.epochs} ({seconds:.0f}s)  " + " | ".join(parts),
-                           highlight=False)
+                           highlight=False, soft_wrap=True)  # one line per epoch in logs, whatever the width

@@ -331,7 +331,9 @@ def build_data(cfg: DataConfig, seed: int, run_dir: Path | None = None, quiet: b
         report.raise_errors()
     empty = [s for s, (_, lbl, _, _) in stored.items() if len(lbl) == 0]
     if empty and check:
-        raise KDError(f"data: the {empty[0]} split is empty; give it files or lower the fractions")
+        source = {"folder": f"data.root '{cfg.root}'", "csv": f"data.path '{cfg.path}'"}.get(cfg.source, "data")
+        raise KDError(f"{source}: the {empty[0]} split is empty ({sum(len(v[1]) for v in stored.values())} images "
+                      "in all); give it files, or raise data.val_fraction / data.test_fraction")
     mean, std = _normalisation(cfg, stored["train"][:3], channels, size, seed)
     augment = build_augment(cfg.augment, size, with_mask=seg)
     splits = {s: ImageDataset(lbl, mean, std, augment if s == "train" else None, seed, images=imgs,

@@ -1,0 +1,345 @@
+"""Malformed inputs through the CLI, table-driven: configs, images, npz, CSV, masks,
+checkpoints, sidecars and run folders. Each must end with exit status 2, exactly one line
+on stderr naming the file or key, no traceback, and nothing written (no run folder made,
+an existing one unchanged)."""
+
+import os
+import shutil
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny
+from kdstyles.cli import main
+
+TINY_NETS = ["networks.teacher.widen=0.25", "networks.students.s1.widen=0.125", "networks.students.s2.widen=0.125"]
+
+
+def sets(*pairs: str) -> list[str]:
+    return [a for p in pairs for a in ("--set", p)]
+
+
+def png(path: Path, size=(12, 12), value=0, mode="RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value).save(path)
+    return path
+
+
+def bomb(path: Path, width=30000, height=30000) -> Path:
+    """A small PNG whose header claims width x height pixels (an image bomb)."""
+    data = bytearray((png(path.with_suffix(".tmp.png"))).read_bytes())
+    path.with_suffix(".tmp.png").unlink()
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def folder(root: Path, classes=("a", "b"), per_class=4) -> Path:
+    rng = np.random.default_rng(0)
+    for c in classes:
+        for i in range(per_class):
+            png(root / c / f"{i}.png", value=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    return root
+
+
+def train_on(tmp: Path, *data: str) -> list[str]:
+    return ["train", "--no-evaluate", "-q", *sets("data.image_size=16", "data.batch_size=4", *TINY_NETS,
+                                                   f"output.dir={tmp / 'out'}", "output.name=run", *data)]
+
+
+def npz(path: Path, **change) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 12), ("val", 4), ("test", 4)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2)[:, None].astype(np.uint8)
+    for k, v in change.items():
+        if v is None:
+            arrays.pop(k)
+        else:
+            arrays[k] = v
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+def medmnist_args(tmp: Path) -> list[str]:
+    return train_on(tmp, "data.source=medmnist", "data.flag=breastmnist", f"data.root={tmp / 'npz'}")
+
+
+class Boom:
+    """Pickled, this runs code on load: it must never be unpickled."""
+
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def seg_folder(root: Path, n=4) -> Path:
+    for i in range(n):
+        png(root / "images" / f"c{i}.png", value=(120, 40, 40))
+        m = np.zeros((12, 12), np.uint8)
+        m[3:7, 3:7] = 255
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(m).save(root / "masks" / f"c{i}.png")
+    return root
+
+
+def seg_args(tmp: Path, *extra: str) -> list[str]:
+    return train_on(tmp, "task=segmentation", "data.source=folder", f"data.root={tmp / 'seg'}",
+                    "networks.teacher.arch=unet", "networks.students.s1.arch=unet", "networks.students.s2.arch=unet",
+                    "networks.teacher.widen=0.25", "networks.students.s1.widen=0.25",
+                    "networks.students.s2.widen=0.25", *extra)
+
+
+def yaml_file(tmp: Path, text: str | bytes, name="bad.yaml") -> Path:
+    p = tmp / name
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return p
+
+
+def csv_file(tmp: Path, text: str | bytes) -> Path:
+    folder(tmp / "imgs")
+    p = tmp / "imgs" / "labels.csv"
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return p
+
+
+def folder_train(tmp: Path, mutate) -> list[str]:
+    mutate(folder(tmp / "f"))
+    return train_on(tmp, "data.source=folder", f"data.root={tmp / 'f'}")
+
+
+def csv_train(tmp: Path, text: str | bytes, *extra: str) -> list[str]:
+    return train_on(tmp, "data.source=csv", f"data.path={csv_file(tmp, text)}", *extra)
+
+
+def big_csv(tmp: Path) -> tuple[Path, int]:
+    folder(tmp / "imgs")
+    bad = 73_411
+    rows = ["path,label,split"]
+    for i in range(100_000):
+        rows.append(f"a/{i % 4}.png,{'ab'[i % 2]},{'tset' if i == bad else 'train'}")
+    p = tmp / "imgs" / "big.csv"
+    p.write_text("\n".join(rows) + "\n")
+    return p, bad + 2
+
+
+def corrupt(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+# Each case: (id, setup(tmp, run) -> (argv, what the line must name)). ``run`` is a copy of a
+# trained, evaluated and exported run folder, private to the case.
+CASES = [
+    # ---------------------------------------------------------------- configs
+    ("config-unknown-key", lambda t, r: (["check", str(yaml_file(t, "optim:\n  lrr: 1\n"))], "optim.lrr")),
+    ("config-bad-type", lambda t, r: (["check", str(yaml_file(t, "train:\n  epochs: many\n"))], "train.epochs")),
+    ("config-yaml-syntax", lambda t, r: (["check", str(yaml_file(t, "data: [1, 2\n"))], "bad.yaml' line")),
+    ("config-top-level-list", lambda t, r: (["check", str(yaml_file(t, "- a\n- b\n"))], "bad.yaml")),
+    ("config-missing", lambda t, r: (["check", str(t / "nope.yaml")], "nope.yaml")),
+    ("config-is-folder", lambda t, r: (["check", str(t)], "is a folder")),
+    ("config-not-utf8", lambda t, r: (["check", str(yaml_file(t, b"\xff\xfe\x00\x81data"))], "not UTF-8")),
+    ("set-without-equals", lambda t, r: (["check", "--set", "noequals"], "noequals")),
+    ("set-list-index", lambda t, r: (["check", str(yaml_file(t, "routing:\n  edges:\n    - {src: teacher, dst: s1, "
+                                                               "style: predictions}\n")),
+                                      "--set", "routing.edges.3.weight=1"], "'3' is not an index")),
+    ("edge-unknown-style", lambda t, r: (["check", str(yaml_file(t, "routing:\n  edges:\n    - {src: teacher, "
+                                                                   "dst: s1, style: vibes}\n"))], "routing.edges.0")),
+    ("edge-unknown-network", lambda t, r: (["check", str(yaml_file(t, "routing:\n  edges:\n    - {src: sx, dst: s1,"
+                                                                     " style: predictions}\n"))], "src 'sx'")),
+    ("edge-unknown-option", lambda t, r: (["check", str(yaml_file(t, "routing:\n  edges:\n    - {src: teacher, "
+                                                                    "dst: s1, style: predictions, options: "
+                                                                    "{temprature: 2}}\n"))], "temprature")),
+    ("selection-metric-task", lambda t, r: (["check", "--set", "train.selection_metric=dice"],
+                                            "train.selection_metric")),
+    ("offline-without-checkpoint", lambda t, r: (["check", "--set", "networks.teacher.mode=offline"],
+                                                 "networks.teacher")),
+    ("offline-checkpoint-missing", lambda t, r: (train_on(t, "networks.teacher.mode=offline",
+                                                          f"networks.teacher.checkpoint={t / 'gone.pt'}"), "gone.pt")),
+    ("offline-checkpoint-garbage", lambda t, r: (train_on(t, "networks.teacher.mode=offline",
+                                                          f"networks.teacher.checkpoint="
+                                                          f"{corrupt(t / 'junk.pt', os.urandom(300))}"), "junk.pt")),
+    ("offline-checkpoint-wrong-arch", lambda t, r: (train_on(t, "networks.teacher.mode=offline",
+                                                             "networks.teacher.arch=resnet34",
+                                                             f"networks.teacher.checkpoint={r}"),
+                                                    "best-teacher.pt")),
+    ("classes-one-name", lambda t, r: (["check", "--set", "data.classes=[only]"], "data.classes")),
+    ("student-named-teacher", lambda t, r: (["check", "--set", "networks.students.teacher.arch=resnet10"],
+                                            "networks.students")),
+    ("cache-with-augmentation", lambda t, r: (["check", "--set", "networks.teacher.cache=true", "--set",
+                                               "networks.teacher.mode=offline", "--set",
+                                               "networks.teacher.checkpoint=x"], "networks.teacher.cache")),
+    ("batch-size-one", lambda t, r: (["check", "--set", "data.batch_size=1"], "data.batch_size")),
+    ("device-unknown", lambda t, r: (["check", "--set", "train.device=tpu"], "train.device")),
+    ("arch-unknown", lambda t, r: (["check", "--set", "networks.students.s1.arch=resnet19"], "resnet19")),
+    ("tap-unknown", lambda t, r: (train_on(t, "networks.students.s2.tap=layer9.conv", "data.train_samples=40",
+                                           "data.val_samples=8", "data.test_samples=8"), "networks.s2.tap")),
+    # ---------------------------------------------------------------- image folders and CSV
+    ("folder-missing", lambda t, r: (train_on(t, "data.source=folder", f"data.root={t / 'nowhere'}"), "nowhere")),
+    ("folder-one-class", lambda t, r: (train_on(t, "data.source=folder", f"data.root={folder(t / 'one', ('x',))}"),
+                                       "one class only")),
+    ("folder-empty-class", lambda t, r: (train_on(t, "data.source=folder",
+                                                  f"data.root={(folder(t / 'f'), (t / 'f' / 'c').mkdir())[0]}"),
+                                         str(t / "f" / "c"))),
+    ("image-truncated", lambda t, r: (folder_train(t, lambda f: corrupt(f / "a" / "0.png",
+                                                                        (f / "a" / "1.png").read_bytes()[:30])),
+                                      "0.png")),
+    ("image-not-an-image", lambda t, r: (folder_train(t, lambda f: corrupt(f / "b" / "2.png", "hello")), "2.png")),
+    ("image-bomb", lambda t, r: (folder_train(t, lambda f: bomb(f / "a" / "3.png")), "3.png' is too large")),
+    ("csv-missing-columns", lambda t, r: (csv_train(t, "file,y\n"), "labels.csv")),
+    ("csv-one-class", lambda t, r: (csv_train(t, "path,label\n" + "".join(f"a/{i}.png,a\n" for i in range(4))),
+                                    "one class only")),
+    ("csv-100k-rows-one-bad", lambda t, r: (lambda p: (train_on(t, "data.source=csv", f"data.path={p[0]}"),
+                                                       f"line {p[1]}"))(big_csv(t))),
+    ("csv-not-utf8", lambda t, r: (csv_train(t, b"path,label\na/0.png,caf\xe9\n"), "not UTF-8")),
+    ("csv-nul-byte", lambda t, r: (csv_train(t, "path,label\na/0.png,a\x00b\nb/0.png,b\n"), "labels.csv")),
+    ("csv-missing-image", lambda t, r: (csv_train(t, "path,label\na/0.png,a\na/1.png,a\nb/0.png,b\nb/1.png,b\n"
+                                                     "b/9.png,b\n"), "9.png")),
+    ("csv-header-only", lambda t, r: (csv_train(t, "path,label\n"), "has no rows")),
+    ("csv-label-not-in-classes", lambda t, r: (csv_train(t, "path,label\na/0.png,a\nb/0.png,b\nb/1.png,c\n",
+                                                         "data.classes=[a, b]"), "label 'c'")),
+    # ---------------------------------------------------------------- MedMNIST npz
+    ("npz-pickled-objects", lambda t, r: (medmnist_args(t) if npz(t / "npz" / "breastmnist.npz",
+                                                                  train_labels=np.array([Boom()] * 12, dtype=object))
+                                          else None, "pickled")),
+    ("npz-missing-key", lambda t, r: (medmnist_args(t) if npz(t / "npz" / "breastmnist.npz", val_labels=None)
+                                      else None, "val_labels")),
+    ("npz-not-a-zip", lambda t, r: (medmnist_args(t) if corrupt((t / "npz").mkdir() or t / "npz" / "breastmnist.npz",
+                                                                b"PK\x03\x04 nope") else None, "breastmnist.npz")),
+    ("npz-float-images", lambda t, r: (medmnist_args(t) if npz(t / "npz" / "breastmnist.npz",
+                                                               test_images=np.zeros((4, 28, 28), np.float32))
+                                       else None, "test_images")),
+    ("npz-multi-label", lambda t, r: (medmnist_args(t) if npz(t / "npz" / "breastmnist.npz",
+                                                              val_labels=np.zeros((4, 3), np.uint8)) else None,
+                                      "multi-label")),
+    ("npz-count-mismatch", lambda t, r: (medmnist_args(t) if npz(t / "npz" / "breastmnist.npz",
+                                                                 train_labels=np.zeros((5, 1), np.uint8))
+                                         else None, "breastmnist.npz")),
+    ("npz-label-out-of-range", lambda t, r: (medmnist_args(t) if npz(t / "npz" / "breastmnist.npz",
+                                                                     train_labels=np.full((12, 1), 7, np.uint8))
+                                             else None, "label 7")),
+    # ---------------------------------------------------------------- segmentation masks
+    ("seg-image-not-an-image", lambda t, r: (seg_args(t) if corrupt(seg_folder(t / "seg") / "images" / "c1.png",
+                                                                    "text") else None, "c1.png")),
+    ("seg-mask-wrong-size", lambda t, r: (seg_args(t) if png(seg_folder(t / "seg") / "masks" / "c2.png", (8, 8), 0, "L")
+                                          else None, "masks/c2.png")),
+    ("seg-mask-value-out-of-range", lambda t, r: (seg_args(t, "data.num_classes=3")
+                                                  if png(seg_folder(t / "seg") / "masks" / "c0.png", (12, 12), 9, "L")
+                                                  else None, "masks/c0.png")),
+    ("seg-image-without-mask", lambda t, r: (seg_args(t) if png(seg_folder(t / "seg") / "images" / "lonely.png")
+                                             else None, "lonely.png")),
+    ("seg-mask-bomb", lambda t, r: (seg_args(t) if bomb(seg_folder(t / "seg") / "masks" / "c3.png") else None,
+                                    "c3.png")),
+    # ---------------------------------------------------------------- run folders and checkpoints
+    ("evaluate-not-a-run", lambda t, r: (["evaluate", str((t / "empty").mkdir() or t / "empty")], "not a run folder")),
+    ("evaluate-run-json-damaged", lambda t, r: (["evaluate", str(r)] if corrupt(r / "run.json", "{oops")
+                                                else None, "run.json")),
+    ("evaluate-run-json-empty-object", lambda t, r: (["evaluate", str(r)] if corrupt(r / "run.json", "{}")
+                                                     else None, "run.json")),
+    ("evaluate-best-missing", lambda t, r: (["evaluate", str(r)] if (r / "checkpoints" / "best-s1.pt").unlink()
+                                            is None else None, "best-s1.pt")),
+    ("evaluate-best-wrong-shapes", lambda t, r: (["evaluate", str(r)] if shutil.copy(
+        r / "checkpoints" / "best-teacher.pt", r / "checkpoints" / "best-s2.pt") else None, "best-s2.pt")),
+    ("evaluate-checkpoint-unknown", lambda t, r: (["evaluate", str(r), "--checkpoint", "newest"], "newest")),
+    ("resume-last-truncated", lambda t, r: (["train", "--resume", str(r)] if corrupt(
+        r / "checkpoints" / "last.pt", (r / "checkpoints" / "last.pt").read_bytes()[:5000]) else None, "last.pt")),
+    ("resume-last-empty", lambda t, r: (["train", "--resume", str(r)] if corrupt(r / "checkpoints" / "last.pt", b"")
+                                        else None, "last.pt' is empty")),
+    ("resume-last-pickled-code", lambda t, r: (["train", "--resume", str(r)] if torch.save(
+        {"cohort": Boom()}, r / "checkpoints" / "last.pt") is None else None, "refused unread")),
+    ("resume-last-not-a-last", lambda t, r: (["train", "--resume", str(r)] if shutil.copy(
+        r / "checkpoints" / "best-s1.pt", r / "checkpoints" / "last.pt") else None, "last.pt")),
+    ("resume-fixed-key", lambda t, r: (["train", "--resume", str(r), "--set", "routing.preset=kd"],
+                                       "routing.preset")),
+    ("resume-config-damaged", lambda t, r: (["train", "--resume", str(r)] if corrupt(r / "config.yaml", "data: [")
+                                            else None, "config.yaml")),
+    ("resume-config-and-run", lambda t, r: (["train", "x.yaml", "--resume", str(r)], "either a CONFIG or --resume")),
+    ("train-over-existing-run", lambda t, r: (train_on(t, f"output.dir={r.parent}", f"output.name={r.name}"),
+                                              "already holds a run")),
+    ("report-eval-damaged", lambda t, r: (["report", str(r)] if corrupt(r / "eval.json", "[1,") else None,
+                                          "eval.json")),
+    ("report-results-damaged", lambda t, r: (["report", str(r)] if corrupt(r / "results.csv", "a,b\n1,2\n")
+                                             else None, "results.csv")),
+    ("report-nothing-there", lambda t, r: (["report", str((t / "e").mkdir() or t / "e")], "neither results.csv")),
+    ("export-network-unknown", lambda t, r: (["export", str(r), "--network", "s9"], "s9")),
+    ("export-format-unknown", lambda t, r: (["export", str(r), "--format", "tflite"], "tflite")),
+    # ---------------------------------------------------------------- exported models and predict inputs
+    ("predict-sidecar-damaged", lambda t, r: (["predict", str(r / "export" / "s1.onnx"), str(png(t / "x.png")),
+                                               "--out", str(t / "p")]
+                                              if corrupt(r / "export" / "s1.json", "{\"class_names\": [") else None,
+                                              "s1.json")),
+    ("predict-sidecar-incomplete", lambda t, r: (["predict", str(r / "export" / "s1.onnx"), str(png(t / "x.png")),
+                                                  "--out", str(t / "p")]
+                                                 if corrupt(r / "export" / "s1.json", '{"input": {}}') else None,
+                                                 "s1.json")),
+    ("predict-sidecar-missing", lambda t, r: (["predict", str(r / "export" / "s1.onnx"), str(png(t / "x.png")),
+                                               "--out", str(t / "p")]
+                                              if (r / "export" / "s1.json").unlink() is None else None, "s1.json")),
+    ("predict-model-garbage", lambda t, r: (["predict", str(r / "export" / "s1.onnx"), str(png(t / "x.png")),
+                                             "--out", str(t / "p")]
+                                            if corrupt(r / "export" / "s1.onnx", os.urandom(500)) else None,
+                                            "s1.onnx")),
+    ("predict-input-not-an-image", lambda t, r: (["predict", str(r / "export" / "s1.onnx"),
+                                                  str(corrupt(t / "y.png", "nope")), "--out", str(t / "p")], "y.png")),
+    ("predict-input-bomb", lambda t, r: (["predict", str(r / "export" / "s1.onnx"), str(bomb(t / "z.png")),
+                                          "--out", str(t / "p")], "z.png")),
+    ("predict-input-csv-not-utf8", lambda t, r: (["predict", str(r / "export" / "s1.onnx"),
+                                                  str(corrupt(t / "in.csv", b"path\n\xff\xfe.png\n")), "--out",
+                                                  str(t / "p")], "in.csv")),
+    ("predict-input-missing", lambda t, r: (["predict", str(r / "export" / "s1.onnx"), str(t / "gone.png"),
+                                             "--out", str(t / "p")], "gone.png")),
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny trained, evaluated run with s1 exported to ONNX."""
+    from kdstyles import Experiment
+    from kdstyles.export import export_run
+
+    base = tmp_path_factory.mktemp("trained")
+    exp = Experiment(None, overrides=tiny(base, "train.epochs=1"), quiet=True)
+    exp.fit()
+    exp.evaluate()
+    export_run(exp.run_dir, "s1", "onnx")
+    return exp.run_dir
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_there_are_at_least_forty_cases():
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_malformed_input_is_one_line(case, tmp_path, trained_run, monkeypatch, capsys):
+    monkeypatch.setenv("KDSTYLES_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "trained" / "run"
+    shutil.copytree(trained_run, run)
+    argv, named = case[1](tmp_path, run)
+    capsys.readouterr()
+    before = tree(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["kdstyles", *argv])
+    with pytest.raises(SystemExit) as done:
+        main()
+    out, err = capsys.readouterr()
+    assert done.value.code == 2, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert named in lines[0], lines[0]
+    assert "Traceback" not in out + err
+    assert tree(tmp_path) == before, "something was written"
+    assert not (tmp_path / "out" / "run").exists()
+    assert not (tmp_path / "PWNED").exists()
