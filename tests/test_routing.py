@@ -1,6 +1,6 @@
 import pytest
 
-from kdstyles import KDError, load_config, resolve_edges
+from kdstyles import KDError, load_config
 from kdstyles.routing import PRESETS
 
 # METHOD.md section 5, written out as (src, dst, style) sets.
@@ -14,12 +14,14 @@ METHOD_TABLE = {
     "diverse": {("teacher", "s1", P), ("teacher", "s2", F), ("s1", "s2", P), ("s2", "s1", F)},
     "diverse-full": {("teacher", "s1", P), ("teacher", "s2", F), ("s1", "s2", P), ("s2", "s1", P),
                      ("s1", "s2", F), ("s2", "s1", F)},
+    "ctsl-mkt": {("s1", "s2", P), ("s2", "s1", P), ("s1", "s2", "relations"), ("s2", "s1", "relations"),
+                 ("s1", "s1", "self"), ("s2", "s2", "self")},
 }
 
 
 @pytest.mark.parametrize("preset", sorted(METHOD_TABLE))
 def test_preset_expansion_matches_method_table(preset):
-    edges = resolve_edges(load_config(None, [f"routing.preset={preset}"]))
+    edges = (load_config(None, [f"routing.preset={preset}"])).edges
     assert {(e.src, e.dst, e.style) for e in edges} == METHOD_TABLE[preset]
     assert len(edges) == len(METHOD_TABLE[preset])
     for e in edges:  # weights by source (METHOD.md section 2 defaults)
@@ -33,7 +35,7 @@ def test_every_preset_is_covered():
 def test_default_preset_is_diverse():
     cfg = load_config()
     assert cfg.routing.label == "diverse"
-    assert {(e.src, e.dst, e.style) for e in resolve_edges(cfg)} == METHOD_TABLE["diverse"]
+    assert {(e.src, e.dst, e.style) for e in cfg.edges} == METHOD_TABLE["diverse"]
 
 
 def test_custom_edges_with_weights_and_options():
@@ -43,7 +45,7 @@ def test_custom_edges_with_weights_and_options():
     ]}, "styles": {"predictions": {"t2_scaling": False}}}
     from kdstyles.config import build_config
 
-    edges = resolve_edges(build_config(raw))
+    edges = (build_config(raw)).edges
     assert [(e.src, e.dst, e.style, e.weight) for e in edges] == [
         ("teacher", "s1", "predictions", 0.2), ("s1", "s2", "features", 0.7)]
     assert edges[0].options.temperature == 4 and edges[0].options.t2_scaling is False
@@ -51,7 +53,7 @@ def test_custom_edges_with_weights_and_options():
 
 
 def test_style_defaults_from_config_reach_preset_edges():
-    edges = resolve_edges(load_config(None, ["routing.preset=kd", "styles.predictions.temperature=4"]))
+    edges = (load_config(None, ["routing.preset=kd", "styles.predictions.temperature=4"])).edges
     assert all(e.options.temperature == 4 and e.options.t2_scaling for e in edges)
 
 

@@ -8,7 +8,7 @@ from kdstyles import Experiment, KDError, build_cohort, load_config
 from kdstyles.data import build_data
 from kdstyles.styles import STYLES
 from kdstyles.styles.predictions import PredictionsOptions
-from kdstyles.tasks import per_image_scores, segmentation_metrics
+from kdstyles.metrics import per_image_scores, segmentation_metrics
 
 SEG = ["task=segmentation", "networks.teacher.arch=unet", "networks.teacher.widen=1",
        "networks.students.s1.arch=unet", "networks.students.s1.widen=0.5",

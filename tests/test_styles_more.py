@@ -8,7 +8,6 @@ import torch.nn as nn
 
 from conftest import assert_gradient_isolation
 from kdstyles import Experiment, build_cohort, load_config
-from kdstyles.routing import resolve_edges
 from kdstyles.styles import STYLES
 from kdstyles.styles.attention import AttentionOptions
 from kdstyles.styles.relations import RelationsOptions
@@ -91,7 +90,7 @@ SMALL = ["data.image_size=16", "networks.teacher.widen=0.25", "networks.students
 
 def test_ctsl_mkt_expands_over_all_students():
     cfg = load_config(None, ["routing.preset=ctsl-mkt", *THREE])
-    edges = resolve_edges(cfg)
+    edges = cfg.edges
     got = {(e.src, e.dst, e.style) for e in edges}
     students = ["s1", "s2", "s3"]
     expected = {(a, b, st) for a in students for b in students if a != b for st in ("predictions", "relations")}
@@ -101,7 +100,7 @@ def test_ctsl_mkt_expands_over_all_students():
     assert pred.options.temperature == 3.0 and pred.options.t2_scaling and pred.weight == 0.1
     assert next(e for e in edges if e.style == "self").weight == cfg.loss.self_weight
     cfg4 = load_config(None, ["routing.preset=ctsl-mkt", "styles.predictions.temperature=5"])
-    assert all(e.options.temperature == 5 for e in resolve_edges(cfg4) if e.style == "predictions")
+    assert all(e.options.temperature == 5 for e in cfg4.edges if e.style == "predictions")
 
 
 CUSTOM3 = {"routing": {"edges": [

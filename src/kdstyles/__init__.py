@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Experiment": "api", "Cohort": "cohort", "NetLoss": "cohort", "as_target": "cohort", "build_cohort": "cohort",
     "ExperimentConfig": "config", "load_config": "config", "KDError": "errors", "TrainingDiverged": "errors",
-    "PRESETS": "routing", "Edge": "routing", "resolve_edges": "routing", "STYLES": "styles", "NetOutput": "styles",
+    "PRESETS": "routing", "Edge": "routing", "resolve_edges": "routing", "TASKS": "tasks", "STYLES": "styles", "NetOutput": "styles",
     "Style": "styles", "StyleOptions": "styles", "register": "styles",
 }
 

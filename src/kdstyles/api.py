@@ -27,7 +27,7 @@ from .config import (ExperimentConfig, build_config, check_resumable, config_cha
 from .data import DataBundle, build_data
 from .engine import Callback, Trainer, pick_device
 from .errors import KDError
-from .evaluate import ENSEMBLE, predict_probs, score, write_overlays
+from .evaluate import ENSEMBLE, predict_probs, score
 from .models.zoo import count_parameters
 from .routing import T
 from .runfolder import RunFolder, now
@@ -216,11 +216,10 @@ class Experiment:
                   "samples": len(labels), "preset": self.cfg.routing.label, "seed": self.cfg.train.seed,
                   "class_names": self.data.class_names,
                   "networks": metrics, "details": {n: cohort.task.details(p, labels) for n, p in probs.items()}}
-        if self.cfg.task == "segmentation" and self.cfg.eval.overlays:
-            n = min(self.cfg.eval.overlays, len(labels))
-            images = torch.stack([self.data.splits[split][i][0] for i in range(n)])
-            paths = write_overlays(self.run_dir / "overlays", images, labels[:n], {k: p[:n] for k, p in probs.items()},
-                                   self.data.mean, self.data.std)
-            result["overlays"] = [str(p.relative_to(self.run_dir)) for p in paths]
+        n = min(self.cfg.eval.overlays, len(labels))
+        images = torch.stack([self.data.splits[split][i][0] for i in range(n)]) if n else None
+        pictures = cohort.task.write_visuals(self.run_dir, images, labels, probs, self.data.mean, self.data.std, n)
+        if pictures:
+            result["overlays"] = [str(p.relative_to(self.run_dir)) for p in pictures]
         self.folder.write_eval(result)
         return result

@@ -247,12 +247,11 @@ def predict(model: Path = typer.Argument(..., help="an exported .onnx / TorchScr
 @app.command()
 def presets(students: int = typer.Option(2, help="number of students (ctsl-mkt spans all of them)")) -> None:
     """List the routing presets and their edges."""
-    from .config import PRESET_NAMES
-    from .routing import preset_triples
+    from .routing import PRESETS
 
     names = [f"s{i + 1}" for i in range(students)]
-    for name in PRESET_NAMES:
-        triples = preset_triples(name, names)
+    for name, preset in PRESETS.items():
+        triples = preset.triples(names)
         edges = ", ".join(f"{s}->{d} {st}" for s, d, st in triples) or "(no edges: cross-entropy only)"
         console.print(f"[bold]{name}[/bold]: {edges}", highlight=False)
 
@@ -265,13 +264,12 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the two ru
     patches, then print both side by side. Re-running resumes or reuses finished runs."""
     from .compare import RunSpec, run_one, run_state
     from .config import load_config
-    from .routing import resolve_edges
     from .runfolder import RunFolder
 
     results = {}
     for preset in DEMO_PRESETS:
         overrides = (f"routing.preset={preset}", f"output.dir={out}", f"output.name={preset}", *(set_ or []))
-        edges = resolve_edges(load_config(None, list(overrides)))
+        edges = load_config(None, list(overrides)).edges
         console.rule(f"[bold]{preset}[/bold]: {', '.join(str(e) for e in edges)}")
         spec = RunSpec(preset, 0, str(out / preset), None, overrides, "best")
         if run_state(spec) == "done":

@@ -29,10 +29,10 @@ from .config import ExperimentConfig, NetworkConfig
 from .errors import KDError
 from .models.adapters import make_adapter
 from .models.taps import Tap
-from .models.zoo import bottleneck_tap, build_network, default_embedding_tap, default_tap
-from .routing import T, Edge, resolve_edges, used_networks
+from .models.zoo import build_network, default_embedding_tap
+from .routing import T, Edge, used_networks
 from .styles import STYLES, NetOutput
-from .tasks import Classification, make_task
+from .tasks import Classification, Task, make_task
 
 
 def as_target(t: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ class Cohort(nn.Module):
     def __init__(self, networks: dict[str, nn.Module], edges: list[Edge], taps: dict[str, str | None],
                  ce_weight: float, frozen: set[str], sample: torch.Tensor, num_classes: int,
                  embedding_taps: dict[str, str | None] | None = None, class_weights: torch.Tensor | None = None,
-                 task: Classification | None = None):
+                 task: Task | None = None):
         super().__init__()
         self.task = task or Classification(num_classes)
         self.networks = nn.ModuleDict(networks)
@@ -87,7 +87,8 @@ class Cohort(nn.Module):
             pair = []
             for role, net in (("src", e.src), ("dst", e.dst)):
                 if consumes == "map":
-                    path = getattr(e.options, f"{role}_tap", None) or taps.get(net) or default_tap(networks[net])
+                    path = getattr(e.options, f"{role}_tap", None) or taps.get(net) or \
+                        self.task.default_tap(networks[net], sample)
                 else:
                     path = embedding_taps.get(net) or default_embedding_tap(networks[net])
                 wanted[net].append(path)
@@ -247,7 +248,7 @@ class Cohort(nn.Module):
                     if key in self.adapters:
                         target, source = self.adapters[key](target, source)
                 term = STYLES[e.style].loss(source, target, e.options)
-                label = e.key if e.key not in terms else f"{e.key}#{i}"
+                label = e.term if e.term not in terms else f"{e.term}#{i}"
                 terms[label] = term
                 distill.append(e.weight * term)
             if distill:
@@ -296,8 +297,8 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
     """Build every network the routing uses, check taps and shapes, create adapters.
     ``class_counts`` (training split) weights CE by inverse class frequency."""
     modules = dict(modules or {})
-    edges = resolve_edges(cfg)
-    names = used_networks(cfg, edges)
+    edges = cfg.edges
+    names = used_networks(list(cfg.networks.students), edges)
     unknown = sorted(set(modules) - {T, *cfg.networks.students})
     if unknown:
         raise KDError(f"networks passed in: '{unknown[0]}' is not a network of this experiment; "
@@ -316,8 +317,6 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
             nets[name] = build_network(spec.arch, channels, num_classes, image_size, spec.widen, spec.stem,
                                        spec.pretrained, where=f"networks.{name}")
         taps[name] = spec.tap
-        if spec.tap is None and cfg.task == "segmentation":  # the encoder's bottleneck
-            taps[name] = bottleneck_tap(nets[name], torch.zeros(2, channels, image_size, image_size))
         embedding_taps[name] = spec.embedding_tap
     frozen = set()
     if T in nets and cfg.networks.teacher.mode == "offline":

@@ -26,7 +26,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from .config import PRESET_NAMES, load_config
+from .config import load_config
+from .routing import PRESETS
 from .errors import Interrupted, KDError
 from .fileio import FolderLock, write_json, write_text
 from .runfolder import STATUS_DONE, RunFolder
@@ -49,8 +50,8 @@ class RunSpec:
 def plan(config: str | None, presets: list[str], seeds: int, out: Path, overrides: list[str],
          checkpoint: str = "best") -> list[RunSpec]:
     for p in presets:
-        if p not in PRESET_NAMES and p != CUSTOM:
-            raise KDError(f"--presets: '{p}' is not a preset; allowed: {', '.join(PRESET_NAMES)}, {CUSTOM}")
+        if p not in PRESETS and p != CUSTOM:
+            raise KDError(f"--presets: '{p}' is not a preset; allowed: {', '.join(PRESETS)}, {CUSTOM}")
     if seeds < 1:
         raise KDError("--seeds must be at least 1")
     base = load_config(config, overrides)  # fails here, before any run, on a bad config

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import KDError
+from .metrics import METRICS
+from .routing import Edge, RoutingConfig, check_style_options, resolve_edges
+from .tasks import TASKS
 
-PRESET_NAMES = ("student", "kd", "fitnet", "dml", "kdml", "diverse", "diverse-full", "ctsl-mkt")
-METRIC_NAMES = ("auto", "accuracy", "balanced_accuracy", "f1", "auroc", "dice", "iou")
+SELECTION_METRICS = ("auto", *(m.name for m in METRICS.values() if m.selectable))
 
 
 class Strict(BaseModel):
@@ -153,34 +155,6 @@ class NetworksConfig(Strict):
         return v
 
 
-class EdgeConfig(Strict):
-    """One knowledge transfer: ``src`` teaches ``dst`` in ``style``."""
-
-    src: str
-    dst: str
-    style: str
-    weight: Optional[float] = Field(None, ge=0, description="default: loss.teacher_weight or loss.peer_weight")
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class RoutingConfig(Strict):
-    preset: Optional[Literal[PRESET_NAMES]] = None  # type: ignore[valid-type]
-    edges: Optional[list[EdgeConfig]] = None
-
-    @model_validator(mode="after")
-    def _one_of(self) -> "RoutingConfig":
-        if self.preset is not None and self.edges is not None:
-            raise ValueError("give either preset or edges, not both")
-        return self
-
-    @property
-    def label(self) -> str:
-        """The preset name, 'custom' for an edge list, 'diverse' when neither is given."""
-        if self.edges is not None:
-            return "custom"
-        return self.preset or "diverse"
-
-
 class LossConfig(Strict):
     """L_i = ce_weight * CE + (1 - ce_weight) * sum_e weight_e * L_style(e); CE alone without edges."""
 
@@ -210,7 +184,7 @@ class ScheduleConfig(Strict):
 class TrainConfig(Strict):
     epochs: int = Field(8, ge=1)
     early_stopping: Optional[int] = Field(40, ge=1, description="epochs without any student gaining; null: off")
-    selection_metric: Literal[METRIC_NAMES] = Field(  # type: ignore[valid-type]
+    selection_metric: Literal[SELECTION_METRICS] = Field(  # type: ignore[valid-type]
         "auto", description="per-network checkpoint selection; auto: accuracy (classification), dice (segmentation)")
     seed: int = 0
     device: str = "auto"
@@ -243,7 +217,7 @@ class OutputConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str = "demo"
-    task: Literal["classification", "segmentation"] = "classification"
+    task: Literal[tuple(TASKS)] = "classification"  # type: ignore[valid-type]
     data: DataConfig = DataConfig()
     networks: NetworksConfig = NetworksConfig()
     routing: RoutingConfig = RoutingConfig()
@@ -256,33 +230,26 @@ class ExperimentConfig(Strict):
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
 
+    _edges: list[Edge] = PrivateAttr(default_factory=list)
+
     @model_validator(mode="after")
     def _check_styles_and_edges(self) -> "ExperimentConfig":
-        from .routing import check_style_options, resolve_edges
-
         for style, opts in self.styles.items():
             check_style_options(style, opts, f"styles.{style}")
-        resolve_edges(self)
-        from .models.zoo import SEG_PREFIXES
-
-        seg = self.task == "segmentation"
-        for name, spec in {"teacher": self.networks.teacher, **self.networks.students}.items():
-            key = "networks.teacher" if name == "teacher" else f"networks.students.{name}"
-            if spec.arch != "custom" and spec.arch.startswith(SEG_PREFIXES) != seg:
-                kind = "an encoder-decoder (unet, basicunet, flexunet-<encoder>)" if seg else "a classifier"
-                raise KDError(f"{key}.arch: '{spec.arch}' does not fit task {self.task}; it needs {kind}")
-        metric = self.train.selection_metric
-        if metric != "auto" and (metric in ("dice", "iou")) != seg:
-            raise KDError(f"train.selection_metric: '{metric}' is not a {self.task} metric")
-        if seg and self.data.source in ("medmnist", "csv"):
-            raise KDError(f"data.source: '{self.data.source}' is for classification; segmentation reads "
-                          "synthetic or folder (images/ and masks/)")
+        self._edges = resolve_edges(self.routing, list(self.networks.students), self.styles, self.loss,
+                                    offline_teacher=self.networks.teacher.mode == "offline")
+        TASKS[self.task].check_config(self)
         t, a = self.networks.teacher, self.data.augment
         if t.cache and (t.mode != "offline" or a.hflip or a.vflip or a.rotate90 or a.rotate or a.zoom or a.shift
                         or a.shear):
             raise KDError("networks.teacher.cache: needs mode offline and no random augmentation "
                           "(data.augment: hflip, vflip, rotate90 false and rotate, zoom, shift, shear 0)")
         return self
+
+    @property
+    def edges(self) -> list[Edge]:
+        """The routing resolved into edges (validated when the config was loaded)."""
+        return list(self._edges)
 
     def run_name(self) -> str:
         return self.output.name or f"{self.name}-{self.routing.label}-seed{self.train.seed}"

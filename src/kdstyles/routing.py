@@ -1,54 +1,97 @@
 """Routing as data: who teaches whom, in which style, with which weight.
 
-A method is a list of :class:`Edge`. Presets (METHOD.md section 5) are lists of
-``(source, target, style)`` triples; a custom list of edges in the config is resolved the
-same way. Weights default by the source: ``loss.teacher_weight`` for edges from the
-teacher, ``loss.peer_weight`` for edges between students. Style options default from the
-style's own defaults, then ``styles.<name>`` in the config, then the edge's ``options``.
+A method is a list of :class:`Edge`. A preset (METHOD.md section 5) is a list of
+``(source, target, style)`` triples, or a function of the students for presets that span
+the whole cohort (CTSL-MKT), plus the style options it sets by default. A custom list of
+edges in the config is resolved the same way. Weights default by the source:
+``loss.teacher_weight`` for edges from the teacher, ``loss.peer_weight`` between
+students, ``loss.self_weight`` for self edges. Style options default from the style's own
+defaults, then the preset's, then ``styles.<name>`` in the config, then the edge's own.
+
+The config validates a routing once, when it is loaded (``ExperimentConfig.edges``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Optional, Protocol
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import KDError
 from .styles import STYLES, StyleOptions
 
-if TYPE_CHECKING:
-    from .config import ExperimentConfig
+TEACHER = T = "teacher"
+PREDICTIONS, FEATURES = "predictions", "features"
+S1, S2 = "s1", "s2"
 
-T, S1, S2 = "teacher", "s1", "s2"
-P, F = "predictions", "features"
+Triple = tuple[str, str, str]
 
-PRESETS: dict[str, list[tuple[str, str, str]]] = {
-    "student": [],
-    "kd": [(T, S1, P), (T, S2, P)],
-    "fitnet": [(T, S1, F), (T, S2, F)],
-    "dml": [(S1, S2, P), (S2, S1, P)],
-    "kdml": [(T, S1, P), (T, S2, P), (S1, S2, P), (S2, S1, P)],
-    "diverse": [(T, S1, P), (T, S2, F), (S1, S2, P), (S2, S1, F)],
-    "diverse-full": [(T, S1, P), (T, S2, F), (S1, S2, P), (S2, S1, P), (S1, S2, F), (S2, S1, F)],
+
+@dataclass(frozen=True)
+class Preset:
+    """A named routing: its edges (a list, or a function of the students) and the style
+    options it sets by default."""
+
+    edges: list[Triple] | Callable[[list[str]], list[Triple]]
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def triples(self, students: list[str]) -> list[Triple]:
+        return self.edges(students) if callable(self.edges) else list(self.edges)
+
+
+def _ctsl_mkt(students: list[str]) -> list[Triple]:
+    """CTSL-MKT (METHOD.md section 7): students only; each learns from every peer's softened
+    predictions and instance relations, and from its own earlier state."""
+    pairs = [(a, b) for b in students for a in students if a != b]
+    return [(a, b, st) for a, b in pairs for st in (PREDICTIONS, "relations")] + [(s, s, "self") for s in students]
+
+
+PRESETS: dict[str, Preset] = {
+    "student": Preset([]),
+    "kd": Preset([(T, S1, PREDICTIONS), (T, S2, PREDICTIONS)]),
+    "fitnet": Preset([(T, S1, FEATURES), (T, S2, FEATURES)]),
+    "dml": Preset([(S1, S2, PREDICTIONS), (S2, S1, PREDICTIONS)]),
+    "kdml": Preset([(T, S1, PREDICTIONS), (T, S2, PREDICTIONS), (S1, S2, PREDICTIONS), (S2, S1, PREDICTIONS)]),
+    "diverse": Preset([(T, S1, PREDICTIONS), (T, S2, FEATURES), (S1, S2, PREDICTIONS), (S2, S1, FEATURES)]),
+    "diverse-full": Preset([(T, S1, PREDICTIONS), (T, S2, FEATURES), (S1, S2, PREDICTIONS), (S2, S1, PREDICTIONS),
+                            (S1, S2, FEATURES), (S2, S1, FEATURES)]),
+    "ctsl-mkt": Preset(_ctsl_mkt, {PREDICTIONS: {"temperature": 3.0, "t2_scaling": True},
+                                   "self": {"temperature": 3.0, "mode": "ema"}}),
 }
-
-# CTSL-MKT (METHOD.md section 7): students only; each learns from every peer's softened
-# predictions and instance relations, and from its own earlier state. Options the preset
-# sets by default (style defaults < these < config `styles:` < an edge's own options).
-CTSL_MKT_OPTIONS = {P: {"temperature": 3.0, "t2_scaling": True}, "self": {"temperature": 3.0, "mode": "ema"}}
+DEFAULT_PRESET = "diverse"
 
 
-def preset_triples(name: str, students: list[str]) -> list[tuple[str, str, str]]:
-    """A preset's (src, dst, style) triples; ``ctsl-mkt`` spans all students of the cohort."""
-    if name == "ctsl-mkt":
-        pairs = [(a, b) for b in students for a in students if a != b]
-        return [(a, b, st) for a, b in pairs for st in (P, "relations")] + [(s, s, "self") for s in students]
-    return PRESETS[name]
+class EdgeConfig(BaseModel):
+    """One knowledge transfer in a config: ``src`` teaches ``dst`` in ``style``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    src: str
+    dst: str
+    style: str
+    weight: Optional[float] = Field(None, ge=0, description="default: loss.teacher_weight or loss.peer_weight")
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
-def preset_options(name: str, style: str) -> dict[str, Any]:
-    return CTSL_MKT_OPTIONS.get(style, {}) if name == "ctsl-mkt" else {}
+class RoutingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    preset: Optional[Literal[tuple(PRESETS)]] = None  # type: ignore[valid-type]
+    edges: Optional[list[EdgeConfig]] = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "RoutingConfig":
+        if self.preset is not None and self.edges is not None:
+            raise ValueError("give either preset or edges, not both")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The preset name, 'custom' for an edge list, the default preset when neither is given."""
+        if self.edges is not None:
+            return "custom"
+        return self.preset or DEFAULT_PRESET
 
 
 @dataclass(frozen=True)
@@ -62,11 +105,18 @@ class Edge:
     options: StyleOptions
 
     @property
-    def key(self) -> str:
+    def term(self) -> str:
+        """The name of this edge's loss term in logs and metrics.csv (``style<-source``)."""
         return f"{self.style}<-{self.src}"
 
     def __str__(self) -> str:
         return f"{self.src} -> {self.dst} {self.style} (w={self.weight:g})"
+
+
+class Weights(Protocol):
+    teacher_weight: float
+    peer_weight: float
+    self_weight: float
 
 
 def check_style_options(style: str, options: dict[str, Any], where: str) -> StyleOptions:
@@ -84,16 +134,17 @@ def check_style_options(style: str, options: dict[str, Any], where: str) -> Styl
         raise KDError(f"{where}.{key}: {first['msg']} (got {first.get('input')!r})") from None
 
 
-def resolve_edges(cfg: "ExperimentConfig") -> list[Edge]:
-    """Expand the config's preset or custom edges into validated :class:`Edge` objects."""
-    nodes = {T, *cfg.networks.students}
-    if cfg.routing.edges is not None:
+def resolve_edges(routing: RoutingConfig, students: list[str], styles: dict[str, dict[str, Any]],
+                  weights: Weights, offline_teacher: bool = False) -> list[Edge]:
+    """Expand a routing (preset or custom edges) into validated :class:`Edge` objects."""
+    nodes = {T, *students}
+    if routing.edges is not None:
         triples = [(e.src, e.dst, e.style, e.weight, {}, e.options, f"routing.edges.{i}")
-                   for i, e in enumerate(cfg.routing.edges)]
+                   for i, e in enumerate(routing.edges)]
     else:
-        preset = cfg.routing.label
-        triples = [(s, d, st, None, preset_options(preset, st), {}, f"routing.preset '{preset}'")
-                   for s, d, st in preset_triples(preset, list(cfg.networks.students))]
+        preset = PRESETS[routing.label]
+        where = f"routing.preset '{routing.label}'"
+        triples = [(s, d, st, None, preset.options.get(st, {}), {}, where) for s, d, st in preset.triples(students)]
     edges = []
     for src, dst, style, weight, defaults, options, where in triples:
         for role, node in (("src", src), ("dst", dst)):
@@ -104,19 +155,18 @@ def resolve_edges(cfg: "ExperimentConfig") -> list[Edge]:
             need = "its src and dst must be the same network" if STYLES[style].self_edge else \
                 "an edge joins two different networks"
             raise KDError(f"{where}: {src} -> {dst} in style '{style}': {need}")
-        if dst == T and cfg.networks.teacher.mode == "offline":
+        if dst == T and offline_teacher:
             raise KDError(f"{where}: the offline teacher is frozen and cannot receive knowledge (dst: teacher)")
-        merged = {**defaults, **cfg.styles.get(style, {}), **options}
+        merged = {**defaults, **styles.get(style, {}), **options}
         opts = check_style_options(style, merged, where if "edges" in where else f"styles.{style}")
         if weight is None:
-            weight = (cfg.loss.self_weight if src == dst else
-                      cfg.loss.teacher_weight if src == T else cfg.loss.peer_weight)
+            weight = (weights.self_weight if src == dst else
+                      weights.teacher_weight if src == T else weights.peer_weight)
         edges.append(Edge(src, dst, style, float(weight), opts))
     return edges
 
 
-def used_networks(cfg: "ExperimentConfig", edges: list[Edge]) -> list[str]:
+def used_networks(students: list[str], edges: list[Edge]) -> list[str]:
     """The networks a run builds: every student, and the teacher when an edge uses it."""
-    students = list(cfg.networks.students)
     uses_teacher = any(T in (e.src, e.dst) for e in edges)
-    return ([T] if uses_teacher else []) + students
+    return ([T] if uses_teacher else []) + list(students)

@@ -1,0 +1,170 @@
+"""Every metric kdstyles reports, and the one registry of their names.
+
+:data:`METRICS` is the single list of metric names: each with the label tables print, its
+direction (higher or lower is better), the task it belongs to (``None``: any task) and
+whether it can select checkpoints. The config, the CLI tables, the report, compare's
+results.csv and the model card read it; nobody repeats the names.
+
+The functions below compute them from probabilities (N, K) or per-pixel (N, K, H, W) and
+labels; they import nothing of kdstyles but errors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import KDError
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    label: str  # as tables print it
+    higher_is_better: bool = True
+    task: str | None = None  # None: reported for every task
+    selectable: bool = False  # may select checkpoints (train.selection_metric)
+    table: bool = True  # a column of the paper-style tables
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("accuracy", "acc", task="classification", selectable=True),
+    Metric("balanced_accuracy", "bal. acc", task="classification", selectable=True),
+    Metric("f1", "macro-F1", task="classification", selectable=True),
+    Metric("auroc", "AUROC", task="classification", selectable=True),
+    Metric("ece", "ECE", False, task="classification"),
+    Metric("dice", "Dice", task="segmentation", selectable=True),
+    Metric("iou", "IoU", task="segmentation", selectable=True),
+    Metric("hd95", "HD95 (px)", False, task="segmentation"),
+    Metric("pixel_accuracy", "pixel acc", task="segmentation"),
+    Metric("nll", "NLL", False, table=False),
+    Metric("fidelity_kl", "KL(T||S)", False, table=False),
+    Metric("agreement", "agreement", table=False),
+    Metric("parameters", "params", False, table=False),
+    Metric("compression", "T/S", table=False),
+)}
+
+
+def task_metrics(task: str, present: Any = None) -> list[str]:
+    """The table metrics of a task, in registry order (only those in ``present`` if given)."""
+    return [m.name for m in METRICS.values() if m.task == task and m.table and (present is None or m.name in present)]
+
+
+def lower_is_better(name: str) -> bool:
+    return name in METRICS and not METRICS[name].higher_is_better
+
+
+def label(name: str) -> str:
+    return METRICS[name].label if name in METRICS else name
+
+
+def task_of(names: Any) -> str:
+    """The task whose metrics appear among ``names`` (e.g. the keys of an eval.json entry)."""
+    tasks = [METRICS[n].task for n in names if n in METRICS and METRICS[n].task]
+    return max(set(tasks), key=tasks.count) if tasks else "classification"
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy, balanced accuracy, macro-F1, macro one-vs-rest AUROC, ECE (15 bins), NLL."""
+    from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_auroc,
+                                                        multiclass_calibration_error, multiclass_f1_score,
+                                                        multiclass_recall)
+
+    k = probs.shape[1]
+    m = {
+        "accuracy": multiclass_accuracy(probs, labels, k, average="micro"),
+        "balanced_accuracy": multiclass_recall(probs, labels, k, average="macro"),
+        "f1": multiclass_f1_score(probs, labels, k, average="macro"),
+        "auroc": multiclass_auroc(probs, labels, k, average="macro") if len(labels.unique()) > 1 else torch.nan,
+        "ece": multiclass_calibration_error(probs, labels, k, n_bins=15, norm="l1"),
+        "nll": F.nll_loss(probs.clamp_min(1e-12).log(), labels),
+    }
+    return {name: float(v) for name, v in m.items()}
+
+
+def classification_details(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 10) -> dict[str, Any]:
+    """Per-class precision/recall/F1, the confusion matrix (rows: true class), and the
+    reliability diagram's bins (count, mean confidence, accuracy per confidence bin)."""
+    k = probs.shape[1]
+    pred = probs.argmax(1)
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    tp = confusion.diag().float()
+    precision = tp / confusion.sum(0).clamp_min(1)
+    recall = tp / confusion.sum(1).clamp_min(1)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    conf, correct = probs.max(1).values, (pred == labels).float()
+    bins = torch.clamp((conf * n_bins).long(), max=n_bins - 1)
+    reliability = []
+    for b in range(n_bins):
+        mask = bins == b
+        n = int(mask.sum())
+        reliability.append({"count": n, "confidence": float(conf[mask].mean()) if n else None,
+                            "accuracy": float(correct[mask].mean()) if n else None})
+    return {"confusion": confusion.tolist(), "precision": precision.tolist(), "recall": recall.tolist(),
+            "f1": f1.tolist(), "support": confusion.sum(1).tolist(), "reliability": reliability}
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def per_image_scores(pred: torch.Tensor, target: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice and IoU per image, averaged over the foreground classes 1..K-1.
+
+    A class absent from both the ground truth and the prediction of an image scores 1
+    (nothing to find, nothing found); absent from the ground truth but predicted, 0."""
+    dice, iou = [], []
+    for c in range(1, k):
+        p, t = (pred == c).flatten(1).float(), (target == c).flatten(1).float()
+        inter, ps, ts = (p * t).sum(1), p.sum(1), t.sum(1)
+        union = ps + ts - inter
+        both_empty = (ps + ts) == 0
+        dice.append(torch.where(both_empty, 1.0, 2 * inter / (ps + ts).clamp_min(1)))
+        iou.append(torch.where(both_empty, 1.0, inter / union.clamp_min(1)))
+    return torch.stack(dice).mean(0), torch.stack(iou).mean(0)
+
+
+def hd95_per_image(pred: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    """95th-percentile Hausdorff distance (pixels) per image over foreground classes;
+    NaN where a class is missing from the prediction or the ground truth."""
+    from monai.metrics import compute_hausdorff_distance
+
+    try:
+        import scipy  # noqa: F401  (MONAI's distance transform)
+    except ImportError:
+        raise KDError("eval.hd95: the Hausdorff distance needs scipy: pip install scipy") from None
+    p1 = F.one_hot(pred, k).permute(0, 3, 1, 2).float()
+    t1 = F.one_hot(target, k).permute(0, 3, 1, 2).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = compute_hausdorff_distance(p1, t1, include_background=False, percentile=95)
+    d = torch.where(torch.isinf(d), torch.nan, d)
+    return torch.nanmean(d, dim=1)
+
+
+def segmentation_metrics(probs: torch.Tensor, labels: torch.Tensor, hd95: bool = False) -> dict[str, float]:
+    pred = probs.argmax(1)
+    dice, iou = per_image_scores(pred, labels, probs.shape[1])
+    out = {"dice": float(dice.mean()), "iou": float(iou.mean()),
+           "pixel_accuracy": float((pred == labels).float().mean()),
+           "nll": float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))}
+    if hd95:
+        out["hd95"] = float(torch.nanmean(hd95_per_image(pred, labels, probs.shape[1])))
+    return out
+
+
+# ----------------------------------------------------------------------------- any task
+
+
+def fidelity(teacher: torch.Tensor, student: torch.Tensor) -> dict[str, float]:
+    """KL(teacher || student) averaged over samples (and pixels), and top-1 agreement."""
+    kl = (teacher * (teacher.clamp_min(1e-12).log() - student.clamp_min(1e-12).log())).sum(1).mean()
+    agree = (teacher.argmax(1) == student.argmax(1)).float().mean()
+    return {"fidelity_kl": float(kl), "agreement": float(agree)}

@@ -1,0 +1,103 @@
+"""What a task is: everything that differs between classification and segmentation (and
+later detection, volumes) lives in one Task subclass, so the engine, the cohort, the data
+code, export and predict ask the task and never which task runs.
+
+A task owns: its name and the data sources it reads; whether its labels are dense (a
+mask per image, moved together with the image by augmentation); the supervised loss; the
+check of a network's output; its metrics, the default selection metric and per-network
+details; the default feature tap; the ensemble rule; the pictures ``evaluate`` draws; the
+output shape an exported model declares; and how ``predict`` writes its results.
+
+Task modules import torch only inside the methods that compute, so ``kdstyles predict``
+with an ONNX model runs where torch is not installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import KDError
+
+
+class Task:
+    name: ClassVar[str]
+    loss_name: ClassVar[str]  # the supervised loss term's name in logs
+    selection: ClassVar[str]  # default checkpoint-selection metric (metrics.METRICS)
+    sources: ClassVar[tuple[str, ...]]  # data.source values it reads
+    dense: ClassVar[bool] = False  # labels are per-pixel masks
+    synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data
+    synthetic_size: ClassVar[int]  # its default image size
+    description: ClassVar[str]  # what the embedded data is, for model cards
+
+    def __init__(self, num_classes: int, dice_weight: float = 1.0, hd95: bool = False):
+        self.num_classes = num_classes
+
+    # ------------------------------------------------------------------ configuration
+
+    @classmethod
+    def accepts_arch(cls, arch: str) -> bool:
+        """Whether a network of this name produces this task's outputs."""
+        raise NotImplementedError
+
+    arch_hint: ClassVar[str] = ""  # what accepts_arch wants, for the error line
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Task-specific rules of an experiment config; one-line KDError naming the key."""
+        from ..metrics import METRICS
+
+        for name, spec in {"teacher": cfg.networks.teacher, **cfg.networks.students}.items():
+            key = "networks.teacher" if name == "teacher" else f"networks.students.{name}"
+            if spec.arch != "custom" and not cls.accepts_arch(spec.arch):
+                raise KDError(f"{key}.arch: '{spec.arch}' does not fit task {cls.name}; it needs {cls.arch_hint}")
+        metric = cfg.train.selection_metric
+        if metric != "auto" and METRICS[metric].task != cls.name:
+            raise KDError(f"train.selection_metric: '{metric}' is not a {cls.name} metric")
+        if cfg.data.source not in cls.sources:
+            raise KDError(f"data.source: '{cfg.data.source}' is not read for task {cls.name}; allowed: "
+                          f"{', '.join(cls.sources)}")
+
+    # ------------------------------------------------------------------ training
+
+    def supervised(self, logits, y, class_weights):
+        raise NotImplementedError
+
+    def check_output(self, name: str, logits, sample) -> None:
+        raise NotImplementedError
+
+    def default_tap(self, model, sample) -> str:
+        """The module path a features/attention edge compares when none is configured."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ evaluation
+
+    def metrics(self, probs, labels) -> dict[str, float]:
+        raise NotImplementedError
+
+    def details(self, probs, labels) -> dict[str, Any]:
+        """Per-network details kept in eval.json (confusion matrices, per-image scores, ...)."""
+        return {}
+
+    def ensemble(self, probs: list):
+        """The students' ensemble: the mean of their probabilities (per pixel when dense)."""
+        import torch
+
+        return torch.stack(list(probs)).mean(0)
+
+    def write_visuals(self, folder: Path, images, labels, probs: dict, mean: list[float], std: list[float],
+                      count: int) -> list[Path]:
+        """Pictures ``evaluate`` draws into the run folder (none by default)."""
+        return []
+
+    # ------------------------------------------------------------------ deployment (no torch)
+
+    def output_shape(self) -> list[str]:
+        return ["batch", "classes"]
+
+    def prediction_header(self, class_names: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def prediction_row(self, path: Path, probs, class_names: list[str], out_dir: Path, index: int) -> list[str]:
+        """One CSV row for an input image (and any file written beside it); ``probs`` is numpy."""
+        raise NotImplementedError

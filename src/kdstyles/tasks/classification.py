@@ -1,0 +1,58 @@
+"""Single-label classification: logits (B, K), cross-entropy, accuracy-family metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import KDError
+from .base import Task
+
+
+class Classification(Task):
+    name = "classification"
+    loss_name = "ce"
+    selection = "accuracy"
+    sources = ("synthetic", "medmnist", "folder", "csv")
+    synthetic = "synthetic"
+    synthetic_size = 32
+    description = "the embedded synthetic histology patches"
+    arch_hint = "a classifier"
+
+    @classmethod
+    def accepts_arch(cls, arch: str) -> bool:
+        from ..models.zoo import SEG_ARCHS
+
+        return arch not in SEG_ARCHS
+
+    def supervised(self, logits, y, class_weights):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits.float(), y, weight=class_weights)
+
+    def check_output(self, name, logits, sample):
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise KDError(f"networks.{name}: output shape {tuple(logits.shape)} does not match "
+                          f"(batch, {self.num_classes} classes); the network must return class logits")
+
+    def default_tap(self, model, sample):
+        from ..models.zoo import default_tap
+
+        return default_tap(model)
+
+    def metrics(self, probs, labels):
+        from ..metrics import classification_metrics
+
+        return classification_metrics(probs, labels)
+
+    def details(self, probs, labels) -> dict[str, Any]:
+        from ..metrics import classification_details
+
+        return classification_details(probs, labels)
+
+    def prediction_header(self, class_names):
+        return ["path", "prediction", "probability", *(f"p_{c}" for c in class_names)]
+
+    def prediction_row(self, path: Path, probs, class_names, out_dir, index):
+        k = int(probs.argmax())
+        return [str(path), class_names[k], f"{probs[k]:.6f}", *(f"{v:.6f}" for v in probs)]

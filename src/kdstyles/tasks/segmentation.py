@@ -1,0 +1,102 @@
+"""Segmentation: per-pixel logits (B, K, H, W) with K >= 2, Dice + CE, Dice/IoU metrics.
+
+A binary mask is two classes (background, foreground), so the predictions style's KL over
+classes is complete at every pixel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import KDError
+from .base import Task
+
+
+class Segmentation(Task):
+    name = "segmentation"
+    loss_name = "dice_ce"
+    selection = "dice"
+    sources = ("synthetic", "folder")
+    dense = True
+    synthetic = "synthetic_seg"
+    synthetic_size = 64
+    description = "the embedded synthetic endoscopy frames"
+    arch_hint = "an encoder-decoder (unet, basicunet, flexunet-<encoder>)"
+
+    def __init__(self, num_classes: int, dice_weight: float = 1.0, hd95: bool = False):
+        super().__init__(num_classes)
+        self.hd95, self.dice_weight = hd95, dice_weight
+        self._dice_ce = None
+
+    @classmethod
+    def accepts_arch(cls, arch: str) -> bool:
+        from ..models.zoo import SEG_ARCHS
+
+        return arch in SEG_ARCHS
+
+    def supervised(self, logits, y, class_weights):
+        if self._dice_ce is None:
+            from monai.losses import DiceCELoss
+
+            self._dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=self.dice_weight, lambda_ce=1.0)
+        return self._dice_ce(logits.float(), y.unsqueeze(1))
+
+    def check_output(self, name, logits, sample):
+        want = (self.num_classes, *sample.shape[2:])
+        if logits.ndim != 4 or tuple(logits.shape[1:]) != want:
+            raise KDError(f"networks.{name}: output shape {tuple(logits.shape)} does not match (batch, "
+                          f"{self.num_classes} classes, {sample.shape[2]}, {sample.shape[3]}); a segmentation "
+                          "network returns per-pixel class logits at the input's size")
+
+    def default_tap(self, model, sample):
+        from ..models.zoo import bottleneck_tap
+
+        return bottleneck_tap(model, sample)
+
+    def metrics(self, probs, labels):
+        from ..metrics import segmentation_metrics
+
+        return segmentation_metrics(probs, labels, self.hd95)
+
+    def details(self, probs, labels) -> dict[str, Any]:
+        from ..metrics import per_image_scores
+
+        dice, _ = per_image_scores(probs.argmax(1), labels, probs.shape[1])
+        return {"per_image_dice": dice.tolist()}
+
+    def write_visuals(self, folder, images, labels, probs, mean, std, count):
+        from .overlays import write_overlays
+
+        n = min(count, len(labels))
+        if n == 0:
+            return []
+        return write_overlays(folder / "overlays", images[:n], labels[:n], {k: p[:n] for k, p in probs.items()},
+                              mean, std)
+
+    def output_shape(self):
+        return ["batch", "classes", "height", "width"]
+
+    def prediction_header(self, class_names):
+        return ["path", "mask", "foreground_fraction"]
+
+    def prediction_row(self, path: Path, probs, class_names, out_dir, index):
+        mask_path = out_dir / "masks" / f"{index:05d}-{path.stem}.png"
+        return [str(path), str(mask_path), f"{write_mask(mask_path, probs, path):.6f}"]
+
+
+def write_mask(path: Path, probs, source: Path) -> float:
+    """The argmax mask at the input image's own size (nearest); binary masks as 0/255."""
+    import numpy as np
+    from PIL import Image
+
+    from ..fileio import atomic_write
+    from ..imageio import image_size
+
+    mask = probs.argmax(0).astype(np.uint8)
+    fraction = float((mask > 0).mean())
+    if probs.shape[0] == 2:
+        mask = mask * 255
+    img = Image.fromarray(mask).resize(image_size(source), Image.Resampling.NEAREST)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return fraction
