@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from kdstyles import Experiment, KDError, load_config
-from kdstyles.data import EpochBatchSampler, build_data, medmnist
+from kdstyles.data import EpochBatchSampler, build_data
+from kdstyles.data.sources import medmnist
 
 FAST = ["data.batch_size=8", "networks.teacher.widen=0.25", "networks.students.s1.widen=0.125",
         "networks.students.s2.widen=0.125", "train.epochs=1"]

@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from .data.sources import SOURCES
 from .errors import KDError
 from .metrics import METRICS
 from .routing import Edge, RoutingConfig, check_style_options, resolve_edges
@@ -49,7 +50,7 @@ class DataConfig(Strict):
     ``train/``, ``val/``, ``test/``) or ``csv`` (``path`` to a CSV with ``path,label[,split]``).
     """
 
-    source: Literal["synthetic", "medmnist", "folder", "csv"] = "synthetic"
+    source: Literal[tuple(SOURCES)] = "synthetic"  # type: ignore[valid-type]
     root: Optional[str] = Field(None, description="medmnist: folder of the npz files (default ~/.medmnist); "
                                                   "folder: the image tree")
     path: Optional[str] = Field(None, description="csv: the CSV file (image paths relative to it)")
@@ -91,7 +92,7 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _source_keys(self) -> "DataConfig":
-        needs = {"medmnist": "flag", "folder": "root", "csv": "path"}.get(self.source)
+        needs = SOURCES[self.source].requires
         if needs and getattr(self, needs) is None:
             raise ValueError(f"source '{self.source}' needs data.{needs}")
         return self

@@ -1,9 +1,10 @@
 """Datasets, checks, augmentation and loaders for every source.
 
-Every source ends up as one :class:`ImageDataset` per split: uint8 images (N, H, W, C)
-in memory (synthetic, MedMNIST, and folder/CSV sets that fit ``data.cache_gb``) or image
-files decoded on access. Before any training, one streaming pass checks the data
-(:mod:`kdstyles.data.checks`); for files that pass also decodes them into the cache.
+Every source (:mod:`kdstyles.data.sources`, one file each) ends up as one
+:class:`ImageDataset` per split: uint8 images (N, H, W, C) in memory (synthetic, MedMNIST,
+and folder/CSV sets that fit ``data.cache_gb``) or image files decoded on access. Before
+any training, one streaming pass checks the data (:mod:`kdstyles.data.checks`); for files
+that pass also decodes them into the cache.
 
 Augmentation uses MONAI array transforms seeded per ``(seed, epoch, index)``, and the
 sampler's order is seeded per ``(seed, epoch)``: an epoch's batches are a pure function
@@ -13,21 +14,23 @@ exactly the batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import json
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import AugmentConfig, DataConfig
 from ..errors import KDError
-from . import checks, medmnist, segfolder, sources, synthetic, synthetic_seg
-from ..imageio import convert, image_size, read_image
+from ..imageio import read_image
+from ..tasks import TASKS
+from . import checks, files
+from .sources import SOURCES
+
+if TYPE_CHECKING:
+    from ..config import AugmentConfig, DataConfig
 
 MAX_SEED = 2**31 - 1
 NORM_SAMPLE = 2000  # images used to estimate the per-channel mean/std
@@ -197,57 +200,7 @@ class DataBundle:
             write_json(run_dir / "data_report.json", self.report.to_dict())
         if self.split_table is not None:
             records, labels, splits, base = self.split_table
-            sources.write_splits(run_dir / "splits.csv", records, labels, splits, base)
-
-
-@lru_cache(maxsize=8)
-def _synthetic_split(task: str, seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One split of the embedded generator of a task (kept in memory: the demo trains twice)."""
-    generator = synthetic_seg if task == "segmentation" else synthetic
-    return generator.generate(seed, split, n, size)
-
-
-def _fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:
-    """In-memory images converted to the configured channels and size."""
-    if images.shape[1:] == (size, size, channels):
-        return images
-    from PIL import Image
-
-    out = np.empty((len(images), size, size, channels), np.uint8)
-    for i, img in enumerate(images):
-        out[i] = convert(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), channels, size)
-    return out
-
-
-def _progress(quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    if quiet:
-        return nullcontext(None)
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    transient=True)
-
-
-def _load_arrays(cfg: DataConfig, seed: int, task: str) -> tuple[dict, list[str], int, int, str]:
-    """synthetic / medmnist: {split: (images, labels[, masks])}, class names, native channels and size,
-    a label for messages."""
-    if cfg.source == "synthetic" and task == "segmentation":
-        size = cfg.image_size or 64
-        raw = {}
-        for s, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples)):
-            images, masks = _synthetic_split(task, seed, s, n, size)
-            raw[s] = (images, (masks.reshape(n, -1).max(1) > 0).astype(np.int64), masks)
-        return raw, list(synthetic_seg.CLASS_NAMES), 3, size, "synthetic"
-    if cfg.source == "synthetic":
-        size = cfg.image_size or 32
-        raw = {s: _synthetic_split(task, seed, s, n, size)
-               for s, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples))}
-        return raw, list(synthetic.CLASS_NAMES), 3, size, "synthetic"
-    path = medmnist.locate(cfg.flag, cfg.size, cfg.root)
-    arrays = medmnist.load(path)
-    raw = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "val", "test")}
-    task, channels, names, _ = medmnist.FLAGS[cfg.flag]
-    return raw, list(names), raw["train"][0].shape[-1], raw["train"][0].shape[1], str(path)
+            files.write_splits(run_dir / "splits.csv", records, labels, splits, base)
 
 
 def build_data(cfg: DataConfig, seed: int, run_dir: Path | None = None, quiet: bool = True,
@@ -256,97 +209,35 @@ def build_data(cfg: DataConfig, seed: int, run_dir: Path | None = None, quiet: b
 
     ``check=False`` returns the bundle with its report even when the data has errors
     (``kdstyles data inspect``); otherwise the first error is raised before anything else."""
-    seg = task == "segmentation"
-    split_table = None
-    if cfg.source in ("synthetic", "medmnist"):
-        raw, names, native_ch, native_size, label = _load_arrays(cfg, seed, task)
-        channels, size = cfg.channels or native_ch, cfg.image_size or native_size
-        report = checks.DataReport(names)
-        digests, item_names, stored = {}, {}, {}
-        for split, (images, labels, *masks) in raw.items():
-            where = f"{label} {split}"
-            item_names[split] = [f"{where}[{i}]" for i in range(len(labels))]
-            checks.check_labels(split, labels, len(names), item_names[split], report)
-            digests[split] = checks.digest_arrays(images)
-            stored[split] = (_fit_arrays(images, channels, size), labels, None, masks[0] if masks else None)
-            shape = "x".join(map(str, images.shape[1:]))
-            report.sources[shape] = report.sources.get(shape, 0) + len(images)
-    else:
-        base = Path(cfg.root if cfg.source == "folder" else cfg.path)
-        mask_of = None
-        if seg:
-            records, mask_of = segfolder.list_pairs(base)
-        else:
-            records = sources.list_folder(base) if cfg.source == "folder" else sources.list_csv(base)
-        base = base if cfg.source == "folder" else base.parent
-        where = f"data.{'root' if cfg.source == 'folder' else 'path'}"
-        channels, size = cfg.channels or 3, cfg.image_size or 224
-        seg_masks = {}
-        if seg:  # masks first: every image must have one of its size; the image-level label = has foreground
-            names = cfg.classes or (["background", "foreground"] if cfg.num_classes == 2 else
-                                    [str(k) for k in range(cfg.num_classes)])
-            with _progress(quiet) as bar:
-                task_id = bar.add_task(f"reading {len(records)} masks", total=len(records)) if bar else None
-                for r in records:
-                    wh = image_size(r.path)  # the header only: the size the mask must have
-                    seg_masks[str(r.path)] = segfolder.read_mask(mask_of[str(r.path)], cfg.num_classes, size, wh)
-                    r.label = "1" if seg_masks[str(r.path)].any() else "0"
-                    if bar:
-                        bar.advance(task_id)
-            labels = np.array([int(r.label) for r in records], dtype=np.int64)
-        else:
-            names = sources.class_list(records, cfg.classes, where)
-            if len(names) < 2:
-                raise KDError(f"{where}: '{base}' holds one class only ('{names[0]}'); a classifier needs at least "
-                              "two (class folders, or label values in the CSV)")
-            index = {n: k for k, n in enumerate(names)}
-            labels = np.array([index[r.label] for r in records], dtype=np.int64)
-        saved = run_dir / "splits.csv" if run_dir is not None else None
-        assignment = sources.read_splits(saved, records, base) if saved is not None and saved.is_file() else None
-        if saved is not None and saved.is_file() and assignment is None:
-            raise KDError(f"{where}: the files changed since this run was created ({saved} no longer matches); "
-                          "start a new run")
-        if assignment is None:
-            assignment = sources.assign_splits(records, labels, seed, cfg.val_fraction, cfg.test_fraction)
-        split_table = (records, [r.label for r in records], assignment, base)
-        keep = len(records) * size * size * channels <= cfg.cache_gb * 1e9
-        report = checks.DataReport(names if not seg else ["no foreground", "foreground"])
-        digests, item_names, stored = {}, {}, {}
-        with _progress(quiet) as bar:
-            task_id = bar.add_task(f"checking {len(records)} images", total=len(records)) if bar else None
-            advance = (lambda n: bar.advance(task_id, n)) if bar else None
-            for split in sources.SPLITS:
-                idx = [i for i, s in enumerate(assignment) if s == split]
-                paths = [records[i].path for i in idx]
-                item_names[split] = [f"'{p}'" for p in paths]
-                checks.check_labels(split, labels[idx], len(report.class_names), item_names[split], report)
-                images, digests[split] = checks.decode_files(paths, channels, size, keep, report, advance)
-                masks = np.stack([seg_masks[str(p)] for p in paths]) if seg and paths else None
-                stored[split] = (images, labels[idx], paths, masks)
-        names = names if seg else report.class_names
-    if not seg:
+    task_cls = TASKS[task]
+    loaded = SOURCES[cfg.source].load(cfg, seed, task_cls, run_dir, quiet)
+    report, stored = loaded.report, loaded.splits
+    if not task_cls.dense:
         checks.check_balance(report, cfg.imbalance_ratio)
-    checks.check_duplicates(digests, item_names, cfg.on_duplicates, report)
+    checks.check_duplicates({s: v.digests for s, v in stored.items()}, {s: v.names for s, v in stored.items()},
+                            cfg.on_duplicates, report)
     if check:
         report.raise_errors()
-    empty = [s for s, (_, lbl, _, _) in stored.items() if len(lbl) == 0]
+    empty = [s for s, v in stored.items() if len(v.labels) == 0]
     if empty and check:
-        source = {"folder": f"data.root '{cfg.root}'", "csv": f"data.path '{cfg.path}'"}.get(cfg.source, "data")
-        raise KDError(f"{source}: the {empty[0]} split is empty ({sum(len(v[1]) for v in stored.values())} images "
-                      "in all); give it files, or raise data.val_fraction / data.test_fraction")
-    mean, std = _normalisation(cfg, stored["train"][:3], channels, size, seed)
-    augment = build_augment(cfg.augment, size, with_mask=seg)
-    splits = {s: ImageDataset(lbl, mean, std, augment if s == "train" else None, seed, images=imgs,
-                              paths=paths, channels=channels, size=size, masks=masks)
-              for s, (imgs, lbl, paths, masks) in stored.items()}
-    return DataBundle(splits, names, channels, size, mean.tolist(), std.tolist(), report, split_table, cfg.sampler)
+        raise KDError(f"{loaded.where}: the {empty[0]} split is empty ({sum(len(v.labels) for v in stored.values())} "
+                      "images in all); give it files, or raise data.val_fraction / data.test_fraction")
+    channels, size = loaded.channels, loaded.size
+    mean, std = _normalisation(cfg, stored["train"], channels, size, seed)
+    augment = build_augment(cfg.augment, size, with_mask=task_cls.dense)
+    splits = {s: ImageDataset(v.labels, mean, std, augment if s == "train" else None, seed, images=v.images,
+                              paths=v.paths, channels=channels, size=size, masks=v.masks)
+              for s, v in stored.items()}
+    return DataBundle(splits, loaded.class_names, channels, size, mean.tolist(), std.tolist(), report,
+                      loaded.split_table, cfg.sampler)
 
 
-def _normalisation(cfg: DataConfig, train: tuple, channels: int, size: int, seed: int):
-    if cfg.normalize == "none" or len(train[1]) == 0:
+def _normalisation(cfg: DataConfig, train, channels: int, size: int, seed: int):
+    """Per-channel mean and std of (a sample of) the training split, or 0/1 (``normalize: none``)."""
+    if cfg.normalize == "none" or len(train.labels) == 0:
         return torch.zeros(channels), torch.ones(channels)
-    images, labels, paths = train
-    n = len(labels)
+    images, paths = train.images, train.paths
+    n = len(train.labels)
     pick = np.random.default_rng([seed, 17]).permutation(n)[:NORM_SAMPLE] if n > NORM_SAMPLE else np.arange(n)
     if images is not None:
         sample = images[np.sort(pick)]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..errors import KDError
 from ..imageio import DECODE_ERRORS, IMAGE_SUFFIXES, _failure
-from .sources import SPLITS, Record
+from .files import SPLITS, Record
 
 
 def list_pairs(root: Path) -> tuple[list[Record], dict[str, Path]]:

@@ -1,4 +1,5 @@
-"""MedMNIST ``.npz`` files, read directly (the ``medmnist`` package pulls torchvision).
+"""``source: medmnist``: MedMNIST ``.npz`` files, read directly (the ``medmnist`` package
+pulls torchvision).
 
 A missing file is downloaded with a progress bar and an MD5 check where the network is
 reachable; where it is not (or ``KDSTYLES_OFFLINE=1``), loading fails at once with the
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import KDError
+from ...errors import KDError
+from . import Loaded, Source, from_arrays
 from .medmnist_info import FLAGS, URL
 
 SIZES = (28, 64, 128, 224)
@@ -118,3 +120,16 @@ def load(path: Path) -> dict[str, np.ndarray]:
         if images.ndim == 3:
             arrays[f"{split}_images"] = images[..., None]
     return arrays
+
+
+class MedMNIST(Source):
+    name = "medmnist"
+    requires = "flag"
+
+    def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
+        path = locate(cfg.flag, cfg.size, cfg.root)
+        arrays = load(path)
+        raw = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "val", "test")}
+        images = raw["train"][0]
+        return from_arrays(raw, list(FLAGS[cfg.flag][2]), cfg.channels or images.shape[-1],
+                           cfg.image_size or images.shape[1], str(path))

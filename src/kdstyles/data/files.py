@@ -1,7 +1,5 @@
-"""Folder and CSV sources: which file belongs to which class and split.
-
-Folder: ``root/<class>/<image>``, or ``root/{train,val,test}/<class>/<image>``.
-CSV: columns ``path,label[,split]``; paths relative to the CSV file's folder.
+"""Sources of image files (folder, CSV): records of (file, label, split), the class list,
+and the split assignment.
 
 A split that does not exist is made from the training files, stratified by class, with
 the run's seed; the assignment is saved in the run folder (``splits.csv``) and read back
@@ -18,7 +16,6 @@ import numpy as np
 
 from ..errors import KDError
 from ..fileio import read_csv
-from ..imageio import IMAGE_SUFFIXES
 
 SPLITS = ("train", "val", "test")
 
@@ -28,40 +25,6 @@ class Record:
     path: Path
     label: str
     split: str | None  # None: to be assigned
-
-
-def list_folder(root: Path) -> list[Record]:
-    if not root.is_dir():
-        raise KDError(f"data.root: folder '{root}' does not exist")
-    bases = [(root / s, s) for s in SPLITS if (root / s).is_dir()] if (root / "train").is_dir() else [(root, None)]
-    records = []
-    for base, split in bases:
-        class_dirs = sorted(d for d in base.iterdir() if d.is_dir())
-        if not class_dirs:
-            raise KDError(f"data.root: '{base}' has no class subfolders; expected {base}/<class>/<image files>")
-        for d in class_dirs:
-            files = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-            if not files:
-                raise KDError(f"data.root: class folder '{d}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            records += [Record(f, d.name, split) for f in files]
-    return records
-
-
-def list_csv(path: Path) -> list[Record]:
-    if not path.is_file():
-        raise KDError(f"data.path: CSV file '{path}' does not exist")
-    rows = read_csv(path, "give columns path,label[,split]", required=("path", "label"))
-    records = []
-    for line, row in enumerate(rows, start=2):
-        split = row.get("split") or None
-        if split is not None and split not in SPLITS:
-            raise KDError(f"CSV file '{path}' line {line}: split '{split}' is not one of {', '.join(SPLITS)}")
-        if not row["path"] or not row["label"]:
-            raise KDError(f"CSV file '{path}' line {line}: empty path or label")
-        records.append(Record((path.parent / row["path"]), row["label"], split))
-    if not records:
-        raise KDError(f"CSV file '{path}' has no rows")
-    return records
 
 
 def class_list(records: list[Record], classes: list[str] | None, where: str) -> list[str]:

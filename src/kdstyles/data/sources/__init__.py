@@ -1,0 +1,152 @@
+"""Data sources, registered by name. Adding a source = one file here + one line in SOURCES.
+
+A source turns the ``data`` config into :class:`Loaded`: every split's images (uint8
+arrays in memory, or files decoded on access), labels, masks for dense tasks (those whose
+labels are per-pixel), the class names, channels and size, and the problems found on the
+way (errors and warnings in a :class:`~kdstyles.data.checks.DataReport`). Two helpers do
+the shared work: :func:`from_arrays` for in-memory sets (synthetic, MedMNIST) and
+:func:`from_files` for image files with a class each or a mask each (folder, CSV).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ...errors import KDError
+from ...imageio import convert, image_size
+from .. import checks, files, segfolder
+
+
+@dataclass
+class Split:
+    images: np.ndarray | None  # (N, H, W, C) uint8 in memory, or None: decode ``paths`` on access
+    labels: np.ndarray  # (N,) int64 class; dense tasks: 1 if the mask has foreground
+    paths: list[Path] | None = None
+    masks: np.ndarray | None = None  # dense tasks: (N, H, W) uint8 class indices
+    digests: list[str | None] = field(default_factory=list)  # content hashes (duplicates across splits)
+    names: list[str] = field(default_factory=list)  # how messages name each item
+
+
+@dataclass
+class Loaded:
+    splits: dict[str, Split]
+    class_names: list[str]
+    channels: int
+    size: int
+    report: checks.DataReport
+    where: str  # the config key and place messages name, e.g. "data.root 'data/skin'"
+    split_table: tuple | None = None  # file sources: (records, labels, splits, base) for splits.csv
+
+
+class Source:
+    name: ClassVar[str]
+    requires: ClassVar[str | None] = None  # the data.* key it cannot do without
+
+    def load(self, cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool) -> Loaded:
+        raise NotImplementedError
+
+
+def progress(quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if quiet:
+        return nullcontext(None)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    transient=True)
+
+
+def _fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:
+    """In-memory images converted to the configured channels and size."""
+    if images.shape[1:] == (size, size, channels):
+        return images
+    from PIL import Image
+
+    out = np.empty((len(images), size, size, channels), np.uint8)
+    for i, img in enumerate(images):
+        out[i] = convert(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), channels, size)
+    return out
+
+
+def from_arrays(raw: dict[str, tuple], names: list[str], channels: int, size: int, label: str) -> Loaded:
+    """In-memory splits ``{split: (images (N, H, W, C), labels[, masks])}`` checked and fitted to
+    ``channels`` and ``size``; items are named ``'<label> <split>[i]'`` in messages."""
+    report = checks.DataReport(names)
+    splits = {}
+    for split, (images, labels, *masks) in raw.items():
+        item_names = [f"{label} {split}[{i}]" for i in range(len(labels))]
+        checks.check_labels(split, labels, len(names), item_names, report)
+        splits[split] = Split(_fit_arrays(images, channels, size), labels, None, masks[0] if masks else None,
+                              checks.digest_arrays(images), item_names)
+        shape = "x".join(map(str, images.shape[1:]))
+        report.sources[shape] = report.sources.get(shape, 0) + len(images)
+    return Loaded(splits, names, channels, size, report, label)
+
+
+def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool, records: list[files.Record],
+               base: Path, where: str, mask_of: dict[str, Path] | None = None) -> Loaded:
+    """Image files with a class each (``records[i].label``), or a mask each (``mask_of``, dense
+    tasks): labels, the split assignment (saved in the run folder and read back), and one
+    streaming pass that checks and (when the set fits ``data.cache_gb``) decodes every file."""
+    channels, size = cfg.channels or 3, cfg.image_size or 224
+    masks_by_path: dict[str, np.ndarray] = {}
+    if mask_of is not None:  # masks first: every image has one of its size; the image-level label = has foreground
+        names = cfg.classes or (["background", "foreground"] if cfg.num_classes == 2 else
+                                [str(k) for k in range(cfg.num_classes)])
+        with progress(quiet) as bar:
+            task_id = bar.add_task(f"reading {len(records)} masks", total=len(records)) if bar else None
+            for r in records:
+                wh = image_size(r.path)  # the header only: the size the mask must have
+                masks_by_path[str(r.path)] = segfolder.read_mask(mask_of[str(r.path)], cfg.num_classes, size, wh)
+                r.label = "1" if masks_by_path[str(r.path)].any() else "0"
+                if bar:
+                    bar.advance(task_id)
+        labels = np.array([int(r.label) for r in records], dtype=np.int64)
+        report_names = ["no foreground", "foreground"]
+    else:
+        names = files.class_list(records, cfg.classes, where)
+        if len(names) < 2:
+            raise KDError(f"{where}: holds one class only ('{names[0]}'); a classifier needs at least two "
+                          "(class folders, or label values in the CSV)")
+        index = {n: k for k, n in enumerate(names)}
+        labels = np.array([index[r.label] for r in records], dtype=np.int64)
+        report_names = names
+    saved = run_dir / "splits.csv" if run_dir is not None else None
+    assignment = files.read_splits(saved, records, base) if saved is not None and saved.is_file() else None
+    if saved is not None and saved.is_file() and assignment is None:
+        raise KDError(f"{where}: the files changed since this run was created ({saved} no longer matches); "
+                      "start a new run")
+    if assignment is None:
+        assignment = files.assign_splits(records, labels, seed, cfg.val_fraction, cfg.test_fraction)
+    keep = len(records) * size * size * channels <= cfg.cache_gb * 1e9
+    report = checks.DataReport(report_names)
+    splits = {}
+    with progress(quiet) as bar:
+        task_id = bar.add_task(f"checking {len(records)} images", total=len(records)) if bar else None
+        advance = (lambda n: bar.advance(task_id, n)) if bar else None
+        for split in files.SPLITS:
+            idx = [i for i, s in enumerate(assignment) if s == split]
+            paths = [records[i].path for i in idx]
+            item_names = [f"'{p}'" for p in paths]
+            checks.check_labels(split, labels[idx], len(report_names), item_names, report)
+            images, digests = checks.decode_files(paths, channels, size, keep, report, advance)
+            masks = np.stack([masks_by_path[str(p)] for p in paths]) if mask_of is not None and paths else None
+            splits[split] = Split(images, labels[idx], paths, masks, digests, item_names)
+    table = (records, [r.label for r in records], assignment, base)
+    return Loaded(splits, names, channels, size, report, where, table)
+
+
+def _registry() -> dict[str, Source]:
+    from .csvfile import CSV
+    from .folder import Folder
+    from .medmnist import MedMNIST
+    from .synthetic import Synthetic
+
+    return {s.name: s for s in (Synthetic(), MedMNIST(), Folder(), CSV())}
+
+
+SOURCES: dict[str, Source] = _registry()

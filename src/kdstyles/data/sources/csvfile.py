@@ -1,0 +1,37 @@
+"""``source: csv``: a CSV file with columns ``path,label[,split]``; paths relative to the
+CSV file's folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import KDError
+from ...fileio import read_csv
+from ..files import SPLITS, Record
+from . import Loaded, Source, from_files
+
+
+def list_csv(path: Path) -> list[Record]:
+    if not path.is_file():
+        raise KDError(f"data.path: CSV file '{path}' does not exist")
+    rows = read_csv(path, "give columns path,label[,split]", required=("path", "label"))
+    records = []
+    for line, row in enumerate(rows, start=2):
+        split = row.get("split") or None
+        if split is not None and split not in SPLITS:
+            raise KDError(f"CSV file '{path}' line {line}: split '{split}' is not one of {', '.join(SPLITS)}")
+        if not row["path"] or not row["label"]:
+            raise KDError(f"CSV file '{path}' line {line}: empty path or label")
+        records.append(Record((path.parent / row["path"]), row["label"], split))
+    if not records:
+        raise KDError(f"CSV file '{path}' has no rows")
+    return records
+
+
+class CSV(Source):
+    name = "csv"
+    requires = "path"
+
+    def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
+        path = Path(cfg.path)
+        return from_files(cfg, seed, task, run_dir, quiet, list_csv(path), path.parent, f"data.path '{path}'")

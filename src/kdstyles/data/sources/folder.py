@@ -1,0 +1,43 @@
+"""``source: folder``: images in class folders, ``root/<class>/<image>`` (optionally inside
+``root/train/``, ``val/``, ``test/``); for dense tasks ``root/images/`` and ``root/masks/``
+(Kvasir-SEG / CVC-ClinicDB layout, see :mod:`kdstyles.data.segfolder`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import KDError
+from ...imageio import IMAGE_SUFFIXES
+from .. import segfolder
+from ..files import SPLITS, Record
+from . import Loaded, Source, from_files
+
+
+def list_folder(root: Path) -> list[Record]:
+    if not root.is_dir():
+        raise KDError(f"data.root: folder '{root}' does not exist")
+    bases = [(root / s, s) for s in SPLITS if (root / s).is_dir()] if (root / "train").is_dir() else [(root, None)]
+    records = []
+    for base, split in bases:
+        class_dirs = sorted(d for d in base.iterdir() if d.is_dir())
+        if not class_dirs:
+            raise KDError(f"data.root: '{base}' has no class subfolders; expected {base}/<class>/<image files>")
+        for d in class_dirs:
+            files = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not files:
+                raise KDError(f"data.root: class folder '{d}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            records += [Record(f, d.name, split) for f in files]
+    return records
+
+
+class Folder(Source):
+    name = "folder"
+    requires = "root"
+
+    def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
+        root = Path(cfg.root)
+        where = f"data.root '{root}'"
+        if task.dense:
+            records, mask_of = segfolder.list_pairs(root)
+            return from_files(cfg, seed, task, run_dir, quiet, records, root, where, mask_of)
+        return from_files(cfg, seed, task, run_dir, quiet, list_folder(root), root, where)

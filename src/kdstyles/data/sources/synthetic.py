@@ -1,0 +1,33 @@
+"""``source: synthetic``: the embedded generator of the task (histology patches for
+classification, endoscopy frames with polyp masks for segmentation; ``Task.synthetic``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import import_module
+
+import numpy as np
+
+from . import Loaded, Source, from_arrays
+
+
+@lru_cache(maxsize=8)
+def generate(module: str, seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One split of an embedded generator (kept in memory: the demo trains twice)."""
+    return import_module(f"kdstyles.data.{module}").generate(seed, split, n, size)
+
+
+class Synthetic(Source):
+    name = "synthetic"
+
+    def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
+        size = cfg.image_size or task.synthetic_size
+        raw = {}
+        for split, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples)):
+            images, labels = generate(task.synthetic, seed, split, n, size)
+            if task.dense:  # labels are masks; the image-level label says whether there is foreground
+                raw[split] = (images, (labels.reshape(n, -1).max(1) > 0).astype(np.int64), labels)
+            else:
+                raw[split] = (images, labels)
+        names = list(import_module(f"kdstyles.data.{task.synthetic}").CLASS_NAMES)
+        return from_arrays(raw, names, cfg.channels or 3, size, "synthetic")
