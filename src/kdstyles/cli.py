@@ -17,14 +17,11 @@ from .errors import Interrupted, KDError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train a teacher and compact students together, each in its own learning style.")
-console = Console()
+# Not a terminal (a batch job's log, a pipe): no 80-column wrapping of tables and lines.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
 SetOpt = typer.Option(None, "--set", "-s", help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
-DEMO_PRESETS = ("diverse", "kdml")
-TABLE_METRICS = {"accuracy": "acc", "balanced_accuracy": "bal. acc", "f1": "macro-F1", "auroc": "AUROC",
-                 "ece": "ECE", "fidelity_kl": "KL(T||S)", "parameters": "params", "compression": "T/S"}
-SEG_TABLE_METRICS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95 (px)", "pixel_accuracy": "pixel acc",
-                     "fidelity_kl": "KL(T||S)", "parameters": "params", "compression": "T/S"}
+EXTRA_COLUMNS = ("fidelity_kl", "parameters", "compression")  # after the task's own metrics
 
 
 def _fmt(v: Any, key: str = "") -> str:
@@ -38,13 +35,14 @@ def _fmt(v: Any, key: str = "") -> str:
 
 
 def metrics_table(result: dict[str, Any], title: str) -> Table:
+    from .metrics import label, task_metrics, task_of
+
     first = next(iter(result["networks"].values()))
-    columns = SEG_TABLE_METRICS if "dice" in first else TABLE_METRICS
-    columns = {k: v for k, v in columns.items() if k != "hd95" or "hd95" in first}
+    columns = [*task_metrics(task_of(first), first), *EXTRA_COLUMNS]
     table = Table(title=title)
     table.add_column("network")
-    for label in columns.values():
-        table.add_column(label, justify="right")
+    for name in columns:
+        table.add_column(label(name), justify="right")
     for name, metrics in result["networks"].items():
         table.add_row(name, *(_fmt(metrics.get(m), m) for m in columns))
     return table
@@ -73,8 +71,7 @@ def train(config: Optional[Path] = typer.Argument(None, help="experiment YAML (d
             console.print(f"run folder: {summary['run_dir']} ({summary['status']}, {summary['epochs']} epochs)")
             if evaluate_after:
                 result = exp.evaluate()
-                console.print(metrics_table(result, f"test split, {result['checkpoint']} checkpoint per network"),
-                              width=max(console.width, 110))
+                console.print(metrics_table(result, f"test split, {result['checkpoint']} checkpoint per network"))
     finally:
         teardown()
 
@@ -91,8 +88,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        console.print(metrics_table(result, f"{run_dir} | {split} split | {checkpoint} checkpoint per network"),
-                      width=max(console.width, 110))
+        console.print(metrics_table(result, f"{run_dir} | {split} split | {checkpoint} checkpoint per network"))
         console.print(f"written: {Path(run_dir) / 'eval.json'}")
 
 
@@ -160,7 +156,7 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
     for k, name in enumerate(report.class_names):
         table.add_row(name, *(str(report.counts[s][k]) for s in splits))
     table.add_row("[bold]total", *(f"[bold]{sum(report.counts[s])}" for s in splits))
-    console.print(table, width=max(console.width, 100))
+    console.print(table)
     console.print("source images: " + ", ".join(f"{k} ({v})" for k, v in sorted(report.sources.items())),
                   highlight=False)
     for p in report.problems:
@@ -262,40 +258,23 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the two ru
          quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Train the paper's `diverse` preset and the `kdml` baseline on the embedded histology
     patches, then print both side by side. Re-running resumes or reuses finished runs."""
-    from .compare import RunSpec, run_one, run_state
-    from .config import load_config
-    from .runfolder import RunFolder
+    from .compare import DEMO_PRESETS, run_demo
+    from .metrics import label, task_metrics, task_of
 
-    results = {}
-    for preset in DEMO_PRESETS:
-        overrides = (f"routing.preset={preset}", f"output.dir={out}", f"output.name={preset}", *(set_ or []))
-        edges = load_config(None, list(overrides)).edges
-        console.rule(f"[bold]{preset}[/bold]: {', '.join(str(e) for e in edges)}")
-        spec = RunSpec(preset, 0, str(out / preset), None, overrides, "best")
-        if run_state(spec) == "done":
-            console.print(f"{spec.run_dir} is already trained and evaluated; showing its results")
-        outcome = run_one(spec, quiet=quiet)  # trains, resumes or reuses, then evaluates: as compare does
-        if outcome["state"] == "interrupted":
-            raise Interrupted(f"{outcome['error']}; 'kdstyles demo' again continues", outcome["signum"])
-        if outcome["state"] == "failed":
-            if "traceback" in outcome:
-                print(outcome["traceback"], file=sys.stderr)
-            raise KDError(outcome["error"])
-        results[preset] = RunFolder(out / preset).read_eval()
-    table = Table(title="demo: test accuracy / macro-F1 (best checkpoint per network)")
+    results = run_demo(out, set_ or [], quiet=quiet, rule=lambda text: console.rule(text),
+                       echo=lambda line: console.print(line, highlight=False))
+    first = results[DEMO_PRESETS[0]]["networks"]
+    shown = task_metrics(task_of(next(iter(first.values()))), headline=True)
+    table = Table(title=f"demo: test {' / '.join(label(m) for m in shown)} (best checkpoint per network)")
     table.add_column("network")
     for preset in DEMO_PRESETS:
-        table.add_column(f"{preset} acc", justify="right")
-        table.add_column(f"{preset} F1", justify="right")
+        for m in shown:
+            table.add_column(f"{preset} {label(m)}", justify="right")
     table.add_column("parameters", justify="right")
-    first = results[DEMO_PRESETS[0]]["networks"]
     for name in first:
-        cells = []
-        for preset in DEMO_PRESETS:
-            m = results[preset]["networks"].get(name, {})
-            cells += [_fmt(m.get("accuracy")), _fmt(m.get("f1"))]
+        cells = [_fmt(results[p]["networks"].get(name, {}).get(m)) for p in DEMO_PRESETS for m in shown]
         table.add_row(name, *cells, _fmt(first[name].get("parameters")))
-    console.print(table, width=max(console.width, 100))
+    console.print(table)
     console.print(f"run folders: {', '.join(str(out / p) for p in DEMO_PRESETS)} "
                   f"(try: kdstyles evaluate {out / DEMO_PRESETS[0]})")
 

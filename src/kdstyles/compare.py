@@ -30,10 +30,12 @@ from .config import load_config
 from .routing import PRESETS
 from .errors import Interrupted, KDError
 from .fileio import FolderLock, write_json, write_text
+from .metrics import METRICS
 from .runfolder import STATUS_DONE, RunFolder
 from .signals import GracefulStop, signal_name
 
 CUSTOM = "custom"  # the config's own routing (its edges or preset), next to the named presets
+DEMO_PRESETS = ("diverse", "kdml")  # kdstyles demo: the paper's preset against KD + mutual learning
 STOP_GRACE_S = 120  # how long stopped workers may take to write their checkpoints before they are killed
 
 
@@ -214,9 +216,7 @@ def _execute_parallel(specs: list[RunSpec], jobs: int, echo) -> list[dict[str, A
     return results
 
 
-RESULT_FIELDS = ("preset", "seed", "network", "checkpoint", "split", "accuracy", "balanced_accuracy", "f1", "auroc",
-                 "ece", "dice", "iou", "hd95", "pixel_accuracy", "nll", "fidelity_kl", "agreement", "parameters",
-                 "compression", "run_dir")
+RESULT_FIELDS = ("preset", "seed", "network", "checkpoint", "split", *METRICS, "run_dir")
 
 
 def collect(specs: list[RunSpec]) -> list[dict[str, Any]]:
@@ -261,3 +261,27 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
             write_results(rows, out / "results.csv")
     failed = [r for r in results if r["state"] == "failed"]
     return {"out": str(out), "runs": len(specs), "failed": failed, "rows": len(rows)}
+
+
+def run_demo(out: Path, overrides: list[str], quiet: bool = False, rule=print, echo=print) -> dict[str, dict]:
+    """``kdstyles demo``: each of DEMO_PRESETS trained (or resumed, or reused) and evaluated in
+    ``out/<preset>``, as compare runs a preset; returns each preset's eval.json."""
+    results = {}
+    for preset in DEMO_PRESETS:
+        spec_overrides = (f"routing.preset={preset}", f"output.dir={out}", f"output.name={preset}", *overrides)
+        edges = load_config(None, list(spec_overrides)).edges
+        rule(f"[bold]{preset}[/bold]: {', '.join(str(e) for e in edges)}")
+        spec = RunSpec(preset, 0, str(Path(out) / preset), None, spec_overrides, "best")
+        if run_state(spec) == "done":
+            echo(f"{spec.run_dir} is already trained and evaluated; showing its results")
+        outcome = run_one(spec, quiet=quiet)
+        if outcome["state"] == "interrupted":
+            raise Interrupted(f"{outcome['error']}; 'kdstyles demo' again continues", outcome["signum"])
+        if outcome["state"] == "failed":
+            if "traceback" in outcome:
+                import sys
+
+                print(outcome["traceback"], file=sys.stderr)
+            raise KDError(outcome["error"])
+        results[preset] = RunFolder(spec.run_dir).read_eval()
+    return results

@@ -22,9 +22,11 @@ import torch.nn.functional as F
 
 from . import __version__
 from .api import Experiment
+from .data.sources import SOURCES
 from .errors import KDError
-from .fileio import atomic_write, write_json, write_text
 from .evaluate import ENSEMBLE
+from .fileio import atomic_write, write_json, write_text
+from .metrics import label, task_metrics
 from .models.zoo import count_parameters
 from .routing import T
 
@@ -46,16 +48,25 @@ class Deployable(nn.Module):
         return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
 
 
-def deployable(exp: Experiment, network: str) -> Deployable:
+def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None) -> Deployable:
     """The network of a run (weights already loaded) wrapped for deployment."""
     cohort = exp.cohort
     allowed = cohort.names + ([ENSEMBLE] if len(cohort.students) > 1 else [])
     if network not in allowed:
         raise KDError(f"--network '{network}' is not in this run; allowed: {', '.join(allowed)}")
     names = cohort.students if network == ENSEMBLE else [network]
-    info = exp.run_info()
+    info = info or exp.run_info()
     return Deployable([cohort.networks[n] for n in names], info["normalize"]["mean"],
                       info["normalize"]["std"]).eval()
+
+
+def open_run(run_dir: str | Path, network: str, checkpoint: str = "best"
+             ) -> tuple[Experiment, Deployable, dict[str, Any]]:
+    """A run folder's network (or ensemble) with its weights, ready to deploy, and its run.json."""
+    exp = Experiment.from_run(run_dir, quiet=True)
+    info = exp.run_info()
+    exp.load_weights(checkpoint)
+    return exp, deployable(exp, network, info), info
 
 
 def flops_per_image(model: nn.Module, sample: torch.Tensor) -> int:
@@ -120,10 +131,7 @@ def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out:
     if fmt not in FORMATS:
         raise KDError(f"--format '{fmt}' is not known; allowed: {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
-    exp = Experiment.from_run(run_dir, quiet=True)
-    exp.load_weights(checkpoint)
-    model = deployable(exp, network)
-    info = exp.run_info()
+    exp, model, info = open_run(run_dir, network, checkpoint)
     size, channels = info["image_size"], info["channels"]
     path = Path(out) if out is not None else run_dir / "export" / f"{network}{FORMATS[fmt]}"
     if path.suffix != FORMATS[fmt]:
@@ -137,15 +145,15 @@ def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out:
     metrics = evaluation["networks"].get(network, {})
     best = info.get("best", {})
     epochs = {n: best.get(n, {}).get("epoch") for n in (exp.cohort.students if network == ENSEMBLE else [network])}
-    cfg_task = exp.cfg.task
+    task = exp.cohort.task
     sidecar = {
         "format": fmt, "file": path.name, "kdstyles": __version__, "torch": torch.__version__,
-        "task": cfg_task, "network": network, "run_dir": str(run_dir), "preset": info.get("preset"),
+        "task": task.name, "network": network, "run_dir": str(run_dir), "preset": info.get("preset"),
         "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.get("epochs_done")},
         "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0],
                   "channels": channels, "height": size, "width": size},
-        "output": {"name": "probabilities", "shape": ["batch", len(info["class_names"])] +
-                   (["height", "width"] if cfg_task == "segmentation" else [])},
+        "output": {"name": "probabilities",
+                   "shape": [len(info["class_names"]) if d == "classes" else d for d in task.output_shape()]},
         "normalisation": {"mean": info["normalize"]["mean"], "std": info["normalize"]["std"],
                           "applied": "inside the model"},
         "class_names": info["class_names"],
@@ -154,25 +162,23 @@ def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out:
                          "against": "onnxruntime" if fmt == "onnx" else "torch.jit.load"},
     }
     write_json(path.with_suffix(".json"), sidecar)
-    write_text(path.with_suffix(".md"), model_card(exp, network, model, sidecar, sample))
+    write_text(path.with_suffix(".md"), model_card(exp, info, network, model, sidecar, sample))
     return sidecar
 
 
-def model_card(exp: Experiment, network: str, model: nn.Module, sidecar: dict[str, Any], sample: torch.Tensor) -> str:
-    cfg, info = exp.cfg, exp.run_info()
+def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Module, sidecar: dict[str, Any],
+               sample: torch.Tensor) -> str:
+    cfg = exp.cfg
     one = sample[:1]
     rows = [(network, count_parameters(model), flops_per_image(model, one), cpu_latency_ms(model, one))]
     if T in exp.cohort.networks and network != T:
-        teacher = deployable(exp, T)
+        teacher = deployable(exp, T, info)
         rows.append((f"{T} (reference)", count_parameters(teacher), flops_per_image(teacher, one),
                      cpu_latency_ms(teacher, one)))
     m = sidecar["metrics"]
-    data = cfg.data
-    source = {"synthetic": "the embedded synthetic " + ("endoscopy frames" if cfg.task == "segmentation"
-                                                        else "histology patches"), "medmnist": f"MedMNIST {data.flag} ({data.size} px)",
-              "folder": f"image folder {data.root}", "csv": f"CSV {data.path}"}[data.source]
-    metric_rows = "\n".join(f"| {k} | {m[k]:.4f} |" for k in ("accuracy", "balanced_accuracy", "f1", "auroc", "ece",
-                                                               "dice", "iou", "hd95", "pixel_accuracy")
+    source = SOURCES[cfg.data.source].describe(cfg.data, exp.cohort.task)
+    selection = cfg.train.selection_metric if cfg.train.selection_metric != "auto" else exp.cohort.task.selection
+    metric_rows = "\n".join(f"| {label(k)} | {m[k]:.4f} |" for k in task_metrics(exp.cohort.task.name, m)
                             if isinstance(m.get(k), float))
     size_rows = "\n".join(f"| {n} | {p:,} | {f / 1e6:.1f} | {lat:.2f} |" for n, p, f, lat in rows)
     return f"""# Model card: `{network}` from `{sidecar['run_dir']}`
@@ -188,7 +194,7 @@ Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`),
 ## Training
 
 Preset `{info.get('preset')}` (edges: {'; '.join(info.get('edges', [])) or 'none'}), seed {cfg.train.seed},
-{info.get('epochs_done')} epochs, model selection on validation {cfg.train.selection_metric}.
+{info.get('epochs_done')} epochs, model selection on validation {selection}.
 
 ## Metrics ({m.get('split', 'test')} split)
 

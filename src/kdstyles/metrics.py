@@ -29,16 +29,17 @@ class Metric:
     task: str | None = None  # None: reported for every task
     selectable: bool = False  # may select checkpoints (train.selection_metric)
     table: bool = True  # a column of the paper-style tables
+    headline: bool = False  # one of the task's two figures in short summaries (the demo)
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("accuracy", "acc", task="classification", selectable=True),
-    Metric("balanced_accuracy", "bal. acc", task="classification", selectable=True),
-    Metric("f1", "macro-F1", task="classification", selectable=True),
+    Metric("accuracy", "accuracy", task="classification", selectable=True, headline=True),
+    Metric("balanced_accuracy", "bal. accuracy", task="classification", selectable=True),
+    Metric("f1", "macro-F1", task="classification", selectable=True, headline=True),
     Metric("auroc", "AUROC", task="classification", selectable=True),
     Metric("ece", "ECE", False, task="classification"),
-    Metric("dice", "Dice", task="segmentation", selectable=True),
-    Metric("iou", "IoU", task="segmentation", selectable=True),
+    Metric("dice", "Dice", task="segmentation", selectable=True, headline=True),
+    Metric("iou", "IoU", task="segmentation", selectable=True, headline=True),
     Metric("hd95", "HD95 (px)", False, task="segmentation"),
     Metric("pixel_accuracy", "pixel acc", task="segmentation"),
     Metric("nll", "NLL", False, table=False),
@@ -49,9 +50,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 
 
-def task_metrics(task: str, present: Any = None) -> list[str]:
-    """The table metrics of a task, in registry order (only those in ``present`` if given)."""
-    return [m.name for m in METRICS.values() if m.task == task and m.table and (present is None or m.name in present)]
+def task_metrics(task: str, present: Any = None, headline: bool = False) -> list[str]:
+    """The table metrics of a task, in registry order (only those in ``present`` if given;
+    only its two headline figures with ``headline``)."""
+    return [m.name for m in METRICS.values() if m.task == task and m.table and (present is None or m.name in present)
+            and (m.headline or not headline)]
 
 
 def lower_is_better(name: str) -> bool:

@@ -14,16 +14,18 @@ from typing import Callable
 import numpy as np
 
 from .errors import KDError
-from .imageio import IMAGE_SUFFIXES, image_size, read_image
+from .imageio import IMAGE_SUFFIXES, read_image
 
 
 class Predictor:
-    """Images in [0, 1] (N, C, H, W) float32 -> class probabilities (N, K)."""
+    """Images in [0, 1] (N, C, H, W) float32 -> class probabilities (N, K, ...); ``task`` writes the rows."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], class_names: list[str], channels: int, size: int,
                  source: str, task: str = "classification"):
+        from .tasks import TASKS
+
         self.run, self.class_names, self.channels, self.size, self.source = run, class_names, channels, size, source
-        self.task = task
+        self.task = TASKS[task](len(class_names))
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)
@@ -55,13 +57,9 @@ def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "be
     if model.is_dir():
         import torch
 
-        from .api import Experiment
-        from .export import deployable
+        from .export import open_run
 
-        exp = Experiment.from_run(model, quiet=True)
-        exp.load_weights(checkpoint)
-        net = deployable(exp, network)
-        info = exp.run_info()
+        exp, net, info = open_run(model, network, checkpoint)
 
         def run(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -122,27 +120,11 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
-def _write_mask(path: Path, probs: np.ndarray, source: Path) -> float:
-    """The argmax mask at the input image's own size (nearest); binary masks as 0/255."""
-    from PIL import Image
-
-    from .fileio import atomic_write
-
-    mask = probs.argmax(0).astype(np.uint8)
-    fraction = float((mask > 0).mean())
-    if probs.shape[0] == 2:
-        mask = mask * 255
-    size = image_size(source)
-    img = Image.fromarray(mask).resize(size, Image.Resampling.NEAREST)
-    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
-    return fraction
-
-
 def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, network: str = "s1",
             batch_size: int = 32, quiet: bool = False) -> Path:
-    """Classification: ``predictions.csv`` (path, predicted class, its probability, one column
-    per class). Segmentation: one mask PNG per image in ``masks/`` and ``predictions.csv``
-    (path, mask file, foreground fraction)."""
+    """``OUT/predictions.csv``, one row per image as the task writes it (classification: path,
+    predicted class, its probability, one column per class; segmentation: path, the mask PNG
+    written in ``OUT/masks/``, foreground fraction)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .fileio import write_text
@@ -150,26 +132,20 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
     predictor = load_predictor(model, network)
     files = collect_inputs(inputs)
     out_dir = Path(out_dir)
-    seg = predictor.task == "segmentation"
+    task, names = predictor.task, predictor.class_names
     rows = []
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), disable=quiet, transient=True) as bar:
-        task = bar.add_task("predict", total=len(files))
+        progress = bar.add_task("predict", total=len(files))
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
             batch = np.stack([read_image(p, predictor.channels, predictor.size)[0] for p in chunk])
             probs = predictor(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0)
-            for n, (path, p) in enumerate(zip(chunk, probs, strict=True)):
-                if seg:
-                    mask_path = out_dir / "masks" / f"{start + n:05d}-{path.stem}.png"
-                    rows.append([str(path), str(mask_path), f"{_write_mask(mask_path, p, path):.6f}"])
-                else:
-                    k = int(p.argmax())
-                    rows.append([str(path), predictor.class_names[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p)])
-            bar.advance(task, len(chunk))
+            rows += [task.prediction_row(path, p, names, out_dir, start + n)
+                     for n, (path, p) in enumerate(zip(chunk, probs, strict=True))]
+            bar.advance(progress, len(chunk))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "mask", "foreground_fraction"] if seg else
-               ["path", "prediction", "probability", *(f"p_{c}" for c in predictor.class_names)])
+    w.writerow(task.prediction_header(names))
     w.writerows(rows)
     out = out_dir / "predictions.csv"
     write_text(out, buf.getvalue())

@@ -16,25 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from .errors import KDError
+from .metrics import label as metric_label
+from .metrics import lower_is_better, task_metrics, task_of
+from .routing import DEFAULT_PRESET
 from .fileio import read_csv, read_json, write_json, write_text
 from .runfolder import RunFolder
 
-CLASSIFICATION = ("accuracy", "balanced_accuracy", "f1", "auroc", "ece")
-SEGMENTATION = ("dice", "iou", "hd95", "pixel_accuracy")
-LOWER_IS_BETTER = {"ece", "nll", "fidelity_kl", "hd95"}
-LABELS = {"accuracy": "accuracy", "balanced_accuracy": "bal. acc.", "f1": "macro-F1", "auroc": "AUROC", "ece": "ECE",
-          "dice": "Dice", "iou": "IoU", "hd95": "HD95 (px)", "pixel_accuracy": "pixel acc."}
+TARGET = DEFAULT_PRESET  # the paired comparison puts the paper's preset against each baseline
 
 
 def metric_set(rows: list[dict[str, Any]]) -> tuple[str, ...]:
-    """The task's metrics present in the rows (segmentation rows carry Dice)."""
-    names = SEGMENTATION if any(isinstance(r.get("dice"), (int, float)) for r in rows) else CLASSIFICATION
-    return tuple(m for m in names if any(isinstance(r.get(m), (int, float)) for r in rows))
+    """The task's table metrics that the rows carry (the task follows from which metrics are there)."""
+    present = {k for r in rows for k, v in r.items() if isinstance(v, (int, float))}
+    return tuple(task_metrics(task_of(present), present))
 
 
 def primary(rows: list[dict[str, Any]]) -> str:
     return metric_set(rows)[0]
-TARGET = "diverse"
 
 
 # ----------------------------------------------------------------------------- data
@@ -119,7 +117,7 @@ def paired(rows: list[dict[str, Any]], target: str = TARGET, metric: str | None 
                      and isinstance(by[(base, net, s)], (int, float))]
             if diffs:
                 mean, std, n = mean_std(diffs)
-                wins = sum(d < 0 if metric in LOWER_IS_BETTER else d > 0 for d in diffs)
+                wins = sum(d < 0 if lower_is_better(metric) else d > 0 for d in diffs)
                 out.append({"baseline": base, "network": net, "mean": mean, "std": std, "wins": wins, "n": n})
     return out
 
@@ -139,7 +137,7 @@ def table_data(rows: list[dict[str, Any]], network: str) -> tuple[list[str], lis
     agg = aggregate(rows)
     presets = presets_in(rows)
     metrics_ = metric_set(rows)
-    header = ["preset", *(LABELS[m] for m in metrics_)]
+    header = ["preset", *(metric_label(m) for m in metrics_)]
     body: list[list[str]] = []
     teacher_preset = next((p for p in presets if (p, "teacher") in agg), None)
     lines = ([("teacher (reference)", agg[(teacher_preset, "teacher")])] if teacher_preset else [])
@@ -153,7 +151,7 @@ def table_data(rows: list[dict[str, Any]], network: str) -> tuple[list[str], lis
         finite = [metrics[m][0] for _, metrics in candidates if not math.isnan(metrics[m][0])]
         if not finite:
             continue
-        target = (min if m in LOWER_IS_BETTER else max)(finite)
+        target = (min if lower_is_better(m) else max)(finite)
         for i, (label, metrics) in enumerate(lines):
             best[i][j] = label != "teacher (reference)" and metrics[m][0] == target
     return header, body, best

@@ -50,6 +50,10 @@ class Source:
     def load(self, cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool) -> Loaded:
         raise NotImplementedError
 
+    def describe(self, cfg: Any, task: Any) -> str:
+        """What the data is, in a few words (model cards)."""
+        raise NotImplementedError
+
 
 def progress(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -35,3 +35,6 @@ class CSV(Source):
     def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
         path = Path(cfg.path)
         return from_files(cfg, seed, task, run_dir, quiet, list_csv(path), path.parent, f"data.path '{path}'")
+
+    def describe(self, cfg, task) -> str:
+        return f"CSV {cfg.path}"

@@ -41,3 +41,6 @@ class Folder(Source):
             records, mask_of = segfolder.list_pairs(root)
             return from_files(cfg, seed, task, run_dir, quiet, records, root, where, mask_of)
         return from_files(cfg, seed, task, run_dir, quiet, list_folder(root), root, where)
+
+    def describe(self, cfg, task) -> str:
+        return f"image folder {cfg.root}"

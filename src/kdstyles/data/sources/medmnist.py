@@ -133,3 +133,6 @@ class MedMNIST(Source):
         images = raw["train"][0]
         return from_arrays(raw, list(FLAGS[cfg.flag][2]), cfg.channels or images.shape[-1],
                            cfg.image_size or images.shape[1], str(path))
+
+    def describe(self, cfg, task) -> str:
+        return f"MedMNIST {cfg.flag} ({cfg.size} px)"

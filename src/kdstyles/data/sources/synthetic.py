@@ -31,3 +31,6 @@ class Synthetic(Source):
                 raw[split] = (images, labels)
         names = list(import_module(f"kdstyles.data.{task.synthetic}").CLASS_NAMES)
         return from_arrays(raw, names, cfg.channels or 3, size, "synthetic")
+
+    def describe(self, cfg, task) -> str:
+        return task.description
