@@ -48,6 +48,10 @@ def test_compare_results_rows_and_table(comparison):
     assert body[0][1] == f"{statistics.fmean(teacher):.3f} ± {statistics.stdev(teacher):.3f}"
     text = markdown(load_rows(out))
     assert "### ensemble" in text and "| diverse |" in text
+    # compare measured the networks once for the report, which only reads the file
+    comp = json.loads((out / "compression.json").read_text())
+    assert {c["network"] for c in comp} == {"teacher", "s1", "s2"} and all(c["latency_b1_ms"] > 0 for c in comp)
+    assert "Compression (CPU)" in render(out).read_text()
     d = {r["seed"]: float(r["accuracy"]) for r in rows if r["preset"] == "diverse" and r["network"] == "s2"}
     k = {r["seed"]: float(r["accuracy"]) for r in rows if r["preset"] == "kd" and r["network"] == "s2"}
     diff = statistics.fmean(d[s] - k[s] for s in d)

@@ -202,9 +202,11 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
 @app.command()
 def report(folder: Path = typer.Argument(..., help="a comparison folder or an evaluated run folder")) -> None:
     """Re-render report.html (and print the table) from existing results, without training."""
+    from .compare import write_compression
     from .report import load_rows, markdown, render
 
     rows = load_rows(folder)
+    write_compression(folder)
     console.print(markdown(rows), highlight=False, soft_wrap=True)
     console.print(f"report: {render(folder)}", highlight=False)
 

@@ -259,6 +259,7 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
         finally:
             rows = collect(specs)  # what finished so far, also when stopped
             write_results(rows, out / "results.csv")
+        write_compression(out)
     failed = [r for r in results if r["state"] == "failed"]
     return {"out": str(out), "runs": len(specs), "failed": failed, "rows": len(rows)}
 
@@ -285,3 +286,28 @@ def run_demo(out: Path, overrides: list[str], quiet: bool = False, rule=print, e
             raise KDError(outcome["error"])
         results[preset] = RunFolder(spec.run_dir).read_eval()
     return results
+
+
+def write_compression(folder: str | Path) -> None:
+    """Measure the networks once (on the evaluated run with the most networks) into
+    FOLDER/compression.json for the report; kept when it is already there and whole."""
+    from .fileio import read_json
+    from .report.html import COMPRESSION
+    from .report.results import load_rows, run_dirs
+
+    folder = Path(folder)
+    try:
+        read_json(folder / COMPRESSION, "", kind=list)
+        return
+    except KDError:
+        pass  # missing or damaged: measure
+    try:
+        rows = load_rows(folder)
+    except KDError:
+        return
+    runs = [RunFolder(r) for r in run_dirs(folder, rows).values() if RunFolder(r).trained()]
+    if runs:
+        from .export import measure_compression
+
+        run = max(runs, key=lambda r: len(r.info().get("parameters", {})))
+        write_json(folder / COMPRESSION, measure_compression(run.path))

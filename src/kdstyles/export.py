@@ -218,3 +218,22 @@ PyTorch to {sidecar['verification']['max_abs_diff']:.2e} (max absolute differenc
 
 A research model: validate it on data from your own site before any use.
 """
+
+
+def measure_compression(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Parameters, FLOPs per image and CPU latency (batch 1 and 32) of every network of a run,
+    and each one's size relative to the teacher (the report's compression table)."""
+    exp = Experiment.from_run(run_dir, quiet=True)
+    info = exp.run_info()
+    nets = exp.cohort.networks
+    size, ch = info["image_size"], info["channels"]
+    teacher_params = count_parameters(nets[T]) if T in nets else None
+    rows = []
+    for name, net in nets.items():
+        net.eval()
+        one, many = torch.rand(1, ch, size, size), torch.rand(32, ch, size, size)
+        p = count_parameters(net)
+        rows.append({"network": name, "parameters": p, "mflops": flops_per_image(net, one) / 1e6,
+                     "latency_b1_ms": cpu_latency_ms(net, one), "latency_b32_ms": cpu_latency_ms(net, many, 5),
+                     "relative_size": p / teacher_params if teacher_params else None})
+    return rows

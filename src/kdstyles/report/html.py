@@ -1,0 +1,102 @@
+"""The self-contained report.html: tables, plots, the compression table and segmentation
+overlays, from files only (nothing is trained or measured here)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from ..errors import KDError
+from ..fileio import read_json, write_text
+from ..runfolder import RunFolder
+from .plots import (details_of, plot_accuracy_vs_parameters, plot_confusions, plot_curves, plot_per_class,
+                    plot_reliability)
+from .results import TARGET, load_rows, networks_in, paired, presets_in, primary, run_dirs
+from .tables import table_data
+
+COMPRESSION = "compression.json"  # written by compare (and kdstyles report) with export.measure_compression
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.best{font-weight:bold;background:#e8f5e9}
+img{max-width:100%;display:block;margin:0.5em 0 1.5em}h2{border-bottom:1px solid #ddd;padding-bottom:4px}
+.note{color:#555;font-size:0.9em}"""
+
+
+def _html_table(header, body, best=None, cls="") -> str:
+    out = [f'<table class="{cls}"><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for i, line in enumerate(body):
+        cells = []
+        for j, c in enumerate(line):
+            mark = ' class="best"' if best and j > 0 and best[i][j - 1] else ""
+            cells.append(f"<td{mark}>{html.escape(str(c))}</td>")
+        out.append('<tr class="row">' + "".join(cells) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def _img(b64: str | None, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
+
+
+def _compression(folder: Path) -> list[dict]:
+    """compression.json when it was measured (and is whole), else nothing."""
+    try:
+        return read_json(folder / COMPRESSION, "", kind=list) if (folder / COMPRESSION).is_file() else []
+    except KDError:
+        return []
+
+
+def render(folder: str | Path) -> Path:
+    """Write FOLDER/report.html (self-contained) and return its path."""
+    folder = Path(folder)
+    rows = load_rows(folder)
+    dirs = run_dirs(folder, rows)
+    details = details_of(dirs)
+    metric = primary(rows)
+    seeds = sorted({r["seed"] for r in rows})
+    sections = [f"<h1>kdstyles report: {html.escape(folder.name)}</h1>",
+                f'<p class="note">{len(presets_in(rows))} preset(s) × {len(seeds)} seed(s), test split, '
+                f'{html.escape(str(rows[0].get("checkpoint", "best")))} checkpoint per network. '
+                "Cells: mean ± sample standard deviation over seeds; best per column highlighted.</p>"]
+    for net in networks_in(rows):
+        header, body, best = table_data(rows, net)
+        sections.append(f"<h2>{html.escape(net)}</h2>" + _html_table(header, body, best, cls="results"))
+    diffs = paired(rows)
+    if diffs:
+        sections.append(f"<h2>{TARGET} against each baseline (paired by seed, {metric})</h2>")
+        sections.append(_html_table(["baseline", "network", "mean difference", "std", "seeds won"],
+                                    [[d["baseline"], d["network"], f"{d['mean']:+.4f}", f"{d['std']:.4f}",
+                                      f"{d['wins']}/{d['n']}"] for d in diffs], cls="paired"))
+    comp = _compression(folder)
+    if comp:
+        sections.append("<h2>Compression (CPU)</h2>")
+        sections.append(_html_table(
+            ["network", "parameters", "MFLOPs / image", "latency b=1 (ms)", "latency b=32 (ms)", "size vs teacher"],
+            [[c["network"], f"{c['parameters']:,}", f"{c['mflops']:.1f}", f"{c['latency_b1_ms']:.2f}",
+              f"{c['latency_b32_ms']:.1f}", f"{c['relative_size']:.1%}" if c["relative_size"] else "–"]
+             for c in comp], cls="compression"))
+    plots = [(f"Test {metric} vs parameters", plot_accuracy_vs_parameters(rows, metric)),
+             ("Training curves (validation, mean over seeds)", plot_curves(rows, dirs, metric)),
+             ("Confusion matrices (rows: true class; summed over seeds)", plot_confusions(details)),
+             ("Per-class F1", plot_per_class(details)),
+             ("Reliability diagrams", plot_reliability(details))]
+    for title, b64 in plots:
+        if b64:
+            sections.append(f"<h2>{html.escape(title)}</h2>{_img(b64, title)}")
+    shown: set[str] = set()  # one overlay per preset: its first seed's first test image
+    for (preset, _seed), run in sorted(dirs.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        folder_ = RunFolder(run)
+        overlays = folder_.read_eval().get("overlays") if folder_.eval_path.is_file() else None
+        if not overlays or not (run / overlays[0]).is_file() or preset in shown:
+            continue
+        if not shown:
+            sections.append("<h2>Segmentation overlays (first test image, first seed)</h2>")
+        shown.add(preset)
+        b64 = base64.b64encode((run / overlays[0]).read_bytes()).decode()
+        sections.append(f"<h3>{html.escape(preset)}</h3>{_img(b64, preset + ' overlay')}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>kdstyles report: {html.escape(folder.name)}"
+            f"</title><style>{CSS}</style></head><body>{''.join(sections)}</body></html>\n")
+    out = folder / "report.html"
+    write_text(out, page)
+    return out

@@ -1,0 +1,112 @@
+"""Results read back for reports: rows of results.csv (or one run's eval.json), the run
+folders behind them, and the statistics over seeds (mean, sample std, paired differences)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..errors import KDError
+from ..fileio import read_csv
+from ..metrics import lower_is_better, task_metrics, task_of
+from ..routing import DEFAULT_PRESET
+from ..runfolder import RunFolder
+
+TARGET = DEFAULT_PRESET  # the paired comparison puts the paper's preset against each baseline
+
+
+def metric_set(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The task's table metrics that the rows carry (the task follows from which metrics are there)."""
+    present = {k for r in rows for k, v in r.items() if isinstance(v, (int, float))}
+    return tuple(task_metrics(task_of(present), present))
+
+
+def primary(rows: list[dict[str, Any]]) -> str:
+    return metric_set(rows)[0]
+
+
+def _num(v: str) -> Any:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def load_rows(folder: Path) -> list[dict[str, Any]]:
+    """results.csv of a comparison, or one run's eval.json as rows."""
+    folder = Path(folder)
+    results = folder / "results.csv"
+    if results.is_file():
+        rows = read_csv(results, "run the same 'kdstyles compare' command again to rebuild it",
+                        required=("preset", "seed", "network", "run_dir"))
+        return [{k: _num(v) for k, v in row.items()} for row in rows]
+    run = RunFolder(folder)
+    if run.eval_path.is_file():
+        data = run.read_eval()
+        try:
+            return [{"preset": data.get("preset", "run"), "seed": data.get("seed", 0), "network": n,
+                     "checkpoint": data["checkpoint"], "split": data["split"], "run_dir": str(folder), **m}
+                    for n, m in data["networks"].items()]
+        except (KeyError, AttributeError, TypeError) as exc:
+            raise KDError(f"'{run.eval_path}' is damaged (no {exc}); write it again with "
+                          f"'kdstyles evaluate {folder}'") from None
+    raise KDError(f"'{folder}' has neither results.csv (a comparison) nor eval.json (an evaluated run); "
+                  "run kdstyles compare or kdstyles evaluate first")
+
+
+def run_dirs(folder: Path, rows: list[dict[str, Any]]) -> dict[tuple[str, int], Path]:
+    """(preset, seed) -> run folder, resolved inside the report's folder when moved."""
+    out = {}
+    for r in rows:
+        path = Path(str(r["run_dir"]))
+        local = folder / path.name
+        out[(r["preset"], r["seed"])] = local if local.is_dir() else (folder if path == folder else path)
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    vals = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan, 0
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals)
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:
+    """(preset, network) -> metric -> (mean, sample std, n) over seeds."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["preset"], r["network"])].append(r)
+    metrics = metric_set(rows)
+    return {key: {m: mean_std([r.get(m) for r in rs]) for m in (*metrics, "parameters")} for key, rs in groups.items()}
+
+
+def presets_in(rows) -> list[str]:
+    return list(dict.fromkeys(r["preset"] for r in rows))
+
+
+def networks_in(rows) -> list[str]:
+    order = list(dict.fromkeys(r["network"] for r in rows))
+    return [n for n in order if n != "teacher"]
+
+
+def paired(rows: list[dict[str, Any]], target: str = TARGET, metric: str | None = None) -> list[dict[str, Any]]:
+    """``target`` against each other preset: per-seed differences of ``metric`` per network."""
+    metric = metric or primary(rows)
+    by = {(r["preset"], r["network"], r["seed"]): r.get(metric) for r in rows}
+    out = []
+    for base in presets_in(rows):
+        if base == target:
+            continue
+        for net in networks_in(rows):
+            diffs = [by[(target, net, s)] - by[(base, net, s)] for (p, n, s) in by
+                     if p == target and n == net and (base, net, s) in by
+                     and isinstance(by[(base, net, s)], (int, float))]
+            if diffs:
+                mean, std, n = mean_std(diffs)
+                wins = sum(d < 0 if lower_is_better(metric) else d > 0 for d in diffs)
+                out.append({"baseline": base, "network": net, "mean": mean, "std": std, "wins": wins, "n": n})
+    return out
