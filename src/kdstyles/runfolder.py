@@ -85,8 +85,8 @@ class RunFolder:
         return self.info_path.is_file() and self.checkpoints.is_dir()
 
     def info(self) -> dict[str, Any]:
-        return read_json(self.info_path, f"it records the run's shapes and status; restore it, or train again in "
-                                         f"a new folder (--set output.name=NEW)")
+        return read_json(self.info_path, "it records the run's shapes and status; restore it, or train again in "
+                                         "a new folder (--set output.name=NEW)")
 
     def status(self) -> str | None:
         return self.info().get("status") if self.info_path.is_file() else None

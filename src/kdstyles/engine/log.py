@@ -1,0 +1,68 @@
+"""What a run tells as it goes: run.json's status (rank 0), metrics.csv, TensorBoard events,
+a progress bar within the epoch and one line per epoch on the console."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import KDError
+from ..runfolder import RunFolder
+
+
+class RunLog:
+    def __init__(self, folder: RunFolder, main: bool, quiet: bool, tensorboard: bool):
+        self.folder, self.main, self.quiet, self.tensorboard = folder, main, quiet or not main, tensorboard
+        self.console = Console(quiet=self.quiet)
+        self.writer = None
+
+    def status(self, state, status: str, **extra: Any) -> None:
+        state.status = status
+        if self.main:
+            self.folder.update_info(status=status, epochs_done=state.epoch, best=dict(state.best), **extra)
+
+    def failure(self, state, status: str, error: str) -> None:
+        """Best effort (the disk may be full): run.json says how the run ended."""
+        try:
+            self.status(state, status, error=error)
+        except (KDError, OSError):
+            pass
+
+    def progress(self) -> Progress:
+        return Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+                        console=self.console, transient=True, disable=self.quiet)
+
+    def epoch(self, rows: list[dict[str, Any]], history: list[dict[str, Any]], epochs: int, metric: str,
+              seconds: float) -> None:
+        """An epoch's rows into metrics.csv, TensorBoard and one console line."""
+        if self.main:
+            self.folder.write_metrics(history)
+            self._tensorboard(rows, rows[0]["epoch"])
+        parts = []
+        for r in rows:
+            loss = f" loss {r['train_loss']:.3f}" if "train_loss" in r else ""
+            parts.append(f"{r['network']}{loss} {metric} {r['val_' + metric]:.3f}{'*' if r['best'] else ''}")
+        self.console.print(f"epoch {rows[0]['epoch']}/{epochs} ({seconds:.0f}s)  " + " | ".join(parts),
+                           highlight=False, soft_wrap=True)  # one line per epoch in logs, whatever the width
+
+    def _tensorboard(self, rows: list[dict[str, Any]], epoch: int) -> None:
+        if not self.tensorboard:
+            return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.folder.path / "tensorboard"), purge_step=epoch)
+        for row in rows:
+            for k, v in row.items():
+                if k not in ("epoch", "network", "best") and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.writer.add_scalar(f"{row['network']}/{k}", v, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

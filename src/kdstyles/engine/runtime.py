@@ -1,0 +1,80 @@
+"""Where and how a run computes: the process group (torchrun), the device, autocast
+precision with its GradScaler, the memory layout, ``torch.compile``, and the one DDP
+wrapper around everything trainable (an offline teacher and shadows stay outside)."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+
+from .. import distributed
+from ..errors import KDError
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KDError(f"train.device: '{name}' was asked for but CUDA is not available here; use auto or cpu")
+    return device
+
+
+@dataclass
+class Runtime:
+    dist: distributed.DistInfo
+    device: torch.device
+    memory_format: torch.memory_format
+    autocast_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def create(cls, train, device: torch.device | None = None) -> "Runtime":
+        """From the ``train`` config section: joins torchrun's process group when there is one."""
+        dist = distributed.setup(train.device)
+        device = device or pick_device(train.device, dist.local_rank)
+        fmt = torch.channels_last if train.channels_last else torch.preserve_format
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
+        scaler = torch.amp.GradScaler(device.type) if train.precision == "fp16" else None
+        return cls(dist, device, fmt, dtype, scaler)
+
+    def place(self, cohort, compile_: bool) -> None:
+        cohort.to(self.device, memory_format=self.memory_format)
+        if compile_:
+            for name in cohort.trainable:
+                cohort.networks[name].compile()
+
+    def wrap(self, step: torch.nn.Module) -> torch.nn.Module:
+        """``step`` (a TrainStep) in DistributedDataParallel under torchrun, else itself."""
+        if not self.dist.active:
+            return step
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        DDP._set_params_and_buffers_to_ignore_for_model(step, step.outside_ddp())
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(step, device_ids=ids)
+
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor | None):
+        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        y = y.to(self.device, non_blocking=True)
+        return x, y, keys.to(self.device, non_blocking=True) if keys is not None else None
+
+    def backward(self, total: torch.Tensor, optimizers) -> None:
+        """One backward of the summed losses, then one step per optimizer (scaled for fp16)."""
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            for opt in optimizers:
+                self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            total.backward()
+            for opt in optimizers:
+                opt.step()

@@ -1,0 +1,261 @@
+"""The loop: epochs of steps, validation, best checkpoints, ``last.pt``, early stopping.
+
+Stopping: on SIGINT/SIGTERM/SIGHUP the current step finishes, ``last.pt`` is written
+mid-epoch (the batch order is a function of seed and epoch, so the rest of the epoch
+replays exactly), ``run.json`` says ``interrupted`` and :class:`Interrupted` is raised.
+``train.checkpoint_every_steps`` writes the same mid-epoch checkpoint every N steps. Any
+other crash leaves ``run.json`` at ``failed`` with the error line.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .. import checkpoints, distributed
+from ..cohort import Cohort, TrainStep
+from ..errors import Interrupted, KDError, TrainingDiverged
+from ..evaluate import ENSEMBLE, predict_probs, score
+from ..runfolder import RunFolder
+from ..signals import GracefulStop, signal_name
+from .log import RunLog
+from .optim import Optimisation
+from .runtime import Runtime
+from .state import TrainState, rng_state, set_rng_state
+
+Callback = Callable[["Trainer", int], None]
+
+
+class Trainer:
+    def __init__(self, cfg, cohort: Cohort, data, run_dir: Path, device: torch.device | None = None,
+                 quiet: bool = False, callbacks: list[Callback] | None = None):
+        self.cfg, self.cohort, self.data = cfg, cohort, data
+        self.folder = RunFolder(run_dir)
+        self.run_dir = self.folder.path
+        self.rt = Runtime.create(cfg.train, device)
+        self.dist, self.device = self.rt.dist, self.rt.device
+        self.log = RunLog(self.folder, self.dist.main, quiet, cfg.output.tensorboard)
+        self.console = self.log.console
+        self.callbacks = list(callbacks or [])
+        self.rt.place(cohort, cfg.train.compile)
+        self.optim = Optimisation(cfg, cohort)
+        self.state = TrainState(best={n: {"epoch": 0, "value": -math.inf} for n in cohort.trainable})
+        if cfg.data.batch_size % self.dist.world:
+            raise KDError(f"data.batch_size {cfg.data.batch_size} is the global batch and must divide by the "
+                          f"{self.dist.world} processes")
+        workers = dict(num_workers=cfg.data.num_workers, persistent_workers=cfg.data.persistent_workers,
+                       shard=(self.dist.rank, self.dist.world))
+        self.train_loader = data.loader("train", cfg.data.batch_size, train=True, seed=cfg.train.seed,
+                                        max_batches=cfg.train.max_steps_per_epoch, **workers)
+        self.val_loader = data.loader("val", cfg.data.batch_size, **workers)
+        self.use_cache = cfg.networks.teacher.cache and bool(cohort.frozen)
+        if self.use_cache:
+            cohort.enable_cache(len(data.splits["train"]))
+        self.model = self.rt.wrap(TrainStep(cohort))
+        self.stop = GracefulStop()
+        self._frozen_val: dict[str, torch.Tensor] = {}
+        self.metric = cfg.train.selection_metric if cfg.train.selection_metric != "auto" else cohort.task.selection
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_last(self) -> None:
+        """Write last.pt (every rank calls it: a mid-epoch checkpoint gathers each rank's
+        running sums so a resumed epoch reports exactly what an uninterrupted one would)."""
+        s = self.state
+        partial = distributed.gather_objects(s.partial, self.dist) if s.step else []
+        if not self.dist.main:
+            return
+        scaler = self.rt.scaler.state_dict() if self.rt.scaler is not None else {}
+        checkpoints.save({"epoch": s.epoch, "step": s.step, "partial": partial, "cohort": self.cohort.state_dict(),
+                          **self.optim.state_dict(), "rng": rng_state(), "scaler": scaler,
+                          "state": {"best": s.best, "since_improved": s.since_improved, "history": s.history,
+                                    "status": s.status}}, self.folder.last)
+
+    def save_best(self, name: str, value: float) -> None:
+        if self.dist.main:
+            checkpoints.save({"network": name, "epoch": self.state.epoch, "metric": self.metric, "value": value,
+                              "state_dict": self.cohort.networks[name].state_dict()}, self.folder.best(name))
+
+    def load_last(self) -> None:
+        """Restore everything last.pt holds; call before :meth:`fit` with ``resume=True``."""
+        path = self.folder.last
+        ckpt = checkpoints.load(path, map_location=self.device)
+        checkpoints.load_into(self.cohort, ckpt.get("cohort"), path, "this run's networks")
+        self.optim.load_state_dict(ckpt, path)
+        try:
+            set_rng_state(ckpt["rng"])
+            if self.rt.scaler is not None and ckpt.get("scaler"):
+                self.rt.scaler.load_state_dict(ckpt["scaler"])
+            st = ckpt["state"]
+            partial = ckpt.get("partial") or []
+            mine = partial[self.dist.rank] if len(partial) == self.dist.world else (partial[0] if partial else {})
+            self.state = TrainState(ckpt["epoch"], ckpt.get("step", 0), mine, st["best"], st["since_improved"],
+                                    st["history"], "running")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KDError(f"checkpoint '{path}' is not a complete last.pt (no {exc}); it cannot be resumed") from None
+
+    def apply_changes(self, changes: dict[str, tuple[Any, Any]]) -> None:
+        self.optim.apply_changes(changes, self.state.epoch)
+
+    def write_status(self, status: str, **extra: Any) -> None:
+        self.log.status(self.state, status, **extra)
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, resume: bool = False) -> TrainState:
+        """Train until ``train.epochs`` (or early stopping). ``resume``: continue from the state
+        :meth:`load_last` restored."""
+        if resume and self.state.epoch >= self.cfg.train.epochs:
+            self.console.print(f"[green]{self.run_dir}: all {self.state.epoch} epochs are done")
+            self.write_status("finished")
+            return self.state
+        if resume:
+            at = f" step {self.state.step}" if self.state.step else ""
+            self.console.print(f"resuming {self.run_dir} after epoch {self.state.epoch}{at}")
+        self.optim.set_epoch(self.state.epoch)
+        self.write_status("running")
+        try:
+            with self.stop:
+                self._epochs()
+        except KeyboardInterrupt:
+            self.log.failure(self.state, "interrupted", "KeyboardInterrupt")
+            self.console.print(f"[yellow]interrupted; resume with: kdstyles train --resume {self.run_dir}")
+            raise
+        except (Interrupted, TrainingDiverged):
+            raise
+        except Exception as exc:  # any crash: run.json says so, with the error line
+            line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self.log.failure(self.state, "failed",
+                             line if isinstance(exc, KDError) else f"{type(exc).__name__}: {line}"[:300])
+            raise
+        finally:
+            self.log.close()
+        self.write_status(self.state.status if self.state.status != "running" else "finished")
+        return self.state
+
+    def _epochs(self) -> None:
+        metric, patience = self.metric, self.cfg.train.early_stopping
+        while self.state.epoch < self.cfg.train.epochs:
+            t0 = time.perf_counter()
+            train = self.train_epoch()
+            val = self.validate()
+            self.state.epoch += 1
+            epoch = self.state.epoch
+            rows = self._rows(epoch, train, val)
+            self.optim.after_validation(val, metric, epoch)
+            improved = any(r["best"] and r["network"] in self.cohort.students for r in rows)
+            self.state.since_improved = 0 if improved else self.state.since_improved + 1
+            self.state.history += rows
+            stop = patience is not None and self.state.since_improved >= patience
+            if stop or epoch >= self.cfg.train.epochs:
+                self.state.status = "stopped early" if stop else "finished"
+            self.save_last()
+            self.log.epoch(rows, self.state.history, self.cfg.train.epochs, metric, time.perf_counter() - t0)
+            for cb in self.callbacks:
+                cb(self, epoch)
+            if stop:
+                self.console.print(f"early stopping: no student improved its validation {metric} "
+                                   f"for {patience} epochs")
+                break
+            if self.stop.requested and epoch < self.cfg.train.epochs:
+                self._interrupted()  # a signal during validation: stop at this epoch boundary
+
+    def _rows(self, epoch: int, train: dict, val: dict) -> list[dict[str, Any]]:
+        """One metrics.csv row per network (and the ensemble); new bests are checkpointed."""
+        rows = []
+        for name in self.cohort.names + ([ENSEMBLE] if ENSEMBLE in val else []):
+            row: dict[str, Any] = {"epoch": epoch, "network": name}
+            if name in self.optim.optimizers:
+                row["lr"] = self.optim.lr(name)
+            row.update({f"train_{k}": v for k, v in train.get(name, {}).items()})
+            row.update({f"val_{k}": v for k, v in val[name].items()})
+            row["best"] = name in self.state.best and val[name][self.metric] > self.state.best[name]["value"]
+            if row["best"]:
+                self.state.best[name] = {"epoch": epoch, "value": val[name][self.metric]}
+                self.save_best(name, val[name][self.metric])
+            rows.append(row)
+        return rows
+
+    def train_epoch(self) -> dict[str, dict[str, float]]:
+        """One epoch from ``state.step`` (0, or where a mid-epoch checkpoint stopped)."""
+        cohort, epoch, start = self.cohort, self.state.epoch, self.state.step
+        cohort.train()
+        self.train_loader.batch_sampler.set_epoch(epoch, start=start)
+        sums = self.state.partial  # running sums of every loss term (restored mid-epoch)
+        every = self.cfg.train.checkpoint_every_steps
+        total_steps = len(self.train_loader)
+        optimizers = list(self.optim.optimizers.values())
+        with self.log.progress() as bar:
+            task = bar.add_task("train", total=total_steps, completed=start,
+                                epoch=f"{epoch + 1}/{self.cfg.train.epochs}", losses="")
+            for step, batch in enumerate(self.train_loader, start=start):
+                x, y, keys = self.rt.batch(*batch[:2], batch[2] if self.use_cache else None)
+                with self.rt.autocast():
+                    losses = self.model(x, y, keys)
+                total = torch.stack([nl.total.float() for nl in losses.values()]).sum()
+                diverged, stop = distributed.any_flags([not bool(torch.isfinite(total)), self.stop.requested],
+                                                       self.dist, self.device)
+                if diverged:
+                    self._diverged(losses, step)
+                self.rt.backward(total, optimizers)
+                cohort.after_step()
+                for name, nl in losses.items():
+                    acc = sums.setdefault(name, {})
+                    acc["loss"] = acc.get("loss", 0) + nl.total.detach().float()
+                    for term, v in nl.terms.items():
+                        acc[term] = acc.get(term, 0) + v.detach().float()
+                self.state.step = step + 1
+                if not self.log.quiet and (step % 5 == 0 or step == total_steps - 1):
+                    text = "  ".join(f"{n} {float(a['loss']) / self.state.step:.3f}" for n, a in sums.items())
+                    bar.update(task, completed=step + 1, losses=text)
+                if stop or (every and self.state.step % every == 0 and self.state.step < total_steps):
+                    self.save_last()  # mid-epoch: resumes at the next step
+                if stop:
+                    self._interrupted()
+        steps = self.state.step
+        cohort.after_epoch()
+        self.state.step, self.state.partial = 0, {}
+        local = {n: {k: float(v) / max(steps, 1) for k, v in acc.items()} for n, acc in sums.items()}
+        per_rank = distributed.gather_objects(local, self.dist)  # every rank's mean over equal shares
+        return {n: {k: sum(r[n][k] for r in per_rank) / len(per_rank) for k in local[n]} for n in local}
+
+    def validate(self) -> dict[str, dict[str, float]]:
+        # A frozen network's validation predictions never change: computed once, then reused.
+        probs, labels = predict_probs(self.cohort, self.val_loader, self.device, self._frozen_val)
+        self._frozen_val = {n: probs[n] for n in self.cohort.frozen}
+        if self.dist.active:  # every rank scored its own chunk: put the split back together, in order
+            parts = distributed.gather_objects((probs, labels), self.dist)
+            probs = {n: torch.cat([p[n] for p, _ in parts]) for n in probs}
+            labels = torch.cat([lbl for _, lbl in parts])
+        return score(probs, labels, self.cohort.task)
+
+    # ------------------------------------------------------------------ ways to stop
+
+    def _diverged(self, losses, step: int) -> None:
+        where = f"epoch {self.state.epoch + 1} step {step + 1}"
+        for name, nl in losses.items():
+            for term, value in nl.terms.items():
+                value = value.detach()
+                if not torch.isfinite(value):
+                    last = self.folder.last
+                    kept = f"last good checkpoint: {last} (epoch {self.state.epoch})" if last.is_file() \
+                        else "no checkpoint was written yet"
+                    self.log.failure(self.state, "diverged", f"{name}: {term} non-finite at {where}")
+                    raise TrainingDiverged(f"network '{name}': loss term '{term}' is {value.item()} at {where}; "
+                                           f"training stopped, {kept}; try a lower optim.lr")
+        self.log.failure(self.state, "diverged", "a loss became non-finite")
+        raise TrainingDiverged(f"a loss became non-finite at {where}")
+
+    def _interrupted(self) -> None:
+        """A stop signal arrived: last.pt is written; say so in run.json and raise Interrupted."""
+        signum = self.stop.signum or 2
+        where = (f"epoch {self.state.epoch + 1} step {self.state.step}" if self.state.step
+                 else f"the end of epoch {self.state.epoch}")
+        self.write_status("interrupted", stopped_at={"epoch": self.state.epoch, "step": self.state.step,
+                                                     "signal": signal_name(signum)})
+        raise Interrupted(f"{signal_name(signum)}: training stopped after {where} with a checkpoint; resume with "
+                          f"'kdstyles train --resume {self.run_dir}'", signum)
