@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import copy
 import zlib
-from pathlib import Path
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -29,10 +29,10 @@ from .config import ExperimentConfig, NetworkConfig
 from .errors import KDError
 from .models.adapters import make_adapter
 from .models.taps import Tap
-from .models.zoo import build_network, default_embedding_tap
+from .models.zoo import build_network
 from .routing import T, Edge, used_networks
-from .styles import STYLES, NetOutput
-from .tasks import Classification, Task, make_task
+from .styles import KNOWLEDGE, STYLES, NetOutput
+from .tasks import TASKS, Task
 
 
 def as_target(t: torch.Tensor) -> torch.Tensor:
@@ -55,13 +55,45 @@ def network_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
 
 
+class OutputCache:
+    """Frozen networks' outputs kept per training sample (``n`` samples): a batch whose samples
+    are all cached skips those networks' forward (offline teacher, no random augmentation)."""
+
+    def __init__(self, names, n: int):
+        self.n = n
+        self.stores: dict[str, dict | None] = {name: None for name in names}
+
+    def get(self, name: str, keys: torch.Tensor) -> NetOutput | None:
+        store = self.stores.get(name)
+        if store is None or not bool(store["filled"][keys].all()):
+            return None
+        return NetOutput(store["logits"][keys], {p: t[keys] for p, t in store["features"].items()})
+
+    @torch.inference_mode()
+    def put(self, name: str, keys: torch.Tensor, out: NetOutput) -> None:
+        store = self.stores[name]
+        if store is None:
+            def alloc(t):
+                return torch.zeros((self.n, *t.shape[1:]), dtype=t.dtype, device=t.device)
+
+            store = self.stores[name] = {
+                "logits": alloc(out.logits), "features": {p: alloc(t) for p, t in out.features.items()},
+                "filled": torch.zeros(self.n, dtype=torch.bool, device=out.logits.device)}
+        store["logits"][keys] = out.logits
+        for p, t in out.features.items():
+            store["features"][p][keys] = t
+        store["filled"][keys] = True
+
+
 class Cohort(nn.Module):
-    def __init__(self, networks: dict[str, nn.Module], edges: list[Edge], taps: dict[str, str | None],
-                 ce_weight: float, frozen: set[str], sample: torch.Tensor, num_classes: int,
-                 embedding_taps: dict[str, str | None] | None = None, class_weights: torch.Tensor | None = None,
-                 task: Task | None = None):
+    """``taps``: per network, the configured module path of each kind of knowledge
+    (``{"s1": {"map": "layer4.1.conv2", "embedding": None}}``); unset kinds take the kind's default."""
+
+    def __init__(self, networks: dict[str, nn.Module], edges: list[Edge], task: Task, sample: torch.Tensor,
+                 ce_weight: float = 0.1, frozen: set[str] = frozenset(),
+                 taps: dict[str, dict[str, str | None]] | None = None, class_weights: torch.Tensor | None = None):
         super().__init__()
-        self.task = task or Classification(num_classes)
+        self.task = task
         self.networks = nn.ModuleDict(networks)
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.edges = edges
@@ -73,33 +105,32 @@ class Cohort(nn.Module):
         self.shadows = nn.ModuleDict()
         for i, e in enumerate(edges):
             if STYLES[e.style].self_edge:
-                shadow = copy.deepcopy(networks[e.dst]).requires_grad_(False).eval()
-                self.shadows[self.edge_module_key(i)] = shadow
-        # Which paths each network records, and which (source, target) paths each edge compares.
-        embedding_taps = embedding_taps or {}
-        self.edge_taps: list[tuple[str, str] | None] = []
+                self.shadows[self.module_key(i)] = copy.deepcopy(networks[e.dst]).requires_grad_(False).eval()
+        self.edge_taps = self._plan_taps(taps or {}, sample)
         wanted: dict[str, list[str]] = {n: [] for n in networks}
-        for e in edges:
-            consumes = STYLES[e.style].consumes
-            if consumes == "logits":
-                self.edge_taps.append(None)
-                continue
-            pair = []
-            for role, net in (("src", e.src), ("dst", e.dst)):
-                if consumes == "map":
-                    path = getattr(e.options, f"{role}_tap", None) or taps.get(net) or \
-                        self.task.default_tap(networks[net], sample)
-                else:
-                    path = embedding_taps.get(net) or default_embedding_tap(networks[net])
-                wanted[net].append(path)
-                pair.append(path)
-            self.edge_taps.append((pair[0], pair[1]))
+        for e, pair in zip(edges, self.edge_taps):
+            for net, path in zip((e.src, e.dst), pair):
+                if path is not None:
+                    wanted[net].append(path)
         self.taps = {n: Tap(networks[n], wanted[n], f"networks.{n}.tap") for n in networks}
         self.adapters = nn.ModuleDict()
         self._probing = False
-        self._cache: dict[str, dict | None] = {}
-        self._cache_size = 0
-        self._check_shapes(sample, num_classes)
+        self.cache: OutputCache | None = None
+        self._build_adapters(self.probe(sample), sample)
+
+    def _plan_taps(self, taps: dict[str, dict[str, str | None]], sample: torch.Tensor
+                   ) -> list[tuple[str | None, str | None]]:
+        """Per edge, the (source, target) module paths its style's kind of knowledge records."""
+        planned = []
+        for e in self.edges:
+            kind = KNOWLEDGE[STYLES[e.style].consumes]
+            pair = []
+            for role, net in (("src", e.src), ("dst", e.dst)):
+                override = getattr(e.options, f"{role}_tap", None)  # an edge's own src_tap / dst_tap
+                configured = override or taps.get(net, {}).get(kind.name)
+                pair.append(kind.path(self.networks[net], configured, self.task, sample))
+            planned.append((pair[0], pair[1]))
+        return planned
 
     # ------------------------------------------------------------------ structure
 
@@ -115,8 +146,8 @@ class Cohort(nn.Module):
     def students(self) -> list[str]:
         return [n for n in self.networks if n != T]
 
-    def edge_module_key(self, index: int) -> str:
-        """Key of an edge's adapter or shadow module."""
+    def module_key(self, index: int) -> str:
+        """Key of an edge's adapter or shadow module (``src__dst__style__index``)."""
         e = self.edges[index]
         return f"{e.src}__{e.dst}__{e.style}__{index}"
 
@@ -124,7 +155,7 @@ class Cohort(nn.Module):
         """A network's own parameters plus those of the adapters on its incoming edges."""
         params = list(self.networks[name].parameters())
         for i, e in enumerate(self.edges):
-            key = self.edge_module_key(i)
+            key = self.module_key(i)
             if e.dst == name and key in self.adapters:
                 params += list(self.adapters[key].parameters())
         return params
@@ -138,7 +169,7 @@ class Cohort(nn.Module):
 
     def _update_shadows(self, event: str) -> None:
         for i, e in enumerate(self.edges):
-            key = self.edge_module_key(i)
+            key = self.module_key(i)
             if key in self.shadows:
                 STYLES[e.style].update_shadow(self.shadows[key], self.networks[e.dst], e.options, event)
 
@@ -150,58 +181,41 @@ class Cohort(nn.Module):
         """Called by the engine at the end of every training epoch."""
         self._update_shadows("epoch")
 
-    def _check_shapes(self, sample: torch.Tensor, num_classes: int) -> None:
-        """One dummy forward: logits shapes, tap shapes, and adapters where shapes differ."""
+    def probe(self, sample: torch.Tensor) -> dict[str, NetOutput]:
+        """One dummy forward of every network (frozen ones too, outside inference mode, so taps
+        are checked): each output's shape is checked by the task."""
         was_training = self.training
         self.eval()
-        self._probing = True  # frozen networks too run outside inference mode: taps are checked
+        self._probing = True
         try:
             with torch.no_grad():
                 outs = self.forward(sample)
         finally:
             self._probing = False
         self.train(was_training)
-        for name, out in outs.items():
-            if name in self.networks:
-                self.task.check_output(name, out.logits, sample)
-        for i, (e, pair) in enumerate(zip(self.edges, self.edge_taps)):
-            if pair is None:
+        for name in self.networks:
+            self.task.check_output(name, outs[name].logits, sample)
+        return outs
+
+    def _build_adapters(self, outs: dict[str, NetOutput], sample: torch.Tensor) -> None:
+        """An adapter on the receiving side of every edge whose recorded tensors differ in shape
+        (as the edge's style asks: project channels and resize, or resize only)."""
+        for i, (e, (src_path, dst_path)) in enumerate(zip(self.edges, self.edge_taps)):
+            style = STYLES[e.style]
+            if style.adapter is None or src_path is None:
                 continue
-            kind = STYLES[e.style].adapter
-            if kind is None:
-                continue
-            src_shape, dst_shape = outs[e.src].features[pair[0]].shape, outs[e.dst].features[pair[1]].shape
-            adapter = make_adapter(dst_shape, src_shape, f"edge {e}", project=kind == "project")
+            kind = KNOWLEDGE[style.consumes]
+            src_shape = kind.take(outs[e.src], src_path).shape
+            dst_shape = kind.take(outs[e.dst], dst_path).shape
+            adapter = make_adapter(dst_shape, src_shape, f"edge {e}", project=style.adapter == "project")
             if adapter is not None:
-                self.adapters[self.edge_module_key(i)] = adapter
+                self.adapters[self.module_key(i)] = adapter
 
     # ------------------------------------------------------------------ computation
 
     def enable_cache(self, n: int) -> None:
-        """Keep frozen networks' outputs per training sample (``n`` samples); a batch whose
-        samples are all cached skips those networks' forward."""
-        self._cache = {name: None for name in self.frozen}
-        self._cache_size = n
-
-    def _from_cache(self, name: str, keys: torch.Tensor) -> NetOutput | None:
-        store = self._cache.get(name)
-        if store is None or not bool(store["filled"][keys].all()):
-            return None
-        return NetOutput(store["logits"][keys], {p: t[keys] for p, t in store["features"].items()})
-
-    def _to_cache(self, name: str, keys: torch.Tensor, out: NetOutput) -> None:
-        store = self._cache[name]
-        if store is None:
-            def alloc(t):
-                return torch.zeros((self._cache_size, *t.shape[1:]), dtype=t.dtype, device=t.device)
-
-            store = self._cache[name] = {
-                "logits": alloc(out.logits), "features": {p: alloc(t) for p, t in out.features.items()},
-                "filled": torch.zeros(self._cache_size, dtype=torch.bool, device=out.logits.device)}
-        store["logits"][keys] = out.logits
-        for p, t in out.features.items():
-            store["features"][p][keys] = t
-        store["filled"][keys] = True
+        """Keep frozen networks' outputs for the ``n`` training samples (see OutputCache)."""
+        self.cache = OutputCache(self.frozen, n)
 
     def forward(self, x: torch.Tensor, record: bool = True, keys: torch.Tensor | None = None,
                 skip: frozenset[str] = frozenset()) -> dict[str, NetOutput]:
@@ -211,8 +225,8 @@ class Cohort(nn.Module):
         for name, net in self.networks.items():
             if name in skip:
                 continue
-            cached = name in self._cache and keys is not None
-            if cached and (hit := self._from_cache(name, keys)) is not None:
+            cached = self.cache is not None and name in self.frozen and keys is not None
+            if cached and (hit := self.cache.get(name, keys)) is not None:
                 outs[name] = hit
                 continue
             recording = self.taps[name].recording() if record else nullcontext({})
@@ -221,8 +235,7 @@ class Cohort(nn.Module):
                 logits = net(x)
             outs[name] = NetOutput(logits, dict(feats))
             if cached:
-                with torch.inference_mode():
-                    self._to_cache(name, keys, outs[name])
+                self.cache.put(name, keys, outs[name])
         if record:
             with torch.no_grad():
                 for key, shadow in self.shadows.items():
@@ -238,15 +251,13 @@ class Cohort(nn.Module):
             for i, e in enumerate(self.edges):
                 if e.dst != name:
                     continue
-                key = self.edge_module_key(i)
+                key = self.module_key(i)
                 src = key if key in self.shadows else e.src
-                pair = self.edge_taps[i]
-                if pair is None:
-                    source, target = as_target(outs[src].logits), outs[name].logits
-                else:
-                    source, target = as_target(outs[src].features[pair[0]]), outs[name].features[pair[1]]
-                    if key in self.adapters:
-                        target, source = self.adapters[key](target, source)
+                kind = KNOWLEDGE[STYLES[e.style].consumes]
+                src_path, dst_path = self.edge_taps[i]
+                source, target = as_target(kind.take(outs[src], src_path)), kind.take(outs[name], dst_path)
+                if key in self.adapters:
+                    target, source = self.adapters[key](target, source)
                 term = STYLES[e.style].loss(source, target, e.options)
                 label = e.term if e.term not in terms else f"{e.term}#{i}"
                 terms[label] = term
@@ -304,7 +315,7 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
         raise KDError(f"networks passed in: '{unknown[0]}' is not a network of this experiment; "
                       f"allowed: teacher, {', '.join(cfg.networks.students)}")
     specs: dict[str, NetworkConfig] = {T: cfg.networks.teacher, **cfg.networks.students}
-    nets, taps, embedding_taps = {}, {}, {}
+    nets, taps = {}, {}
     for name in names:
         spec = specs[name]
         if name in modules:
@@ -316,18 +327,17 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
             torch.manual_seed(network_seed(cfg.train.seed, name))
             nets[name] = build_network(spec.arch, channels, num_classes, image_size, spec.widen, spec.stem,
                                        spec.pretrained, where=f"networks.{name}")
-        taps[name] = spec.tap
-        embedding_taps[name] = spec.embedding_tap
+        taps[name] = {"map": spec.tap, "embedding": spec.embedding_tap}
     frozen = set()
     if T in nets and cfg.networks.teacher.mode == "offline":
         frozen.add(T)
         if load_offline:
             weights, path = _offline_teacher_weights(cfg.networks.teacher.checkpoint)
             checkpoints.load_into(nets[T], weights, path, f"networks.teacher (arch {cfg.networks.teacher.arch})")
-    sample = torch.zeros(2, channels, image_size, image_size)
     weights = None
     if class_counts is not None:
         counts = torch.tensor(class_counts, dtype=torch.float).clamp_min(1)
         weights = counts.sum() / (len(counts) * counts)
-    task = make_task(cfg.task, num_classes, cfg.loss.dice_weight, cfg.eval.hd95)
-    return Cohort(nets, edges, taps, cfg.loss.ce_weight, frozen, sample, num_classes, embedding_taps, weights, task)
+    task = TASKS[cfg.task].from_config(num_classes, cfg)
+    sample = torch.zeros(2, channels, image_size, image_size)
+    return Cohort(nets, edges, task, sample, cfg.loss.ce_weight, frozen, taps, weights)

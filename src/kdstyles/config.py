@@ -286,12 +286,12 @@ def _allowed_keys(loc: tuple) -> list[str]:
     return sorted(cls.model_fields) if cls is not None else []
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+def format_validation_error(err: ValidationError) -> str:
     """One line: the first error's key path and what is allowed (plus a count of the rest)."""
     errors = err.errors()
     first = errors[0]
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    path = prefix + ".".join(str(p) for p in loc)
+    path = ".".join(str(p) for p in loc)
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc)
         near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)

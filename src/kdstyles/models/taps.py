@@ -39,8 +39,8 @@ class Tap:
         self._active = False
         self._store: dict[str, torch.Tensor] = {}
         self._versions: dict[str, int] = {}
-        self._handles = [resolve_module(model, p.removesuffix(":in"), where).register_forward_hook(self._hook(p))
-                         for p in self.paths]
+        for p in self.paths:
+            resolve_module(model, p.removesuffix(":in"), where).register_forward_hook(self._hook(p))
 
     def _hook(self, path: str):
         record_input = path.endswith(":in")
@@ -72,7 +72,3 @@ class Tap:
         missing = [p for p in self.paths if p not in self._store]
         if self.paths and missing:
             raise KDError(f"tap '{missing[0]}' was not called during the forward pass; tap a module that runs")
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()

@@ -1,7 +1,7 @@
 """Learning styles, registered by name. Adding a style = one file + one line here."""
 
 from .attention import Attention
-from .base import NetOutput, Style, StyleOptions
+from .base import KNOWLEDGE, Knowledge, NetOutput, Style, StyleOptions, knowledge
 from .features import Features
 from .predictions import Predictions
 from .relations import Relations
@@ -18,4 +18,4 @@ def register(style: Style) -> Style:
 for _style in (Predictions(), Features(), Attention(), Relations(), SelfDistillation()):
     register(_style)
 
-__all__ = ["STYLES", "NetOutput", "Style", "StyleOptions", "register"]
+__all__ = ["KNOWLEDGE", "Knowledge", "STYLES", "NetOutput", "Style", "StyleOptions", "knowledge", "register"]

@@ -1,9 +1,12 @@
 """What a learning style is: a loss between what a source network knows and what a target
 network produces, with its own validated options.
 
-A style declares what it compares (``consumes``): ``logits``, a tapped feature ``map``, or
-the ``embedding`` (the input of the network's last Linear layer, i.e. penultimate
-features). The cohort records what is needed and hands the style two tensors: ``source``,
+A style declares what it compares (``consumes``), a kind of knowledge registered in
+:data:`KNOWLEDGE`: ``logits``, a tapped feature ``map``, or the ``embedding`` (the input of
+the network's last Linear layer, i.e. penultimate features). A kind says which module
+path of a network it records (none for logits) and where its tensor is in a network's
+output; a style with a new kind registers it in its own file with :func:`knowledge`, so
+the cohort never changes for it. The cohort records what is needed and hands the style two tensors: ``source``,
 already detached (the cohort detaches every cross-network target in exactly one place),
 and ``target``, live tensors of the receiving network. For maps, ``adapter`` says what
 the cohort does when shapes differ: ``project`` (1x1 conv + BN on the receiver, source
@@ -44,12 +47,72 @@ class MapOptions(StyleOptions):
     dst_tap: str | None = None
 
 
+class Knowledge:
+    """A kind of knowledge a style compares: which module path of a network records it
+    (``None``: nothing to record) and how to take it from the network's output."""
+
+    name: ClassVar[str]
+
+    def path(self, model: nn.Module, configured: str | None, task, sample: torch.Tensor) -> str | None:
+        """The path to record, from the network's configured tap or the default."""
+        return None
+
+    def take(self, out: NetOutput, path: str | None) -> torch.Tensor:
+        return out.features[path]
+
+
+class Logits(Knowledge):
+    """The network's output: class logits (per pixel for dense tasks)."""
+
+    name = "logits"
+
+    def take(self, out, path):
+        return out.logits
+
+
+class FeatureMap(Knowledge):
+    """A tapped intermediate map: the network's ``tap``, else the task's default
+    (a ResNet's last 3x3 conv; an encoder-decoder's bottleneck)."""
+
+    name = "map"
+
+    def path(self, model, configured, task, sample):
+        return configured or task.default_tap(model, sample)
+
+
+class Embedding(Knowledge):
+    """The penultimate embedding: the network's ``embedding_tap``, else the input of its last
+    Linear layer (``fc:in``)."""
+
+    name = "embedding"
+
+    def path(self, model, configured, task, sample):
+        if configured:
+            return configured
+        from ..models.zoo import default_embedding_tap
+
+        return default_embedding_tap(model)
+
+
+KNOWLEDGE: dict[str, Knowledge] = {}
+
+
+def knowledge(kind: Knowledge) -> Knowledge:
+    """Register a kind of knowledge (a style file that needs a new one calls this)."""
+    KNOWLEDGE[kind.name] = kind
+    return kind
+
+
+for _kind in (Logits(), FeatureMap(), Embedding()):
+    knowledge(_kind)
+
+
 class Style:
     """Base class of a learning style; subclasses set ``name``, ``Options`` and ``loss``."""
 
     name: ClassVar[str]
     Options: ClassVar[type[StyleOptions]] = StyleOptions
-    consumes: ClassVar[Literal["logits", "map", "embedding"]] = "logits"
+    consumes: ClassVar[str] = "logits"  # a key of KNOWLEDGE
     adapter: ClassVar[Literal["project", "resize", None]] = None
     self_edge: ClassVar[bool] = False
 

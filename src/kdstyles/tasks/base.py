@@ -30,8 +30,13 @@ class Task:
     synthetic_size: ClassVar[int]  # its default image size
     description: ClassVar[str]  # what the embedded data is, for model cards
 
-    def __init__(self, num_classes: int, dice_weight: float = 1.0, hd95: bool = False):
+    def __init__(self, num_classes: int):
         self.num_classes = num_classes
+
+    @classmethod
+    def from_config(cls, num_classes: int, cfg: Any) -> "Task":
+        """The task for an experiment config (subclasses read their own keys)."""
+        return cls(num_classes)
 
     # ------------------------------------------------------------------ configuration
 

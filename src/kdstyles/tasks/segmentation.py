@@ -30,6 +30,10 @@ class Segmentation(Task):
         self._dice_ce = None
 
     @classmethod
+    def from_config(cls, num_classes: int, cfg: Any) -> "Segmentation":
+        return cls(num_classes, cfg.loss.dice_weight, cfg.eval.hd95)
+
+    @classmethod
     def accepts_arch(cls, arch: str) -> bool:
         from ..models.zoo import SEG_ARCHS
 
