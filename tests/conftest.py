@@ -15,6 +15,19 @@ def tiny(tmp_path, *extra: str) -> list[str]:
     ]
 
 
+# Segmentation with tiny UNets, a small embedded set, and a third student (shared by several files).
+SEG = ["task=segmentation", "networks.teacher.arch=unet", "networks.teacher.widen=1",
+       "networks.students.s1.arch=unet", "networks.students.s1.widen=0.5",
+       "networks.students.s2.arch=unet", "networks.students.s2.widen=0.5", "data.image_size=32"]
+DATA = ["data.train_samples=32", "data.val_samples=8", "data.test_samples=8", "data.batch_size=8"]
+THREE = ["networks.students.s3.arch=resnet10", "networks.students.s3.widen=0.125"]
+
+
+SMALL = ["data.image_size=16", "data.train_samples=48", "data.val_samples=24", "data.test_samples=24",
+         "data.batch_size=16", "networks.teacher.widen=0.25", "networks.students.s1.widen=0.125",
+         "networks.students.s2.widen=0.125", "train.epochs=1"]  # a quick comparison
+
+
 def assert_gradient_isolation(cohort, losses) -> dict:
     """Backward each network's loss alone: it must reach only that network's own parameters
     (and its adapters), and some of them. Returns each network's gradients by parameter id."""
@@ -37,3 +50,14 @@ def assert_gradient_isolation(cohort, losses) -> dict:
 @pytest.fixture
 def tiny_overrides(tmp_path):
     return lambda *extra: tiny(tmp_path, *extra)
+
+
+@pytest.fixture(scope="session")
+def comparison(tmp_path_factory):
+    """kd and diverse over 2 seeds, run once for the compare and report tests."""
+    from kdstyles.compare import compare
+
+    out = tmp_path_factory.mktemp("cmp") / "kd-vs-diverse"
+    lines = []
+    summary = compare(None, ["kd", "diverse"], 2, out, SMALL, quiet=True, echo=lines.append)
+    return out, summary, lines

@@ -4,6 +4,7 @@ import torch
 
 from kdstyles import KDError, load_config
 from kdstyles.data import EpochBatchSampler, build_data, synthetic
+from conftest import DATA, SEG
 
 
 def test_generator_is_deterministic_and_seeded():
@@ -72,3 +73,18 @@ def test_bundle_normalisation_and_augmentation_are_reproducible():
     gray = build_data(load_config(None, ["data.image_size=16", "data.train_samples=40", "data.val_samples=2",
                                          "data.test_samples=2", "data.channels=1"]).data, seed=0)
     assert gray.splits["test"][0][0].shape == (1, 16, 16)
+
+
+def test_joint_augmentation_moves_mask_with_image():
+    cfg = load_config(None, [*SEG, *DATA, "data.augment.rotate90=true", "data.augment.rotate=30",
+                             "data.augment.zoom=0.2", "data.normalize=none"])
+    bundle = build_data(cfg.data, seed=0, task="segmentation")
+    ds = bundle.splits["train"]
+    i = next(k for k in range(len(ds)) if ds.masks[k].any())
+    plain_mask = torch.from_numpy(ds.masks[i]).long()
+    for epoch in range(4):
+        x, mask, _ = ds[(epoch, i)]
+        assert set(mask.unique().tolist()) <= {0, 1}  # nearest-neighbour: still labels
+        if not torch.equal(mask, plain_mask):
+            break
+    assert not torch.equal(mask, plain_mask)

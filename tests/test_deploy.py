@@ -11,6 +11,7 @@ from PIL import Image
 from kdstyles import Experiment, KDError
 from kdstyles.export import Deployable, export_run
 from kdstyles.predict import load_predictor
+from conftest import DATA, SEG
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +135,29 @@ def test_deployable_normalises_inside():
     model = Deployable([net], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
     x = torch.rand(2, 3, 4, 4)
     torch.testing.assert_close(model(x), torch.softmax(net((x - 0.5) / 0.25), 1))
+
+
+def test_segmentation_export_and_predict_masks(tiny_overrides, tmp_path):
+    from kdstyles.export import export_run
+    from kdstyles.predict import predict
+    from kdstyles.data.synthetic_seg import render_frame
+
+    exp = Experiment(None, overrides=tiny_overrides(*SEG, *DATA, "train.epochs=1", "eval.overlays=0"), quiet=True)
+    exp.fit()
+    side = export_run(exp.run_dir, "ensemble", "onnx")
+    assert side["task"] == "segmentation" and side["output"]["shape"] == ["batch", 2, "height", "width"]
+    assert side["verification"]["max_abs_diff"] < 1e-4
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(render_frame(4, "test", i, 40)[0]).save(folder / f"f{i}.png")
+    a = predict(exp.run_dir / "export" / "ensemble.onnx", [folder], tmp_path / "onnx", quiet=True)
+    b = predict(exp.run_dir, [folder], tmp_path / "run", network="ensemble", quiet=True)
+    rows_a, rows_b = a.read_text().splitlines(), b.read_text().splitlines()
+    assert rows_a[0] == "path,mask,foreground_fraction" and len(rows_a) == 4
+    for ra, rb in zip(rows_a[1:], rows_b[1:]):
+        mask_a, mask_b = ra.split(",")[1], rb.split(",")[1]
+        with Image.open(mask_a) as ma, Image.open(mask_b) as mb:
+            assert ma.size == (40, 40)  # back at the input image's size
+            assert np.array_equal(np.array(ma), np.array(mb))
+            assert set(np.unique(np.array(ma))) <= {0, 255}

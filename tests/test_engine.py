@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from kdstyles import Experiment, KDError, TrainingDiverged
 from kdstyles import checkpoints
+from conftest import THREE
 
 
 def test_cli_train_then_evaluate_end_to_end(tmp_path):
@@ -267,3 +268,16 @@ def test_demo_trains_both_presets_then_reuses_them(tmp_path, monkeypatch, capsys
     again = capsys.readouterr().out
     assert again.count("already trained and evaluated") == 2
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").glob("*/checkpoints/last.pt")}
+
+
+def test_ctsl_mkt_and_three_student_cohort_train_end_to_end(tiny_overrides):
+    exp = Experiment(None, overrides=tiny_overrides("routing.preset=ctsl-mkt", *THREE, "train.epochs=1"), quiet=True)
+    shadow_before = {k: v.clone() for k, v in exp.cohort.shadows.state_dict().items()}
+    exp.fit()
+    assert exp.cohort.names == ["s1", "s2", "s3"]  # no teacher is built
+    changed = [k for k, v in exp.cohort.shadows.state_dict().items() if not torch.equal(v, shadow_before[k])]
+    assert changed  # EMA shadows followed the students
+    result = exp.evaluate()
+    assert list(result["networks"]) == ["s1", "s2", "s3", "ensemble"]
+    assert result["networks"]["ensemble"]["parameters"] == sum(result["networks"][s]["parameters"]
+                                                               for s in ("s1", "s2", "s3"))

@@ -2,6 +2,7 @@ import pytest
 
 from kdstyles import KDError, load_config
 from kdstyles.routing import PRESETS
+from conftest import THREE
 
 # METHOD.md section 5, written out as (src, dst, style) sets.
 P, F = "predictions", "features"
@@ -90,3 +91,18 @@ def test_offline_teacher_cannot_receive():
 def test_preset_and_edges_together_is_an_error():
     with pytest.raises(KDError, match="either preset or edges"):
         load_config(None, ["routing.preset=kd", "routing.edges=[]"])
+
+
+def test_ctsl_mkt_expands_over_all_students():
+    cfg = load_config(None, ["routing.preset=ctsl-mkt", *THREE])
+    edges = cfg.edges
+    got = {(e.src, e.dst, e.style) for e in edges}
+    students = ["s1", "s2", "s3"]
+    expected = {(a, b, st) for a in students for b in students if a != b for st in ("predictions", "relations")}
+    expected |= {(s, s, "self") for s in students}
+    assert got == expected
+    pred = next(e for e in edges if e.style == "predictions")
+    assert pred.options.temperature == 3.0 and pred.options.t2_scaling and pred.weight == 0.1
+    assert next(e for e in edges if e.style == "self").weight == cfg.loss.self_weight
+    cfg4 = load_config(None, ["routing.preset=ctsl-mkt", "styles.predictions.temperature=5"])
+    assert all(e.options.temperature == 5 for e in cfg4.edges if e.style == "predictions")

@@ -11,6 +11,7 @@ from PIL import Image
 from kdstyles import Experiment, KDError, load_config
 from kdstyles.data import EpochBatchSampler, build_data
 from kdstyles.data.sources import medmnist
+from conftest import SEG
 
 FAST = ["data.batch_size=8", "networks.teacher.widen=0.25", "networks.students.s1.widen=0.125",
         "networks.students.s2.widen=0.125", "train.epochs=1"]
@@ -325,3 +326,76 @@ def test_data_inspect_cli(tmp_path, monkeypatch, capsys):
     assert code.value.code == 1
     assert "benign" in out and "malignant" in out and "train" in out
     assert "is unreadable or truncated" in out and "3.png" in out.replace("\n", "")
+
+
+def make_seg_folder(root, n=12, size=(20, 24), fg=255):
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "images" / f"case{i}.jpg")
+        mask = np.zeros(size, np.uint8)
+        if i % 4:
+            mask[3:9, 4:12] = fg
+        Image.fromarray(mask).save(root / "masks" / f"case{i}.png")
+
+
+def test_segmentation_folder_loader(tmp_path):
+    make_seg_folder(tmp_path / "kvasir")
+    cfg = load_config(None, [*SEG, "data.source=folder", f"data.root={tmp_path / 'kvasir'}", "data.image_size=16"])
+    bundle = build_data(cfg.data, seed=0, task="segmentation")
+    x, mask, _ = bundle.splits["train"][(0, 0)]
+    assert x.shape == (3, 16, 16) and mask.shape == (16, 16) and mask.dtype == torch.long
+    assert set(mask.unique().tolist()) <= {0, 1}
+    total = sum(len(d) for d in bundle.splits.values())
+    assert total == 12
+    # a case with a polyp keeps it after the nearest-neighbour resize; 0/255 became 0/1
+    fg = [bundle.splits[s].masks.reshape(len(bundle.splits[s]), -1).max(1) for s in bundle.splits]
+    assert sum(int(f.sum()) for f in fg) == 9
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "has no mask in"),
+    ("size", "is 10x10 but its image is 24x20"),
+    ("value", "has value 7, outside 0..2"),
+])
+def test_segmentation_folder_errors(tmp_path, problem, message):
+    root = tmp_path / "data"
+    make_seg_folder(root, fg=2 if problem == "value" else 255)
+    extra = []
+    if problem == "missing":
+        (root / "masks" / "case3.png").unlink()
+        named = root / "images" / "case3.jpg"
+    elif problem == "size":
+        Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks" / "case5.png")
+        named = root / "masks" / "case5.png"
+    else:
+        Image.fromarray(np.full((20, 24), 7, np.uint8)).save(root / "masks" / "case2.png")
+        named = root / "masks" / "case2.png"
+        extra = ["data.num_classes=3"]
+    cfg = load_config(None, [*SEG, "data.source=folder", f"data.root={root}", "data.image_size=16", *extra])
+    with pytest.raises(KDError) as err:
+        build_data(cfg.data, seed=0, task="segmentation")
+    assert message in str(err.value) and str(named) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_multiclass_masks_load_as_labels(tmp_path):
+    root = tmp_path / "organs"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / "images" / f"c{i}.png")
+        mask = np.zeros((16, 16), np.uint8)
+        mask[:8, :8], mask[8:, 8:] = 1, 2
+        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
+    (root / "test.txt").write_text("c0\nc1\n")
+    (root / "val.txt").write_text("c2\n")
+    cfg = load_config(None, [*SEG, "data.source=folder", f"data.root={root}", "data.image_size=16",
+                             "data.num_classes=3", "data.classes=[background, liver, kidney]",
+                             "data.on_duplicates=warn"])
+    bundle = build_data(cfg.data, seed=0, task="segmentation")
+    assert bundle.class_names == ["background", "liver", "kidney"]
+    assert len(bundle.splits["test"]) == 2 and len(bundle.splits["val"]) == 1  # from the split lists
+    _, mask, _ = bundle.splits["test"][(0, 0)]
+    assert mask[0, 0] == 1 and mask[15, 15] == 2 and mask[0, 15] == 0

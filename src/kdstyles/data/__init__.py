@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +29,6 @@ from ..tasks import TASKS
 from . import checks, files
 from .sources import SOURCES
 
-if TYPE_CHECKING:
-    from ..config import AugmentConfig, DataConfig
-
 MAX_SEED = 2**31 - 1
 NORM_SAMPLE = 2000  # images used to estimate the per-channel mean/std
 
@@ -41,7 +38,7 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence([v & 0xFFFFFFFF for v in values]).generate_state(1)[0]) & MAX_SEED
 
 
-def build_augment(cfg: AugmentConfig, image_size: int, with_mask: bool = False):
+def build_augment(cfg: Any, image_size: int, with_mask: bool = False):
     """MONAI dictionary transforms moving the image (and its mask, nearest-neighbour) together;
     None when nothing is random."""
     from monai.transforms import (Compose, RandAffined, RandFlipd, RandRotate90d, RandScaleIntensityd,
@@ -203,9 +200,10 @@ class DataBundle:
             files.write_splits(run_dir / "splits.csv", records, labels, splits, base)
 
 
-def build_data(cfg: DataConfig, seed: int, run_dir: Path | None = None, quiet: bool = True,
+def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = True,
                check: bool = True, task: str = "classification") -> DataBundle:
-    """Load and check every split of the configured source and fit the normalisation.
+    """Load and check every split of the configured source (``cfg``: the config's ``data``
+    section) and fit the normalisation.
 
     ``check=False`` returns the bundle with its report even when the data has errors
     (``kdstyles data inspect``); otherwise the first error is raised before anything else."""
@@ -232,7 +230,7 @@ def build_data(cfg: DataConfig, seed: int, run_dir: Path | None = None, quiet: b
                       loaded.split_table, cfg.sampler)
 
 
-def _normalisation(cfg: DataConfig, train, channels: int, size: int, seed: int):
+def _normalisation(cfg: Any, train, channels: int, size: int, seed: int):
     """Per-channel mean and std of (a sample of) the training split, or 0/1 (``normalize: none``)."""
     if cfg.normalize == "none" or len(train.labels) == 0:
         return torch.zeros(channels), torch.ones(channels)

@@ -1,0 +1,103 @@
+"""The package's shape: no import circles (so every module imports alone), low modules never
+import high ones, and each kind of thing is listed in one registry."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1] / "src" / "kdstyles"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The package modules a file imports, at module level or inside functions (TYPE_CHECKING
+    blocks included: they are arrows for a reader too)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            candidates = [target] + [f"{target}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        else:
+            continue
+        for c in candidates:
+            while c and c not in modules:
+                c = c.rpartition(".")[0]
+            if c and c != name and not name.startswith(c + "."):  # a package's own __init__ is not an arrow
+                found.add(c)
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph():
+    files = [p for p in ROOT.rglob("*.py") if p.name != "__main__.py"]
+    modules = {module_name(p) for p in files}
+    return {module_name(p): imports_of(p, modules) for p in files}
+
+
+def test_no_import_circles(graph):
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                pytest.fail("import circle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+LOW = ("kdstyles.errors", "kdstyles.signals", "kdstyles.fileio", "kdstyles.imageio", "kdstyles.metrics",
+       "kdstyles.styles", "kdstyles.models", "kdstyles.tasks", "kdstyles.distributed", "kdstyles.routing")
+HIGH = ("kdstyles.engine", "kdstyles.cohort", "kdstyles.cli", "kdstyles.api", "kdstyles.compare", "kdstyles.report",
+        "kdstyles.export", "kdstyles.predict", "kdstyles.evaluate", "kdstyles.config", "kdstyles.data")
+
+
+def test_low_modules_import_nothing_high(graph):
+    for module, targets in graph.items():
+        if module.startswith(LOW):
+            high = sorted(t for t in targets if t.startswith(HIGH))
+            assert not high, f"{module} imports {high}"
+
+
+def test_one_registry_per_kind_of_thing():
+    from kdstyles.compare import RESULT_FIELDS
+    from kdstyles.config import SELECTION_METRICS, ExperimentConfig
+    from kdstyles.data.sources import SOURCES
+    from kdstyles.metrics import METRICS
+    from kdstyles.routing import PRESETS, RoutingConfig
+    from kdstyles.styles import KNOWLEDGE, STYLES
+    from kdstyles.tasks import TASKS
+
+    fields = ExperimentConfig.model_fields
+    assert set(fields["task"].annotation.__args__) == set(TASKS)
+    assert set(ExperimentConfig().data.model_fields["source"].annotation.__args__) == set(SOURCES)
+    assert set(RoutingConfig.model_fields["preset"].annotation.__args__[0].__args__) == set(PRESETS)
+    assert set(SELECTION_METRICS) - {"auto"} == {m for m, spec in METRICS.items() if spec.selectable}
+    assert [f for f in RESULT_FIELDS if f in METRICS] == list(METRICS)
+    assert all(style.consumes in KNOWLEDGE for style in STYLES.values())
+    for task in TASKS.values():
+        assert task.selection in METRICS and METRICS[task.selection].task == task.name
+        assert set(task.sources) <= set(SOURCES)
