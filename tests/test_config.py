@@ -106,3 +106,13 @@ def test_demo_yaml_is_the_default_experiment():
     # no preset means diverse; image_size/channels null mean the source's own (synthetic: 32 px, RGB)
     assert demo == load_config(None, ["routing.preset=diverse", "data.image_size=32", "data.channels=3"])
     assert ExperimentConfig().routing.label == "diverse"
+
+
+def test_demo_yaml_lists_every_key():
+    from pathlib import Path
+
+    from kdstyles.config import _flatten
+
+    demo = _flatten(read_yaml(Path(__file__).parents[1] / "configs" / "demo.yaml"))
+    full = _flatten(ExperimentConfig().model_dump(mode="json"))
+    assert [k for k in full if k not in demo and not k.startswith(("styles", "routing"))] == []
