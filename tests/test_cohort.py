@@ -39,16 +39,17 @@ def test_teacher_is_absent_when_no_edge_uses_it():
 
 def test_adapters_exist_exactly_when_shapes_differ():
     # diverse: teacher(w=0.25) -> s2 features differ in channels; s2 -> s1 features (same arch) match.
+    # Default taps at 16 px: the deepest 4x4 maps, layer3 (256 channels * widen).
     cohort = cohort_for("diverse")
     assert sorted(cohort.adapters) == ["teacher__s2__features__1"]
     a = cohort.adapters["teacher__s2__features__1"]
     assert isinstance(a.project, nn.Sequential) and not a.resize
-    assert a.project[0].in_channels == 64 and a.project[0].out_channels == 128  # 512 * widen
+    assert a.project[0].in_channels == 32 and a.project[0].out_channels == 64
 
     # teacher layer3 (w=0.25: 64 ch, 4x4) vs s1 layer4 (w=0.125: 64 ch, 2x2): resize only, no parameters;
     # s2 tapped exactly like the teacher (w=0.25, layer3): no adapter at all.
     mixed = cohort_for("fitnet", "networks.teacher.tap=layer3.0.conv2", "networks.students.s2.widen=0.25",
-                       "networks.students.s2.tap=layer3.0.conv2")
+                       "networks.students.s2.tap=layer3.0.conv2", "networks.students.s1.tap=layer4.0.conv2")
     assert list(mixed.adapters) == ["teacher__s1__features__0"]
     adapter = mixed.adapters["teacher__s1__features__0"]
     assert adapter.resize and isinstance(adapter.project, nn.Identity)
@@ -56,7 +57,7 @@ def test_adapters_exist_exactly_when_shapes_differ():
 
 
 def test_adapter_resizes_source_to_receiver():
-    cohort = cohort_for("fitnet", "networks.students.s1.tap=layer3.0.conv2")
+    cohort = cohort_for("fitnet", "networks.teacher.tap=layer4.1.conv2", "networks.students.s1.tap=layer3.0.conv2")
     x = torch.randn(2, 3, 16, 16)
     outs = cohort(x)
     src = outs["teacher"].features["layer4.1.conv2"]
@@ -119,8 +120,8 @@ def test_offline_teacher_that_does_not_fit_is_reported(tmp_path):
 def test_other_architectures_default_taps_and_adapters(arch, tap):
     from kdstyles.models.zoo import build_network, default_tap
 
-    net = build_network(arch, 3, 4, 32, stem="small")
-    assert default_tap(net) == tap
+    net = build_network(arch, 3, 4, 224)
+    assert default_tap(net, torch.zeros(1, 3, 224, 224)) == tap  # at 224 px: the last stage, as the authors tap
     cfg = load_config(None, ["routing.preset=fitnet", "data.image_size=32", f"networks.teacher.arch={arch}",
                              "networks.teacher.widen=1", "networks.students.s1.widen=0.125",
                              "networks.students.s2.widen=0.125"])

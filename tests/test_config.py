@@ -103,8 +103,8 @@ def test_demo_yaml_is_the_default_experiment():
     from pathlib import Path
 
     demo = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
-    # no preset means diverse; image_size/channels null mean the source's own (synthetic: 32 px, RGB)
-    assert demo == load_config(None, ["routing.preset=diverse", "data.image_size=32", "data.channels=3"])
+    # no preset means diverse; image_size/channels null mean the source's own (synthetic: 64 px, RGB)
+    assert demo == load_config(None, ["routing.preset=diverse", "data.image_size=64", "data.channels=3"])
     assert ExperimentConfig().routing.label == "diverse"
 
 

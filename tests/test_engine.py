@@ -281,3 +281,17 @@ def test_ctsl_mkt_and_three_student_cohort_train_end_to_end(tiny_overrides):
     assert list(result["networks"]) == ["s1", "s2", "s3", "ensemble"]
     assert result["networks"]["ensemble"]["parameters"] == sum(result["networks"][s]["parameters"]
                                                                for s in ("s1", "s2", "s3"))
+
+
+def test_progress_in_a_log_is_plain_lines_with_speed_and_eta(tmp_path):
+    from conftest import tiny
+
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", "train", "--no-evaluate",
+                           *[a for o in tiny(tmp_path, "train.epochs=1") for a in ("--set", o)]],
+                          capture_output=True, text=True, timeout=300)  # stdout is a pipe, not a terminal
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    steps = [ln for ln in lines if ln.startswith("epoch 1/1 step")]
+    assert [ln.split()[3] for ln in steps] == ["1/3", "2/3", "3/3"]
+    assert all("img/s, ETA" in ln and "teacher" in ln for ln in steps)
+    assert any(ln.startswith("epoch 1/1 (") for ln in lines) and "" not in lines[:len(steps) + 1]

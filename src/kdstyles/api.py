@@ -108,6 +108,11 @@ class Experiment:
                 shape, counts = (d.num_classes, d.channels, d.image_size), d.report.counts.get("train")
             counts = counts if self.cfg.loss.class_weights == "balanced" else None
             self._cohort = build_cohort(self.cfg, *shape, self.modules, class_counts=counts)
+            if not self.quiet:
+                from rich.console import Console
+
+                for w in self._cohort.warnings:
+                    Console(stderr=True).print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
         return self._cohort
 
     def run_info(self) -> dict[str, Any]:

@@ -96,21 +96,28 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
 def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
           set_: Optional[list[str]] = SetOpt) -> None:
     """Validate a config and build its networks (taps, shapes, adapters) without training."""
+    import torch
+
     from .api import Experiment
-    from .models.zoo import count_parameters
+    from .models.zoo import count_parameters, flops_per_image
 
     exp = Experiment(config, overrides=set_ or [], quiet=True)
     cohort = exp.cohort
-    console.print(f"config ok: preset {exp.cfg.routing.label}, run folder {exp.run_dir}")
+    sample = torch.zeros(1, exp.data.channels, exp.data.image_size, exp.data.image_size)
+    console.print(f"config ok: preset {exp.cfg.routing.label}, run folder {exp.run_dir}, "
+                  f"{exp.data.image_size} px images", highlight=False)
     for e in cohort.edges:
-        console.print(f"  edge  {e}")
+        console.print(f"  edge  {e}", highlight=False)
     for name, net in cohort.networks.items():
         mode = " (offline, frozen)" if name in cohort.frozen else ""
-        console.print(f"  {name}: {count_parameters(net):,} parameters{mode}")
+        console.print(f"  {name}: {count_parameters(net):,} parameters, {flops_per_image(net, sample) / 1e6:,.1f} "
+                      f"MFLOPs per image{mode}", highlight=False)
     for key in cohort.adapters:
-        console.print(f"  adapter {key}")
+        console.print(f"  adapter {key}", highlight=False)
     for key in cohort.shadows:
-        console.print(f"  shadow  {key} (frozen copy for self-distillation)")
+        console.print(f"  shadow  {key} (frozen copy for self-distillation)", highlight=False)
+    for w in cohort.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at a data set before training on it.")

@@ -29,7 +29,7 @@ from .config import ExperimentConfig, NetworkConfig
 from .errors import KDError
 from .models.adapters import make_adapter
 from .models.taps import Tap
-from .models.zoo import build_network
+from .models.zoo import MIN_MAP, build_network
 from .routing import T, Edge, used_networks
 from .styles import KNOWLEDGE, STYLES, NetOutput
 from .tasks import TASKS, Task
@@ -114,6 +114,7 @@ class Cohort(nn.Module):
                     wanted[net].append(path)
         self.taps = {n: Tap(networks[n], wanted[n], f"networks.{n}.tap") for n in networks}
         self.adapters = nn.ModuleDict()
+        self.warnings: list[str] = []  # shown by `kdstyles check` and when training starts
         self._probing = False
         self.cache: OutputCache | None = None
         self._build_adapters(self.probe(sample), sample)
@@ -207,6 +208,12 @@ class Cohort(nn.Module):
             kind = KNOWLEDGE[style.consumes]
             src_shape = kind.take(outs[e.src], src_path).shape
             dst_shape = kind.take(outs[e.dst], dst_path).shape
+            for net, path, shape in ((e.src, src_path, src_shape), (e.dst, dst_path, dst_shape)):
+                if len(shape) == 4 and min(shape[-2:]) < MIN_MAP:
+                    self.warnings.append(
+                        f"edge {e}: {net}'s tap {path} gives {shape[-2]}x{shape[-1]} maps at this image size, "
+                        f"nearly vectors; tap an earlier layer (networks.{net}.tap) or use larger images "
+                        f"(data.image_size)")
             adapter = make_adapter(dst_shape, src_shape, f"edge {e}", project=style.adapter == "project")
             if adapter is not None:
                 self.adapters[self.module_key(i)] = adapter

@@ -61,7 +61,7 @@ class DataConfig(Strict):
     num_classes: int = Field(2, ge=2, le=255, description="segmentation: mask values 0..K-1 (2: binary masks, "
                                                           "0/255 thresholded)")
     image_size: Optional[int] = Field(None, ge=8, le=1024, description="network input size; default: the source's "
-                                      "(synthetic 32, medmnist its size, folder/csv 224)")
+                                      "(synthetic 64, medmnist its size, folder/csv 224)")
     channels: Optional[int] = Field(None, ge=1, le=3, description="1 or 3; default: the source's (synthetic and "
                                     "folder/csv 3, medmnist its own)")
     train_samples: int = Field(2000, ge=2, description="synthetic only")

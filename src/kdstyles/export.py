@@ -27,7 +27,7 @@ from .errors import KDError
 from .evaluate import ENSEMBLE
 from .fileio import atomic_write, write_json, write_text
 from .metrics import label, task_metrics
-from .models.zoo import count_parameters
+from .models.zoo import count_parameters, flops_per_image
 from .routing import T
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -67,15 +67,6 @@ def open_run(run_dir: str | Path, network: str, checkpoint: str = "best"
     info = exp.run_info()
     exp.load_weights(checkpoint)
     return exp, deployable(exp, network, info), info
-
-
-def flops_per_image(model: nn.Module, sample: torch.Tensor) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model(sample[:1])
-    return int(counter.get_total_flops())
 
 
 def cpu_latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 20) -> float:

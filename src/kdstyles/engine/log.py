@@ -1,10 +1,12 @@
 """What a run tells as it goes: run.json's status (rank 0), metrics.csv, TensorBoard events,
-a progress bar within the epoch and one line per epoch on the console."""
+progress within the epoch (a bar with images/s and ETA on a terminal; a plain line every
+tenth of the epoch in a log) and one line per epoch on the console."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import time
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -31,10 +33,8 @@ class RunLog:
         except (KDError, OSError):
             pass
 
-    def progress(self) -> Progress:
-        return Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-                        console=self.console, transient=True, disable=self.quiet)
+    def epoch_progress(self, label: str, total: int, start: int, batch_size: int) -> "EpochProgress":
+        return EpochProgress(self, label, total, start, batch_size)
 
     def epoch(self, rows: list[dict[str, Any]], history: list[dict[str, Any]], epochs: int, metric: str,
               seconds: float) -> None:
@@ -66,3 +66,40 @@ class RunLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class EpochProgress:
+    """Progress within one epoch: ``update(done, losses)`` after every step."""
+
+    def __init__(self, log: RunLog, label: str, total: int, start: int, batch_size: int):
+        self.log, self.label, self.total, self.start, self.batch = log, label, total, start, batch_size
+        self.every = max(1, total // 10)
+        self.bar: Progress | None = None
+
+    def __enter__(self) -> "EpochProgress":
+        self.t0 = time.perf_counter()
+        if not self.log.quiet and self.log.console.is_terminal:
+            self.bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.fields[losses]}"), console=self.log.console, transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("train", total=self.total, completed=self.start, epoch=self.label,
+                                          speed="", losses="")
+        return self
+
+    def update(self, done: int, losses: Callable[[], str]) -> None:
+        if self.log.quiet:
+            return
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        rate = (done - self.start) * self.batch / elapsed
+        if self.bar is not None:
+            if done % 5 == 0 or done == self.total:
+                self.bar.update(self.task, completed=done, speed=f"{rate:,.0f} img/s", losses=losses())
+        elif done % self.every == 0 or done == self.total:
+            eta = (self.total - done) * elapsed / max(done - self.start, 1)
+            self.log.console.print(f"epoch {self.label} step {done}/{self.total} ({done / self.total:.0%}) "
+                                   f"{rate:,.0f} img/s, ETA {eta:.0f}s  {losses()}", highlight=False, soft_wrap=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)

@@ -189,9 +189,8 @@ class Trainer:
         every = self.cfg.train.checkpoint_every_steps
         total_steps = len(self.train_loader)
         optimizers = list(self.optim.optimizers.values())
-        with self.log.progress() as bar:
-            task = bar.add_task("train", total=total_steps, completed=start,
-                                epoch=f"{epoch + 1}/{self.cfg.train.epochs}", losses="")
+        label = f"{epoch + 1}/{self.cfg.train.epochs}"
+        with self.log.epoch_progress(label, total_steps, start, self.cfg.data.batch_size) as progress:
             for step, batch in enumerate(self.train_loader, start=start):
                 x, y, keys = self.rt.batch(*batch[:2], batch[2] if self.use_cache else None)
                 with self.rt.autocast():
@@ -209,9 +208,8 @@ class Trainer:
                     for term, v in nl.terms.items():
                         acc[term] = acc.get(term, 0) + v.detach().float()
                 self.state.step = step + 1
-                if not self.log.quiet and (step % 5 == 0 or step == total_steps - 1):
-                    text = "  ".join(f"{n} {float(a['loss']) / self.state.step:.3f}" for n, a in sums.items())
-                    bar.update(task, completed=step + 1, losses=text)
+                progress.update(self.state.step, lambda: "  ".join(
+                    f"{n} {float(a['loss']) / self.state.step:.3f}" for n, a in sums.items()))
                 if stop or (every and self.state.step % every == 0 and self.state.step < total_steps):
                     self.save_last()  # mid-epoch: resumes at the next step
                 if stop:

@@ -1,13 +1,17 @@
 """Networks by name: MONAI's 2D ResNets, DenseNets and EfficientNets.
 
-``stem``: ``imagenet`` keeps the usual 7x7/stride-2 stem and max pool; ``small`` uses a
-3x3/stride-1 stem without max pool (for 28-64 px images, CIFAR-style); ``auto`` picks
-``small`` for inputs below 32 px (MedMNIST's 28 px) and ``imagenet`` from 32 px up.
+``stem``: ``imagenet`` is torchvision's and timm's ResNet stem, a 7x7 convolution with
+stride 2 and a max pool (so a kdstyles ResNet18 at 224 px costs what theirs does, about
+1.8 GMACs), with bias-free downsample convolutions; ``small`` uses a 3x3/stride-1 stem
+without max pool (for 28-64 px images, CIFAR-style); ``auto`` picks ``small`` for inputs
+below 32 px (MedMNIST's 28 px) and ``imagenet`` from 32 px up.
 
-Default feature taps (METHOD.md section 3): a ResNet's last 3x3 convolution (for ResNet18
-``layer4.1.conv2``, for ResNet50 ``layer4.2.conv2``), otherwise the last convolution
-(DenseNet's ``features.denseblock4...conv2``, EfficientNet's final 1x1 ``_conv_head``).
-Raw conv outputs, before BN and activation.
+Default feature taps (METHOD.md section 3): the last 3x3 convolution of a ResNet (other
+networks: the last convolution) whose output map is at least 4x4 at the run's input size:
+at 224 px that is the last stage, as the authors tap (ResNet18 ``layer4.1.conv2``, ResNet50
+``layer4.2.conv2``, EfficientNet's final 1x1 ``_conv_head``); on smaller images an earlier
+stage, so a features edge compares maps, not vectors. Raw conv outputs, before BN and
+activation.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ def _resnet(fn: Callable, in_ch: int, n_cls: int, widen: float, small: bool, pre
     if pretrained:
         raise KDError("pretrained: MONAI's ResNet weights are 3D MedicalNet weights; no 2D ImageNet weights "
                       "exist without torchvision. Set pretrained: false (or use an efficientnet-b* arch)")
-    kw = dict(spatial_dims=2, n_input_channels=in_ch, num_classes=n_cls, widen_factor=widen)
+    kw = dict(spatial_dims=2, n_input_channels=in_ch, num_classes=n_cls, widen_factor=widen, bias_downsample=False)
     if small:
         kw.update(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True)
+    else:
+        kw.update(conv1_t_size=7, conv1_t_stride=2)
     return fn(**kw)
 
 
@@ -109,22 +115,13 @@ def build_network(arch: str, in_channels: int, num_classes: int, image_size: int
     return ARCHS[arch](in_channels, num_classes, widen, small, pretrained)
 
 
-def default_tap(model: nn.Module) -> str:
-    """The module path tapped when a features edge names none (see the module docstring)."""
-    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise KDError(f"{type(model).__name__} has no Conv2d to tap by default; set 'tap' to a module path")
-    if any(name.startswith("layer4.") for name, _ in convs):  # a ResNet: its last 3x3 conv
-        spatial = [name for name, m in convs if name.startswith("layer4.") and max(m.kernel_size) > 1]
-        return spatial[-1]
-    return convs[-1][0]
+MIN_MAP = 4  # a tapped map smaller than MIN_MAP x MIN_MAP is (nearly) a vector
 
 
-def bottleneck_tap(model: nn.Module, sample: torch.Tensor) -> str:
-    """An encoder-decoder's bottleneck: the deepest convolution with the smallest output map
-    (raw conv output), found by one forward of ``sample``."""
-    seen: list[tuple[int, str]] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: seen.append((o.shape[-2] * o.shape[-1], name)))
+def conv_output_sizes(model: nn.Module, sample: torch.Tensor) -> list[tuple[str, nn.Conv2d, tuple[int, int]]]:
+    """Every Conv2d in forward order with its output's (H, W) for ``sample``."""
+    seen: list[tuple[str, nn.Conv2d, tuple[int, int]]] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: seen.append((name, mod, tuple(o.shape[-2:]))))
              for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     was = model.training
     model.eval()
@@ -135,10 +132,28 @@ def bottleneck_tap(model: nn.Module, sample: torch.Tensor) -> str:
         model.train(was)
         for h in hooks:
             h.remove()
+    return seen
+
+
+def default_tap(model: nn.Module, sample: torch.Tensor) -> str:
+    """The module path tapped when a features edge names none (see the module docstring)."""
+    convs = conv_output_sizes(model, sample)
+    if not convs:
+        raise KDError(f"{type(model).__name__} has no Conv2d to tap by default; set 'tap' to a module path")
+    if any(name.startswith("layer4.") for name, _, _ in convs):  # a ResNet: its 3x3 convs in the stages
+        convs = [c for c in convs if c[0].startswith("layer") and max(c[1].kernel_size) > 1]
+    large = [name for name, _, hw in convs if min(hw) >= MIN_MAP]
+    return large[-1] if large else convs[-1][0]
+
+
+def bottleneck_tap(model: nn.Module, sample: torch.Tensor) -> str:
+    """An encoder-decoder's bottleneck: the deepest convolution with the smallest output map
+    (raw conv output), found by one forward of ``sample``."""
+    seen = conv_output_sizes(model, sample)
     if not seen:
         raise KDError(f"{type(model).__name__} has no Conv2d to tap by default; set 'tap' to a module path")
-    smallest = min(area for area, _ in seen)
-    return [name for area, name in seen if area == smallest][-1]
+    smallest = min(h * w for _, _, (h, w) in seen)
+    return [name for name, _, (h, w) in seen if h * w == smallest][-1]
 
 
 def default_embedding_tap(model: nn.Module) -> str:
@@ -152,3 +167,18 @@ def default_embedding_tap(model: nn.Module) -> str:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_image(model: nn.Module, sample: torch.Tensor) -> int:
+    """Floating-point operations of one forward of one image (2 per multiply-accumulate)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    was = model.training
+    model.eval()
+    try:
+        with counter, torch.inference_mode():
+            model(sample[:1])
+    finally:
+        model.train(was)
+    return int(counter.get_total_flops())

@@ -15,7 +15,7 @@ class Classification(Task):
     selection = "accuracy"
     sources = ("synthetic", "medmnist", "folder", "csv")
     synthetic = "synthetic"
-    synthetic_size = 32
+    synthetic_size = 64
     description = "the embedded synthetic histology patches"
     arch_hint = "a classifier"
 
@@ -38,7 +38,7 @@ class Classification(Task):
     def default_tap(self, model, sample):
         from ..models.zoo import default_tap
 
-        return default_tap(model)
+        return default_tap(model, sample)
 
     def metrics(self, probs, labels):
         from ..metrics import classification_metrics
