@@ -89,7 +89,7 @@ class Experiment:
             status = f"preparing {n} synthetic images" if d.source == "synthetic" else f"loading {d.source} data"
             with console.status(status) if d.source != "folder" and d.source != "csv" else nullcontext():
                 self._data = build_data(d, self.cfg.train.seed, run_dir=self.run_dir, quiet=self.quiet,
-                                        task=self.cfg.task)
+                                        task=self.cfg.task, normalize=self.cfg.normalisation)
             for w in self._data.report.warnings:
                 console.print(f"[yellow]data warning:[/yellow] {w.message}", highlight=False)
         return self._data

@@ -117,7 +117,7 @@ class Cohort(nn.Module):
         self.warnings: list[str] = []  # shown by `kdstyles check` and when training starts
         self._probing = False
         self.cache: OutputCache | None = None
-        self._build_adapters(self.probe(sample), sample)
+        self._build_adapters(self.probe(sample))
 
     def _plan_taps(self, taps: dict[str, dict[str, str | None]], sample: torch.Tensor
                    ) -> list[tuple[str | None, str | None]]:
@@ -198,7 +198,7 @@ class Cohort(nn.Module):
             self.task.check_output(name, outs[name].logits, sample)
         return outs
 
-    def _build_adapters(self, outs: dict[str, NetOutput], sample: torch.Tensor) -> None:
+    def _build_adapters(self, outs: dict[str, NetOutput]) -> None:
         """An adapter on the receiving side of every edge whose recorded tensors differ in shape
         (as the edge's style asks: project channels and resize, or resize only)."""
         for i, (e, (src_path, dst_path)) in enumerate(zip(self.edges, self.edge_taps)):

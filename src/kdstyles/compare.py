@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import load_config
-from .routing import PRESETS
 from .errors import Interrupted, KDError
 from .fileio import FolderLock, write_json, write_text
 from .metrics import METRICS
+from .routing import PRESETS
 from .runfolder import STATUS_DONE, RunFolder
 from .signals import GracefulStop, signal_name
 

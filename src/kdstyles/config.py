@@ -11,7 +11,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -70,8 +70,9 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.15, gt=0, lt=1, description="folder/csv: share of train split off as val "
                                 "when no val split exists (stratified, seeded, saved in the run folder)")
     test_fraction: float = Field(0.15, gt=0, lt=1, description="likewise for a missing test split")
-    normalize: Literal["dataset", "none"] = Field(
-        "dataset", description="dataset: per-channel mean/std of the training split; none: [0, 1]")
+    normalize: Literal["auto", "dataset", "imagenet", "none"] = Field(
+        "auto", description="dataset: per-channel mean/std of the training split; imagenet: ImageNet's; none: [0, 1]; "
+                            "auto: imagenet when a network is pretrained, else dataset")
     batch_size: int = Field(32, ge=2)
     num_workers: int = Field(0, ge=0)
     persistent_workers: bool = False
@@ -108,7 +109,17 @@ class NetworkConfig(Strict):
     tap: Optional[str] = Field(None, description="module path of the map used by features/attention edges")
     embedding_tap: Optional[str] = Field(None, description="penultimate embedding for relations edges; "
                                          "default: input of the last Linear ('fc:in')")
-    pretrained: bool = False
+    pretrained: Union[bool, str] = Field(
+        False, description="imagenet (or true): ImageNet weights (ResNets from the Hugging Face hub, EfficientNets "
+                           "through MONAI); or the path of a .safetensors/.pth/.pt file in torchvision naming")
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained(cls, v: Union[bool, str]) -> Union[bool, str]:
+        if isinstance(v, str) and v != "imagenet" and not v.endswith((".safetensors", ".pth", ".pt")):
+            raise ValueError(f"'{v}' is neither imagenet nor a .safetensors/.pth/.pt file; allowed: false, imagenet, "
+                             "PATH")
+        return "imagenet" if v is True else v
 
     @field_validator("arch")
     @classmethod
@@ -251,6 +262,14 @@ class ExperimentConfig(Strict):
     def edges(self) -> list[Edge]:
         """The routing resolved into edges (validated when the config was loaded)."""
         return list(self._edges)
+
+    @property
+    def normalisation(self) -> str:
+        """data.normalize with auto resolved: ImageNet's statistics for pretrained networks."""
+        if self.data.normalize != "auto":
+            return self.data.normalize
+        nets = [self.networks.teacher, *self.networks.students.values()]
+        return "imagenet" if any(n.pretrained for n in nets) else "dataset"
 
     def run_name(self) -> str:
         return self.output.name or f"{self.name}-{self.routing.label}-seed{self.train.seed}"

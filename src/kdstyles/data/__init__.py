@@ -201,7 +201,7 @@ class DataBundle:
 
 
 def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = True,
-               check: bool = True, task: str = "classification") -> DataBundle:
+               check: bool = True, task: str = "classification", normalize: str | None = None) -> DataBundle:
     """Load and check every split of the configured source (``cfg``: the config's ``data``
     section) and fit the normalisation.
 
@@ -221,7 +221,7 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
         raise KDError(f"{loaded.where}: the {empty[0]} split is empty ({sum(len(v.labels) for v in stored.values())} "
                       "images in all); give it files, or raise data.val_fraction / data.test_fraction")
     channels, size = loaded.channels, loaded.size
-    mean, std = _normalisation(cfg, stored["train"], channels, size, seed)
+    mean, std = _normalisation(cfg, normalize or cfg.normalize, stored["train"], channels, size, seed)
     augment = build_augment(cfg.augment, size, with_mask=task_cls.dense)
     splits = {s: ImageDataset(v.labels, mean, std, augment if s == "train" else None, seed, images=v.images,
                               paths=v.paths, channels=channels, size=size, masks=v.masks)
@@ -230,9 +230,16 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
                       loaded.split_table, cfg.sampler)
 
 
-def _normalisation(cfg: Any, train, channels: int, size: int, seed: int):
-    """Per-channel mean and std of (a sample of) the training split, or 0/1 (``normalize: none``)."""
-    if cfg.normalize == "none" or len(train.labels) == 0:
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _normalisation(cfg: Any, how: str, train, channels: int, size: int, seed: int):
+    """Per-channel mean and std: ImageNet's (pretrained networks; grayscale: their average),
+    of (a sample of) the training split (``dataset``, ``auto``), or 0/1 (``none``)."""
+    if how == "imagenet":
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        return (mean, std) if channels == 3 else (mean.mean().repeat(channels), std.mean().repeat(channels))
+    if how == "none" or len(train.labels) == 0:
         return torch.zeros(channels), torch.ones(channels)
     images, paths = train.images, train.paths
     n = len(train.labels)

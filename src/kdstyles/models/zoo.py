@@ -29,9 +29,6 @@ SMALL_STEM_BELOW = 32
 
 
 def _resnet(fn: Callable, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
-    if pretrained:
-        raise KDError("pretrained: MONAI's ResNet weights are 3D MedicalNet weights; no 2D ImageNet weights "
-                      "exist without torchvision. Set pretrained: false (or use an efficientnet-b* arch)")
     kw = dict(spatial_dims=2, n_input_channels=in_ch, num_classes=n_cls, widen_factor=widen, bias_downsample=False)
     if small:
         kw.update(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True)
@@ -104,15 +101,28 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_network(arch: str, in_channels: int, num_classes: int, image_size: int, widen: float = 1.0,
-                  stem: str = "auto", pretrained: bool = False, where: str = "networks") -> nn.Module:
-    """Build a named 2D classification network."""
+                  stem: str = "auto", pretrained: bool | str = False, where: str = "networks") -> nn.Module:
+    """Build a named 2D network; ``pretrained``: False, "imagenet" (True) or a weights file."""
     if arch not in ARCHS:
         raise KDError(f"{where}.arch: unknown arch '{arch}'; allowed: {', '.join(ARCHS)}")
     if widen != 1.0 and not arch.startswith(("resnet", *SEG_PREFIXES)):
         raise KDError(f"{where}.widen: only resnet and encoder-decoder archs take a width multiplier (arch is "
                       f"{arch}); set {where}.widen=1")
+    source = "imagenet" if pretrained is True else (pretrained or None)
+    if source and arch.startswith("resnet"):  # ImageNet ResNets: standard stem, full width, weights loaded below
+        if stem == "small" or widen != 1.0:
+            raise KDError(f"{where}: pretrained weights fit the imagenet stem at widen 1 (stem is {stem}, widen "
+                          f"{widen:g}); set {where}.stem=auto and {where}.widen=1")
+        from .pretrained import load_pretrained
+
+        model = ARCHS[arch](in_channels, num_classes, widen, False, False)
+        load_pretrained(model, arch, source, in_channels, where)
+        return model
+    if source not in (None, "imagenet") or (source and not arch.startswith("efficientnet")):
+        raise KDError(f"{where}.pretrained: {arch} takes no pretrained weights here yet (ResNets take 'imagenet' "
+                      "or a file, EfficientNets 'imagenet'); set pretrained: false")
     small = stem == "small" or (stem == "auto" and image_size < SMALL_STEM_BELOW)
-    return ARCHS[arch](in_channels, num_classes, widen, small, pretrained)
+    return ARCHS[arch](in_channels, num_classes, widen, small, bool(source))
 
 
 MIN_MAP = 4  # a tapped map smaller than MIN_MAP x MIN_MAP is (nearly) a vector
