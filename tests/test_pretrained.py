@@ -86,7 +86,7 @@ def test_bad_files_and_options_are_one_line(tmp_path):
         build_network("resnet18", 3, 2, 64, pretrained=str(tmp_path / "gone.pth"))
     with pytest.raises(KDError, match="fit the imagenet stem at widen 1"):
         build_network("resnet18", 3, 2, 64, widen=0.5, pretrained="imagenet")
-    with pytest.raises(KDError, match="no ImageNet weights are known for resnet10"):
+    with pytest.raises(KDError, match="no hub repository of ImageNet weights is known for resnet10"):
         build_network("resnet10", 3, 2, 64, pretrained="imagenet")
     with pytest.raises(KDError, match="networks.students.s1.pretrained: 'weights.bin' is neither imagenet"):
         load_config(None, ["networks.students.s1.pretrained=weights.bin"])
@@ -120,3 +120,15 @@ def test_pretrained_networks_switch_normalisation_to_imagenet(tmp_path):
     assert cfg.normalisation == "imagenet"
     assert load_config(None, ["networks.teacher.pretrained=imagenet", "networks.teacher.widen=1",
                               "data.normalize=dataset"]).normalisation == "dataset"
+
+
+def test_mobilenet_v2_loads_a_torchvision_file_strictly(tmp_path):
+    source = build_network("mobilenet_v2", 3, 1000, 224)  # torchvision's layout (see test_zoo)
+    torch.nn.init.normal_(source.features[0][0].weight)
+    torch.save(source.state_dict(), tmp_path / "mobilenet_v2.pth")
+    net = build_network("mobilenet_v2", 1, 3, 224, pretrained=str(tmp_path / "mobilenet_v2.pth"))
+    assert torch.allclose(net.features[0][0].weight, source.features[0][0].weight.sum(1, keepdim=True))
+    assert torch.equal(net.features[18][0].weight, source.features[18][0].weight)
+    assert net.classifier[1].weight.shape == (3, 1280)
+    with pytest.raises(KDError, match="no hub repository of ImageNet weights is known for mobilenet_v2"):
+        build_network("mobilenet_v2", 3, 2, 224, pretrained="imagenet")

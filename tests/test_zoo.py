@@ -34,3 +34,16 @@ def test_maps_smaller_than_4x4_are_warned_about():
     assert "networks.teacher.tap" in cohort.warnings[0] and "data.image_size" in cohort.warnings[0]
     default = build_cohort(load_config(None, ["routing.preset=fitnet", "data.image_size=64"]), 4, 3, 64)
     assert default.warnings == []
+
+
+def test_mobilenet_v2_has_torchvisions_layout_and_cost():
+    net = build_network("mobilenet_v2", 3, 1000, 224)
+    sd = net.state_dict()
+    assert sum(p.numel() for p in net.parameters()) == 3_504_872  # torchvision's count, exactly
+    assert flops_per_image(net, torch.zeros(1, 3, 224, 224)) / 2 == pytest.approx(0.30e9, rel=0.02)
+    facts = {"features.0.0.weight": (32, 3, 3, 3), "features.1.conv.0.0.weight": (32, 1, 3, 3),
+             "features.1.conv.1.weight": (16, 32, 1, 1), "features.2.conv.0.0.weight": (96, 16, 1, 1),
+             "features.17.conv.2.weight": (320, 960, 1, 1), "features.18.0.weight": (1280, 320, 1, 1),
+             "classifier.1.weight": (1000, 1280)}
+    assert {k: tuple(sd[k].shape) for k in facts} == facts and len(sd) == 314
+    assert default_tap(net, torch.zeros(1, 3, 224, 224)) == "features.18.0"  # 1280 x 7 x 7, as the authors tap

@@ -1,4 +1,4 @@
-"""ImageNet-pretrained weights without torchvision or timm.
+"""ImageNet-pretrained weights without torchvision or timm (ResNets; MobileNetV2 from a file).
 
 ``pretrained: imagenet`` takes torchvision's own ImageNet checkpoints as the timm
 organisation republishes them in safetensors on the Hugging Face hub
@@ -25,8 +25,9 @@ from ..errors import KDError
 
 HUB_REPOS = {f"resnet{d}": f"timm/resnet{d}.tv_in1k" for d in (18, 34, 50, 101, 152)}
 HUB_FILE = "model.safetensors"
-CLASSIFIER = ("fc.weight", "fc.bias")
-FIRST_CONV = "conv1.weight"
+# Per family, in torchvision's names: the classifier (replaced) and the first convolution (1-channel sum).
+CLASSIFIER = {"resnet": ("fc.weight", "fc.bias"), "mobilenet": ("classifier.1.weight", "classifier.1.bias")}
+FIRST_CONV = {"resnet": "conv1.weight", "mobilenet": "features.0.0.weight"}
 SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
@@ -80,15 +81,18 @@ def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
 def load_pretrained(model: nn.Module, arch: str, source: str, in_channels: int, where: str) -> None:
     """Load ImageNet (``source='imagenet'``) or a file's weights into a freshly built network."""
     if source == "imagenet" and arch not in HUB_REPOS:
-        raise KDError(f"{where}.pretrained: no ImageNet weights are known for {arch}; allowed: "
-                      f"{', '.join(HUB_REPOS)}, efficientnet-b0..b7 (or a weights file's path)")
+        raise KDError(f"{where}.pretrained: no hub repository of ImageNet weights is known for {arch}; allowed: "
+                      f"{', '.join(HUB_REPOS)}, efficientnet-b0..b7, or the path of a weights file in torchvision "
+                      "naming (for mobilenet_v2: torchvision's mobilenet_v2 .pth)")
+    family = next(f for f in CLASSIFIER if arch.startswith(f))
+    classifier, first = CLASSIFIER[family], FIRST_CONV[family]
     path = hub_file(arch, where) if source == "imagenet" else Path(os.path.expanduser(source))
     weights = read_state_dict(path, where)
     own = model.state_dict()
-    if FIRST_CONV in weights and in_channels == 1 and weights[FIRST_CONV].shape[1] == 3:
-        weights[FIRST_CONV] = weights[FIRST_CONV].sum(1, keepdim=True)  # grayscale: the RGB filters summed
-    weights = {k: v for k, v in weights.items() if k not in CLASSIFIER}
-    missing = [k for k in own if k not in weights and k not in CLASSIFIER]
+    if first in weights and in_channels == 1 and weights[first].shape[1] == 3:
+        weights[first] = weights[first].sum(1, keepdim=True)  # grayscale: the RGB filters summed
+    weights = {k: v for k, v in weights.items() if k not in classifier}
+    missing = [k for k in own if k not in weights and k not in classifier]
     unexpected = [k for k in weights if k not in own]
     wrong = [k for k in weights if k in own and weights[k].shape != own[k].shape]
     if missing or unexpected or wrong:

@@ -1,4 +1,5 @@
-"""Networks by name: MONAI's 2D ResNets, DenseNets and EfficientNets.
+"""Networks by name: MONAI's 2D ResNets, DenseNets and EfficientNets, and the project's own
+MobileNetV2 (models/mobilenet.py).
 
 ``stem``: ``imagenet`` is torchvision's and timm's ResNet stem, a 7x7 convolution with
 stride 2 and a max pool (so a kdstyles ResNet18 at 224 px costs what theirs does, about
@@ -26,6 +27,7 @@ from monai.networks import nets
 from ..errors import KDError
 
 SMALL_STEM_BELOW = 32
+PRETRAINED_FAMILIES = ("resnet", "mobilenet")  # built in torchvision's layout: weights load by name (pretrained.py)
 
 
 def _resnet(fn: Callable, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
@@ -63,6 +65,12 @@ def _efficientnet(name: str, in_ch: int, n_cls: int, widen: float, small: bool, 
     return model
 
 
+def _mobilenet(in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
+    from .mobilenet import MobileNetV2
+
+    return MobileNetV2(in_ch, n_cls, widen, small)
+
+
 def _unet(in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
     channels = tuple(max(4, int(round(c * widen))) for c in (16, 32, 64, 128))
     return nets.UNet(2, in_ch, n_cls, channels=channels, strides=(2, 2, 2), num_res_units=1, norm="batch")
@@ -96,6 +104,7 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     **{f"resnet{d}": partial(_resnet, getattr(nets, f"resnet{d}")) for d in (10, 18, 34, 50, 101, 152)},
     **{f"densenet{d}": partial(_densenet, getattr(nets, f"DenseNet{d}")) for d in (121, 169, 201)},
     **{f"efficientnet-b{i}": partial(_efficientnet, f"efficientnet-b{i}") for i in range(8)},
+    "mobilenet_v2": _mobilenet,
     **SEG_ARCHS,
 }
 
@@ -105,11 +114,11 @@ def build_network(arch: str, in_channels: int, num_classes: int, image_size: int
     """Build a named 2D network; ``pretrained``: False, "imagenet" (True) or a weights file."""
     if arch not in ARCHS:
         raise KDError(f"{where}.arch: unknown arch '{arch}'; allowed: {', '.join(ARCHS)}")
-    if widen != 1.0 and not arch.startswith(("resnet", *SEG_PREFIXES)):
-        raise KDError(f"{where}.widen: only resnet and encoder-decoder archs take a width multiplier (arch is "
-                      f"{arch}); set {where}.widen=1")
+    if widen != 1.0 and not arch.startswith(("resnet", "mobilenet", *SEG_PREFIXES)):
+        raise KDError(f"{where}.widen: only resnet, mobilenet_v2 and encoder-decoder archs take a width multiplier "
+                      f"(arch is {arch}); set {where}.widen=1")
     source = "imagenet" if pretrained is True else (pretrained or None)
-    if source and arch.startswith("resnet"):  # ImageNet ResNets: standard stem, full width, weights loaded below
+    if source and arch.startswith(PRETRAINED_FAMILIES):  # standard stem, full width, weights loaded below
         if stem == "small" or widen != 1.0:
             raise KDError(f"{where}: pretrained weights fit the imagenet stem at widen 1 (stem is {stem}, widen "
                           f"{widen:g}); set {where}.stem=auto and {where}.widen=1")
@@ -120,7 +129,7 @@ def build_network(arch: str, in_channels: int, num_classes: int, image_size: int
         return model
     if source not in (None, "imagenet") or (source and not arch.startswith("efficientnet")):
         raise KDError(f"{where}.pretrained: {arch} takes no pretrained weights here yet (ResNets take 'imagenet' "
-                      "or a file, EfficientNets 'imagenet'); set pretrained: false")
+                      "or a file, mobilenet_v2 a file, EfficientNets 'imagenet'); set pretrained: false")
     small = stem == "small" or (stem == "auto" and image_size < SMALL_STEM_BELOW)
     return ARCHS[arch](in_channels, num_classes, widen, small, bool(source))
 
