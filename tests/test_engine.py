@@ -295,3 +295,24 @@ def test_progress_in_a_log_is_plain_lines_with_speed_and_eta(tmp_path):
     assert [ln.split()[3] for ln in steps] == ["1/3", "2/3", "3/3"]
     assert all("img/s, ETA" in ln and "teacher" in ln for ln in steps)
     assert any(ln.startswith("epoch 1/1 (") for ln in lines) and "" not in lines[:len(steps) + 1]
+
+
+def test_auto_precision_workers_and_cudnn_settings_per_device(monkeypatch):
+    from types import SimpleNamespace
+
+    from kdstyles.engine import resolve_precision, resolve_workers
+    from kdstyles.engine.runtime import Runtime
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda:0")
+    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("fp16", cpu) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", gpu) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", gpu) == "fp32"
+    assert resolve_workers("auto", cpu, cpus=16) == 0 and resolve_workers(3, cpu) == 3
+    assert resolve_workers("auto", gpu, cpus=16) == 8 and resolve_workers("auto", gpu, cpus=4) == 3
+    train = SimpleNamespace(device="cpu", channels_last=False, precision="auto", deterministic=True)
+    rt = Runtime.create(train, device=gpu)  # placement logic only: nothing runs on the GPU here
+    assert rt.autocast_dtype is None and rt.scaler is None
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic = False

@@ -25,7 +25,7 @@ from .cohort import Cohort, build_cohort
 from .config import (ExperimentConfig, build_config, check_resumable, config_changes, dump_config,
                      load_config)
 from .data import DataBundle, build_data
-from .engine import Callback, Trainer, pick_device
+from .engine import Callback, Trainer, pick_device, resolve_workers
 from .errors import KDError
 from .evaluate import ENSEMBLE, predict_probs, score
 from .models.zoo import count_parameters
@@ -207,7 +207,8 @@ class Experiment:
         self.load_weights(checkpoint)
         device = pick_device(self.cfg.train.device)
         cohort = self.cohort.to(device)
-        loader = self.data.loader(split, self.cfg.data.batch_size, num_workers=self.cfg.data.num_workers)
+        loader = self.data.loader(split, self.cfg.data.batch_size,
+                                  num_workers=resolve_workers(self.cfg.data.num_workers, device))
         probs, labels = predict_probs(cohort, loader, device)
         metrics = score(probs, labels, cohort.task)
         params = {n: count_parameters(net) for n, net in cohort.networks.items()}

@@ -74,7 +74,16 @@ class DataConfig(Strict):
         "auto", description="dataset: per-channel mean/std of the training split; imagenet: ImageNet's; none: [0, 1]; "
                             "auto: imagenet when a network is pretrained, else dataset")
     batch_size: int = Field(32, ge=2)
-    num_workers: int = Field(0, ge=0)
+    num_workers: Union[int, Literal["auto"]] = Field(
+        "auto", description="DataLoader worker processes; auto: 0 on a CPU (the main process keeps up), "
+                            "min(8, CPUs - 1) when training on a GPU")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v: Union[int, str]) -> Union[int, str]:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be auto or a number >= 0")
+        return v
     persistent_workers: bool = False
     sampler: Literal["uniform", "balanced"] = Field("uniform", description="balanced: classes drawn equally often")
     cache_gb: float = Field(4.0, ge=0, description="folder/csv: decode into memory when the set fits in this")
@@ -204,7 +213,10 @@ class TrainConfig(Strict):
     checkpoint_every_steps: Optional[int] = Field(
         None, ge=1, description="also write last.pt every N steps within an epoch (long epochs); resume continues "
                                 "at the next step")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype; fp16 uses a GradScaler")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype; fp16 uses a GradScaler; auto: bf16 on a GPU that supports it, else fp32")
+    deterministic: bool = Field(False, description="GPU: deterministic cuDNN kernels, so a resume ends bit-identical "
+                                                   "(slower); off: cuDNN picks the fastest kernels")
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile every trainable network")
 
@@ -430,6 +442,7 @@ def dump_config(cfg: ExperimentConfig) -> str:
 # the meaning of the checkpoint when the run was created.
 RESUMABLE = ("train.epochs", "train.early_stopping", "train.checkpoint_every_steps", "train.device",
              "train.precision", "train.channels_last", "train.compile", "train.max_steps_per_epoch",
+             "train.deterministic",
              "optim.lr", "optim.weight_decay", "optim.momentum", "schedule.factor", "schedule.patience",
              "schedule.min_lr", "data.num_workers", "data.persistent_workers", "eval.", "output.tensorboard")
 

@@ -13,8 +13,9 @@ TensorBoard, console) and ``trainer`` (the loop).
 """
 
 from .optim import make_optimizer
-from .runtime import pick_device
+from .runtime import pick_device, resolve_precision, resolve_workers
 from .state import TrainState
 from .trainer import Callback, Trainer
 
-__all__ = ["Callback", "TrainState", "Trainer", "make_optimizer", "pick_device"]
+__all__ = ["Callback", "TrainState", "Trainer", "make_optimizer", "pick_device", "resolve_precision",
+           "resolve_workers"]

@@ -13,6 +13,24 @@ from .. import distributed
 from ..errors import KDError
 
 
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto``: bf16 on a CUDA device that supports it, else fp32 (CPUs differ too much in bf16)."""
+    if name != "auto":
+        return name
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def resolve_workers(value: int | str, device: torch.device, cpus: int | None = None) -> int:
+    """``auto``: no worker processes on a CPU (training, not loading, is the bottleneck there);
+    on a GPU, one per spare core up to 8, so decoding and augmentation keep the GPU fed."""
+    if value != "auto":
+        return int(value)
+    import os
+
+    cpus = cpus or os.cpu_count() or 1
+    return min(8, max(cpus - 1, 0)) if device.type == "cuda" else 0
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -36,8 +54,12 @@ class Runtime:
         dist = distributed.setup(train.device)
         device = device or pick_device(train.device, dist.local_rank)
         fmt = torch.channels_last if train.channels_last else torch.preserve_format
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
-        scaler = torch.amp.GradScaler(device.type) if train.precision == "fp16" else None
+        precision = resolve_precision(train.precision, device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        if device.type == "cuda":  # exact resumes need deterministic kernels; otherwise the fastest
+            torch.backends.cudnn.deterministic = bool(train.deterministic)
+            torch.backends.cudnn.benchmark = not train.deterministic
         return cls(dist, device, fmt, dtype, scaler)
 
     def place(self, cohort, compile_: bool) -> None:

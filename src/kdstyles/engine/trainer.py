@@ -24,7 +24,7 @@ from ..runfolder import RunFolder
 from ..signals import GracefulStop, signal_name
 from .log import RunLog
 from .optim import Optimisation
-from .runtime import Runtime
+from .runtime import Runtime, resolve_workers
 from .state import TrainState, rng_state, set_rng_state
 
 Callback = Callable[["Trainer", int], None]
@@ -47,8 +47,8 @@ class Trainer:
         if cfg.data.batch_size % self.dist.world:
             raise KDError(f"data.batch_size {cfg.data.batch_size} is the global batch and must divide by the "
                           f"{self.dist.world} processes")
-        workers = dict(num_workers=cfg.data.num_workers, persistent_workers=cfg.data.persistent_workers,
-                       shard=(self.dist.rank, self.dist.world))
+        workers = dict(num_workers=resolve_workers(cfg.data.num_workers, self.device),
+                       persistent_workers=cfg.data.persistent_workers, shard=(self.dist.rank, self.dist.world))
         self.train_loader = data.loader("train", cfg.data.batch_size, train=True, seed=cfg.train.seed,
                                         max_batches=cfg.train.max_steps_per_epoch, **workers)
         self.val_loader = data.loader("val", cfg.data.batch_size, **workers)
