@@ -1,4 +1,5 @@
 import os
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -61,3 +62,13 @@ def comparison(tmp_path_factory):
     lines = []
     summary = compare(None, ["kd", "diverse"], 2, out, SMALL, quiet=True, echo=lines.append)
     return out, summary, lines
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -163,3 +163,18 @@ CUSTOM3 = {"routing": {"edges": [
     {"src": "s3", "dst": "s2", "style": "predictions"},
     {"src": "s3", "dst": "s3", "style": "self", "weight": 0.3},
 ]}}
+
+
+def test_building_a_cohort_runs_each_network_twice_whatever_the_edges():
+    """diverse-full has 4 features edges over s1 and s2: the default tap is found with one probe
+    per network, then one forward checks every shape (not one probe per edge and side)."""
+    from kdstyles.models.zoo import build_network
+
+    nets = {n: build_network("resnet10", 3, 4, 16, widen=w) for n, w in (("teacher", 0.25), ("s1", 0.125),
+                                                                       ("s2", 0.125))}
+    calls = {n: 0 for n in nets}
+    for n, net in nets.items():
+        net.register_forward_pre_hook(lambda *_, n=n: calls.__setitem__(n, calls[n] + 1))
+    cfg = load_config(None, ["routing.preset=diverse-full", "data.image_size=16"])
+    build_cohort(cfg, num_classes=4, channels=3, image_size=16, modules=nets)
+    assert calls == {"teacher": 2, "s1": 2, "s2": 2}

@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny
+from conftest import tiny, wait_for
 from kdstyles import Experiment, KDError, checkpoints
 from kdstyles.errors import Interrupted
-from kdstyles.fileio import FolderLock, wait_for
+from kdstyles.fileio import FolderLock
 
 
 def assert_same_run(a_dir, b_dir):

@@ -53,7 +53,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 
 def state_dict_of(obj: dict[str, Any], path: str | Path, network: str = "teacher") -> dict[str, torch.Tensor]:
-    """The network weights inside a loaded file: our per-network checkpoint or a bare state dict."""
+    """The network weights inside a loaded file: our per-network checkpoint, a bare state dict,
+    or one wrapped by a training script (``state_dict``/``model`` keys, DDP's ``module.``)."""
     if obj.get("format") == FORMAT:
         if "state_dict" in obj:
             return obj["state_dict"]
@@ -63,10 +64,12 @@ def state_dict_of(obj: dict[str, Any], path: str | Path, network: str = "teacher
             if sd:
                 return sd
         raise KDError(f"checkpoint '{path}' has no weights for network '{network}'")
-    if all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    if isinstance(obj.get("state_dict"), dict):
-        return obj["state_dict"]
+    for key in ("state_dict", "model"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {k.removeprefix("module."): v for k, v in obj.items()}
     raise KDError(f"checkpoint '{path}' is neither a kdstyles checkpoint nor a state dict")
 
 

@@ -122,14 +122,16 @@ class Cohort(nn.Module):
     def _plan_taps(self, taps: dict[str, dict[str, str | None]], sample: torch.Tensor
                    ) -> list[tuple[str | None, str | None]]:
         """Per edge, the (source, target) module paths its style's kind of knowledge records."""
-        planned = []
+        planned, found = [], {}  # a default path may take a probe forward: once per network and kind
         for e in self.edges:
             kind = KNOWLEDGE[STYLES[e.style].consumes]
             pair = []
             for role, net in (("src", e.src), ("dst", e.dst)):
                 override = getattr(e.options, f"{role}_tap", None)  # an edge's own src_tap / dst_tap
-                configured = override or taps.get(net, {}).get(kind.name)
-                pair.append(kind.path(self.networks[net], configured, self.task, sample))
+                key = (net, kind.name, override or taps.get(net, {}).get(kind.name))
+                if key not in found:
+                    found[key] = kind.path(self.networks[net], key[2], self.task, sample)
+                pair.append(found[key])
             planned.append((pair[0], pair[1]))
         return planned
 

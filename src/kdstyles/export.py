@@ -131,8 +131,9 @@ def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out:
     sample = torch.rand(samples, channels, size, size, generator=gen)
     diff = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, sample, path)
 
-    evaluation = exp.folder.read_eval() if exp.folder.eval_checkpoint() == checkpoint else \
-        exp.evaluate(checkpoint=checkpoint)
+    evaluation = exp.folder.read_eval() if exp.folder.eval_path.is_file() else None
+    if evaluation is None or evaluation.get("checkpoint") != checkpoint:
+        evaluation = exp.evaluate(checkpoint=checkpoint)
     metrics = evaluation["networks"].get(network, {})
     best = info.get("best", {})
     epochs = {n: best.get(n, {}).get("epoch") for n in (exp.cohort.students if network == ENSEMBLE else [network])}

@@ -19,7 +19,6 @@ import errno
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -206,13 +205,3 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -66,16 +66,9 @@ def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
                           f"({str(exc).splitlines()[0][:100]})") from None
     if path.suffix not in SUFFIXES:
         raise KDError(f"{where}.pretrained: '{path}' is neither 'imagenet' nor a {', '.join(SUFFIXES)} file")
-    from ..checkpoints import load
+    from ..checkpoints import load, state_dict_of
 
-    obj = load(path)
-    for key in ("state_dict", "model"):  # wrappers some training scripts add
-        if isinstance(obj.get(key), dict):
-            obj = obj[key]
-    tensors = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise KDError(f"{where}.pretrained: '{path}' holds no tensors")
-    return tensors
+    return state_dict_of(load(path), path)
 
 
 def load_pretrained(model: nn.Module, arch: str, source: str, in_channels: int, where: str) -> None:
