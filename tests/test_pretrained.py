@@ -3,6 +3,8 @@ state dict in torchvision's (and timm's) ResNet18 naming loads strictly, as safe
 as .pth; 1-channel inputs get the summed RGB filters; bad files are one line; offline, the
 hub path says what to download and where. Nothing here touches a network."""
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -88,11 +90,16 @@ def test_bad_files_and_options_are_one_line(tmp_path):
         build_network("resnet18", 3, 2, 64, widen=0.5, pretrained="imagenet")
     with pytest.raises(KDError, match="no hub repository of ImageNet weights is known for resnet10"):
         build_network("resnet10", 3, 2, 64, pretrained="imagenet")
+    with pytest.raises(KDError, match="networks.pretrained: unet takes no pretrained weights"):
+        build_network("unet", 1, 2, 64, pretrained="imagenet")
     with pytest.raises(KDError, match="networks.students.s1.pretrained: 'weights.bin' is neither imagenet"):
         load_config(None, ["networks.students.s1.pretrained=weights.bin"])
 
 
-def test_offline_hub_names_repository_file_and_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("arch, repo", [("resnet50", "timm/resnet50.tv_in1k"), ("densenet169", "timm/densenet169.tv_in1k"),
+                                        ("efficientnet-b3", "timm/tf_efficientnet_b3.aa_in1k"),
+                                        ("mobilenet_v2", "timm/mobilenetv2_100.ra_in1k")])
+def test_offline_hub_names_repository_file_and_cache(tmp_path, monkeypatch, arch, repo):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     import importlib
@@ -102,13 +109,13 @@ def test_offline_hub_names_repository_file_and_cache(tmp_path, monkeypatch):
     importlib.reload(constants)  # pick up the cache folder set above
     try:
         with pytest.raises(KDError) as err:
-            build_network("resnet50", 3, 2, 224, pretrained=True, where="networks.teacher")
+            build_network(arch, 3, 2, 224, pretrained=True, where="networks.teacher")
     finally:
         monkeypatch.undo()
         importlib.reload(constants)
     msg = str(err.value)
-    assert "'model.safetensors' of the Hugging Face repository 'timm/resnet50.tv_in1k'" in msg
-    assert str(tmp_path / "hf") in msg and "huggingface-cli download timm/resnet50.tv_in1k model.safetensors" in msg
+    assert f"ImageNet weights for {arch} are 'model.safetensors' of the Hugging Face repository '{repo}'" in msg
+    assert str(tmp_path / "hf") in msg and f"huggingface-cli download {repo} model.safetensors" in msg
     assert "\n" not in msg
 
 
@@ -130,5 +137,117 @@ def test_mobilenet_v2_loads_a_torchvision_file_strictly(tmp_path):
     assert torch.allclose(net.features[0][0].weight, source.features[0][0].weight.sum(1, keepdim=True))
     assert torch.equal(net.features[18][0].weight, source.features[18][0].weight)
     assert net.classifier[1].weight.shape == (3, 1280)
-    with pytest.raises(KDError, match="no hub repository of ImageNet weights is known for mobilenet_v2"):
-        build_network("mobilenet_v2", 3, 2, 224, pretrained="imagenet")
+
+
+def bn(prefix, c):
+    return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
+            f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}
+
+
+def torchvision_densenet121_layout(old_names=False) -> dict[str, tuple[int, ...]]:
+    """torchvision's densenet121 (growth 32, bottleneck 4x, blocks 6/12/24/16, 64 stem
+    channels; timm's densenet121.tv_in1k has the same names). ``old_names``: the form of
+    torchvision's original .pth, ``denselayerN.norm.1`` for ``denselayerN.norm1``."""
+    sep = "." if old_names else ""
+    keys = {"features.conv0.weight": (64, 3, 7, 7), **bn("features.norm0", 64)}
+    channels = 64
+    for b, layers in enumerate((6, 12, 24, 16), start=1):
+        for i in range(1, layers + 1):
+            p = f"features.denseblock{b}.denselayer{i}"
+            keys.update(bn(f"{p}.norm{sep}1", channels))
+            keys[f"{p}.conv{sep}1.weight"] = (128, channels, 1, 1)
+            keys.update(bn(f"{p}.norm{sep}2", 128))
+            keys[f"{p}.conv{sep}2.weight"] = (32, 128, 3, 3)
+            channels += 32
+        if b < 4:
+            keys.update(bn(f"features.transition{b}.norm", channels))
+            keys[f"features.transition{b}.conv.weight"] = (channels // 2, channels, 1, 1)
+            channels //= 2
+    keys.update(bn("features.norm5", channels))
+    keys["classifier.weight"], keys["classifier.bias"] = (1000, channels), (1000,)
+    return keys
+
+
+def timm_mobilenetv2_100_layout() -> dict[str, tuple[int, ...]]:
+    """timm's mobilenetv2_100: conv_stem/bn1, blocks.S.j (a depthwise-separable block, then
+    inverted residuals conv_pw/bn1/conv_dw/bn2/conv_pwl/bn3), conv_head/bn2, classifier."""
+    keys = {"conv_stem.weight": (32, 3, 3, 3), **bn("bn1", 32),
+            "blocks.0.0.conv_dw.weight": (32, 1, 3, 3), **bn("blocks.0.0.bn1", 32),
+            "blocks.0.0.conv_pw.weight": (16, 32, 1, 1), **bn("blocks.0.0.bn2", 16)}
+    cin = 16
+    for stage, (cout, repeats) in enumerate(((24, 2), (32, 3), (64, 4), (96, 3), (160, 3), (320, 1)), start=1):
+        for j in range(repeats):
+            p, hidden = f"blocks.{stage}.{j}", cin * 6
+            keys.update({f"{p}.conv_pw.weight": (hidden, cin, 1, 1), **bn(f"{p}.bn1", hidden),
+                         f"{p}.conv_dw.weight": (hidden, 1, 3, 3), **bn(f"{p}.bn2", hidden),
+                         f"{p}.conv_pwl.weight": (cout, hidden, 1, 1), **bn(f"{p}.bn3", cout)})
+            cin = cout
+    keys.update({"conv_head.weight": (1280, 320, 1, 1), **bn("bn2", 1280), "classifier.weight": (1000, 1280),
+                 "classifier.bias": (1000,)})
+    return keys
+
+
+def timm_tf_efficientnet_b0_layout() -> dict[str, tuple[int, ...]]:
+    """timm's tf_efficientnet_b0 (the TensorFlow weights): stages of (expansion, kernel,
+    channels, repeats), squeeze-excitation to a quarter of each block's input channels."""
+    keys = {"conv_stem.weight": (32, 3, 3, 3), **bn("bn1", 32)}
+    cin = 32
+    stages = ((1, 3, 16, 1), (6, 3, 24, 2), (6, 5, 40, 2), (6, 3, 80, 3), (6, 5, 112, 3), (6, 5, 192, 4), (6, 3, 320, 1))
+    for s, (t, k, cout, repeats) in enumerate(stages):
+        for j in range(repeats):
+            p, mid, rd = f"blocks.{s}.{j}", cin * t, max(1, cin // 4)
+            if t != 1:
+                keys.update({f"{p}.conv_pw.weight": (mid, cin, 1, 1), **bn(f"{p}.bn1", mid)})
+            dw_bn, out_bn = ("bn2", "bn3") if t != 1 else ("bn1", "bn2")
+            keys.update({f"{p}.conv_dw.weight": (mid, 1, k, k), **bn(f"{p}.{dw_bn}", mid),
+                         f"{p}.se.conv_reduce.weight": (rd, mid, 1, 1), f"{p}.se.conv_reduce.bias": (rd,),
+                         f"{p}.se.conv_expand.weight": (mid, rd, 1, 1), f"{p}.se.conv_expand.bias": (mid,),
+                         f"{p}.{'conv_pwl' if t != 1 else 'conv_pw'}.weight": (cout, mid, 1, 1),
+                         **bn(f"{p}.{out_bn}", cout)})
+            cin = cout
+    keys.update({"conv_head.weight": (1280, 320, 1, 1), **bn("bn2", 1280), "classifier.weight": (1000, 1280),
+                 "classifier.bias": (1000,)})
+    return keys
+
+
+def random_weights(layout, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: (torch.randint(0, 9, s, generator=g) if k.endswith("num_batches_tracked") else torch.randn(s, generator=g))
+            for k, s in layout.items()}
+
+
+@pytest.mark.parametrize("arch, layout, ours, theirs", [
+    ("densenet121", torchvision_densenet121_layout(), "features.denseblock3.denselayer24.layers.conv2.weight",
+     "features.denseblock3.denselayer24.conv2.weight"),
+    ("densenet121", torchvision_densenet121_layout(old_names=True), "features.denseblock1.denselayer1.layers.norm1.bias",
+     "features.denseblock1.denselayer1.norm.1.bias"),
+    ("mobilenet_v2", timm_mobilenetv2_100_layout(), "features.17.conv.1.0.weight", "blocks.6.0.conv_dw.weight"),
+    ("mobilenet_v2", timm_mobilenetv2_100_layout(), "features.1.conv.1.weight", "blocks.0.0.conv_pw.weight"),
+    ("efficientnet-b0", timm_tf_efficientnet_b0_layout(), "_blocks.5.11._se_reduce.bias", "blocks.5.0.se.conv_reduce.bias"),
+    ("efficientnet-b0", timm_tf_efficientnet_b0_layout(), "_blocks.0.0._project_conv.weight", "blocks.0.0.conv_pw.weight"),
+])
+def test_other_namings_translate_and_load_strictly(tmp_path, arch, layout, ours, theirs):
+    sd = random_weights(layout)
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    net = build_network(arch, 1, 4, 224, pretrained=str(tmp_path / "w.safetensors"), where="networks.teacher")
+    own = net.state_dict()
+    assert torch.equal(own[ours], sd[theirs])
+    first = next(k for k in sd if k.endswith(("conv0.weight", "conv_stem.weight")))
+    assert own[next(iter(own))].shape[1] == 1 and torch.allclose(own[next(iter(own))], sd[first].sum(1, keepdim=True))
+    assert len(sd) == len(own)  # every tensor of the file has found its place, one for one
+
+
+def test_efficientnet_pytorch_running_block_numbers_load(tmp_path):
+    """efficientnet-pytorch (MONAI's own download) numbers blocks 0..15 over all stages."""
+    source = build_network("efficientnet-b0", 3, 1000, 224)
+    flat = {re.sub(r"^_blocks\.\d+\.", "_blocks.", k): v for k, v in source.state_dict().items()}
+    assert "_blocks.15._project_conv.weight" in flat
+    torch.save(flat, tmp_path / "efficientnet-b0.pth")
+    net = build_network("efficientnet-b0", 3, 2, 224, pretrained=str(tmp_path / "efficientnet-b0.pth"))
+    assert torch.equal(net._blocks[6][0]._project_conv.weight, source._blocks[6][0]._project_conv.weight)  # block 15
+
+
+def test_a_foreign_layout_of_another_size_is_refused(tmp_path):
+    save_file(random_weights(timm_tf_efficientnet_b0_layout()), str(tmp_path / "b0.safetensors"))
+    with pytest.raises(KDError, match=r"does not fit efficientnet-b1 \([0-9]+ missing key\(s\), e.g. _blocks.0.1._depthwise_conv"):
+        build_network("efficientnet-b1", 3, 2, 240, pretrained=str(tmp_path / "b0.safetensors"))

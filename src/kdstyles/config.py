@@ -119,8 +119,9 @@ class NetworkConfig(Strict):
     embedding_tap: Optional[str] = Field(None, description="penultimate embedding for relations edges; "
                                          "default: input of the last Linear ('fc:in')")
     pretrained: Union[bool, str] = Field(
-        False, description="imagenet (or true): ImageNet weights (ResNets from the Hugging Face hub, EfficientNets "
-                           "through MONAI); or the path of a .safetensors/.pth/.pt file in torchvision naming")
+        False, description="imagenet (or true): ImageNet weights from the Hugging Face hub (ResNets, DenseNets, "
+                           "EfficientNets, mobilenet_v2); or the path of a .safetensors/.pth/.pt file in "
+                           "torchvision's or timm's naming")
 
     @field_validator("pretrained")
     @classmethod

@@ -27,7 +27,7 @@ from monai.networks import nets
 from ..errors import KDError
 
 SMALL_STEM_BELOW = 32
-PRETRAINED_FAMILIES = ("resnet", "mobilenet")  # built in torchvision's layout: weights load by name (pretrained.py)
+PRETRAINED_FAMILIES = ("resnet", "densenet", "efficientnet", "mobilenet")  # weights load by name (pretrained.py)
 
 
 def _resnet(fn: Callable, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
@@ -40,9 +40,6 @@ def _resnet(fn: Callable, in_ch: int, n_cls: int, widen: float, small: bool, pre
 
 
 def _densenet(cls: type, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
-    if pretrained:
-        raise KDError("pretrained: MONAI's 2D DenseNet weights need torchvision, which kdstyles does not install; "
-                      "set pretrained: false")
     model = cls(spatial_dims=2, in_channels=in_ch, out_channels=n_cls)
     if small:
         old = model.features.conv0
@@ -52,14 +49,7 @@ def _densenet(cls: type, in_ch: int, n_cls: int, widen: float, small: bool, pret
 
 
 def _efficientnet(name: str, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
-    try:
-        model = nets.EfficientNetBN(name, pretrained=pretrained, spatial_dims=2, in_channels=in_ch,
-                                    num_classes=n_cls)
-    except (OSError, ValueError, RuntimeError) as exc:
-        if not pretrained:
-            raise
-        raise KDError(f"pretrained {name}: could not download the ImageNet weights ({type(exc).__name__}); "
-                      "set pretrained: false or run where the network is reachable") from None
+    model = nets.EfficientNetBN(name, pretrained=False, spatial_dims=2, in_channels=in_ch, num_classes=n_cls)
     if small:
         model._conv_stem.stride = (1, 1)
     return model
@@ -118,19 +108,20 @@ def build_network(arch: str, in_channels: int, num_classes: int, image_size: int
         raise KDError(f"{where}.widen: only resnet, mobilenet_v2 and encoder-decoder archs take a width multiplier "
                       f"(arch is {arch}); set {where}.widen=1")
     source = "imagenet" if pretrained is True else (pretrained or None)
-    if source and arch.startswith(PRETRAINED_FAMILIES):  # standard stem, full width, weights loaded below
-        if stem == "small" or widen != 1.0:
+    small = stem == "small" or (stem == "auto" and image_size < SMALL_STEM_BELOW)
+    if source and arch.startswith(PRETRAINED_FAMILIES):  # full width, weights loaded below
+        keeps_shapes = arch.startswith("efficientnet")  # its small stem changes a stride, no weight's shape
+        if (stem == "small" and not keeps_shapes) or widen != 1.0:
             raise KDError(f"{where}: pretrained weights fit the imagenet stem at widen 1 (stem is {stem}, widen "
                           f"{widen:g}); set {where}.stem=auto and {where}.widen=1")
         from .pretrained import load_pretrained
 
-        model = ARCHS[arch](in_channels, num_classes, widen, False, False)
+        model = ARCHS[arch](in_channels, num_classes, widen, small and keeps_shapes, False)
         load_pretrained(model, arch, source, in_channels, where)
         return model
-    if source not in (None, "imagenet") or (source and not arch.startswith("efficientnet")):
-        raise KDError(f"{where}.pretrained: {arch} takes no pretrained weights here yet (ResNets take 'imagenet' "
-                      "or a file, mobilenet_v2 a file, EfficientNets 'imagenet'); set pretrained: false")
-    small = stem == "small" or (stem == "auto" and image_size < SMALL_STEM_BELOW)
+    if source and not (source == "imagenet" and arch.startswith("flexunet-")):
+        raise KDError(f"{where}.pretrained: {arch} takes no pretrained weights (ResNets, DenseNets, EfficientNets "
+                      "and mobilenet_v2 take 'imagenet' or a file; flexunet encoders 'imagenet'); set pretrained: false")
     return ARCHS[arch](in_channels, num_classes, widen, small, bool(source))
 
 
