@@ -11,7 +11,7 @@ import pytest
 
 from conftest import SMALL
 from kdstyles.compare import compare
-from kdstyles.report import load_rows, markdown, render, table_data
+from kdstyles.report import load_rows, load_study, markdown, render, table_data
 
 
 def test_compare_results_rows_and_table(comparison):
@@ -43,7 +43,13 @@ def test_compare_results_rows_and_table(comparison):
     d = {r["seed"]: float(r["accuracy"]) for r in rows if r["preset"] == "diverse" and r["network"] == "s2"}
     k = {r["seed"]: float(r["accuracy"]) for r in rows if r["preset"] == "kd" and r["network"] == "s2"}
     diff = statistics.fmean(d[s] - k[s] for s in d)
-    assert f"| kd | s2 | {diff:+.4f} |" in text
+    assert f"| kd | s2 | {100 * diff:+.1f} pt" in text  # without the comparison folder: no per-image interval
+    study = load_study(out, load_rows(out))
+    assert f"| kd | s2 | {100 * diff:+.1f} pt [" in markdown(load_rows(out), study)
+    # every network's per-image correctness is in eval.json and averages to its accuracy
+    ev = json.loads((out / "diverse-seed0" / "eval.json").read_text())
+    for net, metrics in ev["networks"].items():
+        assert statistics.fmean(ev["per_image"][net]["accuracy"]) == pytest.approx(metrics["accuracy"])
 
 
 def test_rerun_skips_finished_runs(comparison):
@@ -87,3 +93,66 @@ def test_bad_presets_fail_before_any_run(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+
+
+def test_bad_teacher_and_ablation_options_fail_before_any_run(tmp_path):
+    from kdstyles import KDError
+
+    with pytest.raises(KDError, match="--teacher 'frozen' is not known; allowed: online, shared"):
+        compare(None, ["kd"], 1, tmp_path / "c", SMALL, teacher="frozen")
+    with pytest.raises(KDError, match="--teacher-set applies to the shared teacher; add --teacher shared"):
+        compare(None, ["kd"], 1, tmp_path / "c", SMALL, teacher_overrides=["train.epochs=3"])
+    with pytest.raises(KDError, match="train.epochs"):
+        compare(None, ["kd"], 1, tmp_path / "c", SMALL, teacher="shared", teacher_overrides=["train.epochs=0"])
+    one_edge = [*SMALL, "routing.edges=[{src: teacher, dst: s1, style: predictions}]"]
+    with pytest.raises(KDError, match="--ablate: the routing 'custom' has 1 edge"):
+        compare(None, ["student"], 1, tmp_path / "c", one_edge, ablate=True)
+    assert not (tmp_path / "c").exists()
+
+
+def test_ablation_plan_drops_each_edge_and_keeps_options():
+    from pathlib import Path
+
+    from kdstyles.compare import plan
+    from kdstyles.config import load_config
+
+    base = ["routing.preset=ctsl-mkt", "networks.students.s3.arch=resnet10"]
+    _, specs, info = plan(None, ["student"], 1, Path("/tmp/x"), base, ablate=True)
+    names = list(dict.fromkeys(s.preset for s in specs))
+    full = load_config(None, base).edges
+    assert names[0] == "ctsl-mkt" and names[-1] == "student" and info["target"] == "ctsl-mkt"
+    assert len(names) == 1 + len(full) + 1  # every edge dropped once (no teacher edges: no "only" variants)
+    for spec in specs[1:-1]:
+        edges = load_config(None, list(spec.overrides)).edges
+        assert len(edges) == len(full) - 1
+        assert all(e in full for e in edges)  # weights and the preset's options (temperature 3) kept
+        [gone] = [e for e in full if e not in edges]
+        assert info["ablation"]["removed"][spec.preset] == [str(gone)]
+
+
+def test_shared_teacher_trains_once_and_answers(tmp_path):
+    out = tmp_path / "shared"
+    lines = []
+    summary = compare(None, ["student"], 1, out, [*SMALL, "routing.preset=kd"], quiet=True, echo=lines.append,
+                      teacher="shared", teacher_overrides=["train.epochs=2"], ablate=True)
+    assert summary["failed"] == [] and summary["runs"] == 1 + 4  # the teacher, kd, kd without each edge, student
+    teacher_run = out / "teacher-seed0"
+    assert len(list(csv.DictReader((teacher_run / "metrics.csv").open()))) == 2 * 4  # its own 2 epochs, 4 networks
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert "teacher" not in {r["preset"] for r in rows}  # the teacher's run is not a compared variant
+    teacher_rows = {r["preset"]: r["accuracy"] for r in rows if r["network"] == "teacher"}
+    assert set(teacher_rows) == {"kd", "without-teacher-s1-predictions", "without-teacher-s2-predictions"}
+    assert len(set(teacher_rows.values())) == 1  # one frozen teacher, the same for every variant
+    import yaml
+
+    cfg = yaml.safe_load((out / "kd-seed0" / "config.yaml").read_text())
+    assert cfg["networks"]["teacher"]["mode"] == "offline"
+    assert cfg["networks"]["teacher"]["checkpoint"] == str(teacher_run) and cfg["train"]["epochs"] == 1
+    manifest = json.loads((out / "comparison.json").read_text())
+    assert manifest["teacher"] == {"mode": "shared", "runs": {"0": str(teacher_run)}, "overrides": ["train.epochs=2"]}
+    text = markdown(load_rows(out), load_study(out, load_rows(out)))
+    assert "### Teacher minus the students trained alone" in text
+    assert "### Ablation: what each edge contributes (kd minus the variant without it)" in text
+    assert "| teacher -> s1 predictions (w=0.2) | s1 |" in text
+    assert "without-teacher" not in text.split("### kd against each baseline")[1].split("### Ablation")[0]
+    assert "What the comparison shows" in render(out).read_text()

@@ -221,7 +221,8 @@ class Experiment:
         result = {"run_dir": str(self.run_dir), "split": split, "checkpoint": checkpoint,
                   "samples": len(labels), "preset": self.cfg.routing.label, "seed": self.cfg.train.seed,
                   "class_names": self.data.class_names,
-                  "networks": metrics, "details": {n: cohort.task.details(p, labels) for n, p in probs.items()}}
+                  "networks": metrics, "details": {n: cohort.task.details(p, labels) for n, p in probs.items()},
+                  "per_image": {n: cohort.task.per_image(p, labels) for n, p in probs.items()}}
         n = min(self.cfg.eval.overlays, len(labels))
         images = torch.stack([self.data.splits[split][i][0] for i in range(n)]) if n else None
         pictures = cohort.task.write_visuals(self.run_dir, images, labels, probs, self.data.mean, self.data.std, n)

@@ -175,30 +175,44 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
         raise typer.Exit(1)
 
 
+COMPARE_PRESETS = ("student", "kd", "fitnet", "dml", "kdml", "diverse", "diverse-full")
+
+
 @app.command()
 def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML (default: the demo experiment)"),
-            presets_: str = typer.Option("student,kd,fitnet,dml,kdml,diverse,diverse-full", "--presets",
-                                         help="comma-separated presets; 'custom' = the config's own routing"),
+            presets_: Optional[str] = typer.Option(
+                None, "--presets", help="comma-separated presets; 'custom' = the config's own routing (default: "
+                                        f"{','.join(COMPARE_PRESETS)}; with --ablate: student)"),
             seeds: int = typer.Option(3, help="seeds per preset (train.seed, +1, +2, ...)"),
             out: Optional[Path] = typer.Option(None, help="comparison folder (default: runs/compare-<name>)"),
             jobs: int = typer.Option(1, min=1, help="runs at a time, in separate processes"),
             checkpoint: str = typer.Option("best", help="evaluate each network's best or last checkpoint"),
+            teacher: str = typer.Option("online", help="online: each run trains its own teacher, as in the paper; "
+                                                       "shared: one teacher per seed, trained first, frozen for all"),
+            teacher_set: Optional[list[str]] = typer.Option(
+                None, "--teacher-set", help="KEY=VALUE for the shared teacher's run only, e.g. train.epochs=30 "
+                                            "(networks.teacher.* keys reach every run); repeatable"),
+            ablate: bool = typer.Option(False, help="the config's routing without each edge in turn, and its "
+                                                    "teacher / peer edges alone: which edge helps"),
             set_: Optional[list[str]] = SetOpt,
             quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Run every preset x seed (resumable), then write results.csv, the table and report.html."""
     from .compare import compare as run_compare
     from .config import load_config
-    from .report import load_rows, markdown, render
+    from .report import load_rows, load_study, markdown, render
 
     cfg = load_config(config, set_ or [])
     folder = out or Path(cfg.output.dir) / f"compare-{cfg.name}"
-    names = [p.strip() for p in presets_.split(",") if p.strip()]
+    default = "student" if ablate else ",".join(COMPARE_PRESETS)
+    names = [p.strip() for p in (presets_ or default).split(",") if p.strip()]
     if checkpoint not in ("best", "last"):
         raise KDError(f"--checkpoint '{checkpoint}' is not known; allowed: best, last")
     summary = run_compare(str(config) if config else None, names, seeds, folder, set_ or [], jobs=jobs,
-                          checkpoint=checkpoint, quiet=quiet, echo=lambda line: console.print(line, highlight=False))
+                          checkpoint=checkpoint, quiet=quiet, echo=lambda line: console.print(line, highlight=False),
+                          teacher=teacher, teacher_overrides=teacher_set or [], ablate=ablate)
     if summary["rows"]:
-        console.print(markdown(load_rows(folder)), highlight=False, soft_wrap=True)
+        rows = load_rows(folder)
+        console.print(markdown(rows, load_study(folder, rows)), highlight=False, soft_wrap=True)
         console.print(f"results: {folder / 'results.csv'}\nreport: {render(folder)}", highlight=False)
     if summary["failed"]:
         console.print(f"[red]{len(summary['failed'])} run(s) failed[/red]; fix the cause and run the same command "
@@ -210,11 +224,11 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
 def report(folder: Path = typer.Argument(..., help="a comparison folder or an evaluated run folder")) -> None:
     """Re-render report.html (and print the table) from existing results, without training."""
     from .compare import write_compression
-    from .report import load_rows, markdown, render
+    from .report import load_rows, load_study, markdown, render
 
     rows = load_rows(folder)
     write_compression(folder)
-    console.print(markdown(rows), highlight=False, soft_wrap=True)
+    console.print(markdown(rows, load_study(folder, rows)), highlight=False, soft_wrap=True)
     console.print(f"report: {render(folder)}", highlight=False)
 
 

@@ -30,18 +30,20 @@ from .config import load_config
 from .errors import Interrupted, KDError
 from .fileio import FolderLock, write_json, write_text
 from .metrics import METRICS
-from .routing import PRESETS
+from .routing import DEFAULT_PRESET, PRESETS
 from .runfolder import STATUS_DONE, RunFolder
 from .signals import GracefulStop, signal_name
 
 CUSTOM = "custom"  # the config's own routing (its edges or preset), next to the named presets
+SHARED_TEACHER = "teacher"  # the run folders of shared teachers: teacher-seed<N>
+TEACHER_MODES = ("online", "shared")
 DEMO_PRESETS = ("diverse", "kdml")  # kdstyles demo: the paper's preset against KD + mutual learning
 STOP_GRACE_S = 120  # how long stopped workers may take to write their checkpoints before they are killed
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    preset: str
+    preset: str  # the variant's name: a preset, 'custom', an ablation variant, or 'teacher' (the shared teacher)
     seed: int
     run_dir: str
     config: str | None
@@ -49,27 +51,130 @@ class RunSpec:
     checkpoint: str
 
 
-def plan(config: str | None, presets: list[str], seeds: int, out: Path, overrides: list[str],
-         checkpoint: str = "best") -> list[RunSpec]:
+@dataclass(frozen=True)
+class Variant:
+    """One routing compared: a preset, the config's own routing, or an ablation of it."""
+
+    name: str
+    overrides: tuple[str, ...]
+    note: str = ""
+
+
+def preset_variants(presets: list[str], base) -> list[Variant]:
     for p in presets:
         if p not in PRESETS and p != CUSTOM:
             raise KDError(f"--presets: '{p}' is not a preset; allowed: {', '.join(PRESETS)}, {CUSTOM}")
+    if len(set(presets)) != len(presets):
+        raise KDError(f"--presets: a preset is named twice ({', '.join(presets)})")
+    out = []
+    for p in presets:
+        if p != CUSTOM and base.routing.edges is not None:
+            raise KDError(f"the config routes by edges; compare it as '--presets {CUSTOM}' next to named presets, "
+                          f"and remove routing.edges to run '{p}'")
+        out.append(Variant(p, () if p == CUSTOM else (f"routing.preset={p}",)))
+    return out
+
+
+def _edges_override(edges) -> str:
+    """``routing.edges=[...]`` on one line: every edge with its resolved weight and options."""
+    import yaml
+
+    listed = [{"src": e.src, "dst": e.dst, "style": e.style, "weight": e.weight,
+               "options": e.options.model_dump(exclude_none=True)} for e in edges]
+    return "routing.edges=" + yaml.safe_dump(listed, default_flow_style=True, width=10**9).strip()
+
+
+def ablation_variants(base) -> tuple[list[Variant], dict[str, Any]]:
+    """The config's routing, each variant without one of its edges, its teacher edges only and
+    its peer edges only (where those differ from the rest); plus what each variant removed."""
+    from .routing import T
+
+    edges = base.edges
+    if len(edges) < 2:
+        raise KDError(f"--ablate: the routing '{base.routing.label}' has {len(edges)} edge(s); dropping one edge at a "
+                      "time needs at least 2 (choose one with --set routing.preset=NAME)")
+    full = base.routing.label
+    variants = [Variant(full, (), "every edge")]
+    removed: dict[str, list[str]] = {full: []}
+    seen = {frozenset(range(len(edges)))}
+
+    def add(name: str, keep: list[int], note: str) -> None:
+        if frozenset(keep) in seen:
+            return
+        seen.add(frozenset(keep))
+        while name in removed:
+            name += "-2"
+        variants.append(Variant(name, ("routing.preset=null", _edges_override([edges[i] for i in keep])), note))
+        removed[name] = [str(edges[i]) for i in range(len(edges)) if i not in keep]
+
+    for i, e in enumerate(edges):
+        add(f"without-{e.src}-{e.dst}-{e.style}", [j for j in range(len(edges)) if j != i],
+            f"without {e.src} -> {e.dst} {e.style}")
+    teacher = [i for i, e in enumerate(edges) if e.src == T]
+    peers = [i for i, e in enumerate(edges) if e.src != T]
+    if teacher and peers:
+        add("teacher-edges-only", teacher, "the teacher's edges only")
+        add("peer-edges-only", peers, "the students' edges only")
+    return variants, {"full": full, "removed": removed}
+
+
+def plan(config: str | None, presets: list[str], seeds: int, out: Path, overrides: list[str],
+         checkpoint: str = "best", teacher: str = "online", teacher_overrides: list[str] | None = None,
+         ablate: bool = False) -> tuple[list[RunSpec], list[RunSpec], dict[str, Any]]:
+    """The runs of a comparison: the shared teachers' (one per seed; none when ``teacher`` is
+    online) and every variant x seed; plus what the manifest records about them. Every run's
+    config is checked before the first run starts."""
     if seeds < 1:
         raise KDError("--seeds must be at least 1")
+    if teacher not in TEACHER_MODES:
+        raise KDError(f"--teacher '{teacher}' is not known; allowed: {', '.join(TEACHER_MODES)}")
+    teacher_overrides = list(teacher_overrides or [])
+    if teacher_overrides and teacher != "shared":
+        raise KDError("--teacher-set applies to the shared teacher; add --teacher shared")
     base = load_config(config, overrides)  # fails here, before any run, on a bad config
-    specs = []
-    for preset in presets:
-        routing = [] if preset == CUSTOM else [f"routing.preset={preset}"]
-        if routing and base.routing.edges is not None:
-            raise KDError(f"the config routes by edges; compare it as '--presets {CUSTOM}' next to named presets, "
-                          f"and remove routing.edges to run '{preset}'")
-        for i in range(seeds):
-            seed = base.train.seed + i
-            name = f"{preset}-seed{seed}"
-            ov = (*overrides, *routing, f"train.seed={seed}", f"output.dir={out}", f"output.name={name}")
+    info: dict[str, Any] = {"teacher": {"mode": teacher}}
+    if ablate:
+        variants, info["ablation"] = ablation_variants(base)
+        variants += [v for v in preset_variants([p for p in presets if p != base.routing.label], base)
+                     if v.name not in {x.name for x in variants}]
+        info["target"] = info["ablation"]["full"]
+    else:
+        variants = preset_variants(presets, base)
+        info["target"] = next((p for p in (DEFAULT_PRESET, *presets) if p in presets and p != "student"), presets[0])
+    info["notes"] = {v.name: v.note for v in variants if v.note}
+    teachers, specs = [], []
+    for i in range(seeds):
+        seed = base.train.seed + i
+        shared: tuple[str, ...] = ()
+        if teacher == "shared":
+            t_spec, shared = _shared_teacher(config, base, seed, out, overrides, teacher_overrides, checkpoint)
+            teachers.append(t_spec)
+        for v in variants:
+            name = f"{v.name}-seed{seed}"
+            ov = (*overrides, *v.overrides, *shared, f"train.seed={seed}", f"output.dir={out}", f"output.name={name}")
             load_config(config, list(ov))  # every run's config is valid before the first starts
-            specs.append(RunSpec(preset, seed, str(out / name), config, ov, checkpoint))
-    return specs
+            specs.append(RunSpec(v.name, seed, str(out / name), config, ov, checkpoint))
+    info["teacher"]["runs"] = {t.seed: t.run_dir for t in teachers}
+    info["teacher"]["overrides"] = teacher_overrides
+    return teachers, specs, info
+
+
+def _shared_teacher(config, base, seed: int, out: Path, overrides: list[str], teacher_overrides: list[str],
+                    checkpoint: str) -> tuple[RunSpec, tuple[str, ...]]:
+    """The run that trains one seed's shared teacher (on labels only: the teacher of ``kd``
+    receives no edge; its small students are not used), and the overrides that make every
+    variant of that seed load it as a frozen offline teacher."""
+    if base.networks.teacher.mode == "offline":
+        raise KDError("--teacher shared trains a teacher; the config's teacher is already offline "
+                      "(networks.teacher.mode: offline): leave out --teacher shared")
+    name = f"{SHARED_TEACHER}-seed{seed}"
+    ov = (*overrides, "routing.edges=null", "routing.preset=kd", "train.early_stopping=null", f"train.seed={seed}",
+          *teacher_overrides, f"output.dir={out}", f"output.name={name}")
+    load_config(config, list(ov))
+    same_net = tuple(o for o in teacher_overrides if o.startswith("networks.teacher."))  # the same network to load
+    shared = (*same_net, "networks.teacher.mode=offline", f"networks.teacher.checkpoint={out / name}",
+              f"networks.teacher.cache={str(not base.data.augment.random).lower()}")
+    return RunSpec(SHARED_TEACHER, seed, str(out / name), config, ov, checkpoint), shared
 
 
 def run_state(spec: RunSpec) -> str:
@@ -244,24 +349,39 @@ def write_results(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def compare(config: str | None, presets: list[str], seeds: int, out: str | Path, overrides: list[str] | None = None,
-            jobs: int = 1, checkpoint: str = "best", quiet: bool = False, echo=print) -> dict[str, Any]:
-    """Plan, run (resuming), gather results.csv, and render the report. Returns a summary."""
+            jobs: int = 1, checkpoint: str = "best", quiet: bool = False, echo=print, teacher: str = "online",
+            teacher_overrides: list[str] | None = None, ablate: bool = False) -> dict[str, Any]:
+    """Plan, run (resuming), gather results.csv, and render the report. Returns a summary.
+
+    ``teacher='shared'``: per seed one teacher is trained first (``teacher_overrides`` give it
+    its own recipe, e.g. more epochs) and every variant of that seed learns from it, frozen.
+    ``ablate``: the config's routing, without each of its edges in turn, and its teacher
+    edges / peer edges alone (plus ``presets`` beside them)."""
     out = Path(out)
     overrides = list(overrides or [])
-    specs = plan(config, presets, seeds, out, overrides, checkpoint)
+    teachers, specs, info = plan(config, presets, seeds, out, overrides, checkpoint, teacher, teacher_overrides,
+                                 ablate)
     with FolderLock(out, "comparison folder"):
         manifest = {"config": config, "presets": presets, "seeds": seeds, "overrides": overrides,
-                    "checkpoint": checkpoint,
+                    "checkpoint": checkpoint, **info,
                     "runs": [spec.__dict__ | {"overrides": list(spec.overrides)} for spec in specs]}
         write_json(out / "comparison.json", manifest)
+        results = []
         try:
-            results = execute(specs, jobs=jobs, quiet=quiet, echo=echo)
+            if teachers:
+                echo(f"shared teachers: {len(teachers)} run(s), one per seed, before the {len(specs)} others")
+                results += execute(teachers, jobs=jobs, quiet=quiet, echo=echo)
+            untrained = {t.seed: t.run_dir for t in teachers if not RunFolder(t.run_dir).best(SHARED_TEACHER).is_file()}
+            results += [{"run_dir": s.run_dir, "state": "failed",
+                         "error": f"its shared teacher did not train; see {untrained[s.seed]}"}
+                        for s in specs if s.seed in untrained]
+            results += execute([s for s in specs if s.seed not in untrained], jobs=jobs, quiet=quiet, echo=echo)
         finally:
             rows = collect(specs)  # what finished so far, also when stopped
             write_results(rows, out / "results.csv")
         write_compression(out)
     failed = [r for r in results if r["state"] == "failed"]
-    return {"out": str(out), "runs": len(specs), "failed": failed, "rows": len(rows)}
+    return {"out": str(out), "runs": len(teachers) + len(specs), "failed": failed, "rows": len(rows)}
 
 
 def run_demo(out: Path, overrides: list[str], quiet: bool = False, rule=print, echo=print) -> dict[str, dict]:

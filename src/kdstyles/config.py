@@ -41,6 +41,12 @@ class AugmentConfig(Strict):
     shear: float = Field(0.0, ge=0, lt=1)
     intensity: float = Field(0.0, ge=0, lt=1, description="max relative change of brightness and contrast")
 
+    @property
+    def random(self) -> bool:
+        """Whether any random augmentation is on (a training image then differs between epochs)."""
+        return bool(self.hflip or self.vflip or self.rotate90 or self.rotate or self.zoom or self.shift or self.shear
+                    or self.intensity)
+
 
 class DataConfig(Strict):
     """Where images come from and how they are prepared.
@@ -264,11 +270,10 @@ class ExperimentConfig(Strict):
         self._edges = resolve_edges(self.routing, list(self.networks.students), self.styles, self.loss,
                                     offline_teacher=self.networks.teacher.mode == "offline")
         TASKS[self.task].check_config(self)
-        t, a = self.networks.teacher, self.data.augment
-        if t.cache and (t.mode != "offline" or a.hflip or a.vflip or a.rotate90 or a.rotate or a.zoom or a.shift
-                        or a.shear):
+        t = self.networks.teacher
+        if t.cache and (t.mode != "offline" or self.data.augment.random):
             raise KDError("networks.teacher.cache: needs mode offline and no random augmentation "
-                          "(data.augment: hflip, vflip, rotate90 false and rotate, zoom, shift, shear 0)")
+                          "(data.augment: hflip, vflip, rotate90 false and rotate, zoom, shift, shear, intensity 0)")
         return self
 
     @property

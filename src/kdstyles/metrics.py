@@ -30,16 +30,17 @@ class Metric:
     selectable: bool = False  # may select checkpoints (train.selection_metric)
     table: bool = True  # a column of the paper-style tables
     headline: bool = False  # one of the task's two figures in short summaries (the demo)
+    per_image: bool = False  # a mean over test images: eval.json keeps each image's value (paired intervals)
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("accuracy", "accuracy", task="classification", selectable=True, headline=True),
+    Metric("accuracy", "accuracy", task="classification", selectable=True, headline=True, per_image=True),
     Metric("balanced_accuracy", "bal. accuracy", task="classification", selectable=True),
     Metric("f1", "macro-F1", task="classification", selectable=True, headline=True),
     Metric("auroc", "AUROC", task="classification", selectable=True),
     Metric("ece", "ECE", False, task="classification"),
-    Metric("dice", "Dice", task="segmentation", selectable=True, headline=True),
-    Metric("iou", "IoU", task="segmentation", selectable=True, headline=True),
+    Metric("dice", "Dice", task="segmentation", selectable=True, headline=True, per_image=True),
+    Metric("iou", "IoU", task="segmentation", selectable=True, headline=True, per_image=True),
     Metric("hd95", "HD95 (px)", False, task="segmentation"),
     Metric("pixel_accuracy", "pixel acc", task="segmentation"),
     Metric("nll", "NLL", False, table=False),
@@ -55,6 +56,11 @@ def task_metrics(task: str, present: Any = None, headline: bool = False) -> list
     only its two headline figures with ``headline``)."""
     return [m.name for m in METRICS.values() if m.task == task and m.table and (present is None or m.name in present)
             and (m.headline or not headline)]
+
+
+def per_image_metric(names: Any) -> str | None:
+    """The first of ``names`` (in registry order) whose per-image values eval.json keeps."""
+    return next((m.name for m in METRICS.values() if m.per_image and m.name in names), None)
 
 
 def lower_is_better(name: str) -> bool:

@@ -12,8 +12,9 @@ from ..fileio import read_json, write_text
 from ..runfolder import RunFolder
 from .plots import (details_of, plot_accuracy_vs_parameters, plot_confusions, plot_curves, plot_per_class,
                     plot_reliability)
-from .results import TARGET, load_rows, networks_in, paired, presets_in, primary, run_dirs
-from .tables import table_data
+from .analysis import findings, load_study
+from .results import load_rows, networks_in, presets_in, primary, run_dirs
+from .tables import analysis_tables, table_data
 
 COMPRESSION = "compression.json"  # written by compare (and kdstyles report) with export.measure_compression
 
@@ -62,12 +63,13 @@ def render(folder: str | Path) -> Path:
     for net in networks_in(rows):
         header, body, best = table_data(rows, net)
         sections.append(f"<h2>{html.escape(net)}</h2>" + _html_table(header, body, best, cls="results"))
-    diffs = paired(rows)
-    if diffs:
-        sections.append(f"<h2>{TARGET} against each baseline (paired by seed, {metric})</h2>")
-        sections.append(_html_table(["baseline", "network", "mean difference", "std", "seeds won"],
-                                    [[d["baseline"], d["network"], f"{d['mean']:+.4f}", f"{d['std']:.4f}",
-                                      f"{d['wins']}/{d['n']}"] for d in diffs], cls="paired"))
+    study = load_study(folder, rows)
+    lines = findings(study)
+    if lines:
+        sections.insert(2, "<h2>What the comparison shows</h2><ul>" +
+                        "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+    for title, header, body in analysis_tables(study):
+        sections.append(f"<h2>{html.escape(title)}</h2>" + _html_table(header, body, cls="paired"))
     comp = _compression(folder)
     if comp:
         sections.append("<h2>Compression (CPU)</h2>")

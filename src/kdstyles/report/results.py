@@ -1,5 +1,5 @@
 """Results read back for reports: rows of results.csv (or one run's eval.json), the run
-folders behind them, and the statistics over seeds (mean, sample std, paired differences)."""
+folders behind them, and the statistics over seeds (mean, sample std)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import KDError
 from ..fileio import read_csv
-from ..metrics import lower_is_better, task_metrics, task_of
+from ..metrics import task_metrics, task_of
 from ..routing import DEFAULT_PRESET
 from ..runfolder import RunFolder
 
@@ -91,22 +91,3 @@ def presets_in(rows) -> list[str]:
 def networks_in(rows) -> list[str]:
     order = list(dict.fromkeys(r["network"] for r in rows))
     return [n for n in order if n != "teacher"]
-
-
-def paired(rows: list[dict[str, Any]], target: str = TARGET, metric: str | None = None) -> list[dict[str, Any]]:
-    """``target`` against each other preset: per-seed differences of ``metric`` per network."""
-    metric = metric or primary(rows)
-    by = {(r["preset"], r["network"], r["seed"]): r.get(metric) for r in rows}
-    out = []
-    for base in presets_in(rows):
-        if base == target:
-            continue
-        for net in networks_in(rows):
-            diffs = [by[(target, net, s)] - by[(base, net, s)] for (p, n, s) in by
-                     if p == target and n == net and (base, net, s) in by
-                     and isinstance(by[(base, net, s)], (int, float))]
-            if diffs:
-                mean, std, n = mean_std(diffs)
-                wins = sum(d < 0 if lower_is_better(metric) else d > 0 for d in diffs)
-                out.append({"baseline": base, "network": net, "mean": mean, "std": std, "wins": wins, "n": n})
-    return out

@@ -8,7 +8,9 @@ from typing import Any
 
 from ..metrics import label as metric_label
 from ..metrics import lower_is_better
-from .results import TARGET, aggregate, metric_set, networks_in, paired, presets_in, primary
+from .analysis import Study, ablation_rows, findings, paired_rows, teacher_margin
+from .results import aggregate, metric_set, networks_in, presets_in, primary
+
 
 def _cell(ms: tuple[float, float, int]) -> str:
     mean, std, n = ms
@@ -42,7 +44,9 @@ def table_data(rows: list[dict[str, Any]], network: str) -> tuple[list[str], lis
     return header, body, best
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], study: Study | None = None) -> str:
+    """The tables of every network, then the paired analysis (``study``: with per-image values
+    and the comparison's manifest, from :func:`load_study`)."""
     parts = []
     n_seeds = len({r["seed"] for r in rows})
     for net in networks_in(rows):
@@ -54,13 +58,53 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             cells = [line[0], *(f"**{c}**" if f else c for c, f in zip(line[1:], flags, strict=True))]
             parts.append("| " + " | ".join(cells) + " |")
         parts.append("")
-    diffs = paired(rows)
-    if diffs:
-        parts.append(f"### {TARGET} minus each baseline ({primary(rows)}, paired by seed)\n")
-        parts.append("| baseline | network | mean difference | std | seeds won |")
-        parts.append("|---|---|---|---|---|")
-        for d in diffs:
-            parts.append(f"| {d['baseline']} | {d['network']} | {d['mean']:+.4f} | {d['std']:.4f} | "
-                         f"{d['wins']}/{d['n']} |")
-        parts.append("")
+    study = study or Study(rows, primary(rows))
+    parts += paired_markdown(study)
     return "\n".join(parts)
+
+
+def _interval_note(study: Study) -> str:
+    return (f"{metric_label(study.metric)}, {study.target} minus the other, in points; [95% bootstrap interval over "
+            "test images and seeds]; std and wins over seeds")
+
+
+def analysis_tables(study: Study) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The paired analysis as (title, header, rows): the teacher's margin, the target against
+    each baseline and (after --ablate) each edge's contribution."""
+    tables = []
+    margin = teacher_margin(study)
+    if margin:
+        tables.append((f"Teacher minus the students trained alone ({metric_label(study.metric)}, paired by seed and "
+                       "test image)", ["student", "teacher minus student [95% CI]", "verdict", "std", "seeds"],
+                       [[m["network"], m["text"], m["verdict"], f"{100 * m['std']:.1f} pt", str(m["n"])]
+                        for m in margin]))
+    diffs = paired_rows(study)
+    if diffs:
+        tables.append((f"{study.target} against each baseline ({_interval_note(study)})",
+                       ["baseline", "network", "difference [95% CI]", "verdict", "std", "seeds won", "McNemar p"],
+                       [[d["baseline"], d["network"], d["text"], d["verdict"], f"{100 * d['std']:.1f} pt",
+                         f"{d['wins']}/{d['n']}", _p(d)] for d in diffs]))
+    ablation = ablation_rows(study)
+    if ablation:
+        tables.append((f"Ablation: what each edge contributes ({study.target} minus the variant without it)",
+                       ["removed", "network", "contribution [95% CI]", "verdict", "seeds won"],
+                       [["; ".join(a["removed"]), a["network"], a["text"], a["verdict"], f"{a['wins']}/{a['n']}"]
+                        for a in ablation]))
+    return tables
+
+
+def paired_markdown(study: Study) -> list[str]:
+    """Plain findings, then :func:`analysis_tables`, as Markdown lines."""
+    parts = []
+    lines = findings(study)
+    if lines:
+        parts += ["### What the comparison shows\n", *(f"- {line}" for line in lines), ""]
+    for title, header, body in analysis_tables(study):
+        parts += [f"### {title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        parts += ["| " + " | ".join(line) + " |" for line in body] + [""]
+    return parts
+
+
+def _p(d: dict[str, Any]) -> str:
+    return f"{d['p']:.3g} ({d['only_a']}/{d['only_b']})" if "p" in d else "–"
+

@@ -81,8 +81,13 @@ class Task:
         raise NotImplementedError
 
     def details(self, probs, labels) -> dict[str, Any]:
-        """Per-network details kept in eval.json (confusion matrices, per-image scores, ...)."""
+        """Per-network details kept in eval.json (confusion matrices, reliability bins, ...)."""
         return {}
+
+    def per_image(self, probs, labels) -> dict[str, list[float]]:
+        """Each test image's value of the metrics that are means over images (``Metric.per_image``),
+        kept in eval.json so comparisons can pair runs image by image."""
+        raise NotImplementedError
 
     def ensemble(self, probs: list):
         """The students' ensemble: the mean of their probabilities (per pixel when dense)."""

@@ -50,6 +50,9 @@ class Classification(Task):
 
         return classification_details(probs, labels)
 
+    def per_image(self, probs, labels) -> dict[str, list[float]]:
+        return {"accuracy": (probs.argmax(1) == labels).int().tolist()}
+
     def prediction_header(self, class_names):
         return ["path", "prediction", "probability", *(f"p_{c}" for c in class_names)]
 

@@ -63,11 +63,11 @@ class Segmentation(Task):
 
         return segmentation_metrics(probs, labels, self.hd95)
 
-    def details(self, probs, labels) -> dict[str, Any]:
+    def per_image(self, probs, labels) -> dict[str, list[float]]:
         from ..metrics import per_image_scores
 
-        dice, _ = per_image_scores(probs.argmax(1), labels, probs.shape[1])
-        return {"per_image_dice": dice.tolist()}
+        dice, iou = per_image_scores(probs.argmax(1), labels, probs.shape[1])
+        return {"dice": dice.tolist(), "iou": iou.tolist()}
 
     def write_visuals(self, folder, images, labels, probs, mean, std, count):
         from .overlays import write_overlays

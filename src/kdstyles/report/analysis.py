@@ -1,0 +1,191 @@
+"""What a comparison answers, from its files: the target routing against each baseline with
+paired intervals, the teacher's margin over the students trained alone (and a plain warning
+when it is too small for distillation to help), and what each edge contributes in an
+ablation (``compare --ablate``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import KDError
+from ..evaluate import ENSEMBLE
+from ..fileio import read_json
+from ..metrics import label as metric_label
+from ..metrics import lower_is_better, per_image_metric
+from ..routing import T
+from ..runfolder import RunFolder
+from .results import TARGET, mean_std, networks_in, presets_in, primary, run_dirs
+from .significance import interval_text, mcnemar, paired_interval, verdict
+
+INDEPENDENT = "student"  # the preset whose students learn from labels alone
+CLEAR_MARGIN = 0.01  # a teacher leading the independent students by less than 1 point has little to pass on
+
+
+@dataclass
+class Study:
+    rows: list[dict[str, Any]]
+    metric: str  # the metric the paired analysis uses (the task's headline, a mean over images)
+    values: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict)  # (preset, seed, network)
+    target: str = TARGET
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r["seed"] for r in self.rows})
+
+    def value(self, preset: str, seed: int, network: str) -> float | None:
+        return next((r.get(self.metric) for r in self.rows if (r["preset"], r["seed"], r["network"]) ==
+                     (preset, seed, network) and isinstance(r.get(self.metric), (int, float))), None)
+
+
+def load_study(folder: str | Path, rows: list[dict[str, Any]]) -> Study:
+    """The rows with comparison.json (when there is one) and each run's per-image values."""
+    folder = Path(folder)
+    manifest: dict[str, Any] = {}
+    if (folder / "comparison.json").is_file():
+        try:
+            manifest = read_json(folder / "comparison.json", "")
+        except KDError:
+            manifest = {}
+    metric = per_image_metric([k for r in rows for k in r]) or primary(rows)
+    presets = presets_in(rows)
+    target = manifest.get("target")
+    if target not in presets:
+        target = TARGET if TARGET in presets else next((p for p in presets if p != INDEPENDENT), presets[0])
+    values = {}
+    for (preset, seed), run in run_dirs(folder, rows).items():
+        rf = RunFolder(run)
+        try:
+            per_image = rf.read_eval().get("per_image", {}) if rf.eval_path.is_file() else {}
+        except KDError:
+            per_image = {}
+        for network, metrics in per_image.items():
+            if isinstance(metrics, dict) and isinstance(metrics.get(metric), list):
+                values[(preset, seed, network)] = np.asarray(metrics[metric], dtype=np.float64)
+    return Study(rows, metric, values, target, manifest)
+
+
+def _compare(study: Study, a: tuple[str, str], b: tuple[str, str]) -> dict[str, Any] | None:
+    """(preset, network) ``a`` minus ``b``, paired by seed (and by image where both runs kept
+    per-image values on the same test split)."""
+    seed_diffs, image_diffs, correct = [], [], []
+    for seed in study.seeds:
+        va, vb = study.value(a[0], seed, a[1]), study.value(b[0], seed, b[1])
+        if va is None or vb is None:
+            continue
+        seed_diffs.append(va - vb)
+        ia, ib = study.values.get((a[0], seed, a[1])), study.values.get((b[0], seed, b[1]))
+        if ia is not None and ib is not None and len(ia) == len(ib):
+            image_diffs.append(ia - ib)
+            correct.append((ia, ib))
+    if not seed_diffs:
+        return None
+    mean, std, n = mean_std(seed_diffs)
+    sign = -1 if lower_is_better(study.metric) else 1
+    out = {"mean": mean, "std": std, "n": n, "wins": sum(sign * d > 0 for d in seed_diffs),
+           "lo": float("nan"), "hi": float("nan")}
+    if len(image_diffs) == n:  # every seed paired image by image
+        _, out["lo"], out["hi"] = paired_interval(image_diffs)
+        if study.metric == "accuracy":
+            out["only_a"], out["only_b"], out["p"] = mcnemar([c[0] for c in correct], [c[1] for c in correct])
+    out["verdict"] = verdict(out["lo"], out["hi"])
+    out["text"] = interval_text(mean, out["lo"], out["hi"])
+    return out
+
+
+def _networks(study: Study) -> list[str]:
+    return networks_in(study.rows)  # the students, then the ensemble
+
+
+def paired_rows(study: Study) -> list[dict[str, Any]]:
+    """The target against every other preset (ablation variants have their own table), per
+    student and the ensemble."""
+    variants = set((study.manifest.get("ablation") or {}).get("removed", {}))
+    out = []
+    for base in presets_in(study.rows):
+        if base == study.target or base in variants:
+            continue
+        for net in _networks(study):
+            d = _compare(study, (study.target, net), (base, net))
+            if d:
+                out.append({"baseline": base, "network": net, **d})
+    return out
+
+
+def teacher_margin(study: Study) -> list[dict[str, Any]]:
+    """The teacher against each student of the independent-students preset, per seed paired
+    on the same test images (the teacher of the target's runs, or of any run that has one)."""
+    presets = presets_in(study.rows)
+    if INDEPENDENT not in presets:
+        return []
+    with_teacher = [p for p in [study.target, *presets] if any(r["preset"] == p and r["network"] == T
+                                                                 for r in study.rows)]
+    if not with_teacher:
+        return []
+    source = with_teacher[0]
+    out = []
+    for net in _networks(study):
+        if net == ENSEMBLE:
+            continue
+        d = _compare(study, (source, T), (INDEPENDENT, net))
+        if d:
+            out.append({"network": net, "teacher_of": source, **d})
+    return out
+
+
+def margin_is_clear(margin: list[dict[str, Any]]) -> bool:
+    return all(m["mean"] >= CLEAR_MARGIN and not m["lo"] <= 0 for m in margin)
+
+
+def ablation_rows(study: Study) -> list[dict[str, Any]]:
+    """What each ablation variant removed, and the full routing minus that variant per network:
+    positive = the removed edge(s) helped."""
+    ablation = study.manifest.get("ablation") or {}
+    full, removed = ablation.get("full"), ablation.get("removed", {})
+    presets = presets_in(study.rows)
+    if full not in presets:
+        return []
+    out = []
+    for variant, edges in removed.items():
+        if variant == full or variant not in presets:
+            continue
+        for net in _networks(study):
+            d = _compare(study, (full, net), (variant, net))
+            if d:
+                out.append({"variant": variant, "removed": edges, "network": net, **d})
+    return out
+
+
+def findings(study: Study) -> list[str]:
+    """The comparison's answer in plain sentences (the summary after compare, the report's top)."""
+    lines = []
+    label = metric_label(study.metric)
+    margin = teacher_margin(study)
+    if margin:
+        parts = ", ".join(f"{m['network']} {m['text']}" for m in margin)
+        if margin_is_clear(margin):
+            lines.append(f"The teacher leads the students trained alone ({label}, teacher minus student): {parts}.")
+        else:
+            lines.append(f"Warning: the teacher is not clearly better than the students trained alone ({label}, "
+                         f"teacher minus student: {parts}), so distillation has little to pass on. Train the teacher "
+                         "longer (compare --teacher shared --teacher-set train.epochs=N), start it from ImageNet "
+                         "weights (networks.teacher.pretrained=imagenet) or use a larger teacher.")
+    elif INDEPENDENT not in presets_in(study.rows):
+        lines.append(f"Add the '{INDEPENDENT}' preset to see whether the teacher is better than students trained "
+                     "alone.")
+    vs_alone = [d for d in paired_rows(study) if d["baseline"] == INDEPENDENT]
+    if vs_alone:
+        parts = ", ".join(f"{d['network']} {d['text']} ({d['verdict']})" for d in vs_alone)
+        lines.append(f"{study.target} against students trained alone ({label}): {parts}.")
+    ablation = ablation_rows(study)
+    if ablation:
+        key = ENSEMBLE if any(a["network"] == ENSEMBLE for a in ablation) else ablation[0]["network"]
+        effect = {"better": "helps", "worse": "hurts", "not distinguishable": "makes no measurable difference"}
+        for a in (a for a in ablation if a["network"] == key):
+            lines.append(f"{'; '.join(a['removed'])}: {a['text']} for the {key} ({study.target} with it minus "
+                         f"without it), {effect.get(a['verdict'], 'cannot be judged')}.")
+    return lines

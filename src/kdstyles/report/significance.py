@@ -1,0 +1,75 @@
+"""Whether a difference between two ways of teaching is real: paired bootstrap intervals
+over test images and seeds, and McNemar's test on two classifiers' errors.
+
+Both work on per-image values that evaluate keeps in eval.json (``per_image``: 0/1
+correctness for accuracy, each image's Dice or IoU), so two runs of the same seed, which
+share their test split, are compared image by image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+REPLICATES = 2000
+LEVEL = 0.95
+CHUNK = 250  # bootstrap replicates drawn at a time (memory: CHUNK x test images)
+
+
+def paired_interval(diffs: list[np.ndarray], replicates: int = REPLICATES, level: float = LEVEL,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """Mean paired difference and its bootstrap interval.
+
+    ``diffs``: per seed, the per-image differences (A - B) on that seed's test split. The
+    estimate is the mean over seeds of each seed's mean difference. Each bootstrap replicate
+    draws the seeds with replacement, then the test images within each drawn seed with
+    replacement, so the interval reflects both the test sample and the training seeds
+    (with one seed, the test sample only). Percentile interval at ``level``."""
+    diffs = [np.asarray(d, dtype=np.float64) for d in diffs if len(d)]
+    if not diffs:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    estimate = float(np.mean([d.mean() for d in diffs]))
+    per_seed = np.empty((len(diffs), replicates))
+    for i, d in enumerate(diffs):
+        for start in range(0, replicates, CHUNK):
+            k = min(CHUNK, replicates - start)
+            per_seed[i, start:start + k] = d[rng.integers(0, len(d), size=(k, len(d)))].mean(1)
+    drawn = rng.integers(0, len(diffs), size=(replicates, len(diffs)))
+    combined = per_seed[drawn, np.arange(replicates)[:, None]].mean(1)
+    lo, hi = np.percentile(combined, [50 * (1 - level), 50 * (1 + level)])
+    return estimate, float(lo), float(hi)
+
+
+def mcnemar(correct_a: list[np.ndarray], correct_b: list[np.ndarray]) -> tuple[int, int, float]:
+    """McNemar's exact test on paired 0/1 correctness, discordant images summed over seeds:
+    (images only A gets right, images only B gets right, two-sided p-value)."""
+    only_a = sum(int(((a == 1) & (b == 0)).sum()) for a, b in zip(correct_a, correct_b, strict=True))
+    only_b = sum(int(((a == 0) & (b == 1)).sum()) for a, b in zip(correct_a, correct_b, strict=True))
+    if only_a + only_b == 0:
+        return only_a, only_b, 1.0
+    from scipy.stats import binomtest
+
+    return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def verdict(lo: float, hi: float) -> str:
+    """Plain words for an interval of A - B (higher is better)."""
+    if np.isnan(lo) or np.isnan(hi):
+        return "no per-image results"
+    if lo > 0:
+        return "better"
+    if hi < 0:
+        return "worse"
+    return "not distinguishable"
+
+
+def points(value: float) -> str:
+    """A difference of a 0-1 metric in percentage points, signed."""
+    return f"{100 * value:+.1f} pt"
+
+
+def interval_text(estimate: float, lo: float, hi: float) -> str:
+    """``+0.8 pt [-0.3, 1.9]``"""
+    if np.isnan(lo):
+        return points(estimate)
+    return f"{points(estimate)} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
