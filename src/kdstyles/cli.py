@@ -221,6 +221,42 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
 
 
 @app.command()
+def tune(config: Optional[Path] = typer.Argument(None, help="experiment YAML with a tune: section (tune.space)"),
+         trials: Optional[int] = typer.Option(None, help="finished trials the study should reach (default: "
+                                                         "tune.trials), counted over every worker"),
+         storage: Optional[str] = typer.Option(None, help="Optuna database URL shared by every worker (default: "
+                                                          "sqlite:///OUT/study.db)"),
+         study: Optional[str] = typer.Option(None, help="study name in the database (default: the experiment's)"),
+         out: Optional[Path] = typer.Option(None, help="tune folder for the trials' runs (default: "
+                                                       "runs/tune-<name>)"),
+         set_: Optional[list[str]] = SetOpt,
+         quiet: bool = typer.Option(True, "--quiet/--verbose", "-q/-v")) -> None:
+    """Search tune.space with Optuna (TPE, median pruning); start it on several machines with one --storage."""
+    from .config import load_config
+    from .tune import tune as run_tune
+
+    cfg = load_config(config, set_ or [])
+    folder = out or Path(cfg.output.dir) / f"tune-{cfg.name}"
+    summary = run_tune(str(config) if config else None, folder, set_ or [], storage=storage, study_name=study,
+                       trials=trials, quiet=quiet, echo=lambda line: console.print(line, highlight=False))
+    states = ", ".join(f"{n} {s}" for s, n in summary["trials"].items())
+    console.print(f"study '{summary['study']}' in {summary['storage']}: {states}", highlight=False)
+    if summary["best"]:
+        table = Table(title=f"best trials (validation, objective: {summary['objective']})")
+        for col in ("trial", "value", *summary["best"][0]["params"], "run folder"):
+            table.add_column(col)
+        for t in summary["best"]:
+            table.add_row(str(t["number"]), f"{t['value']:.4f}", *(f"{v:.4g}" if isinstance(v, float) else str(v)
+                                                                    for v in t["params"].values()), str(t["run_dir"]))
+        console.print(table)
+    if summary["importances"]:
+        console.print("parameter importance: " + ", ".join(f"{k} {v:.2f}"
+                                                                     for k, v in summary["importances"].items()),
+                      highlight=False)
+    console.print(f"summary: {folder / 'tune.json'}", highlight=False)
+
+
+@app.command()
 def report(folder: Path = typer.Argument(..., help="a comparison folder or an evaluated run folder")) -> None:
     """Re-render report.html (and print the table) from existing results, without training."""
     from .compare import write_compression

@@ -240,6 +240,41 @@ class EvalConfig(Strict):
     overlays: int = Field(4, ge=0, description="segmentation: test images drawn as overlay PNGs by evaluate")
 
 
+class ParamSpace(Strict):
+    """One searched key: a float range (``log`` for scales such as learning rates), an integer
+    range (``int: true``), or ``choices``."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    int: bool = False
+    choices: Optional[list[Any]] = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "ParamSpace":
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or not self.choices:
+                raise ValueError("give either choices (a non-empty list) or low and high")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("a range needs low < high (or give choices)")
+        elif self.log and self.low <= 0:
+            raise ValueError("log: true needs low > 0")
+        return self
+
+
+class TuneConfig(Strict):
+    """``kdstyles tune``: what to search (config keys), what to maximise, how many trials."""
+
+    space: dict[str, ParamSpace] = Field(
+        default_factory=dict, description="config key -> {low, high[, log, int]} or {choices: [...]}")
+    objective: str = Field("students", description="validation value maximised: students (their mean), ensemble, "
+                                                   "or a student's name")
+    trials: int = Field(20, ge=1, description="trials in the study (all workers together)")
+    startup_trials: int = Field(5, ge=0, description="random trials before TPE, and before pruning starts")
+    pruner: Literal["median", "none"] = Field("median", description="stop a trial whose validation curve falls "
+                                                                    "below the median of earlier trials")
+
+
 class OutputConfig(Strict):
     dir: str = "runs"
     name: Optional[str] = Field(None, description="run folder name; default: <experiment name>-<preset>-seed<seed>")
@@ -260,6 +295,7 @@ class ExperimentConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+    tune: TuneConfig = TuneConfig()
 
     _edges: list[Edge] = PrivateAttr(default_factory=list)
 

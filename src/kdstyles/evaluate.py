@@ -12,9 +12,7 @@ import torch.nn.functional as F
 
 from .cohort import Cohort
 from .metrics import fidelity
-from .routing import T
-
-ENSEMBLE = "ensemble"
+from .routing import ENSEMBLE, T
 
 
 @torch.inference_mode()

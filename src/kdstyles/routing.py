@@ -22,6 +22,7 @@ from .errors import KDError
 from .styles import STYLES, StyleOptions
 
 TEACHER = T = "teacher"
+ENSEMBLE = "ensemble"  # the students' mean, evaluated like a network
 PREDICTIONS, FEATURES = "predictions", "features"
 S1, S2 = "s1", "s2"
 

@@ -23,7 +23,7 @@ from typing import Any
 from .errors import KDError
 from .fileio import FolderLock, clean_temp_files, read_json, write_json, write_text
 
-STATUS_DONE = ("finished", "stopped early")
+STATUS_DONE = ("finished", "stopped early", "pruned")  # "pruned": kdstyles tune stopped it
 
 
 def now() -> str:

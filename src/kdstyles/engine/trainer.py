@@ -27,7 +27,9 @@ from .optim import Optimisation
 from .runtime import Runtime, resolve_workers
 from .state import TrainState, rng_state, set_rng_state
 
-Callback = Callable[["Trainer", int], None]
+# Called after every epoch (``trainer``, epoch); a callback that returns a reason (e.g. "pruned")
+# ends training there, with that reason as the run's status.
+Callback = Callable[["Trainer", int], "str | None"]
 
 
 class Trainer:
@@ -155,8 +157,12 @@ class Trainer:
                 self.state.status = "stopped early" if stop else "finished"
             self.save_last()
             self.log.epoch(rows, self.state.history, self.cfg.train.epochs, metric, time.perf_counter() - t0)
-            for cb in self.callbacks:
-                cb(self, epoch)
+            reasons = [reason for cb in self.callbacks if (reason := cb(self, epoch))]
+            if reasons:
+                self.state.status = reasons[0]
+                self.save_last()  # the status is part of the state a later resume reads
+                self.console.print(f"stopped after epoch {epoch}: {reasons[0]}")
+                break
             if stop:
                 self.console.print(f"early stopping: no student improved its validation {metric} "
                                    f"for {patience} epochs")

@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import KDError
-from ..evaluate import ENSEMBLE
 from ..fileio import read_json
 from ..metrics import label as metric_label
 from ..metrics import lower_is_better, per_image_metric
-from ..routing import T
+from ..routing import ENSEMBLE, T
 from ..runfolder import RunFolder
 from .results import TARGET, mean_std, networks_in, presets_in, primary, run_dirs
 from .significance import interval_text, mcnemar, paired_interval, verdict

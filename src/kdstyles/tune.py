@@ -1,0 +1,225 @@
+"""``kdstyles tune``: search the knobs that decide whether distillation helps (temperature,
+``ce_weight``, edge weights, learning rate, the routing itself...) with Optuna.
+
+The search space is the config's ``tune.space``: config keys with a range or choices. Each
+trial is one ordinary run (its own run folder ``trial-<N>`` in the tune folder) with the
+trial's values as overrides; its value is the validation metric of ``tune.objective``
+(never the test split). The engine reports each epoch's validation value to the trial, and a
+trial below the median of earlier ones at the same epoch is stopped (``pruned``).
+
+The study lives in a database: ``sqlite:///<folder>/study.db`` by default, or any URL Optuna
+supports (PostgreSQL, MySQL). Several processes or machines work on one study by running
+the same command with the same ``--storage``; together they stop at ``tune.trials``. A
+crashed worker's trial is marked failed (heartbeats) and tried again; running the command
+again resumes the study.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .config import load_config
+from .errors import KDError, TrainingDiverged
+from .fileio import write_json
+
+TRIAL_DIR = "{study}-trial-{number}"
+MAX_FAILED_IN_A_ROW = 5  # a worker whose trials keep diverging stops instead of spinning
+SUMMARY = "tune.json"
+HEARTBEAT_S = 60  # a worker that stops beating for 2 minutes has crashed: its trial is failed and retried
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise KDError("kdstyles tune needs Optuna: pip install 'kdstyles[tune]' (or pip install optuna)") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def check_space(config: str | None, overrides: list[str]) -> Any:
+    """The base config, after checking that every searched key takes each end of its range
+    (or each choice), so a typo fails here in one line, not in trial 7."""
+    cfg = load_config(config, overrides)
+    space = cfg.tune.space
+    if not space:
+        raise KDError("tune.space is empty; give the keys to search, e.g. tune.space: {optim.lr: {low: 1.0e-4, "
+                      "high: 1.0e-2, log: true}, styles.predictions.temperature: {low: 1, high: 8}}")
+    for key, p in space.items():
+        values = p.choices if p.choices is not None else [int(p.low) if p.int else p.low,
+                                                          int(p.high) if p.int else p.high]
+        for v in values:
+            try:
+                load_config(config, [*overrides, _override(key, v)])
+            except KDError as exc:
+                raise KDError(f"tune.space.{key}: the value {v!r} does not make a valid experiment ({exc})") from None
+    students = list(cfg.networks.students)
+    if cfg.tune.objective not in ("students", "ensemble", *students):
+        raise KDError(f"tune.objective '{cfg.tune.objective}' is not known; allowed: students, ensemble, "
+                      f"{', '.join(students)}")
+    if cfg.tune.objective == "ensemble" and len(students) < 2:
+        raise KDError("tune.objective: ensemble needs at least two students; use students or a student's name")
+    return cfg
+
+
+def _override(key: str, value: Any) -> str:
+    import yaml
+
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix('...').strip()}"
+
+
+def _suggest(trial, key: str, p) -> Any:
+    if p.choices is not None:
+        return trial.suggest_categorical(key, p.choices)
+    if p.int:
+        return trial.suggest_int(key, int(p.low), int(p.high), log=p.log)
+    return trial.suggest_float(key, p.low, p.high, log=p.log)
+
+
+def epoch_value(history: list[dict[str, Any]], epoch: int, metric: str, objective: str, students: list[str]
+                ) -> float:
+    """The objective's validation value at one epoch (the students' mean, the ensemble's, or one student's)."""
+    rows = {r["network"]: r.get(f"val_{metric}") for r in history if r["epoch"] == epoch}
+    names = students if objective == "students" else [objective]
+    values = [rows.get(n) for n in names]
+    return math.nan if any(v is None for v in values) else sum(values) / len(values)
+
+
+def trial_value(history: list[dict[str, Any]], metric: str, objective: str, students: list[str]) -> float:
+    """A finished trial's value: each network's best validation value over the epochs (as each
+    network's best checkpoint is kept), averaged over the students for ``students``."""
+    names = students if objective == "students" else [objective]
+    best = [max((r[f"val_{metric}"] for r in history if r["network"] == n and f"val_{metric}" in r),
+                default=math.nan) for n in names]
+    return sum(best) / len(best)
+
+
+def tune(config: str | None, out: str | Path, overrides: list[str] | None = None, storage: str | None = None,
+         study_name: str | None = None, trials: int | None = None, quiet: bool = True, echo=print) -> dict[str, Any]:
+    """Run trials until the study has ``tune.trials`` (or ``trials``) finished ones; returns the summary."""
+    optuna = _optuna()
+    from .api import Experiment
+
+    overrides = list(overrides or [])
+    cfg = check_space(config, overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    total = trials or cfg.tune.trials
+    storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    study_name = study_name or cfg.name
+    students = list(cfg.networks.students)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.tune.startup_trials, n_warmup_steps=1)
+              if cfg.tune.pruner == "median" else optuna.pruners.NopPruner())
+    study = _open_study(optuna, storage, study_name, cfg.tune.startup_trials, pruner)
+    where = f"{socket.gethostname()}:{os.getpid()}"
+    failed = [0]  # trials failed in a row in this worker
+
+    def objective(trial) -> float:
+        values = {key: _suggest(trial, key, p) for key, p in cfg.tune.space.items()}
+        name = TRIAL_DIR.format(study=study_name, number=trial.number)
+        trial.set_user_attr("worker", where)
+        trial.set_user_attr("run_dir", str(out / name))
+        echo(f"trial {trial.number} ({where}): " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                             for k, v in values.items()))
+        exp = Experiment(config, overrides=[*overrides, *(_override(k, v) for k, v in values.items()),
+                                            f"output.dir={out}", f"output.name={name}"], quiet=quiet)
+        metric = None
+
+        def report(trainer, epoch: int) -> str | None:
+            nonlocal metric
+            metric = trainer.metric
+            value = epoch_value(trainer.state.history, epoch, metric, cfg.tune.objective, students)
+            if not math.isnan(value):
+                trial.report(value, epoch)
+            return "pruned" if trial.should_prune() else None
+
+        try:
+            exp.fit(callbacks=[report])
+        except TrainingDiverged as exc:  # e.g. a learning rate too high: this trial fails, the search goes on
+            echo(f"trial {trial.number}: failed ({exc})")
+            failed[0] += 1
+            if failed[0] >= MAX_FAILED_IN_A_ROW:
+                study.stop()
+            raise
+        failed[0] = 0
+        if exp.folder.status() == "pruned":
+            echo(f"trial {trial.number}: pruned")
+            raise optuna.TrialPruned()
+        value = trial_value(_history(exp), metric, cfg.tune.objective, students)
+        echo(f"trial {trial.number}: {value:.4f}")
+        return value
+
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    remaining = total - sum(t.state in done for t in study.get_trials(deepcopy=False))
+    if remaining > 0:
+        study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(total, states=done)],
+                       catch=(TrainingDiverged,))
+        if failed[0] >= MAX_FAILED_IN_A_ROW:
+            raise KDError(f"{failed[0]} trials in a row diverged; narrow tune.space (e.g. lower optim.lr's high) "
+                          "and run the same command again")
+    summary = summarize(study, optuna)
+    summary.update({"storage": storage, "study": study_name, "objective": cfg.tune.objective})
+    write_json(out / SUMMARY, summary)
+    return summary
+
+
+def _open_study(optuna, storage: str, name: str, startup: int, pruner, attempts: int = 5):
+    """Create or load the study. Workers starting together on a new database race to create its
+    tables; the loser sees "already exists" or "locked" and simply tries again."""
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                rdb = optuna.storages.RDBStorage(
+                    storage, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+            return optuna.create_study(storage=rdb, study_name=name, direction="maximize", load_if_exists=True,
+                                       sampler=optuna.samplers.TPESampler(n_startup_trials=startup), pruner=pruner)
+        except Exception as exc:  # SQLAlchemy/Optuna raise many types for a bad URL or an unreachable database
+            racing = any(w in str(exc) for w in ("already exists", "database is locked", "UNIQUE constraint"))
+            if racing and attempt < attempts - 1:
+                time.sleep(0.5 + random.random())
+                continue
+            raise KDError(f"--storage '{storage}': the study database cannot be opened "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+
+
+def _history(exp) -> list[dict[str, Any]]:
+    """metrics.csv's validation values, as numbers."""
+    out = []
+    for r in exp.folder.read_metrics():
+        row: dict[str, Any] = {"network": r["network"], "epoch": int(r["epoch"])}
+        row.update({k: float(v) for k, v in r.items() if k.startswith("val_") and v not in ("", None)})
+        out.append(row)
+    return out
+
+
+def summarize(study, optuna) -> dict[str, Any]:
+    """The best trials and each parameter's importance (Optuna's default evaluator), for
+    tune.json and the CLI."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    ranked = sorted(complete, key=lambda t: t.value, reverse=True)
+    importances: dict[str, float] = {}
+    if len(complete) >= 2:
+        try:
+            with warnings.catch_warnings():  # few trials: "importances will be equal" is expected, not news
+                warnings.simplefilter("ignore", UserWarning)
+                importances = {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+        except (RuntimeError, ValueError):  # e.g. every completed trial drew the same values
+            importances = {}
+    return {"trials": states,
+            "best": [{"number": t.number, "value": t.value, "params": t.params,
+                      "run_dir": t.user_attrs.get("run_dir"), "worker": t.user_attrs.get("worker")}
+                     for t in ranked[:5]],
+            "importances": importances}
