@@ -222,7 +222,7 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
 
 @app.command()
 def tune(config: Optional[Path] = typer.Argument(None, help="experiment YAML with a tune: section (tune.space)"),
-         trials: Optional[int] = typer.Option(None, help="finished trials the study should reach (default: "
+         trials: Optional[int] = typer.Option(None, min=1, help="finished trials the study should reach (default: "
                                                          "tune.trials), counted over every worker"),
          storage: Optional[str] = typer.Option(None, help="Optuna database URL shared by every worker (default: "
                                                           "sqlite:///OUT/study.db)"),

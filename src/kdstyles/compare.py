@@ -170,7 +170,10 @@ def _shared_teacher(config, base, seed: int, out: Path, overrides: list[str], te
     name = f"{SHARED_TEACHER}-seed{seed}"
     ov = (*overrides, "routing.edges=null", "routing.preset=kd", "train.early_stopping=null", f"train.seed={seed}",
           *teacher_overrides, f"output.dir={out}", f"output.name={name}")
-    load_config(config, list(ov))
+    try:
+        load_config(config, list(ov))
+    except KDError as exc:
+        raise KDError(f"--teacher-set: {exc}".replace("--set ", "", 1)) from None
     same_net = tuple(o for o in teacher_overrides if o.startswith("networks.teacher."))  # the same network to load
     shared = (*same_net, "networks.teacher.mode=offline", f"networks.teacher.checkpoint={out / name}",
               f"networks.teacher.cache={str(not base.data.augment.random).lower()}")

@@ -110,14 +110,16 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
     overrides = list(overrides or [])
     cfg = check_space(config, overrides)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     total = trials or cfg.tune.trials
-    storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    if storage is None:
+        out.mkdir(parents=True, exist_ok=True)  # the default database lives in the tune folder
+        storage = f"sqlite:///{(out / 'study.db').resolve()}"
     study_name = study_name or cfg.name
     students = list(cfg.networks.students)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.tune.startup_trials, n_warmup_steps=1)
               if cfg.tune.pruner == "median" else optuna.pruners.NopPruner())
     study = _open_study(optuna, storage, study_name, cfg.tune.startup_trials, pruner)
+    out.mkdir(parents=True, exist_ok=True)
     where = f"{socket.gethostname()}:{os.getpid()}"
     failed = [0]  # trials failed in a row in this worker
 
