@@ -128,6 +128,14 @@ def test_ablation_plan_drops_each_edge_and_keeps_options():
         assert all(e in full for e in edges)  # weights and the preset's options (temperature 3) kept
         [gone] = [e for e in full if e not in edges]
         assert info["ablation"]["removed"][spec.preset] == [str(gone)]
+    # a config routing by edges: its own routing ablated ('custom'), presets run beside it; a variant
+    # equal to another (teacher edges only = without the peer edge) is run once
+    edges = ["routing.edges=[{src: teacher, dst: s1, style: predictions}, {src: s1, dst: s2, style: predictions}]"]
+    _, specs, info = plan(None, ["student", "kd"], 1, Path("/tmp/x"), edges, ablate=True)
+    assert [s.preset for s in specs] == ["custom", "without-teacher-s1-predictions", "without-s1-s2-predictions",
+                                         "student", "kd"]
+    assert [str(e) for e in load_config(None, list(specs[-1].overrides)).edges] == [
+        "teacher -> s1 predictions (w=0.2)", "teacher -> s2 predictions (w=0.2)"]
 
 
 def test_shared_teacher_trains_once_and_answers(tmp_path):

@@ -60,7 +60,9 @@ class Variant:
     note: str = ""
 
 
-def preset_variants(presets: list[str], base) -> list[Variant]:
+def preset_variants(presets: list[str], base, beside_edges: bool = False) -> list[Variant]:
+    """The named presets (and 'custom', the config's routing). ``beside_edges``: a config that
+    routes by edges may still run named presets beside its own routing (--ablate)."""
     for p in presets:
         if p not in PRESETS and p != CUSTOM:
             raise KDError(f"--presets: '{p}' is not a preset; allowed: {', '.join(PRESETS)}, {CUSTOM}")
@@ -68,10 +70,10 @@ def preset_variants(presets: list[str], base) -> list[Variant]:
         raise KDError(f"--presets: a preset is named twice ({', '.join(presets)})")
     out = []
     for p in presets:
-        if p != CUSTOM and base.routing.edges is not None:
+        if p != CUSTOM and base.routing.edges is not None and not beside_edges:
             raise KDError(f"the config routes by edges; compare it as '--presets {CUSTOM}' next to named presets, "
                           f"and remove routing.edges to run '{p}'")
-        out.append(Variant(p, () if p == CUSTOM else (f"routing.preset={p}",)))
+        out.append(Variant(p, () if p == CUSTOM else ("routing.edges=null", f"routing.preset={p}")))
     return out
 
 
@@ -135,7 +137,7 @@ def plan(config: str | None, presets: list[str], seeds: int, out: Path, override
     info: dict[str, Any] = {"teacher": {"mode": teacher}}
     if ablate:
         variants, info["ablation"] = ablation_variants(base)
-        variants += [v for v in preset_variants([p for p in presets if p != base.routing.label], base)
+        variants += [v for v in preset_variants([p for p in presets if p != base.routing.label], base, True)
                      if v.name not in {x.name for x in variants}]
         info["target"] = info["ablation"]["full"]
     else:
