@@ -173,7 +173,7 @@ def findings(study: Study) -> list[str]:
                          f"teacher minus student: {parts}), so distillation has little to pass on. Train the teacher "
                          "longer (compare --teacher shared --teacher-set train.epochs=N), start it from ImageNet "
                          "weights (networks.teacher.pretrained=imagenet) or use a larger teacher.")
-    elif INDEPENDENT not in presets_in(study.rows):
+    elif INDEPENDENT not in presets_in(study.rows) and len(presets_in(study.rows)) > 1:
         lines.append(f"Add the '{INDEPENDENT}' preset to see whether the teacher is better than students trained "
                      "alone.")
     vs_alone = [d for d in paired_rows(study) if d["baseline"] == INDEPENDENT]
