@@ -50,6 +50,34 @@ def test_trials_are_runs_scored_on_validation_and_the_study_resumes(tmp_path):
     assert sum(again["trials"].values()) == 4
 
 
+def test_the_teachers_own_keys_train_one_shared_teacher_per_value(tmp_path):
+    """teacher.train.epochs is searched: each distinct value trains one teacher on labels,
+    reused by every trial that draws it; the trials' students learn from it offline."""
+    out = tmp_path / "tune"
+    space = {"teacher.train.epochs": {"choices": [1, 2]}, "loss.ce_weight": {"low": 0.1, "high": 0.9}}
+    lines = []
+    tune(config(tmp_path, trials=4, startup_trials=4, pruner="none", space=space), out, echo=lines.append)
+    import optuna
+
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}").get_trials()
+    drawn = {t.params["teacher.train.epochs"] for t in trials}
+    teachers = sorted(p.name for p in out.glob("tiny-teacher-*"))
+    assert teachers == sorted(f"tiny-teacher-train.epochs={e}" for e in drawn)
+    for t in trials:
+        run_cfg = yaml.safe_load((out / f"tiny-trial-{t.number}" / "config.yaml").read_text())
+        teacher = out / f"tiny-teacher-train.epochs={t.params['teacher.train.epochs']}"
+        assert t.user_attrs["teacher_run"] == str(teacher)
+        assert run_cfg["networks"]["teacher"]["mode"] == "offline"
+        assert run_cfg["networks"]["teacher"]["checkpoint"] == str(teacher)
+        assert run_cfg["train"]["epochs"] == 2  # the students keep their own epochs
+    for teacher in teachers:
+        epochs = int(teacher.rsplit("=", 1)[1])
+        info = json.loads((out / teacher / "run.json").read_text())
+        assert info["status"] == "finished" and info["epochs_done"] == epochs
+        assert sum("training" in line and teacher in line for line in lines) == 1  # trained once, then reused
+    assert sum("trained before" in line for line in lines) == len(trials) - len(teachers)
+
+
 def test_values_per_epoch_and_per_trial():
     h = [{"network": "s1", "epoch": 1, "val_accuracy": 0.5}, {"network": "s2", "epoch": 1, "val_accuracy": 0.7},
          {"network": "ensemble", "epoch": 1, "val_accuracy": 0.8},
@@ -105,6 +133,8 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     ({"space": {"optim.lrr": {"low": 0.1, "high": 0.2}}}, "tune.space.optim.lrr: the value 0.1 does not make a valid "
                                                           "experiment (config error: unknown key 'optim.lrr'"),
     ({"space": {"routing.preset": {"choices": ["kd", "dkd"]}}}, "tune.space.routing.preset: the value 'dkd'"),
+    ({"space": {"teacher.train.epochs": {"low": 0, "high": 3, "int": True}}},
+     "tune.space.teacher.train.epochs: the value 0 does not make a valid experiment"),
     ({"objective": "s9"}, "tune.objective 's9' is not known; allowed: students, ensemble, s1, s2"),
 ])
 def test_bad_spaces_fail_before_any_trial(tmp_path, change, message):

@@ -149,7 +149,8 @@ def plan(config: str | None, presets: list[str], seeds: int, out: Path, override
         seed = base.train.seed + i
         shared: tuple[str, ...] = ()
         if teacher == "shared":
-            t_spec, shared = _shared_teacher(config, base, seed, out, overrides, teacher_overrides, checkpoint)
+            t_spec, shared = shared_teacher(config, base, seed, out, f"{SHARED_TEACHER}-seed{seed}", overrides,
+                                            teacher_overrides, checkpoint)
             teachers.append(t_spec)
         for v in variants:
             name = f"{v.name}-seed{seed}"
@@ -161,21 +162,22 @@ def plan(config: str | None, presets: list[str], seeds: int, out: Path, override
     return teachers, specs, info
 
 
-def _shared_teacher(config, base, seed: int, out: Path, overrides: list[str], teacher_overrides: list[str],
-                    checkpoint: str) -> tuple[RunSpec, tuple[str, ...]]:
+def shared_teacher(config, base, seed: int, out: Path, name: str, overrides: list[str],
+                   teacher_overrides: list[str], checkpoint: str = "best", option: str | None = "--teacher-set"
+                   ) -> tuple[RunSpec, tuple[str, ...]]:
     """The run that trains one seed's shared teacher (on labels only: the teacher of ``kd``
     receives no edge; its small students are not used), and the overrides that make every
-    variant of that seed load it as a frozen offline teacher."""
+    run of that seed load it as a frozen offline teacher. ``tune`` uses it too, for a
+    teacher whose own keys (``teacher.train.epochs``) are searched."""
     if base.networks.teacher.mode == "offline":
-        raise KDError("--teacher shared trains a teacher; the config's teacher is already offline "
-                      "(networks.teacher.mode: offline): leave out --teacher shared")
-    name = f"{SHARED_TEACHER}-seed{seed}"
+        raise KDError("a shared teacher is trained here; the config's teacher is already offline "
+                      "(networks.teacher.mode: offline): leave out --teacher shared and teacher.* keys")
     ov = (*overrides, "routing.edges=null", "routing.preset=kd", "train.early_stopping=null", f"train.seed={seed}",
           *teacher_overrides, f"output.dir={out}", f"output.name={name}")
     try:
         load_config(config, list(ov))
     except KDError as exc:
-        raise KDError(f"--teacher-set: {exc}".replace("--set ", "", 1)) from None
+        raise (KDError(f"{option}: {exc}".replace("--set ", "", 1)) if option else exc) from None
     same_net = tuple(o for o in teacher_overrides if o.startswith("networks.teacher."))  # the same network to load
     shared = (*same_net, "networks.teacher.mode=offline", f"networks.teacher.checkpoint={out / name}",
               f"networks.teacher.cache={str(not base.data.augment.random).lower()}")

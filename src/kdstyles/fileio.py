@@ -150,9 +150,9 @@ class FolderLock:
 
     NAME = ".lock"
 
-    def __init__(self, folder: str | Path, what: str = "run folder"):
-        self.folder, self.what = Path(folder), what
-        self.path = self.folder / self.NAME
+    def __init__(self, folder: str | Path, what: str = "run folder", name: str = NAME, wait: bool = False):
+        self.folder, self.what, self.wait = Path(folder), what, wait  # wait: block until the holder is done
+        self.path = self.folder / name
         self._fd: int | None = None
         self.took_over: int | None = None  # PID of a dead holder whose lock was taken over
 
@@ -170,7 +170,7 @@ class FolderLock:
             import fcntl
 
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
             except BlockingIOError:
                 os.close(fd)
                 pid = self.holder()

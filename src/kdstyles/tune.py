@@ -7,6 +7,11 @@ trial's values as overrides; its value is the validation metric of ``tune.object
 (never the test split). The engine reports each epoch's validation value to the trial, and a
 trial below the median of earlier ones at the same epoch is stopped (``pruned``).
 
+Keys under ``teacher.`` (``teacher.train.epochs``) belong to a shared teacher instead: it is
+trained on labels alone before the trial, once per distinct set of its values (reused by
+later trials and other workers, who wait while one of them trains it), and the trial's
+students learn from it as a frozen offline teacher, as in ``compare --teacher shared``.
+
 The study lives in a database: ``sqlite:///<folder>/study.db`` by default, or any URL Optuna
 supports (PostgreSQL, MySQL). Several processes or machines work on one study by running
 the same command with the same ``--storage``; together they stop at ``tune.trials``. A
@@ -16,20 +21,26 @@ again resumes the study.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
+import re
 import socket
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+from .compare import shared_teacher
 from .config import load_config
 from .errors import KDError, TrainingDiverged
-from .fileio import write_json
+from .fileio import FolderLock, write_json
+from .runfolder import STATUS_DONE, RunFolder
 
 TRIAL_DIR = "{study}-trial-{number}"
+TEACHER_DIR = "{study}-teacher-{values}"
+TEACHER = "teacher."  # tune.space keys of the shared teacher's own run
 MAX_FAILED_IN_A_ROW = 5  # a worker whose trials keep diverging stops instead of spinning
 SUMMARY = "tune.json"
 HEARTBEAT_S = 60  # a worker that stops beating for 2 minutes has crashed: its trial is failed and retried
@@ -57,7 +68,11 @@ def check_space(config: str | None, overrides: list[str]) -> Any:
                                                           int(p.high) if p.int else p.high]
         for v in values:
             try:
-                load_config(config, [*overrides, _override(key, v)])
+                if key.startswith(TEACHER):
+                    shared_teacher(config, cfg, cfg.train.seed, Path("runs"), "teacher", overrides,
+                                   [_override(key.removeprefix(TEACHER), v)], option=None)
+                else:
+                    load_config(config, [*overrides, _override(key, v)])
             except KDError as exc:
                 raise KDError(f"tune.space.{key}: the value {v!r} does not make a valid experiment ({exc})") from None
     students = list(cfg.networks.students)
@@ -73,6 +88,37 @@ def _override(key: str, value: Any) -> str:
     import yaml
 
     return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix('...').strip()}"
+
+
+def _teacher_dir(study: str, values: dict[str, Any]) -> str:
+    """The shared teacher's run folder name for one set of its values, readable where short
+    (``tune-demo-teacher-train.epochs=12``), a digest of the values where long or odd."""
+    text = ",".join(f"{k.removeprefix(TEACHER)}={v}" for k, v in sorted(values.items()))
+    safe = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+    if len(safe) > 60 or safe != text:
+        safe = hashlib.sha1(text.encode()).hexdigest()[:12]
+    return TEACHER_DIR.format(study=study, values=safe)
+
+
+def _train_teacher(config, cfg, out: Path, name: str, overrides: list[str], values: dict[str, Any], quiet: bool,
+                   echo) -> tuple[str, ...]:
+    """Train the shared teacher for these values unless a finished one exists (waiting while
+    another worker trains it); returns the overrides that load it in the trial's run."""
+    from .api import Experiment
+
+    spec, shared = shared_teacher(config, cfg, cfg.train.seed, out, name, overrides,
+                                  [_override(k.removeprefix(TEACHER), v) for k, v in values.items()])
+    with FolderLock(out, "tune folder", name=f".{name}.lock", wait=True):
+        run = RunFolder(spec.run_dir)
+        if run.status() not in STATUS_DONE:
+            echo(f"  shared teacher: {'resuming' if run.last.is_file() else 'training'} {spec.run_dir}")
+            if run.last.is_file():
+                Experiment.from_run(spec.run_dir, quiet=quiet).fit(resume=True)
+            else:
+                Experiment(spec.config, overrides=list(spec.overrides), quiet=quiet).fit()
+        else:
+            echo(f"  shared teacher: {spec.run_dir} (trained before)")
+    return shared
 
 
 def _suggest(trial, key: str, p) -> Any:
@@ -130,8 +176,7 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
         trial.set_user_attr("run_dir", str(out / name))
         echo(f"trial {trial.number} ({where}): " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                              for k, v in values.items()))
-        exp = Experiment(config, overrides=[*overrides, *(_override(k, v) for k, v in values.items()),
-                                            f"output.dir={out}", f"output.name={name}"], quiet=quiet)
+        teacher = {k: v for k, v in values.items() if k.startswith(TEACHER)}
         metric = None
 
         def report(trainer, epoch: int) -> str | None:
@@ -143,6 +188,14 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
             return "pruned" if trial.should_prune() else None
 
         try:
+            shared: tuple[str, ...] = ()
+            if teacher:
+                t_name = _teacher_dir(study_name, teacher)
+                trial.set_user_attr("teacher_run", str(out / t_name))
+                shared = _train_teacher(config, cfg, out, t_name, overrides, teacher, quiet, echo)
+            exp = Experiment(config, overrides=[*overrides, *(_override(k, v) for k, v in values.items()
+                                                              if k not in teacher),
+                                                *shared, f"output.dir={out}", f"output.name={name}"], quiet=quiet)
             exp.fit(callbacks=[report])
         except TrainingDiverged as exc:  # e.g. a learning rate too high: this trial fails, the search goes on
             echo(f"trial {trial.number}: failed ({exc})")
