@@ -132,7 +132,9 @@ def test_predict_inputs_from_csv_and_errors(run_dir, images, tmp_path):
 
 def test_deployable_normalises_inside():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
-    model = Deployable([net], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    from kdstyles.tasks import TASKS
+
+    model = Deployable([net], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], TASKS["classification"](2))
     x = torch.rand(2, 3, 4, 4)
     torch.testing.assert_close(model(x), torch.softmax(net((x - 0.5) / 0.25), 1))
 

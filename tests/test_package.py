@@ -70,7 +70,8 @@ def test_no_import_circles(graph):
 
 
 LOW = ("kdstyles.errors", "kdstyles.signals", "kdstyles.fileio", "kdstyles.imageio", "kdstyles.metrics",
-       "kdstyles.styles", "kdstyles.models", "kdstyles.tasks", "kdstyles.distributed", "kdstyles.routing")
+       "kdstyles.styles", "kdstyles.models", "kdstyles.tasks", "kdstyles.distributed", "kdstyles.routing",
+       "kdstyles.boxes")
 HIGH = ("kdstyles.engine", "kdstyles.cohort", "kdstyles.cli", "kdstyles.api", "kdstyles.compare", "kdstyles.report",
         "kdstyles.export", "kdstyles.predict", "kdstyles.evaluate", "kdstyles.config", "kdstyles.data")
 

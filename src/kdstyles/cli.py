@@ -38,7 +38,8 @@ def metrics_table(result: dict[str, Any], title: str) -> Table:
     from .metrics import label, task_metrics, task_of
 
     first = next(iter(result["networks"].values()))
-    columns = [*task_metrics(task_of(first), first), *EXTRA_COLUMNS]
+    extra = [c for c in EXTRA_COLUMNS if any(c in m for m in result["networks"].values())]
+    columns = [*task_metrics(task_of(first), first), *extra]
     table = Table(title=title)
     table.add_column("network")
     for name in columns:

@@ -29,7 +29,7 @@ from .config import ExperimentConfig, NetworkConfig
 from .errors import KDError
 from .models.adapters import make_adapter
 from .models.taps import Tap
-from .models.zoo import MIN_MAP, build_network
+from .models.zoo import MIN_MAP
 from .routing import T, Edge, used_networks
 from .styles import KNOWLEDGE, STYLES, NetOutput
 from .tasks import TASKS, Task
@@ -267,7 +267,7 @@ class Cohort(nn.Module):
                 source, target = as_target(kind.take(outs[src], src_path)), kind.take(outs[name], dst_path)
                 if key in self.adapters:
                     target, source = self.adapters[key](target, source)
-                term = STYLES[e.style].loss(source, target, e.options)
+                term = STYLES[e.style].compute(source, target, e.options, self.task)
                 label = e.term if e.term not in terms else f"{e.term}#{i}"
                 terms[label] = term
                 distill.append(e.weight * term)
@@ -324,6 +324,7 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
         raise KDError(f"networks passed in: '{unknown[0]}' is not a network of this experiment; "
                       f"allowed: teacher, {', '.join(cfg.networks.students)}")
     specs: dict[str, NetworkConfig] = {T: cfg.networks.teacher, **cfg.networks.students}
+    task = TASKS[cfg.task].from_config(num_classes, cfg)
     nets, taps = {}, {}
     for name in names:
         spec = specs[name]
@@ -334,8 +335,7 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
                           f"e.g. Experiment(config, networks={{'{name}': model}})")
         else:
             torch.manual_seed(network_seed(cfg.train.seed, name))
-            nets[name] = build_network(spec.arch, channels, num_classes, image_size, spec.widen, spec.stem,
-                                       spec.pretrained, where=f"networks.{name}")
+            nets[name] = task.build_network(spec, channels, image_size, where=f"networks.{name}")
         taps[name] = {"map": spec.tap, "embedding": spec.embedding_tap}
     frozen = set()
     if T in nets and cfg.networks.teacher.mode == "offline":
@@ -347,6 +347,5 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
     if class_counts is not None:
         counts = torch.tensor(class_counts, dtype=torch.float).clamp_min(1)
         weights = counts.sum() / (len(counts) * counts)
-    task = TASKS[cfg.task].from_config(num_classes, cfg)
     sample = torch.zeros(2, channels, image_size, image_size)
     return Cohort(nets, edges, task, sample, cfg.loss.ce_weight, frozen, taps, weights)

@@ -99,9 +99,9 @@ class DataConfig(Strict):
 
     @field_validator("classes")
     @classmethod
-    def _two_classes(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        if v is not None and len(v) < 2:
-            raise ValueError(f"needs at least two class names (got {len(v)}); a classifier tells classes apart")
+    def _distinct_classes(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is not None and not v:
+            raise ValueError("needs at least one class name")
         if v is not None and len(set(v)) != len(v):
             raise ValueError("class names must be distinct")
         return v
@@ -188,6 +188,8 @@ class LossConfig(Strict):
 
     ce_weight: float = Field(0.1, ge=0, le=1, description="a: weight of the supervised loss (CE, or Dice+CE)")
     dice_weight: float = Field(1.0, ge=0, description="segmentation: weight of Dice in the Dice+CE loss (CE: 1)")
+    box_weight: float = Field(1.0, ge=0, description="detection: weight of the box L1 (centre offset, log size) "
+                                                     "beside the heatmap's focal loss")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="balanced: CE weighted by inverse class frequency of the training split")
     teacher_weight: float = Field(0.2, ge=0, description="default weight of edges from the teacher")
@@ -237,7 +239,9 @@ class TrainConfig(Strict):
 
 class EvalConfig(Strict):
     hd95: bool = Field(False, description="segmentation: 95th-percentile Hausdorff distance (needs scipy)")
-    overlays: int = Field(4, ge=0, description="segmentation: test images drawn as overlay PNGs by evaluate")
+    overlays: int = Field(4, ge=0, description="segmentation, detection: test images drawn as overlay PNGs "
+                                               "by evaluate")
+    max_detections: int = Field(100, ge=1, description="detection: boxes kept per image (the highest peaks)")
 
 
 class ParamSpace(Strict):

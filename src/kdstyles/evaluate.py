@@ -8,33 +8,36 @@ plus fidelity to the teacher when there is one.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .cohort import Cohort
-from .metrics import fidelity
 from .routing import ENSEMBLE, T
 
 
 @torch.inference_mode()
 def predict_probs(cohort: Cohort, loader, device: torch.device, known: dict[str, torch.Tensor] | None = None
                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Softmax probabilities of every network (and the student ensemble) on a loader, plus
-    labels. Networks in ``known`` (probabilities from an earlier pass) are not run again."""
+    """Probabilities of every network (and the student ensemble) on a loader, as the task
+    activates and condenses them batch by batch (softmax; decoded boxes for detection), plus
+    labels. Networks in ``known`` (results of an earlier pass) are not run again."""
     known = known or {}
+    task, students = cohort.task, cohort.students
     was_training = cohort.training
     cohort.eval()
-    probs: dict[str, list[torch.Tensor]] = {n: [] for n in cohort.names if n not in known}
+    names = [n for n in cohort.names if n not in known] + ([ENSEMBLE] if len(students) > 1 else [])
+    probs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     labels = []
     for x, y, _index in loader:
         outs = cohort(x.to(device, non_blocking=True), record=False, skip=frozenset(known))
-        for name, out in outs.items():
-            probs[name].append(F.softmax(out.logits.float(), dim=1).cpu())
+        active = {name: task.activate(out.logits) for name, out in outs.items()}
+        if len(students) > 1:  # students are never frozen: all of them ran on this batch
+            active[ENSEMBLE] = task.ensemble(active[s] for s in students)
+        for name, p in active.items():
+            probs[name].append(task.condense(p).cpu())
         labels.append(y)
     cohort.train(was_training)
     result = {n: known[n] if n in known else torch.cat(probs[n]) for n in cohort.names}
-    students = cohort.students
     if len(students) > 1:
-        result[ENSEMBLE] = cohort.task.ensemble(result[s] for s in students)
+        result[ENSEMBLE] = torch.cat(probs[ENSEMBLE])
     return result, torch.cat(labels)
 
 
@@ -44,5 +47,5 @@ def score(probs: dict[str, torch.Tensor], labels: torch.Tensor, task) -> dict[st
     if T in probs:
         for name, p in probs.items():
             if name != T:
-                out[name].update(fidelity(probs[T], p))
+                out[name].update(task.fidelity(probs[T], p))
     return out

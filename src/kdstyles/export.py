@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import __version__
 from .api import Experiment
@@ -34,17 +33,19 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
 class Deployable(nn.Module):
-    """[0, 1] images -> class probabilities; one network or the mean of several."""
+    """[0, 1] images -> probabilities as the task activates them (softmax over classes;
+    detection: heatmap probabilities and box channels); one network or the mean of several."""
 
-    def __init__(self, networks: list[nn.Module], mean: list[float], std: list[float]):
+    def __init__(self, networks: list[nn.Module], mean: list[float], std: list[float], task):
         super().__init__()
         self.networks = nn.ModuleList(networks)
+        self.task = task
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = (image - self.mean) / self.std
-        probs = [F.softmax(net(x), dim=1) for net in self.networks]
+        probs = [self.task.activate(net(x)) for net in self.networks]
         return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
 
 
@@ -57,7 +58,7 @@ def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None
     names = cohort.students if network == ENSEMBLE else [network]
     info = info or exp.run_info()
     return Deployable([cohort.networks[n] for n in names], info["normalize"]["mean"],
-                      info["normalize"]["std"]).eval()
+                      info["normalize"]["std"], cohort.task).eval()
 
 
 def open_run(run_dir: str | Path, network: str, checkpoint: str = "best"

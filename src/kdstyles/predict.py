@@ -41,7 +41,7 @@ def _sidecar(model: Path) -> dict:
     side = read_json(path, "export the model again with 'kdstyles export RUN_DIR' to rewrite it")
     try:
         names, inp = side["class_names"], side["input"]
-        ok = isinstance(names, list) and len(names) >= 2 and all(
+        ok = isinstance(names, list) and len(names) >= 1 and all(
             isinstance(inp[k], int) and inp[k] > 0 for k in ("channels", "height"))
     except (KeyError, TypeError):
         ok = False

@@ -38,22 +38,23 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence([v & 0xFFFFFFFF for v in values]).generate_state(1)[0]) & MAX_SEED
 
 
-def build_augment(cfg: Any, image_size: int, with_mask: bool = False):
+def build_augment(cfg: Any, image_size: int, with_mask: bool = False, geometric: bool = True):
     """MONAI dictionary transforms moving the image (and its mask, nearest-neighbour) together;
-    None when nothing is random."""
+    None when nothing is random. ``geometric=False``: intensity only (detection moves its
+    images and boxes itself, see :func:`flip_boxes`)."""
     from monai.transforms import (Compose, RandAffined, RandFlipd, RandRotate90d, RandScaleIntensityd,
                                   RandShiftIntensityd)
 
     keys = ["image", "mask"] if with_mask else ["image"]
     modes = ["bilinear", "nearest"] if with_mask else ["bilinear"]
     ts = []
-    if cfg.hflip:
+    if cfg.hflip and geometric:
         ts.append(RandFlipd(keys, prob=0.5, spatial_axis=1))
-    if cfg.vflip:
+    if cfg.vflip and geometric:
         ts.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
-    if cfg.rotate90:
+    if cfg.rotate90 and geometric:
         ts.append(RandRotate90d(keys, prob=0.75, spatial_axes=(0, 1)))
-    if cfg.rotate or cfg.zoom or cfg.shift or cfg.shear:
+    if geometric and (cfg.rotate or cfg.zoom or cfg.shift or cfg.shear):
         ts.append(RandAffined(
             keys, prob=1.0, rotate_range=(np.deg2rad(cfg.rotate),), scale_range=(cfg.zoom, cfg.zoom),
             translate_range=(cfg.shift * image_size, cfg.shift * image_size), shear_range=(cfg.shear, cfg.shear),
@@ -64,15 +65,44 @@ def build_augment(cfg: Any, image_size: int, with_mask: bool = False):
     return Compose(ts) if ts else None
 
 
+def flip_boxes(img: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator, hflip: bool, vflip: bool,
+               rotate90: bool) -> tuple[torch.Tensor, np.ndarray]:
+    """Random flips and quarter turns of a square (C, S, S) image and its boxes (m, 5), exact:
+    a box is moved with the pixels it covers."""
+    s = img.shape[-1]
+    b = boxes.copy()
+    if hflip and rng.random() < 0.5:
+        img, b[:, [0, 2]] = img.flip(-1), s - b[:, [2, 0]]
+    if vflip and rng.random() < 0.5:
+        img, b[:, [1, 3]] = img.flip(-2), s - b[:, [3, 1]]
+    if rotate90:
+        for _ in range(int(rng.integers(4))):  # a quarter turn: pixel (row r, col c) goes to (s-1-c, r)
+            img = torch.rot90(img, 1, dims=(-2, -1))
+            b = np.stack([b[:, 1], s - b[:, 2], b[:, 3], s - b[:, 0], b[:, 4]], axis=1)
+    return img, b
+
+
+def pad_boxes(boxes: np.ndarray, rows: int) -> torch.Tensor:
+    """(m, 5) boxes as a (rows, 5) tensor padded with class -1 (a batch is one tensor)."""
+    out = torch.full((rows, 5), -1.0)
+    out[:len(boxes)] = torch.from_numpy(np.asarray(boxes, dtype=np.float32)).reshape(-1, 5)
+    return out
+
+
 class ImageDataset(Dataset):
     """Images + labels; items are ``(image, label, index)`` addressed by ``(epoch, index)``
     (the augmentation seed). With ``masks`` (segmentation) the label is the (H, W) mask,
-    augmented together with the image; ``labels`` then says whether an image has foreground."""
+    augmented together with the image; ``labels`` then says whether an image has foreground.
+    With ``boxes`` (detection) the label is a (M, 5) tensor of boxes padded with class -1
+    (M: the split's most boxes in one image), flipped with the image (``box_flips``)."""
 
     def __init__(self, labels: np.ndarray, mean: torch.Tensor, std: torch.Tensor, augment=None, seed: int = 0,
                  images: np.ndarray | None = None, paths: list[Path] | None = None, channels: int = 3,
-                 size: int = 32, masks: np.ndarray | None = None):
+                 size: int = 32, masks: np.ndarray | None = None, boxes: list[np.ndarray] | None = None,
+                 box_flips: tuple[bool, bool, bool] = (False, False, False)):
         self.labels, self.images, self.paths, self.masks = labels, images, paths, masks
+        self.boxes, self.box_flips = boxes, box_flips
+        self.max_boxes = max([len(b) for b in boxes] + [1]) if boxes is not None else 0
         self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
         self.augment, self.seed, self.channels, self.size = augment, seed, channels, size
         # One random stream shared by the transforms, reseeded per item (one seeding, not one per transform).
@@ -104,7 +134,14 @@ class ImageDataset(Dataset):
             finally:
                 set_track_meta(tracking)
         img = item["image"].as_tensor() if hasattr(item["image"], "as_tensor") else item["image"]
-        label = item["mask"][0].round().long() if self.masks is not None else int(self.labels[index])
+        if self.boxes is not None:
+            boxes = self.boxes[index]
+            if any(self.box_flips):
+                img, boxes = flip_boxes(img, boxes, np.random.default_rng([self.seed, epoch, index, 5]),
+                                        *self.box_flips)
+            label = pad_boxes(boxes, self.max_boxes)
+        else:
+            label = item["mask"][0].round().long() if self.masks is not None else int(self.labels[index])
         return (img - self.mean) / self.std, label, index
 
 
@@ -210,7 +247,7 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
     task_cls = TASKS[task]
     loaded = SOURCES[cfg.source].load(cfg, seed, task_cls, run_dir, quiet)
     report, stored = loaded.report, loaded.splits
-    if not task_cls.dense:
+    if not (task_cls.dense or task_cls.boxes):
         checks.check_balance(report, cfg.imbalance_ratio)
     checks.check_duplicates({s: v.digests for s, v in stored.items()}, {s: v.names for s, v in stored.items()},
                             cfg.on_duplicates, report)
@@ -222,9 +259,11 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
                       "images in all); give it files, or raise data.val_fraction / data.test_fraction")
     channels, size = loaded.channels, loaded.size
     mean, std = _normalisation(cfg, normalize or cfg.normalize, stored["train"], channels, size, seed)
-    augment = build_augment(cfg.augment, size, with_mask=task_cls.dense)
+    augment = build_augment(cfg.augment, size, with_mask=task_cls.dense, geometric=not task_cls.boxes)
+    flips = (cfg.augment.hflip, cfg.augment.vflip, cfg.augment.rotate90)
     splits = {s: ImageDataset(v.labels, mean, std, augment if s == "train" else None, seed, images=v.images,
-                              paths=v.paths, channels=channels, size=size, masks=v.masks)
+                              paths=v.paths, channels=channels, size=size, masks=v.masks, boxes=v.boxes,
+                              box_flips=flips if s == "train" and task_cls.boxes else (False, False, False))
               for s, v in stored.items()}
     return DataBundle(splits, loaded.class_names, channels, size, mean.tolist(), std.tolist(), report,
                       loaded.split_table, cfg.sampler)

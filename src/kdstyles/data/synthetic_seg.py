@@ -38,6 +38,13 @@ def _blob(size: int, rng: np.random.Generator, cy: float, cx: float, r: float) -
 
 def render_frame(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """One frame: (uint8 RGB (size, size, 3), uint8 mask (size, size) with values 0/1)."""
+    image, mask, _ = render_with_boxes(seed, split, index, size)
+    return image, mask
+
+
+def render_with_boxes(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One frame, its mask, and each polyp's box (n, 4) ``x1, y1, x2, y2`` in pixel edges (the
+    polyp's whole extent, also where a later polyp covers part of it)."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index, 77])
     s = size / 64.0
     base = np.array([0.78, 0.36, 0.32]) * rng.uniform(0.85, 1.1, 3)
@@ -47,6 +54,7 @@ def render_frame(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
     vessels = _smooth_field(rng, size, 12)
     img[..., 1:] *= (1 - 0.12 * (np.abs(vessels - 0.5) < 0.03))[..., None]
     mask = np.zeros((size, size), dtype=np.uint8)
+    boxes = []
     n_polyps = rng.choice([0, 1, 1, 1, 2, 3], p=[0.17, 0.28, 0.2, 0.15, 0.13, 0.07])
     for _ in range(n_polyps):
         r = rng.uniform(5, 17) * s
@@ -57,6 +65,9 @@ def render_frame(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
         light = 0.8 + 0.45 * h
         img = np.where(m[..., None], img * tint * (light * texture)[..., None], img)
         mask[m] = 1
+        ys, xs = np.nonzero(m)
+        if len(ys):
+            boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
     # specular highlights: small saturated spots, on polyps and mucosa alike
     for _ in range(rng.integers(2, 7)):
         hy, hx = rng.uniform(0, size, 2)
@@ -68,7 +79,8 @@ def render_frame(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
     yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
     radius = np.sqrt(yy ** 2 + xx ** 2)
     img = img * np.clip(1.25 - 1.6 * radius, 0, 1)[..., None] ** 1.5
-    return finish(img, rng, rng.uniform(0.0, 0.9) * max(s, 0.5), rng.uniform(0.005, 0.03)), mask
+    image = finish(img, rng, rng.uniform(0.0, 0.9) * max(s, 0.5), rng.uniform(0.005, 0.03))
+    return image, mask, np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
 def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -120,6 +120,11 @@ class Style:
         """``source``: detached knowledge of the teaching network; ``target``: the learner's tensor."""
         raise NotImplementedError
 
+    def compute(self, source: torch.Tensor, target: torch.Tensor, options: StyleOptions, task) -> torch.Tensor:
+        """The loss the cohort takes for an edge; a style whose meaning depends on the task's
+        outputs (``predictions`` on boxes) asks the task here."""
+        return self.loss(source, target, options)
+
     def update_shadow(self, shadow: nn.Module, network: nn.Module, options: StyleOptions,
                       event: Literal["step", "epoch"]) -> None:
         """Self-edge styles: refresh the shadow copy from the live network."""

@@ -1,7 +1,9 @@
 """``predictions``: response-based KD, KL(sg(p_src^T) || p_dst^T) over classes.
 
 Summed over the class dimension (dim 1), averaged over the batch and any remaining
-dimensions (pixels, for segmentation). ``t2_scaling`` multiplies by T^2 (Hinton et al.);
+dimensions (pixels, for segmentation). The task decides what outputs mean
+(``Task.distill_outputs``): for detection, a sigmoid KL per class and pixel weighted by the
+source's confidence, plus the box channels (``box_weight``). ``t2_scaling`` multiplies by T^2 (Hinton et al.);
 at the default T = 1 it changes nothing, so ``styles.predictions.temperature=4`` alone
 gives the common KD setting.
 """
@@ -18,6 +20,8 @@ from .base import Style, StyleOptions
 class PredictionsOptions(StyleOptions):
     temperature: float = Field(1.0, gt=0)
     t2_scaling: bool = True
+    box_weight: float = Field(1.0, ge=0, description="detection: weight of the box-channel L1 beside the "
+                                                     "heatmap's KL")
 
 
 def softened_kl(source_logits: torch.Tensor, target_logits: torch.Tensor, temperature: float,
@@ -34,3 +38,6 @@ class Predictions(Style):
 
     def loss(self, source, target, options):
         return softened_kl(source, target, options.temperature, options.t2_scaling)
+
+    def compute(self, source, target, options, task):
+        return task.distill_outputs(source, target, options)  # detection: per-pixel sigmoid KL and boxes

@@ -37,6 +37,9 @@ class SelfDistillation(Style):
     def loss(self, source, target, options):
         return softened_kl(source, target, options.temperature, options.t2_scaling)
 
+    def compute(self, source, target, options, task):
+        return task.distill_outputs(source, target, options)
+
     @torch.no_grad()
     def update_shadow(self, shadow, network, options, event):
         due = event == ("step" if options.mode == "ema" else "epoch")

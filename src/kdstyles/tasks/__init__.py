@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .base import Task
 from .classification import Classification
+from .detection import Detection
 from .segmentation import Segmentation
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Classification, Segmentation)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Classification, Segmentation, Detection)}
 
-__all__ = ["TASKS", "Task", "Classification", "Segmentation"]
+__all__ = ["TASKS", "Task", "Classification", "Segmentation", "Detection"]

@@ -26,6 +26,7 @@ class Task:
     selection: ClassVar[str]  # default checkpoint-selection metric (metrics.METRICS)
     sources: ClassVar[tuple[str, ...]]  # data.source values it reads
     dense: ClassVar[bool] = False  # labels are per-pixel masks
+    boxes: ClassVar[bool] = False  # labels are boxes (a padded (M, 5) tensor per image)
     synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data
     synthetic_size: ClassVar[int]  # its default image size
     description: ClassVar[str]  # what the embedded data is, for model cards
@@ -65,6 +66,13 @@ class Task:
 
     # ------------------------------------------------------------------ training
 
+    def build_network(self, spec: Any, channels: int, image_size: int, where: str):
+        """A network of the config's ``spec`` (arch, widen, stem, pretrained) giving this task's output."""
+        from ..models.zoo import build_network
+
+        return build_network(spec.arch, channels, self.num_classes, image_size, spec.widen, spec.stem,
+                             spec.pretrained, where=where)
+
     def supervised(self, logits, y, class_weights):
         raise NotImplementedError
 
@@ -75,7 +83,29 @@ class Task:
         """The module path a features/attention edge compares when none is configured."""
         raise NotImplementedError
 
+    def distill_outputs(self, source, target, options):
+        """What ``predictions`` (and ``self``) compare between two networks' outputs: the
+        softened KL over classes (per pixel when dense). ``options`` carries the style's
+        ``temperature`` and ``t2_scaling``."""
+        from ..styles.predictions import softened_kl
+
+        return softened_kl(source, target, options.temperature, options.t2_scaling)
+
     # ------------------------------------------------------------------ evaluation
+
+    def activate(self, logits):
+        """A batch of network outputs as probabilities (softmax over classes)."""
+        return logits.float().softmax(1)
+
+    def condense(self, probs):
+        """What evaluation keeps of a batch of (activated, ensembled) outputs; all of it by default."""
+        return probs
+
+    def fidelity(self, teacher, student) -> dict[str, float]:
+        """How closely a student follows the teacher (KL and top-1 agreement)."""
+        from ..metrics import fidelity
+
+        return fidelity(teacher, student)
 
     def metrics(self, probs, labels) -> dict[str, float]:
         raise NotImplementedError
@@ -111,3 +141,23 @@ class Task:
     def prediction_row(self, path: Path, probs, class_names: list[str], out_dir: Path, index: int) -> list[str]:
         """One CSV row for an input image (and any file written beside it); ``probs`` is numpy."""
         raise NotImplementedError
+
+
+class EncoderDecoderTask(Task):
+    """A task whose networks are encoder-decoders giving a map at the input's size
+    (segmentation, detection): it takes the segmentation archs and taps the bottleneck by
+    default."""
+
+    @classmethod
+    def accepts_arch(cls, arch: str) -> bool:
+        from ..models.zoo import SEG_ARCHS
+
+        return arch in SEG_ARCHS
+
+    def default_tap(self, model, sample):
+        from ..models.zoo import bottleneck_tap
+
+        return bottleneck_tap(model, sample)
+
+    def output_shape(self):
+        return ["batch", "classes", "height", "width"]

@@ -20,6 +20,13 @@ class Classification(Task):
     arch_hint = "a classifier"
 
     @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        super().check_config(cfg)
+        if cfg.data.classes is not None and len(cfg.data.classes) < 2:
+            raise KDError(f"data.classes: needs at least two class names (got {len(cfg.data.classes)}); "
+                          "a classifier tells classes apart")
+
+    @classmethod
     def accepts_arch(cls, arch: str) -> bool:
         from ..models.zoo import SEG_ARCHS
 

@@ -1,4 +1,5 @@
-"""Segmentation overlays: the image, its ground truth and every network's mask side by side."""
+"""Overlays: the image, its ground truth and every network's mask (segmentation) or boxes
+(detection) side by side."""
 
 from __future__ import annotations
 
@@ -7,41 +8,86 @@ from pathlib import Path
 import torch
 
 
-def write_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor, probs: dict[str, torch.Tensor],
-                   mean: list[float], std: list[float]) -> list[Path]:
-    """One PNG per test image: the image, its ground truth, and every network's prediction
-    (teacher, students, ensemble) side by side, each captioned with its Dice on that image."""
+def _write_rows(folder: Path, images: torch.Tensor, mean: list[float], std: list[float], panels) -> list[Path]:
+    """One PNG per image: a row of panels, each the de-normalised image with something drawn
+    on it. ``panels(i)`` gives image i's ``(title, draw)`` pairs; ``draw(ax)`` draws (or None)
+    and returns the caption's second line (or None)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
 
     from ..fileio import atomic_write
-    from ..metrics import per_image_scores
 
     folder.mkdir(parents=True, exist_ok=True)
-    k = next(iter(probs.values())).shape[1]
-    cmap = ListedColormap([(0, 0, 0, 0), (0.1, 0.9, 0.2, 0.55), (0.95, 0.2, 0.2, 0.55), (0.2, 0.4, 1, 0.55),
-                           (1, 0.8, 0.1, 0.55), (0.8, 0.2, 0.9, 0.55)][:max(k, 2)])
     written = []
     for i in range(len(images)):
         img = images[i] * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
         img = img.clamp(0, 1).permute(1, 2, 0).numpy()
-        panels = [("image", None), ("ground truth", labels[i])]
-        panels += [(name, p[i].argmax(0)) for name, p in probs.items()]
-        fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.5))
-        for ax, (title, mask) in zip(axes, panels):
+        row = panels(i)
+        fig, axes = plt.subplots(1, len(row), figsize=(2.2 * len(row), 2.5))
+        for ax, (title, draw) in zip(axes, row):
             ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
-            if mask is not None:
-                ax.imshow(mask.numpy(), cmap=cmap, vmin=0, vmax=max(k, 2) - 1, interpolation="nearest")
-            if title not in ("image", "ground truth"):
-                dice, _ = per_image_scores(mask[None], labels[i][None], k)
-                title = f"{title}\nDice {float(dice[0]):.3f}"
-            ax.set_title(title, fontsize=8)
+            caption = draw(ax) if draw is not None else None
+            ax.set_title(f"{title}\n{caption}" if caption else title, fontsize=8)
             ax.axis("off")
         path = folder / f"test-{i:03d}.png"
         atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight"))
         plt.close(fig)
         written.append(path)
     return written
+
+
+def write_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor, probs: dict[str, torch.Tensor],
+                   mean: list[float], std: list[float]) -> list[Path]:
+    """One PNG per test image: the image, its ground truth, and every network's prediction
+    (teacher, students, ensemble) side by side, each captioned with its Dice on that image."""
+    from matplotlib.colors import ListedColormap
+
+    from ..metrics import per_image_scores
+
+    k = next(iter(probs.values())).shape[1]
+    cmap = ListedColormap([(0, 0, 0, 0), (0.1, 0.9, 0.2, 0.55), (0.95, 0.2, 0.2, 0.55), (0.2, 0.4, 1, 0.55),
+                           (1, 0.8, 0.1, 0.55), (0.8, 0.2, 0.9, 0.55)][:max(k, 2)])
+
+    def mask_panel(mask, truth):
+        def draw(ax):
+            ax.imshow(mask.numpy(), cmap=cmap, vmin=0, vmax=max(k, 2) - 1, interpolation="nearest")
+            if truth is not None:
+                dice, _ = per_image_scores(mask[None], truth[None], k)
+                return f"Dice {float(dice[0]):.3f}"
+        return draw
+
+    return _write_rows(folder, images, mean, std, lambda i: [
+        ("image", None), ("ground truth", mask_panel(labels[i], None)),
+        *((name, mask_panel(p[i].argmax(0), labels[i])) for name, p in probs.items())])
+
+
+def write_box_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor, dets: dict[str, torch.Tensor],
+                       mean: list[float], std: list[float], min_score: float = 0.3) -> list[Path]:
+    """One PNG per test image: ground-truth boxes (green), then each network's boxes scoring at
+    least ``min_score`` (red, with the score), captioned with its AP@0.5 on that image."""
+    from matplotlib.patches import Rectangle
+
+    from ..boxes import detection_metrics, unpad
+
+    k = int(max([float(labels[..., 4].max()), *(float(d[..., 5].max()) for d in dets.values())] + [0])) + 1
+
+    def box_panel(boxes, truth, colour):
+        def draw(ax):
+            shown = boxes if truth is None else boxes[boxes[:, 4] >= min_score]
+            for b in shown:
+                ax.add_patch(Rectangle((b[0] - 0.5, b[1] - 0.5), b[2] - b[0], b[3] - b[1], fill=False,
+                                       edgecolor=colour, linewidth=1.2))
+                if truth is not None:
+                    ax.text(b[0], b[1] - 1, f"{b[4]:.2f}", color=colour, fontsize=6)
+            if truth is not None:
+                return f"AP50 {detection_metrics([boxes], [truth], k)['ap50']:.3f}" if len(truth) else "(no object)"
+        return draw
+
+    def panels(i):
+        gt = unpad(labels[i].numpy())
+        return [("ground truth", box_panel(gt, None, "lime")),
+                *((name, box_panel(unpad(d[i].numpy()), gt, "red")) for name, d in dets.items())]
+
+    return _write_rows(folder, images, mean, std, panels)

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KDError
-from .base import Task
+from .base import EncoderDecoderTask
 
 
-class Segmentation(Task):
+class Segmentation(EncoderDecoderTask):
     name = "segmentation"
     loss_name = "dice_ce"
     selection = "dice"
@@ -33,12 +33,6 @@ class Segmentation(Task):
     def from_config(cls, num_classes: int, cfg: Any) -> "Segmentation":
         return cls(num_classes, cfg.loss.dice_weight, cfg.eval.hd95)
 
-    @classmethod
-    def accepts_arch(cls, arch: str) -> bool:
-        from ..models.zoo import SEG_ARCHS
-
-        return arch in SEG_ARCHS
-
     def supervised(self, logits, y, class_weights):
         if self._dice_ce is None:
             from monai.losses import DiceCELoss
@@ -52,11 +46,6 @@ class Segmentation(Task):
             raise KDError(f"networks.{name}: output shape {tuple(logits.shape)} does not match (batch, "
                           f"{self.num_classes} classes, {sample.shape[2]}, {sample.shape[3]}); a segmentation "
                           "network returns per-pixel class logits at the input's size")
-
-    def default_tap(self, model, sample):
-        from ..models.zoo import bottleneck_tap
-
-        return bottleneck_tap(model, sample)
 
     def metrics(self, probs, labels):
         from ..metrics import segmentation_metrics
@@ -77,9 +66,6 @@ class Segmentation(Task):
             return []
         return write_overlays(folder / "overlays", images[:n], labels[:n], {k: p[:n] for k, p in probs.items()},
                               mean, std)
-
-    def output_shape(self):
-        return ["batch", "classes", "height", "width"]
 
     def prediction_header(self, class_names):
         return ["path", "mask", "foreground_fraction"]

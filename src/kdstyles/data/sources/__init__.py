@@ -30,6 +30,7 @@ class Split:
     masks: np.ndarray | None = None  # dense tasks: (N, H, W) uint8 class indices
     digests: list[str | None] = field(default_factory=list)  # content hashes (duplicates across splits)
     names: list[str] = field(default_factory=list)  # how messages name each item
+    boxes: list[np.ndarray] | None = None  # detection: per image (m, 5) x1, y1, x2, y2, class in pixels
 
 
 @dataclass
@@ -76,29 +77,56 @@ def _fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:
     return out
 
 
+BOX_REPORT = ["no objects", "objects"]  # detection: the image-level label says whether it has boxes
+
+
 def from_arrays(raw: dict[str, tuple], names: list[str], channels: int, size: int, label: str) -> Loaded:
-    """In-memory splits ``{split: (images (N, H, W, C), labels[, masks])}`` checked and fitted to
-    ``channels`` and ``size``; items are named ``'<label> <split>[i]'`` in messages."""
-    report = checks.DataReport(names)
+    """In-memory splits ``{split: (images (N, H, W, C), labels[, masks[, boxes]])}`` checked and
+    fitted to ``channels`` and ``size`` (boxes are scaled with the images); items are named
+    ``'<label> <split>[i]'`` in messages."""
+    with_boxes = any(len(v) > 3 for v in raw.values())
+    report = checks.DataReport(BOX_REPORT if with_boxes else names)
     splits = {}
-    for split, (images, labels, *masks) in raw.items():
+    for split, (images, labels, *extra) in raw.items():
+        masks, boxes = (extra + [None, None])[:2]
         item_names = [f"{label} {split}[{i}]" for i in range(len(labels))]
-        checks.check_labels(split, labels, len(names), item_names, report)
-        splits[split] = Split(_fit_arrays(images, channels, size), labels, None, masks[0] if masks else None,
-                              checks.digest_arrays(images), item_names)
+        checks.check_labels(split, labels, len(report.class_names), item_names, report)
+        if boxes is not None:
+            h, w = images.shape[1:3]
+            checks.check_boxes(split, boxes, len(names), (w, h), item_names, report)
+            boxes = [b * np.array([size / w, size / h, size / w, size / h, 1], np.float32) for b in boxes]
+        splits[split] = Split(_fit_arrays(images, channels, size), labels, None, masks,
+                              checks.digest_arrays(images), item_names, boxes)
         shape = "x".join(map(str, images.shape[1:]))
         report.sources[shape] = report.sources.get(shape, 0) + len(images)
     return Loaded(splits, names, channels, size, report, label)
 
 
 def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool, records: list[files.Record],
-               base: Path, where: str, mask_of: dict[str, Path] | None = None) -> Loaded:
-    """Image files with a class each (``records[i].label``), or a mask each (``mask_of``, dense
-    tasks): labels, the split assignment (saved in the run folder and read back), and one
-    streaming pass that checks and (when the set fits ``data.cache_gb``) decodes every file."""
+               base: Path, where: str, mask_of: dict[str, Path] | None = None,
+               boxes_of: tuple[dict[str, np.ndarray], list[str]] | None = None) -> Loaded:
+    """Image files with a class each (``records[i].label``), a mask each (``mask_of``, dense
+    tasks) or boxes each (``boxes_of``: boxes by path in the file's pixels, and the class
+    names; detection): labels, the split assignment (saved in the run folder and read
+    back), and one streaming pass that checks and (when the set fits ``data.cache_gb``)
+    decodes every file."""
     channels, size = cfg.channels or 3, cfg.image_size or 224
     masks_by_path: dict[str, np.ndarray] = {}
-    if mask_of is not None:  # masks first: every image has one of its size; the image-level label = has foreground
+    boxes_by_path: dict[str, np.ndarray] = {}
+    box_problems = checks.DataReport(BOX_REPORT)
+    if boxes_of is not None:  # boxes: checked against each file's size, scaled to the training size
+        found, names = boxes_of
+        for r in records:
+            b = found[str(r.path)]
+            r.label = "1" if len(b) else "0"
+            if not r.path.is_file():
+                continue  # reported as a missing image by the decoding pass
+            w, h = image_size(r.path)
+            checks.check_boxes("data", [b], len(names), (w, h), [f"'{r.path}'"], box_problems)
+            boxes_by_path[str(r.path)] = b * np.array([size / w, size / h, size / w, size / h, 1], np.float32)
+        labels = np.array([int(r.label) for r in records], dtype=np.int64)
+        report_names = BOX_REPORT
+    elif mask_of is not None:  # masks first: every image has one of its size; the image-level label = has foreground
         names = cfg.classes or (["background", "foreground"] if cfg.num_classes == 2 else
                                 [str(k) for k in range(cfg.num_classes)])
         with progress(quiet) as bar:
@@ -128,6 +156,7 @@ def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool
         assignment = files.assign_splits(records, labels, seed, cfg.val_fraction, cfg.test_fraction)
     keep = len(records) * size * size * channels <= cfg.cache_gb * 1e9
     report = checks.DataReport(report_names)
+    report.problems += box_problems.problems
     splits = {}
     with progress(quiet) as bar:
         task_id = bar.add_task(f"checking {len(records)} images", total=len(records)) if bar else None
@@ -139,18 +168,20 @@ def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool
             checks.check_labels(split, labels[idx], len(report_names), item_names, report)
             images, digests = checks.decode_files(paths, channels, size, keep, report, advance)
             masks = np.stack([masks_by_path[str(p)] for p in paths]) if mask_of is not None and paths else None
-            splits[split] = Split(images, labels[idx], paths, masks, digests, item_names)
+            boxes = [boxes_by_path.get(str(p), np.zeros((0, 5), np.float32)) for p in paths] if boxes_of else None
+            splits[split] = Split(images, labels[idx], paths, masks, digests, item_names, boxes)
     table = (records, [r.label for r in records], assignment, base)
     return Loaded(splits, names, channels, size, report, where, table)
 
 
 def _registry() -> dict[str, Source]:
+    from .coco import COCO
     from .csvfile import CSV
     from .folder import Folder
     from .medmnist import MedMNIST
     from .synthetic import Synthetic
 
-    return {s.name: s for s in (Synthetic(), MedMNIST(), Folder(), CSV())}
+    return {s.name: s for s in (Synthetic(), MedMNIST(), Folder(), CSV(), COCO())}
 
 
 SOURCES: dict[str, Source] = _registry()

@@ -1,5 +1,5 @@
-"""``source: csv``: a CSV file with columns ``path,label[,split]``; paths relative to the
-CSV file's folder."""
+"""``source: csv``: a CSV file with columns ``path,label[,split]`` (detection:
+``path,x1,y1,x2,y2,label[,split]``, one row per box); paths relative to the CSV file's folder."""
 
 from __future__ import annotations
 
@@ -34,6 +34,12 @@ class CSV(Source):
 
     def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
         path = Path(cfg.path)
+        if task.boxes:
+            from ..boxfiles import read_box_csv
+
+            records, boxes, names = read_box_csv(path, cfg.classes)
+            return from_files(cfg, seed, task, run_dir, quiet, records, path.parent, f"data.path '{path}'",
+                              boxes_of=(boxes, names))
         return from_files(cfg, seed, task, run_dir, quiet, list_csv(path), path.parent, f"data.path '{path}'")
 
     def describe(self, cfg, task) -> str:

@@ -1,6 +1,7 @@
 """``source: folder``: images in class folders, ``root/<class>/<image>`` (optionally inside
 ``root/train/``, ``val/``, ``test/``); for dense tasks ``root/images/`` and ``root/masks/``
-(Kvasir-SEG / CVC-ClinicDB layout, see :mod:`kdstyles.data.segfolder`)."""
+(Kvasir-SEG / CVC-ClinicDB layout, see :mod:`kdstyles.data.segfolder`); for detection the
+same layout, boxes from the masks or ``kavsir_bboxes.json`` (:mod:`kdstyles.data.boxfiles`)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ class Folder(Source):
     def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
         root = Path(cfg.root)
         where = f"data.root '{root}'"
+        if task.boxes:
+            from ..boxfiles import read_kvasir
+
+            records, boxes, names = read_kvasir(root, cfg.classes)
+            return from_files(cfg, seed, task, run_dir, quiet, records, root, where, boxes_of=(boxes, names))
         if task.dense:
             records, mask_of = segfolder.list_pairs(root)
             return from_files(cfg, seed, task, run_dir, quiet, records, root, where, mask_of)

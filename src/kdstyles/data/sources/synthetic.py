@@ -1,5 +1,6 @@
 """``source: synthetic``: the embedded generator of the task (histology patches for
-classification, endoscopy frames with polyp masks for segmentation; ``Task.synthetic``)."""
+classification, endoscopy frames with polyp masks for segmentation and with polyp boxes
+for detection; ``Task.synthetic``)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ class Synthetic(Source):
         raw = {}
         for split, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples)):
             images, labels = generate(task.synthetic, seed, split, n, size)
-            if task.dense:  # labels are masks; the image-level label says whether there is foreground
+            if task.boxes:  # labels are boxes; the image-level label says whether there are any
+                raw[split] = (images, np.array([len(b) > 0 for b in labels], dtype=np.int64), None, labels)
+            elif task.dense:  # labels are masks; the image-level label says whether there is foreground
                 raw[split] = (images, (labels.reshape(n, -1).max(1) > 0).astype(np.int64), labels)
             else:
                 raw[split] = (images, labels)

@@ -1,0 +1,243 @@
+"""Boxes for the detection task: the CenterNet targets a network learns, the decoding of its
+output into boxes, and the detection metrics (COCO mAP, AP@0.5/0.75, mean recall, FROC).
+
+Conventions: a box is ``(x1, y1, x2, y2)`` in pixels of the network's input, ``x2 > x1``,
+``y2 > y1`` (pixel edges: a box covering pixels 3..5 is ``(3, y1, 6, y2)``). A set of
+ground-truth boxes is a float array (M, 5): the box and its class index; rows whose class
+is -1 are padding (a batch of images with different numbers of boxes is one tensor). A
+set of detections is (D, 6): the box, its score and its class, padded with score 0.
+
+The network's output (B, K + 4, H, W) at the input's resolution holds, per pixel, a
+heatmap logit per class and four box channels: the box centre's sub-pixel offset (x, y)
+and its log width and log height. A box is learned at the pixel of its centre; the
+heatmap's target is a Gaussian around it (penalty-reduced focal loss, as in CenterNet,
+Zhou et al. 2019, "Objects as Points"). Decoding keeps each heatmap peak (a pixel that is
+the maximum of its 3x3 neighbourhood) as a box: no anchors and no NMS.
+
+Decoding and the metrics use numpy only (``kdstyles predict`` decodes an ONNX model's
+output where torch is not installed); the training targets and losses import torch inside.
+Nothing here imports the rest of kdstyles.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+BOX_CHANNELS = 4  # offset x, offset y, log width, log height
+HEAT_PRIOR = 0.1  # the heatmap's initial foreground probability (bias of its last convolution)
+MIN_OVERLAP = 0.7  # CenterNet: a centre within the Gaussian's radius keeps IoU >= this with the box
+IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # COCO: 0.50:0.05:0.95
+FROC_RATES = (0.5, 1.0, 2.0, 4.0)  # false positives per image at which FROC sensitivity is read
+
+
+# ----------------------------------------------------------------------------- targets
+
+def gaussian_radius(w: torch.Tensor, h: torch.Tensor, min_overlap: float = MIN_OVERLAP) -> torch.Tensor:
+    """The largest shift of a box's corners that keeps IoU >= ``min_overlap`` with it (the three
+    cases of CenterNet's radius: both corners in, one out, both out), per box."""
+    import torch
+
+    a1, b1 = 1.0, h + w
+    c1 = w * h * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + torch.sqrt(b1 ** 2 - 4 * a1 * c1)) / 2
+    a2, b2 = 4.0, 2 * (h + w)
+    c2 = (1 - min_overlap) * w * h
+    r2 = (b2 + torch.sqrt(b2 ** 2 - 4 * a2 * c2)) / 2
+    a3, b3 = 4 * min_overlap, -2 * min_overlap * (h + w)
+    c3 = (min_overlap - 1) * w * h
+    r3 = (b3 + torch.sqrt(b3 ** 2 - 4 * a3 * c3)) / 2
+    return torch.minimum(torch.minimum(r1, r2), r3).clamp_min(0)
+
+
+def encode(boxes: torch.Tensor, num_classes: int, height: int, width: int
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Targets for a batch of padded ground truth (B, M, 5): the heatmaps (B, K, H, W) with a
+    peak of exactly 1 at each box's centre pixel; the box channels (B, 4, H, W) at those
+    pixels; and the mask (B, H, W) of centre pixels (where the box channels are learned)."""
+    import torch
+
+    b_ = boxes.shape[0]
+    device = boxes.device
+    heat = torch.zeros(b_, num_classes, height, width, device=device)
+    regress = torch.zeros(b_, BOX_CHANNELS, height, width, device=device)
+    centres = torch.zeros(b_, height, width, dtype=torch.bool, device=device)
+    valid = boxes[..., 4] >= 0
+    if not bool(valid.any()):
+        return heat, regress, centres
+    img, _ = valid.nonzero(as_tuple=True)
+    b = boxes[valid].float()
+    w, h = (b[:, 2] - b[:, 0]).clamp_min(1e-3), (b[:, 3] - b[:, 1]).clamp_min(1e-3)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    ix, iy = cx.floor().clamp(0, width - 1), cy.floor().clamp(0, height - 1)
+    sigma = (2 * gaussian_radius(w, h).floor() + 1) / 6
+    yy = torch.arange(height, device=device, dtype=torch.float).view(1, -1, 1)
+    xx = torch.arange(width, device=device, dtype=torch.float).view(1, 1, -1)
+    g = torch.exp(-((xx - ix.view(-1, 1, 1)) ** 2 + (yy - iy.view(-1, 1, 1)) ** 2)
+                  / (2 * sigma.view(-1, 1, 1) ** 2))  # (n, H, W), exactly 1 at the centre pixel
+    cls = b[:, 4].long()
+    flat = heat.view(b_ * num_classes, height * width)
+    flat.scatter_reduce_(0, (img * num_classes + cls).view(-1, 1).expand(-1, height * width),
+                         g.view(len(g), -1), reduce="amax")
+    iy_l, ix_l = iy.long(), ix.long()
+    regress[img, 0, iy_l, ix_l] = cx - ix - 0.5
+    regress[img, 1, iy_l, ix_l] = cy - iy - 0.5
+    regress[img, 2, iy_l, ix_l] = w.log()
+    regress[img, 3, iy_l, ix_l] = h.log()
+    centres[img, iy_l, ix_l] = True
+    return heat, regress, centres
+
+
+def focal_loss(logits: torch.Tensor, heat: torch.Tensor, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    """CenterNet's penalty-reduced pixel-wise focal loss, normalised by the number of boxes."""
+    import torch.nn.functional as F
+
+    logits = logits.float()
+    log_p, log_1p = F.logsigmoid(logits), F.logsigmoid(-logits)
+    p = log_p.exp()
+    pos = heat.eq(1).float()
+    pos_loss = -((1 - p) ** alpha * log_p * pos).sum()
+    neg_loss = -((1 - heat) ** beta * p ** alpha * log_1p * (1 - pos)).sum()
+    return (pos_loss + neg_loss) / pos.sum().clamp_min(1)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def activate(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The network's output with heatmap probabilities (sigmoid) and the raw box channels."""
+    import torch
+
+    logits = logits.float()
+    return torch.cat([logits[:, :num_classes].sigmoid(), logits[:, num_classes:]], dim=1)
+
+
+def decode(maps: np.ndarray, num_classes: int, max_detections: int = 100) -> np.ndarray:
+    """Activated maps (B, K + 4, H, W) to detections (B, D, 6) ``x1, y1, x2, y2, score, class``,
+    best first: the ``D = max_detections`` highest heatmap peaks (pixels that are the maximum
+    of their 3x3 neighbourhood) over all classes."""
+    maps = np.asarray(maps, dtype=np.float32)
+    heat, reg = maps[:, :num_classes], maps[:, num_classes:]
+    b_, k_, h_, w_ = heat.shape
+    padded = np.pad(heat, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    neighbours = np.max([padded[:, :, dy:dy + h_, dx:dx + w_] for dy in range(3) for dx in range(3)], axis=0)
+    peaks = np.where(neighbours == heat, heat, 0).reshape(b_, -1)
+    d = min(max_detections, k_ * h_ * w_)
+    idx = np.argpartition(-peaks, d - 1, axis=1)[:, :d] if d < peaks.shape[1] else np.tile(np.arange(d), (b_, 1))
+    scores = np.take_along_axis(peaks, idx, 1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    idx, scores = np.take_along_axis(idx, order, 1), np.take_along_axis(scores, order, 1)
+    cls, pix = idx // (h_ * w_), idx % (h_ * w_)
+    iy, ix = pix // w_, pix % w_
+    r = np.take_along_axis(reg.reshape(b_, BOX_CHANNELS, -1), pix[:, None, :].repeat(BOX_CHANNELS, 1), 2)
+    cx, cy = ix + 0.5 + r[:, 0], iy + 0.5 + r[:, 1]
+    bw, bh = np.exp(np.clip(r[:, 2], -10, 10)), np.exp(np.clip(r[:, 3], -10, 10))
+    out = np.stack([np.clip(cx - bw / 2, 0, w_), np.clip(cy - bh / 2, 0, h_), np.clip(cx + bw / 2, 0, w_),
+                    np.clip(cy + bh / 2, 0, h_), scores, cls.astype(np.float32)], axis=2)
+    return out.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes a (n, 4) and b (m, 4): (n, m)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def _match(dets: list[np.ndarray], gts: list[np.ndarray], cls: int, threshold: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """COCO's greedy matching of one class at one IoU threshold over all images: each
+    detection, best score first, takes the unmatched ground-truth box it overlaps most (IoU
+    >= threshold). Returns scores, true-positive flags and image index of every detection,
+    best first, and the number of ground-truth boxes."""
+    scores, tps, images, n_gt = [], [], [], 0
+    for i, (d, g) in enumerate(zip(dets, gts)):
+        d = d[(d[:, 5] == cls) & (d[:, 4] > 0)]
+        d = d[np.argsort(-d[:, 4], kind="stable")]
+        g = g[g[:, 4] == cls]
+        n_gt += len(g)
+        overlaps = iou(d[:, :4], g[:, :4])
+        taken = np.zeros(len(g), dtype=bool)
+        for j in range(len(d)):
+            tp = False
+            if len(g):
+                cand = np.where(taken, -1.0, overlaps[j])
+                best = int(cand.argmax())
+                if cand[best] >= threshold:
+                    taken[best], tp = True, True
+            tps.append(tp)
+        scores.extend(d[:, 4].tolist())
+        images.extend([i] * len(d))
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    return (np.asarray(scores, dtype=np.float64)[order], np.asarray(tps, dtype=bool)[order],
+            np.asarray(images, dtype=np.int64)[order], n_gt)
+
+
+def average_precision(tp: np.ndarray, n_gt: int) -> float:
+    """COCO's 101-point interpolated AP from true-positive flags sorted by score."""
+    if n_gt == 0:
+        return math.nan
+    if len(tp) == 0:
+        return 0.0
+    ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
+    recall = ctp / n_gt
+    precision = ctp / np.maximum(ctp + cfp, 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    points = np.linspace(0, 1, 101)
+    idx = np.searchsorted(recall, points, side="left")
+    return float(np.where(idx < len(envelope), envelope[np.minimum(idx, len(envelope) - 1)], 0.0).mean())
+
+
+def froc(tp: np.ndarray, n_gt: int, n_images: int, rates=FROC_RATES) -> list[float]:
+    """Sensitivity at each rate of false positives per image, lowering the score threshold
+    one detection at a time (true positives at IoU >= 0.5)."""
+    if n_gt == 0:
+        return [math.nan] * len(rates)
+    sens = np.concatenate([[0.0], np.cumsum(tp) / n_gt])
+    fp_per_image = np.concatenate([[0.0], np.cumsum(~tp) / max(n_images, 1)])
+    return [float(sens[fp_per_image <= r].max()) for r in rates]
+
+
+def detection_metrics(dets: list[np.ndarray], gts: list[np.ndarray], num_classes: int) -> dict[str, float]:
+    """mAP over IoU 0.50:0.95, AP at 0.5 and 0.75, mean recall (at up to D detections per
+    image, over the same thresholds) and FROC sensitivity at 0.5/1/2/4 false positives per
+    image, each the mean over classes that have ground truth."""
+    per_t_ap = {t: [] for t in IOU_THRESHOLDS}
+    per_t_recall = {t: [] for t in IOU_THRESHOLDS}
+    froc_rows = []
+    for c in range(num_classes):
+        for t in IOU_THRESHOLDS:
+            _, tp, _, n_gt = _match(dets, gts, c, t)
+            if n_gt == 0:
+                continue
+            per_t_ap[t].append(average_precision(tp, n_gt))
+            per_t_recall[t].append(float(tp.sum()) / n_gt)
+            if t == 0.5:
+                froc_rows.append(froc(tp, n_gt, len(gts)))
+    if not froc_rows:
+        return {}
+    ap = {t: float(np.mean(v)) for t, v in per_t_ap.items()}
+    out = {"map": float(np.mean(list(ap.values()))), "ap50": ap[0.5], "ap75": ap[0.75],
+           "mean_recall": float(np.mean([np.mean(v) for v in per_t_recall.values()]))}
+    sens = np.mean(np.asarray(froc_rows), axis=0)
+    for r, s in zip(FROC_RATES, sens):
+        out[f"froc_{r:g}"] = float(s)
+    return out
+
+
+def unpad(boxes: np.ndarray) -> np.ndarray:
+    """Drop padding rows (class -1 for ground truth, score 0 for detections)."""
+    if boxes.shape[-1] == 5:
+        return boxes[boxes[:, 4] >= 0]
+    return boxes[boxes[:, 4] > 0]

@@ -1,0 +1,169 @@
+"""Boxes from files, for detection: a CSV ``path,x1,y1,x2,y2,label[,split]`` (one row per
+box; a row with empty box columns lists an image without objects), a COCO-format JSON,
+and Kvasir-SEG folders (``root/images/`` with ``root/masks/``, a box around each connected
+region of a mask, or Kvasir-SEG's ``kavsir_bboxes.json`` beside them).
+
+Each reader returns the image records, each image's boxes in the pixels of its own file
+(``x1, y1, x2, y2, class index``; checked against the file's size later, with the data)
+and the class names. Errors name the file and the line, annotation or image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import KDError
+from ..fileio import read_csv
+from .files import SPLITS, Record
+
+BOX_COLUMNS = ("x1", "y1", "x2", "y2")
+
+
+def _class_index(names: list[str], given: list[str] | None, where: str) -> dict[str, int]:
+    """Class names in order: ``data.classes`` if given (every label must be in it), else sorted."""
+    if given:
+        unknown = sorted(set(names) - set(given))
+        if unknown:
+            raise KDError(f"{where}: label '{unknown[0]}' is not in data.classes ({', '.join(given)})")
+        return {n: k for k, n in enumerate(given)}
+    return {n: k for k, n in enumerate(sorted(set(names)))}
+
+
+def _empty() -> np.ndarray:
+    return np.zeros((0, 5), np.float32)
+
+
+def read_box_csv(path: Path, classes: list[str] | None) -> tuple[list[Record], dict[str, np.ndarray], list[str]]:
+    """``path,x1,y1,x2,y2,label[,split]``; paths relative to the CSV's folder."""
+    if not path.is_file():
+        raise KDError(f"data.path: CSV file '{path}' does not exist")
+    rows = read_csv(path, "give columns path,x1,y1,x2,y2,label[,split]",
+                    required=("path", *BOX_COLUMNS, "label"))
+    order: dict[str, Record] = {}
+    found: dict[str, list[tuple[list[float], str]]] = {}
+    for line, row in enumerate(rows, start=2):
+        where = f"CSV file '{path}' line {line}"
+        if not row["path"]:
+            raise KDError(f"{where}: empty path")
+        split = row.get("split") or None
+        if split is not None and split not in SPLITS:
+            raise KDError(f"{where}: split '{split}' is not one of {', '.join(SPLITS)}")
+        image = str(path.parent / row["path"])
+        if image not in order:
+            order[image] = Record(Path(image), "", split)
+            found[image] = []
+        elif order[image].split != split:
+            raise KDError(f"{where}: '{row['path']}' is in split '{split}' here and '{order[image].split}' above")
+        values = [row[c].strip() for c in BOX_COLUMNS]
+        if not any(values) and not row["label"]:
+            continue  # an image without objects
+        try:
+            box = [float(v) for v in values]
+        except ValueError:
+            raise KDError(f"{where}: box ({', '.join(values)}) needs four numbers x1,y1,x2,y2 (or all four "
+                          "empty, with an empty label, for an image without objects)") from None
+        if not all(math.isfinite(v) for v in box) or not row["label"]:
+            raise KDError(f"{where}: box ({', '.join(values)}) label '{row['label']}': needs finite numbers and a label")
+        found[image].append((box, row["label"]))
+    if not order:
+        raise KDError(f"CSV file '{path}' has no rows")
+    index = _class_index([lbl for boxes in found.values() for _, lbl in boxes], classes, f"CSV file '{path}'")
+    boxes = {p: np.array([[*b, index[lbl]] for b, lbl in found[p]], np.float32).reshape(-1, 5) for p in order}
+    return list(order.values()), boxes, list(index)
+
+
+def read_coco(path: Path, images_root: Path | None, classes: list[str] | None
+              ) -> tuple[list[Record], dict[str, np.ndarray], list[str]]:
+    """A COCO-format JSON (``images``, ``annotations`` with ``bbox: [x, y, w, h]``,
+    ``categories``); file names relative to ``images_root`` (default: the JSON's folder)."""
+    if not path.is_file():
+        raise KDError(f"data.path: COCO file '{path}' does not exist")
+    try:
+        coco = json.loads(path.read_text(encoding="utf-8"))
+        images, annotations, categories = coco["images"], coco.get("annotations", []), coco["categories"]
+        by_id = {im["id"]: im["file_name"] for im in images}
+        cat_names = {c["id"]: str(c["name"]) for c in categories}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KDError(f"COCO file '{path}': not a COCO detection JSON ({type(exc).__name__}: {exc}); it needs "
+                      "images [{id, file_name}], annotations [{image_id, bbox, category_id}] and "
+                      "categories [{id, name}]") from None
+    root = images_root or path.parent
+    index = _class_index(list(cat_names.values()), classes, f"COCO file '{path}'")
+    found: dict[object, list[list[float]]] = {i: [] for i in by_id}
+    for n, a in enumerate(annotations):
+        where = f"COCO file '{path}' annotation {n} (id {a.get('id', '?')})"
+        if a.get("image_id") not in by_id:
+            raise KDError(f"{where}: image_id {a.get('image_id')!r} is not among the images")
+        if a.get("category_id") not in cat_names:
+            raise KDError(f"{where}: category_id {a.get('category_id')!r} is not among the categories")
+        try:
+            x, y, w, h = (float(v) for v in a["bbox"])
+        except (KeyError, TypeError, ValueError):
+            raise KDError(f"{where}: bbox {a.get('bbox')!r} is not [x, y, width, height]") from None
+        found[a["image_id"]].append([x, y, x + w, y + h, index[cat_names[a["category_id"]]]])
+    records = [Record(root / by_id[i], "", None) for i in by_id]
+    boxes = {str(root / by_id[i]): np.array(found[i], np.float32).reshape(-1, 5) for i in by_id}
+    if not records:
+        raise KDError(f"COCO file '{path}' lists no images")
+    return records, boxes, list(index)
+
+
+KVASIR_BOXES = "kavsir_bboxes.json"  # Kvasir-SEG's own name for its box file
+
+
+def read_kvasir(root: Path, classes: list[str] | None) -> tuple[list[Record], dict[str, np.ndarray], list[str]]:
+    """``root/images/`` and ``root/masks/`` (a box around each 8-connected region of a mask's
+    foreground, values above 127), or ``root/kavsir_bboxes.json`` instead of the masks."""
+    from .segfolder import list_pairs
+
+    listing = root / KVASIR_BOXES
+    if listing.is_file():
+        try:
+            data = json.loads(listing.read_text(encoding="utf-8"))
+            found = {stem: [[float(b["xmin"]), float(b["ymin"]), float(b["xmax"]), float(b["ymax"]), str(b["label"])]
+                            for b in entry.get("bbox", [])] for stem, entry in data.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise KDError(f"'{listing}': not Kvasir-SEG's box file ({type(exc).__name__}: {exc}); it maps each "
+                          "image name to {bbox: [{label, xmin, ymin, xmax, ymax}]}") from None
+        images = root / "images"
+        if not images.is_dir():
+            raise KDError(f"data.root: '{images}' does not exist; a detection folder holds images/ and "
+                          f"masks/ or {KVASIR_BOXES}")
+        from ..imageio import IMAGE_SUFFIXES
+
+        files = {p.stem: p for p in sorted(images.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        missing = sorted(set(found) - set(files))
+        if missing:
+            raise KDError(f"'{listing}': image '{missing[0]}' has boxes but no file in '{images}'")
+        index = _class_index([b[4] for bs in found.values() for b in bs], classes, f"'{listing}'")
+        records = [Record(p, "", None) for p in files.values()]
+        boxes = {str(p): np.array([[*b[:4], index[b[4]]] for b in found.get(stem, [])], np.float32).reshape(-1, 5)
+                 for stem, p in files.items()}
+        return records, boxes, list(index)
+    records, mask_of = list_pairs(root)
+    from scipy import ndimage
+
+    boxes = {}
+    for r in records:
+        regions, _ = ndimage.label(_binary_mask(mask_of[str(r.path)]), structure=np.ones((3, 3)))
+        found_boxes = [[s[1].start, s[0].start, s[1].stop, s[0].stop, 0] for s in ndimage.find_objects(regions)]
+        boxes[str(r.path)] = np.array(found_boxes, np.float32).reshape(-1, 5)
+    return records, boxes, list(classes or ["polyp"])
+
+
+def _binary_mask(path: Path) -> np.ndarray:
+    """A mask file's foreground (values above 127, or exactly 1), at its own size."""
+    from PIL import Image
+
+    from ..imageio import DECODE_ERRORS, _failure
+
+    try:
+        with Image.open(path) as m:
+            values = np.array(m if m.mode == "P" else m.convert("L"))
+    except DECODE_ERRORS as exc:
+        raise KDError(f"mask {str(_failure(path, exc)).removeprefix('image file ')}") from None
+    return (values > 127) | (values == 1)

@@ -1,0 +1,159 @@
+"""Detection: boxes around objects (polyps in colonoscopy frames), learned CenterNet-style
+(:mod:`kdstyles.boxes`): every network outputs a heatmap per class and four box channels
+at the input's resolution, from an encoder-decoder body (:mod:`kdstyles.models.centernet`).
+
+Why CenterNet and not MONAI's RetinaNet: anchor-based heads need anchor matching and NMS
+(parts of MONAI's detection stack lean on torchvision, which kdstyles cannot install), and
+their outputs are lists of anchors per level. A dense heatmap output is one tensor
+(B, K + 4, H, W) for the teacher and every student, whatever their sizes: the engine,
+the output cache, DDP, ONNX export and the adapters treat it like a segmentation map, and
+distillation compares two networks pixel by pixel. The ensemble averages the students'
+heatmaps and box channels before decoding (CenterNet's own way of merging flipped
+predictions), so it is scored as one more network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import KDError
+from .base import EncoderDecoderTask
+
+HEAD_WIDTH = 64  # the body's output channels at widen 1 (the heads' width); at least 8
+PREDICT_MIN_SCORE = 0.05  # boxes predict writes (objects: those scoring 0.5 or more)
+
+
+class Detection(EncoderDecoderTask):
+    name = "detection"
+    loss_name = "focal_box"
+    selection = "map"
+    sources = ("synthetic", "csv", "coco", "folder")
+    boxes = True
+    synthetic = "synthetic_det"
+    synthetic_size = 64
+    description = "the embedded synthetic endoscopy frames with polyp boxes"
+    arch_hint = "an encoder-decoder body for the CenterNet head (unet, basicunet, flexunet-<encoder>)"
+
+    def __init__(self, num_classes: int, box_weight: float = 1.0, max_detections: int = 100):
+        super().__init__(num_classes)
+        self.box_weight, self.max_detections = box_weight, max_detections
+
+    @classmethod
+    def from_config(cls, num_classes: int, cfg: Any) -> "Detection":
+        return cls(num_classes, cfg.loss.box_weight, cfg.eval.max_detections)
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        super().check_config(cfg)
+        aug = cfg.data.augment
+        for key in ("rotate", "zoom", "shift", "shear"):
+            if getattr(aug, key):
+                raise KDError(f"data.augment.{key}: detection moves boxes exactly with hflip, vflip and rotate90 "
+                              f"(and intensity); set {key} to 0")
+
+    # ------------------------------------------------------------------ training
+
+    def build_network(self, spec, channels, image_size, where):
+        from ..models.centernet import CenterNet
+        from ..models.zoo import build_network
+
+        width = max(8, int(round(HEAD_WIDTH * spec.widen)))
+        body = build_network(spec.arch, channels, width, image_size, spec.widen, spec.stem, spec.pretrained,
+                             where=where)
+        return CenterNet(body, width, self.num_classes)
+
+    def supervised(self, logits, y, class_weights):
+        from ..boxes import encode, focal_loss
+
+        k = self.num_classes
+        heat, regress, centres = encode(y, k, logits.shape[-2], logits.shape[-1])
+        focal = focal_loss(logits[:, :k], heat)
+        mask = centres.unsqueeze(1).float()
+        box = ((logits[:, k:].float() - regress).abs() * mask).sum() / mask.sum().clamp_min(1)
+        return focal + self.box_weight * box
+
+    def check_output(self, name, logits, sample):
+        want = (self.num_classes + 4, *sample.shape[2:])
+        if logits.ndim != 4 or tuple(logits.shape[1:]) != want:
+            raise KDError(f"networks.{name}: output shape {tuple(logits.shape)} does not match (batch, "
+                          f"{self.num_classes} classes + 4 box channels, {sample.shape[2]}, {sample.shape[3]}); "
+                          "a detection network returns heatmaps and box channels at the input's size")
+
+    def distill_outputs(self, source, target, options):
+        """Per class and pixel, KL between the source's and the target's sigmoid probabilities at
+        the style's temperature, weighted by the source's confidence (its highest class
+        probability at that pixel) so the background's many pixels do not drown the objects;
+        plus ``box_weight`` x the L1 between their box channels, weighted the same way."""
+        import torch.nn.functional as F
+
+        k, t = self.num_classes, options.temperature
+        s, d = source[:, :k].float(), target[:, :k].float()
+        weight = s.sigmoid().amax(1)  # (B, H, W); the source is detached by the cohort
+        norm = weight.sum().clamp_min(1e-6)
+        log_ps, log_1ps = F.logsigmoid(s / t), F.logsigmoid(-s / t)
+        log_pd, log_1pd = F.logsigmoid(d / t), F.logsigmoid(-d / t)
+        kl = log_ps.exp() * (log_ps - log_pd) + log_1ps.exp() * (log_1ps - log_1pd)
+        heat = (kl.sum(1) * weight).sum() / norm * (t * t if options.t2_scaling else 1.0)
+        box = ((source[:, k:].float() - target[:, k:].float()).abs().sum(1) * weight).sum() / norm
+        return heat + getattr(options, "box_weight", 1.0) * box
+
+    # ------------------------------------------------------------------ evaluation
+
+    def activate(self, logits):
+        from ..boxes import activate
+
+        return activate(logits, self.num_classes)
+
+    def condense(self, probs):
+        import torch
+
+        from ..boxes import decode
+
+        return torch.from_numpy(decode(probs.detach().cpu().numpy(), self.num_classes, self.max_detections))
+
+    def fidelity(self, teacher, student):
+        return {}  # no KL between box lists; agreement with the teacher is future work
+
+    def metrics(self, probs, labels):
+        from ..boxes import detection_metrics, unpad
+
+        dets = [unpad(d) for d in probs.numpy()]
+        gts = [unpad(g) for g in labels.numpy()]
+        return detection_metrics(dets, gts, self.num_classes)
+
+    def per_image(self, probs, labels):
+        return {}  # mAP is not a mean over images: comparisons pair detection runs by seed
+
+    def write_visuals(self, folder, images, labels, probs, mean, std, count):
+        from .overlays import write_box_overlays
+
+        n = min(count, len(labels))
+        if n == 0:
+            return []
+        return write_box_overlays(folder / "overlays", images[:n], labels[:n],
+                                  {k: p[:n] for k, p in probs.items()}, mean, std)
+
+    # ------------------------------------------------------------------ deployment
+
+    def output_shape(self):
+        return ["batch", "channels", "height", "width"]
+
+    def prediction_header(self, class_names):
+        return ["path", "objects", "detections"]
+
+    def prediction_row(self, path: Path, probs, class_names, out_dir, index):
+        """``objects``: boxes scoring at least 0.5; ``detections``: a JSON list of every box scoring
+        at least 0.05, best first, ``[x1, y1, x2, y2, score, class]`` in the input file's pixels."""
+        import json
+
+        from ..boxes import decode
+        from ..imageio import image_size
+
+        dets = decode(probs[None], self.num_classes, self.max_detections)[0]
+        dets = dets[dets[:, 4] >= PREDICT_MIN_SCORE]
+        w, h = image_size(path)
+        sx, sy = w / probs.shape[-1], h / probs.shape[-2]  # the model saw the image resized to its size
+        rows = [[round(float(d[0]) * sx, 1), round(float(d[1]) * sy, 1), round(float(d[2]) * sx, 1),
+                 round(float(d[3]) * sy, 1), round(float(d[4]), 4), class_names[int(d[5])]] for d in dets]
+        return [str(path), str(int((dets[:, 4] >= 0.5).sum())), json.dumps(rows)]

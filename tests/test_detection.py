@@ -1,0 +1,273 @@
+"""Detection (CenterNet on the same engine): targets and decoding agree, the metrics match
+COCO's definitions (hand cases and MONAI's COCOMetric), boxes move exactly with flips,
+bad boxes and configs fail in one line, distillation on boxes keeps gradients isolated, and
+a detection run trains, evaluates, draws boxes, exports and predicts."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA, assert_gradient_isolation
+from kdstyles import Experiment, KDError, build_cohort, load_config
+from kdstyles.boxes import decode, detection_metrics, encode, iou
+from kdstyles.data import flip_boxes, pad_boxes
+
+DET = ["task=detection", "networks.teacher.arch=unet", "networks.teacher.widen=0.5",
+       "networks.students.s1.arch=unet", "networks.students.s1.widen=0.25",
+       "networks.students.s2.arch=basicunet", "networks.students.s2.widen=0.25", "data.image_size=32"]
+
+
+def test_targets_decode_back_to_the_boxes():
+    gt = torch.tensor([[[4.0, 6.0, 14.0, 20.0, 0], [17.5, 3.0, 30.0, 11.0, 1]], [[8, 8, 9, 10, 1], [-1] * 5]])
+    heat, regress, centres = encode(gt, 2, 32, 32)
+    assert heat.shape == (2, 2, 32, 32) and centres.sum() == 3
+    assert heat[0, 0, 13, 9] == 1 and heat[0, 1, 7, 23] == 1 and heat[1, 1, 9, 8] == 1  # centre pixels (y, x)
+    assert heat.max() == 1 and 0 < heat[0, 0, 13, 10] < 1  # a Gaussian around each centre
+    dets = decode(torch.cat([heat, regress], 1).numpy(), 2, max_detections=5)
+    assert dets.shape == (2, 5, 6)
+    found = {tuple(np.round(d, 4)) for d in dets[0] if d[4] == 1}
+    assert found == {(4.0, 6.0, 14.0, 20.0, 1.0, 0.0), (17.5, 3.0, 30.0, 11.0, 1.0, 1.0)}
+    np.testing.assert_allclose(dets[1, 0], [8, 8, 9, 10, 1, 1], atol=1e-4)
+
+
+def test_metrics_follow_coco_on_hand_cases():
+    gt = [np.array([[10, 10, 30, 30, 0]], np.float32)]
+    perfect = [np.array([[10, 10, 30, 30, 0.9, 0]], np.float32)]
+    m = detection_metrics(perfect, gt, 1)
+    assert m["map"] == m["ap50"] == m["ap75"] == m["mean_recall"] == 1 and m["froc_0.5"] == 1
+    shifted = np.array([[10, 10, 30, 30]], np.float32) + [4, 0, 4, 0]  # IoU 16*20 / (2*400 - 320) = 0.667
+    assert iou(shifted, gt[0][:, :4])[0, 0] == pytest.approx(2 / 3)
+    m = detection_metrics([np.c_[shifted, [[0.9, 0]]]], gt, 1)
+    assert m["ap50"] == 1 and m["ap75"] == 0 and m["map"] == pytest.approx(0.4)  # 0.50, .55, .60, .65 pass
+    # a false positive scored above the true one: precision 1/2 at recall 1
+    fp_first = [np.array([[40, 40, 50, 50, 0.95, 0], [10, 10, 30, 30, 0.9, 0]], np.float32)]
+    m = detection_metrics(fp_first, gt, 1)
+    assert m["ap50"] == pytest.approx(0.5) and m["froc_0.5"] == 0 and m["froc_1"] == 1
+    wrong_class = [np.array([[10, 10, 30, 30, 0.9, 1]], np.float32)]
+    assert detection_metrics(wrong_class, [np.c_[gt[0][:, :4], [[0]]]], 2)["ap50"] == 0
+
+
+def test_map_matches_monai_coco_metric():
+    from monai.apps.detection.metrics.coco import COCOMetric
+    from monai.apps.detection.metrics.matching import matching_batch
+
+    rng = np.random.default_rng(0)
+    gts, dets = [], []
+    for _ in range(12):
+        n = rng.integers(0, 4)
+        xy = rng.uniform(0, 40, (n, 2))
+        g = np.c_[xy, xy + rng.uniform(5, 20, (n, 2)), rng.integers(0, 2, n)].astype(np.float32)
+        jitter = rng.normal(0, 2.5, (n, 4))
+        d = np.c_[g[:, :4] + jitter, rng.uniform(0.3, 1, n), g[:, 4]]
+        extra = rng.integers(0, 3)
+        fxy = rng.uniform(0, 40, (extra, 2))
+        f = np.c_[fxy, fxy + 10, rng.uniform(0, 0.8, extra), rng.integers(0, 2, extra)]
+        gts.append(g)
+        dets.append(np.r_[d, f].astype(np.float32))
+    ours = detection_metrics(dets, gts, 2)
+    metric = COCOMetric(classes=["a", "b"], iou_list=[0.5, 0.75], iou_range=(0.5, 0.95, 0.05), max_detection=(100,))
+    results = matching_batch(iou_fn=lambda a, b: iou(a, b), iou_thresholds=metric.iou_thresholds,
+                             pred_boxes=[d[:, :4] for d in dets], pred_classes=[d[:, 5].astype(int) for d in dets],
+                             pred_scores=[d[:, 4] for d in dets], gt_boxes=[g[:, :4] for g in gts],
+                             gt_classes=[g[:, 4].astype(int) for g in gts])
+    theirs = metric(results)[0]
+    assert ours["map"] == pytest.approx(theirs["mAP_IoU_0.50_0.95_0.05_MaxDet_100"], abs=1e-6)
+    assert ours["ap50"] == pytest.approx(theirs["AP_IoU_0.50_MaxDet_100"], abs=1e-6)
+    assert ours["ap75"] == pytest.approx(theirs["AP_IoU_0.75_MaxDet_100"], abs=1e-6)
+    assert ours["mean_recall"] == pytest.approx(theirs["mAR_IoU_0.50_0.95_0.05_MaxDet_100"], abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_boxes_move_exactly_with_flips_and_quarter_turns(seed):
+    boxes = np.array([[3, 5, 10, 9, 0], [12, 1, 16, 16, 0]], np.float32)
+    img = torch.zeros(2, 16, 16)
+    for c, (x1, y1, x2, y2, _) in enumerate(boxes.astype(int)):
+        img[c, y1:y2, x1:x2] = 1  # channel c paints box c
+    out, moved = flip_boxes(img, boxes, np.random.default_rng(seed), True, True, True)
+    for c in range(2):
+        ys, xs = torch.nonzero(out[c], as_tuple=True)
+        assert moved[c, :4].tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+    assert pad_boxes(moved, 4)[2:].eq(-1).all()
+
+
+def test_bad_boxes_and_configs_are_one_line():
+    from kdstyles.data import checks
+    from kdstyles.data.checks import DataReport
+
+    for box, why in [([2, 2, 40, 9, 0], "outside the 32x32 image"), ([5, 2, 5, 9, 0], "x2 <= x1 or y2 <= y1"),
+                     ([1, 1, 4, 4, 3], "class outside 0..0")]:
+        report = DataReport(["no objects", "objects"])
+        checks.check_boxes("train", [np.zeros((0, 5)), np.array([box], np.float32)], 1, (32, 32),
+                           ["frame a", "frame b"], report)
+        with pytest.raises(KDError) as err:
+            report.raise_errors()
+        assert str(err.value).startswith("frame b: box (") and why in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(KDError, match="'resnet10' does not fit task detection; it needs an encoder-decoder"):
+        load_config(None, [*DET, "networks.students.s1.arch=resnet10"])
+    with pytest.raises(KDError, match="data.augment.rotate: detection moves boxes exactly with hflip"):
+        load_config(None, [*DET, "data.augment.rotate=15"])
+    with pytest.raises(KDError, match="train.selection_metric: 'dice' is not a detection metric"):
+        load_config(None, [*DET, "train.selection_metric=dice"])
+
+
+@pytest.mark.parametrize("preset", ["diverse", "kdml", "diverse-full"])
+def test_gradient_isolation_detection(preset):
+    torch.manual_seed(0)
+    cohort = build_cohort(load_config(None, [*DET, f"routing.preset={preset}"]), num_classes=1, channels=3,
+                          image_size=32)
+    cohort.train()
+    y = torch.tensor([[[4.0, 6.0, 14.0, 20.0, 0]], [[-1.0] * 5]])
+    losses = cohort.losses(cohort(torch.randn(2, 3, 32, 32)), y)
+    assert all(torch.isfinite(nl.total) for nl in losses.values())
+    assert_gradient_isolation(cohort, losses)
+
+
+def test_box_distillation_follows_the_source_where_it_is_confident():
+    from kdstyles.styles.predictions import PredictionsOptions
+    from kdstyles.tasks import TASKS
+
+    task, opts = TASKS["detection"](1), PredictionsOptions(temperature=2)
+    source = torch.full((1, 5, 8, 8), -6.0)
+    source[0, 0, 3, 3], source[0, 1:, 3, 3] = 4.0, torch.tensor([0.2, -0.1, 2.0, 1.5])
+    assert task.distill_outputs(source, source.clone(), opts) == pytest.approx(0, abs=1e-6)
+    off_object = source.clone()
+    off_object[0, 1:, 6, 6] += 3  # boxes differ where the source sees only background
+    on_object = source.clone()
+    on_object[0, 1:, 3, 3] += 3  # the same difference where it sees an object
+    assert task.distill_outputs(source, on_object, opts) > 50 * task.distill_outputs(source, off_object, opts)
+    no_boxes = PredictionsOptions(temperature=2, box_weight=0)
+    assert task.distill_outputs(source, on_object, no_boxes) == pytest.approx(0, abs=1e-6)
+
+
+def test_detection_trains_evaluates_draws_exports_and_predicts(tiny_overrides, tmp_path):
+    from kdstyles.export import export_run
+    from kdstyles.predict import predict
+
+    exp = Experiment(None, overrides=tiny_overrides(*DET, *DATA, "train.epochs=1", "eval.overlays=2"), quiet=True)
+    exp.fit()
+    result = exp.evaluate()
+    assert set(result["networks"]) == {"teacher", "s1", "s2", "ensemble"}
+    for m in result["networks"].values():
+        assert 0 <= m["map"] <= m["ap50"] <= 1 and {"ap75", "mean_recall", "froc_1"} <= set(m)
+    assert result["overlays"] == ["overlays/test-000.png", "overlays/test-001.png"]
+    assert "val_map" in (exp.run_dir / "metrics.csv").read_text()
+    side = export_run(exp.run_dir, "ensemble")
+    assert side["task"] == "detection" and side["verification"]["max_abs_diff"] < 1e-4
+    images = tmp_path / "frames"
+    images.mkdir()
+    from PIL import Image
+
+    from kdstyles.data.synthetic_det import generate
+
+    frames, _ = generate(5, "test", 2, 48)  # another size than the model's 32 px: boxes come back in 48 px
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(images / f"f{i}.png")
+    outs = [predict(exp.run_dir / "export" / "ensemble.onnx", [images], tmp_path / "onnx", quiet=True),
+            predict(exp.run_dir, [images], tmp_path / "run", network="ensemble", quiet=True)]
+    rows = [list(csv.DictReader(o.open())) for o in outs]
+    assert [r["path"] for r in rows[0]] == [str(images / "f0.png"), str(images / "f1.png")]
+    for a, b in zip(*rows):
+        da, db = json.loads(a["detections"]), json.loads(b["detections"])
+        assert len(da) == len(db) and all(0 <= v <= 48 for d in da for v in d[:4])
+        np.testing.assert_allclose([d[:5] for d in da], [d[:5] for d in db], atol=0.2)
+
+
+def _frames(tmp_path, n=6, size=40):
+    """Frames with separate rectangles (so a mask's regions are its boxes), as image files,
+    masks, a box CSV, a COCO JSON and Kvasir-SEG's box JSON."""
+    from PIL import Image
+
+    (tmp_path / "kv" / "images").mkdir(parents=True)
+    (tmp_path / "kv" / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    rows, coco, kvasir, truth = ["path,x1,y1,x2,y2,label"], {"images": [], "annotations": [],
+                                                             "categories": [{"id": 3, "name": "polyp"}]}, {}, {}
+    for i in range(n):
+        img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        boxes = [] if i % 3 == 0 else [[2 + i, 4, 12 + i, 16], [24, 20 + i, 36, 30 + i]][:1 + i % 2]
+        for x1, y1, x2, y2 in boxes:
+            mask[y1:y2, x1:x2] = 255
+        name = f"kv/images/f{i}.png"
+        Image.fromarray(img).save(tmp_path / name)
+        Image.fromarray(mask).save(tmp_path / "kv" / "masks" / f"f{i}.png")
+        coco["images"].append({"id": 10 + i, "file_name": name})
+        kvasir[f"f{i}"] = {"bbox": [{"label": "polyp", "xmin": b[0], "ymin": b[1], "xmax": b[2], "ymax": b[3]}
+                                    for b in boxes]}
+        rows += [f"{name},{','.join(map(str, b))},polyp" for b in boxes] or [f"{name},,,,,"]
+        for b in boxes:
+            coco["annotations"].append({"id": len(coco["annotations"]), "image_id": 10 + i, "category_id": 3,
+                                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
+        truth[str(tmp_path / name)] = sorted(boxes)
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    return truth, kvasir
+
+
+@pytest.mark.parametrize("source", ["csv", "coco", "folder-masks", "folder-json"])
+def test_box_files_load_the_same_boxes_scaled_to_the_training_size(tmp_path, source):
+    from kdstyles.data import build_data
+
+    truth, kvasir = _frames(tmp_path)
+    keys = {"csv": ["data.source=csv", f"data.path={tmp_path / 'boxes.csv'}"],
+            "coco": ["data.source=coco", f"data.path={tmp_path / 'coco.json'}"],
+            "folder-masks": ["data.source=folder", f"data.root={tmp_path / 'kv'}"],
+            "folder-json": ["data.source=folder", f"data.root={tmp_path / 'kv'}"]}[source]
+    if source == "folder-json":
+        (tmp_path / "kv" / "kavsir_bboxes.json").write_text(json.dumps(kvasir))
+    cfg = load_config(None, [*DET, "data.image_size=20", "data.val_fraction=0.2", "data.test_fraction=0.2",
+                             "data.augment.hflip=false", "data.augment.vflip=false", *keys])
+    bundle = build_data(cfg.data, 0, task="detection")
+    assert bundle.class_names == ["polyp"] and len(bundle.splits) == 3
+    seen = 0
+    for ds in bundle.splits.values():
+        for i, path in enumerate(ds.paths):
+            label = ds[i][1]
+            got = sorted(label[label[:, 4] >= 0][:, :4].tolist())
+            assert got == [[v / 2 for v in b] for b in truth[str(path)]]  # 40 px files, 20 px training size
+            seen += 1
+    assert seen == 6
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p.write_text("path,x1,y1,x2,y2,label\nkv/images/f1.png,3,4,x,9,polyp\n"),
+     "line 2: box (3, 4, x, 9) needs four numbers x1,y1,x2,y2"),
+    (lambda p: p.write_text("path,x1,y1,x2,y2,label\nkv/images/f1.png,3,4,50,9,polyp\n"),
+     "f1.png': box (3, 4, 50, 9) class 0: outside the 40x40 image"),
+    (lambda p: p.write_text("path,x1,y1,x2,y2,label\nkv/images/f1.png,3,4,9,9,polyp\nkv/images/f2.png,3,4,9,9,ulcer\n"),
+     "label 'ulcer' is not in data.classes (polyp)"),
+    (lambda p: p.write_text("path,label\nkv/images/f1.png,polyp\n"), "needs the column(s) path, x1, y1, x2, y2, label"),
+])
+def test_malformed_box_csvs_are_one_line(tmp_path, change, message):
+    from kdstyles.data import build_data
+
+    _frames(tmp_path)
+    csv_path = tmp_path / "bad.csv"
+    change(csv_path)
+    cfg = load_config(None, [*DET, "data.source=csv", f"data.path={csv_path}", "data.classes=[polyp]"])
+    with pytest.raises(KDError) as err:
+        build_data(cfg.data, 0, task="detection")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["annotations"].append({"id": 99, "image_id": 5, "category_id": 3, "bbox": [1, 1, 2, 2]}),
+     "(id 99): image_id 5 is not among the images"),
+    (lambda c: c["annotations"][0].update(category_id=4), "category_id 4 is not among the categories"),
+    (lambda c: c["annotations"][0].update(bbox=[1, 2]), "bbox [1, 2] is not [x, y, width, height]"),
+    (lambda c: c.pop("images"), "not a COCO detection JSON (KeyError"),
+])
+def test_malformed_coco_files_are_one_line(tmp_path, change, message):
+    from kdstyles.data import build_data
+
+    _frames(tmp_path)
+    coco = json.loads((tmp_path / "coco.json").read_text())
+    change(coco)
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    cfg = load_config(None, [*DET, "data.source=coco", f"data.path={tmp_path / 'coco.json'}"])
+    with pytest.raises(KDError) as err:
+        build_data(cfg.data, 0, task="detection")
+    assert message in str(err.value) and "\n" not in str(err.value)
