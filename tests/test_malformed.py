@@ -131,6 +131,24 @@ def big_csv(tmp: Path) -> tuple[Path, int]:
     return p, bad + 2
 
 
+def det_args(tmp: Path, source: str, text: str, *extra: str) -> list[str]:
+    """A detection run on 12 px frames with boxes from a CSV or COCO file whose text is given."""
+    for i in range(4):
+        png(tmp / "det" / f"f{i}.png", value=(120, 40, 40))
+    listing = tmp / "det" / ("boxes.csv" if source == "csv" else "coco.json")
+    listing.write_text(text)
+    return train_on(tmp, "task=detection", f"data.source={source}", f"data.path={listing}",
+                    "networks.teacher.arch=unet", "networks.students.s1.arch=unet", "networks.students.s2.arch=unet",
+                    "networks.teacher.widen=0.25", "networks.students.s1.widen=0.25",
+                    "networks.students.s2.widen=0.25", *extra)
+
+
+BOX_ROWS = "path,x1,y1,x2,y2,label\nf0.png,1,1,5,5,polyp\nf1.png,,,,,\nf2.png,2,2,6,6,polyp\n"
+COCO_TEXT = ('{"images": [{"id": 1, "file_name": "f0.png"}, {"id": 2, "file_name": "f1.png"}], '
+             '"annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]}], '
+             '"categories": [{"id": 1, "name": "polyp"}]}')
+
+
 def corrupt(path: Path, text: str | bytes) -> Path:
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return path
@@ -296,6 +314,20 @@ CASES = [
                                                   str(t / "p")], "in.csv")),
     ("predict-input-missing", lambda t, r: (["predict", str(r / "export" / "s1.onnx"), str(t / "gone.png"),
                                              "--out", str(t / "p")], "gone.png")),
+    # ---------------------------------------------------------------- detection
+    ("det-classifier-network", lambda t, r: (["check", "--set", "task=detection"], "does not fit task detection")),
+    ("det-rotate-augment", lambda t, r: (det_args(t, "csv", BOX_ROWS, "data.augment.rotate=10"),
+                                         "data.augment.rotate")),
+    ("det-box-not-numbers", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("1,1,5,5", "1,1,five,5")),
+                                          "boxes.csv' line 2")),
+    ("det-box-outside-image", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("2,2,6,6", "2,2,16,6")),
+                                            "outside the 12x12 image")),
+    ("det-box-empty", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("2,2,6,6", "6,2,6,6")),
+                                    "x2 <= x1 or y2 <= y1")),
+    ("det-box-image-missing", lambda t, r: (det_args(t, "csv", BOX_ROWS + "gone.png,1,1,3,3,polyp\n"), "gone.png")),
+    ("det-coco-unknown-image", lambda t, r: (det_args(t, "coco", COCO_TEXT.replace('"image_id": 1', '"image_id": 9')),
+                                             "image_id 9 is not among the images")),
+    ("det-coco-not-json", lambda t, r: (det_args(t, "coco", COCO_TEXT[:-3]), "not a COCO detection JSON")),
 ]
 
 

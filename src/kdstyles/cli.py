@@ -104,9 +104,10 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
 
     exp = Experiment(config, overrides=set_ or [], quiet=True)
     cohort = exp.cohort
-    sample = torch.zeros(1, exp.data.channels, exp.data.image_size, exp.data.image_size)
+    dims = exp.cfg.data.dims
+    sample = torch.zeros(1, exp.data.channels, *(exp.data.image_size,) * dims)
     console.print(f"config ok: preset {exp.cfg.routing.label}, run folder {exp.run_dir}, "
-                  f"{exp.data.image_size} px images", highlight=False)
+                  f"{exp.data.image_size} px {'images' if dims == 2 else 'volumes'}", highlight=False)
     for e in cohort.edges:
         console.print(f"  edge  {e}", highlight=False)
     for name, net in cohort.networks.items():

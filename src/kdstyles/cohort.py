@@ -211,9 +211,9 @@ class Cohort(nn.Module):
             src_shape = kind.take(outs[e.src], src_path).shape
             dst_shape = kind.take(outs[e.dst], dst_path).shape
             for net, path, shape in ((e.src, src_path, src_shape), (e.dst, dst_path, dst_shape)):
-                if len(shape) == 4 and min(shape[-2:]) < MIN_MAP:
+                if len(shape) >= 4 and min(shape[2:]) < MIN_MAP:
                     self.warnings.append(
-                        f"edge {e}: {net}'s tap {path} gives {shape[-2]}x{shape[-1]} maps at this image size, "
+                        f"edge {e}: {net}'s tap {path} gives {'x'.join(map(str, shape[2:]))} maps at this image size, "
                         f"nearly vectors; tap an earlier layer (networks.{net}.tap) or use larger images "
                         f"(data.image_size)")
             adapter = make_adapter(dst_shape, src_shape, f"edge {e}", project=style.adapter == "project")
@@ -335,7 +335,7 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
                           f"e.g. Experiment(config, networks={{'{name}': model}})")
         else:
             torch.manual_seed(network_seed(cfg.train.seed, name))
-            nets[name] = task.build_network(spec, channels, image_size, where=f"networks.{name}")
+            nets[name] = task.build_network(spec, channels, image_size, where=f"networks.{name}", dims=cfg.data.dims)
         taps[name] = {"map": spec.tap, "embedding": spec.embedding_tap}
     frozen = set()
     if T in nets and cfg.networks.teacher.mode == "offline":
@@ -347,5 +347,5 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
     if class_counts is not None:
         counts = torch.tensor(class_counts, dtype=torch.float).clamp_min(1)
         weights = counts.sum() / (len(counts) * counts)
-    sample = torch.zeros(2, channels, image_size, image_size)
+    sample = torch.zeros(2, channels, *(image_size,) * cfg.data.dims)
     return Cohort(nets, edges, task, sample, cfg.loss.ce_weight, frozen, taps, weights)

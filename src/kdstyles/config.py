@@ -67,7 +67,10 @@ class DataConfig(Strict):
     num_classes: int = Field(2, ge=2, le=255, description="segmentation: mask values 0..K-1 (2: binary masks, "
                                                           "0/255 thresholded)")
     image_size: Optional[int] = Field(None, ge=8, le=1024, description="network input size; default: the source's "
-                                      "(synthetic 64, medmnist its size, folder/csv 224)")
+                                      "(synthetic 64, volumes 32, medmnist its size, folder/csv 224)")
+    spatial_dims: Optional[Literal[2, 3]] = Field(None, description="2: images; 3: volumes (synthetic volumes, "
+                                                  "MedMNIST 3D); default: the source's (a MedMNIST flag ending "
+                                                  "in 3d is 3)")
     channels: Optional[int] = Field(None, ge=1, le=3, description="1 or 3; default: the source's (synthetic and "
                                     "folder/csv 3, medmnist its own)")
     train_samples: int = Field(2000, ge=2, description="synthetic only")
@@ -111,7 +114,19 @@ class DataConfig(Strict):
         needs = SOURCES[self.source].requires
         if needs and getattr(self, needs) is None:
             raise ValueError(f"source '{self.source}' needs data.{needs}")
+        volumetric = SOURCES[self.source].volumes(self)
+        if self.spatial_dims == 3 and volumetric is False:
+            raise ValueError(f"spatial_dims: 3 needs volumes; source '{self.source}'"
+                             f"{' flag ' + self.flag if self.flag else ''} gives 2D images (volume sources: "
+                             "synthetic, medmnist with a 3D flag)")
+        if self.spatial_dims == 2 and volumetric is True:
+            raise ValueError(f"spatial_dims: 2, but data.flag {self.flag} holds volumes; leave spatial_dims out")
         return self
+
+    @property
+    def dims(self) -> int:
+        """2 (images) or 3 (volumes): ``spatial_dims``, else what the source gives."""
+        return self.spatial_dims or (3 if SOURCES[self.source].volumes(self) else 2)
 
 
 class NetworkConfig(Strict):

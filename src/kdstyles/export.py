@@ -36,12 +36,12 @@ class Deployable(nn.Module):
     """[0, 1] images -> probabilities as the task activates them (softmax over classes;
     detection: heatmap probabilities and box channels); one network or the mean of several."""
 
-    def __init__(self, networks: list[nn.Module], mean: list[float], std: list[float], task):
+    def __init__(self, networks: list[nn.Module], mean: list[float], std: list[float], task, dims: int = 2):
         super().__init__()
         self.networks = nn.ModuleList(networks)
         self.task = task
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, *(1,) * dims))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, *(1,) * dims))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = (image - self.mean) / self.std
@@ -58,7 +58,7 @@ def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None
     names = cohort.students if network == ENSEMBLE else [network]
     info = info or exp.run_info()
     return Deployable([cohort.networks[n] for n in names], info["normalize"]["mean"],
-                      info["normalize"]["std"], cohort.task).eval()
+                      info["normalize"]["std"], cohort.task, exp.cfg.data.dims).eval()
 
 
 def open_run(run_dir: str | Path, network: str, checkpoint: str = "best"
@@ -129,7 +129,8 @@ def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out:
     if path.suffix != FORMATS[fmt]:
         raise KDError(f"--out '{path}': a {fmt} model file ends in {FORMATS[fmt]}")
     gen = torch.Generator().manual_seed(0)
-    sample = torch.rand(samples, channels, size, size, generator=gen)
+    dims = exp.cfg.data.dims
+    sample = torch.rand(samples, channels, *(size,) * dims, generator=gen)
     diff = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, sample, path)
 
     evaluation = exp.folder.read_eval() if exp.folder.eval_path.is_file() else None
@@ -143,8 +144,9 @@ def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out:
         "format": fmt, "file": path.name, "kdstyles": __version__, "torch": torch.__version__,
         "task": task.name, "network": network, "run_dir": str(run_dir), "preset": info.get("preset"),
         "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.get("epochs_done")},
-        "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0],
-                  "channels": channels, "height": size, "width": size},
+        "input": {"name": "image", "layout": "NCHW" if dims == 2 else "NCDHW", "dtype": "float32",
+                  "range": [0.0, 1.0], "channels": channels, **({"depth": size} if dims == 3 else {}),
+                  "height": size, "width": size},
         "output": {"name": "probabilities",
                    "shape": [len(info["class_names"]) if d == "classes" else d for d in task.output_shape()]},
         "normalisation": {"mean": info["normalize"]["mean"], "std": info["normalize"]["std"],
@@ -174,6 +176,14 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
     metric_rows = "\n".join(f"| {label(k)} | {m[k]:.4f} |" for k in task_metrics(exp.cohort.task.name, m)
                             if isinstance(m.get(k), float))
     size_rows = "\n".join(f"| {n} | {p:,} | {f / 1e6:.1f} | {lat:.2f} |" for n, p, f, lat in rows)
+    inp = sidecar["input"]
+    kind = "volumes" if "depth" in inp else "images"
+    shape = ", ".join(str(inp[k]) for k in ("depth", "height", "width") if k in inp)
+    output = {"classification": "class probabilities", "segmentation": "per-pixel class probabilities",
+              "detection": "heatmap probabilities per class and four box channels per pixel"}.get(sidecar["task"],
+                                                                                                "probabilities")
+    how = (f"`kdstyles predict {sidecar['file']} IMAGES...` does the resizing and writes a CSV." if kind == "images"
+           else "`kdstyles predict` reads 2D image files only; feed volumes to the model directly.")
     return f"""# Model card: `{network}` from `{sidecar['run_dir']}`
 
 Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`), from the
@@ -181,7 +191,7 @@ Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`),
 
 ## Task and data
 
-{sidecar['task'].capitalize()} of {sidecar['input']['channels']}-channel {sidecar['input']['height']} px images into
+{sidecar['task'].capitalize()} of {sidecar['input']['channels']}-channel {sidecar['input']['height']} px {kind} into
 {len(sidecar['class_names'])} classes: {', '.join(sidecar['class_names'])}. Trained on {source}.
 
 ## Training
@@ -203,9 +213,8 @@ Preset `{info.get('preset')}` (edges: {'; '.join(info.get('edges', [])) or 'none
 
 ## Use
 
-Input: float32 images in [0, 1], shape (N, {sidecar['input']['channels']}, {sidecar['input']['height']},
-{sidecar['input']['width']}); the training normalisation is inside the model. Output: class probabilities.
-`kdstyles predict {sidecar['file']} IMAGES...` does the resizing and writes a CSV. The exported model matched
+Input: float32 {kind} in [0, 1], shape (N, {sidecar['input']['channels']}, {shape}); the training
+normalisation is inside the model. Output: {output}. {how} The exported model matched
 PyTorch to {sidecar['verification']['max_abs_diff']:.2e} (max absolute difference on
 {sidecar['verification']['samples']} inputs, checked with {sidecar['verification']['against']}).
 
@@ -219,12 +228,12 @@ def measure_compression(run_dir: str | Path) -> list[dict[str, Any]]:
     exp = Experiment.from_run(run_dir, quiet=True)
     info = exp.run_info()
     nets = exp.cohort.networks
-    size, ch = info["image_size"], info["channels"]
+    size, ch, dims = info["image_size"], info["channels"], exp.cfg.data.dims
     teacher_params = count_parameters(nets[T]) if T in nets else None
     rows = []
     for name, net in nets.items():
         net.eval()
-        one, many = torch.rand(1, ch, size, size), torch.rand(32, ch, size, size)
+        one, many = torch.rand(1, ch, *(size,) * dims), torch.rand(32, ch, *(size,) * dims)
         p = count_parameters(net)
         rows.append({"network": name, "parameters": p, "mflops": flops_per_image(net, one) / 1e6,
                      "latency_b1_ms": cpu_latency_ms(net, one), "latency_b32_ms": cpu_latency_ms(net, many, 5),

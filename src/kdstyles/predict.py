@@ -31,6 +31,10 @@ class Predictor:
         return self.run(batch)
 
 
+VOLUMES = ("kdstyles predict reads 2D image files; this model takes volumes (use kdstyles evaluate, or the "
+           "exported ONNX model with (N, C, D, H, W) float32 input in [0, 1])")
+
+
 def _sidecar(model: Path) -> dict:
     """The JSON sidecar written next to an exported model, checked for what predict needs."""
     from .fileio import read_json
@@ -60,6 +64,8 @@ def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "be
         from .export import open_run
 
         exp, net, info = open_run(model, network, checkpoint)
+        if exp.cfg.data.dims == 3:
+            raise KDError(VOLUMES)
 
         def run(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -70,6 +76,8 @@ def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "be
     if not model.is_file():
         raise KDError(f"model '{model}' does not exist (give an exported .onnx/.pt file or a run folder)")
     side = _sidecar(model)
+    if "depth" in side["input"]:
+        raise KDError(VOLUMES)
     names, ch, size = side["class_names"], side["input"]["channels"], side["input"]["height"]
     task = side.get("task", "classification")
     if model.suffix == ".onnx":

@@ -38,10 +38,11 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence([v & 0xFFFFFFFF for v in values]).generate_state(1)[0]) & MAX_SEED
 
 
-def build_augment(cfg: Any, image_size: int, with_mask: bool = False, geometric: bool = True):
+def build_augment(cfg: Any, image_size: int, with_mask: bool = False, geometric: bool = True, dims: int = 2):
     """MONAI dictionary transforms moving the image (and its mask, nearest-neighbour) together;
     None when nothing is random. ``geometric=False``: intensity only (detection moves its
-    images and boxes itself, see :func:`flip_boxes`)."""
+    images and boxes itself, see :func:`flip_boxes`). Volumes (``dims=3``): flips along the
+    first two axes, quarter turns in the last two, rotations about every axis."""
     from monai.transforms import (Compose, RandAffined, RandFlipd, RandRotate90d, RandScaleIntensityd,
                                   RandShiftIntensityd)
 
@@ -53,11 +54,12 @@ def build_augment(cfg: Any, image_size: int, with_mask: bool = False, geometric:
     if cfg.vflip and geometric:
         ts.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
     if cfg.rotate90 and geometric:
-        ts.append(RandRotate90d(keys, prob=0.75, spatial_axes=(0, 1)))
+        ts.append(RandRotate90d(keys, prob=0.75, spatial_axes=(0, 1) if dims == 2 else (1, 2)))
     if geometric and (cfg.rotate or cfg.zoom or cfg.shift or cfg.shear):
         ts.append(RandAffined(
-            keys, prob=1.0, rotate_range=(np.deg2rad(cfg.rotate),), scale_range=(cfg.zoom, cfg.zoom),
-            translate_range=(cfg.shift * image_size, cfg.shift * image_size), shear_range=(cfg.shear, cfg.shear),
+            keys, prob=1.0, rotate_range=(np.deg2rad(cfg.rotate),) * (1 if dims == 2 else 3),
+            scale_range=(cfg.zoom,) * dims, translate_range=(cfg.shift * image_size,) * dims,
+            shear_range=(cfg.shear,) * (2 if dims == 2 else 6),
             padding_mode="reflection", mode=modes))
     if cfg.intensity:
         ts.append(RandScaleIntensityd(["image"], factors=cfg.intensity, prob=1.0))
@@ -102,8 +104,9 @@ class ImageDataset(Dataset):
                  box_flips: tuple[bool, bool, bool] = (False, False, False)):
         self.labels, self.images, self.paths, self.masks = labels, images, paths, masks
         self.boxes, self.box_flips = boxes, box_flips
+        dims = images.ndim - 2 if images is not None else 2  # volumes: (N, D, H, W, C) in memory
         self.max_boxes = max([len(b) for b in boxes] + [1]) if boxes is not None else 0
-        self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
+        self.mean, self.std = mean.view(-1, *(1,) * dims), std.view(-1, *(1,) * dims)
         self.augment, self.seed, self.channels, self.size = augment, seed, channels, size
         # One random stream shared by the transforms, reseeded per item (one seeding, not one per transform).
         self._random = np.random.RandomState()
@@ -114,14 +117,14 @@ class ImageDataset(Dataset):
         return len(self.labels)
 
     def raw(self, index: int) -> np.ndarray:
-        """The uint8 (H, W, C) image, from memory or decoded from its file."""
+        """The uint8 (H, W, C) image (or (D, H, W, C) volume), from memory or decoded from its file."""
         if self.images is not None:
             return self.images[index]
         return read_image(self.paths[index], self.channels, self.size)[0]
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        img = torch.from_numpy(np.ascontiguousarray(self.raw(index))).permute(2, 0, 1).float().div_(255)
+        img = torch.from_numpy(np.ascontiguousarray(self.raw(index))).movedim(-1, 0).float().div_(255)
         item = {"image": img}
         if self.masks is not None:
             item["mask"] = torch.from_numpy(self.masks[index]).unsqueeze(0).float()
@@ -259,7 +262,7 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
                       "images in all); give it files, or raise data.val_fraction / data.test_fraction")
     channels, size = loaded.channels, loaded.size
     mean, std = _normalisation(cfg, normalize or cfg.normalize, stored["train"], channels, size, seed)
-    augment = build_augment(cfg.augment, size, with_mask=task_cls.dense, geometric=not task_cls.boxes)
+    augment = build_augment(cfg.augment, size, with_mask=task_cls.dense, geometric=not task_cls.boxes, dims=cfg.dims)
     flips = (cfg.augment.hflip, cfg.augment.vflip, cfg.augment.rotate90)
     splits = {s: ImageDataset(v.labels, mean, std, augment if s == "train" else None, seed, images=v.images,
                               paths=v.paths, channels=channels, size=size, masks=v.masks, boxes=v.boxes,
@@ -288,4 +291,5 @@ def _normalisation(cfg: Any, how: str, train, channels: int, size: int, seed: in
     else:
         sample = np.stack([read_image(paths[i], channels, size)[0] for i in np.sort(pick)])
     x = torch.from_numpy(sample).float().div_(255)
-    return x.mean(dim=(0, 1, 2)), x.std(dim=(0, 1, 2)).clamp_min(1e-3)
+    axes = tuple(range(x.ndim - 1))  # every axis but the channels'
+    return x.mean(dim=axes), x.std(dim=axes).clamp_min(1e-3)

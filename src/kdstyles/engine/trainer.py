@@ -38,7 +38,7 @@ class Trainer:
         self.cfg, self.cohort, self.data = cfg, cohort, data
         self.folder = RunFolder(run_dir)
         self.run_dir = self.folder.path
-        self.rt = Runtime.create(cfg.train, device)
+        self.rt = Runtime.create(cfg.train, device, cfg.data.dims)
         self.dist, self.device = self.rt.dist, self.rt.device
         self.log = RunLog(self.folder, self.dist.main, quiet, cfg.output.tensorboard)
         self.console = self.log.console

@@ -2,8 +2,9 @@
 
 An adapter sits on the receiving side and is trained by the receiver's loss (FitNets):
 a 1x1 conv + BN maps the receiver's channels to the source's, and the (detached) source
-map is resized to the receiver's spatial size (average pooling when shrinking, bilinear
-when growing). It exists only where shapes differ.
+map is resized to the receiver's spatial size (average pooling when shrinking, bilinear or
+trilinear when growing). 2D maps (B, C, H, W) and 3D maps (B, C, D, H, W) alike; it exists
+only where shapes differ.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from ..errors import KDError
 class Adapter(nn.Module):
     def __init__(self, dst_shape: torch.Size, src_shape: torch.Size, project: bool = True):
         super().__init__()
-        if len(dst_shape) != len(src_shape) or len(dst_shape) not in (2, 4):
+        if len(dst_shape) != len(src_shape) or len(dst_shape) not in (2, 4, 5):
             raise ValueError(f"cannot adapt a map of shape {tuple(dst_shape)} to {tuple(src_shape)}")
         self.size = tuple(dst_shape[2:])
         self.resize = tuple(src_shape[2:]) != self.size
         self.project: nn.Module = nn.Identity()
         if project and dst_shape[1] != src_shape[1]:
-            if len(dst_shape) == 4:
-                self.project = nn.Sequential(nn.Conv2d(dst_shape[1], src_shape[1], 1, bias=False),
-                                             nn.BatchNorm2d(src_shape[1]))
+            if len(dst_shape) > 2:
+                conv, norm = (nn.Conv2d, nn.BatchNorm2d) if len(dst_shape) == 4 else (nn.Conv3d, nn.BatchNorm3d)
+                self.project = nn.Sequential(conv(dst_shape[1], src_shape[1], 1, bias=False), norm(src_shape[1]))
             else:
                 self.project = nn.Sequential(nn.Linear(dst_shape[1], src_shape[1], bias=False),
                                              nn.BatchNorm1d(src_shape[1]))
@@ -34,10 +35,12 @@ class Adapter(nn.Module):
     def forward(self, dst: torch.Tensor, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(receiver's map in the source's channels, source map at the receiver's size)."""
         if self.resize:
+            pool = F.adaptive_avg_pool2d if len(self.size) == 2 else F.adaptive_avg_pool3d
             if all(s >= d for s, d in zip(src.shape[2:], self.size)):
-                src = F.adaptive_avg_pool2d(src, self.size)
+                src = pool(src, self.size)
             else:
-                src = F.interpolate(src, size=self.size, mode="bilinear", align_corners=False)
+                mode = "bilinear" if len(self.size) == 2 else "trilinear"
+                src = F.interpolate(src, size=self.size, mode=mode, align_corners=False)
         return self.project(dst), src
 
 

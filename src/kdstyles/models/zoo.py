@@ -1,5 +1,5 @@
-"""Networks by name: MONAI's 2D ResNets, DenseNets and EfficientNets, and the project's own
-MobileNetV2 (models/mobilenet.py).
+"""Networks by name: MONAI's ResNets, DenseNets, EfficientNets and encoder-decoders, in 2D or
+3D (``spatial_dims``), and the project's own MobileNetV2 (models/mobilenet.py, 2D only).
 
 ``stem``: ``imagenet`` is torchvision's and timm's ResNet stem, a 7x7 convolution with
 stride 2 and a max pool (so a kdstyles ResNet18 at 224 px costs what theirs does, about
@@ -17,6 +17,7 @@ activation.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable
 
@@ -30,8 +31,12 @@ SMALL_STEM_BELOW = 32
 PRETRAINED_FAMILIES = ("resnet", "densenet", "efficientnet", "mobilenet")  # weights load by name (pretrained.py)
 
 
-def _resnet(fn: Callable, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
-    kw = dict(spatial_dims=2, n_input_channels=in_ch, num_classes=n_cls, widen_factor=widen, bias_downsample=False)
+CONVS = (nn.Conv2d, nn.Conv3d)  # what a tap may record by default, in 2D and 3D networks
+
+
+def _resnet(fn: Callable, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool,
+            dims: int = 2) -> nn.Module:
+    kw = dict(spatial_dims=dims, n_input_channels=in_ch, num_classes=n_cls, widen_factor=widen, bias_downsample=False)
     if small:
         kw.update(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True)
     else:
@@ -39,43 +44,46 @@ def _resnet(fn: Callable, in_ch: int, n_cls: int, widen: float, small: bool, pre
     return fn(**kw)
 
 
-def _densenet(cls: type, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
-    model = cls(spatial_dims=2, in_channels=in_ch, out_channels=n_cls)
+def _densenet(cls: type, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool,
+              dims: int = 2) -> nn.Module:
+    model = cls(spatial_dims=dims, in_channels=in_ch, out_channels=n_cls)
     if small:
         old = model.features.conv0
-        model.features.conv0 = nn.Conv2d(in_ch, old.out_channels, 3, stride=1, padding=1, bias=False)
+        model.features.conv0 = CONVS[dims - 2](in_ch, old.out_channels, 3, stride=1, padding=1, bias=False)
         model.features.pool0 = nn.Identity()
     return model
 
 
-def _efficientnet(name: str, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
-    model = nets.EfficientNetBN(name, pretrained=False, spatial_dims=2, in_channels=in_ch, num_classes=n_cls)
+def _efficientnet(name: str, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool,
+                  dims: int = 2) -> nn.Module:
+    model = nets.EfficientNetBN(name, pretrained=False, spatial_dims=dims, in_channels=in_ch, num_classes=n_cls)
     if small:
-        model._conv_stem.stride = (1, 1)
+        model._conv_stem.stride = (1,) * dims
     return model
 
 
-def _mobilenet(in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
+def _mobilenet(in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool, dims: int = 2) -> nn.Module:
     from .mobilenet import MobileNetV2
 
     return MobileNetV2(in_ch, n_cls, widen, small)
 
 
-def _unet(in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
+def _unet(in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool, dims: int = 2) -> nn.Module:
     channels = tuple(max(4, int(round(c * widen))) for c in (16, 32, 64, 128))
-    return nets.UNet(2, in_ch, n_cls, channels=channels, strides=(2, 2, 2), num_res_units=1, norm="batch")
+    return nets.UNet(dims, in_ch, n_cls, channels=channels, strides=(2, 2, 2), num_res_units=1, norm="batch")
 
 
-def _basicunet(in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
+def _basicunet(in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool, dims: int = 2) -> nn.Module:
     features = tuple(max(4, int(round(c * widen))) for c in (32, 32, 64, 128, 256, 32))
-    return nets.BasicUNet(2, in_ch, n_cls, features=features, norm="batch")
+    return nets.BasicUNet(dims, in_ch, n_cls, features=features, norm="batch")
 
 
-def _flexunet(backbone: str, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool) -> nn.Module:
+def _flexunet(backbone: str, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool,
+              dims: int = 2) -> nn.Module:
     decoder = tuple(max(4, int(round(c * widen))) for c in (256, 128, 64, 32, 16))
     try:
         return nets.FlexibleUNet(in_ch, n_cls, backbone, pretrained=pretrained, decoder_channels=decoder,
-                                 spatial_dims=2)
+                                 spatial_dims=dims)
     except (OSError, ValueError, RuntimeError) as exc:
         if not pretrained:
             raise
@@ -100,10 +108,21 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_network(arch: str, in_channels: int, num_classes: int, image_size: int, widen: float = 1.0,
-                  stem: str = "auto", pretrained: bool | str = False, where: str = "networks") -> nn.Module:
-    """Build a named 2D network; ``pretrained``: False, "imagenet" (True) or a weights file."""
+                  stem: str = "auto", pretrained: bool | str = False, where: str = "networks",
+                  spatial_dims: int = 2) -> nn.Module:
+    """Build a named 2D or 3D network; ``pretrained``: False, "imagenet" (True) or a weights file
+    (2D only)."""
     if arch not in ARCHS:
         raise KDError(f"{where}.arch: unknown arch '{arch}'; allowed: {', '.join(ARCHS)}")
+    if spatial_dims == 3:
+        if arch == "mobilenet_v2":
+            raise KDError(f"{where}.arch: mobilenet_v2 is 2D only; for volumes use a resnet, densenet, efficientnet "
+                          "or encoder-decoder")
+        if pretrained:
+            raise KDError(f"{where}.pretrained: ImageNet weights are 2D; a 3D network starts from scratch "
+                          "(set pretrained: false)")
+        small = stem == "small" or (stem == "auto" and image_size < SMALL_STEM_BELOW)
+        return ARCHS[arch](in_channels, num_classes, widen, small, False, dims=3)
     if widen != 1.0 and not arch.startswith(("resnet", "mobilenet", *SEG_PREFIXES)):
         raise KDError(f"{where}.widen: only resnet, mobilenet_v2 and encoder-decoder archs take a width multiplier "
                       f"(arch is {arch}); set {where}.widen=1")
@@ -128,11 +147,11 @@ def build_network(arch: str, in_channels: int, num_classes: int, image_size: int
 MIN_MAP = 4  # a tapped map smaller than MIN_MAP x MIN_MAP is (nearly) a vector
 
 
-def conv_output_sizes(model: nn.Module, sample: torch.Tensor) -> list[tuple[str, nn.Conv2d, tuple[int, int]]]:
-    """Every Conv2d in forward order with its output's (H, W) for ``sample``."""
-    seen: list[tuple[str, nn.Conv2d, tuple[int, int]]] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: seen.append((name, mod, tuple(o.shape[-2:]))))
-             for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+def conv_output_sizes(model: nn.Module, sample: torch.Tensor) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """Every Conv2d/Conv3d in forward order with its output's spatial size for ``sample``."""
+    seen: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: seen.append((name, mod, tuple(o.shape[2:]))))
+             for name, m in model.named_modules() if isinstance(m, CONVS)]
     was = model.training
     model.eval()
     try:
@@ -149,7 +168,7 @@ def default_tap(model: nn.Module, sample: torch.Tensor) -> str:
     """The module path tapped when a features edge names none (see the module docstring)."""
     convs = conv_output_sizes(model, sample)
     if not convs:
-        raise KDError(f"{type(model).__name__} has no Conv2d to tap by default; set 'tap' to a module path")
+        raise KDError(f"{type(model).__name__} has no convolution to tap by default; set 'tap' to a module path")
     if any(name.startswith("layer4.") for name, _, _ in convs):  # a ResNet: its 3x3 convs in the stages
         convs = [c for c in convs if c[0].startswith("layer") and max(c[1].kernel_size) > 1]
     large = [name for name, _, hw in convs if min(hw) >= MIN_MAP]
@@ -161,9 +180,9 @@ def bottleneck_tap(model: nn.Module, sample: torch.Tensor) -> str:
     (raw conv output), found by one forward of ``sample``."""
     seen = conv_output_sizes(model, sample)
     if not seen:
-        raise KDError(f"{type(model).__name__} has no Conv2d to tap by default; set 'tap' to a module path")
-    smallest = min(h * w for _, _, (h, w) in seen)
-    return [name for name, _, (h, w) in seen if h * w == smallest][-1]
+        raise KDError(f"{type(model).__name__} has no convolution to tap by default; set 'tap' to a module path")
+    smallest = min(math.prod(size) for _, _, size in seen)
+    return [name for name, _, size in seen if math.prod(size) == smallest][-1]
 
 
 def default_embedding_tap(model: nn.Module) -> str:

@@ -28,6 +28,8 @@ class Task:
     dense: ClassVar[bool] = False  # labels are per-pixel masks
     boxes: ClassVar[bool] = False  # labels are boxes (a padded (M, 5) tensor per image)
     synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data
+    synthetic_volumes: ClassVar[str | None] = None  # its 3D counterpart (data.spatial_dims: 3), if any
+    volumes: ClassVar[bool] = False  # trains on 3D inputs (data.spatial_dims: 3)
     synthetic_size: ClassVar[int]  # its default image size
     description: ClassVar[str]  # what the embedded data is, for model cards
 
@@ -63,15 +65,19 @@ class Task:
         if cfg.data.source not in cls.sources:
             raise KDError(f"data.source: '{cfg.data.source}' is not read for task {cls.name}; allowed: "
                           f"{', '.join(cls.sources)}")
+        if cfg.data.dims == 3 and not cls.volumes:
+            raise KDError(f"data.spatial_dims: task {cls.name} is 2D for now (3D: classification); "
+                          "use spatial_dims: 2")
 
     # ------------------------------------------------------------------ training
 
-    def build_network(self, spec: Any, channels: int, image_size: int, where: str):
-        """A network of the config's ``spec`` (arch, widen, stem, pretrained) giving this task's output."""
+    def build_network(self, spec: Any, channels: int, image_size: int, where: str, dims: int = 2):
+        """A network of the config's ``spec`` (arch, widen, stem, pretrained) giving this task's
+        output, 2D or 3D (``dims``)."""
         from ..models.zoo import build_network
 
         return build_network(spec.arch, channels, self.num_classes, image_size, spec.widen, spec.stem,
-                             spec.pretrained, where=where)
+                             spec.pretrained, where=where, spatial_dims=dims)
 
     def supervised(self, logits, y, class_weights):
         raise NotImplementedError

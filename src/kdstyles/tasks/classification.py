@@ -15,6 +15,8 @@ class Classification(Task):
     selection = "accuracy"
     sources = ("synthetic", "medmnist", "folder", "csv")
     synthetic = "synthetic"
+    synthetic_volumes = "synthetic_vol"
+    volumes = True
     synthetic_size = 64
     description = "the embedded synthetic histology patches"
     arch_hint = "a classifier"

@@ -54,7 +54,7 @@ class Detection(EncoderDecoderTask):
 
     # ------------------------------------------------------------------ training
 
-    def build_network(self, spec, channels, image_size, where):
+    def build_network(self, spec, channels, image_size, where, dims=2):
         from ..models.centernet import CenterNet
         from ..models.zoo import build_network
 

@@ -55,6 +55,10 @@ class Source:
         """What the data is, in a few words (model cards)."""
         raise NotImplementedError
 
+    def volumes(self, cfg: Any) -> bool | None:
+        """Whether this data is volumes (True), images (False), or either as ``spatial_dims`` says (None)."""
+        return False
+
 
 def progress(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -66,14 +70,34 @@ def progress(quiet: bool):
 
 
 def _fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:
-    """In-memory images converted to the configured channels and size."""
-    if images.shape[1:] == (size, size, channels):
+    """In-memory images (N, H, W, C) or volumes (N, D, H, W, C) converted to the configured
+    channels and size."""
+    dims = images.ndim - 2
+    if images.shape[1:] == (size,) * dims + (channels,):
         return images
+    if dims == 3:
+        return _fit_volumes(images, channels, size)
     from PIL import Image
 
     out = np.empty((len(images), size, size, channels), np.uint8)
     for i, img in enumerate(images):
         out[i] = convert(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), channels, size)
+    return out
+
+
+def _fit_volumes(volumes: np.ndarray, channels: int, size: int) -> np.ndarray:
+    """Volumes resized (trilinear) to size^3, grey-scale repeated or colour averaged to ``channels``."""
+    import torch
+    import torch.nn.functional as F
+
+    out = np.empty((len(volumes), size, size, size, channels), np.uint8)
+    for i, v in enumerate(volumes):
+        x = torch.from_numpy(np.ascontiguousarray(v)).float().movedim(-1, 0)[None]
+        if x.shape[1] != channels:
+            x = x.mean(1, keepdim=True).expand(-1, channels, -1, -1, -1)
+        if tuple(x.shape[2:]) != (size,) * 3:
+            x = F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=False)
+        out[i] = x[0].movedim(0, -1).round().clamp(0, 255).to(torch.uint8).numpy()
     return out
 
 

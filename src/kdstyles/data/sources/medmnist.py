@@ -19,9 +19,10 @@ import numpy as np
 
 from ...errors import KDError
 from . import Loaded, Source, from_arrays
-from .medmnist_info import FLAGS, URL
+from .medmnist_info import FLAGS, FLAGS_3D, URL
 
 SIZES = (28, 64, 128, 224)
+SIZES_3D = (28, 64)
 KEYS = tuple(f"{split}_{kind}" for split in ("train", "val", "test") for kind in ("images", "labels"))
 DEFAULT_ROOT = "~/.medmnist"
 
@@ -30,12 +31,18 @@ def file_name(flag: str, size: int) -> str:
     return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
+def info(flag: str) -> tuple:
+    """(task, channels, class names, {size: md5}) of a 2D or 3D flag."""
+    return FLAGS[flag] if flag in FLAGS else FLAGS_3D[flag]
+
+
 def check_flag(flag: str, size: int) -> None:
-    if flag not in FLAGS:
-        raise KDError(f"data.flag: '{flag}' is not a 2D MedMNIST flag; allowed: {', '.join(FLAGS)}")
-    if size not in SIZES:
-        raise KDError(f"data.size: {size} is not a MedMNIST size; allowed: {', '.join(map(str, SIZES))}")
-    if FLAGS[flag][0].startswith("multi-label"):
+    if flag not in FLAGS and flag not in FLAGS_3D:
+        raise KDError(f"data.flag: '{flag}' is not a MedMNIST flag; allowed: {', '.join([*FLAGS, *FLAGS_3D])}")
+    sizes = SIZES_3D if flag in FLAGS_3D else SIZES
+    if size not in sizes:
+        raise KDError(f"data.size: {size} is not a size of {flag}; allowed: {', '.join(map(str, sizes))}")
+    if info(flag)[0].startswith("multi-label"):
         raise KDError(f"data.flag: {flag} is multi-label ({len(FLAGS[flag][2])} findings per image); kdstyles "
                       "trains single-label classifiers, so it is not supported yet; use another flag")
 
@@ -74,7 +81,7 @@ def download(flag: str, size: int, root: Path, timeout: float = 20.0) -> Path:
         part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
         raise KDError(where % f"no network: {str(reason).splitlines()[0][:80]}") from None
-    expected = FLAGS[flag][3][size]
+    expected = info(flag)[3][size]
     got = _md5(part)
     if got != expected:
         part.unlink(missing_ok=True)
@@ -90,8 +97,9 @@ def locate(flag: str, size: int, root: str | None) -> Path:
     return path if path.is_file() else download(flag, size, folder)
 
 
-def load(path: Path) -> dict[str, np.ndarray]:
-    """Every split's images (N, H, W[, C]) and labels (N,) from a MedMNIST-format npz."""
+def load(path: Path, volumes: bool = False) -> dict[str, np.ndarray]:
+    """Every split's images (N, H, W[, C]) and labels (N,) from a MedMNIST-format npz; with
+    ``volumes``, volumes (N, D, H, W[, C])."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in KEYS if k not in npz.files]
@@ -108,16 +116,18 @@ def load(path: Path) -> dict[str, np.ndarray]:
         raise KDError(f"npz file '{path}' is unreadable or truncated ({str(exc).splitlines()[0][:80]})") from None
     for split in ("train", "val", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim not in (3, 4) or images.dtype != np.uint8:
+        want = (4, 5) if volumes else (3, 4)
+        if images.ndim not in want or images.dtype != np.uint8:
+            expected = "(N, D, H, W) or (N, D, H, W, C)" if volumes else "(N, H, W) or (N, H, W, C)"
             raise KDError(f"npz file '{path}': {split}_images has shape {images.shape} and dtype {images.dtype}; "
-                          "expected uint8 (N, H, W) or (N, H, W, C)")
+                          f"expected uint8 {expected}")
         if labels.ndim == 2 and labels.shape[1] > 1:
             raise KDError(f"npz file '{path}': {split}_labels has {labels.shape[1]} labels per image (multi-label); "
                           "kdstyles trains single-label classifiers")
         if len(labels) != len(images):
             raise KDError(f"npz file '{path}': {len(images)} {split} images but {len(labels)} labels")
         arrays[f"{split}_labels"] = labels.reshape(-1).astype(np.int64)
-        if images.ndim == 3:
+        if images.ndim == want[0]:  # grey-scale: add the channel axis
             arrays[f"{split}_images"] = images[..., None]
     return arrays
 
@@ -128,11 +138,14 @@ class MedMNIST(Source):
 
     def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
         path = locate(cfg.flag, cfg.size, cfg.root)
-        arrays = load(path)
+        arrays = load(path, volumes=cfg.flag in FLAGS_3D)
         raw = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "val", "test")}
         images = raw["train"][0]
-        return from_arrays(raw, list(FLAGS[cfg.flag][2]), cfg.channels or images.shape[-1],
+        return from_arrays(raw, list(info(cfg.flag)[2]), cfg.channels or images.shape[-1],
                            cfg.image_size or images.shape[1], str(path))
 
     def describe(self, cfg, task) -> str:
-        return f"MedMNIST {cfg.flag} ({cfg.size} px)"
+        return f"MedMNIST {cfg.flag} ({cfg.size} {'voxels a side' if cfg.flag in FLAGS_3D else 'px'})"
+
+    def volumes(self, cfg) -> bool | None:
+        return cfg.flag in FLAGS_3D

@@ -1,4 +1,4 @@
-"""MedMNIST v2/v3 2D datasets: file names, checksums, classes (facts about the public files).
+"""MedMNIST v2/v3 2D and 3D datasets: file names, checksums, classes (facts about the public files).
 
 Files live on Zenodo record 10519652 as ``{flag}.npz`` (28 px) and ``{flag}_{size}.npz``
 (64, 128, 224 px), with keys ``{train,val,test}_{images,labels}``.
@@ -32,4 +32,20 @@ FLAGS = {
         {28: 'b9ceb9546e10131b32923c5bbeaea2b1', 64: '3ce34a8724ea6f548e6db4744d03b6a9', 128: '773c1f009daa3fe5d9a2a201b2a7ed94', 224: '050f5e875dc056f6768abf94ec9995d1'}),
     "organsmnist": ("multi-class", 1, ['bladder', 'femur-left', 'femur-right', 'heart', 'kidney-left', 'kidney-right', 'liver', 'lung-left', 'lung-right', 'pancreas', 'spleen'],
         {28: '9ab87b696fb54e2a387ebe992d6ed5f1', 64: '53a6d115339d874c25e309a994ff46d3', 128: 'ded0c5fa01a95dc4978b956f613e9b8e', 224: 'b354719e553fbbb2513d5533f52a4cb1'}),
+}
+
+# MedMNIST v3 3D datasets (volumes (N, D, H, W) uint8, grey-scale), 28^3 and 64^3 on the same record.
+FLAGS_3D = {
+    "organmnist3d": ("multi-class", 1, ['liver', 'kidney-right', 'kidney-left', 'femur-right', 'femur-left', 'bladder', 'heart', 'lung-right', 'lung-left', 'spleen', 'pancreas'],
+        {28: 'a0c5a1ff56af4f155c46d46fbb45a2fe', 64: '58a2205adf14a9d0a189cb06dc78bf10'}),
+    "nodulemnist3d": ("binary-class", 1, ['benign', 'malignant'],
+        {28: '8755a7e9e05a4d9ce80a24c3e7a256f3', 64: 'c47c5b7d457bf6332200d2ea6d64ecd8'}),
+    "adrenalmnist3d": ("binary-class", 1, ['normal', 'hyperplasia'],
+        {28: 'bbd3c5a5576322bc4cdfea780653b1ce', 64: '17721accfe9fb005146a47d33bc54b2f'}),
+    "fracturemnist3d": ("multi-class", 1, ['buckle rib fracture', 'nondisplaced rib fracture', 'displaced rib fracture'],
+        {28: '6aa7b0143a6b42da40027a9dda61302f', 64: 'f01d7e6316aedf4210da0da5b7437b42'}),
+    "vesselmnist3d": ("binary-class", 1, ['vessel', 'aneurysm'],
+        {28: 'b41fd4f7e7e2feedddb201585ecafa1b', 64: '6bb274a8846e1097066dcd64e2c4520f'}),
+    "synapsemnist3d": ("binary-class", 1, ['inhibitory synapse', 'excitatory synapse'],
+        {28: '1235b78a3cd6280881dd7850a78eadb6', 64: '43bd14ebf3af9d3dd072446fedc14d5e'}),
 }

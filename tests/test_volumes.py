@@ -1,0 +1,111 @@
+"""3D volumes (classification, the first 3D task): the embedded CT-like volumes, 3D networks,
+adapters and taps, gradient isolation in 3D, MedMNIST 3D files, a run that trains,
+evaluates and exports, and the config rules that keep the 2D-only parts 2D."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_gradient_isolation
+from kdstyles import Experiment, KDError, build_cohort, load_config
+from kdstyles.models.adapters import Adapter
+
+VOL = ["data.spatial_dims=3", "data.image_size=16", "networks.teacher.widen=0.25",
+       "networks.students.s1.widen=0.125", "networks.students.s2.widen=0.125"]
+DATA = ["data.train_samples=24", "data.val_samples=8", "data.test_samples=8", "data.batch_size=8"]
+
+
+def test_embedded_volumes_are_deterministic_and_hold_every_class():
+    from kdstyles.data.synthetic_vol import CLASS_NAMES, generate
+
+    v, y = generate(3, "train", 30, 20)
+    assert v.shape == (30, 20, 20, 20, 1) and v.dtype == np.uint8 and set(y) == set(range(len(CLASS_NAMES)))
+    again, y2 = generate(3, "train", 5, 20)  # a pure function of (seed, split, index)
+    assert np.array_equal(again, v[:5]) and np.array_equal(y2, y[:5])
+    other, _ = generate(3, "val", 5, 20)
+    assert not np.array_equal(other, v[:5])
+    with pytest.raises(KDError, match="outside the synthetic volumes' range 16..96"):
+        generate(0, "train", 1, 8)
+
+
+def test_3d_adapters_project_and_resize():
+    a = Adapter(torch.Size([2, 8, 4, 4, 4]), torch.Size([2, 16, 8, 8, 8]))
+    dst, src = a(torch.randn(2, 8, 4, 4, 4), torch.randn(2, 16, 8, 8, 8))
+    assert isinstance(a.project[0], torch.nn.Conv3d) and dst.shape == src.shape == (2, 16, 4, 4, 4)
+    up = Adapter(torch.Size([2, 16, 8, 8, 8]), torch.Size([2, 16, 4, 4, 4]), project=False)
+    _, src = up(torch.randn(2, 16, 8, 8, 8), torch.randn(2, 16, 4, 4, 4))
+    assert src.shape == (2, 16, 8, 8, 8)  # trilinear
+
+
+@pytest.mark.parametrize("preset", ["diverse", "kdml", "diverse-full"])
+def test_gradient_isolation_in_3d(preset):
+    torch.manual_seed(0)
+    cohort = build_cohort(load_config(None, [*VOL, f"routing.preset={preset}"]), num_classes=3, channels=1,
+                          image_size=16)
+    conv = cohort.networks["s1"].conv1
+    assert isinstance(conv, torch.nn.Conv3d)
+    for (src, dst) in cohort.edge_taps:
+        for path, net in ((src, "teacher"), (dst, "s1")):
+            if path:  # the default tap is a map of at least 4 voxels a side
+                assert path.startswith("layer")
+    cohort.train()
+    losses = cohort.losses(cohort(torch.randn(4, 1, 16, 16, 16)), torch.tensor([0, 1, 2, 1]))
+    assert_gradient_isolation(cohort, losses)
+
+
+def test_volumes_train_evaluate_and_export(tiny_overrides):
+    from kdstyles.export import export_run
+    from kdstyles.predict import load_predictor
+
+    exp = Experiment(None, overrides=tiny_overrides(*VOL, *DATA, "train.epochs=1"), quiet=True)
+    exp.fit()
+    result = exp.evaluate()
+    assert result["class_names"] == ["normal", "cyst", "tumour"]
+    assert set(result["networks"]) == {"teacher", "s1", "s2", "ensemble"}
+    assert exp.data.splits["train"][0][0].shape == (1, 16, 16, 16)
+    side = export_run(exp.run_dir, "s1")
+    assert side["input"]["depth"] == 16 and side["input"]["layout"] == "NCDHW"
+    assert side["verification"]["max_abs_diff"] < 1e-4
+    with pytest.raises(KDError, match="predict reads 2D image files; this model takes volumes"):
+        load_predictor(exp.run_dir / "export" / "s1.onnx")
+
+
+def test_medmnist_3d_files(tmp_path):
+    from kdstyles.data import build_data
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 12), ("val", 4), ("test", 4)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 28, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1))
+    np.savez(tmp_path / "nodulemnist3d.npz", **arrays)
+    cfg = load_config(None, ["data.source=medmnist", "data.flag=nodulemnist3d", f"data.root={tmp_path}",
+                             "data.image_size=16"])
+    assert cfg.data.dims == 3  # from the flag
+    bundle = build_data(cfg.data, 0)
+    assert bundle.class_names == ["benign", "malignant"] and bundle.channels == 1
+    assert bundle.splits["val"][0][0].shape == (1, 16, 16, 16)  # resized from 28^3
+    arrays["train_images"] = arrays["train_images"][:, 0]  # 2D images in a 3D file
+    np.savez(tmp_path / "nodulemnist3d.npz", **arrays)
+    with pytest.raises(KDError, match=r"train_images has shape \(12, 28, 28\).*expected uint8 \(N, D, H, W\)"):
+        build_data(cfg.data, 0)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["data.source=medmnist", "data.flag=pathmnist"], "spatial_dims: 3 needs volumes; source 'medmnist' flag "
+                                                      "pathmnist gives 2D images"),
+    (["data.source=folder", "data.root=x"], "spatial_dims: 3 needs volumes; source 'folder'"),
+    (["task=segmentation", "networks.teacher.arch=unet", "networks.students.s1.arch=unet",
+      "networks.students.s2.arch=unet"], "data.spatial_dims: task segmentation is 2D for now"),
+    (["networks.students.s1.arch=mobilenet_v2"], "mobilenet_v2 is 2D only"),
+    (["networks.teacher.pretrained=imagenet"], "ImageNet weights are 2D"),
+    (["data.source=medmnist", "data.flag=nodulemnist3d", "data.size=128"], "data.size: 128 is not a size of "
+                                                                           "nodulemnist3d; allowed: 28, 64"),
+])
+def test_what_stays_2d_says_so_in_one_line(extra, message, tmp_path):
+    with pytest.raises(KDError) as err:
+        exp = Experiment(None, overrides=[*VOL, *DATA, *extra, f"output.dir={tmp_path}"], quiet=True)
+        _ = exp.cohort
+    assert message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(KDError, match="spatial_dims: 2, but data.flag nodulemnist3d holds volumes"):
+        load_config(None, ["data.source=medmnist", "data.flag=nodulemnist3d", "data.spatial_dims=2"])
