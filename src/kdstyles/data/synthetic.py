@@ -63,15 +63,16 @@ def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.stack([np.interp(coords, np.arange(cells + 1), r) for r in rows], 0)
 
 
-def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of an (H, W, C) or (H, W) array with edge padding."""
+def _blur(img: np.ndarray, sigma: float, axes: tuple[int, ...] = (0, 1)) -> np.ndarray:
+    """Separable Gaussian blur along ``axes`` (an (H, W[, C]) image's two; a volume's three),
+    with edge padding."""
     if sigma < 0.3:
         return img
     radius = max(1, int(math.ceil(2.5 * sigma)))
     k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     k /= k.sum()
     out = img
-    for axis in (0, 1):
+    for axis in axes:
         pad = [(0, 0)] * img.ndim
         pad[axis] = (radius, radius)
         padded = np.pad(out, pad, mode="edge")

@@ -17,12 +17,10 @@ run. Every sample is a pure function of ``(seed, split, index)``; 16 to 96 voxel
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..errors import KDError
-from .synthetic import SPLIT_IDS
+from .synthetic import SPLIT_IDS, _blur
 
 CLASS_NAMES = ("normal", "cyst", "tumour")
 MIN_SIZE, MAX_SIZE = 16, 96
@@ -76,24 +74,9 @@ def render_volume(seed: int, split: str, index: int, size: int) -> tuple[np.ndar
             core = np.clip((1.0 - lesion) * 3, 0, 1)
             rim = np.exp(-((lesion - 1.05) / 0.12) ** 2)
             vol += (rng.uniform(0.06, 0.14) * core - rng.uniform(0.05, 0.12) * rim) * inside
-    vol = _blur3(vol, rng.uniform(0.3, 0.9) * s)
+    vol = _blur(vol, rng.uniform(0.3, 0.9) * s, axes=(0, 1, 2))
     vol += rng.normal(0, rng.uniform(0.02, 0.05), vol.shape)
     return (np.clip(vol, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], label
-
-
-def _blur3(vol: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur along the three axes (edge padding)."""
-    if sigma < 0.3:
-        return vol
-    radius = max(1, int(math.ceil(2.5 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    k /= k.sum()
-    for axis in range(3):
-        pad = [(0, 0)] * 3
-        pad[axis] = (radius, radius)
-        padded = np.pad(vol, pad, mode="edge")
-        vol = sum(w * np.take(padded, np.arange(i, i + vol.shape[axis]), axis=axis) for i, w in enumerate(k))
-    return vol
 
 
 def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
