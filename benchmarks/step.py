@@ -51,7 +51,8 @@ def _experiment(config, preset, size, extra=()):
 def joint_vs_separate(config, preset, size, repeats, precision="fp32", channels_last=False) -> dict:
     exp = _experiment(config, preset, size)
     cohort, cfg = exp.cohort, exp.cfg
-    fmt = torch.channels_last if channels_last else torch.preserve_format
+    last = torch.channels_last if cfg.data.dims == 2 else torch.channels_last_3d
+    fmt = last if channels_last else torch.preserve_format
     cohort.to(memory_format=fmt)
     x, y, _ = next(iter(exp.data.loader("train", cfg.data.batch_size, train=True)))
     x = x.contiguous(memory_format=fmt)
