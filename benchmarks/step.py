@@ -32,12 +32,19 @@ from kdstyles.cohort import TrainStep
 from kdstyles.engine import make_optimizer
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _timed(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -48,21 +55,27 @@ def _experiment(config, preset, size, extra=()):
     return Experiment(config, overrides=over, quiet=True)
 
 
-def joint_vs_separate(config, preset, size, repeats, precision="fp32", channels_last=False) -> dict:
-    exp = _experiment(config, preset, size)
+def joint_vs_separate(config, preset, size, repeats, precision="fp32", channels_last=False, extra=(),
+                      device="cpu", compile_=False) -> dict:
+    exp = _experiment(config, preset, size, extra)
     cohort, cfg = exp.cohort, exp.cfg
     last = torch.channels_last if cfg.data.dims == 2 else torch.channels_last_3d
     fmt = last if channels_last else torch.preserve_format
-    cohort.to(memory_format=fmt)
+    cohort.to(device, memory_format=fmt)
+    if compile_:
+        for name in cohort.trainable:
+            cohort.networks[name].compile()
     x, y, _ = next(iter(exp.data.loader("train", cfg.data.batch_size, train=True)))
-    x = x.contiguous(memory_format=fmt)
+    x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
     step_module = TrainStep(cohort)
     opts = {n: make_optimizer(cfg.optim, cohort.parameters_of(n)) for n in cohort.trainable}
     dtype = torch.bfloat16 if precision == "bf16" else None
     cohort.train()
 
+    kind = torch.device(device).type
+
     def joint():
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.autocast(kind, dtype=dtype or torch.float32, enabled=dtype is not None):
             losses = step_module(x, y)
         total = torch.stack([nl.total.float() for nl in losses.values()]).sum()
         for o in opts.values():
@@ -78,7 +91,7 @@ def joint_vs_separate(config, preset, size, repeats, precision="fp32", channels_
         net, opt = cohort.networks[name], separate_opts[name]
 
         def run():
-            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            with torch.autocast(kind, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss = cohort.task.supervised(net(x), y, None)  # CE (Dice+CE, focal+box for other tasks)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -91,7 +104,7 @@ def joint_vs_separate(config, preset, size, repeats, precision="fp32", channels_
     if frozen:  # an offline teacher's forward is part of the work the joint step has to do
         for n in frozen:
             t_sep += _timed(lambda net=cohort.networks[n]: net(x), repeats)
-    return {"size": size, "precision": precision, "channels_last": channels_last, "batch": len(x),
+    return {"size": size, "precision": precision, "channels_last": channels_last, "compile": compile_, "batch": len(x),
             "joint_s": t_joint, "separate_s": t_sep, "ratio": t_joint / t_sep, "images_per_s": len(x) / t_joint}
 
 

@@ -4,7 +4,7 @@ A path ending in ``:in`` records the module's input instead of its output: ``fc:
 the penultimate embedding of a network whose classifier is ``fc``.
 
 A :class:`Tap` records only inside :meth:`Tap.recording`, so evaluation and export run the
-network untouched. A recorded tensor that a later in-place operation changes (e.g. the
+network untouched. Its hooks are kept out of ``torch.compile`` graphs (they run eagerly). A recorded tensor that a later in-place operation changes (e.g. the
 output of a BatchNorm followed by ``ReLU(inplace=True)``) would silently be the wrong map;
 that is detected and reported with the module path.
 """
@@ -55,7 +55,9 @@ class Tap:
                 # Inference tensors (offline teacher) keep no version counter; the build probe
                 # runs every network outside inference mode, so the check happens there.
                 self._versions[path] = -1 if output.is_inference() else output._version
-        return hook
+        # Under torch.compile the hook runs eagerly (a graph break at each tap): traced into the
+        # graph, its writes to the store were lost on torch 2.11 with inductor on CUDA.
+        return torch.compiler.disable(hook)
 
     @contextmanager
     def recording(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -71,4 +73,5 @@ class Tap:
                               "(e.g. by ReLU(inplace=True)); tap the module before it, such as the conv")
         missing = [p for p in self.paths if p not in self._store]
         if self.paths and missing:
-            raise KDError(f"tap '{missing[0]}' was not called during the forward pass; tap a module that runs")
+            raise KDError(f"tap '{missing[0]}' was not called during the forward pass; tap a module that runs "
+                          "(with train.compile: true, the compiled graph can skip it: set train.compile: false)")
