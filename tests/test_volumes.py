@@ -66,8 +66,19 @@ def test_volumes_train_evaluate_and_export(tiny_overrides):
     side = export_run(exp.run_dir, "s1")
     assert side["input"]["depth"] == 16 and side["input"]["layout"] == "NCDHW"
     assert side["verification"]["max_abs_diff"] < 1e-4
-    with pytest.raises(KDError, match="predict reads 2D image files; this model takes volumes"):
-        load_predictor(exp.run_dir / "export" / "s1.onnx")
+    import nibabel as nib
+
+    from kdstyles.data.synthetic_vol import render_volume
+    from kdstyles.predict import predict
+
+    assert load_predictor(exp.run_dir / "export" / "s1.onnx").volumes["orientation"] == "RAS"
+    for i in range(2):  # volumes as NIfTI files at another size: resized to the model's 16^3
+        nib.save(nib.Nifti1Image(render_volume(0, "test", i, 24)[0][..., 0], np.eye(4)), exp.run_dir / f"v{i}.nii.gz")
+    out = predict(exp.run_dir / "export" / "s1.onnx", [exp.run_dir / "v0.nii.gz", exp.run_dir / "v1.nii.gz"],
+                  exp.run_dir / "pred", quiet=True)
+    rows = out.read_text().splitlines()
+    assert rows[0] == "path,prediction,probability,p_normal,p_cyst,p_tumour" and len(rows) == 3
+    assert abs(sum(float(v) for v in rows[1].split(",")[3:]) - 1) < 1e-4
 
 
 def test_medmnist_3d_files(tmp_path):
@@ -95,8 +106,8 @@ def test_medmnist_3d_files(tmp_path):
     (["data.source=medmnist", "data.flag=pathmnist"], "spatial_dims: 3 needs volumes; source 'medmnist' flag "
                                                       "pathmnist gives 2D images"),
     (["data.source=folder", "data.root=x"], "spatial_dims: 3 needs volumes; source 'folder'"),
-    (["task=segmentation", "networks.teacher.arch=unet", "networks.students.s1.arch=unet",
-      "networks.students.s2.arch=unet"], "data.spatial_dims: task segmentation is 2D for now"),
+    (["task=detection", "networks.teacher.arch=unet", "networks.students.s1.arch=unet",
+      "networks.students.s2.arch=unet"], "data.spatial_dims: task detection is 2D for now"),
     (["networks.students.s1.arch=mobilenet_v2"], "mobilenet_v2 is 2D only"),
     (["networks.teacher.pretrained=imagenet"], "ImageNet weights are 2D"),
     (["data.source=medmnist", "data.flag=nodulemnist3d", "data.size=128"], "data.size: 128 is not a size of "

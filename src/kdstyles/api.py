@@ -27,7 +27,7 @@ from .config import (ExperimentConfig, build_config, check_resumable, config_cha
 from .data import DataBundle, build_data
 from .engine import Callback, Trainer, pick_device, resolve_workers
 from .errors import KDError
-from .evaluate import ENSEMBLE, predict_probs, score
+from .evaluate import ENSEMBLE, predict_probs, score, score_volumes
 from .models.zoo import count_parameters
 from .routing import T
 from .runfolder import RunFolder, now
@@ -209,8 +209,16 @@ class Experiment:
         cohort = self.cohort.to(device)
         loader = self.data.loader(split, self.cfg.data.batch_size,
                                   num_workers=resolve_workers(self.cfg.data.num_workers, device))
-        probs, labels = predict_probs(cohort, loader, device)
-        metrics = score(probs, labels, cohort.task)
+        shown = self.cfg.eval.overlays
+        if loader.dataset.window:  # whole volumes of any shape, scored one by one
+            scored = score_volumes(cohort, loader, device, keep=shown)
+            metrics, samples, details = scored.metrics(), len(scored.rows), scored.mean_details()
+            per_image, labels, probs = scored.per_image, scored.labels, scored.probs
+        else:
+            probs, labels = predict_probs(cohort, loader, device)
+            metrics, samples = score(probs, labels, cohort.task), len(labels)
+            details = {n: cohort.task.details(p, labels) for n, p in probs.items()}
+            per_image = {n: cohort.task.per_image(p, labels) for n, p in probs.items()}
         params = {n: count_parameters(net) for n, net in cohort.networks.items()}
         if len(cohort.students) > 1:
             params[ENSEMBLE] = sum(params[s] for s in cohort.students)
@@ -219,13 +227,14 @@ class Experiment:
             if T in params and name != T:
                 metrics[name]["compression"] = params[T] / p
         result = {"run_dir": str(self.run_dir), "split": split, "checkpoint": checkpoint,
-                  "samples": len(labels), "preset": self.cfg.routing.label, "seed": self.cfg.train.seed,
+                  "samples": samples, "preset": self.cfg.routing.label, "seed": self.cfg.train.seed,
                   "class_names": self.data.class_names,
-                  "networks": metrics, "details": {n: cohort.task.details(p, labels) for n, p in probs.items()},
-                  "per_image": {n: cohort.task.per_image(p, labels) for n, p in probs.items()}}
-        n = min(self.cfg.eval.overlays, len(labels))
-        images = torch.stack([self.data.splits[split][i][0] for i in range(n)]) if n else None
-        pictures = cohort.task.write_visuals(self.run_dir, images, labels, probs, self.data.mean, self.data.std, n)
+                  "networks": metrics, "details": details, "per_image": per_image}
+        shown = min(shown, samples)
+        images = [self.data.splits[split][i][0] for i in range(shown)]
+        if images and not loader.dataset.window:
+            images = torch.stack(images)
+        pictures = cohort.task.write_visuals(self.run_dir, images, labels, probs, self.data.mean, self.data.std, shown)
         if pictures:
             result["overlays"] = [str(p.relative_to(self.run_dir)) for p in pictures]
         self.folder.write_eval(result)

@@ -214,8 +214,8 @@ class Cohort(nn.Module):
                 if len(shape) >= 4 and min(shape[2:]) < MIN_MAP:
                     self.warnings.append(
                         f"edge {e}: {net}'s tap {path} gives {'x'.join(map(str, shape[2:]))} maps at this image size, "
-                        f"nearly vectors; tap an earlier layer (networks.{net}.tap) or use larger images "
-                        f"(data.image_size)")
+                        f"nearly vectors; tap an earlier layer (networks.{net}.tap) or use larger inputs "
+                        f"(data.image_size; data.patch_size when training on patches)")
             adapter = make_adapter(dst_shape, src_shape, f"edge {e}", project=style.adapter == "project")
             if adapter is not None:
                 self.adapters[self.module_key(i)] = adapter

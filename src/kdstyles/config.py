@@ -71,6 +71,20 @@ class DataConfig(Strict):
     spatial_dims: Optional[Literal[2, 3]] = Field(None, description="2: images; 3: volumes (synthetic volumes, "
                                                   "MedMNIST 3D); default: the source's (a MedMNIST flag ending "
                                                   "in 3d is 3)")
+    patch_size: Optional[int] = Field(None, ge=8, le=512, description="3D segmentation: train on random "
+                                      "patch_size^3 crops and evaluate/predict whole volumes with sliding windows "
+                                      "of that size; default: whole volumes (synthetic), 64 (decathlon)")
+    patch_positive: float = Field(0.5, ge=0, le=1, description="3D segmentation patches: the share centred on "
+                                  "a foreground voxel (the rest anywhere)")
+    patch_overlap: float = Field(0.25, ge=0, lt=1, description="3D segmentation patches: overlap of the sliding "
+                                 "windows (Gaussian-weighted) that cover whole volumes in evaluation and predict")
+    spacing: Optional[list[float]] = Field(None, description="decathlon: resample every volume to this voxel size "
+                                           "in mm (three values, along the oriented axes); default: keep each's own")
+    orientation: Optional[str] = Field("RAS", description="decathlon: reorient volumes to these axis codes (RAS, "
+                                       "LPS, ...); null keeps the files' own")
+    window: Optional[list[float]] = Field(None, description="decathlon: intensity window [low, high] mapped to "
+                                          "[0, 1] and clipped (CT in HU, e.g. [-160, 240] for the abdomen); "
+                                          "default: each volume's 0.5th..99.5th percentiles")
     channels: Optional[int] = Field(None, ge=1, le=3, description="1 or 3; default: the source's (synthetic and "
                                     "folder/csv 3, medmnist its own)")
     train_samples: int = Field(2000, ge=2, description="synthetic only")
@@ -100,6 +114,30 @@ class DataConfig(Strict):
     imbalance_ratio: float = Field(20.0, gt=1, description="warn when largest/smallest class count exceeds this")
     augment: AugmentConfig = AugmentConfig()
 
+    @field_validator("spacing")
+    @classmethod
+    def _spacing(cls, v: Optional[list[float]]) -> Optional[list[float]]:
+        if v is not None and (len(v) != 3 or min(v) <= 0):
+            raise ValueError(f"needs three voxel sizes in mm, each > 0 (got {v})")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: Optional[list[float]]) -> Optional[list[float]]:
+        if v is not None and (len(v) != 2 or v[0] >= v[1]):
+            raise ValueError(f"needs [low, high] with low < high (got {v})")
+        return v
+
+    @field_validator("orientation")
+    @classmethod
+    def _orientation(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            v = v.upper()
+            axes = sorted(next((k for k, pair in enumerate(("RL", "AP", "SI")) if c in pair), 9) for c in v)
+            if axes != [0, 1, 2]:
+                raise ValueError(f"'{v}' is not three axis codes, one of R/L, A/P and S/I each (e.g. RAS, LPS)")
+        return v
+
     @field_validator("classes")
     @classmethod
     def _distinct_classes(cls, v: Optional[list[str]]) -> Optional[list[str]]:
@@ -118,10 +156,18 @@ class DataConfig(Strict):
         if self.spatial_dims == 3 and volumetric is False:
             raise ValueError(f"spatial_dims: 3 needs volumes; source '{self.source}'"
                              f"{' flag ' + self.flag if self.flag else ''} gives 2D images (volume sources: "
-                             "synthetic, medmnist with a 3D flag)")
+                             "synthetic, medmnist with a 3D flag, decathlon)")
         if self.spatial_dims == 2 and volumetric is True:
-            raise ValueError(f"spatial_dims: 2, but data.flag {self.flag} holds volumes; leave spatial_dims out")
+            what = f"data.flag {self.flag}" if self.flag else f"source '{self.source}'"
+            raise ValueError(f"spatial_dims: 2, but {what} holds volumes; leave spatial_dims out")
         return self
+
+    @property
+    def preparation(self) -> dict[str, Any]:
+        """How volume files are prepared (orientation, spacing, window) and windows overlap: the
+        export sidecar's ``volumes``, what predict repeats on new volumes."""
+        return {"orientation": self.orientation, "spacing": self.spacing, "window": self.window,
+                "overlap": self.patch_overlap}
 
     @property
     def dims(self) -> int:
@@ -253,7 +299,8 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    hd95: bool = Field(False, description="segmentation: 95th-percentile Hausdorff distance (needs scipy)")
+    hd95: bool = Field(False, description="segmentation: 95th-percentile Hausdorff distance and average surface "
+                                          "distance (pixels; mm for volumes)")
     overlays: int = Field(4, ge=0, description="segmentation, detection: test images drawn as overlay PNGs "
                                                "by evaluate")
     max_detections: int = Field(100, ge=1, description="detection: boxes kept per image (the highest peaks)")

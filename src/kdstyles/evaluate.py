@@ -3,14 +3,49 @@
 The same functions score the validation split every epoch (model selection) and the test
 split in ``kdstyles evaluate``; what is measured is the task's (``cohort.task.metrics``),
 plus fidelity to the teacher when there is one.
+
+Images (and volumes of one shape) are scored all together; whole volumes that may differ
+in shape (3D segmentation trained on patches, ``loader.dataset.window``) are covered by
+sliding windows and scored one by one: every metric is then the mean over volumes of its
+value on each, with distances in mm from each volume's spacing.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from .cohort import Cohort
 from .routing import ENSEMBLE, T
+
+
+def network_outputs(cohort: Cohort, x: torch.Tensor, skip: frozenset[str] = frozenset(), window=None
+                    ) -> dict[str, torch.Tensor]:
+    """Every network's logits on a batch (those in ``skip`` left out); with a ``window``
+    (:class:`~kdstyles.data.Window`), on windows of it tiling the input, stitched back."""
+    def run(patch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: o.logits for n, o in cohort(patch, record=False, skip=skip).items()}
+
+    if window is None:
+        return run(x)
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(x, (window.size,) * (x.ndim - 2), window.batch, run, overlap=window.overlap,
+                                    mode="gaussian")
+
+
+def _activated(cohort: Cohort, x: torch.Tensor, skip: frozenset[str] = frozenset(), window=None
+               ) -> dict[str, torch.Tensor]:
+    """Every network's activated and condensed outputs, and the students' ensemble."""
+    task, students = cohort.task, cohort.students
+    logits = network_outputs(cohort, x, skip, window)
+    active = {name: task.activate(logits[name]) for name in cohort.names if name in logits}
+    if len(students) > 1:  # students are never frozen: all of them ran on this batch
+        active[ENSEMBLE] = task.ensemble(active[s] for s in students)
+    return {name: task.condense(p).cpu() for name, p in active.items()}
 
 
 @torch.inference_mode()
@@ -20,19 +55,15 @@ def predict_probs(cohort: Cohort, loader, device: torch.device, known: dict[str,
     activates and condenses them batch by batch (softmax; decoded boxes for detection), plus
     labels. Networks in ``known`` (results of an earlier pass) are not run again."""
     known = known or {}
-    task, students = cohort.task, cohort.students
+    students = cohort.students
     was_training = cohort.training
     cohort.eval()
     names = [n for n in cohort.names if n not in known] + ([ENSEMBLE] if len(students) > 1 else [])
     probs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     labels = []
     for x, y, _index in loader:
-        outs = cohort(x.to(device, non_blocking=True), record=False, skip=frozenset(known))
-        active = {name: task.activate(out.logits) for name, out in outs.items()}
-        if len(students) > 1:  # students are never frozen: all of them ran on this batch
-            active[ENSEMBLE] = task.ensemble(active[s] for s in students)
-        for name, p in active.items():
-            probs[name].append(task.condense(p).cpu())
+        for name, p in _activated(cohort, x.to(device, non_blocking=True), frozenset(known)).items():
+            probs[name].append(p)
         labels.append(y)
     cohort.train(was_training)
     result = {n: known[n] if n in known else torch.cat(probs[n]) for n in cohort.names}
@@ -41,11 +72,69 @@ def predict_probs(cohort: Cohort, loader, device: torch.device, known: dict[str,
     return result, torch.cat(labels)
 
 
-def score(probs: dict[str, torch.Tensor], labels: torch.Tensor, task) -> dict[str, dict[str, float]]:
+def score(probs: dict[str, torch.Tensor], labels: torch.Tensor, task, spacing=None) -> dict[str, dict[str, float]]:
     """The task's metrics for every network and the ensemble; fidelity to the teacher when there is one."""
-    out = {name: task.metrics(p, labels) for name, p in probs.items()}
+    out = {name: task.metrics(p, labels, spacing) for name, p in probs.items()}
     if T in probs:
         for name, p in probs.items():
             if name != T:
                 out[name].update(task.fidelity(probs[T], p))
+    return out
+
+
+@dataclass
+class VolumeScores:
+    """Whole volumes scored one by one: each volume's scores (``rows``), and the first
+    ``keep`` volumes' labels and probabilities (for overlays)."""
+
+    rows: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    per_image: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    details: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+    labels: list[torch.Tensor] = field(default_factory=list)
+    probs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return mean_rows(self.rows)
+
+    def mean_details(self) -> dict[str, dict[str, Any]]:
+        """Each network's details (lists of numbers) averaged over volumes."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.details[0] if self.details else ():
+            out[name] = {k: [_nanmean([d[name][k][j] for d in self.details]) for j in range(len(v))]
+                         for k, v in self.details[0][name].items()}
+        return out
+
+
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def mean_rows(rows: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per-volume scores averaged over volumes (NaN values, e.g. a distance to an absent class, left out)."""
+    if not rows:
+        return {}
+    return {n: {k: _nanmean([r[n][k] for r in rows]) for k in rows[0][n]} for n in rows[0]}
+
+
+@torch.inference_mode()
+def score_volumes(cohort: Cohort, loader, device: torch.device, keep: int = 0) -> VolumeScores:
+    """Score whole volumes one by one with sliding windows (``loader.dataset.window``)."""
+    ds, task = loader.dataset, cohort.task
+    was_training = cohort.training
+    cohort.eval()
+    out = VolumeScores()
+    for x, y, index in loader:
+        probs = _activated(cohort, x.to(device, non_blocking=True), window=ds.window)
+        spacing = ds.spacing[int(index[0])] if ds.spacing is not None else None
+        out.rows.append(score(probs, y, task, spacing))
+        out.details.append({n: task.details(p, y) for n, p in probs.items()})
+        for n, p in probs.items():
+            for k, v in task.per_image(p, y).items():
+                out.per_image.setdefault(n, {}).setdefault(k, []).extend(v)
+        if len(out.labels) < keep:
+            out.labels.append(y[0])
+            for n, p in probs.items():
+                out.probs.setdefault(n, []).append(p[0])
+    cohort.train(was_training)
     return out

@@ -148,10 +148,11 @@ def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out:
                   "range": [0.0, 1.0], "channels": channels, **({"depth": size} if dims == 3 else {}),
                   "height": size, "width": size},
         "output": {"name": "probabilities",
-                   "shape": [len(info["class_names"]) if d == "classes" else d for d in task.output_shape()]},
+                   "shape": [len(info["class_names"]) if d == "classes" else d for d in task.output_shape(dims)]},
         "normalisation": {"mean": info["normalize"]["mean"], "std": info["normalize"]["std"],
                           "applied": "inside the model"},
         "class_names": info["class_names"],
+        **({"volumes": exp.cfg.data.preparation} if dims == 3 else {}),
         "metrics": {"split": evaluation.get("split"), **metrics},
         "verification": {"samples": samples, "max_abs_diff": diff,
                          "against": "onnxruntime" if fmt == "onnx" else "torch.jit.load"},
@@ -183,7 +184,10 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
               "detection": "heatmap probabilities per class and four box channels per pixel"}.get(sidecar["task"],
                                                                                                 "probabilities")
     how = (f"`kdstyles predict {sidecar['file']} IMAGES...` does the resizing and writes a CSV." if kind == "images"
-           else "`kdstyles predict` reads 2D image files only; feed volumes to the model directly.")
+           else f"`kdstyles predict {sidecar['file']} VOLUMES...` (NIfTI/NRRD) prepares each volume as in training "
+                f"(orientation, spacing, window: the sidecar's `volumes`) and writes a CSV"
+                + (", with a NIfTI mask per volume on its own grid (sliding windows of the input's size)."
+                   if sidecar["task"] == "segmentation" else "."))
     return f"""# Model card: `{network}` from `{sidecar['run_dir']}`
 
 Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`), from the

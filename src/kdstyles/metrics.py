@@ -5,8 +5,8 @@ direction (higher or lower is better), the task it belongs to (``None``: any tas
 whether it can select checkpoints. The config, the CLI tables, the report, compare's
 results.csv and the model card read it; nobody repeats the names.
 
-The functions below compute them from probabilities (N, K) or per-pixel (N, K, H, W) and
-labels; they import nothing of kdstyles but errors.
+The functions below compute them from probabilities (N, K) or per-pixel (N, K, H, W) /
+per-voxel (N, K, D, H, W) and labels; they import nothing of kdstyles but errors.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("ece", "ECE", False, task="classification"),
     Metric("dice", "Dice", task="segmentation", selectable=True, headline=True, per_image=True),
     Metric("iou", "IoU", task="segmentation", selectable=True, headline=True, per_image=True),
-    Metric("hd95", "HD95 (px)", False, task="segmentation"),
+    Metric("hd95", "HD95", False, task="segmentation"),  # pixels (images) or mm (volumes)
+    Metric("asd", "ASD", False, task="segmentation"),  # average symmetric surface distance, likewise
     Metric("pixel_accuracy", "pixel acc", task="segmentation"),
     Metric("map", "mAP", task="detection", selectable=True, headline=True),
     Metric("ap50", "AP50", task="detection", selectable=True, headline=True),
@@ -129,8 +130,9 @@ def classification_details(probs: torch.Tensor, labels: torch.Tensor, n_bins: in
 # ----------------------------------------------------------------------------- segmentation
 
 
-def per_image_scores(pred: torch.Tensor, target: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dice and IoU per image, averaged over the foreground classes 1..K-1.
+def per_class_scores(pred: torch.Tensor, target: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice and IoU of every foreground class 1..K-1 in every image (or volume): two (K-1, N)
+    tensors.
 
     A class absent from both the ground truth and the prediction of an image scores 1
     (nothing to find, nothing found); absent from the ground truth but predicted, 0."""
@@ -142,36 +144,56 @@ def per_image_scores(pred: torch.Tensor, target: torch.Tensor, k: int) -> tuple[
         both_empty = (ps + ts) == 0
         dice.append(torch.where(both_empty, 1.0, 2 * inter / (ps + ts).clamp_min(1)))
         iou.append(torch.where(both_empty, 1.0, inter / union.clamp_min(1)))
-    return torch.stack(dice).mean(0), torch.stack(iou).mean(0)
+    return torch.stack(dice), torch.stack(iou)
 
 
-def hd95_per_image(pred: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
-    """95th-percentile Hausdorff distance (pixels) per image over foreground classes;
-    NaN where a class is missing from the prediction or the ground truth."""
-    from monai.metrics import compute_hausdorff_distance
+def per_image_scores(pred: torch.Tensor, target: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice and IoU per image, averaged over the foreground classes 1..K-1 (:func:`per_class_scores`)."""
+    dice, iou = per_class_scores(pred, target, k)
+    return dice.mean(0), iou.mean(0)
+
+
+def surface_distances(pred: torch.Tensor, target: torch.Tensor, k: int, spacing=None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """95th-percentile Hausdorff distance and average symmetric surface distance per image
+    (or volume), averaged over the foreground classes: in pixels, or in millimetres when
+    ``spacing`` (the voxel size along each spatial axis) is given. NaN where a class is
+    missing from the prediction or the ground truth."""
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
     try:
         import scipy  # noqa: F401  (MONAI's distance transform)
     except ImportError:
-        raise KDError("eval.hd95: the Hausdorff distance needs scipy: pip install scipy") from None
-    p1 = F.one_hot(pred, k).permute(0, 3, 1, 2).float()
-    t1 = F.one_hot(target, k).permute(0, 3, 1, 2).float()
+        raise KDError("eval.hd95: surface distances need scipy: pip install scipy") from None
+    p1 = F.one_hot(pred, k).movedim(-1, 1).float()
+    t1 = F.one_hot(target, k).movedim(-1, 1).float()
+    spacing = None if spacing is None else [float(v) for v in spacing]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        d = compute_hausdorff_distance(p1, t1, include_background=False, percentile=95)
-    d = torch.where(torch.isinf(d), torch.nan, d)
-    return torch.nanmean(d, dim=1)
+        hd = compute_hausdorff_distance(p1, t1, include_background=False, percentile=95, spacing=spacing)
+        asd = compute_average_surface_distance(p1, t1, include_background=False, symmetric=True, spacing=spacing)
+    return tuple(torch.nanmean(torch.where(torch.isinf(d), torch.nan, d), dim=1) for d in (hd, asd))
 
 
-def segmentation_metrics(probs: torch.Tensor, labels: torch.Tensor, hd95: bool = False) -> dict[str, float]:
+def segmentation_metrics(probs: torch.Tensor, labels: torch.Tensor, hd95: bool = False,
+                         spacing=None) -> dict[str, float]:
+    """Dice and IoU (means over images of the foreground classes' mean), pixel accuracy, NLL;
+    with ``hd95`` also HD95 and average surface distance (mm with ``spacing``)."""
     pred = probs.argmax(1)
     dice, iou = per_image_scores(pred, labels, probs.shape[1])
     out = {"dice": float(dice.mean()), "iou": float(iou.mean()),
            "pixel_accuracy": float((pred == labels).float().mean()),
            "nll": float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))}
     if hd95:
-        out["hd95"] = float(torch.nanmean(hd95_per_image(pred, labels, probs.shape[1])))
+        hd, asd = surface_distances(pred, labels, probs.shape[1], spacing)
+        out["hd95"], out["asd"] = float(torch.nanmean(hd)), float(torch.nanmean(asd))
     return out
+
+
+def segmentation_details(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Dice and IoU of each foreground class (means over images), background excluded."""
+    dice, iou = per_class_scores(probs.argmax(1), labels, probs.shape[1])
+    return {"dice_per_class": dice.mean(1).tolist(), "iou_per_class": iou.mean(1).tolist()}
 
 
 # ----------------------------------------------------------------------------- any task

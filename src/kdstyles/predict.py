@@ -2,6 +2,12 @@
 
 An ONNX model runs on onnxruntime with numpy and Pillow only: this module imports torch
 only for TorchScript models and run folders, so a deployment machine needs no torch.
+
+Volumes (NIfTI/NRRD, for models trained with ``data.spatial_dims: 3``) are prepared as in
+training (orientation, spacing, window: recorded in the sidecar) with MONAI, so they need
+torch and MONAI: classification resizes each volume to the model's input; segmentation
+slides windows of the input's size over the whole volume and writes the mask as NIfTI on
+the input's own grid, with its affine.
 """
 
 from __future__ import annotations
@@ -21,18 +27,17 @@ class Predictor:
     """Images in [0, 1] (N, C, H, W) float32 -> class probabilities (N, K, ...); ``task`` writes the rows."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], class_names: list[str], channels: int, size: int,
-                 source: str, task: str = "classification"):
+                 source: str, task: str = "classification", volumes: dict | None = None):
         from .tasks import TASKS
 
         self.run, self.class_names, self.channels, self.size, self.source = run, class_names, channels, size, source
         self.task = TASKS[task](len(class_names))
+        self.volumes = volumes  # volume models: orientation, spacing, window, overlap
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)
 
 
-VOLUMES = ("kdstyles predict reads 2D image files; this model takes volumes (use kdstyles evaluate, or the "
-           "exported ONNX model with (N, C, D, H, W) float32 input in [0, 1])")
 
 
 def _sidecar(model: Path) -> dict:
@@ -64,20 +69,21 @@ def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "be
         from .export import open_run
 
         exp, net, info = open_run(model, network, checkpoint)
-        if exp.cfg.data.dims == 3:
-            raise KDError(VOLUMES)
+        vol = exp.cfg.data.preparation if exp.cfg.data.dims == 3 else None
 
         def run(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
                 return net(torch.from_numpy(batch)).numpy()
 
         return Predictor(run, info["class_names"], info["channels"], info["image_size"], f"{model} ({network})",
-                         exp.cfg.task)
+                         exp.cfg.task, vol)
     if not model.is_file():
         raise KDError(f"model '{model}' does not exist (give an exported .onnx/.pt file or a run folder)")
     side = _sidecar(model)
-    if "depth" in side["input"]:
-        raise KDError(VOLUMES)
+    vol = side.get("volumes")
+    if "depth" in side["input"] and not isinstance(vol, dict):
+        raise KDError(f"sidecar '{model.with_suffix('.json')}' of a volume model lacks 'volumes' (how inputs are "
+                      "prepared); export the model again with 'kdstyles export RUN_DIR'")
     names, ch, size = side["class_names"], side["input"]["channels"], side["input"]["height"]
     task = side.get("task", "classification")
     if model.suffix == ".onnx":
@@ -89,7 +95,7 @@ def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "be
             session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise KDError(f"model '{model}' is not a valid ONNX file ({str(exc).splitlines()[0][:100]})") from None
-        return Predictor(lambda b: session.run(None, {"image": b})[0], names, ch, size, str(model), task)
+        return Predictor(lambda b: session.run(None, {"image": b})[0], names, ch, size, str(model), task, vol)
     if model.suffix == ".pt":
         import torch
 
@@ -102,29 +108,41 @@ def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "be
             with torch.inference_mode():
                 return scripted(torch.from_numpy(batch)).numpy()
 
-        return Predictor(run_ts, names, ch, size, str(model), task)
+        return Predictor(run_ts, names, ch, size, str(model), task, vol)
     raise KDError(f"model '{model}': expected an .onnx or TorchScript .pt file, or a run folder")
 
 
-def collect_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Image files, folders (searched recursively) and CSV files of paths (column 'path')."""
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd")  # as kdstyles.data.volumes (not imported: it needs MONAI)
+
+
+def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path]:
+    """Image files (volume files for a volume model), folders (searched recursively) and CSV
+    files of paths (column 'path')."""
+    what, suffixes = ("volume", VOLUME_SUFFIXES) if volumes else ("image", IMAGE_SUFFIXES)
+
+    def fits(p: Path) -> bool:
+        return p.name.lower().endswith(suffixes) and not p.name.startswith("._")
+
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files += sorted(p for p in item.rglob("*") if fits(p) and p.is_file())
         elif item.suffix.lower() == ".csv":
             from .fileio import read_csv
 
-            rows = read_csv(item, "give a CSV with a 'path' column of image files", required=("path",))
+            rows = read_csv(item, f"give a CSV with a 'path' column of {what} files", required=("path",))
             files += [item.parent / row["path"] for row in rows if row["path"]]
-        elif item.suffix.lower() in IMAGE_SUFFIXES:
+        elif fits(item):
             if not item.is_file():
-                raise KDError(f"input image '{item}' does not exist")
+                raise KDError(f"input {what} '{item}' does not exist")
             files.append(item)
         else:
-            raise KDError(f"input '{item}' is not an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a .csv")
+            other = " (this model takes 2D images)" if not volumes and item.name.lower().endswith(VOLUME_SUFFIXES) \
+                else " (this model takes volumes)" if volumes and item.suffix.lower() in IMAGE_SUFFIXES else ""
+            raise KDError(f"input '{item}' is not a{'n' if what == 'image' else ''} {what} "
+                          f"({', '.join(suffixes)}), a folder or a .csv{other}")
     if not files:
-        raise KDError("no input images found")
+        raise KDError(f"no input {what}s found")
     return files
 
 
@@ -138,13 +156,16 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
     from .fileio import write_text
 
     predictor = load_predictor(model, network)
-    files = collect_inputs(inputs)
+    files = collect_inputs(inputs, volumes=predictor.volumes is not None)
     out_dir = Path(out_dir)
     task, names = predictor.task, predictor.class_names
     rows = []
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), disable=quiet, transient=True) as bar:
         progress = bar.add_task("predict", total=len(files))
-        for start in range(0, len(files), batch_size):
+        for index, path in enumerate(files if predictor.volumes is not None else ()):
+            rows.append(_predict_volume(predictor, path, out_dir, index, batch_size))
+            bar.advance(progress)
+        for start in range(0, len(files) if predictor.volumes is None else 0, batch_size):
             chunk = files[start:start + batch_size]
             batch = np.stack([read_image(p, predictor.channels, predictor.size)[0] for p in chunk])
             probs = predictor(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0)
@@ -153,8 +174,43 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
             bar.advance(progress, len(chunk))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(task.prediction_header(names))
+    w.writerow(task.prediction_header(names, volumes=predictor.volumes is not None))
     w.writerows(rows)
     out = out_dir / "predictions.csv"
     write_text(out, buf.getvalue())
     return out
+
+
+def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int, window_batch: int) -> list[str]:
+    """One volume's row: classification of the whole volume resized to the model's input, or a
+    segmentation by sliding windows written as a NIfTI mask on the input's grid."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.nn.functional as F
+    from monai.inferers import sliding_window_inference
+
+    from .data import volumes
+
+    settings = predictor.volumes
+    prepared = volumes.prepare(path, None, SimpleNamespace(**settings))
+    if prepared.image.shape[-1] != predictor.channels:
+        raise KDError(f"volume '{path}' has {prepared.image.shape[-1]} channels; the model takes "
+                      f"{predictor.channels}")
+    x = torch.from_numpy(prepared.image).movedim(-1, 0)[None].float().div_(255)
+    size = (predictor.size,) * 3
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(predictor(np.ascontiguousarray(batch.numpy(), dtype=np.float32))))
+
+    if not predictor.task.dense:
+        probs = run(F.interpolate(x, size=size, mode="trilinear", align_corners=False))[0].numpy()
+        return predictor.task.prediction_row(path, probs, predictor.class_names, out_dir, index)
+    with torch.inference_mode():
+        probs = sliding_window_inference(x, size, window_batch, run, overlap=settings.get("overlap", 0.25),
+                                         mode="gaussian")[0].numpy()
+    mask = volumes.restore(probs.argmax(0).astype(np.uint8), prepared)  # on the input's own grid
+    mask_path = out_dir / "masks" / f"{index:05d}-{volumes.stem(path)}.nii.gz"
+    volumes.write_nifti(mask_path, mask, prepared.source_affine)
+    voxel_ml = abs(float(np.linalg.det(prepared.source_affine[:3, :3]))) / 1000.0
+    return predictor.task.volume_prediction_row(path, mask_path, mask, voxel_ml, predictor.class_names)

@@ -91,20 +91,59 @@ def pad_boxes(boxes: np.ndarray, rows: int) -> torch.Tensor:
     return out
 
 
+@dataclass(frozen=True)
+class Window:
+    """How whole volumes are inferred: windows of ``size`` voxels a side, ``batch`` windows per
+    forward, overlapping by ``overlap`` (Gaussian-weighted)."""
+
+    size: int
+    batch: int
+    overlap: float
+
+
+def crop_patch(volume: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator, positive: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """A random size^3 crop of a (D, H, W, C) volume and its (D, H, W) mask: centred on a
+    foreground voxel with probability ``positive`` (when there is foreground), else on any
+    voxel; volumes smaller than the patch are padded (image: its minimum, mask: background)."""
+    short = [max(0, size - s) for s in mask.shape]
+    if any(short):
+        pad = [(k // 2, k - k // 2) for k in short]
+        volume = np.pad(volume, pad + [(0, 0)], constant_values=volume.min())
+        mask = np.pad(mask, pad)
+    if rng.random() < positive and mask.any():
+        fg = np.flatnonzero(mask)
+        centre = np.unravel_index(fg[rng.integers(len(fg))], mask.shape)
+    else:
+        centre = [rng.integers(s) for s in mask.shape]
+    lo = [int(min(max(c - size // 2, 0), s - size)) for c, s in zip(centre, mask.shape)]
+    box = tuple(slice(a, a + size) for a in lo)
+    return volume[box], mask[box]
+
+
 class ImageDataset(Dataset):
     """Images + labels; items are ``(image, label, index)`` addressed by ``(epoch, index)``
     (the augmentation seed). With ``masks`` (segmentation) the label is the (H, W) mask,
     augmented together with the image; ``labels`` then says whether an image has foreground.
     With ``boxes`` (detection) the label is a (M, 5) tensor of boxes padded with class -1
-    (M: the split's most boxes in one image), flipped with the image (``box_flips``)."""
+    (M: the split's most boxes in one image), flipped with the image (``box_flips``).
+
+    Volumes (``dims=3``) for segmentation with a ``patch`` size: the training split gives
+    random patch^3 crops (:func:`crop_patch`, ``positive`` of them on foreground), the other
+    splits whole volumes (one per batch; they may differ in shape, ``window`` says how sliding
+    windows cover them, ``spacing`` each volume's voxel size in mm)."""
 
     def __init__(self, labels: np.ndarray, mean: torch.Tensor, std: torch.Tensor, augment=None, seed: int = 0,
-                 images: np.ndarray | None = None, paths: list[Path] | None = None, channels: int = 3,
-                 size: int = 32, masks: np.ndarray | None = None, boxes: list[np.ndarray] | None = None,
-                 box_flips: tuple[bool, bool, bool] = (False, False, False)):
+                 images: np.ndarray | list | None = None, paths: list[Path] | None = None, channels: int = 3,
+                 size: int = 32, masks: np.ndarray | list | None = None, boxes: list[np.ndarray] | None = None,
+                 box_flips: tuple[bool, bool, bool] = (False, False, False), dims: int = 2,
+                 patch: int | None = None, train: bool = False, positive: float = 0.5,
+                 spacing: list | None = None, window_batch: int = 4, overlap: float = 0.25):
         self.labels, self.images, self.paths, self.masks = labels, images, paths, masks
         self.boxes, self.box_flips = boxes, box_flips
-        dims = images.ndim - 2 if images is not None else 2  # volumes: (N, D, H, W, C) in memory
+        self.crop = patch if train else None  # training crops
+        self.window = Window(patch, window_batch, overlap) if patch and not train else None  # whole volumes
+        self.positive, self.spacing = positive, spacing
         self.max_boxes = max([len(b) for b in boxes] + [1]) if boxes is not None else 0
         self.mean, self.std = mean.view(-1, *(1,) * dims), std.view(-1, *(1,) * dims)
         self.augment, self.seed, self.channels, self.size = augment, seed, channels, size
@@ -124,10 +163,14 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        img = torch.from_numpy(np.ascontiguousarray(self.raw(index))).movedim(-1, 0).float().div_(255)
+        raw, mask = self.raw(index), self.masks[index] if self.masks is not None else None
+        if self.crop:
+            raw, mask = crop_patch(raw, mask, self.crop, np.random.default_rng([self.seed, epoch, index, 9]),
+                                   self.positive)
+        img = torch.from_numpy(np.ascontiguousarray(raw)).movedim(-1, 0).float().div_(255)
         item = {"image": img}
-        if self.masks is not None:
-            item["mask"] = torch.from_numpy(self.masks[index]).unsqueeze(0).float()
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0).float()
         if self.augment is not None:
             self._random.seed(_mix(self.seed, epoch, index))
             tracking = get_track_meta()
@@ -222,6 +265,8 @@ class DataBundle:
         """Batches of (images, labels, sample indices)."""
         ds = self.splits[split]
         balanced = train and self.sampler == "balanced"
+        if ds.window:  # whole volumes of any shape: one at a time
+            batch_size = 1
         sampler = EpochBatchSampler(len(ds), batch_size, shuffle=train, seed=seed,
                                     max_batches=max_batches if train else None,
                                     labels=ds.labels if balanced else None, shard=shard)
@@ -261,14 +306,21 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
         raise KDError(f"{loaded.where}: the {empty[0]} split is empty ({sum(len(v.labels) for v in stored.values())} "
                       "images in all); give it files, or raise data.val_fraction / data.test_fraction")
     channels, size = loaded.channels, loaded.size
+    patch = cfg.patch_size or loaded.patch
+    if patch is not None and not (task_cls.dense and cfg.dims == 3):
+        raise KDError(f"data.patch_size: patches are for 3D segmentation (task {task_cls.name}, spatial_dims "
+                      f"{cfg.dims}); leave it out")
     mean, std = _normalisation(cfg, normalize or cfg.normalize, stored["train"], channels, size, seed)
-    augment = build_augment(cfg.augment, size, with_mask=task_cls.dense, geometric=not task_cls.boxes, dims=cfg.dims)
+    augment = build_augment(cfg.augment, patch or size, with_mask=task_cls.dense, geometric=not task_cls.boxes,
+                            dims=cfg.dims)
     flips = (cfg.augment.hflip, cfg.augment.vflip, cfg.augment.rotate90)
     splits = {s: ImageDataset(v.labels, mean, std, augment if s == "train" else None, seed, images=v.images,
                               paths=v.paths, channels=channels, size=size, masks=v.masks, boxes=v.boxes,
-                              box_flips=flips if s == "train" and task_cls.boxes else (False, False, False))
+                              box_flips=flips if s == "train" and task_cls.boxes else (False, False, False),
+                              dims=cfg.dims, patch=patch, train=s == "train", positive=cfg.patch_positive,
+                              spacing=v.spacing, window_batch=cfg.batch_size, overlap=cfg.patch_overlap)
               for s, v in stored.items()}
-    return DataBundle(splits, loaded.class_names, channels, size, mean.tolist(), std.tolist(), report,
+    return DataBundle(splits, loaded.class_names, channels, patch or size, mean.tolist(), std.tolist(), report,
                       loaded.split_table, cfg.sampler)
 
 
@@ -286,7 +338,10 @@ def _normalisation(cfg: Any, how: str, train, channels: int, size: int, seed: in
     images, paths = train.images, train.paths
     n = len(train.labels)
     pick = np.random.default_rng([seed, 17]).permutation(n)[:NORM_SAMPLE] if n > NORM_SAMPLE else np.arange(n)
-    if images is not None:
+    if isinstance(images, list):  # volumes of different shapes: up to a million voxels of each, flattened
+        flat = [images[i].reshape(-1, channels) for i in np.sort(pick)]
+        sample = np.concatenate([v[::max(1, len(v) // 1_000_000)] for v in flat])
+    elif images is not None:
         sample = images[np.sort(pick)]
     else:
         sample = np.stack([read_image(paths[i], channels, size)[0] for i in np.sort(pick)])

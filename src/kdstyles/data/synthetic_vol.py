@@ -53,12 +53,20 @@ def _blob(size: int, rng: np.random.Generator, centre: np.ndarray, radii: np.nda
 
 def render_volume(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, int]:
     """One volume: (uint8 (size, size, size, 1), class index)."""
+    volume, label, _ = render_with_mask(seed, split, index, size)
+    return volume, label
+
+
+def render_with_mask(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """One volume, its class, and its mask (uint8 (size, size, size): 0 outside the organ, 1
+    organ, 2 lesion)."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index, 303])
     label = int(rng.integers(len(CLASS_NAMES)))
     s = size / 32.0
     vol = 0.30 + 0.10 * _smooth(rng, size, 3)  # surrounding soft tissue
     organ = _blob(size, rng, rng.uniform(0.42, 0.58, 3) * size, rng.uniform(9, 13, 3) * s, 0.08)
     inside = np.clip((1.0 - organ) * 4, 0, 1)  # soft organ edge
+    mask = (organ < 1.0).astype(np.uint8)
     vol += inside * (0.22 + 0.06 * _smooth(rng, size, 6) + rng.uniform(-0.03, 0.03))
     for _ in range(rng.integers(1, 3)):  # small dense vessels: present in every class
         v = _blob(size, rng, rng.uniform(0.3, 0.7, 3) * size, rng.uniform(0.8, 1.6, 3) * s, 0.0)
@@ -69,22 +77,28 @@ def render_volume(seed: int, split: str, index: int, size: int) -> tuple[np.ndar
         if label == 1:  # cyst: round, smooth, dark fluid
             lesion = _blob(size, rng, centre, r * rng.uniform(0.9, 1.1, 3), 0.02)
             vol -= rng.uniform(0.14, 0.26) * np.clip((1.0 - lesion) * 5, 0, 1) * inside
+            mask[(lesion < 1.0) & (organ < 1.0)] = 2
         else:  # tumour: irregular, a little brighter, with a darker rim
             lesion = _blob(size, rng, centre, r * rng.uniform(0.7, 1.3, 3), 0.25)
             core = np.clip((1.0 - lesion) * 3, 0, 1)
             rim = np.exp(-((lesion - 1.05) / 0.12) ** 2)
             vol += (rng.uniform(0.06, 0.14) * core - rng.uniform(0.05, 0.12) * rim) * inside
+            mask[(lesion < 1.0) & (organ < 1.0)] = 2
     vol = _blur(vol, rng.uniform(0.3, 0.9) * s, axes=(0, 1, 2))
     vol += rng.normal(0, rng.uniform(0.02, 0.05), vol.shape)
-    return (np.clip(vol, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], label
+    return (np.clip(vol, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], label, mask
 
 
-def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` volumes of one split: (uint8 (n, size, size, size, 1), int64 labels (n,))."""
+def check_request(split: str, size: int) -> None:
     if split not in SPLIT_IDS:
         raise KDError(f"synthetic split '{split}' is not known; allowed: {', '.join(SPLIT_IDS)}")
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise KDError(f"data.image_size: {size} is outside the synthetic volumes' range {MIN_SIZE}..{MAX_SIZE}")
+
+
+def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` volumes of one split: (uint8 (n, size, size, size, 1), int64 labels (n,))."""
+    check_request(split, size)
     volumes = np.empty((n, size, size, size, 1), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)
     for i in range(n):

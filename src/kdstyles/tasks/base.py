@@ -66,8 +66,8 @@ class Task:
             raise KDError(f"data.source: '{cfg.data.source}' is not read for task {cls.name}; allowed: "
                           f"{', '.join(cls.sources)}")
         if cfg.data.dims == 3 and not cls.volumes:
-            raise KDError(f"data.spatial_dims: task {cls.name} is 2D for now (3D: classification); "
-                          "use spatial_dims: 2")
+            raise KDError(f"data.spatial_dims: task {cls.name} is 2D for now (3D: classification, "
+                          "segmentation); use spatial_dims: 2")
 
     # ------------------------------------------------------------------ training
 
@@ -113,7 +113,9 @@ class Task:
 
         return fidelity(teacher, student)
 
-    def metrics(self, probs, labels) -> dict[str, float]:
+    def metrics(self, probs, labels, spacing=None) -> dict[str, float]:
+        """The task's metrics of a batch of activated outputs; ``spacing``: the voxel size in mm
+        along each spatial axis, where distances are measured (volumes)."""
         raise NotImplementedError
 
     def details(self, probs, labels) -> dict[str, Any]:
@@ -138,10 +140,10 @@ class Task:
 
     # ------------------------------------------------------------------ deployment (no torch)
 
-    def output_shape(self) -> list[str]:
+    def output_shape(self, dims: int = 2) -> list[str]:
         return ["batch", "classes"]
 
-    def prediction_header(self, class_names: list[str]) -> list[str]:
+    def prediction_header(self, class_names: list[str], volumes: bool = False) -> list[str]:
         raise NotImplementedError
 
     def prediction_row(self, path: Path, probs, class_names: list[str], out_dir: Path, index: int) -> list[str]:
@@ -165,5 +167,5 @@ class EncoderDecoderTask(Task):
 
         return bottleneck_tap(model, sample)
 
-    def output_shape(self):
-        return ["batch", "classes", "height", "width"]
+    def output_shape(self, dims: int = 2):
+        return ["batch", "classes", *(["depth"] if dims == 3 else []), "height", "width"]

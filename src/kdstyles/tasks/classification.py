@@ -49,7 +49,7 @@ class Classification(Task):
 
         return default_tap(model, sample)
 
-    def metrics(self, probs, labels):
+    def metrics(self, probs, labels, spacing=None):
         from ..metrics import classification_metrics
 
         return classification_metrics(probs, labels)
@@ -62,7 +62,7 @@ class Classification(Task):
     def per_image(self, probs, labels) -> dict[str, list[float]]:
         return {"accuracy": (probs.argmax(1) == labels).int().tolist()}
 
-    def prediction_header(self, class_names):
+    def prediction_header(self, class_names, volumes=False):
         return ["path", "prediction", "probability", *(f"p_{c}" for c in class_names)]
 
     def prediction_row(self, path: Path, probs, class_names, out_dir, index):

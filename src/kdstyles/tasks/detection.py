@@ -115,7 +115,7 @@ class Detection(EncoderDecoderTask):
     def fidelity(self, teacher, student):
         return {}  # no KL between box lists; agreement with the teacher is future work
 
-    def metrics(self, probs, labels):
+    def metrics(self, probs, labels, spacing=None):
         from ..boxes import detection_metrics, unpad
 
         dets = [unpad(d) for d in probs.numpy()]
@@ -136,10 +136,10 @@ class Detection(EncoderDecoderTask):
 
     # ------------------------------------------------------------------ deployment
 
-    def output_shape(self):
+    def output_shape(self, dims: int = 2):
         return ["batch", "channels", "height", "width"]
 
-    def prediction_header(self, class_names):
+    def prediction_header(self, class_names, volumes=False):
         return ["path", "objects", "detections"]
 
     def prediction_row(self, path: Path, probs, class_names, out_dir, index):

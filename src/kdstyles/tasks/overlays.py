@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 
-def _write_rows(folder: Path, images: torch.Tensor, mean: list[float], std: list[float], panels) -> list[Path]:
-    """One PNG per image: a row of panels, each the de-normalised image with something drawn
-    on it. ``panels(i)`` gives image i's ``(title, draw)`` pairs; ``draw(ax)`` draws (or None)
-    and returns the caption's second line (or None)."""
+def _write_figures(folder: Path, count: int, mean: list[float], std: list[float], rows) -> list[Path]:
+    """One PNG per item (image or volume): ``rows(i)`` gives item i's rows, each a (C, H, W)
+    image and its ``(title, draw)`` panels, every panel the de-normalised image with something
+    drawn on it; ``draw(ax)`` draws (or is None) and returns the caption's second line (or None)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,16 +21,19 @@ def _write_rows(folder: Path, images: torch.Tensor, mean: list[float], std: list
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for i in range(len(images)):
-        img = images[i] * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
-        img = img.clamp(0, 1).permute(1, 2, 0).numpy()
-        row = panels(i)
-        fig, axes = plt.subplots(1, len(row), figsize=(2.2 * len(row), 2.5))
-        for ax, (title, draw) in zip(axes, row):
-            ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
-            caption = draw(ax) if draw is not None else None
-            ax.set_title(f"{title}\n{caption}" if caption else title, fontsize=8)
-            ax.axis("off")
+    for i in range(count):
+        grid = rows(i)
+        width = max(len(panels) for _, panels in grid)
+        fig, axes = plt.subplots(len(grid), width, figsize=(2.2 * width, 2.5 * len(grid)), squeeze=False)
+        for (image, panels), line in zip(grid, axes):
+            img = image * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+            img = img.clamp(0, 1).permute(1, 2, 0).numpy()
+            for ax, (title, draw) in zip(line, panels):
+                ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
+                caption = draw(ax) if draw is not None else None
+                ax.set_title(f"{title}\n{caption}" if caption else title, fontsize=8)
+            for ax in line:
+                ax.axis("off")
         path = folder / f"test-{i:03d}.png"
         atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight"))
         plt.close(fig)
@@ -38,15 +41,18 @@ def _write_rows(folder: Path, images: torch.Tensor, mean: list[float], std: list
     return written
 
 
-def write_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor, probs: dict[str, torch.Tensor],
-                   mean: list[float], std: list[float]) -> list[Path]:
-    """One PNG per test image: the image, its ground truth, and every network's prediction
-    (teacher, students, ensemble) side by side, each captioned with its Dice on that image."""
+def _write_rows(folder: Path, images: torch.Tensor, mean: list[float], std: list[float], panels) -> list[Path]:
+    """One PNG per image: a row of panels (``panels(i)``, see :func:`_write_figures`)."""
+    return _write_figures(folder, len(images), mean, std, lambda i: [(images[i], panels(i))])
+
+
+def _mask_panels(k: int):
+    """``panel(mask, truth)``: a panel drawing a class mask over its image, captioned with its
+    Dice against ``truth`` (none for the ground truth itself)."""
     from matplotlib.colors import ListedColormap
 
     from ..metrics import per_image_scores
 
-    k = next(iter(probs.values())).shape[1]
     cmap = ListedColormap([(0, 0, 0, 0), (0.1, 0.9, 0.2, 0.55), (0.95, 0.2, 0.2, 0.55), (0.2, 0.4, 1, 0.55),
                            (1, 0.8, 0.1, 0.55), (0.8, 0.2, 0.9, 0.55)][:max(k, 2)])
 
@@ -58,9 +64,40 @@ def write_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor, pro
                 return f"Dice {float(dice[0]):.3f}"
         return draw
 
+    return mask_panel
+
+
+def write_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor, probs: dict[str, torch.Tensor],
+                   mean: list[float], std: list[float]) -> list[Path]:
+    """One PNG per test image: the image, its ground truth, and every network's prediction
+    (teacher, students, ensemble) side by side, each captioned with its Dice on that image."""
+    mask_panel = _mask_panels(next(iter(probs.values())).shape[1])
     return _write_rows(folder, images, mean, std, lambda i: [
         ("image", None), ("ground truth", mask_panel(labels[i], None)),
         *((name, mask_panel(p[i].argmax(0), labels[i])) for name, p in probs.items())])
+
+
+def write_volume_overlays(folder: Path, volumes, labels, probs: dict[str, list], mean: list[float],
+                          std: list[float]) -> list[Path]:
+    """One PNG per test volume, one row per axis: the slice through the centre of the ground
+    truth's foreground (the middle slice when there is none), its ground truth and every
+    network's prediction, captioned with their Dice on that slice. Volumes may differ in shape."""
+    mask_panel = _mask_panels(next(iter(probs.values()))[0].shape[0])
+
+    def rows(i):
+        truth = labels[i]
+        where = truth.nonzero().float().mean(0).round().long().tolist() if truth.any() else \
+            [s // 2 for s in truth.shape]
+        out = []
+        for axis, name in enumerate(("axis 0", "axis 1", "axis 2")):
+            cut = lambda t, lead=0: t.select(axis + lead, where[axis])  # noqa: E731
+            gt = cut(truth)
+            out.append((cut(volumes[i], 1), [
+                (f"image ({name} {where[axis]})", None), ("ground truth", mask_panel(gt, None)),
+                *((n, mask_panel(cut(p[i].argmax(0)), gt)) for n, p in probs.items())]))
+        return out
+
+    return _write_figures(folder, len(volumes), mean, std, rows)
 
 
 def write_box_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor, dets: dict[str, torch.Tensor],

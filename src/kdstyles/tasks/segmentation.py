@@ -1,4 +1,5 @@
-"""Segmentation: per-pixel logits (B, K, H, W) with K >= 2, Dice + CE, Dice/IoU metrics.
+"""Segmentation: per-pixel (per-voxel) logits (B, K, H, W) or (B, K, D, H, W) with K >= 2,
+Dice + CE, Dice/IoU metrics (and HD95 / surface distance in mm with the voxel spacing).
 
 A binary mask is two classes (background, foreground), so the predictions style's KL over
 classes is complete at every pixel.
@@ -17,9 +18,11 @@ class Segmentation(EncoderDecoderTask):
     name = "segmentation"
     loss_name = "dice_ce"
     selection = "dice"
-    sources = ("synthetic", "folder")
+    sources = ("synthetic", "folder", "decathlon")
     dense = True
     synthetic = "synthetic_seg"
+    synthetic_volumes = "synthetic_vol_seg"
+    volumes = True
     synthetic_size = 64
     description = "the embedded synthetic endoscopy frames"
     arch_hint = "an encoder-decoder (unet, basicunet, flexunet-<encoder>)"
@@ -42,15 +45,21 @@ class Segmentation(EncoderDecoderTask):
 
     def check_output(self, name, logits, sample):
         want = (self.num_classes, *sample.shape[2:])
-        if logits.ndim != 4 or tuple(logits.shape[1:]) != want:
+        if logits.ndim != sample.ndim or tuple(logits.shape[1:]) != want:
+            size = ", ".join(map(str, sample.shape[2:]))
             raise KDError(f"networks.{name}: output shape {tuple(logits.shape)} does not match (batch, "
-                          f"{self.num_classes} classes, {sample.shape[2]}, {sample.shape[3]}); a segmentation "
-                          "network returns per-pixel class logits at the input's size")
+                          f"{self.num_classes} classes, {size}); a segmentation network returns per-pixel "
+                          "class logits at the input's size")
 
-    def metrics(self, probs, labels):
+    def metrics(self, probs, labels, spacing=None):
         from ..metrics import segmentation_metrics
 
-        return segmentation_metrics(probs, labels, self.hd95)
+        return segmentation_metrics(probs, labels, self.hd95, spacing)
+
+    def details(self, probs, labels):
+        from ..metrics import segmentation_details
+
+        return segmentation_details(probs, labels)
 
     def per_image(self, probs, labels) -> dict[str, list[float]]:
         from ..metrics import per_image_scores
@@ -59,16 +68,25 @@ class Segmentation(EncoderDecoderTask):
         return {"dice": dice.tolist(), "iou": iou.tolist()}
 
     def write_visuals(self, folder, images, labels, probs, mean, std, count):
-        from .overlays import write_overlays
+        from .overlays import write_overlays, write_volume_overlays
 
         n = min(count, len(labels))
         if n == 0:
             return []
-        return write_overlays(folder / "overlays", images[:n], labels[:n], {k: p[:n] for k, p in probs.items()},
-                              mean, std)
+        write = write_volume_overlays if images[0].ndim == 4 else write_overlays
+        return write(folder / "overlays", images[:n], labels[:n], {k: p[:n] for k, p in probs.items()}, mean, std)
 
-    def prediction_header(self, class_names):
-        return ["path", "mask", "foreground_fraction"]
+    def prediction_header(self, class_names, volumes=False):
+        return ["path", "mask", "foreground_fraction", *((f"ml_{c}" for c in class_names[1:]) if volumes else ())]
+
+    def volume_prediction_row(self, path: Path, mask_path: Path, mask, voxel_ml: float, class_names) -> list[str]:
+        """A volume's row: the input, its mask file (written by predict), the foreground fraction
+        and each foreground class's volume in millilitres."""
+        import numpy as np
+
+        counts = np.bincount(mask.ravel(), minlength=len(class_names))
+        return [str(path), str(mask_path), f"{float((mask > 0).mean()):.6f}",
+                *(f"{counts[k] * voxel_ml:.3f}" for k in range(1, len(class_names)))]
 
     def prediction_row(self, path: Path, probs, class_names, out_dir, index):
         mask_path = out_dir / "masks" / f"{index:05d}-{path.stem}.png"
@@ -90,3 +108,4 @@ def write_mask(path: Path, probs, source: Path) -> float:
     img = Image.fromarray(mask).resize(image_size(source), Image.Resampling.NEAREST)
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
     return fraction
+

@@ -31,6 +31,7 @@ class Split:
     digests: list[str | None] = field(default_factory=list)  # content hashes (duplicates across splits)
     names: list[str] = field(default_factory=list)  # how messages name each item
     boxes: list[np.ndarray] | None = None  # detection: per image (m, 5) x1, y1, x2, y2, class in pixels
+    spacing: list[tuple[float, ...]] | None = None  # volumes from files: each one's voxel size in mm
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Loaded:
     report: checks.DataReport
     where: str  # the config key and place messages name, e.g. "data.root 'data/skin'"
     split_table: tuple | None = None  # file sources: (records, labels, splits, base) for splits.csv
+    patch: int | None = None  # volumes too large for one forward: the default training patch side
 
 
 class Source:
@@ -201,11 +203,12 @@ def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool
 def _registry() -> dict[str, Source]:
     from .coco import COCO
     from .csvfile import CSV
+    from .decathlon import Decathlon
     from .folder import Folder
     from .medmnist import MedMNIST
     from .synthetic import Synthetic
 
-    return {s.name: s for s in (Synthetic(), MedMNIST(), Folder(), CSV(), COCO())}
+    return {s.name: s for s in (Synthetic(), MedMNIST(), Folder(), CSV(), COCO(), Decathlon())}
 
 
 SOURCES: dict[str, Source] = _registry()

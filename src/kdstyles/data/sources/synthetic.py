@@ -26,7 +26,7 @@ class Synthetic(Source):
         module = task.synthetic_volumes if cfg.dims == 3 else task.synthetic
         if module is None:
             raise KDError(f"data.spatial_dims: 3: task {task.name} has no embedded volumes yet (3D classification "
-                          "has); use task: classification or spatial_dims: 2")
+                          "and segmentation have); use spatial_dims: 2")
         size = cfg.image_size or (import_module(f"kdstyles.data.{module}").DEFAULT_SIZE if cfg.dims == 3
                                   else task.synthetic_size)
         raw = {}

@@ -1,0 +1,133 @@
+"""``source: decathlon``: 3D segmentation in the Medical Segmentation Decathlon layout,
+``root/imagesTr/*.nii.gz`` with label maps ``root/labelsTr/*.nii.gz`` and (optionally)
+``root/dataset.json``, whose ``training`` list pairs them, ``labels`` names the classes and
+``modality`` the channels. Without dataset.json, images and labels pair by file name.
+``imagesTs/`` (no labels) is not used for scoring: val and test splits are drawn from the
+labelled cases (seeded, saved in the run folder as splits.csv).
+
+Every volume is read once, reoriented, resampled and windowed (:mod:`kdstyles.data.volumes`)
+and kept in memory as uint8; training takes patches, evaluation slides windows over whole
+volumes (``data.patch_size``, default 64).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import KDError
+from ...fileio import read_json
+from .. import checks, files, volumes
+from . import Loaded, Source, Split, progress
+
+DEFAULT_PATCH = 64
+
+
+def read_layout(root: Path, classes: list[str] | None, num_classes: int
+                ) -> tuple[list[tuple[Path, Path]], list[str], int]:
+    """(image, label map) pairs, the class names and the channel count of a Decathlon folder."""
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    for d in (root, images_dir, labels_dir):
+        if not d.is_dir():
+            raise KDError(f"data.root: '{d}' does not exist; a Decathlon folder holds imagesTr/, labelsTr/ "
+                          "and dataset.json")
+    meta_path = root / "dataset.json"
+    meta = read_json(meta_path, "it is the Decathlon task's description; restore it or delete it to pair "
+                                "imagesTr/ and labelsTr/ by file name") if meta_path.is_file() else {}
+    if not isinstance(meta, dict):
+        raise KDError(f"'{meta_path}' is not a JSON object (expected keys training, labels, modality)")
+    pairs = []
+    if meta.get("training"):
+        for i, entry in enumerate(meta["training"]):
+            if not isinstance(entry, dict) or not {"image", "label"} <= set(entry):
+                raise KDError(f"'{meta_path}': training[{i}] needs an image and a label path")
+            pairs.append((root / entry["image"], root / entry["label"]))
+    else:
+        labels = {volumes.stem(p): p for p in labels_dir.iterdir() if volumes.is_volume(p)}
+        for img in sorted(p for p in images_dir.iterdir() if volumes.is_volume(p)):
+            name = volumes.stem(img)
+            if name not in labels:  # nnU-Net names channels case_0000.nii.gz, the label case.nii.gz
+                name = name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() else name
+            if name not in labels:
+                raise KDError(f"volume '{img}' has no label map in '{labels_dir}' (matched by file name)")
+            pairs.append((img, labels[name]))
+    if not pairs:
+        raise KDError(f"data.root: '{images_dir}' holds no volumes ({', '.join(volumes.VOLUME_SUFFIXES)})")
+    named = meta.get("labels")
+    if classes is None and isinstance(named, dict) and named:
+        try:
+            order = sorted(named, key=int)
+        except ValueError:
+            raise KDError(f"'{meta_path}': labels keys must be the label values 0..K-1") from None
+        if [int(k) for k in order] != list(range(len(order))):
+            raise KDError(f"'{meta_path}': labels must name the values 0..{len(order) - 1} without gaps")
+        classes = [str(named[k]) for k in order]
+    if classes is None:
+        classes = ["background", "foreground"] if num_classes == 2 else [str(k) for k in range(num_classes)]
+    modality = meta.get("modality") or meta.get("channel_names")
+    channels = len(modality) if isinstance(modality, dict) and modality else 1
+    return pairs, classes, channels
+
+
+class Decathlon(Source):
+    name = "decathlon"
+    requires = "root"
+
+    def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
+        root = Path(cfg.root)
+        where = f"data.root '{root}'"
+        if cfg.image_size is not None:
+            raise KDError("data.image_size: Decathlon volumes keep their own size (after data.spacing); the network "
+                          "input is data.patch_size")
+        pairs, names, channels = read_layout(root, cfg.classes, cfg.num_classes)
+        if cfg.channels is not None and cfg.channels != channels:
+            raise KDError(f"data.channels: {cfg.channels}, but {root / 'dataset.json'} lists {channels} modalities")
+        report = checks.DataReport(["no foreground", "foreground"])
+        prepared, records = [], []
+        with progress(quiet) as bar:
+            task_id = bar.add_task(f"reading {len(pairs)} volumes", total=len(pairs)) if bar else None
+            for image, label in pairs:
+                try:
+                    vol = volumes.prepare(image, label, cfg, len(names))
+                except KDError as exc:
+                    report.problems.append(checks.Problem("error", str(exc)))
+                    vol = None
+                if vol is not None and vol.image.shape[-1] != channels:
+                    report.problems.append(checks.Problem("error", f"volume '{image}' has {vol.image.shape[-1]} "
+                                                                   f"channels, dataset.json lists {channels}"))
+                    vol = None
+                prepared.append(vol)
+                records.append(files.Record(image, "1" if vol is not None and vol.mask.any() else "0", None))
+                if bar:
+                    bar.advance(task_id)
+        report.raise_errors()
+        labels = np.array([int(r.label) for r in records], dtype=np.int64)
+        saved = run_dir / "splits.csv" if run_dir is not None else None
+        assignment = files.read_splits(saved, records, root) if saved is not None and saved.is_file() else None
+        if saved is not None and saved.is_file() and assignment is None:
+            raise KDError(f"{where}: the files changed since this run was created ({saved} no longer matches); "
+                          "start a new run")
+        if assignment is None:
+            assignment = files.assign_splits(records, labels, seed, cfg.val_fraction, cfg.test_fraction)
+        splits = {}
+        for split in files.SPLITS:
+            idx = [i for i, s in enumerate(assignment) if s == split]
+            item_names = [f"'{records[i].path}'" for i in idx]
+            checks.check_labels(split, labels[idx], 2, item_names, report)
+            splits[split] = Split([prepared[i].image for i in idx], labels[idx], [records[i].path for i in idx],
+                                  [prepared[i].mask for i in idx],
+                                  [checks.array_digest(prepared[i].image) for i in idx], item_names,
+                                  spacing=[prepared[i].spacing for i in idx])
+        for vol in prepared:
+            shape = "x".join(map(str, vol.image.shape[:3]))
+            report.sources[shape] = report.sources.get(shape, 0) + 1
+        table = (records, [r.label for r in records], assignment, root)
+        patch = cfg.patch_size or DEFAULT_PATCH
+        return Loaded(splits, names, channels, patch, report, where, table, patch=patch)
+
+    def describe(self, cfg, task) -> str:
+        return f"Decathlon volumes {cfg.root}"
+
+    def volumes(self, cfg) -> bool | None:
+        return True

@@ -1,0 +1,24 @@
+"""The embedded volumes for 3D segmentation (``task: segmentation``, ``data.spatial_dims: 3``):
+the CT-like organ crops of :mod:`kdstyles.data.synthetic_vol` with their masks, 0 outside
+the organ, 1 organ, 2 lesion (a cyst or a tumour; about one volume in three has none).
+The lesion's edge is blurred into the organ, so the lesion class is the hard one. Voxels
+are nominally 1 mm cubes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .synthetic_vol import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, check_request, render_with_mask  # noqa: F401
+
+CLASS_NAMES = ("background", "organ", "lesion")
+
+
+def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` volumes of one split: (uint8 (n, size, size, size, 1), uint8 masks (n, size, size, size))."""
+    check_request(split, size)
+    volumes = np.empty((n, size, size, size, 1), dtype=np.uint8)
+    masks = np.empty((n, size, size, size), dtype=np.uint8)
+    for i in range(n):
+        volumes[i], _, masks[i] = render_with_mask(seed, split, i, size)
+    return volumes, masks

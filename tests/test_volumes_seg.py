@@ -1,0 +1,229 @@
+"""3D segmentation: the embedded organ/lesion volumes, patches and sliding windows, the
+Decathlon layout read from NIfTI files the tests write (orientation, spacing, window,
+checks), distances in mm, volume overlays, export and NIfTI predictions on the input's grid."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kdstyles import Experiment, KDError, load_config
+
+nib = pytest.importorskip("nibabel")
+
+UNETS = ["task=segmentation", "networks.teacher.arch=unet", "networks.students.s1.arch=unet",
+         "networks.students.s2.arch=unet", "networks.teacher.widen=0.25", "networks.students.s1.widen=0.125",
+         "networks.students.s2.widen=0.125"]
+SYNTH = ["data.spatial_dims=3", "data.image_size=16", "data.train_samples=8", "data.val_samples=3",
+         "data.test_samples=3", "data.batch_size=4"]
+
+
+def decathlon(root, n=8, las_every=4, spacing=(1.2, 1.2, 1.6), meta=True):
+    """A Decathlon folder of ``n`` CT-like cases in HU from the embedded generator: shapes
+    differ, some volumes are stored LAS (x flipped), voxels are ``spacing`` mm."""
+    from kdstyles.data.synthetic_vol import render_with_mask
+
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i in range(n):
+        size = 16 + 4 * (i % 3)
+        vol, _, mask = render_with_mask(0, "train", i, size)
+        hu = vol[..., 0].astype(np.float32) / 255 * 400 - 150
+        depth = size - 2 * (i % 2)
+        affine = np.diag([*spacing, 1.0])
+        affine[:3, 3] = [-10, 5, 2]
+        if las_every and i % las_every == las_every - 1:
+            affine[0, 0] = -spacing[0]
+        nib.save(nib.Nifti1Image(hu[:, :, :depth], affine), root / "imagesTr" / f"case_{i:03d}.nii.gz")
+        nib.save(nib.Nifti1Image(mask[:, :, :depth], affine), root / "labelsTr" / f"case_{i:03d}.nii.gz")
+        training.append({"image": f"./imagesTr/case_{i:03d}.nii.gz", "label": f"./labelsTr/case_{i:03d}.nii.gz"})
+    if meta:
+        (root / "dataset.json").write_text(json.dumps({
+            "name": "organs", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "organ", "2": "lesion"},
+            "training": training, "test": []}))
+    return root
+
+
+def dec_args(root, *extra):
+    return [*UNETS, "data.source=decathlon", f"data.root={root}", "data.spacing=[1.5,1.5,1.5]",
+            "data.window=[-150,250]", "data.patch_size=16", "data.batch_size=4", "data.val_fraction=0.25",
+            "data.test_fraction=0.25", *extra]
+
+
+def test_embedded_segmentation_volumes_match_the_classification_ones():
+    from kdstyles.data.synthetic_vol import render_volume
+    from kdstyles.data.synthetic_vol_seg import CLASS_NAMES, generate
+
+    v, m = generate(1, "val", 6, 20)
+    assert v.shape == (6, 20, 20, 20, 1) and m.shape == (6, 20, 20, 20) and CLASS_NAMES[2] == "lesion"
+    for i in range(6):
+        vol, label = render_volume(1, "val", i, 20)
+        assert np.array_equal(vol, v[i])  # the same volume; the mask says where organ and lesion are
+        assert (label > 0) == (m[i] == 2).any()  # normal volumes have no lesion
+        assert ((m[i] == 2) <= (m[i] > 0)).all() and (m[i] == 1).sum() > 100  # lesions lie inside the organ
+
+
+def test_patches_balance_foreground_and_pad_small_volumes():
+    from kdstyles.data import crop_patch
+
+    rng = np.random.default_rng(0)
+    vol = rng.integers(0, 255, (30, 20, 40, 1), dtype=np.uint8)
+    mask = np.zeros((30, 20, 40), np.uint8)
+    mask[25:28, 2:4, 35:38] = 1  # a small foreground in a corner
+    hits = [crop_patch(vol, mask, 12, rng, 1.0)[1].any() for _ in range(20)]
+    assert all(hits)  # positive = 1: every patch holds foreground
+    misses = [crop_patch(vol, mask, 12, rng, 0.0)[1].any() for _ in range(40)]
+    assert sum(misses) < 20  # anywhere: mostly background
+    img, m = crop_patch(vol, mask, 24, rng, 0.5)  # 20 < 24 along one axis: padded
+    assert img.shape == (24, 24, 24, 1) and m.shape == (24, 24, 24)
+    assert img.min() == vol.min()
+
+
+def test_sliding_windows_over_one_window_equal_the_plain_forward():
+    from kdstyles import build_cohort
+    from kdstyles.data import Window
+    from kdstyles.evaluate import network_outputs
+
+    torch.manual_seed(0)
+    cohort = build_cohort(load_config(None, [*UNETS, *SYNTH]), num_classes=3, channels=1, image_size=16).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        plain = network_outputs(cohort, x)
+        windowed = network_outputs(cohort, x, window=Window(16, 2, 0.25))
+        tiled = network_outputs(cohort, torch.randn(1, 1, 20, 28, 24), window=Window(16, 2, 0.5))
+    for name in cohort.names:
+        assert torch.allclose(plain[name], windowed[name], atol=1e-5)
+        assert tiled[name].shape == (1, 3, 20, 28, 24)  # a volume of any shape, stitched back
+
+
+def test_surface_distances_are_in_mm_with_the_spacing():
+    from kdstyles.metrics import per_class_scores, surface_distances
+
+    target = torch.zeros(1, 20, 20, 20, dtype=torch.long)
+    target[0, 5:12, 5:12, 5:12] = 1
+    pred = torch.roll(target, 2, dims=1)  # shifted by two voxels along the first axis
+    hd, asd = surface_distances(pred, target, 2)
+    hd_mm, asd_mm = surface_distances(pred, target, 2, spacing=(1.5, 1.0, 1.0))
+    assert float(hd[0]) == pytest.approx(2.0) and float(hd_mm[0]) == pytest.approx(3.0)
+    _, asd_2mm = surface_distances(pred, target, 2, spacing=(2.0, 2.0, 2.0))
+    assert float(asd_2mm[0]) == pytest.approx(2 * float(asd[0])) and float(asd[0]) > 0
+    dice, iou = per_class_scores(pred, target, 2)
+    assert dice.shape == (1, 1) and float(dice[0, 0]) == pytest.approx(2 * 5 * 49 / (2 * 343))
+
+
+def test_synthetic_3d_segmentation_on_patches_trains_and_evaluates(tiny_overrides):
+    exp = Experiment(None, overrides=tiny_overrides(*UNETS, *SYNTH, "data.patch_size=8", "train.epochs=1",
+                                                    "eval.hd95=true", "eval.overlays=1"), quiet=True)
+    assert exp.data.splits["train"][0][0].shape == (1, 8, 8, 8)  # training patches
+    assert exp.data.splits["test"][0][0].shape == (1, 16, 16, 16)  # whole volumes
+    exp.fit()
+    result = exp.evaluate()
+    assert result["class_names"] == ["background", "organ", "lesion"] and result["samples"] == 3
+    s1 = result["networks"]["s1"]
+    assert {"dice", "iou", "hd95", "asd", "pixel_accuracy", "nll", "fidelity_kl"} <= set(s1)
+    assert len(result["per_image"]["s1"]["dice"]) == 3
+    assert s1["dice"] == pytest.approx(np.mean(result["per_image"]["s1"]["dice"]))
+    assert len(result["details"]["s1"]["dice_per_class"]) == 2  # organ, lesion
+    assert result["overlays"] == ["overlays/test-000.png"] and (exp.run_dir / result["overlays"][0]).is_file()
+    assert list(result["networks"])[:3] == ["teacher", "s1", "s2"]
+
+
+def test_decathlon_volumes_are_reoriented_resampled_and_windowed(tmp_path):
+    from kdstyles.data import build_data
+
+    root = decathlon(tmp_path / "dec")
+    cfg = load_config(None, dec_args(root))
+    assert cfg.data.dims == 3  # the source holds volumes
+    bundle = build_data(cfg.data, 0, task="segmentation")
+    assert bundle.class_names == ["background", "organ", "lesion"] and bundle.channels == 1
+    assert bundle.image_size == 16  # the network input: the patch
+    assert sum(len(s) for s in bundle.splits.values()) == 8 and len(bundle.splits["test"]) == 2
+    test = bundle.splits["test"]
+    assert all(sp == pytest.approx((1.5, 1.5, 1.5)) for sp in test.spacing)
+    shapes = {v.shape for v in bundle.splits["train"].images}
+    assert len(shapes) > 1  # volumes keep their own (resampled) shape
+    assert bundle.splits["train"][0][0].shape == (1, 16, 16, 16)
+    assert test.window.size == 16 and bundle.loader("test", 4).batch_sampler.batch_size == 1
+    assert max(v.shape[0] for s in bundle.splits.values() for v in s.images) in (19, 20)  # 24 x 1.2 mm / 1.5 mm
+
+
+def test_prepared_volumes_restore_exactly_onto_the_file_grid(tmp_path):
+    from types import SimpleNamespace
+
+    from kdstyles.data.volumes import prepare, restore
+
+    root = decathlon(tmp_path / "dec", n=4)
+    image, label = root / "imagesTr" / "case_003.nii.gz", root / "labelsTr" / "case_003.nii.gz"  # stored LAS
+    original = np.asarray(nib.load(label).dataobj)
+    ras = prepare(image, label, SimpleNamespace(orientation="RAS", spacing=None, window=[-150, 250]), 3)
+    assert np.array_equal(ras.mask, original[::-1])  # x flipped to run to the Right
+    assert np.array_equal(restore(ras.mask, ras), original)
+    hu = np.asarray(nib.load(image).dataobj)[::-1]
+    assert np.abs(ras.image[..., 0] - np.clip((hu + 150) / 400, 0, 1) * 255).max() <= 0.51  # the window
+    fine = prepare(image, label, SimpleNamespace(orientation="RAS", spacing=[0.6, 0.6, 0.8], window=None), 3)
+    assert fine.mask.shape == tuple(2 * s - 1 for s in original.shape) and fine.spacing == pytest.approx((0.6, 0.6, 0.8))
+    assert np.array_equal(restore(fine.mask, fine), original)  # nearest up by two, and back
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: (r / "imagesTr" / "case_001.nii.gz").write_bytes(b"garbage"), "case_001.nii.gz' cannot be read"),
+    (lambda r: nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), np.eye(4)), r / "labelsTr" / "case_002.nii.gz"),
+     "label map '{r}/labelsTr/case_002.nii.gz' is 5x5x5 but its volume"),
+    (lambda r: nib.save(nib.Nifti1Image(np.asarray(nib.load(r / "labelsTr" / "case_000.nii.gz").dataobj),
+                                        np.diag([2.0, 2.0, 2.0, 1.0])), r / "labelsTr" / "case_000.nii.gz"),
+     "case_000.nii.gz' is not on its volume's grid"),
+    (lambda r: nib.save(nib.Nifti1Image(np.asarray(nib.load(r / "labelsTr" / "case_000.nii.gz").dataobj) * 3,
+                                        nib.load(r / "labelsTr" / "case_000.nii.gz").affine),
+                        r / "labelsTr" / "case_000.nii.gz"), "has value 6, outside 0..2"),
+    (lambda r: (r / "labelsTr" / "case_004.nii.gz").unlink(), "case_004.nii.gz' does not exist"),
+    (lambda r: (r / "dataset.json").write_text("{"), "dataset.json' is damaged"),
+    (lambda r: (r / "dataset.json").write_text('{"labels": {"0": "bg", "2": "x"}}'), "without gaps"),
+])
+def test_malformed_decathlon_folders_stop_in_one_line(mutate, message, tmp_path):
+    root = decathlon(tmp_path / "dec", n=6)
+    mutate(root)
+    with pytest.raises(KDError) as err:
+        Experiment(None, overrides=dec_args(root, f"output.dir={tmp_path / 'runs'}"), quiet=True).data
+    assert message.format(r=root) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_decathlon_without_dataset_json_pairs_by_name(tmp_path):
+    from kdstyles.data import build_data
+
+    root = decathlon(tmp_path / "dec", n=5, meta=False)
+    bundle = build_data(load_config(None, dec_args(root, "data.num_classes=3")).data, 0, task="segmentation")
+    assert bundle.class_names == ["0", "1", "2"] and sum(len(s) for s in bundle.splits.values()) == 5
+    with pytest.raises(KDError, match="data.image_size: Decathlon volumes keep their own size"):
+        build_data(load_config(None, dec_args(root, "data.image_size=32")).data, 0, task="segmentation")
+
+
+def test_decathlon_run_exports_and_predicts_nifti_masks_on_the_input_grid(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from kdstyles.export import export_run
+    from kdstyles.predict import predict
+
+    root = decathlon(tmp_path / "dec", n=8)
+    exp = Experiment(None, overrides=dec_args(root, f"output.dir={tmp_path / 'runs'}", "train.epochs=1",
+                                              "eval.overlays=0", "eval.hd95=true"), quiet=True)
+    exp.fit()
+    result = exp.evaluate()
+    assert result["samples"] == 2 and result["networks"]["s1"]["hd95"] > 0
+    side = export_run(exp.run_dir, "ensemble")
+    assert side["input"]["depth"] == 16 and side["volumes"]["spacing"] == [1.5, 1.5, 1.5]
+    assert side["output"]["shape"] == ["batch", 3, "depth", "height", "width"]
+    case = root / "imagesTr" / "case_003.nii.gz"  # stored LAS, 1.2 x 1.2 x 1.6 mm
+    for model in (exp.run_dir / "export" / "ensemble.onnx", exp.run_dir):
+        out = predict(model, [case], tmp_path / "pred", network="ensemble", quiet=True)
+        rows = out.read_text().splitlines()
+        assert rows[0] == "path,mask,foreground_fraction,ml_organ,ml_lesion"
+        mask_path = rows[1].split(",")[1]
+        written, source = nib.load(mask_path), nib.load(case)
+        assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+        values = np.asarray(written.dataobj)
+        ml = float(rows[1].split(",")[3])
+        assert ml == pytest.approx((values == 1).sum() * 1.2 * 1.2 * 1.6 / 1000, abs=1e-3)
+    with pytest.raises(KDError, match="this model takes volumes"):
+        predict(exp.run_dir, [tmp_path / "x.png"], tmp_path / "pred", quiet=True)
