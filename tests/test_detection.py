@@ -22,7 +22,7 @@ DET = ["task=detection", "networks.teacher.arch=unet", "networks.teacher.widen=0
 
 def test_targets_decode_back_to_the_boxes():
     gt = torch.tensor([[[4.0, 6.0, 14.0, 20.0, 0], [17.5, 3.0, 30.0, 11.0, 1]], [[8, 8, 9, 10, 1], [-1] * 5]])
-    heat, regress, centres = encode(gt, 2, 32, 32)
+    heat, regress, centres = encode(gt, 2, (32, 32))
     assert heat.shape == (2, 2, 32, 32) and centres.sum() == 3
     assert heat[0, 0, 13, 9] == 1 and heat[0, 1, 7, 23] == 1 and heat[1, 1, 9, 8] == 1  # centre pixels (y, x)
     assert heat.max() == 1 and 0 < heat[0, 0, 13, 10] < 1  # a Gaussian around each centre

@@ -2,17 +2,20 @@
 output into boxes, and the detection metrics (COCO mAP, AP@0.5/0.75, mean recall, FROC).
 
 Conventions: a box is ``(x1, y1, x2, y2)`` in pixels of the network's input, ``x2 > x1``,
-``y2 > y1`` (pixel edges: a box covering pixels 3..5 is ``(3, y1, 6, y2)``). A set of
-ground-truth boxes is a float array (M, 5): the box and its class index; rows whose class
-is -1 are padding (a batch of images with different numbers of boxes is one tensor). A
-set of detections is (D, 6): the box, its score and its class, padded with score 0.
+``y2 > y1`` (pixel edges: a box covering pixels 3..5 is ``(3, y1, 6, y2)``); in volumes
+``(x1, y1, z1, x2, y2, z2)`` (x runs along the last array axis, z along the first: MONAI's
+``xyzxyz``). A set of ground-truth boxes is a float array (M, 2d + 1): the box and its
+class index; rows whose class is -1 are padding (a batch of images with different numbers
+of boxes is one tensor). A set of detections is (D, 2d + 2): the box, its score and its
+class, padded with score 0. So the class is always the last column.
 
-The network's output (B, K + 4, H, W) at the input's resolution holds, per pixel, a
-heatmap logit per class and four box channels: the box centre's sub-pixel offset (x, y)
-and its log width and log height. A box is learned at the pixel of its centre; the
-heatmap's target is a Gaussian around it (penalty-reduced focal loss, as in CenterNet,
-Zhou et al. 2019, "Objects as Points"). Decoding keeps each heatmap peak (a pixel that is
-the maximum of its 3x3 neighbourhood) as a box: no anchors and no NMS.
+The network's output (B, K + 2d, *spatial) at the input's resolution holds, per pixel
+(voxel), a heatmap logit per class and 2d box channels: the box centre's sub-pixel offset
+along each coordinate and its log size along each. A box is learned at the pixel of its
+centre; the heatmap's target is a Gaussian around it (penalty-reduced focal loss, as in
+CenterNet, Zhou et al. 2019, "Objects as Points"; in 3D the radius is the smallest of the
+three planes' radii). Decoding keeps each heatmap peak (a pixel that is the maximum of its
+3x3 or 3x3x3 neighbourhood) as a box: no anchors and no NMS.
 
 Decoding and the metrics use numpy only (``kdstyles predict`` decodes an ONNX model's
 output where torch is not installed); the training targets and losses import torch inside.
@@ -29,8 +32,14 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-BOX_CHANNELS = 4  # offset x, offset y, log width, log height
+
+
+def box_channels(dims: int) -> int:
+    """Box channels per pixel: the centre's offset and the log size along each coordinate."""
+    return 2 * dims
 HEAT_PRIOR = 0.1  # the heatmap's initial foreground probability (bias of its last convolution)
+HEAT_PRIOR_3D = 0.01  # volumes: 8-30x more background voxels per object; a lower start keeps the first focal
+                      # losses (negatives summed over every voxel) from dwarfing the positives
 MIN_OVERLAP = 0.7  # CenterNet: a centre within the Gaussian's radius keeps IoU >= this with the box
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # COCO: 0.50:0.05:0.95
 FROC_RATES = (0.5, 1.0, 2.0, 4.0)  # false positives per image at which FROC sensitivity is read
@@ -55,41 +64,50 @@ def gaussian_radius(w: torch.Tensor, h: torch.Tensor, min_overlap: float = MIN_O
     return torch.minimum(torch.minimum(r1, r2), r3).clamp_min(0)
 
 
-def encode(boxes: torch.Tensor, num_classes: int, height: int, width: int
+def encode(boxes: torch.Tensor, num_classes: int, shape: tuple[int, ...]
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Targets for a batch of padded ground truth (B, M, 5): the heatmaps (B, K, H, W) with a
-    peak of exactly 1 at each box's centre pixel; the box channels (B, 4, H, W) at those
-    pixels; and the mask (B, H, W) of centre pixels (where the box channels are learned)."""
+    """Targets for a batch of padded ground truth (B, M, 2d + 1) on a grid of ``shape`` (H, W)
+    or (D, H, W): the heatmaps (B, K, *shape) with a peak of exactly 1 at each box's centre
+    pixel; the box channels (B, 2d, *shape) at those pixels; and the mask (B, *shape) of
+    centre pixels (where the box channels are learned)."""
     import torch
 
+    shape = tuple(int(v) for v in shape)
+    d = len(shape)
     b_ = boxes.shape[0]
     device = boxes.device
-    heat = torch.zeros(b_, num_classes, height, width, device=device)
-    regress = torch.zeros(b_, BOX_CHANNELS, height, width, device=device)
-    centres = torch.zeros(b_, height, width, dtype=torch.bool, device=device)
-    valid = boxes[..., 4] >= 0
+    heat = torch.zeros(b_, num_classes, *shape, device=device)
+    regress = torch.zeros(b_, 2 * d, *shape, device=device)
+    centres = torch.zeros(b_, *shape, dtype=torch.bool, device=device)
+    valid = boxes[..., -1] >= 0
     if not bool(valid.any()):
         return heat, regress, centres
     img, _ = valid.nonzero(as_tuple=True)
     b = boxes[valid].float()
-    w, h = (b[:, 2] - b[:, 0]).clamp_min(1e-3), (b[:, 3] - b[:, 1]).clamp_min(1e-3)
-    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-    ix, iy = cx.floor().clamp(0, width - 1), cy.floor().clamp(0, height - 1)
-    sigma = (2 * gaussian_radius(w, h).floor() + 1) / 6
-    yy = torch.arange(height, device=device, dtype=torch.float).view(1, -1, 1)
-    xx = torch.arange(width, device=device, dtype=torch.float).view(1, 1, -1)
-    g = torch.exp(-((xx - ix.view(-1, 1, 1)) ** 2 + (yy - iy.view(-1, 1, 1)) ** 2)
-                  / (2 * sigma.view(-1, 1, 1) ** 2))  # (n, H, W), exactly 1 at the centre pixel
-    cls = b[:, 4].long()
-    flat = heat.view(b_ * num_classes, height * width)
-    flat.scatter_reduce_(0, (img * num_classes + cls).view(-1, 1).expand(-1, height * width),
-                         g.view(len(g), -1), reduce="amax")
-    iy_l, ix_l = iy.long(), ix.long()
-    regress[img, 0, iy_l, ix_l] = cx - ix - 0.5
-    regress[img, 1, iy_l, ix_l] = cy - iy - 0.5
-    regress[img, 2, iy_l, ix_l] = w.log()
-    regress[img, 3, iy_l, ix_l] = h.log()
-    centres[img, iy_l, ix_l] = True
+    size = (b[:, d:2 * d] - b[:, :d]).clamp_min(1e-3)  # per coordinate x, y(, z)
+    centre = (b[:, :d] + b[:, d:2 * d]) / 2
+    extent = torch.tensor(shape[::-1], device=device, dtype=torch.float)  # coordinate j runs along axis d-1-j
+    index = torch.minimum(centre.floor().clamp_min(0), extent - 1)
+    pairs = [(0, 1)] if d == 2 else [(0, 1), (0, 2), (1, 2)]
+    radius = torch.stack([gaussian_radius(size[:, i], size[:, j]) for i, j in pairs]).amin(0)
+    sigma = (2 * radius.floor() + 1) / 6
+    dist = torch.zeros(len(b), *shape, device=device)
+    for j in range(d):  # squared distance to the centre pixel, coordinate by coordinate
+        axis = d - 1 - j
+        grid = torch.arange(shape[axis], device=device, dtype=torch.float).view(
+            1, *[-1 if a == axis else 1 for a in range(d)])
+        dist = dist + (grid - index[:, j].view(-1, *(1,) * d)) ** 2
+    g = torch.exp(-dist / (2 * sigma.view(-1, *(1,) * d) ** 2))  # (n, *shape), exactly 1 at the centre
+    cls = b[:, -1].long()
+    cells = math.prod(shape)
+    flat = heat.view(b_ * num_classes, cells)
+    flat.scatter_reduce_(0, (img * num_classes + cls).view(-1, 1).expand(-1, cells), g.view(len(g), -1),
+                         reduce="amax")
+    at = tuple(index[:, d - 1 - a].long() for a in range(d))  # the centre pixel's array index
+    for j in range(d):
+        regress[(img, torch.full_like(img, j), *at)] = centre[:, j] - index[:, j] - 0.5
+        regress[(img, torch.full_like(img, d + j), *at)] = size[:, j].log()
+    centres[(img, *at)] = True
     return heat, regress, centres
 
 
@@ -117,41 +135,51 @@ def activate(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def decode(maps: np.ndarray, num_classes: int, max_detections: int = 100) -> np.ndarray:
-    """Activated maps (B, K + 4, H, W) to detections (B, D, 6) ``x1, y1, x2, y2, score, class``,
+    """Activated maps (B, K + 2d, *spatial) to detections (B, D, 2d + 2) ``box, score, class``,
     best first: the ``D = max_detections`` highest heatmap peaks (pixels that are the maximum
-    of their 3x3 neighbourhood) over all classes."""
+    of their 3x3, or 3x3x3, neighbourhood) over all classes."""
     maps = np.asarray(maps, dtype=np.float32)
     heat, reg = maps[:, :num_classes], maps[:, num_classes:]
-    b_, k_, h_, w_ = heat.shape
-    padded = np.pad(heat, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    neighbours = np.max([padded[:, :, dy:dy + h_, dx:dx + w_] for dy in range(3) for dx in range(3)], axis=0)
+    b_, k_, *shape = heat.shape
+    d = len(shape)
+    padded = np.pad(heat, ((0, 0), (0, 0), *((1, 1),) * d), constant_values=-np.inf)
+    neighbours = np.full_like(heat, -np.inf)
+    for shift in np.ndindex(*(3,) * d):
+        np.maximum(neighbours, padded[(slice(None), slice(None), *(slice(o, o + n) for o, n in zip(shift, shape)))],
+                   out=neighbours)
     peaks = np.where(neighbours == heat, heat, 0).reshape(b_, -1)
-    d = min(max_detections, k_ * h_ * w_)
-    idx = np.argpartition(-peaks, d - 1, axis=1)[:, :d] if d < peaks.shape[1] else np.tile(np.arange(d), (b_, 1))
+    cells = math.prod(shape)
+    n = min(max_detections, k_ * cells)
+    idx = np.argpartition(-peaks, n - 1, axis=1)[:, :n] if n < peaks.shape[1] else np.tile(np.arange(n), (b_, 1))
     scores = np.take_along_axis(peaks, idx, 1)
     order = np.argsort(-scores, axis=1, kind="stable")
     idx, scores = np.take_along_axis(idx, order, 1), np.take_along_axis(scores, order, 1)
-    cls, pix = idx // (h_ * w_), idx % (h_ * w_)
-    iy, ix = pix // w_, pix % w_
-    r = np.take_along_axis(reg.reshape(b_, BOX_CHANNELS, -1), pix[:, None, :].repeat(BOX_CHANNELS, 1), 2)
-    cx, cy = ix + 0.5 + r[:, 0], iy + 0.5 + r[:, 1]
-    bw, bh = np.exp(np.clip(r[:, 2], -10, 10)), np.exp(np.clip(r[:, 3], -10, 10))
-    out = np.stack([np.clip(cx - bw / 2, 0, w_), np.clip(cy - bh / 2, 0, h_), np.clip(cx + bw / 2, 0, w_),
-                    np.clip(cy + bh / 2, 0, h_), scores, cls.astype(np.float32)], axis=2)
+    cls, pix = idx // cells, idx % cells
+    at = np.unravel_index(pix, shape)  # array index along each spatial axis
+    r = np.take_along_axis(reg.reshape(b_, 2 * d, -1), pix[:, None, :].repeat(2 * d, 1), 2)
+    lo, hi = [], []
+    for j in range(d):  # coordinate j (x, y, z) runs along array axis d-1-j
+        extent = shape[d - 1 - j]
+        c = at[d - 1 - j] + 0.5 + r[:, j]
+        half = np.exp(np.clip(r[:, d + j], -10, 10)) / 2
+        lo.append(np.clip(c - half, 0, extent))
+        hi.append(np.clip(c + half, 0, extent))
+    out = np.stack([*lo, *hi, scores, cls.astype(np.float32)], axis=2)
     return out.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- metrics
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boxes a (n, 4) and b (m, 4): (n, m)."""
+    """Pairwise IoU of boxes a (n, 2d) and b (m, 2d): (n, m) (areas, or volumes in 3D)."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
+    d = a.shape[1] // 2
+    lt = np.maximum(a[:, None, :d], b[None, :, :d])
+    rb = np.minimum(a[:, None, d:2 * d], b[None, :, d:2 * d])
     inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    area_a = (a[:, d:2 * d] - a[:, :d]).prod(-1)
+    area_b = (b[:, d:2 * d] - b[:, :d]).prod(-1)
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
@@ -163,11 +191,11 @@ def _match(dets: list[np.ndarray], gts: list[np.ndarray], cls: int, threshold: f
     best first, and the number of ground-truth boxes."""
     scores, tps, images, n_gt = [], [], [], 0
     for i, (d, g) in enumerate(zip(dets, gts)):
-        d = d[(d[:, 5] == cls) & (d[:, 4] > 0)]
-        d = d[np.argsort(-d[:, 4], kind="stable")]
-        g = g[g[:, 4] == cls]
+        d = d[(d[:, -1] == cls) & (d[:, -2] > 0)]
+        d = d[np.argsort(-d[:, -2], kind="stable")]
+        g = g[g[:, -1] == cls]
         n_gt += len(g)
-        overlaps = iou(d[:, :4], g[:, :4])
+        overlaps = iou(d[:, :-2], g[:, :-1])
         taken = np.zeros(len(g), dtype=bool)
         for j in range(len(d)):
             tp = False
@@ -177,7 +205,7 @@ def _match(dets: list[np.ndarray], gts: list[np.ndarray], cls: int, threshold: f
                 if cand[best] >= threshold:
                     taken[best], tp = True, True
             tps.append(tp)
-        scores.extend(d[:, 4].tolist())
+        scores.extend(d[:, -2].tolist())
         images.extend([i] * len(d))
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     return (np.asarray(scores, dtype=np.float64)[order], np.asarray(tps, dtype=bool)[order],
@@ -237,7 +265,8 @@ def detection_metrics(dets: list[np.ndarray], gts: list[np.ndarray], num_classes
 
 
 def unpad(boxes: np.ndarray) -> np.ndarray:
-    """Drop padding rows (class -1 for ground truth, score 0 for detections)."""
-    if boxes.shape[-1] == 5:
-        return boxes[boxes[:, 4] >= 0]
-    return boxes[boxes[:, 4] > 0]
+    """Drop padding rows (class -1 for ground truth, (2d + 1) columns; score 0 for detections,
+    (2d + 2) columns)."""
+    if boxes.shape[-1] % 2:
+        return boxes[boxes[:, -1] >= 0]
+    return boxes[boxes[:, -2] > 0]

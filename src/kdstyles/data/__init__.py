@@ -69,25 +69,31 @@ def build_augment(cfg: Any, image_size: int, with_mask: bool = False, geometric:
 
 def flip_boxes(img: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator, hflip: bool, vflip: bool,
                rotate90: bool) -> tuple[torch.Tensor, np.ndarray]:
-    """Random flips and quarter turns of a square (C, S, S) image and its boxes (m, 5), exact:
-    a box is moved with the pixels it covers."""
+    """Random flips and quarter turns of an image (C, S, S) or volume (C, D, S, S) and its
+    boxes (m, 2d + 1), exact: a box is moved with the pixels it covers. The moves act on the
+    last two axes (x and y); a volume's depth (z) stays."""
     s = img.shape[-1]
+    d = img.ndim - 1
     b = boxes.copy()
+    x1, y1, x2, y2 = 0, 1, d, d + 1  # columns of the x and y edges
     if hflip and rng.random() < 0.5:
-        img, b[:, [0, 2]] = img.flip(-1), s - b[:, [2, 0]]
+        img, b[:, [x1, x2]] = img.flip(-1), s - b[:, [x2, x1]]
     if vflip and rng.random() < 0.5:
-        img, b[:, [1, 3]] = img.flip(-2), s - b[:, [3, 1]]
+        img, b[:, [y1, y2]] = img.flip(-2), s - b[:, [y2, y1]]
     if rotate90:
         for _ in range(int(rng.integers(4))):  # a quarter turn: pixel (row r, col c) goes to (s-1-c, r)
             img = torch.rot90(img, 1, dims=(-2, -1))
-            b = np.stack([b[:, 1], s - b[:, 2], b[:, 3], s - b[:, 0], b[:, 4]], axis=1)
+            turned = b.copy()
+            turned[:, x1], turned[:, y1], turned[:, x2], turned[:, y2] = b[:, y1], s - b[:, x2], b[:, y2], s - b[:, x1]
+            b = turned
     return img, b
 
 
-def pad_boxes(boxes: np.ndarray, rows: int) -> torch.Tensor:
-    """(m, 5) boxes as a (rows, 5) tensor padded with class -1 (a batch is one tensor)."""
-    out = torch.full((rows, 5), -1.0)
-    out[:len(boxes)] = torch.from_numpy(np.asarray(boxes, dtype=np.float32)).reshape(-1, 5)
+def pad_boxes(boxes: np.ndarray, rows: int, dims: int = 2) -> torch.Tensor:
+    """(m, 2d + 1) boxes as a (rows, 2d + 1) tensor padded with class -1 (a batch is one tensor)."""
+    width = 2 * dims + 1
+    out = torch.full((rows, width), -1.0)
+    out[:len(boxes)] = torch.from_numpy(np.asarray(boxes, dtype=np.float32)).reshape(-1, width)
     return out
 
 
@@ -143,7 +149,7 @@ class ImageDataset(Dataset):
         self.boxes, self.box_flips = boxes, box_flips
         self.crop = patch if train else None  # training crops
         self.window = Window(patch, window_batch, overlap) if patch and not train else None  # whole volumes
-        self.positive, self.spacing = positive, spacing
+        self.positive, self.spacing, self.dims = positive, spacing, dims
         self.max_boxes = max([len(b) for b in boxes] + [1]) if boxes is not None else 0
         self.mean, self.std = mean.view(-1, *(1,) * dims), std.view(-1, *(1,) * dims)
         self.augment, self.seed, self.channels, self.size = augment, seed, channels, size
@@ -185,7 +191,7 @@ class ImageDataset(Dataset):
             if any(self.box_flips):
                 img, boxes = flip_boxes(img, boxes, np.random.default_rng([self.seed, epoch, index, 5]),
                                         *self.box_flips)
-            label = pad_boxes(boxes, self.max_boxes)
+            label = pad_boxes(boxes, self.max_boxes, self.dims)
         else:
             label = item["mask"][0].round().long() if self.masks is not None else int(self.labels[index])
         return (img - self.mean) / self.std, label, index

@@ -98,24 +98,31 @@ def check_labels(split: str, labels: np.ndarray, num_classes: int, names: list[s
     report.counts[split] = np.bincount(labels, minlength=num_classes).tolist()
 
 
-def check_boxes(split: str, boxes: list[np.ndarray], num_classes: int, size: tuple[int, int], names: list[str],
+def check_boxes(split: str, boxes: list[np.ndarray], num_classes: int, size: tuple[int, ...], names: list[str],
                 report: DataReport) -> None:
-    """Every box inside its image (``size``: width, height), with x2 > x1, y2 > y1 and a known
-    class; the first bad box of a split is an error naming the image and the box."""
+    """Every box inside its image (``size``: width, height[, depth]), with x2 > x1, y2 > y1
+    (z2 > z1) and a known class; the first bad box of a split is an error naming the image
+    and the box."""
     bad = 0
+    d = len(size)
+    extent = np.asarray(size, dtype=np.float64)
     for i, b in enumerate(boxes):
         if len(b) == 0:
             continue
-        w, h = size
-        wrong = ((b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > w) | (b[:, 3] > h) | (b[:, 2] <= b[:, 0])
-                 | (b[:, 3] <= b[:, 1]) | (b[:, 4] < 0) | (b[:, 4] >= num_classes) | ~np.isfinite(b).all(1))
+        lo, hi, c = b[:, :d], b[:, d:2 * d], b[:, -1]
+        empty = (hi <= lo).any(1)
+        outside = (lo < 0).any(1) | (hi > extent).any(1)
+        unknown = (c < 0) | (c >= num_classes)
+        wrong = empty | outside | unknown | ~np.isfinite(b).all(1)
         if wrong.any():
             if not bad:
                 j = int(np.flatnonzero(wrong)[0])
-                x1, y1, x2, y2, c = b[j]
-                why = ("class outside 0..%d" % (num_classes - 1) if not 0 <= c < num_classes else
-                       "x2 <= x1 or y2 <= y1" if x2 <= x1 or y2 <= y1 else f"outside the {w}x{h} image")
-                first = (i, f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) class {c:g}: {why}")
+                axes = "xyz"[:d]
+                why = ("class outside 0..%d" % (num_classes - 1) if unknown[j] else
+                       " or ".join(f"{a}2 <= {a}1" for a in axes) if empty[j] else
+                       f"outside the {'x'.join(str(int(v)) for v in size)} {'image' if d == 2 else 'volume'}")
+                edges = ", ".join(f"{v:g}" for v in b[j, :2 * d])
+                first = (i, f"box ({edges}) class {c[j]:g}: {why}")
             bad += int(wrong.sum())
     if bad:
         i, text = first

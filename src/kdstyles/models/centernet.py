@@ -1,7 +1,8 @@
 """The detection network: an encoder-decoder body (any of the segmentation archs) whose
 full-resolution features feed two small CenterNet heads, a heatmap per class and four box
 channels (see :mod:`kdstyles.boxes`). Teacher and students of any size output the same
-(B, K + 4, H, W) map, so their outputs line up pixel for pixel, as distillation needs."""
+(B, K + 4, H, W) map (volumes: (B, K + 6, D, H, W)), so their outputs line up pixel for
+pixel, as distillation needs."""
 
 from __future__ import annotations
 
@@ -10,21 +11,25 @@ import math
 import torch
 import torch.nn as nn
 
-from ..boxes import BOX_CHANNELS, HEAT_PRIOR
+from ..boxes import HEAT_PRIOR, HEAT_PRIOR_3D, box_channels
+
+CONVS, NORMS = (nn.Conv2d, nn.Conv3d), (nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _head(width: int, out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, out, 1))
+def _head(width: int, out: int, dims: int) -> nn.Sequential:
+    conv = CONVS[dims - 2]
+    return nn.Sequential(conv(width, width, 3, padding=1), nn.ReLU(), conv(width, out, 1))
 
 
 class CenterNet(nn.Module):
-    def __init__(self, body: nn.Module, width: int, num_classes: int):
+    def __init__(self, body: nn.Module, width: int, num_classes: int, dims: int = 2):
         super().__init__()
         self.body = body
-        self.neck = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU())
-        self.heat = _head(width, num_classes)
-        self.box = _head(width, BOX_CHANNELS)
-        nn.init.constant_(self.heat[-1].bias, -math.log((1 - HEAT_PRIOR) / HEAT_PRIOR))  # focal loss's prior
+        self.neck = nn.Sequential(NORMS[dims - 2](width), nn.ReLU())
+        self.heat = _head(width, num_classes, dims)
+        self.box = _head(width, box_channels(dims), dims)
+        prior = HEAT_PRIOR if dims == 2 else HEAT_PRIOR_3D
+        nn.init.constant_(self.heat[-1].bias, -math.log((1 - prior) / prior))  # focal loss's prior
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.neck(self.body(x))

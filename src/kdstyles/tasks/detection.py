@@ -21,6 +21,7 @@ from ..errors import KDError
 from .base import EncoderDecoderTask
 
 HEAD_WIDTH = 64  # the body's output channels at widen 1 (the heads' width); at least 8
+HEAD_WIDTH_3D = 16  # volumes: the heads run at full resolution, where a 3x3x3 convolution costs 27 MACs a weight
 PREDICT_MIN_SCORE = 0.05  # boxes predict writes (objects: those scoring 0.5 or more)
 
 
@@ -31,6 +32,8 @@ class Detection(EncoderDecoderTask):
     sources = ("synthetic", "csv", "coco", "folder")
     boxes = True
     synthetic = "synthetic_det"
+    synthetic_volumes = "synthetic_vol_det"
+    volumes = True
     synthetic_size = 64
     description = "the embedded synthetic endoscopy frames with polyp boxes"
     arch_hint = "an encoder-decoder body for the CenterNet head (unet, basicunet, flexunet-<encoder>)"
@@ -58,27 +61,29 @@ class Detection(EncoderDecoderTask):
         from ..models.centernet import CenterNet
         from ..models.zoo import build_network
 
-        width = max(8, int(round(HEAD_WIDTH * spec.widen)))
+        width = max(8, int(round((HEAD_WIDTH if dims == 2 else HEAD_WIDTH_3D) * spec.widen)))
         body = build_network(spec.arch, channels, width, image_size, spec.widen, spec.stem, spec.pretrained,
-                             where=where)
-        return CenterNet(body, width, self.num_classes)
+                             where=where, spatial_dims=dims)
+        return CenterNet(body, width, self.num_classes, dims)
 
     def supervised(self, logits, y, class_weights):
         from ..boxes import encode, focal_loss
 
         k = self.num_classes
-        heat, regress, centres = encode(y, k, logits.shape[-2], logits.shape[-1])
+        heat, regress, centres = encode(y, k, logits.shape[2:])
         focal = focal_loss(logits[:, :k], heat)
         mask = centres.unsqueeze(1).float()
         box = ((logits[:, k:].float() - regress).abs() * mask).sum() / mask.sum().clamp_min(1)
         return focal + self.box_weight * box
 
     def check_output(self, name, logits, sample):
-        want = (self.num_classes + 4, *sample.shape[2:])
-        if logits.ndim != 4 or tuple(logits.shape[1:]) != want:
+        boxes = 2 * (sample.ndim - 2)
+        want = (self.num_classes + boxes, *sample.shape[2:])
+        if logits.ndim != sample.ndim or tuple(logits.shape[1:]) != want:
+            size = ", ".join(map(str, sample.shape[2:]))
             raise KDError(f"networks.{name}: output shape {tuple(logits.shape)} does not match (batch, "
-                          f"{self.num_classes} classes + 4 box channels, {sample.shape[2]}, {sample.shape[3]}); "
-                          "a detection network returns heatmaps and box channels at the input's size")
+                          f"{self.num_classes} classes + {boxes} box channels, {size}); a detection network "
+                          "returns heatmaps and box channels at the input's size")
 
     def distill_outputs(self, source, target, options):
         """Per class and pixel, KL between the source's and the target's sigmoid probabilities at
@@ -129,7 +134,7 @@ class Detection(EncoderDecoderTask):
         from .overlays import write_box_overlays
 
         n = min(count, len(labels))
-        if n == 0:
+        if n == 0 or images[0].ndim == 4:  # no box overlays for volumes yet
             return []
         return write_box_overlays(folder / "overlays", images[:n], labels[:n],
                                   {k: p[:n] for k, p in probs.items()}, mean, std)
@@ -137,7 +142,7 @@ class Detection(EncoderDecoderTask):
     # ------------------------------------------------------------------ deployment
 
     def output_shape(self, dims: int = 2):
-        return ["batch", "channels", "height", "width"]
+        return ["batch", "channels", *(["depth"] if dims == 3 else []), "height", "width"]
 
     def prediction_header(self, class_names, volumes=False):
         return ["path", "objects", "detections"]

@@ -118,9 +118,10 @@ def from_arrays(raw: dict[str, tuple], names: list[str], channels: int, size: in
         item_names = [f"{label} {split}[{i}]" for i in range(len(labels))]
         checks.check_labels(split, labels, len(report.class_names), item_names, report)
         if boxes is not None:
-            h, w = images.shape[1:3]
-            checks.check_boxes(split, boxes, len(names), (w, h), item_names, report)
-            boxes = [b * np.array([size / w, size / h, size / w, size / h, 1], np.float32) for b in boxes]
+            extent = images.shape[1:-1][::-1]  # width, height(, depth): the order of box coordinates
+            checks.check_boxes(split, boxes, len(names), extent, item_names, report)
+            scale = np.array([size / e for e in extent] * 2 + [1], np.float32)
+            boxes = [b * scale for b in boxes]
         splits[split] = Split(_fit_arrays(images, channels, size), labels, None, masks,
                               checks.digest_arrays(images), item_names, boxes)
         shape = "x".join(map(str, images.shape[1:]))
