@@ -105,9 +105,7 @@ def test_medmnist_3d_files(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["data.source=medmnist", "data.flag=pathmnist"], "spatial_dims: 3 needs volumes; source 'medmnist' flag "
                                                       "pathmnist gives 2D images"),
-    (["data.source=folder", "data.root=x"], "spatial_dims: 3 needs volumes; source 'folder'"),
-    (["task=detection", "networks.teacher.arch=unet", "networks.students.s1.arch=unet",
-      "networks.students.s2.arch=unet"], "data.spatial_dims: task detection is 2D for now"),
+    (["data.source=coco", "data.path=x.json"], "spatial_dims: 3 needs volumes; source 'coco'"),
     (["networks.students.s1.arch=mobilenet_v2"], "mobilenet_v2 is 2D only"),
     (["networks.teacher.pretrained=imagenet"], "ImageNet weights are 2D"),
     (["data.source=medmnist", "data.flag=nodulemnist3d", "data.size=128"], "data.size: 128 is not a size of "
@@ -120,3 +118,35 @@ def test_what_stays_2d_says_so_in_one_line(extra, message, tmp_path):
     assert message in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(KDError, match="spatial_dims: 2, but data.flag nodulemnist3d holds volumes"):
         load_config(None, ["data.source=medmnist", "data.flag=nodulemnist3d", "data.spatial_dims=2"])
+
+
+def test_volume_files_in_class_folders_and_csv(tmp_path):
+    """NIfTI volumes in class folders (or listed in a CSV) for 3D classification: read,
+    oriented and windowed like Decathlon volumes, resized to data.image_size^3."""
+    nib = pytest.importorskip("nibabel")
+    from kdstyles.data import build_data
+    from kdstyles.data.synthetic_vol import render_volume
+
+    rows = ["path,label"]
+    for i in range(12):
+        vol, label = render_volume(0, "train", i, 20 + (i % 3) * 2)
+        name = ("normal", "cyst", "tumour")[label]
+        (tmp_path / "vols" / name).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(vol[..., 0], np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "vols" / name / f"v{i}.nii.gz")
+        rows.append(f"vols/{name}/v{i}.nii.gz,{name}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "vols" / "cyst" / "notes.txt").write_text("not a volume")
+    for source in (["data.source=folder", f"data.root={tmp_path / 'vols'}"],
+                   ["data.source=csv", f"data.path={tmp_path / 'list.csv'}"]):
+        cfg = load_config(None, [*source, "data.spatial_dims=3", "data.image_size=16", "data.val_fraction=0.2",
+                                 "data.test_fraction=0.2"])
+        bundle = build_data(cfg.data, 0)
+        assert bundle.class_names == ["cyst", "normal", "tumour"] and bundle.channels == 1
+        assert sum(len(s) for s in bundle.splits.values()) == 12
+        assert bundle.splits["train"][0][0].shape == (1, 16, 16, 16)
+    (tmp_path / "vols" / "normal" / "v99.nii.gz").write_bytes(b"not gzip")
+    cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path / 'vols'}", "data.spatial_dims=3"])
+    with pytest.raises(KDError, match="v99.nii.gz' cannot be read as a volume"):
+        build_data(cfg.data, 0)
+    with pytest.raises(KDError, match="volume files in class folders or a CSV are for 3D classification"):
+        build_data(cfg.data, 0, task="segmentation")

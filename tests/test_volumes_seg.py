@@ -2,6 +2,7 @@
 Decathlon layout read from NIfTI files the tests write (orientation, spacing, window,
 checks), distances in mm, volume overlays, export and NIfTI predictions on the input's grid."""
 
+import csv
 import json
 
 import numpy as np
@@ -311,3 +312,23 @@ def test_3d_detection_trains_evaluates_and_exports(tiny_overrides):
     side = export_run(exp.run_dir, "s1")
     assert side["output"]["shape"] == ["batch", "channels", "depth", "height", "width"]
     assert side["verification"]["max_abs_diff"] < 1e-4
+    from kdstyles.predict import predict
+
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    affine[:3, 3] = [-20, 10, 30]
+    nib.save(nib.Nifti1Image(vols[1][..., 0].repeat(2, axis=2), affine), exp.run_dir / "v.nii")  # 16x16x32
+    rows = predict(exp.run_dir / "export" / "s1.onnx", [exp.run_dir / "v.nii"], exp.run_dir / "pred",
+                   quiet=True).read_text().splitlines()
+    path, objects, found = next(csv.reader(rows[1:]))
+    assert rows[0] == "path,objects,detections" and int(objects) >= 0 and isinstance(json.loads(found), list)
+    from kdstyles.tasks import TASKS
+
+    probs = np.zeros((8, 8, 8, 8), np.float32)  # one peak at voxel (z 2, y 3, x 5), class 1, 2 voxels a side
+    probs[1, 2, 3, 5] = 0.9
+    probs[5:, 2, 3, 5] = np.log(2.0)
+    affine = np.diag([2.0, 1.0, 3.0, 1.0])
+    affine[:3, 3] = [100, 0, -10]
+    row = TASKS["detection"](2).prediction_row(exp.run_dir / "v.nii", probs, ["cyst", "tumour"], None, 0,
+                                               volume=((16, 8, 8), affine))  # the model saw 16 slices as 8
+    # edges x 4.5..6.5, y 2.5..4.5, z 1.5..3.5 -> z x2 -> array indices (z 2.5..6.5, y 2..4, x 4..6) -> world
+    assert row[1] == "1" and json.loads(row[2]) == [[105.0, 2.0, 2.0, 113.0, 4.0, 8.0, 0.9, "tumour"]]

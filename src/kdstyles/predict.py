@@ -203,9 +203,10 @@ def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int,
     def run(batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.asarray(predictor(np.ascontiguousarray(batch.numpy(), dtype=np.float32))))
 
-    if not predictor.task.dense:
+    if not predictor.task.dense:  # the whole volume resized to the model's input
         probs = run(F.interpolate(x, size=size, mode="trilinear", align_corners=False))[0].numpy()
-        return predictor.task.prediction_row(path, probs, predictor.class_names, out_dir, index)
+        return predictor.task.prediction_row(path, probs, predictor.class_names, out_dir, index,
+                                             volume=(prepared.image.shape[:3], prepared.affine))
     with torch.inference_mode():
         probs = sliding_window_inference(x, size, window_batch, run, overlap=settings.get("overlap", 0.25),
                                          mode="gaussian")[0].numpy()

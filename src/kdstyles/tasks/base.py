@@ -66,8 +66,7 @@ class Task:
             raise KDError(f"data.source: '{cfg.data.source}' is not read for task {cls.name}; allowed: "
                           f"{', '.join(cls.sources)}")
         if cfg.data.dims == 3 and not cls.volumes:
-            raise KDError(f"data.spatial_dims: task {cls.name} is 2D for now (3D: classification, "
-                          "segmentation); use spatial_dims: 2")
+            raise KDError(f"data.spatial_dims: task {cls.name} is 2D only; use spatial_dims: 2")
 
     # ------------------------------------------------------------------ training
 
@@ -146,8 +145,11 @@ class Task:
     def prediction_header(self, class_names: list[str], volumes: bool = False) -> list[str]:
         raise NotImplementedError
 
-    def prediction_row(self, path: Path, probs, class_names: list[str], out_dir: Path, index: int) -> list[str]:
-        """One CSV row for an input image (and any file written beside it); ``probs`` is numpy."""
+    def prediction_row(self, path: Path, probs, class_names: list[str], out_dir: Path, index: int,
+                       volume=None) -> list[str]:
+        """One CSV row for an input image (and any file written beside it); ``probs`` is numpy.
+        ``volume``: for a volume file, its prepared grid as (shape (D, H, W), 4x4 affine), which the
+        model saw resized to its input."""
         raise NotImplementedError
 
 

@@ -65,6 +65,6 @@ class Classification(Task):
     def prediction_header(self, class_names, volumes=False):
         return ["path", "prediction", "probability", *(f"p_{c}" for c in class_names)]
 
-    def prediction_row(self, path: Path, probs, class_names, out_dir, index):
+    def prediction_row(self, path: Path, probs, class_names, out_dir, index, volume=None):
         k = int(probs.argmax())
         return [str(path), class_names[k], f"{probs[k]:.6f}", *(f"{v:.6f}" for v in probs)]

@@ -147,18 +147,36 @@ class Detection(EncoderDecoderTask):
     def prediction_header(self, class_names, volumes=False):
         return ["path", "objects", "detections"]
 
-    def prediction_row(self, path: Path, probs, class_names, out_dir, index):
+    def prediction_row(self, path: Path, probs, class_names, out_dir, index, volume=None):
         """``objects``: boxes scoring at least 0.5; ``detections``: a JSON list of every box scoring
-        at least 0.05, best first, ``[x1, y1, x2, y2, score, class]`` in the input file's pixels."""
+        at least 0.05, best first, ``[x1, y1, x2, y2, score, class]`` in the input file's pixels;
+        for a volume ``[x1, y1, z1, x2, y2, z2, score, class]`` in world millimetres (the file's
+        affine, after reorientation)."""
         import json
 
+        import numpy as np
+
         from ..boxes import decode
-        from ..imageio import image_size
 
         dets = decode(probs[None], self.num_classes, self.max_detections)[0]
-        dets = dets[dets[:, 4] >= PREDICT_MIN_SCORE]
-        w, h = image_size(path)
-        sx, sy = w / probs.shape[-1], h / probs.shape[-2]  # the model saw the image resized to its size
-        rows = [[round(float(d[0]) * sx, 1), round(float(d[1]) * sy, 1), round(float(d[2]) * sx, 1),
-                 round(float(d[3]) * sy, 1), round(float(d[4]), 4), class_names[int(d[5])]] for d in dets]
-        return [str(path), str(int((dets[:, 4] >= 0.5).sum())), json.dumps(rows)]
+        dets = dets[dets[:, -2] >= PREDICT_MIN_SCORE]
+        d = probs.ndim - 1
+        if volume is None:
+            from ..imageio import image_size
+
+            extent = image_size(path)
+        else:
+            extent = volume[0][::-1]  # the prepared volume's x, y, z extent in voxels
+        scale = np.array([e / n for e, n in zip(extent, probs.shape[1:][::-1])] * 2)  # resized back
+        boxes = dets[:, :2 * d] * scale
+        if volume is not None and len(boxes):  # voxel edges -> world mm through the affine
+            import itertools
+
+            affine = np.asarray(volume[1], dtype=np.float64)
+            edges = boxes.reshape(-1, 2, 3)[:, :, ::-1] - 0.5  # (n, lo/hi, array axis): x runs along the last axis
+            corners = np.stack([edges[:, pick, range(3)] for pick in itertools.product((0, 1), repeat=3)], 1)
+            world = corners @ affine[:3, :3].T + affine[:3, 3]  # (n, 8, 3)
+            boxes = np.concatenate([world.min(1), world.max(1)], axis=1)
+        rows = [[*(round(float(v), 1) for v in b), round(float(det[-2]), 4), class_names[int(det[-1])]]
+                for b, det in zip(boxes, dets)]
+        return [str(path), str(int((dets[:, -2] >= 0.5).sum())), json.dumps(rows)]

@@ -88,7 +88,7 @@ class Segmentation(EncoderDecoderTask):
         return [str(path), str(mask_path), f"{float((mask > 0).mean()):.6f}",
                 *(f"{counts[k] * voxel_ml:.3f}" for k in range(1, len(class_names)))]
 
-    def prediction_row(self, path: Path, probs, class_names, out_dir, index):
+    def prediction_row(self, path: Path, probs, class_names, out_dir, index, volume=None):
         mask_path = out_dir / "masks" / f"{index:05d}-{path.stem}.png"
         return [str(path), str(mask_path), f"{write_mask(mask_path, probs, path):.6f}"]
 

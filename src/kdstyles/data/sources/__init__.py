@@ -129,6 +129,64 @@ def from_arrays(raw: dict[str, tuple], names: list[str], channels: int, size: in
     return Loaded(splits, names, channels, size, report, label)
 
 
+def split_assignment(cfg: Any, seed: int, run_dir: Path | None, records: list[files.Record], labels: np.ndarray,
+                     base: Path, where: str) -> list[str]:
+    """Each file's split: as saved in the run folder (splits.csv; an error when the files no
+    longer match it), else the records' own with the missing splits drawn (seeded, stratified)."""
+    saved = run_dir / "splits.csv" if run_dir is not None else None
+    assignment = files.read_splits(saved, records, base) if saved is not None and saved.is_file() else None
+    if saved is not None and saved.is_file() and assignment is None:
+        raise KDError(f"{where}: the files changed since this run was created ({saved} no longer matches); "
+                      "start a new run")
+    if assignment is None:
+        assignment = files.assign_splits(records, labels, seed, cfg.val_fraction, cfg.test_fraction)
+    return assignment
+
+
+def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool, records: list[files.Record],
+                      base: Path, where: str) -> Loaded:
+    """Volume files (NIfTI/NRRD) with a class each, for 3D classification: every file read once
+    (oriented, resampled, windowed: :mod:`kdstyles.data.volumes`), resized to
+    ``data.image_size``^3 and kept in memory; the split assignment as for image files."""
+    from .. import volumes
+
+    if task.dense or task.boxes:
+        raise KDError(f"{where}: volume files in class folders or a CSV are for 3D classification; 3D "
+                      "segmentation reads data.source: decathlon")
+    channels, size = cfg.channels or 1, cfg.image_size or 64
+    names = files.class_list(records, cfg.classes, where)
+    if len(names) < 2:
+        raise KDError(f"{where}: holds one class only ('{names[0]}'); a classifier needs at least two")
+    index = {n: k for k, n in enumerate(names)}
+    labels = np.array([index[r.label] for r in records], dtype=np.int64)
+    report = checks.DataReport(names)
+    arrays: list[np.ndarray | None] = []
+    with progress(quiet) as bar:
+        task_id = bar.add_task(f"reading {len(records)} volumes", total=len(records)) if bar else None
+        for r in records:
+            try:
+                vol = volumes.prepare(r.path, None, cfg).image
+                shape = "x".join(map(str, vol.shape[:3]))
+                report.sources[shape] = report.sources.get(shape, 0) + 1
+                arrays.append(_fit_volumes(vol[None], channels, size)[0])
+            except KDError as exc:
+                report.problems.append(checks.Problem("error", str(exc)))
+                arrays.append(None)
+            if bar:
+                bar.advance(task_id)
+    report.raise_errors()
+    assignment = split_assignment(cfg, seed, run_dir, records, labels, base, where)
+    splits = {}
+    for split in files.SPLITS:
+        idx = [i for i, s in enumerate(assignment) if s == split]
+        item_names = [f"'{records[i].path}'" for i in idx]
+        checks.check_labels(split, labels[idx], len(names), item_names, report)
+        images = np.stack([arrays[i] for i in idx]) if idx else np.zeros((0, size, size, size, channels), np.uint8)
+        splits[split] = Split(images, labels[idx], [records[i].path for i in idx], None,
+                              checks.digest_arrays(images), item_names)
+    return Loaded(splits, names, channels, size, report, where, (records, [r.label for r in records], assignment, base))
+
+
 def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool, records: list[files.Record],
                base: Path, where: str, mask_of: dict[str, Path] | None = None,
                boxes_of: tuple[dict[str, np.ndarray], list[str]] | None = None) -> Loaded:
@@ -174,13 +232,7 @@ def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool
         index = {n: k for k, n in enumerate(names)}
         labels = np.array([index[r.label] for r in records], dtype=np.int64)
         report_names = names
-    saved = run_dir / "splits.csv" if run_dir is not None else None
-    assignment = files.read_splits(saved, records, base) if saved is not None and saved.is_file() else None
-    if saved is not None and saved.is_file() and assignment is None:
-        raise KDError(f"{where}: the files changed since this run was created ({saved} no longer matches); "
-                      "start a new run")
-    if assignment is None:
-        assignment = files.assign_splits(records, labels, seed, cfg.val_fraction, cfg.test_fraction)
+    assignment = split_assignment(cfg, seed, run_dir, records, labels, base, where)
     keep = len(records) * size * size * channels <= cfg.cache_gb * 1e9
     report = checks.DataReport(report_names)
     report.problems += box_problems.problems

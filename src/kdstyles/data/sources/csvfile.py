@@ -1,5 +1,6 @@
 """``source: csv``: a CSV file with columns ``path,label[,split]`` (detection:
-``path,x1,y1,x2,y2,label[,split]``, one row per box); paths relative to the CSV file's folder."""
+``path,x1,y1,x2,y2,label[,split]``, one row per box); paths relative to the CSV file's folder. With ``data.spatial_dims: 3`` the paths are volume
+files (NIfTI/NRRD) for 3D classification."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from ...errors import KDError
 from ...fileio import read_csv
 from ..files import SPLITS, Record
-from . import Loaded, Source, from_files
+from . import Loaded, Source, from_files, from_volume_files
 
 
 def list_csv(path: Path) -> list[Record]:
@@ -34,6 +35,9 @@ class CSV(Source):
 
     def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
         path = Path(cfg.path)
+        if cfg.dims == 3:
+            return from_volume_files(cfg, seed, task, run_dir, quiet, list_csv(path), path.parent,
+                                     f"data.path '{path}'")
         if task.boxes:
             from ..boxfiles import read_box_csv
 
@@ -44,3 +48,6 @@ class CSV(Source):
 
     def describe(self, cfg, task) -> str:
         return f"CSV {cfg.path}"
+
+    def volumes(self, cfg) -> bool | None:
+        return None  # image files, or volume files with spatial_dims: 3

@@ -19,7 +19,7 @@ import numpy as np
 from ...errors import KDError
 from ...fileio import read_json
 from .. import checks, files, volumes
-from . import Loaded, Source, Split, progress
+from . import Loaded, Source, Split, progress, split_assignment
 
 DEFAULT_PATCH = 64
 
@@ -103,13 +103,7 @@ class Decathlon(Source):
                     bar.advance(task_id)
         report.raise_errors()
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
-        saved = run_dir / "splits.csv" if run_dir is not None else None
-        assignment = files.read_splits(saved, records, root) if saved is not None and saved.is_file() else None
-        if saved is not None and saved.is_file() and assignment is None:
-            raise KDError(f"{where}: the files changed since this run was created ({saved} no longer matches); "
-                          "start a new run")
-        if assignment is None:
-            assignment = files.assign_splits(records, labels, seed, cfg.val_fraction, cfg.test_fraction)
+        assignment = split_assignment(cfg, seed, run_dir, records, labels, root, where)
         splits = {}
         for split in files.SPLITS:
             idx = [i for i, s in enumerate(assignment) if s == split]
