@@ -50,34 +50,35 @@ def test_metrics_follow_coco_on_hand_cases():
     assert detection_metrics(wrong_class, [np.c_[gt[0][:, :4], [[0]]]], 2)["ap50"] == 0
 
 
-def test_map_matches_monai_coco_metric():
+@pytest.mark.parametrize("dims", [2, 3])
+def test_map_matches_monai_coco_metric(dims):
     from monai.apps.detection.metrics.coco import COCOMetric
     from monai.apps.detection.metrics.matching import matching_batch
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(dims)
     gts, dets = [], []
-    for _ in range(12):
+    for _ in range(12):  # images (or volumes) with 0-3 objects, jittered detections and false positives
         n = rng.integers(0, 4)
-        xy = rng.uniform(0, 40, (n, 2))
-        g = np.c_[xy, xy + rng.uniform(5, 20, (n, 2)), rng.integers(0, 2, n)].astype(np.float32)
-        jitter = rng.normal(0, 2.5, (n, 4))
-        d = np.c_[g[:, :4] + jitter, rng.uniform(0.3, 1, n), g[:, 4]]
+        lo = rng.uniform(0, 40, (n, dims))
+        g = np.c_[lo, lo + rng.uniform(5, 20, (n, dims)), rng.integers(0, 2, n)].astype(np.float32)
+        d = np.c_[g[:, :-1] + rng.normal(0, 2.5 if dims == 2 else 1.2, (n, 2 * dims)), rng.uniform(0.3, 1, n), g[:, -1]]
         extra = rng.integers(0, 3)
-        fxy = rng.uniform(0, 40, (extra, 2))
-        f = np.c_[fxy, fxy + 10, rng.uniform(0, 0.8, extra), rng.integers(0, 2, extra)]
+        flo = rng.uniform(0, 40, (extra, dims))
+        f = np.c_[flo, flo + 10, rng.uniform(0, 0.8, extra), rng.integers(0, 2, extra)]
         gts.append(g)
         dets.append(np.r_[d, f].astype(np.float32))
     ours = detection_metrics(dets, gts, 2)
     metric = COCOMetric(classes=["a", "b"], iou_list=[0.5, 0.75], iou_range=(0.5, 0.95, 0.05), max_detection=(100,))
     results = matching_batch(iou_fn=lambda a, b: iou(a, b), iou_thresholds=metric.iou_thresholds,
-                             pred_boxes=[d[:, :4] for d in dets], pred_classes=[d[:, 5].astype(int) for d in dets],
-                             pred_scores=[d[:, 4] for d in dets], gt_boxes=[g[:, :4] for g in gts],
-                             gt_classes=[g[:, 4].astype(int) for g in gts])
+                             pred_boxes=[d[:, :-2] for d in dets], pred_classes=[d[:, -1].astype(int) for d in dets],
+                             pred_scores=[d[:, -2] for d in dets], gt_boxes=[g[:, :-1] for g in gts],
+                             gt_classes=[g[:, -1].astype(int) for g in gts])
     theirs = metric(results)[0]
     assert ours["map"] == pytest.approx(theirs["mAP_IoU_0.50_0.95_0.05_MaxDet_100"], abs=1e-6)
     assert ours["ap50"] == pytest.approx(theirs["AP_IoU_0.50_MaxDet_100"], abs=1e-6)
     assert ours["ap75"] == pytest.approx(theirs["AP_IoU_0.75_MaxDet_100"], abs=1e-6)
     assert ours["mean_recall"] == pytest.approx(theirs["mAR_IoU_0.50_0.95_0.05_MaxDet_100"], abs=1e-6)
+    assert 0 < ours["map"] < 1
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -2,6 +2,8 @@
 adapters and taps, gradient isolation in 3D, MedMNIST 3D files, a run that trains,
 evaluates and exports, and the config rules that keep the 2D-only parts 2D."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -136,6 +138,14 @@ def test_volume_files_in_class_folders_and_csv(tmp_path):
         rows.append(f"vols/{name}/v{i}.nii.gz,{name}")
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "vols" / "cyst" / "notes.txt").write_text("not a volume")
+    nrrd = pytest.importorskip("nrrd")  # one volume as NRRD (an LPS volume, 2 mm slices)
+    first = rows[1].split(",")[1]
+    os.remove(tmp_path / "vols" / first / "v0.nii.gz")
+    nrrd.write(str(tmp_path / "vols" / first / "v0.nrrd"), render_volume(0, "train", 0, 20)[0][..., 0],
+               {"space": "left-posterior-superior", "space directions": np.diag([1.0, 1.0, 2.0]).tolist(),
+                "space origin": [0.0, 0.0, 0.0]})
+    rows[1] = f"vols/{first}/v0.nrrd,{first}"
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
     for source in (["data.source=folder", f"data.root={tmp_path / 'vols'}"],
                    ["data.source=csv", f"data.path={tmp_path / 'list.csv'}"]):
         cfg = load_config(None, [*source, "data.spatial_dims=3", "data.image_size=16", "data.val_fraction=0.2",

@@ -1,6 +1,8 @@
-"""3D segmentation: the embedded organ/lesion volumes, patches and sliding windows, the
-Decathlon layout read from NIfTI files the tests write (orientation, spacing, window,
-checks), distances in mm, volume overlays, export and NIfTI predictions on the input's grid."""
+"""3D segmentation and detection: the embedded organ/lesion volumes, patches and sliding
+windows, the Decathlon layout read from NIfTI files the tests write (orientation, spacing,
+window, checks), distances in mm, volume overlays, export and NIfTI predictions on the
+input's grid; 3D box targets, exact box moves, and a 3D detection run (its mAP is checked
+against MONAI's COCOMetric in test_detection.py)."""
 
 import csv
 import json
@@ -248,34 +250,6 @@ def test_3d_box_targets_decode_back_to_the_boxes():
     assert found == {(10, 1, 0, 15, 6, 3, 1, 0), (1, 1, 1, 4, 3, 2, 1, 0)}
 
 
-def test_3d_detection_metrics_match_monai_coco_metric():
-    from monai.apps.detection.metrics.coco import COCOMetric
-    from monai.apps.detection.metrics.matching import matching_batch
-
-    from kdstyles.boxes import detection_metrics, iou
-
-    rng = np.random.default_rng(1)
-    gts, dets = [], []
-    for _ in range(10):
-        n = rng.integers(0, 3)
-        lo = rng.uniform(0, 30, (n, 3))
-        g = np.c_[lo, lo + rng.uniform(4, 12, (n, 3)), rng.integers(0, 2, n)].astype(np.float32)
-        d = np.c_[g[:, :6] + rng.normal(0, 1.2, (n, 6)), rng.uniform(0.3, 1, n), g[:, 6]]
-        flo = rng.uniform(0, 30, (2, 3))
-        f = np.c_[flo, flo + 6, rng.uniform(0, 0.8, 2), rng.integers(0, 2, 2)]
-        gts.append(g)
-        dets.append(np.r_[d, f].astype(np.float32))
-    ours = detection_metrics(dets, gts, 2)
-    metric = COCOMetric(classes=["a", "b"], iou_list=[0.5, 0.75], iou_range=(0.5, 0.95, 0.05), max_detection=(100,))
-    results = matching_batch(iou_fn=lambda a, b: iou(a, b), iou_thresholds=metric.iou_thresholds,
-                             pred_boxes=[d[:, :6] for d in dets], pred_classes=[d[:, 7].astype(int) for d in dets],
-                             pred_scores=[d[:, 6] for d in dets], gt_boxes=[g[:, :6] for g in gts],
-                             gt_classes=[g[:, 6].astype(int) for g in gts])
-    theirs = metric(results)[0]
-    assert ours["map"] == pytest.approx(theirs["mAP_IoU_0.50_0.95_0.05_MaxDet_100"], abs=1e-6)
-    assert ours["ap50"] == pytest.approx(theirs["AP_IoU_0.50_MaxDet_100"], abs=1e-6)
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_3d_boxes_move_exactly_with_flips_and_quarter_turns(seed):
     from kdstyles.data import flip_boxes
@@ -332,3 +306,13 @@ def test_3d_detection_trains_evaluates_and_exports(tiny_overrides):
                                                volume=((16, 8, 8), affine))  # the model saw 16 slices as 8
     # edges x 4.5..6.5, y 2.5..4.5, z 1.5..3.5 -> z x2 -> array indices (z 2.5..6.5, y 2..4, x 4..6) -> world
     assert row[1] == "1" and json.loads(row[2]) == [[105.0, 2.0, 2.0, 113.0, 4.0, 8.0, 0.9, "tumour"]]
+
+
+def test_random_patches_rule_out_the_offline_teacher_cache(tmp_path):
+    offline = ["networks.teacher.mode=offline", f"networks.teacher.checkpoint={tmp_path}", "networks.teacher.cache=true",
+               "data.augment.hflip=false", "data.augment.vflip=false"]
+    assert load_config(None, [*UNETS, *SYNTH, *offline]).networks.teacher.cache  # whole volumes, no augmentation
+    with pytest.raises(KDError, match="networks.teacher.cache: .*no random patches"):
+        load_config(None, [*UNETS, *SYNTH, *offline, "data.patch_size=8"])
+    with pytest.raises(KDError, match="networks.teacher.cache: .*no random patches"):
+        load_config(None, [*UNETS, "data.source=decathlon", f"data.root={tmp_path}", *offline])

@@ -180,7 +180,7 @@ def shared_teacher(config, base, seed: int, out: Path, name: str, overrides: lis
         raise (KDError(f"{option}: {exc}".replace("--set ", "", 1)) if option else exc) from None
     same_net = tuple(o for o in teacher_overrides if o.startswith("networks.teacher."))  # the same network to load
     shared = (*same_net, "networks.teacher.mode=offline", f"networks.teacher.checkpoint={out / name}",
-              f"networks.teacher.cache={str(not base.data.augment.random).lower()}")
+              f"networks.teacher.cache={str(not base.data.random_items).lower()}")
     return RunSpec(SHARED_TEACHER, seed, str(out / name), config, ov, checkpoint), shared
 
 

@@ -163,6 +163,11 @@ class DataConfig(Strict):
         return self
 
     @property
+    def random_items(self) -> bool:
+        """Whether a training item differs between epochs (random augmentation or random patches)."""
+        return self.augment.random or self.patch_size is not None or SOURCES[self.source].patches
+
+    @property
     def preparation(self) -> dict[str, Any]:
         """How volume files are prepared (orientation, spacing, window) and windows overlap: the
         export sidecar's ``volumes``, what predict repeats on new volumes."""
@@ -373,9 +378,10 @@ class ExperimentConfig(Strict):
                                     offline_teacher=self.networks.teacher.mode == "offline")
         TASKS[self.task].check_config(self)
         t = self.networks.teacher
-        if t.cache and (t.mode != "offline" or self.data.augment.random):
+        if t.cache and (t.mode != "offline" or self.data.random_items):
             raise KDError("networks.teacher.cache: needs mode offline and no random augmentation "
-                          "(data.augment: hflip, vflip, rotate90 false and rotate, zoom, shift, shear, intensity 0)")
+                          "(data.augment: hflip, vflip, rotate90 false and rotate, zoom, shift, shear, intensity 0) "
+                          "and no random patches (data.patch_size, decathlon)")
         return self
 
     @property

@@ -12,8 +12,9 @@ import torch
 import torch.nn as nn
 
 from ..boxes import HEAT_PRIOR, HEAT_PRIOR_3D, box_channels
+from .zoo import CONVS
 
-CONVS, NORMS = (nn.Conv2d, nn.Conv3d), (nn.BatchNorm2d, nn.BatchNorm3d)
+NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def _head(width: int, out: int, dims: int) -> nn.Sequential:

@@ -49,6 +49,7 @@ class Loaded:
 class Source:
     name: ClassVar[str]
     requires: ClassVar[str | None] = None  # the data.* key it cannot do without
+    patches: ClassVar[bool] = False  # trains on random patches of its volumes by default
 
     def load(self, cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool) -> Loaded:
         raise NotImplementedError

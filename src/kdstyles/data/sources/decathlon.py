@@ -73,6 +73,7 @@ def read_layout(root: Path, classes: list[str] | None, num_classes: int
 class Decathlon(Source):
     name = "decathlon"
     requires = "root"
+    patches = True
 
     def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
         root = Path(cfg.root)
