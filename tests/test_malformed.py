@@ -327,6 +327,10 @@ CASES = [
     ("det-box-image-missing", lambda t, r: (det_args(t, "csv", BOX_ROWS + "gone.png,1,1,3,3,polyp\n"), "gone.png")),
     ("det-coco-unknown-image", lambda t, r: (det_args(t, "coco", COCO_TEXT.replace('"image_id": 1', '"image_id": 9')),
                                              "image_id 9 is not among the images")),
+    ("unet-size-not-halving", lambda t, r: (["check", "--set", "task=segmentation", "--set", "data.image_size=36",
+                                              "--set", "networks.teacher.arch=unet", "--set",
+                                              "networks.students.s1.arch=unet", "--set",
+                                              "networks.students.s2.arch=unet"], "data.image_size: 36")),
     ("det-coco-not-json", lambda t, r: (det_args(t, "coco", COCO_TEXT[:-3]), "not a COCO detection JSON")),
 ]
 

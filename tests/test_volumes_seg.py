@@ -316,3 +316,24 @@ def test_random_patches_rule_out_the_offline_teacher_cache(tmp_path):
         load_config(None, [*UNETS, *SYNTH, *offline, "data.patch_size=8"])
     with pytest.raises(KDError, match="networks.teacher.cache: .*no random patches"):
         load_config(None, [*UNETS, "data.source=decathlon", f"data.root={tmp_path}", *offline])
+
+
+def test_a_network_that_cannot_take_the_input_size_is_named_in_one_line():
+    from kdstyles import build_cohort
+
+    class OnlyEven(torch.nn.Module):  # fails like a U-Net on a side that does not halve
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 3, 1)
+
+        def forward(self, x):
+            if x.shape[-1] % 2:
+                raise RuntimeError("Sizes of tensors must match except in dimension 1")
+            return self.conv(x)
+
+    cfg = load_config(None, [*UNETS, *SYNTH, "networks.students.s1.arch=custom", "routing.preset=kd"])
+    assert build_cohort(cfg, 3, 1, 16, {"s1": OnlyEven()}).names == ["teacher", "s1", "s2"]
+    with pytest.raises(KDError, match=r"^networks.s1: a 17x17x17 input does not pass through it \(Sizes"):
+        build_cohort(load_config(None, [*UNETS, *SYNTH, "networks.students.s1.arch=custom", "routing.preset=kd",
+                                        "networks.teacher.arch=basicunet", "networks.students.s2.arch=basicunet"]),
+                     3, 1, 17, {"s1": OnlyEven()})

@@ -106,18 +106,22 @@ class Cohort(nn.Module):
         for i, e in enumerate(edges):
             if STYLES[e.style].self_edge:
                 self.shadows[self.module_key(i)] = copy.deepcopy(networks[e.dst]).requires_grad_(False).eval()
-        self.edge_taps = self._plan_taps(taps or {}, sample)
-        wanted: dict[str, list[str]] = {n: [] for n in networks}
-        for e, pair in zip(edges, self.edge_taps):
-            for net, path in zip((e.src, e.dst), pair):
-                if path is not None:
-                    wanted[net].append(path)
-        self.taps = {n: Tap(networks[n], wanted[n], f"networks.{n}.tap") for n in networks}
         self.adapters = nn.ModuleDict()
         self.warnings: list[str] = []  # shown by `kdstyles check` and when training starts
         self._probing = False
         self.cache: OutputCache | None = None
-        self._build_adapters(self.probe(sample))
+        try:  # the first forwards: a network that cannot take the input's size is named in one line
+            self.edge_taps = self._plan_taps(taps or {}, sample)
+            wanted: dict[str, list[str]] = {n: [] for n in networks}
+            for e, pair in zip(edges, self.edge_taps):
+                for net, path in zip((e.src, e.dst), pair):
+                    if path is not None:
+                        wanted[net].append(path)
+            self.taps = {n: Tap(networks[n], wanted[n], f"networks.{n}.tap") for n in networks}
+            self._build_adapters(self.probe(sample))
+        except RuntimeError:
+            _name_misfit(networks, sample)
+            raise
 
     def _plan_taps(self, taps: dict[str, dict[str, str | None]], sample: torch.Tensor
                    ) -> list[tuple[str | None, str | None]]:
@@ -297,6 +301,24 @@ class TrainStep(nn.Module):
             names += [f"{prefix}.{k}" for k, _ in module.named_parameters()]
             names += [f"{prefix}.{k}" for k, _ in module.named_buffers()]
         return names
+
+
+def _name_misfit(networks: dict[str, nn.Module], sample: torch.Tensor) -> None:
+    """After a failed forward: the first network that cannot take ``sample``'s size, as a
+    one-line KDError (e.g. a U-Net whose input side does not halve three times)."""
+    size = "x".join(map(str, sample.shape[2:]))
+    with torch.no_grad():
+        for name, net in networks.items():
+            was_training = net.training
+            try:
+                net.eval()(sample)
+            except RuntimeError as exc:
+                cause = str(exc).strip().splitlines()[0][:120]
+                raise KDError(f"networks.{name}: a {size} input does not pass through it ({cause}); "
+                              "encoder-decoders need sides divisible by 2 per downsampling (unet: 8) - change "
+                              "data.image_size (data.patch_size)") from None
+            finally:
+                net.train(was_training)
 
 
 def _offline_teacher_weights(path_str: str) -> tuple[dict[str, torch.Tensor], Path]:

@@ -313,9 +313,6 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
                       "images in all); give it files, or raise data.val_fraction / data.test_fraction")
     channels, size = loaded.channels, loaded.size
     patch = cfg.patch_size or loaded.patch
-    if patch is not None and not (task_cls.dense and cfg.dims == 3):
-        raise KDError(f"data.patch_size: patches are for 3D segmentation (task {task_cls.name}, spatial_dims "
-                      f"{cfg.dims}); leave it out")
     mean, std = _normalisation(cfg, normalize or cfg.normalize, stored["train"], channels, size, seed)
     augment = build_augment(cfg.augment, patch or size, with_mask=task_cls.dense, geometric=not task_cls.boxes,
                             dims=cfg.dims)

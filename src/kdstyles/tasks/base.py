@@ -65,6 +65,9 @@ class Task:
         if cfg.data.source not in cls.sources:
             raise KDError(f"data.source: '{cfg.data.source}' is not read for task {cls.name}; allowed: "
                           f"{', '.join(cls.sources)}")
+        if cfg.data.patch_size is not None and not (cls.dense and cfg.data.dims == 3):
+            raise KDError(f"data.patch_size: patches are for 3D segmentation (task {cls.name}, spatial_dims "
+                          f"{cfg.data.dims}); leave it out")
         if cfg.data.dims == 3 and not cls.volumes:
             raise KDError(f"data.spatial_dims: task {cls.name} is 2D only; use spatial_dims: 2")
 
@@ -163,6 +166,17 @@ class EncoderDecoderTask(Task):
         from ..models.zoo import SEG_ARCHS
 
         return arch in SEG_ARCHS
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        super().check_config(cfg)
+        side = cfg.data.patch_size or cfg.data.image_size
+        key = "data.patch_size" if cfg.data.patch_size else "data.image_size"
+        for name, spec in {"teacher": cfg.networks.teacher, **cfg.networks.students}.items():
+            if spec.arch == "unet" and side is not None and side % 8:  # three stride-2 levels, no padding
+                where = "networks.teacher" if name == "teacher" else f"networks.students.{name}"
+                raise KDError(f"{key}: {side} does not halve three times for {where}.arch unet; use a multiple "
+                              f"of 8 (e.g. {max(8, side // 8 * 8)})")
 
     def default_tap(self, model, sample):
         from ..models.zoo import bottleneck_tap
