@@ -10,8 +10,9 @@ from kdstyles.compare import write_results
 from kdstyles.report import findings, load_rows, load_study, markdown
 
 
-def fake_comparison(folder, correct: dict[tuple[str, str], list[np.ndarray]], manifest=None):
-    """results.csv and eval.json files for ``correct[(preset, network)][seed]`` (0/1 per image)."""
+def fake_comparison(folder, correct: dict[tuple[str, str], list[np.ndarray]], manifest=None, metric="accuracy"):
+    """results.csv and eval.json files for ``correct[(preset, network)][seed]`` (per-image values
+    of ``metric``)."""
     rows = []
     for (preset, network), per_seed in correct.items():
         for seed, c in enumerate(per_seed):
@@ -19,11 +20,11 @@ def fake_comparison(folder, correct: dict[tuple[str, str], list[np.ndarray]], ma
             run.mkdir(parents=True, exist_ok=True)
             path = run / "eval.json"
             ev = json.loads(path.read_text()) if path.is_file() else {"networks": {}, "per_image": {}}
-            ev["networks"][network] = {"accuracy": float(np.mean(c))}
-            ev["per_image"][network] = {"accuracy": [int(v) for v in c]}
+            ev["networks"][network] = {metric: float(np.mean(c))}
+            ev["per_image"][network] = {metric: [float(v) for v in c]}
             path.write_text(json.dumps(ev))
             rows.append({"preset": preset, "seed": seed, "network": network, "checkpoint": "best", "split": "test",
-                         "accuracy": float(np.mean(c)), "run_dir": str(run)})
+                         metric: float(np.mean(c)), "run_dir": str(run)})
     write_results(rows, folder / "results.csv")
     if manifest:
         (folder / "comparison.json").write_text(json.dumps(manifest))
@@ -61,3 +62,16 @@ def test_ablation_contributions_and_their_verdicts(tmp_path):
     assert "| teacher -> s1 predictions (w=0.2) | s1 | +20.0 pt [" in text and "| better |" in text
     assert "| s2 -> s1 predictions (w=0.1) | s1 | +0.0 pt [+0.0, +0.0] | not distinguishable |" in text
     assert "against each baseline" not in text  # only ablation variants: nothing else to pair with
+
+
+def test_segmentation_comparisons_pair_by_dice(tmp_path):
+    """results.csv has a column for every metric of every task; the paired analysis takes the
+    one this comparison measured (Dice), not an empty accuracy column."""
+    rng = np.random.default_rng(0)
+    dice = {("diverse", "teacher"): [rng.uniform(0.7, 0.9, 50) for _ in range(2)],
+            ("diverse", "s1"): [rng.uniform(0.5, 0.7, 50) for _ in range(2)],
+            ("student", "s1"): [rng.uniform(0.5, 0.7, 50) for _ in range(2)]}
+    study = fake_comparison(tmp_path, dice, metric="dice")
+    assert "accuracy" in (tmp_path / "results.csv").read_text().splitlines()[0]  # the empty column exists
+    assert study.metric == "dice"
+    assert findings(study)[0].startswith("The teacher leads the students trained alone (Dice")

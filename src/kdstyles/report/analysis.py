@@ -50,7 +50,8 @@ def load_study(folder: str | Path, rows: list[dict[str, Any]]) -> Study:
             manifest = read_json(folder / "comparison.json", "")
         except KDError:
             manifest = {}
-    metric = per_image_metric([k for r in rows for k in r]) or primary(rows)
+    measured = {k for r in rows for k, v in r.items() if isinstance(v, (int, float))}  # not empty columns
+    metric = per_image_metric(measured) or primary(rows)
     presets = presets_in(rows)
     target = manifest.get("target")
     if target not in presets:
