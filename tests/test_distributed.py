@@ -73,3 +73,17 @@ def test_resume_under_torchrun(runs):
     got = weights(out / "weights-rank0.pt")
     for k in full:
         assert torch.equal(full[k], got[k]), k
+
+
+def test_whole_volume_validation_is_scored_once_under_torchrun(tmp_path):
+    """3D segmentation validated volume by volume with sliding windows: with two processes
+    each scores its own volumes, and the gathered means equal the one-process run's."""
+    if TORCHRUN is None:
+        pytest.skip("torchrun is not on PATH")
+    launch(tmp_path / "one", 1, 1, mode="volumes")
+    launch(tmp_path / "two", 1, 2, mode="volumes")
+    m1 = list(csv.DictReader((tmp_path / "one" / "run" / "metrics.csv").open()))
+    m2 = list(csv.DictReader((tmp_path / "two" / "run" / "metrics.csv").open()))
+    assert [r["network"] for r in m1] == [r["network"] for r in m2] == ["teacher", "s1", "s2", "ensemble"]
+    for a, b in zip(m1, m2):  # 5 volumes: 3 on rank 0, 2 on rank 1, one mean
+        assert float(a["val_dice"]) == pytest.approx(float(b["val_dice"]), abs=2e-3), a["network"]
