@@ -33,8 +33,9 @@ class RunLog:
         except (KDError, OSError):
             pass
 
-    def epoch_progress(self, label: str, total: int, start: int, batch_size: int) -> "EpochProgress":
-        return EpochProgress(self, label, total, start, batch_size)
+    def epoch_progress(self, label: str, total: int, start: int, batch_size: int, unit: str = "img"
+                       ) -> "EpochProgress":
+        return EpochProgress(self, label, total, start, batch_size, unit)
 
     def epoch(self, rows: list[dict[str, Any]], history: list[dict[str, Any]], epochs: int, metric: str,
               seconds: float) -> None:
@@ -71,8 +72,9 @@ class RunLog:
 class EpochProgress:
     """Progress within one epoch: ``update(done, losses)`` after every step."""
 
-    def __init__(self, log: RunLog, label: str, total: int, start: int, batch_size: int):
+    def __init__(self, log: RunLog, label: str, total: int, start: int, batch_size: int, unit: str = "img"):
         self.log, self.label, self.total, self.start, self.batch = log, label, total, start, batch_size
+        self.unit = unit  # what the speed counts: img (images), vol (volumes or patches)
         self.every = max(1, total // 10)
         self.bar: Progress | None = None
 
@@ -94,11 +96,11 @@ class EpochProgress:
         rate = (done - self.start) * self.batch / elapsed
         if self.bar is not None:
             if done % 5 == 0 or done == self.total:
-                self.bar.update(self.task, completed=done, speed=f"{rate:,.0f} img/s", losses=losses())
+                self.bar.update(self.task, completed=done, speed=f"{rate:,.0f} {self.unit}/s", losses=losses())
         elif done % self.every == 0 or done == self.total:
             eta = (self.total - done) * elapsed / max(done - self.start, 1)
             self.log.console.print(f"epoch {self.label} step {done}/{self.total} ({done / self.total:.0%}) "
-                                   f"{rate:,.0f} img/s, ETA {eta:.0f}s  {losses()}", highlight=False, soft_wrap=True)
+                                   f"{rate:,.0f} {self.unit}/s, ETA {eta:.0f}s  {losses()}", highlight=False, soft_wrap=True)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

@@ -196,7 +196,8 @@ class Trainer:
         total_steps = len(self.train_loader)
         optimizers = list(self.optim.optimizers.values())
         label = f"{epoch + 1}/{self.cfg.train.epochs}"
-        with self.log.epoch_progress(label, total_steps, start, self.cfg.data.batch_size) as progress:
+        unit = "vol" if self.cfg.data.dims == 3 else "img"
+        with self.log.epoch_progress(label, total_steps, start, self.cfg.data.batch_size, unit) as progress:
             for step, batch in enumerate(self.train_loader, start=start):
                 x, y, keys = self.rt.batch(*batch[:2], batch[2] if self.use_cache else None)
                 with self.rt.autocast():
