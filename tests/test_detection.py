@@ -219,7 +219,7 @@ def test_box_files_load_the_same_boxes_scaled_to_the_training_size(tmp_path, sou
             "folder-json": ["data.source=folder", f"data.root={tmp_path / 'kv'}"]}[source]
     if source == "folder-json":
         (tmp_path / "kv" / "kavsir_bboxes.json").write_text(json.dumps(kvasir))
-    cfg = load_config(None, [*DET, "data.image_size=20", "data.val_fraction=0.2", "data.test_fraction=0.2",
+    cfg = load_config(None, [*DET, "data.image_size=80", "data.val_fraction=0.2", "data.test_fraction=0.2",
                              "data.augment.hflip=false", "data.augment.vflip=false", *keys])
     bundle = build_data(cfg.data, 0, task="detection")
     assert bundle.class_names == ["polyp"] and len(bundle.splits) == 3
@@ -228,7 +228,7 @@ def test_box_files_load_the_same_boxes_scaled_to_the_training_size(tmp_path, sou
         for i, path in enumerate(ds.paths):
             label = ds[i][1]
             got = sorted(label[label[:, 4] >= 0][:, :4].tolist())
-            assert got == [[v / 2 for v in b] for b in truth[str(path)]]  # 40 px files, 20 px training size
+            assert got == [[v * 2 for v in b] for b in truth[str(path)]]  # 40 px files, 80 px training size
             seen += 1
     assert seen == 6
 
