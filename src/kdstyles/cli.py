@@ -290,11 +290,13 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
 
 @app.command()
 def predict(model: Path = typer.Argument(..., help="an exported .onnx / TorchScript .pt file, or a run folder"),
-            inputs: list[Path] = typer.Argument(..., help="image files, folders, or CSV files with a 'path' column"),
+            inputs: list[Path] = typer.Argument(..., help="image (or volume) files, folders, or CSV files with a "
+                                                          "'path' column"),
             out: Path = typer.Option(Path("predictions"), help="folder for predictions.csv"),
             network: str = typer.Option("s1", help="with a run folder: which network (or ensemble)"),
             batch_size: int = typer.Option(32, min=1)) -> None:
-    """Classify new images; writes OUT/predictions.csv (path, class, probability per class)."""
+    """Predict for new images (or NIfTI/NRRD volumes for a 3D model); writes OUT/predictions.csv
+    (classes, masks under OUT/masks/, or boxes, as the task does)."""
     from .predict import predict as run_predict
 
     path = run_predict(model, inputs, out, network, batch_size)

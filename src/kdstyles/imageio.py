@@ -17,6 +17,12 @@ from PIL import Image, UnidentifiedImageError
 from .errors import KDError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd")  # volume files (read by kdstyles.data.volumes, with MONAI)
+
+
+def is_volume(path: Path) -> bool:
+    """A NIfTI or NRRD file by name (macOS's ``._`` shadow files excluded)."""
+    return path.name.lower().endswith(VOLUME_SUFFIXES) and not path.name.startswith("._")
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import KDError
-from .imageio import IMAGE_SUFFIXES, read_image
+from .imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_volume, read_image
 
 
 class Predictor:
@@ -36,8 +36,6 @@ class Predictor:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)
-
-
 
 
 def _sidecar(model: Path) -> dict:
@@ -112,16 +110,13 @@ def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "be
     raise KDError(f"model '{model}': expected an .onnx or TorchScript .pt file, or a run folder")
 
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd")  # as kdstyles.data.volumes (not imported: it needs MONAI)
-
-
 def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path]:
     """Image files (volume files for a volume model), folders (searched recursively) and CSV
     files of paths (column 'path')."""
     what, suffixes = ("volume", VOLUME_SUFFIXES) if volumes else ("image", IMAGE_SUFFIXES)
 
     def fits(p: Path) -> bool:
-        return p.name.lower().endswith(suffixes) and not p.name.startswith("._")
+        return is_volume(p) if volumes else p.suffix.lower() in IMAGE_SUFFIXES
 
     files: list[Path] = []
     for item in map(Path, inputs):
@@ -137,7 +132,7 @@ def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path
                 raise KDError(f"input {what} '{item}' does not exist")
             files.append(item)
         else:
-            other = " (this model takes 2D images)" if not volumes and item.name.lower().endswith(VOLUME_SUFFIXES) \
+            other = " (this model takes 2D images)" if not volumes and is_volume(item) \
                 else " (this model takes volumes)" if volumes and item.suffix.lower() in IMAGE_SUFFIXES else ""
             raise KDError(f"input '{item}' is not a{'n' if what == 'image' else ''} {what} "
                           f"({', '.join(suffixes)}), a folder or a .csv{other}")

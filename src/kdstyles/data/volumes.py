@@ -23,12 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import KDError
-
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd")
-
-
-def is_volume(path: Path) -> bool:
-    return path.name.lower().endswith(VOLUME_SUFFIXES) and not path.name.startswith("._")
+from ..imageio import VOLUME_SUFFIXES, is_volume
 
 
 def stem(path: Path) -> str:

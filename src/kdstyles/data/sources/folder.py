@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import KDError
-from ...imageio import IMAGE_SUFFIXES
+from ...imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_volume
 from .. import segfolder
 from ..files import SPLITS, Record
 from . import Loaded, Source, from_files, from_volume_files
@@ -17,8 +17,6 @@ from . import Loaded, Source, from_files, from_volume_files
 def list_folder(root: Path, volumes: bool = False) -> list[Record]:
     """Records of ``root/<class>/<file>`` (or inside ``root/train/`` etc.): image files, or
     volume files (NIfTI/NRRD) with ``volumes``."""
-    from ..volumes import VOLUME_SUFFIXES, is_volume
-
     fits = is_volume if volumes else (lambda f: f.suffix.lower() in IMAGE_SUFFIXES)
     kind, suffixes = ("volumes", VOLUME_SUFFIXES) if volumes else ("images", IMAGE_SUFFIXES)
     if not root.is_dir():
