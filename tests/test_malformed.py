@@ -312,6 +312,9 @@ CASES = [
     ("predict-input-csv-not-utf8", lambda t, r: (["predict", str(r / "export" / "s1.onnx"),
                                                   str(corrupt(t / "in.csv", b"path\n\xff\xfe.png\n")), "--out",
                                                   str(t / "p")], "in.csv")),
+    ("predict-volume-to-image-model", lambda t, r: (["predict", str(r / "export" / "s1.onnx"),
+                                                     str(corrupt(t / "ct.nii.gz", b"x")), "--out", str(t / "p")],
+                                                    "this model takes 2D images")),
     ("predict-input-missing", lambda t, r: (["predict", str(r / "export" / "s1.onnx"), str(t / "gone.png"),
                                              "--out", str(t / "p")], "gone.png")),
     # ---------------------------------------------------------------- detection
