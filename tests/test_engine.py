@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -244,6 +245,10 @@ def test_truncated_checkpoint_is_reported(tmp_path):
     path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(KDError, match="truncated or corrupted"):
         checkpoints.load(path)
+    for garbage in (b"\x85garbage", b"\x80\x02}q\x00(X", os.urandom(64), b"PK\x03\x04" + os.urandom(60)):
+        path.write_bytes(garbage)  # a pickle opcode on an empty stack, a cut pickle, noise, a broken zip
+        with pytest.raises(KDError, match=r"last.pt' (is truncated or corrupted|holds pickled objects)"):
+            checkpoints.load(path)
 
 
 def test_demo_trains_both_presets_then_reuses_them(tmp_path, monkeypatch, capsys):
