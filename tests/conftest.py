@@ -1,7 +1,9 @@
 import os
+import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["KDSTYLES_CACHE"] = tempfile.mkdtemp(prefix="kdstyles-cache-")  # prepared volumes: not in ~/.cache
 
 import pytest  # noqa: E402
 

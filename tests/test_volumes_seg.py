@@ -337,3 +337,37 @@ def test_a_network_that_cannot_take_the_input_size_is_named_in_one_line():
         build_cohort(load_config(None, [*UNETS, *SYNTH, "networks.students.s1.arch=custom", "routing.preset=kd",
                                         "networks.teacher.arch=basicunet", "networks.students.s2.arch=basicunet"]),
                      3, 1, 17, {"s1": OnlyEven()})
+
+
+def test_prepared_volumes_are_cached_until_their_files_change(tmp_path, monkeypatch):
+    from kdstyles.data import build_data, volumes
+
+    monkeypatch.setenv("KDSTYLES_CACHE", str(tmp_path / "cache"))
+    root = decathlon(tmp_path / "dec", n=5)
+    cfg = load_config(None, dec_args(root)).data
+    first = build_data(cfg, 0, task="segmentation")
+    assert len(list((tmp_path / "cache" / "volumes").glob("*.npz"))) == 5
+    reads = []
+    real_read = volumes.read
+    monkeypatch.setattr(volumes, "read", lambda path, what="volume": reads.append(path) or real_read(path, what))
+    second = build_data(cfg, 0, task="segmentation")
+    assert reads == []  # every volume from the cache
+    for split in first.splits:
+        for a, b in zip(first.splits[split].images, second.splits[split].images):
+            assert np.array_equal(a, b)
+        assert first.splits[split].spacing == second.splits[split].spacing
+    key = volumes._cache_key(root / "imagesTr" / "case_002.nii.gz", root / "labelsTr" / "case_002.nii.gz", cfg)
+    (volumes.cache_folder() / f"{key}.npz").write_bytes(b"damaged")  # a damaged cache file is prepared again
+    label = root / "labelsTr" / "case_001.nii.gz"
+    img = nib.load(label)
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), label)  # and a changed file
+    build_data(cfg, 0, task="segmentation")
+    assert sorted(p.name for p in reads) == ["case_001.nii.gz"] * 2 + ["case_002.nii.gz"] * 2  # image and label
+    spacing = load_config(None, dec_args(root, "data.spacing=[2,2,2]")).data  # other settings: other entries
+    build_data(spacing, 0, task="segmentation")
+    assert len(list((tmp_path / "cache" / "volumes").glob("*.npz"))) == 11
+    off = load_config(None, dec_args(root, "data.spacing=[3,3,3]", "data.volume_cache=false")).data
+    build_data(off, 0, task="segmentation")
+    assert len(list((tmp_path / "cache" / "volumes").glob("*.npz"))) == 11
+    with pytest.raises(KDError, match="has value 2, outside 0..1"):  # the label range is checked on a hit too
+        build_data(load_config(None, dec_args(root, "data.classes=[bg,fg]")).data, 0, task="segmentation")

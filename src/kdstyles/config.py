@@ -85,6 +85,9 @@ class DataConfig(Strict):
     window: Optional[list[float]] = Field(None, description="decathlon: intensity window [low, high] mapped to "
                                           "[0, 1] and clipped (CT in HU, e.g. [-160, 240] for the abdomen); "
                                           "default: each volume's 0.5th..99.5th percentiles")
+    volume_cache: bool = Field(True, description="decathlon, volume folders/CSV: keep prepared volumes in "
+                               "$KDSTYLES_CACHE/volumes (default ~/.cache/kdstyles/volumes) for the next run, "
+                               "evaluate and export")
     channels: Optional[int] = Field(None, ge=1, le=3, description="1 or 3; default: the source's (synthetic and "
                                     "folder/csv 3, medmnist its own)")
     train_samples: int = Field(2000, ge=2, description="synthetic only")

@@ -11,6 +11,12 @@
 
 Checks name the file: unreadable, a label map whose shape or affine differs from its image,
 label values that are not whole numbers or lie outside 0..K-1.
+
+Prepared volumes are cached (:func:`prepare_cached`): one uncompressed ``.npz`` per file
+and preparation in ``$KDSTYLES_CACHE/volumes`` (default ``~/.cache/kdstyles/volumes``),
+keyed by the files' paths, sizes and modification times and the preparation settings, so
+evaluate, export and the next run skip reading and resampling. ``data.volume_cache: false``
+turns it off; a damaged cache file is simply prepared again.
 """
 
 from __future__ import annotations
@@ -120,6 +126,67 @@ def prepare(image_path: Path, label_path: Path | None, cfg: Any, num_classes: in
     affine = _affine(image)
     spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
     return Prepared(np.ascontiguousarray(data), mask, spacing, affine, source_affine, source_shape)
+
+
+CACHE_VERSION = 1  # bump when preparation changes what it produces
+
+
+def cache_folder() -> Path:
+    import os
+
+    root = os.environ.get("KDSTYLES_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kdstyles")
+    return Path(root) / "volumes"
+
+
+def _cache_key(image_path: Path, label_path: Path | None, cfg: Any) -> str:
+    import hashlib
+    import json
+
+    parts: list[Any] = [CACHE_VERSION, cfg.orientation, cfg.spacing, cfg.window]
+    for path in (image_path, label_path):
+        if path is not None:
+            st = path.stat()
+            parts += [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()
+
+
+def prepare_cached(image_path: Path, label_path: Path | None, cfg: Any, num_classes: int | None = None,
+                   use_cache: bool = True) -> Prepared:
+    """:func:`prepare`, from the cache when this file was prepared the same way before (the
+    label range is checked again: the class count may have changed)."""
+    if not use_cache or not image_path.is_file() or (label_path is not None and not label_path.is_file()):
+        return prepare(image_path, label_path, cfg, num_classes)
+    path = cache_folder() / f"{_cache_key(image_path, label_path, cfg)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                mask = z["mask"] if "mask" in z.files else None
+                hit = Prepared(z["image"], mask, tuple(float(v) for v in z["spacing"]), z["affine"],
+                               z["source_affine"], tuple(int(v) for v in z["source_shape"]))
+        except (OSError, ValueError, KeyError, EOFError):
+            hit = None  # damaged: prepared again below
+        if hit is not None:
+            if num_classes is not None and hit.mask is not None and int(hit.mask.max(initial=0)) >= num_classes:
+                raise KDError(f"label map '{label_path}' has value {int(hit.mask.max())}, outside "
+                              f"0..{num_classes - 1} (the labels of dataset.json, or data.num_classes)")
+            return hit
+    prepared = prepare(image_path, label_path, cfg, num_classes)
+    arrays = {"image": prepared.image, "spacing": np.asarray(prepared.spacing), "affine": prepared.affine,
+              "source_affine": prepared.source_affine, "source_shape": np.asarray(prepared.source_shape)}
+    if prepared.mask is not None:
+        arrays["mask"] = prepared.mask
+    try:
+        from ..fileio import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+        atomic_write(path, write)
+    except KDError:
+        pass  # an unwritable cache only costs time
+    return prepared
 
 
 def restore(mask: np.ndarray, prepared: Prepared) -> np.ndarray:

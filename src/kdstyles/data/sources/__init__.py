@@ -166,7 +166,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
         task_id = bar.add_task(f"reading {len(records)} volumes", total=len(records)) if bar else None
         for r in records:
             try:
-                vol = volumes.prepare(r.path, None, cfg).image
+                vol = volumes.prepare_cached(r.path, None, cfg, use_cache=cfg.volume_cache).image
                 shape = "x".join(map(str, vol.shape[:3]))
                 report.sources[shape] = report.sources.get(shape, 0) + 1
                 arrays.append(_fit_volumes(vol[None], channels, size)[0])

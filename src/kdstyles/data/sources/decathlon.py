@@ -90,7 +90,7 @@ class Decathlon(Source):
             task_id = bar.add_task(f"reading {len(pairs)} volumes", total=len(pairs)) if bar else None
             for image, label in pairs:
                 try:
-                    vol = volumes.prepare(image, label, cfg, len(names))
+                    vol = volumes.prepare_cached(image, label, cfg, len(names), cfg.volume_cache)
                 except KDError as exc:
                     report.problems.append(checks.Problem("error", str(exc)))
                     vol = None
