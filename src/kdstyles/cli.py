@@ -113,7 +113,7 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
     for name, net in cohort.networks.items():
         mode = " (offline, frozen)" if name in cohort.frozen else ""
         console.print(f"  {name}: {count_parameters(net):,} parameters, {flops_per_image(net, sample) / 1e6:,.1f} "
-                      f"MFLOPs per image{mode}", highlight=False)
+                      f"MFLOPs per {'image' if dims == 2 else 'volume'}{mode}", highlight=False)
     for key in cohort.adapters:
         console.print(f"  adapter {key}", highlight=False)
     for key in cohort.shadows:
