@@ -158,5 +158,5 @@ def test_volume_files_in_class_folders_and_csv(tmp_path):
     cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path / 'vols'}", "data.spatial_dims=3"])
     with pytest.raises(KDError, match="v99.nii.gz' cannot be read as a volume"):
         build_data(cfg.data, 0)
-    with pytest.raises(KDError, match="volume files in class folders or a CSV are for 3D classification"):
+    with pytest.raises(KDError, match="volume files in class folders are for 3D classification"):
         build_data(cfg.data, 0, task="segmentation")

@@ -371,3 +371,46 @@ def test_prepared_volumes_are_cached_until_their_files_change(tmp_path, monkeypa
     assert len(list((tmp_path / "cache" / "volumes").glob("*.npz"))) == 11
     with pytest.raises(KDError, match="has value 2, outside 0..1"):  # the label range is checked on a hit too
         build_data(load_config(None, dec_args(root, "data.classes=[bg,fg]")).data, 0, task="segmentation")
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_3d_boxes_from_a_csv_in_world_mm_land_on_the_training_grid(tmp_path, size):
+    """Boxes given in world millimetres (what predict writes) follow the volume through
+    reorientation (LAS files turned to RAS) and resizing to data.image_size."""
+    from kdstyles.boxes import grid_to_world, unpad
+    from kdstyles.data import build_data
+    from kdstyles.data.synthetic_vol_det import generate
+
+    vols, boxes = generate(0, "train", 10, 16)
+    rows, expected = ["path,x1,y1,z1,x2,y2,z2,label"], {}
+    for i, (v, b) in enumerate(zip(vols, boxes)):
+        affine = np.diag([1.5, 1.0, 2.0, 1.0])
+        affine[:3, 3] = [10, -5, 3]
+        if i % 2:
+            affine[0, 0] = -1.5  # stored LAS: the first array axis (z in box terms) runs the other way
+        nib.save(nib.Nifti1Image(v[..., 0], affine), tmp_path / f"v{i}.nii.gz")
+        for w, c in zip(grid_to_world(b, affine), b[:, 6]):
+            rows.append(f"v{i}.nii.gz,{','.join(f'{x:.4f}' for x in w)},{('cyst', 'tumour')[int(c)]}")
+        if not len(b):
+            rows.append(f"v{i}.nii.gz,,,,,,,")
+        e = b.copy()
+        if i % 2:
+            e[:, [2, 5]] = 16 - b[:, [5, 2]]
+        e[:, :6] *= size / 16
+        expected[str(tmp_path / f"v{i}.nii.gz")] = e
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    cfg = load_config(None, ["task=detection", *UNETS[1:], "data.source=csv", f"data.path={tmp_path / 'boxes.csv'}",
+                             "data.spatial_dims=3", f"data.image_size={size}", "data.val_fraction=0.2",
+                             "data.test_fraction=0.2", "data.augment.hflip=false", "data.augment.vflip=false"])
+    bundle = build_data(cfg.data, 0, task="detection")
+    assert bundle.class_names == ["cyst", "tumour"]
+    seen = 0
+    for ds in bundle.splits.values():
+        for i, path in enumerate(ds.paths):
+            got = unpad(ds[i][1].numpy())
+            np.testing.assert_allclose(got, expected[str(path)], atol=1e-3)
+            seen += 1
+    assert seen == 10
+    (tmp_path / "boxes.csv").write_text("path,x1,y1,z1,x2,y2,z2,label\nv0.nii.gz,0,0,0,900,5,5,cyst\n")
+    with pytest.raises(KDError, match=r"v0.nii.gz' \(world boxes on its prepared grid\): box .* outside the 16x16x16"):
+        build_data(cfg.data, 0, task="detection")

@@ -270,3 +270,36 @@ def unpad(boxes: np.ndarray) -> np.ndarray:
     if boxes.shape[-1] % 2:
         return boxes[boxes[:, -1] >= 0]
     return boxes[boxes[:, -2] > 0]
+
+
+# ----------------------------------------------------------------------------- volumes in the world
+
+def grid_to_world(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """3D boxes (n, 6+) in voxel edges of a grid (x along its last axis) to world millimetres
+    through the grid's 4x4 affine (array index -> world): (n, 6) ``x1, y1, z1, x2, y2, z2`` along
+    the world's axes, the smallest box that holds the 8 corners."""
+    import itertools
+
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if len(boxes) == 0:
+        return np.zeros((0, 6))
+    edges = boxes[:, :6].reshape(-1, 2, 3)[:, :, ::-1] - 0.5  # (n, lo/hi, array axis): index of the edge
+    corners = np.stack([edges[:, pick, range(3)] for pick in itertools.product((0, 1), repeat=3)], 1)
+    world = corners @ np.asarray(affine, dtype=np.float64)[:3, :3].T + np.asarray(affine, dtype=np.float64)[:3, 3]
+    return np.concatenate([world.min(1), world.max(1)], axis=1)
+
+
+def world_to_grid(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`grid_to_world`: world boxes (n, 6+) to voxel edges of the grid
+    whose affine is given, ``x1, y1, z1, x2, y2, z2`` with x along the grid's last axis."""
+    import itertools
+
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if len(boxes) == 0:
+        return np.zeros((0, 6))
+    inverse = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    ends = boxes[:, :6].reshape(-1, 2, 3)  # (n, lo/hi, world axis)
+    corners = np.stack([ends[:, pick, range(3)] for pick in itertools.product((0, 1), repeat=3)], 1)
+    index = corners @ inverse[:3, :3].T + inverse[:3, 3] + 0.5  # (n, 8, array axis) as voxel edges
+    lo, hi = index.min(1)[:, ::-1], index.max(1)[:, ::-1]  # array axes (0, 1, 2) -> coordinates (z, y, x) reversed
+    return np.concatenate([lo, hi], axis=1)

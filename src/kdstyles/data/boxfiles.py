@@ -1,5 +1,6 @@
 """Boxes from files, for detection: a CSV ``path,x1,y1,x2,y2,label[,split]`` (one row per
-box; a row with empty box columns lists an image without objects), a COCO-format JSON,
+box; a row with empty box columns lists an image without objects; for volumes
+``path,x1,y1,z1,x2,y2,z2,label[,split]`` in world millimetres), a COCO-format JSON,
 and Kvasir-SEG folders (``root/images/`` with ``root/masks/``, a box around each connected
 region of a mask, or Kvasir-SEG's ``kavsir_bboxes.json`` beside them).
 
@@ -21,6 +22,8 @@ from ..fileio import read_csv
 from .files import SPLITS, Record
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
+BOX_COLUMNS_3D = ("x1", "y1", "z1", "x2", "y2", "z2")
+COUNT = {4: "four", 6: "six"}
 
 
 def _class_index(names: list[str], given: list[str] | None, where: str) -> dict[str, int]:
@@ -37,12 +40,15 @@ def _empty() -> np.ndarray:
     return np.zeros((0, 5), np.float32)
 
 
-def read_box_csv(path: Path, classes: list[str] | None) -> tuple[list[Record], dict[str, np.ndarray], list[str]]:
-    """``path,x1,y1,x2,y2,label[,split]``; paths relative to the CSV's folder."""
+def read_box_csv(path: Path, classes: list[str] | None, dims: int = 2
+                 ) -> tuple[list[Record], dict[str, np.ndarray], list[str]]:
+    """``path,x1,y1,x2,y2,label[,split]`` (``dims=3``: ``path,x1,y1,z1,x2,y2,z2,label[,split]``);
+    paths relative to the CSV's folder."""
+    columns = BOX_COLUMNS if dims == 2 else BOX_COLUMNS_3D
     if not path.is_file():
         raise KDError(f"data.path: CSV file '{path}' does not exist")
-    rows = read_csv(path, "give columns path,x1,y1,x2,y2,label[,split]",
-                    required=("path", *BOX_COLUMNS, "label"))
+    rows = read_csv(path, f"give columns path,{','.join(columns)},label[,split]",
+                    required=("path", *columns, "label"))
     order: dict[str, Record] = {}
     found: dict[str, list[tuple[list[float], str]]] = {}
     for line, row in enumerate(rows, start=2):
@@ -58,13 +64,14 @@ def read_box_csv(path: Path, classes: list[str] | None) -> tuple[list[Record], d
             found[image] = []
         elif order[image].split != split:
             raise KDError(f"{where}: '{row['path']}' is in split '{split}' here and '{order[image].split}' above")
-        values = [row[c].strip() for c in BOX_COLUMNS]
+        values = [row[c].strip() for c in columns]
         if not any(values) and not row["label"]:
             continue  # an image without objects
         try:
             box = [float(v) for v in values]
         except ValueError:
-            raise KDError(f"{where}: box ({', '.join(values)}) needs four numbers x1,y1,x2,y2 (or all four "
+            n = COUNT[len(columns)]
+            raise KDError(f"{where}: box ({', '.join(values)}) needs {n} numbers {','.join(columns)} (or all {n} "
                           "empty, with an empty label, for an image without objects)") from None
         if not all(math.isfinite(v) for v in box) or not row["label"]:
             raise KDError(f"{where}: box ({', '.join(values)}) label '{row['label']}': needs finite numbers and a label")
@@ -72,7 +79,8 @@ def read_box_csv(path: Path, classes: list[str] | None) -> tuple[list[Record], d
     if not order:
         raise KDError(f"CSV file '{path}' has no rows")
     index = _class_index([lbl for boxes in found.values() for _, lbl in boxes], classes, f"CSV file '{path}'")
-    boxes = {p: np.array([[*b, index[lbl]] for b, lbl in found[p]], np.float32).reshape(-1, 5) for p in order}
+    width = len(columns) + 1
+    boxes = {p: np.array([[*b, index[lbl]] for b, lbl in found[p]], np.float32).reshape(-1, width) for p in order}
     return list(order.values()), boxes, list(index)
 
 

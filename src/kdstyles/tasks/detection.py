@@ -170,13 +170,9 @@ class Detection(EncoderDecoderTask):
         scale = np.array([e / n for e, n in zip(extent, probs.shape[1:][::-1])] * 2)  # resized back
         boxes = dets[:, :2 * d] * scale
         if volume is not None and len(boxes):  # voxel edges -> world mm through the affine
-            import itertools
+            from ..boxes import grid_to_world
 
-            affine = np.asarray(volume[1], dtype=np.float64)
-            edges = boxes.reshape(-1, 2, 3)[:, :, ::-1] - 0.5  # (n, lo/hi, array axis): x runs along the last axis
-            corners = np.stack([edges[:, pick, range(3)] for pick in itertools.product((0, 1), repeat=3)], 1)
-            world = corners @ affine[:3, :3].T + affine[:3, 3]  # (n, 8, 3)
-            boxes = np.concatenate([world.min(1), world.max(1)], axis=1)
+            boxes = grid_to_world(boxes, volume[1])
         rows = [[*(round(float(v), 1) for v in b), round(float(det[-2]), 4), class_names[int(det[-1])]]
                 for b, det in zip(boxes, dets)]
         return [str(path), str(int((dets[:, -2] >= 0.5).sum())), json.dumps(rows)]

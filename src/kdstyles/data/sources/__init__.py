@@ -145,34 +145,55 @@ def split_assignment(cfg: Any, seed: int, run_dir: Path | None, records: list[fi
 
 
 def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool, records: list[files.Record],
-                      base: Path, where: str) -> Loaded:
-    """Volume files (NIfTI/NRRD) with a class each, for 3D classification: every file read once
+                      base: Path, where: str, boxes_of: tuple[dict[str, np.ndarray], list[str]] | None = None
+                      ) -> Loaded:
+    """Volume files (NIfTI/NRRD) with a class each (3D classification) or boxes in world mm each
+    (``boxes_of``: boxes by path and the class names; 3D detection): every file read once
     (oriented, resampled, windowed: :mod:`kdstyles.data.volumes`), resized to
-    ``data.image_size``^3 and kept in memory; the split assignment as for image files."""
+    ``data.image_size``^3 and kept in memory, boxes carried onto that grid; the split
+    assignment as for image files."""
+    from ...boxes import world_to_grid
     from .. import volumes
 
-    if task.dense or task.boxes:
-        raise KDError(f"{where}: volume files in class folders or a CSV are for 3D classification; 3D "
-                      "segmentation reads data.source: decathlon")
+    if task.dense or (task.boxes and boxes_of is None):
+        raise KDError(f"{where}: volume files in class folders are for 3D classification (and a box CSV for 3D "
+                      "detection); 3D segmentation reads data.source: decathlon")
     channels, size = cfg.channels or 1, cfg.image_size or 64
-    names = files.class_list(records, cfg.classes, where)
-    if len(names) < 2:
-        raise KDError(f"{where}: holds one class only ('{names[0]}'); a classifier needs at least two")
-    index = {n: k for k, n in enumerate(names)}
-    labels = np.array([index[r.label] for r in records], dtype=np.int64)
-    report = checks.DataReport(names)
+    if boxes_of is not None:
+        found, names = boxes_of
+        for r in records:
+            r.label = "1" if len(found[str(r.path)]) else "0"
+        labels = np.array([int(r.label) for r in records], dtype=np.int64)
+        report = checks.DataReport(BOX_REPORT)
+    else:
+        names = files.class_list(records, cfg.classes, where)
+        if len(names) < 2:
+            raise KDError(f"{where}: holds one class only ('{names[0]}'); a classifier needs at least two")
+        index = {n: k for k, n in enumerate(names)}
+        labels = np.array([index[r.label] for r in records], dtype=np.int64)
+        report = checks.DataReport(names)
     arrays: list[np.ndarray | None] = []
+    grid_boxes: list[np.ndarray] = []
     with progress(quiet) as bar:
         task_id = bar.add_task(f"reading {len(records)} volumes", total=len(records)) if bar else None
         for r in records:
             try:
-                vol = volumes.prepare_cached(r.path, None, cfg, use_cache=cfg.volume_cache).image
+                prepared = volumes.prepare_cached(r.path, None, cfg, use_cache=cfg.volume_cache)
+                vol = prepared.image
                 shape = "x".join(map(str, vol.shape[:3]))
                 report.sources[shape] = report.sources.get(shape, 0) + 1
                 arrays.append(_fit_volumes(vol[None], channels, size)[0])
+                if boxes_of is not None:  # world mm -> voxel edges of the prepared grid -> the training grid
+                    world = found[str(r.path)]
+                    extent = vol.shape[:3][::-1]  # x, y, z extent in voxels
+                    b = np.c_[world_to_grid(world, prepared.affine), world[:, -1:]].astype(np.float32)
+                    checks.check_boxes("data", [b], len(names), extent, [f"'{r.path}' (world boxes on its "
+                                                                         "prepared grid)"], report)
+                    grid_boxes.append(b * np.array([size / e for e in extent] * 2 + [1], np.float32))
             except KDError as exc:
                 report.problems.append(checks.Problem("error", str(exc)))
                 arrays.append(None)
+                grid_boxes.append(np.zeros((0, 7), np.float32))
             if bar:
                 bar.advance(task_id)
     report.raise_errors()
@@ -181,10 +202,11 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
     for split in files.SPLITS:
         idx = [i for i, s in enumerate(assignment) if s == split]
         item_names = [f"'{records[i].path}'" for i in idx]
-        checks.check_labels(split, labels[idx], len(names), item_names, report)
+        checks.check_labels(split, labels[idx], len(report.class_names), item_names, report)
         images = np.stack([arrays[i] for i in idx]) if idx else np.zeros((0, size, size, size, channels), np.uint8)
         splits[split] = Split(images, labels[idx], [records[i].path for i in idx], None,
-                              checks.digest_arrays(images), item_names)
+                              checks.digest_arrays(images), item_names,
+                              [grid_boxes[i] for i in idx] if boxes_of is not None else None)
     return Loaded(splits, names, channels, size, report, where, (records, [r.label for r in records], assignment, base))
 
 

@@ -1,6 +1,7 @@
 """``source: csv``: a CSV file with columns ``path,label[,split]`` (detection:
-``path,x1,y1,x2,y2,label[,split]``, one row per box); paths relative to the CSV file's folder. With ``data.spatial_dims: 3`` the paths are volume
-files (NIfTI/NRRD) for 3D classification."""
+``path,x1,y1,x2,y2,label[,split]``, one row per box); paths relative to the CSV file's folder.
+With ``data.spatial_dims: 3`` the paths are volume files (NIfTI/NRRD): a class each, or for
+detection ``path,x1,y1,z1,x2,y2,z2,label[,split]`` boxes in world millimetres."""
 
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ class CSV(Source):
     def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
         path = Path(cfg.path)
         if cfg.dims == 3:
+            if task.boxes:
+                from ..boxfiles import read_box_csv
+
+                records, boxes, names = read_box_csv(path, cfg.classes, dims=3)
+                return from_volume_files(cfg, seed, task, run_dir, quiet, records, path.parent,
+                                         f"data.path '{path}'", boxes_of=(boxes, names))
             return from_volume_files(cfg, seed, task, run_dir, quiet, list_csv(path), path.parent,
                                      f"data.path '{path}'")
         if task.boxes:
