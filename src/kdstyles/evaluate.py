@@ -33,8 +33,10 @@ def network_outputs(cohort: Cohort, x: torch.Tensor, skip: frozenset[str] = froz
         return run(x)
     from monai.inferers import sliding_window_inference
 
+    # windows run where the networks are; the whole-volume outputs are stitched in host memory (a
+    # 512x512x300 CT's logits are about 1 GB per network and output)
     return sliding_window_inference(x, (window.size,) * (x.ndim - 2), window.batch, run, overlap=window.overlap,
-                                    mode="gaussian")
+                                    mode="gaussian", sw_device=x.device, device=torch.device("cpu"))
 
 
 def _activated(cohort: Cohort, x: torch.Tensor, skip: frozenset[str] = frozenset(), window=None
