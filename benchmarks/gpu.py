@@ -10,7 +10,8 @@ bf16; bf16 + channels_last; bf16 + channels_last + torch.compile):
     same batch (benchmarks/step.py's measurement, on the GPU), with peak GPU memory;
 (b) a training epoch through ``Experiment.fit`` (the real loop: loader workers, pinned
     memory, validation of a small split), timed on the second epoch so compilation and
-    the first-epoch warm-up are left out: images/s and peak GPU memory.
+    the first-epoch warm-up are left out: images/s, peak GPU memory, and from the run's
+    times.csv the seconds spent waiting for data, validating and writing checkpoints.
 
 Prints a table and writes JSON (default benchmarks/results/gpu.json).
 """
@@ -18,6 +19,7 @@ Prints a table and writes JSON (default benchmarks/results/gpu.json).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import tempfile
@@ -49,9 +51,12 @@ def epoch(config, sets, precision, cl, comp, samples) -> dict:
         stamps: list[float] = []
         exp.fit(callbacks=[lambda _t, e: stamps.append(time.perf_counter())])
         seconds = stamps[1] - stamps[0]
+        with open(exp.run_dir / "times.csv") as f:  # where the second epoch's time went
+            second = list(csv.DictReader(f))[1]
         return {"setting": _label(precision, cl, comp), "epoch_s": seconds,
                 "images_per_s": len(exp.data.splits["train"]) / seconds,
-                "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+                "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
+                **{k: float(second[k]) for k in ("data_wait_s", "val_s", "checkpoint_s")}}
 
 
 def main() -> None:
@@ -94,7 +99,9 @@ def main() -> None:
             print(f"epoch {_label(precision, cl, comp):<32} failed: {out['epochs'][-1]['error']}", flush=True)
             continue
         out["epochs"].append(r)
-        print(f"epoch {r['setting']:<32} {r['epoch_s']:6.1f} s  {r['images_per_s']:7.1f} img/s  peak {r['peak_mb']:.0f} MB",
+        print(f"epoch {r['setting']:<32} {r['epoch_s']:6.1f} s  {r['images_per_s']:7.1f} img/s  peak {r['peak_mb']:.0f} MB"
+              f"  (data wait {r['data_wait_s']:.1f} s, validation {r['val_s']:.1f} s, checkpoints "
+              f"{r['checkpoint_s']:.1f} s)",
               flush=True)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Data-loader throughput vs training throughput (a measurement, not a test).
 
-    .venv/bin/python benchmarks/loader.py [--size 32] [--out benchmarks/results/loader.json]
+    .venv/bin/python benchmarks/loader.py [--size 32] [--config CONFIG] [--out benchmarks/results/loader.json]
 
 Measures images/s of (a) iterating the training DataLoader of the embedded dataset
 (in-memory uint8, with the demo's flips), (b) the same for a folder of PNG files read
@@ -66,12 +66,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--files", type=int, default=1280, help="PNG files in the folder benchmark")
+    ap.add_argument("--config", help="also measure the synthetic set with this config's augmentation "
+                                     "(e.g. configs/paper-r50-r18.yaml: rotation, zoom, shift, shear)")
     ap.add_argument("--out", default="benchmarks/results/loader.json")
     args = ap.parse_args()
     rows = []
     syn = build_data(load_config(None, [f"data.image_size={args.size}", "data.train_samples=2000"]).data, seed=0)
     for w in (0, 2):
-        rows.append(("synthetic, in memory", w, loader_rate(syn, w)))
+        rows.append(("synthetic, in memory, flips", w, loader_rate(syn, w)))
+    if args.config:
+        aug = load_config(args.config).data.augment.model_dump()
+        sets = [f"data.image_size={args.size}", "data.train_samples=2000",
+                *(f"data.augment.{k}={json.dumps(v)}" for k, v in aug.items())]
+        named = build_data(load_config(None, sets).data, seed=0)
+        for w in (0, 2):
+            rows.append((f"synthetic, in memory, {Path(args.config).stem} augmentation", w, loader_rate(named, w)))
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         for c in range(4):
@@ -88,9 +97,9 @@ def main() -> None:
                 rows.append((label, w, loader_rate(bundle, w)))
     rows.append(("training step: teacher + 2 students (diverse)", 0, train_rate(args.size)))
     print(f"\nimages/s at {args.size} px on {torch.get_num_threads()} threads")
-    print(f"{'what':<48} {'workers':>7} {'images/s':>10}")
+    print(f"{'what':<64} {'workers':>7} {'images/s':>10}")
     for what, w, rate in rows:
-        print(f"{what:<48} {w:>7} {rate:>10.0f}")
+        print(f"{what:<64} {w:>7} {rate:>10.0f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps([{"what": a, "workers": b, "images_per_s": c} for a, b, c in rows], indent=2))

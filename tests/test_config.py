@@ -25,6 +25,11 @@ def run_cli(monkeypatch, capsys, *args):
     ("networks.students.s1.arch=resnet19", "unknown arch 'resnet19' (did you mean resnet18"),
     ("networks.students.s2.tap=layer4.0.conv9", "networks.s2.tap: no module 'layer4.0.conv9' in ResNet; "
                                                 "nearest valid paths: layer4.0.conv2"),
+    # a value that fits no branch of a union is one message naming every branch
+    ("networks.teacher.pretrained=3", "config error: networks.teacher.pretrained: should be a boolean or a string "
+                                      "(got 3)"),
+    ("data.num_workers=many", "config error: data.num_workers: should be a whole number or 'auto' (got 'many')"),
+    ("data.num_workers=null", "config error: data.num_workers: should be a whole number or 'auto' (got null)"),
 ])
 def test_config_errors_one_line_through_cli(monkeypatch, capsys, override, expected):
     code, out, err = run_cli(monkeypatch, capsys, "check", "--set", override,

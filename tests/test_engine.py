@@ -300,6 +300,51 @@ def test_progress_in_a_log_is_plain_lines_with_speed_and_eta(tmp_path):
     assert [ln.split()[3] for ln in steps] == ["1/3", "2/3", "3/3"]
     assert all("img/s, ETA" in ln and "teacher" in ln for ln in steps)
     assert any(ln.startswith("epoch 1/1 (") for ln in lines) and "" not in lines[:len(steps) + 1]
+    epoch_line = next(ln for ln in lines if ln.startswith("epoch 1/1 ("))
+    assert "data wait" in epoch_line and "validation" in epoch_line and "checkpoints" in epoch_line
+
+
+def test_epoch_time_is_split_into_data_wait_validation_and_checkpoints(tmp_path):
+    """times.csv says where each epoch's seconds went; a loader that takes 50 ms per batch
+    shows as at least that much data wait; a resume appends its epochs."""
+    import time
+
+    from conftest import tiny
+
+    exp = Experiment(None, overrides=tiny(tmp_path, "train.epochs=2"), quiet=True)
+    data = exp.data
+    plain = data.loader
+
+    def slow_loader(split, *args, **kwargs):
+        loader = plain(split, *args, **kwargs)
+        if split != "train":
+            return loader
+
+        class Slow:  # the real loader's batches, each 50 ms late
+            batch_sampler = loader.batch_sampler
+            dataset = loader.dataset
+
+            def __len__(self):
+                return len(loader)
+
+            def __iter__(self):
+                for batch in loader:
+                    time.sleep(0.05)
+                    yield batch
+        return Slow()
+
+    data.loader = slow_loader
+    exp.fit()
+    rows = list(csv.DictReader((exp.run_dir / "times.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for row in rows:
+        t = {k: float(row[k]) for k in ("epoch_s", "data_wait_s", "val_s", "checkpoint_s")}
+        assert t["data_wait_s"] >= 3 * 0.05  # three batches per epoch, each waited for
+        assert t["val_s"] > 0 and t["checkpoint_s"] > 0  # last.pt is written every epoch
+        assert t["data_wait_s"] + t["val_s"] + t["checkpoint_s"] < t["epoch_s"]
+    Experiment.from_run(exp.run_dir, overrides=["train.epochs=3"], quiet=True).fit(resume=True)
+    rows = list(csv.DictReader((exp.run_dir / "times.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
 
 
 def test_auto_precision_workers_and_cudnn_settings_per_device(monkeypatch):

@@ -3,6 +3,7 @@ leftover temporary files, file modes, run-folder locks, compare workers, odd fil
 
 import csv
 import errno
+import io
 import json
 import math
 import os
@@ -156,18 +157,38 @@ def test_any_crash_leaves_run_json_failed_with_the_error(tmp_path):
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
     from kdstyles.cli import main
 
-    real = pathlib.Path.write_bytes
+    real = pathlib.Path.open
     saves = []
 
-    def full_disk(self, data):
-        if self.name.startswith(".last.pt."):
+    class FillsUp(io.RawIOBase):  # a file on a disk that fills after its first 100 bytes
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            room = 100 - self.n
+            if len(b) > room:
+                self.f.write(bytes(b)[:room])
+                self.n = 100
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.n += len(b)
+            return self.f.write(b)
+
+        def close(self):
+            self.f.close()
+            super().close()
+
+    def full_disk(self, mode="r", *args, **kwargs):
+        f = real(self, mode, *args, **kwargs)
+        if self.name.startswith(".last.pt.") and "w" in mode:
             saves.append(self)
             if len(saves) == 2:  # the second epoch's last.pt: a few bytes land, then the disk is full
-                real(self, bytes(data)[:100])
-                raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, data)
+                return FillsUp(f)
+        return f
 
-    monkeypatch.setattr(pathlib.Path, "write_bytes", full_disk)
+    monkeypatch.setattr(pathlib.Path, "open", full_disk)
     monkeypatch.setattr(sys, "argv", ["kdstyles", "train", "-q", "--no-evaluate",
                                       *[a for o in tiny(tmp_path) for a in ("--set", o)]])
     with pytest.raises(SystemExit) as done:

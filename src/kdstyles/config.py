@@ -8,6 +8,7 @@ a small online teacher and two compact students on the embedded histology patche
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -434,11 +435,21 @@ def _allowed_keys(loc: tuple) -> list[str]:
     return sorted(cls.model_fields) if cls is not None else []
 
 
+_BRANCH = re.compile(r"^(bool|str|int|float|none|literal\[.*\]|list\[.*\]|dict\[.*\]|tuple\[.*\]|function-.*)$")
+_SHOULD = re.compile(r"^Input should be (a valid )?")
+
+
 def format_validation_error(err: ValidationError) -> str:
-    """One line: the first error's key path and what is allowed (plus a count of the rest)."""
+    """One line: the first error's key path and what is allowed (plus a count of the other
+    keys in error). A value that fits no branch of a union (``true`` or a path, a number or
+    ``auto``) is one message listing every branch, not one per branch."""
     errors = err.errors()
-    first = errors[0]
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    by_path: dict[tuple, list[dict]] = {}
+    for e in errors:
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and _BRANCH.match(p)))
+        by_path.setdefault(loc, []).append(e)
+    loc, group = next(iter(by_path.items()))
+    first = group[0]
     path = ".".join(str(p) for p in loc)
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc)
@@ -446,11 +457,15 @@ def format_validation_error(err: ValidationError) -> str:
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         msg = f"unknown key '{path}'{hint}; allowed here: {', '.join(allowed)}"
     else:
-        text = first["msg"].removeprefix("Value error, ")
         given = first.get("input")
-        shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+        shown = "" if isinstance(given, (dict, list)) else " (got null)" if given is None else f" (got {given!r})"
+        if len(group) > 1 and all(_SHOULD.match(e["msg"]) for e in group):
+            kinds = [_SHOULD.sub("", e["msg"]).split(",")[0].replace("integer", "whole number") for e in group]
+            text = "should be " + " or ".join(k if k.startswith("'") else f"a {k}" for k in dict.fromkeys(kinds))
+        else:
+            text = first["msg"].removeprefix("Value error, ")
         msg = f"{path or 'config'}: {text}{shown}"
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    more = f" (+{len(by_path) - 1} more)" if len(by_path) > 1 else ""
     return f"config error: {msg}{more}"
 
 

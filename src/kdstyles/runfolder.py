@@ -2,7 +2,8 @@
 
     RUN/config.yaml          the fully resolved config (kept current after a resume with overrides)
     RUN/run.json             edges, adapters, shapes, class names, normalisation, status, resumes
-    RUN/metrics.csv          one row per epoch and network
+    RUN/metrics.csv          one row per epoch and network (the same on a resumed run)
+    RUN/times.csv            one row per epoch: its seconds, waiting for data, validation, checkpoints
     RUN/eval.json            test metrics (after evaluate)
     RUN/checkpoints/last.pt  everything to resume; best-<network>.pt per network
     RUN/data_report.json, RUN/splits.csv, RUN/tensorboard/, RUN/overlays/, RUN/export/
@@ -54,6 +55,10 @@ class RunFolder:
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.csv"
+
+    @property
+    def times_path(self) -> Path:
+        return self.path / "times.csv"
 
     @property
     def checkpoints(self) -> Path:
@@ -135,6 +140,18 @@ class RunFolder:
         w.writeheader()
         w.writerows(history)
         write_text(self.metrics_path, buf.getvalue())
+
+    def append_times(self, row: dict[str, Any]) -> None:
+        """One epoch's timing row appended to times.csv (wall-clock seconds: kept apart from
+        metrics.csv, which a resumed run reproduces exactly)."""
+        old = self.times_path.read_text(encoding="utf-8") if self.times_path.is_file() else ""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(row))
+        if not old.startswith(",".join(row)):  # a new (or unreadable) file starts with its header
+            old = ""
+            w.writeheader()
+        w.writerow({k: f"{v:.3f}" if isinstance(v, float) else v for k, v in row.items()})
+        write_text(self.times_path, old + buf.getvalue())
 
     def read_metrics(self) -> list[dict[str, str]]:
         from .fileio import read_csv

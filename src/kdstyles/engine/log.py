@@ -1,4 +1,4 @@
-"""What a run tells as it goes: run.json's status (rank 0), metrics.csv, TensorBoard events,
+"""What a run tells as it goes: run.json's status (rank 0), metrics.csv, times.csv, TensorBoard events,
 progress within the epoch (a bar with images/s and ETA on a terminal; a plain line every
 tenth of the epoch in a log) and one line per epoch on the console."""
 
@@ -13,6 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import KDError
 from ..runfolder import RunFolder
+
+
+# Where an epoch's seconds went besides the steps (times.csv and the epoch line).
+TIMES = [("data_wait_s", "data wait"), ("val_s", "validation"), ("checkpoint_s", "checkpoints")]
 
 
 class RunLog:
@@ -38,19 +42,23 @@ class RunLog:
         return EpochProgress(self, label, total, start, batch_size, unit)
 
     def epoch(self, rows: list[dict[str, Any]], history: list[dict[str, Any]], epochs: int, metric: str,
-              seconds: float) -> None:
-        """An epoch's rows into metrics.csv, TensorBoard and one console line."""
+              timing: dict[str, float]) -> None:
+        """An epoch's rows into metrics.csv, TensorBoard and one console line, which says where
+        the epoch's time went besides the steps: waiting for data, validation, checkpoints."""
         if self.main:
             self.folder.write_metrics(history)
-            self._tensorboard(rows, rows[0]["epoch"])
+            self.folder.append_times({"epoch": rows[0]["epoch"], **timing})
+            self._tensorboard(rows, rows[0]["epoch"], timing)
         parts = []
         for r in rows:
             loss = f" loss {r['train_loss']:.3f}" if "train_loss" in r else ""
             parts.append(f"{r['network']}{loss} {metric} {r['val_' + metric]:.3f}{'*' if r['best'] else ''}")
-        self.console.print(f"epoch {rows[0]['epoch']}/{epochs} ({seconds:.0f}s)  " + " | ".join(parts),
+        spent = ", ".join(f"{label} {timing[key]:.1f}s" for key, label in TIMES if key in timing)
+        head = f"epoch {rows[0]['epoch']}/{epochs} ({timing['epoch_s']:.0f}s: {spent})  "
+        self.console.print(head + " | ".join(parts),
                            highlight=False, soft_wrap=True)  # one line per epoch in logs, whatever the width
 
-    def _tensorboard(self, rows: list[dict[str, Any]], epoch: int) -> None:
+    def _tensorboard(self, rows: list[dict[str, Any]], epoch: int, timing: dict[str, float]) -> None:
         if not self.tensorboard:
             return
         if self.writer is None:
@@ -61,6 +69,8 @@ class RunLog:
             for k, v in row.items():
                 if k not in ("epoch", "network", "best") and isinstance(v, (int, float)) and math.isfinite(v):
                     self.writer.add_scalar(f"{row['network']}/{k}", v, epoch)
+        for k, v in timing.items():
+            self.writer.add_scalar(f"time/{k}", v, epoch)
         self.writer.flush()
 
     def close(self) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -60,6 +61,7 @@ class Trainer:
         self.model = self.rt.wrap(TrainStep(cohort))
         self.stop = GracefulStop()
         self._frozen_val: dict[str, torch.Tensor] = {}
+        self.clock: dict[str, float] = {}  # this epoch's seconds: data_wait_s, val_s, checkpoint_s
         self.metric = cfg.train.selection_metric if cfg.train.selection_metric != "auto" else cohort.task.selection
 
     # ------------------------------------------------------------------ checkpoints
@@ -67,6 +69,10 @@ class Trainer:
     def save_last(self) -> None:
         """Write last.pt (every rank calls it: a mid-epoch checkpoint gathers each rank's
         running sums so a resumed epoch reports exactly what an uninterrupted one would)."""
+        with self._timed("checkpoint_s"):
+            self._save_last()
+
+    def _save_last(self) -> None:
         s = self.state
         partial = distributed.gather_objects(s.partial, self.dist) if s.step else []
         if not self.dist.main:
@@ -79,8 +85,30 @@ class Trainer:
 
     def save_best(self, name: str, value: float) -> None:
         if self.dist.main:
-            checkpoints.save({"network": name, "epoch": self.state.epoch, "metric": self.metric, "value": value,
-                              "state_dict": self.cohort.networks[name].state_dict()}, self.folder.best(name))
+            with self._timed("checkpoint_s"):
+                checkpoints.save({"network": name, "epoch": self.state.epoch, "metric": self.metric, "value": value,
+                                  "state_dict": self.cohort.networks[name].state_dict()}, self.folder.best(name))
+
+    @contextmanager
+    def _timed(self, key: str) -> Iterator[None]:
+        """Add the seconds the block takes to this epoch's ``clock[key]``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.clock[key] = self.clock.get(key, 0.0) + time.perf_counter() - t0
+
+    def _batches(self) -> Iterator[Any]:
+        """The training loader's batches; the time spent waiting for each one goes to
+        ``clock['data_wait_s']`` (each step ends with a host sync, the finiteness check, so on a
+        GPU this is time the device sat idle for data)."""
+        it = iter(self.train_loader)
+        while True:
+            with self._timed("data_wait_s"):
+                batch = next(it, None)
+            if batch is None:
+                return
+            yield batch
 
     def load_last(self) -> None:
         """Restore everything last.pt holds; call before :meth:`fit` with ``resume=True``."""
@@ -143,8 +171,11 @@ class Trainer:
         metric, patience = self.metric, self.cfg.train.early_stopping
         while self.state.epoch < self.cfg.train.epochs:
             t0 = time.perf_counter()
+            self.clock = {"data_wait_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0}
             train = self.train_epoch()
+            t1 = time.perf_counter()
             val = self.validate()
+            self.clock["val_s"] = time.perf_counter() - t1
             self.state.epoch += 1
             epoch = self.state.epoch
             rows = self._rows(epoch, train, val)
@@ -156,7 +187,8 @@ class Trainer:
             if stop or epoch >= self.cfg.train.epochs:
                 self.state.status = "stopped early" if stop else "finished"
             self.save_last()
-            self.log.epoch(rows, self.state.history, self.cfg.train.epochs, metric, time.perf_counter() - t0)
+            timing = {"epoch_s": time.perf_counter() - t0, **self.clock}
+            self.log.epoch(rows, self.state.history, self.cfg.train.epochs, metric, timing)
             reasons = [reason for cb in self.callbacks if (reason := cb(self, epoch))]
             if reasons:
                 self.state.status = reasons[0]
@@ -198,7 +230,7 @@ class Trainer:
         label = f"{epoch + 1}/{self.cfg.train.epochs}"
         unit = "vol" if self.cfg.data.dims == 3 else "img"
         with self.log.epoch_progress(label, total_steps, start, self.cfg.data.batch_size, unit) as progress:
-            for step, batch in enumerate(self.train_loader, start=start):
+            for step, batch in enumerate(self._batches(), start=start):
                 x, y, keys = self.rt.batch(*batch[:2], batch[2] if self.use_cache else None)
                 with self.rt.autocast():
                     losses = self.model(x, y, keys)
