@@ -154,6 +154,23 @@ def test_volume_files_in_class_folders_and_csv(tmp_path):
         assert bundle.class_names == ["cyst", "normal", "tumour"] and bundle.channels == 1
         assert sum(len(s) for s in bundle.splits.values()) == 12
         assert bundle.splits["train"][0][0].shape == (1, 16, 16, 16)
+    for i in range(6):  # two-channel volumes: averaged to data.channels, or the ones data.modalities keeps
+        (tmp_path / "two" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        vol = render_volume(0, "train", i, 16)[0][..., 0].astype(np.float32)
+        nib.save(nib.Nifti1Image(np.stack([vol, vol / 2], -1), np.eye(4)), tmp_path / "two" / f"c{i % 2}" / f"{i}.nii")
+    for keep, channels in ((None, 1), ([1], 1), ([1, 0], 2)):
+        sets = [] if keep is None else [f"data.modalities={keep}"]
+        cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path / 'two'}", "data.spatial_dims=3",
+                                 "data.image_size=16", "data.window=[0,255]", "data.val_fraction=0.2",
+                                 "data.test_fraction=0.2", *sets])
+        bundle = build_data(cfg.data, 0)
+        split = bundle.splits["train"]
+        vol = np.asarray(nib.load(split.paths[0]).dataobj)  # RAS already: the identity affine
+        got = split.images[0].astype(np.float32)
+        assert bundle.channels == channels and got.shape == (16, 16, 16, channels)
+        expect = {None: vol.mean(-1, keepdims=True), (1,): vol[..., 1:], (1, 0): vol[..., ::-1]}[
+            None if keep is None else tuple(keep)]
+        assert np.abs(got - expect).max() <= 1
     (tmp_path / "vols" / "normal" / "v99.nii.gz").write_bytes(b"not gzip")
     cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path / 'vols'}", "data.spatial_dims=3"])
     with pytest.raises(KDError, match="v99.nii.gz' cannot be read as a volume"):

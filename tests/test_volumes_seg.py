@@ -22,9 +22,14 @@ SYNTH = ["data.spatial_dims=3", "data.image_size=16", "data.train_samples=8", "d
          "data.test_samples=3", "data.batch_size=4"]
 
 
-def decathlon(root, n=8, las_every=4, spacing=(1.2, 1.2, 1.6), meta=True):
+MODALITY_NAMES = ["FLAIR", "T1w", "t1gd", "T2w"]
+
+
+def decathlon(root, n=8, las_every=4, spacing=(1.2, 1.2, 1.6), meta=True, modalities=1):
     """A Decathlon folder of ``n`` CT-like cases in HU from the embedded generator: shapes
-    differ, some volumes are stored LAS (x flipped), voxels are ``spacing`` mm."""
+    differ, some volumes are stored LAS (x flipped), voxels are ``spacing`` mm. With
+    ``modalities`` > 1 every image file is 4D like BraTS's (x, y, z, channel), channel m
+    shifted by 60 m."""
     from kdstyles.data.synthetic_vol import render_with_mask
 
     (root / "imagesTr").mkdir(parents=True)
@@ -39,12 +44,15 @@ def decathlon(root, n=8, las_every=4, spacing=(1.2, 1.2, 1.6), meta=True):
         affine[:3, 3] = [-10, 5, 2]
         if las_every and i % las_every == las_every - 1:
             affine[0, 0] = -spacing[0]
-        nib.save(nib.Nifti1Image(hu[:, :, :depth], affine), root / "imagesTr" / f"case_{i:03d}.nii.gz")
+        image = hu[:, :, :depth] if modalities == 1 else \
+            np.stack([hu[:, :, :depth] + 60 * m for m in range(modalities)], -1)
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"case_{i:03d}.nii.gz")
         nib.save(nib.Nifti1Image(mask[:, :, :depth], affine), root / "labelsTr" / f"case_{i:03d}.nii.gz")
         training.append({"image": f"./imagesTr/case_{i:03d}.nii.gz", "label": f"./labelsTr/case_{i:03d}.nii.gz"})
     if meta:
         (root / "dataset.json").write_text(json.dumps({
-            "name": "organs", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "organ", "2": "lesion"},
+            "name": "organs", "modality": {str(m): MODALITY_NAMES[m] for m in range(modalities)}
+            if modalities > 1 else {"0": "CT"}, "labels": {"0": "background", "1": "organ", "2": "lesion"},
             "training": training, "test": []}))
     return root
 
@@ -230,6 +238,43 @@ def test_decathlon_run_exports_and_predicts_nifti_masks_on_the_input_grid(tmp_pa
         assert ml == pytest.approx((values == 1).sum() * 1.2 * 1.2 * 1.6 / 1000, abs=1e-3)
     with pytest.raises(KDError, match="this model takes volumes"):
         predict(exp.run_dir, [tmp_path / "x.png"], tmp_path / "pred", quiet=True)
+
+
+def test_multi_channel_volumes_keep_the_chosen_modalities_through_export_and_predict(tmp_path):
+    """BraTS-like 4-channel files: data.modalities keeps channels 2 and 0 in that order for
+    training, evaluation (overlays of a 2-channel volume), export and predict; a file without
+    those channels, an index dataset.json does not list, and a 2D source are one line each."""
+    pytest.importorskip("onnxruntime")
+    from kdstyles.data import volumes
+    from kdstyles.export import export_run
+    from kdstyles.predict import predict
+
+    root = decathlon(tmp_path / "dec", n=6, modalities=4)
+    exp = Experiment(None, overrides=dec_args(root, f"output.dir={tmp_path / 'runs'}", "train.epochs=1",
+                                              "data.modalities=[2,0]", "eval.overlays=1"), quiet=True)
+    data = exp.data
+    assert data.channels == 2 and exp.cohort.networks["s1"](torch.zeros(1, 2, 16, 16, 16)).shape[1] == 3
+    first = data.splits["test"]
+    whole = volumes.prepare(first.paths[0], None, exp.cfg.data)  # every channel, as the file holds them
+    assert whole.image.shape[-1] == 4 and np.array_equal(first.images[0], whole.image[..., [2, 0]])
+    exp.fit()
+    exp.evaluate()
+    assert len(list((exp.run_dir / "overlays").glob("*.png"))) == 1
+    side = export_run(exp.run_dir, "s1")
+    assert side["input"]["channels"] == 2 and side["volumes"]["modalities"] == [2, 0]
+    case = root / "imagesTr" / "case_001.nii.gz"
+    rows = [predict(m, [case], tmp_path / f"pred{i}", quiet=True).read_text().splitlines()[1].split(",")[2:]
+            for i, m in enumerate((exp.run_dir / "export" / "s1.onnx", exp.run_dir))]
+    assert rows[0] == rows[1]  # the exported model keeps the same channels as the run
+    two = tmp_path / "two.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16, 2), np.float32), np.eye(4)), two)
+    with pytest.raises(KDError, match=r"has no channel 2 \(it has 2: 0..1\), which data.modalities \[2, 0\] keeps"):
+        predict(exp.run_dir, [two], tmp_path / "pred3", quiet=True)
+    with pytest.raises(KDError, match=r"data.modalities: 4 is not a channel; .*dataset.json lists 4 modalities "
+                                      r"\(FLAIR, T1w, t1gd, T2w\), indices 0..3"):
+        Experiment(None, overrides=dec_args(root, "data.modalities=[4]"), quiet=True).data
+    with pytest.raises(KDError, match="modalities: selects channels of volume files"):
+        load_config(None, ["data.modalities=[0]"])
 
 
 # ----------------------------------------------------------------------------- 3D detection

@@ -91,6 +91,10 @@ class DataConfig(Strict):
                                "evaluate and export")
     channels: Optional[int] = Field(None, ge=1, le=3, description="1 or 3; default: the source's (synthetic and "
                                     "folder/csv 3, medmnist its own)")
+    modalities: Optional[list[int]] = Field(None, description="volume files with several channels (MRI sequences, "
+                                            "e.g. BraTS's FLAIR, T1w, T1gd, T2w): the channels to keep, by index "
+                                            "(dataset.json's modality keys), in this order; default: all "
+                                            "(decathlon), averaged to data.channels (volume folders/CSV)")
     train_samples: int = Field(2000, ge=2, description="synthetic only")
     val_samples: int = Field(500, ge=1, description="synthetic only")
     test_samples: int = Field(1000, ge=1, description="synthetic only")
@@ -142,6 +146,13 @@ class DataConfig(Strict):
                 raise ValueError(f"'{v}' is not three axis codes, one of R/L, A/P and S/I each (e.g. RAS, LPS)")
         return v
 
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and (not v or min(v) < 0 or len(set(v)) != len(v)):
+            raise ValueError(f"needs distinct channel indices >= 0, e.g. [0, 3] (got {v})")
+        return v
+
     @field_validator("classes")
     @classmethod
     def _distinct_classes(cls, v: Optional[list[str]]) -> Optional[list[str]]:
@@ -164,6 +175,14 @@ class DataConfig(Strict):
         if self.spatial_dims == 2 and volumetric is True:
             what = f"data.flag {self.flag}" if self.flag else f"source '{self.source}'"
             raise ValueError(f"spatial_dims: 2, but {what} holds volumes; leave spatial_dims out")
+        if self.modalities is not None:
+            if self.source not in ("decathlon", "folder", "csv") or self.dims != 3:
+                raise ValueError("modalities: selects channels of volume files (source decathlon, or folder/csv "
+                                 f"with spatial_dims 3), not of source '{self.source}'"
+                                 f"{' with 2D images' if self.dims == 2 else ''}; leave it out")
+            if self.channels is not None and self.channels != len(self.modalities):
+                raise ValueError(f"channels: {self.channels}, but modalities keeps {len(self.modalities)}; "
+                                 "leave channels out")
         return self
 
     @property
@@ -173,10 +192,10 @@ class DataConfig(Strict):
 
     @property
     def preparation(self) -> dict[str, Any]:
-        """How volume files are prepared (orientation, spacing, window) and windows overlap: the
-        export sidecar's ``volumes``, what predict repeats on new volumes."""
+        """How volume files are prepared (orientation, spacing, window, the channels kept) and
+        windows overlap: the export sidecar's ``volumes``, what predict repeats on new volumes."""
         return {"orientation": self.orientation, "spacing": self.spacing, "window": self.window,
-                "overlap": self.patch_overlap}
+                "overlap": self.patch_overlap, "modalities": self.modalities}
 
     @property
     def dims(self) -> int:

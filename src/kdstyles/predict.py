@@ -188,7 +188,8 @@ def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int,
     from .data import volumes
 
     settings = predictor.volumes
-    prepared = volumes.prepare(path, None, SimpleNamespace(**settings))
+    prepared = volumes.select_modalities(volumes.prepare(path, None, SimpleNamespace(**settings)),
+                                         settings.get("modalities"), path)
     if prepared.image.shape[-1] != predictor.channels:
         raise KDError(f"volume '{path}' has {prepared.image.shape[-1]} channels; the model takes "
                       f"{predictor.channels}")

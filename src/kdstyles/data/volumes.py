@@ -22,7 +22,7 @@ turns it off; a damaged cache file is simply prepared again.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -151,10 +151,24 @@ def _cache_key(image_path: Path, label_path: Path | None, cfg: Any) -> str:
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()
 
 
+def select_modalities(prepared: Prepared, modalities: list[int] | None, path: Path) -> Prepared:
+    """The prepared volume with only the channels ``modalities`` (``data.modalities``), in that
+    order; all of them when None."""
+    if modalities is None:
+        return prepared
+    count = prepared.image.shape[-1]
+    missing = [m for m in modalities if m >= count]
+    if missing:
+        raise KDError(f"volume '{path}' has no channel {missing[0]} (it has {count}: 0..{count - 1}), which "
+                      f"data.modalities {modalities} keeps")
+    return replace(prepared, image=np.ascontiguousarray(prepared.image[..., modalities]))
+
+
 def prepare_cached(image_path: Path, label_path: Path | None, cfg: Any, num_classes: int | None = None,
                    use_cache: bool = True) -> Prepared:
     """:func:`prepare`, from the cache when this file was prepared the same way before (the
-    label range is checked again: the class count may have changed)."""
+    label range is checked again: the class count may have changed). Every channel: callers
+    keep ``data.modalities`` with :func:`select_modalities`."""
     if not use_cache or not image_path.is_file() or (label_path is not None and not label_path.is_file()):
         return prepare(image_path, label_path, cfg, num_classes)
     path = cache_folder() / f"{_cache_key(image_path, label_path, cfg)}.npz"

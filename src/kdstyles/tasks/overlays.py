@@ -28,6 +28,8 @@ def _write_figures(folder: Path, count: int, mean: list[float], std: list[float]
         for (image, panels), line in zip(grid, axes):
             img = image * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
             img = img.clamp(0, 1).permute(1, 2, 0).numpy()
+            if img.shape[-1] != 3:  # grey; of a multi-channel volume (MRI sequences), the first channel
+                img = img[..., :1]
             for ax, (title, draw) in zip(line, panels):
                 ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
                 caption = draw(ax) if draw is not None else None

@@ -158,7 +158,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
     if task.dense or (task.boxes and boxes_of is None):
         raise KDError(f"{where}: volume files in class folders are for 3D classification (and a box CSV for 3D "
                       "detection); 3D segmentation reads data.source: decathlon")
-    channels, size = cfg.channels or 1, cfg.image_size or 64
+    channels, size = cfg.channels or (len(cfg.modalities) if cfg.modalities else 1), cfg.image_size or 64
     if boxes_of is not None:
         found, names = boxes_of
         for r in records:
@@ -178,7 +178,8 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
         task_id = bar.add_task(f"reading {len(records)} volumes", total=len(records)) if bar else None
         for r in records:
             try:
-                prepared = volumes.prepare_cached(r.path, None, cfg, use_cache=cfg.volume_cache)
+                prepared = volumes.select_modalities(volumes.prepare_cached(r.path, None, cfg, use_cache=cfg.volume_cache),
+                                                     cfg.modalities, r.path)
                 vol = prepared.image
                 shape = "x".join(map(str, vol.shape[:3]))
                 report.sources[shape] = report.sources.get(shape, 0) + 1

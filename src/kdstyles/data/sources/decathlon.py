@@ -25,8 +25,9 @@ DEFAULT_PATCH = 64
 
 
 def read_layout(root: Path, classes: list[str] | None, num_classes: int
-                ) -> tuple[list[tuple[Path, Path]], list[str], int]:
-    """(image, label map) pairs, the class names and the channel count of a Decathlon folder."""
+                ) -> tuple[list[tuple[Path, Path]], list[str], list[str]]:
+    """(image, label map) pairs, the class names and the modality (channel) names of a
+    Decathlon folder (none without dataset.json)."""
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     for d in (root, images_dir, labels_dir):
         if not d.is_dir():
@@ -66,8 +67,8 @@ def read_layout(root: Path, classes: list[str] | None, num_classes: int
     if classes is None:
         classes = ["background", "foreground"] if num_classes == 2 else [str(k) for k in range(num_classes)]
     modality = meta.get("modality") or meta.get("channel_names")
-    channels = len(modality) if isinstance(modality, dict) and modality else 1
-    return pairs, classes, channels
+    modality_names = [str(modality[k]) for k in sorted(modality, key=str)] if isinstance(modality, dict) else []
+    return pairs, classes, modality_names
 
 
 class Decathlon(Source):
@@ -81,9 +82,12 @@ class Decathlon(Source):
         if cfg.image_size is not None:
             raise KDError("data.image_size: Decathlon volumes keep their own size (after data.spacing); the network "
                           "input is data.patch_size")
-        pairs, names, channels = read_layout(root, cfg.classes, cfg.num_classes)
-        if cfg.channels is not None and cfg.channels != channels:
-            raise KDError(f"data.channels: {cfg.channels}, but {root / 'dataset.json'} lists {channels} modalities")
+        pairs, names, modality = read_layout(root, cfg.classes, cfg.num_classes)
+        stored = len(modality) or None  # channels in every image file (without dataset.json: the first's)
+        listed = f"{root / 'dataset.json'} lists {stored} modalities ({', '.join(modality)})"
+        outside = [m for m in cfg.modalities or [] if stored and m >= stored]
+        if outside:
+            raise KDError(f"data.modalities: {outside[0]} is not a channel; {listed}, indices 0..{stored - 1}")
         report = checks.DataReport(["no foreground", "foreground"])
         prepared, records = [], []
         with progress(quiet) as bar:
@@ -91,18 +95,22 @@ class Decathlon(Source):
             for image, label in pairs:
                 try:
                     vol = volumes.prepare_cached(image, label, cfg, len(names), cfg.volume_cache)
+                    if stored is None:
+                        stored, listed = vol.image.shape[-1], f"the first volume has {vol.image.shape[-1]}"
+                    if vol.image.shape[-1] != stored:
+                        raise KDError(f"volume '{image}' has {vol.image.shape[-1]} channels, {listed}")
+                    vol = volumes.select_modalities(vol, cfg.modalities, image)
                 except KDError as exc:
                     report.problems.append(checks.Problem("error", str(exc)))
-                    vol = None
-                if vol is not None and vol.image.shape[-1] != channels:
-                    report.problems.append(checks.Problem("error", f"volume '{image}' has {vol.image.shape[-1]} "
-                                                                   f"channels, dataset.json lists {channels}"))
                     vol = None
                 prepared.append(vol)
                 records.append(files.Record(image, "1" if vol is not None and vol.mask.any() else "0", None))
                 if bar:
                     bar.advance(task_id)
         report.raise_errors()
+        channels = len(cfg.modalities) if cfg.modalities else stored
+        if cfg.channels is not None and cfg.channels != channels:
+            raise KDError(f"data.channels: {cfg.channels}, but {listed}; leave data.channels out")
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
         assignment = split_assignment(cfg, seed, run_dir, records, labels, root, where)
         splits = {}
