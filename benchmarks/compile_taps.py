@@ -1,30 +1,83 @@
-"""Whether feature taps record under torch.compile on this machine (a diagnostic, not a test):
-a ResNet18 with a tapped layer, compiled with each backend, one forward inside the tap's recording.
+"""Whether feature taps record under torch.compile on this machine (a diagnostic, not a test).
 
-    python benchmarks/compile_taps.py
+    python benchmarks/compile_taps.py [--backends eager,aot_eager,inductor] [--quick]
+
+Part 1: a ResNet18 with a tapped layer, compiled with each backend, one forward inside the
+tap's recording. Part 2 narrows down the H100 failure (torch 2.11 + CUDA: "tap
+'layer4.2.conv2' was not called" in a compiled cohort, although part 1 passed there): the
+demo cohort (``diverse``: feature edges) compiled as ``train.compile`` does, one joint
+training step in each combination of precision (fp32, bf16 autocast), memory layout
+(contiguous, channels_last) and whether an untapped forward (evaluation) ran first. One
+line per case: recorded, or the error's last line.
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
+from contextlib import nullcontext
+
 import torch
 
+from kdstyles import Experiment
+from kdstyles.cohort import TrainStep
 from kdstyles.models.taps import Tap
 from kdstyles.models.zoo import build_network
 
 
+def single(device: str, backend: str) -> str:
+    net = build_network("resnet18", 3, 4, 64, widen=0.5).to(device)
+    tap = Tap(net, ["layer3.1.conv2"], "diagnostic")
+    net.compile(backend=backend)
+    with tap.recording() as feats:
+        net(torch.randn(2, 3, 64, 64, device=device))
+    return f"recorded {tuple(feats['layer3.1.conv2'].shape)}"
+
+
+def cohort_step(device: str, backend: str, bf16: bool, channels_last: bool, eval_first: bool) -> str:
+    exp = Experiment(None, quiet=True, overrides=["data.train_samples=64", "data.val_samples=8",
+                                                  "data.test_samples=8", "data.batch_size=8"])
+    cohort = exp.cohort
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    cohort.to(device, memory_format=fmt)
+    for name in cohort.trainable:
+        cohort.networks[name].compile(backend=backend)
+    x, y, _ = next(iter(exp.data.loader("train", 8, train=True)))
+    x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    if eval_first:
+        cohort.eval()
+        with torch.no_grad(), autocast:
+            cohort(x, record=False)
+    cohort.train()
+    with autocast:
+        losses = TrainStep(cohort)(x, y)
+    torch.stack([nl.total.float() for nl in losses.values()]).sum().backward()
+    return "recorded every tap, step done"
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backends", default="eager,aot_eager,inductor")
+    ap.add_argument("--quick", action="store_true", help="part 2 with fp32, contiguous, training first only")
+    args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"torch {torch.__version__} on {device}")
-    for backend in ("eager", "aot_eager", "inductor"):
-        net = build_network("resnet18", 3, 4, 64, widen=0.5).to(device)
-        tap = Tap(net, ["layer3.1.conv2"], "diagnostic")
-        net.compile(backend=backend)
+    backends = args.backends.split(",")
+    for backend in backends:
         try:
-            with tap.recording() as feats:
-                net(torch.randn(2, 3, 64, 64, device=device))
-            print(f"{backend:<10} recorded {tuple(feats['layer3.1.conv2'].shape)}")
-        except Exception as exc:
-            print(f"{backend:<10} failed: {str(exc).splitlines()[-1]}")
+            print(f"single network  {backend:<10} {single(device, backend)}", flush=True)
+        except Exception as exc:  # noqa: BLE001 (a diagnostic reports every failure and goes on)
+            print(f"single network  {backend:<10} failed: {str(exc).strip().splitlines()[-1]}", flush=True)
+    cases = [(False, False, False)] if args.quick else list(itertools.product((False, True), repeat=3))
+    for backend, (bf16, cl, eval_first) in itertools.product(backends, cases):
+        label = (f"cohort {backend:<10} {'bf16' if bf16 else 'fp32'} {'channels_last' if cl else 'contiguous':<13} "
+                 f"{'eval first' if eval_first else 'train first'}")
+        torch._dynamo.reset()
+        try:
+            print(f"{label}  {cohort_step(device, backend, bf16, cl, eval_first)}", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"{label}  failed: {str(exc).strip().splitlines()[-1]}", flush=True)
 
 
 if __name__ == "__main__":

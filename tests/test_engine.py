@@ -342,9 +342,11 @@ def test_epoch_time_is_split_into_data_wait_validation_and_checkpoints(tmp_path)
         assert t["data_wait_s"] >= 3 * 0.05  # three batches per epoch, each waited for
         assert t["val_s"] > 0 and t["checkpoint_s"] > 0  # last.pt is written every epoch
         assert t["data_wait_s"] + t["val_s"] + t["checkpoint_s"] < t["epoch_s"]
+    with (exp.run_dir / "times.csv").open("a") as f:  # a later epoch's row whose checkpoint was never written
+        f.write("3,99,99,99,99\n")
     Experiment.from_run(exp.run_dir, overrides=["train.epochs=3"], quiet=True).fit(resume=True)
     rows = list(csv.DictReader((exp.run_dir / "times.csv").open()))
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and rows[2]["epoch_s"] != "99"
 
 
 def test_auto_precision_workers_and_cudnn_settings_per_device(monkeypatch):

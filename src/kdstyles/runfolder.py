@@ -142,16 +142,16 @@ class RunFolder:
         write_text(self.metrics_path, buf.getvalue())
 
     def append_times(self, row: dict[str, Any]) -> None:
-        """One epoch's timing row appended to times.csv (wall-clock seconds: kept apart from
-        metrics.csv, which a resumed run reproduces exactly)."""
-        old = self.times_path.read_text(encoding="utf-8") if self.times_path.is_file() else ""
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(row))
-        if not old.startswith(",".join(row)):  # a new (or unreadable) file starts with its header
-            old = ""
-            w.writeheader()
-        w.writerow({k: f"{v:.3f}" if isinstance(v, float) else v for k, v in row.items()})
-        write_text(self.times_path, old + buf.getvalue())
+        """One epoch's timing row added to times.csv (wall-clock seconds: kept apart from
+        metrics.csv, which a resumed run reproduces exactly). Rows of this epoch or later, left
+        by a run that went further than the checkpoint it resumed from, are dropped."""
+        header = ",".join(row)
+        old = self.times_path.read_text(encoding="utf-8", errors="replace").splitlines() \
+            if self.times_path.is_file() else []
+        kept = [ln for ln in old[1:] if ln.split(",")[0].isdigit() and int(ln.split(",")[0]) < row["epoch"]] \
+            if old and old[0] == header else []
+        values = ",".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values())
+        write_text(self.times_path, "\n".join([header, *kept, values]) + "\n")
 
     def read_metrics(self) -> list[dict[str, str]]:
         from .fileio import read_csv

@@ -173,9 +173,8 @@ class Trainer:
             t0 = time.perf_counter()
             self.clock = {"data_wait_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0}
             train = self.train_epoch()
-            t1 = time.perf_counter()
-            val = self.validate()
-            self.clock["val_s"] = time.perf_counter() - t1
+            with self._timed("val_s"):
+                val = self.validate()
             self.state.epoch += 1
             epoch = self.state.epoch
             rows = self._rows(epoch, train, val)
