@@ -304,6 +304,25 @@ def test_progress_in_a_log_is_plain_lines_with_speed_and_eta(tmp_path):
     assert "data wait" in epoch_line and "validation" in epoch_line and "checkpoints" in epoch_line
 
 
+def test_loader_workers_persistent_or_not_give_the_same_run_and_end_with_it(tmp_path):
+    """Batches and augmentation are a function of (seed, epoch, index): two worker processes,
+    kept across epochs (the default) or started every epoch, train exactly what the main
+    process does; no worker outlives fit."""
+    import multiprocessing
+
+    from conftest import tiny
+
+    tables = []
+    for name, sets in (("main", ["data.num_workers=0"]), ("kept", ["data.num_workers=2"]),
+                       ("restarted", ["data.num_workers=2", "data.persistent_workers=false"])):
+        exp = Experiment(None, overrides=tiny(tmp_path / name, "train.epochs=2", "data.augment.rotate=15", *sets),
+                         quiet=True)
+        exp.fit()
+        assert not multiprocessing.active_children()
+        tables.append((exp.run_dir / "metrics.csv").read_text())
+    assert tables[0] == tables[1] == tables[2]
+
+
 def test_epoch_time_is_split_into_data_wait_validation_and_checkpoints(tmp_path):
     """times.csv says where each epoch's seconds went; a loader that takes 50 ms per batch
     shows as at least that much data wait; a resume appends its epochs."""

@@ -115,7 +115,8 @@ class DataConfig(Strict):
         if isinstance(v, int) and v < 0:
             raise ValueError("must be auto or a number >= 0")
         return v
-    persistent_workers: bool = False
+    persistent_workers: bool = Field(True, description="keep DataLoader workers alive between epochs (with "
+                                     "forkserver or spawn, each start copies the in-memory set into every worker)")
     sampler: Literal["uniform", "balanced"] = Field("uniform", description="balanced: classes drawn equally often")
     cache_gb: float = Field(4.0, ge=0, description="folder/csv: decode into memory when the set fits in this")
     on_duplicates: Literal["error", "warn"] = Field("error", description="identical images across splits")
