@@ -88,6 +88,10 @@ def test_wrong_output_shape_is_reported():
     bad = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 7))
     with pytest.raises(KDError, match=r"networks.s1: output shape \(2, 7\) does not match \(batch, 4 classes\)"):
         cohort_for("dml", modules={"s1": bad})
+    with pytest.raises(KDError, match="networks passed in: 's1' is a function, not a torch.nn.Module"):
+        cohort_for("dml", modules={"s1": lambda x: x})  # a model factory passed instead of the model
+    with pytest.raises(KDError, match="networks passed in: 's3' is not a network of this experiment"):
+        cohort_for("dml", modules={"s3": bad})
 
 
 def test_offline_teacher_is_frozen_and_gets_no_gradient(tmp_path):

@@ -345,6 +345,9 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
     if unknown:
         raise KDError(f"networks passed in: '{unknown[0]}' is not a network of this experiment; "
                       f"allowed: teacher, {', '.join(cfg.networks.students)}")
+    odd = next((n for n, m in modules.items() if not isinstance(m, nn.Module)), None)
+    if odd is not None:
+        raise KDError(f"networks passed in: '{odd}' is a {type(modules[odd]).__name__}, not a torch.nn.Module")
     specs: dict[str, NetworkConfig] = {T: cfg.networks.teacher, **cfg.networks.students}
     task = TASKS[cfg.task].from_config(num_classes, cfg)
     nets, taps = {}, {}
