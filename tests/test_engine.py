@@ -46,6 +46,15 @@ def test_cli_train_then_evaluate_end_to_end(tmp_path):
     assert nets["ensemble"]["parameters"] == nets["s1"]["parameters"] + nets["s2"]["parameters"]
     assert nets["s1"]["compression"] == pytest.approx(nets["teacher"]["parameters"] / nets["s1"]["parameters"])
 
+    # another split goes beside eval.json (which compare, report and export read), never over it
+    test_json = (run / "eval.json").read_text()
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", "evaluate", str(run), "--split", "val"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(f"written: {run / 'eval-val.json'}")
+    assert (run / "eval.json").read_text() == test_json
+    assert json.loads((run / "eval-val.json").read_text())["split"] == "val"
+
 
 def test_existing_run_is_not_overwritten(tiny_overrides):
     Experiment(None, overrides=tiny_overrides("train.epochs=1"), quiet=True).fit()

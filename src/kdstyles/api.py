@@ -201,7 +201,8 @@ class Experiment:
                                   path, f"network '{name}'")
 
     def evaluate(self, checkpoint: str = "best", split: str = "test") -> dict[str, Any]:
-        """Metrics of every network and the ensemble on a split; written to RUN/eval.json."""
+        """Metrics of every network and the ensemble on a split; written to RUN/eval.json (the
+        test split) or RUN/eval-<split>.json."""
         if split not in self.data.splits:
             raise KDError(f"split '{split}' is not known; allowed: {', '.join(self.data.splits)}")
         self.load_weights(checkpoint)
@@ -230,7 +231,7 @@ class Experiment:
                   "samples": samples, "preset": self.cfg.routing.label, "seed": self.cfg.train.seed,
                   "class_names": self.data.class_names,
                   "networks": metrics, "details": details, "per_image": per_image}
-        shown = min(shown, samples)
+        shown = min(shown, samples) if split == "test" else 0  # overlays/ pictures the test split
         images = [self.data.splits[split][i][0] for i in range(shown)]
         if images and not loader.dataset.window:
             images = torch.stack(images)

@@ -18,7 +18,7 @@ from .errors import Interrupted, KDError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train a teacher and compact students together, each in its own learning style.")
 # Not a terminal (a batch job's log, a pipe): no 80-column wrapping of tables and lines.
-console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160, soft_wrap=True)  # lines (paths) are never broken
 
 SetOpt = typer.Option(None, "--set", "-s", help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
 EXTRA_COLUMNS = ("fidelity_kl", "parameters", "compression")  # after the task's own metrics
@@ -80,17 +80,20 @@ def train(config: Optional[Path] = typer.Argument(None, help="experiment YAML (d
 @app.command()
 def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
              checkpoint: str = typer.Option("best", help="best (per network, on its own validation metric) or last"),
-             split: str = typer.Option("test", help="train, val or test"),
+             split: str = typer.Option("test", help="train, val or test (eval.json holds test; the others are "
+                                                    "written to eval-<split>.json)"),
              as_json: bool = typer.Option(False, "--json", help="print eval.json instead of a table")) -> None:
-    """Evaluate every network of a run and the student ensemble; writes RUN_DIR/eval.json."""
+    """Evaluate every network of a run and the student ensemble; writes RUN_DIR/eval.json
+    (the test split; eval-val.json, eval-train.json for the others)."""
     from .api import Experiment
+    from .runfolder import RunFolder
 
     result = Experiment.from_run(run_dir, quiet=True).evaluate(checkpoint=checkpoint, split=split)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         console.print(metrics_table(result, f"{run_dir} | {split} split | {checkpoint} checkpoint per network"))
-        console.print(f"written: {Path(run_dir) / 'eval.json'}")
+        console.print(f"written: {RunFolder(run_dir).eval_file(split)}")
 
 
 @app.command()

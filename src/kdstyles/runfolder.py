@@ -4,7 +4,7 @@
     RUN/run.json             edges, adapters, shapes, class names, normalisation, status, resumes
     RUN/metrics.csv          one row per epoch and network (the same on a resumed run)
     RUN/times.csv            one row per epoch: its seconds, waiting for data, validation, checkpoints
-    RUN/eval.json            test metrics (after evaluate)
+    RUN/eval.json            test metrics (after evaluate); eval-val.json, eval-train.json for other splits
     RUN/checkpoints/last.pt  everything to resume; best-<network>.pt per network
     RUN/data_report.json, RUN/splits.csv, RUN/tensorboard/, RUN/overlays/, RUN/export/
     RUN/.lock                the PID of the process training in it (see fileio.FolderLock)
@@ -128,8 +128,13 @@ class RunFolder:
         """Which checkpoint eval.json describes (None when there is no eval.json)."""
         return self.read_eval().get("checkpoint") if self.eval_path.is_file() else None
 
+    def eval_file(self, split: str = "test") -> Path:
+        """eval.json holds the test split (what compare, report and export read); another
+        split's evaluation goes beside it, eval-<split>.json, and never replaces it."""
+        return self.eval_path if split == "test" else self.path / f"eval-{split}.json"
+
     def write_eval(self, result: dict[str, Any]) -> None:
-        write_json(self.eval_path, result)
+        write_json(self.eval_file(result.get("split", "test")), result)
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         columns: list[str] = []
