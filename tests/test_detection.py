@@ -50,6 +50,18 @@ def test_metrics_follow_coco_on_hand_cases():
     assert detection_metrics(wrong_class, [np.c_[gt[0][:, :4], [[0]]]], 2)["ap50"] == 0
 
 
+def test_fidelity_is_the_students_ap50_against_the_teachers_confident_boxes():
+    from kdstyles.boxes import fidelity
+
+    teacher = [np.array([[10, 10, 30, 30, 0.9, 0], [40, 40, 50, 50, 0.2, 0]], np.float32),  # one confident box
+               np.array([[5, 5, 15, 15, 0.8, 1]], np.float32)]
+    assert fidelity(teacher, teacher, 2) == {"agreement": 1.0}
+    half = [teacher[0], np.zeros((0, 6), np.float32)]  # misses the second image's box
+    assert fidelity(teacher, half, 2)["agreement"] == pytest.approx(0.5)  # class 0 found, class 1 not
+    unsure = [t * [1, 1, 1, 1, 0.1, 1] for t in teacher]
+    assert np.isnan(fidelity(unsure, teacher, 2)["agreement"])
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_map_matches_monai_coco_metric(dims):
     from monai.apps.detection.metrics.coco import COCOMetric
@@ -153,6 +165,9 @@ def test_detection_trains_evaluates_draws_exports_and_predicts(tiny_overrides, t
     assert set(result["networks"]) == {"teacher", "s1", "s2", "ensemble"}
     for m in result["networks"].values():
         assert 0 <= m["map"] <= m["ap50"] <= 1 and {"ap75", "mean_recall", "froc_1"} <= set(m)
+    assert "agreement" not in result["networks"]["teacher"]
+    assert all(np.isnan(result["networks"][n]["agreement"]) or 0 <= result["networks"][n]["agreement"] <= 1
+               for n in ("s1", "s2", "ensemble"))
     assert result["overlays"] == ["overlays/test-000.png", "overlays/test-001.png"]
     assert "val_map" in (exp.run_dir / "metrics.csv").read_text()
     side = export_run(exp.run_dir, "ensemble")

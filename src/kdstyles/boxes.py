@@ -264,6 +264,19 @@ def detection_metrics(dets: list[np.ndarray], gts: list[np.ndarray], num_classes
     return out
 
 
+TEACHER_SCORE = 0.5  # the teacher's detections a student is asked to reproduce (fidelity)
+
+
+def fidelity(teacher: list[np.ndarray], student: list[np.ndarray], num_classes: int) -> dict[str, float]:
+    """How closely a student's detections follow the teacher's, per image: the student's AP50
+    against the teacher's detections scoring at least ``TEACHER_SCORE`` taken as ground truth
+    (``agreement``; NaN when the teacher is confident about nothing)."""
+    pseudo = [np.delete(t[t[:, -2] >= TEACHER_SCORE], -2, axis=1) for t in teacher]  # drop the score column
+    if not any(len(p) for p in pseudo):
+        return {"agreement": float("nan")}
+    return {"agreement": detection_metrics(student, pseudo, num_classes)["ap50"]}
+
+
 def unpad(boxes: np.ndarray) -> np.ndarray:
     """Drop padding rows (class -1 for ground truth, (2d + 1) columns; score 0 for detections,
     (2d + 2) columns)."""
