@@ -123,8 +123,19 @@ def test_predict_inputs_from_csv_and_errors(run_dir, images, tmp_path):
         collect_inputs([tmp_path / "notes.txt"])
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
-    with pytest.raises(KDError, match=f"image file '{broken}' is unreadable"):
-        predict(run_dir, [broken], tmp_path / "out", quiet=True)
+    with pytest.raises(KDError, match=f"image file '{broken}' is unreadable.*; --skip-unreadable predicts the other"):
+        predict(run_dir, [broken, images / "img0.png"], tmp_path / "out", quiet=True)
+    # skipping: the readable images keep their place and rows; the others are listed with the reason
+    good = [images / "img0.png", images / "img3.png"]
+    out = predict(run_dir, [good[0], broken, good[1]], tmp_path / "out", quiet=True, skip_unreadable=True, batch_size=2)
+    alone = predict(run_dir, good, tmp_path / "alone", quiet=True)
+    assert out.read_text() == alone.read_text()
+    skipped = list(csv.DictReader((tmp_path / "out" / "skipped.csv").open()))
+    assert [r["path"] for r in skipped] == [str(broken)] and "unreadable" in skipped[0]["reason"]
+    with pytest.raises(KDError, match="none of the 1 inputs could be read; see .*skipped.csv"):
+        predict(run_dir, [broken], tmp_path / "none", quiet=True, skip_unreadable=True)
+    predict(run_dir, good, tmp_path / "out", quiet=True, skip_unreadable=True)
+    assert not (tmp_path / "out" / "skipped.csv").exists()  # a clean prediction leaves no stale list
     with pytest.raises(KDError, match="has no sidecar"):
         (tmp_path / "lonely.onnx").write_bytes(b"x")
         load_predictor(tmp_path / "lonely.onnx")

@@ -297,13 +297,20 @@ def predict(model: Path = typer.Argument(..., help="an exported .onnx / TorchScr
                                                           "'path' column"),
             out: Path = typer.Option(Path("predictions"), help="folder for predictions.csv"),
             network: str = typer.Option("s1", help="with a run folder: which network (or ensemble)"),
-            batch_size: int = typer.Option(32, min=1)) -> None:
+            batch_size: int = typer.Option(32, min=1),
+            skip_unreadable: bool = typer.Option(False, "--skip-unreadable",
+                                                 help="predict the readable inputs and list the others (with "
+                                                      "the reason) in OUT/skipped.csv, instead of stopping")) -> None:
     """Predict for new images (or NIfTI/NRRD volumes for a 3D model); writes OUT/predictions.csv
     (classes, masks under OUT/masks/, or boxes, as the task does)."""
+    from .predict import SKIPPED
     from .predict import predict as run_predict
 
-    path = run_predict(model, inputs, out, network, batch_size)
+    path = run_predict(model, inputs, out, network, batch_size, skip_unreadable=skip_unreadable)
     console.print(f"predictions: {path}", highlight=False)
+    if (out / SKIPPED).is_file():
+        skipped = len((out / SKIPPED).read_text(encoding="utf-8").splitlines()) - 1
+        console.print(f"[yellow]skipped {skipped} unreadable input(s):[/yellow] {out / SKIPPED}", highlight=False)
 
 
 @app.command()

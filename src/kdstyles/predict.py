@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -142,10 +142,12 @@ def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path
 
 
 def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, network: str = "s1",
-            batch_size: int = 32, quiet: bool = False) -> Path:
+            batch_size: int = 32, quiet: bool = False, skip_unreadable: bool = False) -> Path:
     """``OUT/predictions.csv``, one row per image as the task writes it (classification: path,
     predicted class, its probability, one column per class; segmentation: path, the mask PNG
-    written in ``OUT/masks/``, foreground fraction)."""
+    written in ``OUT/masks/``, foreground fraction). An input that cannot be read stops
+    everything with its one line, or with ``skip_unreadable`` is listed in ``OUT/skipped.csv``
+    (path, reason) while the rest are predicted."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .fileio import write_text
@@ -154,19 +156,42 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
     files = collect_inputs(inputs, volumes=predictor.volumes is not None)
     out_dir = Path(out_dir)
     task, names = predictor.task, predictor.class_names
-    rows = []
+    rows: list[list[str]] = []
+    skipped: list[tuple[Path, str]] = []
+
+    def attempt(path: Path, work: Callable[[], Any]) -> Any:
+        try:
+            return work()
+        except KDError as exc:
+            if not skip_unreadable:
+                raise KDError(f"{exc}; --skip-unreadable predicts the other inputs and lists such files in "
+                              f"{out_dir / SKIPPED}") from None
+            skipped.append((path, str(exc)))
+            return None
+
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), disable=quiet, transient=True) as bar:
         progress = bar.add_task("predict", total=len(files))
         for index, path in enumerate(files if predictor.volumes is not None else ()):
-            rows.append(_predict_volume(predictor, path, out_dir, index, batch_size))
+            row = attempt(path, lambda: _predict_volume(predictor, path, out_dir, index, batch_size))
+            rows += [row] if row is not None else []
             bar.advance(progress)
         for start in range(0, len(files) if predictor.volumes is None else 0, batch_size):
-            chunk = files[start:start + batch_size]
-            batch = np.stack([read_image(p, predictor.channels, predictor.size)[0] for p in chunk])
-            probs = predictor(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0)
-            rows += [task.prediction_row(path, p, names, out_dir, start + n)
-                     for n, (path, p) in enumerate(zip(chunk, probs, strict=True))]
-            bar.advance(progress, len(chunk))
+            read = [(start + n, p, attempt(p, lambda p=p: read_image(p, predictor.channels, predictor.size)[0]))
+                    for n, p in enumerate(files[start:start + batch_size])]
+            read = [item for item in read if item[2] is not None]
+            if read:
+                batch = np.stack([image for _, _, image in read])
+                probs = predictor(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0)
+                rows += [task.prediction_row(path, p, names, out_dir, index)
+                         for (index, path, _), p in zip(read, probs, strict=True)]
+            bar.advance(progress, min(batch_size, len(files) - start))
+    (out_dir / SKIPPED).unlink(missing_ok=True)  # from an earlier prediction into this folder
+    if skipped:
+        buf = io.StringIO()
+        csv.writer(buf).writerows([["path", "reason"], *[[str(p), why] for p, why in skipped]])
+        write_text(out_dir / SKIPPED, buf.getvalue())
+        if not rows:
+            raise KDError(f"none of the {len(files)} inputs could be read; see {out_dir / SKIPPED}")
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(task.prediction_header(names, volumes=predictor.volumes is not None))
@@ -174,6 +199,9 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
     out = out_dir / "predictions.csv"
     write_text(out, buf.getvalue())
     return out
+
+
+SKIPPED = "skipped.csv"
 
 
 def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int, window_batch: int) -> list[str]:
