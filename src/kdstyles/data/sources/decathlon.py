@@ -67,7 +67,9 @@ def read_layout(root: Path, classes: list[str] | None, num_classes: int
     if classes is None:
         classes = ["background", "foreground"] if num_classes == 2 else [str(k) for k in range(num_classes)]
     modality = meta.get("modality") or meta.get("channel_names")
-    modality_names = [str(modality[k]) for k in sorted(modality, key=str)] if isinstance(modality, dict) else []
+    order = sorted(modality, key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, str(k))) \
+        if isinstance(modality, dict) else []  # "0", "1", ..., "10" in number order
+    modality_names = [str(modality[k]) for k in order]
     return pairs, classes, modality_names
 
 
