@@ -357,6 +357,7 @@ def test_segmentation_folder_loader(tmp_path):
 @pytest.mark.parametrize("problem, message", [
     ("missing", "has no mask in"),
     ("size", "is 10x10 but its image is 24x20"),
+    ("turned", "is 20x24 but its image is 24x20; the sizes are transposed: an EXIF orientation tag"),
     ("value", "has value 7, outside 0..2"),
 ])
 def test_segmentation_folder_errors(tmp_path, problem, message):
@@ -368,6 +369,9 @@ def test_segmentation_folder_errors(tmp_path, problem, message):
         named = root / "images" / "case3.jpg"
     elif problem == "size":
         Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks" / "case5.png")
+        named = root / "masks" / "case5.png"
+    elif problem == "turned":  # drawn on the photo as a viewer shows it, turned by its EXIF tag
+        Image.fromarray(np.zeros((24, 20), np.uint8)).save(root / "masks" / "case5.png")
         named = root / "masks" / "case5.png"
     else:
         Image.fromarray(np.full((20, 24), 7, np.uint8)).save(root / "masks" / "case2.png")

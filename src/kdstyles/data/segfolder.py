@@ -49,8 +49,12 @@ def read_mask(path: Path, num_classes: int, size: int, image_size_wh: tuple[int,
         with Image.open(path) as m:
             m.load()
             if image_size_wh is not None and m.size != image_size_wh:
+                turned = m.size == image_size_wh[::-1]  # e.g. a photo whose EXIF tag says "rotate 90"
                 raise KDError(f"mask '{path}' is {m.size[0]}x{m.size[1]} but its image is "
-                              f"{image_size_wh[0]}x{image_size_wh[1]}")
+                              f"{image_size_wh[0]}x{image_size_wh[1]}" + (
+                                  "; the sizes are transposed: an EXIF orientation tag (which viewers apply and "
+                                  "kdstyles does not) may turn one of them; save the image with the rotation "
+                                  "applied" if turned else ""))
             values = np.array(m if m.mode == "P" else m.convert("L"))
     except DECODE_ERRORS as exc:
         raise KDError(f"mask {str(_failure(path, exc)).removeprefix('image file ')}") from None
