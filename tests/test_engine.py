@@ -311,6 +311,7 @@ def test_progress_in_a_log_is_plain_lines_with_speed_and_eta(tmp_path):
     assert any(ln.startswith("epoch 1/1 (") for ln in lines) and "" not in lines[:len(steps) + 1]
     epoch_line = next(ln for ln in lines if ln.startswith("epoch 1/1 ("))
     assert "data wait" in epoch_line and "validation" in epoch_line and "checkpoints" in epoch_line
+    assert any(ln.startswith("run folder: ") and "epochs; " in ln and "steps " in ln for ln in lines)
 
 
 def test_loader_workers_persistent_or_not_give_the_same_run_and_end_with_it(tmp_path):
@@ -375,6 +376,13 @@ def test_epoch_time_is_split_into_data_wait_validation_and_checkpoints(tmp_path)
     Experiment.from_run(exp.run_dir, overrides=["train.epochs=3"], quiet=True).fit(resume=True)
     rows = list(csv.DictReader((exp.run_dir / "times.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and rows[2]["epoch_s"] != "99"
+    from kdstyles.engine.log import time_summary
+    from kdstyles.runfolder import RunFolder
+
+    total = RunFolder(exp.run_dir).read_times()
+    assert total["epoch"] == 6 and total["epoch_s"] == pytest.approx(sum(float(r["epoch_s"]) for r in rows))
+    assert time_summary({"epoch_s": 125.0, "data_wait_s": 2.5, "val_s": 10.0, "checkpoint_s": 0.0}) == \
+        "2 min 5 s: steps 90%, data wait 2%, validation 8%, checkpoints 0%"
 
 
 def test_auto_precision_workers_and_cudnn_settings_per_device(monkeypatch):

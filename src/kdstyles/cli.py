@@ -69,7 +69,12 @@ def train(config: Optional[Path] = typer.Argument(None, help="experiment YAML (d
     try:
         summary = exp.fit(resume=resume is not None)
         if current().main:  # under torchrun only rank 0 reports and evaluates
-            console.print(f"run folder: {summary['run_dir']} ({summary['status']}, {summary['epochs']} epochs)")
+            from .engine.log import time_summary
+            from .runfolder import RunFolder
+
+            spent = time_summary(RunFolder(summary["run_dir"]).read_times())
+            console.print(f"run folder: {summary['run_dir']} ({summary['status']}, {summary['epochs']} epochs"
+                          f"{'; ' + spent if spent else ''})")
             if evaluate_after:
                 result = exp.evaluate()
                 console.print(metrics_table(result, f"test split, {result['checkpoint']} checkpoint per network"))

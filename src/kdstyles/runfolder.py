@@ -158,6 +158,20 @@ class RunFolder:
         values = ",".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values())
         write_text(self.times_path, "\n".join([header, *kept, values]) + "\n")
 
+    def read_times(self) -> dict[str, float]:
+        """times.csv summed over its epochs (column -> seconds; empty without the file)."""
+        if not self.times_path.is_file():
+            return {}
+        total: dict[str, float] = {}
+        with self.times_path.open(encoding="utf-8", errors="replace", newline="") as f:
+            for row in csv.DictReader(f):
+                for key, value in row.items():
+                    try:
+                        total[key] = total.get(key, 0.0) + float(value)
+                    except (TypeError, ValueError):
+                        continue  # a damaged cell: the summary is only a summary
+        return total
+
     def read_metrics(self) -> list[dict[str, str]]:
         from .fileio import read_csv
 

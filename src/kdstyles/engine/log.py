@@ -19,6 +19,19 @@ from ..runfolder import RunFolder
 TIMES = [("data_wait_s", "data wait"), ("val_s", "validation"), ("checkpoint_s", "checkpoints")]
 
 
+def time_summary(times: dict[str, float]) -> str:
+    """A run's seconds (times.csv summed) as one phrase: ``2 min 5 s: steps 88%, data wait 2%,
+    validation 7%, checkpoints 3%`` (steps: all the rest of the epochs)."""
+    total = times.get("epoch_s", 0.0)
+    if total <= 0:
+        return ""
+    parts = {label: times.get(key, 0.0) for key, label in TIMES}
+    shares = [("steps", total - sum(parts.values())), *parts.items()]
+    minutes, seconds = divmod(round(total), 60)
+    spent = f"{minutes} min {seconds} s" if minutes else f"{total:.1f} s"
+    return f"{spent}: " + ", ".join(f"{label} {max(v, 0.0) / total:.0%}" for label, v in shares)
+
+
 class RunLog:
     def __init__(self, folder: RunFolder, main: bool, quiet: bool, tensorboard: bool):
         self.folder, self.main, self.quiet, self.tensorboard = folder, main, quiet or not main, tensorboard
