@@ -59,15 +59,23 @@ def test_medmnist_trains_end_to_end(tmp_path):
     assert exp.evaluate()["samples"] == 10
 
 
-def test_multilabel_chestmnist_is_rejected(tmp_path):
+def test_multilabel_chestmnist_reads_with_task_multilabel_only(tmp_path):
     write_npz(tmp_path / "chestmnist.npz", channels=1, multilabel=True)
-    cfg = load_config(None, ["data.source=medmnist", "data.flag=chestmnist", f"data.root={tmp_path}"])
-    with pytest.raises(KDError, match="chestmnist is multi-label .14 findings per image.; kdstyles trains single-label"):
-        build_data(cfg.data, seed=0)
+    args = ["data.source=medmnist", "data.flag=chestmnist", f"data.root={tmp_path}"]
+    with pytest.raises(KDError, match=r"chestmnist is multi-label \(14 findings per image\); set task: multilabel"):
+        build_data(load_config(None, args).data, seed=0)
+    bundle = build_data(load_config(None, ["task=multilabel", *args]).data, seed=0, task="multilabel")
+    assert bundle.num_classes == 14 and bundle.class_names[0] == "atelectasis"
+    x, y, _ = bundle.splits["train"][3]
+    raw = np.load(tmp_path / "chestmnist.npz")["train_labels"][3]
+    assert x.shape == (1, 28, 28) and y.dtype == torch.float32 and y.tolist() == raw.astype(float).tolist()
+    with pytest.raises(KDError, match="pathmnist has one class per image; task multilabel reads chestmnist"):
+        build_data(load_config(None, ["task=multilabel", "data.source=medmnist", "data.flag=pathmnist",
+                                      f"data.root={tmp_path}"]).data, seed=0, task="multilabel")
     # a multi-label file under a multi-class name is caught by its labels' shape
     write_npz(tmp_path / "dermamnist.npz", multilabel=True)
     cfg = load_config(None, ["data.source=medmnist", "data.flag=dermamnist", f"data.root={tmp_path}"])
-    with pytest.raises(KDError, match="train_labels has 14 labels per image"):
+    with pytest.raises(KDError, match=r"train_labels has shape \(40, 14\); multi-label"):
         build_data(cfg.data, seed=0)
 
 

@@ -160,6 +160,7 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
                  set_: Optional[list[str]] = SetOpt) -> None:
     """Class counts per split, image sizes and channels, and every problem found (exit 1 on errors)."""
     from .data import build_data
+    from .tasks import TASKS
 
     cfg = _data_spec(spec, set_ or [])
     bundle = build_data(cfg.data, cfg.train.seed, quiet=False, check=False, task=cfg.task)
@@ -172,7 +173,10 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
         table.add_column(split, justify="right")
     for k, name in enumerate(report.class_names):
         table.add_row(name, *(str(report.counts[s][k]) for s in splits))
-    table.add_row("[bold]total", *(f"[bold]{sum(report.counts[s])}" for s in splits))
+    if TASKS[cfg.task].multilabel:  # an image counts under each of its classes
+        table.add_row("[bold]images", *(f"[bold]{len(bundle.splits[s])}" for s in splits))
+    else:
+        table.add_row("[bold]total", *(f"[bold]{sum(report.counts[s])}" for s in splits))
     console.print(table)
     console.print("source images: " + ", ".join(f"{k} ({v})" for k, v in sorted(report.sources.items())),
                   highlight=False)

@@ -39,6 +39,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("f1", "macro-F1", task="classification", selectable=True, headline=True),
     Metric("auroc", "AUROC", task="classification", selectable=True),
     Metric("ece", "ECE", False, task="classification"),
+    Metric("mean_auroc", "mean AUROC", task="multilabel", selectable=True, headline=True),
+    Metric("mean_ap", "mean AP", task="multilabel", selectable=True),
+    Metric("label_f1", "macro-F1@0.5", task="multilabel", selectable=True, headline=True),
+    Metric("label_accuracy", "label acc", task="multilabel", selectable=True, per_image=True),
+    Metric("exact_match", "exact match", task="multilabel"),
     Metric("dice", "Dice", task="segmentation", selectable=True, headline=True, per_image=True),
     Metric("iou", "IoU", task="segmentation", selectable=True, headline=True, per_image=True),
     Metric("hd95", "HD95", False, task="segmentation"),  # pixels (images) or mm (volumes)
@@ -125,6 +130,60 @@ def classification_details(probs: torch.Tensor, labels: torch.Tensor, n_bins: in
                             "accuracy": float(correct[mask].mean()) if n else None})
     return {"confusion": confusion.tolist(), "precision": precision.tolist(), "recall": recall.tolist(),
             "f1": f1.tolist(), "support": confusion.sum(1).tolist(), "reliability": reliability}
+
+
+# ----------------------------------------------------------------------------- multi-label
+
+
+def multilabel_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Probabilities (N, K) per label against multi-hot labels: the mean over labels of AUROC
+    and of average precision (labels with positives and negatives only), macro-F1 at 0.5,
+    the share of label decisions that are right, exact-set matches, and the mean binary NLL."""
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+    y = labels.long()
+    both = [k for k in range(y.shape[1]) if 0 < int(y[:, k].sum()) < len(y)]
+    pred = (probs >= 0.5).long()
+    tp, fp, fn = ((pred == 1) & (y == 1)).sum(0), ((pred == 1) & (y == 0)).sum(0), ((pred == 0) & (y == 1)).sum(0)
+    f1 = (2 * tp / (2 * tp + fp + fn).clamp_min(1)).float()
+    p = probs.float().clamp(1e-7, 1 - 1e-7)
+    m = {
+        "mean_auroc": torch.stack([binary_auroc(probs[:, k], y[:, k]) for k in both]).mean() if both else torch.nan,
+        "mean_ap": torch.stack([binary_average_precision(probs[:, k], y[:, k]) for k in both]).mean()
+        if both else torch.nan,
+        "label_f1": f1.mean(),
+        "label_accuracy": (pred == y).float().mean(),
+        "exact_match": (pred == y).all(1).float().mean(),
+        "nll": F.binary_cross_entropy(p, y.float()),
+    }
+    return {name: float(v) for name, v in m.items()}
+
+
+def multilabel_details(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Per label: AUROC and average precision (None where a label has one value only), F1 at
+    0.5 and the number of positive images."""
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+    y = labels.long()
+    auroc, ap, f1 = [], [], []
+    pred = (probs >= 0.5).long()
+    for k in range(y.shape[1]):
+        both = 0 < int(y[:, k].sum()) < len(y)
+        auroc.append(float(binary_auroc(probs[:, k], y[:, k])) if both else None)
+        ap.append(float(binary_average_precision(probs[:, k], y[:, k])) if both else None)
+        tp = int(((pred[:, k] == 1) & (y[:, k] == 1)).sum())
+        wrong = int((pred[:, k] != y[:, k]).sum())
+        f1.append(2 * tp / max(2 * tp + wrong, 1))
+    return {"auroc": auroc, "average_precision": ap, "f1": f1, "support": y.sum(0).tolist()}
+
+
+def bernoulli_fidelity(teacher: torch.Tensor, student: torch.Tensor) -> dict[str, float]:
+    """Per-label probabilities: KL(teacher || student) of each label's Bernoulli, summed over
+    labels and averaged over images, and the share of label decisions (at 0.5) they agree on."""
+    t, s = teacher.float().clamp(1e-7, 1 - 1e-7), student.float().clamp(1e-7, 1 - 1e-7)
+    kl = (t * (t.log() - s.log()) + (1 - t) * ((1 - t).log() - (1 - s).log())).sum(1).mean()
+    agree = ((teacher >= 0.5) == (student >= 0.5)).float().mean()
+    return {"fidelity_kl": float(kl), "agreement": float(agree)}
 
 
 # ----------------------------------------------------------------------------- segmentation

@@ -193,7 +193,9 @@ class ImageDataset(Dataset):
                                         *self.box_flips)
             label = pad_boxes(boxes, self.max_boxes, self.dims)
         else:
-            label = item["mask"][0].round().long() if self.masks is not None else int(self.labels[index])
+            label = item["mask"][0].round().long() if self.masks is not None else \
+                torch.from_numpy(self.labels[index].astype(np.float32)) if self.labels.ndim == 2 else \
+                int(self.labels[index])  # multi-hot labels: a (K,) float vector
         return (img - self.mean) / self.std, label, index
 
 

@@ -43,6 +43,25 @@ def class_list(records: list[Record], classes: list[str] | None, where: str) -> 
     return list(classes)
 
 
+def multi_hot(records: list[Record], classes: list[str] | None, where: str) -> tuple[list[str], np.ndarray]:
+    """Multi-label records (``label``: names joined by ``|``, empty for none): the class names
+    (``classes``, else every name used, sorted) and the (N, K) uint8 multi-hot labels."""
+    sets = [[n.strip() for n in r.label.split("|") if n.strip()] for r in records]
+    names = list(classes) if classes is not None else sorted({n for s in sets for n in s})
+    index = {n: k for k, n in enumerate(names)}
+    labels = np.zeros((len(records), len(names)), np.uint8)
+    for i, (r, found) in enumerate(zip(records, sets)):
+        unknown = [n for n in found if n not in index]
+        if unknown:
+            raise KDError(f"{where}: '{r.path}' has label '{unknown[0]}', which is not in data.classes "
+                          f"({', '.join(names)})")
+        labels[i, [index[n] for n in found]] = 1
+    if len(names) < 2:
+        raise KDError(f"{where}: names {len(names)} label(s) ({', '.join(names) or 'none'}); multi-label "
+                      "classification needs at least two, joined by '|' in the label column")
+    return names, labels
+
+
 def assign_splits(records: list[Record], labels: np.ndarray, seed: int, val_fraction: float,
                   test_fraction: float) -> list[str]:
     """Fill missing splits: stratified by class, seeded, from the files without a split
@@ -52,6 +71,8 @@ def assign_splits(records: list[Record], labels: np.ndarray, seed: int, val_frac
     missing = [s for s in ("val", "test") if s not in have]
     if not missing:
         return [s or "train" for s in splits]
+    if labels.ndim == 2:  # multi-hot: stratified by each image's first class (none: its own stratum)
+        labels = np.where(labels.any(1), labels.argmax(1), labels.shape[1])
     pool = [i for i, s in enumerate(splits) if s in (None, "train")]
     fractions = {"val": val_fraction, "test": test_fraction}
     rng = np.random.default_rng([seed, 7919])

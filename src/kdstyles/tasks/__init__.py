@@ -5,8 +5,9 @@ from __future__ import annotations
 from .base import Task
 from .classification import Classification
 from .detection import Detection
+from .multilabel import Multilabel
 from .segmentation import Segmentation
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Classification, Segmentation, Detection)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Classification, Multilabel, Segmentation, Detection)}
 
-__all__ = ["TASKS", "Task", "Classification", "Segmentation", "Detection"]
+__all__ = ["TASKS", "Task", "Classification", "Multilabel", "Segmentation", "Detection"]

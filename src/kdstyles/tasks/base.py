@@ -27,6 +27,7 @@ class Task:
     sources: ClassVar[tuple[str, ...]]  # data.source values it reads
     dense: ClassVar[bool] = False  # labels are per-pixel masks
     boxes: ClassVar[bool] = False  # labels are boxes (a padded (M, 5) tensor per image)
+    multilabel: ClassVar[bool] = False  # labels are multi-hot (K,) vectors: any number of classes per image
     synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data
     synthetic_volumes: ClassVar[str | None] = None  # its 3D counterpart (data.spatial_dims: 3), if any
     volumes: ClassVar[bool] = False  # trains on 3D inputs (data.spatial_dims: 3)

@@ -165,6 +165,9 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
             r.label = "1" if len(found[str(r.path)]) else "0"
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
         report = checks.DataReport(BOX_REPORT)
+    elif task.multilabel:
+        names, labels = files.multi_hot(records, cfg.classes, where)
+        report_names = names
     else:
         names = files.class_list(records, cfg.classes, where)
         if len(names) < 2:
@@ -248,6 +251,9 @@ def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool
                     bar.advance(task_id)
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
         report_names = ["no foreground", "foreground"]
+    elif task.multilabel:
+        names, labels = files.multi_hot(records, cfg.classes, where)
+        report_names = names
     else:
         names = files.class_list(records, cfg.classes, where)
         if len(names) < 2:

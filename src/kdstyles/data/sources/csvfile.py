@@ -1,4 +1,5 @@
-"""``source: csv``: a CSV file with columns ``path,label[,split]`` (detection:
+"""``source: csv``: a CSV file with columns ``path,label[,split]`` (multi-label: the label
+column names every class of the image joined by ``|``, empty for none; detection:
 ``path,x1,y1,x2,y2,label[,split]``, one row per box); paths relative to the CSV file's folder.
 With ``data.spatial_dims: 3`` the paths are volume files (NIfTI/NRRD): a class each, or for
 detection ``path,x1,y1,z1,x2,y2,z2,label[,split]`` boxes in world millimetres."""
@@ -13,7 +14,8 @@ from ..files import SPLITS, Record
 from . import Loaded, Source, from_files, from_volume_files
 
 
-def list_csv(path: Path) -> list[Record]:
+def list_csv(path: Path, empty_labels: bool = False) -> list[Record]:
+    """The rows as records; ``empty_labels``: an empty label is allowed (multi-label: no finding)."""
     if not path.is_file():
         raise KDError(f"data.path: CSV file '{path}' does not exist")
     rows = read_csv(path, "give columns path,label[,split]", required=("path", "label"))
@@ -22,7 +24,7 @@ def list_csv(path: Path) -> list[Record]:
         split = row.get("split") or None
         if split is not None and split not in SPLITS:
             raise KDError(f"CSV file '{path}' line {line}: split '{split}' is not one of {', '.join(SPLITS)}")
-        if not row["path"] or not row["label"]:
+        if not row["path"] or not (row["label"] or empty_labels):
             raise KDError(f"CSV file '{path}' line {line}: empty path or label")
         records.append(Record((path.parent / row["path"]), row["label"], split))
     if not records:
@@ -51,7 +53,8 @@ class CSV(Source):
             records, boxes, names = read_box_csv(path, cfg.classes)
             return from_files(cfg, seed, task, run_dir, quiet, records, path.parent, f"data.path '{path}'",
                               boxes_of=(boxes, names))
-        return from_files(cfg, seed, task, run_dir, quiet, list_csv(path), path.parent, f"data.path '{path}'")
+        return from_files(cfg, seed, task, run_dir, quiet, list_csv(path, empty_labels=task.multilabel), path.parent,
+                          f"data.path '{path}'")
 
     def describe(self, cfg, task) -> str:
         return f"CSV {cfg.path}"

@@ -36,15 +36,18 @@ def info(flag: str) -> tuple:
     return FLAGS[flag] if flag in FLAGS else FLAGS_3D[flag]
 
 
-def check_flag(flag: str, size: int) -> None:
+def check_flag(flag: str, size: int, multilabel: bool = False) -> None:
     if flag not in FLAGS and flag not in FLAGS_3D:
         raise KDError(f"data.flag: '{flag}' is not a MedMNIST flag; allowed: {', '.join([*FLAGS, *FLAGS_3D])}")
     sizes = SIZES_3D if flag in FLAGS_3D else SIZES
     if size not in sizes:
         raise KDError(f"data.size: {size} is not a size of {flag}; allowed: {', '.join(map(str, sizes))}")
-    if info(flag)[0].startswith("multi-label"):
-        raise KDError(f"data.flag: {flag} is multi-label ({len(FLAGS[flag][2])} findings per image); kdstyles "
-                      "trains single-label classifiers, so it is not supported yet; use another flag")
+    if info(flag)[0].startswith("multi-label") != multilabel:
+        if multilabel:
+            raise KDError(f"data.flag: {flag} has one class per image; task multilabel reads chestmnist (or use "
+                          "task: classification)")
+        raise KDError(f"data.flag: {flag} is multi-label ({len(FLAGS[flag][2])} findings per image); set "
+                      "task: multilabel")
 
 
 def _md5(path: Path) -> str:
@@ -90,16 +93,16 @@ def download(flag: str, size: int, root: Path, timeout: float = 20.0) -> Path:
     return target
 
 
-def locate(flag: str, size: int, root: str | None) -> Path:
-    check_flag(flag, size)
+def locate(flag: str, size: int, root: str | None, multilabel: bool = False) -> Path:
+    check_flag(flag, size, multilabel)
     folder = Path(os.path.expanduser(root or DEFAULT_ROOT))
     path = folder / file_name(flag, size)
     return path if path.is_file() else download(flag, size, folder)
 
 
-def load(path: Path, volumes: bool = False) -> dict[str, np.ndarray]:
+def load(path: Path, volumes: bool = False, multilabel: bool = False) -> dict[str, np.ndarray]:
     """Every split's images (N, H, W[, C]) and labels (N,) from a MedMNIST-format npz; with
-    ``volumes``, volumes (N, D, H, W[, C])."""
+    ``volumes``, volumes (N, D, H, W[, C]); with ``multilabel``, multi-hot labels (N, K)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in KEYS if k not in npz.files]
@@ -121,12 +124,13 @@ def load(path: Path, volumes: bool = False) -> dict[str, np.ndarray]:
             expected = "(N, D, H, W) or (N, D, H, W, C)" if volumes else "(N, H, W) or (N, H, W, C)"
             raise KDError(f"npz file '{path}': {split}_images has shape {images.shape} and dtype {images.dtype}; "
                           f"expected uint8 {expected}")
-        if labels.ndim == 2 and labels.shape[1] > 1:
-            raise KDError(f"npz file '{path}': {split}_labels has {labels.shape[1]} labels per image (multi-label); "
-                          "kdstyles trains single-label classifiers")
+        if multilabel != (labels.ndim == 2 and labels.shape[1] > 1):
+            raise KDError(f"npz file '{path}': {split}_labels has shape {labels.shape}; "
+                          + ("task multilabel needs (N, K) yes/no labels" if multilabel else
+                             "multi-label (several per image): set task: multilabel"))
         if len(labels) != len(images):
             raise KDError(f"npz file '{path}': {len(images)} {split} images but {len(labels)} labels")
-        arrays[f"{split}_labels"] = labels.reshape(-1).astype(np.int64)
+        arrays[f"{split}_labels"] = labels.astype(np.uint8) if multilabel else labels.reshape(-1).astype(np.int64)
         if images.ndim == want[0]:  # grey-scale: add the channel axis
             arrays[f"{split}_images"] = images[..., None]
     return arrays
@@ -137,8 +141,9 @@ class MedMNIST(Source):
     requires = "flag"
 
     def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
-        path = locate(cfg.flag, cfg.size, cfg.root)
-        arrays = load(path, volumes=cfg.flag in FLAGS_3D)
+        multilabel = getattr(task, "multilabel", False)
+        path = locate(cfg.flag, cfg.size, cfg.root, multilabel)
+        arrays = load(path, volumes=cfg.flag in FLAGS_3D, multilabel=multilabel)
         raw = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "val", "test")}
         images = raw["train"][0]
         return from_arrays(raw, list(info(cfg.flag)[2]), cfg.channels or images.shape[-1],

@@ -1,0 +1,30 @@
+"""The embedded default for multi-label classification: each image is a 2x2 mosaic of the
+histology generator's patches, and its labels are the tissue classes that appear in it (one
+to four of ``normal``, ``lymphocytic``, ``tumour``, ``stroma``), as a multi-hot vector."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import KDError
+from .synthetic import CLASS_NAMES, check_request, render_patch
+
+__all__ = ["CLASS_NAMES", "generate"]
+
+
+def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` mosaics of one split: (uint8 images (n, size, size, 3), uint8 labels (n, 4))."""
+    check_request(split, size)
+    if size < 32 or size % 2:
+        raise KDError(f"data.image_size: {size}; the multi-label mosaics need an even size of at least 32 "
+                      "(four tiles of at least 16 px)")
+    half = size // 2
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    labels = np.zeros((n, len(CLASS_NAMES)), dtype=np.uint8)
+    for i in range(n):
+        for q in range(4):
+            tile, cls = render_patch(seed, split, 4 * i + q, half)
+            y, x = divmod(q, 2)
+            images[i, y * half:(y + 1) * half, x * half:(x + 1) * half] = tile
+            labels[i, cls] = 1
+    return images, labels

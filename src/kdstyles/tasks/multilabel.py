@@ -1,0 +1,82 @@
+"""Multi-label classification: logits (B, K), one yes/no per label (chest X-ray findings,
+ChestMNIST), binary cross-entropy, a sigmoid per label, mean AUROC-family metrics.
+
+The ``predictions`` style compares each label's Bernoulli distribution: the softened KL of
+sigmoid(z / T) summed over labels, averaged over the batch (times T^2 with ``t2_scaling``).
+Feature, attention and relation styles compare maps and embeddings as for any classifier.
+Labels are multi-hot (N, K) arrays; a source gives them for ``medmnist`` (chestmnist),
+``csv`` (a ``label`` column of ``|``-separated names, empty for none) and the embedded
+mosaics (``synthetic_multi``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import KDError
+from .classification import Classification
+
+
+class Multilabel(Classification):
+    name = "multilabel"
+    loss_name = "bce"
+    selection = "mean_auroc"
+    sources = ("synthetic", "medmnist", "csv")
+    synthetic = "synthetic_multi"
+    synthetic_volumes = None
+    volumes = False
+    description = "the embedded multi-label histology mosaics (the tissue classes each 2x2 mosaic shows)"
+    multilabel = True
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        super().check_config(cfg)
+        if cfg.data.sampler == "balanced":
+            raise KDError("data.sampler: balanced draws classes equally often, which a multi-label image does not "
+                          "have one of; use uniform")
+        if cfg.loss.class_weights == "balanced":
+            raise KDError("loss.class_weights: balanced weighs single classes; for multi-label leave it out")
+
+    def supervised(self, logits, y, class_weights):
+        import torch.nn.functional as F
+
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float())
+
+    def distill_outputs(self, source, target, options):
+        import torch.nn.functional as F
+
+        t = options.temperature
+        s, d = source.float() / t, target.float() / t
+        log_ps, log_1ps = F.logsigmoid(s), F.logsigmoid(-s)
+        log_pd, log_1pd = F.logsigmoid(d), F.logsigmoid(-d)
+        kl = (log_ps.exp() * (log_ps - log_pd) + log_1ps.exp() * (log_1ps - log_1pd)).sum(1).mean()
+        return kl * t * t if options.t2_scaling else kl
+
+    def activate(self, logits):
+        return logits.float().sigmoid()
+
+    def fidelity(self, teacher, student):
+        from ..metrics import bernoulli_fidelity
+
+        return bernoulli_fidelity(teacher, student)
+
+    def metrics(self, probs, labels, spacing=None):
+        from ..metrics import multilabel_metrics
+
+        return multilabel_metrics(probs, labels)
+
+    def details(self, probs, labels) -> dict[str, Any]:
+        from ..metrics import multilabel_details
+
+        return multilabel_details(probs, labels)
+
+    def per_image(self, probs, labels) -> dict[str, list[float]]:
+        return {"label_accuracy": ((probs >= 0.5).long() == labels.long()).float().mean(1).tolist()}
+
+    def prediction_header(self, class_names, volumes=False):
+        return ["path", "labels", *(f"p_{c}" for c in class_names)]
+
+    def prediction_row(self, path: Path, probs, class_names, out_dir, index, volume=None):
+        found = "|".join(c for c, p in zip(class_names, probs) if p >= 0.5)
+        return [str(path), found, *(f"{v:.6f}" for v in probs)]

@@ -1,0 +1,133 @@
+"""Multi-label classification (task: multilabel): the per-label Bernoulli KL, the metrics on
+hand cases, the embedded mosaics, multi-hot labels from a CSV, config rules, and a run that
+trains, evaluates, exports to ONNX and predicts (ChestMNIST files: test_sources.py)."""
+
+import csv
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kdstyles import Experiment, KDError, build_cohort, load_config
+from kdstyles.tasks import TASKS
+from conftest import assert_gradient_isolation, tiny
+
+ML = ["task=multilabel", "data.image_size=32"]
+
+
+def test_predictions_style_is_a_bernoulli_kl_per_label():
+    task = TASKS["multilabel"](2)
+    source, target = torch.tensor([[2.0, -1.0]]), torch.tensor([[0.0, 1.0]])
+    for t, scale in ((1.0, False), (2.0, True)):
+        p, q = torch.sigmoid(source / t), torch.sigmoid(target / t)
+        expected = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum() * (t * t if scale else 1)
+        got = task.distill_outputs(source, target, SimpleNamespace(temperature=t, t2_scaling=scale))
+        assert float(got) == pytest.approx(float(expected), rel=1e-5)
+    assert float(task.distill_outputs(source, source, SimpleNamespace(temperature=1.0, t2_scaling=True))) == \
+        pytest.approx(0, abs=1e-6)
+
+
+def test_metrics_on_hand_cases():
+    from kdstyles.metrics import bernoulli_fidelity, multilabel_metrics
+
+    labels = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 1], [0, 0, 1]])  # label 2 is always present
+    perfect = labels.float() * 0.8 + 0.1
+    m = multilabel_metrics(perfect, labels)
+    assert m["mean_auroc"] == m["mean_ap"] == m["label_f1"] == m["label_accuracy"] == m["exact_match"] == 1
+    flipped = perfect.clone()
+    flipped[:, 0] = 1 - flipped[:, 0]  # label 0 ranked backwards: AUROC 0 there, 1 on label 1 (label 2 left out)
+    m = multilabel_metrics(flipped, labels)
+    assert m["mean_auroc"] == pytest.approx(0.5) and m["label_accuracy"] == pytest.approx(2 / 3)
+    assert m["exact_match"] == 0 and m["label_f1"] == pytest.approx(2 / 3)
+    f = bernoulli_fidelity(perfect, perfect)
+    assert f["fidelity_kl"] == pytest.approx(0, abs=1e-6) and f["agreement"] == 1
+    assert bernoulli_fidelity(perfect, flipped)["agreement"] == pytest.approx(2 / 3)
+
+
+def test_embedded_mosaics_are_labelled_with_the_classes_they_show():
+    from kdstyles.data.synthetic import render_patch
+    from kdstyles.data.synthetic_multi import generate
+
+    images, labels = generate(0, "train", 6, 32)
+    assert images.shape == (6, 32, 32, 3) and labels.shape == (6, 4) and labels.sum(1).min() >= 1
+    for i in range(6):
+        tiles = [render_patch(0, "train", 4 * i + q, 16) for q in range(4)]
+        assert sorted(np.flatnonzero(labels[i]).tolist()) == sorted({c for _, c in tiles})
+        assert np.array_equal(images[i, :16, 16:], tiles[1][0])  # the second tile, top right
+    with pytest.raises(KDError, match="even size of at least 32"):
+        generate(0, "train", 1, 20)
+
+
+def test_multilabel_gradient_isolation():
+    cfg = load_config(None, [*ML, "routing.preset=diverse", "networks.teacher.widen=0.25",
+                             "networks.students.s1.widen=0.125", "networks.students.s2.widen=0.125"])
+    cohort = build_cohort(cfg, num_classes=4, channels=3, image_size=32)
+    y = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.float)
+    losses = cohort.losses(cohort(torch.randn(3, 3, 32, 32)), y)
+    assert set(losses["s1"].terms) == {"bce", "predictions<-teacher", "features<-s2"}
+    assert_gradient_isolation(cohort, losses)
+
+
+def test_multilabel_run_trains_evaluates_exports_and_predicts(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from kdstyles.export import export_run
+    from kdstyles.predict import predict
+
+    exp = Experiment(None, overrides=tiny(tmp_path, *ML, "train.epochs=1"), quiet=True)
+    exp.fit()
+    result = exp.evaluate()
+    for name, m in result["networks"].items():
+        assert {"mean_auroc", "mean_ap", "label_f1", "label_accuracy", "exact_match", "nll"} <= set(m), name
+    assert 0 <= result["networks"]["s1"]["agreement"] <= 1 and result["networks"]["s1"]["fidelity_kl"] >= 0
+    assert len(result["per_image"]["s1"]["label_accuracy"]) == 24
+    assert len(result["details"]["teacher"]["auroc"]) == 4
+    assert "val_mean_auroc" in (exp.run_dir / "metrics.csv").read_text()  # the default selection metric
+    side = export_run(exp.run_dir, "ensemble")
+    assert side["task"] == "multilabel" and side["verification"]["max_abs_diff"] < 1e-4
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, image in enumerate(exp.data.splits["test"].images[:3]):
+        Image.fromarray(image).save(frames / f"f{i}.png")
+    rows = [list(csv.reader(predict(m, [frames], tmp_path / f"p{k}", network="ensemble", quiet=True).open()))
+            for k, m in enumerate((exp.run_dir / "export" / "ensemble.onnx", exp.run_dir))]
+    assert rows[0][0] == ["path", "labels", "p_normal", "p_lymphocytic", "p_tumour", "p_stroma"]
+    for a, b in zip(rows[0][1:], rows[1][1:]):
+        assert a[1] == b[1] and np.allclose([float(v) for v in a[2:]], [float(v) for v in b[2:]], atol=1e-4)
+        assert a[1] == "|".join(c for c, p in zip(rows[0][0][2:], a[2:]) if float(p) >= 0.5).replace("p_", "")
+
+
+def test_multi_hot_labels_from_a_csv_and_what_is_refused(tmp_path):
+    from kdstyles.data import build_data
+
+    rng = np.random.default_rng(0)
+    rows, findings = ["path,label"], ["effusion", "mass", "nodule"]
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / f"x{i}.png")
+        rows.append(f"x{i}.png," + "|".join(f for k, f in enumerate(findings) if (i >> k) & 1))  # 0..3 findings
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    args = ["task=multilabel", "data.source=csv", f"data.path={tmp_path / 'labels.csv'}", "data.image_size=16"]
+    bundle = build_data(load_config(None, args).data, 0, task="multilabel")
+    assert bundle.class_names == findings and sum(len(s) for s in bundle.splits.values()) == 30
+    split = bundle.splits["train"]
+    for k in range(len(split)):
+        i = int(split.paths[k].stem[1:])
+        assert split.labels[k].tolist() == [(i >> b) & 1 for b in range(3)]
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", "data", "inspect", str(tmp_path / "labels.csv"),
+                           "--set", "task=multilabel", "--set", "data.image_size=16"],
+                          capture_output=True, text=True, timeout=120)
+    rows = {ln.split("│")[1].strip(): ln for ln in proc.stdout.splitlines() if ln.count("│") > 3}
+    assert proc.returncode == 0 and "mass" in rows
+    assert [int(v) for v in rows["images"].split("│")[2:5]] == [len(bundle.splits[s]) for s in ("train", "val", "test")]
+    with pytest.raises(KDError, match="has label 'nodule', which is not in data.classes"):
+        build_data(load_config(None, [*args, "data.classes=[effusion,mass]"]).data, 0, task="multilabel")
+    for extra, message in ((["data.sampler=balanced"], "data.sampler: balanced"),
+                           (["loss.class_weights=balanced"], "loss.class_weights: balanced"),
+                           (["data.spatial_dims=3"], "task multilabel is 2D only")):
+        with pytest.raises(KDError, match=message):
+            load_config(None, [*args, *extra])
+    with pytest.raises(KDError, match="data.source: 'folder' is not read for task multilabel"):
+        load_config(None, ["task=multilabel", "data.source=folder", f"data.root={tmp_path}"])
