@@ -72,6 +72,23 @@ def test_multilabel_gradient_isolation():
     assert_gradient_isolation(cohort, losses)
 
 
+def test_balanced_class_weights_weigh_each_labels_positives_by_its_negatives(tmp_path):
+    """loss.class_weights: balanced is BCE's pos_weight: negatives per positive in training."""
+    import torch.nn.functional as F
+
+    exp = Experiment(None, overrides=tiny(tmp_path, *ML, "loss.class_weights=balanced"), quiet=True)
+    labels = exp.data.splits["train"].labels
+    pos = labels.sum(0)
+    expected = torch.tensor((len(labels) - pos) / pos, dtype=torch.float)
+    assert torch.allclose(exp.cohort.class_weights, expected)
+    logits, y = torch.randn(5, 4), torch.tensor(labels[:5], dtype=torch.float)
+    assert torch.allclose(exp.cohort.task.supervised(logits, y, exp.cohort.class_weights),
+                          F.binary_cross_entropy_with_logits(logits, y, pos_weight=expected))
+    exp.fit()  # and the weights are rebuilt from run.json when the run is reopened
+    again = Experiment.from_run(exp.run_dir, quiet=True)
+    assert torch.allclose(again.cohort.class_weights, expected)
+
+
 def test_multilabel_run_trains_evaluates_exports_and_predicts(tmp_path):
     pytest.importorskip("onnxruntime")
     from kdstyles.export import export_run
@@ -125,7 +142,6 @@ def test_multi_hot_labels_from_a_csv_and_what_is_refused(tmp_path):
     with pytest.raises(KDError, match="has label 'nodule', which is not in data.classes"):
         build_data(load_config(None, [*args, "data.classes=[effusion,mass]"]).data, 0, task="multilabel")
     for extra, message in ((["data.sampler=balanced"], "data.sampler: balanced"),
-                           (["loss.class_weights=balanced"], "loss.class_weights: balanced"),
                            (["data.spatial_dims=3"], "task multilabel is 2D only")):
         with pytest.raises(KDError, match=message):
             load_config(None, [*args, *extra])

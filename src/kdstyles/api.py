@@ -102,12 +102,13 @@ class Experiment:
             info = self.run_info() if self.folder.trained() else None
             if info is not None:
                 shape = (len(info["class_names"]), info["channels"], info["image_size"])
-                counts = info.get("train_counts")
+                counts, images = info.get("train_counts"), info.get("train_images")
             else:
                 d = self.data
                 shape, counts = (d.num_classes, d.channels, d.image_size), d.report.counts.get("train")
+                images = len(d.splits["train"])
             counts = counts if self.cfg.loss.class_weights == "balanced" else None
-            self._cohort = build_cohort(self.cfg, *shape, self.modules, class_counts=counts)
+            self._cohort = build_cohort(self.cfg, *shape, self.modules, class_counts=counts, train_images=images)
             if not self.quiet:
                 from rich.console import Console
 
@@ -137,7 +138,7 @@ class Experiment:
             "adapters": sorted(c.adapters), "parameters": params,
             "class_names": self.data.class_names, "normalize": {"mean": self.data.mean, "std": self.data.std},
             "image_size": self.data.image_size, "channels": self.data.channels,
-            "train_counts": self.data.report.counts.get("train"),
+            "train_counts": self.data.report.counts.get("train"), "train_images": len(self.data.splits["train"]),
             "status": "created",
         }
         self.folder.write_info(info)

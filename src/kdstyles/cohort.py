@@ -335,9 +335,10 @@ def _offline_teacher_weights(path_str: str) -> tuple[dict[str, torch.Tensor], Pa
 
 def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_size: int,
                  modules: dict[str, nn.Module] | None = None, load_offline: bool = True,
-                 class_counts: list[int] | None = None) -> Cohort:
+                 class_counts: list[int] | None = None, train_images: int | None = None) -> Cohort:
     """Build every network the routing uses, check taps and shapes, create adapters.
-    ``class_counts`` (training split) weights CE by inverse class frequency."""
+    ``class_counts`` (training split; with ``train_images`` its size) weights the supervised
+    loss as the task does (``Task.class_weights``: inverse class frequency for CE)."""
     modules = dict(modules or {})
     edges = cfg.edges
     names = used_networks(list(cfg.networks.students), edges)
@@ -368,9 +369,6 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
         if load_offline:
             weights, path = _offline_teacher_weights(cfg.networks.teacher.checkpoint)
             checkpoints.load_into(nets[T], weights, path, f"networks.teacher (arch {cfg.networks.teacher.arch})")
-    weights = None
-    if class_counts is not None:
-        counts = torch.tensor(class_counts, dtype=torch.float).clamp_min(1)
-        weights = counts.sum() / (len(counts) * counts)
+    weights = task.class_weights(class_counts, train_images) if class_counts is not None else None
     sample = torch.zeros(2, channels, *(image_size,) * cfg.data.dims)
     return Cohort(nets, edges, task, sample, cfg.loss.ce_weight, frozen, taps, weights)

@@ -138,7 +138,8 @@ def check_boxes(split: str, boxes: list[np.ndarray], num_classes: int, size: tup
         report.problems.append(Problem("error", f"{names[i]}: {text} ({bad} such boxes in {split})"))
 
 
-def check_balance(report: DataReport, ratio: float) -> None:
+def check_balance(report: DataReport, ratio: float,
+                  remedy: str = "data.sampler: balanced or loss.class_weights: balanced") -> None:
     counts = report.counts.get("train")
     if not counts:
         return
@@ -150,8 +151,7 @@ def check_balance(report: DataReport, ratio: float) -> None:
         big, small = int(np.argmax(counts)), min((n, k) for k, n in enumerate(counts) if n > 0)[1]
         report.problems.append(Problem(
             "warning", f"class imbalance: '{report.class_names[big]}' has {max(present)} training images, "
-                       f"'{report.class_names[small]}' {min(present)} (ratio > {ratio:g}); consider "
-                       "data.sampler: balanced or loss.class_weights: balanced"))
+                       f"'{report.class_names[small]}' {min(present)} (ratio > {ratio:g}); consider {remedy}"))
 
 
 def check_duplicates(digests: dict[str, list[str | None]], names: dict[str, list[str]], on_duplicates: str,

@@ -85,6 +85,14 @@ class Task:
     def supervised(self, logits, y, class_weights):
         raise NotImplementedError
 
+    def class_weights(self, counts: list[int], images: int | None):
+        """``loss.class_weights: balanced`` from the training split's count per class: each
+        class weighted by its inverse frequency (mean weight over classes 1)."""
+        import torch
+
+        c = torch.tensor(counts, dtype=torch.float).clamp_min(1)
+        return c.sum() / (len(c) * c)
+
     def check_output(self, name: str, logits, sample) -> None:
         raise NotImplementedError
 

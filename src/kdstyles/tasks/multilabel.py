@@ -35,13 +35,23 @@ class Multilabel(Classification):
         if cfg.data.sampler == "balanced":
             raise KDError("data.sampler: balanced draws classes equally often, which a multi-label image does not "
                           "have one of; use uniform")
-        if cfg.loss.class_weights == "balanced":
-            raise KDError("loss.class_weights: balanced weighs single classes; for multi-label leave it out")
 
     def supervised(self, logits, y, class_weights):
         import torch.nn.functional as F
 
-        return F.binary_cross_entropy_with_logits(logits.float(), y.float())
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float(), pos_weight=class_weights)
+
+    def class_weights(self, counts: list[int], images: int | None):
+        """``loss.class_weights: balanced``: each label's positives weighted by its negatives per
+        positive in the training split (BCE's ``pos_weight``), so a rare finding counts as much
+        as its absence."""
+        import torch
+
+        if images is None:
+            raise KDError("loss.class_weights: balanced needs the training split's size, which this run folder "
+                          "(made by an older kdstyles) does not record; train a new run")
+        pos = torch.tensor(counts, dtype=torch.float).clamp_min(1)
+        return (images - pos).clamp_min(1) / pos
 
     def distill_outputs(self, source, target, options):
         import torch.nn.functional as F
