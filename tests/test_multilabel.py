@@ -147,3 +147,38 @@ def test_multi_hot_labels_from_a_csv_and_what_is_refused(tmp_path):
             load_config(None, [*args, *extra])
     with pytest.raises(KDError, match="data.source: 'folder' is not read for task multilabel"):
         load_config(None, ["task=multilabel", "data.source=folder", f"data.root={tmp_path}"])
+
+
+def test_a_column_per_class_csv_as_chexpert_ships_it(tmp_path):
+    """path, other columns, and a 1/0/empty/-1 column per finding: data.classes picks the
+    class columns; -1 (uncertain) stops the run unless data.uncertain says zeros or ones."""
+    from kdstyles.data import build_data
+
+    rng = np.random.default_rng(0)
+    rows = ["path,Sex,Age,Edema,Effusion,Pneumonia"]
+    values = ["1", "0", "", "-1", "1.0"]
+    table = []
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(tmp_path / f"cxr{i}.png")
+        row = [values[(i + k) % 5] if not (i == 0 and k == 2) else "1" for k in range(3)]
+        table.append(row)
+        rows.append(f"cxr{i}.png,F,{40 + i}," + ",".join(row))
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    args = ["task=multilabel", "data.source=csv", f"data.path={tmp_path / 'train.csv'}", "data.image_size=16",
+            "data.classes=[Edema,Effusion,Pneumonia]"]
+    with pytest.raises(KDError, match=r"line 3: 'Pneumonia' is -1 \(uncertain\); set data.uncertain: zeros or ones"):
+        build_data(load_config(None, args).data, 0, task="multilabel")
+    for policy, uncertain in (("zeros", 0), ("ones", 1)):
+        bundle = build_data(load_config(None, [*args, f"data.uncertain={policy}"]).data, 0, task="multilabel")
+        assert bundle.class_names == ["Edema", "Effusion", "Pneumonia"]
+        for split in bundle.splits.values():
+            for path, got in zip(split.paths, split.labels):
+                row = table[int(path.stem[3:])]
+                assert got.tolist() == [1 if v in ("1", "1.0") else uncertain if v == "-1" else 0 for v in row]
+    with pytest.raises(KDError, match="name its class columns in data.classes \\(of Sex, Age, Edema, Effusion"):
+        build_data(load_config(None, args[:-1]).data, 0, task="multilabel")
+    with pytest.raises(KDError, match="'Cardiomegaly' is not a column of CSV file"):
+        build_data(load_config(None, [*args[:-1], "data.classes=[Edema,Cardiomegaly]"]).data, 0, task="multilabel")
+    (tmp_path / "train.csv").write_text(rows[0] + "\ncxr0.png,F,40,1,2,0\n")
+    with pytest.raises(KDError, match="line 2: 'Effusion' is '2'; a class column holds 1, 0, empty or -1"):
+        build_data(load_config(None, args).data, 0, task="multilabel")

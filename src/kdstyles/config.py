@@ -91,6 +91,9 @@ class DataConfig(Strict):
                                "evaluate and export")
     channels: Optional[int] = Field(None, ge=1, le=3, description="1 or 3; default: the source's (synthetic and "
                                     "folder/csv 3, medmnist its own)")
+    uncertain: Literal["error", "zeros", "ones"] = Field("error", description="multi-label CSV with a column per "
+                                                         "class: what a -1 (uncertain) becomes (CheXpert's "
+                                                         "U-Zeros, U-Ones); error: stop at the first")
     modalities: Optional[list[int]] = Field(None, description="volume files with several channels (MRI sequences, "
                                             "e.g. BraTS's FLAIR, T1w, T1gd, T2w): the channels to keep, by index "
                                             "(dataset.json's modality keys), in this order; default: all "

@@ -1,11 +1,13 @@
 """``source: csv``: a CSV file with columns ``path,label[,split]`` (multi-label: the label
-column names every class of the image joined by ``|``, empty for none; detection:
+column names every class of the image joined by ``|``, empty for none, or a column per class
+holding 1/0/-1 as CheXpert ships, ``data.classes`` naming them; detection:
 ``path,x1,y1,x2,y2,label[,split]``, one row per box); paths relative to the CSV file's folder.
 With ``data.spatial_dims: 3`` the paths are volume files (NIfTI/NRRD): a class each, or for
 detection ``path,x1,y1,z1,x2,y2,z2,label[,split]`` boxes in world millimetres."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from ...errors import KDError
@@ -32,6 +34,57 @@ def list_csv(path: Path, empty_labels: bool = False) -> list[Record]:
     return records
 
 
+POSITIVE, NEGATIVE, UNCERTAIN = {"1", "1.0"}, {"0", "0.0", ""}, {"-1", "-1.0"}
+
+
+def list_wide_csv(path: Path, classes: list[str] | None, uncertain: str) -> list[Record]:
+    """A multi-label CSV with a column per class (``path,<class>,<class>,...[,split]``, as
+    CheXpert ships): each class column holds 1 (present), 0 or empty (absent), or -1
+    (uncertain: ``uncertain`` says zeros, ones or error). ``classes`` names the class columns
+    (others, such as age or view, are ignored). Returns records whose label joins the present
+    classes with ``|``."""
+    rows = read_csv(path, "give columns path and one column per class", required=("path",))
+    columns = [c for c in (rows[0] if rows else {}) if c not in ("path", "split")]
+    if classes is None:
+        raise KDError(f"data.classes: CSV file '{path}' has no label column; name its class columns in data.classes "
+                      f"(of {', '.join(columns)}), or give a label column of names joined by |")
+    absent = [c for c in classes if c not in columns]
+    if absent:
+        raise KDError(f"data.classes: '{absent[0]}' is not a column of CSV file '{path}' (columns: {', '.join(columns)})")
+    records = []
+    for line, row in enumerate(rows, start=2):
+        split = row.get("split") or None
+        if split is not None and split not in SPLITS:
+            raise KDError(f"CSV file '{path}' line {line}: split '{split}' is not one of {', '.join(SPLITS)}")
+        present = []
+        for c in classes:
+            value = row[c]
+            if value in UNCERTAIN and uncertain != "error":
+                value = "1" if uncertain == "ones" else "0"
+            if value in UNCERTAIN:
+                raise KDError(f"CSV file '{path}' line {line}: '{c}' is -1 (uncertain); set data.uncertain: zeros or "
+                              "ones (CheXpert's U-Zeros / U-Ones)")
+            if value not in POSITIVE | NEGATIVE:
+                raise KDError(f"CSV file '{path}' line {line}: '{c}' is '{value}'; a class column holds 1, 0, empty "
+                              "or -1")
+            if value in POSITIVE:
+                present.append(c)
+        if not row["path"]:
+            raise KDError(f"CSV file '{path}' line {line}: empty path")
+        records.append(Record(path.parent / row["path"], "|".join(present), split))
+    if not records:
+        raise KDError(f"CSV file '{path}' has no rows")
+    return records
+
+
+def _has_label_column(path: Path) -> bool:
+    if not path.is_file():
+        raise KDError(f"data.path: CSV file '{path}' does not exist")
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    return "label" in [c.strip() for c in header]
+
+
 class CSV(Source):
     name = "csv"
     requires = "path"
@@ -53,8 +106,11 @@ class CSV(Source):
             records, boxes, names = read_box_csv(path, cfg.classes)
             return from_files(cfg, seed, task, run_dir, quiet, records, path.parent, f"data.path '{path}'",
                               boxes_of=(boxes, names))
-        return from_files(cfg, seed, task, run_dir, quiet, list_csv(path, empty_labels=task.multilabel), path.parent,
-                          f"data.path '{path}'")
+        if task.multilabel and not _has_label_column(path):
+            records = list_wide_csv(path, cfg.classes, cfg.uncertain)
+        else:
+            records = list_csv(path, empty_labels=task.multilabel)
+        return from_files(cfg, seed, task, run_dir, quiet, records, path.parent, f"data.path '{path}'")
 
     def describe(self, cfg, task) -> str:
         return f"CSV {cfg.path}"
