@@ -124,7 +124,8 @@ def test_multi_hot_labels_from_a_csv_and_what_is_refused(tmp_path):
     rows, findings = ["path,label"], ["effusion", "mass", "nodule"]
     for i in range(30):
         Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / f"x{i}.png")
-        rows.append(f"x{i}.png," + "|".join(f for k, f in enumerate(findings) if (i >> k) & 1))  # 0..3 findings
+        found = "|".join(f for k, f in enumerate(findings) if (i >> k) & 1)  # 0..3 findings
+        rows.append(f"x{i}.png," + (found or ("No Finding" if i % 16 else "")))  # NIH's name for none, or empty
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     args = ["task=multilabel", "data.source=csv", f"data.path={tmp_path / 'labels.csv'}", "data.image_size=16"]
     bundle = build_data(load_config(None, args).data, 0, task="multilabel")
@@ -133,6 +134,8 @@ def test_multi_hot_labels_from_a_csv_and_what_is_refused(tmp_path):
     for k in range(len(split)):
         i = int(split.paths[k].stem[1:])
         assert split.labels[k].tolist() == [(i >> b) & 1 for b in range(3)]
+    as_class = build_data(load_config(None, [*args, "data.none_label=null"]).data, 0, task="multilabel")
+    assert as_class.class_names == ["No Finding", *findings]  # without none_label it is a class like any other
     proc = subprocess.run([sys.executable, "-m", "kdstyles", "data", "inspect", str(tmp_path / "labels.csv"),
                            "--set", "task=multilabel", "--set", "data.image_size=16"],
                           capture_output=True, text=True, timeout=120)

@@ -91,6 +91,8 @@ class DataConfig(Strict):
                                "evaluate and export")
     channels: Optional[int] = Field(None, ge=1, le=3, description="1 or 3; default: the source's (synthetic and "
                                     "folder/csv 3, medmnist its own)")
+    none_label: Optional[str] = Field("No Finding", description="multi-label CSV with names joined by |: the "
+                                      "name that means no class (NIH ChestX-ray14's); null: every name is a class")
     uncertain: Literal["error", "zeros", "ones"] = Field("error", description="multi-label CSV with a column per "
                                                          "class: what a -1 (uncertain) becomes (CheXpert's "
                                                          "U-Zeros, U-Ones); error: stop at the first")

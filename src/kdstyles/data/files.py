@@ -43,10 +43,12 @@ def class_list(records: list[Record], classes: list[str] | None, where: str) -> 
     return list(classes)
 
 
-def multi_hot(records: list[Record], classes: list[str] | None, where: str) -> tuple[list[str], np.ndarray]:
-    """Multi-label records (``label``: names joined by ``|``, empty for none): the class names
-    (``classes``, else every name used, sorted) and the (N, K) uint8 multi-hot labels."""
-    sets = [[n.strip() for n in r.label.split("|") if n.strip()] for r in records]
+def multi_hot(records: list[Record], classes: list[str] | None, where: str, none_label: str | None = None
+              ) -> tuple[list[str], np.ndarray]:
+    """Multi-label records (``label``: names joined by ``|``, empty or ``none_label`` for none):
+    the class names (``classes``, else every name used, sorted) and the (N, K) uint8 multi-hot
+    labels."""
+    sets = [[n.strip() for n in r.label.split("|") if n.strip() and n.strip() != none_label] for r in records]
     names = list(classes) if classes is not None else sorted({n for s in sets for n in s})
     index = {n: k for k, n in enumerate(names)}
     labels = np.zeros((len(records), len(names)), np.uint8)

@@ -166,7 +166,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
         report = checks.DataReport(BOX_REPORT)
     elif task.multilabel:
-        names, labels = files.multi_hot(records, cfg.classes, where)
+        names, labels = files.multi_hot(records, cfg.classes, where, cfg.none_label)
         report_names = names
     else:
         names = files.class_list(records, cfg.classes, where)
@@ -252,7 +252,7 @@ def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
         report_names = ["no foreground", "foreground"]
     elif task.multilabel:
-        names, labels = files.multi_hot(records, cfg.classes, where)
+        names, labels = files.multi_hot(records, cfg.classes, where, cfg.none_label)
         report_names = names
     else:
         names = files.class_list(records, cfg.classes, where)
