@@ -105,6 +105,9 @@ def test_multilabel_run_trains_evaluates_exports_and_predicts(tmp_path):
     assert "val_mean_auroc" in (exp.run_dir / "metrics.csv").read_text()  # the default selection metric
     side = export_run(exp.run_dir, "ensemble")
     assert side["task"] == "multilabel" and side["verification"]["max_abs_diff"] < 1e-4
+    card = (exp.run_dir / "export" / "ensemble.md").read_text()
+    assert "Multi-label classification of 3-channel 32 px images into\n4 classes" in card
+    assert "Output: a probability per class (independent sigmoids" in card and "| mean AUROC |" in card
     frames = tmp_path / "frames"
     frames.mkdir()
     for i, image in enumerate(exp.data.splits["test"].images[:3]):

@@ -180,9 +180,8 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
     inp = sidecar["input"]
     kind = "volumes" if "depth" in inp else "images"
     shape = ", ".join(str(inp[k]) for k in ("depth", "height", "width") if k in inp)
-    output = {"classification": "class probabilities", "segmentation": "per-pixel class probabilities",
-              "detection": "heatmap probabilities per class and four box channels per pixel"}.get(sidecar["task"],
-                                                                                                "probabilities")
+    task = exp.cohort.task
+    output = task.output_words
     how = (f"`kdstyles predict {sidecar['file']} IMAGES...` does the resizing and writes a CSV." if kind == "images"
            else f"`kdstyles predict {sidecar['file']} VOLUMES...` (NIfTI/NRRD) prepares each volume as in training "
                 f"(orientation, spacing, window: the sidecar's `volumes`) and writes a CSV"
@@ -195,7 +194,7 @@ Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`),
 
 ## Task and data
 
-{sidecar['task'].capitalize()} of {sidecar['input']['channels']}-channel {sidecar['input']['height']} px {kind} into
+{task.title} of {sidecar['input']['channels']}-channel {sidecar['input']['height']} px {kind} into
 {len(sidecar['class_names'])} classes: {', '.join(sidecar['class_names'])}. Trained on {source}.
 
 ## Training

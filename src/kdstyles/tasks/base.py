@@ -33,6 +33,8 @@ class Task:
     volumes: ClassVar[bool] = False  # trains on 3D inputs (data.spatial_dims: 3)
     synthetic_size: ClassVar[int]  # its default image size
     description: ClassVar[str]  # what the embedded data is, for model cards
+    title: ClassVar[str]  # the task in a model card's words ("Multi-label classification")
+    output_words: ClassVar[str]  # what an exported model returns, for model cards
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes

@@ -20,6 +20,8 @@ class Classification(Task):
     synthetic_size = 64
     description = "the embedded synthetic histology patches"
     arch_hint = "a classifier"
+    title = "Classification"
+    output_words = "class probabilities (softmax)"
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:

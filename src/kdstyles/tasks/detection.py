@@ -37,6 +37,8 @@ class Detection(EncoderDecoderTask):
     synthetic_size = 64
     description = "the embedded synthetic endoscopy frames with polyp boxes"
     arch_hint = "an encoder-decoder body for the CenterNet head (unet, basicunet, flexunet-<encoder>)"
+    title = "Detection"
+    output_words = "heatmap probabilities per class and the box channels per pixel"
 
     def __init__(self, num_classes: int, box_weight: float = 1.0, max_detections: int = 100):
         super().__init__(num_classes)

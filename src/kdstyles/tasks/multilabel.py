@@ -28,6 +28,8 @@ class Multilabel(Classification):
     volumes = False
     description = "the embedded multi-label histology mosaics (the tissue classes each 2x2 mosaic shows)"
     multilabel = True
+    title = "Multi-label classification"
+    output_words = "a probability per class (independent sigmoids; predict reports a class at >= 0.5)"
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:

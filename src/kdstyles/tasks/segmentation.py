@@ -26,6 +26,8 @@ class Segmentation(EncoderDecoderTask):
     synthetic_size = 64
     description = "the embedded synthetic endoscopy frames"
     arch_hint = "an encoder-decoder (unet, basicunet, flexunet-<encoder>)"
+    title = "Segmentation"
+    output_words = "per-pixel class probabilities"
 
     def __init__(self, num_classes: int, dice_weight: float = 1.0, hd95: bool = False):
         super().__init__(num_classes)
