@@ -5,8 +5,9 @@ The ``predictions`` style compares each label's Bernoulli distribution: the soft
 sigmoid(z / T) summed over labels, averaged over the batch (times T^2 with ``t2_scaling``).
 Feature, attention and relation styles compare maps and embeddings as for any classifier.
 Labels are multi-hot (N, K) arrays; a source gives them for ``medmnist`` (chestmnist),
-``csv`` (a ``label`` column of ``|``-separated names, empty for none) and the embedded
-mosaics (``synthetic_multi``).
+``csv`` (a ``label`` column of ``|``-separated names, empty or ``data.none_label`` for
+none; or a 1/0/-1 column per class, ``data.uncertain`` deciding -1) and the embedded mosaics
+(``synthetic_multi``). ``loss.class_weights: balanced`` is BCE's ``pos_weight``.
 """
 
 from __future__ import annotations
