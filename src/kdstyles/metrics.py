@@ -139,19 +139,16 @@ def multilabel_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, f
     """Probabilities (N, K) per label against multi-hot labels: the mean over labels of AUROC
     and of average precision (labels with positives and negatives only), macro-F1 at 0.5,
     the share of label decisions that are right, exact-set matches, and the mean binary NLL."""
-    from torchmetrics.functional.classification import binary_auroc, binary_average_precision
-
     y = labels.long()
-    both = [k for k in range(y.shape[1]) if 0 < int(y[:, k].sum()) < len(y)]
+    per_label = multilabel_details(probs, labels)
     pred = (probs >= 0.5).long()
-    tp, fp, fn = ((pred == 1) & (y == 1)).sum(0), ((pred == 1) & (y == 0)).sum(0), ((pred == 0) & (y == 1)).sum(0)
-    f1 = (2 * tp / (2 * tp + fp + fn).clamp_min(1)).float()
     p = probs.float().clamp(1e-7, 1 - 1e-7)
+    ranked = [v for v in per_label["auroc"] if v is not None]
     m = {
-        "mean_auroc": torch.stack([binary_auroc(probs[:, k], y[:, k]) for k in both]).mean() if both else torch.nan,
-        "mean_ap": torch.stack([binary_average_precision(probs[:, k], y[:, k]) for k in both]).mean()
-        if both else torch.nan,
-        "label_f1": f1.mean(),
+        "mean_auroc": sum(ranked) / len(ranked) if ranked else float("nan"),
+        "mean_ap": (sum(v for v in per_label["average_precision"] if v is not None) / len(ranked)
+                    if ranked else float("nan")),
+        "label_f1": sum(per_label["f1"]) / len(per_label["f1"]),
         "label_accuracy": (pred == y).float().mean(),
         "exact_match": (pred == y).all(1).float().mean(),
         "nll": F.binary_cross_entropy(p, y.float()),

@@ -138,8 +138,9 @@ def check_boxes(split: str, boxes: list[np.ndarray], num_classes: int, size: tup
         report.problems.append(Problem("error", f"{names[i]}: {text} ({bad} such boxes in {split})"))
 
 
-def check_balance(report: DataReport, ratio: float,
-                  remedy: str = "data.sampler: balanced or loss.class_weights: balanced") -> None:
+def check_balance(report: DataReport, ratio: float, remedy: str) -> None:
+    """Every class present in training (an error otherwise); a warning when the largest class
+    outnumbers the smallest by more than ``ratio``, suggesting ``remedy`` (the task's)."""
     counts = report.counts.get("train")
     if not counts:
         return

@@ -28,6 +28,7 @@ class Task:
     dense: ClassVar[bool] = False  # labels are per-pixel masks
     boxes: ClassVar[bool] = False  # labels are boxes (a padded (M, 5) tensor per image)
     multilabel: ClassVar[bool] = False  # labels are multi-hot (K,) vectors: any number of classes per image
+    imbalance_remedy: ClassVar[str] = "data.sampler: balanced or loss.class_weights: balanced"  # what the warning suggests
     synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data
     synthetic_volumes: ClassVar[str | None] = None  # its 3D counterpart (data.spatial_dims: 3), if any
     volumes: ClassVar[bool] = False  # trains on 3D inputs (data.spatial_dims: 3)

@@ -29,6 +29,7 @@ class Multilabel(Classification):
     volumes = False
     description = "the embedded multi-label histology mosaics (the tissue classes each 2x2 mosaic shows)"
     multilabel = True
+    imbalance_remedy = "loss.class_weights: balanced (each label's positives weighted by its negatives)"
     title = "Multi-label classification"
     output_words = "a probability per class (independent sigmoids; predict reports a class at >= 0.5)"
 

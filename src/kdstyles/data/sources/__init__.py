@@ -130,6 +130,19 @@ def from_arrays(raw: dict[str, tuple], names: list[str], channels: int, size: in
     return Loaded(splits, names, channels, size, report, label)
 
 
+def record_labels(task: Any, records: list[files.Record], cfg: Any, where: str) -> tuple[list[str], np.ndarray]:
+    """The class names and labels of files with a class each (``records[i].label``): class
+    indices (N,), or multi-hot (N, K) rows for a multi-label task (names joined by ``|``)."""
+    if task.multilabel:
+        return files.multi_hot(records, cfg.classes, where, cfg.none_label)
+    names = files.class_list(records, cfg.classes, where)
+    if len(names) < 2:
+        raise KDError(f"{where}: holds one class only ('{names[0]}'); a classifier needs at least two "
+                      "(class folders, or label values in the CSV)")
+    index = {n: k for k, n in enumerate(names)}
+    return names, np.array([index[r.label] for r in records], dtype=np.int64)
+
+
 def split_assignment(cfg: Any, seed: int, run_dir: Path | None, records: list[files.Record], labels: np.ndarray,
                      base: Path, where: str) -> list[str]:
     """Each file's split: as saved in the run folder (splits.csv; an error when the files no
@@ -165,15 +178,8 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
             r.label = "1" if len(found[str(r.path)]) else "0"
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
         report = checks.DataReport(BOX_REPORT)
-    elif task.multilabel:
-        names, labels = files.multi_hot(records, cfg.classes, where, cfg.none_label)
-        report_names = names
     else:
-        names = files.class_list(records, cfg.classes, where)
-        if len(names) < 2:
-            raise KDError(f"{where}: holds one class only ('{names[0]}'); a classifier needs at least two")
-        index = {n: k for k, n in enumerate(names)}
-        labels = np.array([index[r.label] for r in records], dtype=np.int64)
+        names, labels = record_labels(task, records, cfg, where)
         report = checks.DataReport(names)
     arrays: list[np.ndarray | None] = []
     grid_boxes: list[np.ndarray] = []
@@ -251,16 +257,8 @@ def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool
                     bar.advance(task_id)
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
         report_names = ["no foreground", "foreground"]
-    elif task.multilabel:
-        names, labels = files.multi_hot(records, cfg.classes, where, cfg.none_label)
-        report_names = names
     else:
-        names = files.class_list(records, cfg.classes, where)
-        if len(names) < 2:
-            raise KDError(f"{where}: holds one class only ('{names[0]}'); a classifier needs at least two "
-                          "(class folders, or label values in the CSV)")
-        index = {n: k for k, n in enumerate(names)}
-        labels = np.array([index[r.label] for r in records], dtype=np.int64)
+        names, labels = record_labels(task, records, cfg, where)
         report_names = names
     assignment = split_assignment(cfg, seed, run_dir, records, labels, base, where)
     keep = len(records) * size * size * channels <= cfg.cache_gb * 1e9

@@ -7,7 +7,6 @@ detection ``path,x1,y1,z1,x2,y2,z2,label[,split]`` boxes in world millimetres.""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from ...errors import KDError
@@ -16,73 +15,62 @@ from ..files import SPLITS, Record
 from . import Loaded, Source, from_files, from_volume_files
 
 
-def list_csv(path: Path, empty_labels: bool = False) -> list[Record]:
-    """The rows as records; ``empty_labels``: an empty label is allowed (multi-label: no finding)."""
+POSITIVE, NEGATIVE, UNCERTAIN = {"1", "1.0"}, {"0", "0.0", ""}, {"-1", "-1.0"}
+
+
+def list_csv(path: Path, multilabel: bool = False, classes: list[str] | None = None,
+             uncertain: str = "error") -> list[Record]:
+    """The rows as records. ``multilabel``: the label (names joined by ``|``) may be empty, and
+    a file without a label column has a column per class as CheXpert ships it (1 present, 0
+    or empty absent, -1 uncertain: ``uncertain`` says zeros, ones or error); ``classes`` then
+    names the class columns (others, such as age or view, are ignored) and each record's label
+    joins the present ones with ``|``."""
     if not path.is_file():
         raise KDError(f"data.path: CSV file '{path}' does not exist")
-    rows = read_csv(path, "give columns path,label[,split]", required=("path", "label"))
+    rows = read_csv(path, "give columns path,label[,split]" + (" or path and a column per class" if multilabel else ""),
+                    required=("path",) if multilabel else ("path", "label"))
+    wide = _class_columns(path, rows, classes) if multilabel and rows and "label" not in rows[0] else None
     records = []
     for line, row in enumerate(rows, start=2):
         split = row.get("split") or None
         if split is not None and split not in SPLITS:
             raise KDError(f"CSV file '{path}' line {line}: split '{split}' is not one of {', '.join(SPLITS)}")
-        if not row["path"] or not (row["label"] or empty_labels):
-            raise KDError(f"CSV file '{path}' line {line}: empty path or label")
-        records.append(Record((path.parent / row["path"]), row["label"], split))
+        label = _present(path, line, row, wide, uncertain) if wide is not None else row["label"]
+        if not row["path"] or not (label or multilabel):
+            raise KDError(f"CSV file '{path}' line {line}: empty {'path' if multilabel else 'path or label'}")
+        records.append(Record((path.parent / row["path"]), label, split))
     if not records:
         raise KDError(f"CSV file '{path}' has no rows")
     return records
 
 
-POSITIVE, NEGATIVE, UNCERTAIN = {"1", "1.0"}, {"0", "0.0", ""}, {"-1", "-1.0"}
-
-
-def list_wide_csv(path: Path, classes: list[str] | None, uncertain: str) -> list[Record]:
-    """A multi-label CSV with a column per class (``path,<class>,<class>,...[,split]``, as
-    CheXpert ships): each class column holds 1 (present), 0 or empty (absent), or -1
-    (uncertain: ``uncertain`` says zeros, ones or error). ``classes`` names the class columns
-    (others, such as age or view, are ignored). Returns records whose label joins the present
-    classes with ``|``."""
-    rows = read_csv(path, "give columns path and one column per class", required=("path",))
-    columns = [c for c in (rows[0] if rows else {}) if c not in ("path", "split")]
+def _class_columns(path: Path, rows: list[dict[str, str]], classes: list[str] | None) -> list[str]:
+    """``data.classes``, checked to be columns of a CSV with a column per class."""
+    columns = [c for c in rows[0] if c not in ("path", "split")]
     if classes is None:
         raise KDError(f"data.classes: CSV file '{path}' has no label column; name its class columns in data.classes "
                       f"(of {', '.join(columns)}), or give a label column of names joined by |")
     absent = [c for c in classes if c not in columns]
     if absent:
         raise KDError(f"data.classes: '{absent[0]}' is not a column of CSV file '{path}' (columns: {', '.join(columns)})")
-    records = []
-    for line, row in enumerate(rows, start=2):
-        split = row.get("split") or None
-        if split is not None and split not in SPLITS:
-            raise KDError(f"CSV file '{path}' line {line}: split '{split}' is not one of {', '.join(SPLITS)}")
-        present = []
-        for c in classes:
-            value = row[c]
-            if value in UNCERTAIN and uncertain != "error":
-                value = "1" if uncertain == "ones" else "0"
-            if value in UNCERTAIN:
-                raise KDError(f"CSV file '{path}' line {line}: '{c}' is -1 (uncertain); set data.uncertain: zeros or "
-                              "ones (CheXpert's U-Zeros / U-Ones)")
-            if value not in POSITIVE | NEGATIVE:
-                raise KDError(f"CSV file '{path}' line {line}: '{c}' is '{value}'; a class column holds 1, 0, empty "
-                              "or -1")
-            if value in POSITIVE:
-                present.append(c)
-        if not row["path"]:
-            raise KDError(f"CSV file '{path}' line {line}: empty path")
-        records.append(Record(path.parent / row["path"], "|".join(present), split))
-    if not records:
-        raise KDError(f"CSV file '{path}' has no rows")
-    return records
+    return list(classes)
 
 
-def _has_label_column(path: Path) -> bool:
-    if not path.is_file():
-        raise KDError(f"data.path: CSV file '{path}' does not exist")
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        header = next(csv.reader(f), [])
-    return "label" in [c.strip() for c in header]
+def _present(path: Path, line: int, row: dict[str, str], classes: list[str], uncertain: str) -> str:
+    """The classes whose column holds 1 (or -1 under ``uncertain: ones``), joined by ``|``."""
+    present = []
+    for c in classes:
+        value = row[c]
+        if value in UNCERTAIN and uncertain != "error":
+            value = "1" if uncertain == "ones" else "0"
+        if value in UNCERTAIN:
+            raise KDError(f"CSV file '{path}' line {line}: '{c}' is -1 (uncertain); set data.uncertain: zeros or "
+                          "ones (CheXpert's U-Zeros / U-Ones)")
+        if value not in POSITIVE | NEGATIVE:
+            raise KDError(f"CSV file '{path}' line {line}: '{c}' is '{value}'; a class column holds 1, 0, empty or -1")
+        if value in POSITIVE:
+            present.append(c)
+    return "|".join(present)
 
 
 class CSV(Source):
@@ -106,10 +94,7 @@ class CSV(Source):
             records, boxes, names = read_box_csv(path, cfg.classes)
             return from_files(cfg, seed, task, run_dir, quiet, records, path.parent, f"data.path '{path}'",
                               boxes_of=(boxes, names))
-        if task.multilabel and not _has_label_column(path):
-            records = list_wide_csv(path, cfg.classes, cfg.uncertain)
-        else:
-            records = list_csv(path, empty_labels=task.multilabel)
+        records = list_csv(path, task.multilabel, cfg.classes, cfg.uncertain)
         return from_files(cfg, seed, task, run_dir, quiet, records, path.parent, f"data.path '{path}'")
 
     def describe(self, cfg, task) -> str:
