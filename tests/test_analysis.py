@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from kdstyles.compare import write_results
-from kdstyles.report import findings, load_rows, load_study, markdown
+from kdstyles.report import analysis, findings, load_rows, load_study, markdown
 
 
 def fake_comparison(folder, correct: dict[tuple[str, str], list[np.ndarray]], manifest=None, metric="accuracy"):
@@ -75,3 +75,63 @@ def test_segmentation_comparisons_pair_by_dice(tmp_path):
     assert "accuracy" in (tmp_path / "results.csv").read_text().splitlines()[0]  # the empty column exists
     assert study.metric == "dice"
     assert findings(study)[0].startswith("The teacher leads the students trained alone (Dice")
+
+
+def fake_detection_comparison(folder, found: dict[tuple[str, str], list[float]], images=60):
+    """Detection runs whose networks find each object with probability ``found[(preset,
+    network)][seed]`` (and add one false positive per image): eval.json with mAP, and
+    outputs.npz with the boxes, which is all a comparison draws images from."""
+    from kdstyles.boxes import detection_metrics, unpad
+    from kdstyles.runfolder import RunFolder
+
+    rows = []
+    for (preset, network), per_seed in found.items():
+        for seed, p in enumerate(per_seed):
+            rng = np.random.default_rng(seed)  # the same test images for every run of a seed
+            gt = np.full((images, 3, 5), -1.0)
+            for i in range(images):
+                for j in range(rng.integers(1, 4)):
+                    gt[i, j] = [10 * j, 10 * j, 10 * j + 8, 10 * j + 8, 0]
+            mine = np.random.default_rng([seed, len(preset), len(network), int(100 * p)])
+            dets = np.zeros((images, 4, 6))
+            for i in range(images):
+                for j, g in enumerate(unpad(gt[i])):
+                    if mine.random() < p:
+                        dets[i, j] = [*g[:4], mine.uniform(0.3, 1), 0]
+                dets[i, 3] = [40, 40, 48, 48, mine.uniform(0.1, 0.6), 0]
+            run = RunFolder(folder / f"{preset}-seed{seed}")
+            run.path.mkdir(parents=True, exist_ok=True)
+            arrays = run.read_outputs() if run.outputs_file().is_file() else {"labels": gt}
+            arrays[f"out.{network}"] = dets
+            run.write_outputs(arrays)
+            m = detection_metrics([unpad(d) for d in dets], [unpad(g) for g in gt], 1)["map"]
+            ev = json.loads(run.eval_path.read_text()) if run.eval_path.is_file() else {
+                "networks": {}, "per_image": {}, "class_names": ["polyp"]}
+            ev["networks"][network] = {"map": m}
+            run.eval_path.write_text(json.dumps(ev))
+            rows.append({"preset": preset, "seed": seed, "network": network, "checkpoint": "best", "split": "test",
+                         "map": m, "run_dir": str(run.path)})
+    write_results(rows, folder / "results.csv")
+    return load_study(folder, load_rows(folder))
+
+
+def test_detection_comparisons_draw_test_images_for_paired_intervals(tmp_path):
+    """mAP is not a mean over images: the interval comes from drawing each seed's test images
+    again (outputs.npz), so a clear difference is 'better' and the same boxes are +0.0."""
+    study = fake_detection_comparison(tmp_path / "clear", {
+        ("diverse", "teacher"): [0.95, 0.95], ("diverse", "s1"): [0.85, 0.85], ("student", "s1"): [0.5, 0.5]})
+    assert study.metric == "map"
+    lines = findings(study)
+    assert lines[0].startswith("The teacher leads the students trained alone (mAP")
+    row = next(r for r in analysis.paired_rows(study) if r["network"] == "s1")
+    assert row["verdict"] == "better" and 0 < row["lo"] < row["mean"] < row["hi"]
+    same = fake_detection_comparison(tmp_path / "same", {("diverse", "s1"): [0.7], ("student", "s1"): [0.7]})
+    (tmp_path / "same" / "student-seed0" / "outputs.npz").write_bytes(  # the very same boxes
+        (tmp_path / "same" / "diverse-seed0" / "outputs.npz").read_bytes())
+    (tmp_path / "same" / "student-seed0" / "eval.json").write_text(
+        (tmp_path / "same" / "diverse-seed0" / "eval.json").read_text())
+    row = analysis.paired_rows(load_study(tmp_path / "same", load_rows(tmp_path / "same")))[0]
+    assert (row["mean"], row["lo"], row["hi"], row["verdict"]) == (0, 0, 0, "not distinguishable")
+    (tmp_path / "same" / "student-seed0" / "outputs.npz").write_bytes(b"not a zip")  # damaged: seed-level only
+    row = analysis.paired_rows(load_study(tmp_path / "same", load_rows(tmp_path / "same")))[0]
+    assert np.isnan(row["lo"]) and row["verdict"] == "no per-image results"

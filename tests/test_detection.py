@@ -14,6 +14,7 @@ from conftest import DATA, assert_gradient_isolation
 from kdstyles import Experiment, KDError, build_cohort, load_config
 from kdstyles.boxes import decode, detection_metrics, encode, iou
 from kdstyles.data import flip_boxes, pad_boxes
+from kdstyles.runfolder import RunFolder
 
 DET = ["task=detection", "networks.teacher.arch=unet", "networks.teacher.widen=0.5",
        "networks.students.s1.arch=unet", "networks.students.s1.widen=0.25",
@@ -62,23 +63,37 @@ def test_fidelity_is_the_students_ap50_against_the_teachers_confident_boxes():
     assert np.isnan(fidelity(unsure, teacher, 2)["agreement"])
 
 
+def random_detections(rng, images, dims=2, classes=2, noise=2.5):
+    """Images with 0-3 objects each, jittered detections of most (some of the wrong class) and
+    false positives, with distinct scores."""
+    gts, dets = [], []
+    for _ in range(images):
+        n = rng.integers(0, 4)
+        lo = rng.uniform(0, 40, (n, dims))
+        g = np.c_[lo, lo + rng.uniform(5, 20, (n, dims)), rng.integers(0, classes, n)]
+        cls = np.where(rng.random(n) < 0.9, g[:, -1], (g[:, -1] + 1) % classes)
+        d = np.c_[g[:, :-1] + rng.normal(0, noise, (n, 2 * dims)), rng.uniform(0.3, 1, n), cls]
+        extra = rng.integers(0, 5)
+        flo = rng.uniform(0, 40, (extra, dims))
+        f = np.c_[flo, flo + 10, rng.uniform(0, 0.8, extra), rng.integers(0, classes, extra)]
+        gts.append(g)
+        dets.append(np.r_[d, f])
+    return dets, gts
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_map_matches_monai_coco_metric(dims):
     from monai.apps.detection.metrics.coco import COCOMetric
     from monai.apps.detection.metrics.matching import matching_batch
 
-    rng = np.random.default_rng(dims)
-    gts, dets = [], []
-    for _ in range(12):  # images (or volumes) with 0-3 objects, jittered detections and false positives
-        n = rng.integers(0, 4)
-        lo = rng.uniform(0, 40, (n, dims))
-        g = np.c_[lo, lo + rng.uniform(5, 20, (n, dims)), rng.integers(0, 2, n)].astype(np.float32)
-        d = np.c_[g[:, :-1] + rng.normal(0, 2.5 if dims == 2 else 1.2, (n, 2 * dims)), rng.uniform(0.3, 1, n), g[:, -1]]
-        extra = rng.integers(0, 3)
-        flo = rng.uniform(0, 40, (extra, dims))
-        f = np.c_[flo, flo + 10, rng.uniform(0, 0.8, extra), rng.integers(0, 2, extra)]
-        gts.append(g)
-        dets.append(np.r_[d, f].astype(np.float32))
+    # MONAI sums true positives in float32 (pycocotools and kdstyles in float64), so a recall of
+    # exactly k/100 can fall on either side of a recall point: draw sets whose objects per class
+    # are prime to 10, where no recall but 0 and 1 is a multiple of 1/100
+    for seed in range(100):
+        dets, gts = random_detections(np.random.default_rng(seed), 12, dims, noise=2.5 if dims == 2 else 1.2)
+        per_class = np.bincount(np.concatenate([g[:, -1] for g in gts]).astype(int), minlength=2)
+        if all(n % 2 and n % 5 for n in per_class):
+            break
     ours = detection_metrics(dets, gts, 2)
     metric = COCOMetric(classes=["a", "b"], iou_list=[0.5, 0.75], iou_range=(0.5, 0.95, 0.05), max_detection=(100,))
     results = matching_batch(iou_fn=lambda a, b: iou(a, b), iou_thresholds=metric.iou_thresholds,
@@ -91,6 +106,28 @@ def test_map_matches_monai_coco_metric(dims):
     assert ours["ap75"] == pytest.approx(theirs["AP_IoU_0.75_MaxDet_100"], abs=1e-6)
     assert ours["mean_recall"] == pytest.approx(theirs["mAR_IoU_0.50_0.95_0.05_MaxDet_100"], abs=1e-6)
     assert 0 < ours["map"] < 1
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_matches_give_the_metrics_of_any_draw_of_the_images(dims):
+    """boxes.Matches (what comparisons draw test images from) equals matching the drawn images
+    again: all once, and images drawn 0-3 times as a bootstrap does."""
+    from kdstyles.boxes import Matches
+
+    rng = np.random.default_rng(dims)
+    dets, gts = random_detections(rng, 25, dims)
+    matches = Matches(dets, gts, 2)
+    once = {k: v[0] for k, v in matches.metrics().items()}
+    assert once == pytest.approx(detection_metrics(dets, gts, 2), abs=1e-12)
+    counts = np.stack([rng.multinomial(25, np.ones(25) / 25) for _ in range(6)])
+    drawn = matches.metrics(counts)
+    for row, c in enumerate(counts):
+        again = detection_metrics([d for d, k in zip(dets, c) for _ in range(k)],
+                                  [g for g, k in zip(gts, c) for _ in range(k)], 2)
+        assert {k: v[row] for k, v in drawn.items()} == pytest.approx(again, abs=1e-9)
+    nothing = np.zeros((1, 25))
+    nothing[0, [i for i, g in enumerate(gts) if len(g) == 0][0]] = 1  # one image without objects
+    assert np.isnan(matches.metrics(nothing)["map"][0])
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -170,6 +207,11 @@ def test_detection_trains_evaluates_draws_exports_and_predicts(tiny_overrides, t
                for n in ("s1", "s2", "ensemble"))
     assert result["overlays"] == ["overlays/test-000.png", "overlays/test-001.png"]
     assert "val_map" in (exp.run_dir / "metrics.csv").read_text()
+    kept = RunFolder(exp.run_dir).read_outputs()  # what comparisons draw test images from
+    assert result["outputs"] == "outputs.npz" and len(kept["labels"]) == result["samples"]
+    drawable = exp.cohort.task.drawable({k[4:]: v for k, v in kept.items() if k != "labels"}, kept["labels"], 2)
+    for name, m in result["networks"].items():
+        assert drawable[name].metrics()["map"][0] == pytest.approx(m["map"], abs=1e-9)
     side = export_run(exp.run_dir, "ensemble")
     assert side["task"] == "detection" and side["verification"]["max_abs_diff"] < 1e-4
     images = tmp_path / "frames"

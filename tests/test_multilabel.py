@@ -48,6 +48,26 @@ def test_metrics_on_hand_cases():
     assert bernoulli_fidelity(perfect, flipped)["agreement"] == pytest.approx(2 / 3)
 
 
+def test_label_ranks_give_mean_auroc_and_ap_of_any_draw_of_the_images():
+    """metrics.LabelRanks (what comparisons draw test images from) equals torchmetrics on the
+    drawn images, ties and a label without positives included."""
+    from kdstyles.metrics import LabelRanks, multilabel_metrics
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((50, 4)) < [0.3, 0.1, 0.5, 0.0]).astype(np.float32)  # label 3 never present
+    probs = np.round(np.clip(0.3 * labels + 0.7 * rng.random((50, 4)), 0, 1), 1)  # many ties
+    ranks = LabelRanks(probs, labels)
+    counts = np.stack([np.ones(50, dtype=int), *(rng.multinomial(50, np.ones(50) / 50) for _ in range(5))])
+    drawn = ranks.metrics(counts)
+    for row, c in enumerate(counts):
+        idx = np.repeat(np.arange(50), c)
+        again = multilabel_metrics(torch.tensor(probs[idx], dtype=torch.float32), torch.tensor(labels[idx]))
+        assert drawn["mean_auroc"][row] == pytest.approx(again["mean_auroc"], abs=1e-6)
+        assert drawn["mean_ap"][row] == pytest.approx(again["mean_ap"], abs=1e-6)
+    assert ranks.same_images(LabelRanks(probs[::-1].copy(), labels)) and not ranks.same_images(
+        LabelRanks(probs, labels[::-1].copy()))
+
+
 def test_embedded_mosaics_are_labelled_with_the_classes_they_show():
     from kdstyles.data.synthetic import render_patch
     from kdstyles.data.synthetic_multi import generate
@@ -89,6 +109,13 @@ def test_balanced_class_weights_weigh_each_labels_positives_by_its_negatives(tmp
     assert torch.allclose(again.cohort.class_weights, expected)
 
 
+def _outputs(run_dir):
+    from kdstyles.runfolder import RunFolder
+
+    arrays = RunFolder(run_dir).read_outputs()
+    return {k[4:]: v for k, v in arrays.items() if k.startswith("out.")}, arrays["labels"]
+
+
 def test_multilabel_run_trains_evaluates_exports_and_predicts(tmp_path):
     pytest.importorskip("onnxruntime")
     from kdstyles.export import export_run
@@ -103,6 +130,9 @@ def test_multilabel_run_trains_evaluates_exports_and_predicts(tmp_path):
     assert len(result["per_image"]["s1"]["label_accuracy"]) == 24
     assert len(result["details"]["teacher"]["auroc"]) == 4
     assert "val_mean_auroc" in (exp.run_dir / "metrics.csv").read_text()  # the default selection metric
+    kept = TASKS["multilabel"].drawable(*_outputs(exp.run_dir), 4)  # what comparisons draw images from
+    for name, m in result["networks"].items():
+        assert kept[name].metrics()["mean_auroc"][0] == pytest.approx(m["mean_auroc"], abs=1e-6)
     side = export_run(exp.run_dir, "ensemble")
     assert side["task"] == "multilabel" and side["verification"]["max_abs_diff"] < 1e-4
     card = (exp.run_dir / "export" / "ensemble.md").read_text()

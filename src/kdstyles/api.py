@@ -239,5 +239,9 @@ class Experiment:
         pictures = cohort.task.write_visuals(self.run_dir, images, labels, probs, self.data.mean, self.data.std, shown)
         if pictures:
             result["overlays"] = [str(p.relative_to(self.run_dir)) for p in pictures]
+        kept = cohort.task.kept_outputs(probs, labels) if not loader.dataset.window else {}
+        if kept:  # before eval.json, which says the evaluation is complete
+            self.folder.write_outputs(kept, split)
+            result["outputs"] = self.folder.outputs_file(split).name
         self.folder.write_eval(result)
         return result

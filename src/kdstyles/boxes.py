@@ -195,16 +195,16 @@ def _match(dets: list[np.ndarray], gts: list[np.ndarray], cls: int, threshold: f
         d = d[np.argsort(-d[:, -2], kind="stable")]
         g = g[g[:, -1] == cls]
         n_gt += len(g)
-        overlaps = iou(d[:, :-2], g[:, :-1])
-        taken = np.zeros(len(g), dtype=bool)
-        for j in range(len(d)):
-            tp = False
-            if len(g):
+        hit = np.zeros(len(d), dtype=bool)
+        if len(d) and len(g):
+            overlaps = iou(d[:, :-2], g[:, :-1])
+            taken = np.zeros(len(g), dtype=bool)
+            for j in np.flatnonzero(overlaps.max(1) >= threshold):  # the others can take no box
                 cand = np.where(taken, -1.0, overlaps[j])
                 best = int(cand.argmax())
                 if cand[best] >= threshold:
-                    taken[best], tp = True, True
-            tps.append(tp)
+                    taken[best], hit[j] = True, True
+        tps.extend(hit.tolist())
         scores.extend(d[:, -2].tolist())
         images.extend([i] * len(d))
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
@@ -316,3 +316,83 @@ def world_to_grid(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
     index = corners @ inverse[:3, :3].T + inverse[:3, 3] + 0.5  # (n, 8, array axis) as voxel edges
     lo, hi = index.min(1)[:, ::-1], index.max(1)[:, ::-1]  # array axes (0, 1, 2) -> coordinates (z, y, x) reversed
     return np.concatenate([lo, hi], axis=1)
+
+
+# ----------------------------------------------------------------------------- test images drawn again
+
+class Matches:
+    """What COCO matching decided on a set of test images, kept so that the detection metrics of
+    any multiset of them (a bootstrap draw of the images) follow from how often each image is
+    drawn, without matching again: matching is per image, so each detection stays a true or a
+    false positive whatever else is drawn, and the detections keep their order by score.
+
+    Per class and IoU threshold, over the detections in score order, only the true positives
+    matter for AP (recall rises only there, and the interpolated precision is a maximum over
+    them); for each of them ``tp`` (images, T) counts the true positives of every image up to it
+    and ``fp`` (images, T) the false positives of every image ranked above it."""
+
+    def __init__(self, dets: list[np.ndarray], gts: list[np.ndarray], num_classes: int):
+        self.images, self.num_classes = len(gts), num_classes
+        self.gt = np.zeros((self.images, num_classes))
+        for i, g in enumerate(gts):
+            self.gt[i] = np.bincount(g[:, -1].astype(np.int64), minlength=num_classes)[:num_classes]
+        self.tables: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
+        for c in range(num_classes):
+            if not self.gt[:, c].any():
+                continue
+            for t in IOU_THRESHOLDS:
+                _, tp, image, _ = _match(dets, gts, c, t)
+                at = np.flatnonzero(tp)  # positions of the true positives in score order
+                before = np.searchsorted(at, np.flatnonzero(~tp))  # true positives ranked above each false one
+                tps = np.zeros((self.images, len(at)))
+                tps[image[at], np.arange(len(at))] = 1
+                fps = np.zeros((self.images, len(at) + 1))
+                np.add.at(fps, (image[~tp], before), 1)
+                self.tables[(c, t)] = (np.cumsum(tps, 1), np.cumsum(fps, 1)[:, :len(at)])
+
+    def same_images(self, other: object) -> bool:
+        """Scored on the same test images (as far as their objects tell)."""
+        return isinstance(other, Matches) and np.array_equal(self.gt, other.gt)
+
+    def metrics(self, counts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """:func:`detection_metrics` of the images drawn ``counts`` (k, images) times each, for
+        each of the k draws: ``{metric: (k,)}``; all ones gives the test split's own metrics.
+        A draw without ground truth of a class leaves that class out (NaN if no class is left)."""
+        counts = np.ones((1, self.images)) if counts is None else np.asarray(counts, dtype=np.float64)
+        k = len(counts)
+        points = np.linspace(0, 1, 101)
+        ap = np.full((len(IOU_THRESHOLDS), self.num_classes, k), np.nan)
+        recall = np.full_like(ap, np.nan)
+        sens = np.full((self.num_classes, len(FROC_RATES), k), np.nan)
+        drawn = counts.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for (c, t), (tps, fps) in self.tables.items():
+                i = IOU_THRESHOLDS.index(t)
+                n_gt = counts @ self.gt[:, c]
+                has = n_gt > 0
+                if tps.shape[1] == 0:
+                    ap[i, c] = recall[i, c] = np.where(has, 0.0, np.nan)
+                    if t == 0.5:
+                        sens[c] = np.where(has, 0.0, np.nan)
+                    continue
+                ctp, cfp = counts @ tps, counts @ fps  # (k, T)
+                rec = ctp / n_gt[:, None]
+                envelope = np.maximum.accumulate((ctp / np.maximum(ctp + cfp, 1))[:, ::-1], axis=1)[:, ::-1]
+                first = (rec[:, :, None] < points).sum(1)  # the first true positive reaching each recall point
+                at = np.take_along_axis(envelope, np.minimum(first, tps.shape[1] - 1), 1)
+                ap[i, c] = np.where(has, np.where(first < tps.shape[1], at, 0.0).mean(1), np.nan)
+                recall[i, c] = np.where(has, rec[:, -1], np.nan)
+                if t == 0.5:
+                    rate = cfp / np.maximum(drawn, 1)[:, None]
+                    sens[c] = np.where(has, np.stack([np.where(rate <= r, rec, 0).max(1) for r in FROC_RATES]), np.nan)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a draw with no ground truth at all: NaN
+                per_t = np.nanmean(ap, axis=1)  # (thresholds, k): the mean over classes with ground truth
+                out = {"map": np.mean(per_t, 0), "ap50": per_t[IOU_THRESHOLDS.index(0.5)],
+                       "ap75": per_t[IOU_THRESHOLDS.index(0.75)],
+                       "mean_recall": np.mean(np.nanmean(recall, axis=1), 0)}
+                for j, r in enumerate(FROC_RATES):
+                    out[f"froc_{r:g}"] = np.nanmean(sens[:, j], axis=0)
+        return out

@@ -225,9 +225,9 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
                           checkpoint=checkpoint, quiet=quiet, echo=lambda line: console.print(line, highlight=False),
                           teacher=teacher, teacher_overrides=teacher_set or [], ablate=ablate)
     if summary["rows"]:
-        rows = load_rows(folder)
-        console.print(markdown(rows, load_study(folder, rows)), highlight=False, soft_wrap=True)
-        console.print(f"results: {folder / 'results.csv'}\nreport: {render(folder)}", highlight=False)
+        study = load_study(folder, load_rows(folder))
+        console.print(markdown(study.rows, study), highlight=False, soft_wrap=True)
+        console.print(f"results: {folder / 'results.csv'}\nreport: {render(folder, study)}", highlight=False)
     if summary["failed"]:
         console.print(f"[red]{len(summary['failed'])} run(s) failed[/red]; fix the cause and run the same command "
                       "again to continue", highlight=False)
@@ -276,10 +276,10 @@ def report(folder: Path = typer.Argument(..., help="a comparison folder or an ev
     from .compare import write_compression
     from .report import load_rows, load_study, markdown, render
 
-    rows = load_rows(folder)
+    study = load_study(folder, load_rows(folder))
     write_compression(folder)
-    console.print(markdown(rows, load_study(folder, rows)), highlight=False, soft_wrap=True)
-    console.print(f"report: {render(folder)}", highlight=False)
+    console.print(markdown(study.rows, study), highlight=False, soft_wrap=True)
+    console.print(f"report: {render(folder, study)}", highlight=False)
 
 
 @app.command()

@@ -31,6 +31,7 @@ class Metric:
     table: bool = True  # a column of the paper-style tables
     headline: bool = False  # one of the task's two figures in short summaries (the demo)
     per_image: bool = False  # a mean over test images: eval.json keeps each image's value (paired intervals)
+    drawn: bool = False  # not a mean over images: comparisons draw test images again from outputs.npz
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
@@ -39,8 +40,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("f1", "macro-F1", task="classification", selectable=True, headline=True),
     Metric("auroc", "AUROC", task="classification", selectable=True),
     Metric("ece", "ECE", False, task="classification"),
-    Metric("mean_auroc", "mean AUROC", task="multilabel", selectable=True, headline=True),
-    Metric("mean_ap", "mean AP", task="multilabel", selectable=True),
+    Metric("mean_auroc", "mean AUROC", task="multilabel", selectable=True, headline=True, drawn=True),
+    Metric("mean_ap", "mean AP", task="multilabel", selectable=True, drawn=True),
     Metric("label_f1", "macro-F1@0.5", task="multilabel", selectable=True, headline=True),
     Metric("label_accuracy", "label acc", task="multilabel", selectable=True, per_image=True),
     Metric("exact_match", "exact match", task="multilabel"),
@@ -49,11 +50,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("hd95", "HD95", False, task="segmentation"),  # pixels (images) or mm (volumes)
     Metric("asd", "ASD", False, task="segmentation"),  # average symmetric surface distance, likewise
     Metric("pixel_accuracy", "pixel acc", task="segmentation"),
-    Metric("map", "mAP", task="detection", selectable=True, headline=True),
-    Metric("ap50", "AP50", task="detection", selectable=True, headline=True),
-    Metric("ap75", "AP75", task="detection", selectable=True),
-    Metric("mean_recall", "mean recall", task="detection", selectable=True),
-    *(Metric(f"froc_{r:g}", f"FROC@{r:g}", task="detection") for r in (0.5, 1.0, 2.0, 4.0)),
+    Metric("map", "mAP", task="detection", selectable=True, headline=True, drawn=True),
+    Metric("ap50", "AP50", task="detection", selectable=True, headline=True, drawn=True),
+    Metric("ap75", "AP75", task="detection", selectable=True, drawn=True),
+    Metric("mean_recall", "mean recall", task="detection", selectable=True, drawn=True),
+    *(Metric(f"froc_{r:g}", f"FROC@{r:g}", task="detection", drawn=True) for r in (0.5, 1.0, 2.0, 4.0)),
     Metric("nll", "NLL", False, table=False),
     Metric("fidelity_kl", "KL(T||S)", False, table=False),
     Metric("agreement", "agreement", table=False),
@@ -69,9 +70,10 @@ def task_metrics(task: str, present: Any = None, headline: bool = False) -> list
             and (m.headline or not headline)]
 
 
-def per_image_metric(names: Any) -> str | None:
-    """The first of ``names`` (in registry order) whose per-image values eval.json keeps."""
-    return next((m.name for m in METRICS.values() if m.per_image and m.name in names), None)
+def paired_metric(names: Any) -> str | None:
+    """The first of ``names`` (in registry order) that comparisons can pair image by image: its
+    per-image values are in eval.json, or it is drawn again from outputs.npz."""
+    return next((m.name for m in METRICS.values() if (m.per_image or m.drawn) and m.name in names), None)
 
 
 def lower_is_better(name: str) -> bool:
@@ -154,6 +156,80 @@ def multilabel_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, f
         "nll": F.binary_cross_entropy(p, y.float()),
     }
     return {name: float(v) for name, v in m.items()}
+
+
+class LabelRanks:
+    """Multi-label probabilities (N, K) and multi-hot labels of the test images, kept so that mean
+    AUROC and mean AP (:func:`multilabel_metrics`) of any multiset of the images (a bootstrap
+    draw) follow from how often each image is drawn, in one sparse product per draw.
+
+    Per label, only the distinct probabilities of its positive images matter (levels, highest
+    first). Each negative image falls between two levels (or ties with one); AUROC is the
+    Mann-Whitney statistic (the weight of negatives below each positive, a tie counting half,
+    as the ROC's trapezoids do) and AP the step-wise sum over levels of recall gained times
+    precision there (torchmetrics' average precision). Numpy and scipy only."""
+
+    def __init__(self, probs: Any, labels: Any):
+        import numpy as np
+        from scipy import sparse
+
+        probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels) > 0.5
+        self.images, self.labels = len(labels), labels
+        self.slices: list[tuple[int, int] | None] = []  # per label: (first column, levels)
+        rows, cols, start = [], [], 0
+        for k in range(labels.shape[1]):
+            pos = labels[:, k]
+            if pos.all() or not pos.any():
+                self.slices.append(None)  # one value only: AUROC and AP undefined on any draw
+                continue
+            levels = np.unique(probs[pos, k])  # ascending
+            n = len(levels)
+            above = n - np.searchsorted(levels, probs[:, k], side="right")  # levels above each image
+            tied = np.searchsorted(levels, probs[:, k], side="left") < n - above  # equal to a level
+            neg = np.flatnonzero(~pos)
+            # columns: negatives by how many levels lie above them (n + 1), negatives tied with a
+            # level (n), positives by level (n); levels counted from the highest
+            rows += [neg, neg[tied[neg]], np.flatnonzero(pos)]
+            cols += [start + above[neg], start + n + 1 + above[neg[tied[neg]]],
+                     start + 2 * n + 1 + above[pos]]
+            self.slices.append((start, n))
+            start += 3 * n + 1
+        r, c = np.concatenate(rows or [np.zeros(0, int)]), np.concatenate(cols or [np.zeros(0, int)])
+        self.columns = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(self.images, start))
+
+    def same_images(self, other: Any) -> bool:
+        import numpy as np
+
+        return isinstance(other, LabelRanks) and np.array_equal(self.labels, other.labels)
+
+    def metrics(self, counts: Any = None) -> dict[str, Any]:
+        """``{"mean_auroc": (k,), "mean_ap": (k,)}`` for the images drawn ``counts`` (k, N) times
+        each (all once when None); a label without positives or negatives in a draw is left out."""
+        import numpy as np
+
+        counts = np.ones((1, self.images)) if counts is None else np.asarray(counts, dtype=np.float64)
+        weights = np.asarray((self.columns.T @ counts.T).T)  # (k, columns): drawn images per column
+        auroc = np.full((len(self.slices), len(counts)), np.nan)
+        ap = np.full_like(auroc, np.nan)
+        for k, at in enumerate(self.slices):
+            if at is None:
+                continue
+            start, n = at
+            between = weights[:, start:start + n + 1]  # negatives with j levels above them
+            tied = weights[:, start + n + 1:start + 2 * n + 1]
+            pos = weights[:, start + 2 * n + 1:start + 3 * n + 1]
+            n_pos, n_neg = pos.sum(1), between.sum(1)
+            seen_neg = np.cumsum(between, 1)[:, :n]  # negatives at or above each level (ties included)
+            below = n_neg[:, None] - seen_neg  # and strictly below it
+            with np.errstate(invalid="ignore", divide="ignore"):
+                both = (n_pos > 0) & (n_neg > 0)
+                auroc[k] = np.where(both, (pos * (below + tied / 2)).sum(1) / (n_pos * n_neg), np.nan)
+                tp = np.cumsum(pos, 1)
+                ap[k] = np.where(both, (pos / n_pos[:, None] * tp / np.maximum(tp + seen_neg, 1e-300)).sum(1),
+                                 np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a draw where no label has both values
+            return {"mean_auroc": np.nanmean(auroc, 0), "mean_ap": np.nanmean(ap, 0)}
 
 
 def multilabel_details(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:

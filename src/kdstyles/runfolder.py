@@ -5,6 +5,8 @@
     RUN/metrics.csv          one row per epoch and network (the same on a resumed run)
     RUN/times.csv            one row per epoch: its seconds, waiting for data, validation, checkpoints
     RUN/eval.json            test metrics (after evaluate); eval-val.json, eval-train.json for other splits
+    RUN/outputs.npz          what evaluate kept of every network's test outputs, where a comparison
+                             draws test images again from them (detection: boxes); outputs-<split>.npz
     RUN/checkpoints/last.pt  everything to resume; best-<network>.pt per network
     RUN/data_report.json, RUN/splits.csv, RUN/tensorboard/, RUN/overlays/, RUN/export/
     RUN/.lock                the PID of the process training in it (see fileio.FolderLock)
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import KDError
-from .fileio import FolderLock, clean_temp_files, read_json, write_json, write_text
+from .fileio import FolderLock, atomic_write, clean_temp_files, read_json, write_json, write_text
 
 STATUS_DONE = ("finished", "stopped early", "pruned")  # "pruned": kdstyles tune stopped it
 
@@ -135,6 +137,32 @@ class RunFolder:
 
     def write_eval(self, result: dict[str, Any]) -> None:
         write_json(self.eval_file(result.get("split", "test")), result)
+
+    def outputs_file(self, split: str = "test") -> Path:
+        return self.path / ("outputs.npz" if split == "test" else f"outputs-{split}.npz")
+
+    def write_outputs(self, arrays: dict[str, Any], split: str = "test") -> None:
+        """Arrays beside eval.json: ``labels`` and ``out.<network>`` for each network (numpy, no pickles)."""
+        import numpy as np
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+
+        atomic_write(self.outputs_file(split), write)
+
+    def read_outputs(self, split: str = "test") -> dict[str, Any]:
+        import zipfile
+
+        import numpy as np
+
+        path = self.outputs_file(split)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise KDError(f"'{path}' cannot be read ({str(exc).splitlines()[0][:80] or type(exc).__name__}); "
+                          f"write it again with 'kdstyles evaluate {self.path}'") from None
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         columns: list[str] = []

@@ -14,11 +14,12 @@ import numpy as np
 from ..errors import KDError
 from ..fileio import read_json
 from ..metrics import label as metric_label
-from ..metrics import lower_is_better, per_image_metric
+from ..metrics import METRICS, lower_is_better, paired_metric
 from ..routing import ENSEMBLE, T
 from ..runfolder import RunFolder
+from ..tasks import TASKS
 from .results import TARGET, mean_std, networks_in, presets_in, primary, run_dirs
-from .significance import interval_text, mcnemar, paired_interval, verdict
+from .significance import Drawn, interval_text, mcnemar, paired_interval, verdict
 
 INDEPENDENT = "student"  # the preset whose students learn from labels alone
 CLEAR_MARGIN = 0.01  # a teacher leading the independent students by less than 1 point has little to pass on
@@ -28,9 +29,11 @@ CLEAR_MARGIN = 0.01  # a teacher leading the independent students by less than 1
 class Study:
     rows: list[dict[str, Any]]
     metric: str  # the metric the paired analysis uses (the task's headline, a mean over images)
-    values: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict)  # (preset, seed, network)
+    # (preset, seed, network): per-image values, or detection's matches to draw test images from
+    values: dict[tuple[str, int, str], Any] = field(default_factory=dict)
     target: str = TARGET
     manifest: dict[str, Any] = field(default_factory=dict)
+    compared: dict[tuple, dict[str, Any] | None] = field(default_factory=dict)  # _compare's answers (drawing is slow)
 
     @property
     def seeds(self) -> list[int]:
@@ -51,7 +54,7 @@ def load_study(folder: str | Path, rows: list[dict[str, Any]]) -> Study:
         except KDError:
             manifest = {}
     measured = {k for r in rows for k, v in r.items() if isinstance(v, (int, float))}  # not empty columns
-    metric = per_image_metric(measured) or primary(rows)
+    metric = paired_metric(measured) or primary(rows)
     presets = presets_in(rows)
     target = manifest.get("target")
     if target not in presets:
@@ -66,12 +69,50 @@ def load_study(folder: str | Path, rows: list[dict[str, Any]]) -> Study:
         for network, metrics in per_image.items():
             if isinstance(metrics, dict) and isinstance(metrics.get(metric), list):
                 values[(preset, seed, network)] = np.asarray(metrics[metric], dtype=np.float64)
+        if METRICS.get(metric) and METRICS[metric].drawn:
+            for network, drawable in _drawable(rf, METRICS[metric].task).items():
+                values[(preset, seed, network)] = drawable
     return Study(rows, metric, values, target, manifest)
+
+
+def _drawable(rf: RunFolder, task: str | None) -> dict[str, Any]:
+    """Each network's test outputs in the form its task draws test images again from
+    (``Task.drawable``), read from outputs.npz; none for a run evaluated before kdstyles kept
+    them, or a damaged file (that run then pairs by seed only)."""
+    if not rf.outputs_file().is_file():
+        return {}
+    try:
+        arrays = rf.read_outputs()
+        classes = len(rf.read_eval().get("class_names") or [])
+    except KDError:
+        return {}
+    outputs = {key[4:]: v for key, v in arrays.items() if key.startswith("out.")}
+    if "labels" not in arrays or not classes or task not in TASKS:
+        return {}
+    return TASKS[task].drawable(outputs, arrays["labels"], classes)
+
+
+def _paired(ia: Any, ib: Any, metric: str) -> np.ndarray | Drawn | None:
+    """One seed's paired difference of two networks on the same test images: per-image values
+    subtracted, or the metric of both drawn on the same images (detection, multi-label); None
+    if they were not scored on the same images."""
+    if isinstance(ia, np.ndarray) and isinstance(ib, np.ndarray):
+        return ia - ib if len(ia) == len(ib) else None
+    if ia is None or ib is None or isinstance(ia, np.ndarray) or not ia.same_images(ib):
+        return None
+    value = float(ia.metrics()[metric][0] - ib.metrics()[metric][0])
+    return Drawn(ia.images, value, lambda counts: ia.metrics(counts)[metric] - ib.metrics(counts)[metric])
 
 
 def _compare(study: Study, a: tuple[str, str], b: tuple[str, str]) -> dict[str, Any] | None:
     """(preset, network) ``a`` minus ``b``, paired by seed (and by image where both runs kept
-    per-image values on the same test split)."""
+    per-image values, or detections, on the same test split)."""
+    if (a, b) not in study.compared:
+        study.compared[(a, b)] = _difference(study, a, b)
+    return study.compared[(a, b)]
+
+
+def _difference(study: Study, a: tuple[str, str], b: tuple[str, str]) -> dict[str, Any] | None:
     seed_diffs, image_diffs, correct = [], [], []
     for seed in study.seeds:
         va, vb = study.value(a[0], seed, a[1]), study.value(b[0], seed, b[1])
@@ -79,8 +120,9 @@ def _compare(study: Study, a: tuple[str, str], b: tuple[str, str]) -> dict[str, 
             continue
         seed_diffs.append(va - vb)
         ia, ib = study.values.get((a[0], seed, a[1])), study.values.get((b[0], seed, b[1]))
-        if ia is not None and ib is not None and len(ia) == len(ib):
-            image_diffs.append(ia - ib)
+        diff = _paired(ia, ib, study.metric)
+        if diff is not None:
+            image_diffs.append(diff)
             correct.append((ia, ib))
     if not seed_diffs:
         return None

@@ -12,7 +12,7 @@ from ..fileio import read_json, write_text
 from ..runfolder import RunFolder
 from .plots import (details_of, plot_accuracy_vs_parameters, plot_confusions, plot_curves, plot_per_class,
                     plot_reliability)
-from .analysis import findings, load_study
+from .analysis import Study, findings, load_study
 from .results import load_rows, networks_in, presets_in, primary, run_dirs
 from .tables import analysis_tables, table_data
 
@@ -48,10 +48,11 @@ def _compression(folder: Path) -> list[dict]:
         return []
 
 
-def render(folder: str | Path) -> Path:
-    """Write FOLDER/report.html (self-contained) and return its path."""
+def render(folder: str | Path, study: Study | None = None) -> Path:
+    """Write FOLDER/report.html (self-contained) and return its path; ``study``: the folder's
+    :func:`load_study` when the caller has it (its paired intervals are not drawn again)."""
     folder = Path(folder)
-    rows = load_rows(folder)
+    rows = study.rows if study is not None else load_rows(folder)
     dirs = run_dirs(folder, rows)
     details = details_of(dirs)
     metric = primary(rows)
@@ -63,7 +64,7 @@ def render(folder: str | Path) -> Path:
     for net in networks_in(rows):
         header, body, best = table_data(rows, net)
         sections.append(f"<h2>{html.escape(net)}</h2>" + _html_table(header, body, best, cls="results"))
-    study = load_study(folder, rows)
+    study = study if study is not None else load_study(folder, rows)
     lines = findings(study)
     if lines:
         sections.insert(2, "<h2>What the comparison shows</h2><ul>" +

@@ -3,10 +3,14 @@ over test images and seeds, and McNemar's test on two classifiers' errors.
 
 Both work on per-image values that evaluate keeps in eval.json (``per_image``: 0/1
 correctness for accuracy, each image's Dice or IoU), so two runs of the same seed, which
-share their test split, are compared image by image.
+share their test split, are compared image by image. A metric that is not a mean over
+images (detection's mAP) is drawn with the images instead (:class:`Drawn`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,27 +19,55 @@ LEVEL = 0.95
 CHUNK = 250  # bootstrap replicates drawn at a time (memory: CHUNK x test images)
 
 
-def paired_interval(diffs: list[np.ndarray], replicates: int = REPLICATES, level: float = LEVEL,
+@dataclass
+class Drawn:
+    """A paired difference A - B on one seed's test images that is not a mean over them (mAP):
+    its value on the test split, and ``draws(counts)``, its value on each of k draws of the
+    images, ``counts`` (k, n) saying how often each image is drawn."""
+
+    n: int
+    value: float
+    draws: Callable[[np.ndarray], np.ndarray]
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _draw(d: np.ndarray | Drawn, idx: np.ndarray) -> np.ndarray:
+    """The difference on each row of drawn image indices ``idx`` (k, n)."""
+    if not isinstance(d, Drawn):
+        return d[idx].mean(1)
+    k, n = idx.shape
+    counts = np.bincount((idx + n * np.arange(k)[:, None]).ravel(), minlength=k * n).reshape(k, n)
+    return np.asarray(d.draws(counts), dtype=np.float64)
+
+
+def paired_interval(diffs: list[np.ndarray | Drawn], replicates: int = REPLICATES, level: float = LEVEL,
                     seed: int = 0) -> tuple[float, float, float]:
     """Mean paired difference and its bootstrap interval.
 
-    ``diffs``: per seed, the per-image differences (A - B) on that seed's test split. The
-    estimate is the mean over seeds of each seed's mean difference. Each bootstrap replicate
-    draws the seeds with replacement, then the test images within each drawn seed with
-    replacement, so the interval reflects both the test sample and the training seeds
-    (with one seed, the test sample only). Percentile interval at ``level``."""
-    diffs = [np.asarray(d, dtype=np.float64) for d in diffs if len(d)]
+    ``diffs``: per seed, the per-image differences (A - B) on that seed's test split, or the
+    :class:`Drawn` difference of a metric that is not a mean over images. The estimate is the
+    mean over seeds of each seed's difference. Each bootstrap replicate draws the seeds with
+    replacement, then the test images within each drawn seed with replacement, so the
+    interval reflects both the test sample and the training seeds (with one seed, the test
+    sample only). Percentile interval at ``level``; a draw where the metric is undefined (no
+    object of any class drawn) is left out."""
+    diffs = [d if isinstance(d, Drawn) else np.asarray(d, dtype=np.float64) for d in diffs if len(d)]
     if not diffs:
         return float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    estimate = float(np.mean([d.mean() for d in diffs]))
+    estimate = float(np.mean([d.value if isinstance(d, Drawn) else d.mean() for d in diffs]))
     per_seed = np.empty((len(diffs), replicates))
     for i, d in enumerate(diffs):
         for start in range(0, replicates, CHUNK):
             k = min(CHUNK, replicates - start)
-            per_seed[i, start:start + k] = d[rng.integers(0, len(d), size=(k, len(d)))].mean(1)
+            per_seed[i, start:start + k] = _draw(d, rng.integers(0, len(d), size=(k, len(d))))
     drawn = rng.integers(0, len(diffs), size=(replicates, len(diffs)))
     combined = per_seed[drawn, np.arange(replicates)[:, None]].mean(1)
+    combined = combined[~np.isnan(combined)]
+    if not len(combined):
+        return estimate, float("nan"), float("nan")
     lo, hi = np.percentile(combined, [50 * (1 - level), 50 * (1 + level)])
     return estimate, float(lo), float(hi)
 

@@ -28,6 +28,7 @@ class Task:
     dense: ClassVar[bool] = False  # labels are per-pixel masks
     boxes: ClassVar[bool] = False  # labels are boxes (a padded (M, 5) tensor per image)
     multilabel: ClassVar[bool] = False  # labels are multi-hot (K,) vectors: any number of classes per image
+    keeps_outputs: ClassVar[bool] = False  # evaluate writes outputs.npz (its comparison metric is drawn, not a mean)
     imbalance_remedy: ClassVar[str] = "data.sampler: balanced or loss.class_weights: balanced"  # what the warning suggests
     synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data
     synthetic_volumes: ClassVar[str | None] = None  # its 3D counterpart (data.spatial_dims: 3), if any
@@ -140,6 +141,21 @@ class Task:
         """Each test image's value of the metrics that are means over images (``Metric.per_image``),
         kept in eval.json so comparisons can pair runs image by image."""
         raise NotImplementedError
+
+    def kept_outputs(self, probs: dict, labels) -> dict[str, Any]:
+        """Arrays evaluate keeps beside eval.json (``RunFolder.write_outputs``): the labels and
+        every network's condensed outputs, for a task whose comparison metric is not a mean over
+        images (``Metric.drawn``), so comparisons can draw test images again (:meth:`drawable`)."""
+        if not self.keeps_outputs:
+            return {}
+        return {"labels": labels.numpy(), **{f"out.{n}": p.numpy() for n, p in probs.items()}}
+
+    @classmethod
+    def drawable(cls, outputs: dict[str, Any], labels: Any, num_classes: int) -> dict[str, Any]:
+        """Per network, from what :meth:`kept_outputs` wrote (numpy arrays), an object with
+        ``images``, ``same_images(other)`` and ``metrics(counts)``: the drawn metrics for images
+        drawn ``counts`` (k, images) times each, ``{metric: (k,)}``."""
+        return {}
 
     def ensemble(self, probs: list):
         """The students' ensemble: the mean of their probabilities (per pixel when dense)."""

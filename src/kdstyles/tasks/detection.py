@@ -31,6 +31,7 @@ class Detection(EncoderDecoderTask):
     selection = "map"
     sources = ("synthetic", "csv", "coco", "folder")
     boxes = True
+    keeps_outputs = True
     synthetic = "synthetic_det"
     synthetic_volumes = "synthetic_vol_det"
     volumes = True
@@ -134,7 +135,14 @@ class Detection(EncoderDecoderTask):
         return detection_metrics(dets, gts, self.num_classes)
 
     def per_image(self, probs, labels):
-        return {}  # mAP is not a mean over images: comparisons pair detection runs by seed
+        return {}  # mAP is not a mean over images: comparisons draw images from outputs.npz (kept_outputs)
+
+    @classmethod
+    def drawable(cls, outputs, labels, num_classes):
+        from ..boxes import Matches, unpad
+
+        gts = [unpad(g) for g in labels]
+        return {n: Matches([unpad(d) for d in dets], gts, num_classes) for n, dets in outputs.items()}
 
     def write_visuals(self, folder, images, labels, probs, mean, std, count):
         from .overlays import write_box_overlays

@@ -29,6 +29,7 @@ class Multilabel(Classification):
     volumes = False
     description = "the embedded multi-label histology mosaics (the tissue classes each 2x2 mosaic shows)"
     multilabel = True
+    keeps_outputs = True
     imbalance_remedy = "loss.class_weights: balanced (each label's positives weighted by its negatives)"
     title = "Multi-label classification"
     output_words = "a probability per class (independent sigmoids; predict reports a class at >= 0.5)"
@@ -87,6 +88,12 @@ class Multilabel(Classification):
 
     def per_image(self, probs, labels) -> dict[str, list[float]]:
         return {"label_accuracy": ((probs >= 0.5).long() == labels.long()).float().mean(1).tolist()}
+
+    @classmethod
+    def drawable(cls, outputs, labels, num_classes):
+        from ..metrics import LabelRanks
+
+        return {n: LabelRanks(p, labels) for n, p in outputs.items()}
 
     def prediction_header(self, class_names, volumes=False):
         return ["path", "labels", *(f"p_{c}" for c in class_names)]
