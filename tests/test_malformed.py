@@ -319,8 +319,8 @@ CASES = [
                                              "--out", str(t / "p")], "gone.png")),
     # ---------------------------------------------------------------- detection
     ("det-classifier-network", lambda t, r: (["check", "--set", "task=detection"], "does not fit task detection")),
-    ("det-rotate-augment", lambda t, r: (det_args(t, "csv", BOX_ROWS, "data.augment.rotate=10"),
-                                         "data.augment.rotate")),
+    ("det-zoom-augment", lambda t, r: (det_args(t, "csv", BOX_ROWS, "data.augment.zoom=1.5"),
+                                       "data.augment.zoom")),
     ("det-box-not-numbers", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("1,1,5,5", "1,1,five,5")),
                                           "boxes.csv' line 2")),
     ("det-box-outside-image", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("2,2,6,6", "2,2,16,6")),

@@ -89,6 +89,65 @@ def flip_boxes(img: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator, h
     return img, b
 
 
+MIN_KEPT = 0.25  # a box moved partly out of the image is kept if this share of it stays inside
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    """Rotation in the x-y plane (2D: one angle), or about the z, y and x axes in turn (3D)."""
+    if len(angles) == 1:
+        c, s = np.cos(angles[0]), np.sin(angles[0])
+        return np.array([[c, -s], [s, c]])
+    out = np.eye(3)
+    for axis, a in enumerate(angles):  # about z, then y, then x (coordinates x, y, z = 0, 1, 2)
+        i, j = [(0, 1), (0, 2), (1, 2)][axis]
+        r = np.eye(3)
+        r[i, i] = r[j, j] = np.cos(a)
+        r[i, j], r[j, i] = -np.sin(a), np.sin(a)
+        out = out @ r
+    return out
+
+
+def affine_boxes(img: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator, rotate: float, zoom: float,
+                 shift: float, shear: float) -> tuple[torch.Tensor, np.ndarray]:
+    """A random affine move of an image (C, H, W) or volume (C, D, H, W) about its centre and of
+    its boxes (m, 2d + 1): rotation up to ``rotate`` degrees, zoom by 1 +- ``zoom`` along each
+    axis, shear up to ``shear``, shift up to ``shift`` x the size. A box becomes the smallest box
+    holding its moved corners: exact under zoom and shift, larger than the object under
+    rotation and shear (as detection libraries do). The image is resampled bilinearly with black
+    outside it (mirrored objects would be unlabelled); a box with less than ``MIN_KEPT`` of it
+    left inside is dropped, the rest clipped."""
+    import torch.nn.functional as F
+
+    d = img.ndim - 1
+    extent = np.array(img.shape[1:][::-1], dtype=np.float64)  # along x, y(, z)
+    a = _rotation(np.deg2rad(rng.uniform(-rotate, rotate, 1 if d == 2 else 3)))
+    sh = np.eye(d)
+    sh[~np.eye(d, dtype=bool)] = rng.uniform(-shear, shear, d * d - d)
+    a = a @ sh @ np.diag(rng.uniform(1 - zoom, 1 + zoom, d))
+    t = rng.uniform(-shift, shift, d) * extent
+    # grid_sample maps each output point (normalised to -1..1 along every axis) back into the input
+    norm = np.diag(2 / extent)
+    a_n = norm @ a @ np.linalg.inv(norm)
+    inv = np.linalg.inv(a_n)
+    theta = torch.from_numpy(np.c_[inv, -inv @ (norm @ t)]).float()[None]
+    grid = F.affine_grid(theta, [1, *img.shape], align_corners=False)
+    moved = F.grid_sample(img[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    if len(boxes) == 0:
+        return moved, boxes
+    import itertools
+
+    lo, hi = boxes[:, :d], boxes[:, d:2 * d]
+    corners = np.stack([np.where(pick, hi, lo) for pick in itertools.product((False, True), repeat=d)], 1)
+    centre = extent / 2
+    corners = (corners - centre) @ a.T + centre + t  # (m, 2^d, d)
+    new_lo, new_hi = corners.min(1), corners.max(1)
+    kept_lo, kept_hi = np.clip(new_lo, 0, extent), np.clip(new_hi, 0, extent)
+    inside = np.prod(np.clip(kept_hi - kept_lo, 0, None), 1) / np.prod(new_hi - new_lo, 1).clip(1e-12)
+    keep = (inside >= MIN_KEPT) & ((kept_hi - kept_lo) >= 1).all(1)
+    out = np.concatenate([kept_lo, kept_hi, boxes[:, -1:]], 1)[keep]
+    return moved, out.astype(boxes.dtype)
+
+
 def pad_boxes(boxes: np.ndarray, rows: int, dims: int = 2) -> torch.Tensor:
     """(m, 2d + 1) boxes as a (rows, 2d + 1) tensor padded with class -1 (a batch is one tensor)."""
     width = 2 * dims + 1
@@ -142,11 +201,12 @@ class ImageDataset(Dataset):
     def __init__(self, labels: np.ndarray, mean: torch.Tensor, std: torch.Tensor, augment=None, seed: int = 0,
                  images: np.ndarray | list | None = None, paths: list[Path] | None = None, channels: int = 3,
                  size: int = 32, masks: np.ndarray | list | None = None, boxes: list[np.ndarray] | None = None,
-                 box_flips: tuple[bool, bool, bool] = (False, False, False), dims: int = 2,
+                 box_flips: tuple[bool, bool, bool] = (False, False, False),
+                 box_affine: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0), dims: int = 2,
                  patch: int | None = None, train: bool = False, positive: float = 0.5,
                  spacing: list | None = None, window_batch: int = 4, overlap: float = 0.25):
         self.labels, self.images, self.paths, self.masks = labels, images, paths, masks
-        self.boxes, self.box_flips = boxes, box_flips
+        self.boxes, self.box_flips, self.box_affine = boxes, box_flips, box_affine
         self.crop = patch if train else None  # training crops
         self.window = Window(patch, window_batch, overlap) if patch and not train else None  # whole volumes
         self.positive, self.spacing, self.dims = positive, spacing, dims
@@ -188,6 +248,9 @@ class ImageDataset(Dataset):
         img = item["image"].as_tensor() if hasattr(item["image"], "as_tensor") else item["image"]
         if self.boxes is not None:
             boxes = self.boxes[index]
+            if any(self.box_affine):  # rotate, zoom, shift, shear
+                img, boxes = affine_boxes(img, boxes, np.random.default_rng([self.seed, epoch, index, 6]),
+                                          *self.box_affine)
             if any(self.box_flips):
                 img, boxes = flip_boxes(img, boxes, np.random.default_rng([self.seed, epoch, index, 5]),
                                         *self.box_flips)
@@ -318,10 +381,12 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
     mean, std = _normalisation(cfg, normalize or cfg.normalize, stored["train"], channels, size, seed)
     augment = build_augment(cfg.augment, patch or size, with_mask=task_cls.dense, geometric=not task_cls.boxes,
                             dims=cfg.dims)
-    flips = (cfg.augment.hflip, cfg.augment.vflip, cfg.augment.rotate90)
+    aug = cfg.augment
+    flips, affine = (aug.hflip, aug.vflip, aug.rotate90), (aug.rotate, aug.zoom, aug.shift, aug.shear)
     splits = {s: ImageDataset(v.labels, mean, std, augment if s == "train" else None, seed, images=v.images,
                               paths=v.paths, channels=channels, size=size, masks=v.masks, boxes=v.boxes,
                               box_flips=flips if s == "train" and task_cls.boxes else (False, False, False),
+                              box_affine=affine if s == "train" and task_cls.boxes else (0.0, 0.0, 0.0, 0.0),
                               dims=cfg.dims, patch=patch, train=s == "train", positive=cfg.patch_positive,
                               spacing=v.spacing, window_batch=cfg.batch_size, overlap=cfg.patch_overlap)
               for s, v in stored.items()}

@@ -49,15 +49,6 @@ class Detection(EncoderDecoderTask):
     def from_config(cls, num_classes: int, cfg: Any) -> "Detection":
         return cls(num_classes, cfg.loss.box_weight, cfg.eval.max_detections)
 
-    @classmethod
-    def check_config(cls, cfg: Any) -> None:
-        super().check_config(cfg)
-        aug = cfg.data.augment
-        for key in ("rotate", "zoom", "shift", "shear"):
-            if getattr(aug, key):
-                raise KDError(f"data.augment.{key}: detection moves boxes exactly with hflip, vflip and rotate90 "
-                              f"(and intensity); set {key} to 0")
-
     # ------------------------------------------------------------------ training
 
     def build_network(self, spec, channels, image_size, where, dims=2):
