@@ -132,6 +132,11 @@ def test_detection_comparisons_draw_test_images_for_paired_intervals(tmp_path):
         (tmp_path / "same" / "diverse-seed0" / "eval.json").read_text())
     row = analysis.paired_rows(load_study(tmp_path / "same", load_rows(tmp_path / "same")))[0]
     assert (row["mean"], row["lo"], row["hi"], row["verdict"]) == (0, 0, 0, "not distinguishable")
-    (tmp_path / "same" / "student-seed0" / "outputs.npz").write_bytes(b"not a zip")  # damaged: seed-level only
-    row = analysis.paired_rows(load_study(tmp_path / "same", load_rows(tmp_path / "same")))[0]
-    assert np.isnan(row["lo"]) and row["verdict"] == "no per-image results"
+    from kdstyles.runfolder import RunFolder
+
+    damaged = RunFolder(tmp_path / "same" / "student-seed0")
+    for write in (lambda: damaged.outputs_file().write_bytes(b"not a zip"),
+                  lambda: damaged.write_outputs({"labels": np.zeros(3), "out.s1": np.zeros(3)})):  # wrong shapes
+        write()  # a damaged file: that run pairs by seed only
+        row = analysis.paired_rows(load_study(tmp_path / "same", load_rows(tmp_path / "same")))[0]
+        assert np.isnan(row["lo"]) and row["verdict"] == "no per-image results"

@@ -28,8 +28,8 @@ CLEAR_MARGIN = 0.01  # a teacher leading the independent students by less than 1
 @dataclass
 class Study:
     rows: list[dict[str, Any]]
-    metric: str  # the metric the paired analysis uses (the task's headline, a mean over images)
-    # (preset, seed, network): per-image values, or detection's matches to draw test images from
+    metric: str  # the metric the paired analysis uses: per image (eval.json) or drawn again (outputs.npz)
+    # (preset, seed, network): per-image values, or the task's outputs to draw test images from
     values: dict[tuple[str, int, str], Any] = field(default_factory=dict)
     target: str = TARGET
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +89,10 @@ def _drawable(rf: RunFolder, task: str | None) -> dict[str, Any]:
     outputs = {key[4:]: v for key, v in arrays.items() if key.startswith("out.")}
     if "labels" not in arrays or not classes or task not in TASKS:
         return {}
-    return TASKS[task].drawable(outputs, arrays["labels"], classes)
+    try:
+        return TASKS[task].drawable(outputs, arrays["labels"], classes)
+    except (ValueError, IndexError):  # arrays of the wrong shapes: a damaged file
+        return {}
 
 
 def _paired(ia: Any, ib: Any, metric: str) -> np.ndarray | Drawn | None:
@@ -106,7 +109,7 @@ def _paired(ia: Any, ib: Any, metric: str) -> np.ndarray | Drawn | None:
 
 def _compare(study: Study, a: tuple[str, str], b: tuple[str, str]) -> dict[str, Any] | None:
     """(preset, network) ``a`` minus ``b``, paired by seed (and by image where both runs kept
-    per-image values, or detections, on the same test split)."""
+    per-image values, or outputs to draw from, on the same test split)."""
     if (a, b) not in study.compared:
         study.compared[(a, b)] = _difference(study, a, b)
     return study.compared[(a, b)]
