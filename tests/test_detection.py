@@ -117,9 +117,7 @@ def test_matches_give_the_metrics_of_any_draw_of_the_images(dims):
     rng = np.random.default_rng(dims)
     dets, gts = random_detections(rng, 25, dims)
     matches = Matches(dets, gts, 2)
-    once = {k: v[0] for k, v in matches.metrics().items()}
-    assert once == pytest.approx(detection_metrics(dets, gts, 2), abs=1e-12)
-    counts = np.stack([rng.multinomial(25, np.ones(25) / 25) for _ in range(6)])
+    counts = np.stack([np.ones(25, dtype=int), *(rng.multinomial(25, np.ones(25) / 25) for _ in range(6))])
     drawn = matches.metrics(counts)
     for row, c in enumerate(counts):
         again = detection_metrics([d for d, k in zip(dets, c) for _ in range(k)],

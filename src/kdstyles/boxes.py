@@ -184,17 +184,16 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _match(dets: list[np.ndarray], gts: list[np.ndarray], cls: int, threshold: float
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+           ) -> tuple[np.ndarray, np.ndarray]:
     """COCO's greedy matching of one class at one IoU threshold over all images: each
     detection, best score first, takes the unmatched ground-truth box it overlaps most (IoU
-    >= threshold). Returns scores, true-positive flags and image index of every detection,
-    best first, and the number of ground-truth boxes."""
-    scores, tps, images, n_gt = [], [], [], 0
+    >= threshold). Returns the true-positive flag and the image index of every detection, best
+    first."""
+    scores, tps, images = [], [], []
     for i, (d, g) in enumerate(zip(dets, gts)):
         d = d[(d[:, -1] == cls) & (d[:, -2] > 0)]
         d = d[np.argsort(-d[:, -2], kind="stable")]
         g = g[g[:, -1] == cls]
-        n_gt += len(g)
         hit = np.zeros(len(d), dtype=bool)
         if len(d) and len(g):
             overlaps = iou(d[:, :-2], g[:, :-1])
@@ -208,60 +207,17 @@ def _match(dets: list[np.ndarray], gts: list[np.ndarray], cls: int, threshold: f
         scores.extend(d[:, -2].tolist())
         images.extend([i] * len(d))
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    return (np.asarray(scores, dtype=np.float64)[order], np.asarray(tps, dtype=bool)[order],
-            np.asarray(images, dtype=np.int64)[order], n_gt)
-
-
-def average_precision(tp: np.ndarray, n_gt: int) -> float:
-    """COCO's 101-point interpolated AP from true-positive flags sorted by score."""
-    if n_gt == 0:
-        return math.nan
-    if len(tp) == 0:
-        return 0.0
-    ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
-    recall = ctp / n_gt
-    precision = ctp / np.maximum(ctp + cfp, 1)
-    envelope = np.maximum.accumulate(precision[::-1])[::-1]
-    points = np.linspace(0, 1, 101)
-    idx = np.searchsorted(recall, points, side="left")
-    return float(np.where(idx < len(envelope), envelope[np.minimum(idx, len(envelope) - 1)], 0.0).mean())
-
-
-def froc(tp: np.ndarray, n_gt: int, n_images: int, rates=FROC_RATES) -> list[float]:
-    """Sensitivity at each rate of false positives per image, lowering the score threshold
-    one detection at a time (true positives at IoU >= 0.5)."""
-    if n_gt == 0:
-        return [math.nan] * len(rates)
-    sens = np.concatenate([[0.0], np.cumsum(tp) / n_gt])
-    fp_per_image = np.concatenate([[0.0], np.cumsum(~tp) / max(n_images, 1)])
-    return [float(sens[fp_per_image <= r].max()) for r in rates]
+    return np.asarray(tps, dtype=bool)[order], np.asarray(images, dtype=np.int64)[order]
 
 
 def detection_metrics(dets: list[np.ndarray], gts: list[np.ndarray], num_classes: int) -> dict[str, float]:
-    """mAP over IoU 0.50:0.95, AP at 0.5 and 0.75, mean recall (at up to D detections per
-    image, over the same thresholds) and FROC sensitivity at 0.5/1/2/4 false positives per
-    image, each the mean over classes that have ground truth."""
-    per_t_ap = {t: [] for t in IOU_THRESHOLDS}
-    per_t_recall = {t: [] for t in IOU_THRESHOLDS}
-    froc_rows = []
-    for c in range(num_classes):
-        for t in IOU_THRESHOLDS:
-            _, tp, _, n_gt = _match(dets, gts, c, t)
-            if n_gt == 0:
-                continue
-            per_t_ap[t].append(average_precision(tp, n_gt))
-            per_t_recall[t].append(float(tp.sum()) / n_gt)
-            if t == 0.5:
-                froc_rows.append(froc(tp, n_gt, len(gts)))
-    if not froc_rows:
+    """mAP over IoU 0.50:0.95, AP at 0.5 and 0.75 (COCO's 101-point interpolated AP), mean
+    recall (at up to D detections per image, over the same thresholds) and FROC sensitivity at
+    0.5/1/2/4 false positives per image (IoU >= 0.5), each the mean over classes that have
+    ground truth; {} when no image has any."""
+    if not any(len(g) for g in gts):
         return {}
-    ap = {t: float(np.mean(v)) for t, v in per_t_ap.items()}
-    out = {"map": float(np.mean(list(ap.values()))), "ap50": ap[0.5], "ap75": ap[0.75],
-           "mean_recall": float(np.mean([np.mean(v) for v in per_t_recall.values()]))}
-    sens = np.mean(np.asarray(froc_rows), axis=0)
-    for r, s in zip(FROC_RATES, sens):
-        out[f"froc_{r:g}"] = float(s)
-    return out
+    return {k: float(v[0]) for k, v in Matches(dets, gts, num_classes).metrics().items()}
 
 
 TEACHER_SCORE = 0.5  # the teacher's detections a student is asked to reproduce (fidelity)
@@ -328,27 +284,27 @@ class Matches:
 
     Per class and IoU threshold, over the detections in score order, only the true positives
     matter for AP (recall rises only there, and the interpolated precision is a maximum over
-    them); for each of them ``tp`` (images, T) counts the true positives of every image up to it
-    and ``fp`` (images, T) the false positives of every image ranked above it."""
+    them): kept are the image of each true positive and, sparse (images, T + 1), how many false
+    positives each image has between consecutive true positives."""
 
     def __init__(self, dets: list[np.ndarray], gts: list[np.ndarray], num_classes: int):
+        from scipy import sparse
+
         self.images, self.num_classes = len(gts), num_classes
         self.gt = np.zeros((self.images, num_classes))
         for i, g in enumerate(gts):
             self.gt[i] = np.bincount(g[:, -1].astype(np.int64), minlength=num_classes)[:num_classes]
-        self.tables: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
+        self.tables: dict[tuple[int, float], tuple[np.ndarray, sparse.csr_matrix]] = {}
         for c in range(num_classes):
             if not self.gt[:, c].any():
                 continue
             for t in IOU_THRESHOLDS:
-                _, tp, image, _ = _match(dets, gts, c, t)
+                tp, image = _match(dets, gts, c, t)
                 at = np.flatnonzero(tp)  # positions of the true positives in score order
                 before = np.searchsorted(at, np.flatnonzero(~tp))  # true positives ranked above each false one
-                tps = np.zeros((self.images, len(at)))
-                tps[image[at], np.arange(len(at))] = 1
-                fps = np.zeros((self.images, len(at) + 1))
-                np.add.at(fps, (image[~tp], before), 1)
-                self.tables[(c, t)] = (np.cumsum(tps, 1), np.cumsum(fps, 1)[:, :len(at)])
+                fps = sparse.csr_matrix((np.ones(len(before)), (image[~tp], before)),
+                                        shape=(self.images, len(at) + 1))  # duplicates are summed
+                self.tables[(c, t)] = (image[at], fps)
 
     def same_images(self, other: object) -> bool:
         """Scored on the same test images (as far as their objects tell)."""
@@ -366,21 +322,23 @@ class Matches:
         sens = np.full((self.num_classes, len(FROC_RATES), k), np.nan)
         drawn = counts.sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            for (c, t), (tps, fps) in self.tables.items():
+            for (c, t), (tp_image, fps) in self.tables.items():
                 i = IOU_THRESHOLDS.index(t)
                 n_gt = counts @ self.gt[:, c]
                 has = n_gt > 0
-                if tps.shape[1] == 0:
+                n_tp = len(tp_image)
+                if n_tp == 0:
                     ap[i, c] = recall[i, c] = np.where(has, 0.0, np.nan)
                     if t == 0.5:
                         sens[c] = np.where(has, 0.0, np.nan)
                     continue
-                ctp, cfp = counts @ tps, counts @ fps  # (k, T)
+                ctp = np.cumsum(counts[:, tp_image], 1)  # (k, T): drawn true positives up to each
+                cfp = np.cumsum(np.asarray((fps.T @ counts.T).T), 1)[:, :n_tp]  # and false ones above it
                 rec = ctp / n_gt[:, None]
                 envelope = np.maximum.accumulate((ctp / np.maximum(ctp + cfp, 1))[:, ::-1], axis=1)[:, ::-1]
                 first = (rec[:, :, None] < points).sum(1)  # the first true positive reaching each recall point
-                at = np.take_along_axis(envelope, np.minimum(first, tps.shape[1] - 1), 1)
-                ap[i, c] = np.where(has, np.where(first < tps.shape[1], at, 0.0).mean(1), np.nan)
+                at = np.take_along_axis(envelope, np.minimum(first, n_tp - 1), 1)
+                ap[i, c] = np.where(has, np.where(first < n_tp, at, 0.0).mean(1), np.nan)
                 recall[i, c] = np.where(has, rec[:, -1], np.nan)
                 if t == 0.5:
                     rate = cfp / np.maximum(drawn, 1)[:, None]
