@@ -319,6 +319,8 @@ CASES = [
                                              "--out", str(t / "p")], "gone.png")),
     # ---------------------------------------------------------------- detection
     ("det-classifier-network", lambda t, r: (["check", "--set", "task=detection"], "does not fit task detection")),
+    ("det-patches-2d", lambda t, r: (det_args(t, "csv", BOX_ROWS, "data.patch_size=8"),
+                                     "data.patch_size: patches are for 3D segmentation and detection")),
     ("det-zoom-augment", lambda t, r: (det_args(t, "csv", BOX_ROWS, "data.augment.zoom=1.5"),
                                        "data.augment.zoom")),
     ("det-box-not-numbers", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("1,1,5,5", "1,1,five,5")),

@@ -87,7 +87,7 @@ def test_patches_balance_foreground_and_pad_small_volumes():
     assert all(hits)  # positive = 1: every patch holds foreground
     misses = [crop_patch(vol, mask, 12, rng, 0.0)[1].any() for _ in range(40)]
     assert sum(misses) < 20  # anywhere: mostly background
-    img, m = crop_patch(vol, mask, 24, rng, 0.5)  # 20 < 24 along one axis: padded
+    img, m, _ = crop_patch(vol, mask, 24, rng, 0.5)  # 20 < 24 along one axis: padded
     assert img.shape == (24, 24, 24, 1) and m.shape == (24, 24, 24)
     assert img.min() == vol.min()
 
@@ -353,6 +353,87 @@ def test_3d_detection_trains_evaluates_and_exports(tiny_overrides):
     assert row[1] == "1" and json.loads(row[2]) == [[105.0, 2.0, 2.0, 113.0, 4.0, 8.0, 0.9, "tumour"]]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_3d_detection_patches_carry_their_boxes(seed):
+    """A patch's boxes are the voxels their objects keep in it: each box painted in its own
+    channel, the painted extent in the patch is the patch's box, or the box is dropped when
+    less than MIN_KEPT of it is left; positive patches always hold a box; small volumes pad."""
+    from kdstyles.data import MIN_KEPT, crop_patch
+
+    boxes = np.array([[3, 5, 1, 10, 9, 4, 0], [12, 1, 6, 20, 16, 14, 1], [21, 18, 15, 24, 22, 18, 0]], np.float32)
+    vol = np.zeros((18, 22, 26, 3), np.uint8)  # z, y, x: a volume of 26 x 22 x 18 voxels (x, y, z)
+    for c, (x1, y1, z1, x2, y2, z2, _) in enumerate(boxes.astype(int)):
+        vol[z1:z2, y1:y2, x1:x2, c] = 255
+    rng = np.random.default_rng(seed)
+    for positive in (1.0, 0.0):
+        for _ in range(10):
+            patch, mask, kept = crop_patch(vol, None, 12, rng, positive, boxes)
+            assert patch.shape == (12, 12, 12, 3) and mask is None and kept.shape[1] == 7
+            assert len(kept) or positive == 0.0  # centred on a box: that box is (mostly) inside
+            for c in range(3):
+                zs, ys, xs = np.nonzero(patch[..., c])
+                mine = [b for b in kept if b[6] == boxes[c, 6] and (len(xs) and b[0] == xs.min() and b[1] == ys.min())]
+                if len(xs) == 0:
+                    assert not mine
+                    continue
+                share = len(xs) / np.prod(boxes[c, 3:6] - boxes[c, :3])
+                if share >= MIN_KEPT:
+                    assert [list(b[:6]) for b in mine] == [[xs.min(), ys.min(), zs.min(), xs.max() + 1, ys.max() + 1,
+                                                            zs.max() + 1]]
+                elif share < MIN_KEPT - 1e-6:
+                    assert not mine
+    small = vol[:10]  # 10 slices < 12: padded half before, half after, boxes moved with the voxels
+    patch, _, kept = crop_patch(small, None, 12, np.random.default_rng(seed), 1.0, boxes[:1])
+    zs, ys, xs = np.nonzero(patch[..., 0])
+    assert kept[:, :6].tolist() == [[xs.min(), ys.min(), zs.min(), xs.max() + 1, ys.max() + 1, zs.max() + 1]]
+
+
+def test_3d_detection_on_patches_slides_windows_through_evaluate_export_and_predict(tiny_overrides):
+    """Trained on 16^3 patches of 32^3 volumes: validation and evaluate cover each whole volume
+    with windows and pool the boxes of all volumes (mAP, outputs.npz for compare); the sidecar
+    says so and predict slides the exported model's windows over a volume file."""
+    from kdstyles.boxes import unpad
+    from kdstyles.export import export_run
+    from kdstyles.predict import predict
+    from kdstyles.runfolder import RunFolder
+
+    det = ["task=detection", *UNETS[1:], *SYNTH, "data.image_size=32", "data.patch_size=16", "train.epochs=1"]
+    exp = Experiment(None, overrides=tiny_overrides(*det), quiet=True)
+    assert exp.data.image_size == 16 and exp.data.splits["train"][(0, 1)][0].shape == (1, 16, 16, 16)
+    assert exp.data.splits["test"][0][0].shape == (1, 32, 32, 32) and exp.data.splits["test"].window.size == 16
+    exp.fit()
+    result = exp.evaluate()
+    assert result["samples"] == 3 and result["outputs"] == "outputs.npz"  # pooled: every volume's boxes at once
+    kept = RunFolder(exp.run_dir).read_outputs()
+    labels = kept["labels"]
+    assert labels.shape[0] == 3 and set(kept) == {"labels", "out.teacher", "out.s1", "out.s2", "out.ensemble"}
+    truth = [unpad(exp.data.splits["test"][i][1].numpy()) for i in range(3)]
+    for got, want in zip(labels, truth):
+        np.testing.assert_allclose(unpad(got), want)  # whole-volume boxes, on the volume's own grid
+    from kdstyles import checkpoints
+
+    best = RunFolder(exp.run_dir).best("s1")  # one epoch scores nothing 0.05 yet: raise the heatmap's bias
+    state = checkpoints.load(best)
+    heat = [k for k in state["state_dict"] if k.startswith("heat.") and k.endswith(".bias")][-1]
+    state["state_dict"][heat] += 4.0
+    checkpoints.save(state, best)
+    side = export_run(exp.run_dir, "s1")
+    assert side["volumes"]["windows"] is True and side["input"]["depth"] == 16
+    assert "sliding windows of the input's size over the whole volume" in \
+        (exp.run_dir / "export" / "s1.md").read_text()
+    vol = exp.data.splits["test"].images[0][..., 0]
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), exp.run_dir / "v.nii.gz")  # 32^3, 1 mm voxels at the origin
+    found = {}
+    for model in (exp.run_dir / "export" / "s1.onnx", exp.run_dir):
+        rows = predict(model, [exp.run_dir / "v.nii.gz"], exp.run_dir / "pred", quiet=True).read_text().splitlines()
+        found[model.name] = json.loads(next(csv.reader(rows[1:]))[2])
+    onnx, run = found["s1.onnx"], found[exp.run_dir.name]
+    assert len(onnx) == len(run) and onnx
+    assert all(0 <= v <= 32 for d in onnx for v in d[:6])  # boxes in the whole volume (1 mm voxels),
+    assert min(d[0] for d in onnx) < 16 < max(d[3] for d in onnx)  # beyond one window
+    assert np.allclose([d[:7] for d in onnx], [d[:7] for d in run], atol=0.2)  # ONNX or the run: the same windows
+
+
 def test_random_patches_rule_out_the_offline_teacher_cache(tmp_path):
     offline = ["networks.teacher.mode=offline", f"networks.teacher.checkpoint={tmp_path}", "networks.teacher.cache=true",
                "data.augment.hflip=false", "data.augment.vflip=false"]
@@ -418,10 +499,11 @@ def test_prepared_volumes_are_cached_until_their_files_change(tmp_path, monkeypa
         build_data(load_config(None, dec_args(root, "data.classes=[bg,fg]")).data, 0, task="segmentation")
 
 
-@pytest.mark.parametrize("size", [16, 32])
+@pytest.mark.parametrize("size", [16, 32, "patches"])
 def test_3d_boxes_from_a_csv_in_world_mm_land_on_the_training_grid(tmp_path, size):
     """Boxes given in world millimetres (what predict writes) follow the volume through
-    reorientation (LAS files turned to RAS) and resizing to data.image_size."""
+    reorientation (LAS files turned to RAS) and resizing to data.image_size; with
+    data.patch_size volumes keep their own grid, and so do their boxes."""
     from kdstyles.boxes import grid_to_world, unpad
     from kdstyles.data import build_data
     from kdstyles.data.synthetic_vol_det import generate
@@ -441,13 +523,22 @@ def test_3d_boxes_from_a_csv_in_world_mm_land_on_the_training_grid(tmp_path, siz
         e = b.copy()
         if i % 2:
             e[:, [2, 5]] = 16 - b[:, [5, 2]]
-        e[:, :6] *= size / 16
+        e[:, :6] *= (size if size != "patches" else 16) / 16
         expected[str(tmp_path / f"v{i}.nii.gz")] = e
     (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
-    cfg = load_config(None, ["task=detection", *UNETS[1:], "data.source=csv", f"data.path={tmp_path / 'boxes.csv'}",
-                             "data.spatial_dims=3", f"data.image_size={size}", "data.val_fraction=0.2",
-                             "data.test_fraction=0.2", "data.augment.hflip=false", "data.augment.vflip=false"])
+    grid = ["data.patch_size=8"] if size == "patches" else [f"data.image_size={size}"]
+    args = ["task=detection", *UNETS[1:], "data.source=csv", f"data.path={tmp_path / 'boxes.csv'}",
+            "data.spatial_dims=3", "data.val_fraction=0.2", "data.test_fraction=0.2", "data.augment.hflip=false",
+            "data.augment.vflip=false"]
+    cfg = load_config(None, [*args, *grid])
     bundle = build_data(cfg.data, 0, task="detection")
+    if size == "patches":  # whole volumes of their own shape for windows, 8^3 patches for training
+        assert bundle.image_size == 8 and bundle.splits["test"][0][0].shape == (1, 16, 16, 16)
+        assert bundle.splits["test"].spacing[0] == pytest.approx((1.5, 1.0, 2.0))
+        with pytest.raises(KDError, match="^data.image_size: with data.patch_size volumes keep their own size"):
+            build_data(load_config(None, [*args, *grid, "data.image_size=16"]).data, 0, task="detection")
+        for ds in bundle.splits.values():  # look at the stored boxes, as for the other sizes
+            ds.crop = ds.window = None
     assert bundle.class_names == ["cyst", "tumour"]
     seen = 0
     for ds in bundle.splits.values():

@@ -27,7 +27,7 @@ from .config import (ExperimentConfig, build_config, check_resumable, config_cha
 from .data import DataBundle, build_data
 from .engine import Callback, Trainer, pick_device, resolve_workers
 from .errors import KDError
-from .evaluate import ENSEMBLE, predict_probs, score, score_volumes
+from .evaluate import ENSEMBLE, one_by_one, predict_probs, score, score_volumes
 from .models.zoo import count_parameters
 from .routing import T
 from .runfolder import RunFolder, now
@@ -212,7 +212,8 @@ class Experiment:
         loader = self.data.loader(split, self.cfg.data.batch_size,
                                   num_workers=resolve_workers(self.cfg.data.num_workers, device))
         shown = self.cfg.eval.overlays
-        if loader.dataset.window:  # whole volumes of any shape, scored one by one
+        by_volume = one_by_one(loader, cohort.task)
+        if by_volume:  # whole volumes of any shape, scored one by one
             scored = score_volumes(cohort, loader, device, keep=shown)
             metrics, samples, details = scored.metrics(), len(scored.rows), scored.mean_details()
             per_image, labels, probs = scored.per_image, scored.labels, scored.probs
@@ -234,12 +235,12 @@ class Experiment:
                   "networks": metrics, "details": details, "per_image": per_image}
         shown = min(shown, samples) if split == "test" else 0  # overlays/ pictures the test split
         images = [self.data.splits[split][i][0] for i in range(shown)]
-        if images and not loader.dataset.window:
+        if images and loader.dataset.window is None:  # not volumes of their own shapes
             images = torch.stack(images)
         pictures = cohort.task.write_visuals(self.run_dir, images, labels, probs, self.data.mean, self.data.std, shown)
         if pictures:
             result["overlays"] = [str(p.relative_to(self.run_dir)) for p in pictures]
-        kept = cohort.task.kept_outputs(probs, labels) if not loader.dataset.window else {}
+        kept = cohort.task.kept_outputs(probs, labels) if not by_volume else {}
         if kept:  # before eval.json, which says the evaluation is complete
             self.folder.write_outputs(kept, split)
             result["outputs"] = self.folder.outputs_file(split).name

@@ -72,12 +72,12 @@ class DataConfig(Strict):
     spatial_dims: Optional[Literal[2, 3]] = Field(None, description="2: images; 3: volumes (synthetic volumes, "
                                                   "MedMNIST 3D); default: the source's (a MedMNIST flag ending "
                                                   "in 3d is 3)")
-    patch_size: Optional[int] = Field(None, ge=8, le=512, description="3D segmentation: train on random "
-                                      "patch_size^3 crops and evaluate/predict whole volumes with sliding windows "
-                                      "of that size; default: whole volumes (synthetic), 64 (decathlon)")
-    patch_positive: float = Field(0.5, ge=0, le=1, description="3D segmentation patches: the share centred on "
-                                  "a foreground voxel (the rest anywhere)")
-    patch_overlap: float = Field(0.25, ge=0, lt=1, description="3D segmentation patches: overlap of the sliding "
+    patch_size: Optional[int] = Field(None, ge=8, le=512, description="3D segmentation and detection: train on "
+                                      "random patch_size^3 crops and evaluate/predict whole volumes with sliding "
+                                      "windows of that size; default: whole volumes (synthetic, csv), 64 (decathlon)")
+    patch_positive: float = Field(0.5, ge=0, le=1, description="3D patches: the share centred on a "
+                                  "foreground voxel or a box (the rest anywhere)")
+    patch_overlap: float = Field(0.25, ge=0, lt=1, description="3D patches: overlap of the sliding "
                                  "windows (Gaussian-weighted) that cover whole volumes in evaluation and predict")
     spacing: Optional[list[float]] = Field(None, description="decathlon: resample every volume to this voxel size "
                                            "in mm (three values, along the oriented axes); default: keep each's own")
@@ -198,9 +198,11 @@ class DataConfig(Strict):
 
     @property
     def preparation(self) -> dict[str, Any]:
-        """How volume files are prepared (orientation, spacing, window, the channels kept) and
-        windows overlap: the export sidecar's ``volumes``, what predict repeats on new volumes."""
+        """How volume files are prepared (orientation, spacing, window, the channels kept), whether
+        whole volumes are covered by sliding windows of the network's input (trained on patches)
+        and how the windows overlap: the export sidecar's ``volumes``, what predict repeats."""
         return {"orientation": self.orientation, "spacing": self.spacing, "window": self.window,
+                "windows": self.patch_size is not None or SOURCES[self.source].patches,
                 "overlap": self.patch_overlap, "modalities": self.modalities}
 
     @property

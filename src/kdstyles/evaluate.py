@@ -4,10 +4,11 @@ The same functions score the validation split every epoch (model selection) and 
 split in ``kdstyles evaluate``; what is measured is the task's (``cohort.task.metrics``),
 plus fidelity to the teacher when there is one.
 
-Images (and volumes of one shape) are scored all together; whole volumes that may differ
-in shape (3D segmentation trained on patches, ``loader.dataset.window``) are covered by
-sliding windows and scored one by one: every metric is then the mean over volumes of its
-value on each, with distances in mm from each volume's spacing.
+Images (and volumes of one shape) are scored all together. Whole volumes that may differ
+in shape (trained on patches, ``loader.dataset.window``) are covered by sliding windows,
+one volume at a time; segmentation scores them one by one (every metric is then the mean
+over volumes of its value on each, with distances in mm from each volume's spacing), while
+detection pools every volume's boxes, as mAP is not a mean over images (:func:`one_by_one`).
 """
 
 from __future__ import annotations
@@ -50,13 +51,28 @@ def _activated(cohort: Cohort, x: torch.Tensor, skip: frozenset[str] = frozenset
     return {name: task.condense(p).cpu() for name, p in active.items()}
 
 
+def one_by_one(loader, task) -> bool:
+    """Whether a split's whole volumes are scored one by one (:func:`score_volumes`): volumes on
+    sliding windows, for a task whose metrics are means over images (not detection's mAP nor
+    multi-label's mean AUROC, whose outputs are pooled by :func:`predict_probs`)."""
+    return window_of(loader) is not None and not task.keeps_outputs
+
+
+def window_of(loader):
+    """The sliding windows that cover a loader's whole volumes (``dataset.window``), or None
+    (images; volumes of one shape; a plain list of batches)."""
+    return getattr(getattr(loader, "dataset", None), "window", None)
+
+
 @torch.inference_mode()
 def predict_probs(cohort: Cohort, loader, device: torch.device, known: dict[str, torch.Tensor] | None = None
                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Probabilities of every network (and the student ensemble) on a loader, as the task
     activates and condenses them batch by batch (softmax; decoded boxes for detection), plus
-    labels. Networks in ``known`` (results of an earlier pass) are not run again."""
+    labels. Networks in ``known`` (results of an earlier pass) are not run again. Whole volumes
+    (``loader.dataset.window``) are covered by sliding windows, one per batch."""
     known = known or {}
+    window = window_of(loader)
     students = cohort.students
     was_training = cohort.training
     cohort.eval()
@@ -64,7 +80,7 @@ def predict_probs(cohort: Cohort, loader, device: torch.device, known: dict[str,
     probs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     labels = []
     for x, y, _index in loader:
-        for name, p in _activated(cohort, x.to(device, non_blocking=True), frozenset(known)).items():
+        for name, p in _activated(cohort, x.to(device, non_blocking=True), frozenset(known), window).items():
             probs[name].append(p)
         labels.append(y)
     cohort.train(was_training)

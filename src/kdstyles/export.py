@@ -186,7 +186,9 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
            else f"`kdstyles predict {sidecar['file']} VOLUMES...` (NIfTI/NRRD) prepares each volume as in training "
                 f"(orientation, spacing, window: the sidecar's `volumes`) and writes a CSV"
                 + (", with a NIfTI mask per volume on its own grid (sliding windows of the input's size)."
-                   if sidecar["task"] == "segmentation" else "."))
+                   if sidecar["task"] == "segmentation" else
+                   " (sliding windows of the input's size over the whole volume)." if sidecar["volumes"]["windows"]
+                   else "."))
     return f"""# Model card: `{network}` from `{sidecar['run_dir']}`
 
 Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`), from the

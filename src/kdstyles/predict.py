@@ -7,7 +7,8 @@ Volumes (NIfTI/NRRD, for models trained with ``data.spatial_dims: 3``) are prepa
 training (orientation, spacing, window: recorded in the sidecar) with MONAI, so they need
 torch and MONAI: classification resizes each volume to the model's input; segmentation
 slides windows of the input's size over the whole volume and writes the mask as NIfTI on
-the input's own grid, with its affine.
+the input's own grid, with its affine; detection resizes, or slides windows when the model
+was trained on patches, and writes boxes in world millimetres.
 """
 
 from __future__ import annotations
@@ -205,8 +206,11 @@ SKIPPED = "skipped.csv"
 
 
 def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int, window_batch: int) -> list[str]:
-    """One volume's row: classification of the whole volume resized to the model's input, or a
-    segmentation by sliding windows written as a NIfTI mask on the input's grid."""
+    """One volume's row: classification (and detection of a model trained on whole volumes) of the
+    volume resized to the model's input; detection of a model trained on patches by sliding
+    windows of its input over the whole volume; or a segmentation by sliding windows written
+    as a NIfTI mask on the input's grid. Windows blend the exported model's outputs
+    (probabilities), where evaluate blends logits: the two agree closely, not to the bit."""
     from types import SimpleNamespace
 
     import torch
@@ -227,13 +231,16 @@ def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int,
     def run(batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.asarray(predictor(np.ascontiguousarray(batch.numpy(), dtype=np.float32))))
 
-    if not predictor.task.dense:  # the whole volume resized to the model's input
+    windows = predictor.task.dense or settings.get("windows", False)
+    if windows:
+        with torch.inference_mode():
+            probs = sliding_window_inference(x, size, window_batch, run, overlap=settings.get("overlap", 0.25),
+                                             mode="gaussian")[0].numpy()
+    else:  # the whole volume resized to the model's input
         probs = run(F.interpolate(x, size=size, mode="trilinear", align_corners=False))[0].numpy()
+    if not predictor.task.dense:
         return predictor.task.prediction_row(path, probs, predictor.class_names, out_dir, index,
                                              volume=(prepared.image.shape[:3], prepared.affine))
-    with torch.inference_mode():
-        probs = sliding_window_inference(x, size, window_batch, run, overlap=settings.get("overlap", 0.25),
-                                         mode="gaussian")[0].numpy()
     mask = volumes.restore(probs.argmax(0).astype(np.uint8), prepared)  # on the input's own grid
     mask_path = out_dir / "masks" / f"{index:05d}-{volumes.stem(path)}.nii.gz"
     volumes.write_nifti(mask_path, mask, prepared.source_affine)

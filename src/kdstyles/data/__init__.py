@@ -140,12 +140,17 @@ def affine_boxes(img: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator,
     corners = np.stack([np.where(pick, hi, lo) for pick in itertools.product((False, True), repeat=d)], 1)
     centre = extent / 2
     corners = (corners - centre) @ a.T + centre + t  # (m, 2^d, d)
-    new_lo, new_hi = corners.min(1), corners.max(1)
-    kept_lo, kept_hi = np.clip(new_lo, 0, extent), np.clip(new_hi, 0, extent)
-    inside = np.prod(np.clip(kept_hi - kept_lo, 0, None), 1) / np.prod(new_hi - new_lo, 1).clip(1e-12)
+    return moved, clip_boxes(corners.min(1), corners.max(1), boxes[:, -1], extent).astype(boxes.dtype)
+
+
+def clip_boxes(lo: np.ndarray, hi: np.ndarray, classes: np.ndarray, extent: np.ndarray) -> np.ndarray:
+    """Boxes (corners ``lo``, ``hi``: (m, d) along x, y(, z)) moved partly out of an image or
+    patch of ``extent``: those with less than ``MIN_KEPT`` of them inside (or under a pixel
+    thick) dropped, the rest clipped; (m', 2d + 1) with their classes."""
+    kept_lo, kept_hi = np.clip(lo, 0, extent), np.clip(hi, 0, extent)
+    inside = np.prod(np.clip(kept_hi - kept_lo, 0, None), 1) / np.prod(hi - lo, 1).clip(1e-12)
     keep = (inside >= MIN_KEPT) & ((kept_hi - kept_lo) >= 1).all(1)
-    out = np.concatenate([kept_lo, kept_hi, boxes[:, -1:]], 1)[keep]
-    return moved, out.astype(boxes.dtype)
+    return np.concatenate([kept_lo, kept_hi, classes[:, None]], 1)[keep]
 
 
 def pad_boxes(boxes: np.ndarray, rows: int, dims: int = 2) -> torch.Tensor:
@@ -166,24 +171,37 @@ class Window:
     overlap: float
 
 
-def crop_patch(volume: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator, positive: float
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """A random size^3 crop of a (D, H, W, C) volume and its (D, H, W) mask: centred on a
-    foreground voxel with probability ``positive`` (when there is foreground), else on any
-    voxel; volumes smaller than the patch are padded (image: its minimum, mask: background)."""
-    short = [max(0, size - s) for s in mask.shape]
+def crop_patch(volume: np.ndarray, mask: np.ndarray | None, size: int, rng: np.random.Generator, positive: float,
+               boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A random size^3 crop of a (D, H, W, C) volume and its (D, H, W) mask or its (m, 7)
+    boxes: centred with probability ``positive`` on a foreground voxel (segmentation) or on a
+    random point of a random box (detection), when there is one, else on any voxel. Volumes
+    smaller than the patch are padded (image: its minimum, mask: background). Boxes are moved
+    into the patch's voxels; one mostly outside it is dropped, the rest clipped (:func:`clip_boxes`)."""
+    shape = volume.shape[:3]
+    short = [max(0, size - s) for s in shape]
     if any(short):
         pad = [(k // 2, k - k // 2) for k in short]
         volume = np.pad(volume, pad + [(0, 0)], constant_values=volume.min())
-        mask = np.pad(mask, pad)
-    if rng.random() < positive and mask.any():
-        fg = np.flatnonzero(mask)
-        centre = np.unravel_index(fg[rng.integers(len(fg))], mask.shape)
+        mask = np.pad(mask, pad) if mask is not None else None
+        boxes = boxes + np.array([p for p, _ in pad[::-1]] * 2 + [0], boxes.dtype) if boxes is not None else None
+        shape = volume.shape[:3]
+    if rng.random() < positive and (mask.any() if mask is not None else boxes is not None and len(boxes) > 0):
+        if mask is not None:
+            fg = np.flatnonzero(mask)
+            centre = np.unravel_index(fg[rng.integers(len(fg))], shape)
+        else:  # a point of a box, z, y, x
+            box = boxes[rng.integers(len(boxes))]
+            centre = [int(rng.uniform(box[a], box[a + 3])) for a in (2, 1, 0)]
     else:
-        centre = [rng.integers(s) for s in mask.shape]
-    lo = [int(min(max(c - size // 2, 0), s - size)) for c, s in zip(centre, mask.shape)]
+        centre = [rng.integers(s) for s in shape]
+    lo = [int(min(max(c - size // 2, 0), s - size)) for c, s in zip(centre, shape)]
     box = tuple(slice(a, a + size) for a in lo)
-    return volume[box], mask[box]
+    if boxes is not None:
+        at = np.array(lo[::-1], np.float64)  # x, y, z
+        boxes = clip_boxes(boxes[:, :3] - at, boxes[:, 3:6] - at, boxes[:, 6], np.full(3, size, np.float64)
+                           ).astype(boxes.dtype)
+    return volume[box], mask[box] if mask is not None else None, boxes
 
 
 class ImageDataset(Dataset):
@@ -193,8 +211,9 @@ class ImageDataset(Dataset):
     With ``boxes`` (detection) the label is a (M, 5) tensor of boxes padded with class -1
     (M: the split's most boxes in one image), flipped with the image (``box_flips``).
 
-    Volumes (``dims=3``) for segmentation with a ``patch`` size: the training split gives
-    random patch^3 crops (:func:`crop_patch`, ``positive`` of them on foreground), the other
+    Volumes (``dims=3``) for segmentation or detection with a ``patch`` size: the training split
+    gives random patch^3 crops (:func:`crop_patch`, ``positive`` of them on foreground or on a
+    box, boxes moved into the patch), the other
     splits whole volumes (one per batch; they may differ in shape, ``window`` says how sliding
     windows cover them, ``spacing`` each volume's voxel size in mm)."""
 
@@ -230,9 +249,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         raw, mask = self.raw(index), self.masks[index] if self.masks is not None else None
+        boxes = self.boxes[index] if self.boxes is not None else None
         if self.crop:
-            raw, mask = crop_patch(raw, mask, self.crop, np.random.default_rng([self.seed, epoch, index, 9]),
-                                   self.positive)
+            raw, mask, boxes = crop_patch(raw, mask, self.crop, np.random.default_rng([self.seed, epoch, index, 9]),
+                                          self.positive, boxes)
         img = torch.from_numpy(np.ascontiguousarray(raw)).movedim(-1, 0).float().div_(255)
         item = {"image": img}
         if mask is not None:
@@ -246,8 +266,7 @@ class ImageDataset(Dataset):
             finally:
                 set_track_meta(tracking)
         img = item["image"].as_tensor() if hasattr(item["image"], "as_tensor") else item["image"]
-        if self.boxes is not None:
-            boxes = self.boxes[index]
+        if boxes is not None:
             if any(self.box_affine):  # rotate, zoom, shift, shear
                 img, boxes = affine_boxes(img, boxes, np.random.default_rng([self.seed, epoch, index, 6]),
                                           *self.box_affine)

@@ -176,5 +176,5 @@ def check_duplicates(digests: dict[str, list[str | None]], names: dict[str, list
                                        f"{more}{hint}"))
 
 
-def digest_arrays(images: np.ndarray) -> list[str | None]:
+def digest_arrays(images: np.ndarray | list[np.ndarray]) -> list[str | None]:
     return [array_digest(img) for img in images]

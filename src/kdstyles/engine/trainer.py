@@ -20,7 +20,7 @@ import torch
 from .. import checkpoints, distributed
 from ..cohort import Cohort, TrainStep
 from ..errors import Interrupted, KDError, TrainingDiverged
-from ..evaluate import ENSEMBLE, mean_rows, predict_probs, score, score_volumes
+from ..evaluate import ENSEMBLE, mean_rows, one_by_one, predict_probs, score, score_volumes
 from ..runfolder import RunFolder
 from ..signals import GracefulStop, signal_name
 from .log import RunLog
@@ -260,7 +260,7 @@ class Trainer:
         return {n: {k: sum(r[n][k] for r in per_rank) / len(per_rank) for k in local[n]} for n in local}
 
     def validate(self) -> dict[str, dict[str, float]]:
-        if self.val_loader.dataset.window:  # whole volumes, one by one: every rank scores its own
+        if one_by_one(self.val_loader, self.cohort.task):  # whole volumes, one by one: every rank scores its own
             rows = score_volumes(self.cohort, self.val_loader, self.device).rows
             return mean_rows([r for part in distributed.gather_objects(rows, self.dist) for r in part])
         # A frozen network's validation predictions never change: computed once, then reused.

@@ -70,9 +70,9 @@ class Task:
         if cfg.data.source not in cls.sources:
             raise KDError(f"data.source: '{cfg.data.source}' is not read for task {cls.name}; allowed: "
                           f"{', '.join(cls.sources)}")
-        if cfg.data.patch_size is not None and not (cls.dense and cfg.data.dims == 3):
-            raise KDError(f"data.patch_size: patches are for 3D segmentation (task {cls.name}, spatial_dims "
-                          f"{cfg.data.dims}); leave it out")
+        if cfg.data.patch_size is not None and not ((cls.dense or cls.boxes) and cfg.data.dims == 3):
+            raise KDError(f"data.patch_size: patches are for 3D segmentation and detection (task {cls.name}, "
+                          f"spatial_dims {cfg.data.dims}); leave it out")
         if cfg.data.dims == 3 and not cls.volumes:
             raise KDError(f"data.spatial_dims: task {cls.name} is 2D only; use spatial_dims: 2")
 

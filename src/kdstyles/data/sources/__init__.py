@@ -88,17 +88,18 @@ def _fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:
     return out
 
 
-def _fit_volumes(volumes: np.ndarray, channels: int, size: int) -> np.ndarray:
-    """Volumes resized (trilinear) to size^3, grey-scale repeated or colour averaged to ``channels``."""
+def _fit_volumes(volumes: np.ndarray, channels: int, size: int | None) -> np.ndarray:
+    """Volumes resized (trilinear) to size^3 (``None``: their own shape, all alike), grey-scale
+    repeated or colour averaged to ``channels``."""
     import torch
     import torch.nn.functional as F
 
-    out = np.empty((len(volumes), size, size, size, channels), np.uint8)
+    out = np.empty((len(volumes), *((size,) * 3 if size else volumes.shape[1:4]), channels), np.uint8)
     for i, v in enumerate(volumes):
         x = torch.from_numpy(np.ascontiguousarray(v)).float().movedim(-1, 0)[None]
         if x.shape[1] != channels:
             x = x.mean(1, keepdim=True).expand(-1, channels, -1, -1, -1)
-        if tuple(x.shape[2:]) != (size,) * 3:
+        if size and tuple(x.shape[2:]) != (size,) * 3:
             x = F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=False)
         out[i] = x[0].movedim(0, -1).round().clamp(0, 255).to(torch.uint8).numpy()
     return out
@@ -164,14 +165,19 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
     (``boxes_of``: boxes by path and the class names; 3D detection): every file read once
     (oriented, resampled, windowed: :mod:`kdstyles.data.volumes`), resized to
     ``data.image_size``^3 and kept in memory, boxes carried onto that grid; the split
-    assignment as for image files."""
+    assignment as for image files. Detection with ``data.patch_size`` keeps each prepared
+    volume's own grid (training takes patches, evaluation slides windows)."""
     from ...boxes import world_to_grid
     from .. import volumes
 
     if task.dense or (task.boxes and boxes_of is None):
         raise KDError(f"{where}: volume files in class folders are for 3D classification (and a box CSV for 3D "
                       "detection); 3D segmentation reads data.source: decathlon")
-    channels, size = cfg.channels or (len(cfg.modalities) if cfg.modalities else 1), cfg.image_size or 64
+    patch = cfg.patch_size if boxes_of is not None else None
+    if patch and cfg.image_size is not None:
+        raise KDError("data.image_size: with data.patch_size volumes keep their own size (after data.spacing) and "
+                      "the network input is the patch; leave data.image_size out")
+    channels, size = cfg.channels or (len(cfg.modalities) if cfg.modalities else 1), patch or cfg.image_size or 64
     if boxes_of is not None:
         found, names = boxes_of
         for r in records:
@@ -183,6 +189,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
         report = checks.DataReport(names)
     arrays: list[np.ndarray | None] = []
     grid_boxes: list[np.ndarray] = []
+    spacing: list[tuple[float, ...] | None] = []
     with progress(quiet) as bar:
         task_id = bar.add_task(f"reading {len(records)} volumes", total=len(records)) if bar else None
         for r in records:
@@ -192,17 +199,19 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
                 vol = prepared.image
                 shape = "x".join(map(str, vol.shape[:3]))
                 report.sources[shape] = report.sources.get(shape, 0) + 1
-                arrays.append(_fit_volumes(vol[None], channels, size)[0])
-                if boxes_of is not None:  # world mm -> voxel edges of the prepared grid -> the training grid
+                arrays.append(_fit_volumes(vol[None], channels, None if patch else size)[0])
+                spacing.append(prepared.spacing)
+                if boxes_of is not None:  # world mm -> voxel edges of the prepared grid (-> the training grid)
                     world = found[str(r.path)]
                     extent = vol.shape[:3][::-1]  # x, y, z extent in voxels
                     b = np.c_[world_to_grid(world, prepared.affine), world[:, -1:]].astype(np.float32)
                     checks.check_boxes("data", [b], len(names), extent, [f"'{r.path}' (world boxes on its "
                                                                          "prepared grid)"], report)
-                    grid_boxes.append(b * np.array([size / e for e in extent] * 2 + [1], np.float32))
+                    grid_boxes.append(b if patch else b * np.array([size / e for e in extent] * 2 + [1], np.float32))
             except KDError as exc:
                 report.problems.append(checks.Problem("error", str(exc)))
                 arrays.append(None)
+                spacing.append(None)
                 grid_boxes.append(np.zeros((0, 7), np.float32))
             if bar:
                 bar.advance(task_id)
@@ -213,11 +222,14 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
         idx = [i for i, s in enumerate(assignment) if s == split]
         item_names = [f"'{records[i].path}'" for i in idx]
         checks.check_labels(split, labels[idx], len(report.class_names), item_names, report)
-        images = np.stack([arrays[i] for i in idx]) if idx else np.zeros((0, size, size, size, channels), np.uint8)
+        images = [arrays[i] for i in idx] if patch else np.stack([arrays[i] for i in idx]) if idx else \
+            np.zeros((0, size, size, size, channels), np.uint8)  # with patches: volumes of their own shapes
         splits[split] = Split(images, labels[idx], [records[i].path for i in idx], None,
                               checks.digest_arrays(images), item_names,
-                              [grid_boxes[i] for i in idx] if boxes_of is not None else None)
-    return Loaded(splits, names, channels, size, report, where, (records, [r.label for r in records], assignment, base))
+                              [grid_boxes[i] for i in idx] if boxes_of is not None else None,
+                              [spacing[i] for i in idx] if patch else None)
+    return Loaded(splits, names, channels, size, report, where, (records, [r.label for r in records], assignment, base),
+                  patch=patch)
 
 
 def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool, records: list[files.Record],
