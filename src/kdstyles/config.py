@@ -122,7 +122,8 @@ class DataConfig(Strict):
         return v
     persistent_workers: bool = Field(True, description="keep DataLoader workers alive between epochs (with "
                                      "forkserver or spawn, each start copies the in-memory set into every worker)")
-    sampler: Literal["uniform", "balanced"] = Field("uniform", description="balanced: classes drawn equally often")
+    sampler: Literal["uniform", "balanced"] = Field("uniform", description="balanced: classes drawn equally often "
+                                                    "(multi-label: images by their rarest label)")
     cache_gb: float = Field(4.0, ge=0, description="folder/csv: decode into memory when the set fits in this")
     on_duplicates: Literal["error", "warn"] = Field("error", description="identical images across splits")
     imbalance_ratio: float = Field(20.0, gt=1, description="warn when largest/smallest class count exceeds this")

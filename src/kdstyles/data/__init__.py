@@ -281,11 +281,25 @@ class ImageDataset(Dataset):
         return (img - self.mean) / self.std, label, index
 
 
+def balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Each training item's chance of a draw under ``data.sampler: balanced``: one over its
+    class's count, so every class is drawn equally often. Multi-hot (N, K) labels have no one
+    class: an image counts as its rarest label (images without any as one more group), so
+    every image of the rarest finding is drawn as often as in a single-label balanced draw,
+    and a common label is drawn at least as often as the rarest (more where it travels with
+    rarer ones)."""
+    if labels.ndim == 1:
+        return 1.0 / np.bincount(labels)[labels]
+    groups = np.c_[labels.astype(bool), ~labels.astype(bool).any(1)]
+    share = 1.0 / np.maximum(groups.sum(0), 1)
+    return np.where(groups, share, 0.0).max(1)
+
+
 class EpochBatchSampler(Sampler):
     """Batches of ``(epoch, index)`` keys; the order is seeded by (seed, epoch).
 
     ``labels`` given: classes are drawn equally often (sampling with replacement, one
-    epoch = as many draws as samples). ``shard=(rank, world)`` splits the work between
+    epoch = as many draws as samples; multi-hot labels: :func:`balanced_weights`). ``shard=(rank, world)`` splits the work between
     distributed processes: in training every rank takes a strided slice of each global
     batch (so the global batches, their order and their augmentation are those of one
     process); in evaluation every rank takes a contiguous chunk (each sample once)."""
@@ -295,10 +309,7 @@ class EpochBatchSampler(Sampler):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.max_batches, self.epoch, self.start = max_batches, 0, 0
         self.rank, self.world = shard
-        self.weights = None
-        if labels is not None:
-            counts = np.bincount(labels)
-            self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+        self.weights = torch.as_tensor(balanced_weights(labels), dtype=torch.double) if labels is not None else None
         # A training batch of one (per process) would break BatchNorm; drop such a remainder.
         self.drop_last = shuffle and n % batch_size in range(1, self.world + 1)
         if not shuffle:

@@ -7,7 +7,8 @@ Feature, attention and relation styles compare maps and embeddings as for any cl
 Labels are multi-hot (N, K) arrays; a source gives them for ``medmnist`` (chestmnist),
 ``csv`` (a ``label`` column of ``|``-separated names, empty or ``data.none_label`` for
 none; or a 1/0/-1 column per class, ``data.uncertain`` deciding -1) and the embedded mosaics
-(``synthetic_multi``). ``loss.class_weights: balanced`` is BCE's ``pos_weight``.
+(``synthetic_multi``). ``loss.class_weights: balanced`` is BCE's ``pos_weight``;
+``data.sampler: balanced`` draws images by their rarest label (``data.balanced_weights``).
 """
 
 from __future__ import annotations
@@ -30,16 +31,10 @@ class Multilabel(Classification):
     description = "the embedded multi-label histology mosaics (the tissue classes each 2x2 mosaic shows)"
     multilabel = True
     keeps_outputs = True
-    imbalance_remedy = "loss.class_weights: balanced (each label's positives weighted by its negatives)"
+    imbalance_remedy = ("loss.class_weights: balanced (each label's positives weighted by its negatives) or "
+                        "data.sampler: balanced (images drawn by their rarest label)")
     title = "Multi-label classification"
     output_words = "a probability per class (independent sigmoids; predict reports a class at >= 0.5)"
-
-    @classmethod
-    def check_config(cls, cfg: Any) -> None:
-        super().check_config(cfg)
-        if cfg.data.sampler == "balanced":
-            raise KDError("data.sampler: balanced draws classes equally often, which a multi-label image does not "
-                          "have one of; use uniform")
 
     def supervised(self, logits, y, class_weights):
         import torch.nn.functional as F
