@@ -1,6 +1,7 @@
 """Multi-label classification (task: multilabel): the per-label Bernoulli KL, the metrics on
-hand cases, the embedded mosaics, multi-hot labels from a CSV, config rules, and a run that
-trains, evaluates, exports to ONNX and predicts (ChestMNIST files: test_sources.py)."""
+hand cases, the embedded mosaics, multi-hot labels from a CSV, config rules, and runs that
+train, evaluate, export to ONNX and predict, on images and on volumes (ChestMNIST files:
+test_sources.py)."""
 
 import csv
 import subprocess
@@ -177,13 +178,53 @@ def test_multi_hot_labels_from_a_csv_and_what_is_refused(tmp_path):
     assert [int(v) for v in rows["images"].split("│")[2:5]] == [len(bundle.splits[s]) for s in ("train", "val", "test")]
     with pytest.raises(KDError, match="has label 'nodule', which is not in data.classes"):
         build_data(load_config(None, [*args, "data.classes=[effusion,mass]"]).data, 0, task="multilabel")
-    with pytest.raises(KDError, match="task multilabel is 2D only"):
-        load_config(None, [*args, "data.spatial_dims=3"])
+    with pytest.raises(KDError, match="task multilabel has no embedded volumes yet .*data.source: csv"):
+        build_data(load_config(None, ["task=multilabel", "data.spatial_dims=3"]).data, 0, task="multilabel")
     balanced = build_data(load_config(None, [*args, "data.sampler=balanced"]).data, 0, task="multilabel")
     x, y, _ = next(iter(balanced.loader("train", 4, train=True)))
     assert y.shape == (4, len(bundle.class_names))  # multi-hot batches, drawn by the rarest label
     with pytest.raises(KDError, match="data.source: 'folder' is not read for task multilabel"):
         load_config(None, ["task=multilabel", "data.source=folder", f"data.root={tmp_path}"])
+
+
+def test_multi_label_volumes_from_a_csv_train_evaluate_export_and_predict(tmp_path):
+    """CT scans with any number of findings (CT-RATE ships a 0/1 column per abnormality):
+    NIfTI volumes listed in a column-per-class CSV train a 3D multi-label cohort, evaluate
+    keeps outputs.npz for comparisons, and predict reads NIfTI files alike from ONNX and
+    from the run folder."""
+    pytest.importorskip("onnxruntime")
+    nib = pytest.importorskip("nibabel")
+    from kdstyles.data.synthetic_vol import render_with_mask
+    from kdstyles.export import export_run
+    from kdstyles.predict import predict
+
+    rows, truth = ["path,PatientAge,lesion,large organ"], {}
+    for i in range(14):
+        vol, label, mask = render_with_mask(0, "train", i, 16)
+        nib.save(nib.Nifti1Image(vol[..., 0], np.diag([0.8, 0.8, 1.5, 1.0])), tmp_path / f"ct{i}.nii.gz")
+        truth[f"ct{i}.nii.gz"] = [int(label > 0), int((mask > 0).mean() > 0.16)]
+        rows.append(f"ct{i}.nii.gz,{50 + i},{truth[f'ct{i}.nii.gz'][0]},{truth[f'ct{i}.nii.gz'][1] or ''}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    args = ["task=multilabel", "data.source=csv", f"data.path={tmp_path / 'labels.csv'}", "data.spatial_dims=3",
+            "data.classes=[lesion,large organ]", "data.image_size=16", "data.val_fraction=0.2",
+            "data.test_fraction=0.2", "networks.teacher.arch=resnet10", "networks.students.s1.arch=resnet10",
+            "networks.students.s2.arch=resnet10", "data.sampler=balanced"]
+    exp = Experiment(None, overrides=tiny(tmp_path, *args, "train.epochs=1"), quiet=True)
+    assert exp.data.class_names == ["lesion", "large organ"]
+    for ds in exp.data.splits.values():
+        for k, path in enumerate(ds.paths):
+            assert ds.labels[k].tolist() == truth[path.name]
+    assert exp.data.splits["train"][0][0].shape == (1, 16, 16, 16)
+    exp.fit()
+    result = exp.evaluate()
+    assert result["outputs"] == "outputs.npz" and {"mean_auroc", "label_accuracy"} <= set(result["networks"]["s1"])
+    export_run(exp.run_dir, "s1")
+    scans = [tmp_path / "ct0.nii.gz", tmp_path / "ct5.nii.gz"]
+    got = [list(csv.reader(predict(m, scans, tmp_path / f"p{k}", quiet=True).open()))
+           for k, m in enumerate((exp.run_dir / "export" / "s1.onnx", exp.run_dir))]
+    assert got[0][0] == ["path", "labels", "p_lesion", "p_large organ"] and len(got[0]) == 3
+    for a, b in zip(got[0][1:], got[1][1:]):
+        assert a[1] == b[1] and np.allclose([float(v) for v in a[2:]], [float(v) for v in b[2:]], atol=1e-4)
 
 
 def test_a_column_per_class_csv_as_chexpert_ships_it(tmp_path):

@@ -27,7 +27,7 @@ class Multilabel(Classification):
     sources = ("synthetic", "medmnist", "csv")
     synthetic = "synthetic_multi"
     synthetic_volumes = None
-    volumes = False
+    volumes = True  # volume files listed in a CSV (CT-RATE-style findings per scan); no embedded volumes
     description = "the embedded multi-label histology mosaics (the tissue classes each 2x2 mosaic shows)"
     multilabel = True
     keeps_outputs = True

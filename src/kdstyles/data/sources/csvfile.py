@@ -2,8 +2,9 @@
 column names every class of the image joined by ``|``, empty for none, or a column per class
 holding 1/0/-1 as CheXpert ships, ``data.classes`` naming them; detection:
 ``path,x1,y1,x2,y2,label[,split]``, one row per box); paths relative to the CSV file's folder.
-With ``data.spatial_dims: 3`` the paths are volume files (NIfTI/NRRD): a class each, or for
-detection ``path,x1,y1,z1,x2,y2,z2,label[,split]`` boxes in world millimetres."""
+With ``data.spatial_dims: 3`` the paths are volume files (NIfTI/NRRD): a class each (or any
+number of them, multi-label, either layout), or for detection
+``path,x1,y1,z1,x2,y2,z2,label[,split]`` boxes in world millimetres."""
 
 from __future__ import annotations
 
@@ -86,8 +87,9 @@ class CSV(Source):
                 records, boxes, names = read_box_csv(path, cfg.classes, dims=3)
                 return from_volume_files(cfg, seed, task, run_dir, quiet, records, path.parent,
                                          f"data.path '{path}'", boxes_of=(boxes, names))
-            return from_volume_files(cfg, seed, task, run_dir, quiet, list_csv(path), path.parent,
-                                     f"data.path '{path}'")
+            return from_volume_files(cfg, seed, task, run_dir, quiet, list_csv(path, task.multilabel, cfg.classes,
+                                                                              cfg.uncertain),
+                                     path.parent, f"data.path '{path}'")
         if task.boxes:
             from ..boxfiles import read_box_csv
 

@@ -25,8 +25,9 @@ class Synthetic(Source):
     def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
         module = task.synthetic_volumes if cfg.dims == 3 else task.synthetic
         if module is None:
-            raise KDError(f"data.spatial_dims: 3: task {task.name} has no embedded volumes yet (3D classification "
-                          "and segmentation have); use spatial_dims: 2")
+            raise KDError(f"data.spatial_dims: 3: task {task.name} has no embedded volumes yet (3D classification, "
+                          "segmentation and detection have); give volume files (data.source: csv) or use "
+                          "spatial_dims: 2")
         size = cfg.image_size or (import_module(f"kdstyles.data.{module}").DEFAULT_SIZE if cfg.dims == 3
                                   else task.synthetic_size)
         raw = {}
