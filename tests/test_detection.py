@@ -5,6 +5,7 @@ a detection run trains, evaluates, draws boxes, exports and predicts."""
 
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -340,6 +341,23 @@ def test_box_files_load_the_same_boxes_scaled_to_the_training_size(tmp_path, sou
             assert got == [[v * 2 for v in b] for b in truth[str(path)]]  # 40 px files, 80 px training size
             seen += 1
     assert seen == 6
+
+
+def test_data_inspect_counts_boxes_without_naming_networks(tmp_path, monkeypatch, capsys):
+    """Looking at a box CSV needs no detection network in the overrides; the table counts the
+    images with and without objects, and the boxes of each class, per split."""
+    from kdstyles.cli import main
+
+    _frames(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["kdstyles", "data", "inspect", str(tmp_path / "boxes.csv"), "--set",
+                                      "task=detection", "--set", "data.image_size=40"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    out = capsys.readouterr().out
+    rows = {ln.split("│")[1].strip(): [int(v) for v in ln.split("│")[2:5]] for ln in out.splitlines()
+            if ln.count("│") > 3 and ln.split("│")[2].strip().isdigit()}
+    assert done.value.code in (0, None) and "1 class, images used at 40 px" in out
+    assert sum(rows["objects"]) == 4 and sum(rows["no objects"]) == 2 and sum(rows["boxes: polyp"]) == 6
 
 
 @pytest.mark.parametrize("change, message", [

@@ -152,7 +152,14 @@ def _data_spec(spec: str, overrides: list[str]):
         data = ["data.source=medmnist", f"data.flag={flag}", f"data.size={size or 28}", f"data.root={path.parent}"]
     else:
         raise KDError(f"'{spec}' is neither a config (.yaml), a folder, a .csv, a MedMNIST .npz nor 'synthetic'")
-    return load_config(None, [*data, *overrides])
+    from .tasks import TASKS
+
+    # Looking at data needs no networks: where the default classifiers do not fit the task
+    # (segmentation, detection), any body that does stands in, unless the overrides name one.
+    task = next((o.partition("=")[2] for o in overrides if o.startswith("task=")), "classification")
+    nets = [f"networks.{n}.arch=basicunet" for n in ("teacher", "students.s1", "students.s2")] \
+        if task in TASKS and not TASKS[task].accepts_arch("resnet18") else []
+    return load_config(None, [*data, *nets, *overrides])
 
 
 @data_app.command("inspect")
@@ -165,8 +172,11 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
     cfg = _data_spec(spec, set_ or [])
     bundle = build_data(cfg.data, cfg.train.seed, quiet=False, check=False, task=cfg.task)
     report = bundle.report
-    table = Table(title=f"{spec}: {bundle.num_classes} classes, images used at {bundle.image_size} px, "
-                        f"{bundle.channels} channel(s)")
+    whole = bundle.splits["train"].crop  # volumes kept whole, trained on patches of this side
+    used = f"volumes trained on {whole}^3 patches" if whole else \
+        f"{'volumes' if cfg.data.dims == 3 else 'images'} used at {bundle.image_size} px"
+    n = bundle.num_classes
+    table = Table(title=f"{spec}: {n} class{'es' if n != 1 else ''}, {used}, {bundle.channels} channel(s)")
     table.add_column("class")
     splits = list(report.counts)
     for split in splits:
@@ -177,6 +187,10 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
         table.add_row("[bold]images", *(f"[bold]{len(bundle.splits[s])}" for s in splits))
     else:
         table.add_row("[bold]total", *(f"[bold]{sum(report.counts[s])}" for s in splits))
+    if TASKS[cfg.task].boxes:  # the rows above count images with and without objects; these count boxes
+        for k, name in enumerate(bundle.class_names):
+            table.add_row(f"boxes: {name}", *(str(sum(int((b[:, -1] == k).sum()) for b in bundle.splits[s].boxes))
+                                              for s in splits))
     console.print(table)
     console.print("source images: " + ", ".join(f"{k} ({v})" for k, v in sorted(report.sources.items())),
                   highlight=False)

@@ -176,7 +176,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
     patch = cfg.patch_size if boxes_of is not None else None
     if patch and cfg.image_size is not None:
         raise KDError("data.image_size: with data.patch_size volumes keep their own size (after data.spacing) and "
-                      "the network input is the patch; leave data.image_size out")
+                      "the network input is the patch; leave data.image_size out (--set data.image_size=null)")
     channels, size = cfg.channels or (len(cfg.modalities) if cfg.modalities else 1), patch or cfg.image_size or 64
     if boxes_of is not None:
         found, names = boxes_of
