@@ -125,7 +125,7 @@ def test_detection_comparisons_draw_test_images_for_paired_intervals(tmp_path):
     assert lines[0].startswith("The teacher leads the students trained alone (mAP")
     row = next(r for r in analysis.paired_rows(study) if r["network"] == "s1")
     assert row["verdict"] == "better" and 0 < row["lo"] < row["mean"] < row["hi"]
-    same = fake_detection_comparison(tmp_path / "same", {("diverse", "s1"): [0.7], ("student", "s1"): [0.7]})
+    fake_detection_comparison(tmp_path / "same", {("diverse", "s1"): [0.7], ("student", "s1"): [0.7]})
     (tmp_path / "same" / "student-seed0" / "outputs.npz").write_bytes(  # the very same boxes
         (tmp_path / "same" / "diverse-seed0" / "outputs.npz").read_bytes())
     (tmp_path / "same" / "student-seed0" / "eval.json").write_text(

@@ -299,10 +299,11 @@ class EpochBatchSampler(Sampler):
     """Batches of ``(epoch, index)`` keys; the order is seeded by (seed, epoch).
 
     ``labels`` given: classes are drawn equally often (sampling with replacement, one
-    epoch = as many draws as samples; multi-hot labels: :func:`balanced_weights`). ``shard=(rank, world)`` splits the work between
-    distributed processes: in training every rank takes a strided slice of each global
-    batch (so the global batches, their order and their augmentation are those of one
-    process); in evaluation every rank takes a contiguous chunk (each sample once)."""
+    epoch = as many draws as samples; multi-hot labels: :func:`balanced_weights`).
+    ``shard=(rank, world)`` splits the work between distributed processes: in training every
+    rank takes a strided slice of each global batch (so the global batches, their order and
+    their augmentation are those of one process); in evaluation every rank takes a contiguous
+    chunk (each sample once)."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, max_batches: int | None = None,
                  labels: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)):

@@ -161,8 +161,9 @@ def split_assignment(cfg: Any, seed: int, run_dir: Path | None, records: list[fi
 def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool, records: list[files.Record],
                       base: Path, where: str, boxes_of: tuple[dict[str, np.ndarray], list[str]] | None = None
                       ) -> Loaded:
-    """Volume files (NIfTI/NRRD) with a class each (3D classification) or boxes in world mm each
-    (``boxes_of``: boxes by path and the class names; 3D detection): every file read once
+    """Volume files (NIfTI/NRRD) with a class each (3D classification; multi-label: any number of
+    them) or boxes in world mm each (``boxes_of``: boxes by path and the class names; 3D
+    detection): every file read once
     (oriented, resampled, windowed: :mod:`kdstyles.data.volumes`), resized to
     ``data.image_size``^3 and kept in memory, boxes carried onto that grid; the split
     assignment as for image files. Detection with ``data.patch_size`` keeps each prepared
