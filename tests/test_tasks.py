@@ -88,3 +88,14 @@ def test_task_config_rules_name_the_key():
         load_config(None, [*SEG, "data.source=csv", "data.path=x.csv"])
     with pytest.raises(KDError, match="train.selection_metric: 'accuracy' is not a segmentation metric"):
         load_config(None, [*SEG, "train.selection_metric=accuracy"])
+
+
+def test_tasks_whose_metrics_are_not_means_over_images_keep_their_outputs():
+    """Detection (mAP) and multi-label (mean AUROC) metrics are drawn again from outputs.npz,
+    so evaluate keeps those tasks' outputs; the others pair per-image values."""
+    from kdstyles.metrics import METRICS
+    from kdstyles.tasks import TASKS
+
+    assert {n for n, t in TASKS.items() if t.keeps_outputs()} == {"detection", "multilabel"}
+    for name, task in TASKS.items():
+        assert task.keeps_outputs() == METRICS[task.selection].drawn, name

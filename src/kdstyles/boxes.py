@@ -25,6 +25,7 @@ Nothing here imports the rest of kdstyles.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -343,8 +344,6 @@ class Matches:
                 if t == 0.5:
                     rate = cfp / np.maximum(drawn, 1)[:, None]
                     sens[c] = np.where(has, np.stack([np.where(rate <= r, rec, 0).max(1) for r in FROC_RATES]), np.nan)
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a draw with no ground truth at all: NaN
                 per_t = np.nanmean(ap, axis=1)  # (thresholds, k): the mean over classes with ground truth

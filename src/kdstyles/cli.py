@@ -18,7 +18,8 @@ from .errors import Interrupted, KDError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train a teacher and compact students together, each in its own learning style.")
 # Not a terminal (a batch job's log, a pipe): no 80-column wrapping of tables and lines.
-console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160, soft_wrap=True)  # lines (paths) are never broken
+# Lines (paths in them) are never broken.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160, soft_wrap=True)
 
 SetOpt = typer.Option(None, "--set", "-s", help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
 EXTRA_COLUMNS = ("fidelity_kl", "parameters", "compression")  # after the task's own metrics

@@ -55,7 +55,7 @@ def one_by_one(loader, task) -> bool:
     """Whether a split's whole volumes are scored one by one (:func:`score_volumes`): volumes on
     sliding windows, for a task whose metrics are means over images (not detection's mAP nor
     multi-label's mean AUROC, whose outputs are pooled by :func:`predict_probs`)."""
-    return window_of(loader) is not None and not task.keeps_outputs
+    return window_of(loader) is not None and not task.keeps_outputs()
 
 
 def window_of(loader):

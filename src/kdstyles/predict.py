@@ -231,8 +231,7 @@ def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int,
     def run(batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.asarray(predictor(np.ascontiguousarray(batch.numpy(), dtype=np.float32))))
 
-    windows = predictor.task.dense or settings.get("windows", False)
-    if windows:
+    if predictor.task.dense or settings.get("windows", False):
         with torch.inference_mode():
             probs = sliding_window_inference(x, size, window_batch, run, overlap=settings.get("overlap", 0.25),
                                              mode="gaussian")[0].numpy()

@@ -14,6 +14,7 @@ exactly the batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,6 @@ def affine_boxes(img: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator,
     moved = F.grid_sample(img[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     if len(boxes) == 0:
         return moved, boxes
-    import itertools
-
     lo, hi = boxes[:, :d], boxes[:, d:2 * d]
     corners = np.stack([np.where(pick, hi, lo) for pick in itertools.product((False, True), repeat=d)], 1)
     centre = extent / 2
@@ -177,7 +176,8 @@ def crop_patch(volume: np.ndarray, mask: np.ndarray | None, size: int, rng: np.r
     boxes: centred with probability ``positive`` on a foreground voxel (segmentation) or on a
     random point of a random box (detection), when there is one, else on any voxel. Volumes
     smaller than the patch are padded (image: its minimum, mask: background). Boxes are moved
-    into the patch's voxels; one mostly outside it is dropped, the rest clipped (:func:`clip_boxes`)."""
+    into the patch's voxels; one mostly outside it is dropped, the rest clipped
+    (:func:`clip_boxes`)."""
     shape = volume.shape[:3]
     short = [max(0, size - s) for s in shape]
     if any(short):
@@ -208,14 +208,15 @@ class ImageDataset(Dataset):
     """Images + labels; items are ``(image, label, index)`` addressed by ``(epoch, index)``
     (the augmentation seed). With ``masks`` (segmentation) the label is the (H, W) mask,
     augmented together with the image; ``labels`` then says whether an image has foreground.
-    With ``boxes`` (detection) the label is a (M, 5) tensor of boxes padded with class -1
-    (M: the split's most boxes in one image), flipped with the image (``box_flips``).
+    With ``boxes`` (detection) the label is a (M, 2d + 1) tensor of boxes padded with class -1
+    (M: the split's most boxes in one image), moved with the image (``box_affine``,
+    ``box_flips``).
 
     Volumes (``dims=3``) for segmentation or detection with a ``patch`` size: the training split
     gives random patch^3 crops (:func:`crop_patch`, ``positive`` of them on foreground or on a
-    box, boxes moved into the patch), the other
-    splits whole volumes (one per batch; they may differ in shape, ``window`` says how sliding
-    windows cover them, ``spacing`` each volume's voxel size in mm)."""
+    box, boxes moved into the patch), the other splits whole volumes (one per batch; they may
+    differ in shape, ``window`` says how sliding windows cover them, ``spacing`` each volume's
+    voxel size in mm)."""
 
     def __init__(self, labels: np.ndarray, mean: torch.Tensor, std: torch.Tensor, augment=None, seed: int = 0,
                  images: np.ndarray | list | None = None, paths: list[Path] | None = None, channels: int = 3,

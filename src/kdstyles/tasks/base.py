@@ -28,8 +28,8 @@ class Task:
     dense: ClassVar[bool] = False  # labels are per-pixel masks
     boxes: ClassVar[bool] = False  # labels are boxes (a padded (M, 5) tensor per image)
     multilabel: ClassVar[bool] = False  # labels are multi-hot (K,) vectors: any number of classes per image
-    keeps_outputs: ClassVar[bool] = False  # evaluate writes outputs.npz (its comparison metric is drawn, not a mean)
-    imbalance_remedy: ClassVar[str] = "data.sampler: balanced or loss.class_weights: balanced"  # what the warning suggests
+    # what the class-imbalance warning suggests
+    imbalance_remedy: ClassVar[str] = "data.sampler: balanced or loss.class_weights: balanced"
     synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data
     synthetic_volumes: ClassVar[str | None] = None  # its 3D counterpart (data.spatial_dims: 3), if any
     volumes: ClassVar[bool] = False  # trains on 3D inputs (data.spatial_dims: 3)
@@ -142,11 +142,21 @@ class Task:
         kept in eval.json so comparisons can pair runs image by image."""
         raise NotImplementedError
 
+    @classmethod
+    def keeps_outputs(cls) -> bool:
+        """Whether the task's metrics are not means over images (``Metric.drawn`` in
+        ``metrics.METRICS``: mAP, mean AUROC): evaluate then keeps every network's outputs for
+        comparisons to draw test images from (:meth:`kept_outputs`), and whole volumes are
+        pooled, not scored one by one (``evaluate.one_by_one``)."""
+        from ..metrics import METRICS
+
+        return any(m.drawn and m.task == cls.name for m in METRICS.values())
+
     def kept_outputs(self, probs: dict, labels) -> dict[str, Any]:
         """Arrays evaluate keeps beside eval.json (``RunFolder.write_outputs``): the labels and
-        every network's condensed outputs, for a task whose comparison metric is not a mean over
-        images (``Metric.drawn``), so comparisons can draw test images again (:meth:`drawable`)."""
-        if not self.keeps_outputs:
+        every network's condensed outputs, where :meth:`keeps_outputs`, so comparisons can draw
+        test images again (:meth:`drawable`)."""
+        if not self.keeps_outputs():
             return {}
         return {"labels": labels.numpy(), **{f"out.{n}": p.numpy() for n, p in probs.items()}}
 

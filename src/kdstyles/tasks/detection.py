@@ -31,7 +31,6 @@ class Detection(EncoderDecoderTask):
     selection = "map"
     sources = ("synthetic", "csv", "coco", "folder")
     boxes = True
-    keeps_outputs = True
     synthetic = "synthetic_det"
     synthetic_volumes = "synthetic_vol_det"
     volumes = True

@@ -30,7 +30,6 @@ class Multilabel(Classification):
     volumes = True  # volume files listed in a CSV (CT-RATE-style findings per scan); no embedded volumes
     description = "the embedded multi-label histology mosaics (the tissue classes each 2x2 mosaic shows)"
     multilabel = True
-    keeps_outputs = True
     imbalance_remedy = ("loss.class_weights: balanced (each label's positives weighted by its negatives) or "
                         "data.sampler: balanced (images drawn by their rarest label)")
     title = "Multi-label classification"

@@ -195,8 +195,8 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
         task_id = bar.add_task(f"reading {len(records)} volumes", total=len(records)) if bar else None
         for r in records:
             try:
-                prepared = volumes.select_modalities(volumes.prepare_cached(r.path, None, cfg, use_cache=cfg.volume_cache),
-                                                     cfg.modalities, r.path)
+                prepared = volumes.prepare_cached(r.path, None, cfg, use_cache=cfg.volume_cache)
+                prepared = volumes.select_modalities(prepared, cfg.modalities, r.path)
                 vol = prepared.image
                 shape = "x".join(map(str, vol.shape[:3]))
                 report.sources[shape] = report.sources.get(shape, 0) + 1

@@ -53,7 +53,8 @@ def _class_columns(path: Path, rows: list[dict[str, str]], classes: list[str] | 
                       f"(of {', '.join(columns)}), or give a label column of names joined by |")
     absent = [c for c in classes if c not in columns]
     if absent:
-        raise KDError(f"data.classes: '{absent[0]}' is not a column of CSV file '{path}' (columns: {', '.join(columns)})")
+        raise KDError(f"data.classes: '{absent[0]}' is not a column of CSV file '{path}' "
+                      f"(columns: {', '.join(columns)})")
     return list(classes)
 
 
