@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -338,3 +339,7 @@ def test_empty_config_file_warns_in_one_line(tmp_path, monkeypatch, capsys):
     assert err.splitlines() == [f"warning: config file '{empty}' is empty; every key takes its default "
                                 "(the demo experiment)"]
     assert "config ok" in out
+    taps = [line.split(": ", 1) for line in out.splitlines() if line.startswith("  taps  ")]
+    assert [edge for edge, _ in taps] == ["  taps  teacher -> s2 features (w=0.2)", "  taps  s2 -> s1 features (w=0.1)"]
+    for _, maps in taps:  # each side: network, module path, channels x height x width
+        assert re.fullmatch(r"\w+ [\w.]+ \d+x\d+x\d+ -> \w+ [\w.]+ \d+x\d+x\d+", maps), maps

@@ -6,6 +6,8 @@ against MONAI's COCOMetric in test_detection.py)."""
 
 import csv
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -161,7 +163,6 @@ def test_decathlon_volumes_are_reoriented_resampled_and_windowed(tmp_path):
 
 
 def test_prepared_volumes_restore_exactly_onto_the_file_grid(tmp_path):
-    from types import SimpleNamespace
 
     from kdstyles.data.volumes import prepare, restore
 
@@ -328,6 +329,8 @@ def test_3d_detection_trains_evaluates_and_exports(tiny_overrides):
     exp.fit()
     result = exp.evaluate()
     assert result["class_names"] == ["cyst", "tumour"] and {"map", "ap50", "froc_1"} <= set(result["networks"]["s1"])
+    assert result["overlays"] == [f"overlays/test-{i:03d}.png" for i in range(3)]  # one per test volume
+    assert all((exp.run_dir / o).stat().st_size > 1000 for o in result["overlays"])
     side = export_run(exp.run_dir, "s1")
     assert side["output"]["shape"] == ["batch", "channels", "depth", "height", "width"]
     assert side["verification"]["max_abs_diff"] < 1e-4
@@ -351,6 +354,53 @@ def test_3d_detection_trains_evaluates_and_exports(tiny_overrides):
                                                volume=((16, 8, 8), affine))  # the model saw 16 slices as 8
     # edges x 4.5..6.5, y 2.5..4.5, z 1.5..3.5 -> z x2 -> array indices (z 2.5..6.5, y 2..4, x 4..6) -> world
     assert row[1] == "1" and json.loads(row[2]) == [[105.0, 2.0, 2.0, 113.0, 4.0, 8.0, 0.9, "tumour"]]
+
+
+def test_volume_box_overlays_cut_through_the_largest_box_and_draw_the_boxes_crossing_each_slice(monkeypatch):
+    """Each row cuts the volume along one axis through the centre of the largest ground-truth
+    box; a panel draws the boxes that cross that slice (in the slice's two coordinates) and the
+    detections scoring 0.3 or more, captioned with the network's AP50 over the whole volume."""
+    import torch
+
+    from kdstyles.tasks import overlays
+
+    drawn, styles = {}, []
+
+    def record(folder, count, mean, std, rows):
+        for i in range(count):
+            for image, panels in rows(i):
+                for title, draw in panels:
+                    patches = []
+                    ax = SimpleNamespace(add_patch=patches.append, text=lambda *a, **k: None)
+                    caption = draw(ax)
+                    styles.extend(r.get_linestyle() for r in patches)
+                    drawn[(i, title.split(" (")[0], tuple(image.shape))] = (
+                        title, caption, [(r.get_x(), r.get_y(), r.get_width(), r.get_height()) for r in patches])
+        return []
+
+    monkeypatch.setattr(overlays, "_write_figures", record)
+    vols = [torch.zeros(1, 10, 12, 14)]  # (C, z, y, x)
+    big, small = [2, 3, 4, 8, 9, 8, 1], [10, 1, 1, 12, 3, 2, 0]  # x1 y1 z1 x2 y2 z2 class; small is at z 1
+    labels = torch.tensor([[big, small, [0] * 6 + [-1]]], dtype=torch.float32)
+    dets = {"s1": torch.tensor([[[*big[:6], 0.9, 1], [0, 8, 6, 2, 10, 8, 0.2, 0], [0] * 8]], dtype=torch.float32)}
+    overlays.write_volume_box_overlays(Path("unused"), vols, labels, dets, [0.0], [1.0])
+    # the big box's centre voxel: x (2+8)/2 = 5, y 6, z 6
+    title, caption, rects = drawn[(0, "ground truth", (1, 12, 14))]  # axis 0: the z = 6 slice, (y, x)
+    assert title == "ground truth (axis 0 6)" and caption is None and rects == [(1.5, 2.5, 6, 6)]
+    assert drawn[(0, "s1", (1, 12, 14))][1:] == ("AP50 0.500", [(1.5, 2.5, 6, 6)])  # class 0 missed; 0.2 not drawn
+    assert drawn[(0, "ground truth", (1, 10, 14))][2] == [(1.5, 3.5, 6, 4)]  # axis 1, y = 6: (z, x)
+    assert drawn[(0, "ground truth", (1, 10, 12))][2] == [(2.5, 3.5, 6, 4)]  # axis 2, x = 5: (z, y)
+    vols, labels = [torch.zeros(1, 10, 12, 20)], torch.tensor([[[0] * 6 + [-1]]], dtype=torch.float32)
+    drawn.clear()
+    overlays.write_volume_box_overlays(Path("unused"), vols, labels, dets, [0.0], [1.0])
+    assert drawn[(0, "ground truth", (1, 12, 20))][0] == "ground truth (axis 0 5)"  # no object: the middle
+    assert drawn[(0, "s1", (1, 12, 20))][1:] == ("(no object)", [(1.5, 2.5, 6, 6)])  # z = 5 crosses the box
+    assert drawn[(0, "s1", (1, 10, 12))][2] == []  # x = 10 does not: the box holds voxels 2-7
+    assert styles == ["solid"] * len(styles)
+    drawn.clear(), styles.clear()
+    dets["s1"][0, 0, 6] = 0.1  # nothing scores 0.3: the best box crossing the slice, dashed
+    overlays.write_volume_box_overlays(Path("unused"), vols, labels, dets, [0.0], [1.0])
+    assert drawn[(0, "s1", (1, 12, 20))][2] == [(1.5, 2.5, 6, 6)] and styles == ["dashed"] * 2  # axes 0 and 1
 
 
 @pytest.mark.parametrize("seed", range(4))

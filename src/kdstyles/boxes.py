@@ -34,10 +34,11 @@ if TYPE_CHECKING:
     import torch
 
 
-
 def box_channels(dims: int) -> int:
     """Box channels per pixel: the centre's offset and the log size along each coordinate."""
     return 2 * dims
+
+
 HEAT_PRIOR = 0.1  # the heatmap's initial foreground probability (bias of its last convolution)
 HEAT_PRIOR_3D = 0.01  # volumes: 8-30x more background voxels per object; a lower start keeps the first focal
                       # losses (negatives summed over every voxel) from dwarfing the positives

@@ -123,6 +123,9 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
         mode = " (offline, frozen)" if name in cohort.frozen else ""
         console.print(f"  {name}: {count_parameters(net):,} parameters, {flops_per_image(net, sample) / 1e6:,.1f} "
                       f"MFLOPs per {'image' if dims == 2 else 'volume'}{mode}", highlight=False)
+    for e, src, src_shape, dst, dst_shape in cohort.tapped:
+        console.print(f"  taps  {e}: {e.src} {src} {'x'.join(map(str, src_shape))} -> {e.dst} {dst} "
+                      f"{'x'.join(map(str, dst_shape))}", highlight=False, soft_wrap=True)
     for key in cohort.adapters:
         console.print(f"  adapter {key}", highlight=False)
     for key in cohort.shadows:

@@ -177,12 +177,19 @@ def default_tap(model: nn.Module, sample: torch.Tensor) -> str:
 
 def bottleneck_tap(model: nn.Module, sample: torch.Tensor) -> str:
     """An encoder-decoder's bottleneck: the deepest convolution with the smallest output map
-    (raw conv output), found by one forward of ``sample``."""
+    (raw conv output), found by one forward of ``sample``. Where that map is smaller than
+    MIN_MAP on a side (small images or volumes), the deepest encoder convolution whose map is
+    still MIN_MAP or more on every side, as :func:`default_tap` does for classifiers."""
     seen = conv_output_sizes(model, sample)
     if not seen:
         raise KDError(f"{type(model).__name__} has no convolution to tap by default; set 'tap' to a module path")
     smallest = min(math.prod(size) for _, _, size in seen)
-    return [name for name, _, size in seen if math.prod(size) == smallest][-1]
+    first = next(i for i, (_, _, size) in enumerate(seen) if math.prod(size) == smallest)
+    bottleneck = [name for name, _, size in seen if math.prod(size) == smallest][-1]
+    if min(seen[first][2]) >= MIN_MAP:
+        return bottleneck
+    encoder = [name for name, _, size in seen[:first] if min(size) >= MIN_MAP]
+    return encoder[-1] if encoder else bottleneck
 
 
 def default_embedding_tap(model: nn.Module) -> str:

@@ -135,13 +135,13 @@ class Detection(EncoderDecoderTask):
         return {n: Matches([unpad(d) for d in dets], gts, num_classes) for n, dets in outputs.items()}
 
     def write_visuals(self, folder, images, labels, probs, mean, std, count):
-        from .overlays import write_box_overlays
+        from .overlays import write_box_overlays, write_volume_box_overlays
 
         n = min(count, len(labels))
-        if n == 0 or images[0].ndim == 4:  # no box overlays for volumes yet
+        if n == 0:
             return []
-        return write_box_overlays(folder / "overlays", images[:n], labels[:n],
-                                  {k: p[:n] for k, p in probs.items()}, mean, std)
+        write = write_volume_box_overlays if images[0].ndim == 4 else write_box_overlays
+        return write(folder / "overlays", images[:n], labels[:n], {k: p[:n] for k, p in probs.items()}, mean, std)
 
     # ------------------------------------------------------------------ deployment
 

@@ -102,27 +102,49 @@ def write_volume_overlays(folder: Path, volumes, labels, probs: dict[str, list],
     return _write_figures(folder, len(volumes), mean, std, rows)
 
 
-def write_box_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor, dets: dict[str, torch.Tensor],
-                       mean: list[float], std: list[float], min_score: float = 0.3) -> list[Path]:
-    """One PNG per test image: ground-truth boxes (green), then each network's boxes scoring at
-    least ``min_score`` (red, with the score), captioned with its AP@0.5 on that image."""
+def _box_panels(labels, dets: dict, min_score: float):
+    """``panel(boxes, truth, colour, axes, keep)``: a panel drawing the boxes that ``keep`` (a
+    row mask, or None for all) picks, along coordinates ``axes`` (horizontal, vertical; 0 is x),
+    detections (``truth`` given) scoring at least ``min_score`` with their score (none does:
+    the best one, dashed), captioned with their AP@0.5 against ``truth`` over the whole image
+    or volume."""
     from matplotlib.patches import Rectangle
 
-    from ..boxes import detection_metrics, unpad
+    from ..boxes import detection_metrics
 
-    k = int(max([float(labels[..., 4].max()), *(float(d[..., 5].max()) for d in dets.values())] + [0])) + 1
+    k = int(max([float(labels[..., -1].max()), *(float(d[..., -1].max()) for d in dets.values())] + [0])) + 1
 
-    def box_panel(boxes, truth, colour):
+    def box_panel(boxes, truth, colour, axes=(0, 1), keep=None):
+        d = (boxes.shape[1] - (1 if truth is None else 2)) // 2
+        h, v = axes
+
         def draw(ax):
-            shown = boxes if truth is None else boxes[boxes[:, 4] >= min_score]
+            shown = boxes if keep is None else boxes[keep(boxes)]
+            style = "solid"
+            if truth is not None:
+                confident = shown[shown[:, -2] >= min_score]
+                shown, style = (confident, style) if len(confident) or not len(shown) else \
+                    (shown[shown[:, -2].argmax()][None], "dashed")
             for b in shown:
-                ax.add_patch(Rectangle((b[0] - 0.5, b[1] - 0.5), b[2] - b[0], b[3] - b[1], fill=False,
-                                       edgecolor=colour, linewidth=1.2))
+                ax.add_patch(Rectangle((b[h] - 0.5, b[v] - 0.5), b[h + d] - b[h], b[v + d] - b[v], fill=False,
+                                       edgecolor=colour, linewidth=1.2, linestyle=style))
                 if truth is not None:
-                    ax.text(b[0], b[1] - 1, f"{b[4]:.2f}", color=colour, fontsize=6)
+                    ax.text(b[h], b[v] - 1, f"{b[-2]:.2f}", color=colour, fontsize=6)
             if truth is not None:
                 return f"AP50 {detection_metrics([boxes], [truth], k)['ap50']:.3f}" if len(truth) else "(no object)"
         return draw
+
+    return box_panel
+
+
+def write_box_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor, dets: dict[str, torch.Tensor],
+                       mean: list[float], std: list[float], min_score: float = 0.3) -> list[Path]:
+    """One PNG per test image: ground-truth boxes (green), then each network's boxes scoring at
+    least ``min_score`` (red, with the score; none does: its best, dashed), captioned with its
+    AP@0.5 on that image."""
+    from ..boxes import unpad
+
+    box_panel = _box_panels(labels, dets, min_score)
 
     def panels(i):
         gt = unpad(labels[i].numpy())
@@ -130,3 +152,35 @@ def write_box_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor,
                 *((name, box_panel(unpad(d[i].numpy()), gt, "red")) for name, d in dets.items())]
 
     return _write_rows(folder, images, mean, std, panels)
+
+
+def write_volume_box_overlays(folder: Path, volumes, labels: torch.Tensor, dets: dict[str, torch.Tensor],
+                              mean: list[float], std: list[float], min_score: float = 0.3) -> list[Path]:
+    """One PNG per test volume, one row per axis: the slice through the centre of the largest
+    ground-truth box (the middle slice when there is none) with the boxes that cross it, drawn
+    as in :func:`write_box_overlays`; captions give each network's AP@0.5 on the whole volume.
+    Volumes may differ in shape."""
+    from ..boxes import unpad
+
+    box_panel = _box_panels(labels, dets, min_score)
+
+    def rows(i):
+        gt = unpad(labels[i].numpy())
+        found = {name: unpad(d[i].numpy()) for name, d in dets.items()}
+        shape = volumes[i].shape[1:]
+        if len(gt):
+            big = gt[(gt[:, 3:6] - gt[:, :3]).prod(1).argmax()]
+            where = [min(int((big[2 - a] + big[5 - a]) / 2), shape[a] - 1) for a in range(3)]  # z, y, x
+        else:
+            where = [s // 2 for s in shape]
+        out = []
+        for axis, name in enumerate(("axis 0", "axis 1", "axis 2")):
+            c = 2 - axis  # the box coordinate along this array axis (x runs along the last)
+            keep = lambda b, c=c, s=where[axis]: (b[:, c] < s + 0.5) & (b[:, c + 3] > s + 0.5)  # noqa: E731
+            shown = tuple(2 - a for a in range(3) if a != axis)[::-1]  # (horizontal, vertical) coordinates
+            out.append((volumes[i].select(axis + 1, where[axis]), [
+                (f"ground truth ({name} {where[axis]})", box_panel(gt, None, "lime", shown, keep)),
+                *((n, box_panel(b, gt, "red", shown, keep)) for n, b in found.items())]))
+        return out
+
+    return _write_figures(folder, len(volumes), mean, std, rows)
