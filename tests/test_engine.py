@@ -409,3 +409,33 @@ def test_auto_precision_workers_and_cudnn_settings_per_device(monkeypatch):
     assert rt.autocast_dtype is None and rt.scaler is None
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     torch.backends.cudnn.deterministic = False
+
+
+def test_reading_and_predicting_progress_in_a_log_is_a_plain_line_per_tenth(monkeypatch):
+    """Outside the training loop (reading data, predict): in a log, once the work has taken
+    ``quiet_for`` seconds, one line at each tenth with the rate and the time left; short work
+    and quiet work print nothing."""
+    import io
+
+    from rich.console import Console
+
+    from kdstyles import progress
+
+    clock = iter(range(0, 1000, 2))  # every call to the clock: 2 s later
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: float(next(clock)))
+    out = io.StringIO()
+    with progress.Steps(console=Console(file=out, force_terminal=False), quiet_for=5) as bar:
+        task = bar.add_task("reading 20 volumes", 20)
+        for _ in range(20):
+            bar.advance(task)
+    lines = out.getvalue().splitlines()  # the 2nd volume (the first tenth) ends at 4 s: silent; the 3rd at 6 s
+    assert lines[0] == "reading 20 volumes: 3/20 (15%), 0.5/s, 34s left"
+    assert [ln.split()[3] for ln in lines] == ["3/20", *(f"{n}/20" for n in range(4, 21, 2))]
+    assert lines[-1] == "reading 20 volumes: 20/20 (100%), 0.5/s, 0s left"
+    for quiet, wait in ((False, 1e9), (True, 0)):
+        out = io.StringIO()
+        with progress.Steps(quiet, console=Console(file=out, force_terminal=False), quiet_for=wait) as bar:
+            task = bar.add_task("predicting 20 images", 20)
+            for _ in range(20):
+                bar.advance(task)
+        assert out.getvalue() == ""

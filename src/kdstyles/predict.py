@@ -149,9 +149,8 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
     written in ``OUT/masks/``, foreground fraction). An input that cannot be read stops
     everything with its one line, or with ``skip_unreadable`` is listed in ``OUT/skipped.csv``
     (path, reason) while the rest are predicted."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from .fileio import write_text
+    from .progress import Steps
 
     predictor = load_predictor(model, network)
     files = collect_inputs(inputs, volumes=predictor.volumes is not None)
@@ -170,8 +169,9 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
             skipped.append((path, str(exc)))
             return None
 
-    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), disable=quiet, transient=True) as bar:
-        progress = bar.add_task("predict", total=len(files))
+    with Steps(quiet) as bar:
+        kind = "volumes" if predictor.volumes is not None else "images"
+        progress = bar.add_task(f"predicting {len(files)} {kind}", len(files))
         for index, path in enumerate(files if predictor.volumes is not None else ()):
             row = attempt(path, lambda: _predict_volume(predictor, path, out_dir, index, batch_size))
             rows += [row] if row is not None else []

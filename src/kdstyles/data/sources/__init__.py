@@ -64,12 +64,10 @@ class Source:
 
 
 def progress(quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """Reading and checking files: a bar on a terminal, plain lines in a log (:mod:`kdstyles.progress`)."""
+    from ...progress import Steps
 
-    if quiet:
-        return nullcontext(None)
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    transient=True)
+    return nullcontext(None) if quiet else Steps()
 
 
 def _fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:
