@@ -24,17 +24,20 @@ def test_default_tap_is_the_deepest_map_of_at_least_4x4(size, stem, tap):
     assert default_tap(net, torch.zeros(1, 3, size, size)) == tap
 
 
-@pytest.mark.parametrize("dims, size, want", [(2, 64, (8, 8)), (2, 32, (4, 4)), (2, 16, (4, 4)),
-                                               (3, 24, (6, 6, 6)), (3, 8, (4, 4, 4))])
-def test_encoder_decoder_tap_is_the_bottleneck_unless_it_is_smaller_than_4(dims, size, want):
+@pytest.mark.parametrize("arch, dims, size, want", [
+    ("unet", 2, 64, (8, 8)), ("unet", 2, 32, (4, 4)), ("unet", 2, 16, (4, 4)), ("unet", 3, 24, (6, 6, 6)),
+    ("unet", 3, 8, (4, 4, 4)), ("flexunet-resnet10", 2, 64, (4, 4))])
+def test_encoder_decoder_tap_is_the_bottleneck_unless_it_is_smaller_than_4(arch, dims, size, want):
     """A U-Net with three halvings: the bottleneck (size / 8) where it is 4 or more a side, else
-    the deepest encoder convolution that is (size / 4 or size / 2)."""
+    the deepest encoder convolution that is (size / 4 or size / 2); a ResNet encoder's (five
+    halvings): its last 3x3 convolution at 4x4, not the 1x1 shortcut projection run after it."""
     from kdstyles.models.zoo import bottleneck_tap, conv_output_sizes
 
-    net = build_network("unet", 1, 2, size, widen=0.25, spatial_dims=dims)
-    sample = torch.zeros(1, 1, *(size,) * dims)
+    net = build_network(arch, 1 if arch == "unet" else 3, 2, size, widen=0.25, spatial_dims=dims)
+    sample = torch.zeros(1, 1 if arch == "unet" else 3, *(size,) * dims)
     seen = conv_output_sizes(net, sample)
     tap = bottleneck_tap(net, sample)
+    assert max(dict((n, c) for n, c, _ in seen)[tap].kernel_size) == 3
     order = [name for name, _, _ in seen]
     assert dict((n, s) for n, _, s in seen)[tap] == want
     smallest = min(seen, key=lambda c: torch.Size(c[2]).numel())[2]
@@ -43,7 +46,9 @@ def test_encoder_decoder_tap_is_the_bottleneck_unless_it_is_smaller_than_4(dims,
         assert tap == [n for n, _, s in seen if s == smallest][-1]
     else:  # in the encoder, before the bottleneck, and the deepest convolution of its size there
         assert order.index(tap) < first_bottleneck
-        assert all(s != want for _, _, s in seen[order.index(tap) + 1:first_bottleneck])
+        assert all(s != want or max(c.kernel_size) == 1 for _, c, s in seen[order.index(tap) + 1:first_bottleneck])
+    if arch != "unet":
+        assert tap == "encoder.layer3.0.conv2" and order[order.index(tap) + 1] == "encoder.layer3.0.downsample.0"
 
 
 def test_maps_smaller_than_4x4_are_warned_about():

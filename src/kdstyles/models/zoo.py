@@ -179,7 +179,8 @@ def bottleneck_tap(model: nn.Module, sample: torch.Tensor) -> str:
     """An encoder-decoder's bottleneck: the deepest convolution with the smallest output map
     (raw conv output), found by one forward of ``sample``. Where that map is smaller than
     MIN_MAP on a side (small images or volumes), the deepest encoder convolution whose map is
-    still MIN_MAP or more on every side, as :func:`default_tap` does for classifiers."""
+    still MIN_MAP or more on every side (a spatial one, not a 1x1 shortcut projection), as
+    :func:`default_tap` does for classifiers."""
     seen = conv_output_sizes(model, sample)
     if not seen:
         raise KDError(f"{type(model).__name__} has no convolution to tap by default; set 'tap' to a module path")
@@ -188,8 +189,9 @@ def bottleneck_tap(model: nn.Module, sample: torch.Tensor) -> str:
     bottleneck = [name for name, _, size in seen if math.prod(size) == smallest][-1]
     if min(seen[first][2]) >= MIN_MAP:
         return bottleneck
-    encoder = [name for name, _, size in seen[:first] if min(size) >= MIN_MAP]
-    return encoder[-1] if encoder else bottleneck
+    encoder = [(name, conv) for name, conv, size in seen[:first] if min(size) >= MIN_MAP]
+    spatial = [name for name, conv in encoder if max(conv.kernel_size) > 1] or [name for name, _ in encoder]
+    return spatial[-1] if spatial else bottleneck
 
 
 def default_embedding_tap(model: nn.Module) -> str:
