@@ -178,13 +178,40 @@ def test_multi_hot_labels_from_a_csv_and_what_is_refused(tmp_path):
     assert [int(v) for v in rows["images"].split("│")[2:5]] == [len(bundle.splits[s]) for s in ("train", "val", "test")]
     with pytest.raises(KDError, match="has label 'nodule', which is not in data.classes"):
         build_data(load_config(None, [*args, "data.classes=[effusion,mass]"]).data, 0, task="multilabel")
-    with pytest.raises(KDError, match="task multilabel has no embedded volumes yet .*data.source: csv"):
-        build_data(load_config(None, ["task=multilabel", "data.spatial_dims=3"]).data, 0, task="multilabel")
     balanced = build_data(load_config(None, [*args, "data.sampler=balanced"]).data, 0, task="multilabel")
     x, y, _ = next(iter(balanced.loader("train", 4, train=True)))
     assert y.shape == (4, len(bundle.class_names))  # multi-hot batches, drawn by the rarest label
     with pytest.raises(KDError, match="data.source: 'folder' is not read for task multilabel"):
         load_config(None, ["task=multilabel", "data.source=folder", f"data.root={tmp_path}"])
+
+
+def test_embedded_multi_label_volumes_hold_their_findings():
+    """Every finding a volume's labels name is painted in it (its own value in the mask), and
+    none other; each finding and the no-finding volume occur; the volumes are a pure function
+    of the seed and reach training as multi-hot labels."""
+    from kdstyles.data import build_data
+    from kdstyles.data.synthetic_vol_multi import CLASS_NAMES, generate, render_findings
+
+    seen = []
+    for size in (16, 32):
+        for i in range(40):
+            vol, findings, mask = render_findings(3, "val", i, size)
+            assert findings.tolist() == [int((mask == 2 + k).any()) for k in range(3)]
+            assert vol.shape == (size, size, size, 1) and vol.dtype == np.uint8
+            if findings[2]:  # the calcification is brighter than the organ around it
+                assert vol[mask == 4].max() > np.percentile(vol[mask == 1], 90)
+            seen.append(findings)
+    seen = np.array(seen)
+    assert seen.sum(0).min() >= 5 and (seen.sum(1) == 0).sum() >= 5 and (seen.sum(1) >= 2).sum() >= 5
+    a, b = generate(3, "val", 6, 16), generate(3, "val", 6, 16)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], generate(4, "val", 6, 16)[0])
+    cfg = load_config(None, ["task=multilabel", "data.spatial_dims=3", "data.image_size=16", "data.train_samples=10",
+                             "data.val_samples=4", "data.test_samples=4"])
+    bundle = build_data(cfg.data, 0, task="multilabel")
+    assert bundle.class_names == list(CLASS_NAMES) and bundle.channels == 1
+    x, y = bundle.splits["test"][2][:2]
+    assert x.shape == (1, 16, 16, 16) and y.tolist() == generate(0, "test", 4, 16)[1][2].tolist()
 
 
 def test_multi_label_volumes_from_a_csv_train_evaluate_export_and_predict(tmp_path):

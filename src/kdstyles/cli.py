@@ -188,7 +188,8 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
     for k, name in enumerate(report.class_names):
         table.add_row(name, *(str(report.counts[s][k]) for s in splits))
     if TASKS[cfg.task].multilabel:  # an image counts under each of its classes
-        table.add_row("[bold]images", *(f"[bold]{len(bundle.splits[s])}" for s in splits))
+        unit = "volumes" if cfg.data.dims == 3 else "images"
+        table.add_row(f"[bold]{unit}", *(f"[bold]{len(bundle.splits[s])}" for s in splits))
     else:
         table.add_row("[bold]total", *(f"[bold]{sum(report.counts[s])}" for s in splits))
     if TASKS[cfg.task].boxes:  # the rows above count images with and without objects; these count boxes

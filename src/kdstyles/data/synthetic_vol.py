@@ -1,5 +1,6 @@
 """The embedded volumes (``data.spatial_dims: 3``): procedural CT-like crops of an organ, for
-3D classification.
+3D classification (and, through :class:`Scene`, ``organ_scene``, ``add_lesion`` and
+``finish``, the segmentation, detection and multi-label volumes).
 
 Each volume is a grey-scale crop (D = H = W) of soft tissue with smooth intensity
 variation, holding an organ (a wobbly ellipsoid, brighter than its surroundings, with its
@@ -16,6 +17,8 @@ run. Every sample is a pure function of ``(seed, split, index)``; 16 to 96 voxel
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -62,31 +65,66 @@ def render_with_mask(seed: int, split: str, index: int, size: int) -> tuple[np.n
     organ, 2 lesion)."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index, 303])
     label = int(rng.integers(len(CLASS_NAMES)))
+    scene = organ_scene(rng, size)
+    if label:
+        add_lesion(rng, scene, label, rng.uniform(0.42, 0.58, 3) * size)
+    return finish(rng, scene), label, scene.mask
+
+
+@dataclass
+class Scene:
+    """A volume being rendered: intensities, mask, the organ's distance field (< 1 inside), its
+    soft inside, centre and radii; ``scale`` is the size relative to 32 voxels."""
+
+    size: int
+    vol: np.ndarray
+    mask: np.ndarray
+    organ: np.ndarray
+    inside: np.ndarray
+    centre: np.ndarray
+    radii: np.ndarray
+
+    @property
+    def scale(self) -> float:
+        return self.size / 32.0
+
+
+def organ_scene(rng: np.random.Generator, size: int) -> Scene:
+    """Soft tissue, the organ and one or two small dense vessels (present in every volume)."""
     s = size / 32.0
     vol = 0.30 + 0.10 * _smooth(rng, size, 3)  # surrounding soft tissue
-    organ = _blob(size, rng, rng.uniform(0.42, 0.58, 3) * size, rng.uniform(9, 13, 3) * s, 0.08)
+    centre, radii = rng.uniform(0.42, 0.58, 3) * size, rng.uniform(9, 13, 3) * s
+    organ = _blob(size, rng, centre, radii, 0.08)
     inside = np.clip((1.0 - organ) * 4, 0, 1)  # soft organ edge
     mask = (organ < 1.0).astype(np.uint8)
     vol += inside * (0.22 + 0.06 * _smooth(rng, size, 6) + rng.uniform(-0.03, 0.03))
     for _ in range(rng.integers(1, 3)):  # small dense vessels: present in every class
         v = _blob(size, rng, rng.uniform(0.3, 0.7, 3) * size, rng.uniform(0.8, 1.6, 3) * s, 0.0)
         vol += 0.18 * np.clip((1.0 - v) * 3, 0, 1)
-    if label:
-        centre = rng.uniform(0.42, 0.58, 3) * size
-        r = rng.uniform(2.2, 4.5) * s
-        if label == 1:  # cyst: round, smooth, dark fluid
-            lesion = _blob(size, rng, centre, r * rng.uniform(0.9, 1.1, 3), 0.02)
-            vol -= rng.uniform(0.14, 0.26) * np.clip((1.0 - lesion) * 5, 0, 1) * inside
-            mask[(lesion < 1.0) & (organ < 1.0)] = 2
-        else:  # tumour: irregular, a little brighter, with a darker rim
-            lesion = _blob(size, rng, centre, r * rng.uniform(0.7, 1.3, 3), 0.25)
-            core = np.clip((1.0 - lesion) * 3, 0, 1)
-            rim = np.exp(-((lesion - 1.05) / 0.12) ** 2)
-            vol += (rng.uniform(0.06, 0.14) * core - rng.uniform(0.05, 0.12) * rim) * inside
-            mask[(lesion < 1.0) & (organ < 1.0)] = 2
-    vol = _blur(vol, rng.uniform(0.3, 0.9) * s, axes=(0, 1, 2))
+    return Scene(size, vol, mask, organ, inside, centre, radii)
+
+
+def add_lesion(rng: np.random.Generator, scene: Scene, kind: int, centre: np.ndarray, value: int = 2) -> None:
+    """A cyst (kind 1: round, smooth, dark fluid) or a tumour (kind 2: irregular, a little
+    brighter, with a darker rim) centred at ``centre``, marked ``value`` in the mask."""
+    size, s, inside = scene.size, scene.scale, scene.inside
+    r = rng.uniform(2.2, 4.5) * s
+    if kind == 1:
+        lesion = _blob(size, rng, centre, r * rng.uniform(0.9, 1.1, 3), 0.02)
+        scene.vol -= rng.uniform(0.14, 0.26) * np.clip((1.0 - lesion) * 5, 0, 1) * inside
+    else:
+        lesion = _blob(size, rng, centre, r * rng.uniform(0.7, 1.3, 3), 0.25)
+        core = np.clip((1.0 - lesion) * 3, 0, 1)
+        rim = np.exp(-((lesion - 1.05) / 0.12) ** 2)
+        scene.vol += (rng.uniform(0.06, 0.14) * core - rng.uniform(0.05, 0.12) * rim) * inside
+    scene.mask[(lesion < 1.0) & (scene.organ < 1.0)] = value
+
+
+def finish(rng: np.random.Generator, scene: Scene) -> np.ndarray:
+    """Partial-volume blur and noise: uint8 (size, size, size, 1)."""
+    vol = _blur(scene.vol, rng.uniform(0.3, 0.9) * scene.scale, axes=(0, 1, 2))
     vol += rng.normal(0, rng.uniform(0.02, 0.05), vol.shape)
-    return (np.clip(vol, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], label, mask
+    return (np.clip(vol, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None]
 
 
 def check_request(split: str, size: int) -> None:

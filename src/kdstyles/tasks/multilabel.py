@@ -7,7 +7,7 @@ Feature, attention and relation styles compare maps and embeddings as for any cl
 Labels are multi-hot (N, K) arrays; a source gives them for ``medmnist`` (chestmnist),
 ``csv`` (a ``label`` column of ``|``-separated names, empty or ``data.none_label`` for
 none; or a 1/0/-1 column per class, ``data.uncertain`` deciding -1) and the embedded mosaics
-(``synthetic_multi``). ``loss.class_weights: balanced`` is BCE's ``pos_weight``;
+(``synthetic_multi``) and volumes (``synthetic_vol_multi``: cyst, tumour, calcification). ``loss.class_weights: balanced`` is BCE's ``pos_weight``;
 ``data.sampler: balanced`` draws images by their rarest label (``data.balanced_weights``).
 """
 
@@ -26,8 +26,8 @@ class Multilabel(Classification):
     selection = "mean_auroc"
     sources = ("synthetic", "medmnist", "csv")
     synthetic = "synthetic_multi"
-    synthetic_volumes = None
-    volumes = True  # volume files listed in a CSV (CT-RATE-style findings per scan); no embedded volumes
+    synthetic_volumes = "synthetic_vol_multi"
+    volumes = True  # the embedded volumes' findings, or volume files listed in a CSV (CT-RATE-style findings)
     description = "the embedded multi-label histology mosaics (the tissue classes each 2x2 mosaic shows)"
     multilabel = True
     imbalance_remedy = ("loss.class_weights: balanced (each label's positives weighted by its negatives) or "

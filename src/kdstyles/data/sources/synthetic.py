@@ -1,6 +1,7 @@
 """``source: synthetic``: the embedded generator of the task (histology patches for
-classification, endoscopy frames with polyp masks for segmentation and with polyp boxes
-for detection; ``Task.synthetic``)."""
+classification, mosaics of them for multi-label, endoscopy frames with polyp masks for
+segmentation and with polyp boxes for detection; ``Task.synthetic``), or with
+``data.spatial_dims: 3`` its CT-like volumes (``Task.synthetic_volumes``)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,8 @@ class Synthetic(Source):
     def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
         module = task.synthetic_volumes if cfg.dims == 3 else task.synthetic
         if module is None:
-            raise KDError(f"data.spatial_dims: 3: task {task.name} has no embedded volumes yet (3D classification, "
-                          "segmentation and detection have); give volume files (data.source: csv) or use "
-                          "spatial_dims: 2")
+            raise KDError(f"data.spatial_dims: 3: task {task.name} has no embedded volumes; give volume files "
+                          "(data.source: csv) or use spatial_dims: 2")
         size = cfg.image_size or (import_module(f"kdstyles.data.{module}").DEFAULT_SIZE if cfg.dims == 3
                                   else task.synthetic_size)
         raw = {}
