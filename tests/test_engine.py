@@ -115,6 +115,30 @@ def test_resume_can_extend_epochs_and_refuses_missing(tiny_overrides, tmp_path):
         Experiment.from_run(tmp_path / "nowhere")
 
 
+def test_a_run_keeps_the_taps_it_started_with_when_the_default_changes(tiny_overrides, monkeypatch):
+    """run.json records each edge's resolved taps; resuming, evaluating and exporting the run
+    tap those modules even where the default rule (a newer kdstyles) picks others, while a
+    new run and an explicitly configured tap follow the config."""
+    from kdstyles.export import export_run
+    from kdstyles.tasks.classification import Classification
+
+    exp = Experiment(None, overrides=tiny_overrides("train.epochs=1"), quiet=True)
+    exp.fit()
+    recorded = json.loads((exp.run_dir / "run.json").read_text())["taps"]
+    assert recorded[1] == ["teacher", "s2", "features", *exp.cohort.edge_taps[1]]
+    assert recorded[0][3:] == [None, None]  # predictions edges record no module
+    monkeypatch.setattr(Classification, "default_tap", lambda self, model, sample: "layer1.0.conv1")
+    fresh = Experiment(None, overrides=tiny_overrides("train.epochs=1", "output.name=fresh"), quiet=True)
+    assert fresh.cohort.edge_taps[1] == ("layer1.0.conv1", "layer1.0.conv1")  # the (changed) default
+    more = Experiment.from_run(exp.run_dir, overrides=["train.epochs=2"], quiet=True)
+    assert [list(t) for t in more.cohort.edge_taps] == [r[3:] for r in recorded]
+    assert more.fit(resume=True)["epochs"] == 2  # the checkpoint's adapters fit: the same maps
+    assert Experiment.from_run(exp.run_dir, quiet=True).evaluate()["samples"] == 24
+    assert export_run(exp.run_dir, "s2")["verification"]["max_abs_diff"] < 1e-4
+    chosen = Experiment.from_run(exp.run_dir, overrides=["networks.students.s2.tap=layer2.0.conv1"], quiet=True)
+    assert chosen.cohort.edge_taps[1] == (recorded[1][3], "layer2.0.conv1")  # what the config names wins
+
+
 class NaNAfter(nn.Module):
     """A tiny classifier whose output turns to NaN after a number of training forwards."""
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import __version__, checkpoints, distributed
-from .cohort import Cohort, build_cohort
+from .cohort import Cohort, build_cohort, pinned_taps
 from .config import (ExperimentConfig, build_config, check_resumable, config_changes, dump_config,
                      load_config)
 from .data import DataBundle, build_data
@@ -108,7 +108,8 @@ class Experiment:
                 shape, counts = (d.num_classes, d.channels, d.image_size), d.report.counts.get("train")
                 images = len(d.splits["train"])
             counts = counts if self.cfg.loss.class_weights == "balanced" else None
-            self._cohort = build_cohort(self.cfg, *shape, self.modules, class_counts=counts, train_images=images)
+            self._cohort = build_cohort(self.cfg, *shape, self.modules, class_counts=counts, train_images=images,
+                                        pinned=(info or {}).get("taps"))
             if not self.quiet:
                 from rich.console import Console
 
@@ -135,7 +136,7 @@ class Experiment:
         info = {
             "kdstyles": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "created": now(), "preset": self.cfg.routing.label, "edges": [str(e) for e in c.edges],
-            "adapters": sorted(c.adapters), "parameters": params,
+            "adapters": sorted(c.adapters), "taps": pinned_taps(c), "parameters": params,
             "class_names": self.data.class_names, "normalize": {"mean": self.data.mean, "std": self.data.std},
             "image_size": self.data.image_size, "channels": self.data.channels,
             "train_counts": self.data.report.counts.get("train"), "train_images": len(self.data.splits["train"]),

@@ -87,11 +87,13 @@ class OutputCache:
 
 class Cohort(nn.Module):
     """``taps``: per network, the configured module path of each kind of knowledge
-    (``{"s1": {"map": "layer4.1.conv2", "embedding": None}}``); unset kinds take the kind's default."""
+    (``{"s1": {"map": "layer4.1.conv2", "embedding": None}}``); unset kinds take ``pinned``'s path
+    (what a run folder recorded when it started, :func:`pinned_taps`), else the kind's default."""
 
     def __init__(self, networks: dict[str, nn.Module], edges: list[Edge], task: Task, sample: torch.Tensor,
                  ce_weight: float = 0.1, frozen: set[str] = frozenset(),
-                 taps: dict[str, dict[str, str | None]] | None = None, class_weights: torch.Tensor | None = None):
+                 taps: dict[str, dict[str, str | None]] | None = None, class_weights: torch.Tensor | None = None,
+                 pinned: list[list[str | None]] | None = None):
         super().__init__()
         self.task = task
         self.networks = nn.ModuleDict(networks)
@@ -112,7 +114,7 @@ class Cohort(nn.Module):
         self._probing = False
         self.cache: OutputCache | None = None
         try:  # the first forwards: a network that cannot take the input's size is named in one line
-            self.edge_taps = self._plan_taps(taps or {}, sample)
+            self.edge_taps = self._plan_taps(taps or {}, sample, pinned or [])
             wanted: dict[str, list[str]] = {n: [] for n in networks}
             for e, pair in zip(edges, self.edge_taps):
                 for net, path in zip((e.src, e.dst), pair):
@@ -124,16 +126,17 @@ class Cohort(nn.Module):
             _name_misfit(networks, sample)
             raise
 
-    def _plan_taps(self, taps: dict[str, dict[str, str | None]], sample: torch.Tensor
-                   ) -> list[tuple[str | None, str | None]]:
+    def _plan_taps(self, taps: dict[str, dict[str, str | None]], sample: torch.Tensor,
+                   pinned: list[list[str | None]]) -> list[tuple[str | None, str | None]]:
         """Per edge, the (source, target) module paths its style's kind of knowledge records."""
         planned, found = [], {}  # a default path may take a probe forward: once per network and kind
-        for e in self.edges:
+        for i, e in enumerate(self.edges):
             kind = KNOWLEDGE[STYLES[e.style].consumes]
+            pin = pinned[i] if i < len(pinned) and pinned[i][:3] == [e.src, e.dst, e.style] else [None] * 5
             pair = []
-            for role, net in (("src", e.src), ("dst", e.dst)):
+            for role, net, recorded in (("src", e.src, pin[3]), ("dst", e.dst, pin[4])):
                 override = getattr(e.options, f"{role}_tap", None)  # an edge's own src_tap / dst_tap
-                key = (net, kind.name, override or taps.get(net, {}).get(kind.name))
+                key = (net, kind.name, override or taps.get(net, {}).get(kind.name) or recorded)
                 if key not in found:
                     found[key] = kind.path(self.networks[net], key[2], self.task, sample)
                 pair.append(found[key])
@@ -335,12 +338,21 @@ def _offline_teacher_weights(path_str: str) -> tuple[dict[str, torch.Tensor], Pa
     return checkpoints.state_dict_of(checkpoints.load(path), path, "teacher"), path
 
 
+def pinned_taps(cohort: Cohort) -> list[list[str | None]]:
+    """Per edge ``[src, dst, style, source path, target path]``: what a run folder records when
+    it starts (run.json's ``taps``), so that resuming, evaluating or exporting it later taps the
+    same modules even where a newer kdstyles picks another default."""
+    return [[e.src, e.dst, e.style, *pair] for e, pair in zip(cohort.edges, cohort.edge_taps)]
+
+
 def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_size: int,
                  modules: dict[str, nn.Module] | None = None, load_offline: bool = True,
-                 class_counts: list[int] | None = None, train_images: int | None = None) -> Cohort:
+                 class_counts: list[int] | None = None, train_images: int | None = None,
+                 pinned: list[list[str | None]] | None = None) -> Cohort:
     """Build every network the routing uses, check taps and shapes, create adapters.
     ``class_counts`` (training split; with ``train_images`` its size) weights the supervised
-    loss as the task does (``Task.class_weights``: inverse class frequency for CE)."""
+    loss as the task does (``Task.class_weights``: inverse class frequency for CE); ``pinned``:
+    the taps a run folder recorded (:func:`pinned_taps`)."""
     modules = dict(modules or {})
     edges = cfg.edges
     names = used_networks(list(cfg.networks.students), edges)
@@ -373,4 +385,4 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
             checkpoints.load_into(nets[T], weights, path, f"networks.teacher (arch {cfg.networks.teacher.arch})")
     weights = task.class_weights(class_counts, train_images) if class_counts is not None else None
     sample = torch.zeros(2, channels, *(image_size,) * cfg.data.dims)
-    return Cohort(nets, edges, task, sample, cfg.loss.ce_weight, frozen, taps, weights)
+    return Cohort(nets, edges, task, sample, cfg.loss.ce_weight, frozen, taps, weights, pinned)
