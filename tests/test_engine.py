@@ -137,6 +137,10 @@ def test_a_run_keeps_the_taps_it_started_with_when_the_default_changes(tiny_over
     assert export_run(exp.run_dir, "s2")["verification"]["max_abs_diff"] < 1e-4
     chosen = Experiment.from_run(exp.run_dir, overrides=["networks.students.s2.tap=layer2.0.conv1"], quiet=True)
     assert chosen.cohort.edge_taps[1] == (recorded[1][3], "layer2.0.conv1")  # what the config names wins
+    info = json.loads((exp.run_dir / "run.json").read_text())
+    (exp.run_dir / "run.json").write_text(json.dumps({**info, "taps": [["teacher", "s2"]]}))
+    with pytest.raises(KDError, match=r"run.json' is damaged \('taps' is not a list of"):
+        Experiment.from_run(exp.run_dir, quiet=True).cohort
 
 
 class NaNAfter(nn.Module):

@@ -126,6 +126,11 @@ class Experiment:
         if missing:
             raise KDError(f"'{self.folder.info_path}' is damaged (no '{missing[0]}'); restore it, or train again "
                           "in a new folder")
+        taps = info.get("taps", [])
+        if not (isinstance(taps, list) and all(isinstance(t, list) and len(t) == 5 and
+                                                all(v is None or isinstance(v, str) for v in t) for t in taps)):
+            raise KDError(f"'{self.folder.info_path}' is damaged ('taps' is not a list of [source, target, style, "
+                          "source tap, target tap]); restore it, or delete the 'taps' key to tap today's defaults")
         if "image_size" not in info:  # a run folder written before run.json recorded shapes: ask the data
             info.update(image_size=self.data.image_size, channels=self.data.channels)
         return info
