@@ -123,7 +123,8 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
         mode = " (offline, frozen)" if name in cohort.frozen else ""
         console.print(f"  {name}: {count_parameters(net):,} parameters, {flops_per_image(net, sample) / 1e6:,.1f} "
                       f"MFLOPs per {'image' if dims == 2 else 'volume'}{mode}", highlight=False)
-    for e, src, src_shape, dst, dst_shape in cohort.tapped:
+    for i, (src_shape, dst_shape) in cohort.map_shapes.items():
+        e, (src, dst) = cohort.edges[i], cohort.edge_taps[i]
         console.print(f"  taps  {e}: {e.src} {src} {'x'.join(map(str, src_shape))} -> {e.dst} {dst} "
                       f"{'x'.join(map(str, dst_shape))}", highlight=False, soft_wrap=True)
     for key in cohort.adapters:
@@ -177,8 +178,8 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
     bundle = build_data(cfg.data, cfg.train.seed, quiet=False, check=False, task=cfg.task)
     report = bundle.report
     whole = bundle.splits["train"].crop  # volumes kept whole, trained on patches of this side
-    used = f"volumes trained on {whole}^3 patches" if whole else \
-        f"{'volumes' if cfg.data.dims == 3 else 'images'} used at {bundle.image_size} px"
+    unit = "volumes" if cfg.data.dims == 3 else "images"
+    used = f"volumes trained on {whole}^3 patches" if whole else f"{unit} used at {bundle.image_size} px"
     n = bundle.num_classes
     table = Table(title=f"{spec}: {n} class{'es' if n != 1 else ''}, {used}, {bundle.channels} channel(s)")
     table.add_column("class")
@@ -188,7 +189,6 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
     for k, name in enumerate(report.class_names):
         table.add_row(name, *(str(report.counts[s][k]) for s in splits))
     if TASKS[cfg.task].multilabel:  # an image counts under each of its classes
-        unit = "volumes" if cfg.data.dims == 3 else "images"
         table.add_row(f"[bold]{unit}", *(f"[bold]{len(bundle.splits[s])}" for s in splits))
     else:
         table.add_row("[bold]total", *(f"[bold]{sum(report.counts[s])}" for s in splits))

@@ -110,7 +110,7 @@ class Cohort(nn.Module):
                 self.shadows[self.module_key(i)] = copy.deepcopy(networks[e.dst]).requires_grad_(False).eval()
         self.adapters = nn.ModuleDict()
         self.warnings: list[str] = []  # shown by `kdstyles check` and when training starts
-        self.tapped: list[tuple[Edge, str, tuple[int, ...], str, tuple[int, ...]]] = []  # feature edges' taps
+        self.map_shapes: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # per tapping edge: (src, dst)
         self._probing = False
         self.cache: OutputCache | None = None
         try:  # the first forwards: a network that cannot take the input's size is named in one line
@@ -218,7 +218,7 @@ class Cohort(nn.Module):
             kind = KNOWLEDGE[style.consumes]
             src_shape = kind.take(outs[e.src], src_path).shape
             dst_shape = kind.take(outs[e.dst], dst_path).shape
-            self.tapped.append((e, src_path, tuple(src_shape[1:]), dst_path, tuple(dst_shape[1:])))
+            self.map_shapes[i] = (tuple(src_shape[1:]), tuple(dst_shape[1:]))
             for net, path, shape in ((e.src, src_path, src_shape), (e.dst, dst_path, dst_shape)):
                 if len(shape) >= 4 and min(shape[2:]) < MIN_MAP:
                     self.warnings.append(

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synthetic_vol import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, check_request, render_with_mask  # noqa: F401
+from .synthetic_vol import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, check_request, render_with_mask
+
+# the sizes are what the synthetic source reads of every generator
+__all__ = ["CLASS_NAMES", "DEFAULT_SIZE", "MAX_SIZE", "MIN_SIZE", "generate"]
 
 CLASS_NAMES = ("background", "organ", "lesion")
 

@@ -6,9 +6,10 @@ sigmoid(z / T) summed over labels, averaged over the batch (times T^2 with ``t2_
 Feature, attention and relation styles compare maps and embeddings as for any classifier.
 Labels are multi-hot (N, K) arrays; a source gives them for ``medmnist`` (chestmnist),
 ``csv`` (a ``label`` column of ``|``-separated names, empty or ``data.none_label`` for
-none; or a 1/0/-1 column per class, ``data.uncertain`` deciding -1) and the embedded mosaics
-(``synthetic_multi``) and volumes (``synthetic_vol_multi``: cyst, tumour, calcification). ``loss.class_weights: balanced`` is BCE's ``pos_weight``;
-``data.sampler: balanced`` draws images by their rarest label (``data.balanced_weights``).
+none; or a 1/0/-1 column per class, ``data.uncertain`` deciding -1), the embedded mosaics
+(``synthetic_multi``) and the embedded volumes (``synthetic_vol_multi``: cyst, tumour,
+calcification). ``loss.class_weights: balanced`` is BCE's ``pos_weight``; ``data.sampler:
+balanced`` draws images by their rarest label (``data.balanced_weights``).
 """
 
 from __future__ import annotations

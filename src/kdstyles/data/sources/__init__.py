@@ -10,7 +10,6 @@ the shared work: :func:`from_arrays` for in-memory sets (synthetic, MedMNIST) an
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -64,10 +63,11 @@ class Source:
 
 
 def progress(quiet: bool):
-    """Reading and checking files: a bar on a terminal, plain lines in a log (:mod:`kdstyles.progress`)."""
+    """Reading and checking files: a bar on a terminal, plain lines in a log, nothing when
+    ``quiet`` (:class:`kdstyles.progress.Steps`)."""
     from ...progress import Steps
 
-    return nullcontext(None) if quiet else Steps()
+    return Steps(quiet)
 
 
 def _fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:
@@ -190,7 +190,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
     grid_boxes: list[np.ndarray] = []
     spacing: list[tuple[float, ...] | None] = []
     with progress(quiet) as bar:
-        task_id = bar.add_task(f"reading {len(records)} volumes", total=len(records)) if bar else None
+        task_id = bar.add_task(f"reading {len(records)} volumes", total=len(records))
         for r in records:
             try:
                 prepared = volumes.prepare_cached(r.path, None, cfg, use_cache=cfg.volume_cache)
@@ -212,8 +212,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
                 arrays.append(None)
                 spacing.append(None)
                 grid_boxes.append(np.zeros((0, 7), np.float32))
-            if bar:
-                bar.advance(task_id)
+            bar.advance(task_id)
     report.raise_errors()
     assignment = split_assignment(cfg, seed, run_dir, records, labels, base, where)
     splits = {}
@@ -259,13 +258,12 @@ def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool
         names = cfg.classes or (["background", "foreground"] if cfg.num_classes == 2 else
                                 [str(k) for k in range(cfg.num_classes)])
         with progress(quiet) as bar:
-            task_id = bar.add_task(f"reading {len(records)} masks", total=len(records)) if bar else None
+            task_id = bar.add_task(f"reading {len(records)} masks", total=len(records))
             for r in records:
                 wh = image_size(r.path)  # the header only: the size the mask must have
                 masks_by_path[str(r.path)] = segfolder.read_mask(mask_of[str(r.path)], cfg.num_classes, size, wh)
                 r.label = "1" if masks_by_path[str(r.path)].any() else "0"
-                if bar:
-                    bar.advance(task_id)
+                bar.advance(task_id)
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
         report_names = ["no foreground", "foreground"]
     else:
@@ -277,8 +275,8 @@ def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool
     report.problems += box_problems.problems
     splits = {}
     with progress(quiet) as bar:
-        task_id = bar.add_task(f"checking {len(records)} images", total=len(records)) if bar else None
-        advance = (lambda n: bar.advance(task_id, n)) if bar else None
+        task_id = bar.add_task(f"checking {len(records)} images", total=len(records))
+        advance = lambda n: bar.advance(task_id, n)  # noqa: E731
         for split in files.SPLITS:
             idx = [i for i, s in enumerate(assignment) if s == split]
             paths = [records[i].path for i in idx]

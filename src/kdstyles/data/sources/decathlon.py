@@ -93,7 +93,7 @@ class Decathlon(Source):
         report = checks.DataReport(["no foreground", "foreground"])
         prepared, records = [], []
         with progress(quiet) as bar:
-            task_id = bar.add_task(f"reading {len(pairs)} volumes", total=len(pairs)) if bar else None
+            task_id = bar.add_task(f"reading {len(pairs)} volumes", total=len(pairs))
             for image, label in pairs:
                 try:
                     vol = volumes.prepare_cached(image, label, cfg, len(names), cfg.volume_cache)
@@ -107,8 +107,7 @@ class Decathlon(Source):
                     vol = None
                 prepared.append(vol)
                 records.append(files.Record(image, "1" if vol is not None and vol.mask.any() else "0", None))
-                if bar:
-                    bar.advance(task_id)
+                bar.advance(task_id)
         report.raise_errors()
         channels = len(cfg.modalities) if cfg.modalities else stored
         if cfg.channels is not None and cfg.channels != channels:
