@@ -72,6 +72,11 @@ def test_signal_mid_epoch_checkpoints_and_resume_is_bit_identical(tmp_path, pres
                            "--no-evaluate"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert_same_run(full.run_dir, part.run_dir)
+    # run.json's top level describes the finished run; the interruption moved into its resume record
+    after = json.loads((part.run_dir / "run.json").read_text())
+    assert after["status"] == "finished" and "stopped_at" not in after
+    assert [(r["after_epoch"], r["step"], r["ended"], r["changes"]) for r in after["resumes"]] == [
+        (1, 2, {"status": "interrupted", "stopped_at": info["stopped_at"]}, {})]
 
 
 def test_checkpoint_every_steps_resumes_exactly_from_mid_epoch(tmp_path):

@@ -356,6 +356,21 @@ def test_data_inspect_cli(tmp_path, monkeypatch, capsys):
     assert "is unreadable or truncated" in out and "3.png" in out.replace("\n", "")
 
 
+def test_source_sizes_are_listed_when_few_and_summarised_when_many():
+    from kdstyles.data.checks import DataReport
+
+    few = DataReport(["a"], sources={"50x40 RGB": 3, "50x40 L": 2})
+    assert few.describe_sources() == "50x40 L (2), 50x40 RGB (3)"
+    # a folder of photographs in many sizes: one line with the ranges, the modes and the commonest
+    many = DataReport(["a"], sources={**{f"{600 + i}x{400 + 2 * i} RGB": 1 for i in range(20)},
+                                      "640x480 RGB": 7, "640x480 L": 5})
+    assert many.describe_sources() == ("32 in 21 sizes, 600-640x400-480; modes RGB (27), L (5); "
+                                       "most common 640x480 (12), 600x400 (1), 601x402 (1)")
+    volumes = DataReport(["a"], sources={f"{d}x64x64": 1 for d in range(20, 40)})  # arrays: no mode
+    assert volumes.describe_sources() == "20 in 20 sizes, 20-39x64x64; most common 20x64x64 (1), 21x64x64 (1), " \
+                                         "22x64x64 (1)"
+
+
 def make_seg_folder(root, n=12, size=(20, 24), fg=255):
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)

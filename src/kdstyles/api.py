@@ -185,8 +185,9 @@ class Experiment:
                     if T in cohort.frozen:
                         checkpoints.save({"network": T, "epoch": 0, "state_dict": cohort.networks[T].state_dict()},
                                          self.folder.best(T))
-                elif self.changes:
-                    self.folder.write_config(dump_config(self.cfg))
+                else:
+                    if self.changes:
+                        self.folder.write_config(dump_config(self.cfg))
                     self.folder.record_resume(trainer.state.epoch, trainer.state.step, self.changes)
             if resume and self.changes:
                 trainer.apply_changes(self.changes)

@@ -197,8 +197,7 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
             table.add_row(f"boxes: {name}", *(str(sum(int((b[:, -1] == k).sum()) for b in bundle.splits[s].boxes))
                                               for s in splits))
     console.print(table)
-    console.print("source images: " + ", ".join(f"{k} ({v})" for k, v in sorted(report.sources.items())),
-                  highlight=False)
+    console.print(f"source {unit}: {report.describe_sources()}", highlight=False)
     for p in report.problems:
         colour = "red" if p.level == "error" else "yellow"
         console.print(f"[{colour}]{p.level}:[/{colour}] {p.message}", highlight=False, soft_wrap=True)

@@ -108,9 +108,12 @@ class RunFolder:
         return info
 
     def record_resume(self, epoch: int, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
+        """A resume joins run.json's ``resumes`` with how the run had ended (status, and where it
+        stopped or the error, which leave the top level: it describes the run as it goes on)."""
         info = self.info()
         resumes = info.get("resumes", [])
-        resumes.append({"at": now(), "after_epoch": epoch, "step": step,
+        ended = {"status": info.get("status"), **{k: info.pop(k) for k in ("stopped_at", "error") if k in info}}
+        resumes.append({"at": now(), "after_epoch": epoch, "step": step, "ended": ended,
                         "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
         info["resumes"] = resumes
         self.write_info(info)

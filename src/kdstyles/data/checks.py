@@ -48,6 +48,25 @@ class DataReport:
             more = f" (+{len(errs) - 1} more problems: run 'kdstyles data inspect')" if len(errs) > 1 else ""
             raise KDError(f"{errs[0].message}{more}")
 
+    def describe_sources(self, most: int = 8) -> str:
+        """The source sizes and modes in one line: each with its count when there are at most
+        ``most``, else the count, the range of each dimension, the modes and the commonest sizes
+        (a folder of 10 000 photographs has as many sizes)."""
+        if len(self.sources) <= most:
+            return ", ".join(f"{k} ({v})" for k, v in sorted(self.sources.items()))
+        modes: Counter = Counter()
+        sizes: Counter = Counter()
+        for key, n in self.sources.items():
+            size, _, mode = key.partition(" ")
+            modes[mode] += n
+            sizes[size] += n
+        dims = [[int(d) for d in size.split("x")] for size in sizes]
+        ranges = "x".join(f"{min(col)}" if min(col) == max(col) else f"{min(col)}-{max(col)}"
+                          for col in zip(*dims)) if len({len(d) for d in dims}) == 1 else "mixed dimensions"
+        common = ", ".join(f"{k} ({v})" for k, v in sizes.most_common(3))
+        kinds = f"; modes {', '.join(f'{m} ({v})' for m, v in modes.most_common())}" if "" not in modes else ""
+        return f"{sum(sizes.values())} in {len(sizes)} sizes, {ranges}{kinds}; most common {common}"
+
     def to_dict(self) -> dict:
         return {"class_names": self.class_names, "counts": self.counts, "sources": self.sources,
                 "problems": [asdict(p) for p in self.problems]}
