@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 import sys
 import urllib.error
 
@@ -228,6 +229,46 @@ def test_folder_with_split_subfolders_and_lazy_loading(tmp_path):
     assert bundle.splits["train"].images is None and bundle.splits["train"][(0, 0)][0].shape == (3, 16, 16)
     # identical files in train and test (the same generator seed) are leakage
     assert any("duplicate images across splits" in p.message for p in bundle.report.warnings)
+
+
+def test_split_folders_as_data_sets_name_them(tmp_path):
+    """Kaggle's Training/Testing (and validation/, any case) are splits, never classes; a folder
+    beside them that is not one, or two folders for one split, stop the run in one line."""
+    make_mixed_folder(tmp_path / "Training", per_class=6)
+    make_mixed_folder(tmp_path / "validation", per_class=3)
+    make_mixed_folder(tmp_path / "Testing", per_class=4)
+    cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path}", "data.image_size=16",
+                             "data.on_duplicates=warn"])
+    bundle = build_data(cfg.data, seed=0)
+    assert bundle.class_names == ["benign", "malignant"]
+    assert bundle.report.counts == {"train": [6, 6], "val": [3, 3], "test": [4, 4]}
+    for extra, message in [("notes", r"holds split folders \(Testing, Training, validation\) and 'notes', which is "
+                                     r"not one \(train\|training"),
+                           ("VAL", "'VAL' and 'validation' are both the val split")]:
+        (tmp_path / extra).mkdir()
+        with pytest.raises(KDError, match=message):
+            build_data(cfg.data, seed=0)
+        (tmp_path / extra).rmdir()
+    (tmp_path / "Training").rename(tmp_path / "benign")  # a class folder beside split folders
+    with pytest.raises(KDError, match="'benign', which is not one"):
+        build_data(cfg.data, seed=0)
+    shutil.rmtree(tmp_path / "benign")
+    with pytest.raises(KDError, match=r"holds split folders \(Testing, validation\) but none for training"):
+        build_data(cfg.data, seed=0)
+
+
+def test_csv_header_and_split_names_in_any_case(tmp_path):
+    make_mixed_folder(tmp_path / "imgs", per_class=6)
+    lines = ["Path, Label, Split"]  # a spreadsheet's header: capitalised, spaces after the commas
+    for cls in ("benign", "malignant"):
+        lines += [f"imgs/{cls}/{i}.{'jpg' if i == 4 else 'png'}, {cls}, {['Train', 'Validation', 'TEST'][i % 3]}"
+                  for i in range(6)]
+    (tmp_path / "labels.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8-sig")  # Excel's BOM, CRLF
+    cfg = load_config(None, ["data.source=csv", f"data.path={tmp_path / 'labels.csv'}", "data.image_size=16"])
+    assert build_data(cfg.data, seed=0).report.counts == {"train": [2, 2], "val": [2, 2], "test": [2, 2]}
+    (tmp_path / "labels.csv").write_text("path,label,split\nimgs/benign/0.png,benign,holdout\n")
+    with pytest.raises(KDError, match="labels.csv' line 2: split 'holdout' is not one of train\\|training"):
+        build_data(cfg.data, seed=0)
 
 
 def test_csv_source(tmp_path):

@@ -110,6 +110,10 @@ def read_csv(path: str | Path, recover: str, required: tuple[str, ...] = (), own
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape" if own else "strict") as f:
             reader = csv.DictReader(f)
             fields = [c.strip() for c in (reader.fieldnames or [])]
+            # 'Path', 'Label', 'Split' name the same columns as 'path', 'label', 'split'
+            known = {c.lower(): c for c in (*required, "split")}
+            rename = {f: known[f.lower()] for f in fields if f.lower() in known and known[f.lower()] not in fields}
+            fields = [rename.get(f, f) for f in fields]
             missing = [c for c in required if c not in fields]
             if missing:
                 raise KDError(f"CSV file '{path}' needs the column(s) {', '.join(required)}; found: "
@@ -117,7 +121,8 @@ def read_csv(path: str | Path, recover: str, required: tuple[str, ...] = (), own
             rows = []
             for row in reader:
                 line = reader.line_num
-                rows.append({k.strip(): (v or "").strip() for k, v in row.items() if isinstance(k, str)})
+                rows.append({rename.get(k.strip(), k.strip()): (v or "").strip() for k, v in row.items()
+                             if isinstance(k, str)})
     except FileNotFoundError:
         raise KDError(f"CSV file '{path}' does not exist; {recover}") from None
     except UnicodeDecodeError:

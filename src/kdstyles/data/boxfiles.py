@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import KDError
 from ..fileio import read_csv
-from .files import SPLITS, Record
+from .files import Record, split_value
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
 BOX_COLUMNS_3D = ("x1", "y1", "z1", "x2", "y2", "z2")
@@ -55,9 +55,7 @@ def read_box_csv(path: Path, classes: list[str] | None, dims: int = 2
         where = f"CSV file '{path}' line {line}"
         if not row["path"]:
             raise KDError(f"{where}: empty path")
-        split = row.get("split") or None
-        if split is not None and split not in SPLITS:
-            raise KDError(f"{where}: split '{split}' is not one of {', '.join(SPLITS)}")
+        split = split_value(row.get("split", ""), where)
         image = str(path.parent / row["path"])
         if image not in order:
             order[image] = Record(Path(image), "", split)

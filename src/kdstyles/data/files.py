@@ -18,6 +18,26 @@ from ..errors import KDError
 from ..fileio import read_csv
 
 SPLITS = ("train", "val", "test")
+# What data sets call their splits (Kaggle's "Training"/"Testing", HF's "validation"), any case.
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test", "testing": "test"}
+SPLIT_HELP = "train|training, val|valid|validation, test|testing (any case)"
+
+
+def split_of(name: str) -> str | None:
+    """The split a folder name or a CSV split value stands for (None: not a split name)."""
+    return SPLIT_NAMES.get(name.strip().lower())
+
+
+def split_value(value: str, where: str) -> str | None:
+    """A CSV row's split column: None when empty (to be assigned), else the split it names;
+    anything else is an error naming ``where`` (file and line)."""
+    if not value:
+        return None
+    split = split_of(value)
+    if split is None:
+        raise KDError(f"{where}: split '{value}' is not one of {SPLIT_HELP}")
+    return split
 
 
 @dataclass

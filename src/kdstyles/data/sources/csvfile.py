@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ...errors import KDError
 from ...fileio import read_csv
-from ..files import SPLITS, Record
+from ..files import Record, split_value
 from . import Loaded, Source, from_files, from_volume_files
 
 
@@ -33,9 +33,7 @@ def list_csv(path: Path, multilabel: bool = False, classes: list[str] | None = N
     wide = _class_columns(path, rows, classes) if multilabel and rows and "label" not in rows[0] else None
     records = []
     for line, row in enumerate(rows, start=2):
-        split = row.get("split") or None
-        if split is not None and split not in SPLITS:
-            raise KDError(f"CSV file '{path}' line {line}: split '{split}' is not one of {', '.join(SPLITS)}")
+        split = split_value(row.get("split", ""), f"CSV file '{path}' line {line}")
         label = _present(path, line, row, wide, uncertain) if wide is not None else row["label"]
         if not row["path"] or not (label or multilabel):
             raise KDError(f"CSV file '{path}' line {line}: empty {'path' if multilabel else 'path or label'}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from ...errors import KDError
 from ...imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_volume
 from .. import segfolder
-from ..files import SPLITS, Record
+from ..files import SPLIT_HELP, Record, split_of
 from . import Loaded, Source, from_files, from_volume_files
 
 
@@ -21,7 +21,7 @@ def list_folder(root: Path, volumes: bool = False) -> list[Record]:
     kind, suffixes = ("volumes", VOLUME_SUFFIXES) if volumes else ("images", IMAGE_SUFFIXES)
     if not root.is_dir():
         raise KDError(f"data.root: folder '{root}' does not exist")
-    bases = [(root / s, s) for s in SPLITS if (root / s).is_dir()] if (root / "train").is_dir() else [(root, None)]
+    bases = _split_folders(root)
     records = []
     for base, split in bases:
         class_dirs = sorted(d for d in base.iterdir() if d.is_dir())
@@ -33,6 +33,31 @@ def list_folder(root: Path, volumes: bool = False) -> list[Record]:
                 raise KDError(f"data.root: class folder '{d}' holds no {kind} ({', '.join(suffixes)})")
             records += [Record(f, d.name, split) for f in files]
     return records
+
+
+def _split_folders(root: Path) -> list[tuple[Path, str | None]]:
+    """``root`` itself (classes directly inside), or its split folders (``train/``, ``Training/``,
+    ``validation/``...; see :data:`~kdstyles.data.files.SPLIT_NAMES`) with the split each holds.
+    A folder beside split folders that is not one, two folders for one split, or split folders
+    without a training one are errors: none is silently left out or taken for a class."""
+    children = sorted(d for d in root.iterdir() if d.is_dir())
+    named = [(d, split_of(d.name)) for d in children]
+    if not any(split for _, split in named):
+        return [(root, None)]
+    where = f"data.root: '{root}' holds split folders ({', '.join(d.name for d, s in named if s)})"
+    for d, split in named:
+        if split is None:
+            raise KDError(f"{where} and '{d.name}', which is not one ({SPLIT_HELP}); move it out of the way, or "
+                          "put class folders inside the split folders only")
+    seen: dict[str, str] = {}
+    for d, split in named:
+        if split in seen:
+            raise KDError(f"{where}: '{seen[split]}' and '{d.name}' are both the {split} split; keep one")
+        seen[split] = d.name
+    if "train" not in seen:
+        raise KDError(f"{where} but none for training (train/ or training/); kdstyles makes missing val and test "
+                      "splits from the training images, not the other way round")
+    return [(d, split) for d, split in named]
 
 
 class Folder(Source):
