@@ -67,6 +67,18 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("data: [1, 2\n")
     with pytest.raises(KDError, match="not valid YAML"):
         load_config(bad)
+    # a second data: section would silently replace the first (PyYAML keeps the last key)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("data: {image_size: 32}\ntrain:\n  epochs: 1\ndata: {batch_size: 8}\n")
+    with pytest.raises(KDError, match=r"twice.yaml' line 4: .*key 'data' appears twice in one section \(lines 1 and 4\)"):
+        load_config(twice)
+    twice.write_text("train:\n  epochs: 1\n  seed: 2\n  epochs: 3\n")
+    with pytest.raises(KDError, match=r"key 'epochs' appears twice in one section \(lines 2 and 4\)"):
+        load_config(twice)
+    anchors = tmp_path / "anchors.yaml"  # YAML merge keys are not duplicates
+    anchors.write_text("networks:\n  students:\n    s1: &small {arch: resnet10, widen: 0.25}\n"
+                       "    s2: {<<: *small, widen: 0.5}\n")
+    assert load_config(anchors).networks.students["s2"].widen == 0.5
 
 
 def test_overrides_merge_into_defaults():
