@@ -30,6 +30,7 @@ def run_cli(monkeypatch, capsys, *args):
                                       "(got 3)"),
     ("data.num_workers=many", "config error: data.num_workers: should be a whole number or 'auto' (got 'many')"),
     ("data.num_workers=null", "config error: data.num_workers: should be a whole number or 'auto' (got null)"),
+    ("data.val_fraction=0.85", "config error: data: val_fraction 0.85 + test_fraction 0.15 leave no training images"),
 ])
 def test_config_errors_one_line_through_cli(monkeypatch, capsys, override, expected):
     code, out, err = run_cli(monkeypatch, capsys, "check", "--set", override,

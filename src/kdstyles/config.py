@@ -190,6 +190,9 @@ class DataConfig(Strict):
             if self.channels is not None and self.channels != len(self.modalities):
                 raise ValueError(f"channels: {self.channels}, but modalities keeps {len(self.modalities)}; "
                                  "leave channels out")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no "
+                             "training images; together they must be below 1 (0.15 each by default)")
         return self
 
     @property
