@@ -90,6 +90,22 @@ def test_export_errors(run_dir):
         export_run(run_dir, "s1", "tflite")
 
 
+def test_students_named_otherwise_train_export_and_predict_by_default(tmp_path):
+    """Presets fill their roles with students of any name; export and predict default to the
+    first student, not to a name 's1' the run may not have."""
+    from conftest import tiny
+
+    net = {"arch": "resnet10", "widen": 0.125}
+    exp = Experiment({"networks": {"students": {"mobile": net, "tiny": net}}},
+                     overrides=[o for o in tiny(tmp_path, "train.epochs=1") if ".students." not in o], quiet=True)
+    assert {(e.src, e.dst) for e in exp.cfg.edges} == {("teacher", "mobile"), ("teacher", "tiny"),
+                                                       ("mobile", "tiny"), ("tiny", "mobile")}
+    exp.fit()
+    side = export_run(exp.run_dir, fmt="torchscript")
+    assert side["network"] == "mobile" and (exp.run_dir / "export" / "mobile.pt").is_file()
+    assert load_predictor(exp.run_dir).source == f"{exp.run_dir} (mobile)"
+
+
 def test_predict_onnx_without_torch_matches_run_folder(run_dir, images, tmp_path):
     if not (run_dir / "export" / "ensemble.onnx").is_file():
         export_run(run_dir, "ensemble", "onnx")

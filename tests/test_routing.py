@@ -106,3 +106,28 @@ def test_ctsl_mkt_expands_over_all_students():
     assert next(e for e in edges if e.style == "self").weight == cfg.loss.self_weight
     cfg4 = load_config(None, ["routing.preset=ctsl-mkt", "styles.predictions.temperature=5"])
     assert all(e.options.temperature == 5 for e in cfg4.edges if e.style == "predictions")
+
+
+def _students(tmp_path, names):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("networks:\n  students:\n" + "".join(f"    {n}: {{arch: resnet10, widen: 0.25}}\n" for n in names))
+    return cfg
+
+
+def test_presets_fill_their_roles_with_the_students_a_config_names(tmp_path):
+    """Students named otherwise take the presets' s1 and s2 roles in listed order; one student
+    keeps the teacher's edge to it (kd, fitnet) and cannot keep an edge between students."""
+    cfg = load_config(_students(tmp_path, ["mobile", "tiny"]))
+    assert {(e.src, e.dst, e.style) for e in cfg.edges} == {
+        ("teacher", "mobile", P), ("teacher", "tiny", F), ("mobile", "tiny", P), ("tiny", "mobile", F)}
+    # a name that fits a role keeps it; the other role goes to the next student
+    cfg = load_config(_students(tmp_path, ["big", "s1"]), ["routing.preset=kdml"])
+    assert {(e.src, e.dst) for e in cfg.edges} == {("teacher", "s1"), ("teacher", "big"), ("s1", "big"),
+                                                   ("big", "s1")}
+    one = _students(tmp_path, ["s1"])
+    assert [(e.src, e.dst, e.style) for e in load_config(one, ["routing.preset=kd"]).edges] == [("teacher", "s1", P)]
+    assert [(e.src, e.dst, e.style) for e in load_config(one, ["routing.preset=fitnet"]).edges] == [
+        ("teacher", "s1", F)]
+    with pytest.raises(KDError, match=r"routing.preset 'diverse': its s1 -> s2 predictions edge joins two students, "
+                                      r"and networks.students has one \(s1; "):
+        load_config(one)

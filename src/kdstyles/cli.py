@@ -302,7 +302,8 @@ def report(folder: Path = typer.Argument(..., help="a comparison folder or an ev
 
 @app.command()
 def export(run_dir: Path = typer.Argument(..., help="a run folder"),
-           network: str = typer.Option("s1", help="s1, s2, ..., ensemble (mean of the students) or teacher"),
+           network: Optional[str] = typer.Option(None, help="a student (default: the first), ensemble (mean of "
+                                                            "the students) or teacher"),
            fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
            out: Optional[Path] = typer.Option(None, help="model file (default: RUN_DIR/export/NETWORK.onnx|.pt)"),
            checkpoint: str = typer.Option("best", help="best or last")) -> None:
@@ -312,7 +313,7 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
     side = export_run(run_dir, network, fmt, out, checkpoint)
     model = Path(out) if out else Path(run_dir) / "export" / side["file"]
     v = side["verification"]
-    console.print(f"exported {network} ({side['checkpoint']} checkpoint) to {model}", highlight=False)
+    console.print(f"exported {side['network']} ({side['checkpoint']} checkpoint) to {model}", highlight=False)
     console.print(f"max |{fmt} - pytorch| on {v['samples']} inputs: {v['max_abs_diff']:.2e} ({v['against']})",
                   highlight=False)
     console.print(f"sidecar: {model.with_suffix('.json')}\nmodel card: {model.with_suffix('.md')}", highlight=False)
@@ -323,7 +324,8 @@ def predict(model: Path = typer.Argument(..., help="an exported .onnx / TorchScr
             inputs: list[Path] = typer.Argument(..., help="image (or volume) files, folders, or CSV files with a "
                                                           "'path' column"),
             out: Path = typer.Option(Path("predictions"), help="folder for predictions.csv"),
-            network: str = typer.Option("s1", help="with a run folder: which network (or ensemble)"),
+            network: Optional[str] = typer.Option(None, help="with a run folder: which network (default: the first "
+                                                             "student) or ensemble"),
             batch_size: int = typer.Option(32, min=1),
             skip_unreadable: bool = typer.Option(False, "--skip-unreadable",
                                                  help="predict the readable inputs and list the others (with "

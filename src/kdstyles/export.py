@@ -61,13 +61,15 @@ def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None
                       info["normalize"]["std"], cohort.task, exp.cfg.data.dims).eval()
 
 
-def open_run(run_dir: str | Path, network: str, checkpoint: str = "best"
-             ) -> tuple[Experiment, Deployable, dict[str, Any]]:
-    """A run folder's network (or ensemble) with its weights, ready to deploy, and its run.json."""
+def open_run(run_dir: str | Path, network: str | None, checkpoint: str = "best"
+             ) -> tuple[Experiment, Deployable, dict[str, Any], str]:
+    """A run folder's network (or ensemble; None: its first student) with its weights, ready to
+    deploy, its run.json and the network's name."""
     exp = Experiment.from_run(run_dir, quiet=True)
     info = exp.run_info()
     exp.load_weights(checkpoint)
-    return exp, deployable(exp, network, info), info
+    network = network or exp.cohort.students[0]
+    return exp, deployable(exp, network, info), info, network
 
 
 def cpu_latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 20) -> float:
@@ -117,13 +119,14 @@ def _export_torchscript(model: nn.Module, sample: torch.Tensor, path: Path) -> f
         return float((loaded(sample) - model(sample)).abs().max())
 
 
-def export_run(run_dir: str | Path, network: str = "s1", fmt: str = "onnx", out: str | Path | None = None,
+def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx", out: str | Path | None = None,
                checkpoint: str = "best", samples: int = 8) -> dict[str, Any]:
-    """Export one network of a run; returns the sidecar (also written next to the model)."""
+    """Export one network of a run (None: its first student); returns the sidecar (also
+    written next to the model)."""
     if fmt not in FORMATS:
         raise KDError(f"--format '{fmt}' is not known; allowed: {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
-    exp, model, info = open_run(run_dir, network, checkpoint)
+    exp, model, info, network = open_run(run_dir, network, checkpoint)
     size, channels = info["image_size"], info["channels"]
     path = Path(out) if out is not None else run_dir / "export" / f"{network}{FORMATS[fmt]}"
     if path.suffix != FORMATS[fmt]:

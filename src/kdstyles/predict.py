@@ -59,7 +59,7 @@ def _sidecar(model: Path) -> dict:
     return side
 
 
-def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "best") -> Predictor:
+def load_predictor(model: str | Path, network: str | None = None, checkpoint: str = "best") -> Predictor:
     """An exported .onnx or TorchScript .pt file (with its sidecar), or a run folder."""
     model = Path(model)
     if model.is_dir():
@@ -67,7 +67,7 @@ def load_predictor(model: str | Path, network: str = "s1", checkpoint: str = "be
 
         from .export import open_run
 
-        exp, net, info = open_run(model, network, checkpoint)
+        exp, net, info, network = open_run(model, network, checkpoint)
         vol = exp.cfg.data.preparation if exp.cfg.data.dims == 3 else None
 
         def run(batch: np.ndarray) -> np.ndarray:
@@ -142,7 +142,7 @@ def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path
     return files
 
 
-def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, network: str = "s1",
+def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, network: str | None = None,
             batch_size: int = 32, quiet: bool = False, skip_unreadable: bool = False) -> Path:
     """``OUT/predictions.csv``, one row per image as the task writes it (classification: path,
     predicted class, its probability, one column per class; segmentation: path, the mask PNG

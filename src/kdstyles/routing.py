@@ -38,7 +38,25 @@ class Preset:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def triples(self, students: list[str]) -> list[Triple]:
-        return self.edges(students) if callable(self.edges) else list(self.edges)
+        """The preset's edges between these students. The roles ``s1`` and ``s2`` go to the
+        students of those names, else to the others in the order they are listed; with one
+        student the teacher's edge to the missing role goes (``kd``, ``fitnet``: one student
+        taught), while an edge between students cannot be kept and is an error."""
+        if callable(self.edges):
+            return self.edges(students)
+        free = [s for s in students if s not in (S1, S2)]
+        roles = {r: r if r in students else (free.pop(0) if free else None) for r in (S1, S2)}
+        out = []
+        for src, dst, style in self.edges:
+            a, b = roles.get(src, src), roles.get(dst, dst)
+            if b is None and src == T:
+                continue
+            if a is None or b is None:
+                raise KDError(f"its {src} -> {dst} {style} edge joins two students, and networks.students has one "
+                              f"({', '.join(students)}; a config's students section lists every student): add "
+                              "a second, or use kd, fitnet or student")
+            out.append((a, b, style))
+        return out
 
 
 def _ctsl_mkt(students: list[str]) -> list[Triple]:
@@ -145,7 +163,11 @@ def resolve_edges(routing: RoutingConfig, students: list[str], styles: dict[str,
     else:
         preset = PRESETS[routing.label]
         where = f"routing.preset '{routing.label}'"
-        triples = [(s, d, st, None, preset.options.get(st, {}), {}, where) for s, d, st in preset.triples(students)]
+        try:
+            found = preset.triples(students)
+        except KDError as exc:
+            raise KDError(f"{where}: {exc}") from None
+        triples = [(s, d, st, None, preset.options.get(st, {}), {}, where) for s, d, st in found]
     edges = []
     for src, dst, style, weight, defaults, options, where in triples:
         for role, node in (("src", src), ("dst", dst)):
