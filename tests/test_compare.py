@@ -164,3 +164,19 @@ def test_shared_teacher_trains_once_and_answers(tmp_path):
     assert "| teacher -> s1 predictions (w=0.2) | s1 |" in text
     assert "without-teacher" not in text.split("### kd against each baseline")[1].split("### Ablation")[0]
     assert "What the comparison shows" in render(out).read_text()
+
+
+def test_a_one_student_config_compares_the_presets_that_fit_it(tmp_path):
+    """Its default preset (diverse) needs two students, but a comparison of student and kd does
+    not run it; a preset that needs two is refused before any run."""
+    from kdstyles import KDError
+    from kdstyles.compare import plan
+
+    cfg = tmp_path / "one.yaml"
+    cfg.write_text("networks:\n  students:\n    s1: {arch: resnet10, widen: 0.25}\n")
+    _, specs, _ = plan(str(cfg), ["student", "kd"], 1, tmp_path / "c", [])
+    assert [s.preset for s in specs] == ["student", "kd"]
+    with pytest.raises(KDError, match="routing.preset 'dml': its s1 -> s2 predictions edge joins two students"):
+        plan(str(cfg), ["student", "dml"], 1, tmp_path / "c", [])
+    with pytest.raises(KDError, match="routing.preset 'diverse'"):  # --ablate works on the config's own routing
+        plan(str(cfg), ["student"], 1, tmp_path / "c", [], ablate=True)

@@ -229,14 +229,14 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
             set_: Optional[list[str]] = SetOpt,
             quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Run every preset x seed (resumable), then write results.csv, the table and report.html."""
+    from .compare import base_config
     from .compare import compare as run_compare
-    from .config import load_config
     from .report import load_rows, load_study, markdown, render
 
-    cfg = load_config(config, set_ or [])
-    folder = out or Path(cfg.output.dir) / f"compare-{cfg.name}"
     default = "student" if ablate else ",".join(COMPARE_PRESETS)
     names = [p.strip() for p in (presets_ or default).split(",") if p.strip()]
+    cfg = base_config(config, set_ or [], names, ablate)
+    folder = out or Path(cfg.output.dir) / f"compare-{cfg.name}"
     if checkpoint not in ("best", "last"):
         raise KDError(f"--checkpoint '{checkpoint}' is not known; allowed: best, last")
     summary = run_compare(str(config) if config else None, names, seeds, folder, set_ or [], jobs=jobs,
