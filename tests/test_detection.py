@@ -202,14 +202,23 @@ def test_bad_boxes_and_configs_are_one_line():
     from kdstyles.data import checks
     from kdstyles.data.checks import DataReport
 
-    for box, why in [([2, 2, 40, 9, 0], "outside the 32x32 image"), ([5, 2, 5, 9, 0], "x2 <= x1 or y2 <= y1"),
-                     ([1, 1, 4, 4, 3], "class outside 0..0")]:
+    for box, why in [([33, 2, 40, 9, 0], "outside the 32x32 image"), ([5, 2, 5, 9, 0], "x2 <= x1 or y2 <= y1"),
+                     ([1, 1, 4, 4, 3], "class outside 0..0"), ([1, 1, float("nan"), 4, 0], "not a number")]:
         report = DataReport(["no objects", "objects"])
         checks.check_boxes("train", [np.zeros((0, 5)), np.array([box], np.float32)], 1, (32, 32),
                            ["frame a", "frame b"], report)
         with pytest.raises(KDError) as err:
             report.raise_errors()
         assert str(err.value).startswith("frame b: box (") and why in str(err.value) and "\n" not in str(err.value)
+    # boxes that cross the border (a pixel over, 1-based tools) are clipped to the image: one warning for all
+    report = DataReport(["no objects", "objects"])
+    crossing = [np.array([[2, 2, 33, 9, 0], [4, 4, 8, 8, 0]], np.float32), np.array([[-1.5, 3, 5, 32, 0]], np.float32)]
+    checks.check_boxes("train", crossing, 1, (32, 32), ["frame a", "frame b"], report)
+    report.raise_errors()
+    np.testing.assert_array_equal(crossing[0], [[2, 2, 32, 9, 0], [4, 4, 8, 8, 0]])
+    np.testing.assert_array_equal(crossing[1], [[0, 3, 5, 32, 0]])
+    assert [p.message for p in report.problems] == [
+        "2 box(es) in 2 image(s) crossed the border by up to 1.5 pixel(s) and were clipped to it (first: frame a)"]
     with pytest.raises(KDError, match="'resnet10' does not fit task detection; it needs an encoder-decoder"):
         load_config(None, [*DET, "networks.students.s1.arch=resnet10"])
     with pytest.raises(KDError, match="train.selection_metric: 'dice' is not a detection metric"):
@@ -343,6 +352,23 @@ def test_box_files_load_the_same_boxes_scaled_to_the_training_size(tmp_path, sou
     assert seen == 6
 
 
+def test_data_inspect_reads_a_coco_file_as_detection_and_clips_boxes_that_cross_the_border(tmp_path, monkeypatch,
+                                                                                            capsys):
+    from kdstyles.cli import main
+
+    _frames(tmp_path)
+    coco = json.loads((tmp_path / "coco.json").read_text())
+    x, y, w, h = coco["annotations"][0]["bbox"]
+    coco["annotations"][0]["bbox"] = [x, y, 41 - x, h]  # one pixel past the 40 px frame, as 1-based tools write
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    monkeypatch.setattr(sys, "argv", ["kdstyles", "data", "inspect", str(tmp_path / "coco.json")])
+    with pytest.raises(SystemExit) as done:
+        main()
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert done.value.code in (0, None) and "boxes: polyp" in out
+    assert "warning: 1 box(es) in 1 image(s) crossed the border by up to 1 pixel(s) and were clipped to it" in out
+
+
 def test_data_inspect_counts_boxes_without_naming_networks(tmp_path, monkeypatch, capsys):
     """Looking at a box CSV needs no detection network in the overrides; the table counts the
     images with and without objects, and the boxes of each class, per split."""
@@ -363,8 +389,8 @@ def test_data_inspect_counts_boxes_without_naming_networks(tmp_path, monkeypatch
 @pytest.mark.parametrize("change, message", [
     (lambda p: p.write_text("path,x1,y1,x2,y2,label\nkv/images/f1.png,3,4,x,9,polyp\n"),
      "line 2: box (3, 4, x, 9) needs four numbers x1,y1,x2,y2"),
-    (lambda p: p.write_text("path,x1,y1,x2,y2,label\nkv/images/f1.png,3,4,50,9,polyp\n"),
-     "f1.png': box (3, 4, 50, 9) class 0: outside the 40x40 image"),
+    (lambda p: p.write_text("path,x1,y1,x2,y2,label\nkv/images/f1.png,41,4,50,9,polyp\n"),
+     "f1.png': box (41, 4, 50, 9) class 0: outside the 40x40 image"),
     (lambda p: p.write_text("path,x1,y1,x2,y2,label\nkv/images/f1.png,3,4,9,9,polyp\nkv/images/f2.png,3,4,9,9,ulcer\n"),
      "label 'ulcer' is not in data.classes (polyp)"),
     (lambda p: p.write_text("path,label\nkv/images/f1.png,polyp\n"), "needs the column(s) path, x1, y1, x2, y2, label"),
@@ -387,6 +413,9 @@ def test_malformed_box_csvs_are_one_line(tmp_path, change, message):
     (lambda c: c["annotations"][0].update(category_id=4), "category_id 4 is not among the categories"),
     (lambda c: c["annotations"][0].update(bbox=[1, 2]), "bbox [1, 2] is not [x, y, width, height]"),
     (lambda c: c.pop("images"), "not a COCO detection JSON (KeyError"),
+    (lambda c: c["annotations"].append(7), "annotation 6: 7 is not an object {image_id, bbox, category_id}"),
+    (lambda c: c["images"].append({"id": 99, "file_name": c["images"][0]["file_name"]}),
+     "file_name 'kv/images/f0.png' is listed as 2 images (ids 10, 99)"),
 ])
 def test_malformed_coco_files_are_one_line(tmp_path, change, message):
     from kdstyles.data import build_data

@@ -325,7 +325,7 @@ CASES = [
                                        "data.augment.zoom")),
     ("det-box-not-numbers", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("1,1,5,5", "1,1,five,5")),
                                           "boxes.csv' line 2")),
-    ("det-box-outside-image", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("2,2,6,6", "2,2,16,6")),
+    ("det-box-outside-image", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("2,2,6,6", "13,2,16,6")),
                                             "outside the 12x12 image")),
     ("det-box-empty", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("2,2,6,6", "6,2,6,6")),
                                     "x2 <= x1 or y2 <= y1")),

@@ -320,8 +320,8 @@ def test_3d_detection_trains_evaluates_and_exports(tiny_overrides):
     assert vols.shape == (9, 16, 16, 16, 1) and all(b.shape[1] == 7 for b in boxes)
     assert {int(b[0, 6]) for b in boxes if len(b)} == {0, 1} and any(len(b) == 0 for b in boxes)
     report = checks.DataReport(["no objects", "objects"])
-    checks.check_boxes("train", [np.array([[1, 1, 1, 4, 4, 20, 0]], np.float32)], 2, (16, 16, 16), ["vol a"], report)
-    with pytest.raises(KDError, match=r"vol a: box \(1, 1, 1, 4, 4, 20\) class 0: outside the 16x16x16 volume"):
+    checks.check_boxes("train", [np.array([[1, 1, 17, 4, 4, 20, 0]], np.float32)], 2, (16, 16, 16), ["vol a"], report)
+    with pytest.raises(KDError, match=r"vol a: box \(1, 1, 17, 4, 4, 20\) class 0: outside the 16x16x16 volume"):
         report.raise_errors()
     det = ["task=detection", *UNETS[1:], *SYNTH, "data.augment.rotate90=true", "train.epochs=1"]
     exp = Experiment(None, overrides=tiny_overrides(*det), quiet=True)
@@ -597,6 +597,6 @@ def test_3d_boxes_from_a_csv_in_world_mm_land_on_the_training_grid(tmp_path, siz
             np.testing.assert_allclose(got, expected[str(path)], atol=1e-3)
             seen += 1
     assert seen == 10
-    (tmp_path / "boxes.csv").write_text("path,x1,y1,z1,x2,y2,z2,label\nv0.nii.gz,0,0,0,900,5,5,cyst\n")
+    (tmp_path / "boxes.csv").write_text("path,x1,y1,z1,x2,y2,z2,label\nv0.nii.gz,800,0,0,900,5,5,cyst\n")
     with pytest.raises(KDError, match=r"v0.nii.gz' \(world boxes on its prepared grid\): box .* outside the 16x16x16"):
         build_data(cfg.data, 0, task="detection")

@@ -140,7 +140,7 @@ app.add_typer(data_app, name="data")
 
 
 def _data_spec(spec: str, overrides: list[str]):
-    """A config file, a folder, a CSV, a MedMNIST npz, or 'synthetic' -> an experiment config."""
+    """A config file, a folder, a CSV, a COCO JSON, a MedMNIST npz, or 'synthetic' -> an experiment config."""
     from .config import load_config
 
     path = Path(spec)
@@ -155,20 +155,26 @@ def _data_spec(spec: str, overrides: list[str]):
     elif spec.endswith(".npz"):
         flag, _, size = path.stem.partition("_")
         data = ["data.source=medmnist", f"data.flag={flag}", f"data.size={size or 28}", f"data.root={path.parent}"]
+    elif spec.endswith(".json"):  # COCO boxes: detection's own format
+        data = ["data.source=coco", f"data.path={path}"]
     else:
-        raise KDError(f"'{spec}' is neither a config (.yaml), a folder, a .csv, a MedMNIST .npz nor 'synthetic'")
+        raise KDError(f"'{spec}' is neither a config (.yaml), a folder, a .csv, a COCO .json, a MedMNIST .npz nor "
+                      "'synthetic'")
     from .tasks import TASKS
 
     # Looking at data needs no networks: where the default classifiers do not fit the task
     # (segmentation, detection), any body that does stands in, unless the overrides name one.
-    task = next((o.partition("=")[2] for o in overrides if o.startswith("task=")), "classification")
+    given = next((o.partition("=")[2] for o in overrides if o.startswith("task=")), None)
+    task = given or ("detection" if spec.endswith(".json") else "classification")
+    data += [] if given or task == "classification" else [f"task={task}"]
     nets = [f"networks.{n}.arch=basicunet" for n in ("teacher", "students.s1", "students.s2")] \
         if task in TASKS and not TASKS[task].accepts_arch("resnet18") else []
     return load_config(None, [*data, *nets, *overrides])
 
 
 @data_app.command("inspect")
-def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folder, .csv, MedMNIST .npz, or synthetic"),
+def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folder, .csv, COCO .json, MedMNIST .npz, "
+                                                     "or synthetic"),
                  set_: Optional[list[str]] = SetOpt) -> None:
     """Class counts per split, image sizes and channels, and every problem found (exit 1 on errors)."""
     from .data import build_data

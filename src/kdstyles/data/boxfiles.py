@@ -11,6 +11,8 @@ and the class names. Errors name the file and the line, annotation or image.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 import math
 from pathlib import Path
@@ -97,10 +99,19 @@ def read_coco(path: Path, images_root: Path | None, classes: list[str] | None
         raise KDError(f"COCO file '{path}': not a COCO detection JSON ({type(exc).__name__}: {exc}); it needs "
                       "images [{id, file_name}], annotations [{image_id, bbox, category_id}] and "
                       "categories [{id, name}]") from None
+    twice = [name for name, k in Counter(by_id.values()).items() if k > 1]
+    if twice:
+        ids = [i for i, name in by_id.items() if name == twice[0]]
+        raise KDError(f"COCO file '{path}': file_name '{twice[0]}' is listed as {len(ids)} images (ids "
+                      f"{', '.join(map(str, ids))}); give each file one image entry, its boxes all pointing to it")
     root = images_root or path.parent
     index = _class_index(list(cat_names.values()), classes, f"COCO file '{path}'")
     found: dict[object, list[list[float]]] = {i: [] for i in by_id}
+    if not isinstance(annotations, list):
+        raise KDError(f"COCO file '{path}': annotations is a {type(annotations).__name__}, not a list")
     for n, a in enumerate(annotations):
+        if not isinstance(a, dict):
+            raise KDError(f"COCO file '{path}' annotation {n}: {a!r} is not an object {{image_id, bbox, category_id}}")
         where = f"COCO file '{path}' annotation {n} (id {a.get('id', '?')})"
         if a.get("image_id") not in by_id:
             raise KDError(f"{where}: image_id {a.get('image_id')!r} is not among the images")
