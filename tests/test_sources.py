@@ -438,6 +438,27 @@ def test_segmentation_folder_loader(tmp_path):
     assert sum(int(f.sum()) for f in fg) == 9
 
 
+def test_segmentation_folders_as_data_sets_name_them(tmp_path):
+    """CVC-ClinicDB's Original/ and "Ground Truth"/, ISIC's and BUSI's mask names (the image's
+    name plus _segmentation, _mask) pair up as Kvasir-SEG's images/ and masks/ do."""
+    make_seg_folder(tmp_path / "kvasir")
+    cfg = load_config(None, [*SEG, "data.source=folder", f"data.root={tmp_path / 'kvasir'}", "data.image_size=16"])
+    want = build_data(cfg.data, seed=0, task="segmentation")
+    cvc = tmp_path / "cvc"
+    (tmp_path / "kvasir").rename(cvc)
+    (cvc / "images").rename(cvc / "Original")
+    (cvc / "masks").rename(cvc / "Ground Truth")
+    for i, mask in enumerate(sorted((cvc / "Ground Truth").iterdir())):
+        mask.rename(mask.with_name(f"{mask.stem}{['_segmentation', '_mask', ''][i % 3]}.png"))
+    got = build_data(cfg.data.model_copy(update={"root": str(cvc)}), seed=0, task="segmentation")
+    for split in want.splits:
+        assert [p.name for p in got.splits[split].paths] == [p.name for p in want.splits[split].paths]
+        np.testing.assert_array_equal(got.splits[split].masks, want.splits[split].masks)
+    (cvc / "Ground Truth").rename(cvc / "labels")
+    with pytest.raises(KDError, match=r"has no masks folder \(masks/, mask/, ground truth/, groundtruth/, gt/, any"):
+        build_data(cfg.data.model_copy(update={"root": str(cvc)}), seed=0, task="segmentation")
+
+
 @pytest.mark.parametrize("problem, message", [
     ("missing", "has no mask in"),
     ("size", "is 10x10 but its image is 24x20"),

@@ -146,10 +146,9 @@ def read_kvasir(root: Path, classes: list[str] | None) -> tuple[list[Record], di
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise KDError(f"'{listing}': not Kvasir-SEG's box file ({type(exc).__name__}: {exc}); it maps each "
                           "image name to {bbox: [{label, xmin, ymin, xmax, ymax}]}") from None
-        images = root / "images"
-        if not images.is_dir():
-            raise KDError(f"data.root: '{images}' does not exist; a detection folder holds images/ and "
-                          f"masks/ or {KVASIR_BOXES}")
+        from .segfolder import pair_dirs
+
+        images, _ = pair_dirs(root, masks=False)
         from ..imageio import IMAGE_SUFFIXES
 
         files = {p.stem: p for p in sorted(images.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}

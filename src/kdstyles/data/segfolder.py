@@ -19,12 +19,32 @@ from ..imageio import DECODE_ERRORS, IMAGE_SUFFIXES, _failure
 from .files import SPLITS, Record
 
 
+# What data sets call the two folders (Kvasir-SEG: images/ masks/; CVC-ClinicDB: Original/
+# "Ground Truth"/), any case; and what they add to an image's name for its mask (ISIC:
+# _segmentation, BUSI: _mask, GlaS: _anno).
+IMAGE_DIRS = ("images", "image", "imgs", "original")
+MASK_DIRS = ("masks", "mask", "ground truth", "groundtruth", "gt")
+MASK_SUFFIXES = ("_mask", "_segmentation", "_seg", "_gt", "_anno", "_label")
+
+
+def pair_dirs(root: Path, masks: bool = True) -> tuple[Path, Path]:
+    """``root``'s image folder and mask folder, by the names above; a missing one is an error
+    (``masks=False``: the image folder only is needed, the mask folder may be missing)."""
+    if not root.is_dir():
+        raise KDError(f"data.root: folder '{root}' does not exist")
+    children = {d.name.lower(): d for d in sorted(root.iterdir()) if d.is_dir()}
+    found = [next((children[n] for n in names if n in children), None) for names in (IMAGE_DIRS, MASK_DIRS)]
+    for d, names, what in zip(found, (IMAGE_DIRS, MASK_DIRS), ("images", "masks")):
+        if d is None and (masks or what == "images"):
+            raise KDError(f"data.root: '{root}' has no {what} folder ({', '.join(n + '/' for n in names)}, any case); "
+                          "a segmentation or detection folder holds images/ and masks/")
+    return found[0], found[1] if found[1] is not None else root / "masks"
+
+
 def list_pairs(root: Path) -> tuple[list[Record], dict[str, Path]]:
-    """Records (image path, label placeholder, split) and each image's mask path."""
-    images_dir, masks_dir = root / "images", root / "masks"
-    for d in (images_dir, masks_dir):
-        if not d.is_dir():
-            raise KDError(f"data.root: '{d}' does not exist; a segmentation folder holds images/ and masks/")
+    """Records (image path, label placeholder, split) and each image's mask path: the mask of
+    the same name, or of the name with one of :data:`MASK_SUFFIXES`."""
+    images_dir, masks_dir = pair_dirs(root)
     masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     splits: dict[str, str] = {}
     for split in SPLITS:
@@ -34,9 +54,11 @@ def list_pairs(root: Path) -> tuple[list[Record], dict[str, Path]]:
                 splits[Path(stem).stem] = split
     records, mask_of = [], {}
     for img in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        if img.stem not in masks:
-            raise KDError(f"image '{img}' has no mask in '{masks_dir}' (matched by file name without extension)")
-        mask_of[str(img)] = masks[img.stem]
+        mask = next((masks[n] for n in (img.stem, *(img.stem + s for s in MASK_SUFFIXES)) if n in masks), None)
+        if mask is None:
+            raise KDError(f"image '{img}' has no mask in '{masks_dir}' (matched by file name without extension, "
+                          f"or with {', '.join(MASK_SUFFIXES)} added: {img.stem}_mask.png)")
+        mask_of[str(img)] = mask
         records.append(Record(img, "", splits.get(img.stem)))
     if not records:
         raise KDError(f"data.root: '{images_dir}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
