@@ -25,6 +25,11 @@ def test_compare_results_rows_and_table(comparison):
     for p in ("kd", "diverse"):
         for s in (0, 1):
             assert (out / f"{p}-seed{s}" / "eval.json").is_file()
+    from kdstyles import Experiment, KDError  # a comparison folder given where a run folder goes says what it holds
+    with pytest.raises(KDError, match=r"is not a run folder: config.yaml is missing; it holds run folders \(diverse-"
+                                      r"seed0, diverse-seed1, kd-seed0, \.\.\.\): give one of them, or see them all "
+                                      r"with 'kdstyles report "):
+        Experiment.from_run(out)
 
     # the table's mean ± std, by hand from results.csv
     header, body, best = table_data(load_rows(out), "ensemble")

@@ -84,7 +84,11 @@ class RunFolder:
         if not self.path.is_dir():
             raise KDError(f"run folder '{self.path}' does not exist")
         if not self.config_path.is_file():
-            raise KDError(f"'{self.path}' is not a run folder: {self.config_path.name} is missing")
+            runs = sorted(d.name for d in self.path.iterdir() if (d / self.config_path.name).is_file())
+            hint = (f"; it holds run folders ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}): give one of "
+                    "them" + (f", or see them all with 'kdstyles report {self.path}'"
+                              if (self.path / "comparison.json").is_file() else "")) if runs else ""
+            raise KDError(f"'{self.path}' is not a run folder: {self.config_path.name} is missing{hint}")
         return self
 
     def trained(self) -> bool:
