@@ -333,9 +333,14 @@ def test_imbalance_warning_printed_and_saved(tmp_path, capsys):
                                       f"output.dir={tmp_path}", "output.name=run", *FAST,
                                       "data.sampler=balanced", "loss.class_weights=balanced"])
     exp.fit()
-    assert "data warning: class imbalance: 'benign' has" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "data warning: class imbalance: 'benign' has" in out
     report = json.loads((exp.run_dir / "data_report.json").read_text())
     assert any(p["level"] == "warning" and "imbalance" in p["message"] for p in report["problems"])
+    # 6 malignant images leave 1 each to val and test: those splits' metrics are noise, and the run says so
+    val = report["counts"]["val"]
+    assert val[1] == 1 and f"data warning: the val split is small: {sum(val)} images, 1 of class 'malignant'" in out
+    assert any(p["message"].startswith("the test split is small") for p in report["problems"])
     w = exp.cohort.class_weights
     assert w[1] > 10 * w[0]  # the rare class weighs more in CE
 

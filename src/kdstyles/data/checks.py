@@ -181,15 +181,28 @@ def check_boxes(split: str, boxes: list[np.ndarray], num_classes: int, size: tup
         report.problems.append(Problem("error", f"{names[i]}: {text} ({bad} such boxes in {split})"))
 
 
+FEW_TO_MEASURE = 5  # images of a class in val or test below which its metrics are noise
+
+
 def check_balance(report: DataReport, ratio: float, remedy: str) -> None:
-    """Every class present in training (an error otherwise); a warning when the largest class
-    outnumbers the smallest by more than ``ratio``, suggesting ``remedy`` (the task's)."""
+    """Every class present in training (an error otherwise); a warning when a class has fewer
+    than :data:`FEW_TO_MEASURE` images in val or test (its metrics are noise), and when the
+    largest class outnumbers the smallest by more than ``ratio``, suggesting ``remedy`` (the
+    task's)."""
     counts = report.counts.get("train")
     if not counts:
         return
     for k, n in enumerate(counts):
         if n == 0:
             report.problems.append(Problem("error", f"class '{report.class_names[k]}' has no training images"))
+    for split in ("val", "test"):
+        held = report.counts.get(split)
+        if held and 0 < min(held) < FEW_TO_MEASURE:
+            k = int(np.argmin(held))
+            report.problems.append(Problem(
+                "warning", f"the {split} split is small: {sum(held)} images, {held[k]} of class "
+                           f"'{report.class_names[k]}'; each image weighs {100 / sum(held):.2g}% in its metrics "
+                           f"(more images, or a larger data.{split}_fraction where kdstyles makes the split)"))
     present = [n for n in counts if n > 0]
     if present and max(present) / min(present) > ratio:
         big, small = int(np.argmax(counts)), min((n, k) for k, n in enumerate(counts) if n > 0)[1]
