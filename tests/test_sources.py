@@ -231,6 +231,18 @@ def test_folder_with_split_subfolders_and_lazy_loading(tmp_path):
     assert any("duplicate images across splits" in p.message for p in bundle.report.warnings)
 
 
+def test_folder_reads_webp_and_names_the_files_it_leaves_out(tmp_path):
+    make_mixed_folder(tmp_path, per_class=6)
+    Image.open(tmp_path / "benign" / "1.png").save(tmp_path / "benign" / "photo.webp")
+    for name in ("scan.dcm", "scan2.dcm", "notes.txt", "Thumbs.db", ".DS_Store"):
+        (tmp_path / "malignant" / name).write_bytes(b"not an image")
+    cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path}", "data.image_size=16"])
+    bundle = build_data(cfg.data, seed=0)
+    assert sum(bundle.report.counts[s][0] for s in bundle.report.counts) == 7  # the WebP photo is read
+    left = [p.message for p in bundle.report.warnings if "left out" in p.message]
+    assert left == ["files in the class folders that are not images kdstyles reads were left out: 2 .dcm, 1 .txt"]
+
+
 def test_split_folders_as_data_sets_name_them(tmp_path):
     """Kaggle's Training/Testing (and validation/, any case) are splits, never classes; a folder
     beside them that is not one, or two folders for one split, stop the run in one line."""

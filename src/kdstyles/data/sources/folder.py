@@ -5,34 +5,53 @@ same layout, boxes from the masks or ``kavsir_bboxes.json`` (:mod:`kdstyles.data
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from ...errors import KDError
 from ...imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_volume
 from .. import segfolder
 from ..files import SPLIT_HELP, Record, split_of
+from ..checks import Problem
 from . import Loaded, Source, from_files, from_volume_files
 
 
-def list_folder(root: Path, volumes: bool = False) -> list[Record]:
+IGNORED = {"thumbs.db", "desktop.ini"}  # what file browsers leave in folders
+
+
+def list_folder(root: Path, volumes: bool = False) -> tuple[list[Record], Counter]:
     """Records of ``root/<class>/<file>`` (or inside ``root/train/`` etc.): image files, or
-    volume files (NIfTI/NRRD) with ``volumes``."""
+    volume files (NIfTI/NRRD) with ``volumes``; and the other files found there, counted by
+    suffix (hidden files and file browsers' own left out) for a warning."""
     fits = is_volume if volumes else (lambda f: f.suffix.lower() in IMAGE_SUFFIXES)
     kind, suffixes = ("volumes", VOLUME_SUFFIXES) if volumes else ("images", IMAGE_SUFFIXES)
     if not root.is_dir():
         raise KDError(f"data.root: folder '{root}' does not exist")
     bases = _split_folders(root)
-    records = []
+    records: list[Record] = []
+    others: Counter = Counter()
     for base, split in bases:
         class_dirs = sorted(d for d in base.iterdir() if d.is_dir())
         if not class_dirs:
             raise KDError(f"data.root: '{base}' has no class subfolders; expected {base}/<class>/<{kind[:-1]} files>")
         for d in class_dirs:
-            files = sorted(f for f in d.rglob("*") if fits(f) and f.is_file())
+            found = [f for f in d.rglob("*") if f.is_file()]
+            files = sorted(f for f in found if fits(f))
             if not files:
                 raise KDError(f"data.root: class folder '{d}' holds no {kind} ({', '.join(suffixes)})")
             records += [Record(f, d.name, split) for f in files]
-    return records
+            others.update(f.suffix.lower() or f.name for f in found if not fits(f) and not f.name.startswith(".")
+                          and f.name.lower() not in IGNORED)
+    return records, others
+
+
+def _left_out(loaded: Loaded, others: Counter, kind: str) -> Loaded:
+    """A warning in the data report naming the files of the class folders that are not read."""
+    if others:
+        listed = ", ".join(f"{n} {suffix}" for suffix, n in others.most_common())
+        loaded.report.problems.append(Problem(
+            "warning", f"files in the class folders that are not {kind} kdstyles reads were left out: {listed}"))
+    return loaded
 
 
 def _split_folders(root: Path) -> list[tuple[Path, str | None]]:
@@ -68,7 +87,9 @@ class Folder(Source):
         root = Path(cfg.root)
         where = f"data.root '{root}'"
         if cfg.dims == 3:
-            return from_volume_files(cfg, seed, task, run_dir, quiet, list_folder(root, volumes=True), root, where)
+            records, others = list_folder(root, volumes=True)
+            return _left_out(from_volume_files(cfg, seed, task, run_dir, quiet, records, root, where), others,
+                             "volumes")
         if task.boxes:
             from ..boxfiles import read_kvasir
 
@@ -77,7 +98,8 @@ class Folder(Source):
         if task.dense:
             records, mask_of = segfolder.list_pairs(root)
             return from_files(cfg, seed, task, run_dir, quiet, records, root, where, mask_of)
-        return from_files(cfg, seed, task, run_dir, quiet, list_folder(root), root, where)
+        records, others = list_folder(root)
+        return _left_out(from_files(cfg, seed, task, run_dir, quiet, records, root, where), others, "images")
 
     def describe(self, cfg, task) -> str:
         return f"{'volume' if cfg.dims == 3 else 'image'} folder {cfg.root}"
