@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import shutil
 import sys
 import urllib.error
@@ -234,13 +235,13 @@ def test_folder_with_split_subfolders_and_lazy_loading(tmp_path):
 def test_folder_reads_webp_and_names_the_files_it_leaves_out(tmp_path):
     make_mixed_folder(tmp_path, per_class=6)
     Image.open(tmp_path / "benign" / "1.png").save(tmp_path / "benign" / "photo.webp")
-    for name in ("scan.dcm", "scan2.dcm", "notes.txt", "Thumbs.db", ".DS_Store"):
+    for name in ("slide.svs", "slide2.svs", "notes.txt", "Thumbs.db", ".DS_Store"):
         (tmp_path / "malignant" / name).write_bytes(b"not an image")
     cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path}", "data.image_size=16"])
     bundle = build_data(cfg.data, seed=0)
     assert sum(bundle.report.counts[s][0] for s in bundle.report.counts) == 7  # the WebP photo is read
     left = [p.message for p in bundle.report.warnings if "left out" in p.message]
-    assert left == ["files in the class folders that are not images kdstyles reads were left out: 2 .dcm, 1 .txt"]
+    assert left == ["files in the class folders that are not images kdstyles reads were left out: 2 .svs, 1 .txt"]
 
 
 def test_split_folders_as_data_sets_name_them(tmp_path):
@@ -525,3 +526,76 @@ def test_multiclass_masks_load_as_labels(tmp_path):
     assert len(bundle.splits["test"]) == 2 and len(bundle.splits["val"]) == 1  # from the split lists
     _, mask, _ = bundle.splits["test"][(0, 0)]
     assert mask[0, 0] == 1 and mask[15, 15] == 2 and mask[0, 15] == 0
+
+
+def write_dicom(path, pixels, photometric="MONOCHROME2", compressed=False, preamble=True, **tags):
+    """A single-frame DICOM file written with pydicom (uncompressed, or a JPEG 2000 one whose
+    codestream is junk: no decoder is installed to find out)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = JPEG2000Lossless if compressed else ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    rgb = photometric == "RGB"
+    ds.Rows, ds.Columns = pixels.shape[-3:-1] if rgb else pixels.shape[-2:]
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = photometric, 3 if rgb else 1
+    if rgb:
+        ds.PlanarConfiguration = 0
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = encapsulate([b"junk" * 10]) if compressed else pixels.tobytes()
+    if preamble:
+        ds.file_meta = meta
+        ds.save_as(path, enforce_file_format=True)
+    else:  # an old file: the bare data set, implicit VR, no preamble or 'DICM'
+        from pydicom.filewriter import dcmwrite
+
+        dcmwrite(path, ds, implicit_vr=True, little_endian=True)
+
+
+def test_dicom_images_read_as_a_radiologist_sees_them(tmp_path):
+    from kdstyles.imageio import image_size, read_image
+
+    # CT-like stored values: HU = 2 * stored - 1024, shown through the file's window (40 +- 200 HU)
+    hu = np.array([[-1000, 40, 240], [1000, -160, 40]])
+    write_dicom(tmp_path / "ct.dcm", ((hu + 1024) // 2).astype(np.uint16), RescaleSlope=2, RescaleIntercept=-1024,
+                WindowCenter=40, WindowWidth=400)
+    gray, info = read_image(tmp_path / "ct.dcm", 1, 3)
+    assert info == (3, 2, "DICOM MONOCHROME2") and image_size(tmp_path / "ct.dcm") == (3, 2)
+    ct = read_image(tmp_path / "ct.dcm", 1, 3)[0][..., 0]  # resized 3x2 -> 3x3: look at the top row only
+    assert ct[0, 0] == 0 and abs(int(ct[0, 1]) - 128) <= 1 and ct[0, 2] == 255  # air black, window top white
+    # MONOCHROME1 (many radiographs): low values are bright
+    write_dicom(tmp_path / "xray.dcm", np.array([[0, 255], [128, 64]], np.uint8), "MONOCHROME1", preamble=False)
+    np.testing.assert_array_equal(read_image(tmp_path / "xray.dcm", 1, 2)[0][..., 0], [[255, 0], [127, 191]])
+    rgb = (np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3) * 20)
+    write_dicom(tmp_path / "derm.dcm", rgb, "RGB")
+    np.testing.assert_array_equal(read_image(tmp_path / "derm.dcm", 3, 2)[0], rgb)
+    # what a 2D image cannot be, and what cannot be decoded here: one line naming the file
+    write_dicom(tmp_path / "cine.dcm", np.zeros((2, 4, 4), np.uint8), NumberOfFrames=2)
+    write_dicom(tmp_path / "j2k.dcm", np.zeros((4, 4), np.uint8), compressed=True)
+    (tmp_path / "notes.dcm").write_text("not DICOM")
+    for name, message in [("cine.dcm", "holds 2 frames; kdstyles reads single-frame 2D DICOM"),
+                          ("j2k.dcm", "its pixels are compressed (JPEG 2000 Image Compression (Lossless Only)) and "
+                                      "no decoder for them is installed; pip install pylibjpeg"),
+                          ("notes.dcm", "is not a DICOM image")]:
+        with pytest.raises(KDError, match=re.escape(f"DICOM file '{tmp_path / name}'") + ".*" + re.escape(message)):
+            read_image(tmp_path / name, 1, 4)
+
+
+def test_a_folder_of_dicom_radiographs_is_a_data_set(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("normal", "pneumonia"):
+        (tmp_path / cls).mkdir()
+        for i in range(8):
+            write_dicom(tmp_path / cls / f"{i}.dcm", rng.integers(0, 4096, (20, 24)).astype(np.uint16),
+                        "MONOCHROME1" if i % 2 else "MONOCHROME2", BitsStored=12)
+    cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path}", "data.image_size=16", "data.channels=1"])
+    bundle = build_data(cfg.data, seed=0)
+    assert bundle.report.sources == {"24x20 DICOM MONOCHROME1": 8, "24x20 DICOM MONOCHROME2": 8}
+    assert sum(map(len, bundle.splits.values())) == 16 and bundle.splits["train"][(0, 0)][0].shape == (1, 16, 16)

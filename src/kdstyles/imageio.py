@@ -2,13 +2,17 @@
 
 Handles the modes medical images come in: 8-bit grayscale (L), RGB, RGBA (alpha dropped),
 palette (P), 16-bit grayscale (I;16, scaled to 8 bits by its own range) and 32-bit integer
-or float grayscale (I, F; likewise), PNG, JPEG, BMP and TIFF.
+or float grayscale (I, F; likewise), PNG, JPEG, BMP, TIFF and WebP; and single-frame 2D
+DICOM (X-ray, mammography, dermoscopy; pydicom): the stored values through the file's
+rescale (modality LUT) and its window (VOI LUT) when it has one, MONOCHROME1 inverted so
+that bone is bright, then scaled to 8 bits by their range.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import KDError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+warnings.filterwarnings("ignore", module="pydicom")  # a line per file for each deviation from the standard it reads past
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES)
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd")  # volume files (read by kdstyles.data.volumes, with MONAI)
 
 
@@ -70,8 +76,70 @@ DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image
                  EOFError)
 
 
+def _dicom(path: Path, pixels: bool = True):
+    """A DICOM file's dataset (``pixels``: its pixels read too, or a header only); one line
+    for a file that is not DICOM, is damaged, or holds what a 2D image cannot be."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    try:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
+        except InvalidDicomError:  # older files lack the 128-byte preamble and 'DICM': implicit VR then
+            ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
+            ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+            ds.file_meta.setdefault("TransferSyntaxUID", ImplicitVRLittleEndian)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise _failure(path, exc) from None
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
+        reason = str(exc).splitlines()[0][:100].strip() if str(exc) else type(exc).__name__
+        raise KDError(f"DICOM file '{path}' is unreadable ({reason})") from None
+    if "Rows" not in ds or "Columns" not in ds:
+        raise KDError(f"DICOM file '{path}' is not a DICOM image (no Rows and Columns: damaged, or a report or "
+                      "other non-image object)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise KDError(f"DICOM file '{path}' holds {frames} frames; kdstyles reads single-frame 2D DICOM (a CT or MR "
+                      "series is a volume: convert it to NIfTI, e.g. with dcm2niix, and use data.spatial_dims: 3)")
+    return ds
+
+
+def _dicom_image(path: Path) -> tuple[Image.Image, str]:
+    """A single-frame DICOM image as a Pillow image (8-bit L or RGB) and its mode's name."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
+
+    ds = _dicom(path)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    try:
+        arr = ds.pixel_array
+    except (RuntimeError, NotImplementedError, ValueError, AttributeError) as exc:
+        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        name = getattr(syntax, "name", None) or "its transfer syntax"
+        compressed = syntax is not None and getattr(syntax, "is_compressed", False)
+        raise KDError(f"DICOM file '{path}': " + (
+            f"its pixels are compressed ({name}) and no decoder for them is installed; pip install pylibjpeg "
+            "pylibjpeg-libjpeg pylibjpeg-openjpeg (or decompress it, e.g. with gdcmconv --raw)" if compressed else
+            f"its pixels cannot be decoded ({str(exc).splitlines()[0][:100]})")) from None
+    if photometric.startswith(("RGB", "YBR")):
+        if photometric.startswith("YBR"):
+            arr = convert_color_space(arr, photometric, "RGB")
+        return Image.fromarray(_to_uint8(np.asarray(arr))[..., :3], "RGB"), f"DICOM {photometric}"
+    values = apply_modality_lut(arr, ds)  # stored values -> HU or the modality's units
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        values = apply_voi_lut(values, ds)
+    values = np.asarray(values, dtype=np.float64)
+    if photometric == "MONOCHROME1":  # low values are bright
+        values = values.max() + values.min() - values
+    return Image.fromarray(_to_uint8(values)), f"DICOM {photometric}"
+
+
 def read_image(path: Path, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int, str]]:
     """Decode a file fully (a truncated file fails here): (array, (width, height, mode))."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        img, mode = _dicom_image(path)
+        return convert(img, channels, size), (img.size[0], img.size[1], mode)
     try:
         with Image.open(path) as img:
             img.load()
@@ -83,6 +151,9 @@ def read_image(path: Path, channels: int, size: int) -> tuple[np.ndarray, tuple[
 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding the pixels."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        ds = _dicom(path, pixels=False)
+        return int(ds.Columns), int(ds.Rows)
     try:
         with Image.open(path) as img:
             return img.size
