@@ -166,7 +166,8 @@ def _data_spec(spec: str, overrides: list[str]):
     # (segmentation, detection), any body that does stands in, unless the overrides name one.
     given = next((o.partition("=")[2] for o in overrides if o.startswith("task=")), None)
     task = given or ("detection" if spec.endswith(".json") else "classification")
-    data += [] if given or task == "classification" else [f"task={task}"]
+    if given is None and task != "classification":
+        data.append(f"task={task}")
     nets = [f"networks.{n}.arch=basicunet" for n in ("teacher", "students.s1", "students.s2")] \
         if task in TASKS and not TASKS[task].accepts_arch("resnet18") else []
     return load_config(None, [*data, *nets, *overrides])

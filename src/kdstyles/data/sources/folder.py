@@ -11,8 +11,8 @@ from pathlib import Path
 from ...errors import KDError
 from ...imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_volume
 from .. import segfolder
-from ..files import SPLIT_HELP, Record, split_of
 from ..checks import Problem
+from ..files import SPLIT_HELP, Record, split_of
 from . import Loaded, Source, from_files, from_volume_files
 
 
