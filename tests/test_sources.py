@@ -244,6 +244,17 @@ def test_folder_reads_webp_and_names_the_files_it_leaves_out(tmp_path):
     assert left == ["files in the class folders that are not images kdstyles reads were left out: 2 .svs, 1 .txt"]
 
 
+def test_an_empty_split_is_an_error_that_data_inspect_lists_too(tmp_path):
+    make_mixed_folder(tmp_path, per_class=2)  # 4 images: 0.15 of each class leaves the test split empty
+    cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path}", "data.image_size=16"])
+    looked = build_data(cfg.data, seed=0, check=False)
+    assert [p.message for p in looked.report.errors] == [
+        f"data.root '{tmp_path}': the test split is empty (4 images in all); give it files, or raise "
+        "data.val_fraction / data.test_fraction"]
+    with pytest.raises(KDError, match="the test split is empty"):
+        build_data(cfg.data, seed=0)
+
+
 def test_split_folders_as_data_sets_name_them(tmp_path):
     """Kaggle's Training/Testing (and validation/, any case) are splits, never classes; a folder
     beside them that is not one, or two folders for one split, stop the run in one line."""

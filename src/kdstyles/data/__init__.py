@@ -402,12 +402,13 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
         checks.check_balance(report, cfg.imbalance_ratio, task_cls.imbalance_remedy)
     checks.check_duplicates({s: v.digests for s, v in stored.items()}, {s: v.names for s, v in stored.items()},
                             cfg.on_duplicates, report)
+    empty = [s for s, v in stored.items() if len(v.labels) == 0]
+    if empty:  # data inspect lists it with the rest
+        report.problems.append(checks.Problem(
+            "error", f"{loaded.where}: the {empty[0]} split is empty ({sum(len(v.labels) for v in stored.values())} "
+                     "images in all); give it files, or raise data.val_fraction / data.test_fraction"))
     if check:
         report.raise_errors()
-    empty = [s for s, v in stored.items() if len(v.labels) == 0]
-    if empty and check:
-        raise KDError(f"{loaded.where}: the {empty[0]} split is empty ({sum(len(v.labels) for v in stored.values())} "
-                      "images in all); give it files, or raise data.val_fraction / data.test_fraction")
     channels, size = loaded.channels, loaded.size
     patch = cfg.patch_size or loaded.patch
     mean, std = _normalisation(cfg, normalize or cfg.normalize, stored["train"], channels, size, seed)
