@@ -441,6 +441,15 @@ def test_source_sizes_are_listed_when_few_and_summarised_when_many():
                                          "22x64x64 (1)"
 
 
+def test_class_names_spelled_two_ways_are_a_warning(tmp_path):
+    make_mixed_folder(tmp_path, per_class=8)
+    (tmp_path / "malignant").rename(tmp_path / "Benign ")  # a class folder typed again, capitalised, with a space
+    cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path}", "data.image_size=16"])
+    warned = [p.message for p in build_data(cfg.data, seed=0).report.warnings if "differ only" in p.message]
+    assert warned == ["classes 'Benign ' and 'benign' differ only in case or spaces and are trained as two classes; "
+                      "if they are one, spell it one way in the labels"]
+
+
 def make_seg_folder(root, n=12, size=(20, 24), fg=255):
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)

@@ -400,6 +400,7 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
     report, stored = loaded.report, loaded.splits
     if not (task_cls.dense or task_cls.boxes):
         checks.check_balance(report, cfg.imbalance_ratio, task_cls.imbalance_remedy)
+        checks.check_class_names(report)
     checks.check_duplicates({s: v.digests for s, v in stored.items()}, {s: v.names for s, v in stored.items()},
                             cfg.on_duplicates, report)
     empty = [s for s, v in stored.items() if len(v.labels) == 0]

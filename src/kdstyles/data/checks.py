@@ -181,6 +181,19 @@ def check_boxes(split: str, boxes: list[np.ndarray], num_classes: int, size: tup
         report.problems.append(Problem("error", f"{names[i]}: {text} ({bad} such boxes in {split})"))
 
 
+def check_class_names(report: DataReport) -> None:
+    """A warning for class names that differ only in case or spaces ('Effusion', 'effusion'):
+    most likely one class spelled two ways, trained as two."""
+    seen: dict[str, str] = {}
+    for name in report.class_names:
+        key = " ".join(name.lower().split())
+        if key in seen:
+            report.problems.append(Problem(
+                "warning", f"classes '{seen[key]}' and '{name}' differ only in case or spaces and are trained as two "
+                           "classes; if they are one, spell it one way in the labels"))
+        seen.setdefault(key, name)
+
+
 FEW_TO_MEASURE = 5  # images of a class in val or test below which its metrics are noise
 
 
