@@ -497,6 +497,25 @@ def test_segmentation_folders_as_data_sets_name_them(tmp_path):
         build_data(cfg.data.model_copy(update={"root": str(cvc)}), seed=0, task="segmentation")
 
 
+def test_colour_masks_count_any_colour_as_foreground_or_are_refused(tmp_path):
+    """A red outline on black is foreground (as a gray level it read as 76: background);
+    a colour mask of three classes is refused, since colours are not class indices."""
+    from kdstyles.data.segfolder import read_mask
+
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[1:3, 1:3, 0] = 200
+    Image.fromarray(red).save(tmp_path / "red.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "red.png", 2, 4, (4, 4)), (red[..., 0] > 0).astype(np.uint8))
+    gray = np.stack([np.arange(16, dtype=np.uint8).reshape(4, 4) % 3] * 3, -1)  # class indices stored as RGB
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "gray.png", 3, 4, (4, 4)), gray[..., 0])
+    red[0, 0, 1] = 255
+    Image.fromarray(red).save(tmp_path / "colours.png")
+    with pytest.raises(KDError, match=r"colours.png' is a colour image \(3 colours\); with data.num_classes 3 a mask "
+                                      r"holds class indices 0..2"):
+        read_mask(tmp_path / "colours.png", 3, 4, (4, 4))
+
+
 @pytest.mark.parametrize("problem, message", [
     ("missing", "has no mask in"),
     ("size", "is 10x10 but its image is 24x20"),

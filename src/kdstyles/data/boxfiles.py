@@ -176,10 +176,11 @@ def _binary_mask(path: Path) -> np.ndarray:
     from PIL import Image
 
     from ..imageio import DECODE_ERRORS, _failure
+    from .segfolder import mask_values
 
     try:
         with Image.open(path) as m:
-            values = np.array(m if m.mode == "P" else m.convert("L"))
+            values = mask_values(m, path, 2)
     except DECODE_ERRORS as exc:
         raise KDError(f"mask {str(_failure(path, exc)).removeprefix('image file ')}") from None
     return (values > 127) | (values == 1)

@@ -2,9 +2,11 @@
 ``root/masks/``, matched by file stem; optional ``root/{train,val,test}.txt`` list the
 stems of each split (missing splits are made as for classification).
 
-Masks: palette PNGs give their palette indices; other modes are read as grayscale. With
-``data.num_classes: 2`` a mask is binary: values above 127 (0/255 masks, JPEG noise
-included) or exactly 1 are foreground. With more classes, values must be 0..K-1.
+Masks: palette PNGs give their palette indices; other modes are read as grayscale, except
+colour masks (channels that differ), whose brightest channel counts with 2 classes (a red
+outline is foreground) and which are refused with more. With ``data.num_classes: 2`` a mask
+is binary: values above 127 (0/255 masks, JPEG noise included) or exactly 1 are
+foreground. With more classes, values must be 0..K-1.
 """
 
 from __future__ import annotations
@@ -65,6 +67,24 @@ def list_pairs(root: Path) -> tuple[list[Record], dict[str, Path]]:
     return records, mask_of
 
 
+def mask_values(m: Image.Image, path: Path, num_classes: int) -> np.ndarray:
+    """A mask's values: palette indices, gray levels, or for a colour mask (its channels
+    differ) with two classes any colour as foreground (a red outline on black is not dark
+    gray); a colour mask of several classes is an error, since colours are not indices."""
+    if m.mode == "P":
+        return np.array(m)
+    if m.mode not in ("RGB", "RGBA", "CMYK", "YCbCr"):
+        return np.array(m.convert("L"))
+    rgb = np.array(m.convert("RGB"))
+    if (rgb == rgb[..., :1]).all():
+        return rgb[..., 0]
+    if num_classes == 2:
+        return rgb.max(-1)
+    colours = len(np.unique(rgb.reshape(-1, 3), axis=0))
+    raise KDError(f"mask '{path}' is a colour image ({colours} colours); with data.num_classes {num_classes} a mask "
+                  f"holds class indices 0..{num_classes - 1} (grayscale or palette PNG): map each colour to its index")
+
+
 def read_mask(path: Path, num_classes: int, size: int, image_size_wh: tuple[int, int] | None) -> np.ndarray:
     """A mask as uint8 class indices at ``size`` (nearest); errors name the file."""
     try:
@@ -77,7 +97,7 @@ def read_mask(path: Path, num_classes: int, size: int, image_size_wh: tuple[int,
                                   "; the sizes are transposed: an EXIF orientation tag (which viewers apply and "
                                   "kdstyles does not) may turn one of them; save the image with the rotation "
                                   "applied" if turned else ""))
-            values = np.array(m if m.mode == "P" else m.convert("L"))
+            values = mask_values(m, path, num_classes)
     except DECODE_ERRORS as exc:
         raise KDError(f"mask {str(_failure(path, exc)).removeprefix('image file ')}") from None
     if num_classes == 2:
