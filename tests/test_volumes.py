@@ -3,6 +3,8 @@ adapters and taps, gradient isolation in 3D, MedMNIST 3D files, a run that train
 evaluates and exports, and the config rules that keep the 2D-only parts 2D."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -177,3 +179,11 @@ def test_volume_files_in_class_folders_and_csv(tmp_path):
         build_data(cfg.data, 0)
     with pytest.raises(KDError, match="volume files in class folders are for 3D classification"):
         build_data(cfg.data, 0, task="segmentation")
+    # data inspect lists every bad volume (reading volumes stops before the splits are made)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), tmp_path / "vols" / "cyst" / "flat.nii.gz")
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", "data", "inspect", str(tmp_path / "vols"), "--set",
+                           "data.spatial_dims=3", "--set", "data.image_size=16"], capture_output=True, text=True)
+    lines = proc.stdout.replace("\n ", " ").strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 2, proc.stdout + proc.stderr
+    assert "flat.nii.gz' has 2 spatial dimensions" in lines[0] and "v99.nii.gz' cannot be read" in lines[1]
+    assert "run 'kdstyles data inspect'" not in proc.stdout + proc.stderr

@@ -179,10 +179,15 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
                  set_: Optional[list[str]] = SetOpt) -> None:
     """Class counts per split, image sizes and channels, and every problem found (exit 1 on errors)."""
     from .data import build_data
+    from .data.checks import DataErrors
     from .tasks import TASKS
 
     cfg = _data_spec(spec, set_ or [])
-    bundle = build_data(cfg.data, cfg.train.seed, quiet=False, check=False, task=cfg.task)
+    try:
+        bundle = build_data(cfg.data, cfg.train.seed, quiet=False, check=False, task=cfg.task)
+    except DataErrors as exc:  # reading stopped (volumes are read whole before their splits): list what it found
+        _print_problems(exc.problems)
+        raise typer.Exit(1) from None
     report = bundle.report
     whole = bundle.splits["train"].crop  # volumes kept whole, trained on patches of this side
     unit = "volumes" if cfg.data.dims == 3 else "images"
@@ -205,13 +210,17 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
                                               for s in splits))
     console.print(table)
     console.print(f"source {unit}: {report.describe_sources()}", highlight=False)
-    for p in report.problems:
-        colour = "red" if p.level == "error" else "yellow"
-        console.print(f"[{colour}]{p.level}:[/{colour}] {p.message}", highlight=False, soft_wrap=True)
-    if not report.problems:
-        console.print("[green]no problems found")
+    _print_problems(report.problems)
     if report.errors:
         raise typer.Exit(1)
+
+
+def _print_problems(problems) -> None:
+    for p in problems:
+        colour = "red" if p.level == "error" else "yellow"
+        console.print(f"[{colour}]{p.level}:[/{colour}] {p.message}", highlight=False, soft_wrap=True)
+    if not problems:
+        console.print("[green]no problems found")
 
 
 COMPARE_PRESETS = ("student", "kd", "fitnet", "dml", "kdml", "diverse", "diverse-full")

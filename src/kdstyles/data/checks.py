@@ -27,6 +27,15 @@ class Problem:
     message: str
 
 
+class DataErrors(KDError):
+    """The first of a data set's errors as the message; every problem found with it, for
+    ``kdstyles data inspect`` to list when reading stopped before the checks were done."""
+
+    def __init__(self, message: str, problems: list["Problem"]):
+        super().__init__(message)
+        self.problems = problems
+
+
 @dataclass
 class DataReport:
     class_names: list[str]
@@ -47,7 +56,7 @@ class DataReport:
         errs = self.errors
         if errs:
             more = f" (+{len(errs) - 1} more problems: run 'kdstyles data inspect')" if len(errs) > 1 else ""
-            raise KDError(f"{errs[0].message}{more}")
+            raise DataErrors(f"{errs[0].message}{more}", list(self.problems))
 
     def describe_sources(self, most: int = 8) -> str:
         """The source sizes and modes in one line: each with its count when there are at most
