@@ -24,7 +24,6 @@ import torch
 from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import KDError
 from ..imageio import read_image
 from ..tasks import TASKS
 from . import checks, files
