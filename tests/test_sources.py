@@ -435,10 +435,9 @@ def test_source_sizes_are_listed_when_few_and_summarised_when_many():
     many = DataReport(["a"], sources={**{f"{600 + i}x{400 + 2 * i} RGB": 1 for i in range(20)},
                                       "640x480 RGB": 7, "640x480 L": 5})
     assert many.describe_sources() == ("32 in 21 sizes, 600-640x400-480; modes RGB (27), L (5); "
-                                       "most common 640x480 (12), 600x400 (1), 601x402 (1)")
+                                       "most common 640x480 (12)")
     volumes = DataReport(["a"], sources={f"{d}x64x64": 1 for d in range(20, 40)})  # arrays: no mode
-    assert volumes.describe_sources() == "20 in 20 sizes, 20-39x64x64; most common 20x64x64 (1), 21x64x64 (1), " \
-                                         "22x64x64 (1)"
+    assert volumes.describe_sources() == "20 in 20 sizes, 20-39x64x64"  # none more common than another
 
 
 def test_class_names_spelled_two_ways_are_a_warning(tmp_path):

@@ -73,9 +73,10 @@ class DataReport:
         dims = [[int(d) for d in size.split("x")] for size in sizes]
         ranges = "x".join(f"{min(col)}" if min(col) == max(col) else f"{min(col)}-{max(col)}"
                           for col in zip(*dims)) if len({len(d) for d in dims}) == 1 else "mixed dimensions"
-        common = ", ".join(f"{k} ({v})" for k, v in sizes.most_common(3))
+        common = ", ".join(f"{k} ({v})" for k, v in sizes.most_common(3) if v > 1)
         kinds = f"; modes {', '.join(f'{m} ({v})' for m, v in modes.most_common())}" if "" not in modes else ""
-        return f"{sum(sizes.values())} in {len(sizes)} sizes, {ranges}{kinds}; most common {common}"
+        return f"{sum(sizes.values())} in {len(sizes)} sizes, {ranges}{kinds}" + (
+            f"; most common {common}" if common else "")
 
     def to_dict(self) -> dict:
         return {"class_names": self.class_names, "counts": self.counts, "sources": self.sources,
