@@ -31,6 +31,9 @@ def run_cli(monkeypatch, capsys, *args):
     ("data.num_workers=many", "config error: data.num_workers: should be a whole number or 'auto' (got 'many')"),
     ("data.num_workers=null", "config error: data.num_workers: should be a whole number or 'auto' (got null)"),
     ("data.val_fraction=0.85", "config error: data: val_fraction 0.85 + test_fraction 0.15 leave no training images"),
+    ("output.name=../elsewhere", "config error: output.name: a folder name, not a path, goes here (where runs go is "
+                                 "output.dir) (got '../elsewhere')"),
+    ("name=a/b", "config error: name: a folder name, not a path"),
 ])
 def test_config_errors_one_line_through_cli(monkeypatch, capsys, override, expected):
     code, out, err = run_cli(monkeypatch, capsys, "check", "--set", override,

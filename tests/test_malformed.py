@@ -282,6 +282,8 @@ CASES = [
     ("resume-config-and-run", lambda t, r: (["train", "x.yaml", "--resume", str(r)], "either a CONFIG or --resume")),
     ("train-over-existing-run", lambda t, r: (train_on(t, f"output.dir={r.parent}", f"output.name={r.name}"),
                                               "already holds a run")),
+    ("train-output-dir-a-file", lambda t, r: (train_on(t, f"output.dir={r / 'config.yaml'}"),
+                                              "config.yaml' is a file, not a folder; choose another output.dir")),
     ("report-eval-damaged", lambda t, r: (["report", str(r)] if corrupt(r / "eval.json", "[1,") else None,
                                           "eval.json")),
     ("report-results-damaged", lambda t, r: (["report", str(r)] if corrupt(r / "results.csv", "a,b\n1,2\n")

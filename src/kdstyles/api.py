@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from contextlib import nullcontext
 from pathlib import Path
@@ -151,6 +152,13 @@ class Experiment:
         self.folder.write_config(dump_config(self.cfg))
 
     def _check_dirs(self, resume: bool) -> None:
+        if not resume:  # the run folder, or the first of its parents that exists, must be a writable folder
+            there = next(p for p in (self.run_dir, *self.run_dir.parents) if p.exists())
+            if not there.is_dir():
+                raise KDError(f"output.dir: '{there}' is a file, not a folder; choose another output.dir "
+                              "(or output.name)")
+            if not os.access(there, os.W_OK | os.X_OK):
+                raise KDError(f"output.dir: folder '{there}' is not writable by you; choose another output.dir")
         last = self.folder.last
         if resume and not last.is_file():
             raise KDError(f"cannot resume '{self.run_dir}': checkpoints/last.pt is missing (no epoch finished yet?)")

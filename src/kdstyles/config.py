@@ -381,14 +381,24 @@ class TuneConfig(Strict):
                                                                     "below the median of earlier trials")
 
 
+def _folder_name(v: str | None) -> str | None:
+    """A name that becomes a folder inside output.dir: one folder, not a path."""
+    if v is not None and (v.strip() in (".", "..") or "/" in v or "\\" in v or "\0" in v):
+        raise ValueError("a folder name, not a path, goes here (where runs go is output.dir)")
+    return v
+
+
 class OutputConfig(Strict):
     dir: str = "runs"
     name: Optional[str] = Field(None, description="run folder name; default: <experiment name>-<preset>-seed<seed>")
     tensorboard: bool = True
 
+    _name = field_validator("name")(_folder_name)
+
 
 class ExperimentConfig(Strict):
     name: str = "demo"
+    _name = field_validator("name")(_folder_name)
     task: Literal[tuple(TASKS)] = "classification"  # type: ignore[valid-type]
     data: DataConfig = DataConfig()
     networks: NetworksConfig = NetworksConfig()
