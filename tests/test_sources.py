@@ -618,7 +618,9 @@ def test_dicom_images_read_as_a_radiologist_sees_them(tmp_path):
     write_dicom(tmp_path / "cine.dcm", np.zeros((2, 4, 4), np.uint8), NumberOfFrames=2)
     write_dicom(tmp_path / "j2k.dcm", np.zeros((4, 4), np.uint8), compressed=True)
     (tmp_path / "notes.dcm").write_text("not DICOM")
+    write_dicom(tmp_path / "palette.dcm", np.zeros((4, 4), np.uint8), "PALETTE COLOR")
     for name, message in [("cine.dcm", "holds 2 frames; kdstyles reads single-frame 2D DICOM"),
+                          ("palette.dcm", "is PALETTE COLOR; kdstyles reads MONOCHROME1/2, RGB and YBR DICOM"),
                           ("j2k.dcm", "its pixels are compressed (JPEG 2000 Image Compression (Lossless Only)) and "
                                       "no decoder for them is installed; pip install pylibjpeg"),
                           ("notes.dcm", "is not a DICOM image")]:

@@ -112,6 +112,9 @@ def _dicom_image(path: Path) -> tuple[Image.Image, str]:
 
     ds = _dicom(path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if not photometric.startswith(("MONOCHROME", "RGB", "YBR")):
+        raise KDError(f"DICOM file '{path}' is {photometric}; kdstyles reads MONOCHROME1/2, RGB and YBR DICOM: "
+                      "save it as RGB (e.g. with pydicom's apply_color_lut) or as PNG")
     try:
         arr = ds.pixel_array
     except (RuntimeError, NotImplementedError, ValueError, AttributeError) as exc:
