@@ -295,6 +295,29 @@ def test_csv_header_and_split_names_in_any_case(tmp_path):
         build_data(cfg.data, seed=0)
 
 
+def test_csv_with_a_column_per_class_one_hot_as_isic_ships_it(tmp_path):
+    make_mixed_folder(tmp_path / "imgs", per_class=8)
+    rows = ["path,MEL,NV,age"]  # ISIC's ground truth: a 1.0 in the image's class, other columns ignored
+    for cls, hot in (("benign", "0.0,1.0"), ("malignant", "1.0,0.0")):
+        rows += [f"imgs/{cls}/{i}.{'jpg' if i % 6 == 4 else 'png'},{hot},{40 + i}" for i in range(8)]
+    (tmp_path / "gt.csv").write_text("\n".join(rows) + "\n")
+    cfg = load_config(None, ["data.source=csv", f"data.path={tmp_path / 'gt.csv'}", "data.image_size=16",
+                             "data.classes=[MEL, NV]"])
+    bundle = build_data(cfg.data, seed=0)
+    assert bundle.class_names == ["MEL", "NV"]
+    assert [sum(bundle.report.counts[s][k] for s in bundle.report.counts) for k in (0, 1)] == [8, 8]
+    assert [p.parent.name for p in bundle.splits["train"].paths] == [
+        ("malignant", "benign")[int(y)] for y in bundle.splits["train"].labels]  # MEL rows are the malignant ones
+    for row, message in [("imgs/benign/0.png,1,1,50", "line 18: MEL, NV are 1; a row of one class has exactly one"),
+                         ("imgs/benign/0.png,0,0,50", "line 18: no class column is 1")]:
+        (tmp_path / "gt.csv").write_text("\n".join([*rows, row]) + "\n")
+        with pytest.raises(KDError, match=message):
+            build_data(cfg.data, seed=0)
+    with pytest.raises(KDError, match=r"data.classes: CSV file .* has no label column; name its class columns in "
+                                      r"data.classes \(of MEL, NV, age\), or give a label column \(columns path"):
+        build_data(load_config(None, ["data.source=csv", f"data.path={tmp_path / 'gt.csv'}"]).data, seed=0)
+
+
 def test_csv_source(tmp_path):
     make_mixed_folder(tmp_path / "imgs", per_class=8)
     rows = [("imgs/benign/%d.png" % i if i % 6 != 4 else "imgs/benign/%d.jpg" % i, "benign") for i in range(8)]

@@ -111,7 +111,7 @@ def read_csv(path: str | Path, recover: str, required: tuple[str, ...] = (), own
             reader = csv.DictReader(f)
             fields = [c.strip() for c in (reader.fieldnames or [])]
             # 'Path', 'Label', 'Split' name the same columns as 'path', 'label', 'split'
-            known = {c.lower(): c for c in (*required, "split")}
+            known = {c.lower(): c for c in (*required, "label", "split")}
             rename = {f: known[f.lower()] for f in fields if f.lower() in known and known[f.lower()] not in fields}
             fields = [rename.get(f, f) for f in fields]
             missing = [c for c in required if c not in fields]
