@@ -92,7 +92,7 @@ class Experiment:
                 self._data = build_data(d, self.cfg.train.seed, run_dir=self.run_dir, quiet=self.quiet,
                                         task=self.cfg.task, normalize=self.cfg.normalisation)
             for w in self._data.report.warnings:
-                console.print(f"[yellow]data warning:[/yellow] {w.message}", highlight=False)
+                console.print(f"[yellow]data warning:[/yellow] {w.message}", highlight=False, soft_wrap=True)
         return self._data
 
     @property
