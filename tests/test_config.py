@@ -79,6 +79,11 @@ def test_missing_and_malformed_files(tmp_path):
     twice.write_text("train:\n  epochs: 1\n  seed: 2\n  epochs: 3\n")
     with pytest.raises(KDError, match=r"key 'epochs' appears twice in one section \(lines 2 and 4\)"):
         load_config(twice)
+    windows = tmp_path / "windows.yaml"  # a Windows path in double quotes: YAML escapes
+    windows.write_text('data: {source: folder, root: "C:\\data\\skin"}\n')
+    with pytest.raises(KDError, match="line 1: not valid YAML .*unknown escape character 'd'.*; in double quotes a "
+                                      "backslash starts an escape: write the path in single quotes or with /"):
+        load_config(windows)
     anchors = tmp_path / "anchors.yaml"  # YAML merge keys are not duplicates
     anchors.write_text("networks:\n  students:\n    s1: &small {arch: resnet10, widen: 0.25}\n"
                        "    s2: {<<: *small, widen: 0.5}\n")

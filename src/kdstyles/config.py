@@ -586,7 +586,10 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise KDError(f"config file '{path}'{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = str(getattr(exc, "problem", exc))
+        hint = ("; in double quotes a backslash starts an escape: write the path in single quotes or with /"
+                if "escape character" in problem else "")
+        raise KDError(f"config file '{path}'{where}: not valid YAML ({problem}){hint}") from None
     if raw is None:
         import sys
 
