@@ -90,6 +90,15 @@ def test_missing_and_malformed_files(tmp_path):
     assert load_config(anchors).networks.students["s2"].widen == 0.5
 
 
+def test_paths_starting_with_a_tilde_are_in_the_home_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(None, ["data.source=folder", "data.root=~/data/skin", "output.dir=~/runs",
+                             "networks.teacher.mode=offline", "networks.teacher.checkpoint=~/teacher-run"])
+    assert (cfg.data.root, cfg.output.dir, cfg.networks.teacher.checkpoint) == (
+        str(tmp_path / "data/skin"), str(tmp_path / "runs"), str(tmp_path / "teacher-run"))
+    assert load_config(None, ["data.source=csv", "data.path=~/labels.csv"]).data.path == str(tmp_path / "labels.csv")
+
+
 def test_overrides_merge_into_defaults():
     cfg = load_config(None, ["networks.students.s1.arch=resnet18", "optim.lr=3e-4", "routing.preset=kdml"])
     assert cfg.networks.students["s1"].arch == "resnet18"

@@ -143,7 +143,7 @@ def _data_spec(spec: str, overrides: list[str]):
     """A config file, a folder, a CSV, a COCO JSON, a MedMNIST npz, or 'synthetic' -> an experiment config."""
     from .config import load_config
 
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if spec.endswith((".yaml", ".yml")):
         return load_config(path, overrides)
     if spec == "synthetic":

@@ -8,6 +8,7 @@ a small online teacher and two compact students on the embedded histology patche
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 import typing
@@ -47,6 +48,18 @@ class AugmentConfig(Strict):
         """Whether any random augmentation is on (a training image then differs between epochs)."""
         return bool(self.hflip or self.vflip or self.rotate90 or self.rotate or self.zoom or self.shift or self.shear
                     or self.intensity)
+
+
+def _home(v: str | None) -> str | None:
+    """A path as a shell would read it: ``~/data`` is the home folder's ``data``."""
+    return os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
+
+
+def _folder_name(v: str | None) -> str | None:
+    """A name that becomes a folder inside output.dir: one folder, not a path."""
+    if v is not None and (v.strip() in (".", "..") or "/" in v or "\\" in v or "\0" in v):
+        raise ValueError("a folder name, not a path, goes here (where runs go is output.dir)")
+    return v
 
 
 class DataConfig(Strict):
@@ -113,6 +126,8 @@ class DataConfig(Strict):
     num_workers: Union[int, Literal["auto"]] = Field(
         "auto", description="DataLoader worker processes; auto: 0 on a CPU (the main process keeps up), "
                             "min(8, CPUs - 1) when training on a GPU")
+
+    _paths = field_validator("root", "path")(_home)
 
     @field_validator("num_workers")
     @classmethod
@@ -258,6 +273,8 @@ class TeacherConfig(NetworkConfig):
     cache: bool = Field(False, description="offline teacher without random augmentation: keep its outputs per "
                                            "training image after the first epoch and skip its forward from then on")
 
+    _checkpoint = field_validator("checkpoint")(_home)
+
     @model_validator(mode="after")
     def _offline_needs_checkpoint(self) -> "TeacherConfig":
         if self.mode == "offline" and not self.checkpoint:
@@ -381,19 +398,13 @@ class TuneConfig(Strict):
                                                                     "below the median of earlier trials")
 
 
-def _folder_name(v: str | None) -> str | None:
-    """A name that becomes a folder inside output.dir: one folder, not a path."""
-    if v is not None and (v.strip() in (".", "..") or "/" in v or "\\" in v or "\0" in v):
-        raise ValueError("a folder name, not a path, goes here (where runs go is output.dir)")
-    return v
-
-
 class OutputConfig(Strict):
     dir: str = "runs"
     name: Optional[str] = Field(None, description="run folder name; default: <experiment name>-<preset>-seed<seed>")
     tensorboard: bool = True
 
     _name = field_validator("name")(_folder_name)
+    _dir = field_validator("dir")(_home)
 
 
 class ExperimentConfig(Strict):
