@@ -113,6 +113,12 @@ def test_sigterm_to_the_cli_exits_143_with_one_line_and_marks_the_run(tmp_path):
     assert f"kdstyles train --resume {run}" in lines[0]
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     assert not list(run.rglob("*.tmp"))
+    # evaluating it says that these are the weights of an unfinished run
+    done = json.loads((run / "run.json").read_text())["epochs_done"]
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", "evaluate", str(run)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (f"note: the run is interrupted after {done} of 50 epochs: these are its best weights so far "
+            f"(kdstyles train --resume {run} finishes it)") in proc.stdout
 
 
 def test_resume_with_more_epochs_follows_the_new_cosine_curve_and_records_it(tmp_path):

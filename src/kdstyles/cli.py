@@ -94,12 +94,19 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
     from .api import Experiment
     from .runfolder import RunFolder
 
-    result = Experiment.from_run(run_dir, quiet=True).evaluate(checkpoint=checkpoint, split=split)
+    exp = Experiment.from_run(run_dir, quiet=True)
+    result = exp.evaluate(checkpoint=checkpoint, split=split)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         console.print(metrics_table(result, f"{run_dir} | {split} split | {checkpoint} checkpoint per network"))
         console.print(f"written: {RunFolder(run_dir).eval_file(split)}")
+        info = exp.run_info()
+        if info.get("status") != "finished":  # the numbers describe a run that has not reached its end
+            console.print(f"[yellow]note:[/yellow] the run is {info.get('status', 'not finished')} after "
+                          f"{info.get('epochs_done', 0)} of {exp.cfg.train.epochs} epochs: these are its "
+                          f"{checkpoint} weights so far (kdstyles train --resume {run_dir} finishes it)",
+                          highlight=False, soft_wrap=True)
 
 
 @app.command()
