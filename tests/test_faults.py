@@ -119,6 +119,12 @@ def test_sigterm_to_the_cli_exits_143_with_one_line_and_marks_the_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (f"note: the run is interrupted after {done} of 50 epochs: these are its best weights so far "
             f"(kdstyles train --resume {run} finishes it)") in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", "export", str(run), "--format", "torchscript"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "note: the run is interrupted" in proc.stdout, proc.stderr
+    assert json.loads((run / "export" / "s1.json").read_text())["run_status"] == "interrupted"
+    assert f"{done} epochs of 50 (**the run is interrupted: it has not finished**)" in \
+        (run / "export" / "s1.md").read_text()
 
 
 def test_resume_with_more_epochs_follows_the_new_cosine_curve_and_records_it(tmp_path):

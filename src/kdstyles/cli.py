@@ -340,6 +340,9 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
     console.print(f"max |{fmt} - pytorch| on {v['samples']} inputs: {v['max_abs_diff']:.2e} ({v['against']})",
                   highlight=False)
     console.print(f"sidecar: {model.with_suffix('.json')}\nmodel card: {model.with_suffix('.md')}", highlight=False)
+    if side["run_status"] != "finished":
+        console.print(f"[yellow]note:[/yellow] the run is {side['run_status']}: the model card says it has not "
+                      "finished", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -145,7 +145,8 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     task = exp.cohort.task
     sidecar = {
         "format": fmt, "file": path.name, "kdstyles": __version__, "torch": torch.__version__,
-        "task": task.name, "network": network, "run_dir": str(run_dir), "preset": info.get("preset"),
+        "task": task.name, "network": network, "run_dir": str(run_dir), "run_status": info.get("status"),
+        "preset": info.get("preset"),
         "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.get("epochs_done")},
         "input": {"name": "image", "layout": "NCHW" if dims == 2 else "NCDHW", "dtype": "float32",
                   "range": [0.0, 1.0], "channels": channels, **({"depth": size} if dims == 3 else {}),
@@ -192,6 +193,8 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
                    if sidecar["task"] == "segmentation" else
                    " (sliding windows of the input's size over the whole volume)." if sidecar["volumes"]["windows"]
                    else "."))
+    unfinished = "" if info.get("status") == "finished" else \
+        f" of {cfg.train.epochs} (**the run is {info.get('status')}: it has not finished**)"
     return f"""# Model card: `{network}` from `{sidecar['run_dir']}`
 
 Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`), from the
@@ -205,7 +208,7 @@ Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`),
 ## Training
 
 Preset `{info.get('preset')}` (edges: {'; '.join(info.get('edges', [])) or 'none'}), seed {cfg.train.seed},
-{info.get('epochs_done')} epochs, model selection on validation {selection}.
+{info.get('epochs_done')} epochs{unfinished}, model selection on validation {selection}.
 
 ## Metrics ({m.get('split', 'test')} split)
 
