@@ -398,7 +398,8 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
     loaded = SOURCES[cfg.source].load(cfg, seed, task_cls, run_dir, quiet)
     report, stored = loaded.report, loaded.splits
     if not (task_cls.dense or task_cls.boxes):
-        checks.check_balance(report, cfg.imbalance_ratio, task_cls.imbalance_remedy)
+        checks.check_balance(report, cfg.imbalance_ratio, task_cls.imbalance_remedy,
+                             "volumes" if cfg.dims == 3 else "images")
         checks.check_class_names(report)
     checks.check_duplicates({s: v.digests for s, v in stored.items()}, {s: v.names for s, v in stored.items()},
                             cfg.on_duplicates, report)

@@ -207,7 +207,7 @@ def check_class_names(report: DataReport) -> None:
 FEW_TO_MEASURE = 5  # images of a class in val or test below which its metrics are noise
 
 
-def check_balance(report: DataReport, ratio: float, remedy: str) -> None:
+def check_balance(report: DataReport, ratio: float, remedy: str, unit: str = "images") -> None:
     """Every class present in training (an error otherwise); a warning when a class has fewer
     than :data:`FEW_TO_MEASURE` images in val or test (its metrics are noise), and when the
     largest class outnumbers the smallest by more than ``ratio``, suggesting ``remedy`` (the
@@ -217,20 +217,20 @@ def check_balance(report: DataReport, ratio: float, remedy: str) -> None:
         return
     for k, n in enumerate(counts):
         if n == 0:
-            report.problems.append(Problem("error", f"class '{report.class_names[k]}' has no training images"))
+            report.problems.append(Problem("error", f"class '{report.class_names[k]}' has no training {unit}"))
     for split in ("val", "test"):
         held = report.counts.get(split)
         if held and 0 < min(held) < FEW_TO_MEASURE:
             k = int(np.argmin(held))
             report.problems.append(Problem(
-                "warning", f"the {split} split is small: {sum(held)} images, {held[k]} of class "
-                           f"'{report.class_names[k]}'; each image weighs {100 / sum(held):.2g}% in its metrics "
-                           f"(more images, or a larger data.{split}_fraction where kdstyles makes the split)"))
+                "warning", f"the {split} split is small: {sum(held)} {unit}, {held[k]} of class "
+                           f"'{report.class_names[k]}'; each weighs {100 / sum(held):.2g}% in its metrics "
+                           f"(more {unit}, or a larger data.{split}_fraction where kdstyles makes the split)"))
     present = [n for n in counts if n > 0]
     if present and max(present) / min(present) > ratio:
         big, small = int(np.argmax(counts)), min((n, k) for k, n in enumerate(counts) if n > 0)[1]
         report.problems.append(Problem(
-            "warning", f"class imbalance: '{report.class_names[big]}' has {max(present)} training images, "
+            "warning", f"class imbalance: '{report.class_names[big]}' has {max(present)} training {unit}, "
                        f"'{report.class_names[small]}' {min(present)} (ratio > {ratio:g}); consider {remedy}"))
 
 
