@@ -514,6 +514,16 @@ def test_segmentation_folders_as_data_sets_name_them(tmp_path):
     for split in want.splits:
         assert [p.name for p in got.splits[split].paths] == [p.name for p in want.splits[split].paths]
         np.testing.assert_array_equal(got.splits[split].masks, want.splits[split].masks)
+    # the layout polyp benchmarks ship: a split folder each, images/ and masks/ inside
+    split_root = tmp_path / "polyps"
+    make_seg_folder(split_root / "TrainDataset", n=8)
+    make_seg_folder(split_root / "TestDataset", n=4)
+    (split_root / "TrainDataset").rename(split_root / "Training")
+    (split_root / "TestDataset").rename(split_root / "test")
+    split = build_data(cfg.data.model_copy(update={"root": str(split_root), "on_duplicates": "warn"}), seed=0,
+                       task="segmentation")  # (the fixture draws the same images for both)
+    assert {s: len(d) for s, d in split.splits.items()} == {"train": 6, "val": 2, "test": 4}
+    assert {p.parent.parent.name for p in split.splits["test"].paths} == {"test"}
     (cvc / "Ground Truth").rename(cvc / "labels")
     with pytest.raises(KDError, match=r"has no masks folder \(masks/, mask/, ground truth/, groundtruth/, gt/, any"):
         build_data(cfg.data.model_copy(update={"root": str(cvc)}), seed=0, task="segmentation")

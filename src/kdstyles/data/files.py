@@ -40,6 +40,32 @@ def split_value(value: str, where: str) -> str | None:
     return split
 
 
+def split_folders(root: Path) -> list[tuple[Path, str | None]]:
+    """``root`` itself (class folders, or images/ and masks/, directly inside), or its split
+    folders (``train/``, ``Training/``, ``validation/``...; see :data:`SPLIT_NAMES`) with the
+    split each holds. A folder beside split folders that is not one, two folders for one
+    split, or split folders without a training one are errors: none is silently left out or
+    taken for a class."""
+    children = sorted(d for d in root.iterdir() if d.is_dir())
+    named = [(d, split_of(d.name)) for d in children]
+    if not any(split for _, split in named):
+        return [(root, None)]
+    where = f"data.root: '{root}' holds split folders ({', '.join(d.name for d, s in named if s)})"
+    for d, split in named:
+        if split is None:
+            raise KDError(f"{where} and '{d.name}', which is not one ({SPLIT_HELP}); move it out of the way, or "
+                          "put everything inside the split folders")
+    seen: dict[str, str] = {}
+    for d, split in named:
+        if split in seen:
+            raise KDError(f"{where}: '{seen[split]}' and '{d.name}' are both the {split} split; keep one")
+        seen[split] = d.name
+    if "train" not in seen:
+        raise KDError(f"{where} but none for training (train/ or training/); kdstyles makes missing val and test "
+                      "splits from the training images, not the other way round")
+    return [(d, split) for d, split in named]
+
+
 @dataclass
 class Record:
     path: Path

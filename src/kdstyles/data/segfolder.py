@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..errors import KDError
 from ..imageio import DECODE_ERRORS, IMAGE_SUFFIXES, _failure
-from .files import SPLITS, Record
+from .files import SPLITS, Record, split_folders
 
 
 # What data sets call the two folders (Kvasir-SEG: images/ masks/; CVC-ClinicDB: Original/
@@ -45,26 +45,36 @@ def pair_dirs(root: Path, masks: bool = True) -> tuple[Path, Path]:
 
 def list_pairs(root: Path) -> tuple[list[Record], dict[str, Path]]:
     """Records (image path, label placeholder, split) and each image's mask path: the mask of
-    the same name, or of the name with one of :data:`MASK_SUFFIXES`."""
-    images_dir, masks_dir = pair_dirs(root)
-    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    the same name, or of the name with one of :data:`MASK_SUFFIXES`; images/ and masks/ in
+    ``root``, or in each of its split folders (``train/images``, ``Testing/masks``, ...)."""
+    records, mask_of = [], {}
+    for base, split in split_folders(root):
+        images_dir, masks_dir = pair_dirs(base)
+        masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        for img in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            mask = next((masks[n] for n in (img.stem, *(img.stem + s for s in MASK_SUFFIXES)) if n in masks), None)
+            if mask is None:
+                raise KDError(f"image '{img}' has no mask in '{masks_dir}' (matched by file name without extension, "
+                              f"or with {', '.join(MASK_SUFFIXES)} added: {img.stem}_mask.png)")
+            mask_of[str(img)] = mask
+            records.append(Record(img, "", split))
+        if not any(r.path.parent == images_dir for r in records):
+            raise KDError(f"data.root: '{images_dir}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    listed = _listed_splits(root)
+    for r in records:
+        r.split = r.split or listed.get(r.path.stem)
+    return records, mask_of
+
+
+def _listed_splits(root: Path) -> dict[str, str]:
+    """The splits that ``root/train.txt``, ``val.txt``, ``test.txt`` give image names."""
     splits: dict[str, str] = {}
     for split in SPLITS:
         listing = root / f"{split}.txt"
         if listing.is_file():
             for stem in listing.read_text(encoding="utf-8", errors="surrogateescape").split():
                 splits[Path(stem).stem] = split
-    records, mask_of = [], {}
-    for img in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        mask = next((masks[n] for n in (img.stem, *(img.stem + s for s in MASK_SUFFIXES)) if n in masks), None)
-        if mask is None:
-            raise KDError(f"image '{img}' has no mask in '{masks_dir}' (matched by file name without extension, "
-                          f"or with {', '.join(MASK_SUFFIXES)} added: {img.stem}_mask.png)")
-        mask_of[str(img)] = mask
-        records.append(Record(img, "", splits.get(img.stem)))
-    if not records:
-        raise KDError(f"data.root: '{images_dir}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return records, mask_of
+    return splits
 
 
 def mask_values(m: Image.Image, path: Path, num_classes: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from ...errors import KDError
 from ...imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_volume
 from .. import segfolder
 from ..checks import Problem
-from ..files import SPLIT_HELP, Record, split_of
+from ..files import Record, split_folders
 from . import Loaded, Source, from_files, from_volume_files
 
 
@@ -27,7 +27,7 @@ def list_folder(root: Path, volumes: bool = False) -> tuple[list[Record], Counte
     kind, suffixes = ("volumes", VOLUME_SUFFIXES) if volumes else ("images", IMAGE_SUFFIXES)
     if not root.is_dir():
         raise KDError(f"data.root: folder '{root}' does not exist")
-    bases = _split_folders(root)
+    bases = split_folders(root)
     records: list[Record] = []
     others: Counter = Counter()
     for base, split in bases:
@@ -52,31 +52,6 @@ def _left_out(loaded: Loaded, others: Counter, kind: str) -> Loaded:
         loaded.report.problems.append(Problem(
             "warning", f"files in the class folders that are not {kind} kdstyles reads were left out: {listed}"))
     return loaded
-
-
-def _split_folders(root: Path) -> list[tuple[Path, str | None]]:
-    """``root`` itself (classes directly inside), or its split folders (``train/``, ``Training/``,
-    ``validation/``...; see :data:`~kdstyles.data.files.SPLIT_NAMES`) with the split each holds.
-    A folder beside split folders that is not one, two folders for one split, or split folders
-    without a training one are errors: none is silently left out or taken for a class."""
-    children = sorted(d for d in root.iterdir() if d.is_dir())
-    named = [(d, split_of(d.name)) for d in children]
-    if not any(split for _, split in named):
-        return [(root, None)]
-    where = f"data.root: '{root}' holds split folders ({', '.join(d.name for d, s in named if s)})"
-    for d, split in named:
-        if split is None:
-            raise KDError(f"{where} and '{d.name}', which is not one ({SPLIT_HELP}); move it out of the way, or "
-                          "put class folders inside the split folders only")
-    seen: dict[str, str] = {}
-    for d, split in named:
-        if split in seen:
-            raise KDError(f"{where}: '{seen[split]}' and '{d.name}' are both the {split} split; keep one")
-        seen[split] = d.name
-    if "train" not in seen:
-        raise KDError(f"{where} but none for training (train/ or training/); kdstyles makes missing val and test "
-                      "splits from the training images, not the other way round")
-    return [(d, split) for d, split in named]
 
 
 class Folder(Source):
