@@ -1,6 +1,8 @@
 """Segmentation folders as in Kvasir-SEG / CVC-ClinicDB: ``root/images/`` and
-``root/masks/``, matched by file stem; optional ``root/{train,val,test}.txt`` list the
-stems of each split (missing splits are made as for classification).
+``root/masks/`` (or the names of :data:`IMAGE_DIRS`, :data:`MASK_DIRS`), matched by file
+stem (or stem plus one of :data:`MASK_SUFFIXES`), directly in ``root`` or in each of its
+split folders; optional ``root/{train,val,test}.txt`` list the stems of each split
+(missing splits are made as for classification).
 
 Masks: palette PNGs give their palette indices; other modes are read as grayscale, except
 colour masks (channels that differ), whose brightest channel counts with 2 classes (a red
