@@ -235,11 +235,16 @@ def test_folder_with_split_subfolders_and_lazy_loading(tmp_path):
 def test_folder_reads_webp_and_names_the_files_it_leaves_out(tmp_path):
     make_mixed_folder(tmp_path, per_class=6)
     Image.open(tmp_path / "benign" / "1.png").save(tmp_path / "benign" / "photo.webp")
-    for name in ("slide.svs", "slide2.svs", "notes.txt", "Thumbs.db", ".DS_Store"):
-        (tmp_path / "malignant" / name).write_bytes(b"not an image")
+    for name in ("slide.svs", "slide2.svs", "notes.txt", "Thumbs.db", ".DS_Store", "._1.png"):
+        (tmp_path / "malignant" / name).write_bytes(b"not an image")  # ._1.png: macOS's shadow of a copied file
+    (tmp_path / "benign" / ".thumbnails").mkdir()  # a viewer's cache: copies that are not more data
+    Image.open(tmp_path / "benign" / "1.png").save(tmp_path / "benign" / ".thumbnails" / "1.png")
     cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path}", "data.image_size=16"])
     bundle = build_data(cfg.data, seed=0)
     assert sum(bundle.report.counts[s][0] for s in bundle.report.counts) == 7  # the WebP photo is read
+    from kdstyles.predict import collect_inputs
+
+    assert len(collect_inputs([tmp_path])) == 13  # predict skips the same hidden files
     left = [p.message for p in bundle.report.warnings if "left out" in p.message]
     assert left == ["files in the class folders that are not images kdstyles reads were left out: 2 .svs, 1 .txt"]
 

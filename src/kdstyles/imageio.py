@@ -31,6 +31,19 @@ def is_volume(path: Path) -> bool:
     return path.name.lower().endswith(VOLUME_SUFFIXES) and not path.name.startswith("._")
 
 
+def is_image(path: Path) -> bool:
+    """An image file by name; hidden files (macOS's ``._x.png`` shadows of copied images,
+    which are not images) excluded."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """The files under ``folder``, at any depth, outside hidden files and folders (``.git``,
+    ``.thumbnails``, macOS's ``._`` shadows), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import KDError
-from .imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_volume, read_image
+from .imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, read_image, visible_files
 
 
 class Predictor:
@@ -116,13 +116,11 @@ def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path
     files of paths (column 'path')."""
     what, suffixes = ("volume", VOLUME_SUFFIXES) if volumes else ("image", IMAGE_SUFFIXES)
 
-    def fits(p: Path) -> bool:
-        return is_volume(p) if volumes else p.suffix.lower() in IMAGE_SUFFIXES
-
+    fits = is_volume if volumes else is_image
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if fits(p) and p.is_file())
+            files += [p for p in visible_files(item) if fits(p)]
         elif item.suffix.lower() == ".csv":
             from .fileio import read_csv
 

@@ -149,9 +149,9 @@ def read_kvasir(root: Path, classes: list[str] | None) -> tuple[list[Record], di
         from .segfolder import pair_dirs
 
         images, _ = pair_dirs(root, masks=False)
-        from ..imageio import IMAGE_SUFFIXES
+        from ..imageio import is_image
 
-        files = {p.stem: p for p in sorted(images.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        files = {p.stem: p for p in sorted(images.iterdir()) if is_image(p)}
         missing = sorted(set(found) - set(files))
         if missing:
             raise KDError(f"'{listing}': image '{missing[0]}' has boxes but no file in '{images}'")

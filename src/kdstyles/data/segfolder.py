@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import KDError
-from ..imageio import DECODE_ERRORS, IMAGE_SUFFIXES, _failure
+from ..imageio import DECODE_ERRORS, IMAGE_SUFFIXES, _failure, is_image
 from .files import SPLITS, Record, split_folders
 
 
@@ -52,8 +52,8 @@ def list_pairs(root: Path) -> tuple[list[Record], dict[str, Path]]:
     records, mask_of = [], {}
     for base, split in split_folders(root):
         images_dir, masks_dir = pair_dirs(base)
-        masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        for img in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        masks = {p.stem: p for p in masks_dir.iterdir() if is_image(p)}
+        for img in sorted(p for p in images_dir.iterdir() if is_image(p)):
             mask = next((masks[n] for n in (img.stem, *(img.stem + s for s in MASK_SUFFIXES)) if n in masks), None)
             if mask is None:
                 raise KDError(f"image '{img}' has no mask in '{masks_dir}' (matched by file name without extension, "

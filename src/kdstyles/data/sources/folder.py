@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from ...errors import KDError
-from ...imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_volume
+from ...imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, visible_files
 from .. import segfolder
 from ..checks import Problem
 from ..files import Record, split_folders
@@ -23,7 +23,7 @@ def list_folder(root: Path, volumes: bool = False) -> tuple[list[Record], Counte
     """Records of ``root/<class>/<file>`` (or inside ``root/train/`` etc.): image files, or
     volume files (NIfTI/NRRD) with ``volumes``; and the other files found there, counted by
     suffix (hidden files and file browsers' own left out) for a warning."""
-    fits = is_volume if volumes else (lambda f: f.suffix.lower() in IMAGE_SUFFIXES)
+    fits = is_volume if volumes else is_image
     kind, suffixes = ("volumes", VOLUME_SUFFIXES) if volumes else ("images", IMAGE_SUFFIXES)
     if not root.is_dir():
         raise KDError(f"data.root: folder '{root}' does not exist")
@@ -35,13 +35,12 @@ def list_folder(root: Path, volumes: bool = False) -> tuple[list[Record], Counte
         if not class_dirs:
             raise KDError(f"data.root: '{base}' has no class subfolders; expected {base}/<class>/<{kind[:-1]} files>")
         for d in class_dirs:
-            found = [f for f in d.rglob("*") if f.is_file()]
-            files = sorted(f for f in found if fits(f))
+            found = visible_files(d)
+            files = [f for f in found if fits(f)]
             if not files:
                 raise KDError(f"data.root: class folder '{d}' holds no {kind} ({', '.join(suffixes)})")
             records += [Record(f, d.name, split) for f in files]
-            others.update(f.suffix.lower() or f.name for f in found if not fits(f) and not f.name.startswith(".")
-                          and f.name.lower() not in IGNORED)
+            others.update(f.suffix.lower() or f.name for f in found if not fits(f) and f.name.lower() not in IGNORED)
     return records, others
 
 
