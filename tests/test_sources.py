@@ -593,7 +593,7 @@ def test_multiclass_masks_load_as_labels(tmp_path):
         mask[:8, :8], mask[8:, 8:] = 1, 2
         Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
     (root / "test.txt").write_text("c0\nc1\n")
-    (root / "val.txt").write_text("c2\n")
+    (root / "validation.txt").write_text("c2\n")  # as some data sets name it
     cfg = load_config(None, [*SEG, "data.source=folder", f"data.root={root}", "data.image_size=16",
                              "data.num_classes=3", "data.classes=[background, liver, kidney]",
                              "data.on_duplicates=warn"])

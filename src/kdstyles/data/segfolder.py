@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import KDError
 from ..imageio import DECODE_ERRORS, IMAGE_SUFFIXES, _failure, is_image
-from .files import SPLITS, Record, split_folders
+from .files import Record, split_folders, split_of
 
 
 # What data sets call the two folders (Kvasir-SEG: images/ masks/; CVC-ClinicDB: Original/
@@ -69,11 +69,12 @@ def list_pairs(root: Path) -> tuple[list[Record], dict[str, Path]]:
 
 
 def _listed_splits(root: Path) -> dict[str, str]:
-    """The splits that ``root/train.txt``, ``val.txt``, ``test.txt`` give image names."""
+    """The splits that ``root/train.txt``, ``val.txt``, ``test.txt`` (or ``validation.txt``
+    and the other split names) give image names."""
     splits: dict[str, str] = {}
-    for split in SPLITS:
-        listing = root / f"{split}.txt"
-        if listing.is_file():
+    for listing in sorted(root.glob("*.txt")):
+        split = split_of(listing.stem)
+        if split is not None and listing.is_file():
             for stem in listing.read_text(encoding="utf-8", errors="surrogateescape").split():
                 splits[Path(stem).stem] = split
     return splits
