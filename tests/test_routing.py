@@ -131,3 +131,16 @@ def test_presets_fill_their_roles_with_the_students_a_config_names(tmp_path):
     with pytest.raises(KDError, match=r"routing.preset 'diverse': its s1 -> s2 predictions edge joins two students, "
                                       r"and networks.students has one \(s1; "):
         load_config(one)
+
+
+def test_presets_command_lists_what_each_preset_does_with_one_student(monkeypatch, capsys):
+    import sys
+
+    from kdstyles.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["kdstyles", "presets", "--students", "1"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    lines = dict(ln.split(": ", 1) for ln in capsys.readouterr().out.strip().splitlines())
+    assert done.value.code in (0, None)
+    assert lines["kd"] == "teacher->s1 predictions" and lines["diverse"] == "(needs two students)"

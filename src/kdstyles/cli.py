@@ -375,8 +375,11 @@ def presets(students: int = typer.Option(2, help="number of students (ctsl-mkt s
 
     names = [f"s{i + 1}" for i in range(students)]
     for name, preset in PRESETS.items():
-        triples = preset.triples(names)
-        edges = ", ".join(f"{s}->{d} {st}" for s, d, st in triples) or "(no edges: cross-entropy only)"
+        try:
+            edges = ", ".join(f"{s}->{d} {st}" for s, d, st in preset.triples(names)) or \
+                "(no edges: cross-entropy only)"
+        except KDError:
+            edges = "(needs two students)"
         console.print(f"[bold]{name}[/bold]: {edges}", highlight=False)
 
 
