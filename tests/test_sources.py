@@ -237,10 +237,12 @@ def test_folder_reads_webp_and_names_the_files_it_leaves_out(tmp_path):
     Image.open(tmp_path / "benign" / "1.png").save(tmp_path / "benign" / "photo.webp")
     for name in ("slide.svs", "slide2.svs", "notes.txt", "Thumbs.db", ".DS_Store", "._1.png"):
         (tmp_path / "malignant" / name).write_bytes(b"not an image")  # ._1.png: macOS's shadow of a copied file
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # a hidden folder beside the classes is not a class
     (tmp_path / "benign" / ".thumbnails").mkdir()  # a viewer's cache: copies that are not more data
     Image.open(tmp_path / "benign" / "1.png").save(tmp_path / "benign" / ".thumbnails" / "1.png")
     cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path}", "data.image_size=16"])
     bundle = build_data(cfg.data, seed=0)
+    assert bundle.class_names == ["benign", "malignant"]
     assert sum(bundle.report.counts[s][0] for s in bundle.report.counts) == 7  # the WebP photo is read
     from kdstyles.predict import collect_inputs
 
@@ -266,6 +268,7 @@ def test_split_folders_as_data_sets_name_them(tmp_path):
     make_mixed_folder(tmp_path / "Training", per_class=6)
     make_mixed_folder(tmp_path / "validation", per_class=3)
     make_mixed_folder(tmp_path / "Testing", per_class=4)
+    (tmp_path / ".git").mkdir()  # hidden folders are neither splits nor classes
     cfg = load_config(None, ["data.source=folder", f"data.root={tmp_path}", "data.image_size=16",
                              "data.on_duplicates=warn"])
     bundle = build_data(cfg.data, seed=0)

@@ -46,7 +46,7 @@ def split_folders(root: Path) -> list[tuple[Path, str | None]]:
     split each holds. A folder beside split folders that is not one, two folders for one
     split, or split folders without a training one are errors: none is silently left out or
     taken for a class."""
-    children = sorted(d for d in root.iterdir() if d.is_dir())
+    children = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     named = [(d, split_of(d.name)) for d in children]
     if not any(split for _, split in named):
         return [(root, None)]

@@ -31,7 +31,7 @@ def list_folder(root: Path, volumes: bool = False) -> tuple[list[Record], Counte
     records: list[Record] = []
     others: Counter = Counter()
     for base, split in bases:
-        class_dirs = sorted(d for d in base.iterdir() if d.is_dir())
+        class_dirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))  # not .git
         if not class_dirs:
             raise KDError(f"data.root: '{base}' has no class subfolders; expected {base}/<class>/<{kind[:-1]} files>")
         for d in class_dirs:
