@@ -649,6 +649,13 @@ def test_dicom_images_read_as_a_radiologist_sees_them(tmp_path):
     assert info == (3, 2, "DICOM MONOCHROME2") and image_size(tmp_path / "ct.dcm") == (3, 2)
     ct = read_image(tmp_path / "ct.dcm", 1, 3)[0][..., 0]  # resized 3x2 -> 3x3: look at the top row only
     assert ct[0, 0] == 0 and abs(int(ct[0, 1]) - 128) <= 1 and ct[0, 2] == 255  # air black, window top white
+    # soft tissue only (0..80 HU) through the same window keeps its gray levels: the window is a
+    # fixed mapping, not stretched to each image's range; a multi-valued window takes the first
+    soft = np.array([[0, 40], [40, 80]])
+    write_dicom(tmp_path / "soft.dcm", ((soft + 1024) // 2).astype(np.uint16), RescaleSlope=2,
+                RescaleIntercept=-1024, WindowCenter=[40, 300], WindowWidth=[400, 1500])
+    expect = np.clip((soft - (40 - 0.5 - 399 / 2)) / 399, 0, 1) * 255
+    np.testing.assert_allclose(read_image(tmp_path / "soft.dcm", 1, 2)[0][..., 0], expect, atol=0.51)
     # MONOCHROME1 (many radiographs): low values are bright
     write_dicom(tmp_path / "xray.dcm", np.array([[0, 255], [128, 64]], np.uint8), "MONOCHROME1", preamble=False)
     np.testing.assert_array_equal(read_image(tmp_path / "xray.dcm", 1, 2)[0][..., 0], [[255, 0], [127, 191]])

@@ -1,11 +1,12 @@
-"""Image files -> uint8 arrays of the configured channels and size (Pillow only).
+"""Image files -> uint8 arrays of the configured channels and size (Pillow; pydicom for DICOM).
 
 Handles the modes medical images come in: 8-bit grayscale (L), RGB, RGBA (alpha dropped),
 palette (P), 16-bit grayscale (I;16, scaled to 8 bits by its own range) and 32-bit integer
 or float grayscale (I, F; likewise), PNG, JPEG, BMP, TIFF and WebP; and single-frame 2D
 DICOM (X-ray, mammography, dermoscopy; pydicom): the stored values through the file's
-rescale (modality LUT) and its window (VOI LUT) when it has one, MONOCHROME1 inverted so
-that bone is bright, then scaled to 8 bits by their range.
+rescale (modality LUT), then its window from black to white (the same mapping for every
+image; a VOI LUT or no window: the image's own range), MONOCHROME1 inverted so that bone
+is bright.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -142,13 +144,34 @@ def _dicom_image(path: Path) -> tuple[Image.Image, str]:
         if photometric.startswith("YBR"):
             arr = convert_color_space(arr, photometric, "RGB")
         return Image.fromarray(_to_uint8(np.asarray(arr))[..., :3], "RGB"), f"DICOM {photometric}"
-    values = apply_modality_lut(arr, ds)  # stored values -> HU or the modality's units
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        values = apply_voi_lut(values, ds)
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)  # stored values -> HU or the modality's
+    window = _window(ds)
+    if window is not None:  # the file's window: one fixed mapping, whatever the image holds
+        lo, hi = window
+        gray = np.clip((values - lo) / (hi - lo), 0, 1) * 255
+    else:  # a VOI lookup table, or nothing: the image's own range
+        if "VOILUTSequence" in ds:
+            values = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
+        gray = _to_uint8(values).astype(np.float64)
     if photometric == "MONOCHROME1":  # low values are bright
-        values = values.max() + values.min() - values
-    return Image.fromarray(_to_uint8(values)), f"DICOM {photometric}"
+        gray = 255 - gray
+    return Image.fromarray((gray + 0.5).astype(np.uint8)), f"DICOM {photometric}"
+
+
+def _window(ds) -> tuple[float, float] | None:
+    """The value range a DICOM file's (first) WindowCenter/WindowWidth shows from black to
+    white, by the standard's linear formula; None without a usable window."""
+    def first(value) -> float:
+        return float(value[0] if isinstance(value, Sequence) and not isinstance(value, str) else value)
+
+    try:
+        centre, width = first(ds.WindowCenter), first(ds.WindowWidth)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    if not (np.isfinite(centre) and np.isfinite(width)) or width < 1:
+        return None
+    low = centre - 0.5 - (width - 1) / 2
+    return low, low + max(width - 1, 1e-6)  # width 1: a threshold
 
 
 def read_image(path: Path, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int, str]]:
