@@ -409,7 +409,6 @@ class OutputConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str = "demo"
-    _name = field_validator("name")(_folder_name)
     task: Literal[tuple(TASKS)] = "classification"  # type: ignore[valid-type]
     data: DataConfig = DataConfig()
     networks: NetworksConfig = NetworksConfig()
@@ -425,6 +424,7 @@ class ExperimentConfig(Strict):
     tune: TuneConfig = TuneConfig()
 
     _edges: list[Edge] = PrivateAttr(default_factory=list)
+    _name = field_validator("name")(_folder_name)
 
     @model_validator(mode="after")
     def _check_styles_and_edges(self) -> "ExperimentConfig":

@@ -39,6 +39,12 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def visible_dirs(folder: Path) -> list[Path]:
+    """The folders directly in ``folder``, hidden ones (``.git``, ``.ipynb_checkpoints``) left
+    out, sorted."""
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def visible_files(folder: Path) -> list[Path]:
     """The files under ``folder``, at any depth, outside hidden files and folders (``.git``,
     ``.thumbnails``, macOS's ``._`` shadows), sorted."""

@@ -397,9 +397,9 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
     task_cls = TASKS[task]
     loaded = SOURCES[cfg.source].load(cfg, seed, task_cls, run_dir, quiet)
     report, stored = loaded.report, loaded.splits
+    unit = "volumes" if cfg.dims == 3 else "images"
     if not (task_cls.dense or task_cls.boxes):
-        checks.check_balance(report, cfg.imbalance_ratio, task_cls.imbalance_remedy,
-                             "volumes" if cfg.dims == 3 else "images")
+        checks.check_balance(report, cfg.imbalance_ratio, task_cls.imbalance_remedy, unit)
         checks.check_class_names(report)
     checks.check_duplicates({s: v.digests for s, v in stored.items()}, {s: v.names for s, v in stored.items()},
                             cfg.on_duplicates, report)
@@ -407,7 +407,7 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
     if empty:  # data inspect lists it with the rest
         report.problems.append(checks.Problem(
             "error", f"{loaded.where}: the {empty[0]} split is empty ({sum(len(v.labels) for v in stored.values())} "
-                     "images in all); give it files, or raise data.val_fraction / data.test_fraction"))
+                     f"{unit} in all); give it files, or raise data.val_fraction / data.test_fraction"))
     if check:
         report.raise_errors()
     channels, size = loaded.channels, loaded.size

@@ -11,10 +11,9 @@ and the class names. Errors name the file and the line, annotation or image.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -146,11 +145,10 @@ def read_kvasir(root: Path, classes: list[str] | None) -> tuple[list[Record], di
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise KDError(f"'{listing}': not Kvasir-SEG's box file ({type(exc).__name__}: {exc}); it maps each "
                           "image name to {bbox: [{label, xmin, ymin, xmax, ymax}]}") from None
+        from ..imageio import is_image
         from .segfolder import pair_dirs
 
         images, _ = pair_dirs(root, masks=False)
-        from ..imageio import is_image
-
         files = {p.stem: p for p in sorted(images.iterdir()) if is_image(p)}
         missing = sorted(set(found) - set(files))
         if missing:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import KDError
 from ..fileio import read_csv
+from ..imageio import visible_dirs
 
 SPLITS = ("train", "val", "test")
 # What data sets call their splits (Kaggle's "Training"/"Testing", HF's "validation"), any case.
@@ -46,8 +47,7 @@ def split_folders(root: Path) -> list[tuple[Path, str | None]]:
     split each holds. A folder beside split folders that is not one, two folders for one
     split, or split folders without a training one are errors: none is silently left out or
     taken for a class."""
-    children = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    named = [(d, split_of(d.name)) for d in children]
+    named = [(d, split_of(d.name)) for d in visible_dirs(root)]
     if not any(split for _, split in named):
         return [(root, None)]
     where = f"data.root: '{root}' holds split folders ({', '.join(d.name for d, s in named if s)})"

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import KDError
-from ..imageio import DECODE_ERRORS, IMAGE_SUFFIXES, _failure, is_image
+from ..imageio import DECODE_ERRORS, IMAGE_SUFFIXES, _failure, is_image, visible_dirs
 from .files import Record, split_folders, split_of
 
 
@@ -36,7 +36,7 @@ def pair_dirs(root: Path, masks: bool = True) -> tuple[Path, Path]:
     (``masks=False``: the image folder only is needed, the mask folder may be missing)."""
     if not root.is_dir():
         raise KDError(f"data.root: folder '{root}' does not exist")
-    children = {d.name.lower(): d for d in sorted(root.iterdir()) if d.is_dir()}
+    children = {d.name.lower(): d for d in visible_dirs(root)}
     found = [next((children[n] for n in names if n in children), None) for names in (IMAGE_DIRS, MASK_DIRS)]
     for d, names, what in zip(found, (IMAGE_DIRS, MASK_DIRS), ("images", "masks")):
         if d is None and (masks or what == "images"):

@@ -52,13 +52,15 @@ class Prepared:
     source_shape: tuple[int, int, int]
 
 
+# MONAI's LoadImage builds every reader it has; where pydicom is installed its DICOM reader logs
+# a line per file about a GPU decoder (nvImageCodec) that a NIfTI file never needs
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+
+
 def read(path: Path, what: str = "volume"):
     """A volume file as a channel-first MONAI MetaTensor (C, X, Y, Z) with its affine."""
     from monai.transforms import LoadImage
 
-    # LoadImage builds every reader MONAI has; where pydicom is installed its DICOM reader logs
-    # a line per file about a GPU decoder (nvImageCodec) that a NIfTI file never needs
-    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     if not path.is_file():
         raise KDError(f"{what} '{path}' does not exist")
     if not is_volume(path):

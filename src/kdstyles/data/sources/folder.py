@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from ...errors import KDError
-from ...imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, visible_files
+from ...imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, visible_dirs, visible_files
 from .. import segfolder
 from ..checks import Problem
 from ..files import Record, split_folders
@@ -31,7 +31,7 @@ def list_folder(root: Path, volumes: bool = False) -> tuple[list[Record], Counte
     records: list[Record] = []
     others: Counter = Counter()
     for base, split in bases:
-        class_dirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))  # not .git
+        class_dirs = visible_dirs(base)
         if not class_dirs:
             raise KDError(f"data.root: '{base}' has no class subfolders; expected {base}/<class>/<{kind[:-1]} files>")
         for d in class_dirs:
