@@ -1,20 +1,28 @@
 """Whether feature taps record under torch.compile on this machine (a diagnostic, not a test).
 
     python benchmarks/compile_taps.py [--backends eager,aot_eager,inductor] [--quick]
+                                      [--config configs/paper-r50-r18.yaml] [--size 64]
 
 Part 1: a ResNet18 with a tapped layer, compiled with each backend, one forward inside the
-tap's recording. Part 2 narrows down the H100 failure (torch 2.11 + CUDA: "tap
-'layer4.2.conv2' was not called" in a compiled cohort, although part 1 passed there): the
-demo cohort (``diverse``: feature edges) compiled as ``train.compile`` does, one joint
-training step in each combination of precision (fp32, bf16 autocast), memory layout
-(contiguous, channels_last) and whether an untapped forward (evaluation) ran first. One
-line per case: recorded, or the error's last line.
+tap's recording. Part 2: a cohort (default: the paper's pair, ImageNet weights off, ``diverse``:
+feature edges, at 64 px) compiled as ``train.compile`` does, one joint training step in each
+combination of precision (fp32, bf16 autocast), memory layout (contiguous, channels_last) and
+whether an untapped forward (evaluation) ran first. One line per case: recorded, or the
+error's last line (the traceback goes to stderr).
+
+This found why ``train.compile`` lost the paper teacher's tap (``layer4.2.conv2``) on an H100:
+a hook kept out of the graph (``torch.compiler.disable``) broke it, torch.compile then ran each
+residual block as a frame of its own, and a block's compiled code, reused for a later block of
+the same shape, skipped that block's hook (ResNet50 layer4.2, ResNet34 layer3.5; never the
+first block of a shape, so ResNet18 taps passed). It happened on the CPU too, even with the
+``eager`` backend; tests/test_taps.py now checks it. The hooks are traced into the graph since.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import traceback
 from contextlib import nullcontext
 
 import torch
@@ -34,9 +42,12 @@ def single(device: str, backend: str) -> str:
     return f"recorded {tuple(feats['layer3.1.conv2'].shape)}"
 
 
-def cohort_step(device: str, backend: str, bf16: bool, channels_last: bool, eval_first: bool) -> str:
-    exp = Experiment(None, quiet=True, overrides=["data.train_samples=64", "data.val_samples=8",
-                                                  "data.test_samples=8", "data.batch_size=8"])
+def cohort_step(config: str, size: int, device: str, backend: str, bf16: bool, channels_last: bool,
+                eval_first: bool) -> str:
+    exp = Experiment(config, quiet=True, overrides=[
+        "networks.teacher.pretrained=false", "networks.students.s1.pretrained=false",
+        "networks.students.s2.pretrained=false", "data.normalize=dataset", f"data.image_size={size}",
+        "data.train_samples=64", "data.val_samples=8", "data.test_samples=8", "data.batch_size=8"])
     cohort = exp.cohort
     fmt = torch.channels_last if channels_last else torch.preserve_format
     cohort.to(device, memory_format=fmt)
@@ -60,6 +71,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backends", default="eager,aot_eager,inductor")
     ap.add_argument("--quick", action="store_true", help="part 2 with fp32, contiguous, training first only")
+    ap.add_argument("--config", default="configs/paper-r50-r18.yaml", help="the cohort of part 2")
+    ap.add_argument("--size", type=int, default=64, help="image size of part 2")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"torch {torch.__version__} on {device}")
@@ -68,6 +81,7 @@ def main() -> None:
         try:
             print(f"single network  {backend:<10} {single(device, backend)}", flush=True)
         except Exception as exc:  # noqa: BLE001 (a diagnostic reports every failure and goes on)
+            traceback.print_exc()
             print(f"single network  {backend:<10} failed: {str(exc).strip().splitlines()[-1]}", flush=True)
     cases = [(False, False, False)] if args.quick else list(itertools.product((False, True), repeat=3))
     for backend, (bf16, cl, eval_first) in itertools.product(backends, cases):
@@ -75,8 +89,9 @@ def main() -> None:
                  f"{'eval first' if eval_first else 'train first'}")
         torch._dynamo.reset()
         try:
-            print(f"{label}  {cohort_step(device, backend, bf16, cl, eval_first)}", flush=True)
+            print(f"{label}  {cohort_step(args.config, args.size, device, backend, bf16, cl, eval_first)}", flush=True)
         except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
             print(f"{label}  failed: {str(exc).strip().splitlines()[-1]}", flush=True)
 
 

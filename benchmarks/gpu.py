@@ -24,6 +24,7 @@ import json
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -84,6 +85,7 @@ def main() -> None:
         try:
             r = joint_vs_separate(args.config, args.preset, args.size, args.repeats, precision, cl, sets, "cuda", comp)
         except Exception as exc:  # a setting that fails is reported, the others still measured
+            traceback.print_exc()
             out["steps"].append({"setting": _label(precision, cl, comp), "error": str(exc).splitlines()[-1]})
             print(f"step  {_label(precision, cl, comp):<32} failed: {out['steps'][-1]['error']}", flush=True)
             continue
@@ -95,6 +97,7 @@ def main() -> None:
         try:
             r = epoch(args.config, sets, precision, cl, comp, args.train_samples)
         except Exception as exc:
+            traceback.print_exc()
             out["epochs"].append({"setting": _label(precision, cl, comp), "error": str(exc).splitlines()[-1]})
             print(f"epoch {_label(precision, cl, comp):<32} failed: {out['epochs'][-1]['error']}", flush=True)
             continue

@@ -4,7 +4,7 @@ A path ending in ``:in`` records the module's input instead of its output: ``fc:
 the penultimate embedding of a network whose classifier is ``fc``.
 
 A :class:`Tap` records only inside :meth:`Tap.recording`, so evaluation and export run the
-network untouched. Its hooks are kept out of ``torch.compile`` graphs (they run eagerly). A recorded tensor that a later in-place operation changes (e.g. the
+network untouched. Under ``torch.compile`` the hooks are traced into the graph. A recorded tensor that a later in-place operation changes (e.g. the
 output of a BatchNorm followed by ``ReLU(inplace=True)``) would silently be the wrong map;
 that is detected and reported with the module path.
 """
@@ -52,12 +52,15 @@ class Tap:
                     raise KDError(f"tap '{path}' returns {type(output).__name__}, not a tensor; tap a module "
                                   "whose output is a single feature map")
                 self._store[path] = output
-                # Inference tensors (offline teacher) keep no version counter; the build probe
-                # runs every network outside inference mode, so the check happens there.
-                self._versions[path] = -1 if output.is_inference() else output._version
-        # Under torch.compile the hook runs eagerly (a graph break at each tap): traced into the
-        # graph, its writes to the store were lost on torch 2.11 with inductor on CUDA.
-        return torch.compiler.disable(hook)
+                # Inference tensors (offline teacher) keep no version counter, and a compiled graph
+                # has none to read; the build probe runs every network eagerly outside inference
+                # mode, so the check happens there.
+                eager = not torch.compiler.is_compiling() and not output.is_inference()
+                self._versions[path] = output._version if eager else -1
+        # Traced into a compiled graph (no graph break): a break here made torch.compile run each
+        # residual block as a frame of its own, and a block's compiled code was then reused for a
+        # later block of the same shape whose hook it does not check, so the tap went unrecorded.
+        return hook
 
     @contextmanager
     def recording(self) -> Iterator[dict[str, torch.Tensor]]:
