@@ -87,3 +87,20 @@ def test_whole_volume_validation_is_scored_once_under_torchrun(tmp_path):
     assert [r["network"] for r in m1] == [r["network"] for r in m2] == ["teacher", "s1", "s2", "ensemble"]
     for a, b in zip(m1, m2):  # 5 volumes: 3 on rank 0, 2 on rank 1, one mean
         assert float(a["val_dice"]) == pytest.approx(float(b["val_dice"]), abs=2e-3), a["network"]
+
+
+def test_more_processes_than_gpus_is_one_line(monkeypatch):
+    """torchrun --nproc_per_node=2 on a 1-GPU node: named before any CUDA or NCCL call
+    (which would fail with 'invalid device ordinal' or a duplicate-GPU error)."""
+    from kdstyles import KDError, distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(KDError, match=r"torchrun started 2 processes on this node but it has 1 GPU\(s\); "
+                                      r"NCCL needs one GPU per process: --nproc_per_node=1, or train.device: cpu"):
+        distributed.setup("auto")
+    assert not torch.distributed.is_initialized()

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .errors import KDError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -37,6 +39,10 @@ def setup(device_name: str) -> DistInfo:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda and local >= (gpus := torch.cuda.device_count()):
+        raise KDError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', local + 1)} processes on this node but "
+                      f"it has {gpus} GPU(s); NCCL needs one GPU per process: --nproc_per_node={gpus}, "
+                      "or train.device: cpu")
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local)
