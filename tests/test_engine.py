@@ -293,6 +293,58 @@ def test_truncated_checkpoint_is_reported(tmp_path):
         assert not shown  # one line for the user: no warning printed beside the error
 
 
+def test_background_writer_keeps_the_state_of_the_call_and_reports_errors(tmp_path):
+    """checkpoints.Writer: training changes the weights in place right after save(); the file
+    holds them as they were, files land in order, and a write that fails is raised by wait()
+    (the writes after it still land)."""
+    w, history = torch.zeros(3), [1]
+    writer = checkpoints.Writer()
+    writer.save({"w": w, "history": history}, tmp_path / "last.pt")
+    w.add_(5)  # an optimiser step, while the file may still be being written
+    history.append(2)
+    writer.save({"w": w, "history": history}, tmp_path / "second.pt")
+    writer.wait()
+    first, second = checkpoints.load(tmp_path / "last.pt"), checkpoints.load(tmp_path / "second.pt")
+    assert torch.equal(first["w"], torch.zeros(3)) and first["history"] == [1]
+    assert torch.equal(second["w"], torch.full((3,), 5.0)) and second["history"] == [1, 2]
+    (tmp_path / "file").write_text("x")
+    writer.save({"w": w}, tmp_path / "file" / "best.pt")  # a folder that is a file
+    writer.save({"w": w + 1}, tmp_path / "last.pt")
+    with pytest.raises(KDError, match=r"cannot write '.*best.pt'"):
+        writer.wait()
+    assert torch.equal(checkpoints.load(tmp_path / "last.pt")["w"], torch.full((3,), 6.0))
+    writer.wait()  # reported once
+
+
+def test_loader_workers_never_fork_while_a_checkpoint_is_being_written(tmp_path, monkeypatch):
+    """Workers started anew each epoch (data.persistent_workers: false) are forked only after
+    the previous epoch's checkpoints have landed: a fork copies the locks a writing thread may
+    hold. A write that takes 0.3 s would otherwise still run when the next epoch starts."""
+    import os
+    import threading
+    import time
+
+    from conftest import tiny
+
+    plain_save, plain_fork, writing_at_fork = checkpoints.save, os.fork, []
+
+    def slow_save(obj, path):
+        time.sleep(0.3)
+        plain_save(obj, path)
+
+    def fork():
+        writing_at_fork.append(any(t.name.startswith("kdstyles-checkpoints") for t in threading.enumerate()))
+        return plain_fork()
+
+    monkeypatch.setattr(checkpoints, "save", slow_save)
+    monkeypatch.setattr(os, "fork", fork)
+    exp = Experiment(None, overrides=tiny(tmp_path, "train.epochs=3", "data.num_workers=1",
+                                          "data.persistent_workers=false"), quiet=True)
+    exp.fit()
+    assert len(writing_at_fork) >= 6 and not any(writing_at_fork)  # train + val workers, every epoch
+    assert checkpoints.load(exp.run_dir / "checkpoints" / "last.pt")["epoch"] == 3
+
+
 def test_demo_trains_both_presets_then_reuses_them(tmp_path, monkeypatch, capsys):
     from conftest import tiny
     from kdstyles.cli import main
@@ -383,8 +435,7 @@ def test_epoch_time_is_split_into_data_wait_validation_and_checkpoints(tmp_path)
             return loader
 
         class Slow:  # the real loader's batches, each 50 ms late
-            batch_sampler = loader.batch_sampler
-            dataset = loader.dataset
+            batch_sampler, dataset, num_workers = loader.batch_sampler, loader.dataset, loader.num_workers
 
             def __len__(self):
                 return len(loader)

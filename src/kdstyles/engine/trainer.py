@@ -60,6 +60,8 @@ class Trainer:
             cohort.enable_cache(len(data.splits["train"]))
         self.model = self.rt.wrap(TrainStep(cohort))
         self.stop = GracefulStop()
+        self.writer = checkpoints.Writer()  # last.pt and best checkpoints, written while training goes on
+        self._started: set = set()  # loaders whose persistent workers are running
         self._frozen_val: dict[str, torch.Tensor] = {}
         self.clock: dict[str, float] = {}  # this epoch's seconds: data_wait_s, val_s, checkpoint_s
         self.metric = cfg.train.selection_metric if cfg.train.selection_metric != "auto" else cohort.task.selection
@@ -78,7 +80,7 @@ class Trainer:
         if not self.dist.main:
             return
         scaler = self.rt.scaler.state_dict() if self.rt.scaler is not None else {}
-        checkpoints.save({"epoch": s.epoch, "step": s.step, "partial": partial, "cohort": self.cohort.state_dict(),
+        self.writer.save({"epoch": s.epoch, "step": s.step, "partial": partial, "cohort": self.cohort.state_dict(),
                           **self.optim.state_dict(), "rng": rng_state(), "scaler": scaler,
                           "state": {"best": s.best, "since_improved": s.since_improved, "history": s.history,
                                     "status": s.status}}, self.folder.last)
@@ -86,8 +88,16 @@ class Trainer:
     def save_best(self, name: str, value: float) -> None:
         if self.dist.main:
             with self._timed("checkpoint_s"):
-                checkpoints.save({"network": name, "epoch": self.state.epoch, "metric": self.metric, "value": value,
+                self.writer.save({"network": name, "epoch": self.state.epoch, "metric": self.metric, "value": value,
                                   "state_dict": self.cohort.networks[name].state_dict()}, self.folder.best(name))
+
+    def _before_workers_start(self, loader) -> None:
+        """Loader workers are forked processes, and a fork copies the locks the writer's thread
+        may hold in the middle of a write: the writes land first whenever workers are about to
+        start (every epoch with data.persistent_workers: false, else only the first time)."""
+        if loader.num_workers and not (loader.persistent_workers and loader in self._started):
+            self.writer.wait()
+            self._started.add(loader)
 
     @contextmanager
     def _timed(self, key: str) -> Iterator[None]:
@@ -102,6 +112,7 @@ class Trainer:
         """The training loader's batches; the time spent waiting for each one goes to
         ``clock['data_wait_s']`` (each step ends with a host sync, the finiteness check, so on a
         GPU this is time the device sat idle for data)."""
+        self._before_workers_start(self.train_loader)
         it = iter(self.train_loader)
         while True:
             with self._timed("data_wait_s"):
@@ -151,6 +162,7 @@ class Trainer:
         try:
             with self.stop:
                 self._epochs()
+            self.writer.wait()  # the last files land; a write error fails the run like any other
         except KeyboardInterrupt:
             self.log.failure(self.state, "interrupted", "KeyboardInterrupt")
             self.console.print(f"[yellow]interrupted; resume with: kdstyles train --resume {self.run_dir}")
@@ -163,6 +175,7 @@ class Trainer:
                              line if isinstance(exc, KDError) else f"{type(exc).__name__}: {line}"[:300])
             raise
         finally:
+            self._land()
             self.log.close()
         self.write_status(self.state.status if self.state.status != "running" else "finished")
         return self.state
@@ -260,6 +273,7 @@ class Trainer:
         return {n: {k: sum(r[n][k] for r in per_rank) / len(per_rank) for k in local[n]} for n in local}
 
     def validate(self) -> dict[str, dict[str, float]]:
+        self._before_workers_start(self.val_loader)
         if one_by_one(self.val_loader, self.cohort.task):  # whole volumes, one by one: every rank scores its own
             rows = score_volumes(self.cohort, self.val_loader, self.device).rows
             return mean_rows([r for part in distributed.gather_objects(rows, self.dist) for r in part])
@@ -274,12 +288,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ ways to stop
 
+    def _land(self) -> None:
+        """Let the checkpoints given to the writer land before training ends (a write error
+        while another error is on its way out is shown, not raised over it)."""
+        try:
+            self.writer.wait()
+        except KDError as exc:
+            self.console.print(f"[yellow]warning: {exc}")
+
     def _diverged(self, losses, step: int) -> None:
         where = f"epoch {self.state.epoch + 1} step {step + 1}"
         for name, nl in losses.items():
             for term, value in nl.terms.items():
                 value = value.detach()
                 if not torch.isfinite(value):
+                    self._land()
                     last = self.folder.last
                     kept = f"last good checkpoint: {last} (epoch {self.state.epoch})" if last.is_file() \
                         else "no checkpoint was written yet"
