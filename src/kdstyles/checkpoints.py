@@ -3,8 +3,9 @@
 A checkpoint is streamed into a temporary file in the same folder
 and moved into place (``os.replace``): a crash or a full disk never leaves a half-written
 checkpoint where a good one was, and a write error is one line (fileio.atomic_write).
-:class:`Writer` does the writing in a background thread while training goes on. Loads use ``weights_only=True``: a file carrying arbitrary pickled objects is refused and
-nothing in it is executed.
+:class:`Writer` does the writing in a background thread while training goes on. Loads
+use ``weights_only=True``: a file carrying arbitrary pickled objects is refused and nothing
+in it is executed.
 """
 
 from __future__ import annotations

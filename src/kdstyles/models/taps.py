@@ -4,9 +4,10 @@ A path ending in ``:in`` records the module's input instead of its output: ``fc:
 the penultimate embedding of a network whose classifier is ``fc``.
 
 A :class:`Tap` records only inside :meth:`Tap.recording`, so evaluation and export run the
-network untouched. Under ``torch.compile`` the hooks are traced into the graph. A recorded tensor that a later in-place operation changes (e.g. the
-output of a BatchNorm followed by ``ReLU(inplace=True)``) would silently be the wrong map;
-that is detected and reported with the module path.
+network untouched. Under ``torch.compile`` the hooks are traced into the graph. A recorded
+tensor that a later in-place operation changes (e.g. the output of a BatchNorm followed by
+``ReLU(inplace=True)``) would silently be the wrong map; that is detected (when the network
+runs eagerly, as it does once when the cohort is built) and reported with the module path.
 """
 
 from __future__ import annotations
