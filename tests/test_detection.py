@@ -219,6 +219,14 @@ def test_bad_boxes_and_configs_are_one_line():
     np.testing.assert_array_equal(crossing[1], [[0, 3, 5, 32, 0]])
     assert [p.message for p in report.problems] == [
         "2 box(es) in 2 image(s) crossed the border by up to 1.5 pixel(s) and were clipped to it (first: frame a)"]
+    # one size per image (files and volumes of their own sizes): each box against its own
+    report = DataReport(["no objects", "objects"])
+    boxes = [np.array([[2, 2, 2, 20, 9, 9, 0]], np.float32), np.array([[2, 2, 2, 20, 9, 9, 0]], np.float32)]
+    checks.check_boxes("data", boxes, 1, [(24, 16, 16), (16, 16, 16)], ["v0", "v1"], report)
+    np.testing.assert_array_equal(boxes[0], [[2, 2, 2, 20, 9, 9, 0]])
+    np.testing.assert_array_equal(boxes[1], [[2, 2, 2, 16, 9, 9, 0]])
+    assert [p.message for p in report.problems] == [
+        "1 box(es) in 1 volume(s) crossed the border by up to 4 voxel(s) and were clipped to it (first: v1)"]
     with pytest.raises(KDError, match="'resnet10' does not fit task detection; it needs an encoder-decoder"):
         load_config(None, [*DET, "networks.students.s1.arch=resnet10"])
     with pytest.raises(KDError, match="train.selection_metric: 'dice' is not a detection metric"):

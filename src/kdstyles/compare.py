@@ -126,15 +126,14 @@ def base_config(config: str | Path | None, overrides: list[str], presets: list[s
     default preset needs two students still compares ``student,kd``."""
     try:
         return load_config(config, overrides)  # fails here, before any run, on a bad config
-    except KDError:
+    except KDError as exc:
         named = [p for p in presets if p in PRESETS]
         if ablate or CUSTOM in presets or not named:
             raise
         try:  # loads with a preset the comparison runs: only the config's own routing was wrong
             return load_config(config, [*overrides, f"routing.preset={named[0]}"])
         except KDError:
-            pass
-        raise
+            raise exc from None  # the config's own error, not the retry's
 
 
 def plan(config: str | None, presets: list[str], seeds: int, out: Path, overrides: list[str],

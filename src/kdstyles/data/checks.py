@@ -10,6 +10,7 @@ allowed) are printed and saved in the run folder as ``data_report.json``.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +43,6 @@ class DataReport:
     counts: dict[str, list[int]] = field(default_factory=dict)  # split -> count per class
     sources: dict[str, int] = field(default_factory=dict)  # "WxH mode" (files) or "HxWxC" (arrays) -> count
     problems: list[Problem] = field(default_factory=list)
-    clipped: dict = field(default_factory=dict, repr=False)  # boxes clipped to their image: one warning for all
 
     @property
     def errors(self) -> list[Problem]:
@@ -137,32 +137,20 @@ def check_labels(split: str, labels: np.ndarray, num_classes: int, names: list[s
     report.counts[split] = np.bincount(labels, minlength=num_classes).tolist()
 
 
-def _note_clipped(report: DataReport, name: str, boxes: int, over: float, dims: int) -> None:
-    """Count boxes clipped to their image into the report's one warning about them."""
-    c = report.clipped
-    c["boxes"], c["images"] = c.get("boxes", 0) + boxes, c.get("images", 0) + 1
-    c["max"], c["first"] = max(c.get("max", 0.0), over), c.get("first", name)
-    text = (f"{c['boxes']} box(es) in {c['images']} {'image' if dims == 2 else 'volume'}(s) crossed the border by "
-            f"up to {c['max']:.3g} {'pixel' if dims == 2 else 'voxel'}(s) and were clipped to it (first: {c['first']})")
-    if "problem" not in c:
-        c["problem"] = Problem("warning", text)
-        report.problems.append(c["problem"])
-    c["problem"].message = text
-
-
-def check_boxes(split: str, boxes: list[np.ndarray], num_classes: int, size: tuple[int, ...], names: list[str],
-                report: DataReport) -> None:
+def check_boxes(split: str, boxes: list[np.ndarray], num_classes: int,
+                size: Sequence[int] | list[Sequence[int]], names: list[str], report: DataReport) -> None:
     """Every box finite, with x2 > x1, y2 > y1 (z2 > z1), a known class, and overlapping its
-    image (``size``: width, height[, depth]); the first bad box of a split is an error naming
-    the image and the box. A box that crosses the image's border (annotation tools and
-    1-based coordinates overshoot by a pixel) is clipped to it in place, with one warning for
-    all such boxes in the report."""
-    bad = 0
-    d = len(size)
-    extent = np.asarray(size, dtype=np.float64)
+    image (``size``: width, height[, depth] of every image, or a list of one per image); the
+    first bad box is an error naming the image and the box. A box that crosses the image's
+    border (annotation tools and 1-based coordinates overshoot by a pixel) is clipped to it in
+    place, with one warning for all such boxes."""
+    per_image = len(size) > 0 and isinstance(size[0], (tuple, list))
+    bad, clipped = 0, []  # clipped: (image, boxes clipped in it, the largest overshoot, dimensions)
     for i, b in enumerate(boxes):
         if len(b) == 0:
             continue
+        extent = np.asarray(size[i] if per_image else size, dtype=np.float64)
+        d = len(extent)
         lo, hi, c = b[:, :d], b[:, d:2 * d], b[:, -1]
         finite = np.isfinite(b).all(1)
         empty = (hi <= lo).any(1)
@@ -176,19 +164,25 @@ def check_boxes(split: str, boxes: list[np.ndarray], num_classes: int, size: tup
                 why = ("not a number" if not finite[j] else
                        "class outside 0..%d" % (num_classes - 1) if unknown[j] else
                        " or ".join(f"{a}2 <= {a}1" for a in axes) if empty[j] else
-                       f"outside the {'x'.join(str(int(v)) for v in size)} {'image' if d == 2 else 'volume'}")
+                       f"outside the {'x'.join(str(int(v)) for v in extent)} {'image' if d == 2 else 'volume'}")
                 edges = ", ".join(f"{v:g}" for v in b[j, :2 * d])
                 first = (i, f"box ({edges}) class {c[j]:g}: {why}")
             bad += int(wrong.sum())
             continue
         over = np.maximum(-lo, 0).max(1) + np.maximum(hi - extent, 0).max(1)
         if over.any():
-            _note_clipped(report, names[i], int((over > 0).sum()), float(over.max()), d)
+            clipped.append((i, int((over > 0).sum()), float(over.max()), d))
             np.clip(lo, 0, extent, out=lo)
             np.clip(hi, 0, extent, out=hi)  # lo and hi are views of b
     if bad:
         i, text = first
         report.problems.append(Problem("error", f"{names[i]}: {text} ({bad} such boxes in {split})"))
+    if clipped:
+        first_image, _, _, d = clipped[0]
+        report.problems.append(Problem(
+            "warning", f"{sum(c[1] for c in clipped)} box(es) in {len(clipped)} {'image' if d == 2 else 'volume'}(s) "
+                       f"crossed the border by up to {max(c[2] for c in clipped):.3g} "
+                       f"{'pixel' if d == 2 else 'voxel'}(s) and were clipped to it (first: {names[first_image]})"))
 
 
 def check_class_names(report: DataReport) -> None:

@@ -53,15 +53,16 @@ def list_pairs(root: Path) -> tuple[list[Record], dict[str, Path]]:
     for base, split in split_folders(root):
         images_dir, masks_dir = pair_dirs(base)
         masks = {p.stem: p for p in masks_dir.iterdir() if is_image(p)}
-        for img in sorted(p for p in images_dir.iterdir() if is_image(p)):
+        images = sorted(p for p in images_dir.iterdir() if is_image(p))
+        if not images:
+            raise KDError(f"data.root: '{images_dir}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        for img in images:
             mask = next((masks[n] for n in (img.stem, *(img.stem + s for s in MASK_SUFFIXES)) if n in masks), None)
             if mask is None:
                 raise KDError(f"image '{img}' has no mask in '{masks_dir}' (matched by file name without extension, "
                               f"or with {', '.join(MASK_SUFFIXES)} added: {img.stem}_mask.png)")
             mask_of[str(img)] = mask
             records.append(Record(img, "", split))
-        if not any(r.path.parent == images_dir for r in records):
-            raise KDError(f"data.root: '{images_dir}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
     listed = _listed_splits(root)
     for r in records:
         r.split = r.split or listed.get(r.path.stem)

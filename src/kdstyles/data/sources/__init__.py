@@ -188,6 +188,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
         report = checks.DataReport(names)
     arrays: list[np.ndarray | None] = []
     grid_boxes: list[np.ndarray] = []
+    extents: list[tuple[int, ...]] = []  # each volume's x, y, z extent in voxels (detection)
     spacing: list[tuple[float, ...] | None] = []
     with progress(quiet) as bar:
         task_id = bar.add_task(f"reading {len(records)} volumes", total=len(records))
@@ -200,19 +201,23 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
                 report.sources[shape] = report.sources.get(shape, 0) + 1
                 arrays.append(_fit_volumes(vol[None], channels, None if patch else size)[0])
                 spacing.append(prepared.spacing)
-                if boxes_of is not None:  # world mm -> voxel edges of the prepared grid (-> the training grid)
+                if boxes_of is not None:  # world mm -> voxel edges of the prepared grid
                     world = found[str(r.path)]
-                    extent = vol.shape[:3][::-1]  # x, y, z extent in voxels
-                    b = np.c_[world_to_grid(world, prepared.affine), world[:, -1:]].astype(np.float32)
-                    checks.check_boxes("data", [b], len(names), extent, [f"'{r.path}' (world boxes on its "
-                                                                         "prepared grid)"], report)
-                    grid_boxes.append(b if patch else b * np.array([size / e for e in extent] * 2 + [1], np.float32))
+                    grid_boxes.append(np.c_[world_to_grid(world, prepared.affine), world[:, -1:]].astype(np.float32))
+                    extents.append(vol.shape[:3][::-1])  # x, y, z extent in voxels
             except KDError as exc:
                 report.problems.append(checks.Problem("error", str(exc)))
                 arrays.append(None)
                 spacing.append(None)
                 grid_boxes.append(np.zeros((0, 7), np.float32))
+                extents.append((1, 1, 1))  # no boxes to check
             bar.advance(task_id)
+    if boxes_of is not None:
+        checks.check_boxes("data", grid_boxes, len(names), extents,
+                           [f"'{r.path}' (world boxes on its prepared grid)" for r in records], report)
+        if not patch:  # -> the training grid
+            grid_boxes = [b * np.array([size / e for e in extent] * 2 + [1], np.float32)
+                          for b, extent in zip(grid_boxes, extents)]
     report.raise_errors()
     assignment = split_assignment(cfg, seed, run_dir, records, labels, base, where)
     splits = {}
@@ -245,13 +250,13 @@ def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool
     if boxes_of is not None:  # boxes: checked against each file's size, scaled to the training size
         found, names = boxes_of
         for r in records:
-            b = found[str(r.path)]
-            r.label = "1" if len(b) else "0"
-            if not r.path.is_file():
-                continue  # reported as a missing image by the decoding pass
-            w, h = image_size(r.path)
-            checks.check_boxes("data", [b], len(names), (w, h), [f"'{r.path}'"], box_problems)
-            boxes_by_path[str(r.path)] = b * np.array([size / w, size / h, size / w, size / h, 1], np.float32)
+            r.label = "1" if len(found[str(r.path)]) else "0"
+        present = [r for r in records if r.path.is_file()]  # a missing one is reported by the decoding pass
+        sizes = [image_size(r.path) for r in present]
+        checks.check_boxes("data", [found[str(r.path)] for r in present], len(names), sizes,
+                           [f"'{r.path}'" for r in present], box_problems)
+        for r, (w, h) in zip(present, sizes):
+            boxes_by_path[str(r.path)] = found[str(r.path)] * np.array([size / w, size / h] * 2 + [1], np.float32)
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
         report_names = BOX_REPORT
     elif mask_of is not None:  # masks first: every image has one of its size; the image-level label = has foreground
