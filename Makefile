@@ -1,9 +1,11 @@
 # make demo  -- set up .venv and train the demo (diverse vs kdml) on the embedded dataset
-# make test  -- set up .venv and run the test suite
+# make test  -- set up .venv and run the test suite (in pytest-randomly's order for TEST_SEED;
+#               make test TEST_SEED=random shuffles anew and prints the seed to replay)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TEST_SEED ?= 1
 
 .PHONY: demo test venv clean
 
@@ -20,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/kdstyles demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(if $(filter random,$(TEST_SEED)),,--randomly-seed=$(TEST_SEED))
 
 clean:
 	rm -rf $(VENV) runs

@@ -5,6 +5,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["KDSTYLES_CACHE"] = tempfile.mkdtemp(prefix="kdstyles-cache-")  # prepared volumes: not in ~/.cache
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -76,3 +77,51 @@ def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+def assert_same_detections(a: list, b: list, coord_tol: float = 0.2, score_tol: float = 1e-3) -> None:
+    """Two lists of written boxes ``[corners..., score, class]`` (predict's ``detections``) as
+    sets, not sequences: runtimes that sum in another order change scores in the fifth
+    decimal, which may reorder near-equal boxes. Each box pairs one to one with a box of the
+    other list of its class, its score within ``score_tol`` and its corners within
+    ``coord_tol``; a box without a partner is allowed only within ``score_tol`` of its list's
+    lowest score (where the list is cut: the written minimum score, or max_detections)."""
+    left = sorted(a, key=lambda d: -d[-2])
+    free = list(b)
+    unmatched = []
+    for box in left:
+        near = [d for d in free if d[-1] == box[-1] and abs(d[-2] - box[-2]) <= score_tol
+                and max(abs(u - v) for u, v in zip(d[:-2], box[:-2])) <= coord_tol]
+        if near:
+            free.remove(min(near, key=lambda d: abs(d[-2] - box[-2])))
+        else:
+            unmatched.append((box, a))
+    unmatched += [(box, b) for box in free]
+    for box, among in unmatched:
+        assert box[-2] <= min(d[-2] for d in among) + score_tol, f"{box} has no partner in the other list"
+
+
+def assert_same_prediction_rows(a: list[dict], b: list[dict], tol: float = 1e-4) -> None:
+    """Two predictions.csv files of a classifier (``csv.DictReader`` rows) from different
+    runtimes or batch sizes: the same paths and columns, every probability within ``tol``
+    (the last digit written may round either way), and the same predicted class unless the
+    two best classes are within ``tol`` of each other (a tie that float order may break)."""
+    assert [r["path"] for r in a] == [r["path"] for r in b] and a and list(a[0]) == list(b[0])
+    columns = [c for c in a[0] if c.startswith("p_")]
+    for ra, rb in zip(a, b):
+        pa, pb = ([float(r[c]) for c in columns] for r in (ra, rb))
+        assert max(abs(x - y) for x, y in zip(pa, pb)) <= tol, (ra, rb)
+        top = sorted(pa, reverse=True)
+        assert ra["prediction"] == rb["prediction"] or top[0] - top[1] <= 2 * tol, (ra, rb)
+
+
+def assert_same_label_rows(a: list[list[str]], b: list[list[str]], tol: float = 1e-4) -> None:
+    """Two multi-label predictions.csv files (``csv.reader`` rows without the header: path, labels
+    joined by '|', a probability per class) from different runtimes: every probability within
+    ``tol``, and the same labels but for a probability within ``tol`` of the 0.5 cut."""
+    assert len(a) == len(b) and a
+    for ra, rb in zip(a, b):
+        pa, pb = np.array(ra[2:], float), np.array(rb[2:], float)
+        assert ra[0] == rb[0] and np.abs(pa - pb).max() <= tol, (ra, rb)
+        near = np.abs(pa - 0.5) <= tol
+        assert ra[1] == rb[1] or near.any(), (ra, rb)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import assert_same_prediction_rows
 from kdstyles import Experiment, KDError
 from kdstyles.export import Deployable, export_run
 from kdstyles.predict import load_predictor
@@ -122,10 +123,9 @@ def test_predict_onnx_without_torch_matches_run_folder(run_dir, images, tmp_path
     assert proc.returncode == 0, proc.stderr
     a = list(csv.DictReader((tmp_path / "onnx" / "predictions.csv").open()))
     b = list(csv.DictReader((tmp_path / "run" / "predictions.csv").open()))
-    assert len(a) == 6 and [r["path"] for r in a] == [r["path"] for r in b]
-    assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
-    for ra, rb in zip(a, b):
-        assert abs(float(ra["p_tumour"]) - float(rb["p_tumour"])) < 1e-4
+    assert len(a) == 6
+    assert_same_prediction_rows(a, b)
+    for ra in a:
         assert abs(sum(float(ra[f"p_{c}"]) for c in ("normal", "lymphocytic", "tumour", "stroma")) - 1) < 1e-4
 
 
@@ -145,7 +145,7 @@ def test_predict_inputs_from_csv_and_errors(run_dir, images, tmp_path):
     good = [images / "img0.png", images / "img3.png"]
     out = predict(run_dir, [good[0], broken, good[1]], tmp_path / "out", quiet=True, skip_unreadable=True, batch_size=2)
     alone = predict(run_dir, good, tmp_path / "alone", quiet=True)
-    assert out.read_text() == alone.read_text()
+    assert_same_prediction_rows(*(list(csv.DictReader(p.open())) for p in (out, alone)))  # batches of 1 and 2
     skipped = list(csv.DictReader((tmp_path / "out" / "skipped.csv").open()))
     assert [r["path"] for r in skipped] == [str(broken)] and "unreadable" in skipped[0]["reason"]
     with pytest.raises(KDError, match="none of the 1 inputs could be read; see .*skipped.csv"):
@@ -188,5 +188,6 @@ def test_segmentation_export_and_predict_masks(tiny_overrides, tmp_path):
         mask_a, mask_b = ra.split(",")[1], rb.split(",")[1]
         with Image.open(mask_a) as ma, Image.open(mask_b) as mb:
             assert ma.size == (40, 40)  # back at the input image's size
-            assert np.array_equal(np.array(ma), np.array(mb))
+            # the same mask, but for a pixel or two whose classes tie to float order (an untrained net)
+            assert (np.array(ma) != np.array(mb)).mean() <= 0.005
             assert set(np.unique(np.array(ma))) <= {0, 255}

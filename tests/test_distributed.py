@@ -49,8 +49,10 @@ def test_two_processes_match_one_process(runs):
     m1 = list(csv.DictReader((runs / "one" / "run" / "metrics.csv").open()))
     m2 = list(csv.DictReader((runs / "two" / "run" / "metrics.csv").open()))
     assert [(r["epoch"], r["network"]) for r in m1] == [(r["epoch"], r["network"]) for r in m2]
-    # validation is scored exactly once over the whole split: the same accuracies
-    assert [r["val_accuracy"] for r in m1] == [r["val_accuracy"] for r in m2]
+    # validation is scored exactly once over the whole split (30 images): the same accuracies, but
+    # for an image on the decision boundary that weights equal to float order may put either side
+    for a, b in zip(m1, m2):
+        assert abs(float(a["val_accuracy"]) - float(b["val_accuracy"])) <= 1 / 30 + 1e-9, a["network"]
 
 
 def test_only_rank_zero_wrote_files(runs):

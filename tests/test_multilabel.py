@@ -15,7 +15,7 @@ from PIL import Image
 
 from kdstyles import Experiment, KDError, build_cohort, load_config
 from kdstyles.tasks import TASKS
-from conftest import assert_gradient_isolation, tiny
+from conftest import assert_gradient_isolation, assert_same_label_rows, tiny
 
 ML = ["task=multilabel", "data.image_size=32"]
 
@@ -146,8 +146,8 @@ def test_multilabel_run_trains_evaluates_exports_and_predicts(tmp_path):
     rows = [list(csv.reader(predict(m, [frames], tmp_path / f"p{k}", network="ensemble", quiet=True).open()))
             for k, m in enumerate((exp.run_dir / "export" / "ensemble.onnx", exp.run_dir))]
     assert rows[0][0] == ["path", "labels", "p_normal", "p_lymphocytic", "p_tumour", "p_stroma"]
-    for a, b in zip(rows[0][1:], rows[1][1:]):
-        assert a[1] == b[1] and np.allclose([float(v) for v in a[2:]], [float(v) for v in b[2:]], atol=1e-4)
+    assert_same_label_rows(rows[0][1:], rows[1][1:])
+    for a in rows[0][1:]:
         assert a[1] == "|".join(c for c, p in zip(rows[0][0][2:], a[2:]) if float(p) >= 0.5).replace("p_", "")
 
 
@@ -250,8 +250,7 @@ def test_multi_label_volumes_from_a_csv_train_evaluate_export_and_predict(tmp_pa
     got = [list(csv.reader(predict(m, scans, tmp_path / f"p{k}", quiet=True).open()))
            for k, m in enumerate((exp.run_dir / "export" / "s1.onnx", exp.run_dir))]
     assert got[0][0] == ["path", "labels", "p_lesion", "p_large organ"] and len(got[0]) == 3
-    for a, b in zip(got[0][1:], got[1][1:]):
-        assert a[1] == b[1] and np.allclose([float(v) for v in a[2:]], [float(v) for v in b[2:]], atol=1e-4)
+    assert_same_label_rows(got[0][1:], got[1][1:])
 
 
 def test_a_column_per_class_csv_as_chexpert_ships_it(tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_same_detections
 from kdstyles import Experiment, KDError, load_config
 
 nib = pytest.importorskip("nibabel")
@@ -268,7 +269,9 @@ def test_multi_channel_volumes_keep_the_chosen_modalities_through_export_and_pre
     case = root / "imagesTr" / "case_001.nii.gz"
     rows = [predict(m, [case], tmp_path / f"pred{i}", quiet=True).read_text().splitlines()[1].split(",")[2:]
             for i, m in enumerate((exp.run_dir / "export" / "s1.onnx", exp.run_dir))]
-    assert rows[0] == rows[1]  # the exported model keeps the same channels as the run
+    # the exported model keeps the same channels as the run: the same mask, but for a voxel or two
+    # on a class boundary that float order may put either side
+    np.testing.assert_allclose(*(np.array(r, float) for r in rows), rtol=0.02, atol=0.01)
     two = tmp_path / "two.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 16, 2), np.float32), np.eye(4)), two)
     with pytest.raises(KDError, match=r"has no channel 2 \(it has 2: 0..1\), which data.modalities \[2, 0\] keeps"):
@@ -480,10 +483,9 @@ def test_3d_detection_on_patches_slides_windows_through_evaluate_export_and_pred
         rows = predict(model, [exp.run_dir / "v.nii.gz"], exp.run_dir / "pred", quiet=True).read_text().splitlines()
         found[model.name] = json.loads(next(csv.reader(rows[1:]))[2])
     onnx, run = found["s1.onnx"], found[exp.run_dir.name]
-    assert len(onnx) == len(run) and onnx
-    assert all(0 <= v <= 32 for d in onnx for v in d[:6])  # boxes in the whole volume (1 mm voxels),
+    assert onnx and all(0 <= v <= 32 for d in onnx for v in d[:6])  # boxes in the whole volume (1 mm voxels),
     assert min(d[0] for d in onnx) < 16 < max(d[3] for d in onnx)  # beyond one window
-    assert np.allclose([d[:7] for d in onnx], [d[:7] for d in run], atol=0.2)  # ONNX or the run: the same windows
+    assert_same_detections(onnx, run)  # ONNX or the run: the same windows, the same boxes
 
 
 def test_random_patches_rule_out_the_offline_teacher_cache(tmp_path):

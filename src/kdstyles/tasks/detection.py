@@ -69,12 +69,12 @@ class Detection(EncoderDecoderTask):
         box = ((logits[:, k:].float() - regress).abs() * mask).sum() / mask.sum().clamp_min(1)
         return focal + self.box_weight * box
 
-    def check_output(self, name, logits, sample):
+    def check_output(self, where, logits, sample):
         boxes = 2 * (sample.ndim - 2)
         want = (self.num_classes + boxes, *sample.shape[2:])
         if logits.ndim != sample.ndim or tuple(logits.shape[1:]) != want:
             size = ", ".join(map(str, sample.shape[2:]))
-            raise KDError(f"networks.{name}: output shape {tuple(logits.shape)} does not match (batch, "
+            raise KDError(f"{where}: output shape {tuple(logits.shape)} does not match (batch, "
                           f"{self.num_classes} classes + {boxes} box channels, {size}); a detection network "
                           "returns heatmaps and box channels at the input's size")
 
@@ -153,9 +153,10 @@ class Detection(EncoderDecoderTask):
 
     def prediction_row(self, path: Path, probs, class_names, out_dir, index, volume=None):
         """``objects``: boxes scoring at least 0.5; ``detections``: a JSON list of every box scoring
-        at least 0.05, best first, ``[x1, y1, x2, y2, score, class]`` in the input file's pixels;
-        for a volume ``[x1, y1, z1, x2, y2, z2, score, class]`` in world millimetres (the file's
-        affine, after reorientation)."""
+        at least 0.05, best first (equal written scores by class, then corners),
+        ``[x1, y1, x2, y2, score, class]`` in the input file's pixels; for a volume
+        ``[x1, y1, z1, x2, y2, z2, score, class]`` in world millimetres (the file's affine, after
+        reorientation)."""
         import json
 
         import numpy as np
@@ -179,4 +180,7 @@ class Detection(EncoderDecoderTask):
             boxes = grid_to_world(boxes, volume[1])
         rows = [[*(round(float(v), 1) for v in b), round(float(det[-2]), 4), class_names[int(det[-1])]]
                 for b, det in zip(boxes, dets)]
+        # Best first as written; boxes of equal written score by class, then corners, so that two
+        # runtimes whose scores differ below the fourth decimal write them in the same order.
+        rows.sort(key=lambda r: (-r[-2], r[-1], *r[:-2]))
         return [str(path), str(int((dets[:, -2] >= 0.5).sum())), json.dumps(rows)]
