@@ -154,6 +154,61 @@ def corrupt(path: Path, text: str | bytes) -> Path:
     return path
 
 
+def edit_sidecar(run: Path, **keys) -> Path:
+    """The exported s1 model's sidecar with ``keys`` changed (``input__channels``: a nested key)."""
+    import json
+
+    path = run / "export" / "s1.json"
+    side = json.loads(path.read_text())
+    for key, value in keys.items():
+        *parents, last = key.split("__")
+        node = side
+        for k in parents:
+            node = node[k]
+        node[last] = value
+    path.write_text(json.dumps(side))
+    return run / "export" / "s1.onnx"
+
+
+def predict_with(t: Path, model: Path, *inputs: str) -> list[str]:
+    return ["predict", str(model), *(inputs or [str(png(t / "x.png"))]), "--out", str(t / "p")]
+
+
+def det3d_args(tmp: Path, rows: str) -> list[str]:
+    """3D detection from a box CSV in world mm (its volumes need not exist: the CSV is read first)."""
+    listing = tmp / "vols" / "boxes.csv"
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    listing.write_text("path,x1,y1,z1,x2,y2,z2,label\n" + rows)
+    return train_on(tmp, "task=detection", "data.spatial_dims=3", "data.source=csv", f"data.path={listing}",
+                    "data.image_size=16", "networks.teacher.arch=unet", "networks.students.s1.arch=unet",
+                    "networks.students.s2.arch=unet", "networks.teacher.widen=0.25", "networks.students.s1.widen=0.25",
+                    "networks.students.s2.widen=0.25")
+
+
+def volume_folder(root: Path, nan_at: tuple[int, int, int] | None = None) -> Path:
+    """Class folders of small NIfTI volumes; ``nan_at``: a voxel of b/1.nii.gz that is NaN."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(4):
+            vol = rng.normal(100, 20, (10, 10, 10)).astype(np.float32)
+            if nan_at is not None and (c, i) == ("b", 1):
+                vol[nan_at] = np.nan
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), root / c / f"{i}.nii.gz")
+    return root
+
+
+def float_image(path: Path, nan: bool) -> Path:
+    arr = np.linspace(0, 1, 144, dtype=np.float32).reshape(12, 12)
+    if nan:
+        arr[3, 4] = np.nan
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode="F").save(path)
+    return path
+
+
 # Each case: (id, setup(tmp, run) -> (argv, what the line must name)). ``run`` is a copy of a
 # trained, evaluated and exported run folder, private to the case.
 CASES = [
@@ -330,7 +385,7 @@ CASES = [
     ("det-box-outside-image", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("2,2,6,6", "13,2,16,6")),
                                             "outside the 12x12 image")),
     ("det-box-empty", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("2,2,6,6", "6,2,6,6")),
-                                    "x2 <= x1 or y2 <= y1")),
+                                    "line 4: box (6, 2, 6, 6) has x2 <= x1")),
     ("det-box-image-missing", lambda t, r: (det_args(t, "csv", BOX_ROWS + "gone.png,1,1,3,3,polyp\n"), "gone.png")),
     ("det-coco-unknown-image", lambda t, r: (det_args(t, "coco", COCO_TEXT.replace('"image_id": 1', '"image_id": 9')),
                                              "image_id 9 is not among the images")),
@@ -339,6 +394,51 @@ CASES = [
                                               "networks.students.s1.arch=unet", "--set",
                                               "networks.students.s2.arch=unet"], "data.image_size: 36")),
     ("det-coco-not-json", lambda t, r: (det_args(t, "coco", COCO_TEXT[:-3]), "not a COCO detection JSON")),
+    ("det-coco-image-id-twice", lambda t, r: (det_args(t, "coco", COCO_TEXT.replace('"id": 2', '"id": 1')),
+                                              "2 image entries have id 1; ids must be unique")),
+    ("det-coco-box-zero-width", lambda t, r: (det_args(t, "coco", COCO_TEXT.replace("[1, 1, 4, 4]", "[1, 1, 0, 4]")),
+                                              "annotation 0 (id 7): bbox [1, 1, 0, 4] has width 0")),
+    ("det-coco-box-outside-names-annotation", lambda t, r: (det_args(t, "coco", COCO_TEXT.replace(
+        "[1, 1, 4, 4]", "[13, 1, 4, 4]")), "outside the 12x12 image; COCO file")),
+    ("det-box-outside-names-line", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("2,2,6,6", "13,2,16,6")),
+                                                 "boxes.csv' line 4")),
+    ("det-box-x-reversed", lambda t, r: (det_args(t, "csv", BOX_ROWS.replace("2,2,6,6", "6,2,2,6")),
+                                         "boxes.csv' line 4: box (6, 2, 2, 6) has x2 <= x1")),
+    ("det-3d-box-z-reversed", lambda t, r: (det3d_args(t, "v0.nii.gz,1,1,6,4,4,2,lesion\n"),
+                                            "boxes.csv' line 2: box (1, 1, 6, 4, 4, 2) has z2 <= z1")),
+    # ---------------------------------------------------------------- values that are not numbers
+    ("volume-nan-voxels", lambda t, r: (train_on(t, "data.source=folder", "data.spatial_dims=3",
+                                                 f"data.root={volume_folder(t / 'vol', (2, 3, 4))}",
+                                                 "data.volume_cache=false"),
+                                        "1.nii.gz' holds 1 voxel(s) that are not numbers")),
+    ("image-float-nan", lambda t, r: (folder_train(t, lambda f: float_image(f / "a" / "5.tif", nan=True)),
+                                      "5.tif' holds 1 pixel value(s) that are not numbers")),
+    # ---------------------------------------------------------------- sidecars that do not fit their model
+    ("predict-sidecar-task-unknown", lambda t, r: (predict_with(t, edit_sidecar(r, task="segmentaton")),
+                                                   "task 'segmentaton' is not known")),
+    ("predict-sidecar-channels-wrong", lambda t, r: (predict_with(t, edit_sidecar(r, input__channels=1)),
+                                                     "s1.json' does not fit model")),
+    ("predict-sidecar-size-wrong", lambda t, r: (predict_with(t, edit_sidecar(r, input__height=24)),
+                                                 "the model takes inputs of size 16")),
+    ("predict-sidecar-classes-short", lambda t, r: (predict_with(t, edit_sidecar(r, class_names=["normal"])),
+                                                    "the sidecar lists 1 class names")),
+    ("predict-sidecar-classes-not-names", lambda t, r: (predict_with(t, edit_sidecar(r, class_names=[1, 2, 3, 4])),
+                                                        "s1.json' is damaged")),
+    ("predict-folder-without-images", lambda t, r: (predict_with(t, r / "export" / "s1.onnx", str(
+        corrupt((t / "notes").mkdir() or t / "notes" / "read.txt", "x").parent)), "notes' (it holds 1 .txt file(s))")),
+    ("predict-empty-folder", lambda t, r: (predict_with(t, r / "export" / "s1.onnx", str(
+        (t / "nothing").mkdir() or t / "nothing")), "nothing' (empty)")),
+    # ---------------------------------------------------------------- options, whoever parses them
+    ("compare-out-is-a-file", lambda t, r: (["compare", "--out", str(corrupt(t / "cmp.txt", "x")), "--presets",
+                                             "student", "--seeds", "1"], "cmp.txt' is a file, not a folder")),
+    ("tune-out-is-a-file", lambda t, r: (["tune", str(yaml_file(t, "tune:\n  space:\n    optim.lr: {low: 1.0e-4, "
+                                                                 "high: 1.0e-2, log: true}\n", "t.yaml")),
+                                          "--out", str(corrupt(t / "tune.txt", "x"))], "tune.txt' is a file")),
+    ("compare-jobs-zero", lambda t, r: (["compare", "--jobs", "0"], "'--jobs'")),
+    ("tune-trials-zero", lambda t, r: (["tune", "--trials", "0"], "'--trials'")),
+    ("option-unknown", lambda t, r: (["train", "--epochs", "3"], "No such option: --epochs")),
+    ("command-unknown", lambda t, r: (["trian"], "No such command 'trian'")),
+    ("argument-missing", lambda t, r: (["evaluate"], "Missing argument")),
 ]
 
 

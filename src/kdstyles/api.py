@@ -42,6 +42,8 @@ def _as_config(config: ExperimentConfig | str | Path | dict | None, overrides: l
     return load_config(config, overrides)
 
 
+
+
 class Experiment:
     """One run: a config, its data, its cohort of networks, and its run folder."""
 
@@ -64,6 +66,7 @@ class Experiment:
         self.changes: dict[str, tuple] = {}  # from_run with overrides: key -> (saved, new)
         self._data: DataBundle | None = None
         self._cohort: Cohort | None = None
+        self._warnings: list[tuple[str, str]] = []  # shown once everything is checked (show_warnings)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, overrides: list[str] | None = None,
@@ -76,6 +79,17 @@ class Experiment:
         exp = cls(cfg, networks=networks, run_dir=folder.path, quiet=quiet)
         exp.changes = config_changes(saved, cfg)
         return exp
+
+    def show_warnings(self) -> None:
+        """What the checks of the data and the networks warned about, on stderr, once, when the
+        work goes ahead (a run stopped by an error shows its one line only); also when quiet:
+        quiet silences progress, not what was found."""
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        for kind, line in self._warnings:
+            console.print(f"[yellow]{kind}:[/yellow] {line}", highlight=False, soft_wrap=True)
+        self._warnings = []
 
     # ------------------------------------------------------------------ parts
 
@@ -91,8 +105,7 @@ class Experiment:
             with console.status(status) if d.source != "folder" and d.source != "csv" else nullcontext():
                 self._data = build_data(d, self.cfg.train.seed, run_dir=self.run_dir, quiet=self.quiet,
                                         task=self.cfg.task, normalize=self.cfg.normalisation)
-            for w in self._data.report.warnings:
-                console.print(f"[yellow]data warning:[/yellow] {w.message}", highlight=False, soft_wrap=True)
+            self._warnings += [("data warning", w.message) for w in self._data.report.warnings]
         return self._data
 
     @property
@@ -105,18 +118,49 @@ class Experiment:
                 shape = (len(info["class_names"]), info["channels"], info["image_size"])
                 counts, images = info.get("train_counts"), info.get("train_images")
             else:
+                self.find_weights()  # before the data: a missing weights file stops the run in seconds
                 d = self.data
                 shape, counts = (d.num_classes, d.channels, d.image_size), d.report.counts.get("train")
                 images = len(d.splits["train"])
             counts = counts if self.cfg.loss.class_weights == "balanced" else None
             self._cohort = build_cohort(self.cfg, *shape, self.modules, class_counts=counts, train_images=images,
                                         pinned=(info or {}).get("taps"))
-            if not self.quiet:
-                from rich.console import Console
-
-                for w in self._cohort.warnings:
-                    Console(stderr=True).print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+            self._warnings += [("warning", w) for w in self._cohort.warnings]
         return self._cohort
+
+    def find_weights(self) -> None:
+        """Find (download, where a network is reachable) the pretrained weights of every network
+        the run builds from a name; one line naming the key and the file when one is missing."""
+        from .models.pretrained import locate_weights
+        from .routing import used_networks
+
+        specs = {T: self.cfg.networks.teacher, **self.cfg.networks.students}
+        for name in used_networks(list(self.cfg.networks.students), self.cfg.edges):
+            if name not in self.modules and self.cfg.data.dims == 2:
+                locate_weights(specs[name].arch, specs[name].pretrained, f"networks.{name}")
+
+    PREVIEW = 4  # items of each split `check` generates for a source that previews (embedded data)
+
+    def check(self) -> tuple[Cohort, DataBundle, bool]:
+        """Build and check every network and the data without training (``kdstyles check``);
+        returns the cohort, the data it was built for, and whether that data is a preview.
+        Files are read and checked whole; embedded data (a source that ``previews``) is
+        checked on a few generated items of each split, so that a 224 px config answers in
+        seconds, not after minutes of rendering."""
+        from .data.sources import SOURCES
+
+        d = self.cfg.data
+        if self._data is not None or not SOURCES[d.source].previews:
+            return self.cohort, self.data, False
+        few = d.model_copy(update={k: min(getattr(d, k), self.PREVIEW)
+                                   for k in ("train_samples", "val_samples", "test_samples")})
+        # check=False: the counts of a few items (a class without images) say nothing of the data
+        bundle = build_data(few, self.cfg.train.seed, quiet=True, check=False, task=self.cfg.task,
+                            normalize=self.cfg.normalisation)
+        if self._cohort is None and not self.folder.trained():  # (a trained run's shapes are in run.json)
+            self._cohort = build_cohort(self.cfg, bundle.num_classes, bundle.channels, bundle.image_size, self.modules)
+            self._warnings += [("warning", w) for w in self._cohort.warnings]
+        return self.cohort, bundle, True
 
     def run_info(self) -> dict[str, Any]:
         """The run folder's run.json (edges, shapes, class names, normalisation, status)."""
@@ -183,6 +227,7 @@ class Experiment:
         trainer = Trainer(self.cfg, cohort, self.data, self.run_dir, quiet=self.quiet, callbacks=callbacks)
         if resume:
             trainer.load_last()
+        self.show_warnings()
         with self.folder.lock() if main else nullcontext():
             if main:
                 self.folder.clean_temp_files()

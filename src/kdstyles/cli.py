@@ -119,11 +119,17 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
     from .models.zoo import count_parameters, flops_per_image
 
     exp = Experiment(config, overrides=set_ or [], quiet=True)
-    cohort = exp.cohort
+    cohort, data, previewed = exp.check()
     dims = exp.cfg.data.dims
-    sample = torch.zeros(1, exp.data.channels, *(exp.data.image_size,) * dims)
+    unit = "images" if dims == 2 else "volumes"
+    sample = torch.zeros(1, data.channels, *(data.image_size,) * dims)
     console.print(f"config ok: preset {exp.cfg.routing.label}, run folder {exp.run_dir}, "
-                  f"{exp.data.image_size} px {'images' if dims == 2 else 'volumes'}", highlight=False)
+                  f"{data.image_size} px {unit}", highlight=False)
+    if previewed:
+        d = exp.cfg.data
+        console.print(f"  data  {d.source}: {exp.PREVIEW} {unit} of each split generated and checked; the "
+                      f"{d.train_samples + d.val_samples + d.test_samples:,} are generated when training starts",
+                      highlight=False)
     for e in cohort.edges:
         console.print(f"  edge  {e}", highlight=False)
     for name, net in cohort.networks.items():
@@ -138,8 +144,7 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
         console.print(f"  adapter {key}", highlight=False)
     for key in cohort.shadows:
         console.print(f"  shadow  {key} (frozen copy for self-distillation)", highlight=False)
-    for w in cohort.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+    exp.show_warnings()  # the data's and the networks' (on stderr)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at a data set before training on it.")
@@ -411,9 +416,26 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the two ru
 
 
 def main() -> None:
+    """The ``kdstyles`` command. Every error a user can cause ends in one ``error:`` line on
+    stderr and exit status 2, whoever finds it: kdstyles (KDError) or the option parser (an
+    unknown command or option, a value out of range, a missing argument)."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:torchmetrics")
     try:
-        app()
+        code = app(standalone_mode=False)
+        raise SystemExit(code if isinstance(code, int) else 0)  # typer.Exit(N) inside a command returns N
+    except typer.TyperException as exc:  # the parser's (typer's own click): usage, bad values, no such command
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `kdstyles` or `kdstyles data` alone: its help
+            text = ctx.get_help() if ctx is not None else ""  # typer prints rich help itself and returns ""
+            if text:
+                print(text)
+            raise SystemExit(2) from None
+        message = " ".join((exc.format_message() if hasattr(exc, "format_message") else str(exc)).split())
+        where = f" ('{ctx.command_path} --help' lists what is allowed)" if ctx is not None else ""
+        print(f"error: {message}{where}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        raise SystemExit(1) from None
     except Interrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         raise SystemExit(128 + exc.signum) from None

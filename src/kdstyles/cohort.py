@@ -205,7 +205,7 @@ class Cohort(nn.Module):
             self._probing = False
         self.train(was_training)
         for name in self.networks:
-            self.task.check_output(name, outs[name].logits, sample)
+            self.task.check_output(f"networks.{name}", outs[name].logits, sample)
         return outs
 
     def _build_adapters(self, outs: dict[str, NetOutput]) -> None:

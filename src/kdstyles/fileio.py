@@ -146,6 +146,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def make_folder(folder: Path, what: str = "folder") -> None:
+    """``folder`` and its parents created (if missing), or one line saying why they cannot be:
+    a file in the way, no permission."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        inside = f": '{blocker}'" if blocker != folder else ""
+        raise KDError(f"{what} '{folder}'{inside} is a file, not a folder; choose another place") from None
+    except OSError as exc:
+        raise KDError(f"{what} '{folder}' cannot be created ({exc.strerror or exc})") from None
+
+
 class FolderLock:
     """An exclusive lock on a folder while a process writes it (``FOLDER/.lock`` holds its PID).
 
@@ -169,7 +182,7 @@ class FolderLock:
         return int(text) if text.isdigit() else None
 
     def acquire(self) -> "FolderLock":
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder, self.what)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         try:
             import fcntl

@@ -52,10 +52,18 @@ def visible_files(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+class NonFinite(ValueError):
+    """A float image holding NaN or infinite pixels (no gray level means anything then)."""
+
+
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
     arr = arr.astype(np.float64)
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        raise NonFinite(f"holds {bad:,} pixel value(s) that are not numbers (NaN or infinite); replace them (e.g. "
+                        "with numpy.nan_to_num) and save the image again")
     lo, hi = float(arr.min()), float(arr.max())
     if arr.dtype.kind in "ui" and lo >= 0 and hi <= 255:
         return arr.astype(np.uint8)
@@ -89,6 +97,8 @@ def _failure(path: Path, exc: BaseException) -> KDError:
         count = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
         return KDError(f"image file '{path}' is too large to decode safely ({count}, above Pillow's "
                        f"decompression-bomb limit of {2 * (Image.MAX_IMAGE_PIXELS or 0):,}); downscale it or remove it")
+    if isinstance(exc, NonFinite):
+        return KDError(f"image file '{path}' {exc}")
     reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
     return KDError(f"image file '{path}' is unreadable or truncated ({reason})")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,21 +43,61 @@ class Predictor:
 def _sidecar(model: Path) -> dict:
     """The JSON sidecar written next to an exported model, checked for what predict needs."""
     from .fileio import read_json
+    from .tasks import TASKS
 
     path = model.with_suffix(".json")
+    again = "export the model again with 'kdstyles export RUN_DIR' to rewrite it"
     if not path.is_file():
         raise KDError(f"'{model}' has no sidecar '{path.name}' next to it (written by kdstyles export)")
-    side = read_json(path, "export the model again with 'kdstyles export RUN_DIR' to rewrite it")
+    side = read_json(path, again)
     try:
         names, inp = side["class_names"], side["input"]
-        ok = isinstance(names, list) and len(names) >= 1 and all(
-            isinstance(inp[k], int) and inp[k] > 0 for k in ("channels", "height"))
+        ok = isinstance(names, list) and len(names) >= 1 and all(isinstance(n, str) for n in names) and all(
+            isinstance(inp[k], int) and not isinstance(inp[k], bool) and inp[k] > 0
+            for k in ("channels", "height", *(["depth"] if "depth" in inp else [])))
     except (KeyError, TypeError):
         ok = False
     if not ok:
-        raise KDError(f"sidecar '{path}' is damaged (needs class_names and input.channels/height); export the "
-                      "model again with 'kdstyles export RUN_DIR' to rewrite it")
+        raise KDError(f"sidecar '{path}' is damaged (needs class_names, a list of names, and input.channels/height, "
+                      f"whole numbers); {again}")
+    task = side.get("task", "classification")
+    if task not in TASKS:
+        raise KDError(f"sidecar '{path}': task {task!r} is not known (allowed: {', '.join(TASKS)}); {again}")
+    if "depth" in inp and not isinstance(side.get("volumes"), dict):
+        raise KDError(f"sidecar '{path}' of a volume model lacks 'volumes' (how inputs are prepared); {again}")
     return side
+
+
+def _check_model(run: Callable[[np.ndarray], np.ndarray], side: dict, model: Path, declared: list | None) -> None:
+    """The sidecar against the model, before any input is read: the input shape the model
+    declares (ONNX), then one forward of a blank input, whose output must have the task's shape
+    for the sidecar's class list. A class list shorter or longer than the model's outputs, or
+    the wrong channels or size, is one line naming both files."""
+    from .tasks import TASKS
+
+    inp = side["input"]
+    dims = 3 if "depth" in inp else 2
+    shape = (1, inp["channels"], *(inp["height"],) * dims)
+    where = f"sidecar '{model.with_suffix('.json')}' does not fit model '{model}'"
+    again = "export the model again with 'kdstyles export RUN_DIR'"
+    given = f"input {'x'.join(map(str, shape[1:]))} (channels x size)"
+    if declared is not None:
+        wrong = next(((axis, got) for axis, (want, got) in enumerate(zip(shape, declared)) if axis
+                      and isinstance(got, int) and got != want), None)
+        if len(declared) != len(shape) or wrong:
+            takes = f"{len(declared) - 2}D inputs" if len(declared) != len(shape) else \
+                f"{wrong[1]} channels" if wrong[0] == 1 else f"inputs of size {wrong[1]}"
+            raise KDError(f"{where}: the sidecar gives {given}, the model takes {takes}; {again}")
+    try:
+        out = np.asarray(run(np.zeros(shape, np.float32)))
+    except Exception as exc:  # noqa: BLE001 (onnxruntime and TorchScript raise their own types)
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise KDError(f"{where}: the sidecar gives {given}, on which the model fails ({reason}); {again}") from None
+    task = TASKS[side.get("task", "classification")](len(side["class_names"]))
+    try:
+        task.check_output(where, out, np.zeros(shape, np.float32))
+    except KDError as exc:
+        raise KDError(f"{exc} (the sidecar lists {len(side['class_names'])} class names); {again}") from None
 
 
 def load_predictor(model: str | Path, network: str | None = None, checkpoint: str = "best") -> Predictor:
@@ -78,13 +119,11 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
                          exp.cfg.task, vol)
     if not model.is_file():
         raise KDError(f"model '{model}' does not exist (give an exported .onnx/.pt file or a run folder)")
+    if model.suffix not in (".onnx", ".pt"):
+        raise KDError(f"model '{model}': expected an .onnx or TorchScript .pt file, or a run folder")
     side = _sidecar(model)
-    vol = side.get("volumes")
-    if "depth" in side["input"] and not isinstance(vol, dict):
-        raise KDError(f"sidecar '{model.with_suffix('.json')}' of a volume model lacks 'volumes' (how inputs are "
-                      "prepared); export the model again with 'kdstyles export RUN_DIR'")
     names, ch, size = side["class_names"], side["input"]["channels"], side["input"]["height"]
-    task = side.get("task", "classification")
+    declared = None  # the input shape an ONNX model declares
     if model.suffix == ".onnx":
         try:
             import onnxruntime as ort
@@ -94,8 +133,15 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
             session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise KDError(f"model '{model}' is not a valid ONNX file ({str(exc).splitlines()[0][:100]})") from None
-        return Predictor(lambda b: session.run(None, {"image": b})[0], names, ch, size, str(model), task, vol)
-    if model.suffix == ".pt":
+        inputs = session.get_inputs()
+        if [i.name for i in inputs] != ["image"]:
+            raise KDError(f"model '{model}' takes inputs {', '.join(repr(i.name) for i in inputs) or '(none)'}; a "
+                          "kdstyles model takes one, 'image' (export it with 'kdstyles export RUN_DIR')")
+        declared = list(inputs[0].shape)
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return session.run(None, {"image": batch})[0]
+    else:
         import torch
 
         try:
@@ -103,12 +149,11 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
         except (RuntimeError, ValueError) as exc:
             raise KDError(f"model '{model}' is not a TorchScript file ({str(exc).splitlines()[0][:100]})") from None
 
-        def run_ts(batch: np.ndarray) -> np.ndarray:
+        def run(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
                 return scripted(torch.from_numpy(batch)).numpy()
-
-        return Predictor(run_ts, names, ch, size, str(model), task, vol)
-    raise KDError(f"model '{model}': expected an .onnx or TorchScript .pt file, or a run folder")
+    _check_model(run, side, model, declared)
+    return Predictor(run, names, ch, size, str(model), side.get("task", "classification"), side.get("volumes"))
 
 
 def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path]:
@@ -118,14 +163,23 @@ def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path
 
     fits = is_volume if volumes else is_image
     files: list[Path] = []
+    searched: list[str] = []  # folders and CSV files that gave nothing, and what they hold instead
     for item in map(Path, inputs):
         if item.is_dir():
-            files += [p for p in visible_files(item) if fits(p)]
+            found = visible_files(item)
+            files += [p for p in found if fits(p)]
+            if not any(fits(p) for p in found):
+                other = Counter(_suffix(p) for p in found)
+                held = ", ".join(f"{n} {suffix}" for suffix, n in other.most_common(3))
+                searched.append(f"folder '{item}' ({f'it holds {held}' if found else 'empty'})")
         elif item.suffix.lower() == ".csv":
             from .fileio import read_csv
 
             rows = read_csv(item, f"give a CSV with a 'path' column of {what} files", required=("path",))
-            files += [item.parent / row["path"] for row in rows if row["path"]]
+            listed = [item.parent / row["path"] for row in rows if row["path"]]
+            files += listed
+            if not listed:
+                searched.append(f"CSV file '{item}' (no paths in its 'path' column)")
         elif fits(item):
             if not item.is_file():
                 raise KDError(f"input {what} '{item}' does not exist")
@@ -136,8 +190,14 @@ def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path
             raise KDError(f"input '{item}' is not a{'n' if what == 'image' else ''} {what} "
                           f"({', '.join(suffixes)}), a folder or a .csv{other}")
     if not files:
-        raise KDError(f"no input {what}s found")
+        raise KDError(f"no input {what}s found ({', '.join(suffixes)}) in {'; '.join(searched)}")
     return files
+
+
+def _suffix(path: Path) -> str:
+    """A file's kind for messages: its suffix in lower case (``.nii.gz`` whole), or 'no suffix'."""
+    name = path.name.lower()
+    return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), path.suffix.lower() or "(no suffix)") + " file(s)"
 
 
 def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, network: str | None = None,

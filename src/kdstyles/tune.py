@@ -35,7 +35,7 @@ from typing import Any
 from .compare import shared_teacher
 from .config import load_config
 from .errors import KDError, TrainingDiverged
-from .fileio import FolderLock, write_json
+from .fileio import FolderLock, make_folder, write_json
 from .runfolder import STATUS_DONE, RunFolder
 
 TRIAL_DIR = "{study}-trial-{number}"
@@ -158,14 +158,14 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
     out = Path(out)
     total = trials or cfg.tune.trials
     if storage is None:
-        out.mkdir(parents=True, exist_ok=True)  # the default database lives in the tune folder
+        make_folder(out, "tune folder")  # the default database lives in the tune folder
         storage = f"sqlite:///{(out / 'study.db').resolve()}"
     study_name = study_name or cfg.name
     students = list(cfg.networks.students)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.tune.startup_trials, n_warmup_steps=1)
               if cfg.tune.pruner == "median" else optuna.pruners.NopPruner())
     study = _open_study(optuna, storage, study_name, cfg.tune.startup_trials, pruner)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "tune folder")
     where = f"{socket.gethostname()}:{os.getpid()}"
     failed = [0]  # trials failed in a row in this worker
 

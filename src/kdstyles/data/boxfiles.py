@@ -4,9 +4,12 @@ box; a row with empty box columns lists an image without objects; for volumes
 and Kvasir-SEG folders (``root/images/`` with ``root/masks/``, a box around each connected
 region of a mask, or Kvasir-SEG's ``kavsir_bboxes.json`` beside them).
 
-Each reader returns the image records, each image's boxes in the pixels of its own file
-(``x1, y1, x2, y2, class index``; checked against the file's size later, with the data)
-and the class names. Errors name the file and the line, annotation or image.
+Each reader returns the image records and a :class:`Listing`: each image's boxes in the
+pixels of its own file (``x1, y1, x2, y2, class index``; checked against the file's size
+later, with the data), the class names, and where each box was written (a CSV line, a COCO
+annotation), so that a box found bad later is named there too. A box must have x2 > x1,
+y2 > y1 (z2 > z1) as written, in every reader and every dimension. Errors name the file and
+the line, annotation or image.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,27 @@ from .files import Record, split_value
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
 BOX_COLUMNS_3D = ("x1", "y1", "z1", "x2", "y2", "z2")
 COUNT = {4: "four", 6: "six"}
+
+
+@dataclass
+class Listing:
+    """Boxes read from a file: by image path, (m, 2d + 1) corners and class index in the image's
+    own pixels (world mm for volumes); the class names; and per image, per box, where it was
+    written (``CSV file 'b.csv' line 4``), for messages about it."""
+
+    boxes: dict[str, np.ndarray]
+    names: list[str]
+    origins: dict[str, list[str]]
+
+
+def _ordered(box: list[float], where: str, dims: int) -> None:
+    """x2 > x1, y2 > y1 (z2 > z1) as written: a box's corners are never swapped silently."""
+    axes = "xyz"[:dims]
+    flat = [f"{a}2 <= {a}1" for j, a in enumerate(axes) if box[dims + j] <= box[j]]
+    if flat:
+        raise KDError(f"{where}: box ({', '.join(f'{v:g}' for v in box)}) has {' and '.join(flat)}; the corners are "
+                      f"{', '.join(a + '1' for a in axes)} then {', '.join(a + '2' for a in axes)}, each second one "
+                      "larger")
 
 
 def _class_index(names: list[str], given: list[str] | None, where: str) -> dict[str, int]:
@@ -41,8 +66,7 @@ def _empty() -> np.ndarray:
     return np.zeros((0, 5), np.float32)
 
 
-def read_box_csv(path: Path, classes: list[str] | None, dims: int = 2
-                 ) -> tuple[list[Record], dict[str, np.ndarray], list[str]]:
+def read_box_csv(path: Path, classes: list[str] | None, dims: int = 2) -> tuple[list[Record], Listing]:
     """``path,x1,y1,x2,y2,label[,split]`` (``dims=3``: ``path,x1,y1,z1,x2,y2,z2,label[,split]``);
     paths relative to the CSV's folder."""
     columns = BOX_COLUMNS if dims == 2 else BOX_COLUMNS_3D
@@ -52,6 +76,7 @@ def read_box_csv(path: Path, classes: list[str] | None, dims: int = 2
                     required=("path", *columns, "label"))
     order: dict[str, Record] = {}
     found: dict[str, list[tuple[list[float], str]]] = {}
+    origins: dict[str, list[str]] = {}
     for line, row in enumerate(rows, start=2):
         where = f"CSV file '{path}' line {line}"
         if not row["path"]:
@@ -60,7 +85,7 @@ def read_box_csv(path: Path, classes: list[str] | None, dims: int = 2
         image = str(path.parent / row["path"])
         if image not in order:
             order[image] = Record(Path(image), "", split)
-            found[image] = []
+            found[image], origins[image] = [], []
         elif order[image].split != split:
             raise KDError(f"{where}: '{row['path']}' is in split '{split}' here and '{order[image].split}' above")
         values = [row[c].strip() for c in columns]
@@ -74,17 +99,18 @@ def read_box_csv(path: Path, classes: list[str] | None, dims: int = 2
                           "empty, with an empty label, for an image without objects)") from None
         if not all(math.isfinite(v) for v in box) or not row["label"]:
             raise KDError(f"{where}: box ({', '.join(values)}) label '{row['label']}': needs finite numbers and a label")
+        _ordered(box, where, dims)
         found[image].append((box, row["label"]))
+        origins[image].append(where)
     if not order:
         raise KDError(f"CSV file '{path}' has no rows")
     index = _class_index([lbl for boxes in found.values() for _, lbl in boxes], classes, f"CSV file '{path}'")
     width = len(columns) + 1
     boxes = {p: np.array([[*b, index[lbl]] for b, lbl in found[p]], np.float32).reshape(-1, width) for p in order}
-    return list(order.values()), boxes, list(index)
+    return list(order.values()), Listing(boxes, list(index), origins)
 
 
-def read_coco(path: Path, images_root: Path | None, classes: list[str] | None
-              ) -> tuple[list[Record], dict[str, np.ndarray], list[str]]:
+def read_coco(path: Path, images_root: Path | None, classes: list[str] | None) -> tuple[list[Record], Listing]:
     """A COCO-format JSON (``images``, ``annotations`` with ``bbox: [x, y, w, h]``,
     ``categories``); file names relative to ``images_root`` (default: the JSON's folder)."""
     if not path.is_file():
@@ -92,12 +118,19 @@ def read_coco(path: Path, images_root: Path | None, classes: list[str] | None
     try:
         coco = json.loads(path.read_text(encoding="utf-8"))
         images, annotations, categories = coco["images"], coco.get("annotations", []), coco["categories"]
+        ids = [im["id"] for im in images]
         by_id = {im["id"]: im["file_name"] for im in images}
+        cat_ids = [c["id"] for c in categories]
         cat_names = {c["id"]: str(c["name"]) for c in categories}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise KDError(f"COCO file '{path}': not a COCO detection JSON ({type(exc).__name__}: {exc}); it needs "
                       "images [{id, file_name}], annotations [{image_id, bbox, category_id}] and "
                       "categories [{id, name}]") from None
+    for kind, listed in (("image", ids), ("category", cat_ids)):
+        same = next((i for i, k in Counter(listed).items() if k > 1), None)
+        if same is not None:
+            raise KDError(f"COCO file '{path}': {Counter(listed)[same]} {kind} entries have id {same!r}; ids must be "
+                          f"unique (annotations point to {kind}s by id)")
     twice = [name for name, k in Counter(by_id.values()).items() if k > 1]
     if twice:
         ids = [i for i, name in by_id.items() if name == twice[0]]
@@ -106,6 +139,7 @@ def read_coco(path: Path, images_root: Path | None, classes: list[str] | None
     root = images_root or path.parent
     index = _class_index(list(cat_names.values()), classes, f"COCO file '{path}'")
     found: dict[object, list[list[float]]] = {i: [] for i in by_id}
+    origins: dict[object, list[str]] = {i: [] for i in by_id}
     if not isinstance(annotations, list):
         raise KDError(f"COCO file '{path}': annotations is a {type(annotations).__name__}, not a list")
     for n, a in enumerate(annotations):
@@ -120,18 +154,22 @@ def read_coco(path: Path, images_root: Path | None, classes: list[str] | None
             x, y, w, h = (float(v) for v in a["bbox"])
         except (KeyError, TypeError, ValueError):
             raise KDError(f"{where}: bbox {a.get('bbox')!r} is not [x, y, width, height]") from None
+        if not (w > 0 and h > 0):
+            raise KDError(f"{where}: bbox [{x:g}, {y:g}, {w:g}, {h:g}] has {'width' if not w > 0 else 'height'} "
+                          f"{w if not w > 0 else h:g}; a COCO bbox is [x, y, width, height], both sizes above 0")
         found[a["image_id"]].append([x, y, x + w, y + h, index[cat_names[a["category_id"]]]])
+        origins[a["image_id"]].append(where)
     records = [Record(root / by_id[i], "", None) for i in by_id]
     boxes = {str(root / by_id[i]): np.array(found[i], np.float32).reshape(-1, 5) for i in by_id}
     if not records:
         raise KDError(f"COCO file '{path}' lists no images")
-    return records, boxes, list(index)
+    return records, Listing(boxes, list(index), {str(root / by_id[i]): origins[i] for i in by_id})
 
 
 KVASIR_BOXES = "kavsir_bboxes.json"  # Kvasir-SEG's own name for its box file
 
 
-def read_kvasir(root: Path, classes: list[str] | None) -> tuple[list[Record], dict[str, np.ndarray], list[str]]:
+def read_kvasir(root: Path, classes: list[str] | None) -> tuple[list[Record], Listing]:
     """``root/images/`` and ``root/masks/`` (a box around each 8-connected region of a mask's
     foreground, values above 127), or ``root/kavsir_bboxes.json`` instead of the masks."""
     from .segfolder import list_pairs
@@ -145,6 +183,9 @@ def read_kvasir(root: Path, classes: list[str] | None) -> tuple[list[Record], di
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise KDError(f"'{listing}': not Kvasir-SEG's box file ({type(exc).__name__}: {exc}); it maps each "
                           "image name to {bbox: [{label, xmin, ymin, xmax, ymax}]}") from None
+        for stem, found_boxes in found.items():
+            for n, b in enumerate(found_boxes):
+                _ordered(b[:4], f"'{listing}' entry '{stem}' box {n}", 2)
         from ..imageio import is_image
         from .segfolder import pair_dirs
 
@@ -157,16 +198,19 @@ def read_kvasir(root: Path, classes: list[str] | None) -> tuple[list[Record], di
         records = [Record(p, "", None) for p in files.values()]
         boxes = {str(p): np.array([[*b[:4], index[b[4]]] for b in found.get(stem, [])], np.float32).reshape(-1, 5)
                  for stem, p in files.items()}
-        return records, boxes, list(index)
+        origins = {str(p): [f"'{listing}' entry '{stem}' box {n}" for n in range(len(found.get(stem, [])))]
+                   for stem, p in files.items()}
+        return records, Listing(boxes, list(index), origins)
     records, mask_of = list_pairs(root)
     from scipy import ndimage
 
-    boxes = {}
+    boxes, origins = {}, {}
     for r in records:
         regions, _ = ndimage.label(_binary_mask(mask_of[str(r.path)]), structure=np.ones((3, 3)))
         found_boxes = [[s[1].start, s[0].start, s[1].stop, s[0].stop, 0] for s in ndimage.find_objects(regions)]
         boxes[str(r.path)] = np.array(found_boxes, np.float32).reshape(-1, 5)
-    return records, boxes, list(classes or ["polyp"])
+        origins[str(r.path)] = [f"region {n + 1} of mask '{mask_of[str(r.path)]}'" for n in range(len(found_boxes))]
+    return records, Listing(boxes, list(classes or ["polyp"]), origins)
 
 
 def _binary_mask(path: Path) -> np.ndarray:

@@ -138,10 +138,12 @@ def check_labels(split: str, labels: np.ndarray, num_classes: int, names: list[s
 
 
 def check_boxes(split: str, boxes: list[np.ndarray], num_classes: int,
-                size: Sequence[int] | list[Sequence[int]], names: list[str], report: DataReport) -> None:
+                size: Sequence[int] | list[Sequence[int]], names: list[str], report: DataReport,
+                origins: list[list[str]] | None = None) -> None:
     """Every box finite, with x2 > x1, y2 > y1 (z2 > z1), a known class, and overlapping its
     image (``size``: width, height[, depth] of every image, or a list of one per image); the
-    first bad box is an error naming the image and the box. A box that crosses the image's
+    first bad box is an error naming the image and the box (and where it was written:
+    ``origins``, per image a string per box, e.g. a CSV line). A box that crosses the image's
     border (annotation tools and 1-based coordinates overshoot by a pixel) is clipped to it in
     place, with one warning for all such boxes."""
     per_image = len(size) > 0 and isinstance(size[0], (tuple, list))
@@ -166,7 +168,8 @@ def check_boxes(split: str, boxes: list[np.ndarray], num_classes: int,
                        " or ".join(f"{a}2 <= {a}1" for a in axes) if empty[j] else
                        f"outside the {'x'.join(str(int(v)) for v in extent)} {'image' if d == 2 else 'volume'}")
                 edges = ", ".join(f"{v:g}" for v in b[j, :2 * d])
-                first = (i, f"box ({edges}) class {c[j]:g}: {why}")
+                written = f"; {origins[i][j]}" if origins is not None and j < len(origins[i]) else ""
+                first = (i, f"box ({edges}) class {c[j]:g}: {why}{written}")
             bad += int(wrong.sum())
             continue
         over = np.maximum(-lo, 0).max(1) + np.maximum(hi - extent, 0).max(1)

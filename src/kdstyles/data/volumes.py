@@ -9,8 +9,9 @@
    percentiles per channel (MRI); stored as uint8 (D, H, W, C), the shape of every other
    kdstyles volume.
 
-Checks name the file: unreadable, a label map whose shape or affine differs from its image,
-label values that are not whole numbers or lie outside 0..K-1.
+Checks name the file: unreadable, voxels that are not numbers (NaN, infinite), a label map
+whose shape or affine differs from its image, label values that are not whole numbers or lie
+outside 0..K-1.
 
 Prepared volumes are cached (:func:`prepare_cached`): one uncompressed ``.npz`` per file
 and preparation in ``$KDSTYLES_CACHE/volumes`` (default ``~/.cache/kdstyles/volumes``),
@@ -88,6 +89,10 @@ def prepare(image_path: Path, label_path: Path | None, cfg: Any, num_classes: in
     from monai.transforms import Orientation, Spacing
 
     image = read(image_path, "volume")
+    bad = int((~torch.isfinite(image.as_tensor())).sum())
+    if bad:  # resampling would spread them, and the percentile window of a NaN volume is all black
+        raise KDError(f"volume '{image_path}' holds {bad:,} voxel(s) that are not numbers (NaN or infinite); replace "
+                      "them (e.g. with the background value: numpy.nan_to_num) and save the volume again")
     source_affine, source_shape = _affine(image), tuple(int(s) for s in image.shape[1:])
     label = None
     if label_path is not None:

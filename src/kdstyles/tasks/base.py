@@ -97,7 +97,9 @@ class Task:
         c = torch.tensor(counts, dtype=torch.float).clamp_min(1)
         return c.sum() / (len(c) * c)
 
-    def check_output(self, name: str, logits, sample) -> None:
+    def check_output(self, where: str, logits, sample) -> None:
+        """A one-line KDError, starting with ``where`` (e.g. ``networks.s1``), when ``logits`` (a
+        network's output for the input batch ``sample``; torch or numpy) is not this task's shape."""
         raise NotImplementedError
 
     def default_tap(self, model, sample) -> str:

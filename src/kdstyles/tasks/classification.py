@@ -41,9 +41,9 @@ class Classification(Task):
 
         return F.cross_entropy(logits.float(), y, weight=class_weights)
 
-    def check_output(self, name, logits, sample):
+    def check_output(self, where, logits, sample):
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            raise KDError(f"networks.{name}: output shape {tuple(logits.shape)} does not match "
+            raise KDError(f"{where}: output shape {tuple(logits.shape)} does not match "
                           f"(batch, {self.num_classes} classes); the network must return class logits")
 
     def default_tap(self, model, sample):

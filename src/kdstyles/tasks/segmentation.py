@@ -45,11 +45,11 @@ class Segmentation(EncoderDecoderTask):
             self._dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=self.dice_weight, lambda_ce=1.0)
         return self._dice_ce(logits.float(), y.unsqueeze(1))
 
-    def check_output(self, name, logits, sample):
+    def check_output(self, where, logits, sample):
         want = (self.num_classes, *sample.shape[2:])
         if logits.ndim != sample.ndim or tuple(logits.shape[1:]) != want:
             size = ", ".join(map(str, sample.shape[2:]))
-            raise KDError(f"networks.{name}: output shape {tuple(logits.shape)} does not match (batch, "
+            raise KDError(f"{where}: output shape {tuple(logits.shape)} does not match (batch, "
                           f"{self.num_classes} classes, {size}); a segmentation network returns per-pixel "
                           "class logits at the input's size")
 

@@ -49,6 +49,9 @@ class Source:
     name: ClassVar[str]
     requires: ClassVar[str | None] = None  # the data.* key it cannot do without
     patches: ClassVar[bool] = False  # trains on random patches of its volumes by default
+    # `kdstyles check` may read a few items of each split instead of all (generated data: every
+    # item passes the same checks, and the rest only costs time)
+    previews: ClassVar[bool] = False
 
     def load(self, cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool) -> Loaded:
         raise NotImplementedError
@@ -157,10 +160,9 @@ def split_assignment(cfg: Any, seed: int, run_dir: Path | None, records: list[fi
 
 
 def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool, records: list[files.Record],
-                      base: Path, where: str, boxes_of: tuple[dict[str, np.ndarray], list[str]] | None = None
-                      ) -> Loaded:
+                      base: Path, where: str, boxes_of: Any = None) -> Loaded:
     """Volume files (NIfTI/NRRD) with a class each (3D classification; multi-label: any number of
-    them) or boxes in world mm each (``boxes_of``: boxes by path and the class names; 3D
+    them) or boxes in world mm each (``boxes_of``: a :class:`~kdstyles.data.boxfiles.Listing`; 3D
     detection): every file read once
     (oriented, resampled, windowed: :mod:`kdstyles.data.volumes`), resized to
     ``data.image_size``^3 and kept in memory, boxes carried onto that grid; the split
@@ -178,7 +180,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
                       "the network input is the patch; leave data.image_size out (--set data.image_size=null)")
     channels, size = cfg.channels or (len(cfg.modalities) if cfg.modalities else 1), patch or cfg.image_size or 64
     if boxes_of is not None:
-        found, names = boxes_of
+        found, names = boxes_of.boxes, boxes_of.names
         for r in records:
             r.label = "1" if len(found[str(r.path)]) else "0"
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
@@ -214,7 +216,8 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
             bar.advance(task_id)
     if boxes_of is not None:
         checks.check_boxes("data", grid_boxes, len(names), extents,
-                           [f"'{r.path}' (world boxes on its prepared grid)" for r in records], report)
+                           [f"'{r.path}' (world boxes on its prepared grid)" for r in records], report,
+                           [boxes_of.origins[str(r.path)] for r in records])
         if not patch:  # -> the training grid
             grid_boxes = [b * np.array([size / e for e in extent] * 2 + [1], np.float32)
                           for b, extent in zip(grid_boxes, extents)]
@@ -237,10 +240,10 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
 
 def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool, records: list[files.Record],
                base: Path, where: str, mask_of: dict[str, Path] | None = None,
-               boxes_of: tuple[dict[str, np.ndarray], list[str]] | None = None) -> Loaded:
+               boxes_of: Any = None) -> Loaded:
     """Image files with a class each (``records[i].label``), a mask each (``mask_of``, dense
-    tasks) or boxes each (``boxes_of``: boxes by path in the file's pixels, and the class
-    names; detection): labels, the split assignment (saved in the run folder and read
+    tasks) or boxes each (``boxes_of``: a :class:`~kdstyles.data.boxfiles.Listing`, boxes in
+    each file's pixels; detection): labels, the split assignment (saved in the run folder and read
     back), and one streaming pass that checks and (when the set fits ``data.cache_gb``)
     decodes every file."""
     channels, size = cfg.channels or 3, cfg.image_size or 224
@@ -248,13 +251,14 @@ def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool
     boxes_by_path: dict[str, np.ndarray] = {}
     box_problems = checks.DataReport(BOX_REPORT)
     if boxes_of is not None:  # boxes: checked against each file's size, scaled to the training size
-        found, names = boxes_of
+        found, names = boxes_of.boxes, boxes_of.names
         for r in records:
             r.label = "1" if len(found[str(r.path)]) else "0"
         present = [r for r in records if r.path.is_file()]  # a missing one is reported by the decoding pass
         sizes = [image_size(r.path) for r in present]
         checks.check_boxes("data", [found[str(r.path)] for r in present], len(names), sizes,
-                           [f"'{r.path}'" for r in present], box_problems)
+                           [f"'{r.path}'" for r in present], box_problems,
+                           [boxes_of.origins[str(r.path)] for r in present])
         for r, (w, h) in zip(present, sizes):
             boxes_by_path[str(r.path)] = found[str(r.path)] * np.array([size / w, size / h] * 2 + [1], np.float32)
         labels = np.array([int(r.label) for r in records], dtype=np.int64)

@@ -17,9 +17,9 @@ class COCO(Source):
 
         path = Path(cfg.path)
         root = Path(cfg.root) if cfg.root else None
-        records, boxes, names = read_coco(path, root, cfg.classes)
+        records, listing = read_coco(path, root, cfg.classes)
         return from_files(cfg, seed, task, run_dir, quiet, records, root or path.parent, f"data.path '{path}'",
-                          boxes_of=(boxes, names))
+                          boxes_of=listing)
 
     def describe(self, cfg, task) -> str:
         return f"COCO file {cfg.path}"

@@ -92,18 +92,18 @@ class CSV(Source):
             if task.boxes:
                 from ..boxfiles import read_box_csv
 
-                records, boxes, names = read_box_csv(path, cfg.classes, dims=3)
+                records, listing = read_box_csv(path, cfg.classes, dims=3)
                 return from_volume_files(cfg, seed, task, run_dir, quiet, records, path.parent,
-                                         f"data.path '{path}'", boxes_of=(boxes, names))
+                                         f"data.path '{path}'", boxes_of=listing)
             return from_volume_files(cfg, seed, task, run_dir, quiet, list_csv(path, task.multilabel, cfg.classes,
                                                                               cfg.uncertain),
                                      path.parent, f"data.path '{path}'")
         if task.boxes:
             from ..boxfiles import read_box_csv
 
-            records, boxes, names = read_box_csv(path, cfg.classes)
+            records, listing = read_box_csv(path, cfg.classes)
             return from_files(cfg, seed, task, run_dir, quiet, records, path.parent, f"data.path '{path}'",
-                              boxes_of=(boxes, names))
+                              boxes_of=listing)
         records = list_csv(path, task.multilabel, cfg.classes, cfg.uncertain)
         return from_files(cfg, seed, task, run_dir, quiet, records, path.parent, f"data.path '{path}'")
 

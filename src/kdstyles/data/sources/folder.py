@@ -67,8 +67,8 @@ class Folder(Source):
         if task.boxes:
             from ..boxfiles import read_kvasir
 
-            records, boxes, names = read_kvasir(root, cfg.classes)
-            return from_files(cfg, seed, task, run_dir, quiet, records, root, where, boxes_of=(boxes, names))
+            records, listing = read_kvasir(root, cfg.classes)
+            return from_files(cfg, seed, task, run_dir, quiet, records, root, where, boxes_of=listing)
         if task.dense:
             records, mask_of = segfolder.list_pairs(root)
             return from_files(cfg, seed, task, run_dir, quiet, records, root, where, mask_of)
