@@ -21,6 +21,24 @@ def test_generator_is_deterministic_and_seeded():
     assert not np.array_equal(val, a)
 
 
+@pytest.mark.parametrize("module, size", [("synthetic", 16), ("synthetic_seg", 16), ("synthetic_det", 16),
+                                          ("synthetic_multi", 32), ("synthetic_vol", 16), ("synthetic_vol_seg", 16),
+                                          ("synthetic_vol_det", 16), ("synthetic_vol_multi", 16)])
+def test_every_generator_renders_any_range_of_a_split_alike(module, size):
+    """Items start.. of a split equal the same items of the whole split: chunks rendered apart
+    (in parallel processes) put together are the split."""
+    from importlib import import_module
+
+    gen = import_module(f"kdstyles.data.{module}").generate
+    whole, labels = gen(2, "val", 5, size)
+    part, part_labels = gen(2, "val", 3, size, start=2)
+    assert np.array_equal(part, whole[2:]) and not np.array_equal(part, whole[:3])
+    if isinstance(labels, list):  # boxes, one array per item
+        assert all(np.array_equal(a, b) for a, b in zip(part_labels, labels[2:], strict=True))
+    else:
+        assert np.array_equal(part_labels, labels[2:])
+
+
 @pytest.mark.parametrize("size", [28, 64, 224])
 def test_generator_sizes(size):
     img, label = synthetic.render_patch(0, "test", 1, size)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kdstyles import KDError, load_config
+from kdstyles import Experiment, KDError, load_config
 from kdstyles.models.zoo import build_network
 
 
@@ -115,7 +115,7 @@ def test_offline_hub_names_repository_file_and_cache(tmp_path, monkeypatch, arch
         importlib.reload(constants)
     msg = str(err.value)
     assert f"ImageNet weights for {arch} are 'model.safetensors' of the Hugging Face repository '{repo}'" in msg
-    assert str(tmp_path / "hf") in msg and f"huggingface-cli download {repo} model.safetensors" in msg
+    assert str(tmp_path / "hf") in msg and f"hf download {repo} model.safetensors" in msg
     assert "\n" not in msg
 
 
@@ -251,3 +251,36 @@ def test_a_foreign_layout_of_another_size_is_refused(tmp_path):
     save_file(random_weights(timm_tf_efficientnet_b0_layout()), str(tmp_path / "b0.safetensors"))
     with pytest.raises(KDError, match=r"does not fit efficientnet-b1 \([0-9]+ missing key\(s\), e.g. _blocks.0.1._depthwise_conv"):
         build_network("efficientnet-b1", 3, 2, 240, pretrained=str(tmp_path / "b0.safetensors"))
+
+
+def test_an_unreachable_hub_fails_at_once_in_one_line(tmp_path, monkeypatch, caplog):
+    """Without HF_HUB_OFFLINE, a machine whose network cannot resolve the hub's name gets the
+    one line at once (no five retries, no retry lines)."""
+    import importlib
+
+    import huggingface_hub.constants as constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # .invalid never resolves (RFC 2606)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    importlib.reload(constants)
+    try:
+        with pytest.raises(KDError) as err:
+            build_network("resnet18", 3, 2, 224, pretrained=True, where="networks.s1")
+    finally:
+        monkeypatch.undo()
+        importlib.reload(constants)
+    assert "the hub's host name does not resolve: no network" in str(err.value) and "\n" not in str(err.value)
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+
+
+def test_a_missing_weights_file_stops_a_run_before_its_data_is_read(tmp_path, monkeypatch):
+    import kdstyles.api
+
+    monkeypatch.setattr(kdstyles.api, "build_data", lambda *a, **k: pytest.fail("the data was read first"))
+    exp = Experiment(None, overrides=["networks.students.s2.arch=resnet18", "networks.students.s2.widen=1",
+                                      f"networks.students.s2.pretrained={tmp_path / 'gone.safetensors'}",
+                                      f"output.dir={tmp_path}", "output.name=run"], quiet=True)
+    with pytest.raises(KDError, match=r"networks.s2.pretrained: '.*gone.safetensors' does not exist"):
+        exp.fit()
+    assert not (tmp_path / "run").exists()

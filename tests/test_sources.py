@@ -388,7 +388,7 @@ def test_imbalance_warning_printed_and_saved(tmp_path, capsys):
                                       f"output.dir={tmp_path}", "output.name=run", *FAST,
                                       "data.sampler=balanced", "loss.class_weights=balanced"])
     exp.fit()
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # warnings go to stderr
     assert "data warning: class imbalance: 'benign' has" in out
     report = json.loads((exp.run_dir / "data_report.json").read_text())
     assert any(p["level"] == "warning" and "imbalance" in p["message"] for p in report["problems"])
@@ -687,3 +687,68 @@ def test_a_folder_of_dicom_radiographs_is_a_data_set(tmp_path):
     bundle = build_data(cfg.data, seed=0)
     assert bundle.report.sources == {"24x20 DICOM MONOCHROME1": 8, "24x20 DICOM MONOCHROME2": 8}
     assert sum(map(len, bundle.splits.values())) == 16 and bundle.splits["train"][(0, 0)][0].shape == (1, 16, 16)
+
+
+def test_large_embedded_splits_are_rendered_in_parallel_and_kept_on_disk(tmp_path, monkeypatch):
+    """A split above PARALLEL_PIXELS is rendered by several processes and equals the split
+    rendered in one; above CACHE_PIXELS it is written to the cache and read back from it (a
+    damaged cache file is rendered again); boxes survive the round trip."""
+    from importlib import import_module
+
+    from kdstyles.data.sources import synthetic as source
+
+    monkeypatch.setenv("KDSTYLES_CACHE", str(tmp_path))
+    monkeypatch.setattr(source, "CACHE_PIXELS", 1)
+    monkeypatch.setattr(source, "PARALLEL_PIXELS", 1)
+    monkeypatch.setattr(source.os, "cpu_count", lambda: 2)
+    source.generate.cache_clear()
+    for module in ("synthetic_det", "synthetic"):
+        alone = import_module(f"kdstyles.data.{module}").generate(1, "train", 130, 16)
+        got = source.generate(module, 1, "train", 130, 16)  # 2 processes (n // 64 = 2)
+        for out in (got, source._read(next(tmp_path.glob(f"synthetic/{module}-*.npz")))):
+            assert np.array_equal(out[0], alone[0])
+            if module == "synthetic_det":
+                assert len(out[1]) == 130 and all(np.array_equal(a, b) for a, b in zip(out[1], alone[1]))
+            else:
+                assert np.array_equal(out[1], alone[1])
+    cached = next(tmp_path.glob("synthetic/synthetic-*.npz"))
+    monkeypatch.setattr(source, "_in_parallel", lambda *a: pytest.fail("rendered again"))
+    source.generate.cache_clear()
+    images = got[0]
+    assert np.array_equal(source.generate("synthetic", 1, "train", 130, 16)[0], images)  # from the cache
+    cached.write_bytes(b"damaged")
+    source.generate.cache_clear()
+    monkeypatch.setattr(source, "PARALLEL_PIXELS", 10**12)  # rendered again, in this process
+    assert np.array_equal(source.generate("synthetic", 1, "train", 130, 16)[0],
+                          import_module("kdstyles.data.synthetic").generate(1, "train", 130, 16)[0])
+    assert source._read(cached) is not None  # and written again whole
+    source.generate.cache_clear()
+
+
+def test_check_generates_a_few_embedded_images_not_the_whole_set(monkeypatch, capsys, tmp_path):
+    """`kdstyles check` on embedded data renders PREVIEW items of each split (seconds at 224 px);
+    a bad size is still found."""
+    from kdstyles.cli import main
+    from kdstyles.data.sources import synthetic as source
+
+    drawn = []
+    real = source.generate.__wrapped__
+
+    def spy(module, seed, split, n, size, dims=2):
+        drawn.append(n)
+        return real(module, seed, split, n, size, dims)
+
+    monkeypatch.setattr(source, "generate", spy)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["kdstyles", "check", "--set", "data.image_size=224", "--set",
+                                      "networks.teacher.widen=0.25", "--set", "networks.students.s1.widen=0.125",
+                                      "--set", "networks.students.s2.widen=0.125"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and drawn == [4, 4, 4] and "config ok" in out and "224 px images" in out
+    assert "4 images of each split generated and checked; the 3,500 are generated when training starts" in out
+    monkeypatch.setattr(sys, "argv", ["kdstyles", "check", "--set", "data.image_size=600"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 2 and "data.image_size: 600 is outside" in capsys.readouterr().err

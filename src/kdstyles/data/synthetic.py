@@ -175,11 +175,11 @@ def render_patch(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
     return finish(rgb, rng, rng.uniform(0.0, 1.1) * max(scale, 0.5), rng.uniform(0.01, 0.05)), label
 
 
-def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def generate(seed: int, split: str, n: int, size: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Generate ``n`` patches of one split: (uint8 images (n, size, size, 3), int64 labels (n,))."""
     check_request(split, size)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        images[i], labels[i] = render_patch(seed, split, i, size)
+    for i, k in enumerate(range(start, start + n)):
+        images[i], labels[i] = render_patch(seed, split, k, size)
     return images, labels

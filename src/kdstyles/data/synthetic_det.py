@@ -12,13 +12,13 @@ from .synthetic_seg import render_with_boxes
 CLASS_NAMES = ("polyp",)
 
 
-def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def generate(seed: int, split: str, n: int, size: int, start: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
     """``n`` frames of one split: (uint8 images (n, size, size, 3), per frame a float array
     (m, 5) of boxes ``x1, y1, x2, y2, class``)."""
     check_request(split, size)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     boxes = []
-    for i in range(n):
-        images[i], _, b = render_with_boxes(seed, split, i, size)
+    for i, k in enumerate(range(start, start + n)):
+        images[i], _, b = render_with_boxes(seed, split, k, size)
         boxes.append(np.concatenate([b, np.zeros((len(b), 1), np.float32)], axis=1))
     return images, boxes

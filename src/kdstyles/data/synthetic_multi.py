@@ -12,7 +12,7 @@ from .synthetic import CLASS_NAMES, check_request, render_patch
 __all__ = ["CLASS_NAMES", "generate"]
 
 
-def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def generate(seed: int, split: str, n: int, size: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` mosaics of one split: (uint8 images (n, size, size, 3), uint8 labels (n, 4))."""
     check_request(split, size)
     if size < 32 or size % 2:
@@ -21,9 +21,9 @@ def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.n
     half = size // 2
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     labels = np.zeros((n, len(CLASS_NAMES)), dtype=np.uint8)
-    for i in range(n):
+    for i, k in enumerate(range(start, start + n)):
         for q in range(4):
-            tile, cls = render_patch(seed, split, 4 * i + q, half)
+            tile, cls = render_patch(seed, split, 4 * k + q, half)
             y, x = divmod(q, 2)
             images[i, y * half:(y + 1) * half, x * half:(x + 1) * half] = tile
             labels[i, cls] = 1

@@ -83,11 +83,11 @@ def render_with_boxes(seed: int, split: str, index: int, size: int) -> tuple[np.
     return image, mask, np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
-def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def generate(seed: int, split: str, n: int, size: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` frames of one split: (uint8 images (n, size, size, 3), uint8 masks (n, size, size))."""
     check_request(split, size)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     masks = np.empty((n, size, size), dtype=np.uint8)
-    for i in range(n):
-        images[i], masks[i] = render_frame(seed, split, i, size)
+    for i, k in enumerate(range(start, start + n)):
+        images[i], masks[i] = render_frame(seed, split, k, size)
     return images, masks

@@ -134,11 +134,11 @@ def check_request(split: str, size: int) -> None:
         raise KDError(f"data.image_size: {size} is outside the synthetic volumes' range {MIN_SIZE}..{MAX_SIZE}")
 
 
-def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def generate(seed: int, split: str, n: int, size: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` volumes of one split: (uint8 (n, size, size, size, 1), int64 labels (n,))."""
     check_request(split, size)
     volumes = np.empty((n, size, size, size, 1), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        volumes[i], labels[i] = render_volume(seed, split, i, size)
+    for i, k in enumerate(range(start, start + n)):
+        volumes[i], labels[i] = render_volume(seed, split, k, size)
     return volumes, labels

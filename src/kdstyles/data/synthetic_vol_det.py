@@ -28,12 +28,12 @@ def lesion_box(mask: np.ndarray, label: int) -> np.ndarray:
                     np.float32)
 
 
-def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def generate(seed: int, split: str, n: int, size: int, start: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
     """``n`` volumes of one split: (uint8 (n, size, size, size, 1), per volume its boxes (m, 7))."""
     check_request(split, size)
     volumes = np.empty((n, size, size, size, 1), dtype=np.uint8)
     boxes = []
-    for i in range(n):
-        volumes[i], label, mask = render_with_mask(seed, split, i, size)
+    for i, k in enumerate(range(start, start + n)):
+        volumes[i], label, mask = render_with_mask(seed, split, k, size)
         boxes.append(lesion_box(mask, label))
     return volumes, boxes

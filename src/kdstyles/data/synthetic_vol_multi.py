@@ -48,11 +48,11 @@ def render_findings(seed: int, split: str, index: int, size: int) -> tuple[np.nd
     return finish(rng, scene), findings, scene.mask
 
 
-def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def generate(seed: int, split: str, n: int, size: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` volumes of one split: (uint8 (n, size, size, size, 1), uint8 multi-hot labels (n, 3))."""
     check_request(split, size)
     volumes = np.empty((n, size, size, size, 1), dtype=np.uint8)
     labels = np.zeros((n, len(CLASS_NAMES)), dtype=np.uint8)
-    for i in range(n):
-        volumes[i], labels[i], _ = render_findings(seed, split, i, size)
+    for i, k in enumerate(range(start, start + n)):
+        volumes[i], labels[i], _ = render_findings(seed, split, k, size)
     return volumes, labels

@@ -17,11 +17,11 @@ __all__ = ["CLASS_NAMES", "DEFAULT_SIZE", "MAX_SIZE", "MIN_SIZE", "generate"]
 CLASS_NAMES = ("background", "organ", "lesion")
 
 
-def generate(seed: int, split: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def generate(seed: int, split: str, n: int, size: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` volumes of one split: (uint8 (n, size, size, size, 1), uint8 masks (n, size, size, size))."""
     check_request(split, size)
     volumes = np.empty((n, size, size, size, 1), dtype=np.uint8)
     masks = np.empty((n, size, size, size), dtype=np.uint8)
-    for i in range(n):
-        volumes[i], _, masks[i] = render_with_mask(seed, split, i, size)
+    for i, k in enumerate(range(start, start + n)):
+        volumes[i], _, masks[i] = render_with_mask(seed, split, k, size)
     return volumes, masks

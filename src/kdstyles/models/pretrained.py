@@ -118,19 +118,65 @@ def hub_file(arch: str, where: str) -> Path:
     saying which file of which repository to fetch and where to put it."""
     from huggingface_hub import constants, hf_hub_download
 
+    import logging
+
     repo = HUB_REPOS[arch]
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry lines ("Retrying in 8s ...") would break the one-line error
     try:
-        return Path(hf_hub_download(repo, HUB_FILE, local_files_only=offline))
+        try:
+            return Path(hf_hub_download(repo, HUB_FILE, local_files_only=True))  # the cache first, no request
+        except Exception:  # noqa: BLE001 (not cached)
+            if offline or not _hub_resolves(constants.ENDPOINT):  # no name lookup: no network, no retries
+                offline = offline or "no-dns"
+                raise
+        return Path(hf_hub_download(repo, HUB_FILE))
     except Exception as exc:  # huggingface_hub raises its own types for offline, network and HTTP failures
-        reason = "offline (HF_HUB_OFFLINE=1)" if offline else {
+        reason = "the hub's host name does not resolve: no network" if offline == "no-dns" else \
+            "offline (HF_HUB_OFFLINE=1)" if offline else {
             "LocalEntryNotFoundError": "the hub cannot be reached", "GatedRepoError": "the repository is gated",
             "RepositoryNotFoundError": "no such repository", "EntryNotFoundError": "no such file in it",
         }.get(type(exc).__name__, type(exc).__name__)
         raise KDError(f"{where}.pretrained: ImageNet weights for {arch} are '{HUB_FILE}' of the Hugging Face "
                       f"repository '{repo}', not in the cache '{constants.HF_HUB_CACHE}' and not downloadable here "
-                      f"({reason}); where a network is reachable run 'huggingface-cli download {repo} {HUB_FILE}' "
+                      f"({reason}); where a network is reachable run 'hf download {repo} {HUB_FILE}' "
                       f"and copy that cache folder here, or set {where}.pretrained to the file's path") from None
+    finally:
+        hub_log.setLevel(level)
+
+
+def _hub_resolves(endpoint: str) -> bool:
+    """Whether the hub's host name resolves (a machine without network fails at once here,
+    instead of after huggingface_hub's five retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        socket.getaddrinfo(urlparse(endpoint).hostname or endpoint, 443)
+        return True
+    except (OSError, UnicodeError):
+        return False
+
+
+def locate_weights(arch: str, pretrained: bool | str, where: str) -> Path | None:
+    """The weights file a network's ``pretrained`` setting names, found (downloaded) now: the
+    cached hub file for ``imagenet``/True, else the path, which must exist. None where nothing
+    is loaded (False, or an arch that takes no file: its own error comes when it is built).
+    Runs before the data is read, so a missing file stops a run in seconds."""
+    source = "imagenet" if pretrained is True else (pretrained or None)
+    if not source or not arch.startswith(tuple(CLASSIFIER)):
+        return None
+    if source == "imagenet":
+        if arch not in HUB_REPOS:
+            raise KDError(f"{where}.pretrained: no hub repository of ImageNet weights is known for {arch}; allowed: "
+                          f"{', '.join(HUB_REPOS)}, or the path of a weights file")
+        return hub_file(arch, where)
+    path = Path(os.path.expanduser(source))
+    if not path.is_file():
+        raise KDError(f"{where}.pretrained: '{path}' does not exist (give 'imagenet' or a {', '.join(SUFFIXES)} file)")
+    return path
 
 
 def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
@@ -155,12 +201,9 @@ def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
 
 def load_pretrained(model: nn.Module, arch: str, source: str, in_channels: int, where: str) -> None:
     """Load ImageNet (``source='imagenet'``) or a file's weights into a freshly built network."""
-    if source == "imagenet" and arch not in HUB_REPOS:
-        raise KDError(f"{where}.pretrained: no hub repository of ImageNet weights is known for {arch}; allowed: "
-                      f"{', '.join(HUB_REPOS)}, or the path of a weights file")
     family = family_of(arch)
     classifier, first = CLASSIFIER[family], FIRST_CONV[family]
-    path = hub_file(arch, where) if source == "imagenet" else Path(os.path.expanduser(source))
+    path = locate_weights(arch, source, where)
     own = model.state_dict()
     rename = LAYOUTS[family](own) if family in LAYOUTS else (lambda key: key)
     weights = {(k if k in own else rename(k)): v for k, v in read_state_dict(path, where).items()}
