@@ -140,3 +140,42 @@ def test_detection_comparisons_draw_test_images_for_paired_intervals(tmp_path):
         write()  # a damaged file: that run pairs by seed only
         row = analysis.paired_rows(load_study(tmp_path / "same", load_rows(tmp_path / "same")))[0]
         assert np.isnan(row["lo"]) and row["verdict"] == "no per-image results"
+
+
+def test_gap_closure_is_the_share_of_the_teachers_lead_with_a_paired_interval(tmp_path):
+    """Teacher right on 190 of 200 images, students alone on 140: a preset whose student is right
+    on 165 (the same images as alone, plus 25 of the teacher's) closes 50% of the lead on every
+    seed; the interval holds 50% and is narrower than the lead's noise. A student no better
+    than alone closes 0%, and without the independent students there is nothing to close."""
+    rng = np.random.default_rng(0)
+    correct = {("student", "s1"): [], ("kd", "s1"): [], ("kd", "teacher"): [], ("dkd", "s1"): [],
+               ("dkd", "teacher"): []}
+    for seed in range(3):
+        order = rng.permutation(200)
+        alone, teacher, half = (np.zeros(200, int) for _ in range(3))
+        alone[order[:140]], teacher[order[:190]], half[order[:165]] = 1, 1, 1
+        correct[("student", "s1")].append(alone)
+        correct[("kd", "teacher")].append(teacher)
+        correct[("dkd", "teacher")].append(teacher.copy())
+        correct[("kd", "s1")].append(alone.copy())
+        correct[("dkd", "s1")].append(half)
+    study = fake_comparison(tmp_path / "cmp", correct, {"target": "dkd"})
+    got = {g["preset"]: g for g in analysis.gap_closure(study)}
+    assert got["dkd"]["share"] == 0.5 and got["dkd"]["gain"] == 0.125 and got["dkd"]["lead"] == 0.25
+    assert got["dkd"]["lo"] <= 0.5 <= got["dkd"]["hi"] and 0.3 < got["dkd"]["lo"] and got["dkd"]["hi"] < 0.7
+    assert got["kd"]["share"] == 0 and got["kd"]["lo"] == got["kd"]["hi"] == 0  # same images as alone
+    assert got["dkd"]["text"].startswith("50% [")
+    text = markdown(study.rows, study)
+    assert "Share of the teacher's lead recovered (accuracy" in text and "Most: dkd s1 50% [" in text
+    assert "| dkd | s1 | 50% [" in text and "| +12.5 pt | +25.0 pt | 3 |" in text
+    correct.pop(("student", "s1"))
+    assert analysis.gap_closure(fake_comparison(tmp_path / "none", correct, {"target": "dkd"})) == []
+
+
+def test_gap_closure_is_not_a_number_without_a_teacher_lead(tmp_path):
+    same = [ones(100, 20, s) for s in range(2)]
+    study = fake_comparison(tmp_path, {("student", "s1"): same, ("kd", "teacher"): [c.copy() for c in same],
+                                       ("kd", "s1"): [ones(100, 10, s + 3) for s in range(2)]})
+    (row,) = analysis.gap_closure(study)
+    assert np.isnan(row["share"]) and row["text"] == "n/a (no teacher lead)"
+    assert "Share of the teacher's lead" not in " ".join(findings(study))

@@ -182,3 +182,64 @@ def test_building_a_cohort_runs_each_network_twice_whatever_the_edges():
     cfg = load_config(None, ["routing.preset=diverse-full", "data.image_size=16"])
     build_cohort(cfg, num_classes=4, channels=3, image_size=16, modules=nets)
     assert calls == {"teacher": 2, "s1": 2, "s2": 2}
+
+
+NEW_STYLES = {"routing": {"edges": [
+    {"src": "teacher", "dst": "s1", "style": "dkd", "options": {"standardize": True}},
+    {"src": "teacher", "dst": "s2", "style": "dist"},
+    {"src": "s1", "dst": "s2", "style": "dkd"},
+    {"src": "s2", "dst": "s1", "style": "predictions", "options": {"standardize": True, "temperature": 2}},
+    {"src": "teacher", "dst": "s2", "style": "features", "options": {"taps": ["layer2", "layer3"]}},
+    {"src": "s3", "dst": "s3", "style": "self", "options": {"standardize": True}},
+]}}
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_gradient_isolation_with_the_modern_losses_and_labels_handed_to_dkd(task, monkeypatch):
+    """dkd gets the batch's labels (class indices, or the mask per pixel) from the cohort; every
+    new style keeps gradients to the learner; a features edge at two depths is two edges."""
+    from kdstyles.config import build_config
+    from kdstyles.styles import STYLES
+
+    seg = ["task=segmentation", "data.image_size=32", *[f"networks.{n}.arch=unet" for n in
+                                                         ("teacher", "students.s1", "students.s2", "students.s3")]]
+    raw = copy.deepcopy(NEW_STYLES)
+    if task == "segmentation":  # the U-Net's stages
+        raw["routing"]["edges"][4]["options"]["taps"] = ["model.1.submodule.0", "model.1.submodule.1.submodule.0"]
+    cfg = build_config(raw, [*SMALL, *THREE, *(seg if task == "segmentation" else [])])
+    features = [e for e in cfg.edges if e.style == "features"]
+    assert len(features) == 2 and all(e.weight == pytest.approx(0.1) for e in features)  # 0.2 over 2 depths
+    seen = []
+    real = STYLES["dkd"].compute
+    monkeypatch.setattr(STYLES["dkd"], "compute", lambda s, t, o, task_, c: seen.append(c.labels) or
+                        real(s, t, o, task_, c))
+    torch.manual_seed(0)
+    size = 32 if task == "segmentation" else 16
+    cohort = build_cohort(cfg, num_classes=3, channels=3, image_size=size)
+    assert sum(k.split("__")[2] == "features" for k in cohort.adapters) == 2  # one adapter per depth
+    cohort.train()
+    y = torch.randint(0, 3, (4, size, size) if task == "segmentation" else (4,))
+    losses = cohort.losses(cohort(torch.randn(4, 3, size, size)), y)
+    assert len(seen) == 2 and all(s is y for s in seen)
+    assert {"dkd<-teacher", "dist<-teacher", "dkd<-s1", "predictions<-s2"} <= set(losses["s1"].terms) | \
+        set(losses["s2"].terms)
+    assert all(torch.isfinite(v) for nl in losses.values() for v in nl.terms.values())
+    assert_gradient_isolation(cohort, losses)
+
+
+@pytest.mark.parametrize("task, edge, message", [
+    ("multilabel", {"src": "teacher", "dst": "s1", "style": "dkd"},
+     "edge teacher -> s1 dkd (w=0.2): style 'dkd' compares softmax probabilities over classes, one class per "
+     "image or pixel; task multilabel gives each class its own probability"),
+    ("multilabel", {"src": "s1", "dst": "s2", "style": "predictions", "options": {"standardize": True}},
+     "edge s1 -> s2 predictions (w=0.1): standardize: true z-scores the logits over classes"),
+    ("detection", {"src": "teacher", "dst": "s2", "style": "dist"}, "task detection scores each class"),
+])
+def test_styles_that_need_one_class_per_sample_are_refused_where_classes_are_not_exclusive(task, edge, message):
+    extra = [f"networks.{n}.arch=unet" for n in ("teacher", "students.s1", "students.s2")] if task == "detection" \
+        else []
+    from kdstyles.config import build_config
+
+    with pytest.raises(KDError) as err:
+        build_config({"routing": {"edges": [edge]}}, [f"task={task}", "data.image_size=32", *extra])
+    assert message in str(err.value) and "\n" not in str(err.value)

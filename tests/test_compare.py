@@ -93,8 +93,8 @@ def test_killed_compare_resumes_and_completes(tmp_path):
 def test_bad_presets_fail_before_any_run(tmp_path):
     from kdstyles import KDError
 
-    with pytest.raises(KDError, match="--presets: 'dkd' is not a preset"):
-        compare(None, ["kd", "dkd"], 1, tmp_path / "c", SMALL)
+    with pytest.raises(KDError, match="--presets: 'dkdx' is not a preset"):
+        compare(None, ["kd", "dkdx"], 1, tmp_path / "c", SMALL)
     assert not (tmp_path / "c").exists()
 
 

@@ -17,6 +17,11 @@ METHOD_TABLE = {
                      ("s1", "s2", F), ("s2", "s1", F)},
     "ctsl-mkt": {("s1", "s2", P), ("s2", "s1", P), ("s1", "s2", "relations"), ("s2", "s1", "relations"),
                  ("s1", "s1", "self"), ("s2", "s2", "self")},
+    # beyond METHOD.md: the modern logit losses, alone and on diverse's prediction edges
+    "dkd": {("teacher", "s1", "dkd"), ("teacher", "s2", "dkd")},
+    "dist": {("teacher", "s1", "dist"), ("teacher", "s2", "dist")},
+    "diverse-dkd": {("teacher", "s1", "dkd"), ("teacher", "s2", F), ("s1", "s2", "dkd"), ("s2", "s1", F)},
+    "diverse-dist": {("teacher", "s1", "dist"), ("teacher", "s2", F), ("s1", "s2", "dist"), ("s2", "s1", F)},
 }
 
 

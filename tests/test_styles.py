@@ -154,3 +154,108 @@ def test_self_style_ema_and_epoch_updates():
     assert not torch.equal(shadow.weight, net.weight)  # epoch mode waits for the epoch end
     style.update_shadow(shadow, net, SelfOptions(mode="epoch"), "epoch")
     assert torch.equal(shadow.weight, net.weight)
+
+
+# ----------------------------------------------------------------------------- dkd, dist, standardization
+
+def probs(z, T):
+    e = [math.exp(v / T) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def hand_dkd(src, dst, label, T):
+    """TCKD and NCKD of one sample, by the definitions (Zhao et al. 2022)."""
+    ps, pd = probs(src, T), probs(dst, T)
+    bs, bd = [ps[label], 1 - ps[label]], [pd[label], 1 - pd[label]]
+    tckd = sum(a * math.log(a / b) for a, b in zip(bs, bd))
+    rest_s = [p / (1 - ps[label]) for k, p in enumerate(ps) if k != label]
+    rest_d = [p / (1 - pd[label]) for k, p in enumerate(pd) if k != label]
+    nckd = sum(a * math.log(a / b) for a, b in zip(rest_s, rest_d))
+    return tckd, nckd
+
+
+@pytest.mark.parametrize("T", [1.0, 4.0])
+def test_dkd_terms_match_their_definitions_and_recompose_kd(T):
+    from kdstyles.styles.dkd import DKDOptions, dkd_terms
+
+    torch.manual_seed(3)
+    src, dst = torch.randn(6, 5, dtype=torch.float64) * 2, torch.randn(6, 5, dtype=torch.float64) * 2
+    y = torch.tensor([0, 4, 2, 2, 1, 3])
+    tckd, nckd = dkd_terms(src / T, dst / T, y, DKDOptions(temperature=T))  # in float64: the formula itself
+    for i in range(6):
+        t, n = hand_dkd(src[i].tolist(), dst[i].tolist(), int(y[i]), T)
+        assert tckd[i].item() == pytest.approx(t, rel=1e-9, abs=1e-12)
+        assert nckd[i].item() == pytest.approx(n, rel=1e-9, abs=1e-12)
+        # the paper's identity: KD = TCKD + (1 - p_t) NCKD, p_t the source's target probability
+        kd = hand_kl(src[i:i + 1], dst[i:i + 1], T)
+        p_t = probs(src[i].tolist(), T)[int(y[i])]
+        assert kd == pytest.approx(t + (1 - p_t) * n, rel=1e-5)
+
+
+def test_dkd_weights_temperature_and_warm_up():
+    from kdstyles.styles import Context
+    from kdstyles.styles.dkd import DKDOptions, dkd_terms
+    from kdstyles.tasks import TASKS
+
+    torch.manual_seed(4)
+    src, dst, y = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    task, style = TASKS["classification"](3), STYLES["dkd"]
+    opts = DKDOptions(alpha=0.5, beta=2.0, temperature=2.0, warmup=4)
+    tckd, nckd = dkd_terms(src / 2, dst / 2, y, opts)
+    full = ((0.5 * tckd + 2.0 * nckd).mean() * 4).item()
+    for epoch, share in ((1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)):
+        got = style.compute(src, dst, opts, task, Context(y, epoch)).item()
+        assert got == pytest.approx(share * full, rel=1e-5)
+    assert style.compute(src, src.clone(), opts, task, Context(y, 5)).item() == pytest.approx(0, abs=1e-6)
+    assert style.labels and not STYLES["dist"].labels  # the cohort hands dkd the labels
+
+
+def test_dkd_and_dist_take_every_pixel_as_a_sample():
+    from kdstyles.styles import Context
+    from kdstyles.styles.dist import DISTOptions
+    from kdstyles.styles.dkd import DKDOptions
+    from kdstyles.tasks import TASKS
+
+    torch.manual_seed(5)
+    src, dst, mask = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    rows = lambda x: x.permute(0, 2, 3, 1).reshape(-1, 3)  # noqa: E731
+    task = TASKS["segmentation"](3)
+    dkd, opts = STYLES["dkd"], DKDOptions(warmup=0)
+    assert dkd.compute(src, dst, opts, task, Context(mask)).item() == pytest.approx(
+        dkd.compute(rows(src), rows(dst), opts, task, Context(mask.reshape(-1))).item(), rel=1e-6)
+    dist = STYLES["dist"]
+    assert dist.loss(src, dst, DISTOptions()).item() == pytest.approx(
+        dist.loss(rows(src), rows(dst), DISTOptions()).item(), rel=1e-6)
+
+
+def test_dist_is_one_minus_pearson_between_classes_and_within_classes():
+    import numpy as np
+
+    from kdstyles.styles.dist import DISTOptions
+
+    torch.manual_seed(6)
+    src, dst = torch.randn(5, 4), torch.randn(5, 4)
+    T = 2.0
+    ps, pd = torch.softmax(src / T, 1).double().numpy(), torch.softmax(dst / T, 1).double().numpy()
+    inter = np.mean([1 - np.corrcoef(ps[i], pd[i])[0, 1] for i in range(5)])
+    intra = np.mean([1 - np.corrcoef(ps[:, k], pd[:, k])[0, 1] for k in range(4)])
+    got = STYLES["dist"].loss(src, dst, DISTOptions(beta=2.0, gamma=0.5, temperature=T))
+    assert got.item() == pytest.approx(T * T * (2.0 * inter + 0.5 * intra), rel=1e-4)
+    # correlations ignore a shift and a scale of the learner's probabilities: a learner whose
+    # probabilities are an affine copy of the source's loses nothing
+    same = STYLES["dist"].loss(src, src.clone(), DISTOptions())
+    assert same.item() == pytest.approx(0, abs=1e-5)
+
+
+def test_logit_standardization_z_scores_each_sample_before_the_softmax():
+    torch.manual_seed(7)
+    src, dst = torch.randn(4, 5), torch.randn(4, 5)
+    z = lambda x: (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)  # noqa: E731
+    opts = PredictionsOptions(temperature=2.0, t2_scaling=False, standardize=True)
+    got = STYLES["predictions"].loss(src, dst, opts)
+    assert got.item() == pytest.approx(hand_kl(z(src), z(dst), 2.0), rel=1e-4)
+    # the learner need not match the source's logit scale or offset: 3 z + 7 costs nothing
+    assert STYLES["predictions"].loss(src, 3 * src + 7, opts).item() == pytest.approx(0, abs=1e-6)
+    assert STYLES["predictions"].loss(src, 3 * src + 7, PredictionsOptions()).item() > 0.1
+    for name in ("dkd", "dist", "self"):  # an option of every logit style
+        assert "standardize" in STYLES[name].Options.model_fields

@@ -31,7 +31,7 @@ from .models.adapters import make_adapter
 from .models.taps import Tap
 from .models.zoo import MIN_MAP
 from .routing import T, Edge, used_networks
-from .styles import KNOWLEDGE, STYLES, NetOutput
+from .styles import KNOWLEDGE, STYLES, Context, NetOutput
 from .tasks import TASKS, Task
 
 
@@ -113,6 +113,7 @@ class Cohort(nn.Module):
         self.map_shapes: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # per tapping edge: (src, dst)
         self._probing = False
         self.cache: OutputCache | None = None
+        self.epoch = 1  # the epoch being trained (1-based; the engine sets it), for styles' warm-ups
         try:  # the first forwards: a network that cannot take the input's size is named in one line
             self.edge_taps = self._plan_taps(taps or {}, sample, pinned or [])
             wanted: dict[str, list[str]] = {n: [] for n in networks}
@@ -276,7 +277,9 @@ class Cohort(nn.Module):
                 source, target = as_target(kind.take(outs[src], src_path)), kind.take(outs[name], dst_path)
                 if key in self.adapters:
                     target, source = self.adapters[key](target, source)
-                term = STYLES[e.style].compute(source, target, e.options, self.task)
+                style = STYLES[e.style]
+                context = Context(y if style.labels else None, self.epoch)
+                term = style.compute(source, target, e.options, self.task, context)
                 label = e.term if e.term not in terms else f"{e.term}#{i}"
                 terms[label] = term
                 distill.append(e.weight * term)

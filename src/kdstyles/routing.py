@@ -1,6 +1,7 @@
 """Routing as data: who teaches whom, in which style, with which weight.
 
-A method is a list of :class:`Edge`. A preset (METHOD.md section 5) is a list of
+A method is a list of :class:`Edge`. A preset (METHOD.md section 5, and the modern logit
+losses' presets beside it) is a list of
 ``(source, target, style)`` triples, or a function of the students for presets that span
 the whole cohort (CTSL-MKT), plus the style options it sets by default. A custom list of
 edges in the config is resolved the same way. Weights default by the source:
@@ -23,7 +24,7 @@ from .styles import STYLES, StyleOptions
 
 TEACHER = T = "teacher"
 ENSEMBLE = "ensemble"  # the students' mean, evaluated like a network
-PREDICTIONS, FEATURES = "predictions", "features"
+PREDICTIONS, FEATURES, DKD, DIST = "predictions", "features", "dkd", "dist"
 S1, S2 = "s1", "s2"
 
 Triple = tuple[str, str, str]
@@ -77,6 +78,13 @@ PRESETS: dict[str, Preset] = {
                             (S1, S2, FEATURES), (S2, S1, FEATURES)]),
     "ctsl-mkt": Preset(_ctsl_mkt, {PREDICTIONS: {"temperature": 3.0, "t2_scaling": True},
                                    "self": {"temperature": 3.0, "mode": "ema"}}),
+    # The field's stronger logit losses in their classic use: the teacher's predictions to every
+    # student through DKD (Zhao et al. 2022) or DIST (Huang et al. 2022) ...
+    "dkd": Preset([(T, S1, DKD), (T, S2, DKD)]),
+    "dist": Preset([(T, S1, DIST), (T, S2, DIST)]),
+    # ... and the paper's diversified routing with them on its prediction edges.
+    "diverse-dkd": Preset([(T, S1, DKD), (T, S2, FEATURES), (S1, S2, DKD), (S2, S1, FEATURES)]),
+    "diverse-dist": Preset([(T, S1, DIST), (T, S2, FEATURES), (S1, S2, DIST), (S2, S1, FEATURES)]),
 }
 DEFAULT_PRESET = "diverse"
 
@@ -185,7 +193,8 @@ def resolve_edges(routing: RoutingConfig, students: list[str], styles: dict[str,
         if weight is None:
             weight = (weights.self_weight if src == dst else
                       weights.teacher_weight if src == T else weights.peer_weight)
-        edges.append(Edge(src, dst, style, float(weight), opts))
+        parts = STYLES[style].split(opts)  # a features edge at several depths: one edge per depth
+        edges += [Edge(src, dst, style, float(weight) / len(parts), part) for part in parts]
     return edges
 
 

@@ -234,6 +234,7 @@ class Trainer:
         """One epoch from ``state.step`` (0, or where a mid-epoch checkpoint stopped)."""
         cohort, epoch, start = self.cohort, self.state.epoch, self.state.step
         cohort.train()
+        cohort.epoch = epoch + 1  # the epoch being trained, for styles that warm up (dkd)
         self.train_loader.batch_sampler.set_epoch(epoch, start=start)
         sums = self.state.partial  # running sums of every loss term (restored mid-epoch)
         every = self.cfg.train.checkpoint_every_steps

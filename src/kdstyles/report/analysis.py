@@ -19,7 +19,7 @@ from ..routing import ENSEMBLE, T
 from ..runfolder import RunFolder
 from ..tasks import TASKS
 from .results import TARGET, mean_std, networks_in, presets_in, primary, run_dirs
-from .significance import Drawn, interval_text, mcnemar, paired_interval, verdict
+from .significance import Drawn, interval_text, mcnemar, paired_interval, paired_ratio_interval, verdict
 
 INDEPENDENT = "student"  # the preset whose students learn from labels alone
 CLEAR_MARGIN = 0.01  # a teacher leading the independent students by less than 1 point has little to pass on
@@ -182,6 +182,64 @@ def teacher_margin(study: Study) -> list[dict[str, Any]]:
     return out
 
 
+def _teacher_value(study: Study, preset: str, seed: int) -> tuple[float | None, Any]:
+    """The teacher's test value and per-image values (or outputs) for a seed: that of the preset's
+    own run, else of the target's, else of any run of the seed that has a teacher."""
+    for p in (preset, study.target, *presets_in(study.rows)):
+        v = study.value(p, seed, T)
+        if v is not None:
+            return v, study.values.get((p, seed, T))
+    return None, None
+
+
+def gap_closure(study: Study) -> list[dict[str, Any]]:
+    """Per preset and network, the share of the teacher's lead over the students trained alone
+    that distillation recovers: (distilled - alone) / (teacher - alone), the means over seeds,
+    with a bootstrap interval drawing each seed's test images once for all three networks (the
+    paired differences' machinery). 1 (100%): the student reaches its teacher; 0: no better than
+    alone; below 0: worse. None where the teacher does not lead."""
+    if INDEPENDENT not in presets_in(study.rows):
+        return []
+    out = []
+    for preset in presets_in(study.rows):
+        if preset == INDEPENDENT:
+            continue
+        for net in _networks(study):
+            gains, leads, nums, dens = [], [], [], []
+            for seed in study.seeds:
+                a, b = study.value(preset, seed, net), study.value(INDEPENDENT, seed, net)
+                t, it = _teacher_value(study, preset, seed)
+                if a is None or b is None or t is None:
+                    continue
+                gains.append(a - b)
+                leads.append(t - b)
+                ib = study.values.get((INDEPENDENT, seed, net))
+                num, den = _paired(study.values.get((preset, seed, net)), ib, study.metric), _paired(it, ib,
+                                                                                                     study.metric)
+                if num is not None and den is not None:
+                    nums.append(num)
+                    dens.append(den)
+            if not gains:
+                continue
+            sign = -1 if lower_is_better(study.metric) else 1
+            gain, lead = float(np.mean(gains)), float(np.mean(leads))
+            share, lo, hi = (gain / lead, float("nan"), float("nan")) if sign * lead > 0 else (float("nan"),) * 3
+            if sign * lead > 0 and len(nums) == len(gains) and (sign > 0 or all(
+                    isinstance(d, np.ndarray) for d in nums + dens)):  # every seed paired image by image
+                flip = (lambda d: d) if sign > 0 else (lambda d: -d)  # lower is better: both differences negated
+                share, lo, hi = paired_ratio_interval([flip(d) for d in nums], [flip(d) for d in dens])
+            out.append({"preset": preset, "network": net, "share": share, "lo": lo, "hi": hi, "gain": gain,
+                        "lead": lead, "n": len(gains), "text": share_text(share, lo, hi)})
+    return out
+
+
+def share_text(share: float, lo: float, hi: float) -> str:
+    """``45% [20, 70]``, or ``n/a`` where the teacher has no lead to close."""
+    if np.isnan(share):
+        return "n/a (no teacher lead)"
+    return f"{100 * share:.0f}%" + ("" if np.isnan(lo) else f" [{100 * lo:.0f}, {100 * hi:.0f}]")
+
+
 def margin_is_clear(margin: list[dict[str, Any]]) -> bool:
     return all(m["mean"] >= CLEAR_MARGIN and not m["lo"] <= 0 for m in margin)
 
@@ -222,6 +280,16 @@ def findings(study: Study) -> list[str]:
     elif INDEPENDENT not in presets_in(study.rows) and len(presets_in(study.rows)) > 1:
         lines.append(f"Add the '{INDEPENDENT}' preset to see whether the teacher is better than students trained "
                      "alone.")
+    closure = [g for g in gap_closure(study) if not np.isnan(g["share"])]
+    if closure:
+        by_preset: dict[str, list[str]] = {}
+        for g in closure:
+            by_preset.setdefault(g["preset"], []).append(f"{g['network']} {g['text']}")
+        parts = "; ".join(f"{p} {', '.join(v)}" for p, v in by_preset.items())
+        best = max(closure, key=lambda g: g["share"])
+        lines.append(f"Share of the teacher's lead recovered ({label}, (distilled - alone) / (teacher - alone), "
+                     f"100% = as good as the teacher): {parts}. Most: {best['preset']} {best['network']} "
+                     f"{best['text']}.")
     vs_alone = [d for d in paired_rows(study) if d["baseline"] == INDEPENDENT]
     if vs_alone:
         parts = ", ".join(f"{d['network']} {d['text']} ({d['verdict']})" for d in vs_alone)

@@ -53,18 +53,54 @@ def paired_interval(diffs: list[np.ndarray | Drawn], replicates: int = REPLICATE
     interval reflects both the test sample and the training seeds (with one seed, the test
     sample only). Percentile interval at ``level``; a draw where the metric is undefined (no
     object of any class drawn) is left out."""
-    diffs = [d if isinstance(d, Drawn) else np.asarray(d, dtype=np.float64) for d in diffs if len(d)]
-    if not diffs:
+    kept = [(d,) for d in diffs if len(d)]
+    if not kept:
         return float("nan"), float("nan"), float("nan")
+    estimate, combined = _bootstrap(kept, replicates, seed)
+    return _percentiles(float(estimate[0]), combined[0], level)
+
+
+def paired_ratio_interval(nums: list[np.ndarray | Drawn], dens: list[np.ndarray | Drawn],
+                          replicates: int = REPLICATES, level: float = LEVEL, seed: int = 0
+                          ) -> tuple[float, float, float]:
+    """The ratio of two mean paired differences, mean(nums) / mean(dens), and its bootstrap
+    interval, both drawn on the same images and seeds in every replicate (gap closure:
+    (distilled - alone) / (teacher - alone), each seed's three networks on one test split).
+    Replicates whose denominator is not above 0 are left out (no lead to close)."""
+    kept = [(a, b) for a, b in zip(nums, dens, strict=True) if len(a) and len(a) == len(b)]
+    if not kept:
+        return float("nan"), float("nan"), float("nan")
+    estimate, combined = _bootstrap(kept, replicates, seed)
+    if not estimate[1] > 0:
+        return float("nan"), float("nan"), float("nan")
+    num, den = combined
+    ok = den > 0
+    return _percentiles(float(estimate[0] / estimate[1]), num[ok] / den[ok], level)
+
+
+def _bootstrap(per_seed: list[tuple[np.ndarray | Drawn, ...]], replicates: int, seed: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed, one or more paired quantities on that seed's test images. Returns each
+    quantity's estimate (its mean over seeds) and its replicates (quantities, replicates): each
+    replicate draws the seeds with replacement, then the images within each drawn seed, the
+    same images for every quantity of a seed."""
     rng = np.random.default_rng(seed)
-    estimate = float(np.mean([d.value if isinstance(d, Drawn) else d.mean() for d in diffs]))
-    per_seed = np.empty((len(diffs), replicates))
-    for i, d in enumerate(diffs):
+    items = [tuple(d if isinstance(d, Drawn) else np.asarray(d, dtype=np.float64) for d in q) for q in per_seed]
+    count = len(items[0])
+    estimate = np.array([np.mean([d.value if isinstance(d, Drawn) else d.mean() for d in (q[j] for q in items)])
+                         for j in range(count)])
+    values = np.empty((count, len(items), replicates))
+    for i, q in enumerate(items):
         for start in range(0, replicates, CHUNK):
             k = min(CHUNK, replicates - start)
-            per_seed[i, start:start + k] = _draw(d, rng.integers(0, len(d), size=(k, len(d))))
-    drawn = rng.integers(0, len(diffs), size=(replicates, len(diffs)))
-    combined = per_seed[drawn, np.arange(replicates)[:, None]].mean(1)
+            idx = rng.integers(0, len(q[0]), size=(k, len(q[0])))
+            for j, d in enumerate(q):
+                values[j, i, start:start + k] = _draw(d, idx)
+    drawn = rng.integers(0, len(items), size=(replicates, len(items)))
+    return estimate, values[:, drawn, np.arange(replicates)[:, None]].mean(2)
+
+
+def _percentiles(estimate: float, combined: np.ndarray, level: float) -> tuple[float, float, float]:
     combined = combined[~np.isnan(combined)]
     if not len(combined):
         return estimate, float("nan"), float("nan")

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..metrics import label as metric_label
 from ..metrics import lower_is_better
-from .analysis import Study, ablation_rows, findings, paired_rows, teacher_margin
+from .analysis import Study, ablation_rows, findings, gap_closure, paired_rows, teacher_margin
 from .results import aggregate, metric_set, networks_in, presets_in, primary
 
 
@@ -78,6 +78,15 @@ def analysis_tables(study: Study) -> list[tuple[str, list[str], list[list[str]]]
                        "test image)", ["student", "teacher minus student [95% CI]", "verdict", "std", "seeds"],
                        [[m["network"], m["text"], m["verdict"], f"{100 * m['std']:.1f} pt", str(m["n"])]
                         for m in margin]))
+    closure = gap_closure(study)
+    if closure:
+        tables.append((f"Gap closure: the share of the teacher's lead over the students trained alone that each "
+                       f"preset recovers ({metric_label(study.metric)}, (distilled - alone) / (teacher - alone); "
+                       "[95% bootstrap interval over test images and seeds])",
+                       ["preset", "network", "gap closed [95% CI]", "distilled minus alone", "teacher minus alone",
+                        "seeds"],
+                       [[g["preset"], g["network"], g["text"], f"{100 * g['gain']:+.1f} pt",
+                         f"{100 * g['lead']:+.1f} pt", str(g["n"])] for g in closure]))
     diffs = paired_rows(study)
     if diffs:
         tables.append((f"{study.target} against each baseline ({_interval_note(study)})",

@@ -1,7 +1,9 @@
 """Learning styles, registered by name. Adding a style = one file + one line here."""
 
 from .attention import Attention
-from .base import KNOWLEDGE, Knowledge, NetOutput, Style, StyleOptions, knowledge
+from .base import KNOWLEDGE, Context, Knowledge, NetOutput, Style, StyleOptions, knowledge
+from .dist import DIST
+from .dkd import DKD
 from .features import Features
 from .predictions import Predictions
 from .relations import Relations
@@ -15,7 +17,7 @@ def register(style: Style) -> Style:
     return style
 
 
-for _style in (Predictions(), Features(), Attention(), Relations(), SelfDistillation()):
+for _style in (Predictions(), Features(), Attention(), Relations(), SelfDistillation(), DKD(), DIST()):
     register(_style)
 
-__all__ = ["KNOWLEDGE", "Knowledge", "STYLES", "NetOutput", "Style", "StyleOptions", "knowledge", "register"]
+__all__ = ["KNOWLEDGE", "Context", "Knowledge", "STYLES", "NetOutput", "Style", "StyleOptions", "knowledge", "register"]

@@ -16,6 +16,14 @@ A style with ``self_edge = True`` teaches a network from its own earlier state: 
 cohort keeps a frozen *shadow* copy of the network (an edge ``s1 -> s1``), runs it on
 each batch without gradient, and calls :meth:`Style.update_shadow` after every optimizer
 step and at the end of every epoch.
+
+A style that needs the batch's labels (DKD's target class) says so with ``labels = True``:
+the cohort then hands them over in the :class:`Context` of every call, with the epoch being
+trained (for warm-ups), without asking which style runs. ``exclusive = True`` says the style
+compares softmax probabilities over classes, one class per image or pixel (classification,
+segmentation); tasks whose classes are not exclusive (multi-label, detection) refuse its
+edges in one line when the config is loaded. :meth:`Style.split` lets one configured edge
+stand for several (a features edge at several depths).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 @dataclass
@@ -36,15 +44,55 @@ class NetOutput:
     features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class Context:
+    """What the cohort hands every style besides the two tensors: the batch's labels, for a
+    style with ``labels = True`` (class indices (B,), or (B, *spatial) masks), and the epoch
+    being trained (1-based; warm-ups)."""
+
+    labels: torch.Tensor | None = None
+    epoch: int = 1
+
+
 class StyleOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LogitOptions(StyleOptions):
+    """Options of styles that compare logits through a softmax at a temperature."""
+
+    temperature: float = Field(1.0, gt=0)
+    t2_scaling: bool = Field(True, description="multiply by T^2 (Hinton et al.); a no-op at T = 1")
+    standardize: bool = Field(False, description="logit standardization (Sun et al., CVPR 2024): z-score each "
+                                                 "sample's logits over the classes before the softmax at the "
+                                                 "(base) temperature, so the learner matches the source's "
+                                                 "relations, not its logit scale")
+
+
+def soften(logits: torch.Tensor, options: StyleOptions) -> torch.Tensor:
+    """Logits (fp32 under autocast too) over the classes (dim 1), z-scored per sample (and
+    pixel) where ``options.standardize``, divided by the temperature: what the softmax sees."""
+    z = logits.float()
+    if getattr(options, "standardize", False):
+        z = (z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + 1e-7)
+    return z / options.temperature
+
+
+def class_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, K, *spatial) -> (B * pixels, K): one row per image, or per pixel of a dense output."""
+    return x if x.ndim == 2 else x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
 class MapOptions(StyleOptions):
-    """Options of styles that compare tapped maps: per-edge overrides of the networks' taps."""
+    """Options of styles that compare tapped maps: per-edge overrides of the networks' taps,
+    or ``taps``: several depths at once (one edge each, its own adapter, the terms averaged)."""
 
     src_tap: str | None = None
     dst_tap: str | None = None
+    taps: list[str | tuple[str, str]] | None = Field(
+        None, description="several depths: module paths tapped on both networks (e.g. [layer2, layer3, layer4]), "
+                          "or [source, target] pairs; each pair is an edge of its own with its own adapter and "
+                          "weight/n")
 
 
 class Knowledge:
@@ -115,15 +163,36 @@ class Style:
     consumes: ClassVar[str] = "logits"  # a key of KNOWLEDGE
     adapter: ClassVar[Literal["project", "resize", None]] = None
     self_edge: ClassVar[bool] = False
+    labels: ClassVar[bool] = False  # consumes the batch's labels (Context.labels)
+    exclusive: ClassVar[bool] = False  # softmax over classes: one class per image or pixel
 
     def loss(self, source: torch.Tensor, target: torch.Tensor, options: StyleOptions) -> torch.Tensor:
         """``source``: detached knowledge of the teaching network; ``target``: the learner's tensor."""
         raise NotImplementedError
 
-    def compute(self, source: torch.Tensor, target: torch.Tensor, options: StyleOptions, task) -> torch.Tensor:
+    def compute(self, source: torch.Tensor, target: torch.Tensor, options: StyleOptions, task,
+                context: Context) -> torch.Tensor:
         """The loss the cohort takes for an edge; a style whose meaning depends on the task's
-        outputs (``predictions`` on boxes) asks the task here."""
+        outputs (``predictions`` on boxes) asks the task here, one that needs the labels or the
+        epoch reads ``context``."""
         return self.loss(source, target, options)
+
+    def needs_exclusive_classes(self, options: StyleOptions) -> str | None:
+        """Why this edge needs one class per image or pixel (a softmax over classes), or None."""
+        if self.exclusive:
+            return f"style '{self.name}' compares softmax probabilities over classes"
+        if getattr(options, "standardize", False):
+            return "standardize: true z-scores the logits over classes for a softmax"
+        return None
+
+    def split(self, options: StyleOptions) -> list[StyleOptions]:
+        """The edges one configured edge stands for (each gets weight / n): itself, or for map
+        styles with ``taps`` one per depth, its taps set."""
+        pairs = getattr(options, "taps", None)
+        if not pairs:
+            return [options]
+        return [options.model_copy(update={"taps": None, "src_tap": p if isinstance(p, str) else p[0],
+                                           "dst_tap": p if isinstance(p, str) else p[1]}) for p in pairs]
 
     def update_shadow(self, shadow: nn.Module, network: nn.Module, options: StyleOptions,
                       event: Literal["step", "epoch"]) -> None:

@@ -18,15 +18,13 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from .base import Style, StyleOptions
+from .base import LogitOptions, Style
 from .predictions import softened_kl
 
 
-class SelfOptions(StyleOptions):
+class SelfOptions(LogitOptions):
     mode: Literal["ema", "epoch"] = "ema"
     decay: float = Field(0.99, ge=0, lt=1, description="ema only")
-    temperature: float = Field(1.0, gt=0)
-    t2_scaling: bool = True
 
 
 class SelfDistillation(Style):
@@ -35,9 +33,9 @@ class SelfDistillation(Style):
     self_edge = True
 
     def loss(self, source, target, options):
-        return softened_kl(source, target, options.temperature, options.t2_scaling)
+        return softened_kl(source, target, options)
 
-    def compute(self, source, target, options, task):
+    def compute(self, source, target, options, task, context):
         return task.distill_outputs(source, target, options)
 
     @torch.no_grad()

@@ -28,6 +28,8 @@ class Task:
     dense: ClassVar[bool] = False  # labels are per-pixel masks
     boxes: ClassVar[bool] = False  # labels are boxes (a padded (M, 5) tensor per image)
     multilabel: ClassVar[bool] = False  # labels are multi-hot (K,) vectors: any number of classes per image
+    # one class per image or pixel, a softmax over classes: styles that need it (dkd, dist) apply
+    exclusive_classes: ClassVar[bool] = True
     # what the class-imbalance warning suggests
     imbalance_remedy: ClassVar[str] = "data.sampler: balanced or loss.class_weights: balanced"
     synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data
@@ -36,6 +38,7 @@ class Task:
     synthetic_size: ClassVar[int]  # its default image size
     description: ClassVar[str]  # what the embedded data is, for model cards
     title: ClassVar[str]  # the task in a model card's words ("Multi-label classification")
+    classes_are: ClassVar[str] = ""  # where exclusive_classes is False: what its classes are instead
     output_words: ClassVar[str]  # what an exported model returns, for model cards
 
     def __init__(self, num_classes: int):
@@ -75,6 +78,14 @@ class Task:
                           f"spatial_dims {cfg.data.dims}); leave it out")
         if cfg.data.dims == 3 and not cls.volumes:
             raise KDError(f"data.spatial_dims: task {cls.name} is 2D only; use spatial_dims: 2")
+        if not cls.exclusive_classes:
+            from ..styles import STYLES
+
+            for e in cfg.edges:
+                why = STYLES[e.style].needs_exclusive_classes(e.options)
+                if why:
+                    raise KDError(f"edge {e}: {why}, one class per image or pixel; task {cls.name} "
+                                  f"{cls.classes_are}; use predictions, features, attention or relations")
 
     # ------------------------------------------------------------------ training
 
@@ -112,7 +123,7 @@ class Task:
         ``temperature`` and ``t2_scaling``."""
         from ..styles.predictions import softened_kl
 
-        return softened_kl(source, target, options.temperature, options.t2_scaling)
+        return softened_kl(source, target, options)
 
     # ------------------------------------------------------------------ evaluation
 

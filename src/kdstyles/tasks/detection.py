@@ -27,6 +27,8 @@ PREDICT_MIN_SCORE = 0.05  # boxes predict writes (objects: those scoring 0.5 or 
 
 class Detection(EncoderDecoderTask):
     name = "detection"
+    exclusive_classes = False
+    classes_are = "scores each class at each pixel with its own sigmoid (heatmaps and boxes)"
     loss_name = "focal_box"
     selection = "map"
     sources = ("synthetic", "csv", "coco", "folder")

@@ -23,6 +23,8 @@ from .classification import Classification
 
 class Multilabel(Classification):
     name = "multilabel"
+    exclusive_classes = False
+    classes_are = "gives each class its own probability (a sigmoid per label)"
     loss_name = "bce"
     selection = "mean_auroc"
     sources = ("synthetic", "medmnist", "csv")
