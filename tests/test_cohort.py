@@ -35,6 +35,7 @@ def test_teacher_is_absent_when_no_edge_uses_it():
     assert cohort_for("dml").names == ["s1", "s2"]
     assert cohort_for("student").names == ["s1", "s2"]
     assert cohort_for("kd").names == ["teacher", "s1", "s2"]
+    assert cohort_for("teacher").names == ["teacher"]  # a shared teacher's run: the teacher alone
 
 
 def test_adapters_exist_exactly_when_shapes_differ():

@@ -20,9 +20,9 @@ def run_cli(monkeypatch, capsys, *args):
     ("optim.lrr=0.1", "config error: unknown key 'optim.lrr' (did you mean 'lr'?); allowed here: lr, momentum, name, weight_decay"),
     ("train.epochs=many", "config error: train.epochs: Input should be a valid integer"),
     ("optim.lr=-1", "config error: optim.lr: Input should be greater than 0 (got -1)"),
-    ("routing.preset=distill", "config error: routing.preset: Input should be 'student', 'kd', 'fitnet', 'dml', "
-                               "'kdml', 'diverse', 'diverse-full', 'ctsl-mkt', 'dkd', 'dist', 'diverse-dkd' or "
-                               "'diverse-dist' (got 'distill')"),
+    ("routing.preset=distill", "config error: routing.preset: Input should be 'student', 'teacher', 'kd', 'fitnet', "
+                               "'dml', 'kdml', 'diverse', 'diverse-full', 'ctsl-mkt', 'dkd', 'dist', 'diverse-dkd' "
+                               "or 'diverse-dist' (got 'distill')"),
     ("networks.students.s1.arch=resnet19", "unknown arch 'resnet19' (did you mean resnet18"),
     ("networks.students.s2.tap=layer4.0.conv9", "networks.s2.tap: no module 'layer4.0.conv9' in ResNet; "
                                                 "nearest valid paths: layer4.0.conv2"),

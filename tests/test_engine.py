@@ -345,9 +345,10 @@ def test_loader_workers_never_fork_while_a_checkpoint_is_being_written(tmp_path,
     assert checkpoints.load(exp.run_dir / "checkpoints" / "last.pt")["epoch"] == 3
 
 
-def test_demo_trains_both_presets_then_reuses_them(tmp_path, monkeypatch, capsys):
+def test_demo_trains_a_shared_teacher_and_three_recipes_then_reuses_them(tmp_path, monkeypatch, capsys):
     from conftest import tiny
     from kdstyles.cli import main
+    from kdstyles.compare import DEMO_PRESETS
 
     sets = [a for o in tiny(tmp_path, "train.epochs=1") if not o.startswith("output.") for a in ("--set", o)]
     args = ["kdstyles", "demo", "--out", str(tmp_path / "demo"), "-q", *sets]
@@ -360,13 +361,20 @@ def test_demo_trains_both_presets_then_reuses_them(tmp_path, monkeypatch, capsys
 
     run()
     first = capsys.readouterr().out
-    assert "diverse acc" in first and "kdml acc" in first and "ensemble" in first
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").glob("*/checkpoints/last.pt")}
-    assert len(stamps) == 2
+    assert "trained alone" in first and all(p in first for p in DEMO_PRESETS[1:]) and "ensemble" in first
+    assert "share of the teacher's" in first and "One seed shows the tool, not the verdict" in first
+    runs = tmp_path / "demo"
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/checkpoints/last.pt")}
+    assert sorted(p.parent.parent.name for p in stamps) == sorted(["teacher-seed0", *(f"{p}-seed0"
+                                                                                       for p in DEMO_PRESETS)])
+    teacher = json.loads((runs / "teacher-seed0" / "run.json").read_text())
+    assert json.loads((runs / "diverse-seed0" / "run.json").read_text())["best"].keys() == {"s1", "s2"}  # frozen
+    assert teacher["epochs_done"] == 2  # twice the students' epochs
+    assert (runs / "report.html").is_file() and (runs / "results.csv").is_file()
     run()
     again = capsys.readouterr().out
-    assert again.count("already trained and evaluated") == 2
-    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").glob("*/checkpoints/last.pt")}
+    assert again.count("skipped (finished)") == 4
+    assert stamps == {p: p.stat().st_mtime_ns for p in runs.glob("*/checkpoints/last.pt")}
 
 
 def test_ctsl_mkt_and_three_student_cohort_train_end_to_end(tiny_overrides):

@@ -8,6 +8,7 @@ from conftest import THREE
 P, F = "predictions", "features"
 METHOD_TABLE = {
     "student": set(),
+    "teacher": set(),  # the teacher alone (a shared teacher's run): no student is built
     "kd": {("teacher", "s1", P), ("teacher", "s2", P)},
     "fitnet": {("teacher", "s1", F), ("teacher", "s2", F)},
     "dml": {("s1", "s2", P), ("s2", "s1", P)},
@@ -20,8 +21,8 @@ METHOD_TABLE = {
     # beyond METHOD.md: the modern logit losses, alone and on diverse's prediction edges
     "dkd": {("teacher", "s1", "dkd"), ("teacher", "s2", "dkd")},
     "dist": {("teacher", "s1", "dist"), ("teacher", "s2", "dist")},
-    "diverse-dkd": {("teacher", "s1", "dkd"), ("teacher", "s2", F), ("s1", "s2", "dkd"), ("s2", "s1", F)},
-    "diverse-dist": {("teacher", "s1", "dist"), ("teacher", "s2", F), ("s1", "s2", "dist"), ("s2", "s1", F)},
+    "diverse-dkd": {("teacher", "s1", "dkd"), ("teacher", "s2", F), ("s1", "s2", P), ("s2", "s1", F)},
+    "diverse-dist": {("teacher", "s1", "dist"), ("teacher", "s2", F), ("s1", "s2", P), ("s2", "s1", F)},
 }
 
 

@@ -132,7 +132,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     ({"space": {}}, "tune.space is empty"),
     ({"space": {"optim.lrr": {"low": 0.1, "high": 0.2}}}, "tune.space.optim.lrr: the value 0.1 does not make a valid "
                                                           "experiment (config error: unknown key 'optim.lrr'"),
-    ({"space": {"routing.preset": {"choices": ["kd", "dkd"]}}}, "tune.space.routing.preset: the value 'dkd'"),
+    ({"space": {"routing.preset": {"choices": ["kd", "dkdx"]}}}, "tune.space.routing.preset: the value 'dkdx'"),
     ({"space": {"teacher.train.epochs": {"low": 0, "high": 3, "int": True}}},
      "tune.space.teacher.train.epochs: the value 0 does not make a valid experiment"),
     ({"objective": "s9"}, "tune.objective 's9' is not known; allowed: students, ensemble, s1, s2"),

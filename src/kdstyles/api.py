@@ -42,8 +42,6 @@ def _as_config(config: ExperimentConfig | str | Path | dict | None, overrides: l
     return load_config(config, overrides)
 
 
-
-
 class Experiment:
     """One run: a config, its data, its cohort of networks, and its run folder."""
 
@@ -135,7 +133,7 @@ class Experiment:
         from .routing import used_networks
 
         specs = {T: self.cfg.networks.teacher, **self.cfg.networks.students}
-        for name in used_networks(list(self.cfg.networks.students), self.cfg.edges):
+        for name in used_networks(list(self.cfg.networks.students), self.cfg.edges, self.cfg.routing.teacher_only):
             if name not in self.modules and self.cfg.data.dims == 2:
                 locate_weights(specs[name].arch, specs[name].pretrained, f"networks.{name}")
 

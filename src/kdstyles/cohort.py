@@ -358,7 +358,7 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
     the taps a run folder recorded (:func:`pinned_taps`)."""
     modules = dict(modules or {})
     edges = cfg.edges
-    names = used_networks(list(cfg.networks.students), edges)
+    names = used_networks(list(cfg.networks.students), edges, cfg.routing.teacher_only)
     unknown = sorted(set(modules) - {T, *cfg.networks.students})
     if unknown:
         raise KDError(f"networks passed in: '{unknown[0]}' is not a network of this experiment; "

@@ -37,7 +37,9 @@ from .signals import GracefulStop, signal_name
 CUSTOM = "custom"  # the config's own routing (its edges or preset), next to the named presets
 SHARED_TEACHER = "teacher"  # the run folders of shared teachers: teacher-seed<N>
 TEACHER_MODES = ("online", "shared")
-DEMO_PRESETS = ("diverse", "kdml")  # kdstyles demo: the paper's preset against KD + mutual learning
+# kdstyles demo: students alone, the paper's routing, and the best recipe of the README's study
+DEMO_PRESETS = ("student", "diverse", "diverse-dkd")
+DEMO_TEACHER_EPOCHS = 2  # the demo's shared teacher trains for this many times the students' epochs
 STOP_GRACE_S = 120  # how long stopped workers may take to write their checkpoints before they are killed
 
 
@@ -181,14 +183,14 @@ def plan(config: str | None, presets: list[str], seeds: int, out: Path, override
 def shared_teacher(config, base, seed: int, out: Path, name: str, overrides: list[str],
                    teacher_overrides: list[str], checkpoint: str = "best", option: str | None = "--teacher-set"
                    ) -> tuple[RunSpec, tuple[str, ...]]:
-    """The run that trains one seed's shared teacher (on labels only: the teacher of ``kd``
-    receives no edge; its small students are not used), and the overrides that make every
-    run of that seed load it as a frozen offline teacher. ``tune`` uses it too, for a
+    """The run that trains one seed's shared teacher (preset ``teacher``: the teacher alone, on
+    labels), and the overrides that make every run of that seed load it as a frozen offline
+    teacher. ``tune`` uses it too, for a
     teacher whose own keys (``teacher.train.epochs``) are searched."""
     if base.networks.teacher.mode == "offline":
         raise KDError("a shared teacher is trained here; the config's teacher is already offline "
                       "(networks.teacher.mode: offline): leave out --teacher shared and teacher.* keys")
-    ov = (*overrides, "routing.edges=null", "routing.preset=kd", "train.early_stopping=null", f"train.seed={seed}",
+    ov = (*overrides, "routing.edges=null", "routing.preset=teacher", "train.early_stopping=null", f"train.seed={seed}",
           *teacher_overrides, f"output.dir={out}", f"output.name={name}")
     try:
         load_config(config, list(ov))
@@ -407,28 +409,19 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
     return {"out": str(out), "runs": len(teachers) + len(specs), "failed": failed, "rows": len(rows)}
 
 
-def run_demo(out: Path, overrides: list[str], quiet: bool = False, rule=print, echo=print) -> dict[str, dict]:
-    """``kdstyles demo``: each of DEMO_PRESETS trained (or resumed, or reused) and evaluated in
-    ``out/<preset>``, as compare runs a preset; returns each preset's eval.json."""
-    results = {}
-    for preset in DEMO_PRESETS:
-        spec_overrides = (f"routing.preset={preset}", f"output.dir={out}", f"output.name={preset}", *overrides)
-        edges = load_config(None, list(spec_overrides)).edges
-        rule(f"[bold]{preset}[/bold]: {', '.join(str(e) for e in edges)}")
-        spec = RunSpec(preset, 0, str(Path(out) / preset), None, spec_overrides, "best")
-        if run_state(spec) == "done":
-            echo(f"{spec.run_dir} is already trained and evaluated; showing its results")
-        outcome = run_one(spec, quiet=quiet)
-        if outcome["state"] == "interrupted":
-            raise Interrupted(f"{outcome['error']}; 'kdstyles demo' again continues", outcome["signum"])
-        if outcome["state"] == "failed":
-            if "traceback" in outcome:
-                import sys
+def run_demo(out: Path, overrides: list[str], quiet: bool = False, echo=print) -> Any:
+    """``kdstyles demo``: the answer a user came for, on the embedded data in one seed. One shared
+    teacher (trained for twice the students' epochs, on labels), then its students trained
+    alone, by the paper's ``diverse`` routing and by DEMO_PRESETS' best recipe, as a comparison
+    in ``out`` (resumable, results.csv and report.html); returns its Study (gap closure)."""
+    from .report import load_rows, load_study
 
-                print(outcome["traceback"], file=sys.stderr)
-            raise KDError(outcome["error"])
-        results[preset] = RunFolder(spec.run_dir).read_eval()
-    return results
+    cfg = load_config(None, list(overrides))
+    summary = compare(None, list(DEMO_PRESETS), 1, out, list(overrides), quiet=quiet, echo=echo, teacher="shared",
+                      teacher_overrides=[f"train.epochs={DEMO_TEACHER_EPOCHS * cfg.train.epochs}"])
+    if summary["failed"]:
+        raise KDError(f"demo: {summary['failed'][0]['error']}")
+    return load_study(out, load_rows(out))
 
 
 def write_compression(folder: str | Path) -> None:

@@ -192,7 +192,8 @@ class Trainer:
             epoch = self.state.epoch
             rows = self._rows(epoch, train, val)
             self.optim.after_validation(val, metric, epoch)
-            improved = any(r["best"] and r["network"] in self.cohort.students for r in rows)
+            watched = self.cohort.students or self.cohort.trainable  # a teacher-only run watches its teacher
+            improved = any(r["best"] and r["network"] in watched for r in rows)
             self.state.since_improved = 0 if improved else self.state.since_improved + 1
             self.state.history += rows
             stop = patience is not None and self.state.since_improved >= patience
