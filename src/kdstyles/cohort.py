@@ -28,7 +28,7 @@ from . import checkpoints
 from .config import ExperimentConfig, NetworkConfig
 from .errors import KDError
 from .models.adapters import make_adapter
-from .models.taps import Tap
+from .models.taps import Tap, resolve_module
 from .models.zoo import MIN_MAP
 from .routing import T, Edge, used_networks
 from .styles import KNOWLEDGE, STYLES, Context, NetOutput
@@ -137,6 +137,8 @@ class Cohort(nn.Module):
             pair = []
             for role, net, recorded in (("src", e.src, pin[3]), ("dst", e.dst, pin[4])):
                 override = getattr(e.options, f"{role}_tap", None)  # an edge's own src_tap / dst_tap
+                if override:  # named by the edge, not by networks.<name>.tap
+                    resolve_module(self.networks[net], override.removesuffix(":in"), f"edge {e}: {role}_tap")
                 key = (net, kind.name, override or taps.get(net, {}).get(kind.name) or recorded)
                 if key not in found:
                     found[key] = kind.path(self.networks[net], key[2], self.task, sample)

@@ -167,7 +167,8 @@ def check_style_options(style: str, options: dict[str, Any], where: str) -> Styl
         if first["type"] == "extra_forbidden":
             allowed = ", ".join(STYLES[style].Options.model_fields)
             raise KDError(f"{where}.{key}: unknown option of style '{style}'; allowed: {allowed}") from None
-        raise KDError(f"{where}.{key}: {first['msg']} (got {first.get('input')!r})") from None
+        raise KDError(f"{where}.{key}: {first['msg'].removeprefix('Value error, ')} (got {first.get('input')!r})") \
+            from None
 
 
 def resolve_edges(routing: RoutingConfig, students: list[str], styles: dict[str, dict[str, Any]],

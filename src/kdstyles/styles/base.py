@@ -29,11 +29,11 @@ stand for several (a features edge at several depths).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 @dataclass
@@ -93,6 +93,18 @@ class MapOptions(StyleOptions):
         None, description="several depths: module paths tapped on both networks (e.g. [layer2, layer3, layer4]), "
                           "or [source, target] pairs; each pair is an edge of its own with its own adapter and "
                           "weight/n")
+
+    @field_validator("taps", mode="before")
+    @classmethod
+    def _paths_or_pairs(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        bad = next((v for v in (value if isinstance(value, list) else [value]) if not (isinstance(v, str) or (
+            isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(p, str) for p in v)))), None)
+        if not isinstance(value, list) or bad is not None:
+            raise ValueError("each item is a module path or a [source, target] pair of paths, e.g. [layer2, "
+                             "layer3] or [[layer3, layer2]]")
+        return value
 
 
 class Knowledge:
