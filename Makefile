@@ -1,4 +1,4 @@
-# make demo  -- set up .venv and train the demo (diverse vs kdml) on the embedded dataset
+# make demo  -- set up .venv and train the demo (a shared teacher; students alone, diverse, fitnet) on the embedded data
 # make test  -- set up .venv and run the test suite (in pytest-randomly's order for TEST_SEED;
 #               make test TEST_SEED=random shuffles anew and prints the seed to replay)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
