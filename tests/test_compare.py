@@ -95,6 +95,8 @@ def test_bad_presets_fail_before_any_run(tmp_path):
 
     with pytest.raises(KDError, match="--presets: 'dkdx' is not a preset"):
         compare(None, ["kd", "dkdx"], 1, tmp_path / "c", SMALL)
+    with pytest.raises(KDError, match="--presets: 'teacher' trains the teacher alone and has no students to compare"):
+        compare(None, ["student", "teacher"], 1, tmp_path / "c", SMALL, teacher="shared")
     assert not (tmp_path / "c").exists()
 
 

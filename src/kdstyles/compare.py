@@ -68,7 +68,11 @@ def preset_variants(presets: list[str], base, beside_edges: bool = False) -> lis
     routes by edges may still run named presets beside its own routing (--ablate)."""
     for p in presets:
         if p not in PRESETS and p != CUSTOM:
-            raise KDError(f"--presets: '{p}' is not a preset; allowed: {', '.join(PRESETS)}, {CUSTOM}")
+            compared = ", ".join(q for q, preset in PRESETS.items() if not preset.teacher_only)
+            raise KDError(f"--presets: '{p}' is not a preset; allowed: {compared}, {CUSTOM}")
+        if p in PRESETS and PRESETS[p].teacher_only:
+            raise KDError(f"--presets: '{p}' trains the teacher alone and has no students to compare; --teacher "
+                          "shared trains one such teacher per seed for the others")
     if len(set(presets)) != len(presets):
         raise KDError(f"--presets: a preset is named twice ({', '.join(presets)})")
     out = []
