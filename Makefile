@@ -22,7 +22,9 @@ demo: $(STAMP)
 	$(BIN)/kdstyles demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(if $(filter random,$(TEST_SEED)),,--randomly-seed=$(TEST_SEED))
+	@seed=$(if $(filter random,$(TEST_SEED)),$$($(BIN)/python -c 'import random; print(random.randrange(10**6))'),$(TEST_SEED)); \
+	echo "test order: pytest-randomly seed $$seed (make test TEST_SEED=$$seed replays it)"; \
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --randomly-seed=$$seed
 
 clean:
 	rm -rf $(VENV) runs
