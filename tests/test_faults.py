@@ -84,16 +84,25 @@ def test_signal_mid_epoch_checkpoints_and_resume_is_bit_identical(tmp_path, pres
         (1, 2, {"status": "interrupted", "stopped_at": info["stopped_at"]}, {})]
 
 
-def test_checkpoint_every_steps_resumes_exactly_from_mid_epoch(tmp_path):
+def test_checkpoint_every_steps_resumes_exactly_from_mid_epoch(tmp_path, monkeypatch):
     common = ["train.epochs=2", "train.checkpoint_every_steps=2", "data.augment.rotate90=true"]
     full = Experiment(None, overrides=tiny(tmp_path / "a", *common), quiet=True)
     snapshot = tmp_path / "snapshot"
-    calls = []
+    calls, writers = [], []
+    plain_init = checkpoints.Writer.__init__
+
+    def recorded(self, *args, **kwargs):
+        writers.append(self)
+        plain_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.Writer, "__init__", recorded)
 
     def copy_at_sixth_step(module, _i, _o):  # epoch 2, step 3: last.pt holds epoch 1 + 2 steps
         if module.training:
             calls.append(1)
             if len(calls) == 6:
+                for writer in writers:  # the background writer has landed that checkpoint (on a slow
+                    writer.wait()  # disk it may still be writing it, its temp file vanishing mid-copy)
                 shutil.copytree(full.run_dir, snapshot)
 
     full.cohort.networks["s2"].register_forward_hook(copy_at_sixth_step)
