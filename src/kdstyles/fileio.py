@@ -146,6 +146,35 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def write_npz(path: str | Path, arrays: dict[str, Any], compressed: bool = False) -> None:
+    """Numpy arrays as one ``.npz`` (no pickles), written atomically (:func:`atomic_write`)."""
+    import numpy as np
+
+    save = np.savez_compressed if compressed else np.savez
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            save(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def read_npz(path: str | Path) -> dict[str, Any] | None:
+    """The arrays of an ``.npz`` written by :func:`write_npz`, or None when it is missing or
+    damaged (a cache file is then simply made again)."""
+    import zipfile
+
+    import numpy as np
+
+    if not Path(path).is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 def make_folder(folder: Path, what: str = "folder") -> None:
     """``folder`` and its parents created (if missing), or one line saying why they cannot be:
     a file in the way, no permission."""

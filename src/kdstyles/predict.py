@@ -88,14 +88,15 @@ def _check_model(run: Callable[[np.ndarray], np.ndarray], side: dict, model: Pat
             takes = f"{len(declared) - 2}D inputs" if len(declared) != len(shape) else \
                 f"{wrong[1]} channels" if wrong[0] == 1 else f"inputs of size {wrong[1]}"
             raise KDError(f"{where}: the sidecar gives {given}, the model takes {takes}; {again}")
+    blank = np.zeros(shape, np.float32)
     try:
-        out = np.asarray(run(np.zeros(shape, np.float32)))
+        out = np.asarray(run(blank))
     except Exception as exc:  # noqa: BLE001 (onnxruntime and TorchScript raise their own types)
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise KDError(f"{where}: the sidecar gives {given}, on which the model fails ({reason}); {again}") from None
     task = TASKS[side.get("task", "classification")](len(side["class_names"]))
     try:
-        task.check_output(where, out, np.zeros(shape, np.float32))
+        task.check_output(where, out, blank)
     except KDError as exc:
         raise KDError(f"{exc} (the sidecar lists {len(side['class_names'])} class names); {again}") from None
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import KDError
-from .fileio import FolderLock, atomic_write, clean_temp_files, read_json, write_json, write_text
+from .fileio import FolderLock, clean_temp_files, read_json, write_json, write_npz, write_text
 
 STATUS_DONE = ("finished", "stopped early", "pruned")  # "pruned": kdstyles tune stopped it
 
@@ -150,13 +150,7 @@ class RunFolder:
 
     def write_outputs(self, arrays: dict[str, Any], split: str = "test") -> None:
         """Arrays beside eval.json: ``labels`` and ``out.<network>`` for each network (numpy, no pickles)."""
-        import numpy as np
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, **arrays)
-
-        atomic_write(self.outputs_file(split), write)
+        write_npz(self.outputs_file(split), arrays, compressed=True)
 
     def read_outputs(self, split: str = "test") -> dict[str, Any]:
         import zipfile

@@ -127,10 +127,10 @@ def read_coco(path: Path, images_root: Path | None, classes: list[str] | None) -
                       "images [{id, file_name}], annotations [{image_id, bbox, category_id}] and "
                       "categories [{id, name}]") from None
     for kind, listed in (("image", ids), ("category", cat_ids)):
-        same = next((i for i, k in Counter(listed).items() if k > 1), None)
+        same = next(((i, k) for i, k in Counter(listed).items() if k > 1), None)
         if same is not None:
-            raise KDError(f"COCO file '{path}': {Counter(listed)[same]} {kind} entries have id {same!r}; ids must be "
-                          f"unique (annotations point to {kind}s by id)")
+            raise KDError(f"COCO file '{path}': {same[1]} {kind} entries have id {same[0]!r}; ids must be unique "
+                          f"(annotations point to {kind}s by id)")
     twice = [name for name, k in Counter(by_id.values()).items() if k > 1]
     if twice:
         ids = [i for i, name in by_id.items() if name == twice[0]]
@@ -183,9 +183,10 @@ def read_kvasir(root: Path, classes: list[str] | None) -> tuple[list[Record], Li
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise KDError(f"'{listing}': not Kvasir-SEG's box file ({type(exc).__name__}: {exc}); it maps each "
                           "image name to {bbox: [{label, xmin, ymin, xmax, ymax}]}") from None
+        written = {stem: [f"'{listing}' entry '{stem}' box {n}" for n in range(len(bs))] for stem, bs in found.items()}
         for stem, found_boxes in found.items():
-            for n, b in enumerate(found_boxes):
-                _ordered(b[:4], f"'{listing}' entry '{stem}' box {n}", 2)
+            for b, where in zip(found_boxes, written[stem]):
+                _ordered(b[:4], where, 2)
         from ..imageio import is_image
         from .segfolder import pair_dirs
 
@@ -198,9 +199,7 @@ def read_kvasir(root: Path, classes: list[str] | None) -> tuple[list[Record], Li
         records = [Record(p, "", None) for p in files.values()]
         boxes = {str(p): np.array([[*b[:4], index[b[4]]] for b in found.get(stem, [])], np.float32).reshape(-1, 5)
                  for stem, p in files.items()}
-        origins = {str(p): [f"'{listing}' entry '{stem}' box {n}" for n in range(len(found.get(stem, [])))]
-                   for stem, p in files.items()}
-        return records, Listing(boxes, list(index), origins)
+        return records, Listing(boxes, list(index), {str(p): written.get(stem, []) for stem, p in files.items()})
     records, mask_of = list_pairs(root)
     from scipy import ndimage
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import KDError
+from ..fileio import read_npz, write_npz
 from ..imageio import VOLUME_SUFFIXES, is_volume
 
 
@@ -183,13 +184,12 @@ def prepare_cached(image_path: Path, label_path: Path | None, cfg: Any, num_clas
     if not use_cache or not image_path.is_file() or (label_path is not None and not label_path.is_file()):
         return prepare(image_path, label_path, cfg, num_classes)
     path = cache_folder() / f"{_cache_key(image_path, label_path, cfg)}.npz"
-    if path.is_file():
+    z = read_npz(path)
+    if z is not None:
         try:
-            with np.load(path, allow_pickle=False) as z:
-                mask = z["mask"] if "mask" in z.files else None
-                hit = Prepared(z["image"], mask, tuple(float(v) for v in z["spacing"]), z["affine"],
-                               z["source_affine"], tuple(int(v) for v in z["source_shape"]))
-        except (OSError, ValueError, KeyError, EOFError):
+            hit = Prepared(z["image"], z.get("mask"), tuple(float(v) for v in z["spacing"]), z["affine"],
+                           z["source_affine"], tuple(int(v) for v in z["source_shape"]))
+        except (KeyError, ValueError, TypeError):
             hit = None  # damaged: prepared again below
         if hit is not None:
             if num_classes is not None and hit.mask is not None and int(hit.mask.max(initial=0)) >= num_classes:
@@ -202,13 +202,7 @@ def prepare_cached(image_path: Path, label_path: Path | None, cfg: Any, num_clas
     if prepared.mask is not None:
         arrays["mask"] = prepared.mask
     try:
-        from ..fileio import atomic_write
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-
-        atomic_write(path, write)
+        write_npz(path, arrays)
     except KDError:
         pass  # an unwritable cache only costs time
     return prepared

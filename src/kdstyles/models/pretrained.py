@@ -116,12 +116,13 @@ def family_of(arch: str) -> str:
 def hub_file(arch: str, where: str) -> Path:
     """The cached (or freshly downloaded) ImageNet weights of ``arch``; offline, one line
     saying which file of which repository to fetch and where to put it."""
-    from huggingface_hub import constants, hf_hub_download
-
     import logging
+
+    from huggingface_hub import constants, hf_hub_download
 
     repo = HUB_REPOS[arch]
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    resolves = True
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)  # its retry lines ("Retrying in 8s ...") would break the one-line error
@@ -129,13 +130,13 @@ def hub_file(arch: str, where: str) -> Path:
         try:
             return Path(hf_hub_download(repo, HUB_FILE, local_files_only=True))  # the cache first, no request
         except Exception:  # noqa: BLE001 (not cached)
-            if offline or not _hub_resolves(constants.ENDPOINT):  # no name lookup: no network, no retries
-                offline = offline or "no-dns"
+            resolves = offline or _hub_resolves(constants.ENDPOINT)  # no name lookup: no network, no retries
+            if offline or not resolves:
                 raise
         return Path(hf_hub_download(repo, HUB_FILE))
     except Exception as exc:  # huggingface_hub raises its own types for offline, network and HTTP failures
-        reason = "the hub's host name does not resolve: no network" if offline == "no-dns" else \
-            "offline (HF_HUB_OFFLINE=1)" if offline else {
+        reason = "offline (HF_HUB_OFFLINE=1)" if offline else \
+            "the hub's host name does not resolve: no network" if not resolves else {
             "LocalEntryNotFoundError": "the hub cannot be reached", "GatedRepoError": "the repository is gated",
             "RepositoryNotFoundError": "no such repository", "EntryNotFoundError": "no such file in it",
         }.get(type(exc).__name__, type(exc).__name__)

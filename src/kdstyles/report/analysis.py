@@ -34,6 +34,7 @@ class Study:
     target: str = TARGET
     manifest: dict[str, Any] = field(default_factory=dict)
     compared: dict[tuple, dict[str, Any] | None] = field(default_factory=dict)  # _compare's answers (drawing is slow)
+    closure: list[dict[str, Any]] | None = None  # gap_closure's answer, drawn once for findings, tables and report
 
     @property
     def seeds(self) -> list[int]:
@@ -198,8 +199,12 @@ def gap_closure(study: Study) -> list[dict[str, Any]]:
     with a bootstrap interval drawing each seed's test images once for all three networks (the
     paired differences' machinery). 1 (100%): the student reaches its teacher; 0: no better than
     alone; below 0: worse. None where the teacher does not lead."""
-    if INDEPENDENT not in presets_in(study.rows):
-        return []
+    if study.closure is None:
+        study.closure = _gap_closure(study) if INDEPENDENT in presets_in(study.rows) else []
+    return study.closure
+
+
+def _gap_closure(study: Study) -> list[dict[str, Any]]:
     out = []
     for preset in presets_in(study.rows):
         if preset == INDEPENDENT:
@@ -221,13 +226,11 @@ def gap_closure(study: Study) -> list[dict[str, Any]]:
                     dens.append(den)
             if not gains:
                 continue
-            sign = -1 if lower_is_better(study.metric) else 1
             gain, lead = float(np.mean(gains)), float(np.mean(leads))
-            share, lo, hi = (gain / lead, float("nan"), float("nan")) if sign * lead > 0 else (float("nan"),) * 3
-            if sign * lead > 0 and len(nums) == len(gains) and (sign > 0 or all(
-                    isinstance(d, np.ndarray) for d in nums + dens)):  # every seed paired image by image
-                flip = (lambda d: d) if sign > 0 else (lambda d: -d)  # lower is better: both differences negated
-                share, lo, hi = paired_ratio_interval([flip(d) for d in nums], [flip(d) for d in dens])
+            leads_the_way = lead < 0 if lower_is_better(study.metric) else lead > 0
+            share, lo, hi = (gain / lead, float("nan"), float("nan")) if leads_the_way else (float("nan"),) * 3
+            if leads_the_way and len(nums) == len(gains):  # every seed paired image by image (paired metrics
+                share, lo, hi = paired_ratio_interval(nums, dens)  # are higher-is-better: metrics.paired_metric)
             out.append({"preset": preset, "network": net, "share": share, "lo": lo, "hi": hi, "gain": gain,
                         "lead": lead, "n": len(gains), "text": share_text(share, lo, hi)})
     return out

@@ -42,8 +42,7 @@ class DKDOptions(LogitOptions):
                                              "20 of 240)")
 
 
-def dkd_terms(source: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, options: LogitOptions
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def dkd_terms(source: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD) per row: ``source``/``target`` softened logits rows (N, K), ``labels`` (N,)."""
     gt = F.one_hot(labels.long(), source.shape[1]).bool()
     terms = []
@@ -67,7 +66,7 @@ class DKD(Style):
 
     def compute(self, source, target, options, task, context):
         rows_src, rows_dst = class_rows(soften(source, options)), class_rows(soften(target, options))
-        tckd, nckd = dkd_terms(rows_src, rows_dst, context.labels.reshape(-1), options)
+        tckd, nckd = dkd_terms(rows_src, rows_dst, context.labels.reshape(-1))
         loss = (options.alpha * tckd + options.beta * nckd).mean()
         loss = loss * options.temperature**2 if options.t2_scaling else loss
         return loss * (min(context.epoch / options.warmup, 1.0) if options.warmup else 1.0)
