@@ -125,3 +125,18 @@ def assert_same_label_rows(a: list[list[str]], b: list[list[str]], tol: float = 
         assert ra[0] == rb[0] and np.abs(pa - pb).max() <= tol, (ra, rb)
         near = np.abs(pa - 0.5) <= tol
         assert ra[1] == rb[1] or near.any(), (ra, rb)
+
+
+def write_npz(path, n=(40, 10, 10), size=28, channels=3, classes=9, multilabel=False, drop=None, seed=0):
+    """A MedMNIST-format npz file of random images (train, val, test: ``n`` each); returns its arrays."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n):
+        shape = (count, size, size, channels) if channels == 3 else (count, size, size)
+        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+        labels = rng.integers(0, 2, (count, 14)) if multilabel else (np.arange(count) % classes)[:, None]
+        arrays[f"{split}_labels"] = labels.astype(np.uint8)
+    if drop:
+        arrays.pop(drop)
+    np.savez_compressed(path, **arrays)
+    return arrays

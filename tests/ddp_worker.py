@@ -58,7 +58,9 @@ def main() -> None:
     taps = {"tap": "body.3"}  # 8 channels in every network: no adapter (adapters carry BatchNorm)
     config = {"networks": {"teacher": taps, "students": {"s1": taps, "s2": taps}},
               "data": {"image_size": 16, "train_samples": 64, "val_samples": 30, "test_samples": 10,
-                       "batch_size": 16, "augment": {"hflip": True, "vflip": True}},
+                       "batch_size": 16, "augment": {"hflip": True, "vflip": True},
+                       # unlabelled images: each process takes its strided share, as of the labelled batch
+                       "unlabeled": {"source": "synthetic", "samples": 24}, "unlabeled_batch_size": 8},
               "train": {"epochs": epochs}, "output": {"dir": out, "name": "run", "tensorboard": True}}
     if mode == "volumes":
         exp = volume_experiment(out, epochs)

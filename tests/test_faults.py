@@ -56,9 +56,15 @@ class SignalAt:
                 os.kill(os.getpid(), self.sig)
 
 
-@pytest.mark.parametrize("preset", ["diverse", "ctsl-mkt"])
+# unlabelled images and mixed views are drawn from (seed, epoch, step): a resumed run draws the same
+UNLABELED_MIXED = "diverse data.unlabeled.source=synthetic data.unlabeled.samples=20 data.unlabeled_batch_size=8 " \
+                  "data.mix.mixup=0.4 data.mix.cutmix=1"
+
+
+@pytest.mark.parametrize("preset", ["diverse", "ctsl-mkt", UNLABELED_MIXED])
 def test_signal_mid_epoch_checkpoints_and_resume_is_bit_identical(tmp_path, preset):
-    common = ["train.epochs=3", "data.augment.rotate90=true", f"routing.preset={preset}"]
+    common = ["train.epochs=3", "data.augment.rotate90=true", f"routing.preset={preset.split()[0]}",
+              *preset.split()[1:]]
     full = Experiment(None, overrides=tiny(tmp_path / "a", *common), quiet=True)
     full.fit()
 

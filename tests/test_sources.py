@@ -13,24 +13,12 @@ from PIL import Image
 from kdstyles import Experiment, KDError, load_config
 from kdstyles.data import EpochBatchSampler, build_data
 from kdstyles.data.sources import medmnist
-from conftest import SEG
+from conftest import SEG, write_npz
 
 FAST = ["data.batch_size=8", "networks.teacher.widen=0.25", "networks.students.s1.widen=0.125",
         "networks.students.s2.widen=0.125", "train.epochs=1"]
 
 
-def write_npz(path, n=(40, 10, 10), size=28, channels=3, classes=9, multilabel=False, drop=None, seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, count in zip(("train", "val", "test"), n):
-        shape = (count, size, size, channels) if channels == 3 else (count, size, size)
-        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
-        labels = rng.integers(0, 2, (count, 14)) if multilabel else (np.arange(count) % classes)[:, None]
-        arrays[f"{split}_labels"] = labels.astype(np.uint8)
-    if drop:
-        arrays.pop(drop)
-    np.savez_compressed(path, **arrays)
-    return arrays
 
 
 def test_medmnist_multiclass_rgb_and_gray(tmp_path):

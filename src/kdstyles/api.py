@@ -102,7 +102,8 @@ class Experiment:
             status = f"preparing {n} synthetic images" if d.source == "synthetic" else f"loading {d.source} data"
             with console.status(status) if d.source != "folder" and d.source != "csv" else nullcontext():
                 self._data = build_data(d, self.cfg.train.seed, run_dir=self.run_dir, quiet=self.quiet,
-                                        task=self.cfg.task, normalize=self.cfg.normalisation)
+                                        task=self.cfg.task, normalize=self.cfg.normalisation,
+                                        unlabeled=bool(self.cfg.edges))
             self._warnings += [("data warning", w.message) for w in self._data.report.warnings]
         return self._data
 
@@ -152,9 +153,11 @@ class Experiment:
             return self.cohort, self.data, False
         few = d.model_copy(update={k: min(getattr(d, k), self.PREVIEW)
                                    for k in ("train_samples", "val_samples", "test_samples")})
+        if d.unlabeled is not None and d.unlabeled.source == "synthetic":
+            few.unlabeled = d.unlabeled.model_copy(update={"samples": min(d.unlabeled.samples, self.PREVIEW)})
         # check=False: the counts of a few items (a class without images) say nothing of the data
         bundle = build_data(few, self.cfg.train.seed, quiet=True, check=False, task=self.cfg.task,
-                            normalize=self.cfg.normalisation)
+                            normalize=self.cfg.normalisation, unlabeled=bool(self.cfg.edges))
         if self._cohort is None and not self.folder.trained():  # (a trained run's shapes are in run.json)
             self._cohort = build_cohort(self.cfg, bundle.num_classes, bundle.channels, bundle.image_size, self.modules)
             self._warnings += [("warning", w) for w in self._cohort.warnings]
@@ -188,6 +191,11 @@ class Experiment:
             "class_names": self.data.class_names, "normalize": {"mean": self.data.mean, "std": self.data.std},
             "image_size": self.data.image_size, "channels": self.data.channels,
             "train_counts": self.data.report.counts.get("train"), "train_images": len(self.data.splits["train"]),
+            "unlabeled": None if self.data.unlabeled is None else {
+                "source": self.cfg.data.unlabeled.source, "images": len(self.data.unlabeled),
+                "about": self.data.unlabeled_about,
+                "batch_size": self.cfg.data.unlabeled_batch_size or self.cfg.data.batch_size},
+            "mix": self.cfg.data.mix.model_dump() if self.cfg.data.mix.on else None,
             "status": "created",
         }
         self.folder.write_info(info)

@@ -130,6 +130,18 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
         console.print(f"  data  {d.source}: {exp.PREVIEW} {unit} of each split generated and checked; the "
                       f"{d.train_samples + d.val_samples + d.test_samples:,} are generated when training starts",
                       highlight=False)
+    u = exp.cfg.data.unlabeled
+    if data.unlabeled is not None:
+        later = f" ({u.samples:,} when training starts)" if previewed and u.source == "synthetic" else ""
+        console.print(f"  unlabelled  {data.unlabeled_about}, checked against every labelled split{later}; "
+                      f"{exp.cfg.data.unlabeled_batch_size or exp.cfg.data.batch_size} drawn with each labelled "
+                      "batch for the distillation edges", highlight=False)
+    elif u is not None:
+        console.print("  unlabelled  not used: no distillation edge to learn from them", highlight=False)
+    if exp.cfg.data.mix.on:
+        m = exp.cfg.data.mix
+        console.print(f"  mix  mixup {m.mixup:g}, CutMix {m.cutmix:g}, on {m.prob:.0%} of the training batches",
+                      highlight=False)
     for e in cohort.edges:
         console.print(f"  edge  {e}", highlight=False)
     for name, net in cohort.networks.items():

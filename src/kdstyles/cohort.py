@@ -20,6 +20,7 @@ import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -263,11 +264,20 @@ class Cohort(nn.Module):
                     outs[key] = NetOutput(shadow(x))
         return outs
 
-    def losses(self, outs: dict[str, NetOutput], y: torch.Tensor) -> dict[str, NetLoss]:
+    def losses(self, outs: dict[str, NetOutput], y: torch.Tensor, labelled: int | None = None,
+               mix: Any = None) -> dict[str, NetLoss]:
+        """Every trainable network's loss. ``labelled``: the batch's first ``labelled`` rows have
+        the labels ``y`` and the rest none (``data.unlabeled``): the supervised term and the
+        styles that consume labels see the labelled rows, every other edge sees all. ``mix``: the
+        step's :class:`~kdstyles.data.mix.MixDraw`, whose labels the task mixes."""
         result = {}
+        n = len(y) if labelled is None else labelled
+        rows = slice(0, n)
         for name in self.trainable:
             sup = self.task.loss_name
-            terms = {sup: self.task.supervised(outs[name].logits, y, self.class_weights)}
+            logits = outs[name].logits
+            terms = {sup: self.task.supervised_mixed(logits[rows] if len(logits) > n else logits, y, mix,
+                                                     self.class_weights)}
             distill = []
             for i, e in enumerate(self.edges):
                 if e.dst != name:
@@ -280,7 +290,9 @@ class Cohort(nn.Module):
                 if key in self.adapters:
                     target, source = self.adapters[key](target, source)
                 style = STYLES[e.style]
-                context = Context(y if style.labels else None, self.epoch)
+                if style.labels and len(target) > n:  # the labelled rows only
+                    source, target = source[rows], target[rows]
+                context = Context(self.task.style_labels(y, mix) if style.labels else None, self.epoch)
                 term = style.compute(source, target, e.options, self.task, context)
                 label = e.term if e.term not in terms else f"{e.term}#{i}"
                 terms[label] = term
@@ -300,8 +312,9 @@ class TrainStep(nn.Module):
         super().__init__()
         self.cohort = cohort
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor | None = None) -> dict[str, NetLoss]:
-        return self.cohort.losses(self.cohort(x, keys=keys), y)
+    def forward(self, x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor | None = None,
+                labelled: int | None = None, mix: Any = None) -> dict[str, NetLoss]:
+        return self.cohort.losses(self.cohort(x, keys=keys), y, labelled, mix)
 
     def outside_ddp(self) -> list[str]:
         """Parameter and buffer names DDP must leave alone: frozen networks and shadows."""

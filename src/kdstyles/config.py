@@ -62,6 +62,61 @@ def _folder_name(v: str | None) -> str | None:
     return v
 
 
+class MixConfig(Strict):
+    """Mixed views (timm's conventions): each training batch is mixed, with probability ``prob``,
+    by mixup (the batch blended with itself reversed, lambda ~ Beta(mixup, mixup)) or CutMix (a
+    box of the reversed batch pasted in, its area 1 - lambda, lambda ~ Beta(cutmix, cutmix));
+    with both on, CutMix is chosen with probability ``switch_prob``. Every network sees the
+    mixed images; the supervised loss mixes the labels (or, CutMix, the masks) and distillation
+    compares outputs on the mixed image."""
+
+    mixup: float = Field(0.0, ge=0, description="mixup's Beta alpha (0: off; timm's recipes use 0.8)")
+    cutmix: float = Field(0.0, ge=0, description="CutMix's Beta alpha (0: off; timm's recipes use 1.0)")
+    prob: float = Field(1.0, ge=0, le=1, description="share of training batches that are mixed")
+    switch_prob: float = Field(0.5, ge=0, le=1, description="with mixup and cutmix both on: the chance of CutMix")
+
+    @property
+    def on(self) -> bool:
+        return self.prob > 0 and (self.mixup > 0 or self.cutmix > 0)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The mixes this config can draw: mixup, cutmix."""
+        return [k for k in ("mixup", "cutmix") if getattr(self, k) > 0] if self.prob > 0 else []
+
+
+UNLABELED_SOURCES = ("synthetic", "folder", "csv", "medmnist")
+
+
+class UnlabeledConfig(Strict):
+    """Images without labels for the distillation edges (the supervised loss never sees them):
+    the embedded generator's extra images (``synthetic``, ``samples`` of them, their labels
+    withheld), a folder tree searched at any depth (``folder``, ``root``; labels and class
+    folders ignored; volume files with spatial_dims 3), a CSV's ``path`` column (``csv``,
+    ``path``), or a MedMNIST file's split without its labels (``medmnist``, ``flag``, ``size``,
+    ``split``)."""
+
+    source: Literal[UNLABELED_SOURCES] = Field(  # type: ignore[valid-type]
+        ..., description="synthetic, folder, csv or medmnist")
+    samples: Optional[int] = Field(None, ge=1, description="synthetic: how many images (required); others: use at "
+                                                            "most this many (a seeded draw)")
+    root: Optional[str] = Field(None, description="folder: the tree of image (or volume) files; medmnist: folder of "
+                                                  "the npz files (default ~/.medmnist)")
+    path: Optional[str] = Field(None, description="csv: a CSV file with a path column (paths relative to it)")
+    flag: Optional[str] = Field(None, description="medmnist: pathmnist, dermamnist, ...")
+    size: Literal[28, 64, 128, 224] = Field(28, description="medmnist: which file (image size) to read")
+    split: Literal["train", "val", "test"] = Field("train", description="medmnist: the split whose images are used")
+
+    _paths = field_validator("root", "path")(_home)
+
+    @model_validator(mode="after")
+    def _needs(self) -> "UnlabeledConfig":
+        needs = {"synthetic": "samples", "folder": "root", "csv": "path", "medmnist": "flag"}[self.source]
+        if getattr(self, needs) is None:
+            raise ValueError(f"source '{self.source}' needs data.unlabeled.{needs}")
+        return self
+
+
 class DataConfig(Strict):
     """Where images come from and how they are prepared.
 
@@ -143,6 +198,13 @@ class DataConfig(Strict):
     on_duplicates: Literal["error", "warn"] = Field("error", description="identical images across splits")
     imbalance_ratio: float = Field(20.0, gt=1, description="warn when largest/smallest class count exceeds this")
     augment: AugmentConfig = AugmentConfig()
+    unlabeled: Optional[UnlabeledConfig] = Field(
+        None, description="images without labels, used by every distillation edge (teacher and peer) beside the "
+                          "labelled ones: {source: synthetic, samples: N}, {source: folder, root: DIR}, "
+                          "{source: csv, path: FILE}, {source: medmnist, flag: F, split: train}")
+    unlabeled_batch_size: Optional[int] = Field(None, ge=1, description="unlabelled images drawn with every "
+                                                "labelled batch; default: data.batch_size")
+    mix: MixConfig = MixConfig()
 
     @field_validator("spacing")
     @classmethod
@@ -438,6 +500,9 @@ class ExperimentConfig(Strict):
             raise KDError("networks.teacher.cache: needs mode offline and no random augmentation "
                           "(data.augment: hflip, vflip, rotate90 false and rotate, zoom, shift, shear, intensity 0) "
                           "and no random patches (data.patch_size, decathlon)")
+        if t.cache and self.data.mix.on:
+            raise KDError("networks.teacher.cache: mixed views (data.mix) differ at every step, so the teacher's "
+                          "outputs cannot be kept; set networks.teacher.cache: false")
         return self
 
     @property

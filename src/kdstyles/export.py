@@ -193,6 +193,10 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
                    if sidecar["task"] == "segmentation" else
                    " (sliding windows of the input's size over the whole volume)." if sidecar["volumes"]["windows"]
                    else "."))
+    unl, mix = info.get("unlabeled"), info.get("mix")
+    extra = (f" Its distillation edges also learned from {unl['about']}, without their labels." if unl else "") + \
+        (f" Training batches were mixed (mixup {mix['mixup']:g}, CutMix {mix['cutmix']:g}, probability "
+         f"{mix['prob']:g})." if mix else "")
     unfinished = "" if info.get("status") == "finished" else \
         f" of {cfg.train.epochs} (**the run is {info.get('status')}: it has not finished**)"
     return f"""# Model card: `{network}` from `{sidecar['run_dir']}`
@@ -203,7 +207,7 @@ Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`),
 ## Task and data
 
 {task.title} of {sidecar['input']['channels']}-channel {sidecar['input']['height']} px {kind} into
-{len(sidecar['class_names'])} classes: {', '.join(sidecar['class_names'])}. Trained on {source}.
+{len(sidecar['class_names'])} classes: {', '.join(sidecar['class_names'])}. Trained on {source}.{extra}
 
 ## Training
 

@@ -343,6 +343,72 @@ class EpochBatchSampler(Sampler):
             yield [(self.epoch, i) for i in batch[self.rank::self.world]]
 
 
+class JointDataset(Dataset):
+    """The labelled training split and the unlabelled images behind one loader: keys are
+    ``(part, epoch, index)``, part 0 labelled, 1 unlabelled."""
+
+    def __init__(self, labelled: ImageDataset, unlabeled: ImageDataset):
+        self.labelled, self.unlabeled = labelled, unlabeled
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def __getitem__(self, key):
+        part, epoch, index = key
+        return part, *(self.unlabeled if part else self.labelled)[(epoch, index)]
+
+
+def joint_collate(items: list) -> tuple:
+    """A joint batch: ``(labelled images, labels, labelled indices, unlabelled images, unlabelled
+    indices)``."""
+    from torch.utils.data import default_collate
+
+    labelled = default_collate([it[1:] for it in items if it[0] == 0])
+    unlabeled = [it for it in items if it[0] == 1]
+    return (*labelled, torch.stack([it[1] for it in unlabeled]), torch.tensor([it[3] for it in unlabeled]))
+
+
+class JointBatchSampler(Sampler):
+    """Each labelled batch of ``labelled`` (an :class:`EpochBatchSampler`) with ``batch`` unlabelled
+    keys (``(1, pass, index)``). The unlabelled images are drawn in passes, each a permutation
+    seeded by (seed, pass), step after step across epochs: the images of a step are a pure
+    function of the seed, the epoch and the step (a resumed run draws what it would have), and
+    every unlabelled image is drawn once per pass however the two sizes compare. Several
+    processes take strided shares, as of the labelled batch."""
+
+    def __init__(self, labelled: EpochBatchSampler, n: int, batch: int, seed: int):
+        self.labelled, self.n, self.batch, self.seed = labelled, n, batch, seed
+        self._orders: dict[int, list[int]] = {}
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.labelled.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def _order(self, k: int) -> list[int]:
+        if k not in self._orders:
+            self._orders = {j: o for j, o in self._orders.items() if j >= k - 1}
+            g = torch.Generator().manual_seed(_mix(self.seed, 0x55, k))
+            self._orders[k] = torch.randperm(self.n, generator=g).tolist()
+        return self._orders[k]
+
+    def unlabeled_keys(self, step: int) -> list[tuple[int, int, int]]:
+        """The unlabelled keys of the ``step``-th training step counted over all epochs."""
+        keys = []
+        for p in range(step * self.batch, (step + 1) * self.batch):
+            k, offset = divmod(p, self.n)
+            keys.append((1, k, self._order(k)[offset]))
+        return keys
+
+    def __iter__(self):
+        lab = self.labelled
+        steps = len(lab)
+        for step, batch in enumerate(lab, start=lab.start):
+            mine = self.unlabeled_keys(lab.epoch * steps + step)[lab.rank::lab.world]
+            yield [(0, e, i) for e, i in batch] + mine
+
+
 @dataclass
 class DataBundle:
     """The splits of one experiment plus what a model needs to know about them."""
@@ -356,6 +422,8 @@ class DataBundle:
     report: checks.DataReport | None = None
     split_table: tuple | None = None  # folder/csv: (records, labels, splits, base) to save
     sampler: str = "uniform"
+    unlabeled: ImageDataset | None = None  # data.unlabeled's images, prepared as the training split's
+    unlabeled_about: str | None = None  # what they are, e.g. "10000 images from folder data/more"
 
     @property
     def num_classes(self) -> int:
@@ -363,8 +431,10 @@ class DataBundle:
 
     def loader(self, split: str, batch_size: int, train: bool = False, num_workers: int = 0,
                seed: int = 0, max_batches: int | None = None, persistent_workers: bool = False,
-               shard: tuple[int, int] = (0, 1)) -> DataLoader:
-        """Batches of (images, labels, sample indices)."""
+               shard: tuple[int, int] = (0, 1), unlabeled_batch: int | None = None) -> DataLoader:
+        """Batches of (images, labels, sample indices); for the training split with
+        ``unlabeled_batch`` and unlabelled images, joint batches that add ``unlabeled_batch``
+        unlabelled images and their indices (:func:`joint_collate`)."""
         ds = self.splits[split]
         balanced = train and self.sampler == "balanced"
         if ds.window:  # whole volumes of any shape: one at a time
@@ -372,7 +442,11 @@ class DataBundle:
         sampler = EpochBatchSampler(len(ds), batch_size, shuffle=train, seed=seed,
                                     max_batches=max_batches if train else None,
                                     labels=ds.labels if balanced else None, shard=shard)
-        return DataLoader(ds, batch_sampler=sampler, num_workers=num_workers,
+        collate = None
+        if train and unlabeled_batch and self.unlabeled is not None:
+            sampler = JointBatchSampler(sampler, len(self.unlabeled), unlabeled_batch, seed)
+            ds, collate = JointDataset(ds, self.unlabeled), joint_collate
+        return DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
                           persistent_workers=persistent_workers and num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
@@ -388,12 +462,15 @@ class DataBundle:
 
 
 def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = True,
-               check: bool = True, task: str = "classification", normalize: str | None = None) -> DataBundle:
+               check: bool = True, task: str = "classification", normalize: str | None = None,
+               unlabeled: bool = True) -> DataBundle:
     """Load and check every split of the configured source (``cfg``: the config's ``data``
     section) and fit the normalisation.
 
     ``check=False`` returns the bundle with its report even when the data has errors
-    (``kdstyles data inspect``); otherwise the first error is raised before anything else."""
+    (``kdstyles data inspect``); otherwise the first error is raised before anything else.
+    ``unlabeled``: load ``data.unlabeled`` too (a run without distillation edges has no use for
+    it); its images are checked against every labelled split (:mod:`kdstyles.data.unlabeled`)."""
     task_cls = TASKS[task]
     loaded = SOURCES[cfg.source].load(cfg, seed, task_cls, run_dir, quiet)
     report, stored = loaded.report, loaded.splits
@@ -424,8 +501,20 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
                               dims=cfg.dims, patch=patch, train=s == "train", positive=cfg.patch_positive,
                               spacing=v.spacing, window_batch=cfg.batch_size, overlap=cfg.patch_overlap)
               for s, v in stored.items()}
-    return DataBundle(splits, loaded.class_names, channels, patch or size, mean.tolist(), std.tolist(), report,
-                      loaded.split_table, cfg.sampler)
+    bundle = DataBundle(splits, loaded.class_names, channels, patch or size, mean.tolist(), std.tolist(), report,
+                        loaded.split_table, cfg.sampler)
+    if unlabeled and cfg.unlabeled is not None:
+        from .unlabeled import check_overlap, load_unlabeled
+
+        found = load_unlabeled(cfg, task_cls, seed, channels, size, patch, quiet)
+        report.problems += [checks.Problem("warning", w) for w in check_overlap(found, stored)]
+        # no masks or boxes to move: every geometric augmentation applies
+        views = build_augment(cfg.augment, patch or size, dims=cfg.dims)
+        bundle.unlabeled = ImageDataset(np.zeros(len(found), np.int64), mean, std, views, _mix(seed, 0x55),
+                                        found.images, found.paths, channels, size, dims=cfg.dims, patch=patch,
+                                        train=True, positive=0.0)
+        bundle.unlabeled_about = found.description
+    return bundle
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

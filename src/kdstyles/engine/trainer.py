@@ -19,6 +19,7 @@ import torch
 
 from .. import checkpoints, distributed
 from ..cohort import Cohort, TrainStep
+from ..data.mix import Mixer
 from ..errors import Interrupted, KDError, TrainingDiverged
 from ..evaluate import ENSEMBLE, mean_rows, one_by_one, predict_probs, score, score_volumes
 from ..runfolder import RunFolder
@@ -52,12 +53,20 @@ class Trainer:
                           f"{self.dist.world} processes")
         workers = dict(num_workers=resolve_workers(cfg.data.num_workers, self.device),
                        persistent_workers=cfg.data.persistent_workers, shard=(self.dist.rank, self.dist.world))
+        # unlabelled images for the distillation edges (data.unlabeled), drawn with every labelled batch
+        self.unlabeled_batch = (cfg.data.unlabeled_batch_size or cfg.data.batch_size) \
+            if data.unlabeled is not None and cohort.edges else 0
+        if self.unlabeled_batch % self.dist.world:
+            raise KDError(f"data.unlabeled_batch_size {self.unlabeled_batch} is a global batch and must divide by "
+                          f"the {self.dist.world} processes")
         self.train_loader = data.loader("train", cfg.data.batch_size, train=True, seed=cfg.train.seed,
-                                        max_batches=cfg.train.max_steps_per_epoch, **workers)
+                                        max_batches=cfg.train.max_steps_per_epoch,
+                                        unlabeled_batch=self.unlabeled_batch, **workers)
+        self.mixer = Mixer(cfg.data.mix, cfg.train.seed)
         self.val_loader = data.loader("val", cfg.data.batch_size, **workers)
         self.use_cache = cfg.networks.teacher.cache and bool(cohort.frozen)
-        if self.use_cache:
-            cohort.enable_cache(len(data.splits["train"]))
+        if self.use_cache:  # unlabelled images are cached after the labelled ones
+            cohort.enable_cache(len(data.splits["train"]) + (len(data.unlabeled) if self.unlabeled_batch else 0))
         self.model = self.rt.wrap(TrainStep(cohort))
         self.stop = GracefulStop()
         self.writer = checkpoints.Writer()  # last.pt and best checkpoints, written while training goes on
@@ -243,11 +252,22 @@ class Trainer:
         optimizers = list(self.optim.optimizers.values())
         label = f"{epoch + 1}/{self.cfg.train.epochs}"
         unit = "vol" if self.cfg.data.dims == 3 else "img"
-        with self.log.epoch_progress(label, total_steps, start, self.cfg.data.batch_size, unit) as progress:
+        drawn = self.cfg.data.batch_size + self.unlabeled_batch  # images a step draws, labelled or not
+        n_train = len(self.data.splits["train"])
+        with self.log.epoch_progress(label, total_steps, start, drawn, unit) as progress:
             for step, batch in enumerate(self._batches(), start=start):
                 x, y, keys = self.rt.batch(*batch[:2], batch[2] if self.use_cache else None)
+                labelled = None
+                if len(batch) > 3:  # a joint batch: the unlabelled images follow the labelled ones
+                    labelled = len(x)
+                    x = torch.cat([x, self.rt.images(batch[3])])
+                    if keys is not None:
+                        keys = torch.cat([keys, batch[4].to(keys.device) + n_train])
+                mix = self.mixer.draw(epoch, step, tuple(x.shape[2:]))
+                if mix is not None:
+                    x = mix.images(x, labelled)
                 with self.rt.autocast():
-                    losses = self.model(x, y, keys)
+                    losses = self.model(x, y, keys, labelled, mix)
                 total = torch.stack([nl.total.float() for nl in losses.values()]).sum()
                 diverged, stop = distributed.any_flags([not bool(torch.isfinite(total)), self.stop.requested],
                                                        self.dist, self.device)

@@ -40,6 +40,9 @@ class Task:
     title: ClassVar[str]  # the task in a model card's words ("Multi-label classification")
     classes_are: ClassVar[str] = ""  # where exclusive_classes is False: what its classes are instead
     output_words: ClassVar[str]  # what an exported model returns, for model cards
+    # data.mix: the mixes whose labels this task can mix, and why the others are refused
+    mixes: ClassVar[tuple[str, ...]] = ("mixup", "cutmix")
+    mix_refusal: ClassVar[str] = ""
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
@@ -76,6 +79,9 @@ class Task:
         if cfg.data.patch_size is not None and not ((cls.dense or cls.boxes) and cfg.data.dims == 3):
             raise KDError(f"data.patch_size: patches are for 3D segmentation and detection (task {cls.name}, "
                           f"spatial_dims {cfg.data.dims}); leave it out")
+        refused = [k for k in cfg.data.mix.kinds if k not in cls.mixes]
+        if refused:
+            raise KDError(f"data.mix.{refused[0]}: task {cls.name} {cls.mix_refusal}; set data.mix.{refused[0]}: 0")
         if cfg.data.dims == 3 and not cls.volumes:
             raise KDError(f"data.spatial_dims: task {cls.name} is 2D only; use spatial_dims: 2")
         if not cls.exclusive_classes:
@@ -99,6 +105,31 @@ class Task:
 
     def supervised(self, logits, y, class_weights):
         raise NotImplementedError
+
+    def mix_targets(self, y, mix):
+        """What the supervised loss learns on a mixed batch (``mix``: a
+        :class:`~kdstyles.data.mix.MixDraw`): ``(y_a, y_b, lam)`` for ``lam * L(y_a) + (1 - lam)
+        * L(y_b)``; by default the labels and those of the reversed batch (the loss of mixed
+        one-hot or multi-hot targets, as timm's mixup targets)."""
+        return y, y.flip(0), mix.lam
+
+    def supervised_mixed(self, logits, y, mix, class_weights):
+        """The supervised loss of a batch that may be mixed (``mix`` None: not mixed)."""
+        if mix is None:
+            return self.supervised(logits, y, class_weights)
+        y_a, y_b, lam = self.mix_targets(y, mix)
+        if lam >= 1:
+            return self.supervised(logits, y_a, class_weights)
+        return lam * self.supervised(logits, y_a, class_weights) + (1 - lam) * self.supervised(logits, y_b,
+                                                                                                 class_weights)
+
+    def style_labels(self, y, mix):
+        """The labels a style that consumes them (DKD's target class) sees on a mixed batch: those
+        of the larger share of each image."""
+        if mix is None:
+            return y
+        y_a, y_b, lam = self.mix_targets(y, mix)
+        return y_a if lam >= 0.5 else y_b
 
     def class_weights(self, counts: list[int], images: int | None):
         """``loss.class_weights: balanced`` from the training split's count per class: each

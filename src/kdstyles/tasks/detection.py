@@ -41,6 +41,8 @@ class Detection(EncoderDecoderTask):
     arch_hint = "an encoder-decoder body for the CenterNet head (unet, basicunet, flexunet-<encoder>)"
     title = "Detection"
     output_words = "heatmap probabilities per class and the box channels per pixel"
+    mixes = ()
+    mix_refusal = "cannot mix its boxes (a box-correct mix is not built)"
 
     def __init__(self, num_classes: int, box_weight: float = 1.0, max_detections: int = 100):
         super().__init__(num_classes)

@@ -28,6 +28,8 @@ class Segmentation(EncoderDecoderTask):
     arch_hint = "an encoder-decoder (unet, basicunet, flexunet-<encoder>)"
     title = "Segmentation"
     output_words = "per-pixel class probabilities"
+    mixes = ("cutmix",)
+    mix_refusal = "mixes masks by CutMix only (a blend of two masks is not a mask)"
 
     def __init__(self, num_classes: int, dice_weight: float = 1.0, hd95: bool = False):
         super().__init__(num_classes)
@@ -44,6 +46,11 @@ class Segmentation(EncoderDecoderTask):
 
             self._dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=self.dice_weight, lambda_ce=1.0)
         return self._dice_ce(logits.float(), y.unsqueeze(1))
+
+    def mix_targets(self, y, mix):
+        """CutMix: the mask of the mixed image (the box taken from the reversed batch's masks)."""
+        mixed = mix.masks(y)
+        return mixed, mixed, 1.0
 
     def check_output(self, where, logits, sample):
         want = (self.num_classes, *sample.shape[2:])

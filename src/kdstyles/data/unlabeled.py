@@ -1,0 +1,208 @@
+"""Images without labels (``data.unlabeled``): a second source the distillation edges learn
+from, beside the labelled training split (the supervised loss never sees them).
+
+Every source gives uint8 arrays fitted to the labelled data's channels and size (or, for
+files that do not fit ``data.cache_gb``, paths decoded on access), checked as labelled files
+are (one line naming an unreadable file), with two digests per item: its bytes (file) or raw
+array, and its pixels as the networks see them. :func:`check_overlap` compares them with
+every labelled split: an unlabelled image that is also a validation or test image is an
+error naming both files (every test number would be a lie), one that is also a labelled
+training image a warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import KDError
+from ..imageio import array_digest, is_image, is_volume, visible_files
+from . import checks
+
+EVALUATED = ("val", "test")  # splits whose images must never be learned from
+
+
+@dataclass
+class Unlabeled:
+    images: np.ndarray | list | None  # (N, H, W, C) / (N, D, H, W, C) uint8, a list of volumes, or None: ``paths``
+    paths: list[Path] | None
+    names: list[str]  # how messages name each item
+    digests: list[set[str]]  # per item: its file's or raw array's digest and its pixels' (as trained)
+    where: str  # the config key and place messages name
+    description: str  # for run.json and model cards, e.g. "10000 images from folder data/unlabelled"
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _cap(n: int, samples: int | None, seed: int) -> np.ndarray:
+    """Which of ``n`` items to keep: all, or a seeded draw of ``samples`` (in their order)."""
+    if samples is None or samples >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 31]).permutation(n)[:samples])
+
+
+def _arrays(raw: np.ndarray | list, fitted: np.ndarray | list, names: list[str], where: str, what: str) -> Unlabeled:
+    digests = [{array_digest(r), array_digest(f)} for r, f in zip(raw, fitted)]
+    return Unlabeled(fitted, None, names, digests, where, f"{len(names)} {what}")
+
+
+def _files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int | None, where: str, what: str,
+           quiet: bool) -> Unlabeled:
+    """Image (or volume) files, each decoded once and checked; one error line naming the first
+    unreadable file."""
+    from .sources import _fit_volumes, progress
+
+    if not paths:
+        raise KDError(f"{where}: holds no {'volume' if cfg.dims == 3 else 'image'} files")
+    names = [f"'{p}'" for p in paths]
+    report = checks.DataReport([])
+    if cfg.dims == 3:
+        from ..imageio import file_digest
+        from . import volumes
+
+        arrays, digests = [], []
+        with progress(quiet) as bar:
+            task_id = bar.add_task(f"reading {len(paths)} unlabelled volumes", total=len(paths))
+            for p in paths:
+                prepared = volumes.select_modalities(volumes.prepare_cached(p, None, cfg, use_cache=cfg.volume_cache),
+                                                     cfg.modalities, p)
+                vol = _fit_volumes(prepared.image[None], channels, None if patch else size)[0]
+                arrays.append(vol)
+                digests.append({file_digest(p), array_digest(vol)})
+                bar.advance(task_id)
+        images = arrays if patch else np.stack(arrays)
+        return Unlabeled(images, list(paths), names, digests, where, f"{len(paths)} volumes from {what}")
+    keep = len(paths) * size * size * channels <= cfg.cache_gb * 1e9
+    with progress(quiet) as bar:
+        task_id = bar.add_task(f"checking {len(paths)} unlabelled images", total=len(paths))
+        images, files = checks.decode_files(paths, channels, size, keep, report, lambda n: bar.advance(task_id, n))
+    bad = report.errors
+    if bad:
+        more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise KDError(f"{where}: {bad[0].message}{more}")
+    digests = [{f} | ({array_digest(images[i])} if images is not None else set()) for i, f in enumerate(files)]
+    return Unlabeled(images, list(paths), names, digests, where, f"{len(paths)} images from {what}")
+
+
+def load_unlabeled(cfg: Any, task: Any, seed: int, channels: int, size: int, patch: int | None,
+                   quiet: bool = True) -> Unlabeled:
+    """``cfg``: the config's ``data`` section (``cfg.unlabeled`` set); ``channels`` and ``size``:
+    the labelled data's, which every unlabelled image is fitted to; ``patch``: volumes keep their
+    own shape (training crops patches)."""
+    u = cfg.unlabeled
+    if u.source == "synthetic":
+        from .sources import _fit_arrays
+        from .sources.synthetic import generate
+
+        module = task.synthetic_volumes if cfg.dims == 3 else task.synthetic
+        if module is None:
+            raise KDError(f"data.unlabeled.source: synthetic: task {task.name} has no embedded volumes")
+        images = generate(module, seed, "unlabeled", u.samples, size, cfg.dims)[0]
+        names = [f"synthetic unlabeled[{i}]" for i in range(len(images))]
+        what = "the embedded synthetic CT-like volumes" if cfg.dims == 3 else task.description
+        return _arrays(images, _fit_arrays(images, channels, size), names, "data.unlabeled (synthetic)",
+                       f"{'volumes' if cfg.dims == 3 else 'images'} like {what} (labels withheld)")
+    if u.source == "medmnist":
+        return _medmnist(cfg, seed, channels, size)
+    if u.source == "folder":
+        root = Path(u.root)
+        where = f"data.unlabeled.root '{root}'"
+        if not root.is_dir():
+            raise KDError(f"{where}: folder does not exist")
+        fits = is_volume if cfg.dims == 3 else is_image
+        paths = [p for p in visible_files(root) if fits(p)]
+        what = f"folder {root}"
+    else:
+        from ..fileio import read_csv
+
+        csv_path = Path(u.path)
+        where = f"data.unlabeled.path '{csv_path}'"
+        rows = read_csv(csv_path, "an unlabelled CSV needs a path column (other columns are ignored)",
+                        required=("path",))
+        empty = next((i for i, r in enumerate(rows, start=2) if not r["path"]), None)
+        if empty is not None:
+            raise KDError(f"CSV file '{csv_path}' line {empty}: empty path")
+        paths = [csv_path.parent / r["path"] for r in rows]
+        missing = next((p for p in paths if not p.is_file()), None)
+        if missing is not None:
+            raise KDError(f"{where}: lists '{missing}', which does not exist")
+        what = f"CSV {csv_path}"
+    paths = [paths[i] for i in _cap(len(paths), u.samples, seed)]
+    return _files(paths, cfg, channels, size, patch, where, what, quiet)
+
+
+def _medmnist(cfg: Any, seed: int, channels: int, size: int) -> Unlabeled:
+    """A MedMNIST file's split, its labels left unread."""
+    import zipfile
+
+    from .sources import _fit_arrays
+    from .sources.medmnist import FLAGS_3D, locate
+
+    u = cfg.unlabeled
+    path = locate(u.flag, u.size, u.root)
+    key = f"{u.split}_images"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if key not in npz.files:
+                raise KDError(f"data.unlabeled: npz file '{path}' lacks key '{key}'")
+            images = npz[key]
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise KDError(f"data.unlabeled: npz file '{path}' is unreadable ({str(exc).splitlines()[0][:80]})") from None
+    volumes = u.flag in FLAGS_3D
+    if (volumes and cfg.dims != 3) or (not volumes and cfg.dims == 3):
+        raise KDError(f"data.unlabeled.flag: '{u.flag}' holds {'volumes' if volumes else 'images'}, the labelled "
+                      f"data {'volumes' if cfg.dims == 3 else 'images'}")
+    if images.dtype != np.uint8 or images.ndim not in ((4, 5) if volumes else (3, 4)):
+        raise KDError(f"data.unlabeled: npz file '{path}': {key} has shape {images.shape} and dtype {images.dtype}; "
+                      "expected uint8 images")
+    if images.ndim == (4 if volumes else 3):
+        images = images[..., None]
+    images = images[_cap(len(images), u.samples, seed)]
+    names = [f"'{path}' {u.split}[{i}]" for i in range(len(images))]
+    return _arrays(images, _fit_arrays(images, channels, size), names, f"data.unlabeled '{path}'",
+                   f"images of MedMNIST {u.flag} {u.split} (labels not read)")
+
+
+def split_digests(split: Any) -> list[set[str]]:
+    """Per item of a labelled split (:class:`~kdstyles.data.sources.Split`): its stored digest
+    (file or raw array) and, where it is in memory, its pixels' as trained."""
+    images = split.images
+    out = []
+    for i, d in enumerate(split.digests):
+        found = {d} if d is not None else set()
+        if images is not None and i < len(images):
+            found.add(array_digest(images[i]))
+        out.append(found)
+    return out
+
+
+def check_overlap(unlabeled: Unlabeled, splits: dict[str, Any]) -> list[str]:
+    """One error line when an unlabelled image is also a validation or test image (naming both
+    and the count); warnings (returned) when some are labelled training images."""
+    index: dict[str, tuple[str, str]] = {}
+    for name in ("train", *EVALUATED):
+        if name not in splits:
+            continue
+        for digests, item in zip(split_digests(splits[name]), splits[name].names):
+            for d in digests:
+                index.setdefault(d, (name, item))
+    found: dict[str, list[tuple[str, str]]] = {}
+    for digests, item in zip(unlabeled.digests, unlabeled.names):
+        hit = next((index[d] for d in digests if d in index), None)
+        if hit is not None:
+            found.setdefault(hit[0], []).append((item, hit[1]))
+    for split in EVALUATED:
+        if found.get(split):
+            item, other = found[split][0]
+            more = f" (and {len(found[split]) - 1} more)" if len(found[split]) > 1 else ""
+            raise KDError(f"{unlabeled.where}: {item} is the same image as {split} image {other}{more}; learning from "
+                          f"an evaluated image makes its {split} numbers a lie: remove it from the unlabelled source")
+    if found.get("train"):
+        item, other = found["train"][0]
+        return [f"{unlabeled.where}: {len(found['train'])} unlabelled image(s) are also labelled training images "
+                f"(e.g. {item} = {other}); harmless for the test numbers, but usually a mistake"]
+    return []
