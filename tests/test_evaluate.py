@@ -43,3 +43,36 @@ def test_score_adds_fidelity_only_against_a_teacher():
     assert scored["s1"]["accuracy"] == pytest.approx(float((p["s1"].argmax(1) == labels).float().mean()))
     students_only = score({"s1": p["s1"]}, labels, task)
     assert "fidelity_kl" not in students_only["s1"]
+
+
+def test_run_and_eval_files_record_task_and_dims_and_older_folders_still_open(tmp_path):
+    """run.json and eval.json say what they are; a run folder written before they did is read
+    by its metrics, as before."""
+    import json
+
+    from conftest import SEG, tiny
+
+    from kdstyles import Experiment
+    from kdstyles.report import load_rows
+    from kdstyles.report.results import metric_set
+    from kdstyles.runfolder import RunFolder
+
+    exp = Experiment(None, overrides=tiny(tmp_path, *SEG, "data.train_samples=16", "data.val_samples=4",
+                                          "data.test_samples=4", "data.batch_size=8", "train.epochs=1"), quiet=True)
+    exp.fit()
+    exp.evaluate()
+    run = RunFolder(exp.run_dir)
+    for path in (run.info_path, run.eval_path):
+        data = json.loads(path.read_text())
+        assert (data["task"], data["spatial_dims"]) == ("segmentation", 2), path
+    rows = load_rows(run.path)
+    assert run.task() == "segmentation" and rows[0]["task"] == "segmentation"
+    assert metric_set(rows)[0] == "dice"
+    for path in (run.info_path, run.eval_path):  # an older run folder
+        data = json.loads(path.read_text())
+        del data["task"], data["spatial_dims"]
+        path.write_text(json.dumps(data))
+    assert run.task() is None
+    old = load_rows(run.path)
+    assert "task" not in old[0] and metric_set(old) == metric_set(rows)
+    Experiment.from_run(run.path, quiet=True).evaluate()  # opens and evaluates again

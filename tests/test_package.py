@@ -102,3 +102,42 @@ def test_one_registry_per_kind_of_thing():
     for task in TASKS.values():
         assert task.selection in METRICS and METRICS[task.selection].task == task.name
         assert set(task.sources) <= set(SOURCES)
+
+
+# The files of run and comparison folders, named by their keepers only (kdstyles.runfolder).
+KEPT_FILES = {"config.yaml", "run.json", "metrics.csv", "times.csv", "eval.json", "outputs.npz", "checkpoints",
+              "last.pt", "splits.csv", "data_report.json", "tensorboard", "overlays", "export", "comparison.json",
+              "results.csv", "compression.json", "report.html"}
+
+
+def _named_files(path: Path) -> list[tuple[int, str]]:
+    """Where ``path`` joins a kept file's name onto a path (``folder / "run.json"``, ``Path("eval.json")``),
+    or spells a ``best-<network>.pt`` name."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        joined = []
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            joined = [node.right]
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
+                "Path", "joinpath", "with_name"):
+            joined = node.args
+        found += [(n.lineno, n.value) for n in joined
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in KEPT_FILES]
+        if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant) \
+                and str(node.values[0].value).startswith("best-"):
+            found.append((node.lineno, "best-..."))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("best-") \
+                and node.value.endswith(".pt"):
+            found.append((node.lineno, node.value))
+    return found
+
+
+def test_only_the_keepers_name_run_and_comparison_files():
+    keeper = ROOT / "runfolder.py"
+    # the keeper itself names them (outputs.npz within a choice of two names)
+    assert {name for _, name in _named_files(keeper)} | {"outputs.npz"} >= KEPT_FILES | {"best-..."}
+    for path in sorted(ROOT.rglob("*.py")):
+        if path != keeper:
+            named = _named_files(path)
+            assert not named, f"{path.relative_to(ROOT)}:{named[0][0]} names '{named[0][1]}'; ask RunFolder or " \
+                              "ComparisonFolder for it"

@@ -101,7 +101,7 @@ class Experiment:
             console = Console(quiet=self.quiet)
             status = f"preparing {n} synthetic images" if d.source == "synthetic" else f"loading {d.source} data"
             with console.status(status) if d.source != "folder" and d.source != "csv" else nullcontext():
-                self._data = build_data(d, self.cfg.train.seed, run_dir=self.run_dir, quiet=self.quiet,
+                self._data = build_data(d, self.cfg.train.seed, folder=self.folder, quiet=self.quiet,
                                         task=self.cfg.task, normalize=self.cfg.normalisation,
                                         unlabeled=bool(self.cfg.edges))
             self._warnings += [("data warning", w.message) for w in self._data.report.warnings]
@@ -186,7 +186,7 @@ class Experiment:
         params = {n: count_parameters(net) for n, net in c.networks.items()}
         info = {
             "kdstyles": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "created": now(), "preset": self.cfg.routing.label, "edges": [str(e) for e in c.edges],
+            "created": now(), "task": self.cfg.task, "spatial_dims": self.cfg.data.dims, "preset": self.cfg.routing.label, "edges": [str(e) for e in c.edges],
             "adapters": sorted(c.adapters), "taps": pinned_taps(c), "parameters": params,
             "class_names": self.data.class_names, "normalize": {"mean": self.data.mean, "std": self.data.std},
             "image_size": self.data.image_size, "channels": self.data.channels,
@@ -240,7 +240,7 @@ class Experiment:
                 if not resume:
                     self._check_dirs(resume)  # again, now that no other process can be writing
                     self._write_run_info()
-                    self.data.save(self.run_dir)
+                    self.data.save(self.folder)
                     if T in cohort.frozen:
                         checkpoints.save({"network": T, "epoch": 0, "state_dict": cohort.networks[T].state_dict()},
                                          self.folder.best(T))
@@ -295,7 +295,8 @@ class Experiment:
             metrics[name]["parameters"] = p
             if T in params and name != T:
                 metrics[name]["compression"] = params[T] / p
-        result = {"run_dir": str(self.run_dir), "split": split, "checkpoint": checkpoint,
+        result = {"run_dir": str(self.run_dir), "task": self.cfg.task, "spatial_dims": self.cfg.data.dims,
+                  "split": split, "checkpoint": checkpoint,
                   "samples": samples, "preset": self.cfg.routing.label, "seed": self.cfg.train.seed,
                   "class_names": self.data.class_names,
                   "networks": metrics, "details": details, "per_image": per_image}
@@ -303,7 +304,8 @@ class Experiment:
         images = [self.data.splits[split][i][0] for i in range(shown)]
         if images and loader.dataset.window is None:  # not volumes of their own shapes
             images = torch.stack(images)
-        pictures = cohort.task.write_visuals(self.run_dir, images, labels, probs, self.data.mean, self.data.std, shown)
+        pictures = cohort.task.write_visuals(self.folder.overlays, images, labels, probs, self.data.mean,
+                                             self.data.std, shown)
         if pictures:
             result["overlays"] = [str(p.relative_to(self.run_dir)) for p in pictures]
         kept = cohort.task.kept_outputs(probs, labels) if not by_volume else {}

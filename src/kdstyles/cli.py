@@ -40,7 +40,7 @@ def metrics_table(result: dict[str, Any], title: str) -> Table:
 
     first = next(iter(result["networks"].values()))
     extra = [c for c in EXTRA_COLUMNS if any(c in m for m in result["networks"].values())]
-    columns = [*task_metrics(task_of(first), first), *extra]
+    columns = [*task_metrics(result.get("task") or task_of(first), first), *extra]  # older eval.json: no task
     table = Table(title=title)
     table.add_column("network")
     for name in columns:
@@ -272,6 +272,7 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
     from .compare import base_config
     from .compare import compare as run_compare
     from .report import load_rows, load_study, markdown, render
+    from .runfolder import ComparisonFolder
 
     default = "student" if ablate else ",".join(COMPARE_PRESETS)
     names = [p.strip() for p in (presets_ or default).split(",") if p.strip()]
@@ -285,7 +286,8 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
     if summary["rows"]:
         study = load_study(folder, load_rows(folder))
         console.print(markdown(study.rows, study), highlight=False, soft_wrap=True)
-        console.print(f"results: {folder / 'results.csv'}\nreport: {render(folder, study)}", highlight=False)
+        console.print(f"results: {ComparisonFolder(folder).results_path}\nreport: {render(folder, study)}",
+                      highlight=False)
     if summary["failed"]:
         console.print(f"[red]{len(summary['failed'])} run(s) failed[/red]; fix the cause and run the same command "
                       "again to continue", highlight=False)
@@ -349,9 +351,10 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
            checkpoint: str = typer.Option("best", help="best or last")) -> None:
     """Export a network as a self-contained model + JSON sidecar + Markdown model card."""
     from .export import export_run
+    from .runfolder import RunFolder
 
     side = export_run(run_dir, network, fmt, out, checkpoint)
-    model = Path(out) if out else Path(run_dir) / "export" / side["file"]
+    model = Path(out) if out else RunFolder(run_dir).export_dir / side["file"]
     v = side["verification"]
     console.print(f"exported {side['network']} ({side['checkpoint']} checkpoint) to {model}", highlight=False)
     console.print(f"max |{fmt} - pytorch| on {v['samples']} inputs: {v['max_abs_diff']:.2e} ({v['against']})",

@@ -32,6 +32,7 @@ from .models.adapters import make_adapter
 from .models.taps import Tap, resolve_module
 from .models.zoo import MIN_MAP
 from .routing import T, Edge, used_networks
+from .runfolder import RunFolder
 from .styles import KNOWLEDGE, STYLES, Context, NetOutput
 from .tasks import TASKS, Task
 
@@ -348,10 +349,11 @@ def _offline_teacher_weights(path_str: str) -> tuple[dict[str, torch.Tensor], Pa
     """The teacher's weights from a run folder (its best teacher checkpoint) or a file, and the file."""
     path = Path(path_str)
     if path.is_dir():
-        candidates = [path / "checkpoints" / "best-teacher.pt", path / "checkpoints" / "teacher.pt"]
-        found = next((c for c in candidates if c.is_file()), None)
+        run = RunFolder(path)
+        found = run.teacher_weights()
         if found is None:
-            raise KDError(f"networks.teacher.checkpoint: run folder '{path}' has no checkpoints/best-teacher.pt")
+            raise KDError(f"networks.teacher.checkpoint: run folder '{path}' has no "
+                          f"{run.best(T).relative_to(path)}")
         path = found
     return checkpoints.state_dict_of(checkpoints.load(path), path, "teacher"), path
 

@@ -26,12 +26,12 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
+from .config import load_config, override
 from .errors import Interrupted, KDError
-from .fileio import FolderLock, write_json, write_text
+from .fileio import write_text
 from .metrics import METRICS
 from .routing import DEFAULT_PRESET, PRESETS
-from .runfolder import STATUS_DONE, RunFolder
+from .runfolder import STATUS_DONE, ComparisonFolder, RunFolder
 from .signals import GracefulStop, signal_name
 
 CUSTOM = "custom"  # the config's own routing (its edges or preset), next to the named presets
@@ -86,11 +86,9 @@ def preset_variants(presets: list[str], base, beside_edges: bool = False) -> lis
 
 def _edges_override(edges) -> str:
     """``routing.edges=[...]`` on one line: every edge with its resolved weight and options."""
-    import yaml
-
     listed = [{"src": e.src, "dst": e.dst, "style": e.style, "weight": e.weight,
                "options": e.options.model_dump(exclude_none=True)} for e in edges]
-    return "routing.edges=" + yaml.safe_dump(listed, default_flow_style=True, width=10**9).strip()
+    return override("routing.edges", listed)
 
 
 def ablation_variants(base) -> tuple[list[Variant], dict[str, Any]]:
@@ -394,11 +392,12 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
     overrides = list(overrides or [])
     teachers, specs, info = plan(config, presets, seeds, out, overrides, checkpoint, teacher, teacher_overrides,
                                  ablate)
-    with FolderLock(out, "comparison folder"):
+    folder = ComparisonFolder(out)
+    with folder.lock():
         manifest = {"config": config, "presets": presets, "seeds": seeds, "overrides": overrides,
                     "checkpoint": checkpoint, **info,
                     "runs": [spec.__dict__ | {"overrides": list(spec.overrides)} for spec in specs]}
-        write_json(out / "comparison.json", manifest)
+        folder.write_manifest(manifest)
         results = []
         try:
             if teachers:
@@ -411,7 +410,7 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
             results += execute([s for s in specs if s.seed not in untrained], jobs=jobs, quiet=quiet, echo=echo)
         finally:
             rows = collect(specs)  # what finished so far, also when stopped
-            write_results(rows, out / "results.csv")
+            write_results(rows, folder.results_path)
         write_compression(out)
     failed = [r for r in results if r["state"] == "failed"]
     return {"out": str(out), "runs": len(teachers) + len(specs), "failed": failed, "rows": len(rows)}
@@ -435,23 +434,18 @@ def run_demo(out: Path, overrides: list[str], quiet: bool = False, echo=print) -
 def write_compression(folder: str | Path) -> None:
     """Measure the networks once (on the evaluated run with the most networks) into
     FOLDER/compression.json for the report; kept when it is already there and whole."""
-    from .fileio import read_json
-    from .report.html import COMPRESSION
     from .report.results import load_rows, run_dirs
 
-    folder = Path(folder)
+    cmp = ComparisonFolder(folder)
+    if cmp.compression() is not None:
+        return  # kept; missing or damaged: measure
     try:
-        read_json(folder / COMPRESSION, "", kind=list)
-        return
-    except KDError:
-        pass  # missing or damaged: measure
-    try:
-        rows = load_rows(folder)
+        rows = load_rows(cmp.path)
     except KDError:
         return
-    runs = [RunFolder(r) for r in run_dirs(folder, rows).values() if RunFolder(r).trained()]
+    runs = [RunFolder(r) for r in run_dirs(cmp.path, rows).values() if RunFolder(r).trained()]
     if runs:
         from .export import measure_compression
 
         run = max(runs, key=lambda r: len(r.info().get("parameters", {})))
-        write_json(folder / COMPRESSION, measure_compression(run.path))
+        cmp.write_compression(measure_compression(run.path))

@@ -586,6 +586,16 @@ def format_validation_error(err: ValidationError) -> str:
     return f"config error: {msg}{more}"
 
 
+def yaml_value(value: Any) -> str:
+    """A value as YAML on one line (the form ``--set KEY=VALUE`` reads back)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix("...").strip()
+
+
+def override(key: str, value: Any) -> str:
+    """``KEY=VALUE`` for ``--set``, the value as YAML on one line."""
+    return f"{key}={yaml_value(value)}"
+
+
 def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
     """``a.b.c=value`` -> (['a','b','c'], yaml-parsed value)."""
     out = []
@@ -737,6 +747,6 @@ def check_resumable(changes: dict[str, tuple[Any, Any]]) -> None:
     for key in changes:
         if not key.startswith(RESUMABLE) and key not in ("output.dir", "output.name"):
             allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE)
-            was = yaml.safe_dump(changes[key][0], default_flow_style=True).strip().removesuffix("...").strip()
+            was = yaml_value(changes[key][0])
             raise KDError(f"--set {key}: cannot change when resuming (the run was created with {key}={was}); "
                           f"keys that may change on resume: {allowed}")

@@ -28,6 +28,7 @@ from .fileio import atomic_write, write_json, write_text
 from .metrics import label, task_metrics
 from .models.zoo import count_parameters, flops_per_image
 from .routing import T
+from .runfolder import RunFolder
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -128,7 +129,7 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     run_dir = Path(run_dir)
     exp, model, info, network = open_run(run_dir, network, checkpoint)
     size, channels = info["image_size"], info["channels"]
-    path = Path(out) if out is not None else run_dir / "export" / f"{network}{FORMATS[fmt]}"
+    path = Path(out) if out is not None else RunFolder(run_dir).export_dir / f"{network}{FORMATS[fmt]}"
     if path.suffix != FORMATS[fmt]:
         raise KDError(f"--out '{path}': a {fmt} model file ends in {FORMATS[fmt]}")
     gen = torch.Generator().manual_seed(0)

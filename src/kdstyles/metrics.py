@@ -250,11 +250,18 @@ def multilabel_details(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, A
     return {"auroc": auroc, "average_precision": ap, "f1": f1, "support": y.sum(0).tolist()}
 
 
+def bernoulli_kl(log_p: torch.Tensor, log_1p: torch.Tensor, log_q: torch.Tensor, log_1q: torch.Tensor
+                 ) -> torch.Tensor:
+    """Elementwise KL(p || q) of Bernoulli variables given as log-probabilities of yes and no
+    (from logits: ``F.logsigmoid(z)`` and ``F.logsigmoid(-z)``, stable at any scale)."""
+    return log_p.exp() * (log_p - log_q) + log_1p.exp() * (log_1p - log_1q)
+
+
 def bernoulli_fidelity(teacher: torch.Tensor, student: torch.Tensor) -> dict[str, float]:
     """Per-label probabilities: KL(teacher || student) of each label's Bernoulli, summed over
     labels and averaged over images, and the share of label decisions (at 0.5) they agree on."""
     t, s = teacher.float().clamp(1e-7, 1 - 1e-7), student.float().clamp(1e-7, 1 - 1e-7)
-    kl = (t * (t.log() - s.log()) + (1 - t) * ((1 - t).log() - (1 - s).log())).sum(1).mean()
+    kl = bernoulli_kl(t.log(), (1 - t).log(), s.log(), (1 - s).log()).sum(1).mean()
     agree = ((teacher >= 0.5) == (student >= 0.5)).float().mean()
     return {"fidelity_kl": float(kl), "agreement": float(agree)}
 

@@ -11,6 +11,14 @@
     RUN/data_report.json, RUN/splits.csv, RUN/tensorboard/, RUN/overlays/, RUN/export/
     RUN/.lock                the PID of the process training in it (see fileio.FolderLock)
 
+A comparison folder (:class:`ComparisonFolder`) holds a run folder per variant and seed beside
+
+    CMP/comparison.json      the manifest: variants, seeds, the shared teachers, the ablation
+    CMP/results.csv          every network's test metrics, a row per run and network
+    CMP/compression.json     parameters, FLOPs and CPU latency of one run's networks
+    CMP/report.html          the self-contained report
+
+These two classes are the only code that names the files (``tests/test_package.py`` checks).
 Every read of a file kdstyles wrote fails, when the file is damaged, with one line naming
 it and what to do. No torch here: ``predict`` and ``report`` use it without torch.
 """
@@ -77,6 +85,27 @@ class RunFolder:
     def splits_path(self) -> Path:
         return self.path / "splits.csv"
 
+    @property
+    def data_report_path(self) -> Path:
+        return self.path / "data_report.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def overlays(self) -> Path:
+        return self.path / "overlays"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / "export"
+
+    def teacher_weights(self) -> Path | None:
+        """The checkpoint an offline teacher loads from this run folder: its best teacher (or a
+        plain ``teacher.pt`` put in checkpoints/ by hand); None when there is neither."""
+        return next((c for c in (self.best("teacher"), self.checkpoints / "teacher.pt") if c.is_file()), None)
+
     # ------------------------------------------------------------------ state
 
     def require(self) -> "RunFolder":
@@ -87,7 +116,7 @@ class RunFolder:
             runs = sorted(d.name for d in self.path.iterdir() if (d / self.config_path.name).is_file())
             hint = (f"; it holds run folders ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}): give one of "
                     "them" + (f", or see them all with 'kdstyles report {self.path}'"
-                              if (self.path / "comparison.json").is_file() else "")) if runs else ""
+                              if ComparisonFolder(self.path).manifest_path.is_file() else "")) if runs else ""
             raise KDError(f"'{self.path}' is not a run folder: {self.config_path.name} is missing{hint}")
         return self
 
@@ -101,6 +130,18 @@ class RunFolder:
 
     def status(self) -> str | None:
         return self.info().get("status") if self.info_path.is_file() else None
+
+    def task(self) -> str | None:
+        """The task this run trained, as eval.json or run.json records it (None: a run folder
+        written before they recorded it, or none readable; readers then go by the metrics)."""
+        for path in (self.eval_path, self.info_path):
+            try:
+                task = read_json(path, "").get("task") if path.is_file() else None
+            except (KDError, AttributeError):
+                task = None
+            if isinstance(task, str):
+                return task
+        return None
 
     def write_info(self, info: dict[str, Any]) -> None:
         write_json(self.info_path, info)
@@ -213,3 +254,60 @@ class RunFolder:
 
     def clean_temp_files(self) -> list[Path]:
         return clean_temp_files(self.path)
+
+
+class ComparisonFolder:
+    """A comparison's folder: its manifest, results, compression table and report (the run
+    folders inside it are :class:`RunFolder`\\ s)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "comparison.json"
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / "results.csv"
+
+    @property
+    def compression_path(self) -> Path:
+        return self.path / "compression.json"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.html"
+
+    def run(self, name: str) -> RunFolder:
+        return RunFolder(self.path / name)
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json(self.manifest_path, manifest)
+
+    def manifest(self) -> dict[str, Any]:
+        """comparison.json, or {} when it is missing or damaged (a folder of results alone)."""
+        if not self.manifest_path.is_file():
+            return {}
+        try:
+            return read_json(self.manifest_path, "")
+        except KDError:
+            return {}
+
+    def compression(self) -> list[dict[str, Any]] | None:
+        """compression.json when it was measured and is whole, else None."""
+        if not self.compression_path.is_file():
+            return None
+        try:
+            return read_json(self.compression_path, "", kind=list)
+        except KDError:
+            return None
+
+    def write_compression(self, rows: list[dict[str, Any]]) -> None:
+        write_json(self.compression_path, rows)
+
+    def lock(self) -> FolderLock:
+        return FolderLock(self.path, "comparison folder")

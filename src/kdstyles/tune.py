@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .compare import shared_teacher
-from .config import load_config
+from .config import load_config, override
 from .errors import KDError, TrainingDiverged
 from .fileio import FolderLock, make_folder, write_json
 from .runfolder import STATUS_DONE, RunFolder
@@ -70,9 +70,9 @@ def check_space(config: str | None, overrides: list[str]) -> Any:
             try:
                 if key.startswith(TEACHER):
                     shared_teacher(config, cfg, cfg.train.seed, Path("runs"), "teacher", overrides,
-                                   [_override(key.removeprefix(TEACHER), v)], option=None)
+                                   [override(key.removeprefix(TEACHER), v)], option=None)
                 else:
-                    load_config(config, [*overrides, _override(key, v)])
+                    load_config(config, [*overrides, override(key, v)])
             except KDError as exc:
                 raise KDError(f"tune.space.{key}: the value {v!r} does not make a valid experiment ({exc})") from None
     students = list(cfg.networks.students)
@@ -82,12 +82,6 @@ def check_space(config: str | None, overrides: list[str]) -> Any:
     if cfg.tune.objective == "ensemble" and len(students) < 2:
         raise KDError("tune.objective: ensemble needs at least two students; use students or a student's name")
     return cfg
-
-
-def _override(key: str, value: Any) -> str:
-    import yaml
-
-    return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix('...').strip()}"
 
 
 def _teacher_dir(study: str, values: dict[str, Any]) -> str:
@@ -107,7 +101,7 @@ def _train_teacher(config, cfg, out: Path, name: str, overrides: list[str], valu
     from .api import Experiment
 
     spec, shared = shared_teacher(config, cfg, cfg.train.seed, out, name, overrides,
-                                  [_override(k.removeprefix(TEACHER), v) for k, v in values.items()])
+                                  [override(k.removeprefix(TEACHER), v) for k, v in values.items()])
     with FolderLock(out, "tune folder", name=f".{name}.lock", wait=True):
         run = RunFolder(spec.run_dir)
         if run.status() not in STATUS_DONE:
@@ -193,7 +187,7 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
                 t_name = _teacher_dir(study_name, teacher)
                 trial.set_user_attr("teacher_run", str(out / t_name))
                 shared = _train_teacher(config, cfg, out, t_name, overrides, teacher, quiet, echo)
-            exp = Experiment(config, overrides=[*overrides, *(_override(k, v) for k, v in values.items()
+            exp = Experiment(config, overrides=[*overrides, *(override(k, v) for k, v in values.items()
                                                               if k not in teacher),
                                                 *shared, f"output.dir={out}", f"output.name={name}"], quiet=quiet)
             exp.fit(callbacks=[report])

@@ -450,18 +450,19 @@ class DataBundle:
                           persistent_workers=persistent_workers and num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
-    def save(self, run_dir: Path) -> None:
-        """Write the data report and, for folder/CSV sources, the split assignment."""
+    def save(self, folder: Any) -> None:
+        """Write the data report and, for folder/CSV sources, the split assignment into a run
+        folder (a :class:`~kdstyles.runfolder.RunFolder`, which names the files)."""
         from ..fileio import write_json
 
         if self.report is not None:
-            write_json(run_dir / "data_report.json", self.report.to_dict())
+            write_json(folder.data_report_path, self.report.to_dict())
         if self.split_table is not None:
             records, labels, splits, base = self.split_table
-            files.write_splits(run_dir / "splits.csv", records, labels, splits, base)
+            files.write_splits(folder.splits_path, records, labels, splits, base)
 
 
-def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = True,
+def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
                check: bool = True, task: str = "classification", normalize: str | None = None,
                unlabeled: bool = True) -> DataBundle:
     """Load and check every split of the configured source (``cfg``: the config's ``data``
@@ -469,10 +470,12 @@ def build_data(cfg: Any, seed: int, run_dir: Path | None = None, quiet: bool = T
 
     ``check=False`` returns the bundle with its report even when the data has errors
     (``kdstyles data inspect``); otherwise the first error is raised before anything else.
+    ``folder``: the run's :class:`~kdstyles.runfolder.RunFolder`, whose saved split assignment
+    is read back (None: no run folder).
     ``unlabeled``: load ``data.unlabeled`` too (a run without distillation edges has no use for
     it); its images are checked against every labelled split (:mod:`kdstyles.data.unlabeled`)."""
     task_cls = TASKS[task]
-    loaded = SOURCES[cfg.source].load(cfg, seed, task_cls, run_dir, quiet)
+    loaded = SOURCES[cfg.source].load(cfg, seed, task_cls, folder.splits_path if folder is not None else None, quiet)
     report, stored = loaded.report, loaded.splits
     unit = "volumes" if cfg.dims == 3 else "images"
     if not (task_cls.dense or task_cls.boxes):

@@ -77,7 +77,7 @@ class RunLog:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.folder.path / "tensorboard"), purge_step=epoch)
+            self.writer = SummaryWriter(str(self.folder.tensorboard), purge_step=epoch)
         for row in rows:
             for k, v in row.items():
                 if k not in ("epoch", "network", "best") and isinstance(v, (int, float)) and math.isfinite(v):

@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import KDError
-from ..fileio import read_json
 from ..metrics import label as metric_label
 from ..metrics import METRICS, lower_is_better, paired_metric
 from ..routing import ENSEMBLE, T
-from ..runfolder import RunFolder
+from ..runfolder import ComparisonFolder, RunFolder
 from ..tasks import TASKS
 from .results import TARGET, mean_std, networks_in, presets_in, primary, run_dirs
 from .significance import Drawn, interval_text, mcnemar, paired_interval, paired_ratio_interval, verdict
@@ -48,12 +47,7 @@ class Study:
 def load_study(folder: str | Path, rows: list[dict[str, Any]]) -> Study:
     """The rows with comparison.json (when there is one) and each run's per-image values."""
     folder = Path(folder)
-    manifest: dict[str, Any] = {}
-    if (folder / "comparison.json").is_file():
-        try:
-            manifest = read_json(folder / "comparison.json", "")
-        except KDError:
-            manifest = {}
+    manifest = ComparisonFolder(folder).manifest()
     measured = {k for r in rows for k, v in r.items() if isinstance(v, (int, float))}  # not empty columns
     metric = paired_metric(measured) or primary(rows)
     presets = presets_in(rows)

@@ -7,16 +7,14 @@ import base64
 import html
 from pathlib import Path
 
-from ..errors import KDError
-from ..fileio import read_json, write_text
-from ..runfolder import RunFolder
+from ..fileio import write_text
+from ..runfolder import ComparisonFolder, RunFolder
 from .plots import (details_of, plot_accuracy_vs_parameters, plot_confusions, plot_curves, plot_per_class,
                     plot_reliability)
 from .analysis import Study, findings, load_study
 from .results import load_rows, networks_in, presets_in, primary, run_dirs
 from .tables import analysis_tables, table_data
 
-COMPRESSION = "compression.json"  # written by compare (and kdstyles report) with export.measure_compression
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -38,14 +36,6 @@ def _html_table(header, body, best=None, cls="") -> str:
 
 def _img(b64: str | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
-
-
-def _compression(folder: Path) -> list[dict]:
-    """compression.json when it was measured (and is whole), else nothing."""
-    try:
-        return read_json(folder / COMPRESSION, "", kind=list) if (folder / COMPRESSION).is_file() else []
-    except KDError:
-        return []
 
 
 def render(folder: str | Path, study: Study | None = None) -> Path:
@@ -71,7 +61,7 @@ def render(folder: str | Path, study: Study | None = None) -> Path:
                         "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
     for title, header, body in analysis_tables(study):
         sections.append(f"<h2>{html.escape(title)}</h2>" + _html_table(header, body, cls="paired"))
-    comp = _compression(folder)
+    comp = ComparisonFolder(folder).compression() or []
     if comp:
         sections.append("<h2>Compression (CPU)</h2>")
         sections.append(_html_table(
@@ -100,6 +90,6 @@ def render(folder: str | Path, study: Study | None = None) -> Path:
         sections.append(f"<h3>{html.escape(preset)}</h3>{_img(b64, preset + ' overlay')}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>kdstyles report: {html.escape(folder.name)}"
             f"</title><style>{CSS}</style></head><body>{''.join(sections)}</body></html>\n")
-    out = folder / "report.html"
+    out = ComparisonFolder(folder).report_path
     write_text(out, page)
     return out

@@ -13,15 +13,17 @@ from ..errors import KDError
 from ..fileio import read_csv
 from ..metrics import task_metrics, task_of
 from ..routing import DEFAULT_PRESET
-from ..runfolder import RunFolder
+from ..runfolder import ComparisonFolder, RunFolder
 
 TARGET = DEFAULT_PRESET  # the paired comparison puts the paper's preset against each baseline
 
 
 def metric_set(rows: list[dict[str, Any]]) -> tuple[str, ...]:
-    """The task's table metrics that the rows carry (the task follows from which metrics are there)."""
+    """The task's table metrics that the rows carry: the task the rows' runs recorded, or (run
+    folders written before eval.json recorded it) the one whose metrics are there."""
     present = {k for r in rows for k, v in r.items() if isinstance(v, (int, float))}
-    return tuple(task_metrics(task_of(present), present))
+    task = next((r["task"] for r in rows if isinstance(r.get("task"), str)), None) or task_of(present)
+    return tuple(task_metrics(task, present))
 
 
 def primary(rows: list[dict[str, Any]]) -> str:
@@ -39,16 +41,18 @@ def _num(v: str) -> Any:
 def load_rows(folder: Path) -> list[dict[str, Any]]:
     """results.csv of a comparison, or one run's eval.json as rows."""
     folder = Path(folder)
-    results = folder / "results.csv"
+    results = ComparisonFolder(folder).results_path
     if results.is_file():
         rows = read_csv(results, "run the same 'kdstyles compare' command again to rebuild it",
                         required=("preset", "seed", "network", "run_dir"))
-        return [{k: _num(v) for k, v in row.items()} for row in rows]
+        task = RunFolder(rows[0]["run_dir"]).task() if rows else None
+        return [{k: _num(v) for k, v in row.items()} | ({"task": task} if task else {}) for row in rows]
     run = RunFolder(folder)
     if run.eval_path.is_file():
         data = run.read_eval()
         try:
-            return [{"preset": data.get("preset", "run"), "seed": data.get("seed", 0), "network": n,
+            task = {"task": data["task"]} if isinstance(data.get("task"), str) else {}
+            return [{"preset": data.get("preset", "run"), "seed": data.get("seed", 0), "network": n, **task,
                      "checkpoint": data["checkpoint"], "split": data["split"], "run_dir": str(folder), **m}
                     for n, m in data["networks"].items()]
         except (KeyError, AttributeError, TypeError) as exc:

@@ -217,10 +217,20 @@ class Task:
 
         return torch.stack(list(probs)).mean(0)
 
+    # the writers in tasks.overlays that draw this task's pictures: (images, volumes); None: no pictures
+    overlay_writers: ClassVar[tuple[str, str] | None] = None
+
     def write_visuals(self, folder: Path, images, labels, probs: dict, mean: list[float], std: list[float],
                       count: int) -> list[Path]:
-        """Pictures ``evaluate`` draws into the run folder (none by default)."""
-        return []
+        """Up to ``count`` test images drawn into ``folder`` (the run folder's overlays) with every
+        network's output, by the task's ``overlay_writers``; none by default."""
+        n = min(count, len(labels))
+        if self.overlay_writers is None or n == 0:
+            return []
+        from . import overlays
+
+        write = getattr(overlays, self.overlay_writers[images[0].ndim == 4])
+        return write(folder, images[:n], labels[:n], {k: p[:n] for k, p in probs.items()}, mean, std)
 
     # ------------------------------------------------------------------ deployment (no torch)
 

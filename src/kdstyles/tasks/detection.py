@@ -43,6 +43,7 @@ class Detection(EncoderDecoderTask):
     output_words = "heatmap probabilities per class and the box channels per pixel"
     mixes = ()
     mix_refusal = "cannot mix its boxes (a box-correct mix is not built)"
+    overlay_writers = ("write_box_overlays", "write_volume_box_overlays")
 
     def __init__(self, num_classes: int, box_weight: float = 1.0, max_detections: int = 100):
         super().__init__(num_classes)
@@ -89,13 +90,13 @@ class Detection(EncoderDecoderTask):
         plus ``box_weight`` x the L1 between their box channels, weighted the same way."""
         import torch.nn.functional as F
 
+        from ..metrics import bernoulli_kl
+
         k, t = self.num_classes, options.temperature
         s, d = source[:, :k].float(), target[:, :k].float()
         weight = s.sigmoid().amax(1)  # (B, H, W); the source is detached by the cohort
         norm = weight.sum().clamp_min(1e-6)
-        log_ps, log_1ps = F.logsigmoid(s / t), F.logsigmoid(-s / t)
-        log_pd, log_1pd = F.logsigmoid(d / t), F.logsigmoid(-d / t)
-        kl = log_ps.exp() * (log_ps - log_pd) + log_1ps.exp() * (log_1ps - log_1pd)
+        kl = bernoulli_kl(F.logsigmoid(s / t), F.logsigmoid(-s / t), F.logsigmoid(d / t), F.logsigmoid(-d / t))
         heat = (kl.sum(1) * weight).sum() / norm * (t * t if options.t2_scaling else 1.0)
         box = ((source[:, k:].float() - target[:, k:].float()).abs().sum(1) * weight).sum() / norm
         return heat + getattr(options, "box_weight", 1.0) * box
@@ -137,15 +138,6 @@ class Detection(EncoderDecoderTask):
 
         gts = [unpad(g) for g in labels]
         return {n: Matches([unpad(d) for d in dets], gts, num_classes) for n, dets in outputs.items()}
-
-    def write_visuals(self, folder, images, labels, probs, mean, std, count):
-        from .overlays import write_box_overlays, write_volume_box_overlays
-
-        n = min(count, len(labels))
-        if n == 0:
-            return []
-        write = write_volume_box_overlays if images[0].ndim == 4 else write_box_overlays
-        return write(folder / "overlays", images[:n], labels[:n], {k: p[:n] for k, p in probs.items()}, mean, std)
 
     # ------------------------------------------------------------------ deployment
 

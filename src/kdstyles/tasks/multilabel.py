@@ -58,11 +58,11 @@ class Multilabel(Classification):
     def distill_outputs(self, source, target, options):
         import torch.nn.functional as F
 
+        from ..metrics import bernoulli_kl
+
         t = options.temperature
         s, d = source.float() / t, target.float() / t
-        log_ps, log_1ps = F.logsigmoid(s), F.logsigmoid(-s)
-        log_pd, log_1pd = F.logsigmoid(d), F.logsigmoid(-d)
-        kl = (log_ps.exp() * (log_ps - log_pd) + log_1ps.exp() * (log_1ps - log_1pd)).sum(1).mean()
+        kl = bernoulli_kl(F.logsigmoid(s), F.logsigmoid(-s), F.logsigmoid(d), F.logsigmoid(-d)).sum(1).mean()
         return kl * t * t if options.t2_scaling else kl
 
     def activate(self, logits):

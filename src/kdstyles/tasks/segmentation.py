@@ -30,6 +30,7 @@ class Segmentation(EncoderDecoderTask):
     output_words = "per-pixel class probabilities"
     mixes = ("cutmix",)
     mix_refusal = "mixes masks by CutMix only (a blend of two masks is not a mask)"
+    overlay_writers = ("write_overlays", "write_volume_overlays")
 
     def __init__(self, num_classes: int, dice_weight: float = 1.0, hd95: bool = False):
         super().__init__(num_classes)
@@ -75,15 +76,6 @@ class Segmentation(EncoderDecoderTask):
 
         dice, iou = per_image_scores(probs.argmax(1), labels, probs.shape[1])
         return {"dice": dice.tolist(), "iou": iou.tolist()}
-
-    def write_visuals(self, folder, images, labels, probs, mean, std, count):
-        from .overlays import write_overlays, write_volume_overlays
-
-        n = min(count, len(labels))
-        if n == 0:
-            return []
-        write = write_volume_overlays if images[0].ndim == 4 else write_overlays
-        return write(folder / "overlays", images[:n], labels[:n], {k: p[:n] for k, p in probs.items()}, mean, std)
 
     def prediction_header(self, class_names, volumes=False):
         return ["path", "mask", "foreground_fraction", *((f"ml_{c}" for c in class_names[1:]) if volumes else ())]

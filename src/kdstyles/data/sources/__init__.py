@@ -53,7 +53,9 @@ class Source:
     # item passes the same checks, and the rest only costs time)
     previews: ClassVar[bool] = False
 
-    def load(self, cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool) -> Loaded:
+    def load(self, cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet: bool) -> Loaded:
+        """``saved_splits``: the run folder's record of which file went to which split, read back
+        when it exists (None: no run folder)."""
         raise NotImplementedError
 
     def describe(self, cfg: Any, task: Any) -> str:
@@ -145,11 +147,11 @@ def record_labels(task: Any, records: list[files.Record], cfg: Any, where: str) 
     return names, np.array([index[r.label] for r in records], dtype=np.int64)
 
 
-def split_assignment(cfg: Any, seed: int, run_dir: Path | None, records: list[files.Record], labels: np.ndarray,
+def split_assignment(cfg: Any, seed: int, saved: Path | None, records: list[files.Record], labels: np.ndarray,
                      base: Path, where: str) -> list[str]:
-    """Each file's split: as saved in the run folder (splits.csv; an error when the files no
-    longer match it), else the records' own with the missing splits drawn (seeded, stratified)."""
-    saved = run_dir / "splits.csv" if run_dir is not None else None
+    """Each file's split: as saved in the run folder (``saved``: its splits file; an error when
+    the files no longer match it), else the records' own with the missing splits drawn (seeded,
+    stratified)."""
     assignment = files.read_splits(saved, records, base) if saved is not None and saved.is_file() else None
     if saved is not None and saved.is_file() and assignment is None:
         raise KDError(f"{where}: the files changed since this run was created ({saved} no longer matches); "
@@ -159,7 +161,7 @@ def split_assignment(cfg: Any, seed: int, run_dir: Path | None, records: list[fi
     return assignment
 
 
-def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool, records: list[files.Record],
+def from_volume_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet: bool, records: list[files.Record],
                       base: Path, where: str, boxes_of: Any = None) -> Loaded:
     """Volume files (NIfTI/NRRD) with a class each (3D classification; multi-label: any number of
     them) or boxes in world mm each (``boxes_of``: a :class:`~kdstyles.data.boxfiles.Listing`; 3D
@@ -222,7 +224,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
             grid_boxes = [b * np.array([size / e for e in extent] * 2 + [1], np.float32)
                           for b, extent in zip(grid_boxes, extents)]
     report.raise_errors()
-    assignment = split_assignment(cfg, seed, run_dir, records, labels, base, where)
+    assignment = split_assignment(cfg, seed, saved_splits, records, labels, base, where)
     splits = {}
     for split in files.SPLITS:
         idx = [i for i, s in enumerate(assignment) if s == split]
@@ -238,7 +240,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quie
                   patch=patch)
 
 
-def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool, records: list[files.Record],
+def from_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet: bool, records: list[files.Record],
                base: Path, where: str, mask_of: dict[str, Path] | None = None,
                boxes_of: Any = None) -> Loaded:
     """Image files with a class each (``records[i].label``), a mask each (``mask_of``, dense
@@ -278,7 +280,7 @@ def from_files(cfg: Any, seed: int, task: Any, run_dir: Path | None, quiet: bool
     else:
         names, labels = record_labels(task, records, cfg, where)
         report_names = names
-    assignment = split_assignment(cfg, seed, run_dir, records, labels, base, where)
+    assignment = split_assignment(cfg, seed, saved_splits, records, labels, base, where)
     keep = len(records) * size * size * channels <= cfg.cache_gb * 1e9
     report = checks.DataReport(report_names)
     report.problems += box_problems.problems

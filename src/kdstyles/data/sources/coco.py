@@ -12,13 +12,13 @@ class COCO(Source):
     name = "coco"
     requires = "path"
 
-    def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
+    def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         from ..boxfiles import read_coco
 
         path = Path(cfg.path)
         root = Path(cfg.root) if cfg.root else None
         records, listing = read_coco(path, root, cfg.classes)
-        return from_files(cfg, seed, task, run_dir, quiet, records, root or path.parent, f"data.path '{path}'",
+        return from_files(cfg, seed, task, saved_splits, quiet, records, root or path.parent, f"data.path '{path}'",
                           boxes_of=listing)
 
     def describe(self, cfg, task) -> str:

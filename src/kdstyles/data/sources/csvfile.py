@@ -86,26 +86,26 @@ class CSV(Source):
     name = "csv"
     requires = "path"
 
-    def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
+    def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         path = Path(cfg.path)
         if cfg.dims == 3:
             if task.boxes:
                 from ..boxfiles import read_box_csv
 
                 records, listing = read_box_csv(path, cfg.classes, dims=3)
-                return from_volume_files(cfg, seed, task, run_dir, quiet, records, path.parent,
+                return from_volume_files(cfg, seed, task, saved_splits, quiet, records, path.parent,
                                          f"data.path '{path}'", boxes_of=listing)
-            return from_volume_files(cfg, seed, task, run_dir, quiet, list_csv(path, task.multilabel, cfg.classes,
+            return from_volume_files(cfg, seed, task, saved_splits, quiet, list_csv(path, task.multilabel, cfg.classes,
                                                                               cfg.uncertain),
                                      path.parent, f"data.path '{path}'")
         if task.boxes:
             from ..boxfiles import read_box_csv
 
             records, listing = read_box_csv(path, cfg.classes)
-            return from_files(cfg, seed, task, run_dir, quiet, records, path.parent, f"data.path '{path}'",
+            return from_files(cfg, seed, task, saved_splits, quiet, records, path.parent, f"data.path '{path}'",
                               boxes_of=listing)
         records = list_csv(path, task.multilabel, cfg.classes, cfg.uncertain)
-        return from_files(cfg, seed, task, run_dir, quiet, records, path.parent, f"data.path '{path}'")
+        return from_files(cfg, seed, task, saved_splits, quiet, records, path.parent, f"data.path '{path}'")
 
     def describe(self, cfg, task) -> str:
         return f"CSV {cfg.path}"

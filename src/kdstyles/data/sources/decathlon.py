@@ -78,7 +78,7 @@ class Decathlon(Source):
     requires = "root"
     patches = True
 
-    def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
+    def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         root = Path(cfg.root)
         where = f"data.root '{root}'"
         if cfg.image_size is not None:
@@ -113,7 +113,7 @@ class Decathlon(Source):
         if cfg.channels is not None and cfg.channels != channels:
             raise KDError(f"data.channels: {cfg.channels}, but {listed}; leave data.channels out")
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
-        assignment = split_assignment(cfg, seed, run_dir, records, labels, root, where)
+        assignment = split_assignment(cfg, seed, saved_splits, records, labels, root, where)
         splits = {}
         for split in files.SPLITS:
             idx = [i for i, s in enumerate(assignment) if s == split]

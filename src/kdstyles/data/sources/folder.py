@@ -57,23 +57,23 @@ class Folder(Source):
     name = "folder"
     requires = "root"
 
-    def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
+    def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         root = Path(cfg.root)
         where = f"data.root '{root}'"
         if cfg.dims == 3:
             records, others = list_folder(root, volumes=True)
-            return _left_out(from_volume_files(cfg, seed, task, run_dir, quiet, records, root, where), others,
+            return _left_out(from_volume_files(cfg, seed, task, saved_splits, quiet, records, root, where), others,
                              "volumes")
         if task.boxes:
             from ..boxfiles import read_kvasir
 
             records, listing = read_kvasir(root, cfg.classes)
-            return from_files(cfg, seed, task, run_dir, quiet, records, root, where, boxes_of=listing)
+            return from_files(cfg, seed, task, saved_splits, quiet, records, root, where, boxes_of=listing)
         if task.dense:
             records, mask_of = segfolder.list_pairs(root)
-            return from_files(cfg, seed, task, run_dir, quiet, records, root, where, mask_of)
+            return from_files(cfg, seed, task, saved_splits, quiet, records, root, where, mask_of)
         records, others = list_folder(root)
-        return _left_out(from_files(cfg, seed, task, run_dir, quiet, records, root, where), others, "images")
+        return _left_out(from_files(cfg, seed, task, saved_splits, quiet, records, root, where), others, "images")
 
     def describe(self, cfg, task) -> str:
         return f"{'volume' if cfg.dims == 3 else 'image'} folder {cfg.root}"

@@ -140,7 +140,7 @@ class MedMNIST(Source):
     name = "medmnist"
     requires = "flag"
 
-    def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
+    def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         multilabel = getattr(task, "multilabel", False)
         path = locate(cfg.flag, cfg.size, cfg.root, multilabel)
         arrays = load(path, volumes=cfg.flag in FLAGS_3D, multilabel=multilabel)

@@ -108,7 +108,7 @@ class Synthetic(Source):
     name = "synthetic"
     previews = True
 
-    def load(self, cfg, seed, task, run_dir, quiet) -> Loaded:
+    def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         module = task.synthetic_volumes if cfg.dims == 3 else task.synthetic
         if module is None:
             raise KDError(f"data.spatial_dims: 3: task {task.name} has no embedded volumes; give volume files "
