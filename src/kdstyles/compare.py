@@ -445,7 +445,7 @@ def write_compression(folder: str | Path) -> None:
         return
     runs = [RunFolder(r) for r in run_dirs(cmp.path, rows).values() if RunFolder(r).trained()]
     if runs:
-        from .export import measure_compression
+        from .measure import measure_compression
 
         run = max(runs, key=lambda r: len(r.info().get("parameters", {})))
         cmp.write_compression(measure_compression(run.path))

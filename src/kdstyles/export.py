@@ -9,8 +9,6 @@ needs, and the export's numerical check) and a Markdown model card.
 from __future__ import annotations
 
 import io
-import statistics
-import time
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -26,6 +24,7 @@ from .errors import KDError
 from .evaluate import ENSEMBLE
 from .fileio import atomic_write, write_json, write_text
 from .metrics import label, task_metrics
+from .measure import cpu_latency_ms
 from .models.zoo import count_parameters, flops_per_image
 from .routing import T
 from .runfolder import RunFolder
@@ -71,19 +70,6 @@ def open_run(run_dir: str | Path, network: str | None, checkpoint: str = "best"
     exp.load_weights(checkpoint)
     network = network or exp.cohort.students[0]
     return exp, deployable(exp, network, info), info, network
-
-
-def cpu_latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 20) -> float:
-    """Median CPU latency of one forward at the sample's batch size."""
-    model = model.cpu().eval()
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + 3):
-            t0 = time.perf_counter()
-            model(sample)
-            if i >= 3:
-                times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> float:
@@ -236,22 +222,3 @@ PyTorch to {sidecar['verification']['max_abs_diff']:.2e} (max absolute differenc
 
 A research model: validate it on data from your own site before any use.
 """
-
-
-def measure_compression(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Parameters, FLOPs per image and CPU latency (batch 1 and 32) of every network of a run,
-    and each one's size relative to the teacher (the report's compression table)."""
-    exp = Experiment.from_run(run_dir, quiet=True)
-    info = exp.run_info()
-    nets = exp.cohort.networks
-    size, ch, dims = info["image_size"], info["channels"], exp.cfg.data.dims
-    teacher_params = count_parameters(nets[T]) if T in nets else None
-    rows = []
-    for name, net in nets.items():
-        net.eval()
-        one, many = torch.rand(1, ch, *(size,) * dims), torch.rand(32, ch, *(size,) * dims)
-        p = count_parameters(net)
-        rows.append({"network": name, "parameters": p, "mflops": flops_per_image(net, one) / 1e6,
-                     "latency_b1_ms": cpu_latency_ms(net, one), "latency_b32_ms": cpu_latency_ms(net, many, 5),
-                     "relative_size": p / teacher_params if teacher_params else None})
-    return rows
