@@ -141,3 +141,17 @@ def test_only_the_keepers_name_run_and_comparison_files():
             named = _named_files(path)
             assert not named, f"{path.relative_to(ROOT)}:{named[0][0]} names '{named[0][1]}'; ask RunFolder or " \
                               "ComparisonFolder for it"
+
+
+def test_only_the_dims_module_tells_images_from_volumes():
+    """2D against 3D is decided in kdstyles.dims (words, sample shapes, layouts, memory formats,
+    axes); config.py validates data.spatial_dims itself."""
+    import re
+
+    pattern = re.compile(r"\bdims\s*[!=]=\s*[23]\b|channels_last_3d|\"NCDHW\"")
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.name in ("dims.py", "config.py"):
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            assert not pattern.search(line), f"{path.relative_to(ROOT)}:{n} decides 2D against 3D itself: " \
+                                             f"{line.strip()}; ask kdstyles.dims"

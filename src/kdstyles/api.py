@@ -26,6 +26,7 @@ from .cohort import Cohort, build_cohort, pinned_taps
 from .config import (ExperimentConfig, build_config, check_resumable, config_changes, dump_config,
                      load_config)
 from .data import DataBundle, build_data
+from .dims import dims
 from .engine import Callback, Trainer, pick_device, resolve_workers
 from .errors import KDError
 from .evaluate import ENSEMBLE, one_by_one, predict_probs, score, score_volumes
@@ -135,7 +136,7 @@ class Experiment:
 
         specs = {T: self.cfg.networks.teacher, **self.cfg.networks.students}
         for name in used_networks(list(self.cfg.networks.students), self.cfg.edges, self.cfg.routing.teacher_only):
-            if name not in self.modules and self.cfg.data.dims == 2:
+            if name not in self.modules and not dims(self.cfg.data.dims).volumes:
                 locate_weights(specs[name].arch, specs[name].pretrained, f"networks.{name}")
 
     PREVIEW = 4  # items of each split `check` generates for a source that previews (embedded data)
@@ -186,7 +187,8 @@ class Experiment:
         params = {n: count_parameters(net) for n, net in c.networks.items()}
         info = {
             "kdstyles": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "created": now(), "task": self.cfg.task, "spatial_dims": self.cfg.data.dims, "preset": self.cfg.routing.label, "edges": [str(e) for e in c.edges],
+            "created": now(), "task": self.cfg.task, "spatial_dims": self.cfg.data.dims,
+            "preset": self.cfg.routing.label, "edges": [str(e) for e in c.edges],
             "adapters": sorted(c.adapters), "taps": pinned_taps(c), "parameters": params,
             "class_names": self.data.class_names, "normalize": {"mean": self.data.mean, "std": self.data.std},
             "image_size": self.data.image_size, "channels": self.data.channels,

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .dims import dims
 from .errors import Interrupted, KDError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -120,9 +121,9 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
 
     exp = Experiment(config, overrides=set_ or [], quiet=True)
     cohort, data, previewed = exp.check()
-    dims = exp.cfg.data.dims
-    unit = "images" if dims == 2 else "volumes"
-    sample = torch.zeros(1, data.channels, *(data.image_size,) * dims)
+    space = dims(exp.cfg.data.dims)
+    unit = space.unit
+    sample = space.sample(1, data.channels, data.image_size)
     console.print(f"config ok: preset {exp.cfg.routing.label}, run folder {exp.run_dir}, "
                   f"{data.image_size} px {unit}", highlight=False)
     if previewed:
@@ -147,7 +148,7 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
     for name, net in cohort.networks.items():
         mode = " (offline, frozen)" if name in cohort.frozen else ""
         console.print(f"  {name}: {count_parameters(net):,} parameters, {flops_per_image(net, sample) / 1e6:,.1f} "
-                      f"MFLOPs per {'image' if dims == 2 else 'volume'}{mode}", highlight=False)
+                      f"MFLOPs per {space.item}{mode}", highlight=False)
     for i, (src_shape, dst_shape) in cohort.map_shapes.items():
         e, (src, dst) = cohort.edges[i], cohort.edge_taps[i]
         console.print(f"  taps  {e}: {e.src} {src} {'x'.join(map(str, src_shape))} -> {e.dst} {dst} "
@@ -214,7 +215,7 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
         raise typer.Exit(1) from None
     report = bundle.report
     whole = bundle.splits["train"].crop  # volumes kept whole, trained on patches of this side
-    unit = "volumes" if cfg.data.dims == 3 else "images"
+    unit = dims(cfg.data.dims).unit
     used = f"volumes trained on {whole}^3 patches" if whole else f"{unit} used at {bundle.image_size} px"
     n = bundle.num_classes
     table = Table(title=f"{spec}: {n} class{'es' if n != 1 else ''}, {used}, {bundle.channels} channel(s)")

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from . import checkpoints
 from .config import ExperimentConfig, NetworkConfig
+from .dims import dims
 from .errors import KDError
 from .models.adapters import make_adapter
 from .models.taps import Tap, resolve_module
@@ -404,5 +405,5 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
             weights, path = _offline_teacher_weights(cfg.networks.teacher.checkpoint)
             checkpoints.load_into(nets[T], weights, path, f"networks.teacher (arch {cfg.networks.teacher.arch})")
     weights = task.class_weights(class_counts, train_images) if class_counts is not None else None
-    sample = torch.zeros(2, channels, *(image_size,) * cfg.data.dims)
+    sample = dims(cfg.data.dims).sample(2, channels, image_size)
     return Cohort(nets, edges, task, sample, cfg.loss.ce_weight, frozen, taps, weights, pinned)

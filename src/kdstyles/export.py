@@ -20,6 +20,7 @@ import torch.nn as nn
 from . import __version__
 from .api import Experiment
 from .data.sources import SOURCES
+from .dims import dims as space
 from .errors import KDError
 from .evaluate import ENSEMBLE
 from .fileio import atomic_write, write_json, write_text
@@ -120,7 +121,7 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
         raise KDError(f"--out '{path}': a {fmt} model file ends in {FORMATS[fmt]}")
     gen = torch.Generator().manual_seed(0)
     dims = exp.cfg.data.dims
-    sample = torch.rand(samples, channels, *(size,) * dims, generator=gen)
+    sample = space(dims).sample(samples, channels, size, random=True, generator=gen)
     diff = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, sample, path)
 
     evaluation = exp.folder.read_eval() if exp.folder.eval_path.is_file() else None
@@ -135,15 +136,14 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
         "task": task.name, "network": network, "run_dir": str(run_dir), "run_status": info.get("status"),
         "preset": info.get("preset"),
         "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.get("epochs_done")},
-        "input": {"name": "image", "layout": "NCHW" if dims == 2 else "NCDHW", "dtype": "float32",
-                  "range": [0.0, 1.0], "channels": channels, **({"depth": size} if dims == 3 else {}),
-                  "height": size, "width": size},
+        "input": {"name": "image", "layout": space(dims).layout, "dtype": "float32",
+                  "range": [0.0, 1.0], "channels": channels, **{axis: size for axis in space(dims).axes}},
         "output": {"name": "probabilities",
                    "shape": [len(info["class_names"]) if d == "classes" else d for d in task.output_shape(dims)]},
         "normalisation": {"mean": info["normalize"]["mean"], "std": info["normalize"]["std"],
                           "applied": "inside the model"},
         "class_names": info["class_names"],
-        **({"volumes": exp.cfg.data.preparation} if dims == 3 else {}),
+        **({"volumes": exp.cfg.data.preparation} if space(dims).volumes else {}),
         "metrics": {"split": evaluation.get("split"), **metrics},
         "verification": {"samples": samples, "max_abs_diff": diff,
                          "against": "onnxruntime" if fmt == "onnx" else "torch.jit.load"},

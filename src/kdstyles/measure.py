@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .dims import dims as space
 from .models.zoo import count_parameters, flops_per_image
 from .routing import T
 
@@ -42,7 +43,7 @@ def measure_compression(run_dir: str | Path) -> list[dict[str, Any]]:
     rows = []
     for name, net in nets.items():
         net.eval()
-        one, many = torch.rand(1, ch, *(size,) * dims), torch.rand(32, ch, *(size,) * dims)
+        one, many = (space(dims).sample(n, ch, size, random=True) for n in (1, 32))
         p = count_parameters(net)
         rows.append({"network": name, "parameters": p, "mflops": flops_per_image(net, one) / 1e6,
                      "latency_b1_ms": cpu_latency_ms(net, one), "latency_b32_ms": cpu_latency_ms(net, many, 5),

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .dims import dims as space
 from .errors import KDError
 from .imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, read_image, visible_files
 
@@ -76,8 +77,7 @@ def _check_model(run: Callable[[np.ndarray], np.ndarray], side: dict, model: Pat
     from .tasks import TASKS
 
     inp = side["input"]
-    dims = 3 if "depth" in inp else 2
-    shape = (1, inp["channels"], *(inp["height"],) * dims)
+    shape = space(3 if "depth" in inp else 2).shape(1, inp["channels"], inp["height"])
     where = f"sidecar '{model.with_suffix('.json')}' does not fit model '{model}'"
     again = "export the model again with 'kdstyles export RUN_DIR'"
     given = f"input {'x'.join(map(str, shape[1:]))} (channels x size)"
@@ -110,7 +110,7 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
         from .export import open_run
 
         exp, net, info, network = open_run(model, network, checkpoint)
-        vol = exp.cfg.data.preparation if exp.cfg.data.dims == 3 else None
+        vol = exp.cfg.data.preparation if space(exp.cfg.data.dims).volumes else None
 
         def run(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():

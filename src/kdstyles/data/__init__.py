@@ -24,6 +24,7 @@ import torch
 from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..dims import dims as spatial
 from ..imageio import read_image
 from ..tasks import TASKS
 from . import checks, files
@@ -53,13 +54,14 @@ def build_augment(cfg: Any, image_size: int, with_mask: bool = False, geometric:
         ts.append(RandFlipd(keys, prob=0.5, spatial_axis=1))
     if cfg.vflip and geometric:
         ts.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
+    space = spatial(dims)
     if cfg.rotate90 and geometric:
-        ts.append(RandRotate90d(keys, prob=0.75, spatial_axes=(0, 1) if dims == 2 else (1, 2)))
+        ts.append(RandRotate90d(keys, prob=0.75, spatial_axes=space.quarter_turn_axes))
     if geometric and (cfg.rotate or cfg.zoom or cfg.shift or cfg.shear):
         ts.append(RandAffined(
-            keys, prob=1.0, rotate_range=(np.deg2rad(cfg.rotate),) * (1 if dims == 2 else 3),
+            keys, prob=1.0, rotate_range=(np.deg2rad(cfg.rotate),) * space.rotation_angles,
             scale_range=(cfg.zoom,) * dims, translate_range=(cfg.shift * image_size,) * dims,
-            shear_range=(cfg.shear,) * (2 if dims == 2 else 6),
+            shear_range=(cfg.shear,) * space.shear_terms,
             padding_mode="reflection", mode=modes))
     if cfg.intensity:
         ts.append(RandScaleIntensityd(["image"], factors=cfg.intensity, prob=1.0))
@@ -477,7 +479,7 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
     task_cls = TASKS[task]
     loaded = SOURCES[cfg.source].load(cfg, seed, task_cls, folder.splits_path if folder is not None else None, quiet)
     report, stored = loaded.report, loaded.splits
-    unit = "volumes" if cfg.dims == 3 else "images"
+    unit = spatial(cfg.dims).unit
     if not (task_cls.dense or task_cls.boxes):
         checks.check_balance(report, cfg.imbalance_ratio, task_cls.imbalance_remedy, unit)
         checks.check_class_names(report)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dims import dims as space
 from ..errors import KDError
 from ..fileio import read_csv
 from .files import Record, split_value
@@ -69,7 +70,7 @@ def _empty() -> np.ndarray:
 def read_box_csv(path: Path, classes: list[str] | None, dims: int = 2) -> tuple[list[Record], Listing]:
     """``path,x1,y1,x2,y2,label[,split]`` (``dims=3``: ``path,x1,y1,z1,x2,y2,z2,label[,split]``);
     paths relative to the CSV's folder."""
-    columns = BOX_COLUMNS if dims == 2 else BOX_COLUMNS_3D
+    columns = BOX_COLUMNS_3D if space(dims).volumes else BOX_COLUMNS
     if not path.is_file():
         raise KDError(f"data.path: CSV file '{path}' does not exist")
     rows = read_csv(path, f"give columns path,{','.join(columns)},label[,split]",

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..dims import dims
 from ..errors import KDError
 from ..imageio import array_digest, is_image, is_volume, visible_files
 from . import checks
@@ -57,10 +58,10 @@ def _files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int | N
     from .sources import _fit_volumes, progress
 
     if not paths:
-        raise KDError(f"{where}: holds no {'volume' if cfg.dims == 3 else 'image'} files")
+        raise KDError(f"{where}: holds no {dims(cfg.dims).item} files")
     names = [f"'{p}'" for p in paths]
     report = checks.DataReport([])
-    if cfg.dims == 3:
+    if dims(cfg.dims).volumes:
         from ..imageio import file_digest
         from . import volumes
 
@@ -98,14 +99,15 @@ def load_unlabeled(cfg: Any, task: Any, seed: int, channels: int, size: int, pat
         from .sources import _fit_arrays
         from .sources.synthetic import generate
 
-        module = task.synthetic_volumes if cfg.dims == 3 else task.synthetic
+        space = dims(cfg.dims)
+        module = task.synthetic_volumes if space.volumes else task.synthetic
         if module is None:
             raise KDError(f"data.unlabeled.source: synthetic: task {task.name} has no embedded volumes")
         images = generate(module, seed, "unlabeled", u.samples, size, cfg.dims)[0]
         names = [f"synthetic unlabeled[{i}]" for i in range(len(images))]
-        what = "the embedded synthetic CT-like volumes" if cfg.dims == 3 else task.description
+        what = "the embedded synthetic CT-like volumes" if space.volumes else task.description
         return _arrays(images, _fit_arrays(images, channels, size), names, "data.unlabeled (synthetic)",
-                       f"{'volumes' if cfg.dims == 3 else 'images'} like {what} (labels withheld)")
+                       f"{space.unit} like {what} (labels withheld)")
     if u.source == "medmnist":
         return _medmnist(cfg, seed, channels, size)
     if u.source == "folder":
@@ -113,7 +115,7 @@ def load_unlabeled(cfg: Any, task: Any, seed: int, channels: int, size: int, pat
         where = f"data.unlabeled.root '{root}'"
         if not root.is_dir():
             raise KDError(f"{where}: folder does not exist")
-        fits = is_volume if cfg.dims == 3 else is_image
+        fits = is_volume if dims(cfg.dims).volumes else is_image
         paths = [p for p in visible_files(root) if fits(p)]
         what = f"folder {root}"
     else:
@@ -152,10 +154,10 @@ def _medmnist(cfg: Any, seed: int, channels: int, size: int) -> Unlabeled:
             images = npz[key]
     except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
         raise KDError(f"data.unlabeled: npz file '{path}' is unreadable ({str(exc).splitlines()[0][:80]})") from None
-    volumes = u.flag in FLAGS_3D
-    if (volumes and cfg.dims != 3) or (not volumes and cfg.dims == 3):
-        raise KDError(f"data.unlabeled.flag: '{u.flag}' holds {'volumes' if volumes else 'images'}, the labelled "
-                      f"data {'volumes' if cfg.dims == 3 else 'images'}")
+    volumes, space = u.flag in FLAGS_3D, dims(cfg.dims)
+    if volumes != space.volumes:
+        raise KDError(f"data.unlabeled.flag: '{u.flag}' holds {dims(3 if volumes else 2).unit}, the labelled "
+                      f"data {space.unit}")
     if images.dtype != np.uint8 or images.ndim not in ((4, 5) if volumes else (3, 4)):
         raise KDError(f"data.unlabeled: npz file '{path}': {key} has shape {images.shape} and dtype {images.dtype}; "
                       "expected uint8 images")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import distributed
+from ..dims import dims as space
 from ..errors import KDError
 
 
@@ -51,11 +52,10 @@ class Runtime:
     @classmethod
     def create(cls, train, device: torch.device | None = None, dims: int = 2) -> "Runtime":
         """From the ``train`` config section: joins torchrun's process group when there is one.
-        ``dims``: 3 for volumes (channels_last is then ``channels_last_3d``)."""
+        ``dims``: 3 for volumes (channels_last is then the 3D one)."""
         dist = distributed.setup(train.device)
         device = device or pick_device(train.device, dist.local_rank)
-        last = torch.channels_last if dims == 2 else torch.channels_last_3d
-        fmt = last if train.channels_last else torch.preserve_format
+        fmt = space(dims).channels_last if train.channels_last else torch.preserve_format
         precision = resolve_precision(train.precision, device)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None

@@ -20,6 +20,7 @@ import torch
 from .. import checkpoints, distributed
 from ..cohort import Cohort, TrainStep
 from ..data.mix import Mixer
+from ..dims import dims
 from ..errors import Interrupted, KDError, TrainingDiverged
 from ..evaluate import ENSEMBLE, mean_rows, one_by_one, predict_probs, score, score_volumes
 from ..runfolder import RunFolder
@@ -251,7 +252,7 @@ class Trainer:
         total_steps = len(self.train_loader)
         optimizers = list(self.optim.optimizers.values())
         label = f"{epoch + 1}/{self.cfg.train.epochs}"
-        unit = "vol" if self.cfg.data.dims == 3 else "img"
+        unit = dims(self.cfg.data.dims).short
         drawn = self.cfg.data.batch_size + self.unlabeled_batch  # images a step draws, labelled or not
         n_train = len(self.data.splits["train"])
         with self.log.epoch_progress(label, total_steps, start, drawn, unit) as progress:

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..boxes import HEAT_PRIOR, HEAT_PRIOR_3D, box_channels
+from ..dims import dims as space
 from .zoo import CONVS
 
 NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)
@@ -29,7 +30,7 @@ class CenterNet(nn.Module):
         self.neck = nn.Sequential(NORMS[dims - 2](width), nn.ReLU())
         self.heat = _head(width, num_classes, dims)
         self.box = _head(width, box_channels(dims), dims)
-        prior = HEAT_PRIOR if dims == 2 else HEAT_PRIOR_3D
+        prior = HEAT_PRIOR_3D if space(dims).volumes else HEAT_PRIOR
         nn.init.constant_(self.heat[-1].bias, -math.log((1 - prior) / prior))  # focal loss's prior
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

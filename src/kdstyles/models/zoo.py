@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from monai.networks import nets
 
+from ..dims import dims as space
 from ..errors import KDError
 
 SMALL_STEM_BELOW = 32
@@ -114,7 +115,7 @@ def build_network(arch: str, in_channels: int, num_classes: int, image_size: int
     (2D only)."""
     if arch not in ARCHS:
         raise KDError(f"{where}.arch: unknown arch '{arch}'; allowed: {', '.join(ARCHS)}")
-    if spatial_dims == 3:
+    if space(spatial_dims).volumes:
         if arch == "mobilenet_v2":
             raise KDError(f"{where}.arch: mobilenet_v2 is 2D only; for volumes use a resnet, densenet, efficientnet "
                           "or encoder-decoder")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import KDError
+from ..dims import dims as space
 
 
 class Task:
@@ -76,13 +77,13 @@ class Task:
         if cfg.data.source not in cls.sources:
             raise KDError(f"data.source: '{cfg.data.source}' is not read for task {cls.name}; allowed: "
                           f"{', '.join(cls.sources)}")
-        if cfg.data.patch_size is not None and not ((cls.dense or cls.boxes) and cfg.data.dims == 3):
+        if cfg.data.patch_size is not None and not ((cls.dense or cls.boxes) and space(cfg.data.dims).volumes):
             raise KDError(f"data.patch_size: patches are for 3D segmentation and detection (task {cls.name}, "
                           f"spatial_dims {cfg.data.dims}); leave it out")
         refused = [k for k in cfg.data.mix.kinds if k not in cls.mixes]
         if refused:
             raise KDError(f"data.mix.{refused[0]}: task {cls.name} {cls.mix_refusal}; set data.mix.{refused[0]}: 0")
-        if cfg.data.dims == 3 and not cls.volumes:
+        if space(cfg.data.dims).volumes and not cls.volumes:
             raise KDError(f"data.spatial_dims: task {cls.name} is 2D only; use spatial_dims: 2")
         if not cls.exclusive_classes:
             from ..styles import STYLES
@@ -276,4 +277,4 @@ class EncoderDecoderTask(Task):
         return bottleneck_tap(model, sample)
 
     def output_shape(self, dims: int = 2):
-        return ["batch", "classes", *(["depth"] if dims == 3 else []), "height", "width"]
+        return ["batch", "classes", *space(dims).axes]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KDError
+from ..dims import dims as space
 from .base import EncoderDecoderTask
 
 HEAD_WIDTH = 64  # the body's output channels at widen 1 (the heads' width); at least 8
@@ -59,7 +60,7 @@ class Detection(EncoderDecoderTask):
         from ..models.centernet import CenterNet
         from ..models.zoo import build_network
 
-        width = max(8, int(round((HEAD_WIDTH if dims == 2 else HEAD_WIDTH_3D) * spec.widen)))
+        width = max(8, int(round((HEAD_WIDTH_3D if space(dims).volumes else HEAD_WIDTH) * spec.widen)))
         body = build_network(spec.arch, channels, width, image_size, spec.widen, spec.stem, spec.pretrained,
                              where=where, spatial_dims=dims)
         return CenterNet(body, width, self.num_classes, dims)
@@ -142,7 +143,7 @@ class Detection(EncoderDecoderTask):
     # ------------------------------------------------------------------ deployment
 
     def output_shape(self, dims: int = 2):
-        return ["batch", "channels", *(["depth"] if dims == 3 else []), "height", "width"]
+        return ["batch", "channels", *space(dims).axes]
 
     def prediction_header(self, class_names, volumes=False):
         return ["path", "objects", "detections"]

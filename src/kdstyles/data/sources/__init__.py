@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ...dims import dims as space
 from ...errors import KDError
 from ...imageio import convert, image_size
 from .. import checks, files, segfolder
@@ -81,7 +82,7 @@ def _fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:
     dims = images.ndim - 2
     if images.shape[1:] == (size,) * dims + (channels,):
         return images
-    if dims == 3:
+    if space(dims).volumes:
         return _fit_volumes(images, channels, size)
     from PIL import Image
 
@@ -161,8 +162,8 @@ def split_assignment(cfg: Any, seed: int, saved: Path | None, records: list[file
     return assignment
 
 
-def from_volume_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet: bool, records: list[files.Record],
-                      base: Path, where: str, boxes_of: Any = None) -> Loaded:
+def from_volume_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet: bool,
+                      records: list[files.Record], base: Path, where: str, boxes_of: Any = None) -> Loaded:
     """Volume files (NIfTI/NRRD) with a class each (3D classification; multi-label: any number of
     them) or boxes in world mm each (``boxes_of``: a :class:`~kdstyles.data.boxfiles.Listing`; 3D
     detection): every file read once

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...dims import dims
 from ...errors import KDError
 from ...fileio import read_csv
 from ..files import Record, split_value
@@ -88,7 +89,7 @@ class CSV(Source):
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         path = Path(cfg.path)
-        if cfg.dims == 3:
+        if dims(cfg.dims).volumes:
             if task.boxes:
                 from ..boxfiles import read_box_csv
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from ...dims import dims
 from ...errors import KDError
 from ...imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, visible_dirs, visible_files
 from .. import segfolder
@@ -60,7 +61,7 @@ class Folder(Source):
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         root = Path(cfg.root)
         where = f"data.root '{root}'"
-        if cfg.dims == 3:
+        if dims(cfg.dims).volumes:
             records, others = list_folder(root, volumes=True)
             return _left_out(from_volume_files(cfg, seed, task, saved_splits, quiet, records, root, where), others,
                              "volumes")
@@ -76,7 +77,7 @@ class Folder(Source):
         return _left_out(from_files(cfg, seed, task, saved_splits, quiet, records, root, where), others, "images")
 
     def describe(self, cfg, task) -> str:
-        return f"{'volume' if cfg.dims == 3 else 'image'} folder {cfg.root}"
+        return f"{dims(cfg.dims).item} folder {cfg.root}"
 
     def volumes(self, cfg) -> bool | None:
         return None  # image files, or volume files with spatial_dims: 3

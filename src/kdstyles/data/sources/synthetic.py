@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import KDError
+from ...dims import dims
 from ...fileio import read_npz, write_npz
 from . import Loaded, Source, from_arrays
 
@@ -109,11 +110,12 @@ class Synthetic(Source):
     previews = True
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
-        module = task.synthetic_volumes if cfg.dims == 3 else task.synthetic
+        space = dims(cfg.dims)
+        module = task.synthetic_volumes if space.volumes else task.synthetic
         if module is None:
             raise KDError(f"data.spatial_dims: 3: task {task.name} has no embedded volumes; give volume files "
                           "(data.source: csv) or use spatial_dims: 2")
-        size = cfg.image_size or (import_module(f"kdstyles.data.{module}").DEFAULT_SIZE if cfg.dims == 3
+        size = cfg.image_size or (import_module(f"kdstyles.data.{module}").DEFAULT_SIZE if space.volumes
                                   else task.synthetic_size)
         raw = {}
         for split, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples)):
@@ -125,10 +127,10 @@ class Synthetic(Source):
             else:
                 raw[split] = (images, labels)
         names = list(import_module(f"kdstyles.data.{module}").CLASS_NAMES)
-        return from_arrays(raw, names, cfg.channels or (1 if cfg.dims == 3 else 3), size, "synthetic")
+        return from_arrays(raw, names, cfg.channels or (1 if space.volumes else 3), size, "synthetic")
 
     def describe(self, cfg, task) -> str:
-        return "the embedded synthetic CT-like volumes" if cfg.dims == 3 else task.description
+        return "the embedded synthetic CT-like volumes" if dims(cfg.dims).volumes else task.description
 
     def volumes(self, cfg) -> bool | None:
         return None  # images, or volumes with spatial_dims: 3
