@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from kdstyles import KDError, load_config
-from kdstyles.data import EpochBatchSampler, build_data, synthetic
+from kdstyles.data import EpochBatchSampler, build_data
+from kdstyles.data.generators import synthetic
 from conftest import DATA, SEG
 
 
@@ -29,7 +30,7 @@ def test_every_generator_renders_any_range_of_a_split_alike(module, size):
     (in parallel processes) put together are the split."""
     from importlib import import_module
 
-    gen = import_module(f"kdstyles.data.{module}").generate
+    gen = import_module(f"kdstyles.data.generators.{module}").generate
     whole, labels = gen(2, "val", 5, size)
     part, part_labels = gen(2, "val", 3, size, start=2)
     assert np.array_equal(part, whole[2:]) and not np.array_equal(part, whole[:3])

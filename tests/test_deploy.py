@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from kdstyles.data.synthetic import render_patch
+    from kdstyles.data.generators.synthetic import render_patch
 
     folder = tmp_path_factory.mktemp("images")
     for i in range(5):
@@ -169,7 +169,7 @@ def test_deployable_normalises_inside():
 def test_segmentation_export_and_predict_masks(tiny_overrides, tmp_path):
     from kdstyles.export import export_run
     from kdstyles.predict import predict
-    from kdstyles.data.synthetic_seg import render_frame
+    from kdstyles.data.generators.synthetic_seg import render_frame
 
     exp = Experiment(None, overrides=tiny_overrides(*SEG, *DATA, "train.epochs=1", "eval.overlays=0"), quiet=True)
     exp.fit()

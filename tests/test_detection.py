@@ -312,7 +312,7 @@ def test_detection_trains_evaluates_draws_exports_and_predicts(tiny_overrides, t
     images.mkdir()
     from PIL import Image
 
-    from kdstyles.data.synthetic_det import generate
+    from kdstyles.data.generators.synthetic_det import generate
 
     frames, _ = generate(5, "test", 2, 48)  # another size than the model's 32 px: boxes come back in 48 px
     for i, f in enumerate(frames):

@@ -70,8 +70,8 @@ def test_label_ranks_give_mean_auroc_and_ap_of_any_draw_of_the_images():
 
 
 def test_embedded_mosaics_are_labelled_with_the_classes_they_show():
-    from kdstyles.data.synthetic import render_patch
-    from kdstyles.data.synthetic_multi import generate
+    from kdstyles.data.generators.synthetic import render_patch
+    from kdstyles.data.generators.synthetic_multi import generate
 
     images, labels = generate(0, "train", 6, 32)
     assert images.shape == (6, 32, 32, 3) and labels.shape == (6, 4) and labels.sum(1).min() >= 1
@@ -190,7 +190,7 @@ def test_embedded_multi_label_volumes_hold_their_findings():
     none other; each finding and the no-finding volume occur; the volumes are a pure function
     of the seed and reach training as multi-hot labels."""
     from kdstyles.data import build_data
-    from kdstyles.data.synthetic_vol_multi import CLASS_NAMES, generate, render_findings
+    from kdstyles.data.generators.synthetic_vol_multi import CLASS_NAMES, generate, render_findings
 
     seen = []
     for size in (16, 32):
@@ -221,7 +221,7 @@ def test_multi_label_volumes_from_a_csv_train_evaluate_export_and_predict(tmp_pa
     from the run folder."""
     pytest.importorskip("onnxruntime")
     nib = pytest.importorskip("nibabel")
-    from kdstyles.data.synthetic_vol import render_with_mask
+    from kdstyles.data.generators.synthetic_vol import render_with_mask
     from kdstyles.export import export_run
     from kdstyles.predict import predict
 

@@ -155,3 +155,17 @@ def test_only_the_dims_module_tells_images_from_volumes():
         for n, line in enumerate(path.read_text().splitlines(), 1):
             assert not pattern.search(line), f"{path.relative_to(ROOT)}:{n} decides 2D against 3D itself: " \
                                              f"{line.strip()}; ask kdstyles.dims"
+
+
+def test_no_task_named_outside_tasks():
+    """What differs between tasks is asked of the task (``TASKS[name]``), never decided by its name
+    elsewhere; the metric registry declares which task each metric belongs to."""
+    from kdstyles.tasks import TASKS
+
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] == "tasks" or rel.name == "metrics.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in TASKS:
+                pytest.fail(f"{rel}:{node.lineno} names task '{node.value}'; ask the Task (kdstyles.tasks)")

@@ -691,7 +691,7 @@ def test_large_embedded_splits_are_rendered_in_parallel_and_kept_on_disk(tmp_pat
     monkeypatch.setattr(source.os, "cpu_count", lambda: 2)
     source.generate.cache_clear()
     for module in ("synthetic_det", "synthetic"):
-        alone = import_module(f"kdstyles.data.{module}").generate(1, "train", 130, 16)
+        alone = import_module(f"kdstyles.data.generators.{module}").generate(1, "train", 130, 16)
         got = source.generate(module, 1, "train", 130, 16)  # 2 processes (n // 64 = 2)
         for out in (got, source._read(next(tmp_path.glob(f"synthetic/{module}-*.npz")))):
             assert np.array_equal(out[0], alone[0])
@@ -708,7 +708,7 @@ def test_large_embedded_splits_are_rendered_in_parallel_and_kept_on_disk(tmp_pat
     source.generate.cache_clear()
     monkeypatch.setattr(source, "PARALLEL_PIXELS", 10**12)  # rendered again, in this process
     assert np.array_equal(source.generate("synthetic", 1, "train", 130, 16)[0],
-                          import_module("kdstyles.data.synthetic").generate(1, "train", 130, 16)[0])
+                          import_module("kdstyles.data.generators.synthetic").generate(1, "train", 130, 16)[0])
     assert source._read(cached) is not None  # and written again whole
     source.generate.cache_clear()
 

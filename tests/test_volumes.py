@@ -20,7 +20,7 @@ DATA = ["data.train_samples=24", "data.val_samples=8", "data.test_samples=8", "d
 
 
 def test_embedded_volumes_are_deterministic_and_hold_every_class():
-    from kdstyles.data.synthetic_vol import CLASS_NAMES, generate
+    from kdstyles.data.generators.synthetic_vol import CLASS_NAMES, generate
 
     v, y = generate(3, "train", 30, 20)
     assert v.shape == (30, 20, 20, 20, 1) and v.dtype == np.uint8 and set(y) == set(range(len(CLASS_NAMES)))
@@ -72,7 +72,7 @@ def test_volumes_train_evaluate_and_export(tiny_overrides):
     assert side["verification"]["max_abs_diff"] < 1e-4
     import nibabel as nib
 
-    from kdstyles.data.synthetic_vol import render_volume
+    from kdstyles.data.generators.synthetic_vol import render_volume
     from kdstyles.predict import predict
 
     assert load_predictor(exp.run_dir / "export" / "s1.onnx").volumes["orientation"] == "RAS"
@@ -129,7 +129,7 @@ def test_volume_files_in_class_folders_and_csv(tmp_path):
     oriented and windowed like Decathlon volumes, resized to data.image_size^3."""
     nib = pytest.importorskip("nibabel")
     from kdstyles.data import build_data
-    from kdstyles.data.synthetic_vol import render_volume
+    from kdstyles.data.generators.synthetic_vol import render_volume
 
     rows = ["path,label"]
     for i in range(12):

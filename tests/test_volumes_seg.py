@@ -33,7 +33,7 @@ def decathlon(root, n=8, las_every=4, spacing=(1.2, 1.2, 1.6), meta=True, modali
     differ, some volumes are stored LAS (x flipped), voxels are ``spacing`` mm. With
     ``modalities`` > 1 every image file is 4D like BraTS's (x, y, z, channel), channel m
     shifted by 60 m."""
-    from kdstyles.data.synthetic_vol import render_with_mask
+    from kdstyles.data.generators.synthetic_vol import render_with_mask
 
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
@@ -67,8 +67,8 @@ def dec_args(root, *extra):
 
 
 def test_embedded_segmentation_volumes_match_the_classification_ones():
-    from kdstyles.data.synthetic_vol import render_volume
-    from kdstyles.data.synthetic_vol_seg import CLASS_NAMES, generate
+    from kdstyles.data.generators.synthetic_vol import render_volume
+    from kdstyles.data.generators.synthetic_vol_seg import CLASS_NAMES, generate
 
     v, m = generate(1, "val", 6, 20)
     assert v.shape == (6, 20, 20, 20, 1) and m.shape == (6, 20, 20, 20) and CLASS_NAMES[2] == "lesion"
@@ -318,7 +318,7 @@ def test_3d_boxes_move_exactly_with_flips_and_quarter_turns(seed):
 
 def test_3d_detection_trains_evaluates_and_exports(tiny_overrides):
     from kdstyles.data import checks
-    from kdstyles.data.synthetic_vol_det import generate
+    from kdstyles.data.generators.synthetic_vol_det import generate
     from kdstyles.export import export_run
 
     vols, boxes = generate(0, "train", 9, 16)
@@ -560,7 +560,7 @@ def test_3d_boxes_from_a_csv_in_world_mm_land_on_the_training_grid(tmp_path, siz
     data.patch_size volumes keep their own grid, and so do their boxes."""
     from kdstyles.boxes import grid_to_world, unpad
     from kdstyles.data import build_data
-    from kdstyles.data.synthetic_vol_det import generate
+    from kdstyles.data.generators.synthetic_vol_det import generate
 
     vols, boxes = generate(0, "train", 10, 16)
     rows, expected = ["path,x1,y1,z1,x2,y2,z2,label"], {}

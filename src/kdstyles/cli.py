@@ -114,8 +114,6 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
 def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
           set_: Optional[list[str]] = SetOpt) -> None:
     """Validate a config and build its networks (taps, shapes, adapters) without training."""
-    import torch
-
     from .api import Experiment
     from .models.zoo import count_parameters, flops_per_image
 
@@ -185,16 +183,20 @@ def _data_spec(spec: str, overrides: list[str]):
     else:
         raise KDError(f"'{spec}' is neither a config (.yaml), a folder, a .csv, a COCO .json, a MedMNIST .npz nor "
                       "'synthetic'")
-    from .tasks import TASKS
+    from .tasks import DEFAULT_TASK, TASKS
 
-    # Looking at data needs no networks: where the default classifiers do not fit the task
-    # (segmentation, detection), any body that does stands in, unless the overrides name one.
+    # A source that one task alone reads (COCO boxes: detection) says the task. Looking at data
+    # needs no networks: where the default networks do not fit the task, its stand-in does,
+    # unless the overrides name one.
     given = next((o.partition("=")[2] for o in overrides if o.startswith("task=")), None)
-    task = given or ("detection" if spec.endswith(".json") else "classification")
-    if given is None and task != "classification":
+    source = data[0].partition("=")[2]
+    readers = [name for name, t in TASKS.items() if source in t.sources]
+    task = given or (readers[0] if len(readers) == 1 else DEFAULT_TASK)
+    if given is None and task != DEFAULT_TASK:
         data.append(f"task={task}")
-    nets = [f"networks.{n}.arch=basicunet" for n in ("teacher", "students.s1", "students.s2")] \
-        if task in TASKS and not TASKS[task].accepts_arch("resnet18") else []
+    default = load_config(None, []).networks.teacher.arch
+    nets = [f"networks.{n}.arch={TASKS[task].stand_in_arch}" for n in ("teacher", "students.s1", "students.s2")] \
+        if task in TASKS and not TASKS[task].accepts_arch(default) else []
     return load_config(None, [*data, *nets, *overrides])
 
 

@@ -22,7 +22,7 @@ from .data.sources import SOURCES
 from .errors import KDError
 from .metrics import METRICS
 from .routing import Edge, RoutingConfig, check_style_options, resolve_edges
-from .tasks import TASKS
+from .tasks import DEFAULT_TASK, TASKS
 
 SELECTION_METRICS = ("auto", *(m.name for m in METRICS.values() if m.selectable))
 
@@ -471,7 +471,7 @@ class OutputConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str = "demo"
-    task: Literal[tuple(TASKS)] = "classification"  # type: ignore[valid-type]
+    task: Literal[tuple(TASKS)] = DEFAULT_TASK  # type: ignore[valid-type]
     data: DataConfig = DataConfig()
     networks: NetworksConfig = NetworksConfig()
     routing: RoutingConfig = RoutingConfig()

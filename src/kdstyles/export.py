@@ -176,10 +176,7 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
     how = (f"`kdstyles predict {sidecar['file']} IMAGES...` does the resizing and writes a CSV." if kind == "images"
            else f"`kdstyles predict {sidecar['file']} VOLUMES...` (NIfTI/NRRD) prepares each volume as in training "
                 f"(orientation, spacing, window: the sidecar's `volumes`) and writes a CSV"
-                + (", with a NIfTI mask per volume on its own grid (sliding windows of the input's size)."
-                   if sidecar["task"] == "segmentation" else
-                   " (sliding windows of the input's size over the whole volume)." if sidecar["volumes"]["windows"]
-                   else "."))
+                + task.volume_prediction_words(sidecar["volumes"]["windows"]))
     unl, mix = info.get("unlabeled"), info.get("mix")
     extra = (f" Its distillation edges also learned from {unl['about']}, without their labels." if unl else "") + \
         (f" Training batches were mixed (mixup {mix['mixup']:g}, CutMix {mix['cutmix']:g}, probability "

@@ -24,13 +24,14 @@ import numpy as np
 from .dims import dims as space
 from .errors import KDError
 from .imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, read_image, visible_files
+from .tasks import DEFAULT_TASK
 
 
 class Predictor:
     """Images in [0, 1] (N, C, H, W) float32 -> class probabilities (N, K, ...); ``task`` writes the rows."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], class_names: list[str], channels: int, size: int,
-                 source: str, task: str = "classification", volumes: dict | None = None):
+                 source: str, task: str = DEFAULT_TASK, volumes: dict | None = None):
         from .tasks import TASKS
 
         self.run, self.class_names, self.channels, self.size, self.source = run, class_names, channels, size, source
@@ -61,7 +62,7 @@ def _sidecar(model: Path) -> dict:
     if not ok:
         raise KDError(f"sidecar '{path}' is damaged (needs class_names, a list of names, and input.channels/height, "
                       f"whole numbers); {again}")
-    task = side.get("task", "classification")
+    task = side.get("task", DEFAULT_TASK)
     if task not in TASKS:
         raise KDError(f"sidecar '{path}': task {task!r} is not known (allowed: {', '.join(TASKS)}); {again}")
     if "depth" in inp and not isinstance(side.get("volumes"), dict):
@@ -94,7 +95,7 @@ def _check_model(run: Callable[[np.ndarray], np.ndarray], side: dict, model: Pat
     except Exception as exc:  # noqa: BLE001 (onnxruntime and TorchScript raise their own types)
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise KDError(f"{where}: the sidecar gives {given}, on which the model fails ({reason}); {again}") from None
-    task = TASKS[side.get("task", "classification")](len(side["class_names"]))
+    task = TASKS[side.get("task", DEFAULT_TASK)](len(side["class_names"]))
     try:
         task.check_output(where, out, blank)
     except KDError as exc:
@@ -154,7 +155,7 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
             with torch.inference_mode():
                 return scripted(torch.from_numpy(batch)).numpy()
     _check_model(run, side, model, declared)
-    return Predictor(run, names, ch, size, str(model), side.get("task", "classification"), side.get("volumes"))
+    return Predictor(run, names, ch, size, str(model), side.get("task", DEFAULT_TASK), side.get("volumes"))
 
 
 def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path]:

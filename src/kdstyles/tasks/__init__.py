@@ -9,5 +9,7 @@ from .multilabel import Multilabel
 from .segmentation import Segmentation
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (Classification, Multilabel, Segmentation, Detection)}
+DEFAULT_TASK = Classification.name  # a config without task:, a sidecar or run folder that does not say
 
-__all__ = ["TASKS", "Task", "Classification", "Multilabel", "Segmentation", "Detection"]
+__all__ = ["DEFAULT_TASK", "TASKS", "Task", "Classification", "Multilabel", "Segmentation", "Detection"]
+

@@ -33,7 +33,7 @@ class Task:
     exclusive_classes: ClassVar[bool] = True
     # what the class-imbalance warning suggests
     imbalance_remedy: ClassVar[str] = "data.sampler: balanced or loss.class_weights: balanced"
-    synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data
+    synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data.generators
     synthetic_volumes: ClassVar[str | None] = None  # its 3D counterpart (data.spatial_dims: 3), if any
     volumes: ClassVar[bool] = False  # trains on 3D inputs (data.spatial_dims: 3)
     synthetic_size: ClassVar[int]  # its default image size
@@ -61,6 +61,7 @@ class Task:
         raise NotImplementedError
 
     arch_hint: ClassVar[str] = ""  # what accepts_arch wants, for the error line
+    stand_in_arch: ClassVar[str] = "resnet18"  # a network of this task, where one is needed only to look at data
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
@@ -241,6 +242,11 @@ class Task:
     def prediction_header(self, class_names: list[str], volumes: bool = False) -> list[str]:
         raise NotImplementedError
 
+    def volume_prediction_words(self, windows: bool) -> str:
+        """How ``predict`` treats a whole volume, for model cards (``windows``: the model was
+        trained on patches and slides over the volume)."""
+        return " (sliding windows of the input's size over the whole volume)." if windows else "."
+
     def prediction_row(self, path: Path, probs, class_names: list[str], out_dir: Path, index: int,
                        volume=None) -> list[str]:
         """One CSV row for an input image (and any file written beside it); ``probs`` is numpy.
@@ -253,6 +259,8 @@ class EncoderDecoderTask(Task):
     """A task whose networks are encoder-decoders giving a map at the input's size
     (segmentation, detection): it takes the segmentation archs and taps the bottleneck by
     default."""
+
+    stand_in_arch = "basicunet"
 
     @classmethod
     def accepts_arch(cls, arch: str) -> bool:

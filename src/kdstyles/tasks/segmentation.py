@@ -48,6 +48,9 @@ class Segmentation(EncoderDecoderTask):
             self._dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=self.dice_weight, lambda_ce=1.0)
         return self._dice_ce(logits.float(), y.unsqueeze(1))
 
+    def volume_prediction_words(self, windows: bool) -> str:
+        return ", with a NIfTI mask per volume on its own grid (sliding windows of the input's size)."
+
     def mix_targets(self, y, mix):
         """CutMix: the mask of the mixed image (the box taken from the reversed batch's masks)."""
         mixed = mix.masks(y)

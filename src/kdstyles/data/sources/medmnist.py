@@ -141,7 +141,7 @@ class MedMNIST(Source):
     requires = "flag"
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
-        multilabel = getattr(task, "multilabel", False)
+        multilabel = task.multilabel
         path = locate(cfg.flag, cfg.size, cfg.root, multilabel)
         arrays = load(path, volumes=cfg.flag in FLAGS_3D, multilabel=multilabel)
         raw = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "val", "test")}

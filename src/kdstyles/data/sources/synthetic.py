@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 from functools import lru_cache
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 from ...errors import KDError
 from ...dims import dims
 from ...fileio import read_npz, write_npz
+from ..generators import generator
 from . import Loaded, Source, from_arrays
 
 # Generating costs about 75 ms a 224 px image on one core (3,500 images: 4 to 5 minutes).
@@ -49,14 +49,14 @@ def generate(module: str, seed: int, split: str, n: int, size: int, dims: int = 
     if workers > 1:
         out = _in_parallel(module, seed, split, n, size, workers)
     else:
-        out = import_module(f"kdstyles.data.{module}").generate(seed, split, n, size)
+        out = generator(module).generate(seed, split, n, size)
     if pixels >= CACHE_PIXELS:
         _write(path, out)
     return out
 
 
 def _chunk(module: str, seed: int, split: str, n: int, size: int, start: int):
-    return import_module(f"kdstyles.data.{module}").generate(seed, split, n, size, start)
+    return generator(module).generate(seed, split, n, size, start)
 
 
 def _in_parallel(module: str, seed: int, split: str, n: int, size: int, workers: int):
@@ -115,7 +115,7 @@ class Synthetic(Source):
         if module is None:
             raise KDError(f"data.spatial_dims: 3: task {task.name} has no embedded volumes; give volume files "
                           "(data.source: csv) or use spatial_dims: 2")
-        size = cfg.image_size or (import_module(f"kdstyles.data.{module}").DEFAULT_SIZE if space.volumes
+        size = cfg.image_size or (generator(module).DEFAULT_SIZE if space.volumes
                                   else task.synthetic_size)
         raw = {}
         for split, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples)):
@@ -126,7 +126,7 @@ class Synthetic(Source):
                 raw[split] = (images, (labels.reshape(n, -1).max(1) > 0).astype(np.int64), labels)
             else:
                 raw[split] = (images, labels)
-        names = list(import_module(f"kdstyles.data.{module}").CLASS_NAMES)
+        names = list(generator(module).CLASS_NAMES)
         return from_arrays(raw, names, cfg.channels or (1 if space.volumes else 3), size, "synthetic")
 
     def describe(self, cfg, task) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import KDError
+from ...errors import KDError
 
 CLASS_NAMES = ("normal", "lymphocytic", "tumour", "stroma")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "unlabeled": 3}  # unlabeled: data.unlabeled's extra images

@@ -1,5 +1,5 @@
 """The embedded volumes for multi-label classification (``task: multilabel``,
-``data.spatial_dims: 3``): the CT-like organ crops of :mod:`kdstyles.data.synthetic_vol`,
+``data.spatial_dims: 3``): the CT-like organ crops of :mod:`kdstyles.data.generators.synthetic_vol`,
 each holding any combination of three findings, drawn independently, like the findings a
 CT-RATE report lists per scan:
 

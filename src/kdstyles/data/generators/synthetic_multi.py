@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import KDError
+from ...errors import KDError
 from .synthetic import CLASS_NAMES, check_request, render_patch
 
 __all__ = ["CLASS_NAMES", "generate"]

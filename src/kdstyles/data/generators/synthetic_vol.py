@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import KDError
+from ...errors import KDError
 from .synthetic import SPLIT_IDS, _blur
 
 CLASS_NAMES = ("normal", "cyst", "tumour")

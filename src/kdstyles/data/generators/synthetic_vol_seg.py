@@ -1,5 +1,5 @@
 """The embedded volumes for 3D segmentation (``task: segmentation``, ``data.spatial_dims: 3``):
-the CT-like organ crops of :mod:`kdstyles.data.synthetic_vol` with their masks, 0 outside
+the CT-like organ crops of :mod:`kdstyles.data.generators.synthetic_vol` with their masks, 0 outside
 the organ, 1 organ, 2 lesion (a cyst or a tumour; about one volume in three has none).
 The lesion's edge is blurred into the organ, so the lesion class is the hard one. Voxels
 are nominally 1 mm cubes.

@@ -1,5 +1,5 @@
 """The embedded volumes for 3D detection (``task: detection``, ``data.spatial_dims: 3``): the
-CT-like organ crops of :mod:`kdstyles.data.synthetic_vol` with a box around the lesion,
+CT-like organ crops of :mod:`kdstyles.data.generators.synthetic_vol` with a box around the lesion,
 class ``cyst`` or ``tumour``; about one volume in three is normal and has no box, and every
 volume holds small dense vessels that are not lesions.
 

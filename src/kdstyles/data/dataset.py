@@ -1,0 +1,230 @@
+"""The training items and their order: :class:`ImageDataset` (an image, its label and index,
+augmented by a seed of (seed, epoch, index)), the samplers whose batches are a pure function of
+the seed and the epoch (uniform or class-balanced, sharded over processes), and the joint
+batches of labelled and unlabelled images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import get_track_meta, set_track_meta
+from torch.utils.data import Dataset, Sampler
+
+from ..imageio import read_image
+from .augment import affine_boxes, flip_boxes, pad_boxes
+from .patches import Window, crop_patch
+
+MAX_SEED = 2**31 - 1
+
+
+def _mix(*values: int) -> int:
+    """A deterministic 31-bit seed from integers (independent of PYTHONHASHSEED)."""
+    return int(np.random.SeedSequence([v & 0xFFFFFFFF for v in values]).generate_state(1)[0]) & MAX_SEED
+
+
+class ImageDataset(Dataset):
+    """Images + labels; items are ``(image, label, index)`` addressed by ``(epoch, index)``
+    (the augmentation seed). With ``masks`` (segmentation) the label is the (H, W) mask,
+    augmented together with the image; ``labels`` then says whether an image has foreground.
+    With ``boxes`` (detection) the label is a (M, 2d + 1) tensor of boxes padded with class -1
+    (M: the split's most boxes in one image), moved with the image (``box_affine``,
+    ``box_flips``).
+
+    Volumes (``dims=3``) for segmentation or detection with a ``patch`` size: the training split
+    gives random patch^3 crops (:func:`crop_patch`, ``positive`` of them on foreground or on a
+    box, boxes moved into the patch), the other splits whole volumes (one per batch; they may
+    differ in shape, ``window`` says how sliding windows cover them, ``spacing`` each volume's
+    voxel size in mm)."""
+
+    def __init__(self, labels: np.ndarray, mean: torch.Tensor, std: torch.Tensor, augment=None, seed: int = 0,
+                 images: np.ndarray | list | None = None, paths: list[Path] | None = None, channels: int = 3,
+                 size: int = 32, masks: np.ndarray | list | None = None, boxes: list[np.ndarray] | None = None,
+                 box_flips: tuple[bool, bool, bool] = (False, False, False),
+                 box_affine: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0), dims: int = 2,
+                 patch: int | None = None, train: bool = False, positive: float = 0.5,
+                 spacing: list | None = None, window_batch: int = 4, overlap: float = 0.25):
+        self.labels, self.images, self.paths, self.masks = labels, images, paths, masks
+        self.boxes, self.box_flips, self.box_affine = boxes, box_flips, box_affine
+        self.crop = patch if train else None  # training crops
+        self.window = Window(patch, window_batch, overlap) if patch and not train else None  # whole volumes
+        self.positive, self.spacing, self.dims = positive, spacing, dims
+        self.max_boxes = max([len(b) for b in boxes] + [1]) if boxes is not None else 0
+        self.mean, self.std = mean.view(-1, *(1,) * dims), std.view(-1, *(1,) * dims)
+        self.augment, self.seed, self.channels, self.size = augment, seed, channels, size
+        # One random stream shared by the transforms, reseeded per item (one seeding, not one per transform).
+        self._random = np.random.RandomState()
+        for t in getattr(augment, "transforms", ()):
+            t.set_random_state(state=self._random)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def raw(self, index: int) -> np.ndarray:
+        """The uint8 (H, W, C) image (or (D, H, W, C) volume), from memory or decoded from its file."""
+        if self.images is not None:
+            return self.images[index]
+        return read_image(self.paths[index], self.channels, self.size)[0]
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        raw, mask = self.raw(index), self.masks[index] if self.masks is not None else None
+        boxes = self.boxes[index] if self.boxes is not None else None
+        if self.crop:
+            raw, mask, boxes = crop_patch(raw, mask, self.crop, np.random.default_rng([self.seed, epoch, index, 9]),
+                                          self.positive, boxes)
+        img = torch.from_numpy(np.ascontiguousarray(raw)).movedim(-1, 0).float().div_(255)
+        item = {"image": img}
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0).float()
+        if self.augment is not None:
+            self._random.seed(_mix(self.seed, epoch, index))
+            tracking = get_track_meta()
+            set_track_meta(False)  # plain tensors: MONAI's metadata bookkeeping costs more than the flip
+            try:
+                item = self.augment(item)
+            finally:
+                set_track_meta(tracking)
+        img = item["image"].as_tensor() if hasattr(item["image"], "as_tensor") else item["image"]
+        if boxes is not None:
+            if any(self.box_affine):  # rotate, zoom, shift, shear
+                img, boxes = affine_boxes(img, boxes, np.random.default_rng([self.seed, epoch, index, 6]),
+                                          *self.box_affine)
+            if any(self.box_flips):
+                img, boxes = flip_boxes(img, boxes, np.random.default_rng([self.seed, epoch, index, 5]),
+                                        *self.box_flips)
+            label = pad_boxes(boxes, self.max_boxes, self.dims)
+        else:
+            label = item["mask"][0].round().long() if self.masks is not None else \
+                torch.from_numpy(self.labels[index].astype(np.float32)) if self.labels.ndim == 2 else \
+                int(self.labels[index])  # multi-hot labels: a (K,) float vector
+        return (img - self.mean) / self.std, label, index
+
+
+def balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Each training item's chance of a draw under ``data.sampler: balanced``: one over its
+    class's count, so every class is drawn equally often. Multi-hot (N, K) labels have no one
+    class: an image counts as its rarest label (images without any as one more group), so
+    every image of the rarest finding is drawn as often as in a single-label balanced draw,
+    and a common label is drawn at least as often as the rarest (more where it travels with
+    rarer ones)."""
+    if labels.ndim == 1:
+        return 1.0 / np.bincount(labels)[labels]
+    groups = np.c_[labels.astype(bool), ~labels.astype(bool).any(1)]
+    share = 1.0 / np.maximum(groups.sum(0), 1)
+    return np.where(groups, share, 0.0).max(1)
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of ``(epoch, index)`` keys; the order is seeded by (seed, epoch).
+
+    ``labels`` given: classes are drawn equally often (sampling with replacement, one
+    epoch = as many draws as samples; multi-hot labels: :func:`balanced_weights`).
+    ``shard=(rank, world)`` splits the work between distributed processes: in training every
+    rank takes a strided slice of each global batch (so the global batches, their order and
+    their augmentation are those of one process); in evaluation every rank takes a contiguous
+    chunk (each sample once)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, max_batches: int | None = None,
+                 labels: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)):
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.max_batches, self.epoch, self.start = max_batches, 0, 0
+        self.rank, self.world = shard
+        self.weights = torch.as_tensor(balanced_weights(labels), dtype=torch.double) if labels is not None else None
+        # A training batch of one (per process) would break BatchNorm; drop such a remainder.
+        self.drop_last = shuffle and n % batch_size in range(1, self.world + 1)
+        if not shuffle:
+            per = -(-n // self.world)
+            self.chunk = range(min(n, self.rank * per), min(n, (self.rank + 1) * per))
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The epoch to draw, and the batch to start from (a run resumed mid-epoch skips the
+        batches it already trained on; the order itself does not change)."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        if not self.shuffle:
+            return -(-len(self.chunk) // self.batch_size)
+        n = self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        return min(n, self.max_batches) if self.max_batches else n
+
+    def __iter__(self):
+        if not self.shuffle:
+            for b in range(len(self)):
+                yield [(0, i) for i in self.chunk[b * self.batch_size:(b + 1) * self.batch_size]]
+            return
+        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        else:
+            order = torch.randperm(self.n, generator=g).tolist()
+        for b in range(self.start, len(self)):
+            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [(self.epoch, i) for i in batch[self.rank::self.world]]
+
+
+class JointDataset(Dataset):
+    """The labelled training split and the unlabelled images behind one loader: keys are
+    ``(part, epoch, index)``, part 0 labelled, 1 unlabelled."""
+
+    def __init__(self, labelled: ImageDataset, unlabeled: ImageDataset):
+        self.labelled, self.unlabeled = labelled, unlabeled
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def __getitem__(self, key):
+        part, epoch, index = key
+        return part, *(self.unlabeled if part else self.labelled)[(epoch, index)]
+
+
+def joint_collate(items: list) -> tuple:
+    """A joint batch: ``(labelled images, labels, labelled indices, unlabelled images, unlabelled
+    indices)``."""
+    from torch.utils.data import default_collate
+
+    labelled = default_collate([it[1:] for it in items if it[0] == 0])
+    unlabeled = [it for it in items if it[0] == 1]
+    return (*labelled, torch.stack([it[1] for it in unlabeled]), torch.tensor([it[3] for it in unlabeled]))
+
+
+class JointBatchSampler(Sampler):
+    """Each labelled batch of ``labelled`` (an :class:`EpochBatchSampler`) with ``batch`` unlabelled
+    keys (``(1, pass, index)``). The unlabelled images are drawn in passes, each a permutation
+    seeded by (seed, pass), step after step across epochs: the images of a step are a pure
+    function of the seed, the epoch and the step (a resumed run draws what it would have), and
+    every unlabelled image is drawn once per pass however the two sizes compare. Several
+    processes take strided shares, as of the labelled batch."""
+
+    def __init__(self, labelled: EpochBatchSampler, n: int, batch: int, seed: int):
+        self.labelled, self.n, self.batch, self.seed = labelled, n, batch, seed
+        self._orders: dict[int, list[int]] = {}
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.labelled.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def _order(self, k: int) -> list[int]:
+        if k not in self._orders:
+            self._orders = {j: o for j, o in self._orders.items() if j >= k - 1}
+            g = torch.Generator().manual_seed(_mix(self.seed, 0x55, k))
+            self._orders[k] = torch.randperm(self.n, generator=g).tolist()
+        return self._orders[k]
+
+    def unlabeled_keys(self, step: int) -> list[tuple[int, int, int]]:
+        """The unlabelled keys of the ``step``-th training step counted over all epochs."""
+        keys = []
+        for p in range(step * self.batch, (step + 1) * self.batch):
+            k, offset = divmod(p, self.n)
+            keys.append((1, k, self._order(k)[offset]))
+        return keys
+
+    def __iter__(self):
+        lab = self.labelled
+        steps = len(lab)
+        for step, batch in enumerate(lab, start=lab.start):
+            mine = self.unlabeled_keys(lab.epoch * steps + step)[lab.rank::lab.world]
+            yield [(0, e, i) for e, i in batch] + mine
