@@ -16,7 +16,7 @@ from PIL import Image
 from kdstyles.api import Experiment
 from kdstyles.config import load_config
 from kdstyles.data import EpochBatchSampler, JointBatchSampler
-from kdstyles.data.mix import Mixer, MixDraw, cut_box
+from kdstyles.data.mix import MixDraw, Mixer, cut_box
 from kdstyles.errors import KDError
 from kdstyles.tasks import TASKS
 

@@ -24,8 +24,8 @@ from .dims import dims as space
 from .errors import KDError
 from .evaluate import ENSEMBLE
 from .fileio import atomic_write, write_json, write_text
-from .metrics import label, task_metrics
 from .measure import cpu_latency_ms
+from .metrics import label, task_metrics
 from .models.zoo import count_parameters, flops_per_image
 from .routing import T
 from .runfolder import RunFolder

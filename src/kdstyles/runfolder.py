@@ -257,8 +257,8 @@ class RunFolder:
 
 
 class ComparisonFolder:
-    """A comparison's folder: its manifest, results, compression table and report (the run
-    folders inside it are :class:`RunFolder`\\ s)."""
+    """A comparison's folder: its manifest, results, compression table and report; the run
+    folders inside it are read through :class:`RunFolder`."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -281,9 +281,6 @@ class ComparisonFolder:
     @property
     def report_path(self) -> Path:
         return self.path / "report.html"
-
-    def run(self, name: str) -> RunFolder:
-        return RunFolder(self.path / name)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json(self.manifest_path, manifest)

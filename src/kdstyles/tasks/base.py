@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import KDError
 from ..dims import dims as space
+from ..errors import KDError
 
 
 class Task:

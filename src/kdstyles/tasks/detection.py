@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import KDError
 from ..dims import dims as space
+from ..errors import KDError
 from .base import EncoderDecoderTask
 
 HEAD_WIDTH = 64  # the body's output channels at widen 1 (the heads' width); at least 8

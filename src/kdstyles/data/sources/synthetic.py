@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import KDError
 from ...dims import dims
+from ...errors import KDError
 from ...fileio import read_npz, write_npz
 from ..generators import generator
 from . import Loaded, Source, from_arrays
