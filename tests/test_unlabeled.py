@@ -376,3 +376,15 @@ def test_offline_teacher_sees_each_steps_exact_view(tmp_path):
     assert len(seen["s1"]) == 3 and len(seen["teacher"]) == 3  # 48 images, batch 16: three steps
     for t, s in zip(seen["teacher"], seen["s1"]):
         assert t.shape[0] == 16 + 8 and torch.equal(t, s)
+
+
+def test_unlabelled_medmnist_names_its_own_keys_and_ignores_label_kinds(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDSTYLES_OFFLINE", "1")
+    base = tiny(tmp_path, "data.unlabeled.source=medmnist", f"data.unlabeled.root={tmp_path}")
+    with pytest.raises(KDError, match=r"^data\.unlabeled\.flag: 'nosuch' is not a MedMNIST flag"):
+        Experiment(None, overrides=[*base, "data.unlabeled.flag=nosuch"], quiet=True).data
+    with pytest.raises(KDError, match=r"^data\.unlabeled\.root: 'chestmnist\.npz' is not in .* set data\.unlabeled"):
+        Experiment(None, overrides=[*base, "data.unlabeled.flag=chestmnist"], quiet=True).data  # multi-label: fine
+    write_npz(tmp_path / "chestmnist.npz", multilabel=True)
+    exp = Experiment(None, overrides=[*base, "data.unlabeled.flag=chestmnist"], quiet=True)
+    assert len(exp.data.unlabeled) == 40  # a multi-label file's images serve a classifier's distillation

@@ -145,7 +145,7 @@ def _medmnist(cfg: Any, seed: int, channels: int, size: int) -> Unlabeled:
     from .sources.medmnist import FLAGS_3D, locate
 
     u = cfg.unlabeled
-    path = locate(u.flag, u.size, u.root)
+    path = locate(u.flag, u.size, u.root, multilabel=None, key="data.unlabeled")
     key = f"{u.split}_images"
     try:
         with np.load(path, allow_pickle=False) as npz:

@@ -36,13 +36,15 @@ def info(flag: str) -> tuple:
     return FLAGS[flag] if flag in FLAGS else FLAGS_3D[flag]
 
 
-def check_flag(flag: str, size: int, multilabel: bool = False) -> None:
+def check_flag(flag: str, size: int, multilabel: bool | None = False, key: str = "data") -> None:
+    """A known flag and size; ``multilabel`` (None: labels unread) must match the flag's labels.
+    ``key``: the config section messages name (``data.unlabeled`` for images without labels)."""
     if flag not in FLAGS and flag not in FLAGS_3D:
-        raise KDError(f"data.flag: '{flag}' is not a MedMNIST flag; allowed: {', '.join([*FLAGS, *FLAGS_3D])}")
+        raise KDError(f"{key}.flag: '{flag}' is not a MedMNIST flag; allowed: {', '.join([*FLAGS, *FLAGS_3D])}")
     sizes = SIZES_3D if flag in FLAGS_3D else SIZES
     if size not in sizes:
-        raise KDError(f"data.size: {size} is not a size of {flag}; allowed: {', '.join(map(str, sizes))}")
-    if info(flag)[0].startswith("multi-label") != multilabel:
+        raise KDError(f"{key}.size: {size} is not a size of {flag}; allowed: {', '.join(map(str, sizes))}")
+    if multilabel is not None and info(flag)[0].startswith("multi-label") != multilabel:
         if multilabel:
             raise KDError(f"data.flag: {flag} has one class per image; task multilabel reads chestmnist (or use "
                           "task: classification)")
@@ -58,15 +60,15 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def download(flag: str, size: int, root: Path, timeout: float = 20.0) -> Path:
+def download(flag: str, size: int, root: Path, timeout: float = 20.0, key: str = "data") -> Path:
     """Fetch one file into ``root`` (temporary name, MD5 check, then rename)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     name = file_name(flag, size)
     target = root / name
     url = URL.format(name=name)
-    where = (f"data.root: '{name}' is not in '{root}' and could not be downloaded (%s); download it from "
-             f"{url} into that folder, or set data.root to the folder that holds it")
+    where = (f"{key}.root: '{name}' is not in '{root}' and could not be downloaded (%s); download it from "
+             f"{url} into that folder, or set {key}.root to the folder that holds it")
     if os.environ.get("KDSTYLES_OFFLINE") == "1":
         raise KDError(where % "KDSTYLES_OFFLINE=1")
     root.mkdir(parents=True, exist_ok=True)
@@ -93,11 +95,11 @@ def download(flag: str, size: int, root: Path, timeout: float = 20.0) -> Path:
     return target
 
 
-def locate(flag: str, size: int, root: str | None, multilabel: bool = False) -> Path:
-    check_flag(flag, size, multilabel)
+def locate(flag: str, size: int, root: str | None, multilabel: bool | None = False, key: str = "data") -> Path:
+    check_flag(flag, size, multilabel, key)
     folder = Path(os.path.expanduser(root or DEFAULT_ROOT))
     path = folder / file_name(flag, size)
-    return path if path.is_file() else download(flag, size, folder)
+    return path if path.is_file() else download(flag, size, folder, key=key)
 
 
 def load(path: Path, volumes: bool = False, multilabel: bool = False) -> dict[str, np.ndarray]:
