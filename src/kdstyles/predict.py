@@ -271,8 +271,6 @@ def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int,
     windows of its input over the whole volume; or a segmentation by sliding windows written
     as a NIfTI mask on the input's grid. Windows blend the exported model's outputs
     (probabilities), where evaluate blends logits: the two agree closely, not to the bit."""
-    from types import SimpleNamespace
-
     import torch
     import torch.nn.functional as F
     from monai.inferers import sliding_window_inference
@@ -280,7 +278,7 @@ def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int,
     from .data import volumes
 
     settings = predictor.volumes
-    prepared = volumes.select_modalities(volumes.prepare(path, None, SimpleNamespace(**settings)),
+    prepared = volumes.select_modalities(volumes.prepare(path, None, volumes.Preparation.of(settings)),
                                          settings.get("modalities"), path)
     if prepared.image.shape[-1] != predictor.channels:
         raise KDError(f"volume '{path}' has {prepared.image.shape[-1]} channels; the model takes "

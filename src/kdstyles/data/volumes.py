@@ -44,6 +44,20 @@ def stem(path: Path) -> str:
     return path.stem
 
 
+@dataclass(frozen=True)
+class Preparation:
+    """How volume files are prepared: the data config's ``orientation``, ``spacing`` and
+    ``window``, or the same keys of an exported model's sidecar (``predict``)."""
+
+    orientation: str | None = None
+    spacing: list[float] | None = None
+    window: list[float] | None = None
+
+    @classmethod
+    def of(cls, settings: dict[str, Any]) -> "Preparation":
+        return cls(settings.get("orientation"), settings.get("spacing"), settings.get("window"))
+
+
 @dataclass
 class Prepared:
     image: np.ndarray  # uint8 (D, H, W, C), intensities mapped to [0, 255]
@@ -85,7 +99,7 @@ def _affine(vol) -> np.ndarray:
 
 def prepare(image_path: Path, label_path: Path | None, cfg: Any, num_classes: int | None = None) -> Prepared:
     """Read and prepare one volume (and its label map): see the module's steps. ``cfg``: the
-    data config (``orientation``, ``spacing``, ``window``)."""
+    data config, or a :class:`Preparation` (``orientation``, ``spacing``, ``window``)."""
     import torch
     from monai.transforms import Orientation, Spacing
 
