@@ -49,6 +49,16 @@ def _timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def optimizer_step(losses, opts) -> None:
+    """The engine's update: one backward of every network's summed loss, one step per optimizer."""
+    total = torch.stack([nl.total.float() for nl in losses.values()]).sum()
+    for o in opts.values():
+        o.zero_grad(set_to_none=True)
+    total.backward()
+    for o in opts.values():
+        o.step()
+
+
 def _experiment(config, preset, size, extra=()):
     over = [f"routing.preset={preset}", f"data.image_size={size}", "data.train_samples=256", "data.val_samples=32",
             "data.test_samples=32", *extra]
@@ -77,12 +87,7 @@ def joint_vs_separate(config, preset, size, repeats, precision="fp32", channels_
     def joint():
         with torch.autocast(kind, dtype=dtype or torch.float32, enabled=dtype is not None):
             losses = step_module(x, y)
-        total = torch.stack([nl.total.float() for nl in losses.values()]).sum()
-        for o in opts.values():
-            o.zero_grad(set_to_none=True)
-        total.backward()
-        for o in opts.values():
-            o.step()
+        optimizer_step(losses, opts)
         cohort.after_step()
 
     separate_opts = {n: make_optimizer(cfg.optim, cohort.networks[n].parameters()) for n in cohort.trainable}

@@ -25,6 +25,7 @@ from kdstyles import Experiment
 from kdstyles.cohort import TrainStep
 from kdstyles.data.mix import MixDraw
 from kdstyles.engine import make_optimizer
+from step import optimizer_step  # benchmarks/step.py, beside this script
 
 
 def main() -> None:
@@ -45,23 +46,17 @@ def main() -> None:
     loader = data.loader("train", b, train=True, unlabeled_batch=b)
     t0 = time.perf_counter()
     batches = list(loader)
-    load_rate = sum(len(bt[0]) + len(bt[3]) for bt in batches) / (time.perf_counter() - t0)
-    x, y, _, xu, _ = batches[0]
-    joint_x = torch.cat([x, xu])
+    load_rate = sum(len(bt[0]) for bt in batches) / (time.perf_counter() - t0)
+    joint_x, y = batches[0][:2]  # the labelled images first, then the unlabelled ones
+    x = joint_x[:b]
     if args.mix:
-        joint_x = MixDraw("cutmix", 0.75, tuple(slice(0, s // 2) for s in x.shape[2:])).images(joint_x, len(x))
+        joint_x = MixDraw("cutmix", 0.75, tuple(slice(0, s // 2) for s in x.shape[2:])).images(joint_x, b)
     step = TrainStep(cohort)
     opts = {n: make_optimizer(cfg.optim, cohort.parameters_of(n)) for n in cohort.trainable}
     cohort.train()
 
     def run(inputs, labelled):
-        losses = step(inputs, y, None, labelled)
-        total = torch.stack([nl.total.float() for nl in losses.values()]).sum()
-        for o in opts.values():
-            o.zero_grad(set_to_none=True)
-        total.backward()
-        for o in opts.values():
-            o.step()
+        optimizer_step(step(inputs, y, None, labelled), opts)
 
     def timed(fn) -> float:
         t = time.perf_counter()

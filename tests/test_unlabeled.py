@@ -59,10 +59,12 @@ def test_joint_loader_batches_labelled_then_unlabelled(tmp_path):
     exp = Experiment(None, overrides=tiny(tmp_path, *UNL), quiet=True)
     data = exp.data
     assert len(data.unlabeled) == 20 and "20 images like the embedded synthetic histology" in data.unlabeled_about
-    x, y, idx, xu, iu = next(iter(data.loader("train", 16, train=True, unlabeled_batch=8)))
-    assert x.shape == (16, 3, 16, 16) and y.shape == (16,) and xu.shape == (8, 3, 16, 16) and len(iu) == 8
-    # an unlabelled item is its image prepared as a training image (normalised, augmented by its own seed)
-    assert torch.equal(xu[0], data.unlabeled[(0, int(iu[0]))][0])
+    x, y, idx, iu = next(iter(data.loader("train", 16, train=True, unlabeled_batch=8)))
+    assert x.shape == (24, 3, 16, 16) and y.shape == (16,) and len(idx) == 16 and len(iu) == 8
+    # the labelled images first, then the unlabelled ones, each prepared as a training image (normalised,
+    # augmented by its own seed)
+    assert torch.equal(x[0], data.splits["train"][(0, int(idx[0]))][0])
+    assert torch.equal(x[16], data.unlabeled[(0, int(iu[0]))][0])
     assert len(next(iter(data.loader("train", 16, train=True)))) == 3  # without unlabelled: as before
 
 
@@ -116,8 +118,8 @@ def test_mixed_supervised_loss_is_the_cross_entropy_of_mixed_targets():
     draw = MixDraw("mixup", 0.3)
     soft = 0.3 * F.one_hot(y, 3) + 0.7 * F.one_hot(y.flip(0), 3)
     by_hand = -(soft * logits.log_softmax(1)).sum(1).mean()
-    assert task.supervised_mixed(logits, y, draw, None).item() == pytest.approx(by_hand.item(), rel=1e-6)
-    assert task.style_labels(y, draw).tolist() == y.flip(0).tolist()  # the larger share: the reversed batch
+    assert task.supervised_mixed(logits, task.mix_targets(y, draw), None).item() == pytest.approx(by_hand.item(),
+                                                                                                rel=1e-6)
     seg = TASKS["segmentation"](2)
     masks = torch.zeros(2, 4, 4, dtype=torch.long)
     masks[1] = 1
@@ -175,6 +177,22 @@ def test_supervised_loss_sees_labelled_rows_and_edges_see_all(tmp_path):
     kl = "predictions<-teacher"
     assert joint["s1"].terms[kl].item() == pytest.approx(by_hand.item(), rel=1e-5)
     assert joint["s1"].terms[kl].item() != pytest.approx(labelled["s1"].terms[kl].item(), rel=1e-3)
+
+
+def test_dkd_on_a_mixed_batch_takes_the_labels_of_the_larger_share(tmp_path):
+    from kdstyles.styles import STYLES, Context
+
+    cohort = Experiment(None, overrides=tiny(tmp_path, "routing.preset=dkd"), quiet=True).cohort.eval()
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    outs = cohort(x)
+    edge = next(e for e in cohort.edges if e.dst == "s1")
+    source, target = outs["teacher"].logits.detach(), outs["s1"].logits
+    for lam, labels in ((0.3, y.flip(0)), (0.7, y)):  # the reversed batch's labels when it is the larger share
+        got = cohort.losses(outs, y, mix=MixDraw("mixup", lam))["s1"].terms["dkd<-teacher"]
+        want = STYLES["dkd"].compute(source, target, edge.options, cohort.task, Context(labels, cohort.epoch))
+        other = STYLES["dkd"].compute(source, target, edge.options, cohort.task,
+                                      Context(labels.flip(0), cohort.epoch))
+        assert got.item() == pytest.approx(want.item(), rel=1e-6) and got.item() != pytest.approx(other.item())
 
 
 def test_online_teacher_learns_from_its_labels_only(tmp_path):
@@ -346,8 +364,8 @@ def test_every_task_trains_with_unlabelled_images(tmp_path, extra):
     exp.fit()
     assert json.loads((exp.run_dir / "run.json").read_text())["unlabeled"]["images"] == 6
     loader = exp.data.loader("train", exp.cfg.data.batch_size, train=True, unlabeled_batch=4)
-    xu = next(iter(loader))[3]
-    assert xu.shape[0] == 4 and xu.shape[1:] == next(iter(loader))[0].shape[1:]
+    x, y, _, iu = next(iter(loader))
+    assert len(iu) == 4 and x.shape[0] == len(y) + 4 == exp.cfg.data.batch_size + 4
 
 
 def test_compare_shared_teacher_stays_uncached_with_unlabelled_images_or_mixing(tmp_path):

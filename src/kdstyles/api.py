@@ -196,7 +196,7 @@ class Experiment:
             "unlabeled": None if self.data.unlabeled is None else {
                 "source": self.cfg.data.unlabeled.source, "images": len(self.data.unlabeled),
                 "about": self.data.unlabeled_about,
-                "batch_size": self.cfg.data.unlabeled_batch_size or self.cfg.data.batch_size},
+                "batch_size": self.cfg.data.unlabeled_batch},
             "mix": self.cfg.data.mix.model_dump() if self.cfg.data.mix.on else None,
             "status": "created",
         }

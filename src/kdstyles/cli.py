@@ -133,7 +133,7 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
     if data.unlabeled is not None:
         later = f" ({u.samples:,} when training starts)" if previewed and u.source == "synthetic" else ""
         console.print(f"  unlabelled  {data.unlabeled_about}, checked against every labelled split{later}; "
-                      f"{exp.cfg.data.unlabeled_batch_size or exp.cfg.data.batch_size} drawn with each labelled "
+                      f"{exp.cfg.data.unlabeled_batch} drawn with each labelled "
                       "batch for the distillation edges", highlight=False)
     elif u is not None:
         console.print("  unlabelled  not used: no distillation edge to learn from them", highlight=False)

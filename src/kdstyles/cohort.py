@@ -275,10 +275,14 @@ class Cohort(nn.Module):
         result = {}
         n = len(y) if labelled is None else labelled
         rows = slice(0, n)
+        # once per step: what the labels become on a mixed batch, and the labels of each image's larger
+        # share, which styles that consume labels (DKD's target class) see
+        targets = self.task.mix_targets(y, mix) if mix is not None else (y, y, 1.0)
+        style_labels = targets[0] if targets[2] >= 0.5 else targets[1]
         for name in self.trainable:
             sup = self.task.loss_name
             logits = outs[name].logits
-            terms = {sup: self.task.supervised_mixed(logits[rows] if len(logits) > n else logits, y, mix,
+            terms = {sup: self.task.supervised_mixed(logits[rows] if len(logits) > n else logits, targets,
                                                      self.class_weights)}
             distill = []
             for i, e in enumerate(self.edges):
@@ -294,7 +298,7 @@ class Cohort(nn.Module):
                 style = STYLES[e.style]
                 if style.labels and len(target) > n:  # the labelled rows only
                     source, target = source[rows], target[rows]
-                context = Context(self.task.style_labels(y, mix) if style.labels else None, self.epoch)
+                context = Context(style_labels if style.labels else None, self.epoch)
                 term = style.compute(source, target, e.options, self.task, context)
                 label = e.term if e.term not in terms else f"{e.term}#{i}"
                 terms[label] = term

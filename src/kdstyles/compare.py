@@ -200,9 +200,9 @@ def shared_teacher(config, base, seed: int, out: Path, name: str, overrides: lis
     except KDError as exc:
         raise (KDError(f"{option}: {exc}".replace("--set ", "", 1)) if option else exc) from None
     same_net = tuple(o for o in teacher_overrides if o.startswith("networks.teacher."))  # the same network to load
-    # a cached teacher sees one fixed view of each image: only where no view is random, and never beside
-    # unlabelled images or mixed views, whose whole point is the teacher's answer on each step's exact view
-    cache = not (base.data.random_items or base.data.mix.on or base.data.unlabeled is not None)
+    # a cached teacher sees one fixed view of each image: only where views are fixed, and never beside
+    # unlabelled images, whose whole point is the teacher's answer on each step's exact view
+    cache = base.data.fixed_views and base.data.unlabeled is None
     shared = (*same_net, "networks.teacher.mode=offline", f"networks.teacher.checkpoint={out / name}",
               f"networks.teacher.cache={str(cache).lower()}")
     return RunSpec(SHARED_TEACHER, seed, str(out / name), config, ov, checkpoint), shared

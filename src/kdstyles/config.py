@@ -77,7 +77,7 @@ class MixConfig(Strict):
 
     @property
     def on(self) -> bool:
-        return self.prob > 0 and (self.mixup > 0 or self.cutmix > 0)
+        return bool(self.kinds)
 
     @property
     def kinds(self) -> list[str]:
@@ -271,6 +271,17 @@ class DataConfig(Strict):
             raise ValueError(f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no "
                              "training images; together they must be below 1 (0.15 each by default)")
         return self
+
+    @property
+    def fixed_views(self) -> bool:
+        """Whether every step shows a training image the same way (no random augmentation or
+        patches, no mixing): what keeping a frozen teacher's outputs per image needs."""
+        return not (self.random_items or self.mix.on)
+
+    @property
+    def unlabeled_batch(self) -> int:
+        """Unlabelled images drawn with every labelled batch (``unlabeled_batch_size`` or ``batch_size``)."""
+        return self.unlabeled_batch_size or self.batch_size
 
     @property
     def random_items(self) -> bool:

@@ -180,13 +180,13 @@ class JointDataset(Dataset):
 
 
 def joint_collate(items: list) -> tuple:
-    """A joint batch: ``(labelled images, labels, labelled indices, unlabelled images, unlabelled
-    indices)``."""
+    """A joint batch: ``(images, labels, labelled indices, unlabelled indices)``, the images
+    stacked once, the labelled ones (``len(labels)`` of them) first, as the networks take them."""
     from torch.utils.data import default_collate
 
-    labelled = default_collate([it[1:] for it in items if it[0] == 0])
-    unlabeled = [it for it in items if it[0] == 1]
-    return (*labelled, torch.stack([it[1] for it in unlabeled]), torch.tensor([it[3] for it in unlabeled]))
+    labels, indices = default_collate([it[2:] for it in items if it[0] == 0])
+    unlabeled = torch.tensor([it[3] for it in items if it[0] == 1])
+    return torch.stack([it[1] for it in items]), labels, indices, unlabeled
 
 
 class JointBatchSampler(Sampler):

@@ -138,31 +138,17 @@ def load_unlabeled(cfg: Any, task: Any, seed: int, channels: int, size: int, pat
 
 
 def _medmnist(cfg: Any, seed: int, channels: int, size: int) -> Unlabeled:
-    """A MedMNIST file's split, its labels left unread."""
-    import zipfile
-
+    """A MedMNIST file's split, its labels left as they are."""
     from .sources import _fit_arrays
-    from .sources.medmnist import FLAGS_3D, locate
+    from .sources.medmnist import FLAGS_3D, load, locate
 
     u = cfg.unlabeled
-    path = locate(u.flag, u.size, u.root, multilabel=None, key="data.unlabeled")
-    key = f"{u.split}_images"
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if key not in npz.files:
-                raise KDError(f"data.unlabeled: npz file '{path}' lacks key '{key}'")
-            images = npz[key]
-    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise KDError(f"data.unlabeled: npz file '{path}' is unreadable ({str(exc).splitlines()[0][:80]})") from None
     volumes, space = u.flag in FLAGS_3D, dims(cfg.dims)
     if volumes != space.volumes:
         raise KDError(f"data.unlabeled.flag: '{u.flag}' holds {dims(3 if volumes else 2).unit}, the labelled "
                       f"data {space.unit}")
-    if images.dtype != np.uint8 or images.ndim not in ((4, 5) if volumes else (3, 4)):
-        raise KDError(f"data.unlabeled: npz file '{path}': {key} has shape {images.shape} and dtype {images.dtype}; "
-                      "expected uint8 images")
-    if images.ndim == (4 if volumes else 3):
-        images = images[..., None]
+    path = locate(u.flag, u.size, u.root, multilabel=None, key="data.unlabeled")
+    images = load(path, volumes=volumes, multilabel=None)[f"{u.split}_images"]
     images = images[_cap(len(images), u.samples, seed)]
     names = [f"'{path}' {u.split}[{i}]" for i in range(len(images))]
     return _arrays(images, _fit_arrays(images, channels, size), names, f"data.unlabeled '{path}'",

@@ -84,11 +84,8 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
-    def images(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device, non_blocking=True, memory_format=self.memory_format)
-
     def batch(self, x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor | None):
-        x = self.images(x)
+        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
         y = y.to(self.device, non_blocking=True)
         return x, y, keys.to(self.device, non_blocking=True) if keys is not None else None
 

@@ -55,8 +55,7 @@ class Trainer:
         workers = dict(num_workers=resolve_workers(cfg.data.num_workers, self.device),
                        persistent_workers=cfg.data.persistent_workers, shard=(self.dist.rank, self.dist.world))
         # unlabelled images for the distillation edges (data.unlabeled), drawn with every labelled batch
-        self.unlabeled_batch = (cfg.data.unlabeled_batch_size or cfg.data.batch_size) \
-            if data.unlabeled is not None and cohort.edges else 0
+        self.unlabeled_batch = cfg.data.unlabeled_batch if data.unlabeled is not None and cohort.edges else 0
         if self.unlabeled_batch % self.dist.world:
             raise KDError(f"data.unlabeled_batch_size {self.unlabeled_batch} is a global batch and must divide by "
                           f"the {self.dist.world} processes")
@@ -260,10 +259,9 @@ class Trainer:
                 x, y, keys = self.rt.batch(*batch[:2], batch[2] if self.use_cache else None)
                 labelled = None
                 if len(batch) > 3:  # a joint batch: the unlabelled images follow the labelled ones
-                    labelled = len(x)
-                    x = torch.cat([x, self.rt.images(batch[3])])
+                    labelled = len(y)
                     if keys is not None:
-                        keys = torch.cat([keys, batch[4].to(keys.device) + n_train])
+                        keys = torch.cat([keys, batch[3].to(keys.device) + n_train])
                 mix = self.mixer.draw(epoch, step, tuple(x.shape[2:]))
                 if mix is not None:
                     x = mix.images(x, labelled)

@@ -115,23 +115,14 @@ class Task:
         one-hot or multi-hot targets, as timm's mixup targets)."""
         return y, y.flip(0), mix.lam
 
-    def supervised_mixed(self, logits, y, mix, class_weights):
-        """The supervised loss of a batch that may be mixed (``mix`` None: not mixed)."""
-        if mix is None:
-            return self.supervised(logits, y, class_weights)
-        y_a, y_b, lam = self.mix_targets(y, mix)
+    def supervised_mixed(self, logits, targets, class_weights):
+        """The supervised loss of a batch's ``targets`` (:meth:`mix_targets`' triple; an unmixed
+        batch is ``(y, y, 1.0)``)."""
+        y_a, y_b, lam = targets
         if lam >= 1:
             return self.supervised(logits, y_a, class_weights)
         return lam * self.supervised(logits, y_a, class_weights) + (1 - lam) * self.supervised(logits, y_b,
                                                                                                  class_weights)
-
-    def style_labels(self, y, mix):
-        """The labels a style that consumes them (DKD's target class) sees on a mixed batch: those
-        of the larger share of each image."""
-        if mix is None:
-            return y
-        y_a, y_b, lam = self.mix_targets(y, mix)
-        return y_a if lam >= 0.5 else y_b
 
     def class_weights(self, counts: list[int], images: int | None):
         """``loss.class_weights: balanced`` from the training split's count per class: each

@@ -102,9 +102,10 @@ def locate(flag: str, size: int, root: str | None, multilabel: bool | None = Fal
     return path if path.is_file() else download(flag, size, folder, key=key)
 
 
-def load(path: Path, volumes: bool = False, multilabel: bool = False) -> dict[str, np.ndarray]:
+def load(path: Path, volumes: bool = False, multilabel: bool | None = False) -> dict[str, np.ndarray]:
     """Every split's images (N, H, W[, C]) and labels (N,) from a MedMNIST-format npz; with
-    ``volumes``, volumes (N, D, H, W[, C]); with ``multilabel``, multi-hot labels (N, K)."""
+    ``volumes``, volumes (N, D, H, W[, C]); with ``multilabel``, multi-hot labels (N, K);
+    ``multilabel=None``: the labels are left as they are (images without labels)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in KEYS if k not in npz.files]
@@ -126,13 +127,14 @@ def load(path: Path, volumes: bool = False, multilabel: bool = False) -> dict[st
             expected = "(N, D, H, W) or (N, D, H, W, C)" if volumes else "(N, H, W) or (N, H, W, C)"
             raise KDError(f"npz file '{path}': {split}_images has shape {images.shape} and dtype {images.dtype}; "
                           f"expected uint8 {expected}")
-        if multilabel != (labels.ndim == 2 and labels.shape[1] > 1):
+        if multilabel is not None and multilabel != (labels.ndim == 2 and labels.shape[1] > 1):
             raise KDError(f"npz file '{path}': {split}_labels has shape {labels.shape}; "
                           + ("task multilabel needs (N, K) yes/no labels" if multilabel else
                              "multi-label (several per image): set task: multilabel"))
         if len(labels) != len(images):
             raise KDError(f"npz file '{path}': {len(images)} {split} images but {len(labels)} labels")
-        arrays[f"{split}_labels"] = labels.astype(np.uint8) if multilabel else labels.reshape(-1).astype(np.int64)
+        if multilabel is not None:
+            arrays[f"{split}_labels"] = labels.astype(np.uint8) if multilabel else labels.reshape(-1).astype(np.int64)
         if images.ndim == want[0]:  # grey-scale: add the channel axis
             arrays[f"{split}_images"] = images[..., None]
     return arrays
