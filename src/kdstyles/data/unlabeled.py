@@ -152,7 +152,7 @@ def _medmnist(cfg: Any, seed: int, channels: int, size: int) -> Unlabeled:
     images = images[_cap(len(images), u.samples, seed)]
     names = [f"'{path}' {u.split}[{i}]" for i in range(len(images))]
     return _arrays(images, _fit_arrays(images, channels, size), names, f"data.unlabeled '{path}'",
-                   f"images of MedMNIST {u.flag} {u.split} (labels not read)")
+                   f"images of MedMNIST {u.flag} {u.split} (labels not used)")
 
 
 def split_digests(split: Any) -> list[set[str]]:

@@ -37,7 +37,7 @@ def info(flag: str) -> tuple:
 
 
 def check_flag(flag: str, size: int, multilabel: bool | None = False, key: str = "data") -> None:
-    """A known flag and size; ``multilabel`` (None: labels unread) must match the flag's labels.
+    """A known flag and size; ``multilabel`` (None: labels not used) must match the flag's labels.
     ``key``: the config section messages name (``data.unlabeled`` for images without labels)."""
     if flag not in FLAGS and flag not in FLAGS_3D:
         raise KDError(f"{key}.flag: '{flag}' is not a MedMNIST flag; allowed: {', '.join([*FLAGS, *FLAGS_3D])}")
