@@ -169,3 +169,27 @@ def test_no_task_named_outside_tasks():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and node.value in TASKS:
                 pytest.fail(f"{rel}:{node.lineno} names task '{node.value}'; ask the Task (kdstyles.tasks)")
+
+
+def test_label_kinds_are_asked_not_tested():
+    """A task names the kind of its labels; only kdstyles.data.labels reads the name, and the rest
+    of the data code asks the kind (how to read, move, check and count its labels), so no task
+    flag (dense, boxes, multilabel) is tested outside tasks/."""
+    from kdstyles.data.labels import LABELS
+    from kdstyles.tasks import TASKS
+
+    for task in TASKS.values():
+        assert task.label_kind in LABELS
+        assert not any(hasattr(task, flag) for flag in ("dense", "boxes", "multilabel")), task.name
+    keeper = ROOT / "data" / "labels.py"
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] == "tasks" or path == keeper:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            assert not (isinstance(node, ast.Attribute) and node.attr == "label_kind"), \
+                f"{rel}:{node.lineno} reads a task's label kind; ask kdstyles.data.labels.labels_of(task)"
+            if isinstance(node, ast.Compare):  # kind == "mask", kind in ("mask", ...)
+                named = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and n.value in LABELS]
+                assert not named, f"{rel}:{node.lineno} tests for label kind '{named[0]}'; ask the kind " \
+                                  "(kdstyles.data.labels)"

@@ -207,6 +207,7 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
     """Class counts per split, image sizes and channels, and every problem found (exit 1 on errors)."""
     from .data import build_data
     from .data.checks import DataErrors
+    from .data.labels import labels_of
     from .tasks import TASKS
 
     cfg = _data_spec(spec, set_ or [])
@@ -227,14 +228,8 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
         table.add_column(split, justify="right")
     for k, name in enumerate(report.class_names):
         table.add_row(name, *(str(report.counts[s][k]) for s in splits))
-    if TASKS[cfg.task].multilabel:  # an image counts under each of its classes
-        table.add_row(f"[bold]{unit}", *(f"[bold]{len(bundle.splits[s])}" for s in splits))
-    else:
-        table.add_row("[bold]total", *(f"[bold]{sum(report.counts[s])}" for s in splits))
-    if TASKS[cfg.task].boxes:  # the rows above count images with and without objects; these count boxes
-        for k, name in enumerate(bundle.class_names):
-            table.add_row(f"boxes: {name}", *(str(sum(int((b[:, -1] == k).sum()) for b in bundle.splits[s].boxes))
-                                              for s in splits))
+    for row in labels_of(TASKS[cfg.task]).table_rows(bundle, splits, unit):
+        table.add_row(*row)
     console.print(table)
     console.print(f"source {unit}: {report.describe_sources()}", highlight=False)
     _print_problems(report.problems)

@@ -276,6 +276,7 @@ def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int,
     from monai.inferers import sliding_window_inference
 
     from .data import volumes
+    from .data.labels import labels_of
 
     settings = predictor.volumes
     prepared = volumes.select_modalities(volumes.prepare(path, None, volumes.Preparation.of(settings)),
@@ -289,13 +290,14 @@ def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int,
     def run(batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.asarray(predictor(np.ascontiguousarray(batch.numpy(), dtype=np.float32))))
 
-    if predictor.task.dense or settings.get("windows", False):
+    masks = labels_of(predictor.task).per_pixel  # a class per voxel: a mask on the input's grid
+    if masks or settings.get("windows", False):
         with torch.inference_mode():
             probs = sliding_window_inference(x, size, window_batch, run, overlap=settings.get("overlap", 0.25),
                                              mode="gaussian")[0].numpy()
     else:  # the whole volume resized to the model's input
         probs = run(F.interpolate(x, size=size, mode="trilinear", align_corners=False))[0].numpy()
-    if not predictor.task.dense:
+    if not masks:
         return predictor.task.prediction_row(path, probs, predictor.class_names, out_dir, index,
                                              volume=(prepared.image.shape[:3], prepared.affine))
     mask = volumes.restore(probs.argmax(0).astype(np.uint8), prepared)  # on the input's own grid

@@ -28,6 +28,7 @@ from . import checks, files
 from .augment import MIN_KEPT, affine_boxes, build_augment, clip_boxes, flip_boxes, pad_boxes
 from .dataset import (EpochBatchSampler, ImageDataset, JointBatchSampler, JointDataset, _mix, balanced_weights,
                       joint_collate)
+from .labels import labels_of
 from .patches import Window, crop_patch
 from .sources import SOURCES
 
@@ -107,9 +108,8 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
     loaded = SOURCES[cfg.source].load(cfg, seed, task_cls, folder.splits_path if folder is not None else None, quiet)
     report, stored = loaded.report, loaded.splits
     unit = spatial(cfg.dims).unit
-    if not (task_cls.dense or task_cls.boxes):
-        checks.check_balance(report, cfg.imbalance_ratio, task_cls.imbalance_remedy, unit)
-        checks.check_class_names(report)
+    kind = labels_of(task_cls)
+    kind.check_counts(report, cfg, task_cls.imbalance_remedy, unit)
     checks.check_duplicates({s: v.digests for s, v in stored.items()}, {s: v.names for s, v in stored.items()},
                             cfg.on_duplicates, report)
     empty = [s for s, v in stored.items() if len(v.labels) == 0]
@@ -122,14 +122,10 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
     channels, size = loaded.channels, loaded.size
     patch = cfg.patch_size or loaded.patch
     mean, std = _normalisation(cfg, normalize or cfg.normalize, stored["train"], channels, size, seed)
-    augment = build_augment(cfg.augment, patch or size, with_mask=task_cls.dense, geometric=not task_cls.boxes,
-                            dims=cfg.dims)
-    aug = cfg.augment
-    flips, affine = (aug.hflip, aug.vflip, aug.rotate90), (aug.rotate, aug.zoom, aug.shift, aug.shear)
+    augment = build_augment(cfg.augment, patch or size, **kind.augment(cfg.augment), dims=cfg.dims)
     splits = {s: ImageDataset(v.labels, mean, std, augment if s == "train" else None, seed, images=v.images,
                               paths=v.paths, channels=channels, size=size, masks=v.masks, boxes=v.boxes,
-                              box_flips=flips if s == "train" and task_cls.boxes else (False, False, False),
-                              box_affine=affine if s == "train" and task_cls.boxes else (0.0, 0.0, 0.0, 0.0),
+                              **kind.box_moves(cfg.augment if s == "train" else None),
                               dims=cfg.dims, patch=patch, train=s == "train", positive=cfg.patch_positive,
                               spacing=v.spacing, window_batch=cfg.batch_size, overlap=cfg.patch_overlap)
               for s, v in stored.items()}

@@ -2,8 +2,8 @@
 later detection, volumes) lives in one Task subclass, so the engine, the cohort, the data
 code, export and predict ask the task and never which task runs.
 
-A task owns: its name and the data sources it reads; whether its labels are dense (a
-mask per image, moved together with the image by augmentation); the supervised loss; the
+A task owns: its name and the data sources it reads; the kind of its labels (a class, several,
+a mask or boxes per image: :mod:`kdstyles.data.labels` reads and moves each kind); the supervised loss; the
 check of a network's output; its metrics, the default selection metric and per-network
 details; the default feature tap; the ensemble rule; the pictures ``evaluate`` draws; the
 output shape an exported model declares; and how ``predict`` writes its results.
@@ -26,9 +26,10 @@ class Task:
     loss_name: ClassVar[str]  # the supervised loss term's name in logs
     selection: ClassVar[str]  # default checkpoint-selection metric (metrics.METRICS)
     sources: ClassVar[tuple[str, ...]]  # data.source values it reads
-    dense: ClassVar[bool] = False  # labels are per-pixel masks
-    boxes: ClassVar[bool] = False  # labels are boxes (a padded (M, 5) tensor per image)
-    multilabel: ClassVar[bool] = False  # labels are multi-hot (K,) vectors: any number of classes per image
+    # what its labels are, for the data code (kdstyles.data.labels): class-index, multi-hot (any
+    # number of classes per image), mask (a class per pixel) or box-list (a padded (M, 5) tensor per image)
+    label_kind: ClassVar[str] = "class-index"
+    patches: ClassVar[bool] = False  # trains on patches of whole volumes (data.patch_size) and slides over them
     # one class per image or pixel, a softmax over classes: styles that need it (dkd, dist) apply
     exclusive_classes: ClassVar[bool] = True
     # what the class-imbalance warning suggests
@@ -78,7 +79,7 @@ class Task:
         if cfg.data.source not in cls.sources:
             raise KDError(f"data.source: '{cfg.data.source}' is not read for task {cls.name}; allowed: "
                           f"{', '.join(cls.sources)}")
-        if cfg.data.patch_size is not None and not ((cls.dense or cls.boxes) and space(cfg.data.dims).volumes):
+        if cfg.data.patch_size is not None and not (cls.patches and space(cfg.data.dims).volumes):
             raise KDError(f"data.patch_size: patches are for 3D segmentation and detection (task {cls.name}, "
                           f"spatial_dims {cfg.data.dims}); leave it out")
         refused = [k for k in cfg.data.mix.kinds if k not in cls.mixes]

@@ -33,7 +33,8 @@ class Detection(EncoderDecoderTask):
     loss_name = "focal_box"
     selection = "map"
     sources = ("synthetic", "csv", "coco", "folder")
-    boxes = True
+    label_kind = "box-list"
+    patches = True
     synthetic = "synthetic_det"
     synthetic_volumes = "synthetic_vol_det"
     volumes = True

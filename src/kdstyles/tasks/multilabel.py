@@ -32,7 +32,7 @@ class Multilabel(Classification):
     synthetic_volumes = "synthetic_vol_multi"
     volumes = True  # the embedded volumes' findings, or volume files listed in a CSV (CT-RATE-style findings)
     description = "the embedded multi-label histology mosaics (the tissue classes each 2x2 mosaic shows)"
-    multilabel = True
+    label_kind = "multi-hot"
     imbalance_remedy = ("loss.class_weights: balanced (each label's positives weighted by its negatives) or "
                         "data.sampler: balanced (images drawn by their rarest label)")
     title = "Multi-label classification"

@@ -19,7 +19,8 @@ class Segmentation(EncoderDecoderTask):
     loss_name = "dice_ce"
     selection = "dice"
     sources = ("synthetic", "folder", "decathlon")
-    dense = True
+    label_kind = "mask"
+    patches = True
     synthetic = "synthetic_seg"
     synthetic_volumes = "synthetic_vol_seg"
     volumes = True

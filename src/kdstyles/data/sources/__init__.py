@@ -20,6 +20,7 @@ from ...dims import dims as space
 from ...errors import KDError
 from ...imageio import convert, image_size
 from .. import checks, files, segfolder
+from ..labels import labels_of
 
 
 @dataclass
@@ -135,19 +136,6 @@ def from_arrays(raw: dict[str, tuple], names: list[str], channels: int, size: in
     return Loaded(splits, names, channels, size, report, label)
 
 
-def record_labels(task: Any, records: list[files.Record], cfg: Any, where: str) -> tuple[list[str], np.ndarray]:
-    """The class names and labels of files with a class each (``records[i].label``): class
-    indices (N,), or multi-hot (N, K) rows for a multi-label task (names joined by ``|``)."""
-    if task.multilabel:
-        return files.multi_hot(records, cfg.classes, where, cfg.none_label)
-    names = files.class_list(records, cfg.classes, where)
-    if len(names) < 2:
-        raise KDError(f"{where}: holds one class only ('{names[0]}'); a classifier needs at least two "
-                      "(class folders, or label values in the CSV)")
-    index = {n: k for k, n in enumerate(names)}
-    return names, np.array([index[r.label] for r in records], dtype=np.int64)
-
-
 def split_assignment(cfg: Any, seed: int, saved: Path | None, records: list[files.Record], labels: np.ndarray,
                      base: Path, where: str) -> list[str]:
     """Each file's split: as saved in the run folder (``saved``: its splits file; an error when
@@ -174,9 +162,6 @@ def from_volume_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None,
     from ...boxes import world_to_grid
     from .. import volumes
 
-    if task.dense or (task.boxes and boxes_of is None):
-        raise KDError(f"{where}: volume files in class folders are for 3D classification (and a box CSV for 3D "
-                      "detection); 3D segmentation reads data.source: decathlon")
     patch = cfg.patch_size if boxes_of is not None else None
     if patch and cfg.image_size is not None:
         raise KDError("data.image_size: with data.patch_size volumes keep their own size (after data.spacing) and "
@@ -189,7 +174,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None,
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
         report = checks.DataReport(BOX_REPORT)
     else:
-        names, labels = record_labels(task, records, cfg, where)
+        names, labels = labels_of(task).of_records(records, cfg, where)
         report = checks.DataReport(names)
     arrays: list[np.ndarray | None] = []
     grid_boxes: list[np.ndarray] = []
@@ -279,7 +264,7 @@ def from_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet:
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
         report_names = ["no foreground", "foreground"]
     else:
-        names, labels = record_labels(task, records, cfg, where)
+        names, labels = labels_of(task).of_records(records, cfg, where)
         report_names = names
     assignment = split_assignment(cfg, seed, saved_splits, records, labels, base, where)
     keep = len(records) * size * size * channels <= cfg.cache_gb * 1e9

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import KDError
+from ..labels import labels_of
 from . import Loaded, Source, from_arrays
 from .medmnist_info import FLAGS, FLAGS_3D, URL
 
@@ -145,7 +146,7 @@ class MedMNIST(Source):
     requires = "flag"
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
-        multilabel = task.multilabel
+        multilabel = labels_of(task).multi_hot
         path = locate(cfg.flag, cfg.size, cfg.root, multilabel)
         arrays = load(path, volumes=cfg.flag in FLAGS_3D, multilabel=multilabel)
         raw = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "val", "test")}

@@ -17,6 +17,7 @@ from ...dims import dims
 from ...errors import KDError
 from ...fileio import read_npz, write_npz
 from ..generators import generator
+from ..labels import labels_of
 from . import Loaded, Source, from_arrays
 
 # Generating costs about 75 ms a 224 px image on one core (3,500 images: 4 to 5 minutes).
@@ -119,13 +120,7 @@ class Synthetic(Source):
                                   else task.synthetic_size)
         raw = {}
         for split, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples)):
-            images, labels = generate(module, seed, split, n, size, cfg.dims)
-            if task.boxes:  # labels are boxes; the image-level label says whether there are any
-                raw[split] = (images, np.array([len(b) > 0 for b in labels], dtype=np.int64), None, labels)
-            elif task.dense:  # labels are masks; the image-level label says whether there is foreground
-                raw[split] = (images, (labels.reshape(n, -1).max(1) > 0).astype(np.int64), labels)
-            else:
-                raw[split] = (images, labels)
+            raw[split] = labels_of(task).generated(*generate(module, seed, split, n, size, cfg.dims))
         names = list(generator(module).CLASS_NAMES)
         return from_arrays(raw, names, cfg.channels or (1 if space.volumes else 3), size, "synthetic")
 

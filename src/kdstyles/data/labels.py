@@ -1,0 +1,170 @@
+"""What a task's labels are, as the data code needs to know it: one kind of label per task
+(``Task.label_kind`` names it), each kind the one place that says how its labels are read
+from folders and CSV files, made from generated data, moved by augmentation, checked and
+counted. The data code asks ``LABELS[task.label_kind]`` and never which task runs or what
+its labels look like.
+
+Kinds: ``class-index`` (one class per image: classification), ``multi-hot`` (any number of
+classes per image), ``mask`` (a class per pixel: segmentation) and ``box-list`` (boxes with a
+class each: detection). Adding a task whose labels are one of these needs nothing here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import KDError
+from . import checks, files
+
+VOLUME_FILES = ("volume files in class folders are for 3D classification (and a box CSV for 3D detection); "
+                "3D segmentation reads data.source: decathlon")
+
+
+class Labels:
+    name: ClassVar[str]
+    multi_hot: ClassVar[bool] = False  # (N, K) rows of 0/1 rather than (N,) class indices
+    per_pixel: ClassVar[bool] = False  # a class per pixel (voxel): predictions are masks
+
+    # ---------------------------------------------------------------- reading
+
+    def folder(self, root: Path, cfg: Any, volumes: bool) -> tuple[list[files.Record], dict[str, Any], Any]:
+        """``source: folder``: the records of ``root``, what :func:`~kdstyles.data.sources.from_files`
+        takes besides (``mask_of`` / ``boxes_of``) and the files left out (a Counter, or None)."""
+        from .listing import list_folder
+
+        records, others = list_folder(root, volumes=volumes)
+        return records, {}, others
+
+    def csv(self, path: Path, cfg: Any, volumes: bool) -> tuple[list[files.Record], dict[str, Any]]:
+        """``source: csv``: the records of a CSV file and what the loaders take besides."""
+        from .listing import list_csv
+
+        return list_csv(path, self.multi_hot, cfg.classes, cfg.uncertain), {}
+
+    def of_records(self, records: list[files.Record], cfg: Any, where: str) -> tuple[list[str], np.ndarray]:
+        """The class names and labels of files with a class each (``records[i].label``)."""
+        names = files.class_list(records, cfg.classes, where)
+        if len(names) < 2:
+            raise KDError(f"{where}: holds one class only ('{names[0]}'); a classifier needs at least two "
+                          "(class folders, or label values in the CSV)")
+        index = {n: k for k, n in enumerate(names)}
+        return names, np.array([index[r.label] for r in records], dtype=np.int64)
+
+    def generated(self, images: np.ndarray, labels: Any) -> tuple:
+        """A generated split as :func:`~kdstyles.data.sources.from_arrays` takes it."""
+        return images, labels
+
+    # ---------------------------------------------------------------- using
+
+    def augment(self, aug: Any) -> dict[str, Any]:
+        """How augmentation treats these labels: what ``build_augment`` and ``ImageDataset`` take."""
+        return {"with_mask": False, "geometric": True}
+
+    def box_moves(self, aug: Any | None) -> dict[str, Any]:
+        """The box transforms a split's dataset applies (``aug``: the training split's
+        ``data.augment``; None: a split that is not augmented). Only boxes move themselves."""
+        return {"box_flips": (False, False, False), "box_affine": (0.0, 0.0, 0.0, 0.0)}
+
+    def check_counts(self, report: checks.DataReport, cfg: Any, remedy: str, unit: str) -> None:
+        """Warnings about the class counts: the counts are of images per class."""
+        checks.check_balance(report, cfg.imbalance_ratio, remedy, unit)
+        checks.check_class_names(report)
+
+    def table_rows(self, bundle: Any, splits: list[str], unit: str) -> list[tuple[str, ...]]:
+        """The rows under the per-class counts in ``kdstyles data inspect``."""
+        return [("[bold]total", *(f"[bold]{sum(bundle.report.counts[s])}" for s in splits))]
+
+
+class ClassIndex(Labels):
+    name = "class-index"
+
+
+class MultiHot(Labels):
+    name = "multi-hot"
+    multi_hot = True
+
+    def of_records(self, records, cfg, where):
+        return files.multi_hot(records, cfg.classes, where, cfg.none_label)
+
+    def table_rows(self, bundle, splits, unit):  # an image counts under each of its classes
+        return [(f"[bold]{unit}", *(f"[bold]{len(bundle.splits[s])}" for s in splits))]
+
+
+class Mask(Labels):
+    """The image-level label says whether the mask has foreground."""
+    name = "mask"
+    per_pixel = True
+
+    def folder(self, root, cfg, volumes):
+        from . import segfolder
+
+        if volumes:
+            raise KDError(f"data.root '{root}': {VOLUME_FILES}")
+        records, mask_of = segfolder.list_pairs(root)
+        return records, {"mask_of": mask_of}, None
+
+    def csv(self, path, cfg, volumes):
+        raise KDError(f"data.path '{path}': {VOLUME_FILES}" if volumes else
+                      f"data.path '{path}': a CSV of images with masks is not read; segmentation reads "
+                      "data.source: folder (images/ and masks/)")
+
+    def generated(self, images, labels):
+        return images, (labels.reshape(len(labels), -1).max(1) > 0).astype(np.int64), labels
+
+    def augment(self, aug):
+        return {"with_mask": True, "geometric": True}
+
+    def check_counts(self, report, cfg, remedy, unit):
+        pass  # counts of images with and without foreground: no classes to balance
+
+
+class BoxList(Labels):
+    """The image-level label says whether an image has objects; boxes are moved by the
+    dataset itself (flips, affine), augmentation changes intensities only."""
+    name = "box-list"
+
+    def folder(self, root, cfg, volumes):
+        from .boxfiles import read_kvasir
+
+        if volumes:
+            raise KDError(f"data.root '{root}': {VOLUME_FILES}")
+        records, listing = read_kvasir(root, cfg.classes)
+        return records, {"boxes_of": listing}, None
+
+    def csv(self, path, cfg, volumes):
+        from .boxfiles import read_box_csv
+
+        records, listing = read_box_csv(path, cfg.classes, dims=3 if volumes else 2)
+        return records, {"boxes_of": listing}
+
+    def generated(self, images, labels):
+        return images, np.array([len(b) > 0 for b in labels], dtype=np.int64), None, labels
+
+    def augment(self, aug):
+        return {"with_mask": False, "geometric": False}
+
+    def box_moves(self, aug):
+        if aug is None:
+            return super().box_moves(aug)
+        return {"box_flips": (aug.hflip, aug.vflip, aug.rotate90),
+                "box_affine": (aug.rotate, aug.zoom, aug.shift, aug.shear)}
+
+    def check_counts(self, report, cfg, remedy, unit):
+        pass  # counts of images with and without objects
+
+    def table_rows(self, bundle, splits, unit):  # the rows above count images with and without objects
+        return super().table_rows(bundle, splits, unit) + [
+            (f"boxes: {name}", *(str(sum(int((b[:, -1] == k).sum()) for b in bundle.splits[s].boxes))
+                                 for s in splits))
+            for k, name in enumerate(bundle.class_names)]
+
+
+LABELS: dict[str, Labels] = {k.name: k for k in (ClassIndex(), MultiHot(), Mask(), BoxList())}
+
+
+def labels_of(task: Any) -> Labels:
+    """The label kind of a task (a :class:`~kdstyles.tasks.Task` class or instance)."""
+    return LABELS[task.label_kind]
