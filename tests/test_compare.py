@@ -130,7 +130,8 @@ def test_ablation_plan_drops_each_edge_and_keeps_options():
     assert names[0] == "ctsl-mkt" and names[-1] == "student" and info["target"] == "ctsl-mkt"
     assert len(names) == 1 + len(full) + 1  # every edge dropped once (no teacher edges: no "only" variants)
     for spec in specs[1:-1]:
-        edges = load_config(None, list(spec.overrides)).edges
+        edges = spec.cfg.edges  # set on the config as objects, not as YAML text
+        assert not any(o.startswith("routing.edges=") for o in spec.overrides)
         assert len(edges) == len(full) - 1
         assert all(e in full for e in edges)  # weights and the preset's options (temperature 3) kept
         [gone] = [e for e in full if e not in edges]
@@ -141,7 +142,7 @@ def test_ablation_plan_drops_each_edge_and_keeps_options():
     _, specs, info = plan(None, ["student", "kd"], 1, Path("/tmp/x"), edges, ablate=True)
     assert [s.preset for s in specs] == ["custom", "without-teacher-s1-predictions", "without-s1-s2-predictions",
                                          "student", "kd"]
-    assert [str(e) for e in load_config(None, list(specs[-1].overrides)).edges] == [
+    assert [str(e) for e in specs[-1].cfg.edges] == [
         "teacher -> s1 predictions (w=0.2)", "teacher -> s2 predictions (w=0.2)"]
 
 

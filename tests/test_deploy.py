@@ -102,9 +102,18 @@ def test_students_named_otherwise_train_export_and_predict_by_default(tmp_path):
     assert {(e.src, e.dst) for e in exp.cfg.edges} == {("teacher", "mobile"), ("teacher", "tiny"),
                                                        ("mobile", "tiny"), ("tiny", "mobile")}
     exp.fit()
-    side = export_run(exp.run_dir, fmt="torchscript")
+    said = []
+    side = export_run(exp.run_dir, fmt="torchscript", say=said.append)
     assert side["network"] == "mobile" and (exp.run_dir / "export" / "mobile.pt").is_file()
     assert load_predictor(exp.run_dir).source == f"{exp.run_dir} (mobile)"
+    # no eval.json yet: the run is evaluated first, and export says so; then its eval.json is read
+    assert len(said) == 1 and "the best checkpoint has not been evaluated" in said[0]
+    export_run(exp.run_dir, fmt="torchscript", say=said.append)
+    assert len(said) == 1
+    side = export_run(exp.run_dir, fmt="torchscript", checkpoint="last", say=said.append)
+    assert len(said) == 2 and "the last checkpoint has not been evaluated" in said[1]
+    assert side["metrics"]["accuracy"] == json.loads((exp.run_dir / "eval.json").read_text())["networks"]["mobile"][
+        "accuracy"]
 
 
 def test_predict_onnx_without_torch_matches_run_folder(run_dir, images, tmp_path):

@@ -29,6 +29,7 @@ from .data import DataBundle, build_data
 from .dims import dims
 from .engine import Callback, Trainer, pick_device, resolve_workers
 from .errors import KDError
+from .inputs import Inputs
 from .evaluate import ENSEMBLE, one_by_one, predict_probs, score, score_volumes
 from .models.zoo import count_parameters
 from .routing import T
@@ -115,7 +116,8 @@ class Experiment:
         if self._cohort is None:
             info = self.run_info() if self.folder.trained() else None
             if info is not None:
-                shape = (len(info["class_names"]), info["channels"], info["image_size"])
+                inputs = self.inputs(info)
+                shape = (len(info["class_names"]), inputs.channels, inputs.side)
                 counts, images = info.get("train_counts"), info.get("train_images")
             else:
                 self.find_weights()  # before the data: a missing weights file stops the run in seconds
@@ -182,16 +184,19 @@ class Experiment:
             info.update(image_size=self.data.image_size, channels=self.data.channels)
         return info
 
+    def inputs(self, info: dict[str, Any] | None = None) -> Inputs:
+        """What the run's networks take, as run.json records it."""
+        return Inputs.from_record(info or self.run_info(), self.folder.info_path, self.cfg.data.dims)
+
     def _write_run_info(self) -> None:
         c = self.cohort
         params = {n: count_parameters(net) for n, net in c.networks.items()}
         info = {
             "kdstyles": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "created": now(), "task": self.cfg.task, "spatial_dims": self.cfg.data.dims,
+            "created": now(), "task": self.cfg.task,
             "preset": self.cfg.routing.label, "edges": [str(e) for e in c.edges],
             "adapters": sorted(c.adapters), "taps": pinned_taps(c), "parameters": params,
-            "class_names": self.data.class_names, "normalize": {"mean": self.data.mean, "std": self.data.std},
-            "image_size": self.data.image_size, "channels": self.data.channels,
+            "class_names": self.data.class_names, **self.data.inputs.record(),
             "train_counts": self.data.report.counts.get("train"), "train_images": len(self.data.splits["train"]),
             "unlabeled": None if self.data.unlabeled is None else {
                 "source": self.cfg.data.unlabeled.source, "images": len(self.data.unlabeled),

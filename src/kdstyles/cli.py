@@ -121,7 +121,7 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
     cohort, data, previewed = exp.check()
     space = dims(exp.cfg.data.dims)
     unit = space.unit
-    sample = space.sample(1, data.channels, data.image_size)
+    sample = data.inputs.sample(1)
     console.print(f"config ok: preset {exp.cfg.routing.label}, run folder {exp.run_dir}, "
                   f"{data.image_size} px {unit}", highlight=False)
     if previewed:
@@ -351,7 +351,8 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
     from .export import export_run
     from .runfolder import RunFolder
 
-    side = export_run(run_dir, network, fmt, out, checkpoint)
+    side = export_run(run_dir, network, fmt, out, checkpoint,
+                      say=lambda m: console.print(f"[yellow]note:[/yellow] {m}", highlight=False, soft_wrap=True))
     model = Path(out) if out else RunFolder(run_dir).export_dir / side["file"]
     v = side["verification"]
     console.print(f"exported {side['network']} ({side['checkpoint']} checkpoint) to {model}", highlight=False)

@@ -21,12 +21,12 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from .config import load_config, override
+from .config import ExperimentConfig, build_config, load_config, read_yaml
 from .errors import Interrupted, KDError
 from .fileio import write_text
 from .metrics import METRICS
@@ -50,17 +50,34 @@ class RunSpec:
     seed: int
     run_dir: str
     config: str | None
-    overrides: tuple[str, ...]
+    overrides: tuple[str, ...]  # on top of config, as the manifest records them
     checkpoint: str
+    cfg: ExperimentConfig = field(repr=False, compare=False)  # the run's config, validated once by plan
+
+    def record(self) -> dict[str, Any]:
+        """What comparison.json keeps of it: the fields, and the edges the run trains."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cfg"} | {
+            "overrides": list(self.overrides), "edges": [str(e) for e in self.cfg.edges]}
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One routing compared: a preset, the config's own routing, or an ablation of it."""
+    """One routing compared: a preset, the config's own routing, or an ablation of it (``edges``:
+    the routing's own edges it keeps, set on the config as objects)."""
 
     name: str
     overrides: tuple[str, ...]
     note: str = ""
+    edges: tuple | None = None
+
+    def config(self, raw: dict, overrides: list[str]) -> ExperimentConfig:
+        """This variant's config: the raw config with ``overrides`` on top, then its edges."""
+        cfg = build_config(raw, overrides)
+        if self.edges is None:
+            return cfg
+        resolved = cfg.model_dump(mode="json")
+        resolved["routing"] = {"preset": None, "edges": [e.config().model_dump() for e in self.edges]}
+        return build_config(resolved)
 
 
 def preset_variants(presets: list[str], base, beside_edges: bool = False) -> list[Variant]:
@@ -84,13 +101,6 @@ def preset_variants(presets: list[str], base, beside_edges: bool = False) -> lis
     return out
 
 
-def _edges_override(edges) -> str:
-    """``routing.edges=[...]`` on one line: every edge with its resolved weight and options."""
-    listed = [{"src": e.src, "dst": e.dst, "style": e.style, "weight": e.weight,
-               "options": e.options.model_dump(exclude_none=True)} for e in edges]
-    return override("routing.edges", listed)
-
-
 def ablation_variants(base) -> tuple[list[Variant], dict[str, Any]]:
     """The config's routing, each variant without one of its edges, its teacher edges only and
     its peer edges only (where those differ from the rest); plus what each variant removed."""
@@ -111,7 +121,7 @@ def ablation_variants(base) -> tuple[list[Variant], dict[str, Any]]:
         seen.add(frozenset(keep))
         while name in removed:
             name += "-2"
-        variants.append(Variant(name, ("routing.preset=null", _edges_override([edges[i] for i in keep])), note))
+        variants.append(Variant(name, (), note, tuple(edges[i] for i in keep)))
         removed[name] = [str(edges[i]) for i in range(len(edges)) if i not in keep]
 
     for i, e in enumerate(edges):
@@ -165,6 +175,7 @@ def plan(config: str | None, presets: list[str], seeds: int, out: Path, override
         variants = preset_variants(presets, base)
         info["target"] = next((p for p in (DEFAULT_PRESET, *presets) if p in presets and p != "student"), presets[0])
     info["notes"] = {v.name: v.note for v in variants if v.note}
+    raw = read_yaml(config) if config is not None else {}
     teachers, specs = [], []
     for i in range(seeds):
         seed = base.train.seed + i
@@ -176,8 +187,8 @@ def plan(config: str | None, presets: list[str], seeds: int, out: Path, override
         for v in variants:
             name = f"{v.name}-seed{seed}"
             ov = (*overrides, *v.overrides, *shared, f"train.seed={seed}", f"output.dir={out}", f"output.name={name}")
-            load_config(config, list(ov))  # every run's config is valid before the first starts
-            specs.append(RunSpec(v.name, seed, str(out / name), config, ov, checkpoint))
+            cfg = v.config(raw, list(ov))  # every run's config is valid before the first starts
+            specs.append(RunSpec(v.name, seed, str(out / name), config, ov, checkpoint, cfg))
     info["teacher"]["runs"] = {t.seed: t.run_dir for t in teachers}
     info["teacher"]["overrides"] = teacher_overrides
     return teachers, specs, info
@@ -196,7 +207,7 @@ def shared_teacher(config, base, seed: int, out: Path, name: str, overrides: lis
     ov = (*overrides, "routing.edges=null", "routing.preset=teacher", "train.early_stopping=null", f"train.seed={seed}",
           *teacher_overrides, f"output.dir={out}", f"output.name={name}")
     try:
-        load_config(config, list(ov))
+        cfg = load_config(config, list(ov))
     except KDError as exc:
         raise (KDError(f"{option}: {exc}".replace("--set ", "", 1)) if option else exc) from None
     same_net = tuple(o for o in teacher_overrides if o.startswith("networks.teacher."))  # the same network to load
@@ -205,7 +216,7 @@ def shared_teacher(config, base, seed: int, out: Path, name: str, overrides: lis
     cache = base.data.fixed_views and base.data.unlabeled is None
     shared = (*same_net, "networks.teacher.mode=offline", f"networks.teacher.checkpoint={out / name}",
               f"networks.teacher.cache={str(cache).lower()}")
-    return RunSpec(SHARED_TEACHER, seed, str(out / name), config, ov, checkpoint), shared
+    return RunSpec(SHARED_TEACHER, seed, str(out / name), config, ov, checkpoint, cfg), shared
 
 
 def run_state(spec: RunSpec) -> str:
@@ -232,7 +243,7 @@ def run_one(spec: RunSpec, quiet: bool = True, threads: int | None = None) -> di
         if state == "done":
             return {"run_dir": spec.run_dir, "state": "skipped (finished)"}
         if state == "new":
-            exp = Experiment(spec.config, overrides=list(spec.overrides), quiet=quiet)
+            exp = Experiment(spec.cfg, quiet=quiet)
             exp.fit()
         else:
             exp = Experiment.from_run(spec.run_dir, quiet=quiet)
@@ -396,7 +407,7 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
     with folder.lock():
         manifest = {"config": config, "presets": presets, "seeds": seeds, "overrides": overrides,
                     "checkpoint": checkpoint, **info,
-                    "runs": [spec.__dict__ | {"overrides": list(spec.overrides)} for spec in specs]}
+                    "runs": [spec.record() for spec in specs]}
         folder.write_manifest(manifest)
         results = []
         try:

@@ -9,10 +9,11 @@ needs, and the export's numerical check) and a Markdown model card.
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -20,7 +21,6 @@ import torch.nn as nn
 from . import __version__
 from .api import Experiment
 from .data.sources import SOURCES
-from .dims import dims as space
 from .errors import KDError
 from .evaluate import ENSEMBLE
 from .fileio import atomic_write, write_json, write_text
@@ -58,8 +58,9 @@ def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None
         raise KDError(f"--network '{network}' is not in this run; allowed: {', '.join(allowed)}")
     names = cohort.students if network == ENSEMBLE else [network]
     info = info or exp.run_info()
-    return Deployable([cohort.networks[n] for n in names], info["normalize"]["mean"],
-                      info["normalize"]["std"], cohort.task, exp.cfg.data.dims).eval()
+    inputs = exp.inputs(info)
+    return Deployable([cohort.networks[n] for n in names], list(inputs.mean), list(inputs.std), cohort.task,
+                      inputs.spatial_dims).eval()
 
 
 def open_run(run_dir: str | Path, network: str | None, checkpoint: str = "best"
@@ -108,24 +109,29 @@ def _export_torchscript(model: nn.Module, sample: torch.Tensor, path: Path) -> f
 
 
 def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx", out: str | Path | None = None,
-               checkpoint: str = "best", samples: int = 8) -> dict[str, Any]:
+               checkpoint: str = "best", samples: int = 8,
+               say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export one network of a run (None: its first student); returns the sidecar (also
-    written next to the model)."""
+    written next to the model). The model card's metrics are the run's evaluation of that
+    checkpoint (eval.json); where there is none, the run is evaluated first and ``say`` (default:
+    standard error) is told so before it starts."""
     if fmt not in FORMATS:
         raise KDError(f"--format '{fmt}' is not known; allowed: {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     exp, model, info, network = open_run(run_dir, network, checkpoint)
-    size, channels = info["image_size"], info["channels"]
+    inputs = exp.inputs(info)
     path = Path(out) if out is not None else RunFolder(run_dir).export_dir / f"{network}{FORMATS[fmt]}"
     if path.suffix != FORMATS[fmt]:
         raise KDError(f"--out '{path}': a {fmt} model file ends in {FORMATS[fmt]}")
     gen = torch.Generator().manual_seed(0)
-    dims = exp.cfg.data.dims
-    sample = space(dims).sample(samples, channels, size, random=True, generator=gen)
+    sample = inputs.sample(samples, random=True, generator=gen)
     diff = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, sample, path)
 
     evaluation = exp.folder.read_eval() if exp.folder.eval_path.is_file() else None
     if evaluation is None or evaluation.get("checkpoint") != checkpoint:
+        (say or (lambda m: print(m, file=sys.stderr)))(
+            f"{run_dir}: the {checkpoint} checkpoint has not been evaluated (no eval.json of it); evaluating it on "
+            "the test split first, for the model card's metrics (kdstyles evaluate writes the same eval.json)")
         evaluation = exp.evaluate(checkpoint=checkpoint)
     metrics = evaluation["networks"].get(network, {})
     best = info.get("best", {})
@@ -136,14 +142,13 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
         "task": task.name, "network": network, "run_dir": str(run_dir), "run_status": info.get("status"),
         "preset": info.get("preset"),
         "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.get("epochs_done")},
-        "input": {"name": "image", "layout": space(dims).layout, "dtype": "float32",
-                  "range": [0.0, 1.0], "channels": channels, **{axis: size for axis in space(dims).axes}},
+        "input": inputs.sidecar(),
         "output": {"name": "probabilities",
-                   "shape": [len(info["class_names"]) if d == "classes" else d for d in task.output_shape(dims)]},
-        "normalisation": {"mean": info["normalize"]["mean"], "std": info["normalize"]["std"],
+                   "shape": [len(info["class_names"]) if d == "classes" else d for d in task.output_shape(inputs.spatial_dims)]},
+        "normalisation": {"mean": list(inputs.mean), "std": list(inputs.std),
                           "applied": "inside the model"},
         "class_names": info["class_names"],
-        **({"volumes": exp.cfg.data.preparation} if space(dims).volumes else {}),
+        **({"volumes": exp.cfg.data.preparation} if inputs.space.volumes else {}),
         "metrics": {"split": evaluation.get("split"), **metrics},
         "verification": {"samples": samples, "max_abs_diff": diff,
                          "against": "onnxruntime" if fmt == "onnx" else "torch.jit.load"},

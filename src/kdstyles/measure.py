@@ -12,7 +12,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .dims import dims as space
 from .models.zoo import count_parameters, flops_per_image
 from .routing import T
 
@@ -38,12 +37,12 @@ def measure_compression(run_dir: str | Path) -> list[dict[str, Any]]:
     exp = Experiment.from_run(run_dir, quiet=True)
     info = exp.run_info()
     nets = exp.cohort.networks
-    size, ch, dims = info["image_size"], info["channels"], exp.cfg.data.dims
+    inputs = exp.inputs(info)
     teacher_params = count_parameters(nets[T]) if T in nets else None
     rows = []
     for name, net in nets.items():
         net.eval()
-        one, many = (space(dims).sample(n, ch, size, random=True) for n in (1, 32))
+        one, many = (inputs.sample(n, random=True) for n in (1, 32))
         p = count_parameters(net)
         rows.append({"network": name, "parameters": p, "mflops": flops_per_image(net, one) / 1e6,
                      "latency_b1_ms": cpu_latency_ms(net, one), "latency_b32_ms": cpu_latency_ms(net, many, 5),

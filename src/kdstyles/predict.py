@@ -117,7 +117,8 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
             with torch.inference_mode():
                 return net(torch.from_numpy(batch)).numpy()
 
-        return Predictor(run, info["class_names"], info["channels"], info["image_size"], f"{model} ({network})",
+        inputs = exp.inputs(info)
+        return Predictor(run, info["class_names"], inputs.channels, inputs.side, f"{model} ({network})",
                          exp.cfg.task, vol)
     if not model.is_file():
         raise KDError(f"model '{model}' does not exist (give an exported .onnx/.pt file or a run folder)")

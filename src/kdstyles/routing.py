@@ -148,6 +148,11 @@ class Edge:
     def __str__(self) -> str:
         return f"{self.src} -> {self.dst} {self.style} (w={self.weight:g})"
 
+    def config(self) -> EdgeConfig:
+        """This edge as a config's ``routing.edges`` item: its resolved weight and options."""
+        return EdgeConfig(src=self.src, dst=self.dst, style=self.style, weight=self.weight,
+                          options=self.options.model_dump(exclude_none=True))
+
 
 class Weights(Protocol):
     teacher_weight: float

@@ -109,7 +109,7 @@ def _train_teacher(config, cfg, out: Path, name: str, overrides: list[str], valu
             if run.last.is_file():
                 Experiment.from_run(spec.run_dir, quiet=quiet).fit(resume=True)
             else:
-                Experiment(spec.config, overrides=list(spec.overrides), quiet=quiet).fit()
+                Experiment(spec.cfg, quiet=quiet).fit()
         else:
             echo(f"  shared teacher: {spec.run_dir} (trained before)")
     return shared

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from ..dims import dims as spatial
 from ..imageio import read_image
+from ..inputs import Inputs
 from ..tasks import DEFAULT_TASK, TASKS
 from . import checks, files
 from .augment import MIN_KEPT, affine_boxes, build_augment, clip_boxes, flip_boxes, pad_boxes
@@ -54,6 +55,12 @@ class DataBundle:
     sampler: str = "uniform"
     unlabeled: ImageDataset | None = None  # data.unlabeled's images, prepared as the training split's
     unlabeled_about: str | None = None  # what they are, e.g. "10000 images from folder data/more"
+    spatial_dims: int = 2
+
+    @property
+    def inputs(self) -> Inputs:
+        """What a network takes (``image_size``: the patch side when volumes train on patches)."""
+        return Inputs(self.channels, self.image_size, self.spatial_dims, tuple(self.mean), tuple(self.std))
 
     @property
     def num_classes(self) -> int:
@@ -130,7 +137,7 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
                               spacing=v.spacing, window_batch=cfg.batch_size, overlap=cfg.patch_overlap)
               for s, v in stored.items()}
     bundle = DataBundle(splits, loaded.class_names, channels, patch or size, mean.tolist(), std.tolist(), report,
-                        loaded.split_table, cfg.sampler)
+                        loaded.split_table, cfg.sampler, spatial_dims=cfg.dims)
     if unlabeled and cfg.unlabeled is not None:
         from .unlabeled import check_overlap, load_unlabeled
 

@@ -23,6 +23,18 @@ from .. import checks, files, segfolder
 from ..labels import labels_of
 
 
+FILE_SIDE, VOLUME_SIDE = 224, 64  # the default input side of image files and of volume files
+
+
+def resolve_input(cfg: Any, task: Any, channels: int | None = None, side: int | None = None) -> tuple[int, int]:
+    """The channels and side the network takes: ``data.channels`` / ``data.image_size`` where
+    set, else the source's defaults (:meth:`Source.default_input`), else the data's own
+    (``channels``, ``side``: what the files hold). The one place these defaults are decided;
+    the result is the data bundle's :class:`~kdstyles.inputs.Inputs`, recorded in run.json."""
+    default_channels, default_side = SOURCES[cfg.source].default_input(cfg, task)
+    return cfg.channels or default_channels or channels, cfg.image_size or default_side or side
+
+
 @dataclass
 class Split:
     images: np.ndarray | None  # (N, H, W, C) uint8 in memory, or None: decode ``paths`` on access
@@ -54,6 +66,14 @@ class Source:
     # `kdstyles check` may read a few items of each split instead of all (generated data: every
     # item passes the same checks, and the rest only costs time)
     previews: ClassVar[bool] = False
+
+    def default_input(self, cfg: Any, task: Any) -> tuple[int | None, int | None]:
+        """The channels and side of the network input when ``data.channels`` / ``data.image_size``
+        are left out (None: the data's own, known once it is read). Image files: RGB at
+        224 px; volume files: a channel per modality (one) at 64 voxels a side."""
+        if space(cfg.dims).volumes:
+            return len(cfg.modalities) if cfg.modalities else 1, VOLUME_SIDE
+        return 3, FILE_SIDE
 
     def load(self, cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet: bool) -> Loaded:
         """``saved_splits``: the run folder's record of which file went to which split, read back
@@ -166,7 +186,8 @@ def from_volume_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None,
     if patch and cfg.image_size is not None:
         raise KDError("data.image_size: with data.patch_size volumes keep their own size (after data.spacing) and "
                       "the network input is the patch; leave data.image_size out (--set data.image_size=null)")
-    channels, size = cfg.channels or (len(cfg.modalities) if cfg.modalities else 1), patch or cfg.image_size or 64
+    channels, size = resolve_input(cfg, task)
+    size = patch or size
     if boxes_of is not None:
         found, names = boxes_of.boxes, boxes_of.names
         for r in records:
@@ -234,7 +255,7 @@ def from_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet:
     each file's pixels; detection): labels, the split assignment (saved in the run folder and read
     back), and one streaming pass that checks and (when the set fits ``data.cache_gb``)
     decodes every file."""
-    channels, size = cfg.channels or 3, cfg.image_size or 224
+    channels, size = resolve_input(cfg, task)
     masks_by_path: dict[str, np.ndarray] = {}
     boxes_by_path: dict[str, np.ndarray] = {}
     box_problems = checks.DataReport(BOX_REPORT)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ...errors import KDError
 from ..labels import labels_of
-from . import Loaded, Source, from_arrays
+from . import Loaded, Source, from_arrays, resolve_input
 from .medmnist_info import FLAGS, FLAGS_3D, URL
 
 SIZES = (28, 64, 128, 224)
@@ -151,8 +151,11 @@ class MedMNIST(Source):
         arrays = load(path, volumes=cfg.flag in FLAGS_3D, multilabel=multilabel)
         raw = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "val", "test")}
         images = raw["train"][0]
-        return from_arrays(raw, list(info(cfg.flag)[2]), cfg.channels or images.shape[-1],
-                           cfg.image_size or images.shape[1], str(path))
+        return from_arrays(raw, list(info(cfg.flag)[2]), *resolve_input(cfg, task, channels=images.shape[-1]),
+                           str(path))
+
+    def default_input(self, cfg, task):
+        return None, cfg.size  # the file's channels, at the resolution downloaded
 
     def describe(self, cfg, task) -> str:
         return f"MedMNIST {cfg.flag} ({cfg.size} {'voxels a side' if cfg.flag in FLAGS_3D else 'px'})"

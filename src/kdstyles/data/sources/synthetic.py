@@ -18,7 +18,7 @@ from ...errors import KDError
 from ...fileio import read_npz, write_npz
 from ..generators import generator
 from ..labels import labels_of
-from . import Loaded, Source, from_arrays
+from . import Loaded, Source, from_arrays, resolve_input
 
 # Generating costs about 75 ms a 224 px image on one core (3,500 images: 4 to 5 minutes).
 # Splits above these sizes are rendered by one process per core and kept on disk, so a
@@ -116,13 +116,17 @@ class Synthetic(Source):
         if module is None:
             raise KDError(f"data.spatial_dims: 3: task {task.name} has no embedded volumes; give volume files "
                           "(data.source: csv) or use spatial_dims: 2")
-        size = cfg.image_size or (generator(module).DEFAULT_SIZE if space.volumes
-                                  else task.synthetic_size)
+        channels, size = resolve_input(cfg, task)
         raw = {}
         for split, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples)):
             raw[split] = labels_of(task).generated(*generate(module, seed, split, n, size, cfg.dims))
         names = list(generator(module).CLASS_NAMES)
-        return from_arrays(raw, names, cfg.channels or (1 if space.volumes else 3), size, "synthetic")
+        return from_arrays(raw, names, channels, size, "synthetic")
+
+    def default_input(self, cfg, task):
+        if dims(cfg.dims).volumes:
+            return 1, generator(task.synthetic_volumes).DEFAULT_SIZE if task.synthetic_volumes else None
+        return 3, task.synthetic_size
 
     def describe(self, cfg, task) -> str:
         return "the embedded synthetic CT-like volumes" if dims(cfg.dims).volumes else task.description
