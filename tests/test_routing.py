@@ -1,29 +1,42 @@
+import re
+from pathlib import Path
+
 import pytest
 
 from kdstyles import KDError, load_config
 from kdstyles.routing import PRESETS
 from conftest import THREE
 
-# METHOD.md section 5, written out as (src, dst, style) sets.
 P, F = "predictions", "features"
-METHOD_TABLE = {
-    "student": set(),
-    "teacher": set(),  # the teacher alone (a shared teacher's run): no student is built
-    "kd": {("teacher", "s1", P), ("teacher", "s2", P)},
-    "fitnet": {("teacher", "s1", F), ("teacher", "s2", F)},
-    "dml": {("s1", "s2", P), ("s2", "s1", P)},
-    "kdml": {("teacher", "s1", P), ("teacher", "s2", P), ("s1", "s2", P), ("s2", "s1", P)},
-    "diverse": {("teacher", "s1", P), ("teacher", "s2", F), ("s1", "s2", P), ("s2", "s1", F)},
-    "diverse-full": {("teacher", "s1", P), ("teacher", "s2", F), ("s1", "s2", P), ("s2", "s1", P),
-                     ("s1", "s2", F), ("s2", "s1", F)},
-    "ctsl-mkt": {("s1", "s2", P), ("s2", "s1", P), ("s1", "s2", "relations"), ("s2", "s1", "relations"),
-                 ("s1", "s1", "self"), ("s2", "s2", "self")},
-    # beyond METHOD.md: the modern logit losses, alone and on diverse's prediction edges
-    "dkd": {("teacher", "s1", "dkd"), ("teacher", "s2", "dkd")},
-    "dist": {("teacher", "s1", "dist"), ("teacher", "s2", "dist")},
-    "diverse-dkd": {("teacher", "s1", "dkd"), ("teacher", "s2", F), ("s1", "s2", P), ("s2", "s1", F)},
-    "diverse-dist": {("teacher", "s1", "dist"), ("teacher", "s2", F), ("s1", "s2", P), ("s2", "s1", F)},
-}
+METHOD_PAGE = Path(__file__).parents[1] / "docs" / "method.md"
+ROLES = {"T": "teacher", "S1": "s1", "S2": "s2"}
+
+
+def method_table() -> dict[str, set[tuple[str, str, str]]]:
+    """The table of presets in the project's method page (docs/method.md, "Every preset's
+    edges"), read as (src, dst, style) sets: rows ``| `name` | T→S1 predictions; ... | ... |``."""
+    text = METHOD_PAGE.read_text()
+    section = text[text.index("## Every preset's edges"):].split("\n## ", 1)[0]
+    table = {}
+    for row in re.findall(r"^\| `([a-z0-9-]+)`[^|]*\| ([^|]+) \|", section, re.M):
+        name, cell = row
+        edges = set()
+        if cell.strip() != "none":
+            for item in cell.split(";"):
+                pair, style = item.split()
+                src, dst = pair.split("→")
+                edges.add((ROLES[src], ROLES[dst], style))
+        table[name] = edges
+    return table
+
+
+METHOD_TABLE = method_table()
+
+
+def test_the_method_page_lists_every_preset_with_its_edges():
+    assert len(METHOD_TABLE) >= 13 and METHOD_TABLE["student"] == set()
+    assert METHOD_TABLE["diverse"] == {("teacher", "s1", "predictions"), ("teacher", "s2", "features"),
+                                       ("s1", "s2", "predictions"), ("s2", "s1", "features")}
 
 
 @pytest.mark.parametrize("preset", sorted(METHOD_TABLE))
@@ -31,7 +44,7 @@ def test_preset_expansion_matches_method_table(preset):
     edges = (load_config(None, [f"routing.preset={preset}"])).edges
     assert {(e.src, e.dst, e.style) for e in edges} == METHOD_TABLE[preset]
     assert len(edges) == len(METHOD_TABLE[preset])
-    for e in edges:  # weights by source (METHOD.md section 2 defaults)
+    for e in edges:  # weights by source (the method page's defaults)
         assert e.weight == (0.2 if e.src == "teacher" else 0.1)
 
 

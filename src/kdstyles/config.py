@@ -34,13 +34,13 @@ class Strict(BaseModel):
 class AugmentConfig(Strict):
     """Random augmentation of training images (MONAI transforms, seeded per sample and epoch)."""
 
-    hflip: bool = True
-    vflip: bool = True
-    rotate90: bool = False
+    hflip: bool = Field(True, description="random horizontal flips")
+    vflip: bool = Field(True, description="random vertical flips")
+    rotate90: bool = Field(False, description="random quarter turns (volumes: in the slice plane)")
     rotate: float = Field(0.0, ge=0, le=180, description="max rotation in degrees")
     zoom: float = Field(0.0, ge=0, lt=1, description="max relative zoom in or out")
     shift: float = Field(0.0, ge=0, lt=1, description="max shift as a fraction of the image size")
-    shear: float = Field(0.0, ge=0, lt=1)
+    shear: float = Field(0.0, ge=0, lt=1, description="max shear")
     intensity: float = Field(0.0, ge=0, lt=1, description="max relative change of brightness and contrast")
 
     @property
@@ -125,7 +125,8 @@ class DataConfig(Strict):
     ``train/``, ``val/``, ``test/``) or ``csv`` (``path`` to a CSV with ``path,label[,split]``).
     """
 
-    source: Literal[tuple(SOURCES)] = "synthetic"  # type: ignore[valid-type]
+    source: Literal[tuple(SOURCES)] = Field(  # type: ignore[valid-type]
+        "synthetic", description="where labelled images come from (the data page lists each source and its format)")
     root: Optional[str] = Field(None, description="medmnist: folder of the npz files (default ~/.medmnist); "
                                                   "folder: the image tree")
     path: Optional[str] = Field(None, description="csv: the CSV file (image paths relative to it)")
@@ -136,7 +137,7 @@ class DataConfig(Strict):
     num_classes: int = Field(2, ge=2, le=255, description="segmentation: mask values 0..K-1 (2: binary masks, "
                                                           "0/255 thresholded)")
     image_size: Optional[int] = Field(None, ge=8, le=1024, description="network input size; default: the source's "
-                                      "(synthetic 64, volumes 32, medmnist its size, folder/csv 224)")
+                                      "(synthetic 64, synthetic volumes 32, medmnist its size, folder/csv 224, volume files 64)")
     spatial_dims: Optional[Literal[2, 3]] = Field(None, description="2: images; 3: volumes (synthetic volumes, "
                                                   "MedMNIST 3D); default: the source's (a MedMNIST flag ending "
                                                   "in 3d is 3)")
@@ -177,7 +178,7 @@ class DataConfig(Strict):
     normalize: Literal["auto", "dataset", "imagenet", "none"] = Field(
         "auto", description="dataset: per-channel mean/std of the training split; imagenet: ImageNet's; none: [0, 1]; "
                             "auto: imagenet when a network is pretrained, else dataset")
-    batch_size: int = Field(32, ge=2)
+    batch_size: int = Field(32, ge=2, description="labelled images per training batch (and per evaluation batch)")
     num_workers: Union[int, Literal["auto"]] = Field(
         "auto", description="DataLoader worker processes; auto: 0 on a CPU (the main process keeps up), "
                             "min(8, CPUs - 1) when training on a GPU")
@@ -306,7 +307,7 @@ class DataConfig(Strict):
 class NetworkConfig(Strict):
     """One network: an architecture by name (or ``custom`` for a module passed through the API)."""
 
-    arch: str = "resnet10"
+    arch: str = Field("resnet10", description="a network of the zoo (resnet10/18/34/50, mobilenetv2, efficientnet-b0, densenet121, unet, basicunet, ...), or custom (a module passed through the Python API)")
     widen: float = Field(1.0, gt=0, description="width multiplier (resnets only)")
     stem: Literal["auto", "imagenet", "small"] = Field(
         "auto", description="small: 3x3 stride-1 stem, no max pool; auto: small below 32 px")
@@ -339,9 +340,10 @@ class NetworkConfig(Strict):
 
 
 class TeacherConfig(NetworkConfig):
-    arch: str = "resnet18"
-    widen: float = Field(0.5, gt=0)
-    mode: Literal["online", "offline"] = "online"
+    arch: str = Field("resnet18", description="the teacher's network (as a student's arch)")
+    widen: float = Field(0.5, gt=0, description="width multiplier (resnets only)")
+    mode: Literal["online", "offline"] = Field(
+        "online", description="online: trained with the students; offline: loaded from checkpoint and frozen")
     checkpoint: Optional[str] = Field(None, description="offline teacher: a run folder or a .pt state dict")
     cache: bool = Field(False, description="offline teacher without random augmentation: keep its outputs per "
                                            "training image after the first epoch and skip its forward from then on")
@@ -361,7 +363,8 @@ def _default_students() -> dict[str, NetworkConfig]:
 
 class NetworksConfig(Strict):
     teacher: TeacherConfig = TeacherConfig()
-    students: dict[str, NetworkConfig] = Field(default_factory=_default_students)
+    students: dict[str, NetworkConfig] = Field(default_factory=_default_students, description="the students by name "
+                                                "(any number; default s1 and s2, resnet10 x 0.25)")
 
     @field_validator("students")
     @classmethod
@@ -389,26 +392,27 @@ class LossConfig(Strict):
 
 
 class OptimConfig(Strict):
-    name: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    name: Literal["adam", "sgd"] = Field("adam", description="the optimizer of every network")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
 
 
 class ScheduleConfig(Strict):
-    name: Literal["plateau", "cosine", "none"] = "cosine"
+    name: Literal["plateau", "cosine", "none"] = Field(
+        "cosine", description="learning-rate schedule: cosine over the epochs, cut on a validation plateau, or none")
     factor: float = Field(0.5, gt=0, lt=1, description="plateau: lr multiplier")
     patience: int = Field(10, ge=0, description="plateau: epochs without gain before the lr is cut")
-    min_lr: float = Field(1e-7, ge=0)
+    min_lr: float = Field(1e-7, ge=0, description="the schedule's floor")
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(8, ge=1, description="training epochs")
     early_stopping: Optional[int] = Field(40, ge=1, description="epochs without any student gaining; null: off")
     selection_metric: Literal[SELECTION_METRICS] = Field(  # type: ignore[valid-type]
         "auto", description="per-network checkpoint selection; auto: accuracy (classification), dice (segmentation)")
-    seed: int = 0
-    device: str = "auto"
+    seed: int = Field(0, description="seeds the data split, sampling, augmentation and every network's initialisation")
+    device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="cap on training batches per epoch")
     checkpoint_every_steps: Optional[int] = Field(
         None, ge=1, description="also write last.pt every N steps within an epoch (long epochs); resume continues "
@@ -417,7 +421,7 @@ class TrainConfig(Strict):
         "auto", description="autocast dtype; fp16 uses a GradScaler; auto: bf16 on a GPU that supports it, else fp32")
     deterministic: bool = Field(False, description="GPU: deterministic cuDNN kernels, so a resume ends bit-identical "
                                                    "(slower); off: cuDNN picks the fastest kernels")
-    channels_last: bool = False
+    channels_last: bool = Field(False, description="channels-last memory format (faster convolutions on GPUs)")
     compile: bool = Field(False, description="torch.compile every trainable network")
 
     @field_validator("device")
@@ -440,11 +444,11 @@ class ParamSpace(Strict):
     """One searched key: a float range (``log`` for scales such as learning rates), an integer
     range (``int: true``), or ``choices``."""
 
-    low: Optional[float] = None
-    high: Optional[float] = None
-    log: bool = False
-    int: bool = False
-    choices: Optional[list[Any]] = None
+    low: Optional[float] = Field(None, description="a number range's lower end")
+    high: Optional[float] = Field(None, description="its upper end")
+    log: bool = Field(False, description="draw the range on a log scale")
+    int: bool = Field(False, description="draw whole numbers")
+    choices: Optional[list[Any]] = Field(None, description="a list of values to choose from, instead of a range")
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> "ParamSpace":
@@ -472,17 +476,18 @@ class TuneConfig(Strict):
 
 
 class OutputConfig(Strict):
-    dir: str = "runs"
+    dir: str = Field("runs", description="folder that holds run folders")
     name: Optional[str] = Field(None, description="run folder name; default: <experiment name>-<preset>-seed<seed>")
-    tensorboard: bool = True
+    tensorboard: bool = Field(True, description="write TensorBoard scalars into the run folder")
 
     _name = field_validator("name")(_folder_name)
     _dir = field_validator("dir")(_home)
 
 
 class ExperimentConfig(Strict):
-    name: str = "demo"
-    task: Literal[tuple(TASKS)] = DEFAULT_TASK  # type: ignore[valid-type]
+    name: str = Field("demo", description="the experiment's name: the first part of its run folders' names")
+    task: Literal[tuple(TASKS)] = Field(DEFAULT_TASK, description="what the networks learn: one class per image, "  # type: ignore[valid-type]
+                                            "several, a mask or boxes")
     data: DataConfig = DataConfig()
     networks: NetworksConfig = NetworksConfig()
     routing: RoutingConfig = RoutingConfig()

@@ -1,6 +1,6 @@
 """Routing as data: who teaches whom, in which style, with which weight.
 
-A method is a list of :class:`Edge`. A preset (METHOD.md section 5, and the modern logit
+A method is a list of :class:`Edge`. A preset (docs/method.md, "Every preset's edges", and the modern logit
 losses' presets beside it) is a list of
 ``(source, target, style)`` triples, or a function of the students for presets that span
 the whole cohort (CTSL-MKT), plus the style options it sets by default. A custom list of
@@ -62,7 +62,7 @@ class Preset:
 
 
 def _ctsl_mkt(students: list[str]) -> list[Triple]:
-    """CTSL-MKT (METHOD.md section 7): students only; each learns from every peer's softened
+    """CTSL-MKT (docs/method.md): students only; each learns from every peer's softened
     predictions and instance relations, and from its own earlier state."""
     pairs = [(a, b) for b in students for a in students if a != b]
     return [(a, b, st) for a, b in pairs for st in (PREDICTIONS, "relations")] + [(s, s, "self") for s in students]
@@ -98,18 +98,21 @@ class EdgeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    src: str
-    dst: str
-    style: str
+    src: str = Field(description="the network that teaches: teacher or a student's name")
+    dst: str = Field(description="the network that learns (src itself for a self edge)")
+    style: str = Field(description="the learning style (the method page lists every style)")
     weight: Optional[float] = Field(None, ge=0, description="default: loss.teacher_weight or loss.peer_weight")
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict, description="the style's options for this edge "
+                                                                      "(style options, below)")
 
 
 class RoutingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    preset: Optional[Literal[tuple(PRESETS)]] = None  # type: ignore[valid-type]
-    edges: Optional[list[EdgeConfig]] = None
+    preset: Optional[Literal[tuple(PRESETS)]] = Field(  # type: ignore[valid-type]
+        None, description="a named routing (the method page's table); default: diverse")
+    edges: Optional[list[EdgeConfig]] = Field(None, description="a routing of your own, edge by edge, instead of a "
+                                                                "preset")
 
     @model_validator(mode="after")
     def _one_of(self) -> "RoutingConfig":

@@ -7,7 +7,7 @@ stride 2 and a max pool (so a kdstyles ResNet18 at 224 px costs what theirs does
 without max pool (for 28-64 px images, CIFAR-style); ``auto`` picks ``small`` for inputs
 below 32 px (MedMNIST's 28 px) and ``imagenet`` from 32 px up.
 
-Default feature taps (METHOD.md section 3): the last 3x3 convolution of a ResNet (other
+Default feature taps (docs/method.md, "The idea"): the last 3x3 convolution of a ResNet (other
 networks: the last convolution) whose output map is at least 4x4 at the run's input size:
 at 224 px that is the last stage, as the authors tap (ResNet18 ``layer4.1.conv2``, ResNet50
 ``layer4.2.conv2``, EfficientNet's final 1x1 ``_conv_head``); on smaller images an earlier

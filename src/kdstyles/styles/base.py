@@ -61,7 +61,7 @@ class StyleOptions(BaseModel):
 class LogitOptions(StyleOptions):
     """Options of styles that compare logits through a softmax at a temperature."""
 
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, description="softmax temperature T")
     t2_scaling: bool = Field(True, description="multiply by T^2 (Hinton et al.); a no-op at T = 1")
     standardize: bool = Field(False, description="logit standardization (Sun et al., CVPR 2024): z-score each "
                                                  "sample's logits over the classes before the softmax at the "
@@ -87,8 +87,8 @@ class MapOptions(StyleOptions):
     """Options of styles that compare tapped maps: per-edge overrides of the networks' taps,
     or ``taps``: several depths at once (one edge each, its own adapter, the terms averaged)."""
 
-    src_tap: str | None = None
-    dst_tap: str | None = None
+    src_tap: str | None = Field(None, description="the source's module path to tap (default: its network's tap)")
+    dst_tap: str | None = Field(None, description="the learner's module path to tap (default: its network's tap)")
     taps: list[str | tuple[str, str]] | None = Field(
         None, description="several depths: module paths tapped on both networks (e.g. [layer2, layer3, layer4]), "
                           "or [source, target] pairs; each pair is an edge of its own with its own adapter and "

@@ -34,7 +34,7 @@ OFF = 1000.0  # subtracted from the target's softened logit: its share of a soft
 
 
 class DKDOptions(LogitOptions):
-    temperature: float = Field(4.0, gt=0)
+    temperature: float = Field(4.0, gt=0, description="softmax temperature T")
     alpha: float = Field(1.0, ge=0, description="weight of TCKD, the target class against the rest")
     beta: float = Field(1.0, ge=0, description="weight of NCKD, the distribution over the non-target classes "
                                                "(the paper: 8 on CIFAR-100, 0.5 on ImageNet)")

@@ -12,12 +12,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from .base import MapOptions, Style
 
 
 class FeaturesOptions(MapOptions):
-    normalize: Literal["none", "channel", "l2"] = "none"
+    normalize: Literal["none", "channel", "l2"] = Field(
+        "none", description="compare raw maps, maps standardised per channel, or L2-normalised maps")
 
 
 def _normalize(x: torch.Tensor, how: str) -> torch.Tensor:

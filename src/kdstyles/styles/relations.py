@@ -22,8 +22,8 @@ from .base import Style, StyleOptions
 
 
 class RelationsOptions(StyleOptions):
-    distance_weight: float = Field(1.0, ge=0)
-    angle_weight: float = Field(2.0, ge=0)
+    distance_weight: float = Field(1.0, ge=0, description="weight of the distance-wise term")
+    angle_weight: float = Field(2.0, ge=0, description="weight of the angle-wise term")
 
 
 def distance_matrix(e: torch.Tensor) -> torch.Tensor:
