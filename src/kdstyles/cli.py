@@ -346,22 +346,56 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
                                                             "the students) or teacher"),
            fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
            out: Optional[Path] = typer.Option(None, help="model file (default: RUN_DIR/export/NETWORK.onnx|.pt)"),
-           checkpoint: str = typer.Option("best", help="best or last")) -> None:
+           checkpoint: str = typer.Option("best", help="best or last"),
+           quantize: Optional[str] = typer.Option(None, help="int8 (static, calibrated) or fp16: also write a "
+                                                            "quantized model, verified on the test split"),
+           calibration: int = typer.Option(256, help="int8: training images to calibrate on (drawn with the run's "
+                                                     "seed)"),
+           calibration_method: str = typer.Option("minmax", help="int8: minmax, entropy or percentile"),
+           max_drop: float = typer.Option(1.0, help="points of the headline test metric the quantized model may "
+                                                    "lose; more: exit 1, the file kept as NAME.int8.rejected.onnx")
+           ) -> None:
     """Export a network as a self-contained model + JSON sidecar + Markdown model card."""
     from .export import export_run
+    from .quantize import TooLossy
     from .runfolder import RunFolder
 
-    side = export_run(run_dir, network, fmt, out, checkpoint,
-                      say=lambda m: console.print(f"[yellow]note:[/yellow] {m}", highlight=False, soft_wrap=True))
+    note = lambda m: console.print(f"[yellow]note:[/yellow] {m}", highlight=False, soft_wrap=True)  # noqa: E731
+    try:
+        side = export_run(run_dir, network, fmt, out, checkpoint, quantize=quantize, calibration=calibration,
+                          calibration_method=calibration_method, max_drop=max_drop, say=note)
+    except TooLossy as exc:
+        side = exc.sidecar
+        _print_quantized(side["quantized"], (Path(out) if out else RunFolder(run_dir).export_dir))
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
     model = Path(out) if out else RunFolder(run_dir).export_dir / side["file"]
     v = side["verification"]
     console.print(f"exported {side['network']} ({side['checkpoint']} checkpoint) to {model}", highlight=False)
     console.print(f"max |{fmt} - pytorch| on {v['samples']} inputs: {v['max_abs_diff']:.2e} ({v['against']})",
                   highlight=False)
     console.print(f"sidecar: {model.with_suffix('.json')}\nmodel card: {model.with_suffix('.md')}", highlight=False)
+    if "quantized" in side:
+        _print_quantized(side["quantized"], model.parent)
     if side["run_status"] != "finished":
         console.print(f"[yellow]note:[/yellow] the run is {side['run_status']}: the model card says it has not "
                       "finished", highlight=False, soft_wrap=True)
+
+
+def _print_quantized(side: dict, folder: Path) -> None:
+    """The quantized model against the float one, as export measured them on the test split."""
+    from .metrics import label
+
+    q = side["quantization"]
+    f, m, metric = q["float32"], q["quantized"], q["metric"]
+    lo, hi = q["interval_points"]
+    console.print(f"{q['type']} ({q['how']}): {folder / side['file']}", highlight=False)
+    console.print(f"  test {label(metric)} {f['metrics'].get(metric, float('nan')):.4f} -> "
+                  f"{m['metrics'].get(metric, float('nan')):.4f} ({q['change_points']:+.2f} points [{lo:+.2f}, "
+                  f"{hi:+.2f}]), agreement {q['agreement'] if q['agreement'] is None else round(q['agreement'], 4)}; "
+                  f"{f['mb']:.2f} -> {m['mb']:.2f} MB; latency b1 {f['latency_b1_ms']:.2f} -> "
+                  f"{m['latency_b1_ms']:.2f} ms, b32 {f['latency_b32_ms']:.1f} -> {m['latency_b32_ms']:.1f} ms "
+                  f"({q['threads']} threads)", highlight=False, soft_wrap=True)
 
 
 @app.command()

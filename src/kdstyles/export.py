@@ -9,6 +9,8 @@ needs, and the export's numerical check) and a Markdown model card.
 from __future__ import annotations
 
 import io
+import logging
+import os
 import sys
 import warnings
 from contextlib import redirect_stdout
@@ -27,6 +29,8 @@ from .fileio import atomic_write, write_json, write_text
 from .measure import cpu_latency_ms
 from .metrics import label, task_metrics
 from .models.zoo import count_parameters, flops_per_image
+from .quantize import (CALIBRATION, MAX_DROP, TooLossy, calibration_batches, check_options, quantize_file,
+                       quantized_path, rejected_path, verify)
 from .routing import T
 from .runfolder import RunFolder
 
@@ -78,6 +82,9 @@ def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> float:
     import numpy as np
     import onnxruntime as ort
 
+    # torch's ONNX exporter names every torchvision operator it cannot register (kdstyles has no torchvision)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
     def write(tmp: str) -> None:
         batch = torch.export.Dim("batch", min=1, max=4096)
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
@@ -109,14 +116,23 @@ def _export_torchscript(model: nn.Module, sample: torch.Tensor, path: Path) -> f
 
 
 def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx", out: str | Path | None = None,
-               checkpoint: str = "best", samples: int = 8,
+               checkpoint: str = "best", samples: int = 8, quantize: str | None = None,
+               calibration: int = CALIBRATION, calibration_method: str = "minmax", max_drop: float = MAX_DROP,
                say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export one network of a run (None: its first student); returns the sidecar (also
     written next to the model). The model card's metrics are the run's evaluation of that
     checkpoint (eval.json); where there is none, the run is evaluated first and ``say`` (default:
-    standard error) is told so before it starts."""
+    standard error) is told so before it starts.
+
+    ``quantize`` (int8, fp16): the float model is then quantized too (:mod:`kdstyles.quantize`)
+    and verified against it on the test split; its file, sidecar and card sit beside the float
+    model's (``s1.int8.onnx``), the float sidecar returned gains ``quantized``. A quantized model
+    that loses more than ``max_drop`` points of the headline metric is kept as
+    ``s1.int8.rejected.onnx`` and :class:`~kdstyles.quantize.TooLossy` is raised."""
+    say = say or (lambda m: print(m, file=sys.stderr))
     if fmt not in FORMATS:
         raise KDError(f"--format '{fmt}' is not known; allowed: {', '.join(FORMATS)}")
+    check_options(quantize, calibration_method, calibration, max_drop, fmt)
     run_dir = Path(run_dir)
     exp, model, info, network = open_run(run_dir, network, checkpoint)
     inputs = exp.inputs(info)
@@ -129,8 +145,7 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
 
     evaluation = exp.folder.read_eval() if exp.folder.eval_path.is_file() else None
     if evaluation is None or evaluation.get("checkpoint") != checkpoint:
-        (say or (lambda m: print(m, file=sys.stderr)))(
-            f"{run_dir}: the {checkpoint} checkpoint has not been evaluated (no eval.json of it); evaluating it on "
+        say(f"{run_dir}: the {checkpoint} checkpoint has not been evaluated (no eval.json of it); evaluating it on "
             "the test split first, for the model card's metrics (kdstyles evaluate writes the same eval.json)")
         evaluation = exp.evaluate(checkpoint=checkpoint)
     metrics = evaluation["networks"].get(network, {})
@@ -155,7 +170,88 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     }
     write_json(path.with_suffix(".json"), sidecar)
     write_text(path.with_suffix(".md"), model_card(exp, info, network, model, sidecar, sample))
+    if quantize is not None:
+        q_side = export_quantized(exp, info, network, model, sidecar, path, inputs, sample, quantize, calibration,
+                                  calibration_method, max_drop, say)
+        sidecar = {**sidecar, "quantized": q_side}
+        if not q_side["quantization"]["accepted"]:
+            q = q_side["quantization"]
+            raise TooLossy(f"{quantize} {network} lost {-q['change_points']:.2f} points of {q['metric']} on the test "
+                           f"split (interval {q['interval_points'][0]:+.2f} to {q['interval_points'][1]:+.2f}; "
+                           f"--max-drop {max_drop:g}); kept as {path.parent / q_side['file']} (try "
+                           "--calibration-method entropy or percentile, more --calibration images, or fp16)",
+                           sidecar)
     return sidecar
+
+
+def export_quantized(exp: Experiment, info: dict[str, Any], network: str, model: nn.Module, sidecar: dict[str, Any],
+                     path: Path, inputs: Any, sample: torch.Tensor, quantize: str, calibration: int, method: str,
+                     max_drop: float, say: Callable[[str], None]) -> dict[str, Any]:
+    """The quantized model beside the float one at ``path``, verified against it on the test
+    split; its sidecar (also written) and card."""
+    q_path = quantized_path(path, quantize)
+    seed = exp.cfg.train.seed
+    if quantize == "int8" and inputs.space.volumes:
+        say("int8 volumes: onnxruntime's CPU provider has no int8 kernel for 3D convolutions and runs them "
+            "dequantized (smaller file, slower); the verification below measures it")
+    batches = calibration_batches(exp.data.splits["train"], calibration, seed) if quantize == "int8" else []
+    how = quantize_file(path, q_path, quantize, batches, method, say)
+    task = exp.cohort.task
+    metric = exp.cfg.train.selection_metric if exp.cfg.train.selection_metric != "auto" else task.selection
+    check = verify(exp, path, q_path, inputs, metric)
+    accepted = -check["change_points"] <= max_drop
+    rejected = rejected_path(q_path)
+    # the other name's files are an earlier export's verdict, now replaced
+    stale = [rejected] if accepted else [q_path.with_suffix(".json"), q_path.with_suffix(".md")]
+    if not accepted:  # kept under a name that says so
+        os.replace(q_path, rejected)
+        q_path = rejected
+    for old in stale:
+        for f in (old, old.with_suffix(".json"), old.with_suffix(".md")):
+            f.unlink(missing_ok=True)
+    q_side = {
+        **sidecar, "file": q_path.name,
+        "metrics": {"split": "test", "through": "onnxruntime", **check["quantized"]["metrics"]},
+        "verification": {"against": "the float32 model on the test split", "images": check["images"],
+                         "agreement": check["agreement"]},
+        "quantization": {"type": quantize, "how": how, "accepted": accepted, "max_drop_points": max_drop,
+                         "calibration": {"images": sum(len(b) for b in batches), "method": method if batches else None,
+                                         "from": "train split, prepared as in training, not augmented",
+                                         "seed": seed},
+                         **check},
+    }
+    write_json(q_path.with_suffix(".json"), q_side)
+    write_text(q_path.with_suffix(".md"), model_card(exp, info, network, model, q_side, sample)
+               + quantization_card(q_side))
+    return q_side
+
+
+def quantization_card(side: dict[str, Any]) -> str:
+    """The model card's section comparing the quantized model with the float one."""
+    q = side["quantization"]
+    f, m = q["float32"], q["quantized"]
+    metric = q["metric"]
+    agreement = f"{q['agreement']:.4f}" if isinstance(q.get("agreement"), float) else "n/a"
+    lo, hi = q["interval_points"]
+    calibrated = (f"calibrated ({q['how']}, {q['calibration']['method']}) on {q['calibration']['images']} training "
+                  f"images drawn with seed {q['calibration']['seed']}" if q["calibration"]["images"] else q["how"])
+    verdict = "accepted" if q["accepted"] else f"**rejected: it lost more than {q['max_drop_points']:g} points**"
+    return f"""
+## Quantization ({q['type']}, {verdict})
+
+{q['type']} model {calibrated}; both files scored through onnxruntime on the {q['images']}
+{q['split']} images with the task's metrics ({q['threads']} CPU threads for the latencies).
+
+| | float32 | {q['type']} |
+|---|---|---|
+| {label(metric)} | {f['metrics'].get(metric, float('nan')):.4f} | {m['metrics'].get(metric, float('nan')):.4f} |
+| file (MB) | {f['mb']:.2f} | {m['mb']:.2f} |
+| latency, batch 1 (ms) | {f['latency_b1_ms']:.2f} | {m['latency_b1_ms']:.2f} |
+| latency, batch 32 (ms) | {f['latency_b32_ms']:.1f} | {m['latency_b32_ms']:.1f} |
+
+Change of {label(metric)}: {q['change_points']:+.2f} points [95% paired interval {lo:+.2f}, {hi:+.2f}];
+agreement of the two models' predictions: {agreement}.
+"""
 
 
 def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Module, sidecar: dict[str, Any],
@@ -182,6 +278,10 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
            else f"`kdstyles predict {sidecar['file']} VOLUMES...` (NIfTI/NRRD) prepares each volume as in training "
                 f"(orientation, spacing, window: the sidecar's `volumes`) and writes a CSV"
                 + task.volume_prediction_words(sidecar["volumes"]["windows"]))
+    v = sidecar["verification"]
+    checked = (f"The exported model matched PyTorch to {v['max_abs_diff']:.2e} (max absolute difference on "
+               f"{v['samples']} inputs, checked with {v['against']})." if "max_abs_diff" in v else
+               f"It was checked against {v['against']} ({v['images']} images; below).")
     unl, mix = info.get("unlabeled"), info.get("mix")
     extra = (f" Its distillation edges also learned from {unl['about']}, without their labels." if unl else "") + \
         (f" Training batches were mixed (mixup {mix['mixup']:g}, CutMix {mix['cutmix']:g}, probability "
@@ -218,9 +318,7 @@ Preset `{info.get('preset')}` (edges: {'; '.join(info.get('edges', [])) or 'none
 ## Use
 
 Input: float32 {kind} in [0, 1], shape (N, {sidecar['input']['channels']}, {shape}); the training
-normalisation is inside the model. Output: {output}. {how} The exported model matched
-PyTorch to {sidecar['verification']['max_abs_diff']:.2e} (max absolute difference on
-{sidecar['verification']['samples']} inputs, checked with {sidecar['verification']['against']}).
+normalisation is inside the model. Output: {output}. {how} {checked}
 
 A research model: validate it on data from your own site before any use.
 """

@@ -101,6 +101,19 @@ class RunFolder:
     def export_dir(self) -> Path:
         return self.path / "export"
 
+    def quantized_exports(self) -> list[dict[str, Any]]:
+        """The sidecars of the run's quantized exports (``export --quantize``: those with a
+        ``quantization`` record, rejected ones too); a damaged sidecar is left out."""
+        found = []
+        for path in sorted(self.export_dir.glob("*.json")) if self.export_dir.is_dir() else []:
+            try:
+                side = read_json(path, "")
+            except KDError:
+                continue
+            if isinstance(side.get("quantization"), dict) and isinstance(side["quantization"].get("quantized"), dict):
+                found.append(side)
+        return found
+
     def teacher_weights(self) -> Path | None:
         """The checkpoint an offline teacher loads from this run folder: its best teacher (or a
         plain ``teacher.pt`` put in checkpoints/ by hand); None when there is neither."""

@@ -67,14 +67,24 @@ class ImageDataset(Dataset):
             return self.images[index]
         return read_image(self.paths[index], self.channels, self.size)[0]
 
-    def __getitem__(self, key):
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+    def _prepared(self, epoch: int, index: int):
+        """The item before augmentation and normalisation: the image as [0, 1] floats, channels
+        first (a training patch cropped from a volume), and its mask and boxes."""
         raw, mask = self.raw(index), self.masks[index] if self.masks is not None else None
         boxes = self.boxes[index] if self.boxes is not None else None
         if self.crop:
             raw, mask, boxes = crop_patch(raw, mask, self.crop, np.random.default_rng([self.seed, epoch, index, 9]),
                                           self.positive, boxes)
-        img = torch.from_numpy(np.ascontiguousarray(raw)).movedim(-1, 0).float().div_(255)
+        return torch.from_numpy(np.ascontiguousarray(raw)).movedim(-1, 0).float().div_(255), mask, boxes
+
+    def plain(self, index: int) -> torch.Tensor:
+        """An image as the network takes it, prepared as training prepares it but neither
+        augmented nor normalised (what an exported model, which normalises inside, takes)."""
+        return self._prepared(0, index)[0]
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        img, mask, boxes = self._prepared(epoch, index)
         item = {"image": img}
         if mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0).float()

@@ -90,7 +90,7 @@ def _drawable(rf: RunFolder, task: str | None) -> dict[str, Any]:
         return {}
 
 
-def _paired(ia: Any, ib: Any, metric: str) -> np.ndarray | Drawn | None:
+def paired_difference(ia: Any, ib: Any, metric: str) -> np.ndarray | Drawn | None:
     """One seed's paired difference of two networks on the same test images: per-image values
     subtracted, or the metric of both drawn on the same images (detection, multi-label); None
     if they were not scored on the same images."""
@@ -118,7 +118,7 @@ def _difference(study: Study, a: tuple[str, str], b: tuple[str, str]) -> dict[st
             continue
         seed_diffs.append(va - vb)
         ia, ib = study.values.get((a[0], seed, a[1])), study.values.get((b[0], seed, b[1]))
-        diff = _paired(ia, ib, study.metric)
+        diff = paired_difference(ia, ib, study.metric)
         if diff is not None:
             image_diffs.append(diff)
             correct.append((ia, ib))
@@ -213,8 +213,8 @@ def _gap_closure(study: Study) -> list[dict[str, Any]]:
                 gains.append(a - b)
                 leads.append(t - b)
                 ib = study.values.get((INDEPENDENT, seed, net))
-                num, den = _paired(study.values.get((preset, seed, net)), ib, study.metric), _paired(it, ib,
-                                                                                                     study.metric)
+                num = paired_difference(study.values.get((preset, seed, net)), ib, study.metric)
+                den = paired_difference(it, ib, study.metric)
                 if num is not None and den is not None:
                     nums.append(num)
                     dens.append(den)

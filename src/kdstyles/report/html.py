@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
+from typing import Any
 
 from ..fileio import write_text
+from ..metrics import label
 from ..runfolder import ComparisonFolder, RunFolder
 from .plots import (details_of, plot_accuracy_vs_parameters, plot_confusions, plot_curves, plot_per_class,
                     plot_reliability)
@@ -36,6 +38,26 @@ def _html_table(header, body, best=None, cls="") -> str:
 
 def _img(b64: str | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
+
+
+def quantized_table(found: list[tuple[str, int, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
+    """Each quantized export of the comparison's runs against its float model (``export
+    --quantize`` measured both on the test split)."""
+    header = ["run", "network", "type", "metric: float32 -> quantized", "change [95% CI]", "MB", "latency b=1 (ms)",
+              "latency b=32 (ms)", "kept"]
+    body = []
+    for preset, seed, side in found:
+        q = side["quantization"]
+        f, m, metric = q["float32"], q["quantized"], q["metric"]
+        lo, hi = q["interval_points"]
+        body.append([f"{preset} seed {seed}", side.get("network", "?"), q["type"],
+                     f"{label(metric)} {f['metrics'].get(metric, float('nan')):.3f} -> "
+                     f"{m['metrics'].get(metric, float('nan')):.3f}",
+                     f"{q['change_points']:+.2f} pt [{lo:+.2f}, {hi:+.2f}]", f"{f['mb']:.2f} -> {m['mb']:.2f}",
+                     f"{f['latency_b1_ms']:.2f} -> {m['latency_b1_ms']:.2f}",
+                     f"{f['latency_b32_ms']:.1f} -> {m['latency_b32_ms']:.1f}",
+                     "yes" if q["accepted"] else "rejected"])
+    return header, body
 
 
 def render(folder: str | Path, study: Study | None = None) -> Path:
@@ -69,6 +91,11 @@ def render(folder: str | Path, study: Study | None = None) -> Path:
             [[c["network"], f"{c['parameters']:,}", f"{c['mflops']:.1f}", f"{c['latency_b1_ms']:.2f}",
               f"{c['latency_b32_ms']:.1f}", f"{c['relative_size']:.1%}" if c["relative_size"] else "–"]
              for c in comp], cls="compression"))
+    quantized = [(preset, seed, side) for (preset, seed), path in sorted(dirs.items())
+                 for side in RunFolder(path).quantized_exports()]
+    if quantized:
+        sections.append("<h2>Quantized exports (CPU, onnxruntime, test split)</h2>")
+        sections.append(_html_table(*quantized_table(quantized), cls="quantized"))
     plots = [(f"Test {metric} vs parameters", plot_accuracy_vs_parameters(rows, metric)),
              ("Training curves (validation, mean over seeds)", plot_curves(rows, dirs, metric)),
              ("Confusion matrices (rows: true class; summed over seeds)", plot_confusions(details)),
