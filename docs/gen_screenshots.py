@@ -28,7 +28,6 @@ from PIL import Image
 HERE = Path(__file__).parent
 IMAGES = HERE / "images"
 KDSTYLES = [sys.executable, "-m", "kdstyles"]
-SMALL = ["data.image_size=32", "data.train_samples=600", "data.val_samples=150", "data.test_samples=300"]
 
 
 def sets(overrides: list[str]) -> list[str]:

@@ -140,3 +140,20 @@ def write_npz(path, n=(40, 10, 10), size=28, channels=3, classes=9, multilabel=F
         arrays.pop(drop)
     np.savez_compressed(path, **arrays)
     return arrays
+
+
+def assert_same_run(a_dir, b_dir):
+    """Two run folders ended with identical weights, optimizer states and metrics."""
+    import torch
+
+    from kdstyles import checkpoints
+
+    a = checkpoints.load(a_dir / "checkpoints" / "last.pt")
+    b = checkpoints.load(b_dir / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] and a["step"] == b["step"] == 0
+    for key, value in a["cohort"].items():
+        assert torch.equal(value, b["cohort"][key]), key
+    for name in a["optimizers"]:
+        sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
+        assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    assert (a_dir / "metrics.csv").read_text() == (b_dir / "metrics.csv").read_text()

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny, wait_for
+from conftest import assert_same_run, tiny, wait_for
 from kdstyles import Experiment, KDError, checkpoints
 from kdstyles.errors import Interrupted
 from kdstyles.fileio import FolderLock
@@ -28,19 +28,6 @@ from kdstyles.fileio import FolderLock
 def not_warnings(err: str) -> list[str]:
     """stderr's lines but the warnings printed when training starts."""
     return [ln for ln in err.strip().splitlines() if not ln.startswith(("data warning: ", "warning: "))]
-
-
-def assert_same_run(a_dir, b_dir):
-    """Two run folders ended with identical weights, optimizer states and metrics."""
-    a = checkpoints.load(a_dir / "checkpoints" / "last.pt")
-    b = checkpoints.load(b_dir / "checkpoints" / "last.pt")
-    assert a["epoch"] == b["epoch"] and a["step"] == b["step"] == 0
-    for key, value in a["cohort"].items():
-        assert torch.equal(value, b["cohort"][key]), key
-    for name in a["optimizers"]:
-        sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
-        assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
-    assert (a_dir / "metrics.csv").read_text() == (b_dir / "metrics.csv").read_text()
 
 
 class SignalAt:

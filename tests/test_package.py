@@ -71,9 +71,10 @@ def test_no_import_circles(graph):
 
 LOW = ("kdstyles.errors", "kdstyles.signals", "kdstyles.fileio", "kdstyles.imageio", "kdstyles.metrics",
        "kdstyles.styles", "kdstyles.models", "kdstyles.tasks", "kdstyles.distributed", "kdstyles.routing",
-       "kdstyles.boxes")
+       "kdstyles.boxes", "kdstyles.dims", "kdstyles.inputs")
 HIGH = ("kdstyles.engine", "kdstyles.cohort", "kdstyles.cli", "kdstyles.api", "kdstyles.compare", "kdstyles.report",
-        "kdstyles.export", "kdstyles.predict", "kdstyles.evaluate", "kdstyles.config", "kdstyles.data")
+        "kdstyles.export", "kdstyles.predict", "kdstyles.evaluate", "kdstyles.config", "kdstyles.data",
+        "kdstyles.runs", "kdstyles.launch", "kdstyles.quantize", "kdstyles.tune", "kdstyles.measure")
 
 
 def test_low_modules_import_nothing_high(graph):
@@ -107,7 +108,7 @@ def test_one_registry_per_kind_of_thing():
 # The files of run and comparison folders, named by their keepers only (kdstyles.runfolder).
 KEPT_FILES = {"config.yaml", "run.json", "metrics.csv", "times.csv", "eval.json", "outputs.npz", "checkpoints",
               "last.pt", "splits.csv", "data_report.json", "tensorboard", "overlays", "export", "comparison.json",
-              "results.csv", "compression.json", "report.html"}
+              "results.csv", "compression.json", "report.html", "jobs.json", "jobs"}
 
 
 def _named_files(path: Path) -> list[tuple[int, str]]:

@@ -23,6 +23,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160, soft_wrap=True)
 
 SetOpt = typer.Option(None, "--set", "-s", help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
+# --launcher and its options (compare, tune): every run or worker a scheduler job (kdstyles.launch)
+LauncherOpt = typer.Option(None, "--launcher", help="slurm: Slurm jobs (through submitit); local: jobs on this "
+                                                    "machine (default: the config's launcher.type)")
+PartitionOpt = typer.Option(None, "--slurm-partition", help="slurm: the partition")
+TimeOpt = typer.Option(None, "--slurm-time", help="a job's time limit in minutes (default 240)")
+GpusOpt = typer.Option(None, "--gpus-per-run", help="GPUs per job; above 1 one DDP run across them")
+CpusOpt = typer.Option(None, "--cpus-per-run", help="CPUs (threads) per job (default 4)")
+MemOpt = typer.Option(None, "--mem", help="slurm: memory per node, e.g. 32G")
+AccountOpt = typer.Option(None, "--slurm-account", help="slurm: the account to charge")
+ExtraOpt = typer.Option(None, "--slurm-extra", help="slurm: KEY=VALUE, another #SBATCH option (qos=high); repeatable")
+WaitOpt = typer.Option(True, "--wait/--no-wait", help="slurm: follow the jobs to the end (--no-wait: submit and "
+                                                      "return; the same command later collects)")
 EXTRA_COLUMNS = ("fidelity_kl", "parameters", "compression")  # after the task's own metrics
 
 
@@ -264,6 +276,11 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
                                             "(networks.teacher.* keys reach every run); repeatable"),
             ablate: bool = typer.Option(False, help="the config's routing without each edge in turn, and its "
                                                     "teacher / peer edges alone: which edge helps"),
+            launcher: Optional[str] = LauncherOpt, slurm_partition: Optional[str] = PartitionOpt,
+            slurm_time: Optional[int] = TimeOpt, gpus_per_run: Optional[int] = GpusOpt,
+            cpus_per_run: Optional[int] = CpusOpt, mem: Optional[str] = MemOpt,
+            slurm_account: Optional[str] = AccountOpt, slurm_extra: Optional[list[str]] = ExtraOpt,
+            wait: bool = WaitOpt,
             set_: Optional[list[str]] = SetOpt,
             quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Run every preset x seed (resumable), then write results.csv, the table and report.html."""
@@ -272,20 +289,29 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
     from .report import load_rows, load_study, markdown, render
     from .runfolder import ComparisonFolder
 
+    from .launch import from_options
+
     default = "student" if ablate else ",".join(COMPARE_PRESETS)
     names = [p.strip() for p in (presets_ or default).split(",") if p.strip()]
     cfg = base_config(config, set_ or [], names, ablate)
+    launch = from_options(cfg.launcher, launcher, partition=slurm_partition, time_min=slurm_time,
+                          gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, mem=mem, account=slurm_account,
+                          extra=slurm_extra or [], wait=wait)
     folder = out or Path(cfg.output.dir) / f"compare-{cfg.name}"
     if checkpoint not in ("best", "last"):
         raise KDError(f"--checkpoint '{checkpoint}' is not known; allowed: best, last")
     summary = run_compare(str(config) if config else None, names, seeds, folder, set_ or [], jobs=jobs,
                           checkpoint=checkpoint, quiet=quiet, echo=lambda line: console.print(line, highlight=False),
-                          teacher=teacher, teacher_overrides=teacher_set or [], ablate=ablate)
+                          teacher=teacher, teacher_overrides=teacher_set or [], ablate=ablate, launch=launch)
     if summary["rows"]:
         study = load_study(folder, load_rows(folder))
         console.print(markdown(study.rows, study), highlight=False, soft_wrap=True)
         console.print(f"results: {ComparisonFolder(folder).results_path}\nreport: {render(folder, study)}",
                       highlight=False)
+    if summary["queued"]:
+        console.print(f"{len(summary['queued'])} run(s) queued or running as jobs (jobs.json, logs in "
+                      f"{ComparisonFolder(folder).jobs_dir}); run the same command again to follow and collect them",
+                      highlight=False, soft_wrap=True)
     if summary["failed"]:
         console.print(f"[red]{len(summary['failed'])} run(s) failed[/red]; fix the cause and run the same command "
                       "again to continue", highlight=False)
@@ -301,16 +327,36 @@ def tune(config: Optional[Path] = typer.Argument(None, help="experiment YAML wit
          study: Optional[str] = typer.Option(None, help="study name in the database (default: the experiment's)"),
          out: Optional[Path] = typer.Option(None, help="tune folder for the trials' runs (default: "
                                                        "runs/tune-<name>)"),
+         workers: int = typer.Option(1, min=1, help="with --launcher: worker jobs sharing the study (a job array)"),
+         launcher: Optional[str] = LauncherOpt, slurm_partition: Optional[str] = PartitionOpt,
+         slurm_time: Optional[int] = TimeOpt, gpus_per_run: Optional[int] = GpusOpt,
+         cpus_per_run: Optional[int] = CpusOpt, mem: Optional[str] = MemOpt,
+         slurm_account: Optional[str] = AccountOpt, slurm_extra: Optional[list[str]] = ExtraOpt,
+         wait: bool = WaitOpt,
          set_: Optional[list[str]] = SetOpt,
          quiet: bool = typer.Option(True, "--quiet/--verbose", "-q/-v")) -> None:
     """Search tune.space with Optuna (TPE, median pruning); start it on several machines with one --storage."""
     from .config import load_config
+    from .launch import from_options
     from .tune import tune as run_tune
 
     cfg = load_config(config, set_ or [])
     folder = out or Path(cfg.output.dir) / f"tune-{cfg.name}"
+    launch = from_options(cfg.launcher, launcher, partition=slurm_partition, time_min=slurm_time,
+                          gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, mem=mem, account=slurm_account,
+                          extra=slurm_extra or [], wait=wait)
+    if workers > 1 and launch is None:
+        raise KDError("--workers needs --launcher slurm or local (or start the same command on each machine "
+                      "with one --storage)")
     summary = run_tune(str(config) if config else None, folder, set_ or [], storage=storage, study_name=study,
-                       trials=trials, quiet=quiet, echo=lambda line: console.print(line, highlight=False))
+                       trials=trials, quiet=quiet, echo=lambda line: console.print(line, highlight=False),
+                       launch=launch, workers=workers)
+    if "submitted" in summary:
+        ids = ", ".join(map(str, summary["submitted"]))
+        console.print(f"{len(summary['submitted'])} worker job(s) submitted ({ids}); "
+                      f"the study is in {summary['storage']}; run kdstyles tune again without --launcher to see it",
+                      highlight=False, soft_wrap=True)
+        return
     states = ", ".join(f"{n} {s}" for s, n in summary["trials"].items())
     console.print(f"study '{summary['study']}' in {summary['storage']}: {states}", highlight=False)
     if summary["best"]:

@@ -20,8 +20,7 @@ import os
 import signal
 import threading
 import time
-import traceback
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -31,33 +30,17 @@ from .errors import Interrupted, KDError
 from .fileio import write_text
 from .metrics import METRICS
 from .routing import DEFAULT_PRESET, PRESETS
-from .runfolder import STATUS_DONE, ComparisonFolder, RunFolder
+from .runfolder import ComparisonFolder, RunFolder
+from .runs import SHARED_TEACHER, RunSpec, run_one, run_state
 from .signals import GracefulStop, signal_name
 
 CUSTOM = "custom"  # the config's own routing (its edges or preset), next to the named presets
-SHARED_TEACHER = "teacher"  # the run folders of shared teachers: teacher-seed<N>
 TEACHER_MODES = ("online", "shared")
 # kdstyles demo: students alone, the paper's routing, and the recipe that closed most of the teacher's lead in the
 # README's study (fitnet: 62% and 45% for s1 and s2, 3 seeds)
 DEMO_PRESETS = ("student", "diverse", "fitnet")
 DEMO_TEACHER_EPOCHS = 2  # the demo's shared teacher trains for this many times the students' epochs
 STOP_GRACE_S = 120  # how long stopped workers may take to write their checkpoints before they are killed
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    preset: str  # the variant's name: a preset, 'custom', an ablation variant, or 'teacher' (the shared teacher)
-    seed: int
-    run_dir: str
-    config: str | None
-    overrides: tuple[str, ...]  # on top of config, as the manifest records them
-    checkpoint: str
-    cfg: ExperimentConfig = field(repr=False, compare=False)  # the run's config, validated once by plan
-
-    def record(self) -> dict[str, Any]:
-        """What comparison.json keeps of it: the fields, and the edges the run trains."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cfg"} | {
-            "overrides": list(self.overrides), "edges": [str(e) for e in self.cfg.edges]}
 
 
 @dataclass(frozen=True)
@@ -219,47 +202,6 @@ def shared_teacher(config, base, seed: int, out: Path, name: str, overrides: lis
     return RunSpec(SHARED_TEACHER, seed, str(out / name), config, ov, checkpoint, cfg), shared
 
 
-def run_state(spec: RunSpec) -> str:
-    run = RunFolder(spec.run_dir)
-    status = run.status()
-    if status in STATUS_DONE and run.eval_checkpoint() == spec.checkpoint:
-        return "done"
-    if status in STATUS_DONE:
-        return "evaluate"
-    return "resume" if run.last.is_file() else "new"
-
-
-def run_one(spec: RunSpec, quiet: bool = True, threads: int | None = None) -> dict[str, Any]:
-    """Train (or resume) and evaluate one run; never raises (the error is returned), except
-    that a stop signal ends it as ``interrupted`` after its checkpoint."""
-    import torch
-
-    from .api import Experiment
-
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        state = run_state(spec)
-        if state == "done":
-            return {"run_dir": spec.run_dir, "state": "skipped (finished)"}
-        if state == "new":
-            exp = Experiment(spec.cfg, quiet=quiet)
-            exp.fit()
-        else:
-            exp = Experiment.from_run(spec.run_dir, quiet=quiet)
-            if state == "resume":
-                exp.fit(resume=True)
-        exp.evaluate(checkpoint=spec.checkpoint)
-        return {"run_dir": spec.run_dir, "state": {"new": "trained", "resume": "resumed"}.get(state, "evaluated")}
-    except Interrupted as exc:
-        return {"run_dir": spec.run_dir, "state": "interrupted", "error": str(exc), "signum": exc.signum}
-    except KDError as exc:
-        return {"run_dir": spec.run_dir, "state": "failed", "error": str(exc)}
-    except Exception as exc:  # a crash in one run must not lose the others
-        return {"run_dir": spec.run_dir, "state": "failed",
-                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-
-
 def _stop_with_parent(parent: int) -> None:
     """In a worker: when the parent process dies (however), stop like on SIGTERM. Linux is told
     directly (PR_SET_PDEATHSIG); everywhere a thread also watches the parent's PID."""
@@ -392,15 +334,19 @@ def write_results(rows: list[dict[str, Any]], path: Path) -> None:
 
 def compare(config: str | None, presets: list[str], seeds: int, out: str | Path, overrides: list[str] | None = None,
             jobs: int = 1, checkpoint: str = "best", quiet: bool = False, echo=print, teacher: str = "online",
-            teacher_overrides: list[str] | None = None, ablate: bool = False) -> dict[str, Any]:
+            teacher_overrides: list[str] | None = None, ablate: bool = False, launch: Any = None) -> dict[str, Any]:
     """Plan, run (resuming), gather results.csv, and render the report. Returns a summary.
 
     ``teacher='shared'``: per seed one teacher is trained first (``teacher_overrides`` give it
     its own recipe, e.g. more epochs) and every variant of that seed learns from it, frozen.
     ``ablate``: the config's routing, without each of its edges in turn, and its teacher
-    edges / peer edges alone (plus ``presets`` beside them)."""
+    edges / peer edges alone (plus ``presets`` beside them).
+    ``launch`` (a :class:`~kdstyles.launch.Launch`): every run a scheduler job instead of a run in
+    this process; without waiting, the summary counts the runs still ``queued``."""
     out = Path(out)
     overrides = list(overrides or [])
+    if launch is not None:
+        launch.check()  # before anything is planned, written or submitted
     teachers, specs, info = plan(config, presets, seeds, out, overrides, checkpoint, teacher, teacher_overrides,
                                  ablate)
     folder = ComparisonFolder(out)
@@ -411,20 +357,29 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
         folder.write_manifest(manifest)
         results = []
         try:
-            if teachers:
+            if launch is not None:
+                from .launch import launch_comparison
+
+                echo(f"{len(teachers) + len(specs)} run(s) as {launch.launcher} jobs" +
+                     (f" ({len(teachers)} shared teacher(s) first)" if teachers else ""))
+                results = launch_comparison(teachers, specs, launch, folder, echo)
+            elif teachers:
                 echo(f"shared teachers: {len(teachers)} run(s), one per seed, before the {len(specs)} others")
                 results += execute(teachers, jobs=jobs, quiet=quiet, echo=echo)
             untrained = {t.seed: t.run_dir for t in teachers if not RunFolder(t.run_dir).best(SHARED_TEACHER).is_file()}
-            results += [{"run_dir": s.run_dir, "state": "failed",
-                         "error": f"its shared teacher did not train; see {untrained[s.seed]}"}
-                        for s in specs if s.seed in untrained]
-            results += execute([s for s in specs if s.seed not in untrained], jobs=jobs, quiet=quiet, echo=echo)
+            if launch is None:
+                results += [{"run_dir": s.run_dir, "state": "failed",
+                             "error": f"its shared teacher did not train; see {untrained[s.seed]}"}
+                            for s in specs if s.seed in untrained]
+                results += execute([s for s in specs if s.seed not in untrained], jobs=jobs, quiet=quiet, echo=echo)
         finally:
             rows = collect(specs)  # what finished so far, also when stopped
             write_results(rows, folder.results_path)
         write_compression(out)
     failed = [r for r in results if r["state"] == "failed"]
-    return {"out": str(out), "runs": len(teachers) + len(specs), "failed": failed, "rows": len(rows)}
+    queued = [r for r in results if r["state"] == "queued"]
+    return {"out": str(out), "runs": len(teachers) + len(specs), "failed": failed, "rows": len(rows),
+            "queued": queued}
 
 
 def run_demo(out: Path, overrides: list[str], quiet: bool = False, echo=print) -> Any:

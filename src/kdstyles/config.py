@@ -137,7 +137,8 @@ class DataConfig(Strict):
     num_classes: int = Field(2, ge=2, le=255, description="segmentation: mask values 0..K-1 (2: binary masks, "
                                                           "0/255 thresholded)")
     image_size: Optional[int] = Field(None, ge=8, le=1024, description="network input size; default: the source's "
-                                      "(synthetic 64, synthetic volumes 32, medmnist its size, folder/csv 224, volume files 64)")
+                                      "(synthetic 64, synthetic volumes 32, medmnist its size, folder/csv 224, "
+                                      "volume files 64)")
     spatial_dims: Optional[Literal[2, 3]] = Field(None, description="2: images; 3: volumes (synthetic volumes, "
                                                   "MedMNIST 3D); default: the source's (a MedMNIST flag ending "
                                                   "in 3d is 3)")
@@ -307,7 +308,9 @@ class DataConfig(Strict):
 class NetworkConfig(Strict):
     """One network: an architecture by name (or ``custom`` for a module passed through the API)."""
 
-    arch: str = Field("resnet10", description="a network of the zoo (resnet10/18/34/50, mobilenetv2, efficientnet-b0, densenet121, unet, basicunet, ...), or custom (a module passed through the Python API)")
+    arch: str = Field("resnet10", description="a network of the zoo (resnet10/18/34/50, mobilenetv2, efficientnet-b0, "
+                                              "densenet121, unet, basicunet, ...), or custom (a module passed "
+                                              "through the Python API)")
     widen: float = Field(1.0, gt=0, description="width multiplier (resnets only)")
     stem: Literal["auto", "imagenet", "small"] = Field(
         "auto", description="small: 3x3 stride-1 stem, no max pool; auto: small below 32 px")
@@ -484,6 +487,23 @@ class OutputConfig(Strict):
     _dir = field_validator("dir")(_home)
 
 
+class LauncherConfig(Strict):
+    """Where compare's runs and tune's workers run: as jobs of a Slurm cluster (through
+    submitit), or of submitit's local executor; the command line's --launcher options override."""
+
+    type: Optional[Literal["slurm", "local"]] = Field(None, description="slurm: every run a Slurm job; local: "
+                                                                      "every run a job on this machine; null: "
+                                                                      "runs in this process (--jobs)")
+    partition: Optional[str] = Field(None, description="slurm: the partition (#SBATCH --partition)")
+    time_min: int = Field(240, ge=1, description="a job's time limit in minutes (a run near it checkpoints and "
+                                                 "requeues itself)")
+    gpus_per_run: int = Field(0, ge=0, description="GPUs per run; above 1, one process per GPU (one DDP run)")
+    cpus_per_run: int = Field(4, ge=1, description="CPUs per run (and its threads)")
+    mem: Optional[str] = Field(None, description="slurm: memory per node, e.g. 32G")
+    account: Optional[str] = Field(None, description="slurm: the account to charge")
+    extra: dict[str, str] = Field(default_factory=dict, description="slurm: more #SBATCH options, e.g. {qos: high}")
+
+
 class ExperimentConfig(Strict):
     name: str = Field("demo", description="the experiment's name: the first part of its run folders' names")
     task: Literal[tuple(TASKS)] = Field(DEFAULT_TASK, description="what the networks learn: one class per image, "  # type: ignore[valid-type]
@@ -500,6 +520,7 @@ class ExperimentConfig(Strict):
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
     tune: TuneConfig = TuneConfig()
+    launcher: LauncherConfig = LauncherConfig()
 
     _edges: list[Edge] = PrivateAttr(default_factory=list)
     _name = field_validator("name")(_folder_name)
@@ -740,7 +761,8 @@ RESUMABLE = ("train.epochs", "train.early_stopping", "train.checkpoint_every_ste
              "train.precision", "train.channels_last", "train.compile", "train.max_steps_per_epoch",
              "train.deterministic",
              "optim.lr", "optim.weight_decay", "optim.momentum", "schedule.factor", "schedule.patience",
-             "schedule.min_lr", "data.num_workers", "data.persistent_workers", "eval.", "output.tensorboard")
+             "schedule.min_lr", "data.num_workers", "data.persistent_workers", "eval.", "output.tensorboard",
+             "launcher.")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -159,7 +159,8 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
         "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.get("epochs_done")},
         "input": inputs.sidecar(),
         "output": {"name": "probabilities",
-                   "shape": [len(info["class_names"]) if d == "classes" else d for d in task.output_shape(inputs.spatial_dims)]},
+                   "shape": [len(info["class_names"]) if d == "classes" else d
+                             for d in task.output_shape(inputs.spatial_dims)]},
         "normalisation": {"mean": list(inputs.mean), "std": list(inputs.std),
                           "applied": "inside the model"},
         "class_names": info["class_names"],

@@ -16,6 +16,7 @@ A comparison folder (:class:`ComparisonFolder`) holds a run folder per variant a
     CMP/comparison.json      the manifest: variants, seeds, the shared teachers, the ablation
     CMP/results.csv          every network's test metrics, a row per run and network
     CMP/compression.json     parameters, FLOPs and CPU latency of one run's networks
+    CMP/jobs.json, CMP/jobs/ each run's scheduler job (compare --launcher) and the jobs' scripts and logs
     CMP/report.html          the self-contained report
 
 These two classes are the only code that names the files (``tests/test_package.py`` checks).
@@ -294,6 +295,29 @@ class ComparisonFolder:
     @property
     def report_path(self) -> Path:
         return self.path / "report.html"
+
+    @property
+    def jobs_path(self) -> Path:
+        """jobs.json: each run's scheduler job (``compare --launcher``)."""
+        return self.path / "jobs.json"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """The launcher's folder: job scripts, submitted functions, each job's logs."""
+        return self.path / "jobs"
+
+    def jobs(self) -> dict[str, Any]:
+        """jobs.json: run folder -> its last job; {} when missing or damaged (nothing is then
+        known to be queued: unfinished runs are submitted again)."""
+        if not self.jobs_path.is_file():
+            return {}
+        try:
+            return read_json(self.jobs_path, "")
+        except KDError:
+            return {}
+
+    def write_jobs(self, jobs: dict[str, Any]) -> None:
+        write_json(self.jobs_path, jobs)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json(self.manifest_path, manifest)

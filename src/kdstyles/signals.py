@@ -10,9 +10,22 @@ from __future__ import annotations
 
 import signal
 import threading
+from contextlib import contextmanager
 from typing import Callable
 
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+_EXTRA: list[int] = []  # more signals that stop gracefully (a scheduler's preemption signal: also_stop_on)
+
+
+@contextmanager
+def also_stop_on(signum: int):
+    """Inside: :class:`GracefulStop` also stops on ``signum`` (e.g. the SIGUSR2 a Slurm job gets
+    before its time limit or preemption), instead of whatever handled it before."""
+    _EXTRA.append(signum)
+    try:
+        yield
+    finally:
+        _EXTRA.remove(signum)
 
 
 def signal_name(signum: int) -> str:
@@ -44,7 +57,7 @@ class GracefulStop:
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
-            for s in STOP_SIGNALS:
+            for s in (*STOP_SIGNALS, *_EXTRA):
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 

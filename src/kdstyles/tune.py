@@ -29,6 +29,7 @@ import re
 import socket
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ TEACHER_DIR = "{study}-teacher-{values}"
 TEACHER = "teacher."  # tune.space keys of the shared teacher's own run
 MAX_FAILED_IN_A_ROW = 5  # a worker whose trials keep diverging stops instead of spinning
 SUMMARY = "tune.json"
+JOURNAL = "study.journal"  # the study of workers launched as jobs (Optuna's journal file)
+WORKERS = "workers"  # their scripts and logs
 HEARTBEAT_S = 60  # a worker that stops beating for 2 minutes has crashed: its trial is failed and retried
 
 
@@ -141,9 +144,32 @@ def trial_value(history: list[dict[str, Any]], metric: str, objective: str, stud
     return sum(best) / len(best)
 
 
+@dataclass(frozen=True)
+class TuneWorker:
+    """One worker of a study as a scheduler job (``tune --launcher``): trials until the study
+    has enough, sharing ``storage`` with the other workers."""
+
+    config: str | None
+    out: str
+    overrides: tuple[str, ...]
+    storage: str
+    study_name: str | None
+    trials: int | None
+
+    def __call__(self, index: int) -> dict[str, Any]:
+        return tune(self.config, self.out, list(self.overrides), storage=self.storage, study_name=self.study_name,
+                    trials=self.trials, quiet=True, echo=print)
+
+
 def tune(config: str | None, out: str | Path, overrides: list[str] | None = None, storage: str | None = None,
-         study_name: str | None = None, trials: int | None = None, quiet: bool = True, echo=print) -> dict[str, Any]:
-    """Run trials until the study has ``tune.trials`` (or ``trials``) finished ones; returns the summary."""
+         study_name: str | None = None, trials: int | None = None, quiet: bool = True, echo=print,
+         launch: Any = None, workers: int = 1) -> dict[str, Any]:
+    """Run trials until the study has ``tune.trials`` (or ``trials``) finished ones; returns the summary.
+
+    ``launch`` (a :class:`~kdstyles.launch.Launch`): ``workers`` scheduler jobs (a job array on
+    Slurm) run the trials instead, sharing the study: ``storage``, or a journal file in the
+    tune folder (Optuna's file storage, safe on a shared file system; SQLite over one is
+    refused)."""
     optuna = _optuna()
     from .api import Experiment
 
@@ -151,6 +177,8 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
     cfg = check_space(config, overrides)
     out = Path(out)
     total = trials or cfg.tune.trials
+    if launch is not None:
+        return _launch_workers(config, cfg, out, overrides, storage, study_name, trials, launch, workers, echo)
     if storage is None:
         make_folder(out, "tune folder")  # the default database lives in the tune folder
         storage = f"sqlite:///{(out / 'study.db').resolve()}"
@@ -219,17 +247,58 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
     return summary
 
 
+def _launch_workers(config, cfg, out: Path, overrides: list[str], storage: str | None, study_name: str | None,
+                    trials: int | None, launch: Any, workers: int, echo) -> dict[str, Any]:
+    from .launch import tune_workers
+
+    if workers < 1:
+        raise KDError(f"--workers {workers}: at least 1")
+    if storage is not None and storage.startswith("sqlite") and launch.launcher == "slurm":
+        raise KDError(f"--storage '{storage}': SQLite over a shared file system corrupts under workers on several "
+                      "nodes; give a database server (postgresql://... or mysql://...) or leave --storage out for "
+                      "a journal file in the tune folder")
+    launch.check()
+    make_folder(out, "tune folder")
+    storage = storage or str((out / JOURNAL).resolve())
+    study_name = study_name or cfg.name
+    echo(f"{workers} worker(s) as {launch.launcher} jobs sharing {storage}")
+    done = tune_workers(launch, workers, out / WORKERS, TuneWorker(config, str(out), tuple(overrides), storage,
+                                                                     study_name, trials))
+    if not launch.wait:
+        return {"storage": storage, "study": study_name, "objective": cfg.tune.objective, "submitted": done,
+                "trials": {}, "best": [], "importances": {}}
+    for result in done:
+        if isinstance(result, dict) and "failed" in result:
+            echo(f"a worker failed: {result['failed']} (logs: {result['logs']})")
+    optuna = _optuna()
+    study = _open_study(optuna, storage, study_name, cfg.tune.startup_trials, optuna.pruners.NopPruner())
+    summary = summarize(study, optuna)
+    summary.update({"storage": storage, "study": study_name, "objective": cfg.tune.objective})
+    write_json(out / SUMMARY, summary)
+    return summary
+
+
+def _storage(optuna, storage: str):
+    """A journal file (a path ending in .journal: safe on shared file systems) or a database URL
+    (with heartbeats, so a crashed worker's trial is retried)."""
+    if storage.endswith(".journal"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(storage))
+    with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            storage, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+
+
 def _open_study(optuna, storage: str, name: str, startup: int, pruner, attempts: int = 5):
     """Create or load the study. Workers starting together on a new database race to create its
     tables; the loser sees "already exists" or "locked" and simply tries again."""
     for attempt in range(attempts):
         try:
-            with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                rdb = optuna.storages.RDBStorage(
-                    storage, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
-            return optuna.create_study(storage=rdb, study_name=name, direction="maximize", load_if_exists=True,
+            return optuna.create_study(storage=_storage(optuna, storage), study_name=name, direction="maximize",
+                                       load_if_exists=True,
                                        sampler=optuna.samplers.TPESampler(n_startup_trials=startup), pruner=pruner)
         except Exception as exc:  # SQLAlchemy/Optuna raise many types for a bad URL or an unreachable database
             racing = any(w in str(exc) for w in ("already exists", "database is locked", "UNIQUE constraint"))

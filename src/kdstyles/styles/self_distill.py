@@ -24,7 +24,8 @@ from .predictions import softened_kl
 
 class SelfOptions(LogitOptions):
     mode: Literal["ema", "epoch"] = Field(
-        "ema", description="the shadow: an average of the weights after every step, or the network as it was at the previous epoch's end")
+        "ema", description="the shadow: an average of the weights after every step, or the network as it was at "
+                           "the previous epoch's end")
     decay: float = Field(0.99, ge=0, lt=1, description="ema only")
 
 

@@ -1,0 +1,83 @@
+"""One run of a comparison (or of tune's shared teachers): what it is (:class:`RunSpec`, its
+config validated once), where it stands (:func:`run_state`) and how it is brought to the end
+(:func:`run_one`: train or resume, then evaluate). ``compare`` runs them in this process or in
+worker processes, ``kdstyles.launch`` as scheduler jobs."""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .config import ExperimentConfig
+from .errors import Interrupted, KDError
+from .runfolder import STATUS_DONE, RunFolder
+
+SHARED_TEACHER = "teacher"  # the run folders of shared teachers: teacher-seed<N>
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    preset: str  # the variant's name: a preset, 'custom', an ablation variant, or 'teacher' (the shared teacher)
+    seed: int
+    run_dir: str
+    config: str | None
+    overrides: tuple[str, ...]  # on top of config, as the manifest records them
+    checkpoint: str
+    cfg: ExperimentConfig = field(repr=False, compare=False)  # the run's config, validated once by plan
+
+    def record(self) -> dict[str, Any]:
+        """What comparison.json keeps of it: the fields, and the edges the run trains."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cfg"} | {
+            "overrides": list(self.overrides), "edges": [str(e) for e in self.cfg.edges]}
+
+
+def run_state(spec: RunSpec) -> str:
+    """done (finished or stopped early, evaluated at the spec's checkpoint), evaluate, resume or new."""
+    run = RunFolder(spec.run_dir)
+    status = run.status()
+    if status in STATUS_DONE and run.eval_checkpoint() == spec.checkpoint:
+        return "done"
+    if status in STATUS_DONE:
+        return "evaluate"
+    return "resume" if run.last.is_file() else "new"
+
+
+def run_one(spec: RunSpec, quiet: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """Train (or resume) and evaluate one run; never raises (the error is returned), except
+    that a stop signal ends it as ``interrupted`` after its checkpoint. ``threads``: torch's
+    threads for this run (restored afterwards)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(spec, quiet)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(spec: RunSpec, quiet: bool) -> dict[str, Any]:
+    from .api import Experiment
+
+    try:
+        state = run_state(spec)
+        if state == "done":
+            return {"run_dir": spec.run_dir, "state": "skipped (finished)"}
+        if state == "new":
+            exp = Experiment(spec.cfg, quiet=quiet)
+            exp.fit()
+        else:
+            exp = Experiment.from_run(spec.run_dir, quiet=quiet)
+            if state == "resume":
+                exp.fit(resume=True)
+        exp.evaluate(checkpoint=spec.checkpoint)
+        return {"run_dir": spec.run_dir, "state": {"new": "trained", "resume": "resumed"}.get(state, "evaluated")}
+    except Interrupted as exc:
+        return {"run_dir": spec.run_dir, "state": "interrupted", "error": str(exc), "signum": exc.signum}
+    except KDError as exc:
+        return {"run_dir": spec.run_dir, "state": "failed", "error": str(exc)}
+    except Exception as exc:  # a crash in one run must not lose the others
+        return {"run_dir": spec.run_dir, "state": "failed",
+                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
