@@ -172,6 +172,11 @@ def test_no_task_named_outside_tasks():
                 pytest.fail(f"{rel}:{node.lineno} names task '{node.value}'; ask the Task (kdstyles.tasks)")
 
 
+# where a label array's shape is validated, not used to choose what to do: the checks the kinds
+# call, and the MedMNIST reader, which refuses a file whose layout is not the task's kind
+SHAPE_VALIDATORS = {"data/checks.py", "data/sources/medmnist.py"}
+
+
 def test_label_kinds_are_asked_not_tested():
     """A task names the kind of its labels; only kdstyles.data.labels reads the name, and the rest
     of the data code asks the kind (how to read, move, check and count its labels), so no task
@@ -190,6 +195,9 @@ def test_label_kinds_are_asked_not_tested():
         for node in ast.walk(ast.parse(path.read_text())):
             assert not (isinstance(node, ast.Attribute) and node.attr == "label_kind"), \
                 f"{rel}:{node.lineno} reads a task's label kind; ask kdstyles.data.labels.labels_of(task)"
+            if isinstance(node, ast.Attribute) and node.attr == "ndim" and "labels" in ast.unparse(node.value) \
+                    and rel.parts[0] == "data" and str(rel) not in SHAPE_VALIDATORS:  # ask the kind instead
+                pytest.fail(f"{rel}:{node.lineno} tells a label layout by its shape; ask the label kind")
             if isinstance(node, ast.Compare):  # kind == "mask", kind in ("mask", ...)
                 named = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and n.value in LABELS]
                 assert not named, f"{rel}:{node.lineno} tests for label kind '{named[0]}'; ask the kind " \

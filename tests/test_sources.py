@@ -389,8 +389,10 @@ def test_imbalance_warning_printed_and_saved(tmp_path, capsys):
 
 
 def test_balanced_sampler_draws_classes_equally():
+    from kdstyles.data.labels import LABELS
+
     labels = np.array([0] * 90 + [1] * 10)
-    s = EpochBatchSampler(100, 10, shuffle=True, seed=0, labels=labels)
+    s = EpochBatchSampler(100, 10, shuffle=True, seed=0, weights=LABELS["class-index"].draw_weights(labels))
     drawn = [labels[i] for b in s for _, i in b]
     assert 35 < sum(drawn) < 65  # about half from the rare class
     s.set_epoch(0)
@@ -401,15 +403,15 @@ def test_balanced_sampler_draws_multi_label_images_by_their_rarest_label():
     """Findings at 30% down to 0.5% of the images (half with none): uniform draws see them as
     often as that; balanced draws the rarest in about 1 image of 8, every label within a
     factor 2.5 of the others, and images without findings as one more group."""
-    from kdstyles.data import balanced_weights
+    from kdstyles.data.labels import LABELS
 
     rng = np.random.default_rng(0)
     prevalence = np.array([0.3, 0.15, 0.08, 0.04, 0.02, 0.01, 0.005])
     labels = (rng.random((20000, 7)) < prevalence).astype(np.float32)
-    w = balanced_weights(labels)
+    w = LABELS["multi-hot"].draw_weights(labels)
     rare = labels[:, -1] == 1
     assert np.allclose(w[rare], 1 / rare.sum())  # as in a single-label balanced draw
-    s = EpochBatchSampler(len(labels), 500, shuffle=True, seed=0, labels=labels)
+    s = EpochBatchSampler(len(labels), 500, shuffle=True, seed=0, weights=w)
     drawn = labels[[i for b in s for _, i in b]]
     share, none = drawn.mean(0), (~drawn.astype(bool).any(1)).mean()
     assert share.max() / share.min() < 3 < labels.mean(0).max() / labels.mean(0).min()

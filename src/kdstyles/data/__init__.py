@@ -27,14 +27,13 @@ from ..inputs import Inputs
 from ..tasks import DEFAULT_TASK, TASKS
 from . import checks, files
 from .augment import MIN_KEPT, affine_boxes, build_augment, clip_boxes, flip_boxes, pad_boxes
-from .dataset import (EpochBatchSampler, ImageDataset, JointBatchSampler, JointDataset, _mix, balanced_weights,
-                      joint_collate)
+from .dataset import EpochBatchSampler, ImageDataset, JointBatchSampler, JointDataset, _mix, joint_collate
 from .labels import labels_of
 from .patches import Window, crop_patch
 from .sources import SOURCES
 
 __all__ = ["MIN_KEPT", "DataBundle", "EpochBatchSampler", "ImageDataset", "JointBatchSampler", "JointDataset",
-           "Window", "affine_boxes", "balanced_weights", "build_augment", "build_data", "clip_boxes", "crop_patch",
+           "Window", "affine_boxes", "build_augment", "build_data", "clip_boxes", "crop_patch",
            "flip_boxes", "joint_collate", "pad_boxes"]
 
 NORM_SAMPLE = 2000  # images used to estimate the per-channel mean/std
@@ -78,7 +77,7 @@ class DataBundle:
             batch_size = 1
         sampler = EpochBatchSampler(len(ds), batch_size, shuffle=train, seed=seed,
                                     max_batches=max_batches if train else None,
-                                    labels=ds.labels if balanced else None, shard=shard)
+                                    weights=ds.kind.draw_weights(ds.labels) if balanced else None, shard=shard)
         collate = None
         if train and unlabeled_batch and self.unlabeled is not None:
             sampler = JointBatchSampler(sampler, len(self.unlabeled), unlabeled_batch, seed)
@@ -134,7 +133,7 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
                               paths=v.paths, channels=channels, size=size, masks=v.masks, boxes=v.boxes,
                               **kind.box_moves(cfg.augment if s == "train" else None),
                               dims=cfg.dims, patch=patch, train=s == "train", positive=cfg.patch_positive,
-                              spacing=v.spacing, window_batch=cfg.batch_size, overlap=cfg.patch_overlap)
+                              spacing=v.spacing, window_batch=cfg.batch_size, overlap=cfg.patch_overlap, kind=kind)
               for s, v in stored.items()}
     bundle = DataBundle(splits, loaded.class_names, channels, patch or size, mean.tolist(), std.tolist(), report,
                         loaded.split_table, cfg.sampler, spatial_dims=cfg.dims)

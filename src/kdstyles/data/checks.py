@@ -118,16 +118,22 @@ def decode_files(paths: list[Path], channels: int, size: int, keep: bool, report
     return images, digests
 
 
-def check_labels(split: str, labels: np.ndarray, num_classes: int, names: list[str], report: DataReport) -> None:
-    """Class indices inside 0..K-1 (or multi-hot (N, K) rows of 0/1); counts per class (for
-    multi-hot, the images showing each class) into the report."""
-    if labels.ndim == 2:
-        bad = np.flatnonzero((labels.shape[1] != num_classes) | ~np.isin(labels, (0, 1)).all(1))
-        if len(bad):
-            report.problems.append(Problem("error", f"{names[int(bad[0])]}: labels {labels[int(bad[0])].tolist()} are "
-                                                    f"not {num_classes} yes/no values ({len(bad)} such in {split})"))
-        report.counts[split] = labels.sum(0).astype(int).tolist()
+def check_multi_hot(split: str, labels: np.ndarray, num_classes: int, names: list[str], report: DataReport) -> None:
+    """Multi-hot (N, K) rows of 0/1; counts per class (the images showing each class) into the report."""
+    if labels.ndim != 2:
+        report.problems.append(Problem("error", f"{split}: labels of shape {labels.shape} are not one row of "
+                                                f"{num_classes} yes/no values per image"))
         return
+    bad = np.flatnonzero((labels.shape[1] != num_classes) | ~np.isin(labels, (0, 1)).all(1))
+    if len(bad):
+        report.problems.append(Problem("error", f"{names[int(bad[0])]}: labels {labels[int(bad[0])].tolist()} are "
+                                                f"not {num_classes} yes/no values ({len(bad)} such in {split})"))
+    report.counts[split] = labels.sum(0).astype(int).tolist()
+
+
+def check_class_labels(split: str, labels: np.ndarray, num_classes: int, names: list[str], report: DataReport
+                       ) -> None:
+    """Class indices inside 0..K-1; counts per class into the report."""
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if len(bad):
         i = int(bad[0])

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..imageio import read_image
 from .augment import affine_boxes, flip_boxes, pad_boxes
+from .labels import CLASS_INDEX, Labels
 from .patches import Window, crop_patch
 
 MAX_SEED = 2**31 - 1
@@ -44,8 +45,10 @@ class ImageDataset(Dataset):
                  box_flips: tuple[bool, bool, bool] = (False, False, False),
                  box_affine: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0), dims: int = 2,
                  patch: int | None = None, train: bool = False, positive: float = 0.5,
-                 spacing: list | None = None, window_batch: int = 4, overlap: float = 0.25):
+                 spacing: list | None = None, window_batch: int = 4, overlap: float = 0.25,
+                 kind: Labels = CLASS_INDEX):
         self.labels, self.images, self.paths, self.masks = labels, images, paths, masks
+        self.kind = kind  # what its labels are (kdstyles.data.labels): how an image's target is made
         self.boxes, self.box_flips, self.box_affine = boxes, box_flips, box_affine
         self.crop = patch if train else None  # training crops
         self.window = Window(patch, window_batch, overlap) if patch and not train else None  # whole volumes
@@ -107,41 +110,26 @@ class ImageDataset(Dataset):
             label = pad_boxes(boxes, self.max_boxes, self.dims)
         else:
             label = item["mask"][0].round().long() if self.masks is not None else \
-                torch.from_numpy(self.labels[index].astype(np.float32)) if self.labels.ndim == 2 else \
-                int(self.labels[index])  # multi-hot labels: a (K,) float vector
+                self.kind.target(self.labels, index)
         return (img - self.mean) / self.std, label, index
-
-
-def balanced_weights(labels: np.ndarray) -> np.ndarray:
-    """Each training item's chance of a draw under ``data.sampler: balanced``: one over its
-    class's count, so every class is drawn equally often. Multi-hot (N, K) labels have no one
-    class: an image counts as its rarest label (images without any as one more group), so
-    every image of the rarest finding is drawn as often as in a single-label balanced draw,
-    and a common label is drawn at least as often as the rarest (more where it travels with
-    rarer ones)."""
-    if labels.ndim == 1:
-        return 1.0 / np.bincount(labels)[labels]
-    groups = np.c_[labels.astype(bool), ~labels.astype(bool).any(1)]
-    share = 1.0 / np.maximum(groups.sum(0), 1)
-    return np.where(groups, share, 0.0).max(1)
 
 
 class EpochBatchSampler(Sampler):
     """Batches of ``(epoch, index)`` keys; the order is seeded by (seed, epoch).
 
-    ``labels`` given: classes are drawn equally often (sampling with replacement, one
-    epoch = as many draws as samples; multi-hot labels: :func:`balanced_weights`).
+    ``weights`` given: each item drawn with that weight, with replacement (one epoch = as many
+    draws as samples; ``data.sampler: balanced``: the label kind's ``draw_weights``).
     ``shard=(rank, world)`` splits the work between distributed processes: in training every
     rank takes a strided slice of each global batch (so the global batches, their order and
     their augmentation are those of one process); in evaluation every rank takes a contiguous
     chunk (each sample once)."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, max_batches: int | None = None,
-                 labels: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)):
+                 weights: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.max_batches, self.epoch, self.start = max_batches, 0, 0
         self.rank, self.world = shard
-        self.weights = torch.as_tensor(balanced_weights(labels), dtype=torch.double) if labels is not None else None
+        self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
         # A training batch of one (per process) would break BatchNorm; drop such a remainder.
         self.drop_last = shuffle and n % batch_size in range(1, self.world + 1)
         if not shuffle:

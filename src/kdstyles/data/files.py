@@ -110,23 +110,22 @@ def multi_hot(records: list[Record], classes: list[str] | None, where: str, none
     return names, labels
 
 
-def assign_splits(records: list[Record], labels: np.ndarray, seed: int, val_fraction: float,
+def assign_splits(records: list[Record], strata: np.ndarray, seed: int, val_fraction: float,
                   test_fraction: float) -> list[str]:
-    """Fill missing splits: stratified by class, seeded, from the files without a split
+    """Fill missing splits: stratified (``strata``: one group per record, its class; the label
+    kind's :meth:`~kdstyles.data.labels.Labels.strata`), seeded, from the files without a split
     (or from train when val/test are missing)."""
     splits = [r.split for r in records]
     have = {s for s in splits if s is not None}
     missing = [s for s in ("val", "test") if s not in have]
     if not missing:
         return [s or "train" for s in splits]
-    if labels.ndim == 2:  # multi-hot: stratified by each image's first class (none: its own stratum)
-        labels = np.where(labels.any(1), labels.argmax(1), labels.shape[1])
     pool = [i for i, s in enumerate(splits) if s in (None, "train")]
     fractions = {"val": val_fraction, "test": test_fraction}
     rng = np.random.default_rng([seed, 7919])
     out = [s or "train" for s in splits]
-    for cls in np.unique(labels[pool]):
-        members = [i for i in pool if labels[i] == cls]
+    for cls in np.unique(strata[pool]):
+        members = [i for i in pool if strata[i] == cls]
         rng.shuffle(members)
         start = 0
         for s in missing:

@@ -57,7 +57,26 @@ class Labels:
         """A generated split as :func:`~kdstyles.data.sources.from_arrays` takes it."""
         return images, labels
 
-    # ---------------------------------------------------------------- using
+    # ---------------------------------------------------------------- checking and using
+
+    def check(self, split: str, labels: np.ndarray, num_classes: int, names: list[str],
+              report: checks.DataReport) -> None:
+        """The labels are of this kind and inside the class list; counts per class into the report
+        (masks and boxes: their image-level labels, with and without foreground or objects)."""
+        checks.check_class_labels(split, labels, num_classes, names, report)
+
+    def strata(self, labels: np.ndarray) -> np.ndarray:
+        """One group per image for stratified splits: its class."""
+        return labels
+
+    def target(self, labels: np.ndarray, index: int) -> Any:
+        """What the supervised loss takes for an image without a mask or boxes: its class."""
+        return int(labels[index])
+
+    def draw_weights(self, labels: np.ndarray) -> np.ndarray:
+        """Each training image's chance of a draw under ``data.sampler: balanced``: one over its
+        class's count, so every class is drawn equally often."""
+        return 1.0 / np.bincount(labels)[labels]
 
     def augment(self, aug: Any) -> dict[str, Any]:
         """How augmentation treats these labels: what ``build_augment`` and ``ImageDataset`` take."""
@@ -88,6 +107,26 @@ class MultiHot(Labels):
 
     def of_records(self, records, cfg, where):
         return files.multi_hot(records, cfg.classes, where, cfg.none_label)
+
+    def check(self, split, labels, num_classes, names, report):  # counts: the images showing each class
+        checks.check_multi_hot(split, labels, num_classes, names, report)
+
+    def strata(self, labels):  # each image's first class; images without any: a group of their own
+        return np.where(labels.any(1), labels.argmax(1), labels.shape[1])
+
+    def target(self, labels, index):  # a (K,) float vector
+        import torch
+
+        return torch.from_numpy(labels[index].astype(np.float32))
+
+    def draw_weights(self, labels):
+        """Multi-hot labels have no one class: an image counts as its rarest label (images
+        without any as one more group), so every image of the rarest finding is drawn as often
+        as in a single-label balanced draw, and a common label is drawn at least as often as the
+        rarest (more where it travels with rarer ones)."""
+        groups = np.c_[labels.astype(bool), ~labels.astype(bool).any(1)]
+        share = 1.0 / np.maximum(groups.sum(0), 1)
+        return np.where(groups, share, 0.0).max(1)
 
     def table_rows(self, bundle, splits, unit):  # an image counts under each of its classes
         return [(f"[bold]{unit}", *(f"[bold]{len(bundle.splits[s])}" for s in splits))]
@@ -162,7 +201,8 @@ class BoxList(Labels):
             for k, name in enumerate(bundle.class_names)]
 
 
-LABELS: dict[str, Labels] = {k.name: k for k in (ClassIndex(), MultiHot(), Mask(), BoxList())}
+CLASS_INDEX = ClassIndex()  # images without a task's labels (unlabelled images) are read as this kind
+LABELS: dict[str, Labels] = {k.name: k for k in (CLASS_INDEX, MultiHot(), Mask(), BoxList())}
 
 
 def labels_of(task: Any) -> Labels:

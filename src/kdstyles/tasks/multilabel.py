@@ -9,7 +9,7 @@ Labels are multi-hot (N, K) arrays; a source gives them for ``medmnist`` (chestm
 none; or a 1/0/-1 column per class, ``data.uncertain`` deciding -1), the embedded mosaics
 (``synthetic_multi``) and the embedded volumes (``synthetic_vol_multi``: cyst, tumour,
 calcification). ``loss.class_weights: balanced`` is BCE's ``pos_weight``; ``data.sampler:
-balanced`` draws images by their rarest label (``data.balanced_weights``).
+balanced`` draws images by their rarest label (``kdstyles.data.labels``, the multi-hot kind's ``draw_weights``).
 """
 
 from __future__ import annotations

@@ -133,17 +133,17 @@ def _fit_volumes(volumes: np.ndarray, channels: int, size: int | None) -> np.nda
 BOX_REPORT = ["no objects", "objects"]  # detection: the image-level label says whether it has boxes
 
 
-def from_arrays(raw: dict[str, tuple], names: list[str], channels: int, size: int, label: str) -> Loaded:
-    """In-memory splits ``{split: (images (N, H, W, C), labels[, masks[, boxes]])}`` checked and
-    fitted to ``channels`` and ``size`` (boxes are scaled with the images); items are named
-    ``'<label> <split>[i]'`` in messages."""
+def from_arrays(raw: dict[str, tuple], names: list[str], channels: int, size: int, label: str, task: Any) -> Loaded:
+    """In-memory splits ``{split: (images (N, H, W, C), labels[, masks[, boxes]])}`` checked (as
+    the task's kind of labels) and fitted to ``channels`` and ``size`` (boxes are scaled with the
+    images); items are named ``'<label> <split>[i]'`` in messages."""
     with_boxes = any(len(v) > 3 for v in raw.values())
     report = checks.DataReport(BOX_REPORT if with_boxes else names)
     splits = {}
     for split, (images, labels, *extra) in raw.items():
         masks, boxes = (extra + [None, None])[:2]
         item_names = [f"{label} {split}[{i}]" for i in range(len(labels))]
-        checks.check_labels(split, labels, len(report.class_names), item_names, report)
+        labels_of(task).check(split, labels, len(report.class_names), item_names, report)
         if boxes is not None:
             extent = images.shape[1:-1][::-1]  # width, height(, depth): the order of box coordinates
             checks.check_boxes(split, boxes, len(names), extent, item_names, report)
@@ -156,17 +156,17 @@ def from_arrays(raw: dict[str, tuple], names: list[str], channels: int, size: in
     return Loaded(splits, names, channels, size, report, label)
 
 
-def split_assignment(cfg: Any, seed: int, saved: Path | None, records: list[files.Record], labels: np.ndarray,
+def split_assignment(cfg: Any, seed: int, saved: Path | None, records: list[files.Record], strata: np.ndarray,
                      base: Path, where: str) -> list[str]:
     """Each file's split: as saved in the run folder (``saved``: its splits file; an error when
     the files no longer match it), else the records' own with the missing splits drawn (seeded,
-    stratified)."""
+    stratified by ``strata``: the label kind's groups of the records' labels)."""
     assignment = files.read_splits(saved, records, base) if saved is not None and saved.is_file() else None
     if saved is not None and saved.is_file() and assignment is None:
         raise KDError(f"{where}: the files changed since this run was created ({saved} no longer matches); "
                       "start a new run")
     if assignment is None:
-        assignment = files.assign_splits(records, labels, seed, cfg.val_fraction, cfg.test_fraction)
+        assignment = files.assign_splits(records, strata, seed, cfg.val_fraction, cfg.test_fraction)
     return assignment
 
 
@@ -231,12 +231,12 @@ def from_volume_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None,
             grid_boxes = [b * np.array([size / e for e in extent] * 2 + [1], np.float32)
                           for b, extent in zip(grid_boxes, extents)]
     report.raise_errors()
-    assignment = split_assignment(cfg, seed, saved_splits, records, labels, base, where)
+    assignment = split_assignment(cfg, seed, saved_splits, records, labels_of(task).strata(labels), base, where)
     splits = {}
     for split in files.SPLITS:
         idx = [i for i, s in enumerate(assignment) if s == split]
         item_names = [f"'{records[i].path}'" for i in idx]
-        checks.check_labels(split, labels[idx], len(report.class_names), item_names, report)
+        labels_of(task).check(split, labels[idx], len(report.class_names), item_names, report)
         images = [arrays[i] for i in idx] if patch else np.stack([arrays[i] for i in idx]) if idx else \
             np.zeros((0, size, size, size, channels), np.uint8)  # with patches: volumes of their own shapes
         splits[split] = Split(images, labels[idx], [records[i].path for i in idx], None,
@@ -287,7 +287,7 @@ def from_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet:
     else:
         names, labels = labels_of(task).of_records(records, cfg, where)
         report_names = names
-    assignment = split_assignment(cfg, seed, saved_splits, records, labels, base, where)
+    assignment = split_assignment(cfg, seed, saved_splits, records, labels_of(task).strata(labels), base, where)
     keep = len(records) * size * size * channels <= cfg.cache_gb * 1e9
     report = checks.DataReport(report_names)
     report.problems += box_problems.problems
@@ -299,7 +299,7 @@ def from_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet:
             idx = [i for i, s in enumerate(assignment) if s == split]
             paths = [records[i].path for i in idx]
             item_names = [f"'{p}'" for p in paths]
-            checks.check_labels(split, labels[idx], len(report_names), item_names, report)
+            labels_of(task).check(split, labels[idx], len(report_names), item_names, report)
             images, digests = checks.decode_files(paths, channels, size, keep, report, advance)
             masks = np.stack([masks_by_path[str(p)] for p in paths]) if mask_of is not None and paths else None
             boxes = [boxes_by_path.get(str(p), np.zeros((0, 5), np.float32)) for p in paths] if boxes_of else None

@@ -19,6 +19,7 @@ import numpy as np
 from ...errors import KDError
 from ...fileio import read_json
 from .. import checks, files, volumes
+from ..labels import labels_of
 from . import Loaded, Source, Split, progress, split_assignment
 
 DEFAULT_PATCH = 64
@@ -113,12 +114,13 @@ class Decathlon(Source):
         if cfg.channels is not None and cfg.channels != channels:
             raise KDError(f"data.channels: {cfg.channels}, but {listed}; leave data.channels out")
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
-        assignment = split_assignment(cfg, seed, saved_splits, records, labels, root, where)
+        kind = labels_of(task)
+        assignment = split_assignment(cfg, seed, saved_splits, records, kind.strata(labels), root, where)
         splits = {}
         for split in files.SPLITS:
             idx = [i for i, s in enumerate(assignment) if s == split]
             item_names = [f"'{records[i].path}'" for i in idx]
-            checks.check_labels(split, labels[idx], 2, item_names, report)
+            kind.check(split, labels[idx], 2, item_names, report)
             splits[split] = Split([prepared[i].image for i in idx], labels[idx], [records[i].path for i in idx],
                                   [prepared[i].mask for i in idx],
                                   [checks.array_digest(prepared[i].image) for i in idx], item_names,

@@ -152,7 +152,7 @@ class MedMNIST(Source):
         raw = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "val", "test")}
         images = raw["train"][0]
         return from_arrays(raw, list(info(cfg.flag)[2]), *resolve_input(cfg, task, channels=images.shape[-1]),
-                           str(path))
+                           str(path), task)
 
     def default_input(self, cfg, task):
         return None, cfg.size  # the file's channels, at the resolution downloaded

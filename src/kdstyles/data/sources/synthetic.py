@@ -121,7 +121,7 @@ class Synthetic(Source):
         for split, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples)):
             raw[split] = labels_of(task).generated(*generate(module, seed, split, n, size, cfg.dims))
         names = list(generator(module).CLASS_NAMES)
-        return from_arrays(raw, names, channels, size, "synthetic")
+        return from_arrays(raw, names, channels, size, "synthetic", task)
 
     def default_input(self, cfg, task):
         if dims(cfg.dims).volumes:
