@@ -278,6 +278,8 @@ def verify(exp: Any, float_path: Path, quant_path: Path, inputs: Any, metric: st
     change, lo, hi = paired_change(task, metric, scored["float32"], scored["quantized"], data.num_classes)
     both = scored["float32"].probs is not None
     agreement = task.fidelity(scored["float32"].probs, scored["quantized"].probs).get("agreement") if both else None
+    if agreement is not None and not agreement == agreement:  # NaN: nothing to agree on (no confident boxes)
+        agreement = None
     gen = torch.Generator().manual_seed(0)
     rows = {}
     for name, sess in sessions.items():

@@ -105,15 +105,9 @@ class RunFolder:
     def quantized_exports(self) -> list[dict[str, Any]]:
         """The sidecars of the run's quantized exports (``export --quantize``: those with a
         ``quantization`` record, rejected ones too); a damaged sidecar is left out."""
-        found = []
-        for path in sorted(self.export_dir.glob("*.json")) if self.export_dir.is_dir() else []:
-            try:
-                side = read_json(path, "")
-            except KDError:
-                continue
-            if isinstance(side.get("quantization"), dict) and isinstance(side["quantization"].get("quantized"), dict):
-                found.append(side)
-        return found
+        sides = [_whole_json(p) for p in (sorted(self.export_dir.glob("*.json")) if self.export_dir.is_dir() else [])]
+        return [s for s in sides if s is not None and isinstance(s.get("quantization"), dict)
+                and isinstance(s["quantization"].get("quantized"), dict)]
 
     def teacher_weights(self) -> Path | None:
         """The checkpoint an offline teacher loads from this run folder: its best teacher (or a
@@ -270,6 +264,17 @@ class RunFolder:
         return clean_temp_files(self.path)
 
 
+def _whole_json(path: Path, kind: type = dict) -> Any:
+    """A JSON file kdstyles wrote, or None where it is missing or damaged (what it records can
+    be measured or found again)."""
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path, "", kind=kind)
+    except KDError:
+        return None
+
+
 class ComparisonFolder:
     """A comparison's folder: its manifest, results, compression table and report; the run
     folders inside it are read through :class:`RunFolder`."""
@@ -309,12 +314,7 @@ class ComparisonFolder:
     def jobs(self) -> dict[str, Any]:
         """jobs.json: run folder -> its last job; {} when missing or damaged (nothing is then
         known to be queued: unfinished runs are submitted again)."""
-        if not self.jobs_path.is_file():
-            return {}
-        try:
-            return read_json(self.jobs_path, "")
-        except KDError:
-            return {}
+        return _whole_json(self.jobs_path) or {}
 
     def write_jobs(self, jobs: dict[str, Any]) -> None:
         write_json(self.jobs_path, jobs)
@@ -324,21 +324,11 @@ class ComparisonFolder:
 
     def manifest(self) -> dict[str, Any]:
         """comparison.json, or {} when it is missing or damaged (a folder of results alone)."""
-        if not self.manifest_path.is_file():
-            return {}
-        try:
-            return read_json(self.manifest_path, "")
-        except KDError:
-            return {}
+        return _whole_json(self.manifest_path) or {}
 
     def compression(self) -> list[dict[str, Any]] | None:
         """compression.json when it was measured and is whole, else None."""
-        if not self.compression_path.is_file():
-            return None
-        try:
-            return read_json(self.compression_path, "", kind=list)
-        except KDError:
-            return None
+        return _whole_json(self.compression_path, list)
 
     def write_compression(self, rows: list[dict[str, Any]]) -> None:
         write_json(self.compression_path, rows)
