@@ -180,7 +180,7 @@ def launch_comparison(teachers: list[Any], specs: list[Any], launch: Launch, cmp
                                  "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
         cmp.write_jobs(records)
         echo(f"  submitted {Path(spec.run_dir).name}: job {job.job_id}" +
-             (f" (after {after})" if after else "") + f", logs {job.paths.stdout}")
+             (f" (after {after})" if after and launch.launcher == "slurm" else "") + f", logs {job.paths.stdout}")
         return job.job_id
 
     def place(spec: Any, after: str | None = None) -> str | None:
@@ -196,19 +196,19 @@ def launch_comparison(teachers: list[Any], specs: list[Any], launch: Launch, cmp
         return submit(spec, after)
 
     teacher_jobs = {t.seed: place(t) for t in teachers}
-    if launch.launcher == "local" and any(teacher_jobs.values()):  # no dependencies here: teachers first
-        _wait(teachers, records, live, launch, folder, echo)
+    waited = launch.launcher == "local"  # no dependencies here: the teachers' jobs end first
+    teacher_results = _wait(teachers, records, live, launch, folder, echo) if waited and teachers else []
     failed_teachers = {t.seed: t.run_dir for t in teachers
                        if not RunFolder(t.run_dir).best(SHARED_TEACHER).is_file()
-                       and (launch.launcher == "local" or job_state(launch, folder, records.get(t.run_dir), live)
+                       and (waited or job_state(launch, folder, records.get(t.run_dir), live)
                             not in ACTIVE | {None, "COMPLETED"})}
-    results = [{"run_dir": s.run_dir, "state": "failed", "error": f"its shared teacher did not train; see "
-                                                                  f"{failed_teachers[s.seed]}"}
-               for s in specs if s.seed in failed_teachers]
+    results = teacher_results + [{"run_dir": s.run_dir, "state": "failed",
+                                  "error": f"its shared teacher did not train; see {failed_teachers[s.seed]}"}
+                                 for s in specs if s.seed in failed_teachers]
     for s in specs:
         if s.seed not in failed_teachers:
             place(s, teacher_jobs.get(s.seed))
-    todo = [*teachers, *(s for s in specs if s.seed not in failed_teachers)]
+    todo = [*([] if waited else teachers), *(s for s in specs if s.seed not in failed_teachers)]
     if not launch.wait:
         queued = [s for s in todo if run_state(s) != "done"]
         echo(f"{len(queued)} run(s) queued or running; run the same command again to follow them and collect "
