@@ -201,3 +201,56 @@ def test_the_report_lists_quantized_exports(run_dir):
     row = body[[s["file"] for s in found].index("s2.fp16.onnx")]
     assert header[3] == "metric: float32 -> quantized" and row[:3] == ["kd seed 0", "s2", "fp16"]
     assert row[3].startswith("accuracy ") and row[-1] == "yes"
+
+
+def test_fake_quantized_layers_round_weights_and_outputs_by_hand():
+    from kdstyles.models.fakequant import enable, fake_activation, fake_weight, set_enabled
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 5, 5)
+    plain = conv(x)
+    w = conv.weight.detach()
+    scale = w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+    by_hand = (w / scale).round().clamp(-128, 127) * scale  # symmetric int8 per output channel
+    torch.testing.assert_close(fake_weight(conv.weight), by_hand)
+    y = torch.nn.functional.conv2d(x, by_hand, conv.bias, padding=1)
+    step = (y.max() - y.min()) / 255
+    zero = (-y.min() / step).round()
+    torch.testing.assert_close(fake_activation(y), ((y / step).round() + zero).clamp(0, 255).sub(zero) * step)
+    keys = sorted(conv.state_dict())
+    assert enable(torch.nn.Sequential(conv)) == 1 and isinstance(conv, torch.nn.Conv2d)
+    assert sorted(conv.state_dict()) == keys  # parameters and checkpoints unchanged
+    out = conv(x)
+    torch.testing.assert_close(out, fake_activation(y))
+    assert (out - plain).abs().max() > 0
+    out.sum().backward()  # straight-through: the weights learn
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    set_enabled(conv, False)
+    torch.testing.assert_close(conv(x), plain)
+
+
+def test_quantization_aware_training_resumes_a_float_run_and_exports(run_dir, tmp_path):
+    """train --resume RUN --set train.qat=true: the students learn with rounded weights from the
+    float run's weights, their checkpoints keep their keys, and export rounds them off again."""
+    import shutil
+
+    from kdstyles import checkpoints
+    from kdstyles.models.fakequant import _FakeQuant
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = checkpoints.load(run / "checkpoints" / "last.pt")
+    exp = Experiment.from_run(run, overrides=["train.qat=true", "train.epochs=3"], quiet=True)
+    exp.fit(resume=True)
+    assert any(isinstance(m, _FakeQuant) for m in exp.cohort.networks["s1"].modules())
+    assert not any(isinstance(m, _FakeQuant) for m in exp.cohort.networks["teacher"].modules())
+    after = checkpoints.load(run / "checkpoints" / "last.pt")
+    assert after["epoch"] == 3 and sorted(after["cohort"]) == sorted(before["cohort"])
+    assert not torch.equal(after["cohort"]["networks.s1.fc.weight"], before["cohort"]["networks.s1.fc.weight"])
+    info = json.loads((run / "run.json").read_text())
+    assert info["resumes"][-1]["changes"]["train.qat"] == {"from": False, "to": True}
+    assert info["best"]["s1"]["epoch"] == info["best"]["s2"]["epoch"] == 3  # chosen among the QAT epochs
+    side = export_run(run, "s1", quantize="int8", calibration=16, max_drop=100)
+    assert side["verification"]["max_abs_diff"] < 1e-4  # the exported float model: rounding off
+    assert side["quantized"]["quantization"]["how"] == "static"

@@ -402,6 +402,12 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
             torch.manual_seed(network_seed(cfg.train.seed, name))
             nets[name] = task.build_network(spec, channels, image_size, where=f"networks.{name}", dims=cfg.data.dims)
         taps[name] = {"map": spec.tap, "embedding": spec.embedding_tap}
+    if cfg.train.qat:  # students learn with int8-rounded weights and outputs (models.fakequant)
+        from .models.fakequant import enable
+
+        for name in cfg.networks.students:
+            if name in nets:
+                enable(nets[name])
     frozen = set()
     if T in nets and cfg.networks.teacher.mode == "offline":
         frozen.add(T)

@@ -426,6 +426,9 @@ class TrainConfig(Strict):
                                                    "(slower); off: cuDNN picks the fastest kernels")
     channels_last: bool = Field(False, description="channels-last memory format (faster convolutions on GPUs)")
     compile: bool = Field(False, description="torch.compile every trainable network")
+    qat: bool = Field(False, description="quantization-aware training: students compute with int8-rounded weights "
+                                         "and outputs, every edge still on; resume a finished run with it and a few "
+                                         "more epochs when export --quantize int8 loses too much")
 
     @field_validator("device")
     @classmethod
@@ -757,7 +760,7 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
 # Keys a resume may change (prefixes). Everything else fixed the networks, data, routing or
 # the meaning of the checkpoint when the run was created.
-RESUMABLE = ("train.epochs", "train.early_stopping", "train.checkpoint_every_steps", "train.device",
+RESUMABLE = ("train.epochs", "train.early_stopping", "train.qat", "train.checkpoint_every_steps", "train.device",
              "train.precision", "train.channels_last", "train.compile", "train.max_steps_per_epoch",
              "train.deterministic",
              "optim.lr", "optim.weight_decay", "optim.momentum", "schedule.factor", "schedule.patience",

@@ -28,6 +28,7 @@ from .evaluate import ENSEMBLE
 from .fileio import atomic_write, write_json, write_text
 from .measure import cpu_latency_ms
 from .metrics import label, task_metrics
+from .models.fakequant import set_enabled
 from .models.zoo import count_parameters, flops_per_image
 from .quantize import (CALIBRATION, MAX_DROP, TooLossy, calibration_batches, check_options, quantize_file,
                        quantized_path, rejected_path, verify)
@@ -63,8 +64,10 @@ def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None
     names = cohort.students if network == ENSEMBLE else [network]
     info = info or exp.run_info()
     inputs = exp.inputs(info)
-    return Deployable([cohort.networks[n] for n in names], list(inputs.mean), list(inputs.std), cohort.task,
-                      inputs.spatial_dims).eval()
+    model = Deployable([cohort.networks[n] for n in names], list(inputs.mean), list(inputs.std), cohort.task,
+                       inputs.spatial_dims).eval()
+    set_enabled(model, False)  # a student trained with train.qat: its float weights (--quantize rounds them)
+    return model
 
 
 def open_run(run_dir: str | Path, network: str | None, checkpoint: str = "best"

@@ -150,6 +150,12 @@ class Trainer:
 
     def apply_changes(self, changes: dict[str, tuple[Any, Any]]) -> None:
         self.optim.apply_changes(changes, self.state.epoch)
+        if changes.get("train.qat", (False, False))[1] and not changes["train.qat"][0]:
+            # quantization-aware epochs start: the best students are chosen among them (best-*.pt
+            # of float epochs would export weights that never learned the rounding)
+            for name in self.cohort.students:
+                self.state.best[name] = {"epoch": self.state.epoch, "value": -math.inf}
+            self.state.since_improved = 0
 
     def write_status(self, status: str, **extra: Any) -> None:
         self.log.status(self.state, status, **extra)
