@@ -75,5 +75,11 @@ def any_flags(flags: list[bool], info: DistInfo, device: torch.device) -> list[b
 
 
 def teardown() -> None:
+    """Leave the process group once every rank is done with it: a rank that destroyed its
+    group while another still used its connections aborted (gloo: "terminate called without
+    an active exception")."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
