@@ -430,18 +430,14 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
 
 def _print_quantized(side: dict, folder: Path) -> None:
     """The quantized model against the float one, as export measured them on the test split."""
-    from .metrics import label
+    from .quantize import worded
 
     q = side["quantization"]
-    f, m, metric = q["float32"], q["quantized"], q["metric"]
-    lo, hi = q["interval_points"]
+    w = worded(q)
     console.print(f"{q['type']} ({q['how']}): {folder / side['file']}", highlight=False)
-    console.print(f"  test {label(metric)} {f['metrics'].get(metric, float('nan')):.4f} -> "
-                  f"{m['metrics'].get(metric, float('nan')):.4f} ({q['change_points']:+.2f} points [{lo:+.2f}, "
-                  f"{hi:+.2f}]), agreement {q['agreement'] if q['agreement'] is None else round(q['agreement'], 4)}; "
-                  f"{f['mb']:.2f} -> {m['mb']:.2f} MB; latency b1 {f['latency_b1_ms']:.2f} -> "
-                  f"{m['latency_b1_ms']:.2f} ms, b32 {f['latency_b32_ms']:.1f} -> {m['latency_b32_ms']:.1f} ms "
-                  f"({q['threads']} threads)", highlight=False, soft_wrap=True)
+    console.print(f"  test {w['metric']} {w['metric ->']} ({w['change']}), agreement {w['agreement']}; "
+                  f"{w['mb ->']} MB; latency b1 {w['b1 ->']} ms, b32 {w['b32 ->']} ms ({q['threads']} threads)",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -28,10 +28,10 @@ from .evaluate import ENSEMBLE
 from .fileio import atomic_write, write_json, write_text
 from .measure import cpu_latency_ms
 from .metrics import label, task_metrics
-from .models.fakequant import set_enabled
+from .models.fakequant import float_copy
 from .models.zoo import count_parameters, flops_per_image
 from .quantize import (CALIBRATION, MAX_DROP, TooLossy, calibration_batches, check_options, quantize_file,
-                       quantized_path, rejected_path, verify)
+                       quantized_path, rejected_path, verify, worded)
 from .routing import T
 from .runfolder import RunFolder
 
@@ -64,10 +64,9 @@ def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None
     names = cohort.students if network == ENSEMBLE else [network]
     info = info or exp.run_info()
     inputs = exp.inputs(info)
-    model = Deployable([cohort.networks[n] for n in names], list(inputs.mean), list(inputs.std), cohort.task,
-                       inputs.spatial_dims).eval()
-    set_enabled(model, False)  # a student trained with train.qat: its float weights (--quantize rounds them)
-    return model
+    # a student trained with train.qat deploys its float weights (--quantize rounds them)
+    return Deployable([float_copy(cohort.networks[n]) for n in names], list(inputs.mean), list(inputs.std),
+                      cohort.task, inputs.spatial_dims).eval()
 
 
 def open_run(run_dir: str | Path, network: str | None, checkpoint: str = "best"
@@ -233,10 +232,8 @@ def export_quantized(exp: Experiment, info: dict[str, Any], network: str, model:
 def quantization_card(side: dict[str, Any]) -> str:
     """The model card's section comparing the quantized model with the float one."""
     q = side["quantization"]
-    f, m = q["float32"], q["quantized"]
-    metric = q["metric"]
-    agreement = f"{q['agreement']:.4f}" if isinstance(q.get("agreement"), float) else "n/a"
-    lo, hi = q["interval_points"]
+    w = worded(q)
+    f, m = w["float32"], w["quantized"]
     calibrated = (f"calibrated ({q['how']}, {q['calibration']['method']}) on {q['calibration']['images']} training "
                   f"images drawn with seed {q['calibration']['seed']}" if q["calibration"]["images"] else q["how"])
     verdict = "accepted" if q["accepted"] else f"**rejected: it lost more than {q['max_drop_points']:g} points**"
@@ -248,13 +245,13 @@ def quantization_card(side: dict[str, Any]) -> str:
 
 | | float32 | {q['type']} |
 |---|---|---|
-| {label(metric)} | {f['metrics'].get(metric, float('nan')):.4f} | {m['metrics'].get(metric, float('nan')):.4f} |
-| file (MB) | {f['mb']:.2f} | {m['mb']:.2f} |
-| latency, batch 1 (ms) | {f['latency_b1_ms']:.2f} | {m['latency_b1_ms']:.2f} |
-| latency, batch 32 (ms) | {f['latency_b32_ms']:.1f} | {m['latency_b32_ms']:.1f} |
+| {w['metric']} | {f['metric']} | {m['metric']} |
+| file (MB) | {f['mb']} | {m['mb']} |
+| latency, batch 1 (ms) | {f['b1']} | {m['b1']} |
+| latency, batch 32 (ms) | {f['b32']} | {m['b32']} |
 
-Change of {label(metric)}: {q['change_points']:+.2f} points [95% paired interval {lo:+.2f}, {hi:+.2f}];
-agreement of the two models' predictions: {agreement}.
+Change of {w['metric']}: {w['change']} (95% paired interval); agreement of the two models'
+predictions: {w['agreement']}.
 """
 
 

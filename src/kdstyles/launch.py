@@ -15,7 +15,6 @@ finished runs, leaves queued and running jobs alone, and submits the failed or l
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import time
@@ -23,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .config import LauncherConfig
 from .errors import KDError
 
 LAUNCHERS = ("slurm", "local")
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
           "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "UNKNOWN", "READY"}  # submitit's states of a job not yet over
-SLURM_OPTIONS = ("--slurm-partition", "--slurm-time", "--gpus-per-run", "--cpus-per-run", "--mem", "--slurm-account",
-                 "--slurm-extra", "--no-wait")
+
+
+_SECTION = LauncherConfig()  # the defaults, as the config's launcher section has them
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,12 @@ class Launch:
     """How runs become jobs (the ``--launcher`` options, or a config's ``launcher:`` section)."""
 
     launcher: str = "slurm"
-    partition: str | None = None
-    time_min: int = 240
-    gpus_per_run: int = 0
-    cpus_per_run: int = 4
-    mem: str | None = None
-    account: str | None = None
+    partition: str | None = _SECTION.partition
+    time_min: int = _SECTION.time_min
+    gpus_per_run: int = _SECTION.gpus_per_run
+    cpus_per_run: int = _SECTION.cpus_per_run
+    mem: str | None = _SECTION.mem
+    account: str | None = _SECTION.account
     extra: dict[str, str] = field(default_factory=dict)
     wait: bool = True
     poll_s: float = 30.0  # how often the states of waited-for jobs are asked
@@ -260,11 +261,6 @@ def tune_workers(launch: Launch, workers: int, folder: Path, work: Callable[[int
             out.append({"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                         "logs": str(job.paths.stderr)})
     return out
-
-
-def in_job() -> bool:
-    """Whether this process runs inside a submitit job."""
-    return any(k in os.environ for k in ("SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID"))
 
 
 SLURM_ONLY = {"partition": "--slurm-partition", "mem": "--mem", "account": "--slurm-account",

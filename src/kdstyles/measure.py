@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -16,17 +16,22 @@ from .models.zoo import count_parameters, flops_per_image
 from .routing import T
 
 
+def median_ms(run: Callable[[], Any], repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``run()`` in milliseconds, after ``warmup`` calls."""
+    times = []
+    for i in range(repeats + warmup):
+        t0 = time.perf_counter()
+        run()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
 def cpu_latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 20) -> float:
     """Median CPU latency of one forward at the sample's batch size."""
     model = model.cpu().eval()
-    times = []
     with torch.inference_mode():
-        for i in range(repeats + 3):
-            t0 = time.perf_counter()
-            model(sample)
-            if i >= 3:
-                times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+        return median_ms(lambda: model(sample), repeats)
 
 
 def measure_compression(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ runs), how often the two models agree, file sizes and CPU latency at batch 1 and
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -171,18 +170,6 @@ def session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(sess, sample: np.ndarray, repeats: int = 10) -> float:
-    """Median wall time of one forward (after two warm-up runs), in milliseconds."""
-    for _ in range(2):
-        sess.run(None, {"image": sample})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sess.run(None, {"image": sample})
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
-
-
 @dataclass
 class Scored:
     """A model's condensed outputs on a split (pooled), its metrics and per-image values."""
@@ -193,47 +180,55 @@ class Scored:
     per_image: dict[str, list[float]]
 
 
-def score_file(sess, loader, task, inputs, spacing: list | None = None) -> Scored:
-    """A model file's outputs on a loader's split, scored with the task's metrics as
-    ``evaluate`` scores networks: the loader's images are normalised, the model normalises
-    inside, so each batch is taken back to [0, 1] first; whole volumes are covered by sliding
-    windows of the model's input (on its probabilities, as ``predict`` does) and scored one by
-    one where the task's metrics are means over images."""
-    from .evaluate import mean_rows, one_by_one, window_of
+def score_files(sessions: dict[str, Any], loader, task, inputs, spacing: list | None = None) -> dict[str, Scored]:
+    """Model files' outputs on a loader's split, read once for all of them and scored with the
+    task's metrics as ``evaluate`` scores networks (:func:`kdstyles.evaluate.score`): the
+    loader's images are normalised and the models normalise inside, so each batch is taken back
+    to [0, 1] first; whole volumes are covered by sliding windows of the model's input (on its
+    probabilities, as ``predict`` does) and scored one by one where the task's metrics are means
+    over images."""
+    from .evaluate import mean_rows, one_by_one, score, window_of
 
     mean = torch.tensor(inputs.mean).view(1, -1, *(1,) * inputs.spatial_dims)
     std = torch.tensor(inputs.std).view(1, -1, *(1,) * inputs.spatial_dims)
     window = window_of(loader)
     separate = one_by_one(loader, task)
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(sess.run(None, {"image": np.ascontiguousarray(x.numpy(), np.float32)})[0]))
+    def outputs(sess, x: torch.Tensor) -> torch.Tensor:
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(sess.run(None, {"image": np.ascontiguousarray(batch.numpy(),
+                                                                                             np.float32)})[0]))
 
-    probs, labels, rows = [], [], []
-    per_image: dict[str, list[float]] = {}
+        if window is None:
+            return task.condense(run(x))
+        from monai.inferers import sliding_window_inference
+
+        return task.condense(sliding_window_inference(x, (window.size,) * inputs.spatial_dims, window.batch, run,
+                                                      overlap=window.overlap, mode="gaussian"))
+
+    probs: dict[str, list[torch.Tensor]] = {n: [] for n in sessions}
+    per_image: dict[str, dict[str, list[float]]] = {n: {} for n in sessions}
+    labels, rows = [], []
     with torch.inference_mode():
         for x, y, index in loader:
             x = x * std + mean
-            if window is not None:
-                from monai.inferers import sliding_window_inference
-
-                p = sliding_window_inference(x, (window.size,) * inputs.spatial_dims, window.batch, run,
-                                             overlap=window.overlap, mode="gaussian")
+            out = {n: outputs(sess, x) for n, sess in sessions.items()}
+            if separate:  # one volume: its scores, and its per-image values
+                rows.append(score(out, y, task, spacing[int(index[0])] if spacing is not None else None))
+                for n, p in out.items():
+                    for k, v in task.per_image(p, y).items():
+                        per_image[n].setdefault(k, []).extend(v)
             else:
-                p = run(x)
-            p = task.condense(p)
-            if separate:
-                s = spacing[int(index[0])] if spacing is not None else None
-                rows.append({"m": task.metrics(p, y, s)})
-                for k, v in task.per_image(p, y).items():
-                    per_image.setdefault(k, []).extend(v)
-            else:
-                probs.append(p)
+                for n, p in out.items():
+                    probs[n].append(p)
                 labels.append(y)
     if separate:
-        return Scored(None, None, mean_rows(rows).get("m", {}), per_image)
-    p, y = torch.cat(probs), torch.cat(labels)
-    return Scored(p, y, task.metrics(p, y), task.per_image(p, y))
+        metrics = mean_rows(rows)
+        return {n: Scored(None, None, metrics.get(n, {}), per_image[n]) for n in sessions}
+    y = torch.cat(labels)
+    pooled = {n: torch.cat(p) for n, p in probs.items()}
+    metrics = score(pooled, y, task)
+    return {n: Scored(p, y, metrics[n], task.per_image(p, y)) for n, p in pooled.items()}
 
 
 def paired_change(task, metric: str, a: Scored, b: Scored, num_classes: int) -> tuple[float, float, float]:
@@ -259,6 +254,12 @@ def paired_change(task, metric: str, a: Scored, b: Scored, num_classes: int) -> 
     return paired_interval([diff])
 
 
+def _latency_ms(sess, sample: np.ndarray) -> float:
+    from .measure import median_ms
+
+    return median_ms(lambda: sess.run(None, {"image": sample}), repeats=10, warmup=2)
+
+
 def file_mb(path: Path) -> float:
     return os.path.getsize(path) / 1e6
 
@@ -274,7 +275,7 @@ def verify(exp: Any, float_path: Path, quant_path: Path, inputs: Any, metric: st
     split = data.splits["test"]
     loader = data.loader("test", exp.cfg.data.batch_size)
     sessions = {"float32": session(float_path, threads), "quantized": session(quant_path, threads)}
-    scored = {k: score_file(s, loader, task, inputs, split.spacing) for k, s in sessions.items()}
+    scored = score_files(sessions, loader, task, inputs, split.spacing)
     change, lo, hi = paired_change(task, metric, scored["float32"], scored["quantized"], data.num_classes)
     both = scored["float32"].probs is not None
     agreement = task.fidelity(scored["float32"].probs, scored["quantized"].probs).get("agreement") if both else None
@@ -285,8 +286,25 @@ def verify(exp: Any, float_path: Path, quant_path: Path, inputs: Any, metric: st
     for name, sess in sessions.items():
         path = float_path if name == "float32" else quant_path
         rows[name] = {"metrics": scored[name].metrics, "mb": file_mb(path),
-                      **{f"latency_b{b}_ms": latency_ms(sess, inputs.sample(b, random=True, generator=gen).numpy())
+                      **{f"latency_b{b}_ms": _latency_ms(sess, inputs.sample(b, random=True, generator=gen).numpy())
                          for b in (1, 32)}}
     return {"split": "test", "images": len(split), "metric": metric, "threads": threads,
             "change_points": 100 * change, "interval_points": [100 * lo, 100 * hi], "agreement": agreement,
             **rows}
+
+
+def worded(q: dict[str, Any]) -> dict[str, Any]:
+    """A quantized export's record (its sidecar's ``quantization``) in the words the console,
+    the report and the model card show: each model's metric, size and latencies, the change with
+    its interval, the agreement."""
+    from .metrics import label
+
+    metric = q["metric"]
+    lo, hi = q["interval_points"]
+    each = {k: {"metric": f"{q[k]['metrics'].get(metric, float('nan')):.4f}", "mb": f"{q[k]['mb']:.2f}",
+                "b1": f"{q[k]['latency_b1_ms']:.2f}", "b32": f"{q[k]['latency_b32_ms']:.1f}"}
+            for k in ("float32", "quantized")}
+    return {"metric": label(metric), **each, "change": f"{q['change_points']:+.2f} pt [{lo:+.2f}, {hi:+.2f}]",
+            "agreement": f"{q['agreement']:.4f}" if isinstance(q.get("agreement"), float) else "n/a",
+            **{f"{k} ->": f"{each['float32'][k]} -> {each['quantized'][k]}" for k in ("metric", "mb", "b1", "b32")}}
+

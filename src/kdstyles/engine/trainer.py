@@ -150,7 +150,8 @@ class Trainer:
 
     def apply_changes(self, changes: dict[str, tuple[Any, Any]]) -> None:
         self.optim.apply_changes(changes, self.state.epoch)
-        if changes.get("train.qat", (False, False))[1] and not changes["train.qat"][0]:
+        was, now = changes.get("train.qat", (False, False))
+        if now and not was:
             # quantization-aware epochs start: the best students are chosen among them (best-*.pt
             # of float epochs would export weights that never learned the rounding)
             for name in self.cohort.students:

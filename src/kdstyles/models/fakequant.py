@@ -72,7 +72,19 @@ def enable(model: nn.Module) -> int:
 
 
 def set_enabled(model: nn.Module, on: bool) -> None:
-    """Rounding on or off for every fake-quantized layer of ``model`` (export: off)."""
+    """Rounding on or off for every fake-quantized layer of ``model``."""
     for m in model.modules():
         if isinstance(m, _FakeQuant):
             m.fake_quant = on
+
+
+def float_copy(model: nn.Module) -> nn.Module:
+    """``model`` as it deploys: itself when nothing in it rounds, else a copy with the rounding
+    off (the model itself, e.g. a cohort's student, keeps rounding for evaluation)."""
+    if not any(isinstance(m, _FakeQuant) for m in model.modules()):
+        return model
+    import copy
+
+    out = copy.deepcopy(model)
+    set_enabled(out, False)
+    return out

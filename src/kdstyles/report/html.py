@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import write_text
-from ..metrics import label
+from ..quantize import worded
 from ..runfolder import ComparisonFolder, RunFolder
 from .plots import (details_of, plot_accuracy_vs_parameters, plot_confusions, plot_curves, plot_per_class,
                     plot_reliability)
@@ -48,15 +48,9 @@ def quantized_table(found: list[tuple[str, int, dict[str, Any]]]) -> tuple[list[
     body = []
     for preset, seed, side in found:
         q = side["quantization"]
-        f, m, metric = q["float32"], q["quantized"], q["metric"]
-        lo, hi = q["interval_points"]
-        body.append([f"{preset} seed {seed}", side.get("network", "?"), q["type"],
-                     f"{label(metric)} {f['metrics'].get(metric, float('nan')):.3f} -> "
-                     f"{m['metrics'].get(metric, float('nan')):.3f}",
-                     f"{q['change_points']:+.2f} pt [{lo:+.2f}, {hi:+.2f}]", f"{f['mb']:.2f} -> {m['mb']:.2f}",
-                     f"{f['latency_b1_ms']:.2f} -> {m['latency_b1_ms']:.2f}",
-                     f"{f['latency_b32_ms']:.1f} -> {m['latency_b32_ms']:.1f}",
-                     "yes" if q["accepted"] else "rejected"])
+        w = worded(q)
+        body.append([f"{preset} seed {seed}", side.get("network", "?"), q["type"], f"{w['metric']} {w['metric ->']}",
+                     w["change"], w["mb ->"], w["b1 ->"], w["b32 ->"], "yes" if q["accepted"] else "rejected"])
     return header, body
 
 
