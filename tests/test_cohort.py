@@ -15,9 +15,17 @@ def cohort_for(preset, *extra, modules=None):
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_gradient_isolation(preset):
+def test_gradient_isolation(preset, tmp_path):
+    from kdstyles.styles import STYLES
+
     torch.manual_seed(0)
-    cohort = cohort_for(preset)
+    frozen = []  # presets that reuse a frozen teacher (simkd) learn from an offline one
+    if any(STYLES[st].frozen_source for _, _, st in PRESETS[preset].triples(["s1", "s2"])):
+        from kdstyles.models.zoo import build_network
+
+        torch.save(build_network("resnet18", 3, 4, 16, widen=0.25).state_dict(), tmp_path / "t.pt")
+        frozen = ["networks.teacher.mode=offline", f"networks.teacher.checkpoint={tmp_path / 't.pt'}"]
+    cohort = cohort_for(preset, *frozen)
     cohort.train()
     x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 4, (6,))
     losses = cohort.losses(cohort(x), y)
@@ -244,3 +252,13 @@ def test_styles_that_need_one_class_per_sample_are_refused_where_classes_are_not
     with pytest.raises(KDError) as err:
         build_config({"routing": {"edges": [edge]}}, [f"task={task}", "data.image_size=32", *extra])
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_standardized_logits_with_two_classes_are_warned_about():
+    """z-scored, two logits become +-0.71 for every sample: the soft target keeps only the winner."""
+    cfg = load_config(None, ["routing.preset=kd", "styles.predictions.standardize=true",
+                             "networks.teacher.widen=0.25", "networks.students.s1.widen=0.125",
+                             "networks.students.s2.widen=0.125"])
+    two = build_cohort(cfg, 2, 3, 16)
+    assert any("standardize with two classes" in w for w in two.warnings)
+    assert not any("standardize" in w for w in build_cohort(cfg, 4, 3, 16).warnings)

@@ -188,3 +188,29 @@ def test_a_one_student_config_compares_the_presets_that_fit_it(tmp_path):
         plan(str(cfg), ["student", "dml"], 1, tmp_path / "c", [])
     with pytest.raises(KDError, match="routing.preset 'diverse'"):  # --ablate works on the config's own routing
         plan(str(cfg), ["student"], 1, tmp_path / "c", [], ablate=True)
+
+
+def test_recipes_set_more_than_edges_and_are_checked_before_any_run(tmp_path):
+    """--recipes: each a preset and the keys it sets, beside --presets, in one comparison."""
+    from kdstyles import KDError
+    from kdstyles.compare import plan
+
+    recipes = tmp_path / "recipes.yaml"
+    recipes.write_text("kd-t4: {preset: kd, set: {styles.predictions.temperature: 4, train.epochs: 2}}\n"
+                       "mine: {preset: custom, note: the config's own}\nalone: student\n")
+    _, specs, info = plan(None, ["student"], 1, tmp_path / "c", SMALL, recipes=recipes)
+    by = {s.preset: s.cfg for s in specs}
+    assert list(by) == ["student", "kd-t4", "mine", "alone"]
+    assert by["kd-t4"].routing.preset == "kd" and by["kd-t4"].train.epochs == 2
+    assert by["kd-t4"].styles["predictions"]["temperature"] == 4 and by["student"].train.epochs == 1
+    assert by["alone"].edges == [] and by["mine"].routing.label == "diverse"
+    assert info["target"] == "kd-t4" and info["notes"] == {"mine": "the config's own"}
+    for text, message in (("kd: {preset: kdd}", "recipe 'kd': 'kdd' is not a preset"),
+                          ("x: {preset: kd, sett: {}}", "recipe 'x': unknown key 'sett'"),
+                          ("x: {preset: kd, set: {optim.lr: -1}}", "optim.lr"),
+                          ("'a/b': kd", "recipe name 'a/b' must be a plain name"),
+                          ("student: kd", "'student' is named twice")):
+        recipes.write_text(text + "\n")
+        with pytest.raises(KDError, match=message):
+            compare(None, ["student"], 1, tmp_path / "c", SMALL, recipes=recipes)
+    assert not (tmp_path / "c").exists()

@@ -21,8 +21,8 @@ def run_cli(monkeypatch, capsys, *args):
     ("train.epochs=many", "config error: train.epochs: Input should be a valid integer"),
     ("optim.lr=-1", "config error: optim.lr: Input should be greater than 0 (got -1)"),
     ("routing.preset=distill", "config error: routing.preset: Input should be 'student', 'teacher', 'kd', 'fitnet', "
-                               "'dml', 'kdml', 'diverse', 'diverse-full', 'ctsl-mkt', 'dkd', 'dist', 'diverse-dkd' "
-                               "or 'diverse-dist' (got 'distill')"),
+                               "'dml', 'kdml', 'diverse', 'diverse-full', 'ctsl-mkt', 'dkd', 'dist', 'diverse-dkd', "
+                               "'diverse-dist', 'mlkd', 'simkd' or 'diverse-simkd' (got 'distill')"),
     ("networks.students.s1.arch=resnet19", "unknown arch 'resnet19' (did you mean resnet18"),
     ("networks.students.s2.tap=layer4.0.conv9", "networks.s2.tap: no module 'layer4.0.conv9' in ResNet; "
                                                 "nearest valid paths: layer4.0.conv2"),
@@ -152,3 +152,45 @@ def test_demo_yaml_lists_every_key():
     demo = _flatten(read_yaml(Path(__file__).parents[1] / "configs" / "demo.yaml"))
     full = _flatten(ExperimentConfig().model_dump(mode="json"))
     assert [k for k in full if k not in demo and not k.startswith(("styles", "routing"))] == []
+
+
+def _float_keys(model, prefix=""):
+    """Every float field of a pydantic model, by dotted key (through sections and dict values)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from kdstyles.config import _annotation_model
+
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        args = typing.get_args(ann)
+        if ann is float or float in args:
+            yield f"{prefix}{name}"
+        sub = _annotation_model(ann)
+        if sub is not None and issubclass(sub, BaseModel):
+            hop = "s1." if typing.get_origin(ann) is dict and name == "students" else \
+                "x." if typing.get_origin(ann) is dict else "0." if typing.get_origin(ann) is list else ""
+            yield from _float_keys(sub, f"{prefix}{name}.{hop}")
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_every_float_key_refuses_non_finite_numbers(value):
+    """Infinity passed every key that refused NaN, then stopped the run at its first step (or
+    crashed CutMix). Every float of the config, every style option and an edge's weight is
+    refused when the config is loaded, naming the key."""
+    from kdstyles.styles import STYLES
+
+    keys = [k for k in _float_keys(ExperimentConfig) if not k.startswith(("routing.", "tune."))]
+    keys += [f"styles.{name}.{opt}" for name, style in STYLES.items() for opt in _float_keys(style.Options)]
+    assert {"optim.lr", "loss.teacher_weight", "data.mix.cutmix", "styles.predictions.temperature"} <= set(keys)
+    for key in keys:
+        with pytest.raises(KDError, match=key.replace(".", r"\.")):
+            load_config(None, [f"{key}={value}"])
+    edge = "routing.edges=[{src: teacher, dst: s1, style: predictions, weight: %s}]" % value
+    with pytest.raises(KDError, match=r"routing\.edges\.0\.weight"):
+        load_config(None, [edge])
+    from kdstyles.config import build_config
+
+    with pytest.raises(KDError, match=r"tune\.space\.optim\.lr\.low"):
+        build_config({"tune": {"space": {"optim.lr": {"low": float(value.replace(".", "")), "high": 1}}}})

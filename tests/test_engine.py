@@ -241,12 +241,50 @@ def test_teacher_cache_same_losses_and_no_teacher_forward_after_epoch_one(tiny_o
     assert [e for e in before if e >= 1] == []
 
 
-def test_cache_needs_offline_teacher_and_no_augmentation():
+def test_fixed_views_let_an_augmented_teacher_be_cached_with_unlabelled_images(tiny_overrides, tmp_path):
+    """data.views: K fixed augmented views per image (epoch e shows view e mod K, unlabelled
+    images each pass): the teacher's outputs are kept per image and view, so it stops running
+    once every view was seen, and the students learn exactly what they learn uncached."""
+    teacher_run = offline_teacher(tmp_path, tiny_overrides)
+    common = ["train.epochs=4", "networks.teacher.mode=offline", f"networks.teacher.checkpoint={teacher_run}",
+              "data.views=2", "data.augment.shift=0.1", "train.early_stopping=null", "routing.preset=kd",
+              "data.unlabeled.source=synthetic", "data.unlabeled.samples=48"]
+    plain = Experiment(None, overrides=tiny_overrides(*common, "output.name=plain"), quiet=True)
+    plain.fit()
+    cached = Experiment(None, overrides=tiny_overrides(*common, "output.name=cached", "networks.teacher.cache=true"),
+                        quiet=True)
+    epochs = []
+    cached.cohort.networks["teacher"].register_forward_pre_hook(
+        lambda m, i: epochs.append(cached_trainer[0].state.epoch) if m.training is False and cached_trainer else None)
+    cached_trainer = []
+
+    def keep(trainer, epoch):
+        if not cached_trainer:
+            cached_trainer.append(trainer)
+
+    cached.fit(callbacks=[keep])
+    a = list(csv.DictReader((plain.run_dir / "metrics.csv").open()))
+    b = list(csv.DictReader((cached.run_dir / "metrics.csv").open()))
+    assert len(a) == len(b) == 4 * 4
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "train_predictions<-teacher", "val_accuracy"):
+            if ra.get(key):
+                assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-5, abs=1e-6), key
+    assert 1 in epochs and not [e for e in epochs if e >= 2]  # view 1 first seen in epoch 2; none after
+    ds = cached.data.splits["train"]
+    assert ds.keys == 2 * len(ds) and ds[(3, 5)][2] == 5 + len(ds)  # epoch 3 is view 1
+    assert torch.equal(ds[(3, 5)][0], ds[(1, 5)][0]) and not torch.equal(ds[(2, 5)][0], ds[(1, 5)][0])
+
+
+def test_cache_needs_offline_teacher_and_fixed_views():
     from kdstyles import load_config
 
-    with pytest.raises(KDError, match="networks.teacher.cache: needs mode offline and no random augmentation"):
+    with pytest.raises(KDError, match="networks.teacher.cache: needs mode offline, and either a fixed number of "
+                                      "augmented views"):
         load_config(None, ["networks.teacher.cache=true", "networks.teacher.mode=offline",
                            "networks.teacher.checkpoint=x"])
+    load_config(None, ["networks.teacher.cache=true", "networks.teacher.mode=offline",
+                       "networks.teacher.checkpoint=x", "data.views=4"])
 
 
 @pytest.mark.parametrize("option", ["train.precision=bf16", "train.channels_last=true"])

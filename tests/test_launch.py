@@ -187,3 +187,107 @@ def test_tune_workers_share_a_journal_study(tmp_path):
     with pytest.raises(KDError, match="--storage 'sqlite:.*': SQLite over a shared file system"):
         tune(str(cfg), tmp_path / "t2", small(tmp_path), storage=f"sqlite:///{tmp_path / 'x.db'}",
              launch=Launch("slurm", wait=False), workers=2)
+
+
+SHELL_VALUES = ["normal\nhostname #", "high'; touch PWNED; '", "$(touch PWNED)", "`touch PWNED`", "a\\b", 'x"y',
+                "q\rsleep 1", "tab\there"]
+
+
+@pytest.mark.parametrize("value", SHELL_VALUES)
+def test_values_that_would_leave_their_sbatch_line_are_refused(tmp_path, monkeypatch, value):
+    """Every value kdstyles writes into a job script (extra options, partition, account, memory,
+    from the command line or the config) is refused in one line before anything is written when
+    it holds a line break or shell syntax Slurm never needs."""
+    from kdstyles.compare import compare
+    from kdstyles.config import load_config
+
+    monkeypatch.setenv("PATH", f"{fake_sbatch(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+    for launch in (Launch("slurm", extra={"qos": value}, wait=False), Launch("slurm", partition=value, wait=False),
+                   Launch("slurm", account=value, wait=False), Launch("slurm", mem=value, wait=False)):
+        with pytest.raises(KDError) as err:
+            compare(None, ["student"], 1, tmp_path / "cmp", small(tmp_path), launch=launch, echo=lambda line: None)
+        assert len(str(err.value).splitlines()) == 1
+    with pytest.raises(KDError, match="--slurm-extra qos"):
+        parse_extra([f"qos={value}"])
+    with pytest.raises(KDError, match="launcher.extra.*qos|launcher.extra"):
+        load_config(None, [f"launcher.extra.qos={json.dumps(value)}"])
+    assert not (tmp_path / "cmp").exists() and not (tmp_path / "scripts").exists() and not Path("PWNED").exists()
+
+
+def test_slurm_values_stay_on_their_lines_and_own_options_cannot_be_replaced(tmp_path, monkeypatch):
+    """Characters Slurm does use (a constraint's | and &, a comma list, spaces in a comment) go
+    through, each option on one #SBATCH line before the command; the options kdstyles sets
+    (signal, time, logs, dependency) cannot be replaced through --slurm-extra; memory must read
+    as Slurm's."""
+    from kdstyles.compare import compare
+
+    monkeypatch.setenv("PATH", f"{fake_sbatch(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+    launch = Launch("slurm", partition="gpu,cpu", mem="64000M", wait=False,
+                    extra=parse_extra(["constraint=a100|h100&ib", "comment=distil run", "mail_type=END"]))
+    compare(None, ["student"], 1, tmp_path / "cmp", small(tmp_path), launch=launch, echo=lambda line: None)
+    (script,) = [p.read_text() for p in (tmp_path / "scripts").iterdir()]
+    options = [ln for ln in script.splitlines() if ln.startswith("#SBATCH")]
+    first_command = next(i for i, ln in enumerate(script.splitlines()) if ln and not ln.startswith("#"))
+    assert all(script.splitlines().index(ln) < first_command for ln in options)
+    for line in ("#SBATCH --constraint='a100|h100&ib'", "#SBATCH --comment='distil run'", "#SBATCH --mail-type=END",
+                 "#SBATCH --partition=gpu,cpu", "#SBATCH --mem=64000M", "#SBATCH --signal=USR2@120"):
+        assert line in options, (line, options)
+    for own in ("signal=USR1@10", "time=1", "output=/tmp/x", "dependency=afterok:1", "job-name=x"):
+        with pytest.raises(KDError, match="kdstyles sets it itself"):
+            parse_extra([own])
+    with pytest.raises(KDError, match="--mem 'lots' is not memory as Slurm writes it"):
+        Launch("slurm", mem="lots").check()
+    with pytest.raises(KDError, match="--out .*line break"):
+        compare(None, ["student"], 1, tmp_path / "a\nb", small(tmp_path), launch=Launch("slurm", wait=False),
+                echo=lambda line: None)
+
+
+def test_a_refused_submission_is_one_line(tmp_path, monkeypatch):
+    """sbatch refusing a job (an unknown partition, here) ends in one line quoting sbatch."""
+    from kdstyles.compare import compare
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sbatch", "echo 'sbatch: error: invalid partition specified: nope' >&2; exit 1"),
+                       ("srun", "exit 0")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(KDError) as err:
+        compare(None, ["student"], 1, tmp_path / "cmp", small(tmp_path),
+                launch=Launch("slurm", partition="nope", wait=False), echo=lambda line: None)
+    assert "the scheduler refused the job" in str(err.value) and "invalid partition" in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_damaged_jobs_file_submits_nothing_again(tmp_path, monkeypatch):
+    """jobs.json records which runs have a job queued: damaged (or missing while jobs/ holds
+    submitted jobs), the command stops in one line instead of submitting a second job that
+    would write into the same run folder."""
+    from kdstyles.compare import compare
+
+    monkeypatch.setenv("PATH", f"{fake_sbatch(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+    launch = Launch("slurm", wait=False)
+    compare(None, ["student"], 1, tmp_path / "cmp", small(tmp_path), launch=launch, echo=lambda line: None)
+    jobs = tmp_path / "cmp" / "jobs.json"
+    assert len(list((tmp_path / "scripts").iterdir())) == 1
+    for damage in ("{\"x\": ", json.dumps({str(tmp_path / "cmp" / "student-seed0"): {"launcher": "slurm"}}), None):
+        if damage is None:
+            jobs.unlink()
+        else:
+            jobs.write_text(damage)
+        with pytest.raises(KDError, match="jobs.json' is (damaged|missing)"):
+            compare(None, ["student"], 1, tmp_path / "cmp", small(tmp_path), launch=launch, echo=lambda line: None)
+        assert len(list((tmp_path / "scripts").iterdir())) == 1  # nothing submitted again
+
+
+def test_tune_checks_its_storage_before_any_worker_starts(tmp_path):
+    pytest.importorskip("optuna")
+    from kdstyles.tune import tune
+
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text("tune:\n  space:\n    optim.lr: {low: 0.0001, high: 0.01, log: true}\n  trials: 1\n")
+    with pytest.raises(KDError, match="--storage .*cannot be opened"):
+        tune(str(cfg), tmp_path / "t", small(tmp_path), storage=str(tmp_path / "missing" / "study.journal"),
+             launch=Launch("local", cpus_per_run=1), workers=2, echo=lambda line: None)
+    assert not (tmp_path / "t").exists()

@@ -170,6 +170,20 @@ def edit_sidecar(run: Path, **keys) -> Path:
     return run / "export" / "s1.onnx"
 
 
+def edit_yaml(path: Path, **keys) -> Path:
+    """A run's config.yaml changed by hand (``data__image_size=24`` sets data.image_size)."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    for key, value in keys.items():
+        node, *parts = [raw, *key.split("__")]
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def predict_with(t: Path, model: Path, *inputs: str) -> list[str]:
     return ["predict", str(model), *(inputs or [str(png(t / "x.png"))]), "--out", str(t / "p")]
 
@@ -444,6 +458,50 @@ CASES = [
                                           "--out", str(corrupt(t / "tune.txt", "x"))], "tune.txt' is a file")),
     ("compare-jobs-zero", lambda t, r: (["compare", "--jobs", "0"], "'--jobs'")),
     ("tune-trials-zero", lambda t, r: (["tune", "--trials", "0"], "'--trials'")),
+    # ---------------------------------------------------------------- issue 39: nothing wrong in silence
+    ("set-infinite-lr", lambda t, r: (["check", "--set", "optim.lr=.inf"], "optim.lr: Input should be a finite")),
+    ("set-infinite-style-temperature", lambda t, r: (["check", "--set", "styles.predictions.temperature=.inf"],
+                                                     "styles.predictions.temperature")),
+    ("set-infinite-cutmix", lambda t, r: (["check", "--set", "data.mix.cutmix=.inf"], "data.mix.cutmix")),
+    ("edge-infinite-weight", lambda t, r: (["check", str(yaml_file(t, "routing:\n  edges:\n    - {src: teacher, "
+                                                                      "dst: s1, style: predictions, weight: .inf}\n"))],
+                                           "routing.edges.0.weight")),
+    ("unlabeled-samples-beyond-memory", lambda t, r: (train_on(t, "routing.preset=kd", "data.unlabeled.source=synthetic",
+                                                               "data.unlabeled.samples=1000000000000"),
+                                                      "data.unlabeled.samples: 1,000,000,000,000 images")),
+    ("features-taps-twice", lambda t, r: (["check", "--set", "routing.preset=fitnet", "--set",
+                                           "styles.features.taps=[layer3, layer3]"], "layer3 is listed twice")),
+    ("config-path-name-too-long", lambda t, r: (["check", str(t / ("x" * 300 + ".yaml"))], "holds at most 255")),
+    ("output-dir-name-too-long", lambda t, r: (train_on(t, f"output.dir={t / ('d' * 300)}"),
+                                               "output.dir: the path's part")),
+    ("predict-out-name-too-long", lambda t, r: (["predict", str(r / "export" / "s1.onnx"), str(png(t / "x.png")),
+                                                 "--out", str(t / ("p" * 300))], "--out")),
+    ("name-with-line-break", lambda t, r: (["check", str(yaml_file(t, 'name: "a\\nb"\n'))], "printable characters")),
+    ("image-name-with-line-break", lambda t, r: (folder_train(t, lambda f: corrupt(f / "b" / "x\nrm.png", "nope")),
+                                                 "x\\nrm.png")),
+    ("yaml-nested-5000-deep", lambda t, r: (["check", str(yaml_file(t, "a:\n" + "".join(
+        " " * i + "b:\n" for i in range(1, 5001))))], "nested too deeply")),
+    ("yaml-alias-bomb", lambda t, r: (["check", str(yaml_file(t, "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcde", "bcdef")) + "name: *f\n"))], "name")),
+    ("resume-run-json-missing", lambda t, r: (["train", "--resume", str(r)] if (r / "run.json").unlink() is None
+                                              else None, "run.json is missing")),
+    ("resume-config-yaml-edited-task", lambda t, r: (["train", "--resume", str(r), "--set", "train.epochs=2"] if
+                                                     edit_yaml(r / "config.yaml", task="multilabel") else None,
+                                                     "config.yaml' was edited: task")),
+    ("resume-config-yaml-edited-size", lambda t, r: (["evaluate", str(r)] if edit_yaml(
+        r / "config.yaml", data__image_size=24) else None, "config.yaml' was edited: data.image_size")),
+    ("resume-qat-without-epochs", lambda t, r: (["train", "--resume", str(r), "--set", "train.qat=true"],
+                                                "no epoch would learn the rounding")),
+    ("qat-teacher-alone", lambda t, r: (["check", "--set", "routing.preset=teacher", "--set", "train.qat=true"],
+                                        "train.qat: this run trains the teacher alone")),
+    ("predict-rejected-int8", lambda t, r: (predict_with(t, edit_sidecar(r, quantization={
+        "accepted": False, "type": "int8", "change_points": -12.5, "metric": "accuracy", "max_drop_points": 1.0})),
+        "lost 12.50 points of accuracy")),
+    ("export-calibration-without-quantize", lambda t, r: (["export", str(r), "--calibration", "64"],
+                                                          "--calibration applies to a quantized export")),
+    ("report-results-cut-short", lambda t, r: (["report", str(r)] if corrupt(
+        r / "results.csv", f"preset,seed,network,checkpoint,split,accuracy,run_dir\nkd,0,s1,best,test,0.5,{r}/kd-se\n")
+        else None, "results.csv' is damaged: line 2 is cut short")),
     ("option-unknown", lambda t, r: (["train", "--epochs", "3"], "No such option: --epochs")),
     ("command-unknown", lambda t, r: (["trian"], "No such command 'trian'")),
     ("argument-missing", lambda t, r: (["evaluate"], "Missing argument")),
@@ -494,3 +552,19 @@ def test_malformed_input_is_one_line(case, tmp_path, trained_run, monkeypatch, c
     assert tree(tmp_path) == before, "something was written"
     assert not (tmp_path / "out" / "run").exists()
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_rejected_quantized_model_predicts_only_when_allowed_and_says_what_it_lost(tmp_path, trained_run,
+                                                                                     monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    model = edit_sidecar(run, quantization={"accepted": False, "type": "int8", "change_points": -12.5,
+                                            "metric": "accuracy", "max_drop_points": 1.0})
+    monkeypatch.setattr(sys, "argv", ["kdstyles", "predict", str(model), str(png(tmp_path / "x.png")), "--out",
+                                      str(tmp_path / "p"), "--allow-rejected"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    out, err = capsys.readouterr()
+    assert done.value.code == 0, err
+    assert "lost 12.50 points of accuracy" in err and "used anyway" in err
+    assert (tmp_path / "p" / "predictions.csv").is_file()

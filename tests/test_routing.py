@@ -41,7 +41,11 @@ def test_the_method_page_lists_every_preset_with_its_edges():
 
 @pytest.mark.parametrize("preset", sorted(METHOD_TABLE))
 def test_preset_expansion_matches_method_table(preset):
-    edges = (load_config(None, [f"routing.preset={preset}"])).edges
+    from kdstyles.styles import STYLES
+
+    frozen = any(STYLES[st].frozen_source for _, _, st in METHOD_TABLE[preset])  # simkd: an offline teacher
+    offline = ["networks.teacher.mode=offline", "networks.teacher.checkpoint=teacher.pt"] if frozen else []
+    edges = (load_config(None, [f"routing.preset={preset}", *offline])).edges
     assert {(e.src, e.dst, e.style) for e in edges} == METHOD_TABLE[preset]
     assert len(edges) == len(METHOD_TABLE[preset])
     for e in edges:  # weights by source (the method page's defaults)

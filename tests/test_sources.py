@@ -742,3 +742,42 @@ def test_check_generates_a_few_embedded_images_not_the_whole_set(monkeypatch, ca
     with pytest.raises(SystemExit) as done:
         main()
     assert done.value.code == 2 and "data.image_size: 600 is outside" in capsys.readouterr().err
+
+
+def test_npz_source_reads_your_arrays_with_their_class_names(tmp_path):
+    """source: npz reads any file in MedMNIST's layout (grey or RGB, labels (N,) or (N, 1)),
+    class names from the file, data.classes or 0..K-1; a pool of images alone serves
+    data.unlabeled."""
+    rng = np.random.default_rng(0)
+    arrays = {f"{s}_{k}": v for s, n in (("train", 30), ("val", 8), ("test", 10)) for k, v in (
+        ("images", rng.integers(0, 256, (n, 20, 20), dtype=np.uint8)), ("labels", np.arange(n) % 3))}
+    np.savez(tmp_path / "mine.npz", **arrays, class_names=np.array(["cat", "dog", "owl"]))
+    cfg = load_config(None, ["data.source=npz", f"data.path={tmp_path / 'mine.npz'}"])
+    bundle = build_data(cfg.data, seed=0)
+    assert bundle.class_names == ["cat", "dog", "owl"] and bundle.channels == 1 and bundle.image_size == 20
+    np.testing.assert_array_equal(bundle.splits["test"].images[..., 0], arrays["test_images"])
+    np.testing.assert_array_equal(bundle.splits["val"].labels, arrays["val_labels"])
+    named = load_config(None, ["data.source=npz", f"data.path={tmp_path / 'mine.npz'}", "data.classes=[a, b, c]",
+                               "data.image_size=16"])
+    assert build_data(named.data, seed=0).class_names == ["a", "b", "c"]
+    np.savez(tmp_path / "plain.npz", **arrays)
+    plain = load_config(None, ["data.source=npz", f"data.path={tmp_path / 'plain.npz'}"])
+    assert build_data(plain.data, seed=0).class_names == ["0", "1", "2"]
+
+    np.savez(tmp_path / "pool.npz", train_images=rng.integers(0, 256, (12, 20, 20), dtype=np.uint8))
+    exp = Experiment(None, overrides=["data.source=npz", f"data.path={tmp_path / 'mine.npz'}", "routing.preset=kd",
+                                      "data.unlabeled.source=npz", f"data.unlabeled.path={tmp_path / 'pool.npz'}",
+                                      f"output.dir={tmp_path}", *FAST], quiet=True)
+    assert len(exp.data.unlabeled) == 12 and "pool.npz train" in exp.data.unlabeled_about
+    with pytest.raises(KDError, match="data.unlabeled.path: npz file .*gone.npz' does not exist"):
+        Experiment(None, overrides=["data.source=npz", f"data.path={tmp_path / 'mine.npz'}", "routing.preset=kd",
+                                    "data.unlabeled.source=npz", f"data.unlabeled.path={tmp_path / 'gone.npz'}",
+                                    f"output.dir={tmp_path}", *FAST], quiet=True).data
+    with pytest.raises(KDError, match="needs data.unlabeled.path"):
+        load_config(None, ["data.unlabeled.source=npz"])
+    np.savez(tmp_path / "five.npz", **{**arrays, "train_images": rng.integers(0, 256, (30, 20, 20, 5), np.uint8)})
+    with pytest.raises(KDError, match="train_images has 5 channels"):
+        build_data(load_config(None, ["data.source=npz", f"data.path={tmp_path / 'five.npz'}"]).data, seed=0)
+    np.savez(tmp_path / "float.npz", **{**arrays, "val_labels": np.zeros(8, np.float32)})
+    with pytest.raises(KDError, match="val_labels has dtype float32; expected whole numbers"):
+        build_data(load_config(None, ["data.source=npz", f"data.path={tmp_path / 'float.npz'}"]).data, seed=0)

@@ -120,6 +120,31 @@ def test_relations_distance_term_matches_hand_computation():
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("batch", [32, 64])
+def test_relations_distance_term_at_real_batch_sizes_is_rkds(batch):
+    """Above 25 rows torch.cdist takes a matrix-product shortcut that leaves positive values on
+    the diagonal; RKD's mean is over distinct pairs and its diagonal is zero. Checked against the
+    formula in float64 at the batch sizes presets train with, and on identical relations (0)."""
+    g = torch.Generator().manual_seed(batch)
+    s, t = torch.randn(batch, 24, generator=g) * 5 + 3, torch.randn(batch, 24, generator=g) * 0.3 - 1
+    got = STYLES["relations"].loss(s, t, RelationsOptions(distance_weight=1.0, angle_weight=0.0))
+
+    def normalised(e):
+        d = torch.sqrt(((e.double()[:, None] - e.double()[None]) ** 2).sum(-1))
+        return d / d[~torch.eye(len(e), dtype=torch.bool)].mean()
+
+    expected = torch.nn.functional.smooth_l1_loss(normalised(t), normalised(s))
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    from kdstyles.styles.relations import distance_matrix
+
+    assert (distance_matrix(s).diagonal() == 0).all()
+    same = STYLES["relations"].loss(s, s * 0.5, RelationsOptions())
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    learner = t.clone().requires_grad_()
+    STYLES["relations"].loss(s, learner, RelationsOptions()).backward()
+    assert torch.isfinite(learner.grad).all()
+
+
 def test_relations_angle_term_on_three_samples():
     s = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])  # right angle at sample 0
     t = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])  # 45 degrees at sample 0
@@ -259,3 +284,42 @@ def test_logit_standardization_z_scores_each_sample_before_the_softmax():
     assert STYLES["predictions"].loss(src, 3 * src + 7, PredictionsOptions()).item() > 0.1
     for name in ("dkd", "dist", "self"):  # an option of every logit style
         assert "standardize" in STYLES[name].Options.model_fields
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_mlkd_matches_a_hand_computation_of_its_three_levels(standardize):
+    """Instance (KL x T²), batch (B x B Gram, / B) and class (K x K, / K) levels at each
+    temperature, averaged over the temperatures, computed here in plain Python."""
+    from kdstyles.styles.mlkd import MLKDOptions
+
+    g = torch.Generator().manual_seed(3)
+    src, dst = torch.randn(5, 4, generator=g) * 2, torch.randn(5, 4, generator=g)
+    opts = MLKDOptions(temperatures=[1.0, 3.0], instance_weight=0.5, batch_weight=2.0, class_weight=1.5,
+                       standardize=standardize)
+    got = STYLES["mlkd"].loss(src, dst, opts)
+
+    def probs(z, t):
+        rows = []
+        for row in z.tolist():
+            if standardize:
+                m = sum(row) / len(row)
+                sd = math.sqrt(sum((v - m) ** 2 for v in row) / (len(row) - 1))
+                row = [(v - m) / (sd + 1e-7) for v in row]
+            e = [math.exp(v / t) for v in row]
+            rows.append([v / sum(e) for v in e])
+        return rows
+
+    total = 0.0
+    for t in opts.temperatures:
+        ps, pd = probs(src, t), probs(dst, t)
+        b, k = len(ps), len(ps[0])
+        inst = sum(sum(a * math.log(a / c) for a, c in zip(rs, rd)) for rs, rd in zip(ps, pd)) / b * t * t
+        gram = sum((sum(ps[i][c] * ps[j][c] for c in range(k)) - sum(pd[i][c] * pd[j][c] for c in range(k))) ** 2
+                   for i in range(b) for j in range(b)) / b
+        cls = sum((sum(ps[n][i] * ps[n][j] for n in range(b)) - sum(pd[n][i] * pd[n][j] for n in range(b))) ** 2
+                  for i in range(k) for j in range(k)) / k
+        total += 0.5 * inst + 2.0 * gram + 1.5 * cls
+    assert got.item() == pytest.approx(total / 2, rel=1e-5)
+    assert STYLES["mlkd"].loss(src, src.clone(), opts).item() == pytest.approx(0.0, abs=1e-6)
+    dense = STYLES["mlkd"].loss(src.T.reshape(1, 4, 5, 1), dst.T.reshape(1, 4, 5, 1), opts)  # pixels as rows
+    assert torch.isfinite(dense) and dense.item() > 0

@@ -23,17 +23,52 @@ import torch.nn as nn
 
 from . import __version__, checkpoints, distributed
 from .cohort import Cohort, build_cohort, pinned_taps
-from .config import (ExperimentConfig, build_config, check_resumable, config_changes, dump_config,
-                     load_config)
+from .config import (MOVABLE, RESUMABLE, ExperimentConfig, build_config, check_resumable, config_changes,
+                     dump_config, load_config, yaml_value)
 from .data import DataBundle, build_data
 from .dims import dims
 from .engine import Callback, Trainer, pick_device, resolve_workers
-from .errors import KDError
+from .errors import KDError, one_line
 from .inputs import Inputs
 from .evaluate import ENSEMBLE, one_by_one, predict_probs, score, score_volumes
 from .models.zoo import count_parameters
 from .routing import T
+from .styles import learner_parts
 from .runfolder import RunFolder, now
+
+
+# What run.json recorded before it kept the whole config: the keys it names, as the config reads them.
+RECORDED = {"task": lambda c: c.task, "preset": lambda c: c.routing.label,
+            "image_size": lambda c: c.data.image_size, "channels": lambda c: c.data.channels,
+            "spatial_dims": lambda c: c.data.dims}
+
+
+def check_edited(folder: RunFolder, cfg: ExperimentConfig) -> None:
+    """A run folder's config.yaml against what run.json recorded when the run was created (and
+    after each resume): a key that may not change on resume (the task, the data's shape, the
+    routing, the networks...) and was edited by hand is one line, before anything is touched.
+    Paths (data, the teacher's checkpoint) may move; a changed file set is caught by splits.csv."""
+    info = folder.info()
+    recorded = info.get("config")
+    if isinstance(recorded, dict):
+        try:
+            before = build_config(recorded)
+        except KDError:
+            return  # written by another version of kdstyles: nothing to hold it against
+        for key, (was, edited) in config_changes(before, cfg).items():
+            if key.startswith(RESUMABLE) or key in MOVABLE or key.endswith(".pretrained") and isinstance(was, str):
+                continue
+            raise KDError(f"'{folder.config_path}' was edited: {key} is {yaml_value(edited)} there, but the run was "
+                          f"created with {yaml_value(was)} ({folder.info_path.name}); restore it (a resume may change "
+                          f"only {', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE)}, with --set)")
+        return
+    for key, read in RECORDED.items():  # an older run.json: the keys it names
+        was, edited = info.get(key), read(cfg)
+        if key in ("image_size", "channels") and edited is None:
+            continue  # left to the source's default, which run.json resolved
+        if was is not None and edited is not None and was != edited:
+            raise KDError(f"'{folder.config_path}' was edited: {key} is {yaml_value(edited)} there, but the run was "
+                          f"created with {yaml_value(was)} ({folder.info_path.name}); restore it")
 
 
 def _as_config(config: ExperimentConfig | str | Path | dict | None, overrides: list[str]) -> ExperimentConfig:
@@ -73,8 +108,15 @@ class Experiment:
                  networks: dict[str, nn.Module] | None = None, quiet: bool = False) -> "Experiment":
         """Reopen a run folder with the config saved in it (optionally with overrides)."""
         folder = RunFolder(run_dir).require()
+        if not folder.info_path.is_file():
+            raise KDError(f"'{folder.path}' is not a whole run folder: {folder.info_path.name} is missing (it records "
+                          "the run's shapes and status); restore it, or train again in a new folder")
         raw = folder.read_config()
-        saved = build_config(raw)
+        try:
+            saved = build_config(raw)
+        except KDError as exc:
+            raise KDError(f"{folder.config_path}: {exc}") from None
+        check_edited(folder, saved)
         cfg = build_config(raw, overrides) if overrides else saved
         exp = cls(cfg, networks=networks, run_dir=folder.path, quiet=quiet)
         exp.changes = config_changes(saved, cfg)
@@ -86,9 +128,11 @@ class Experiment:
         quiet silences progress, not what was found."""
         from rich.console import Console
 
+        from rich.markup import escape
+
         console = Console(stderr=True)
         for kind, line in self._warnings:
-            console.print(f"[yellow]{kind}:[/yellow] {line}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]{kind}:[/yellow] {escape(one_line(line))}", highlight=False, soft_wrap=True)
         self._warnings = []
 
     # ------------------------------------------------------------------ parts
@@ -196,6 +240,7 @@ class Experiment:
             "created": now(), "task": self.cfg.task,
             "preset": self.cfg.routing.label, "edges": [str(e) for e in c.edges],
             "adapters": sorted(c.adapters), "taps": pinned_taps(c), "parameters": params,
+            "reused_heads": {n: parts for n, net in c.networks.items() if (parts := learner_parts(net))} or None,
             "class_names": self.data.class_names, **self.data.inputs.record(),
             "train_counts": self.data.report.counts.get("train"), "train_images": len(self.data.splits["train"]),
             "unlabeled": None if self.data.unlabeled is None else {
@@ -203,6 +248,7 @@ class Experiment:
                 "about": self.data.unlabeled_about,
                 "batch_size": self.cfg.data.unlabeled_batch},
             "mix": self.cfg.data.mix.model_dump() if self.cfg.data.mix.on else None,
+            "config": self.cfg.model_dump(mode="json"),  # what config.yaml must keep (Experiment.from_run checks)
             "status": "created",
         }
         self.folder.write_info(info)
@@ -240,6 +286,10 @@ class Experiment:
         trainer = Trainer(self.cfg, cohort, self.data, self.run_dir, quiet=self.quiet, callbacks=callbacks)
         if resume:
             trainer.load_last()
+            if self.changes.get("train.qat") == (False, True) and trainer.state.epoch >= self.cfg.train.epochs:
+                raise KDError(f"--set train.qat=true: the run has done all its {trainer.state.epoch} epochs, so no "
+                              "epoch would learn the rounding; add --set train.epochs=N with N above "
+                              f"{trainer.state.epoch} (a few more epochs are usually enough)")
         self.show_warnings()
         with self.folder.lock() if main else nullcontext():
             if main:
@@ -252,9 +302,10 @@ class Experiment:
                         checkpoints.save({"network": T, "epoch": 0, "state_dict": cohort.networks[T].state_dict()},
                                          self.folder.best(T))
                 else:
+                    self.folder.record_resume(trainer.state.epoch, trainer.state.step, self.changes,
+                                              self.cfg.model_dump(mode="json"))
                     if self.changes:
                         self.folder.write_config(dump_config(self.cfg))
-                    self.folder.record_resume(trainer.state.epoch, trainer.state.step, self.changes)
             if resume and self.changes:
                 trainer.apply_changes(self.changes)
             state = trainer.fit(resume=resume)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -11,10 +12,11 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .dims import dims
-from .errors import Interrupted, KDError
+from .errors import Interrupted, KDError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train a teacher and compact students together, each in its own learning style.")
@@ -252,7 +254,8 @@ def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folde
 def _print_problems(problems) -> None:
     for p in problems:
         colour = "red" if p.level == "error" else "yellow"
-        console.print(f"[{colour}]{p.level}:[/{colour}] {p.message}", highlight=False, soft_wrap=True)
+        console.print(f"[{colour}]{p.level}:[/{colour}] {escape(one_line(p.message))}", highlight=False,
+                      soft_wrap=True)
     if not problems:
         console.print("[green]no problems found")
 
@@ -264,7 +267,7 @@ COMPARE_PRESETS = ("student", "kd", "fitnet", "dml", "kdml", "diverse", "diverse
 def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML (default: the demo experiment)"),
             presets_: Optional[str] = typer.Option(
                 None, "--presets", help="comma-separated presets; 'custom' = the config's own routing (default: "
-                                        f"{','.join(COMPARE_PRESETS)}; with --ablate: student)"),
+                                        f"{','.join(COMPARE_PRESETS)}; with --ablate or --recipes: student)"),
             seeds: int = typer.Option(3, help="seeds per preset (train.seed, +1, +2, ...)"),
             out: Optional[Path] = typer.Option(None, help="comparison folder (default: runs/compare-<name>)"),
             jobs: int = typer.Option(1, min=1, help="runs at a time, in separate processes"),
@@ -276,6 +279,9 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
                                             "(networks.teacher.* keys reach every run); repeatable"),
             ablate: bool = typer.Option(False, help="the config's routing without each edge in turn, and its "
                                                     "teacher / peer edges alone: which edge helps"),
+            recipes: Optional[Path] = typer.Option(None, "--recipes", help="a YAML file of recipes, each a preset "
+                                                   "and the config keys it sets (name: {preset: kd, set: {KEY: "
+                                                   "VALUE}}), compared beside --presets"),
             launcher: Optional[str] = LauncherOpt, slurm_partition: Optional[str] = PartitionOpt,
             slurm_time: Optional[int] = TimeOpt, gpus_per_run: Optional[int] = GpusOpt,
             cpus_per_run: Optional[int] = CpusOpt, mem: Optional[str] = MemOpt,
@@ -291,7 +297,7 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
 
     from .launch import from_options
 
-    default = "student" if ablate else ",".join(COMPARE_PRESETS)
+    default = "student" if ablate or recipes else ",".join(COMPARE_PRESETS)
     names = [p.strip() for p in (presets_ or default).split(",") if p.strip()]
     cfg = base_config(config, set_ or [], names, ablate)
     launch = from_options(cfg.launcher, launcher, partition=slurm_partition, time_min=slurm_time,
@@ -302,7 +308,8 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
         raise KDError(f"--checkpoint '{checkpoint}' is not known; allowed: best, last")
     summary = run_compare(str(config) if config else None, names, seeds, folder, set_ or [], jobs=jobs,
                           checkpoint=checkpoint, quiet=quiet, echo=lambda line: console.print(line, highlight=False),
-                          teacher=teacher, teacher_overrides=teacher_set or [], ablate=ablate, launch=launch)
+                          teacher=teacher, teacher_overrides=teacher_set or [], ablate=ablate, launch=launch,
+                          recipes=recipes)
     if summary["rows"]:
         study = load_study(folder, load_rows(folder))
         console.print(markdown(study.rows, study), highlight=False, soft_wrap=True)
@@ -395,11 +402,13 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
            checkpoint: str = typer.Option("best", help="best or last"),
            quantize: Optional[str] = typer.Option(None, help="int8 (static, calibrated) or fp16: also write a "
                                                             "quantized model, verified on the test split"),
-           calibration: int = typer.Option(256, help="int8: training images to calibrate on (drawn with the run's "
-                                                     "seed)"),
-           calibration_method: str = typer.Option("minmax", help="int8: minmax, entropy or percentile"),
-           max_drop: float = typer.Option(1.0, help="points of the headline test metric the quantized model may "
-                                                    "lose; more: exit 1, the file kept as NAME.int8.rejected.onnx")
+           calibration: Optional[int] = typer.Option(None, help="int8: training images to calibrate on (drawn with "
+                                                               "the run's seed; default 256)"),
+           calibration_method: Optional[str] = typer.Option(None, help="int8: minmax (default), entropy or "
+                                                                       "percentile"),
+           max_drop: Optional[float] = typer.Option(None, help="points of the headline test metric the quantized "
+                                                               "model may lose (default 1); more: exit 1, the file "
+                                                               "kept as NAME.int8.rejected.onnx")
            ) -> None:
     """Export a network as a self-contained model + JSON sidecar + Markdown model card."""
     from .export import export_run
@@ -413,7 +422,7 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
     except TooLossy as exc:
         side = exc.sidecar
         _print_quantized(side["quantized"], (Path(out) if out else RunFolder(run_dir).export_dir))
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         raise typer.Exit(1) from None
     model = Path(out) if out else RunFolder(run_dir).export_dir / side["file"]
     v = side["verification"]
@@ -450,13 +459,18 @@ def predict(model: Path = typer.Argument(..., help="an exported .onnx / TorchScr
             batch_size: int = typer.Option(32, min=1),
             skip_unreadable: bool = typer.Option(False, "--skip-unreadable",
                                                  help="predict the readable inputs and list the others (with "
-                                                      "the reason) in OUT/skipped.csv, instead of stopping")) -> None:
+                                                      "the reason) in OUT/skipped.csv, instead of stopping"),
+            allow_rejected: bool = typer.Option(False, "--allow-rejected",
+                                                help="use a quantized model that export rejected (it lost more "
+                                                     "than --max-drop); refused without it")) -> None:
     """Predict for new images (or NIfTI/NRRD volumes for a 3D model); writes OUT/predictions.csv
     (classes, masks under OUT/masks/, or boxes, as the task does)."""
     from .predict import SKIPPED
     from .predict import predict as run_predict
 
-    path = run_predict(model, inputs, out, network, batch_size, skip_unreadable=skip_unreadable)
+    path = run_predict(model, inputs, out, network, batch_size, skip_unreadable=skip_unreadable,
+                       allow_rejected=allow_rejected,
+                       say=lambda m: print(f"warning: {one_line(m)}", file=sys.stderr))
     console.print(f"predictions: {path}", highlight=False)
     if (out / SKIPPED).is_file():
         skipped = len((out / SKIPPED).read_text(encoding="utf-8").splitlines()) - 1
@@ -520,6 +534,10 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="comparison folder for
     console.print(f"runs and report: {out} ({render(out, study)})", highlight=False)
 
 
+PATH_ERRORS = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+               errno.ELOOP, errno.ENOSPC, errno.EEXIST}
+
+
 def main() -> None:
     """The ``kdstyles`` command. Every error a user can cause ends in one ``error:`` line on
     stderr and exit status 2, whoever finds it: kdstyles (KDError) or the option parser (an
@@ -537,15 +555,20 @@ def main() -> None:
             raise SystemExit(2) from None
         message = " ".join((exc.format_message() if hasattr(exc, "format_message") else str(exc)).split())
         where = f" ('{ctx.command_path} --help' lists what is allowed)" if ctx is not None else ""
-        print(f"error: {message}{where}", file=sys.stderr)
+        print(f"error: {one_line(message + where)}", file=sys.stderr)
         raise SystemExit(2) from None
     except typer.Abort:
         raise SystemExit(1) from None
     except Interrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
+        print(f"interrupted: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(128 + exc.signum) from None
     except KDError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:  # a path no check foresaw (a name too long, a folder not writable): one line
+        if exc.errno not in PATH_ERRORS or exc.filename is None:
+            raise
+        print(f"error: '{one_line(exc.filename, 200)}': {exc.strerror}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

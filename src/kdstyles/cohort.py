@@ -99,6 +99,9 @@ class Cohort(nn.Module):
                  pinned: list[list[str | None]] | None = None):
         super().__init__()
         self.task = task
+        for i, e in enumerate(edges):  # styles that change the learner (simkd: the teacher's head) do it first
+            if STYLES[e.style].reshapes_learner:
+                STYLES[e.style].prepare(networks[e.src], networks[e.dst], e.options, sample, f"edge {e}")
         self.networks = nn.ModuleDict(networks)
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.edges = edges
@@ -113,6 +116,13 @@ class Cohort(nn.Module):
                 self.shadows[self.module_key(i)] = copy.deepcopy(networks[e.dst]).requires_grad_(False).eval()
         self.adapters = nn.ModuleDict()
         self.warnings: list[str] = []  # shown by `kdstyles check` and when training starts
+        if task.num_classes == 2:
+            for e in edges:
+                if getattr(e.options, "standardize", False):
+                    self.warnings.append(
+                        f"edge {e}: standardize with two classes maps every sample's logits to the same two values "
+                        "(+-0.71 before the temperature), so the soft target keeps only which class wins, at one fixed "
+                        "confidence; set standardize: false for two-class outputs")
         self.map_shapes: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # per tapping edge: (src, dst)
         self._probing = False
         self.cache: OutputCache | None = None

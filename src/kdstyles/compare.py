@@ -84,6 +84,44 @@ def preset_variants(presets: list[str], base, beside_edges: bool = False) -> lis
     return out
 
 
+def recipe_variants(path: str | Path, base) -> list[Variant]:
+    """Recipes from a YAML file: each a name, a routing preset (or ``custom``, the config's own
+    routing) and the config keys it sets, e.g.
+
+        kd-unlabelled: {preset: kd, set: {data.unlabeled: {source: npz, path: pool.npz}}}
+        all-labels: {preset: student, set: {data.path: teacher.npz}}
+
+    so one comparison can hold recipes that differ in more than their edges (images without
+    labels, mixing, epochs, a style's options), each against the same students trained alone."""
+    from .config import override, read_yaml
+
+    raw = read_yaml(path)
+    if not raw:
+        raise KDError(f"--recipes '{path}': lists no recipe; give name: {{preset: kd, set: {{KEY: VALUE}}}}")
+    out = []
+    for name, recipe in raw.items():
+        where = f"--recipes '{path}': recipe '{name}'"
+        if not isinstance(name, str) or not name or name.startswith(".") or \
+                not all(c.isalnum() or c in "-_." for c in name):
+            raise KDError(f"--recipes '{path}': recipe name {name!r} must be a plain name (letters, digits, -, _)")
+        recipe = {"preset": recipe} if isinstance(recipe, str) else recipe
+        if not isinstance(recipe, dict) or set(recipe) - {"preset", "set", "note"}:
+            extra = sorted(set(recipe) - {"preset", "set", "note"}) if isinstance(recipe, dict) else []
+            raise KDError(f"{where}: " + (f"unknown key '{extra[0]}'; " if extra else "") +
+                          "allowed: preset (a routing preset or custom), set (config keys), note")
+        preset = recipe.get("preset", CUSTOM)
+        keys = recipe.get("set") or {}
+        if not isinstance(keys, dict) or not all(isinstance(k, str) for k in keys):
+            raise KDError(f"{where}: set must map config keys to values, e.g. {{train.epochs: 32}}")
+        try:
+            routed = preset_variants([preset], base, beside_edges=True)[0]
+        except KDError as exc:
+            raise KDError(f"{where}: {str(exc).removeprefix('--presets: ')}") from None
+        out.append(Variant(name, (*routed.overrides, *(override(k, v) for k, v in keys.items())),
+                           str(recipe.get("note") or "")))
+    return out
+
+
 def ablation_variants(base) -> tuple[list[Variant], dict[str, Any]]:
     """The config's routing, each variant without one of its edges, its teacher edges only and
     its peer edges only (where those differ from the rest); plus what each variant removed."""
@@ -136,7 +174,8 @@ def base_config(config: str | Path | None, overrides: list[str], presets: list[s
 
 def plan(config: str | None, presets: list[str], seeds: int, out: Path, overrides: list[str],
          checkpoint: str = "best", teacher: str = "online", teacher_overrides: list[str] | None = None,
-         ablate: bool = False) -> tuple[list[RunSpec], list[RunSpec], dict[str, Any]]:
+         ablate: bool = False, recipes: str | Path | None = None
+         ) -> tuple[list[RunSpec], list[RunSpec], dict[str, Any]]:
     """The runs of a comparison: the shared teachers' (one per seed; none when ``teacher`` is
     online) and every variant x seed; plus what the manifest records about them. Every run's
     config is checked before the first run starts."""
@@ -156,7 +195,13 @@ def plan(config: str | None, presets: list[str], seeds: int, out: Path, override
         info["target"] = info["ablation"]["full"]
     else:
         variants = preset_variants(presets, base)
-        info["target"] = next((p for p in (DEFAULT_PRESET, *presets) if p in presets and p != "student"), presets[0])
+        if recipes is not None:
+            variants += recipe_variants(recipes, base)
+        names = [v.name for v in variants]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            raise KDError(f"--presets / --recipes: '{twice}' is named twice; every preset and recipe needs its own name")
+        info["target"] = next((p for p in (DEFAULT_PRESET, *names) if p in names and p != "student"), names[0])
     info["notes"] = {v.name: v.note for v in variants if v.note}
     raw = read_yaml(config) if config is not None else {}
     teachers, specs = [], []
@@ -194,9 +239,9 @@ def shared_teacher(config, base, seed: int, out: Path, name: str, overrides: lis
     except KDError as exc:
         raise (KDError(f"{option}: {exc}".replace("--set ", "", 1)) if option else exc) from None
     same_net = tuple(o for o in teacher_overrides if o.startswith("networks.teacher."))  # the same network to load
-    # a cached teacher sees one fixed view of each image: only where views are fixed, and never beside
-    # unlabelled images, whose whole point is the teacher's answer on each step's exact view
-    cache = base.data.fixed_views and base.data.unlabeled is None
+    # a cached teacher answers for a fixed set of views of each image: only where views are fixed (one, or
+    # data.views of them), never where each step's view is new (unlabelled images need its exact answer)
+    cache = base.data.fixed_views and (base.data.unlabeled is None or base.data.views is not None)
     shared = (*same_net, "networks.teacher.mode=offline", f"networks.teacher.checkpoint={out / name}",
               f"networks.teacher.cache={str(cache).lower()}")
     return RunSpec(SHARED_TEACHER, seed, str(out / name), config, ov, checkpoint, cfg), shared
@@ -334,7 +379,8 @@ def write_results(rows: list[dict[str, Any]], path: Path) -> None:
 
 def compare(config: str | None, presets: list[str], seeds: int, out: str | Path, overrides: list[str] | None = None,
             jobs: int = 1, checkpoint: str = "best", quiet: bool = False, echo=print, teacher: str = "online",
-            teacher_overrides: list[str] | None = None, ablate: bool = False, launch: Any = None) -> dict[str, Any]:
+            teacher_overrides: list[str] | None = None, ablate: bool = False, launch: Any = None,
+            recipes: str | Path | None = None) -> dict[str, Any]:
     """Plan, run (resuming), gather results.csv, and render the report. Returns a summary.
 
     ``teacher='shared'``: per seed one teacher is trained first (``teacher_overrides`` give it
@@ -346,12 +392,13 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
     out = Path(out)
     overrides = list(overrides or [])
     if launch is not None:
-        launch.check()  # before anything is planned, written or submitted
+        launch.check(ComparisonFolder(out).jobs_dir)  # before anything is planned, written or submitted
     teachers, specs, info = plan(config, presets, seeds, out, overrides, checkpoint, teacher, teacher_overrides,
-                                 ablate)
+                                 ablate, recipes)
     folder = ComparisonFolder(out)
     with folder.lock():
-        manifest = {"config": config, "presets": presets, "seeds": seeds, "overrides": overrides,
+        manifest = {"config": config, "presets": presets, "recipes": str(recipes) if recipes else None,
+                    "seeds": seeds, "overrides": overrides,
                     "checkpoint": checkpoint, **info,
                     "runs": [spec.record() for spec in specs]}
         folder.write_manifest(manifest)

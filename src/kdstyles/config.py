@@ -18,8 +18,10 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from . import sbatch
 from .data.sources import SOURCES
 from .errors import KDError
+from .fileio import NAME_MAX, check_path_text
 from .metrics import METRICS
 from .routing import Edge, RoutingConfig, check_style_options, resolve_edges
 from .tasks import DEFAULT_TASK, TASKS
@@ -28,7 +30,7 @@ SELECTION_METRICS = ("auto", *(m.name for m in METRICS.values() if m.selectable)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AugmentConfig(Strict):
@@ -51,7 +53,10 @@ class AugmentConfig(Strict):
 
 
 def _home(v: str | None) -> str | None:
-    """A path as a shell would read it: ``~/data`` is the home folder's ``data``."""
+    """A path as a shell would read it: ``~/data`` is the home folder's ``data``; refused in one
+    line where no file system could hold it (a NUL, a name longer than NAME_MAX bytes)."""
+    if isinstance(v, str):
+        check_path_text(v)
     return os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
 
 
@@ -59,6 +64,10 @@ def _folder_name(v: str | None) -> str | None:
     """A name that becomes a folder inside output.dir: one folder, not a path."""
     if v is not None and (v.strip() in (".", "..") or "/" in v or "\\" in v or "\0" in v):
         raise ValueError("a folder name, not a path, goes here (where runs go is output.dir)")
+    if v is not None and (not v.strip() or any(not c.isprintable() for c in v)):
+        raise ValueError("a folder name needs printable characters (no line breaks or tabs), e.g. demo")
+    if v is not None and len(v.encode()) > NAME_MAX:
+        raise ValueError(f"{len(v.encode())} bytes; a folder name holds at most {NAME_MAX} (the file system's limit)")
     return v
 
 
@@ -85,7 +94,7 @@ class MixConfig(Strict):
         return [k for k in ("mixup", "cutmix") if getattr(self, k) > 0] if self.prob > 0 else []
 
 
-UNLABELED_SOURCES = ("synthetic", "folder", "csv", "medmnist")
+UNLABELED_SOURCES = ("synthetic", "folder", "csv", "medmnist", "npz")
 
 
 class UnlabeledConfig(Strict):
@@ -102,16 +111,18 @@ class UnlabeledConfig(Strict):
                                                             "most this many (a seeded draw)")
     root: Optional[str] = Field(None, description="folder: the tree of image (or volume) files; medmnist: folder of "
                                                   "the npz files (default ~/.medmnist)")
-    path: Optional[str] = Field(None, description="csv: a CSV file with a path column (paths relative to it)")
+    path: Optional[str] = Field(None, description="csv: a CSV file with a path column (paths relative to it); npz: "
+                                                  "a file of arrays in MedMNIST's layout")
     flag: Optional[str] = Field(None, description="medmnist: pathmnist, dermamnist, ...")
     size: Literal[28, 64, 128, 224] = Field(28, description="medmnist: which file (image size) to read")
-    split: Literal["train", "val", "test"] = Field("train", description="medmnist: the split whose images are used")
+    split: Literal["train", "val", "test"] = Field("train", description="medmnist, npz: the split whose images are "
+                                                                      "used")
 
     _paths = field_validator("root", "path")(_home)
 
     @model_validator(mode="after")
     def _needs(self) -> "UnlabeledConfig":
-        needs = {"synthetic": "samples", "folder": "root", "csv": "path", "medmnist": "flag"}[self.source]
+        needs = {"synthetic": "samples", "folder": "root", "csv": "path", "medmnist": "flag", "npz": "path"}[self.source]
         if getattr(self, needs) is None:
             raise ValueError(f"source '{self.source}' needs data.unlabeled.{needs}")
         return self
@@ -129,7 +140,8 @@ class DataConfig(Strict):
         "synthetic", description="where labelled images come from (the data page lists each source and its format)")
     root: Optional[str] = Field(None, description="medmnist: folder of the npz files (default ~/.medmnist); "
                                                   "folder: the image tree")
-    path: Optional[str] = Field(None, description="csv: the CSV file (image paths relative to it)")
+    path: Optional[str] = Field(None, description="csv: the CSV file (image paths relative to it); npz: your arrays "
+                                                  "in MedMNIST's layout (train/val/test images and labels)")
     flag: Optional[str] = Field(None, description="medmnist: pathmnist, dermamnist, bloodmnist, ...")
     size: Literal[28, 64, 128, 224] = Field(28, description="medmnist: which file (image size) to read")
     classes: Optional[list[str]] = Field(None, description="folder/csv: the class list (default: sorted labels); "
@@ -189,8 +201,8 @@ class DataConfig(Strict):
     @field_validator("num_workers")
     @classmethod
     def _workers(cls, v: Union[int, str]) -> Union[int, str]:
-        if isinstance(v, int) and v < 0:
-            raise ValueError("must be auto or a number >= 0")
+        if isinstance(v, int) and not 0 <= v <= 64:
+            raise ValueError("must be auto or a number of worker processes from 0 to 64")
         return v
     persistent_workers: bool = Field(True, description="keep DataLoader workers alive between epochs (with "
                                      "forkserver or spawn, each start copies the in-memory set into every worker)")
@@ -203,10 +215,15 @@ class DataConfig(Strict):
     unlabeled: Optional[UnlabeledConfig] = Field(
         None, description="images without labels, used by every distillation edge (teacher and peer) beside the "
                           "labelled ones: {source: synthetic, samples: N}, {source: folder, root: DIR}, "
-                          "{source: csv, path: FILE}, {source: medmnist, flag: F, split: train}")
+                          "{source: csv, path: FILE}, {source: medmnist, flag: F, split: train}, "
+                          "{source: npz, path: FILE, split: train}")
     unlabeled_batch_size: Optional[int] = Field(None, ge=1, description="unlabelled images drawn with every "
                                                 "labelled batch; default: data.batch_size")
     mix: MixConfig = MixConfig()
+    views: Optional[int] = Field(None, ge=1, le=64, description="fixed augmented views per training image: epoch e "
+                                 "shows view e mod views (unlabelled images: each pass), so a frozen teacher's "
+                                 "outputs can be kept for every view (networks.teacher.cache) and its forward "
+                                 "skipped once each view was seen; null: a new view every epoch")
 
     @field_validator("spacing")
     @classmethod
@@ -276,9 +293,10 @@ class DataConfig(Strict):
 
     @property
     def fixed_views(self) -> bool:
-        """Whether every step shows a training image the same way (no random augmentation or
-        patches, no mixing): what keeping a frozen teacher's outputs per image needs."""
-        return not (self.random_items or self.mix.on)
+        """Whether a training image is only ever shown in a fixed set of views (one: no random
+        augmentation or patches; ``views`` of them), unmixed: what keeping a frozen teacher's
+        outputs per image and view needs."""
+        return not ((self.random_items and not self.views) or self.mix.on)
 
     @property
     def unlabeled_batch(self) -> int:
@@ -506,6 +524,21 @@ class LauncherConfig(Strict):
     account: Optional[str] = Field(None, description="slurm: the account to charge")
     extra: dict[str, str] = Field(default_factory=dict, description="slurm: more #SBATCH options, e.g. {qos: high}")
 
+    @field_validator("partition", "account")
+    @classmethod
+    def _slurm_names(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else sbatch.check_name(v)
+
+    @field_validator("mem")
+    @classmethod
+    def _slurm_mem(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else sbatch.check_mem(v)
+
+    @field_validator("extra")
+    @classmethod
+    def _slurm_extra(cls, v: dict[str, str]) -> dict[str, str]:
+        return dict(sbatch.check_extra(k, val) for k, val in v.items())
+
 
 class ExperimentConfig(Strict):
     name: str = Field("demo", description="the experiment's name: the first part of its run folders' names")
@@ -535,14 +568,23 @@ class ExperimentConfig(Strict):
         self._edges = resolve_edges(self.routing, list(self.networks.students), self.styles, self.loss,
                                     offline_teacher=self.networks.teacher.mode == "offline")
         TASKS[self.task].check_config(self)
+        if self.train.qat and self.routing.teacher_only:
+            raise KDError("train.qat: this run trains the teacher alone (preset teacher); quantization-aware "
+                          "epochs are for students, which deploy: set train.qat: false")
         t = self.networks.teacher
-        if t.cache and (t.mode != "offline" or self.data.random_items):
-            raise KDError("networks.teacher.cache: needs mode offline and no random augmentation "
-                          "(data.augment: hflip, vflip, rotate90 false and rotate, zoom, shift, shear, intensity 0) "
-                          "and no random patches (data.patch_size, decathlon)")
+        if t.cache and (t.mode != "offline" or (self.data.random_items and not self.data.views)):
+            raise KDError("networks.teacher.cache: needs mode offline, and either a fixed number of augmented views "
+                          "(data.views: K, e.g. 8) or no random augmentation (data.augment: hflip, vflip, rotate90 "
+                          "false and rotate, zoom, shift, shear, intensity 0) and no random patches (data.patch_size, "
+                          "decathlon)")
         if t.cache and self.data.mix.on:
             raise KDError("networks.teacher.cache: mixed views (data.mix) differ at every step, so the teacher's "
                           "outputs cannot be kept; set networks.teacher.cache: false")
+
+        run = self.run_name()
+        if len(run.encode()) > NAME_MAX:
+            raise KDError(f"output.name: the run folder's name '{run[:40]}...' is {len(run.encode())} bytes; a folder "
+                          f"name holds at most {NAME_MAX}: shorten name (or set output.name)")
         return self
 
     @property
@@ -615,7 +657,8 @@ def format_validation_error(err: ValidationError) -> str:
         msg = f"unknown key '{path}'{hint}; allowed here: {', '.join(allowed)}"
     else:
         given = first.get("input")
-        shown = "" if isinstance(given, (dict, list)) else " (got null)" if given is None else f" (got {given!r})"
+        shown = "" if isinstance(given, (dict, list)) else " (got null)" if given is None else \
+            f" (got {given!r})" if len(repr(given)) <= 80 else f" (got {repr(given)[:60]}... {len(repr(given)):,} characters)"
         if len(group) > 1 and all(_SHOULD.match(e["msg"]) for e in group):
             kinds = [_SHOULD.sub("", e["msg"]).split(",")[0].replace("integer", "whole number") for e in group]
             text = "should be " + " or ".join(k if k.startswith("'") else f"a {k}" for k in dict.fromkeys(kinds))
@@ -647,6 +690,8 @@ def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise KDError(f"--set '{pair}': the value is not valid YAML ({exc.problem})") from None
+        except RecursionError:
+            raise KDError(f"--set {key.strip()}: the value is nested too deeply to read") from None
         out.append((key.strip().split("."), value))
     return out
 
@@ -698,6 +743,10 @@ class _UniqueKeys(yaml.SafeLoader):
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    try:
+        check_path_text(str(path))
+    except ValueError as exc:
+        raise KDError(f"config file '{path}': {exc}") from None
     if path.is_dir():
         raise KDError(f"config file '{path}' is a folder; give an experiment .yaml file")
     if not path.is_file():
@@ -707,6 +756,9 @@ def read_yaml(path: str | Path) -> dict:
         raw = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a safe loader)
     except UnicodeDecodeError:
         raise KDError(f"config file '{path}' is not UTF-8 text (is it a YAML file?)") from None
+    except RecursionError:
+        raise KDError(f"config file '{path}': nested too deeply to read (sections inside sections more than a few "
+                      "hundred levels down); an experiment needs a handful") from None
     except OSError as exc:
         raise KDError(f"config file '{path}' cannot be read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
@@ -766,6 +818,12 @@ RESUMABLE = ("train.epochs", "train.early_stopping", "train.qat", "train.checkpo
              "optim.lr", "optim.weight_decay", "optim.momentum", "schedule.factor", "schedule.patience",
              "schedule.min_lr", "data.num_workers", "data.persistent_workers", "eval.", "output.tensorboard",
              "launcher.")
+
+
+# Keys that name where things are: a run's data or teacher may move to another folder (a changed
+# file set is refused by the run's splits.csv), so an edited config.yaml may change them.
+MOVABLE = ("data.root", "data.path", "data.unlabeled.root", "data.unlabeled.path", "networks.teacher.checkpoint",
+           "output.dir", "output.name")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

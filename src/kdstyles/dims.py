@@ -62,6 +62,20 @@ class Dims:
         return torch.channels_last_3d if self.volumes else torch.channels_last
 
     @property
+    def conv(self) -> type:
+        """The convolution layer of this many dimensions (MONAI's factory)."""
+        from monai.networks.layers.factories import Conv
+
+        return Conv[Conv.CONV, self.n]
+
+    @property
+    def batch_norm(self) -> type:
+        """The batch normalisation layer of this many dimensions (MONAI's factory)."""
+        from monai.networks.layers.factories import Norm
+
+        return Norm[Norm.BATCH, self.n]
+
+    @property
     def quarter_turn_axes(self) -> tuple[int, int]:
         """The (channel-less) axes a quarter turn rotates: the image plane, or a volume's slices."""
         return (1, 2) if self.volumes else (0, 1)

@@ -5,6 +5,16 @@ errors still raise normally.
 """
 
 
+MAX_LINE = 600  # characters of one printed error line (a message quoting a huge value is cut)
+
+
+def one_line(text: object, limit: int = MAX_LINE) -> str:
+    """A message as one printed line: line breaks and other control characters escaped (a file
+    name with a newline in it), at most ``limit`` characters (the rest counted, not printed)."""
+    s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return s if len(s) <= limit else f"{s[:limit]}... ({len(s) - limit:,} more characters)"
+
+
 class KDError(Exception):
     """A user-facing error: its message is one line naming the key/file and what is allowed."""
 

@@ -119,7 +119,7 @@ def _export_torchscript(model: nn.Module, sample: torch.Tensor, path: Path) -> f
 
 def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx", out: str | Path | None = None,
                checkpoint: str = "best", samples: int = 8, quantize: str | None = None,
-               calibration: int = CALIBRATION, calibration_method: str = "minmax", max_drop: float = MAX_DROP,
+               calibration: int | None = None, calibration_method: str | None = None, max_drop: float | None = None,
                say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export one network of a run (None: its first student); returns the sidecar (also
     written next to the model). The model card's metrics are the run's evaluation of that
@@ -135,6 +135,9 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     if fmt not in FORMATS:
         raise KDError(f"--format '{fmt}' is not known; allowed: {', '.join(FORMATS)}")
     check_options(quantize, calibration_method, calibration, max_drop, fmt)
+    calibration = CALIBRATION if calibration is None else calibration
+    calibration_method = calibration_method or "minmax"
+    max_drop = MAX_DROP if max_drop is None else max_drop
     run_dir = Path(run_dir)
     exp, model, info, network = open_run(run_dir, network, checkpoint)
     inputs = exp.inputs(info)

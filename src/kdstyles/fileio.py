@@ -28,6 +28,20 @@ ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
 TEMP_SUFFIX = ".tmp"
 
 
+NAME_MAX = 255  # bytes of one file or folder name on common file systems (ext4, XFS, APFS, NTFS)
+
+
+def check_path_text(v: str) -> None:
+    """A ValueError where a path cannot exist on any file system kdstyles runs on (a NUL, a name
+    longer than NAME_MAX bytes), said before anything tries to create or open it."""
+    if "\0" in v:
+        raise ValueError("a path cannot hold a NUL character")
+    long = next((part for part in v.replace("\\", "/").split("/") if len(part.encode()) > NAME_MAX), None)
+    if long is not None:
+        raise ValueError(f"the path's part '{long[:40]}...' is {len(long.encode())} bytes; a file or folder name "
+                         f"holds at most {NAME_MAX}")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

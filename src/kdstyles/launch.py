@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import sbatch
 from .config import LauncherConfig
 from .errors import KDError
 
@@ -48,8 +49,9 @@ class Launch:
     wait: bool = True
     poll_s: float = 30.0  # how often the states of waited-for jobs are asked
 
-    def check(self) -> None:
-        """One line naming the option and what is allowed, before anything is submitted."""
+    def check(self, folder: Path | None = None) -> None:
+        """One line naming the option and what is allowed, before anything is submitted or
+        written; ``folder``: where the jobs' scripts and logs will go."""
         if self.launcher not in LAUNCHERS:
             raise KDError(f"--launcher '{self.launcher}' is not known; allowed: {', '.join(LAUNCHERS)}")
         missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None] if self.launcher == "slurm" else []
@@ -63,6 +65,24 @@ class Launch:
         if self.gpus_per_run < 0 or self.cpus_per_run < 1:
             raise KDError(f"--gpus-per-run {self.gpus_per_run} / --cpus-per-run {self.cpus_per_run}: at least 0 "
                           "GPUs and 1 CPU")
+        checks = [("--slurm-partition", sbatch.check_name, self.partition), ("--mem", sbatch.check_mem, self.mem),
+                  ("--slurm-account", sbatch.check_name, self.account)]
+        for flag, check, value in checks:
+            try:
+                if value is not None:
+                    check(value)
+            except ValueError as exc:
+                raise KDError(f"{flag} {exc}" if str(exc).startswith("'") else f"{flag}: {exc}") from None
+        for key, value in self.extra.items():
+            try:
+                sbatch.check_extra(key, value)
+            except ValueError as exc:
+                raise KDError(f"--slurm-extra {exc}") from None
+        if folder is not None and self.launcher == "slurm":
+            try:
+                sbatch.check_path(str(Path(folder).resolve()))
+            except ValueError as exc:
+                raise KDError(f"--out {exc}") from None
         try:
             import submitit  # noqa: F401
         except ImportError:
@@ -101,8 +121,12 @@ def parse_extra(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise KDError(f"--slurm-extra '{pair}': give KEY=VALUE (e.g. qos=high, constraint=a100)")
-        out[key.strip().replace("-", "_")] = value.strip()
+            raise KDError(f"--slurm-extra '{sbatch.escaped(pair)}': give KEY=VALUE (e.g. qos=high, constraint=a100)")
+        try:
+            key, value = sbatch.check_extra(key, value)
+        except ValueError as exc:
+            raise KDError(f"--slurm-extra {exc}") from None
+        out[key] = value
     return out
 
 
@@ -136,6 +160,28 @@ class RunJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(RunJob(), *args, **kwargs)
+
+
+def submitted(submit: Callable[[], Any], launch: Launch) -> Any:
+    """``submit()``, with a submission the scheduler refuses (sbatch's error: an unknown
+    partition, account or option) turned into one line."""
+    import subprocess
+
+    try:
+        return submit()
+    except (subprocess.CalledProcessError, OSError) as exc:
+        said = getattr(exc, "output", None) or getattr(exc, "stderr", None) or b""
+        text = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or str(exc).splitlines()[0]
+        raise KDError(f"--launcher {launch.launcher}: the scheduler refused the job ({sbatch.escaped(line)[:200]}); "
+                      "check --slurm-partition, --slurm-account and --slurm-extra") from None
+    except Exception as exc:  # submitit's own FailedSubmissionError and kin carry sbatch's message
+        if type(exc).__module__.startswith("submitit"):
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise KDError(f"--launcher {launch.launcher}: the scheduler refused the job "
+                          f"({sbatch.escaped(first)[:200]}); check --slurm-partition, --slurm-account and "
+                          "--slurm-extra") from None
+        raise
 
 
 # ----------------------------------------------------------------------------- the comparison
@@ -175,7 +221,7 @@ def launch_comparison(teachers: list[Any], specs: list[Any], launch: Launch, cmp
         if after is not None and launch.launcher == "slurm":  # a teacher that fails cancels its dependents
             ex.update_parameters(dependency=f"afterok:{after}",
                                  additional_parameters={**launch.extra, "kill_on_invalid_dep": "yes"})
-        job = ex.submit(runner, spec, launch.threads(), launch.gpus_per_run)
+        job = submitted(lambda: ex.submit(runner, spec, launch.threads(), launch.gpus_per_run), launch)
         live[job.job_id] = job
         records[spec.run_dir] = {"job_id": job.job_id, "launcher": launch.launcher, "submitted": time.time(),
                                  "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
@@ -250,7 +296,7 @@ def tune_workers(launch: Launch, workers: int, folder: Path, work: Callable[[int
     ``launch.wait`` is off) and returns their results (their job ids when not waiting)."""
     folder.mkdir(parents=True, exist_ok=True)
     ex = launch.executor(folder, "kdstyles-tune")
-    jobs = ex.map_array(work, list(range(workers)))
+    jobs = submitted(lambda: ex.map_array(work, list(range(workers))), launch)
     if not launch.wait:
         return [j.job_id for j in jobs]
     out = []

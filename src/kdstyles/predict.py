@@ -102,8 +102,25 @@ def _check_model(run: Callable[[np.ndarray], np.ndarray], side: dict, model: Pat
         raise KDError(f"{exc} (the sidecar lists {len(side['class_names'])} class names); {again}") from None
 
 
-def load_predictor(model: str | Path, network: str | None = None, checkpoint: str = "best") -> Predictor:
-    """An exported .onnx or TorchScript .pt file (with its sidecar), or a run folder."""
+def rejected(side: dict, model: Path) -> str | None:
+    """Why a quantized model's sidecar says export rejected it (it lost more than --max-drop on
+    the test split), or None."""
+    q = side.get("quantization")
+    if not isinstance(q, dict) or q.get("accepted") is not False:
+        return None
+    try:
+        lost = f"lost {-float(q['change_points']):.2f} points of {q['metric']} on the test split (more than " \
+               f"--max-drop {float(q['max_drop_points']):g})"
+    except (KeyError, TypeError, ValueError):
+        lost = "lost more than --max-drop allowed on the test split"
+    return f"model '{model}' was rejected by kdstyles export: its {q.get('type', 'quantized')} weights {lost}"
+
+
+def load_predictor(model: str | Path, network: str | None = None, checkpoint: str = "best",
+                   allow_rejected: bool = False, say: Callable[[str], None] | None = None) -> Predictor:
+    """An exported .onnx or TorchScript .pt file (with its sidecar), or a run folder. A
+    quantized model that export rejected is refused unless ``allow_rejected`` (then ``say``
+    is told what it lost)."""
     model = Path(model)
     if model.is_dir():
         import torch
@@ -125,6 +142,11 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
     if model.suffix not in (".onnx", ".pt"):
         raise KDError(f"model '{model}': expected an .onnx or TorchScript .pt file, or a run folder")
     side = _sidecar(model)
+    why = rejected(side, model)
+    if why and not allow_rejected:
+        raise KDError(f"{why}; predict with the float model beside it, or add --allow-rejected to use it anyway")
+    if why and say is not None:
+        say(f"{why}; used anyway (--allow-rejected)")
     names, ch, size = side["class_names"], side["input"]["channels"], side["input"]["height"]
     declared = None  # the input shape an ONNX model declares
     if model.suffix == ".onnx":
@@ -204,7 +226,8 @@ def _suffix(path: Path) -> str:
 
 
 def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, network: str | None = None,
-            batch_size: int = 32, quiet: bool = False, skip_unreadable: bool = False) -> Path:
+            batch_size: int = 32, quiet: bool = False, skip_unreadable: bool = False, allow_rejected: bool = False,
+            say: Callable[[str], None] | None = None) -> Path:
     """``OUT/predictions.csv``, one row per image as the task writes it (classification: path,
     predicted class, its probability, one column per class; segmentation: path, the mask PNG
     written in ``OUT/masks/``, foreground fraction). An input that cannot be read stops
@@ -213,7 +236,13 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
     from .fileio import write_text
     from .progress import Steps
 
-    predictor = load_predictor(model, network)
+    from .fileio import check_path_text
+
+    try:
+        check_path_text(str(out_dir))
+    except ValueError as exc:
+        raise KDError(f"--out '{out_dir}': {exc}") from None
+    predictor = load_predictor(model, network, allow_rejected=allow_rejected, say=say)
     files = collect_inputs(inputs, volumes=predictor.volumes is not None)
     out_dir = Path(out_dir)
     task, names = predictor.task, predictor.class_names

@@ -42,10 +42,19 @@ class TooLossy(KDError):
         self.sidecar = sidecar
 
 
-def check_options(quantize: str | None, method: str, calibration: int, max_drop: float, fmt: str) -> None:
-    """One line naming the option and what is allowed, before anything is exported."""
+def check_options(quantize: str | None, method: str | None, calibration: int | None, max_drop: float | None,
+                  fmt: str) -> None:
+    """One line naming the option and what is allowed, before anything is exported (None: an
+    option not given, its default applies)."""
     if quantize is None:
+        given = next((flag for flag, v in (("--calibration", calibration), ("--calibration-method", method),
+                                           ("--max-drop", max_drop)) if v is not None), None)
+        if given:
+            raise KDError(f"{given} applies to a quantized export; add --quantize int8 (or leave {given} out)")
         return
+    method = method or METHODS[0]
+    calibration = CALIBRATION if calibration is None else calibration
+    max_drop = MAX_DROP if max_drop is None else max_drop
     if quantize not in QUANTIZE:
         raise KDError(f"--quantize '{quantize}' is not known; allowed: {', '.join(QUANTIZE)}")
     if fmt != "onnx":

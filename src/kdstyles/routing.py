@@ -24,7 +24,7 @@ from .styles import STYLES, StyleOptions
 
 TEACHER = T = "teacher"
 ENSEMBLE = "ensemble"  # the students' mean, evaluated like a network
-PREDICTIONS, FEATURES, DKD, DIST = "predictions", "features", "dkd", "dist"
+PREDICTIONS, FEATURES, DKD, DIST, SIMKD = "predictions", "features", "dkd", "dist", "simkd"
 S1, S2 = "s1", "s2"
 
 Triple = tuple[str, str, str]
@@ -89,6 +89,15 @@ PRESETS: dict[str, Preset] = {
     # on the embedded data, README "Students that reach their teacher").
     "diverse-dkd": Preset([(T, S1, DKD), (T, S2, FEATURES), (S1, S2, PREDICTIONS), (S2, S1, FEATURES)]),
     "diverse-dist": Preset([(T, S1, DIST), (T, S2, FEATURES), (S1, S2, PREDICTIONS), (S2, S1, FEATURES)]),
+    # Multi-level logit distillation (Jin et al. 2023): instance, batch and class levels at five temperatures
+    "mlkd": Preset([(T, S1, "mlkd"), (T, S2, "mlkd")]),
+    # The teacher's classifier reused (SimKD, Chen et al. 2022): each student's features projected into the
+    # teacher's and classified by its frozen head (an offline teacher) ...
+    "simkd": Preset([(T, S1, SIMKD), (T, S2, SIMKD)]),
+    # ... and the paper's diversified routing with it: s1 learns through the teacher's head, s2 from the
+    # teacher's predictions, and the two exchange predictions (s1's head is the teacher's classifier, so its
+    # predictions carry the teacher's class geometry to s2) and features.
+    "diverse-simkd": Preset([(T, S1, SIMKD), (T, S2, PREDICTIONS), (S1, S2, PREDICTIONS), (S2, S1, PREDICTIONS)]),
 }
 DEFAULT_PRESET = "diverse"
 
@@ -96,7 +105,7 @@ DEFAULT_PRESET = "diverse"
 class EdgeConfig(BaseModel):
     """One knowledge transfer in a config: ``src`` teaches ``dst`` in ``style``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     src: str = Field(description="the network that teaches: teacher or a student's name")
     dst: str = Field(description="the network that learns (src itself for a self edge)")
@@ -107,7 +116,7 @@ class EdgeConfig(BaseModel):
 
 
 class RoutingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     preset: Optional[Literal[tuple(PRESETS)]] = Field(  # type: ignore[valid-type]
         None, description="a named routing (the method page's table); default: diverse")
@@ -206,6 +215,13 @@ def resolve_edges(routing: RoutingConfig, students: list[str], styles: dict[str,
             raise KDError(f"{where}: {src} -> {dst} in style '{style}': {need}")
         if dst == T and offline_teacher:
             raise KDError(f"{where}: the offline teacher is frozen and cannot receive knowledge (dst: teacher)")
+        if style in STYLES and STYLES[style].frozen_source and not (src == T and offline_teacher):
+            raise KDError(f"{where}: style '{style}' reuses what a frozen network knows; its src must be an offline "
+                          "teacher (networks.teacher.mode: offline, with its checkpoint), not "
+                          f"{'an online teacher' if src == T else src}")
+        if style in STYLES and STYLES[style].reshapes_learner and any(
+                e.dst == dst and STYLES[e.style].reshapes_learner for e in edges):
+            raise KDError(f"{where}: {dst} already receives a '{style}' edge, which changes its head; one per network")
         merged = {**defaults, **styles.get(style, {}), **options}
         opts = check_style_options(style, merged, where if "edges" in where else f"styles.{style}")
         if weight is None:

@@ -160,10 +160,14 @@ class RunFolder:
         self.write_info(info)
         return info
 
-    def record_resume(self, epoch: int, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
+    def record_resume(self, epoch: int, step: int, changes: dict[str, tuple[Any, Any]],
+                      config: dict[str, Any] | None = None) -> None:
         """A resume joins run.json's ``resumes`` with how the run had ended (status, and where it
-        stopped or the error, which leave the top level: it describes the run as it goes on)."""
+        stopped or the error, which leave the top level: it describes the run as it goes on);
+        ``config``: the config it goes on with (what config.yaml must keep from now on)."""
         info = self.info()
+        if config is not None and "config" in info:
+            info["config"] = config
         resumes = info.get("resumes", [])
         ended = {"status": info.get("status"), **{k: info.pop(k) for k in ("stopped_at", "error") if k in info}}
         resumes.append({"at": now(), "after_epoch": epoch, "step": step, "ended": ended,
@@ -312,9 +316,23 @@ class ComparisonFolder:
         return self.path / "jobs"
 
     def jobs(self) -> dict[str, Any]:
-        """jobs.json: run folder -> its last job; {} when missing or damaged (nothing is then
-        known to be queued: unfinished runs are submitted again)."""
-        return _whole_json(self.jobs_path) or {}
+        """jobs.json: run folder -> its last job ({} before the first submission). Damaged, or
+        missing while jobs/ holds submitted jobs, it is one line: which runs are queued would be
+        unknown, and a second job for a run still queued would write into the same run folder."""
+        recover = (f"cancel this comparison's queued jobs (squeue --me --name 'kdstyles-*'; scancel) or let them end, "
+                   f"then delete '{self.jobs_path}' and run the command again")
+        if not self.jobs_path.is_file():
+            submitted = sorted(self.jobs_dir.glob("*_submitted.pkl")) if self.jobs_dir.is_dir() else []
+            if submitted:
+                raise KDError(f"'{self.jobs_path}' is missing, but {self.jobs_dir} holds {len(submitted)} submitted "
+                              f"job(s) whose state is then unknown; {recover}")
+            return {}
+        jobs = read_json(self.jobs_path, recover)
+        bad = next((k for k, v in jobs.items() if not (isinstance(v, dict) and isinstance(v.get("job_id"), str)
+                                                       and isinstance(v.get("launcher"), str))), None)
+        if bad is not None:
+            raise KDError(f"'{self.jobs_path}' is damaged (the record of '{bad}' has no job_id and launcher); {recover}")
+        return jobs
 
     def write_jobs(self, jobs: dict[str, Any]) -> None:
         write_json(self.jobs_path, jobs)

@@ -257,10 +257,16 @@ def _launch_workers(config, cfg, out: Path, overrides: list[str], storage: str |
         raise KDError(f"--storage '{storage}': SQLite over a shared file system corrupts under workers on several "
                       "nodes; give a database server (postgresql://... or mysql://...) or leave --storage out for "
                       "a journal file in the tune folder")
-    launch.check()
-    make_folder(out, "tune folder")
+    launch.check(out / WORKERS)
+    optuna = _optuna()
+    if storage is None:
+        make_folder(out, "tune folder")  # the journal lives in the tune folder
     storage = storage or str((out / JOURNAL).resolve())
     study_name = study_name or cfg.name
+    # the study is opened (created) here, before any worker starts or anything else is written: a
+    # storage that cannot be opened is one line, not a failure in every worker's log
+    _open_study(optuna, storage, study_name, cfg.tune.startup_trials, optuna.pruners.NopPruner())
+    make_folder(out, "tune folder")
     echo(f"{workers} worker(s) as {launch.launcher} jobs sharing {storage}")
     done = tune_workers(launch, workers, out / WORKERS, TuneWorker(config, str(out), tuple(overrides), storage,
                                                                      study_name, trials))
@@ -270,7 +276,6 @@ def _launch_workers(config, cfg, out: Path, overrides: list[str], storage: str |
     for result in done:
         if isinstance(result, dict) and "failed" in result:
             echo(f"a worker failed: {result['failed']} (logs: {result['logs']})")
-    optuna = _optuna()
     study = _open_study(optuna, storage, study_name, cfg.tune.startup_trials, optuna.pruners.NopPruner())
     summary = summarize(study, optuna)
     summary.update({"storage": storage, "study": study_name, "objective": cfg.tune.objective})

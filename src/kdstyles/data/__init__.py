@@ -133,7 +133,8 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
                               paths=v.paths, channels=channels, size=size, masks=v.masks, boxes=v.boxes,
                               **kind.box_moves(cfg.augment if s == "train" else None),
                               dims=cfg.dims, patch=patch, train=s == "train", positive=cfg.patch_positive,
-                              spacing=v.spacing, window_batch=cfg.batch_size, overlap=cfg.patch_overlap, kind=kind)
+                              spacing=v.spacing, window_batch=cfg.batch_size, overlap=cfg.patch_overlap, kind=kind,
+                              views=cfg.views if s == "train" else None)
               for s, v in stored.items()}
     bundle = DataBundle(splits, loaded.class_names, channels, patch or size, mean.tolist(), std.tolist(), report,
                         loaded.split_table, cfg.sampler, spatial_dims=cfg.dims)
@@ -146,7 +147,7 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
         views = build_augment(cfg.augment, patch or size, dims=cfg.dims)
         bundle.unlabeled = ImageDataset(np.zeros(len(found), np.int64), mean, std, views, _mix(seed, 0x55),
                                         found.images, found.paths, channels, size, dims=cfg.dims, patch=patch,
-                                        train=True, positive=0.0)
+                                        train=True, positive=0.0, views=cfg.views)
         bundle.unlabeled_about = found.description
     return bundle
 

@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..dims import dims as space
 from ..errors import KDError
 from ..imageio import array_digest, file_digest, read_image
 
@@ -256,6 +257,27 @@ def check_duplicates(digests: dict[str, list[str | None]], names: dict[str, list
         report.problems.append(Problem("error" if on_duplicates == "error" else "warning",
                                        f"duplicate images across splits (leakage): {b} is identical to {a}"
                                        f"{more}{hint}"))
+
+
+def memory_bytes() -> int | None:
+    """Memory this machine has (physical; None where it cannot be asked)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(key: str, items: int, side: int, dims: int, channels: int, copies: int = 2) -> None:
+    """Generated or decoded items are kept in memory (uint8, ``copies`` of them while they are
+    prepared): a count that cannot fit is one line naming ``key``, before anything is made."""
+    need = items * side ** dims * channels * copies
+    have = memory_bytes()
+    if have is not None and need > have // 2:
+        raise KDError(f"{key}: {items:,} {space(dims).unit} of {side} px a side would take about "
+                      f"{need / 2**30:,.1f} GiB in memory, and this machine has {have / 2**30:,.1f} GiB; use fewer "
+                      f"(at most about {max(1, have // 2 // (side ** dims * channels * copies)):,})")
 
 
 def digest_arrays(images: np.ndarray | list[np.ndarray]) -> list[str | None]:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import Dataset, Sampler
 
 from ..imageio import read_image
@@ -26,8 +25,8 @@ def _mix(*values: int) -> int:
 
 
 class ImageDataset(Dataset):
-    """Images + labels; items are ``(image, label, index)`` addressed by ``(epoch, index)``
-    (the augmentation seed). With ``masks`` (segmentation) the label is the (H, W) mask,
+    """Images + labels; items are ``(image, label, key)`` addressed by ``(epoch, index)``
+    (the augmentation seed; the key is the index, or with ``views`` the index in its view). With ``masks`` (segmentation) the label is the (H, W) mask,
     augmented together with the image; ``labels`` then says whether an image has foreground.
     With ``boxes`` (detection) the label is a (M, 2d + 1) tensor of boxes padded with class -1
     (M: the split's most boxes in one image), moved with the image (``box_affine``,
@@ -46,7 +45,7 @@ class ImageDataset(Dataset):
                  box_affine: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0), dims: int = 2,
                  patch: int | None = None, train: bool = False, positive: float = 0.5,
                  spacing: list | None = None, window_batch: int = 4, overlap: float = 0.25,
-                 kind: Labels = CLASS_INDEX):
+                 kind: Labels = CLASS_INDEX, views: int | None = None):
         self.labels, self.images, self.paths, self.masks = labels, images, paths, masks
         self.kind = kind  # what its labels are (kdstyles.data.labels): how an image's target is made
         self.boxes, self.box_flips, self.box_affine = boxes, box_flips, box_affine
@@ -56,10 +55,7 @@ class ImageDataset(Dataset):
         self.max_boxes = max([len(b) for b in boxes] + [1]) if boxes is not None else 0
         self.mean, self.std = mean.view(-1, *(1,) * dims), std.view(-1, *(1,) * dims)
         self.augment, self.seed, self.channels, self.size = augment, seed, channels, size
-        # One random stream shared by the transforms, reseeded per item (one seeding, not one per transform).
-        self._random = np.random.RandomState()
-        for t in getattr(augment, "transforms", ()):
-            t.set_random_state(state=self._random)
+        self.views = views  # fixed views: epoch e shows view e mod views, and an item's key says which
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -86,32 +82,49 @@ class ImageDataset(Dataset):
         return self._prepared(0, index)[0]
 
     def __getitem__(self, key):
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        img, mask, boxes = self._prepared(epoch, index)
-        item = {"image": img}
-        if mask is not None:
-            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0).float()
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The items of ``keys`` (``(epoch, index)``, or an index) prepared together: each read,
+        cropped and (detection) its boxes moved, then the batch augmented at once
+        (:class:`~kdstyles.data.augment.BatchAugment`, each item by its own key) and normalised.
+        The DataLoader calls this for a batch; an item alone is the same as in any batch."""
+        keys = [k if isinstance(k, tuple) else (0, k) for k in keys]
+        if self.views:  # the view of an epoch: a fixed set of them, each the same whenever it comes back
+            keys = [(epoch % self.views, index) for epoch, index in keys]
+        images, masks, labels = [], [], []
+        for epoch, index in keys:
+            img, mask, boxes = self._prepared(epoch, index)
+            if boxes is not None:
+                if any(self.box_affine):  # rotate, zoom, shift, shear
+                    img, boxes = affine_boxes(img, boxes, np.random.default_rng([self.seed, epoch, index, 6]),
+                                              *self.box_affine)
+                if any(self.box_flips):
+                    img, boxes = flip_boxes(img, boxes, np.random.default_rng([self.seed, epoch, index, 5]),
+                                            *self.box_flips)
+                labels.append(pad_boxes(boxes, self.max_boxes, self.dims))
+            elif mask is None:
+                labels.append(self.kind.target(self.labels, index))
+            images.append(img)
+            if mask is not None:
+                masks.append(torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0).float())
         if self.augment is not None:
-            self._random.seed(_mix(self.seed, epoch, index))
-            tracking = get_track_meta()
-            set_track_meta(False)  # plain tensors: MONAI's metadata bookkeeping costs more than the flip
-            try:
-                item = self.augment(item)
-            finally:
-                set_track_meta(tracking)
-        img = item["image"].as_tensor() if hasattr(item["image"], "as_tensor") else item["image"]
-        if boxes is not None:
-            if any(self.box_affine):  # rotate, zoom, shift, shear
-                img, boxes = affine_boxes(img, boxes, np.random.default_rng([self.seed, epoch, index, 6]),
-                                          *self.box_affine)
-            if any(self.box_flips):
-                img, boxes = flip_boxes(img, boxes, np.random.default_rng([self.seed, epoch, index, 5]),
-                                        *self.box_flips)
-            label = pad_boxes(boxes, self.max_boxes, self.dims)
-        else:
-            label = item["mask"][0].round().long() if self.masks is not None else \
-                self.kind.target(self.labels, index)
-        return (img - self.mean) / self.std, label, index
+            batch, moved = self.augment(torch.stack(images), torch.stack(masks) if masks else None, self.seed, keys)
+            images, masks = list(batch), list(moved) if moved is not None else []
+        if masks:
+            labels = [m[0].round().long() for m in masks]
+        return [((img - self.mean) / self.std, label, self.key(epoch, index))
+                for img, label, (epoch, index) in zip(images, labels, keys)]
+
+    def key(self, epoch: int, index: int) -> int:
+        """What an item is, as a number (what a frozen teacher's outputs are kept by): its index, or
+        with fixed ``views`` its index in its view, ``index + len * view``."""
+        return index + len(self) * (epoch % self.views) if self.views else index
+
+    @property
+    def keys(self) -> int:
+        """How many distinct items (keys) the dataset can give: len x views."""
+        return len(self) * (self.views or 1)
 
 
 class EpochBatchSampler(Sampler):
@@ -173,8 +186,17 @@ class JointDataset(Dataset):
         return len(self.labelled)
 
     def __getitem__(self, key):
-        part, epoch, index = key
-        return part, *(self.unlabeled if part else self.labelled)[(epoch, index)]
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list) -> list[tuple]:
+        """A joint batch's items, each part prepared (and augmented) as one batch of its own."""
+        out: list = [None] * len(keys)
+        for part, data in ((0, self.labelled), (1, self.unlabeled)):
+            mine = [j for j, k in enumerate(keys) if k[0] == part]
+            if mine:
+                for j, item in zip(mine, data.__getitems__([keys[j][1:] for j in mine])):
+                    out[j] = (part, *item)
+        return out
 
 
 def joint_collate(items: list) -> tuple:

@@ -103,13 +103,14 @@ def load_unlabeled(cfg: Any, task: Any, seed: int, channels: int, size: int, pat
         module = task.synthetic_volumes if space.volumes else task.synthetic
         if module is None:
             raise KDError(f"data.unlabeled.source: synthetic: task {task.name} has no embedded volumes")
+        checks.check_memory("data.unlabeled.samples", u.samples, size, cfg.dims, channels)
         images = generate(module, seed, "unlabeled", u.samples, size, cfg.dims)[0]
         names = [f"synthetic unlabeled[{i}]" for i in range(len(images))]
         what = "the embedded synthetic CT-like volumes" if space.volumes else task.description
         return _arrays(images, _fit_arrays(images, channels, size), names, "data.unlabeled (synthetic)",
                        f"{space.unit} like {what} (labels withheld)")
-    if u.source == "medmnist":
-        return _medmnist(cfg, seed, channels, size)
+    if u.source in ("medmnist", "npz"):
+        return _arrays_file(cfg, seed, channels, size)
     if u.source == "folder":
         root = Path(u.root)
         where = f"data.unlabeled.root '{root}'"
@@ -137,22 +138,28 @@ def load_unlabeled(cfg: Any, task: Any, seed: int, channels: int, size: int, pat
     return _files(paths, cfg, channels, size, patch, where, what, quiet)
 
 
-def _medmnist(cfg: Any, seed: int, channels: int, size: int) -> Unlabeled:
-    """A MedMNIST file's split, its labels left as they are."""
+def _arrays_file(cfg: Any, seed: int, channels: int, size: int) -> Unlabeled:
+    """A split's images of a MedMNIST file or of an npz file in its layout, labels unused."""
     from .sources import _fit_arrays
     from .sources.medmnist import FLAGS_3D, load, locate
 
     u = cfg.unlabeled
-    volumes, space = u.flag in FLAGS_3D, dims(cfg.dims)
+    if u.source == "npz":
+        path, volumes, what = Path(u.path), False, f"{Path(u.path).name} {u.split} (labels not used)"
+        if not path.is_file():
+            raise KDError(f"data.unlabeled.path: npz file '{path}' does not exist")
+    else:
+        path, volumes = locate(u.flag, u.size, u.root, multilabel=None, key="data.unlabeled"), u.flag in FLAGS_3D
+        what = f"MedMNIST {u.flag} {u.split} (labels not used)"
+    space = dims(cfg.dims)
     if volumes != space.volumes:
         raise KDError(f"data.unlabeled.flag: '{u.flag}' holds {dims(3 if volumes else 2).unit}, the labelled "
                       f"data {space.unit}")
-    path = locate(u.flag, u.size, u.root, multilabel=None, key="data.unlabeled")
-    images = load(path, volumes=volumes, multilabel=None)[f"{u.split}_images"]
+    images = load(path, volumes=volumes, multilabel=None, splits=(u.split,))[f"{u.split}_images"]
     images = images[_cap(len(images), u.samples, seed)]
     names = [f"'{path}' {u.split}[{i}]" for i in range(len(images))]
     return _arrays(images, _fit_arrays(images, channels, size), names, f"data.unlabeled '{path}'",
-                   f"images of MedMNIST {u.flag} {u.split} (labels not used)")
+                   f"images of {what}")
 
 
 def split_digests(split: Any) -> list[set[str]]:

@@ -65,8 +65,8 @@ class Trainer:
         self.mixer = Mixer(cfg.data.mix, cfg.train.seed)
         self.val_loader = data.loader("val", cfg.data.batch_size, **workers)
         self.use_cache = cfg.networks.teacher.cache and bool(cohort.frozen)
-        if self.use_cache:  # unlabelled images are cached after the labelled ones
-            cohort.enable_cache(len(data.splits["train"]) + (len(data.unlabeled) if self.unlabeled_batch else 0))
+        if self.use_cache:  # per item and view (data.views); unlabelled images after the labelled ones
+            cohort.enable_cache(data.splits["train"].keys + (data.unlabeled.keys if self.unlabeled_batch else 0))
         self.model = self.rt.wrap(TrainStep(cohort))
         self.stop = GracefulStop()
         self.writer = checkpoints.Writer()  # last.pt and best checkpoints, written while training goes on
@@ -260,7 +260,7 @@ class Trainer:
         label = f"{epoch + 1}/{self.cfg.train.epochs}"
         unit = dims(self.cfg.data.dims).short
         drawn = self.cfg.data.batch_size + self.unlabeled_batch  # images a step draws, labelled or not
-        n_train = len(self.data.splits["train"])
+        n_train = self.data.splits["train"].keys  # the unlabelled images' keys follow the labelled ones
         with self.log.epoch_progress(label, total_steps, start, drawn, unit) as progress:
             for step, batch in enumerate(self._batches(), start=start):
                 x, y, keys = self.rt.batch(*batch[:2], batch[2] if self.use_cache else None)

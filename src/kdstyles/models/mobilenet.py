@@ -56,6 +56,7 @@ class MobileNetV2(nn.Module):
                 cin = cout
         layers.append(ConvBNReLU(cin, last, 1))
         self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # a module, so a style can find (and reuse) the head after it
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -68,5 +69,5 @@ class MobileNetV2(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        x = self.pool(self.features(x)).flatten(1)
         return self.classifier(x)

@@ -43,8 +43,9 @@ def load_rows(folder: Path) -> list[dict[str, Any]]:
     folder = Path(folder)
     results = ComparisonFolder(folder).results_path
     if results.is_file():
-        rows = read_csv(results, "run the same 'kdstyles compare' command again to rebuild it",
-                        required=("preset", "seed", "network", "run_dir"))
+        again = "run the same 'kdstyles compare' command again to rebuild it (finished runs are kept)"
+        rows = read_csv(results, again, required=("preset", "seed", "network", "run_dir"))
+        _check_whole(folder, results, rows, again)
         task = RunFolder(rows[0]["run_dir"]).task() if rows else None
         return [{k: _num(v) for k, v in row.items()} | ({"task": task} if task else {}) for row in rows]
     run = RunFolder(folder)
@@ -60,6 +61,29 @@ def load_rows(folder: Path) -> list[dict[str, Any]]:
                           f"'kdstyles evaluate {folder}'") from None
     raise KDError(f"'{folder}' has neither results.csv (a comparison) nor eval.json (an evaluated run); "
                   "run kdstyles compare or kdstyles evaluate first")
+
+
+def _check_whole(folder: Path, path: Path, rows: list[dict[str, str]], again: str) -> None:
+    """results.csv as compare wrote it: every row complete (a file cut short ends in a row whose
+    last cells are empty), and every evaluated run of the manifest in it (one cut at a row's end
+    lacks whole runs). What is damaged is one line, never a table silently left out."""
+    for line, row in enumerate(rows, start=2):  # run_dir is the last column, and names the row's preset and seed
+        if Path(row.get("run_dir") or "").name != f"{row.get('preset')}-seed{row.get('seed')}" or not row["network"]:
+            raise KDError(f"'{path}' is damaged: line {line} is cut short or altered (its run_dir "
+                          f"'{row.get('run_dir')}' is not {row.get('preset')}-seed{row.get('seed')}); {again}")
+    listed = {(r["run_dir"], r["network"]) for r in rows}
+    for run in ComparisonFolder(folder).manifest().get("runs", []):
+        rf = RunFolder(str(run.get("run_dir", ""))) if isinstance(run, dict) else None
+        if rf is None or not rf.eval_path.is_file():
+            continue
+        try:
+            networks = rf.read_eval().get("networks", {})
+        except KDError:
+            continue  # a damaged eval.json is reported where it is read
+        missing = next((n for n in networks if (str(rf.path), n) not in listed), None)
+        if missing is not None:
+            raise KDError(f"'{path}' is damaged: it lacks network '{missing}' of {rf.path}, whose eval.json holds "
+                          f"it; {again}")
 
 
 def run_dirs(folder: Path, rows: list[dict[str, Any]]) -> dict[tuple[str, int], Path]:

@@ -5,9 +5,11 @@ from .base import KNOWLEDGE, Context, Knowledge, NetOutput, Style, StyleOptions,
 from .dist import DIST
 from .dkd import DKD
 from .features import Features
+from .mlkd import MLKD
 from .predictions import Predictions
 from .relations import Relations
 from .self_distill import SelfDistillation
+from .simkd import SimKD
 
 STYLES: dict[str, Style] = {}
 
@@ -17,7 +19,13 @@ def register(style: Style) -> Style:
     return style
 
 
-for _style in (Predictions(), Features(), Attention(), Relations(), SelfDistillation(), DKD(), DIST()):
+for _style in (Predictions(), Features(), Attention(), Relations(), SelfDistillation(), DKD(), DIST(), SimKD(), MLKD()):
     register(_style)
 
-__all__ = ["KNOWLEDGE", "Context", "Knowledge", "STYLES", "NetOutput", "Style", "StyleOptions", "knowledge", "register"]
+def learner_parts(model) -> dict[str, int] | None:
+    """The parameters of a network a style reshaped (simkd: its own, the projector, the teacher's
+    head), or None."""
+    return next((p for style in STYLES.values() if (p := style.parts(model)) is not None), None)
+
+
+__all__ = ["learner_parts", "KNOWLEDGE", "Context", "Knowledge", "STYLES", "NetOutput", "Style", "StyleOptions", "knowledge", "register"]

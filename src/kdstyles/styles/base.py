@@ -55,7 +55,7 @@ class Context:
 
 
 class StyleOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LogitOptions(StyleOptions):
@@ -66,7 +66,9 @@ class LogitOptions(StyleOptions):
     standardize: bool = Field(False, description="logit standardization (Sun et al., CVPR 2024): z-score each "
                                                  "sample's logits over the classes before the softmax at the "
                                                  "(base) temperature, so the learner matches the source's "
-                                                 "relations, not its logit scale")
+                                                 "relations, not its logit scale; with two classes every sample "
+                                                 "becomes the same two values (only the winner is kept), so kdstyles "
+                                                 "warns")
 
 
 def soften(logits: torch.Tensor, options: StyleOptions) -> torch.Tensor:
@@ -104,6 +106,13 @@ class MapOptions(StyleOptions):
         if not isinstance(value, list) or bad is not None:
             raise ValueError("each item is a module path or a [source, target] pair of paths, e.g. [layer2, "
                              "layer3] or [[layer3, layer2]]")
+        pairs = [(v, v) if isinstance(v, str) else tuple(v) for v in value]
+        twice = next((p for i, p in enumerate(pairs) if p in pairs[:i]), None)
+        if twice is not None:
+            named = twice[0] if twice[0] == twice[1] else f"[{twice[0]}, {twice[1]}]"
+            raise ValueError(f"{named} is listed twice (it would make two identical edges); list each depth once")
+        if not value:
+            raise ValueError("lists no depth; give module paths, e.g. [layer2, layer3], or leave taps out")
         return value
 
 
@@ -177,6 +186,8 @@ class Style:
     self_edge: ClassVar[bool] = False
     labels: ClassVar[bool] = False  # consumes the batch's labels (Context.labels)
     exclusive: ClassVar[bool] = False  # softmax over classes: one class per image or pixel
+    frozen_source: ClassVar[bool] = False  # the source must be frozen (an offline teacher)
+    reshapes_learner: ClassVar[bool] = False  # prepare() changes the learner's modules (one such edge per learner)
 
     def loss(self, source: torch.Tensor, target: torch.Tensor, options: StyleOptions) -> torch.Tensor:
         """``source``: detached knowledge of the teaching network; ``target``: the learner's tensor."""
@@ -188,6 +199,17 @@ class Style:
         outputs (``predictions`` on boxes) asks the task here, one that needs the labels or the
         epoch reads ``context``."""
         return self.loss(source, target, options)
+
+    def prepare(self, source: nn.Module, learner: nn.Module, options: StyleOptions, sample: torch.Tensor,
+                where: str) -> None:
+        """Styles with ``reshapes_learner``: change the learner's modules in place before the
+        cohort plans its taps (SimKD gives it a projector and the teacher's classifier). Called
+        whenever the cohort is built, so a run reopened from its folder has the same modules."""
+
+    def parts(self, model: nn.Module) -> dict[str, int] | None:
+        """A learner this style reshaped: its parameters by part (its own, what the style added);
+        None for a network it did not touch."""
+        return None
 
     def needs_exclusive_classes(self, options: StyleOptions) -> str | None:
         """Why this edge needs one class per image or pixel (a softmax over classes), or None."""

@@ -27,7 +27,11 @@ class RelationsOptions(StyleOptions):
 
 
 def distance_matrix(e: torch.Tensor) -> torch.Tensor:
-    d = torch.cdist(e, e).clamp_min(0)
+    """Pairwise Euclidean distances divided by their mean over distinct pairs (RKD's mu). Computed
+    from the differences, not cdist's matrix-product shortcut (which it takes above 25 rows and
+    which leaves small positive values on the diagonal); the diagonal is exactly zero."""
+    d = torch.cdist(e, e, compute_mode="donot_use_mm_for_euclid_dist")
+    d = d.masked_fill(torch.eye(len(e), dtype=torch.bool, device=e.device), 0.0)
     positive = d[d > 0]
     return d / (positive.mean() if positive.numel() else d.new_tensor(1.0))
 

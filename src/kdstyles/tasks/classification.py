@@ -13,7 +13,7 @@ class Classification(Task):
     name = "classification"
     loss_name = "ce"
     selection = "accuracy"
-    sources = ("synthetic", "medmnist", "folder", "csv")
+    sources = ("synthetic", "medmnist", "npz", "folder", "csv")
     synthetic = "synthetic"
     synthetic_volumes = "synthetic_vol"
     volumes = True

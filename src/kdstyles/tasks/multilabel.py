@@ -27,7 +27,7 @@ class Multilabel(Classification):
     classes_are = "gives each class its own probability (a sigmoid per label)"
     loss_name = "bce"
     selection = "mean_auroc"
-    sources = ("synthetic", "medmnist", "csv")
+    sources = ("synthetic", "medmnist", "npz", "csv")
     synthetic = "synthetic_multi"
     synthetic_volumes = "synthetic_vol_multi"
     volumes = True  # the embedded volumes' findings, or volume files listed in a CSV (CT-RATE-style findings)

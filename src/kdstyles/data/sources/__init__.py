@@ -314,9 +314,10 @@ def _registry() -> dict[str, Source]:
     from .decathlon import Decathlon
     from .folder import Folder
     from .medmnist import MedMNIST
+    from .npz import Npz
     from .synthetic import Synthetic
 
-    return {s.name: s for s in (Synthetic(), MedMNIST(), Folder(), CSV(), COCO(), Decathlon())}
+    return {s.name: s for s in (Synthetic(), MedMNIST(), Npz(), Folder(), CSV(), COCO(), Decathlon())}
 
 
 SOURCES: dict[str, Source] = _registry()

@@ -103,17 +103,21 @@ def locate(flag: str, size: int, root: str | None, multilabel: bool | None = Fal
     return path if path.is_file() else download(flag, size, folder, key=key)
 
 
-def load(path: Path, volumes: bool = False, multilabel: bool | None = False) -> dict[str, np.ndarray]:
+def load(path: Path, volumes: bool = False, multilabel: bool | None = False,
+         splits: tuple[str, ...] = ("train", "val", "test"), extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Every split's images (N, H, W[, C]) and labels (N,) from a MedMNIST-format npz; with
     ``volumes``, volumes (N, D, H, W[, C]); with ``multilabel``, multi-hot labels (N, K);
-    ``multilabel=None``: the labels are left as they are (images without labels)."""
+    ``multilabel=None``: the labels are left as they are (images without labels), and only
+    the images of ``splits`` are needed. ``extra``: optional keys read too where present."""
+    keys = tuple(f"{s}_{kind}" for s in splits for kind in ("images", "labels")
+                 if multilabel is not None or kind == "images")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in KEYS if k not in npz.files]
+            missing = [k for k in keys if k not in npz.files]
             if missing:
-                raise KDError(f"npz file '{path}' lacks key '{missing[0]}'; a MedMNIST file holds "
+                raise KDError(f"npz file '{path}' lacks key '{missing[0]}'; a MedMNIST-layout file holds "
                               f"{', '.join(KEYS)}")
-            arrays = {k: npz[k] for k in KEYS}
+            arrays = {k: npz[k] for k in (*keys, *extra) if k in npz.files}
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise KDError(f"npz file '{path}' holds pickled Python objects and was refused unread "
@@ -121,23 +125,30 @@ def load(path: Path, volumes: bool = False, multilabel: bool | None = False) -> 
         raise KDError(f"npz file '{path}' is unreadable or truncated ({str(exc).splitlines()[0][:80]})") from None
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise KDError(f"npz file '{path}' is unreadable or truncated ({str(exc).splitlines()[0][:80]})") from None
-    for split in ("train", "val", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    for split in splits:
+        images = arrays[f"{split}_images"]
         want = (4, 5) if volumes else (3, 4)
         if images.ndim not in want or images.dtype != np.uint8:
             expected = "(N, D, H, W) or (N, D, H, W, C)" if volumes else "(N, H, W) or (N, H, W, C)"
             raise KDError(f"npz file '{path}': {split}_images has shape {images.shape} and dtype {images.dtype}; "
                           f"expected uint8 {expected}")
-        if multilabel is not None and multilabel != (labels.ndim == 2 and labels.shape[1] > 1):
+        if images.ndim == want[1] and images.shape[-1] not in (1, 3):
+            raise KDError(f"npz file '{path}': {split}_images has {images.shape[-1]} channels in its last axis; "
+                          "expected 1 (grey) or 3 (RGB)")
+        if images.ndim == want[0]:  # grey-scale: add the channel axis
+            arrays[f"{split}_images"] = images[..., None]
+        if multilabel is None:
+            continue
+        labels = arrays[f"{split}_labels"]
+        if multilabel != (labels.ndim == 2 and labels.shape[1] > 1):
             raise KDError(f"npz file '{path}': {split}_labels has shape {labels.shape}; "
                           + ("task multilabel needs (N, K) yes/no labels" if multilabel else
                              "multi-label (several per image): set task: multilabel"))
         if len(labels) != len(images):
             raise KDError(f"npz file '{path}': {len(images)} {split} images but {len(labels)} labels")
-        if multilabel is not None:
-            arrays[f"{split}_labels"] = labels.astype(np.uint8) if multilabel else labels.reshape(-1).astype(np.int64)
-        if images.ndim == want[0]:  # grey-scale: add the channel axis
-            arrays[f"{split}_images"] = images[..., None]
+        if not np.issubdtype(labels.dtype, np.integer) and not np.issubdtype(labels.dtype, np.bool_):
+            raise KDError(f"npz file '{path}': {split}_labels has dtype {labels.dtype}; expected whole numbers")
+        arrays[f"{split}_labels"] = labels.astype(np.uint8) if multilabel else labels.reshape(-1).astype(np.int64)
     return arrays
 
 

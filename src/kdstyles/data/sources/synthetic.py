@@ -16,6 +16,7 @@ import numpy as np
 from ...dims import dims
 from ...errors import KDError
 from ...fileio import read_npz, write_npz
+from .. import checks
 from ..generators import generator
 from ..labels import labels_of
 from . import Loaded, Source, from_arrays, resolve_input
@@ -117,6 +118,8 @@ class Synthetic(Source):
             raise KDError(f"data.spatial_dims: 3: task {task.name} has no embedded volumes; give volume files "
                           "(data.source: csv) or use spatial_dims: 2")
         channels, size = resolve_input(cfg, task)
+        checks.check_memory("data.train_samples + val_samples + test_samples",
+                            cfg.train_samples + cfg.val_samples + cfg.test_samples, size, cfg.dims, channels)
         raw = {}
         for split, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples)):
             raw[split] = labels_of(task).generated(*generate(module, seed, split, n, size, cfg.dims))
