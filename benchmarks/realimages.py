@@ -78,12 +78,17 @@ POOL = {"data.unlabeled": {"source": "npz", "path": "{data}/pool.npz", "split": 
 # Recipes by name: a preset and the keys it sets ("{data}" is the data folder). "-u": with the
 # unlabelled pool; "-mix": mixup/CutMix views too.
 RECIPES = {
-    "student": {"preset": "student"},
     "all-labels": {"preset": "student", "set": {"data.path": "{data}/teacher.npz"}},
     "kd": {"preset": "kd"},
     "kd-u": {"preset": "kd", "set": POOL},
     "kd-u-mix": {"preset": "kd", "set": {**POOL, "data.mix": {"mixup": 0.8, "cutmix": 1.0}}},
     "kd-t4-u": {"preset": "kd", "set": {**POOL, "styles": {"predictions": {"temperature": 4}}}},
+    "kd-u-b96": {"preset": "kd", "set": {**POOL, "data.unlabeled_batch_size": 96}},
+    "kd-t4-u-b96": {"preset": "kd", "set": {**POOL, "data.unlabeled_batch_size": 96,
+                                            "styles": {"predictions": {"temperature": 4}}}},
+    "kd-t4-u-mix": {"preset": "kd", "set": {**POOL, "styles": {"predictions": {"temperature": 4}},
+                                            "data.mix": {"mixup": 0.8, "cutmix": 1.0}, "networks.teacher.cache": False}},
+    "kd-u-noce": {"preset": "kd", "set": {**POOL, "loss.ce_weight": 0.0}},
     "kd-ls-u": {"preset": "kd", "set": {**POOL, "styles": {"predictions": {"temperature": 2, "standardize": True}}}},
     "dkd-u": {"preset": "dkd", "set": POOL},
     "diverse-u": {"preset": "diverse", "set": POOL},
@@ -150,16 +155,16 @@ def study(root: Path, recipes: list[str], seeds: int, epochs: int, sets: list[st
     data, teacher_run = (root / "data").resolve(), (root / "teacher").resolve()
     if not (teacher_run / "eval.json").is_file():
         sys.exit(f"error: no trained teacher in {teacher_run}; run: {sys.argv[0]} teacher")
-    unknown = [r for r in recipes if r not in RECIPES]
+    unknown = [r for r in recipes if r not in RECIPES and r != "student"]
     if unknown:
         sys.exit(f"error: unknown recipe '{unknown[0]}'; known: {', '.join(RECIPES)}")
     out = root / (name or f"study-e{epochs}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.yaml").write_text(BASE.format(data=data, teacher=teacher_run))
-    chosen = {r: json.loads(json.dumps(RECIPES[r]).replace("{data}", str(data))) for r in ("student", *recipes)}
+    chosen = {r: json.loads(json.dumps(RECIPES[r]).replace("{data}", str(data))) for r in recipes if r != "student"}
     (out / "recipes.yaml").write_text(json.dumps(chosen, indent=1))  # JSON is YAML
     cmd = [*KDSTYLES, "compare", str(out / "experiment.yaml"), "--recipes", str(out / "recipes.yaml"),
-           "--presets", "", "--seeds", str(seeds), "--out", str(out), "--set", f"train.epochs={epochs}",
+           "--presets", "student", "--seeds", str(seeds), "--out", str(out), "--set", f"train.epochs={epochs}",
            *(a for s in sets for a in ("--set", s))]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=False)

@@ -5,6 +5,7 @@ trained alone, one that is not, and an ablation's contributions."""
 import json
 
 import numpy as np
+import pytest
 
 from kdstyles.compare import write_results
 from kdstyles.report import analysis, findings, load_rows, load_study, markdown
@@ -166,7 +167,8 @@ def test_gap_closure_is_the_share_of_the_teachers_lead_with_a_paired_interval(tm
     assert got["kd"]["share"] == 0 and got["kd"]["lo"] == got["kd"]["hi"] == 0  # same images as alone
     assert got["dkd"]["text"].startswith("50% [")
     text = markdown(study.rows, study)
-    assert "Share of the teacher's lead recovered (accuracy" in text and "Most: dkd s1 50% [" in text
+    assert "Share of the teacher's lead recovered on the test split (accuracy" in text and "dkd s1 50% [" in text
+    assert "Most:" not in text  # no choice is made on the test split
     assert "| dkd | s1 | 50% [" in text and "| +12.5 pt | +25.0 pt | 3 |" in text
     correct.pop(("student", "s1"))
     assert analysis.gap_closure(fake_comparison(tmp_path / "none", correct, {"target": "dkd"})) == []
@@ -179,3 +181,33 @@ def test_gap_closure_is_not_a_number_without_a_teacher_lead(tmp_path):
     (row,) = analysis.gap_closure(study)
     assert np.isnan(row["share"]) and row["text"] == "n/a (no teacher lead)"
     assert "Share of the teacher's lead" not in " ".join(findings(study))
+
+
+def test_the_winner_is_chosen_on_the_validation_split_and_its_test_numbers_reported_once(tmp_path):
+    """The choice reads each run's eval-val.json only: here 'kd' leads on validation and 'fitnet'
+    on test, and kd is chosen; how sure is the share of bootstrap draws it stays first."""
+    from kdstyles.report.analysis import chosen, winner_text
+
+    n = 400
+    correct = {("student", "s1"): [ones(n, 80, s) for s in range(2)], ("kd", "s1"): [ones(n, 60, 10 + s) for s in range(2)],
+               ("fitnet", "s1"): [ones(n, 40, 20 + s) for s in range(2)],
+               ("kd", "teacher"): [ones(n, 20, 30 + s) for s in range(2)]}
+    study = fake_comparison(tmp_path, correct)
+    val = {"kd": 30, "fitnet": 70, "student": 90}  # wrong answers on the validation images
+    for preset, wrong in val.items():
+        for seed in range(2):
+            per = [float(v) for v in ones(n, wrong, 40 + seed)]
+            (tmp_path / f"{preset}-seed{seed}" / "eval-val.json").write_text(json.dumps(
+                {"split": "val", "networks": {"s1": {"accuracy": float(np.mean(per))}},
+                 "per_image": {"s1": {"accuracy": per}}}))
+    choice = chosen(study)
+    assert (choice["preset"], choice["network"]) == ("kd", "s1") and choice["val"] == pytest.approx(1 - 30 / n)
+    assert choice["runner_up"]["preset"] == "fitnet" and choice["sure"] > 0.95
+    assert choice["test"] == pytest.approx(1 - 60 / n)  # its own test value, though fitnet's is higher
+    text = winner_text(choice)
+    assert text.startswith("Chosen on the validation split: kd s1") and "reported once: 0.8500" in text
+    assert any(line.startswith("Chosen on the validation split") for line in findings(study))
+    for seed in range(2):  # no validation results: no choice
+        (tmp_path / f"kd-seed{seed}" / "eval-val.json").unlink()
+        (tmp_path / f"fitnet-seed{seed}" / "eval-val.json").unlink()
+    assert chosen(load_study(tmp_path, load_rows(tmp_path))) is None

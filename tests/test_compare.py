@@ -214,3 +214,42 @@ def test_recipes_set_more_than_edges_and_are_checked_before_any_run(tmp_path):
         with pytest.raises(KDError, match=message):
             compare(None, ["student"], 1, tmp_path / "c", SMALL, recipes=recipes)
     assert not (tmp_path / "c").exists()
+
+
+def test_a_budget_narrows_the_recipes_by_successive_halving_on_validation(tmp_path):
+    """--budget too small for every run: the students trained alone run in full, the three
+    candidates are halved on the first seed by their validation value (1 epoch of 4, then 2), the
+    losers stay paused (resumable, not in results.csv), and the one finalist runs in full."""
+    import json
+
+    from kdstyles.compare import parse_budget
+    from kdstyles.runfolder import RunFolder
+
+    lines = []
+    summary = compare(None, ["student", "kd", "dml", "fitnet"], 1, tmp_path / "c",
+                      [*SMALL, "train.epochs=4", "train.early_stopping=null"], quiet=True, echo=lines.append,
+                      budget=1.0)
+    assert summary["failed"] == []
+    halving = json.loads((tmp_path / "c" / "comparison.json").read_text())["halving"]
+    assert [r["share"] for r in halving["rungs"]] == [0.25, 0.5]
+    assert [len(r["kept"]) for r in halving["rungs"]] == [2, 1] and halving["finalists"] == halving["rungs"][1]["kept"]
+    first, second = halving["rungs"]
+    assert set(first["kept"]) >= set(second["kept"]) and max(first["values"].values()) == max(
+        first["values"][k] for k in first["kept"])
+    finalist = halving["finalists"][0]
+    rows = list(csv.DictReader((tmp_path / "c" / "results.csv").open()))
+    assert {r["preset"] for r in rows} == {"student", finalist}
+    for name in {"kd", "dml", "fitnet"} - {finalist}:
+        run = RunFolder(tmp_path / "c" / f"{name}-seed0")
+        assert run.status() == "paused" and not run.eval_path.is_file()
+    done = RunFolder(tmp_path / "c" / f"{finalist}-seed0").info()
+    assert done["status"] == "finished" and done["epochs_done"] == 4 and len(done["resumes"]) == 2
+    assert any("rung 1" in line for line in lines) and any("kept" in line for line in lines)
+    assert parse_budget("1h30m") == 5400 and parse_budget("90m") == 5400 and parse_budget("45") == 45
+    from kdstyles import KDError
+
+    for bad in ("soon", "", "h"):
+        with pytest.raises(KDError, match="--budget"):
+            parse_budget(bad)
+    with pytest.raises(KDError, match="leave out --launcher and --jobs"):
+        compare(None, ["student"], 1, tmp_path / "d", SMALL, jobs=2, budget=60)

@@ -564,3 +564,19 @@ def test_reading_and_predicting_progress_in_a_log_is_a_plain_line_per_tenth(monk
             for _ in range(20):
                 bar.advance(task)
         assert out.getvalue() == ""
+
+
+def test_validation_every_n_epochs_and_always_after_the_last(tiny_overrides):
+    """train.val_every: 2 over 3 epochs validates after epochs 2 and 3 only; the best
+    checkpoints come from validated epochs, the unvalidated epoch's row has no val_ values."""
+    exp = Experiment(None, overrides=tiny_overrides("train.epochs=3", "train.val_every=2", "routing.preset=kd"),
+                     quiet=True)
+    exp.fit()
+    rows = list(csv.DictReader((exp.run_dir / "metrics.csv").open()))
+    by_epoch = {e: [r for r in rows if r["epoch"] == str(e)] for e in (1, 2, 3)}
+    assert all(r["val_accuracy"] == "" and r["best"] == "False" for r in by_epoch[1])
+    assert all(r["val_accuracy"] != "" for e in (2, 3) for r in by_epoch[e])
+    assert all(r["train_loss"] != "" for r in rows if r["network"] in ("s1", "s2"))
+    best = exp.folder.info()["best"]
+    assert {b["epoch"] for b in best.values()} <= {2, 3}
+    assert len((exp.run_dir / "times.csv").read_text().splitlines()) == 4

@@ -130,6 +130,7 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
     """Validate a config and build its networks (taps, shapes, adapters) without training."""
     from .api import Experiment
     from .models.zoo import count_parameters, flops_per_image
+    from .styles import learner_parts
 
     exp = Experiment(config, overrides=set_ or [], quiet=True)
     cohort, data, previewed = exp.check()
@@ -159,8 +160,17 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
         console.print(f"  edge  {e}", highlight=False)
     for name, net in cohort.networks.items():
         mode = " (offline, frozen)" if name in cohort.frozen else ""
-        console.print(f"  {name}: {count_parameters(net):,} parameters, {flops_per_image(net, sample) / 1e6:,.1f} "
+        flops = flops_per_image(net, sample)
+        console.print(f"  {name}: {count_parameters(net):,} parameters, {flops / 1e6:,.1f} "
                       f"MFLOPs per {space.item}{mode}", highlight=False)
+        parts = learner_parts(net)
+        if parts:  # a style gave it more than its own (simkd: a projector and the teacher's head)
+            spec = exp.cfg.networks.students[name]
+            own = cohort.task.build_network(spec, data.channels, data.image_size, where=f"networks.{name}",
+                                            dims=exp.cfg.data.dims)
+            added = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in parts.items() if k != "own")
+            console.print(f"    of which {parts['own']:,} its own and {added}; {flops_per_image(own, sample) / 1e6:,.1f} "
+                          f"MFLOPs its own network alone", highlight=False)
     for i, (src_shape, dst_shape) in cohort.map_shapes.items():
         e, (src, dst) = cohort.edges[i], cohort.edge_taps[i]
         console.print(f"  taps  {e}: {e.src} {src} {'x'.join(map(str, src_shape))} -> {e.dst} {dst} "
@@ -189,14 +199,17 @@ def _data_spec(spec: str, overrides: list[str]):
         data = ["data.source=folder", f"data.root={path}"]
     elif spec.endswith(".csv"):
         data = ["data.source=csv", f"data.path={path}"]
-    elif spec.endswith(".npz"):
+    elif spec.endswith(".npz"):  # a MedMNIST file by its name, else your own arrays in its layout
+        from .data.sources.medmnist_info import FLAGS, FLAGS_3D
+
         flag, _, size = path.stem.partition("_")
-        data = ["data.source=medmnist", f"data.flag={flag}", f"data.size={size or 28}", f"data.root={path.parent}"]
+        data = ["data.source=medmnist", f"data.flag={flag}", f"data.size={size or 28}", f"data.root={path.parent}"] \
+            if flag in FLAGS or flag in FLAGS_3D else ["data.source=npz", f"data.path={path}"]
     elif spec.endswith(".json"):  # COCO boxes: detection's own format
         data = ["data.source=coco", f"data.path={path}"]
     else:
-        raise KDError(f"'{spec}' is neither a config (.yaml), a folder, a .csv, a COCO .json, a MedMNIST .npz nor "
-                      "'synthetic'")
+        raise KDError(f"'{spec}' is neither a config (.yaml), a folder, a .csv, a COCO .json, an .npz (MedMNIST's or "
+                      "your own arrays in its layout) nor 'synthetic'")
     from .tasks import DEFAULT_TASK, TASKS
 
     # A source that one task alone reads (COCO boxes: detection) says the task. Looking at data
@@ -215,7 +228,7 @@ def _data_spec(spec: str, overrides: list[str]):
 
 
 @data_app.command("inspect")
-def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folder, .csv, COCO .json, MedMNIST .npz, "
+def data_inspect(spec: str = typer.Argument(..., help="config .yaml, image folder, .csv, COCO .json, .npz, "
                                                      "or synthetic"),
                  set_: Optional[list[str]] = SetOpt) -> None:
     """Class counts per split, image sizes and channels, and every problem found (exit 1 on errors)."""
@@ -282,6 +295,9 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
             recipes: Optional[Path] = typer.Option(None, "--recipes", help="a YAML file of recipes, each a preset "
                                                    "and the config keys it sets (name: {preset: kd, set: {KEY: "
                                                    "VALUE}}), compared beside --presets"),
+            budget: Optional[str] = typer.Option(None, "--budget", help="how long you can wait (90m, 2h): where "
+                                                 "every run does not fit, the recipes are narrowed by successive "
+                                                 "halving on validation, and the finalists run in full"),
             launcher: Optional[str] = LauncherOpt, slurm_partition: Optional[str] = PartitionOpt,
             slurm_time: Optional[int] = TimeOpt, gpus_per_run: Optional[int] = GpusOpt,
             cpus_per_run: Optional[int] = CpusOpt, mem: Optional[str] = MemOpt,
@@ -290,7 +306,7 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
             set_: Optional[list[str]] = SetOpt,
             quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Run every preset x seed (resumable), then write results.csv, the table and report.html."""
-    from .compare import base_config
+    from .compare import base_config, parse_budget
     from .compare import compare as run_compare
     from .report import load_rows, load_study, markdown, render
     from .runfolder import ComparisonFolder
@@ -309,7 +325,7 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
     summary = run_compare(str(config) if config else None, names, seeds, folder, set_ or [], jobs=jobs,
                           checkpoint=checkpoint, quiet=quiet, echo=lambda line: console.print(line, highlight=False),
                           teacher=teacher, teacher_overrides=teacher_set or [], ablate=ablate, launch=launch,
-                          recipes=recipes)
+                          recipes=recipes, budget=parse_budget(budget) if budget is not None else None)
     if summary["rows"]:
         study = load_study(folder, load_rows(folder))
         console.print(markdown(study.rows, study), highlight=False, soft_wrap=True)

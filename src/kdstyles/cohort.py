@@ -236,7 +236,7 @@ class Cohort(nn.Module):
             dst_shape = kind.take(outs[e.dst], dst_path).shape
             self.map_shapes[i] = (tuple(src_shape[1:]), tuple(dst_shape[1:]))
             for net, path, shape in ((e.src, src_path, src_shape), (e.dst, dst_path, dst_shape)):
-                if len(shape) >= 4 and min(shape[2:]) < MIN_MAP:
+                if kind.name == "map" and len(shape) >= 4 and min(shape[2:]) < MIN_MAP:  # a tap the user can move
                     self.warnings.append(
                         f"edge {e}: {net}'s tap {path} gives {'x'.join(map(str, shape[2:]))} maps at this image size, "
                         f"nearly vectors; tap an earlier layer (networks.{net}.tap) or use larger inputs "

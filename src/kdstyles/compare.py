@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import multiprocessing
 import os
 import signal
@@ -84,7 +85,7 @@ def preset_variants(presets: list[str], base, beside_edges: bool = False) -> lis
     return out
 
 
-def recipe_variants(path: str | Path, base) -> list[Variant]:
+def recipe_variants(path: str | Path | dict, base) -> list[Variant]:
     """Recipes from a YAML file: each a name, a routing preset (or ``custom``, the config's own
     routing) and the config keys it sets, e.g.
 
@@ -95,7 +96,9 @@ def recipe_variants(path: str | Path, base) -> list[Variant]:
     labels, mixing, epochs, a style's options), each against the same students trained alone."""
     from .config import override, read_yaml
 
-    raw = read_yaml(path)
+    raw = path if isinstance(path, dict) else read_yaml(path)  # the Python API may pass the mapping itself
+    if isinstance(path, dict):
+        path = "recipes"
     if not raw:
         raise KDError(f"--recipes '{path}': lists no recipe; give name: {{preset: kd, set: {{KEY: VALUE}}}}")
     out = []
@@ -174,7 +177,7 @@ def base_config(config: str | Path | None, overrides: list[str], presets: list[s
 
 def plan(config: str | None, presets: list[str], seeds: int, out: Path, overrides: list[str],
          checkpoint: str = "best", teacher: str = "online", teacher_overrides: list[str] | None = None,
-         ablate: bool = False, recipes: str | Path | None = None
+         ablate: bool = False, recipes: str | Path | dict | None = None
          ) -> tuple[list[RunSpec], list[RunSpec], dict[str, Any]]:
     """The runs of a comparison: the shared teachers' (one per seed; none when ``teacher`` is
     online) and every variant x seed; plus what the manifest records about them. Every run's
@@ -380,8 +383,12 @@ def write_results(rows: list[dict[str, Any]], path: Path) -> None:
 def compare(config: str | None, presets: list[str], seeds: int, out: str | Path, overrides: list[str] | None = None,
             jobs: int = 1, checkpoint: str = "best", quiet: bool = False, echo=print, teacher: str = "online",
             teacher_overrides: list[str] | None = None, ablate: bool = False, launch: Any = None,
-            recipes: str | Path | None = None) -> dict[str, Any]:
+            recipes: str | Path | dict | None = None, budget: float | None = None) -> dict[str, Any]:
     """Plan, run (resuming), gather results.csv, and render the report. Returns a summary.
+
+    ``budget`` (seconds): when every run cannot be afforded, the candidates (every variant but
+    the students trained alone, which always run in full) are narrowed by successive halving on
+    the first seed, by their validation value (:func:`spend`), and the survivors run in full.
 
     ``teacher='shared'``: per seed one teacher is trained first (``teacher_overrides`` give it
     its own recipe, e.g. more epochs) and every variant of that seed learns from it, frozen.
@@ -391,13 +398,18 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
     this process; without waiting, the summary counts the runs still ``queued``."""
     out = Path(out)
     overrides = list(overrides or [])
+    if budget is not None and (launch is not None or jobs > 1):
+        raise KDError("--budget decides in this process which runs to continue; leave out --launcher and --jobs")
+    if budget is not None and not budget > 0:
+        raise KDError(f"--budget {budget}: a time above 0, e.g. 90m or 2h")
     if launch is not None:
         launch.check(ComparisonFolder(out).jobs_dir)  # before anything is planned, written or submitted
     teachers, specs, info = plan(config, presets, seeds, out, overrides, checkpoint, teacher, teacher_overrides,
                                  ablate, recipes)
     folder = ComparisonFolder(out)
     with folder.lock():
-        manifest = {"config": config, "presets": presets, "recipes": str(recipes) if recipes else None,
+        manifest = {"config": config, "presets": presets,
+                    "recipes": recipes if isinstance(recipes, dict) else str(recipes) if recipes else None,
                     "seeds": seeds, "overrides": overrides,
                     "checkpoint": checkpoint, **info,
                     "runs": [spec.record() for spec in specs]}
@@ -418,7 +430,14 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
                 results += [{"run_dir": s.run_dir, "state": "failed",
                              "error": f"its shared teacher did not train; see {untrained[s.seed]}"}
                             for s in specs if s.seed in untrained]
-                results += execute([s for s in specs if s.seed not in untrained], jobs=jobs, quiet=quiet, echo=echo)
+                todo = [s for s in specs if s.seed not in untrained]
+                if budget is not None:
+                    spent, halving = spend(todo, budget, quiet, echo)
+                    results += spent
+                    manifest["halving"] = halving
+                    folder.write_manifest(manifest)
+                else:
+                    results += execute(todo, jobs=jobs, quiet=quiet, echo=echo)
         finally:
             rows = collect(specs)  # what finished so far, also when stopped
             write_results(rows, folder.results_path)
@@ -427,6 +446,107 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
     queued = [r for r in results if r["state"] == "queued"]
     return {"out": str(out), "runs": len(teachers) + len(specs), "failed": failed, "rows": len(rows),
             "queued": queued}
+
+
+def parse_budget(text: str) -> float:
+    """``90m``, ``2h``, ``1h30m``, ``45s`` or a number of seconds -> seconds."""
+    import re
+
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text or "")
+    if not text or m is None or not any(m.groups()):
+        raise KDError(f"--budget '{text}': a time such as 90m, 2h, 1h30m or 3600 (seconds)")
+    h, mins, secs = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mins * 60 + secs
+
+
+def _rung_value(spec: RunSpec, metric: str) -> float:
+    """A paused or finished run's best validation value so far (over its students and ensemble)."""
+    values = []
+    for row in RunFolder(spec.run_dir).read_metrics():
+        if row.get("network") != "teacher" and row.get(f"val_{metric}") not in ("", None):
+            values.append(float(row[f"val_{metric}"]))
+    return max(values, default=float("-inf"))
+
+
+def _epoch_seconds(spec: RunSpec) -> float | None:
+    """A run's mean seconds per epoch so far (times.csv), None before its first epoch."""
+    times = RunFolder(spec.run_dir).times_path
+    if not times.is_file():
+        return None
+    with times.open(encoding="utf-8") as f:
+        rows = [float(r["epoch_s"]) for r in csv.DictReader(f) if r.get("epoch_s")]
+    return sum(rows) / len(rows) if rows else None
+
+
+def spend(specs: list[RunSpec], budget: float, quiet: bool, echo) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run a comparison within ``budget`` seconds: the students trained alone in full first
+    (every gap closure needs them), then the candidates by successive halving on the first seed
+    where running them all does not fit: rung r trains every surviving candidate up to a share
+    2^(r-R) of its epochs (R rungs, as many as halving the candidates down to one takes),
+    ranks them by their best validation value so far, and keeps the better half; as soon as the
+    survivors' remaining runs (every seed, every epoch, at the epoch times measured) fit what is
+    left of the budget, they run in full. Paused runs keep their schedule, so a survivor ends
+    exactly as a run never paused. Returns the results and what the halving did."""
+    from .report.analysis import INDEPENDENT
+
+    t0 = time.monotonic()
+    results, rungs = [], []
+    baseline = [s for s in specs if s.preset == INDEPENDENT]
+    candidates = list(dict.fromkeys(s.preset for s in specs if s.preset != INDEPENDENT))
+    results += execute(baseline, quiet=quiet, echo=echo)
+    first = min(s.seed for s in specs)
+    by = {(s.preset, s.seed): s for s in specs}
+    metric = next(iter(specs)).cfg.train.selection_metric
+    if metric == "auto":
+        from .tasks import TASKS
+
+        metric = TASKS[specs[0].cfg.task].selection
+    rate = max([e for s in baseline if (e := _epoch_seconds(s))] or [1.0])  # seconds an epoch, refined below
+
+    def remaining(names: list[str]) -> float:
+        """Seconds to finish every run of these candidates, at the epoch times measured."""
+        total = 0.0
+        for name in names:
+            for s in (x for x in specs if x.preset == name):
+                done = (RunFolder(s.run_dir).info().get("epochs_done") or 0) if RunFolder(s.run_dir).trained() else 0
+                total += max(0, s.cfg.train.epochs - done) * (_epoch_seconds(by[(name, first)]) or rate)
+        return total
+
+    alive = list(candidates)
+    rounds = max(1, math.ceil(math.log2(len(alive)))) if len(alive) > 1 else 0
+    for r in range(rounds):
+        left = budget - (time.monotonic() - t0)
+        if remaining(alive) <= left or len(alive) == 1:
+            break
+        share = 2.0 ** (r - rounds)
+        echo(f"--budget: {len(alive)} candidates, {left / 60:.0f} min left, not enough for all of them; rung "
+             f"{r + 1}: each to {share:.0%} of its epochs on seed {first}")
+        values = {}
+        for name in alive:
+            spec = by[(name, first)]
+            stop = max(1, math.ceil(spec.cfg.train.epochs * share))
+            result = run_one(spec, quiet=quiet, stop_after=stop)
+            if result["state"] == "failed":
+                results.append(result)
+                _echo_result(result, echo)
+                values[name] = float("-inf")
+                continue
+            values[name] = _rung_value(spec, metric)
+            echo(f"    {name}: validation {metric} {values[name]:.4f} after {stop} epoch(s)")
+        ranked = sorted(alive, key=lambda n: values[n], reverse=True)
+        kept = ranked[:math.ceil(len(ranked) / 2)]
+        rungs.append({"share": share, "kept": kept, "dropped": {n: values[n] for n in ranked[len(kept):]},
+                      "values": values})
+        echo(f"    kept {', '.join(kept)}; dropped {', '.join(ranked[len(kept):])} (paused, resumable)")
+        alive = kept
+    over = remaining(alive) - (budget - (time.monotonic() - t0))
+    if over > 0 and alive:
+        echo(f"--budget: {', '.join(alive)} need about {over / 60:.0f} min more than the budget left; running them "
+             "in full anyway (a comparison needs its finalists' every seed)")
+    results += execute([s for s in specs if s.preset in alive], quiet=quiet, echo=echo)
+    halving = {"budget_s": budget, "metric": metric, "candidates": candidates, "finalists": alive, "rungs": rungs,
+               "spent_s": time.monotonic() - t0}
+    return results, halving
 
 
 def run_demo(out: Path, overrides: list[str], quiet: bool = False, echo=print) -> Any:

@@ -435,6 +435,9 @@ class TrainConfig(Strict):
     seed: int = Field(0, description="seeds the data split, sampling, augmentation and every network's initialisation")
     device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="cap on training batches per epoch")
+    val_every: int = Field(1, ge=1, description="validate every N epochs (and always after the last): best "
+                                                "checkpoints, early stopping and the plateau schedule see only "
+                                                "validated epochs; long schedules spend less on validation")
     checkpoint_every_steps: Optional[int] = Field(
         None, ge=1, description="also write last.pt every N steps within an epoch (long epochs); resume continues "
                                 "at the next step")
@@ -812,7 +815,7 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
 # Keys a resume may change (prefixes). Everything else fixed the networks, data, routing or
 # the meaning of the checkpoint when the run was created.
-RESUMABLE = ("train.epochs", "train.early_stopping", "train.qat", "train.checkpoint_every_steps", "train.device",
+RESUMABLE = ("train.epochs", "train.early_stopping", "train.qat", "train.val_every", "train.checkpoint_every_steps", "train.device",
              "train.precision", "train.channels_last", "train.compile", "train.max_steps_per_epoch",
              "train.deterministic",
              "optim.lr", "optim.weight_decay", "optim.momentum", "schedule.factor", "schedule.patience",

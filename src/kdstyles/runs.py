@@ -36,30 +36,38 @@ def run_state(spec: RunSpec) -> str:
     """done (finished or stopped early, evaluated at the spec's checkpoint), evaluate, resume or new."""
     run = RunFolder(spec.run_dir)
     status = run.status()
-    if status in STATUS_DONE and run.eval_checkpoint() == spec.checkpoint:
+    if status in STATUS_DONE and run.eval_checkpoint() == spec.checkpoint and run.eval_file("val").is_file():
         return "done"
     if status in STATUS_DONE:
         return "evaluate"
     return "resume" if run.last.is_file() else "new"
 
 
-def run_one(spec: RunSpec, quiet: bool = True, threads: int | None = None) -> dict[str, Any]:
+PAUSED = "paused"  # a run stopped at an epoch on purpose (compare --budget's rungs); it resumes like any other
+
+
+def run_one(spec: RunSpec, quiet: bool = True, threads: int | None = None, stop_after: int | None = None
+            ) -> dict[str, Any]:
     """Train (or resume) and evaluate one run; never raises (the error is returned), except
     that a stop signal ends it as ``interrupted`` after its checkpoint. ``threads``: torch's
-    threads for this run (restored afterwards)."""
+    threads for this run (restored afterwards). ``stop_after``: pause after that epoch (its
+    schedule unchanged, so resuming it later ends exactly as a run never paused), unevaluated."""
     import torch
 
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run(spec, quiet)
+        return _run(spec, quiet, stop_after)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(spec: RunSpec, quiet: bool) -> dict[str, Any]:
+def _run(spec: RunSpec, quiet: bool, stop_after: int | None = None) -> dict[str, Any]:
     from .api import Experiment
+
+    def pause(trainer: Any, epoch: int) -> str | None:
+        return PAUSED if stop_after is not None and stop_after <= epoch < trainer.cfg.train.epochs else None
 
     try:
         state = run_state(spec)
@@ -67,12 +75,18 @@ def _run(spec: RunSpec, quiet: bool) -> dict[str, Any]:
             return {"run_dir": spec.run_dir, "state": "skipped (finished)"}
         if state == "new":
             exp = Experiment(spec.cfg, quiet=quiet)
-            exp.fit()
+            exp.fit(callbacks=[pause])
         else:
             exp = Experiment.from_run(spec.run_dir, quiet=quiet)
             if state == "resume":
-                exp.fit(resume=True)
+                done = exp.run_info().get("epochs_done") or 0
+                if stop_after is not None and done >= stop_after:
+                    return {"run_dir": spec.run_dir, "state": PAUSED}
+                exp.fit(resume=True, callbacks=[pause])
+        if exp.folder.status() == PAUSED:
+            return {"run_dir": spec.run_dir, "state": PAUSED}
         exp.evaluate(checkpoint=spec.checkpoint)
+        exp.evaluate(checkpoint=spec.checkpoint, split="val")  # what a comparison's choice is made on
         return {"run_dir": spec.run_dir, "state": {"new": "trained", "resume": "resumed"}.get(state, "evaluated")}
     except Interrupted as exc:
         return {"run_dir": spec.run_dir, "state": "interrupted", "error": str(exc), "signum": exc.signum}

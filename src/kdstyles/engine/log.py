@@ -65,7 +65,8 @@ class RunLog:
         parts = []
         for r in rows:
             loss = f" loss {r['train_loss']:.3f}" if "train_loss" in r else ""
-            parts.append(f"{r['network']}{loss} {metric} {r['val_' + metric]:.3f}{'*' if r['best'] else ''}")
+            value = f" {metric} {r['val_' + metric]:.3f}" if "val_" + metric in r else ""
+            parts.append(f"{r['network']}{loss}{value}{'*' if r['best'] else ''}")
         spent = ", ".join(f"{label} {timing[key]:.1f}s" for key, label in TIMES if key in timing)
         head = f"epoch {rows[0]['epoch']}/{epochs} ({timing['epoch_s']:.0f}s: {spent})  "
         self.console.print(head + " | ".join(parts),

@@ -202,15 +202,20 @@ class Trainer:
             t0 = time.perf_counter()
             self.clock = {"data_wait_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0}
             train = self.train_epoch()
+            ahead = self.state.epoch + 1
+            checked = ahead % self.cfg.train.val_every == 0 or ahead >= self.cfg.train.epochs
             with self._timed("val_s"):
-                val = self.validate()
+                val = self.validate() if checked else None  # train.val_every: validated epochs only
             self.state.epoch += 1
             epoch = self.state.epoch
             rows = self._rows(epoch, train, val)
-            self.optim.after_validation(val, metric, epoch)
-            watched = self.cohort.students or self.cohort.trainable  # a teacher-only run watches its teacher
-            improved = any(r["best"] and r["network"] in watched for r in rows)
-            self.state.since_improved = 0 if improved else self.state.since_improved + 1
+            if val is not None:
+                self.optim.after_validation(val, metric, epoch)
+                watched = self.cohort.students or self.cohort.trainable  # a teacher-only run watches its teacher
+                improved = any(r["best"] and r["network"] in watched for r in rows)
+                self.state.since_improved = 0 if improved else self.state.since_improved + 1
+            else:
+                self.optim.set_epoch(epoch)
             self.state.history += rows
             stop = patience is not None and self.state.since_improved >= patience
             if stop or epoch >= self.cfg.train.epochs:
@@ -231,14 +236,20 @@ class Trainer:
             if self.stop.requested and epoch < self.cfg.train.epochs:
                 self._interrupted()  # a signal during validation: stop at this epoch boundary
 
-    def _rows(self, epoch: int, train: dict, val: dict) -> list[dict[str, Any]]:
-        """One metrics.csv row per network (and the ensemble); new bests are checkpointed."""
+    def _rows(self, epoch: int, train: dict, val: dict | None) -> list[dict[str, Any]]:
+        """One metrics.csv row per network (and the ensemble); new bests are checkpointed. An
+        epoch not validated (``train.val_every``) has no val_ values and no best."""
         rows = []
-        for name in self.cohort.names + ([ENSEMBLE] if ENSEMBLE in val else []):
+        ensemble = ENSEMBLE in val if val is not None else len(self.cohort.students) > 1
+        for name in self.cohort.names + ([ENSEMBLE] if ensemble else []):
             row: dict[str, Any] = {"epoch": epoch, "network": name}
             if name in self.optim.optimizers:
                 row["lr"] = self.optim.lr(name)
             row.update({f"train_{k}": v for k, v in train.get(name, {}).items()})
+            if val is None:
+                row["best"] = False
+                rows.append(row)
+                continue
             row.update({f"val_{k}": v for k, v in val[name].items()})
             row["best"] = name in self.state.best and val[name][self.metric] > self.state.best[name]["value"]
             if row["best"]:

@@ -34,6 +34,8 @@ class Study:
     manifest: dict[str, Any] = field(default_factory=dict)
     compared: dict[tuple, dict[str, Any] | None] = field(default_factory=dict)  # _compare's answers (drawing is slow)
     closure: list[dict[str, Any]] | None = None  # gap_closure's answer, drawn once for findings, tables and report
+    folder: Path | None = None  # the comparison (or run) folder the rows come from
+    choice: dict[str, Any] | None = None  # winner's answer, drawn once
 
     @property
     def seeds(self) -> list[int]:
@@ -67,7 +69,7 @@ def load_study(folder: str | Path, rows: list[dict[str, Any]]) -> Study:
         if METRICS.get(metric) and METRICS[metric].drawn:
             for network, drawable in _drawable(rf, METRICS[metric].task).items():
                 values[(preset, seed, network)] = drawable
-    return Study(rows, metric, values, target, manifest)
+    return Study(rows, metric, values, target, manifest, folder=folder)
 
 
 def _drawable(rf: RunFolder, task: str | None) -> dict[str, Any]:
@@ -230,6 +232,97 @@ def _gap_closure(study: Study) -> list[dict[str, Any]]:
     return out
 
 
+CHOICE_DRAWS = 1000  # bootstrap draws of the validation images behind a winner's confidence
+
+
+def winner(study: Study) -> dict[str, Any] | None:
+    """The comparison's choice, made on the validation split only (each run's eval-val.json):
+    the recipe and network (a student or the ensemble; the students trained alone excepted)
+    with the best mean validation value over the seeds, how sure that choice is (the share of
+    bootstrap draws of the validation images, and of the seeds, in which it stays first; or
+    the seeds it wins where no per-image values were kept), the runner-up, and the winner's
+    test value and gap closure, reported once. None without validation results."""
+    from .significance import _bootstrap
+
+    if study.folder is None:
+        return None
+    metric = study.metric
+    sign = -1 if lower_is_better(metric) else 1
+    scores: dict[tuple[str, str], dict[int, Any]] = {}
+    for (preset, seed), run in run_dirs(study.folder, study.rows).items():
+        if preset == INDEPENDENT:
+            continue
+        rf = RunFolder(run)
+        try:
+            ev = _read_val(rf) if rf.eval_file("val").is_file() else None
+        except KDError:
+            ev = None
+        if not ev:
+            continue
+        for net in _networks(study):
+            m = ev.get("networks", {}).get(net, {}).get(metric)
+            if isinstance(m, (int, float)):
+                per = (ev.get("per_image", {}).get(net) or {}).get(metric)
+                scores.setdefault((preset, net), {})[seed] = (float(m), np.asarray(per, dtype=np.float64)
+                                                              if isinstance(per, list) else None)
+    seeds = study.seeds
+    full = {k: v for k, v in scores.items() if all(s in v for s in seeds)}
+    if not full:
+        return None
+    keys = list(full)
+    means = {k: float(np.mean([full[k][s][0] for s in seeds])) for k in keys}
+    ranked = sorted(keys, key=lambda k: sign * means[k], reverse=True)
+    best = ranked[0]
+    out: dict[str, Any] = {"preset": best[0], "network": best[1], "metric": metric, "val": means[best],
+                           "seeds": len(seeds), "candidates": len(keys)}
+    if len(ranked) > 1:
+        out["runner_up"] = {"preset": ranked[1][0], "network": ranked[1][1], "val": means[ranked[1]]}
+    per_image = all(full[k][s][1] is not None and len(full[k][s][1]) == len(full[best][s][1])
+                    for k in keys for s in seeds)
+    if len(keys) > 1 and per_image:
+        _, drawn = _bootstrap([tuple(full[k][s][1] for k in keys) for s in seeds], CHOICE_DRAWS, 0)
+        firsts = np.argmax(sign * drawn, axis=0)
+        out["sure"] = float(np.mean(firsts == keys.index(best)))
+        out["sure_how"] = f"first in {100 * out['sure']:.0f}% of {CHOICE_DRAWS:,} draws of the validation images" + \
+            (" and seeds" if len(seeds) > 1 else "")
+    elif len(keys) > 1:
+        wins = sum(all(sign * full[best][s][0] >= sign * full[k][s][0] for k in keys) for s in seeds)
+        out["sure_how"] = f"first in {wins} of {len(seeds)} seed(s) (no per-image values to draw)"
+    test = [study.value(best[0], s, best[1]) for s in seeds]
+    if all(v is not None for v in test):
+        out["test"] = float(np.mean(test))
+    closed = next((g for g in gap_closure(study) if (g["preset"], g["network"]) == best), None)
+    if closed is not None:
+        out["closure"] = closed["text"]
+    return out
+
+
+def chosen(study: Study) -> dict[str, Any] | None:
+    """:func:`winner`, computed once per study (findings, the report and the CLI ask it)."""
+    if study.choice is None:
+        study.choice = winner(study) or {}
+    return study.choice or None
+
+
+def _read_val(rf: RunFolder) -> dict[str, Any]:
+    from ..fileio import read_json
+
+    return read_json(rf.eval_file("val"), f"write it again with 'kdstyles evaluate {rf.path} --split val'")
+
+
+def winner_text(choice: dict[str, Any]) -> str:
+    """The choice in one sentence, its test numbers once."""
+    label = metric_label(choice["metric"])
+    runner = choice.get("runner_up")
+    text = (f"Chosen on the validation split: {choice['preset']} {choice['network']} (validation {label} "
+            f"{choice['val']:.4f}" + (f"; {choice['sure_how']}" if "sure_how" in choice else "") +
+            (f"; runner-up {runner['preset']} {runner['network']} {runner['val']:.4f}" if runner else "") + ").")
+    if "test" in choice:
+        text += f" Its test {label}, reported once: {choice['test']:.4f}" + \
+            (f", {choice['closure']} of the teacher's lead recovered" if "closure" in choice else "") + "."
+    return text
+
+
 def share_text(share: float, lo: float, hi: float) -> str:
     """``45% [20, 70]``, or ``n/a`` where the teacher has no lead to close."""
     if np.isnan(share):
@@ -283,10 +376,11 @@ def findings(study: Study) -> list[str]:
         for g in closure:
             by_preset.setdefault(g["preset"], []).append(f"{g['network']} {g['text']}")
         parts = "; ".join(f"{p} {', '.join(v)}" for p, v in by_preset.items())
-        best = max(closure, key=lambda g: g["share"])
-        lines.append(f"Share of the teacher's lead recovered ({label}, (distilled - alone) / (teacher - alone), "
-                     f"100% = as good as the teacher): {parts}. Most: {best['preset']} {best['network']} "
-                     f"{best['text']}.")
+        lines.append(f"Share of the teacher's lead recovered on the test split ({label}, (distilled - alone) / "
+                     f"(teacher - alone), 100% = as good as the teacher): {parts}.")
+    choice = chosen(study)
+    if choice is not None and choice["candidates"] > 1:
+        lines.append(winner_text(choice))
     vs_alone = [d for d in paired_rows(study) if d["baseline"] == INDEPENDENT]
     if vs_alone:
         parts = ", ".join(f"{d['network']} {d['text']} ({d['verdict']})" for d in vs_alone)

@@ -19,7 +19,8 @@ The authors' code sums over its five temperatures (2, 3, 4, 5, 6); kdstyles aver
 edge's weight means for ``mlkd`` what it means for ``predictions`` (multiply it by 5 for
 theirs). Their code also masks half the batch by the teacher's confidence, but multiplies an
 already averaged loss by the mask, which only halves it; kdstyles leaves it out. Their second,
-strongly augmented view of every image is the ``views`` lever of the data (docs/method.md).
+strongly augmented view of every image in the same step is not reproduced: each step shows one
+view, a new one every epoch (or one of ``data.views`` fixed ones).
 For dense outputs (segmentation) every pixel is a row of the instance and class levels, and the
 batch level compares the images' mean predictions (a Gram matrix over every pixel of a batch
 would not fit in memory).
