@@ -78,7 +78,8 @@ POOL = {"data.unlabeled": {"source": "npz", "path": "{data}/pool.npz", "split": 
 # Recipes by name: a preset and the keys it sets ("{data}" is the data folder). "-u": with the
 # unlabelled pool; "-mix": mixup/CutMix views too.
 RECIPES = {
-    "all-labels": {"preset": "student", "set": {"data.path": "{data}/teacher.npz"}},
+    "all-labels": {"preset": "student", "set": {"data.path": "{data}/teacher.npz"}, "baseline": True,
+                   "note": "the ceiling: the students trained alone on the teacher's 23,000 labels"},
     "kd": {"preset": "kd"},
     "kd-u": {"preset": "kd", "set": POOL},
     "kd-u-mix": {"preset": "kd", "set": {**POOL, "data.mix": {"mixup": 0.8, "cutmix": 1.0}}},
@@ -89,6 +90,11 @@ RECIPES = {
     "kd-t4-u-mix": {"preset": "kd", "set": {**POOL, "styles": {"predictions": {"temperature": 4}},
                                             "data.mix": {"mixup": 0.8, "cutmix": 1.0}, "networks.teacher.cache": False}},
     "kd-u-noce": {"preset": "kd", "set": {**POOL, "loss.ce_weight": 0.0}},
+    # a new augmented view every epoch (where a study sets data.views, to measure what fixed views cost)
+    "student-fresh": {"preset": "student", "set": {"data.views": None, "networks.teacher.cache": False},
+                      "baseline": True},
+    "kd-t4-u-fresh": {"preset": "kd", "set": {**POOL, "styles": {"predictions": {"temperature": 4}},
+                                              "data.views": None, "networks.teacher.cache": False}},
     "kd-ls-u": {"preset": "kd", "set": {**POOL, "styles": {"predictions": {"temperature": 2, "standardize": True}}}},
     "dkd-u": {"preset": "dkd", "set": POOL},
     "diverse-u": {"preset": "diverse", "set": POOL},
@@ -171,12 +177,31 @@ def study(root: Path, recipes: list[str], seeds: int, epochs: int, sets: list[st
     return out
 
 
+def gather(folder: Path) -> None:
+    """results.csv of every evaluated run in a study folder: studies grow over several compare
+    commands (more recipes, more seeds), each of which writes only its own runs' rows."""
+    from types import SimpleNamespace
+
+    from kdstyles.compare import collect, write_results
+
+    runs = []
+    for run in sorted(folder.glob("*-seed*")):
+        name, _, seed = run.name.rpartition("-seed")
+        if (run / "eval.json").is_file() and seed.isdigit() and name != "teacher":
+            runs.append(SimpleNamespace(preset=name, seed=int(seed), run_dir=str(run)))
+    order = ["student", *RECIPES]
+    runs.sort(key=lambda r: (order.index(r.preset) if r.preset in order else len(order), r.preset, r.seed))
+    write_results(collect(runs), folder / "results.csv")
+
+
 def table(root: Path) -> None:
-    """Every study's gap closure (the comparison's own analysis), one block per study."""
+    """Every study's gap closure (the comparison's own analysis), one block per study, with the
+    choice made on the validation split and each recipe's time per run."""
     from kdstyles.report import load_rows, load_study
-    from kdstyles.report.analysis import gap_closure
+    from kdstyles.report.analysis import chosen, gap_closure, winner_text
 
     for folder in sorted(p for p in root.glob("study-*") if (p / "results.csv").is_file()):
+        gather(folder)
         study_ = load_study(folder, load_rows(folder))
         seeds = len(study_.seeds)
         print(f"\n## {folder.name} ({seeds} seed{'s' * (seeds > 1)}): test accuracy on the 12,000 held-out photos; "
@@ -186,14 +211,28 @@ def table(root: Path) -> None:
             means.setdefault((r["preset"], r["network"]), []).append(float(r[study_.metric]))
         closed = {(g["preset"], g["network"]): g["text"] for g in gap_closure(study_)}
         nets = [n for n in ("teacher", "s1", "s2", "ensemble") if any(k[1] == n for k in means)]
-        print("| recipe | " + " | ".join(nets) + " |\n|---|" + "---|" * len(nets))
+        print("| recipe | " + " | ".join(nets) + " | minutes a run |\n|---|" + "---|" * (len(nets) + 1))
         for preset in dict.fromkeys(r["preset"] for r in study_.rows):
             cells = []
             for n in nets:
                 v = means.get((preset, n))
                 cells.append("" if not v else f"{np.mean(v):.3f}" + (f" ({closed[(preset, n)]})"
                                                                       if (preset, n) in closed else ""))
-            print(f"| {preset} | " + " | ".join(cells) + " |")
+            print(f"| {preset} | " + " | ".join(cells) + f" | {minutes(folder, preset):.1f} |")
+        choice = chosen(study_)
+        if choice:
+            print("\n" + winner_text(choice))
+
+
+def minutes(folder: Path, preset: str) -> float:
+    """A recipe's mean training time per run (times.csv), in minutes."""
+    import csv
+
+    totals = []
+    for times in folder.glob(f"{preset}-seed*/times.csv"):
+        with times.open() as f:
+            totals.append(sum(float(r["epoch_s"]) for r in csv.DictReader(f)))
+    return float(np.mean(totals)) / 60 if totals else float("nan")
 
 
 def main() -> None:

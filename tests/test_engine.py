@@ -386,7 +386,7 @@ def test_loader_workers_never_fork_while_a_checkpoint_is_being_written(tmp_path,
 def test_demo_trains_a_shared_teacher_and_three_recipes_then_reuses_them(tmp_path, monkeypatch, capsys):
     from conftest import tiny
     from kdstyles.cli import main
-    from kdstyles.compare import DEMO_PRESETS
+    from kdstyles.compare import DEMO_VARIANTS
 
     sets = [a for o in tiny(tmp_path, "train.epochs=1") if not o.startswith("output.") for a in ("--set", o)]
     args = ["kdstyles", "demo", "--out", str(tmp_path / "demo"), "-q", *sets]
@@ -399,12 +399,12 @@ def test_demo_trains_a_shared_teacher_and_three_recipes_then_reuses_them(tmp_pat
 
     run()
     first = capsys.readouterr().out
-    assert "trained alone" in first and all(p in first for p in DEMO_PRESETS[1:]) and "ensemble" in first
-    assert "share of the teacher's" in first and "One seed shows the tool, not the verdict" in first
+    assert "trained alone" in first and all(p in first for p in DEMO_VARIANTS[1:]) and "ensemble" in first
+    assert "share of the teacher's" in first and "shows the tool, not the verdict" in first
     runs = tmp_path / "demo"
     stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/checkpoints/last.pt")}
     assert sorted(p.parent.parent.name for p in stamps) == sorted(["teacher-seed0", *(f"{p}-seed0"
-                                                                                       for p in DEMO_PRESETS)])
+                                                                                       for p in DEMO_VARIANTS)])
     teacher = json.loads((runs / "teacher-seed0" / "run.json").read_text())
     assert json.loads((runs / "diverse-seed0" / "run.json").read_text())["best"].keys() == {"s1", "s2"}  # frozen
     assert teacher["epochs_done"] == 2  # twice the students' epochs

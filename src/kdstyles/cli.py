@@ -516,7 +516,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="comparison folder for
     """Train one teacher on the embedded histology patches, then its students alone, with the
     paper's `diverse` routing and with the best recipe, and print their test accuracy and how
     much of the teacher's lead each recovers. Re-running reuses finished runs."""
-    from .compare import DEMO_PRESETS, run_demo
+    from .compare import DEMO_VARIANTS, run_demo
     from .metrics import label
     from .report import render
     from .report.analysis import gap_closure
@@ -527,26 +527,27 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="comparison folder for
     table = Table(title=f"demo: test {label(metric)}, one shared teacher; in brackets, the share of the teacher's "
                         "lead over the students trained alone that each recovers [95% interval over test images]")
     table.add_column("network")
-    for preset in DEMO_PRESETS:
+    for preset in DEMO_VARIANTS:
         table.add_column("trained alone" if preset == "student" else preset, justify="right")
     params = {r["network"]: r.get("parameters") for r in study.rows}
     table.add_column("parameters", justify="right")
     networks = ["teacher", *[n for n in dict.fromkeys(r["network"] for r in study.rows) if n != "teacher"]]
     seed = study.seeds[0]
-    teacher = next((v for p in DEMO_PRESETS if (v := study.value(p, seed, "teacher")) is not None), None)
+    teacher = next((v for p in DEMO_VARIANTS if (v := study.value(p, seed, "teacher")) is not None), None)
     for name in networks:
         if name == "teacher":  # trained alone too, on labels: the lead the students should close
-            cells = [_fmt(float(teacher)) if teacher is not None else "", *[""] * (len(DEMO_PRESETS) - 1)]
+            cells = [_fmt(float(teacher)) if teacher is not None else "", *[""] * (len(DEMO_VARIANTS) - 1)]
         else:
             cells = []
-            for preset in DEMO_PRESETS:
+            for preset in DEMO_VARIANTS:
                 value, gap = study.value(preset, seed, name), closed.get((preset, name))
                 cells.append("" if value is None else _fmt(float(value)) + (f" ({gap['text']})" if gap else ""))
         table.add_row(name, *cells, _fmt(params.get(name)))
     console.print(table)
-    console.print("One seed shows the tool, not the verdict: 'kdstyles compare --presets student,diverse,"
-                  f"{DEMO_PRESETS[-1]} --seeds 3 --teacher shared' gives intervals over seeds and images.",
-                  highlight=False)
+    console.print("One seed on the embedded data shows the tool, not the verdict: which recipe to use comes from "
+                  "real photos (docs/realimages.md: kd at temperature 4 with unlabelled images, trained long), and "
+                  "'kdstyles compare --seeds 3 --teacher shared --recipes FILE' gives intervals over seeds and "
+                  "images on your data.", highlight=False)
     console.print(f"runs and report: {out} ({render(out, study)})", highlight=False)
 
 

@@ -37,9 +37,14 @@ from .signals import GracefulStop, signal_name
 
 CUSTOM = "custom"  # the config's own routing (its edges or preset), next to the named presets
 TEACHER_MODES = ("online", "shared")
-# kdstyles demo: students alone, the paper's routing, and the recipe that closed most of the teacher's lead in the
-# README's study (fitnet: 62% and 45% for s1 and s2, 3 seeds)
-DEMO_PRESETS = ("student", "diverse", "fitnet")
+# kdstyles demo: students alone, the paper's routing, and the recipe that closed most of the teacher's lead on real
+# photos (docs/realimages.md: kd at temperature 4 on labelled and unlabelled images), here on the embedded data's
+# own unlabelled images
+DEMO_PRESETS = ("student", "diverse")
+DEMO_RECIPES = {"kd-unlabelled": {"preset": "kd", "set": {"styles.predictions.temperature": 4,
+                                                          "data.unlabeled": {"source": "synthetic", "samples": 2000}},
+                                  "note": "the recipe the real-image study recommends"}}
+DEMO_VARIANTS = (*DEMO_PRESETS, *DEMO_RECIPES)
 DEMO_TEACHER_EPOCHS = 2  # the demo's shared teacher trains for this many times the students' epochs
 STOP_GRACE_S = 120  # how long stopped workers may take to write their checkpoints before they are killed
 
@@ -53,6 +58,7 @@ class Variant:
     overrides: tuple[str, ...]
     note: str = ""
     edges: tuple | None = None
+    baseline: bool = False  # a reference (a ceiling, another baseline), never the comparison's choice
 
     def config(self, raw: dict, overrides: list[str]) -> ExperimentConfig:
         """This variant's config: the raw config with ``overrides`` on top, then its edges."""
@@ -108,20 +114,24 @@ def recipe_variants(path: str | Path | dict, base) -> list[Variant]:
                 not all(c.isalnum() or c in "-_." for c in name):
             raise KDError(f"--recipes '{path}': recipe name {name!r} must be a plain name (letters, digits, -, _)")
         recipe = {"preset": recipe} if isinstance(recipe, str) else recipe
-        if not isinstance(recipe, dict) or set(recipe) - {"preset", "set", "note"}:
-            extra = sorted(set(recipe) - {"preset", "set", "note"}) if isinstance(recipe, dict) else []
+        keys = {"preset", "set", "note", "baseline"}
+        if not isinstance(recipe, dict) or set(recipe) - keys:
+            extra = sorted(set(recipe) - keys) if isinstance(recipe, dict) else []
             raise KDError(f"{where}: " + (f"unknown key '{extra[0]}'; " if extra else "") +
-                          "allowed: preset (a routing preset or custom), set (config keys), note")
+                          "allowed: preset (a routing preset or custom), set (config keys), note, baseline (true: a "
+                          "reference such as a ceiling, never the comparison's choice)")
+        if not isinstance(recipe.get("baseline", False), bool):
+            raise KDError(f"{where}: baseline is true or false")
         preset = recipe.get("preset", CUSTOM)
-        keys = recipe.get("set") or {}
-        if not isinstance(keys, dict) or not all(isinstance(k, str) for k in keys):
+        given = recipe.get("set") or {}
+        if not isinstance(given, dict) or not all(isinstance(k, str) for k in given):
             raise KDError(f"{where}: set must map config keys to values, e.g. {{train.epochs: 32}}")
         try:
             routed = preset_variants([preset], base, beside_edges=True)[0]
         except KDError as exc:
             raise KDError(f"{where}: {str(exc).removeprefix('--presets: ')}") from None
-        out.append(Variant(name, (*routed.overrides, *(override(k, v) for k, v in keys.items())),
-                           str(recipe.get("note") or "")))
+        out.append(Variant(name, (*routed.overrides, *(override(k, v) for k, v in (recipe.get("set") or {}).items())),
+                           str(recipe.get("note") or ""), baseline=recipe.get("baseline", False)))
     return out
 
 
@@ -206,6 +216,7 @@ def plan(config: str | None, presets: list[str], seeds: int, out: Path, override
             raise KDError(f"--presets / --recipes: '{twice}' is named twice; every preset and recipe needs its own name")
         info["target"] = next((p for p in (DEFAULT_PRESET, *names) if p in names and p != "student"), names[0])
     info["notes"] = {v.name: v.note for v in variants if v.note}
+    info["baselines"] = [v.name for v in variants if v.baseline]
     raw = read_yaml(config) if config is not None else {}
     teachers, specs = [], []
     for i in range(seeds):
@@ -552,13 +563,15 @@ def spend(specs: list[RunSpec], budget: float, quiet: bool, echo) -> tuple[list[
 def run_demo(out: Path, overrides: list[str], quiet: bool = False, echo=print) -> Any:
     """``kdstyles demo``: the answer a user came for, on the embedded data in one seed. One shared
     teacher (trained for twice the students' epochs, on labels), then its students trained
-    alone, by the paper's ``diverse`` routing and by DEMO_PRESETS' best recipe, as a comparison
-    in ``out`` (resumable, results.csv and report.html); returns its Study (gap closure)."""
+    alone, by the paper's ``diverse`` routing and by the recipe the real-image study recommends
+    (DEMO_RECIPES), as a comparison in ``out`` (resumable, results.csv and report.html); returns
+    its Study (gap closure)."""
     from .report import load_rows, load_study
 
     cfg = load_config(None, list(overrides))
     summary = compare(None, list(DEMO_PRESETS), 1, out, list(overrides), quiet=quiet, echo=echo, teacher="shared",
-                      teacher_overrides=[f"train.epochs={DEMO_TEACHER_EPOCHS * cfg.train.epochs}"])
+                      teacher_overrides=[f"train.epochs={DEMO_TEACHER_EPOCHS * cfg.train.epochs}"],
+                      recipes=DEMO_RECIPES)
     if summary["failed"]:
         raise KDError(f"demo: {summary['failed'][0]['error']}")
     return load_study(out, load_rows(out))

@@ -237,7 +237,8 @@ CHOICE_DRAWS = 1000  # bootstrap draws of the validation images behind a winner'
 
 def winner(study: Study) -> dict[str, Any] | None:
     """The comparison's choice, made on the validation split only (each run's eval-val.json):
-    the recipe and network (a student or the ensemble; the students trained alone excepted)
+    the recipe and network (a student or the ensemble; the students trained alone and recipes
+    marked ``baseline`` excepted)
     with the best mean validation value over the seeds, how sure that choice is (the share of
     bootstrap draws of the validation images, and of the seeds, in which it stays first; or
     the seeds it wins where no per-image values were kept), the runner-up, and the winner's
@@ -249,8 +250,9 @@ def winner(study: Study) -> dict[str, Any] | None:
     metric = study.metric
     sign = -1 if lower_is_better(metric) else 1
     scores: dict[tuple[str, str], dict[int, Any]] = {}
+    references = {INDEPENDENT, *(study.manifest.get("baselines") or [])}  # baselines are never the choice
     for (preset, seed), run in run_dirs(study.folder, study.rows).items():
-        if preset == INDEPENDENT:
+        if preset in references:
             continue
         rf = RunFolder(run)
         try:

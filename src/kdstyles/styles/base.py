@@ -24,6 +24,13 @@ compares softmax probabilities over classes, one class per image or pixel (class
 segmentation); tasks whose classes are not exclusive (multi-label, detection) refuse its
 edges in one line when the config is loaded. :meth:`Style.split` lets one configured edge
 stand for several (a features edge at several depths).
+
+A style may change its learner (``reshapes_learner = True``, :meth:`Style.prepare`: SimKD
+gives the student a projector and the teacher's frozen classifier), once per learner, before
+the cohort plans its taps and whenever it is built again (resume, evaluate, export), so the
+checkpoint and the exported network carry the change; :meth:`Style.parts` then says what the
+learner's parameters are made of. ``frozen_source = True`` says the source must be frozen
+(an offline teacher), checked when the config is loaded.
 """
 
 from __future__ import annotations
