@@ -107,3 +107,29 @@ def test_joint_augmentation_moves_mask_with_image():
         if not torch.equal(mask, plain_mask):
             break
     assert not torch.equal(mask, plain_mask)
+
+
+def test_batch_augmentation_gives_each_item_its_own_moves_wherever_it_is_drawn():
+    """A batch is augmented at once, each item by its own (seed, epoch, index): an item alone,
+    first or last in a batch, is the same tensor; images and masks move together (flips and
+    quarter turns are exact: an image drawn from its own mask keeps matching it)."""
+    cfg = load_config(None, [*SEG, *DATA, "data.augment.rotate90=true", "data.augment.shift=0.1",
+                             "data.augment.intensity=0.2", "data.normalize=none"])
+    ds = build_data(cfg.data, seed=0, task="segmentation").splits["train"]
+    keys = [(3, i) for i in range(6)]
+    batch = ds.__getitems__(keys)
+    for j, key in enumerate(keys):
+        alone = ds[key]
+        assert torch.equal(alone[0], batch[j][0]) and torch.equal(alone[1], batch[j][1])
+    assert torch.equal(ds.__getitems__(keys[::-1])[0][0], batch[-1][0])
+    exact = load_config(None, [*SEG, *DATA, "data.augment.rotate90=true", "data.normalize=none"])
+    bundle = build_data(exact.data, seed=0, task="segmentation")
+    ds = bundle.splits["train"]
+    i = next(k for k in range(len(ds)) if ds.masks[k].any())
+    ds.images = np.repeat(ds.masks[:, :, :, None] * 255, ds.images.shape[-1], axis=3).astype(np.uint8)
+    moved = 0
+    for epoch in range(6):
+        x, mask, _ = ds[(epoch, i)]
+        assert torch.equal((x[0] > 0.5).long(), mask)  # the image's pixels went where the mask's did
+        moved += not torch.equal(mask, torch.from_numpy(ds.masks[i]).long())
+    assert moved  # and they did move

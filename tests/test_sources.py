@@ -760,6 +760,11 @@ def test_npz_source_reads_your_arrays_with_their_class_names(tmp_path):
     named = load_config(None, ["data.source=npz", f"data.path={tmp_path / 'mine.npz'}", "data.classes=[a, b, c]",
                                "data.image_size=16"])
     assert build_data(named.data, seed=0).class_names == ["a", "b", "c"]
+    from kdstyles.cli import _data_spec
+
+    assert _data_spec(str(tmp_path / "mine.npz"), []).data.source == "npz"  # data inspect: your own arrays
+    write_npz(tmp_path / "pathmnist.npz")
+    assert _data_spec(str(tmp_path / "pathmnist.npz"), []).data.source == "medmnist"  # a MedMNIST file by its name
     np.savez(tmp_path / "plain.npz", **arrays)
     plain = load_config(None, ["data.source=npz", f"data.path={tmp_path / 'plain.npz'}"])
     assert build_data(plain.data, seed=0).class_names == ["0", "1", "2"]

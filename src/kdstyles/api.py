@@ -33,8 +33,8 @@ from .inputs import Inputs
 from .evaluate import ENSEMBLE, one_by_one, predict_probs, score, score_volumes
 from .models.zoo import count_parameters
 from .routing import T
-from .styles import learner_parts
 from .runfolder import RunFolder, now
+from .styles import learner_parts
 
 
 # What run.json recorded before it kept the whole config: the keys it names, as the config reads them.
@@ -127,7 +127,6 @@ class Experiment:
         work goes ahead (a run stopped by an error shows its one line only); also when quiet:
         quiet silences progress, not what was found."""
         from rich.console import Console
-
         from rich.markup import escape
 
         console = Console(stderr=True)

@@ -99,7 +99,7 @@ class Cohort(nn.Module):
                  pinned: list[list[str | None]] | None = None):
         super().__init__()
         self.task = task
-        for i, e in enumerate(edges):  # styles that change the learner (simkd: the teacher's head) do it first
+        for e in edges:  # styles that change the learner (simkd: the teacher's head) do it first
             if STYLES[e.style].reshapes_learner:
                 STYLES[e.style].prepare(networks[e.src], networks[e.dst], e.options, sample, f"edge {e}")
         self.networks = nn.ModuleDict(networks)

@@ -24,7 +24,7 @@ from .styles import STYLES, StyleOptions
 
 TEACHER = T = "teacher"
 ENSEMBLE = "ensemble"  # the students' mean, evaluated like a network
-PREDICTIONS, FEATURES, DKD, DIST, SIMKD = "predictions", "features", "dkd", "dist", "simkd"
+PREDICTIONS, FEATURES, DKD, DIST, MLKD, SIMKD = "predictions", "features", "dkd", "dist", "mlkd", "simkd"
 S1, S2 = "s1", "s2"
 
 Triple = tuple[str, str, str]
@@ -90,13 +90,13 @@ PRESETS: dict[str, Preset] = {
     "diverse-dkd": Preset([(T, S1, DKD), (T, S2, FEATURES), (S1, S2, PREDICTIONS), (S2, S1, FEATURES)]),
     "diverse-dist": Preset([(T, S1, DIST), (T, S2, FEATURES), (S1, S2, PREDICTIONS), (S2, S1, FEATURES)]),
     # Multi-level logit distillation (Jin et al. 2023): instance, batch and class levels at five temperatures
-    "mlkd": Preset([(T, S1, "mlkd"), (T, S2, "mlkd")]),
+    "mlkd": Preset([(T, S1, MLKD), (T, S2, MLKD)]),
     # The teacher's classifier reused (SimKD, Chen et al. 2022): each student's features projected into the
     # teacher's and classified by its frozen head (an offline teacher) ...
     "simkd": Preset([(T, S1, SIMKD), (T, S2, SIMKD)]),
     # ... and the paper's diversified routing with it: s1 learns through the teacher's head, s2 from the
     # teacher's predictions, and the two exchange predictions (s1's head is the teacher's classifier, so its
-    # predictions carry the teacher's class geometry to s2) and features.
+    # predictions carry the teacher's class geometry to s2).
     "diverse-simkd": Preset([(T, S1, SIMKD), (T, S2, PREDICTIONS), (S1, S2, PREDICTIONS), (S2, S1, PREDICTIONS)]),
 }
 DEFAULT_PRESET = "diverse"

@@ -6,8 +6,9 @@ and folder/CSV sets that fit ``data.cache_gb``) or image files decoded on access
 any training, one streaming pass checks the data (:mod:`kdstyles.data.checks`); for files
 that pass also decodes them into the cache.
 
-Augmentation uses MONAI array transforms seeded per ``(seed, epoch, index)``, and the
-sampler's order is seeded per ``(seed, epoch)``: an epoch's batches are a pure function
+Augmentation moves whole batches at once, each image as seeded by ``(seed, epoch, index)``
+(:class:`~kdstyles.data.augment.BatchAugment`), and the sampler's order is seeded per
+``(seed, epoch)``: an epoch's batches are a pure function
 of the seed and the epoch number, whatever the number of workers, so a resumed run sees
 exactly the batches the uninterrupted run would have seen.
 """

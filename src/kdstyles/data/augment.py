@@ -25,7 +25,7 @@ class BatchAugment:
     +- intensity). A batch costs what one affine resampling of the batch costs, where per-item
     transforms cost ~0.8 ms an image (half of a small student's epoch, measured)."""
 
-    def __init__(self, cfg: Any, image_size: int, with_mask: bool = False, geometric: bool = True, dims: int = 2):
+    def __init__(self, cfg: Any, geometric: bool = True, dims: int = 2):
         self.dims = dims
         space = spatial(dims)
         self.hflip, self.vflip = bool(cfg.hflip and geometric), bool(cfg.vflip and geometric)
@@ -33,7 +33,6 @@ class BatchAugment:
         moves = (cfg.rotate, cfg.zoom, cfg.shift, cfg.shear)
         self.affine = moves if geometric and any(moves) else None
         self.intensity = float(cfg.intensity)
-        self.with_mask = with_mask
 
     def draws(self, seed: int, keys: list[tuple[int, int]]) -> dict[str, np.ndarray]:
         """Every item's moves: flips, turns, affine matrices (normalised coordinates) and intensity."""
@@ -108,8 +107,10 @@ def build_augment(cfg: Any, image_size: int, with_mask: bool = False, geometric:
                   ) -> BatchAugment | None:
     """The training split's augmentation (:class:`BatchAugment`); None when nothing is random.
     ``geometric=False``: intensity only (detection moves its images and boxes itself, see
-    :func:`flip_boxes`)."""
-    aug = BatchAugment(cfg, image_size, with_mask, geometric, dims)
+    :func:`flip_boxes`). Masks move with their images whenever a batch has them, and shifts are
+    a fraction of the size, so ``image_size`` and ``with_mask`` change nothing here (the label
+    kinds' ``augment`` gives them for every kind alike)."""
+    aug = BatchAugment(cfg, geometric, dims)
     return aug if (aug.hflip or aug.vflip or aug.turn_axes or aug.affine or aug.intensity) else None
 
 
