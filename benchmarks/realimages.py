@@ -87,6 +87,8 @@ RECIPES = {
     "kd-u-b96": {"preset": "kd", "set": {**POOL, "data.unlabeled_batch_size": 96}},
     "kd-t4-u-b96": {"preset": "kd", "set": {**POOL, "data.unlabeled_batch_size": 96,
                                             "styles": {"predictions": {"temperature": 4}}}},
+    "kd-t4-u-b192": {"preset": "kd", "set": {**POOL, "data.unlabeled_batch_size": 192,
+                                             "styles": {"predictions": {"temperature": 4}}}},
     "kd-t4-u-mix": {"preset": "kd", "set": {**POOL, "styles": {"predictions": {"temperature": 4}},
                                             "data.mix": {"mixup": 0.8, "cutmix": 1.0}, "networks.teacher.cache": False}},
     "kd-u-noce": {"preset": "kd", "set": {**POOL, "loss.ce_weight": 0.0}},

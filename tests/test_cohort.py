@@ -262,3 +262,26 @@ def test_standardized_logits_with_two_classes_are_warned_about():
     two = build_cohort(cfg, 2, 3, 16)
     assert any("standardize with two classes" in w for w in two.warnings)
     assert not any("standardize" in w for w in build_cohort(cfg, 4, 3, 16).warnings)
+
+
+def test_an_offline_teacher_from_other_data_sees_inputs_normalised_as_in_its_own_run(tmp_path):
+    """A teacher trained with other normalisation statistics (here none: [0, 1] images) gets this
+    run's normalised inputs renormalised to its own, so it answers as it did in its own run."""
+    from conftest import tiny
+    from kdstyles import Experiment
+    from kdstyles.models.zoo import build_network
+
+    teacher = Experiment(None, overrides=tiny(tmp_path, "routing.preset=teacher", "train.epochs=1",
+                                              "data.normalize=none", "output.name=t"), quiet=True)
+    teacher.fit()
+    exp = Experiment(None, overrides=tiny(tmp_path, "routing.preset=kd", "networks.teacher.mode=offline",
+                                          f"networks.teacher.checkpoint={teacher.run_dir}", "output.name=s"),
+                     quiet=True)
+    cohort, data = exp.cohort, exp.data
+    assert data.mean != [0.0, 0.0, 0.0]  # this run normalises with its data's statistics
+    raw = torch.rand(4, 3, 16, 16)
+    mean, std = torch.tensor(data.mean).view(1, 3, 1, 1), torch.tensor(data.std).view(1, 3, 1, 1)
+    plain = build_network("resnet18", 3, 4, 16, widen=0.25).eval()
+    plain.load_state_dict(torch.load(teacher.folder.best("teacher"), weights_only=True)["state_dict"])
+    with torch.no_grad():
+        torch.testing.assert_close(cohort.networks["teacher"].eval()((raw - mean) / std), plain(raw))

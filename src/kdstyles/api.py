@@ -169,7 +169,8 @@ class Experiment:
                 images = len(d.splits["train"])
             counts = counts if self.cfg.loss.class_weights == "balanced" else None
             self._cohort = build_cohort(self.cfg, *shape, self.modules, class_counts=counts, train_images=images,
-                                        pinned=(info or {}).get("taps"))
+                                        pinned=(info or {}).get("taps"),
+                                        inputs=self.inputs(info) if info is not None else self.data.inputs)
             self._warnings += [("warning", w) for w in self._cohort.warnings]
         return self._cohort
 
@@ -205,7 +206,8 @@ class Experiment:
         bundle = build_data(few, self.cfg.train.seed, quiet=True, check=False, task=self.cfg.task,
                             normalize=self.cfg.normalisation, unlabeled=bool(self.cfg.edges))
         if self._cohort is None and not self.folder.trained():  # (a trained run's shapes are in run.json)
-            self._cohort = build_cohort(self.cfg, bundle.num_classes, bundle.channels, bundle.image_size, self.modules)
+            self._cohort = build_cohort(self.cfg, bundle.num_classes, bundle.channels, bundle.image_size, self.modules,
+                                        inputs=bundle.inputs)
             self._warnings += [("warning", w) for w in self._cohort.warnings]
         return self.cohort, bundle, True
 

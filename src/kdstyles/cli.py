@@ -156,6 +156,12 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
         m = exp.cfg.data.mix
         console.print(f"  mix  mixup {m.mixup:g}, CutMix {m.cutmix:g}, on {m.prob:.0%} of the training batches",
                       highlight=False)
+    if exp.cfg.data.views:
+        k = exp.cfg.data.views
+        cached = exp.cfg.networks.teacher.cache and cohort.frozen
+        console.print(f"  views  {k} fixed augmented views per training image (epoch e shows view e mod {k})"
+                      + (f"; the teacher's outputs kept per view: it runs in the first {k} epochs only" if cached
+                         else ""), highlight=False)
     for e in cohort.edges:
         console.print(f"  edge  {e}", highlight=False)
     for name, net in cohort.networks.items():

@@ -360,9 +360,41 @@ def _name_misfit(networks: dict[str, nn.Module], sample: torch.Tensor) -> None:
                 net.train(was_training)
 
 
+class Renormalise:
+    """A forward pre-hook giving a network inputs normalised as its own run normalised them:
+    ``x`` arrives normalised with this run's mean and std, and leaves with the network's own
+    (an offline teacher trained on other data, whose run.json records other statistics)."""
+
+    def __init__(self, run: Any, own: Any):
+        shape = (1, -1) + (1,) * run.spatial_dims
+        self.scale = (torch.tensor(run.std) / torch.tensor(own.std)).view(shape)
+        self.shift = ((torch.tensor(run.mean) - torch.tensor(own.mean)) / torch.tensor(own.std)).view(shape)
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        return (x * self.scale.to(x.device, x.dtype) + self.shift.to(x.device, x.dtype), *args[1:])
+
+
+def _teacher_inputs(path_str: str) -> Any:
+    """The input record (channels, size, normalisation) of the run an offline teacher comes from,
+    where its checkpoint is a run folder with a readable run.json; else None."""
+    from .inputs import Inputs
+
+    run = RunFolder(path_str)
+    if not Path(path_str).is_dir() or not run.info_path.is_file():
+        return None
+    try:
+        return Inputs.from_record(run.info(), run.info_path)
+    except KDError:
+        return None
+
+
 def _offline_teacher_weights(path_str: str) -> tuple[dict[str, torch.Tensor], Path]:
     """The teacher's weights from a run folder (its best teacher checkpoint) or a file, and the file."""
     path = Path(path_str)
+    if not path.exists():
+        raise KDError(f"networks.teacher.checkpoint: '{path}' does not exist (give the teacher's run folder or a .pt "
+                      "file of its weights)")
     if path.is_dir():
         run = RunFolder(path)
         found = run.teacher_weights()
@@ -383,11 +415,13 @@ def pinned_taps(cohort: Cohort) -> list[list[str | None]]:
 def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_size: int,
                  modules: dict[str, nn.Module] | None = None, load_offline: bool = True,
                  class_counts: list[int] | None = None, train_images: int | None = None,
-                 pinned: list[list[str | None]] | None = None) -> Cohort:
+                 pinned: list[list[str | None]] | None = None, inputs: Any = None) -> Cohort:
     """Build every network the routing uses, check taps and shapes, create adapters.
     ``class_counts`` (training split; with ``train_images`` its size) weights the supervised
     loss as the task does (``Task.class_weights``: inverse class frequency for CE); ``pinned``:
-    the taps a run folder recorded (:func:`pinned_taps`)."""
+    the taps a run folder recorded (:func:`pinned_taps`). ``inputs``: this run's input record;
+    an offline teacher from a run folder that normalised its images otherwise gets them
+    renormalised as its own run did (:class:`Renormalise`)."""
     modules = dict(modules or {})
     edges = cfg.edges
     names = used_networks(list(cfg.networks.students), edges, cfg.routing.teacher_only)
@@ -424,6 +458,10 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
         if load_offline:
             weights, path = _offline_teacher_weights(cfg.networks.teacher.checkpoint)
             checkpoints.load_into(nets[T], weights, path, f"networks.teacher (arch {cfg.networks.teacher.arch})")
+        own = _teacher_inputs(cfg.networks.teacher.checkpoint)
+        if inputs is not None and own is not None and own.channels == inputs.channels and (
+                own.mean != inputs.mean or own.std != inputs.std):
+            nets[T].register_forward_pre_hook(Renormalise(inputs, own))
     weights = task.class_weights(class_counts, train_images) if class_counts is not None else None
     sample = dims(cfg.data.dims).sample(2, channels, image_size)
     return Cohort(nets, edges, task, sample, cfg.loss.ce_weight, frozen, taps, weights, pinned)

@@ -102,7 +102,10 @@ def recipe_variants(path: str | Path | dict, base) -> list[Variant]:
     labels, mixing, epochs, a style's options), each against the same students trained alone."""
     from .config import override, read_yaml
 
-    raw = path if isinstance(path, dict) else read_yaml(path)  # the Python API may pass the mapping itself
+    try:
+        raw = path if isinstance(path, dict) else read_yaml(path)  # the Python API may pass the mapping itself
+    except KDError as exc:
+        raise KDError(str(exc).replace("config file", "--recipes file", 1)) from None
     if isinstance(path, dict):
         path = "recipes"
     if not raw:
@@ -470,6 +473,16 @@ def parse_budget(text: str) -> float:
     return h * 3600 + mins * 60 + secs
 
 
+def _duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``1 h 30 min`` (nothing below zero)."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+
+
 def _rung_value(spec: RunSpec, metric: str) -> float:
     """A paused or finished run's best validation value so far (over its students and ensemble)."""
     values = []
@@ -530,7 +543,7 @@ def spend(specs: list[RunSpec], budget: float, quiet: bool, echo) -> tuple[list[
         if remaining(alive) <= left or len(alive) == 1:
             break
         share = 2.0 ** (r - rounds)
-        echo(f"--budget: {len(alive)} candidates, {left / 60:.0f} min left, not enough for all of them; rung "
+        echo(f"--budget: {len(alive)} candidates, {_duration(left)} left, not enough for all of them; rung "
              f"{r + 1}: each to {share:.0%} of its epochs on seed {first}")
         values = {}
         for name in alive:
@@ -552,8 +565,8 @@ def spend(specs: list[RunSpec], budget: float, quiet: bool, echo) -> tuple[list[
         alive = kept
     over = remaining(alive) - (budget - (time.monotonic() - t0))
     if over > 0 and alive:
-        echo(f"--budget: {', '.join(alive)} need about {over / 60:.0f} min more than the budget left; running them "
-             "in full anyway (a comparison needs its finalists' every seed)")
+        echo(f"--budget: the finalists ({', '.join(alive)}) need about {_duration(over)} more than the budget has "
+             "left; running them in full anyway (a comparison needs its finalists' every seed and epoch)")
     results += execute([s for s in specs if s.preset in alive], quiet=quiet, echo=echo)
     halving = {"budget_s": budget, "metric": metric, "candidates": candidates, "finalists": alive, "rungs": rungs,
                "spent_s": time.monotonic() - t0}

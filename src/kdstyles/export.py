@@ -292,6 +292,11 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
          f"{mix['prob']:g})." if mix else "")
     unfinished = "" if info.get("status") == "finished" else \
         f" of {cfg.train.epochs} (**the run is {info.get('status')}: it has not finished**)"
+    parts = (info.get("reused_heads") or {}).get(network)
+    if parts:  # simkd: the student classifies through the teacher's head, carried in this file
+        size_rows += (f"\n\nOf {network}'s {sum(parts.values()):,} parameters, {parts['own']:,} are its own network's; "
+                      f"{parts['projector']:,} are the projector and {parts['teacher_head']:,} the teacher's classifier "
+                      "it learned to use (SimKD), both part of this model.")
     return f"""# Model card: `{network}` from `{sidecar['run_dir']}`
 
 Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`), from the

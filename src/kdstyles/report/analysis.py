@@ -294,7 +294,7 @@ def winner(study: Study) -> dict[str, Any] | None:
     if all(v is not None for v in test):
         out["test"] = float(np.mean(test))
     closed = next((g for g in gap_closure(study) if (g["preset"], g["network"]) == best), None)
-    if closed is not None:
+    if closed is not None and not np.isnan(closed["share"]):
         out["closure"] = closed["text"]
     return out
 
