@@ -295,7 +295,9 @@ def test_precision_and_layout_match_fp32(tiny_overrides, option):
     other.fit()
     a = list(csv.DictReader((ref.run_dir / "metrics.csv").open()))
     b = list(csv.DictReader((other.run_dir / "metrics.csv").open()))
-    tol = 0.05 if "bf16" in option else 1e-4
+    # channels-last convolutions sum in another order (kernels differ with the thread count too):
+    # after an epoch of Adam steps the fp32 losses agree to about 3e-4 relative, bf16 to a few %
+    tol = 0.05 if "bf16" in option else 1e-3
     for ra, rb in zip(a, b):
         if ra.get("train_loss"):
             assert float(rb["train_loss"]) == pytest.approx(float(ra["train_loss"]), rel=tol), ra["network"]
