@@ -1,4 +1,4 @@
-# make demo  -- set up .venv and train the demo (a shared teacher; students alone, diverse, fitnet) on the embedded data
+# make demo  -- set up .venv and train the demo (a shared teacher; students alone, diverse, kd with unlabelled images) on the embedded data
 # make docs  -- set up .venv and build the manual offline into site/ (strict: a broken link or page fails)
 # make test  -- set up .venv and run the test suite (in pytest-randomly's order for TEST_SEED;
 #               make test TEST_SEED=random shuffles anew and prints the seed to replay)

@@ -9,7 +9,8 @@ Variants:
 
     fresh     a new augmented view of every image each epoch (the teacher runs on every step)
     views8    8 fixed views per image (data.views: 8) and the teacher's outputs kept per view
-              (networks.teacher.cache): after 8 epochs the teacher no longer runs
+              (networks.teacher.cache): after 8 epochs the teacher no longer runs (the 3,000
+              unlabelled images are one pass an epoch)
     mix       fresh views, mixup/CutMix on (the teacher runs on every step)
 
 Each variant trains ``--epochs`` epochs and prints the mean epoch time over its epochs after the

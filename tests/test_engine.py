@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from kdstyles import Experiment, KDError, TrainingDiverged
 from kdstyles import checkpoints
+from kdstyles.cli import main
 from conftest import THREE
 
 
@@ -241,14 +242,16 @@ def test_teacher_cache_same_losses_and_no_teacher_forward_after_epoch_one(tiny_o
     assert [e for e in before if e >= 1] == []
 
 
-def test_fixed_views_let_an_augmented_teacher_be_cached_with_unlabelled_images(tiny_overrides, tmp_path):
+def test_fixed_views_let_an_augmented_teacher_be_cached_with_unlabelled_images(tiny_overrides, tmp_path, monkeypatch,
+                                                                             capsys):
     """data.views: K fixed augmented views per image (epoch e shows view e mod K, unlabelled
     images each pass): the teacher's outputs are kept per image and view, so it stops running
     once every view was seen, and the students learn exactly what they learn uncached."""
     teacher_run = offline_teacher(tmp_path, tiny_overrides)
-    common = ["train.epochs=4", "networks.teacher.mode=offline", f"networks.teacher.checkpoint={teacher_run}",
+    # 48 labelled images a epoch (3 batches of 16) and as many of the 96 unlabelled: half a pass
+    common = ["train.epochs=5", "networks.teacher.mode=offline", f"networks.teacher.checkpoint={teacher_run}",
               "data.views=2", "data.augment.shift=0.1", "train.early_stopping=null", "routing.preset=kd",
-              "data.unlabeled.source=synthetic", "data.unlabeled.samples=48"]
+              "data.unlabeled.source=synthetic", "data.unlabeled.samples=96"]
     plain = Experiment(None, overrides=tiny_overrides(*common, "output.name=plain"), quiet=True)
     plain.fit()
     cached = Experiment(None, overrides=tiny_overrides(*common, "output.name=cached", "networks.teacher.cache=true"),
@@ -265,12 +268,20 @@ def test_fixed_views_let_an_augmented_teacher_be_cached_with_unlabelled_images(t
     cached.fit(callbacks=[keep])
     a = list(csv.DictReader((plain.run_dir / "metrics.csv").open()))
     b = list(csv.DictReader((cached.run_dir / "metrics.csv").open()))
-    assert len(a) == len(b) == 4 * 4
+    assert len(a) == len(b) == 5 * 4
     for ra, rb in zip(a, b):
         for key in ("train_loss", "train_predictions<-teacher", "val_accuracy"):
             if ra.get(key):
                 assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-5, abs=1e-6), key
-    assert 1 in epochs and not [e for e in epochs if e >= 2]  # view 1 first seen in epoch 2; none after
+    # labelled view 1 first seen in epoch 2, the unlabelled images' 2 passes end in epoch 4; none after
+    assert 3 in epochs and not [e for e in epochs if e >= 4]
+    # kdstyles check says when the teacher stops running, the unlabelled passes counted
+    monkeypatch.setattr(sys, "argv", ["kdstyles", "check", *(a for o in tiny_overrides(
+        *common, "output.name=check", "networks.teacher.cache=true") for a in ("--set", o))])
+    with pytest.raises(SystemExit):
+        main()
+    out = capsys.readouterr().out
+    assert "the first 2 passes over the unlabelled ones (until epoch 4)" in out
     ds = cached.data.splits["train"]
     assert ds.keys == 2 * len(ds) and ds[(3, 5)][2] == 5 + len(ds)  # epoch 3 is view 1
     assert torch.equal(ds[(3, 5)][0], ds[(1, 5)][0]) and not torch.equal(ds[(2, 5)][0], ds[(1, 5)][0])

@@ -48,3 +48,31 @@ def test_report_of_a_single_run(comparison, tmp_path):
     path = render(run)
     text = path.read_text()
     assert "teacher (reference)" in text and "<img" in text
+
+
+def test_results_csv_lacking_a_run_is_refused_wherever_its_paths_point(comparison, tmp_path):
+    """results.csv names runs by paths a user may have written relative, absolute or before a
+    move: all are read; a file that lacks an evaluated run of the manifest is one line."""
+    import csv
+
+    from kdstyles.errors import KDError
+    from kdstyles.report import load_rows
+
+    out, _, _ = comparison
+    copy = tmp_path / "moved"
+    shutil.copytree(out, copy)
+    path = copy / "results.csv"
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+
+    def write(rows_):
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows_)
+
+    write([r | {"run_dir": f"elsewhere/{r['run_dir'].rsplit('/', 1)[-1]}"} for r in rows])  # relative, moved
+    assert len(load_rows(copy)) == len(rows)
+    write([r for r in rows if not r["run_dir"].endswith("diverse-seed1")])
+    with pytest.raises(KDError, match="lacks network '.*' of .*diverse-seed1"):
+        load_rows(copy)

@@ -159,9 +159,19 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
     if exp.cfg.data.views:
         k = exp.cfg.data.views
         cached = exp.cfg.networks.teacher.cache and cohort.frozen
+        runs = f"; the teacher's outputs kept per view: it runs in the first {k} epochs only"
+        if cached and data.unlabeled is not None and exp.cfg.data.unlabeled_batch:
+            # unlabelled images take view (pass over the archive) mod k: all are kept after k passes
+            train = exp.cfg.data.train_samples if previewed else len(data.splits["train"])  # as training has them
+            n = u.samples if previewed and u.source == "synthetic" else len(data.unlabeled)
+            steps = -(-train // exp.cfg.data.batch_size)
+            last = max(k, -(-k * n // (steps * exp.cfg.data.unlabeled_batch)))
+            runs = (f"; the teacher's outputs kept per view: it runs in the first {k} epochs on the labelled "
+                    f"images and the first {k} passes over the unlabelled ones (" +
+                    (f"until epoch {last}" if last <= exp.cfg.train.epochs else
+                     f"epoch {last}, beyond these {exp.cfg.train.epochs}: fewer views or more epochs let it stop") + ")")
         console.print(f"  views  {k} fixed augmented views per training image (epoch e shows view e mod {k})"
-                      + (f"; the teacher's outputs kept per view: it runs in the first {k} epochs only" if cached
-                         else ""), highlight=False)
+                      + (runs if cached else ""), highlight=False)
     for e in cohort.edges:
         console.print(f"  edge  {e}", highlight=False)
     for name, net in cohort.networks.items():

@@ -71,7 +71,8 @@ def _check_whole(folder: Path, path: Path, rows: list[dict[str, str]], again: st
         if Path(row.get("run_dir") or "").name != f"{row.get('preset')}-seed{row.get('seed')}" or not row["network"]:
             raise KDError(f"'{path}' is damaged: line {line} is cut short or altered (its run_dir "
                           f"'{row.get('run_dir')}' is not {row.get('preset')}-seed{row.get('seed')}); {again}")
-    listed = {(r["run_dir"], r["network"]) for r in rows}
+    listed = {(Path(r["run_dir"]).name, r["network"]) for r in rows}  # by folder name: a run_dir may be
+    # relative, absolute or moved (run_dirs resolves it by name too)
     for run in ComparisonFolder(folder).manifest().get("runs", []):
         rf = RunFolder(str(run.get("run_dir", ""))) if isinstance(run, dict) else None
         if rf is None or not rf.eval_path.is_file():
@@ -80,7 +81,7 @@ def _check_whole(folder: Path, path: Path, rows: list[dict[str, str]], again: st
             networks = rf.read_eval().get("networks", {})
         except KDError:
             continue  # a damaged eval.json is reported where it is read
-        missing = next((n for n in networks if (str(rf.path), n) not in listed), None)
+        missing = next((n for n in networks if (rf.path.name, n) not in listed), None)
         if missing is not None:
             raise KDError(f"'{path}' is damaged: it lacks network '{missing}' of {rf.path}, whose eval.json holds "
                           f"it; {again}")
