@@ -47,7 +47,14 @@ def _type(ann: Any) -> str:
                                                                                                str(ann)))
 
 
-def _allowed(ann: Any, metadata: list) -> str:
+def _allowed(ann: Any, metadata: list, extra: Any = None) -> str:
+    registry = (extra or {}).get("registry") if isinstance(extra, dict) else None
+    if registry:  # a name a registry holds: the built-in ones, and a plugin's
+        from kdstyles.data.sources import SOURCES
+        from kdstyles.tasks import TASKS
+
+        names = {"sources": SOURCES, "tasks": TASKS}[registry]
+        return ", ".join(f"`{n}`" for n in names) + ", or a plugin's"
     values: list[Any] = []
     for a in [ann, *typing.get_args(ann)]:
         if typing.get_origin(a) is Literal:
@@ -99,7 +106,8 @@ def section(model: type[BaseModel], prefix: str, rows: list[tuple[str, ...]], se
             if origin is dict or origin is list:
                 rows.append((key, _type(ann), _default(field), "", field.description or ""))
             continue
-        rows.append((key, _type(ann), _default(field), _allowed(ann, field.metadata), field.description or ""))
+        rows.append((key, _type(ann), _default(field), _allowed(ann, field.metadata, field.json_schema_extra),
+                     field.description or ""))
 
 
 def _cell(text: str) -> str:

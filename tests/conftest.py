@@ -54,6 +54,25 @@ def assert_gradient_isolation(cohort, losses) -> dict:
 
 
 @pytest.fixture
+def kept_registries():
+    """What a test registers (styles, tasks, sources, networks, imported plugins) is undone
+    after it, so that no other test sees it."""
+    from kdstyles import plugins
+    from kdstyles.data.sources import SOURCES
+    from kdstyles.metrics import REPORTS_AS
+    from kdstyles.models.zoo import ARCHS
+    from kdstyles.styles import STYLES
+    from kdstyles.tasks import TASKS
+
+    registries = (STYLES, TASKS, SOURCES, ARCHS, REPORTS_AS, plugins._LOADED)
+    kept = [dict(r) for r in registries]
+    yield
+    for registry, before in zip(registries, kept):
+        registry.clear()
+        registry.update(before)
+
+
+@pytest.fixture
 def tiny_overrides(tmp_path):
     return lambda *extra: tiny(tmp_path, *extra)
 

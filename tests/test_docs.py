@@ -45,21 +45,23 @@ def python_blocks(page: Path) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
 
 
-def test_the_extending_examples_run(tmp_path, monkeypatch):
-    """Each example of docs/extending.md runs as written (``workdir``: a scratch folder)."""
-    from kdstyles.styles import STYLES
-
+def test_the_extending_examples_run(tmp_path, monkeypatch, kept_registries):
+    """Each example of docs/extending.md runs as written (``workdir``: a scratch folder); a block
+    whose first line is ``# file: NAME`` is a plugin file, written to the next block's folder.
+    What the examples register is theirs alone (``kept_registries``)."""
     blocks = python_blocks(DOCS / "extending.md")
     assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
-    try:
-        for i, code in enumerate(blocks):
-            work = tmp_path / f"example{i}"
-            work.mkdir()
-            exec(compile(code, f"docs/extending.md example {i + 1}", "exec"), {"workdir": work, "__name__": "example"})
-    finally:
-        STYLES.pop("cosine", None)  # registered by the first example
+    work = tmp_path / "example0"
+    for i, code in enumerate(blocks):
+        work.mkdir(exist_ok=True)
+        if code.startswith("# file: "):
+            (work / code.split("\n", 1)[0].removeprefix("# file: ")).write_text(code)
+            continue
+        exec(compile(code, f"docs/extending.md example {i + 1}", "exec"), {"workdir": work, "__name__": "example"})
+        work = tmp_path / f"example{i + 1}"
     assert any((tmp_path / "example0").rglob("last.pt"))  # the style's example trained a run
+    assert any((tmp_path / "example1").rglob("last.pt"))  # so did the plugin's
 
 
 def _chromium():

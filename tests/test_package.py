@@ -86,16 +86,18 @@ def test_low_modules_import_nothing_high(graph):
 
 def test_one_registry_per_kind_of_thing():
     from kdstyles.compare import RESULT_FIELDS
-    from kdstyles.config import SELECTION_METRICS, ExperimentConfig
+    from kdstyles import KDError, load_config
+    from kdstyles.config import SELECTION_METRICS
     from kdstyles.data.sources import SOURCES
     from kdstyles.metrics import METRICS
     from kdstyles.routing import PRESETS, RoutingConfig
     from kdstyles.styles import KNOWLEDGE, STYLES
     from kdstyles.tasks import TASKS
 
-    fields = ExperimentConfig.model_fields
-    assert set(fields["task"].annotation.__args__) == set(TASKS)
-    assert set(ExperimentConfig().data.model_fields["source"].annotation.__args__) == set(SOURCES)
+    for key, registry in (("task", TASKS), ("data.source", SOURCES)):  # names checked against the registry
+        with pytest.raises(KDError) as err:
+            load_config(None, [f"{key}=nothing-registered"])
+        assert f"allowed: {', '.join(registry)} (got" in str(err.value)
     assert set(RoutingConfig.model_fields["preset"].annotation.__args__[0].__args__) == set(PRESETS)
     assert set(SELECTION_METRICS) - {"auto"} == {m for m, spec in METRICS.items() if spec.selectable}
     assert [f for f in RESULT_FIELDS if f in METRICS] == list(METRICS)

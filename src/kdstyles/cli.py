@@ -226,6 +226,7 @@ def _data_spec(spec: str, overrides: list[str]):
     else:
         raise KDError(f"'{spec}' is neither a config (.yaml), a folder, a .csv, a COCO .json, an .npz (MedMNIST's or "
                       "your own arrays in its layout) nor 'synthetic'")
+    from .data.sources import sources_for
     from .tasks import DEFAULT_TASK, TASKS
 
     # A source that one task alone reads (COCO boxes: detection) says the task. Looking at data
@@ -233,7 +234,7 @@ def _data_spec(spec: str, overrides: list[str]):
     # unless the overrides name one.
     given = next((o.partition("=")[2] for o in overrides if o.startswith("task=")), None)
     source = data[0].partition("=")[2]
-    readers = [name for name, t in TASKS.items() if source in t.sources]
+    readers = [name for name, t in TASKS.items() if source in sources_for(t)]
     task = given or (readers[0] if len(readers) == 1 else DEFAULT_TASK)
     if given is None and task != DEFAULT_TASK:
         data.append(f"task={task}")

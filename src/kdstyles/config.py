@@ -19,14 +19,22 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from . import sbatch
-from .data.sources import SOURCES
-from .errors import KDError
+from .data.sources import SOURCES, sources_for
+from .errors import KDError, unknown
 from .fileio import NAME_MAX, check_path_text
 from .metrics import METRICS
 from .routing import Edge, RoutingConfig, check_style_options, resolve_edges
 from .tasks import DEFAULT_TASK, TASKS
 
 SELECTION_METRICS = ("auto", *(m.name for m in METRICS.values() if m.selectable))
+
+
+def registered(name: str, registry: dict, what: str) -> str:
+    """A name a registry holds (checked when a config is validated, so names a plugin registered
+    count), or the "did you mean" line."""
+    if name not in registry:
+        raise ValueError(unknown(what, name, list(registry)))
+    return name
 
 
 class Strict(BaseModel):
@@ -136,8 +144,8 @@ class DataConfig(Strict):
     ``train/``, ``val/``, ``test/``) or ``csv`` (``path`` to a CSV with ``path,label[,split]``).
     """
 
-    source: Literal[tuple(SOURCES)] = Field(  # type: ignore[valid-type]
-        "synthetic", description="where labelled images come from (the data page lists each source and its format)")
+    source: str = Field("synthetic", description="where labelled images come from (the data page lists each source "
+                        "and its format; a plugin may register more)", json_schema_extra={"registry": "sources"})
     root: Optional[str] = Field(None, description="medmnist: folder of the npz files (default ~/.medmnist); "
                                                   "folder: the image tree")
     path: Optional[str] = Field(None, description="csv: the CSV file (image paths relative to it); npz: your arrays "
@@ -265,6 +273,11 @@ class DataConfig(Strict):
             raise ValueError("class names must be distinct")
         return v
 
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        return registered(v, SOURCES, "source")
+
     @model_validator(mode="after")
     def _source_keys(self) -> "DataConfig":
         needs = SOURCES[self.source].requires
@@ -351,12 +364,10 @@ class NetworkConfig(Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from .models.zoo import ARCHS
+        from .models.zoo import ARCHS, unknown_arch
 
         if v != "custom" and v not in ARCHS:
-            near = difflib.get_close_matches(v, list(ARCHS), n=3)
-            hint = f" (did you mean {', '.join(near)}?)" if near else ""
-            raise ValueError(f"unknown arch '{v}'{hint}; allowed: {', '.join(ARCHS)}, custom")
+            raise ValueError(unknown_arch(v))
         return v
 
 
@@ -545,8 +556,11 @@ class LauncherConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str = Field("demo", description="the experiment's name: the first part of its run folders' names")
-    task: Literal[tuple(TASKS)] = Field(DEFAULT_TASK, description="what the networks learn: one class per image, "  # type: ignore[valid-type]
-                                            "several, a mask or boxes")
+    plugins: list[str] = Field(default_factory=list, description="Python files (.py) or module names imported "
+                               "before the rest of the config is read: each registers tasks, data sources, networks "
+                               "or styles (the extending page); a file is recorded by its absolute path")
+    task: str = Field(DEFAULT_TASK, description="what the networks learn: one class per image, several, a mask or "
+                      "boxes (a plugin may register more)", json_schema_extra={"registry": "tasks"})
     data: DataConfig = DataConfig()
     networks: NetworksConfig = NetworksConfig()
     routing: RoutingConfig = RoutingConfig()
@@ -564,13 +578,29 @@ class ExperimentConfig(Strict):
     _edges: list[Edge] = PrivateAttr(default_factory=list)
     _name = field_validator("name")(_folder_name)
 
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        return registered(v, TASKS, "task")
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugin_paths(cls, v: list[str]) -> list[str]:
+        from .plugins import plugin_path
+
+        return [plugin_path(e) for e in v]
+
     @model_validator(mode="after")
     def _check_styles_and_edges(self) -> "ExperimentConfig":
         for style, opts in self.styles.items():
             check_style_options(style, opts, f"styles.{style}")
         self._edges = resolve_edges(self.routing, list(self.networks.students), self.styles, self.loss,
                                     offline_teacher=self.networks.teacher.mode == "offline")
-        TASKS[self.task].check_config(self)
+        task = TASKS[self.task]
+        if self.data.source not in sources_for(task):
+            raise KDError(f"data.source: '{self.data.source}' is not read for task {task.name}; allowed: "
+                          f"{', '.join(sources_for(task))}")
+        task.check_config(self)
         if self.train.qat and self.routing.teacher_only:
             raise KDError("train.qat: this run trains the teacher alone (preset teacher); quantization-aware "
                           "epochs are for students, which deploy: set train.qat: false")
@@ -782,7 +812,19 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
+def _plugins(raw: dict) -> None:
+    """Import the config's plugins before the rest is validated (they register the names it may use)."""
+    entries = raw.get("plugins") if isinstance(raw, dict) else None
+    if entries:
+        if not (isinstance(entries, list) and all(isinstance(e, str) and e for e in entries)):
+            raise KDError(f"config error: plugins: a list of .py files or module names (got {entries!r})")
+        from .plugins import load_plugins
+
+        load_plugins(entries)
+
+
 def _validate(raw: dict) -> ExperimentConfig:
+    _plugins(raw)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
@@ -795,6 +837,7 @@ def build_config(raw: dict, overrides: list[str] | None = None) -> ExperimentCon
     if not overrides:
         return _validate(raw)
     try:
+        _plugins(raw)
         resolved = ExperimentConfig.model_validate(raw).model_dump(mode="json", exclude_none=True)
     except (ValidationError, KDError):
         resolved = raw  # the overrides may be what repairs it; validate once with them applied
@@ -823,10 +866,11 @@ RESUMABLE = ("train.epochs", "train.early_stopping", "train.qat", "train.val_eve
              "launcher.")
 
 
-# Keys that name where things are: a run's data or teacher may move to another folder (a changed
-# file set is refused by the run's splits.csv), so an edited config.yaml may change them.
+# Keys that name where things are: a run's data, teacher or plugin files may move to another
+# folder (a changed file set is refused by the run's splits.csv), so an edited config.yaml may
+# change them.
 MOVABLE = ("data.root", "data.path", "data.unlabeled.root", "data.unlabeled.path", "networks.teacher.checkpoint",
-           "output.dir", "output.name")
+           "output.dir", "output.name", "plugins")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

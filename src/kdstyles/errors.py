@@ -15,6 +15,15 @@ def one_line(text: object, limit: int = MAX_LINE) -> str:
     return s if len(s) <= limit else f"{s[:limit]}... ({len(s) - limit:,} more characters)"
 
 
+def unknown(what: str, name: object, allowed: list[str]) -> str:
+    """The message for a name no registry holds: the nearest names, then every allowed one."""
+    import difflib
+
+    near = difflib.get_close_matches(str(name), allowed, n=3)
+    hint = f" (did you mean {', '.join(near)}?)" if near else ""
+    return f"unknown {what} '{name}'{hint}; allowed: {', '.join(allowed)}"
+
+
 class KDError(Exception):
     """A user-facing error: its message is one line naming the key/file and what is allowed."""
 

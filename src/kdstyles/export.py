@@ -159,8 +159,8 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     task = exp.cohort.task
     sidecar = {
         "format": fmt, "file": path.name, "kdstyles": __version__, "torch": torch.__version__,
-        "task": task.name, "network": network, "run_dir": str(run_dir), "run_status": info.get("status"),
-        "preset": info.get("preset"),
+        "task": task.name, "plugins": exp.cfg.plugins, "network": network, "run_dir": str(run_dir),
+        "run_status": info.get("status"), "preset": info.get("preset"),
         "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.get("epochs_done")},
         "input": inputs.sidecar(),
         "output": {"name": "probabilities",

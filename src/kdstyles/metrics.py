@@ -63,9 +63,15 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 
 
+# A registered task whose metrics are another's (a plugin's subclass of a built-in task):
+# its name -> the task whose metrics it reports (tasks.register_task fills it)
+REPORTS_AS: dict[str, str] = {}
+
+
 def task_metrics(task: str, present: Any = None, headline: bool = False) -> list[str]:
     """The table metrics of a task, in registry order (only those in ``present`` if given;
     only its two headline figures with ``headline``)."""
+    task = REPORTS_AS.get(task, task)
     return [m.name for m in METRICS.values() if m.task == task and m.table and (present is None or m.name in present)
             and (m.headline or not headline)]
 

@@ -47,6 +47,8 @@ class Labels:
     def of_records(self, records: list[files.Record], cfg: Any, where: str) -> tuple[list[str], np.ndarray]:
         """The class names and labels of files with a class each (``records[i].label``)."""
         names = files.class_list(records, cfg.classes, where)
+        if not names:
+            raise KDError(f"{where}: no images found (a path relative to the folder the command runs in?)")
         if len(names) < 2:
             raise KDError(f"{where}: holds one class only ('{names[0]}'); a classifier needs at least two "
                           "(class folders, or label values in the CSV)")

@@ -18,6 +18,8 @@ activation.
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -26,10 +28,9 @@ import torch.nn as nn
 from monai.networks import nets
 
 from ..dims import dims as space
-from ..errors import KDError
+from ..errors import KDError, unknown
 
 SMALL_STEM_BELOW = 32
-PRETRAINED_FAMILIES = ("resnet", "densenet", "efficientnet", "mobilenet")  # weights load by name (pretrained.py)
 
 
 CONVS = (nn.Conv2d, nn.Conv3d)  # what a tap may record by default, in 2D and 3D networks
@@ -92,57 +93,105 @@ def _flexunet(backbone: str, in_ch: int, n_cls: int, widen: float, small: bool, 
                       f"({type(exc).__name__}); set pretrained: false") from None
 
 
-SEG_PREFIXES = ("unet", "basicunet", "flexunet-")
-SEG_ARCHS: dict[str, Callable[..., nn.Module]] = {
-    "unet": _unet, "basicunet": _basicunet,
-    **{f"flexunet-resnet{d}": partial(_flexunet, f"resnet{d}") for d in (10, 18, 34, 50)},
-    **{f"flexunet-efficientnet-b{i}": partial(_flexunet, f"efficientnet-b{i}") for i in range(8)},
+@dataclass(frozen=True)
+class Arch:
+    """A network by name: how to build it, and what it takes. ``build(in_channels, num_classes,
+    widen, small, pretrained, dims=2)`` returns the module (``small``: the 3x3/stride-1 stem for
+    small inputs; ``pretrained``: load an ImageNet encoder itself, for ``pretrained="encoder"``).
+    The fields are what the config may ask of it: ``widens`` (a width multiplier),
+    ``volumes`` (3D, ``dims=3``), ``pretrained`` (``"weights"``: ImageNet weights or a file,
+    loaded by name in models/pretrained.py; ``"encoder"``: the builder loads an ImageNet
+    encoder; None: none), ``dense`` (an encoder-decoder: a map at the input's size, for
+    segmentation and detection; otherwise a classifier's logits), ``stem_keeps_shapes`` (its
+    small stem changes a stride, not a weight's shape, so pretrained weights still fit)."""
+
+    build: Callable[..., nn.Module]
+    widens: bool = False
+    volumes: bool = True
+    pretrained: str | None = None
+    dense: bool = False
+    stem_keeps_shapes: bool = False
+
+
+ARCHS: dict[str, Arch] = {
+    **{f"resnet{d}": Arch(partial(_resnet, getattr(nets, f"resnet{d}")), widens=True, pretrained="weights")
+       for d in (10, 18, 34, 50, 101, 152)},
+    **{f"densenet{d}": Arch(partial(_densenet, getattr(nets, f"DenseNet{d}")), pretrained="weights")
+       for d in (121, 169, 201)},
+    **{f"efficientnet-b{i}": Arch(partial(_efficientnet, f"efficientnet-b{i}"), pretrained="weights",
+                                  stem_keeps_shapes=True) for i in range(8)},
+    "mobilenet_v2": Arch(_mobilenet, widens=True, volumes=False, pretrained="weights"),
+    "unet": Arch(_unet, widens=True, dense=True),
+    "basicunet": Arch(_basicunet, widens=True, dense=True),
+    **{f"flexunet-{b}": Arch(partial(_flexunet, b), widens=True, dense=True, pretrained="encoder")
+       for b in (*(f"resnet{d}" for d in (10, 18, 34, 50)), *(f"efficientnet-b{i}" for i in range(8)))},
 }
 
-ARCHS: dict[str, Callable[..., nn.Module]] = {
-    **{f"resnet{d}": partial(_resnet, getattr(nets, f"resnet{d}")) for d in (10, 18, 34, 50, 101, 152)},
-    **{f"densenet{d}": partial(_densenet, getattr(nets, f"DenseNet{d}")) for d in (121, 169, 201)},
-    **{f"efficientnet-b{i}": partial(_efficientnet, f"efficientnet-b{i}") for i in range(8)},
-    "mobilenet_v2": _mobilenet,
-    **SEG_ARCHS,
-}
+
+BUILT_IN = frozenset(ARCHS)
+
+
+def register_arch(name: str, arch: Arch) -> Arch:
+    """Make ``arch`` a network name a config can give (``networks.*.arch``; a plugin's call,
+    kdstyles.plugins). The built-in names are kept; a plugin registering a name again replaces
+    its own."""
+    if not isinstance(arch, Arch):
+        raise KDError(f"register_arch('{name}'): give an Arch(build, ...) record, not {type(arch).__name__}")
+    if name in BUILT_IN or name == "custom":
+        raise KDError(f"register_arch: '{name}' is a built-in arch; give yours another name")
+    ARCHS[name] = arch
+    return arch
+
+
+def archs_that(what: Callable[[Arch], bool]) -> str:
+    """The names of the archs with a trait, a numbered family in one item (resnet10/18/34)."""
+    families: dict[str, list[str]] = {}
+    for name, arch in ARCHS.items():
+        if what(arch):
+            stem, number = re.fullmatch(r"(.*?)(\d*)", name).groups()
+            families.setdefault(stem, []).append(number)
+    return ", ".join(stem + "/".join(n) for stem, n in families.items())
+
+
+def unknown_arch(name: str) -> str:
+    """The message for an arch name no network has, with the nearest names."""
+    return unknown("arch", name, [*ARCHS, "custom"])
 
 
 def build_network(arch: str, in_channels: int, num_classes: int, image_size: int, widen: float = 1.0,
                   stem: str = "auto", pretrained: bool | str = False, where: str = "networks",
                   spatial_dims: int = 2) -> nn.Module:
     """Build a named 2D or 3D network; ``pretrained``: False, "imagenet" (True) or a weights file
-    (2D only)."""
+    (2D only). What an arch takes is its :class:`Arch` record's to say."""
     if arch not in ARCHS:
-        raise KDError(f"{where}.arch: unknown arch '{arch}'; allowed: {', '.join(ARCHS)}")
+        raise KDError(f"{where}.arch: {unknown_arch(arch)}")
+    a = ARCHS[arch]
+    small = stem == "small" or (stem == "auto" and image_size < SMALL_STEM_BELOW)
     if space(spatial_dims).volumes:
-        if arch == "mobilenet_v2":
-            raise KDError(f"{where}.arch: mobilenet_v2 is 2D only; for volumes use a resnet, densenet, efficientnet "
-                          "or encoder-decoder")
+        if not a.volumes:
+            raise KDError(f"{where}.arch: {arch} is 2D only; for volumes use {archs_that(lambda o: o.volumes)}")
         if pretrained:
             raise KDError(f"{where}.pretrained: ImageNet weights are 2D; a 3D network starts from scratch "
                           "(set pretrained: false)")
-        small = stem == "small" or (stem == "auto" and image_size < SMALL_STEM_BELOW)
-        return ARCHS[arch](in_channels, num_classes, widen, small, False, dims=3)
-    if widen != 1.0 and not arch.startswith(("resnet", "mobilenet", *SEG_PREFIXES)):
-        raise KDError(f"{where}.widen: only resnet, mobilenet_v2 and encoder-decoder archs take a width multiplier "
-                      f"(arch is {arch}); set {where}.widen=1")
+        return a.build(in_channels, num_classes, widen, small, False, dims=3)
+    if widen != 1.0 and not a.widens:
+        raise KDError(f"{where}.widen: {arch} takes no width multiplier (those that do: "
+                      f"{archs_that(lambda o: o.widens)}); set {where}.widen=1")
     source = "imagenet" if pretrained is True else (pretrained or None)
-    small = stem == "small" or (stem == "auto" and image_size < SMALL_STEM_BELOW)
-    if source and arch.startswith(PRETRAINED_FAMILIES):  # full width, weights loaded below
-        keeps_shapes = arch.startswith("efficientnet")  # its small stem changes a stride, no weight's shape
-        if (stem == "small" and not keeps_shapes) or widen != 1.0:
+    if source and a.pretrained == "weights":  # full width, weights loaded below
+        if (stem == "small" and not a.stem_keeps_shapes) or widen != 1.0:
             raise KDError(f"{where}: pretrained weights fit the imagenet stem at widen 1 (stem is {stem}, widen "
                           f"{widen:g}); set {where}.stem=auto and {where}.widen=1")
         from .pretrained import load_pretrained
 
-        model = ARCHS[arch](in_channels, num_classes, widen, small and keeps_shapes, False)
+        model = a.build(in_channels, num_classes, widen, small and a.stem_keeps_shapes, False)
         load_pretrained(model, arch, source, in_channels, where)
         return model
-    if source and not (source == "imagenet" and arch.startswith("flexunet-")):
-        raise KDError(f"{where}.pretrained: {arch} takes no pretrained weights (ResNets, DenseNets, EfficientNets "
-                      "and mobilenet_v2 take 'imagenet' or a file; flexunet encoders 'imagenet'); set pretrained: false")
-    return ARCHS[arch](in_channels, num_classes, widen, small, bool(source))
+    if source and not (source == "imagenet" and a.pretrained == "encoder"):
+        raise KDError(f"{where}.pretrained: {arch} takes no pretrained weights ("
+                      f"{archs_that(lambda o: o.pretrained == 'weights')} take 'imagenet' or a file; "
+                      f"{archs_that(lambda o: o.pretrained == 'encoder')} 'imagenet'); set pretrained: false")
+    return a.build(in_channels, num_classes, widen, small, bool(source))
 
 
 MIN_MAP = 4  # a tapped map smaller than MIN_MAP x MIN_MAP is (nearly) a vector

@@ -57,6 +57,12 @@ class Task:
     # ------------------------------------------------------------------ configuration
 
     @classmethod
+    def lineage(cls) -> tuple[str, ...]:
+        """Its name and those of the tasks it derives from (a plugin's task that subclasses
+        Classification selects checkpoints by classification's metrics)."""
+        return tuple(dict.fromkeys(c.name for c in cls.__mro__ if isinstance(c.__dict__.get("name"), str)))
+
+    @classmethod
     def accepts_arch(cls, arch: str) -> bool:
         """Whether a network of this name produces this task's outputs."""
         raise NotImplementedError
@@ -74,11 +80,8 @@ class Task:
             if spec.arch != "custom" and not cls.accepts_arch(spec.arch):
                 raise KDError(f"{key}.arch: '{spec.arch}' does not fit task {cls.name}; it needs {cls.arch_hint}")
         metric = cfg.train.selection_metric
-        if metric != "auto" and METRICS[metric].task != cls.name:
+        if metric != "auto" and METRICS[metric].task not in cls.lineage():
             raise KDError(f"train.selection_metric: '{metric}' is not a {cls.name} metric")
-        if cfg.data.source not in cls.sources:
-            raise KDError(f"data.source: '{cfg.data.source}' is not read for task {cls.name}; allowed: "
-                          f"{', '.join(cls.sources)}")
         if cfg.data.patch_size is not None and not (cls.patches and space(cfg.data.dims).volumes):
             raise KDError(f"data.patch_size: patches are for 3D segmentation and detection (task {cls.name}, "
                           f"spatial_dims {cfg.data.dims}); leave it out")
@@ -188,7 +191,7 @@ class Task:
         pooled, not scored one by one (``evaluate.one_by_one``)."""
         from ..metrics import METRICS
 
-        return any(m.drawn and m.task == cls.name for m in METRICS.values())
+        return any(m.drawn and m.task in cls.lineage() for m in METRICS.values())
 
     def kept_outputs(self, probs: dict, labels) -> dict[str, Any]:
         """Arrays evaluate keeps beside eval.json (``RunFolder.write_outputs``): the labels and
@@ -256,9 +259,9 @@ class EncoderDecoderTask(Task):
 
     @classmethod
     def accepts_arch(cls, arch: str) -> bool:
-        from ..models.zoo import SEG_ARCHS
+        from ..models.zoo import ARCHS
 
-        return arch in SEG_ARCHS
+        return arch in ARCHS and ARCHS[arch].dense
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:

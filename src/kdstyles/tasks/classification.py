@@ -32,9 +32,9 @@ class Classification(Task):
 
     @classmethod
     def accepts_arch(cls, arch: str) -> bool:
-        from ..models.zoo import SEG_ARCHS
+        from ..models.zoo import ARCHS
 
-        return arch not in SEG_ARCHS
+        return arch not in ARCHS or not ARCHS[arch].dense  # logits: not an encoder-decoder
 
     def supervised(self, logits, y, class_weights):
         import torch.nn.functional as F

@@ -1,4 +1,6 @@
-"""Data sources, registered by name. Adding a source = one file here + one line in SOURCES.
+"""Data sources, registered by name. A built-in source = one file here + one line in
+``_registry``; a source of your own = one plugin file calling :func:`register_source`
+(kdstyles.plugins).
 
 A source turns the ``data`` config into :class:`Loaded`: every split's images (uint8
 arrays in memory, or files decoded on access), labels, masks for dense tasks (those whose
@@ -62,6 +64,7 @@ class Loaded:
 class Source:
     name: ClassVar[str]
     requires: ClassVar[str | None] = None  # the data.* key it cannot do without
+    tasks: ClassVar[tuple[str, ...]] = ()  # tasks it reads for, beside those whose `sources` name it
     patches: ClassVar[bool] = False  # trains on random patches of its volumes by default
     # `kdstyles check` may read a few items of each split instead of all (generated data: every
     # item passes the same checks, and the rest only costs time)
@@ -321,3 +324,21 @@ def _registry() -> dict[str, Source]:
 
 
 SOURCES: dict[str, Source] = _registry()
+BUILT_IN = frozenset(SOURCES)
+
+
+def sources_for(task: Any) -> tuple[str, ...]:
+    """The sources a task reads: its ``sources`` and every registered source that names it in
+    its own ``tasks`` (a plugin's source)."""
+    return (*task.sources, *(n for n, s in SOURCES.items() if task.name in s.tasks and n not in task.sources))
+
+
+def register_source(source: Source) -> Source:
+    """Make ``source`` a ``data.source`` a config can name (a plugin's call, kdstyles.plugins).
+    The built-in names are kept; a plugin registering a name again replaces its own."""
+    if not isinstance(source, Source):
+        raise KDError(f"register_source: give a Source instance, not {type(source).__name__}")
+    if source.name in BUILT_IN:
+        raise KDError(f"register_source: '{source.name}' is a built-in source; give yours another name")
+    SOURCES[source.name] = source
+    return source
