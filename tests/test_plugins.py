@@ -3,6 +3,7 @@ the package, named by a config, trained, and read again by later commands in new
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -131,13 +132,15 @@ def test_a_task_a_source_and_a_network_from_a_file_outside_the_package(plugin_an
 def test_plugin_errors_are_one_line_naming_the_entry(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "broken.py").write_text("raise RuntimeError('half written')\n")
+    (tmp_path / "exits.py").write_text("raise SystemExit(3)\n")
     (tmp_path / "clash.py").write_text("from kdstyles.plugins import Arch, register_arch\n"
                                        "register_arch('resnet18', Arch(lambda *a, **k: None))\n")
     for entry, message in (("missing.py", "plugins[0] 'missing.py': no such file"),
                            ("broken.py", "plugins[0] 'broken.py' failed to import: RuntimeError: half written"),
                            ("clash.py", "plugins[0] 'clash.py': register_arch: 'resnet18' is a built-in arch"),
+                           ("exits.py", "plugins[0] 'exits.py' exited while it was imported (exit status 3)"),
                            ("no_such_module_here", "failed to import: ModuleNotFoundError")):
-        with pytest.raises(KDError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        with pytest.raises(KDError, match=re.escape(message)):
             load_config(None, [f"plugins=[{entry}]"])
     with pytest.raises(KDError, match="config error: task: unknown task 'smothed'"):
         load_config(None, ["task=smothed"])  # nothing registered it

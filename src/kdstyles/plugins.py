@@ -51,6 +51,12 @@ def plugin_path(entry: str) -> str:
     return str(Path(entry).expanduser().resolve()) if entry.endswith(".py") else entry
 
 
+def _failed(at: str, exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"{at} exited while it was imported (exit status {exc.code}); a plugin registers, it does not exit"
+    return f"{at} failed to import: {type(exc).__name__}: {exc}"
+
+
 def load_plugins(entries: list[str], where: str = "plugins") -> None:
     """Import each entry (a ``.py`` file or a module name) once per process; what one cannot do
     is one line naming it."""
@@ -72,14 +78,14 @@ def load_plugins(entries: list[str], where: str = "plugins") -> None:
             except KDError as exc:
                 sys.modules.pop(name, None)
                 raise KDError(f"{at}: {exc}") from None
-            except Exception as exc:  # noqa: BLE001 - any failure of the user's file is one line naming it
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of the user's file is one line
                 sys.modules.pop(name, None)
-                raise KDError(f"{at} failed to import: {type(exc).__name__}: {exc}") from None
+                raise KDError(_failed(at, exc)) from None
         else:
             try:
                 module = importlib.import_module(entry)
             except KDError as exc:
                 raise KDError(f"{at}: {exc}") from None
-            except Exception as exc:  # noqa: BLE001
-                raise KDError(f"{at} failed to import: {type(exc).__name__}: {exc}") from None
+            except (Exception, SystemExit) as exc:  # noqa: BLE001
+                raise KDError(_failed(at, exc)) from None
         _LOADED[key] = module
