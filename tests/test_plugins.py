@@ -133,14 +133,22 @@ def test_plugin_errors_are_one_line_naming_the_entry(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "broken.py").write_text("raise RuntimeError('half written')\n")
     (tmp_path / "exits.py").write_text("raise SystemExit(3)\n")
+    (tmp_path / "restyle.py").write_text("from kdstyles.plugins import register_style\n"
+                                         "from kdstyles.styles.features import Features\n"
+                                         "register_style(type('Mine', (Features,), {'name': 'predictions'})())\n")
     (tmp_path / "clash.py").write_text("from kdstyles.plugins import Arch, register_arch\n"
                                        "register_arch('resnet18', Arch(lambda *a, **k: None))\n")
     for entry, message in (("missing.py", "plugins[0] 'missing.py': no such file"),
                            ("broken.py", "plugins[0] 'broken.py' failed to import: RuntimeError: half written"),
                            ("clash.py", "plugins[0] 'clash.py': register_arch: 'resnet18' is a built-in arch"),
                            ("exits.py", "plugins[0] 'exits.py' exited while it was imported (exit status 3)"),
+                           ("restyle.py", "register_style: 'predictions' is a built-in style"),
+                           ("x" * 300 + ".py", "plugins[0]: the path's part 'xxxx"),
                            ("no_such_module_here", "failed to import: ModuleNotFoundError")):
         with pytest.raises(KDError, match=re.escape(message)):
             load_config(None, [f"plugins=[{entry}]"])
+    for given in ('"a\\0b.py"', "notalist.py"):  # a NUL in a path (YAML's escape), or not a list
+        with pytest.raises(KDError, match=r"plugins(\[0\]: a path cannot hold a NUL|: a list of \.py files)"):
+            load_config(None, [f"plugins={given}" if given.endswith("py") else f"plugins=[{given}]"])
     with pytest.raises(KDError, match="config error: task: unknown task 'smothed'"):
         load_config(None, ["task=smothed"])  # nothing registered it

@@ -816,11 +816,9 @@ def _plugins(raw: dict) -> None:
     """Import the config's plugins before the rest is validated (they register the names it may use)."""
     entries = raw.get("plugins") if isinstance(raw, dict) else None
     if entries:
-        if not (isinstance(entries, list) and all(isinstance(e, str) and e for e in entries)):
-            raise KDError(f"config error: plugins: a list of .py files or module names (got {entries!r})")
         from .plugins import load_plugins
 
-        load_plugins(entries)
+        load_plugins(entries, "config error: plugins")
 
 
 def _validate(raw: dict) -> ExperimentConfig:

@@ -24,6 +24,13 @@ def unknown(what: str, name: object, allowed: list[str]) -> str:
     return f"unknown {what} '{name}'{hint}; allowed: {', '.join(allowed)}"
 
 
+def check_new_name(kind: str, name: str, built_in: frozenset) -> None:
+    """A plugin's register call (kdstyles.plugins): a built-in name is kept, in one line; a
+    plugin's own name may be registered again (it replaces the earlier)."""
+    if name in built_in:
+        raise KDError(f"register_{kind}: '{name}' is a built-in {kind}; give yours another name")
+
+
 class KDError(Exception):
     """A user-facing error: its message is one line naming the key/file and what is allowed."""
 

@@ -22,10 +22,10 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-
 from typing import Any
 
 from .errors import KDError
+from .fileio import check_path_text
 
 # What a plugin imports from here, and where it lives (imported when first asked for).
 _NAMES = {"Source": "data.sources", "register_source": "data.sources", "Arch": "models.zoo",
@@ -57,10 +57,16 @@ def _failed(at: str, exc: BaseException) -> str:
     return f"{at} failed to import: {type(exc).__name__}: {exc}"
 
 
-def load_plugins(entries: list[str], where: str = "plugins") -> None:
-    """Import each entry (a ``.py`` file or a module name) once per process; what one cannot do
-    is one line naming it."""
+def load_plugins(entries: Any, where: str = "plugins") -> None:
+    """Import each entry (a ``.py`` file or a module name) once per process; entries that are not
+    a list of names or paths, and what one cannot do, are one line naming it."""
+    if not (isinstance(entries, list) and all(isinstance(e, str) and e for e in entries)):
+        raise KDError(f"{where}: a list of .py files or module names (got {entries!r})")
     for i, entry in enumerate(entries):
+        try:
+            check_path_text(entry)
+        except ValueError as exc:
+            raise KDError(f"{where}[{i}]: {exc}") from None
         key = plugin_path(entry)
         if key in _LOADED:
             continue

@@ -63,13 +63,10 @@ def _sidecar(model: Path) -> dict:
         raise KDError(f"sidecar '{path}' is damaged (needs class_names, a list of names, and input.channels/height, "
                       f"whole numbers); {again}")
     task = side.get("task", DEFAULT_TASK)
-    plugins = side.get("plugins") or []
-    if plugins:  # the run's plugins (a task of their own): imported as its config imported them
+    if side.get("plugins"):  # the run's plugins (a task of their own): imported as its config imported them
         from .plugins import load_plugins
 
-        if not (isinstance(plugins, list) and all(isinstance(e, str) and e for e in plugins)):
-            raise KDError(f"sidecar '{path}' is damaged (plugins: a list of files or modules); {again}")
-        load_plugins(plugins, where=f"sidecar '{path}' plugins")
+        load_plugins(side["plugins"], where=f"sidecar '{path}' plugins")
     if task not in TASKS:
         raise KDError(f"sidecar '{path}': task {task!r} is not known (allowed: {', '.join(TASKS)}); {again}")
     if "depth" in inp and not isinstance(side.get("volumes"), dict):

@@ -28,7 +28,7 @@ import torch.nn as nn
 from monai.networks import nets
 
 from ..dims import dims as space
-from ..errors import KDError, unknown
+from ..errors import KDError, check_new_name, unknown
 
 SMALL_STEM_BELOW = 32
 
@@ -137,8 +137,7 @@ def register_arch(name: str, arch: Arch) -> Arch:
     its own."""
     if not isinstance(arch, Arch):
         raise KDError(f"register_arch('{name}'): give an Arch(build, ...) record, not {type(arch).__name__}")
-    if name in BUILT_IN or name == "custom":
-        raise KDError(f"register_arch: '{name}' is a built-in arch; give yours another name")
+    check_new_name("arch", name, BUILT_IN | {"custom"})
     ARCHS[name] = arch
     return arch
 

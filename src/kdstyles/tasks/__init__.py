@@ -18,12 +18,11 @@ def register_task(task: type[Task]) -> type[Task]:
     """Make ``task`` (a Task subclass) a ``task:`` a config can name (a plugin's call,
     kdstyles.plugins). The built-in names are kept; a plugin registering a name again replaces
     its own."""
-    from ..errors import KDError
+    from ..errors import KDError, check_new_name
 
     if not (isinstance(task, type) and issubclass(task, Task)):
         raise KDError(f"register_task: give a Task subclass, not {task!r}")
-    if task.name in BUILT_IN:
-        raise KDError(f"register_task: '{task.name}' is a built-in task; give yours another name")
+    check_new_name("task", task.name, BUILT_IN)
     from ..metrics import METRICS, REPORTS_AS
 
     reports = next((n for n in task.lineage() if any(m.task == n for m in METRICS.values())), None)

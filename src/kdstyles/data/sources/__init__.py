@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...dims import dims as space
-from ...errors import KDError
+from ...errors import KDError, check_new_name
 from ...imageio import convert, image_size
 from .. import checks, files, segfolder
 from ..labels import labels_of
@@ -338,7 +338,6 @@ def register_source(source: Source) -> Source:
     The built-in names are kept; a plugin registering a name again replaces its own."""
     if not isinstance(source, Source):
         raise KDError(f"register_source: give a Source instance, not {type(source).__name__}")
-    if source.name in BUILT_IN:
-        raise KDError(f"register_source: '{source.name}' is a built-in source; give yours another name")
+    check_new_name("source", source.name, BUILT_IN)
     SOURCES[source.name] = source
     return source
