@@ -73,6 +73,27 @@ def kept_registries():
 
 
 @pytest.fixture
+def cli(monkeypatch, capsys):
+    """The command line in this process (``cli("evaluate", run)``): its exit code, standard
+    output and error. A test that needs what only a new process shows (its import, signals,
+    one line on stderr from start to end) runs ``python -m kdstyles`` once instead."""
+    def run(*args) -> tuple[int, str, str]:
+        from kdstyles.cli import main
+
+        capsys.readouterr()
+        monkeypatch.setattr("sys.argv", ["kdstyles", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture
 def tiny_overrides(tmp_path):
     return lambda *extra: tiny(tmp_path, *extra)
 

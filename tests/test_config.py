@@ -4,16 +4,7 @@ import sys
 import pytest
 
 from kdstyles import KDError, load_config
-from kdstyles.cli import main
 from kdstyles.config import ExperimentConfig, apply_overrides, dump_config, read_yaml
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["kdstyles", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -36,8 +27,8 @@ def run_cli(monkeypatch, capsys, *args):
                                  "output.dir) (got '../elsewhere')"),
     ("name=a/b", "config error: name: a folder name, not a path"),
 ])
-def test_config_errors_one_line_through_cli(monkeypatch, capsys, override, expected):
-    code, out, err = run_cli(monkeypatch, capsys, "check", "--set", override,
+def test_config_errors_one_line_through_cli(cli, override, expected):
+    code, out, err = cli("check", "--set", override,
                              "--set", "data.train_samples=40", "--set", "data.val_samples=4",
                              "--set", "data.test_samples=4", "--set", "data.image_size=16")
     assert code == 2

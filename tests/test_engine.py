@@ -15,7 +15,7 @@ from kdstyles.cli import main
 from conftest import THREE
 
 
-def test_cli_train_then_evaluate_end_to_end(tmp_path):
+def test_cli_train_then_evaluate_end_to_end(tmp_path, cli):
     from conftest import tiny
 
     args = [a for o in tiny(tmp_path) for a in ("--set", o)]
@@ -32,10 +32,9 @@ def test_cli_train_then_evaluate_end_to_end(tmp_path):
         (str(e), n) for e in (1, 2) for n in ("teacher", "s1", "s2", "ensemble")]
     assert rows[1]["train_predictions<-teacher"] and rows[2]["train_features<-teacher"]
 
-    proc = subprocess.run([sys.executable, "-m", "kdstyles", "evaluate", str(run), "--json"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    code, out, err = cli("evaluate", run, "--json")  # the rest in this process: its start was shown above
+    assert code == 0, err
+    result = json.loads(out)
     assert result == json.loads((run / "eval.json").read_text())
     assert result["checkpoint"] == "best" and result["split"] == "test" and result["samples"] == 24
     nets = result["networks"]
@@ -50,10 +49,9 @@ def test_cli_train_then_evaluate_end_to_end(tmp_path):
 
     # another split goes beside eval.json (which compare, report and export read), never over it
     test_json = (run / "eval.json").read_text()
-    proc = subprocess.run([sys.executable, "-m", "kdstyles", "evaluate", str(run), "--split", "val"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().endswith(f"written: {run / 'eval-val.json'}")
+    code, out, err = cli("evaluate", run, "--split", "val")
+    assert code == 0, err
+    assert out.strip().endswith(f"written: {run / 'eval-val.json'}")
     assert (run / "eval.json").read_text() == test_json
     assert json.loads((run / "eval-val.json").read_text())["split"] == "val"
 

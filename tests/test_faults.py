@@ -106,7 +106,7 @@ def test_checkpoint_every_steps_resumes_exactly_from_mid_epoch(tmp_path, monkeyp
     assert_same_run(full.run_dir, snapshot)
 
 
-def test_sigterm_to_the_cli_exits_143_with_one_line_and_marks_the_run(tmp_path):
+def test_sigterm_to_the_cli_exits_143_with_one_line_and_marks_the_run(tmp_path, cli):
     args = [sys.executable, "-m", "kdstyles", "train", "--no-evaluate", *[a for o in tiny(
         tmp_path, "train.epochs=50", "data.train_samples=192") for a in ("--set", o)]]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -122,13 +122,12 @@ def test_sigterm_to_the_cli_exits_143_with_one_line_and_marks_the_run(tmp_path):
     assert not list(run.rglob("*.tmp"))
     # evaluating it says that these are the weights of an unfinished run
     done = json.loads((run / "run.json").read_text())["epochs_done"]
-    proc = subprocess.run([sys.executable, "-m", "kdstyles", "evaluate", str(run)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    code, out, err = cli("evaluate", run)
+    assert code == 0, err
     assert (f"note: the run is interrupted after {done} of 50 epochs: these are its best weights so far "
-            f"(kdstyles train --resume {run} finishes it)") in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "kdstyles", "export", str(run), "--format", "torchscript"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0 and "note: the run is interrupted" in proc.stdout, proc.stderr
+            f"(kdstyles train --resume {run} finishes it)") in " ".join(out.split())
+    code, out, err = cli("export", run, "--format", "torchscript")
+    assert code == 0 and "note: the run is interrupted" in out, err
     assert json.loads((run / "export" / "s1.json").read_text())["run_status"] == "interrupted"
     assert f"{done} epochs of 50 (**the run is interrupted: it has not finished**)" in \
         (run / "export" / "s1.md").read_text()

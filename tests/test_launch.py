@@ -64,7 +64,7 @@ def test_a_preempted_job_requeues_and_resumes_bit_identical(tmp_path):
 
     from kdstyles.compare import plan
 
-    over = small(tmp_path, "train.epochs=30", "train.checkpoint_every_steps=1", "train.early_stopping=null")
+    over = small(tmp_path, "train.epochs=12", "train.checkpoint_every_steps=1", "train.early_stopping=null")
     _, [whole], _ = plan(None, ["kd"], 1, tmp_path / "whole", over)
     _, [stopped], _ = plan(None, ["kd"], 1, tmp_path / "stopped", over)
     RunJob()(whole, 1, 0)  # in this process, never stopped
@@ -159,15 +159,19 @@ def test_bad_launcher_options_are_one_line(tmp_path, monkeypatch):
         parse_extra(["qos"])
 
 
-def test_the_cli_refuses_slurm_options_without_the_slurm_launcher(tmp_path):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}"}
-    for args, message in ((["--slurm-partition", "gpu"], "--slurm-partition needs --launcher slurm"),
-                          (["--launcher", "slurm"], "--launcher slurm: sbatch is not on PATH"),
+def test_the_cli_refuses_slurm_options_without_the_slurm_launcher(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}")
+    # one in a new process (all it prints is one line), the others in this one
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", "compare", "--presets", "student,kd", "--out",
+                           str(tmp_path / "c"), "--slurm-partition", "gpu"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error:"), proc.stderr
+    assert "--slurm-partition needs --launcher slurm" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    for args, message in ((["--launcher", "slurm"], "--launcher slurm: sbatch is not on PATH"),
                           (["--launcher", "pbs"], "--launcher 'pbs' is not known")):
-        proc = subprocess.run([sys.executable, "-m", "kdstyles", "compare", "--presets", "student,kd", "--out",
-                               str(tmp_path / "c"), *args], capture_output=True, text=True, timeout=120, env=env)
-        assert proc.returncode == 2 and proc.stderr.strip().startswith("error:"), proc.stderr
-        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        code, _, err = cli("compare", "--presets", "student,kd", "--out", tmp_path / "c", *args)
+        assert code == 2 and err.strip().startswith("error:") and message in err, err
+        assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "c").exists()  # nothing submitted, nothing written
 
 
