@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdstyles import build_cohort, load_config
-from kdstyles.evaluate import ENSEMBLE, predict_probs, score
+from kdstyles.evaluate import ENSEMBLE, score, score_cohort, score_split
 from kdstyles.tasks import TASKS
 
 
@@ -23,15 +23,50 @@ def loader(n=10):
 def test_ensemble_is_the_mean_of_the_students_and_known_networks_are_not_rerun():
     torch.manual_seed(0)
     cohort = small_cohort()
-    probs, labels = predict_probs(cohort, loader(), torch.device("cpu"))
+    scores = score_cohort(cohort, loader(), torch.device("cpu"))
+    probs, labels = scores.probs, scores.labels
+    assert scores.pooled and scores.samples == 10 and list(scores.metrics) == ["teacher", "s1", "s2", ENSEMBLE]
     assert set(probs) == {"teacher", "s1", "s2", ENSEMBLE} and len(labels) == 10
     assert torch.allclose(probs[ENSEMBLE], (probs["s1"] + probs["s2"]) / 2)
     assert torch.allclose(probs["s1"].sum(1), torch.ones(10))
     calls = []
     cohort.networks["teacher"].register_forward_hook(lambda *_: calls.append(1))
-    again, _ = predict_probs(cohort, loader(), torch.device("cpu"), known={"teacher": probs["teacher"]})
+    again = score_cohort(cohort, loader(), torch.device("cpu"), known={"teacher": probs["teacher"]}).probs
     assert calls == [] and torch.equal(again["teacher"], probs["teacher"])
     assert torch.allclose(again["s2"], probs["s2"])
+    assert list(again) == list(probs)  # the networks in the cohort's order, known ones too
+
+
+def test_shares_gathered_from_processes_score_as_the_whole_split():
+    """Under torchrun each process scores its share and the metrics cover the split: two shares
+    gathered (rank order) give the metrics of the whole, each process keeping its own outputs."""
+    torch.manual_seed(0)
+    cohort = small_cohort()
+    batches = loader(12)
+    whole = score_cohort(cohort, batches, torch.device("cpu"), details=False)
+    sent = []
+    first = score_cohort(cohort, batches[:2], torch.device("cpu"), gather=lambda obj: sent.append(obj) or [obj])
+    second = score_cohort(cohort, batches[2:], torch.device("cpu"), gather=lambda obj: [sent[0], obj])
+    assert second.samples == 12 and first.samples == 8 and len(second.labels) == 4  # its own share kept
+    for name, metrics in whole.metrics.items():
+        assert second.metrics[name] == pytest.approx(metrics, rel=1e-5, abs=1e-6), name
+    assert whole.details == {} and set(first.details) == set(whole.metrics)
+
+
+def test_files_or_functions_are_scored_by_the_same_scorer():
+    """What runs the images is a function: here a fixed answer, scored as a network is."""
+    task = TASKS["classification"](4)
+    batches = loader(10)
+    answer = torch.eye(4)[[0, 1, 2, 3, 0, 1, 2, 3, 0, 0]]
+    def outputs(x, skip):
+        start = outputs.seen
+        outputs.seen += len(x)
+        return {"model": answer[start:start + len(x)]}
+    outputs.seen = 0
+    labels = torch.cat([y for _, y, _ in batches])
+    scores = score_split(outputs, batches, task)
+    assert scores.metrics["model"]["accuracy"] == pytest.approx(float((answer.argmax(1) == labels).float().mean()))
+    assert scores.per_image["model"]["accuracy"] == (answer.argmax(1) == labels).int().tolist()
 
 
 def test_score_adds_fidelity_only_against_a_teacher():

@@ -30,7 +30,7 @@ from .dims import dims
 from .engine import Callback, Trainer, pick_device, resolve_workers
 from .errors import KDError, one_line
 from .inputs import Inputs
-from .evaluate import ENSEMBLE, one_by_one, predict_probs, score, score_volumes
+from .evaluate import ENSEMBLE, score_cohort
 from .models.zoo import count_parameters
 from .routing import T
 from .runfolder import RunFolder, now
@@ -337,16 +337,10 @@ class Experiment:
         loader = self.data.loader(split, self.cfg.data.batch_size,
                                   num_workers=resolve_workers(self.cfg.data.num_workers, device))
         shown = self.cfg.eval.overlays
-        by_volume = one_by_one(loader, cohort.task)
-        if by_volume:  # whole volumes of any shape, scored one by one
-            scored = score_volumes(cohort, loader, device, keep=shown)
-            metrics, samples, details = scored.metrics(), len(scored.rows), scored.mean_details()
-            per_image, labels, probs = scored.per_image, scored.labels, scored.probs
-        else:
-            probs, labels = predict_probs(cohort, loader, device)
-            metrics, samples = score(probs, labels, cohort.task), len(labels)
-            details = {n: cohort.task.details(p, labels) for n, p in probs.items()}
-            per_image = {n: cohort.task.per_image(p, labels) for n, p in probs.items()}
+        ds = self.data.splits[split]
+        scores = score_cohort(cohort, loader, device, ds.window, ds.spacing, keep=shown)
+        metrics, samples, details, per_image = scores.metrics, scores.samples, scores.details, scores.per_image
+        probs, labels = scores.probs, scores.labels
         params = {n: count_parameters(net) for n, net in cohort.networks.items()}
         if len(cohort.students) > 1:
             params[ENSEMBLE] = sum(params[s] for s in cohort.students)
@@ -361,13 +355,13 @@ class Experiment:
                   "networks": metrics, "details": details, "per_image": per_image}
         shown = min(shown, samples) if split == "test" else 0  # overlays/ pictures the test split
         images = [self.data.splits[split][i][0] for i in range(shown)]
-        if images and loader.dataset.window is None:  # not volumes of their own shapes
+        if images and ds.window is None:  # not volumes of their own shapes
             images = torch.stack(images)
         pictures = cohort.task.write_visuals(self.folder.overlays, images, labels, probs, self.data.mean,
                                              self.data.std, shown)
         if pictures:
             result["overlays"] = [str(p.relative_to(self.run_dir)) for p in pictures]
-        kept = cohort.task.kept_outputs(probs, labels) if not by_volume else {}
+        kept = cohort.task.kept_outputs(probs, labels) if scores.pooled else {}
         if kept:  # before eval.json, which says the evaluation is complete
             self.folder.write_outputs(kept, split)
             result["outputs"] = self.folder.outputs_file(split).name

@@ -4,18 +4,21 @@ The same functions score the validation split every epoch (model selection) and 
 split in ``kdstyles evaluate``; what is measured is the task's (``cohort.task.metrics``),
 plus fidelity to the teacher when there is one.
 
-Images (and volumes of one shape) are scored all together. Whole volumes that may differ
-in shape (trained on patches, ``loader.dataset.window``) are covered by sliding windows,
-one volume at a time; segmentation scores them one by one (every metric is then the mean
-over volumes of its value on each, with distances in mm from each volume's spacing), while
-detection pools every volume's boxes, as mAP is not a mean over images (:func:`one_by_one`).
+One function scores a split (:func:`score_split`), whatever runs the images: a cohort's
+networks in training's validation and ``evaluate``, model files in the verification of a
+quantized export. Images (and volumes of one shape) are scored all together. Whole volumes
+that may differ in shape (trained on patches: the split's ``window``, passed by the caller)
+are covered by sliding windows, one volume at a time; segmentation scores them one by one
+(every metric is then the mean over volumes of its value on each, with distances in mm from
+each volume's spacing), while detection pools every volume's boxes, as mAP is not a mean
+over images.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -51,43 +54,98 @@ def _activated(cohort: Cohort, x: torch.Tensor, skip: frozenset[str] = frozenset
     return {name: task.condense(p).cpu() for name, p in active.items()}
 
 
-def one_by_one(loader, task) -> bool:
-    """Whether a split's whole volumes are scored one by one (:func:`score_volumes`): volumes on
-    sliding windows, for a task whose metrics are means over images (not detection's mAP nor
-    multi-label's mean AUROC, whose outputs are pooled by :func:`predict_probs`)."""
-    return window_of(loader) is not None and not task.keeps_outputs()
+Outputs = Callable[[torch.Tensor, frozenset], dict[str, torch.Tensor]]
 
 
-def window_of(loader):
-    """The sliding windows that cover a loader's whole volumes (``dataset.window``), or None
-    (images; volumes of one shape; a plain list of batches)."""
-    return getattr(getattr(loader, "dataset", None), "window", None)
+def cohort_outputs(cohort: Cohort, device: torch.device, window=None) -> Outputs:
+    """What :func:`score_split` runs on a batch for a cohort: every network's activated and
+    condensed outputs (those named in its second argument skipped) and the students' ensemble,
+    on ``window`` s covering whole volumes where one is given."""
+    return lambda x, skip: _activated(cohort, x.to(device, non_blocking=True), skip, window)
+
+
+@dataclass
+class Scores:
+    """A split scored (:func:`score_split`).
+
+    ``metrics``: per network (and ensemble), over the whole split (every rank's share under
+    torchrun). ``probs`` and ``labels``: pooled, this process's share of the split's condensed
+    outputs and labels; scored one by one (``pooled`` False), the first ``keep`` volumes'
+    (lists of tensors). ``per_image`` and ``details`` as the task gives them (details averaged
+    over volumes when scored one by one), when asked for."""
+
+    metrics: dict[str, dict[str, float]]
+    samples: int
+    probs: dict[str, Any]
+    labels: Any
+    pooled: bool
+    per_image: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def score_split(outputs: Outputs, loader, task, window=None, spacing=None, keep: int = 0,
+                known: dict[str, torch.Tensor] | None = None, per_image: bool = True, details: bool = True,
+                gather: Callable[[Any], list[Any]] | None = None) -> Scores:
+    """The one scorer: a split's batches run through ``outputs`` (a cohort's networks,
+    :func:`cohort_outputs`; or exported model files) and scored with the task's metrics, plus
+    fidelity to the teacher when it is among them. Used by training's validation, ``evaluate``
+    and the verification of a quantized export.
+
+    ``window``: the sliding windows covering the split's whole volumes (the split's
+    ``window``; None for images). Volumes on windows are scored one by one (each volume's
+    metrics, distances in mm from ``spacing``, then the mean over volumes) for a task whose
+    metrics are means over images; otherwise outputs are pooled and scored together (detection's
+    mAP, multi-label's mean AUROC). ``known``: outputs of an earlier pass (frozen networks),
+    not run again. ``keep``: volumes scored one by one whose outputs are kept (overlays).
+    ``gather``: every process's share, in rank order (torchrun), so the metrics cover the
+    whole split."""
+    gather = gather or (lambda obj: [obj])
+    if window is not None and not task.keeps_outputs():  # whole volumes, one by one
+        rows: list[dict[str, dict[str, float]]] = []
+        each_details: list[dict[str, dict[str, Any]]] = []
+        values: dict[str, dict[str, list[float]]] = {}
+        kept_labels: list[torch.Tensor] = []
+        kept: dict[str, list[torch.Tensor]] = {}
+        for x, y, index in loader:
+            probs = outputs(x, frozenset())
+            rows.append(score(probs, y, task, spacing[int(index[0])] if spacing is not None else None))
+            if details:
+                each_details.append({n: task.details(p, y) for n, p in probs.items()})
+            for n, p in probs.items():
+                for k, v in (task.per_image(p, y) if per_image else {}).items():
+                    values.setdefault(n, {}).setdefault(k, []).extend(v)
+            if len(kept_labels) < keep:
+                kept_labels.append(y[0])
+                for n, p in probs.items():
+                    kept.setdefault(n, []).append(p[0])
+        rows = [r for part in gather(rows) for r in part]
+        return Scores(mean_rows(rows), len(rows), kept, kept_labels, False, values, _mean_details(each_details))
+    known = known or {}
+    collected: dict[str, list[torch.Tensor]] = {}
+    labels = []
+    for x, y, _index in loader:
+        for n, p in outputs(x, frozenset(known)).items():
+            collected.setdefault(n, []).append(p)
+        labels.append(y)
+    probs = {**known, **{n: torch.cat(v) for n, v in collected.items()}}
+    y = torch.cat(labels)
+    parts = gather((probs, y))
+    whole = {n: torch.cat([p[n] for p, _ in parts]) for n in probs} if len(parts) > 1 else probs
+    whole_y = torch.cat([lbl for _, lbl in parts]) if len(parts) > 1 else y
+    return Scores(score(whole, whole_y, task), len(whole_y), probs, y, True,
+                  {n: task.per_image(p, y) for n, p in probs.items()} if per_image else {},
+                  {n: task.details(p, y) for n, p in probs.items()} if details else {})
 
 
 @torch.inference_mode()
-def predict_probs(cohort: Cohort, loader, device: torch.device, known: dict[str, torch.Tensor] | None = None
-                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Probabilities of every network (and the student ensemble) on a loader, as the task
-    activates and condenses them batch by batch (softmax; decoded boxes for detection), plus
-    labels. Networks in ``known`` (results of an earlier pass) are not run again. Whole volumes
-    (``loader.dataset.window``) are covered by sliding windows, one per batch."""
-    known = known or {}
-    window = window_of(loader)
-    students = cohort.students
+def score_cohort(cohort: Cohort, loader, device: torch.device, window=None, spacing=None, **options) -> Scores:
+    """:func:`score_split` for a cohort's networks, in evaluation mode (its mode given back)."""
     was_training = cohort.training
     cohort.eval()
-    names = [n for n in cohort.names if n not in known] + ([ENSEMBLE] if len(students) > 1 else [])
-    probs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    labels = []
-    for x, y, _index in loader:
-        for name, p in _activated(cohort, x.to(device, non_blocking=True), frozenset(known), window).items():
-            probs[name].append(p)
-        labels.append(y)
-    cohort.train(was_training)
-    result = {n: known[n] if n in known else torch.cat(probs[n]) for n in cohort.names}
-    if len(students) > 1:
-        result[ENSEMBLE] = torch.cat(probs[ENSEMBLE])
-    return result, torch.cat(labels)
+    try:
+        return score_split(cohort_outputs(cohort, device, window), loader, cohort.task, window, spacing, **options)
+    finally:
+        cohort.train(was_training)
 
 
 def score(probs: dict[str, torch.Tensor], labels: torch.Tensor, task, spacing=None) -> dict[str, dict[str, float]]:
@@ -100,27 +158,13 @@ def score(probs: dict[str, torch.Tensor], labels: torch.Tensor, task, spacing=No
     return out
 
 
-@dataclass
-class VolumeScores:
-    """Whole volumes scored one by one: each volume's scores (``rows``), and the first
-    ``keep`` volumes' labels and probabilities (for overlays)."""
-
-    rows: list[dict[str, dict[str, float]]] = field(default_factory=list)
-    per_image: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    details: list[dict[str, dict[str, Any]]] = field(default_factory=list)
-    labels: list[torch.Tensor] = field(default_factory=list)
-    probs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-
-    def metrics(self) -> dict[str, dict[str, float]]:
-        return mean_rows(self.rows)
-
-    def mean_details(self) -> dict[str, dict[str, Any]]:
-        """Each network's details (lists of numbers) averaged over volumes."""
-        out: dict[str, dict[str, Any]] = {}
-        for name in self.details[0] if self.details else ():
-            out[name] = {k: [_nanmean([d[name][k][j] for d in self.details]) for j in range(len(v))]
-                         for k, v in self.details[0][name].items()}
-        return out
+def _mean_details(details: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each network's details (lists of numbers) averaged over volumes."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in details[0] if details else ():
+        out[name] = {k: [_nanmean([d[name][k][j] for d in details]) for j in range(len(v))]
+                     for k, v in details[0][name].items()}
+    return out
 
 
 def _nanmean(values: list[float]) -> float:
@@ -133,26 +177,3 @@ def mean_rows(rows: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, fl
     if not rows:
         return {}
     return {n: {k: _nanmean([r[n][k] for r in rows]) for k in rows[0][n]} for n in rows[0]}
-
-
-@torch.inference_mode()
-def score_volumes(cohort: Cohort, loader, device: torch.device, keep: int = 0) -> VolumeScores:
-    """Score whole volumes one by one with sliding windows (``loader.dataset.window``)."""
-    ds, task = loader.dataset, cohort.task
-    was_training = cohort.training
-    cohort.eval()
-    out = VolumeScores()
-    for x, y, index in loader:
-        probs = _activated(cohort, x.to(device, non_blocking=True), window=ds.window)
-        spacing = ds.spacing[int(index[0])] if ds.spacing is not None else None
-        out.rows.append(score(probs, y, task, spacing))
-        out.details.append({n: task.details(p, y) for n, p in probs.items()})
-        for n, p in probs.items():
-            for k, v in task.per_image(p, y).items():
-                out.per_image.setdefault(n, {}).setdefault(k, []).extend(v)
-        if len(out.labels) < keep:
-            out.labels.append(y[0])
-            for n, p in probs.items():
-                out.probs.setdefault(n, []).append(p[0])
-    cohort.train(was_training)
-    return out

@@ -189,21 +189,19 @@ class Scored:
     per_image: dict[str, list[float]]
 
 
-def score_files(sessions: dict[str, Any], loader, task, inputs, spacing: list | None = None) -> dict[str, Scored]:
-    """Model files' outputs on a loader's split, read once for all of them and scored with the
-    task's metrics as ``evaluate`` scores networks (:func:`kdstyles.evaluate.score`): the
+def score_files(sessions: dict[str, Any], loader, task, inputs, window=None, spacing: list | None = None
+                ) -> dict[str, Scored]:
+    """Model files' outputs on a loader's split, read once for all of them and scored by the one
+    scorer (:func:`kdstyles.evaluate.score_split`), as ``evaluate`` scores networks: the
     loader's images are normalised and the models normalise inside, so each batch is taken back
-    to [0, 1] first; whole volumes are covered by sliding windows of the model's input (on its
-    probabilities, as ``predict`` does) and scored one by one where the task's metrics are means
-    over images."""
-    from .evaluate import mean_rows, one_by_one, score, window_of
+    to [0, 1] first; whole volumes are covered by sliding ``window`` s of the model's input (on
+    its probabilities, as ``predict`` does)."""
+    from .evaluate import score_split
 
     mean = torch.tensor(inputs.mean).view(1, -1, *(1,) * inputs.spatial_dims)
     std = torch.tensor(inputs.std).view(1, -1, *(1,) * inputs.spatial_dims)
-    window = window_of(loader)
-    separate = one_by_one(loader, task)
 
-    def outputs(sess, x: torch.Tensor) -> torch.Tensor:
+    def output(sess, x: torch.Tensor) -> torch.Tensor:
         def run(batch: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(np.asarray(sess.run(None, {"image": np.ascontiguousarray(batch.numpy(),
                                                                                              np.float32)})[0]))
@@ -215,29 +213,14 @@ def score_files(sessions: dict[str, Any], loader, task, inputs, spacing: list | 
         return task.condense(sliding_window_inference(x, (window.size,) * inputs.spatial_dims, window.batch, run,
                                                       overlap=window.overlap, mode="gaussian"))
 
-    probs: dict[str, list[torch.Tensor]] = {n: [] for n in sessions}
-    per_image: dict[str, dict[str, list[float]]] = {n: {} for n in sessions}
-    labels, rows = [], []
+    def outputs(x: torch.Tensor, skip: frozenset) -> dict[str, torch.Tensor]:
+        x = x * std + mean
+        return {n: output(sess, x) for n, sess in sessions.items()}
+
     with torch.inference_mode():
-        for x, y, index in loader:
-            x = x * std + mean
-            out = {n: outputs(sess, x) for n, sess in sessions.items()}
-            if separate:  # one volume: its scores, and its per-image values
-                rows.append(score(out, y, task, spacing[int(index[0])] if spacing is not None else None))
-                for n, p in out.items():
-                    for k, v in task.per_image(p, y).items():
-                        per_image[n].setdefault(k, []).extend(v)
-            else:
-                for n, p in out.items():
-                    probs[n].append(p)
-                labels.append(y)
-    if separate:
-        metrics = mean_rows(rows)
-        return {n: Scored(None, None, metrics.get(n, {}), per_image[n]) for n in sessions}
-    y = torch.cat(labels)
-    pooled = {n: torch.cat(p) for n, p in probs.items()}
-    metrics = score(pooled, y, task)
-    return {n: Scored(p, y, metrics[n], task.per_image(p, y)) for n, p in pooled.items()}
+        scores = score_split(outputs, loader, task, window, spacing, details=False)
+    return {n: Scored(scores.probs[n] if scores.pooled else None, scores.labels if scores.pooled else None,
+                      scores.metrics.get(n, {}), scores.per_image.get(n, {})) for n in sessions}
 
 
 def paired_change(task, metric: str, a: Scored, b: Scored, num_classes: int) -> tuple[float, float, float]:
@@ -284,7 +267,7 @@ def verify(exp: Any, float_path: Path, quant_path: Path, inputs: Any, metric: st
     split = data.splits["test"]
     loader = data.loader("test", exp.cfg.data.batch_size)
     sessions = {"float32": session(float_path, threads), "quantized": session(quant_path, threads)}
-    scored = score_files(sessions, loader, task, inputs, split.spacing)
+    scored = score_files(sessions, loader, task, inputs, split.window, split.spacing)
     change, lo, hi = paired_change(task, metric, scored["float32"], scored["quantized"], data.num_classes)
     both = scored["float32"].probs is not None
     agreement = task.fidelity(scored["float32"].probs, scored["quantized"].probs).get("agreement") if both else None

@@ -22,7 +22,7 @@ from ..cohort import Cohort, TrainStep
 from ..data.mix import Mixer
 from ..dims import dims
 from ..errors import Interrupted, KDError, TrainingDiverged
-from ..evaluate import ENSEMBLE, mean_rows, one_by_one, predict_probs, score, score_volumes
+from ..evaluate import ENSEMBLE, score_cohort
 from ..runfolder import RunFolder
 from ..signals import GracefulStop, signal_name
 from .log import RunLog
@@ -313,17 +313,14 @@ class Trainer:
 
     def validate(self) -> dict[str, dict[str, float]]:
         self._before_workers_start(self.val_loader)
-        if one_by_one(self.val_loader, self.cohort.task):  # whole volumes, one by one: every rank scores its own
-            rows = score_volumes(self.cohort, self.val_loader, self.device).rows
-            return mean_rows([r for part in distributed.gather_objects(rows, self.dist) for r in part])
-        # A frozen network's validation predictions never change: computed once, then reused.
-        probs, labels = predict_probs(self.cohort, self.val_loader, self.device, self._frozen_val)
-        self._frozen_val = {n: probs[n] for n in self.cohort.frozen}
-        if self.dist.active:  # every rank scored its own chunk: put the split back together, in order
-            parts = distributed.gather_objects((probs, labels), self.dist)
-            probs = {n: torch.cat([p[n] for p, _ in parts]) for n in probs}
-            labels = torch.cat([lbl for _, lbl in parts])
-        return score(probs, labels, self.cohort.task)
+        split = self.data.splits["val"]
+        # every rank scores its own share; a frozen network's outputs never change: computed once, then reused
+        scores = score_cohort(self.cohort, self.val_loader, self.device, split.window, split.spacing,
+                              known=self._frozen_val, per_image=False, details=False,
+                              gather=lambda obj: distributed.gather_objects(obj, self.dist))
+        if scores.pooled:
+            self._frozen_val = {n: scores.probs[n] for n in self.cohort.frozen}
+        return scores.metrics
 
     # ------------------------------------------------------------------ ways to stop
 

@@ -188,7 +188,7 @@ class Task:
         """Whether the task's metrics are not means over images (``Metric.drawn`` in
         ``metrics.METRICS``: mAP, mean AUROC): evaluate then keeps every network's outputs for
         comparisons to draw test images from (:meth:`kept_outputs`), and whole volumes are
-        pooled, not scored one by one (``evaluate.one_by_one``)."""
+        pooled, not scored one by one (``evaluate.score_split``)."""
         from ..metrics import METRICS
 
         return any(m.drawn and m.task in cls.lineage() for m in METRICS.values())
