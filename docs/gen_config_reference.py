@@ -50,10 +50,11 @@ def _type(ann: Any) -> str:
 def _allowed(ann: Any, metadata: list, extra: Any = None) -> str:
     registry = (extra or {}).get("registry") if isinstance(extra, dict) else None
     if registry:  # a name a registry holds: the built-in ones, and a plugin's
-        from kdstyles.data.sources import SOURCES
+        from kdstyles.data.sources import SOURCES, unlabeled_sources
         from kdstyles.tasks import TASKS
 
-        names = {"sources": SOURCES, "tasks": TASKS}[registry]
+        names = {"sources": SOURCES, "tasks": TASKS, "sources that list images without labels": unlabeled_sources()
+                 }[registry]
         return ", ".join(f"`{n}`" for n in names) + ", or a plugin's"
     values: list[Any] = []
     for a in [ann, *typing.get_args(ann)]:

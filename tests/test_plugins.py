@@ -21,6 +21,7 @@ PLUGIN = textwrap.dedent('''
     import torch.nn as nn
     import torch.nn.functional as F
 
+    from kdstyles.data import unlabeled
     from kdstyles.data.files import Record
     from kdstyles.data.sources import from_files
     from kdstyles.plugins import Arch, Source, register_arch, register_source, register_task
@@ -42,6 +43,7 @@ PLUGIN = textwrap.dedent('''
         name = "prefix"
         requires = "root"
         tasks = ("classification", "smoothed")
+        unlabeled_requires = "root"  # images without labels: the PNGs in data.unlabeled.root
 
         def load(self, cfg, seed, task, saved_splits, quiet):
             root = Path(cfg.root)
@@ -50,6 +52,11 @@ PLUGIN = textwrap.dedent('''
 
         def describe(self, cfg, task):
             return f"images named by class in {cfg.root}"
+
+        def unlabeled(self, cfg, task, seed, channels, size, patch, quiet):
+            root = Path(cfg.unlabeled.root)
+            return unlabeled.from_files(sorted(root.glob("*.png")), cfg, channels, size, patch,
+                                        f"data.unlabeled.root '{root}'", str(root), quiet)
 
 
     def tiny_cnn(in_channels, num_classes, widen, small, pretrained, dims=2):
@@ -82,6 +89,10 @@ def plugin_and_images(tmp_path):
         cls = "tumour" if k % 2 else "normal"
         pixels = rng.integers(120, 255, (20, 20, 3)) if k % 2 else rng.integers(0, 135, (20, 20, 3))
         Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{cls}_{k:04d}.png")
+    pool = tmp_path / "pool"  # images without labels, listed by the plugin's source
+    pool.mkdir()
+    for k in range(12):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3)).astype(np.uint8)).save(pool / f"{k:04d}.png")
     return tmp_path
 
 
@@ -97,7 +108,8 @@ def test_a_task_a_source_and_a_network_from_a_file_outside_the_package(plugin_an
         plugins: [myplugins.py]
         task: smoothed
         data: {{source: prefix, root: {work / 'prefixed'}, image_size: 16, val_fraction: 0.25, test_fraction: 0.25,
-               batch_size: 8, augment: {{hflip: true, vflip: false}}}}
+               batch_size: 8, augment: {{hflip: true, vflip: false}}, unlabeled: {{source: prefix, root: {work / 'pool'}}},
+               unlabeled_batch_size: 4}}
         networks:
           teacher: {{arch: tinycnn, widen: 1}}
           students: {{s1: {{arch: tinycnn, widen: 0.5}}, s2: {{arch: tinycnn, widen: 0.5}}}}
@@ -109,6 +121,7 @@ def test_a_task_a_source_and_a_network_from_a_file_outside_the_package(plugin_an
     exp.fit()
     run = exp.run_dir
     assert run == work / "runs" / "mine" and type(exp.cohort.task).__name__ == "Smoothed"
+    assert len(exp.data.unlabeled) == 12 and exp.data.unlabeled_about == f"12 images from {work / 'pool'}"
     recorded = (run / "config.yaml").read_text()
     assert str(work / "myplugins.py") in recorded  # by its absolute path: later commands import it from anywhere
     # a new process, another folder: config.yaml imports the plugin; the table has classification's

@@ -200,7 +200,7 @@ class Experiment:
             return self.cohort, self.data, False
         few = d.model_copy(update={k: min(getattr(d, k), self.PREVIEW)
                                    for k in ("train_samples", "val_samples", "test_samples")})
-        if d.unlabeled is not None and d.unlabeled.source == "synthetic":
+        if d.unlabeled is not None and SOURCES[d.unlabeled.source].previews and d.unlabeled.samples:
             few.unlabeled = d.unlabeled.model_copy(update={"samples": min(d.unlabeled.samples, self.PREVIEW)})
         # check=False: the counts of a few items (a class without images) say nothing of the data
         bundle = build_data(few, self.cfg.train.seed, quiet=True, check=False, task=self.cfg.task,

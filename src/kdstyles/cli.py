@@ -129,6 +129,7 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
           set_: Optional[list[str]] = SetOpt) -> None:
     """Validate a config and build its networks (taps, shapes, adapters) without training."""
     from .api import Experiment
+    from .data.sources import SOURCES
     from .models.zoo import count_parameters, flops_per_image
     from .styles import learner_parts
 
@@ -146,7 +147,8 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
                       highlight=False)
     u = exp.cfg.data.unlabeled
     if data.unlabeled is not None:
-        later = f" ({u.samples:,} when training starts)" if previewed and u.source == "synthetic" else ""
+        generated = previewed and SOURCES[u.source].previews and u.samples  # a few of them were generated
+        later = f" ({u.samples:,} when training starts)" if generated else ""
         console.print(f"  unlabelled  {data.unlabeled_about}, checked against every labelled split{later}; "
                       f"{exp.cfg.data.unlabeled_batch} drawn with each labelled "
                       "batch for the distillation edges", highlight=False)
@@ -163,7 +165,7 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
         if cached and data.unlabeled is not None and exp.cfg.data.unlabeled_batch:
             # unlabelled images take view (pass over the archive) mod k: all are kept after k passes
             train = exp.cfg.data.train_samples if previewed else len(data.splits["train"])  # as training has them
-            n = u.samples if previewed and u.source == "synthetic" else len(data.unlabeled)
+            n = u.samples if generated else len(data.unlabeled)
             steps = -(-train // exp.cfg.data.batch_size)
             last = max(k, -(-k * n // (steps * exp.cfg.data.unlabeled_batch)))
             runs = (f"; the teacher's outputs kept per view: it runs in the first {k} epochs on the labelled "

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from . import sbatch
-from .data.sources import SOURCES, sources_for
+from .data.sources import SOURCES, sources_for, unlabeled_sources
 from .errors import KDError, unknown
 from .fileio import NAME_MAX, check_path_text
 from .metrics import METRICS
@@ -102,19 +102,17 @@ class MixConfig(Strict):
         return [k for k in ("mixup", "cutmix") if getattr(self, k) > 0] if self.prob > 0 else []
 
 
-UNLABELED_SOURCES = ("synthetic", "folder", "csv", "medmnist", "npz")
-
-
 class UnlabeledConfig(Strict):
-    """Images without labels for the distillation edges (the supervised loss never sees them):
-    the embedded generator's extra images (``synthetic``, ``samples`` of them, their labels
-    withheld), a folder tree searched at any depth (``folder``, ``root``; labels and class
-    folders ignored; volume files with spatial_dims 3), a CSV's ``path`` column (``csv``,
-    ``path``), or a MedMNIST file's split without its labels (``medmnist``, ``flag``, ``size``,
-    ``split``)."""
+    """Images without labels for the distillation edges (the supervised loss never sees them),
+    listed by a source (``data.unlabeled.source``): the embedded generator's extra images
+    (``synthetic``, ``samples`` of them, their labels withheld), a folder tree searched at any
+    depth (``folder``, ``root``; labels and class folders ignored; volume files with spatial_dims
+    3), a CSV's ``path`` column (``csv``, ``path``), a MedMNIST file's split without its labels
+    (``medmnist``, ``flag``, ``size``, ``split``), an npz file's split (``npz``, ``path``,
+    ``split``), or a plugin's source that lists images without labels."""
 
-    source: Literal[UNLABELED_SOURCES] = Field(  # type: ignore[valid-type]
-        ..., description="synthetic, folder, csv or medmnist")
+    source: str = Field(..., description="which source lists them: synthetic, folder, csv, medmnist, npz, or a "
+                        "plugin's", json_schema_extra={"registry": "sources that list images without labels"})
     samples: Optional[int] = Field(None, ge=1, description="synthetic: how many images (required); others: use at "
                                                             "most this many (a seeded draw)")
     root: Optional[str] = Field(None, description="folder: the tree of image (or volume) files; medmnist: folder of "
@@ -128,10 +126,15 @@ class UnlabeledConfig(Strict):
 
     _paths = field_validator("root", "path")(_home)
 
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        return registered(v, unlabeled_sources(), "source of images without labels")
+
     @model_validator(mode="after")
     def _needs(self) -> "UnlabeledConfig":
-        needs = {"synthetic": "samples", "folder": "root", "csv": "path", "medmnist": "flag", "npz": "path"}[self.source]
-        if getattr(self, needs) is None:
+        needs = SOURCES[self.source].unlabeled_requires
+        if needs and getattr(self, needs) is None:
             raise ValueError(f"source '{self.source}' needs data.unlabeled.{needs}")
         return self
 

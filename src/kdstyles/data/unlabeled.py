@@ -39,22 +39,26 @@ class Unlabeled:
         return len(self.names)
 
 
-def _cap(n: int, samples: int | None, seed: int) -> np.ndarray:
+def draw(n: int, samples: int | None, seed: int) -> np.ndarray:
     """Which of ``n`` items to keep: all, or a seeded draw of ``samples`` (in their order)."""
     if samples is None or samples >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng([seed, 31]).permutation(n)[:samples])
 
 
-def _arrays(raw: np.ndarray | list, fitted: np.ndarray | list, names: list[str], where: str, what: str) -> Unlabeled:
+def from_arrays(raw: np.ndarray | list, fitted: np.ndarray | list, names: list[str], where: str, what: str
+                ) -> Unlabeled:
+    """In-memory images: ``raw`` as read, ``fitted`` to the labelled data; ``what`` (after the
+    count) says what they are in run.json and model cards."""
     digests = [{array_digest(r), array_digest(f)} for r, f in zip(raw, fitted)]
     return Unlabeled(fitted, None, names, digests, where, f"{len(names)} {what}")
 
 
-def _files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int | None, where: str, what: str,
-           quiet: bool) -> Unlabeled:
+def from_files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int | None, where: str, what: str,
+               quiet: bool) -> Unlabeled:
     """Image (or volume) files, each decoded once and checked; one error line naming the first
-    unreadable file."""
+    unreadable file. ``where``: the config key and place messages name; ``what``: where they
+    are from, as run.json and model cards say it ("N images from WHAT")."""
     from .sources import _fit_volumes, progress
 
     if not paths:
@@ -93,73 +97,65 @@ def load_unlabeled(cfg: Any, task: Any, seed: int, channels: int, size: int, pat
                    quiet: bool = True) -> Unlabeled:
     """``cfg``: the config's ``data`` section (``cfg.unlabeled`` set); ``channels`` and ``size``:
     the labelled data's, which every unlabelled image is fitted to; ``patch``: volumes keep their
-    own shape (training crops patches)."""
-    u = cfg.unlabeled
-    if u.source == "synthetic":
-        from .sources import _fit_arrays
-        from .sources.synthetic import generate
+    own shape (training crops patches). The source named by ``data.unlabeled.source`` lists them
+    (:meth:`kdstyles.data.sources.Source.unlabeled`)."""
+    from .sources import SOURCES
 
-        space = dims(cfg.dims)
-        module = task.synthetic_volumes if space.volumes else task.synthetic
-        if module is None:
-            raise KDError(f"data.unlabeled.source: synthetic: task {task.name} has no embedded volumes")
-        checks.check_memory("data.unlabeled.samples", u.samples, size, cfg.dims, channels)
-        images = generate(module, seed, "unlabeled", u.samples, size, cfg.dims)[0]
-        names = [f"synthetic unlabeled[{i}]" for i in range(len(images))]
-        what = "the embedded synthetic CT-like volumes" if space.volumes else task.description
-        return _arrays(images, _fit_arrays(images, channels, size), names, "data.unlabeled (synthetic)",
-                       f"{space.unit} like {what} (labels withheld)")
-    if u.source in ("medmnist", "npz"):
-        return _arrays_file(cfg, seed, channels, size)
-    if u.source == "folder":
-        root = Path(u.root)
-        where = f"data.unlabeled.root '{root}'"
-        if not root.is_dir():
-            raise KDError(f"{where}: folder does not exist")
-        fits = is_volume if dims(cfg.dims).volumes else is_image
-        paths = [p for p in visible_files(root) if fits(p)]
-        what = f"folder {root}"
-    else:
-        from ..fileio import read_csv
-
-        csv_path = Path(u.path)
-        where = f"data.unlabeled.path '{csv_path}'"
-        rows = read_csv(csv_path, "an unlabelled CSV needs a path column (other columns are ignored)",
-                        required=("path",))
-        empty = next((i for i, r in enumerate(rows, start=2) if not r["path"]), None)
-        if empty is not None:
-            raise KDError(f"CSV file '{csv_path}' line {empty}: empty path")
-        paths = [csv_path.parent / r["path"] for r in rows]
-        missing = next((p for p in paths if not p.is_file()), None)
-        if missing is not None:
-            raise KDError(f"{where}: lists '{missing}', which does not exist")
-        what = f"CSV {csv_path}"
-    paths = [paths[i] for i in _cap(len(paths), u.samples, seed)]
-    return _files(paths, cfg, channels, size, patch, where, what, quiet)
+    return SOURCES[cfg.unlabeled.source].unlabeled(cfg, task, seed, channels, size, patch, quiet)
 
 
-def _arrays_file(cfg: Any, seed: int, channels: int, size: int) -> Unlabeled:
+def folder_files(cfg: Any) -> tuple[list[Path], str, str]:
+    """The image (or volume) files anywhere under ``data.unlabeled.root`` (class folders and
+    labels ignored), the key messages name, and what they are."""
+    root = Path(cfg.unlabeled.root)
+    where = f"data.unlabeled.root '{root}'"
+    if not root.is_dir():
+        raise KDError(f"{where}: folder does not exist")
+    fits = is_volume if dims(cfg.dims).volumes else is_image
+    return [p for p in visible_files(root) if fits(p)], where, f"folder {root}"
+
+
+def csv_files(cfg: Any) -> tuple[list[Path], str, str]:
+    """The files a CSV's ``path`` column lists (``data.unlabeled.path``; paths relative to it)."""
+    from ..fileio import read_csv
+
+    csv_path = Path(cfg.unlabeled.path)
+    where = f"data.unlabeled.path '{csv_path}'"
+    rows = read_csv(csv_path, "an unlabelled CSV needs a path column (other columns are ignored)", required=("path",))
+    empty = next((i for i, r in enumerate(rows, start=2) if not r["path"]), None)
+    if empty is not None:
+        raise KDError(f"CSV file '{csv_path}' line {empty}: empty path")
+    paths = [csv_path.parent / r["path"] for r in rows]
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise KDError(f"{where}: lists '{missing}', which does not exist")
+    return paths, where, f"CSV {csv_path}"
+
+
+def listed_files(listing: tuple[list[Path], str, str], cfg: Any, seed: int, channels: int, size: int,
+                 patch: int | None, quiet: bool) -> Unlabeled:
+    """Files of a listing (:func:`folder_files`, :func:`csv_files`), at most
+    ``data.unlabeled.samples`` of them (a seeded draw), read and checked."""
+    paths, where, what = listing
+    paths = [paths[i] for i in draw(len(paths), cfg.unlabeled.samples, seed)]
+    return from_files(paths, cfg, channels, size, patch, where, what, quiet)
+
+
+def array_split(cfg: Any, seed: int, channels: int, size: int, path: Path, volumes: bool, what: str) -> Unlabeled:
     """A split's images of a MedMNIST file or of an npz file in its layout, labels unused."""
     from .sources import _fit_arrays
-    from .sources.medmnist import FLAGS_3D, load, locate
+    from .sources.medmnist import load
 
     u = cfg.unlabeled
-    if u.source == "npz":
-        path, volumes, what = Path(u.path), False, f"{Path(u.path).name} {u.split} (labels not used)"
-        if not path.is_file():
-            raise KDError(f"data.unlabeled.path: npz file '{path}' does not exist")
-    else:
-        path, volumes = locate(u.flag, u.size, u.root, multilabel=None, key="data.unlabeled"), u.flag in FLAGS_3D
-        what = f"MedMNIST {u.flag} {u.split} (labels not used)"
     space = dims(cfg.dims)
     if volumes != space.volumes:
         raise KDError(f"data.unlabeled.flag: '{u.flag}' holds {dims(3 if volumes else 2).unit}, the labelled "
                       f"data {space.unit}")
     images = load(path, volumes=volumes, multilabel=None, splits=(u.split,))[f"{u.split}_images"]
-    images = images[_cap(len(images), u.samples, seed)]
+    images = images[draw(len(images), u.samples, seed)]
     names = [f"'{path}' {u.split}[{i}]" for i in range(len(images))]
-    return _arrays(images, _fit_arrays(images, channels, size), names, f"data.unlabeled '{path}'",
-                   f"images of {what}")
+    return from_arrays(images, _fit_arrays(images, channels, size), names, f"data.unlabeled '{path}'",
+                       f"images of {what}")
 
 
 def split_digests(split: Any) -> list[set[str]]:

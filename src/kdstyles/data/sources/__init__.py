@@ -91,6 +91,24 @@ class Source:
         """Whether this data is volumes (True), images (False), or either as ``spatial_dims`` says (None)."""
         return False
 
+    # images without labels (``data.unlabeled`` naming this source): the data.unlabeled.* key it
+    # cannot do without, and how it lists them (a source that does not override it gives none)
+    unlabeled_requires: ClassVar[str | None] = None
+
+    def unlabeled(self, cfg: Any, task: Any, seed: int, channels: int, size: int, patch: int | None,
+                  quiet: bool) -> Any:
+        """Images without labels as :class:`~kdstyles.data.unlabeled.Unlabeled`, fitted to the
+        labelled data's ``channels`` and ``size`` (``patch``: volumes keep their own shape);
+        ``cfg`` is the ``data`` section, its ``unlabeled`` set. The helpers of
+        :mod:`kdstyles.data.unlabeled` do the shared work (:func:`~kdstyles.data.unlabeled.from_arrays`,
+        :func:`~kdstyles.data.unlabeled.from_files`, :func:`~kdstyles.data.unlabeled.draw`)."""
+        raise NotImplementedError
+
+
+def unlabeled_sources() -> dict[str, Source]:
+    """The registered sources that list images without labels (``data.unlabeled.source``)."""
+    return {n: s for n, s in SOURCES.items() if type(s).unlabeled is not Source.unlabeled}
+
 
 def progress(quiet: bool):
     """Reading and checking files: a bar on a terminal, plain lines in a log, nothing when

@@ -19,6 +19,7 @@ from . import Loaded, Source, from_files, from_volume_files
 class CSV(Source):
     name = "csv"
     requires = "path"
+    unlabeled_requires = "path"  # data.unlabeled.path
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         path = Path(cfg.path)
@@ -32,3 +33,10 @@ class CSV(Source):
 
     def volumes(self, cfg) -> bool | None:
         return None  # image files, or volume files with spatial_dims: 3
+
+
+    def unlabeled(self, cfg, task, seed, channels, size, patch, quiet):
+        """The files in a CSV's ``path`` column (``data.unlabeled.path``); other columns ignored."""
+        from ..unlabeled import csv_files, listed_files
+
+        return listed_files(csv_files(cfg), cfg, seed, channels, size, patch, quiet)

@@ -26,6 +26,7 @@ def _left_out(loaded: Loaded, others: Counter, kind: str) -> Loaded:
 class Folder(Source):
     name = "folder"
     requires = "root"
+    unlabeled_requires = "root"  # data.unlabeled.root
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         root = Path(cfg.root)
@@ -40,3 +41,10 @@ class Folder(Source):
 
     def volumes(self, cfg) -> bool | None:
         return None  # image files, or volume files with spatial_dims: 3
+
+
+    def unlabeled(self, cfg, task, seed, channels, size, patch, quiet):
+        """Image (or volume) files anywhere under ``data.unlabeled.root``; labels and class folders ignored."""
+        from ..unlabeled import folder_files, listed_files
+
+        return listed_files(folder_files(cfg), cfg, seed, channels, size, patch, quiet)

@@ -155,6 +155,7 @@ def load(path: Path, volumes: bool = False, multilabel: bool | None = False,
 class MedMNIST(Source):
     name = "medmnist"
     requires = "flag"
+    unlabeled_requires = "flag"  # data.unlabeled.flag
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         multilabel = labels_of(task).multi_hot
@@ -173,3 +174,13 @@ class MedMNIST(Source):
 
     def volumes(self, cfg) -> bool | None:
         return cfg.flag in FLAGS_3D
+
+
+    def unlabeled(self, cfg, task, seed, channels, size, patch, quiet):
+        """A MedMNIST file's split (``data.unlabeled.flag``, ``size``, ``split``) without its labels."""
+        from ..unlabeled import array_split
+
+        u = cfg.unlabeled
+        path = locate(u.flag, u.size, u.root, multilabel=None, key="data.unlabeled")
+        return array_split(cfg, seed, channels, size, path, u.flag in FLAGS_3D,
+                           f"MedMNIST {u.flag} {u.split} (labels not used)")

@@ -41,6 +41,7 @@ def class_names(arrays: dict[str, np.ndarray], given: list[str] | None, path: Pa
 class Npz(Source):
     name = "npz"
     requires = "path"
+    unlabeled_requires = "path"  # data.unlabeled.path
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         path = Path(cfg.path)
@@ -59,3 +60,14 @@ class Npz(Source):
 
     def describe(self, cfg, task) -> str:
         return f"arrays from {Path(cfg.path).name}"
+
+
+    def unlabeled(self, cfg, task, seed, channels, size, patch, quiet):
+        """A split of an npz file in MedMNIST's layout (``data.unlabeled.path``, ``split``), labels unused."""
+        from ..unlabeled import array_split
+
+        u = cfg.unlabeled
+        path = Path(u.path)
+        if not path.is_file():
+            raise KDError(f"data.unlabeled.path: npz file '{path}' does not exist")
+        return array_split(cfg, seed, channels, size, path, False, f"{path.name} {u.split} (labels not used)")

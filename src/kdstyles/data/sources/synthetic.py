@@ -110,6 +110,7 @@ def _read(path: Path):
 class Synthetic(Source):
     name = "synthetic"
     previews = True
+    unlabeled_requires = "samples"  # data.unlabeled.samples
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         space = dims(cfg.dims)
@@ -136,3 +137,20 @@ class Synthetic(Source):
 
     def volumes(self, cfg) -> bool | None:
         return None  # images, or volumes with spatial_dims: 3
+
+
+    def unlabeled(self, cfg, task, seed, channels, size, patch, quiet):
+        """The embedded generator's extra images of the task (``samples`` of them), labels withheld."""
+        from .. import unlabeled as found
+        from . import _fit_arrays
+
+        u, space = cfg.unlabeled, dims(cfg.dims)
+        module = task.synthetic_volumes if space.volumes else task.synthetic
+        if module is None:
+            raise KDError(f"data.unlabeled.source: synthetic: task {task.name} has no embedded volumes")
+        checks.check_memory("data.unlabeled.samples", u.samples, size, cfg.dims, channels)
+        images = generate(module, seed, "unlabeled", u.samples, size, cfg.dims)[0]
+        names = [f"synthetic unlabeled[{i}]" for i in range(len(images))]
+        what = "the embedded synthetic CT-like volumes" if space.volumes else task.description
+        return found.from_arrays(images, _fit_arrays(images, channels, size), names, "data.unlabeled (synthetic)",
+                                 f"{space.unit} like {what} (labels withheld)")
