@@ -111,3 +111,34 @@ def test_run_and_eval_files_record_task_and_dims_and_older_folders_still_open(tm
     old = load_rows(run.path)
     assert "task" not in old[0] and metric_set(old) == metric_set(rows)
     Experiment.from_run(run.path, quiet=True).evaluate()  # opens and evaluates again
+
+
+def test_eval_json_is_one_record_read_by_its_keeper(tmp_path):
+    """eval.json is read through RunFolder as an Evaluation record: rows for results.csv come
+    from it alone, a file of an older release (fewer keys) or a newer one (more keys) opens,
+    and a damaged one is one line naming the key."""
+    import json
+
+    from kdstyles import KDError
+    from kdstyles.runfolder import Evaluation, RunFolder
+
+    run = RunFolder(tmp_path / "kd-seed1")
+    run.path.mkdir()
+    older = {"split": "test", "checkpoint": "best", "networks": {"s1": {"accuracy": 0.5, "ece": float("nan")}},
+             "per_image": {"s1": {"accuracy": [1, 0]}}}
+    run.eval_path.write_text(json.dumps(older))
+    record = run.read_eval()
+    assert record.task is None and record.class_names == [] and record.per_image["s1"]["accuracy"] == [1, 0]
+    assert record.rows() == [{"preset": "run", "seed": 0, "network": "s1", "checkpoint": "best", "split": "test",
+                              "run_dir": "", "accuracy": 0.5, "ece": record.networks["s1"]["ece"]}]
+    assert record.rows("kd", 1, "x", fields=("accuracy",))[0] == {
+        "preset": "kd", "seed": 1, "network": "s1", "checkpoint": "best", "split": "test", "run_dir": "x",
+        "accuracy": 0.5}
+    newer = dict(older, calibration={"s1": {"temperature": 1.5}})  # a key this release does not know: kept
+    run.write_eval(Evaluation.model_validate(newer))
+    assert json.loads(run.eval_path.read_text())["calibration"] == {"s1": {"temperature": 1.5}}
+    assert run.eval_checkpoint() == "best" and run.evaluation("val") is None
+    run.eval_path.write_text(json.dumps({"networks": [1, 2]}))
+    with pytest.raises(KDError, match=r"eval.json' is damaged \(networks: input should be a valid dictionary\); "
+                                      r"write it again with 'kdstyles evaluate"):
+        run.read_eval()

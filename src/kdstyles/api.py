@@ -33,7 +33,7 @@ from .inputs import Inputs
 from .evaluate import ENSEMBLE, score_cohort
 from .models.zoo import count_parameters
 from .routing import T
-from .runfolder import RunFolder, now
+from .runfolder import Evaluation, RunFolder, now
 from .styles import learner_parts
 
 
@@ -365,5 +365,5 @@ class Experiment:
         if kept:  # before eval.json, which says the evaluation is complete
             self.folder.write_outputs(kept, split)
             result["outputs"] = self.folder.outputs_file(split).name
-        self.folder.write_eval(result)
+        self.folder.write_eval(Evaluation.model_validate(result))
         return result

@@ -374,15 +374,9 @@ def collect(specs: list[RunSpec]) -> list[dict[str, Any]]:
     """One row per run x network from each run's eval.json (runs without one are left out)."""
     rows = []
     for spec in specs:
-        run = RunFolder(spec.run_dir)
-        if not run.eval_path.is_file():
-            continue
-        ev = run.read_eval()
-        for network, metrics in ev["networks"].items():
-            row = {"preset": spec.preset, "seed": spec.seed, "network": network, "checkpoint": ev["checkpoint"],
-                   "split": ev["split"], "run_dir": spec.run_dir}
-            row.update({k: metrics.get(k, "") for k in RESULT_FIELDS if k in metrics})
-            rows.append(row)
+        evaluation = RunFolder(spec.run_dir).evaluation()
+        if evaluation is not None:
+            rows += evaluation.rows(spec.preset, spec.seed, spec.run_dir, fields=RESULT_FIELDS)
     return rows
 
 

@@ -148,12 +148,13 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     sample = inputs.sample(samples, random=True, generator=gen)
     diff = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, sample, path)
 
-    evaluation = exp.folder.read_eval() if exp.folder.eval_path.is_file() else None
-    if evaluation is None or evaluation.get("checkpoint") != checkpoint:
+    evaluation = exp.folder.evaluation()
+    if evaluation is None or evaluation.checkpoint != checkpoint:
         say(f"{run_dir}: the {checkpoint} checkpoint has not been evaluated (no eval.json of it); evaluating it on "
             "the test split first, for the model card's metrics (kdstyles evaluate writes the same eval.json)")
-        evaluation = exp.evaluate(checkpoint=checkpoint)
-    metrics = evaluation["networks"].get(network, {})
+        exp.evaluate(checkpoint=checkpoint)
+        evaluation = exp.folder.read_eval()
+    metrics = evaluation.networks.get(network, {})
     best = info.get("best", {})
     epochs = {n: best.get(n, {}).get("epoch") for n in (exp.cohort.students if network == ENSEMBLE else [network])}
     task = exp.cohort.task
@@ -170,7 +171,7 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
                           "applied": "inside the model"},
         "class_names": info["class_names"],
         **({"volumes": exp.cfg.data.preparation} if inputs.space.volumes else {}),
-        "metrics": {"split": evaluation.get("split"), **metrics},
+        "metrics": {"split": evaluation.split, **metrics},
         "verification": {"samples": samples, "max_abs_diff": diff,
                          "against": "onnxruntime" if fmt == "onnx" else "torch.jit.load"},
     }

@@ -32,10 +32,53 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from .errors import KDError
 from .fileio import FolderLock, clean_temp_files, read_json, write_json, write_npz, write_text
 
 STATUS_DONE = ("finished", "stopped early", "pruned")  # "pruned": kdstyles tune stopped it
+
+
+class Evaluation(BaseModel):
+    """eval.json: one split of a run evaluated (``kdstyles evaluate``, ``Experiment.evaluate``),
+    read and written only by :class:`RunFolder` (keys a later or earlier release wrote are kept).
+
+    ``networks``: each network's (and the ensemble's) metrics by name; ``per_image``: the values
+    comparisons pair (metrics that are means over images); ``details``: the task's lists
+    (confusion matrix, per-class scores, reliability bins); ``overlays``: pictures drawn, relative
+    to the run folder; ``outputs``: the file of kept outputs beside it (drawn metrics)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run_dir: str = ""
+    task: str | None = None
+    spatial_dims: int | None = None
+    split: str = "test"
+    checkpoint: str = "best"
+    samples: int | None = None
+    preset: str | None = None
+    seed: int | None = None
+    class_names: list[str] = []
+    networks: dict[str, dict[str, Any]]
+    details: dict[str, dict[str, Any]] = {}
+    per_image: dict[str, dict[str, Any]] = {}
+    overlays: list[str] | None = None
+    outputs: str | None = None
+
+    def rows(self, preset: str | None = None, seed: int | None = None, run_dir: str | None = None,
+             fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """Result rows, one per network (what results.csv holds): the run's preset and seed (or
+        those given: a comparison's variant), the checkpoint, split, run folder and the
+        metrics (only ``fields`` where given)."""
+        out = []
+        for network, metrics in self.networks.items():
+            row = {"preset": preset or self.preset or "run", "seed": self.seed or 0 if seed is None else seed,
+                   "network": network, "checkpoint": self.checkpoint, "split": self.split,
+                   "run_dir": run_dir or self.run_dir}
+            row.update({k: v for k, v in metrics.items() if fields is None or k in fields})
+            out.append(row)
+        return out
 
 
 def now() -> str:
@@ -183,20 +226,34 @@ class RunFolder:
     def write_config(self, text: str) -> None:
         write_text(self.config_path, text)
 
-    def read_eval(self) -> dict[str, Any]:
-        return read_json(self.eval_path, f"write it again with 'kdstyles evaluate {self.path}'")
+    def read_eval(self, split: str = "test") -> Evaluation:
+        """eval.json (or another split's), as its record; one line when it is missing or damaged."""
+        path = self.eval_file(split)
+        again = f"write it again with 'kdstyles evaluate {self.path}{'' if split == 'test' else ' --split ' + split}'"
+        try:
+            return Evaluation.model_validate(read_json(path, again))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(part) for part in first["loc"]) or "its top level"
+            raise KDError(f"'{path}' is damaged ({key}: {first['msg'].lower()}); {again}") from None
+
+    def evaluation(self, split: str = "test") -> Evaluation | None:
+        """eval.json's record, or None where the run was not evaluated on that split."""
+        return self.read_eval(split) if self.eval_file(split).is_file() else None
 
     def eval_checkpoint(self) -> str | None:
         """Which checkpoint eval.json describes (None when there is no eval.json)."""
-        return self.read_eval().get("checkpoint") if self.eval_path.is_file() else None
+        evaluation = self.evaluation()
+        return evaluation.checkpoint if evaluation is not None else None
 
     def eval_file(self, split: str = "test") -> Path:
         """eval.json holds the test split (what compare, report and export read); another
         split's evaluation goes beside it, eval-<split>.json, and never replaces it."""
         return self.eval_path if split == "test" else self.path / f"eval-{split}.json"
 
-    def write_eval(self, result: dict[str, Any]) -> None:
-        write_json(self.eval_file(result.get("split", "test")), result)
+    def write_eval(self, evaluation: Evaluation) -> None:
+        unset = {k for k in ("overlays", "outputs") if getattr(evaluation, k) is None}
+        write_json(self.eval_file(evaluation.split), evaluation.model_dump(exclude=unset))
 
     def outputs_file(self, split: str = "test") -> Path:
         return self.path / ("outputs.npz" if split == "test" else f"outputs-{split}.npz")

@@ -60,7 +60,8 @@ def load_study(folder: str | Path, rows: list[dict[str, Any]]) -> Study:
     for (preset, seed), run in run_dirs(folder, rows).items():
         rf = RunFolder(run)
         try:
-            per_image = rf.read_eval().get("per_image", {}) if rf.eval_path.is_file() else {}
+            evaluation = rf.evaluation()
+            per_image = evaluation.per_image if evaluation is not None else {}
         except KDError:
             per_image = {}
         for network, metrics in per_image.items():
@@ -80,7 +81,7 @@ def _drawable(rf: RunFolder, task: str | None) -> dict[str, Any]:
         return {}
     try:
         arrays = rf.read_outputs()
-        classes = len(rf.read_eval().get("class_names") or [])
+        classes = len(rf.read_eval().class_names)
     except KDError:
         return {}
     outputs = {key[4:]: v for key, v in arrays.items() if key.startswith("out.")}
@@ -256,15 +257,15 @@ def winner(study: Study) -> dict[str, Any] | None:
             continue
         rf = RunFolder(run)
         try:
-            ev = _read_val(rf) if rf.eval_file("val").is_file() else None
+            ev = rf.evaluation("val")
         except KDError:
             ev = None
         if not ev:
             continue
         for net in _networks(study):
-            m = ev.get("networks", {}).get(net, {}).get(metric)
+            m = ev.networks.get(net, {}).get(metric)
             if isinstance(m, (int, float)):
-                per = (ev.get("per_image", {}).get(net) or {}).get(metric)
+                per = (ev.per_image.get(net) or {}).get(metric)
                 scores.setdefault((preset, net), {})[seed] = (float(m), np.asarray(per, dtype=np.float64)
                                                               if isinstance(per, list) else None)
     seeds = study.seeds
@@ -304,12 +305,6 @@ def chosen(study: Study) -> dict[str, Any] | None:
     if study.choice is None:
         study.choice = winner(study) or {}
     return study.choice or None
-
-
-def _read_val(rf: RunFolder) -> dict[str, Any]:
-    from ..fileio import read_json
-
-    return read_json(rf.eval_file("val"), f"write it again with 'kdstyles evaluate {rf.path} --split val'")
 
 
 def winner_text(choice: dict[str, Any]) -> str:

@@ -101,7 +101,8 @@ def render(folder: str | Path, study: Study | None = None) -> Path:
     shown: set[str] = set()  # one overlay per preset: its first seed's first test image
     for (preset, _seed), run in sorted(dirs.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         folder_ = RunFolder(run)
-        overlays = folder_.read_eval().get("overlays") if folder_.eval_path.is_file() else None
+        evaluation = folder_.evaluation()
+        overlays = evaluation.overlays if evaluation is not None else None
         if not overlays or not (run / overlays[0]).is_file() or preset in shown:
             continue
         if not shown:

@@ -8,7 +8,7 @@ import math
 import statistics
 from collections import defaultdict
 
-from ..runfolder import RunFolder
+from ..runfolder import Evaluation, RunFolder
 from .results import aggregate
 
 def _png(fig) -> str:
@@ -60,34 +60,34 @@ def plot_curves(rows, dirs, metric: str) -> str | None:
     return _png(fig)
 
 
-def details_of(dirs) -> dict[str, list[dict]]:
+def details_of(dirs) -> dict[str, list[Evaluation]]:
     """preset -> the eval.json of each seed."""
-    out: dict[str, list[dict]] = defaultdict(list)
+    out: dict[str, list[Evaluation]] = defaultdict(list)
     for (preset, _seed), run in dirs.items():
-        folder = RunFolder(run)
-        if folder.eval_path.is_file():
-            out[preset].append(folder.read_eval())
+        evaluation = RunFolder(run).evaluation()
+        if evaluation is not None:
+            out[preset].append(evaluation)
     return out
 
 
-def _focus(evals: list[dict]) -> str:
-    nets = evals[0]["details"]
+def _focus(evals: list[Evaluation]) -> str:
+    nets = evals[0].details
     return "ensemble" if "ensemble" in nets else next(n for n in nets if n != "teacher")
 
 
 def plot_confusions(details) -> str | None:
     import numpy as np
 
-    items = [(p, evs) for p, evs in details.items() if evs and "confusion" in next(iter(evs[0]["details"].values()))]
+    items = [(p, evs) for p, evs in details.items() if evs and "confusion" in next(iter(evs[0].details.values()))]
     if not items:
         return None
     fig, axes = _figure(3.2, 3.0, len(items))
     for ax, (preset, evs) in zip(axes, items):
         net = _focus(evs)
-        cm = np.sum([np.array(e["details"][net]["confusion"]) for e in evs], axis=0).astype(float)
+        cm = np.sum([np.array(e.details[net]["confusion"]) for e in evs], axis=0).astype(float)
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        names = evs[0].get("class_names") or [str(i) for i in range(len(cm))]
+        names = evs[0].class_names or [str(i) for i in range(len(cm))]
         ax.set_xticks(range(len(names)), names, rotation=60, fontsize=6, ha="right")
         ax.set_yticks(range(len(names)), names, fontsize=6)
         for i in range(len(cm)):
@@ -103,16 +103,16 @@ def plot_confusions(details) -> str | None:
 def plot_per_class(details) -> str | None:
     import numpy as np
 
-    items = [(p, evs) for p, evs in details.items() if evs and "f1" in next(iter(evs[0]["details"].values()))]
+    items = [(p, evs) for p, evs in details.items() if evs and "f1" in next(iter(evs[0].details.values()))]
     if not items:
         return None
-    names = items[0][1][0].get("class_names") or []
+    names = items[0][1][0].class_names
     fig, axes = _figure(max(4.0, 0.6 * len(names) * len(items) / 2), 3.0, 1)
     ax = axes[0]
     width = 0.8 / len(items)
     for k, (preset, evs) in enumerate(items):
         net = _focus(evs)
-        f1 = np.mean([e["details"][net]["f1"] for e in evs], axis=0)
+        f1 = np.mean([e.details[net]["f1"] for e in evs], axis=0)
         ax.bar(np.arange(len(f1)) + k * width, f1, width, label=f"{preset} ({net})")
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, fontsize=7, ha="right")
     ax.set_ylabel("per-class F1 (mean over seeds)")
@@ -123,16 +123,16 @@ def plot_per_class(details) -> str | None:
 
 def plot_reliability(details) -> str | None:
     items = [(p, evs) for p, evs in details.items()
-             if evs and "reliability" in next(iter(evs[0]["details"].values()))]
+             if evs and "reliability" in next(iter(evs[0].details.values()))]
     if not items:
         return None
     fig, axes = _figure(3.0, 3.0, len(items))
     for ax, (preset, evs) in zip(axes, items):
         net = _focus(evs)
-        bins = len(evs[0]["details"][net]["reliability"])
+        bins = len(evs[0].details[net]["reliability"])
         count, conf, acc = [0] * bins, [0.0] * bins, [0.0] * bins
         for e in evs:
-            for b, cell in enumerate(e["details"][net]["reliability"]):
+            for b, cell in enumerate(e.details[net]["reliability"]):
                 if cell["count"]:
                     count[b] += cell["count"]
                     conf[b] += cell["confidence"] * cell["count"]
@@ -141,7 +141,7 @@ def plot_reliability(details) -> str | None:
         ys = [acc[b] / count[b] if count[b] else 0 for b in range(bins)]
         ax.bar(xs, ys, width=1 / bins, edgecolor="k", alpha=0.7, label="accuracy")
         ax.plot([0, 1], [0, 1], "r--", lw=1)
-        ece = statistics.fmean(e["networks"][net]["ece"] for e in evs)
+        ece = statistics.fmean(e.networks[net]["ece"] for e in evs)
         ax.set_title(f"{preset}: {net}, ECE {ece:.3f}", fontsize=9)
         ax.set_xlabel("confidence", fontsize=7)
         ax.set_ylabel("accuracy", fontsize=7)

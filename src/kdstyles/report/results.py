@@ -50,15 +50,9 @@ def load_rows(folder: Path) -> list[dict[str, Any]]:
         return [{k: _num(v) for k, v in row.items()} | ({"task": task} if task else {}) for row in rows]
     run = RunFolder(folder)
     if run.eval_path.is_file():
-        data = run.read_eval()
-        try:
-            task = {"task": data["task"]} if isinstance(data.get("task"), str) else {}
-            return [{"preset": data.get("preset", "run"), "seed": data.get("seed", 0), "network": n, **task,
-                     "checkpoint": data["checkpoint"], "split": data["split"], "run_dir": str(folder), **m}
-                    for n, m in data["networks"].items()]
-        except (KeyError, AttributeError, TypeError) as exc:
-            raise KDError(f"'{run.eval_path}' is damaged (no {exc}); write it again with "
-                          f"'kdstyles evaluate {folder}'") from None
+        evaluation = run.read_eval()
+        task = {"task": evaluation.task} if evaluation.task else {}
+        return [row | task for row in evaluation.rows(run_dir=str(folder))]
     raise KDError(f"'{folder}' has neither results.csv (a comparison) nor eval.json (an evaluated run); "
                   "run kdstyles compare or kdstyles evaluate first")
 
@@ -78,7 +72,7 @@ def _check_whole(folder: Path, path: Path, rows: list[dict[str, str]], again: st
         if rf is None or not rf.eval_path.is_file():
             continue
         try:
-            networks = rf.read_eval().get("networks", {})
+            networks = rf.read_eval().networks
         except KDError:
             continue  # a damaged eval.json is reported where it is read
         missing = next((n for n in networks if (rf.path.name, n) not in listed), None)
