@@ -121,6 +121,20 @@ def table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def _source_keys(model: type[BaseModel]) -> str:
+    """Which data keys belong to which source (a key of another source is refused)."""
+    from kdstyles.data.sources import SOURCE_KEYS, SOURCES
+
+    lines = ["Keys of one source: each source reads its own of "
+             + ", ".join(f"`{k}`" for k in model.model_fields if k in SOURCE_KEYS)
+             + "; one set for a source that does not read it is refused in one line (the rest of the section "
+               "applies to every source):", ""]
+    for name, source in SOURCES.items():
+        own = [f"`{k}`" for k in model.model_fields if source.reads is not None and k in source.reads]
+        lines.append(f"- `{name}`: {', '.join(own) or 'none'}")
+    return "\n".join(lines)
+
+
 def render() -> str:
     from kdstyles.config import ExperimentConfig
     from kdstyles.styles import STYLES
@@ -136,6 +150,8 @@ def render() -> str:
         section(model, key, rows, pending)
         if rows:
             out += [f"## `{key}`", "", *([_cell(about), ""] if about else []), table(rows), ""]
+        if key == "data":
+            out += [_source_keys(model), ""]
     out += ["## Style options", "",
             "Options of each learning style: in `styles.<style>` (defaults for every edge of that style) "
             "or in an edge's `options`.", ""]

@@ -185,3 +185,25 @@ def test_every_float_key_refuses_non_finite_numbers(value):
 
     with pytest.raises(KDError, match=r"tune\.space\.optim\.lr\.low"):
         build_config({"tune": {"space": {"optim.lr": {"low": float(value.replace(".", "")), "high": 1}}}})
+
+
+def test_a_key_of_another_source_is_refused_not_ignored():
+    """data.val_fraction means nothing to MedMNIST's fixed splits, data.flag nothing to a folder:
+    set, they were silently ignored; now one line names the key and the source's own keys. A
+    default value, or a whole section as config.yaml holds it (a run of an earlier release
+    whose ignored key it kept), still validates."""
+    with pytest.raises(KDError, match=r"config error: data: val_fraction: source 'medmnist' does not read it \(its "
+                                      r"own keys: root, flag, size\); leave it out"):
+        load_config(None, ["data.source=medmnist", "data.flag=pathmnist", "data.val_fraction=0.3"])
+    with pytest.raises(KDError, match="data: flag: source 'folder' does not read it"):
+        load_config(None, ["data.source=folder", "data.root=x", "data.flag=pathmnist"])
+    with pytest.raises(KDError, match="data: none_label: source 'npz' does not read it"):
+        load_config(None, ["data.source=npz", "data.path=x.npz", "data.none_label=Normal"])
+    # a config written for the demo keeps its sample counts when pointed at other data
+    demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    assert load_config(demo, ["data.source=folder", "data.root=x"]).data.train_samples == 2000
+    cfg = load_config(None, ["data.source=folder", "data.root=x", "data.val_fraction=0.3", "data.size=28"])
+    assert cfg.data.val_fraction == 0.3  # its own key; size at its default says nothing
+    whole = cfg.model_dump(mode="json")
+    whole["data"]["flag"] = "pathmnist"  # kept by an earlier release's config.yaml, where it was ignored
+    assert ExperimentConfig.model_validate(whole).data.flag == "pathmnist"

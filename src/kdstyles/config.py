@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from . import sbatch
-from .data.sources import SOURCES, sources_for, unlabeled_sources
+from .data.sources import SOURCE_KEYS, SOURCES, sources_for, unlabeled_sources
 from .errors import KDError, unknown
 from .fileio import NAME_MAX, check_path_text
 from .metrics import METRICS
@@ -305,6 +305,22 @@ class DataConfig(Strict):
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no "
                              "training images; together they must be below 1 (0.15 each by default)")
+        return self._read_by_source()
+
+    def _read_by_source(self) -> "DataConfig":
+        """A source owns its keys: one that belongs to other sources (``SOURCE_KEYS``), set to
+        something other than its default, is refused instead of silently ignored. A whole data
+        section, as kdstyles writes config.yaml, was checked when it was first validated (and a
+        run folder of an earlier release still opens)."""
+        reads = SOURCES[self.source].reads
+        if reads is None or len(self.model_fields_set) == len(type(self).model_fields):
+            return self
+        fields = type(self).model_fields
+        for key in sorted(SOURCE_KEYS - reads):
+            if key in self.model_fields_set and getattr(self, key) != fields[key].default:
+                own = ", ".join(k for k in fields if k in reads) or "none"
+                raise ValueError(f"{key}: source '{self.source}' does not read it (its own keys: {own}); leave it "
+                                 f"out, or choose the source it belongs to")
         return self
 
     @property

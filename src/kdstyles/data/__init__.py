@@ -140,9 +140,10 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
     bundle = DataBundle(splits, loaded.class_names, channels, patch or size, mean.tolist(), std.tolist(), report,
                         loaded.split_table, cfg.sampler, spatial_dims=cfg.dims)
     if unlabeled and cfg.unlabeled is not None:
-        from .unlabeled import check_overlap, load_unlabeled
+        from .unlabeled import check_overlap
 
-        found = load_unlabeled(cfg, task_cls, seed, channels, size, patch, quiet)
+        # the source data.unlabeled names lists them, fitted to the labelled data (volumes with patches: their own shape)
+        found = SOURCES[cfg.unlabeled.source].unlabeled(cfg, task_cls, seed, channels, size, patch, quiet)
         report.problems += [checks.Problem("warning", w) for w in check_overlap(found, stored)]
         # no masks or boxes to move: every geometric augmentation applies
         views = build_augment(cfg.augment, patch or size, dims=cfg.dims)

@@ -59,7 +59,8 @@ def from_files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int
     """Image (or volume) files, each decoded once and checked; one error line naming the first
     unreadable file. ``where``: the config key and place messages name; ``what``: where they
     are from, as run.json and model cards say it ("N images from WHAT")."""
-    from .sources import _fit_volumes, progress
+    from ..progress import Steps as progress
+    from .fit import fit_volumes
 
     if not paths:
         raise KDError(f"{where}: holds no {dims(cfg.dims).item} files")
@@ -75,7 +76,7 @@ def from_files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int
             for p in paths:
                 prepared = volumes.select_modalities(volumes.prepare_cached(p, None, cfg, use_cache=cfg.volume_cache),
                                                      cfg.modalities, p)
-                vol = _fit_volumes(prepared.image[None], channels, None if patch else size)[0]
+                vol = fit_volumes(prepared.image[None], channels, None if patch else size)[0]
                 arrays.append(vol)
                 digests.append({file_digest(p), array_digest(vol)})
                 bar.advance(task_id)
@@ -91,17 +92,6 @@ def from_files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int
         raise KDError(f"{where}: {bad[0].message}{more}")
     digests = [{f} | ({array_digest(images[i])} if images is not None else set()) for i, f in enumerate(files)]
     return Unlabeled(images, list(paths), names, digests, where, f"{len(paths)} images from {what}")
-
-
-def load_unlabeled(cfg: Any, task: Any, seed: int, channels: int, size: int, patch: int | None,
-                   quiet: bool = True) -> Unlabeled:
-    """``cfg``: the config's ``data`` section (``cfg.unlabeled`` set); ``channels`` and ``size``:
-    the labelled data's, which every unlabelled image is fitted to; ``patch``: volumes keep their
-    own shape (training crops patches). The source named by ``data.unlabeled.source`` lists them
-    (:meth:`kdstyles.data.sources.Source.unlabeled`)."""
-    from .sources import SOURCES
-
-    return SOURCES[cfg.unlabeled.source].unlabeled(cfg, task, seed, channels, size, patch, quiet)
 
 
 def folder_files(cfg: Any) -> tuple[list[Path], str, str]:
@@ -139,23 +129,6 @@ def listed_files(listing: tuple[list[Path], str, str], cfg: Any, seed: int, chan
     paths, where, what = listing
     paths = [paths[i] for i in draw(len(paths), cfg.unlabeled.samples, seed)]
     return from_files(paths, cfg, channels, size, patch, where, what, quiet)
-
-
-def array_split(cfg: Any, seed: int, channels: int, size: int, path: Path, volumes: bool, what: str) -> Unlabeled:
-    """A split's images of a MedMNIST file or of an npz file in its layout, labels unused."""
-    from .sources import _fit_arrays
-    from .sources.medmnist import load
-
-    u = cfg.unlabeled
-    space = dims(cfg.dims)
-    if volumes != space.volumes:
-        raise KDError(f"data.unlabeled.flag: '{u.flag}' holds {dims(3 if volumes else 2).unit}, the labelled "
-                      f"data {space.unit}")
-    images = load(path, volumes=volumes, multilabel=None, splits=(u.split,))[f"{u.split}_images"]
-    images = images[draw(len(images), u.samples, seed)]
-    names = [f"'{path}' {u.split}[{i}]" for i in range(len(images))]
-    return from_arrays(images, _fit_arrays(images, channels, size), names, f"data.unlabeled '{path}'",
-                       f"images of {what}")
 
 
 def split_digests(split: Any) -> list[set[str]]:

@@ -20,12 +20,20 @@ import numpy as np
 
 from ...dims import dims as space
 from ...errors import KDError, check_new_name
-from ...imageio import convert, image_size
+from ...imageio import image_size
 from .. import checks, files, segfolder
+from ..fit import fit_arrays as _fit_arrays, fit_volumes as _fit_volumes
 from ..labels import labels_of
 
 
-FILE_SIDE, VOLUME_SIDE = 224, 64  # the default input side of image files and of volume files
+FILE_SIDE, VOLUME_SIDE = 224, 64
+# data.* keys that belong to some sources only, refused for the others (the rest of the data section applies to
+# every source: the volume and cache keys too, as images without labels from files read them whatever the
+# labelled source; the embedded data's sample counts are left alone, as a config written for the demo keeps them
+# when --set data.source=... points it at other data)
+SOURCE_KEYS = frozenset({"root", "path", "flag", "size", "classes", "num_classes", "none_label", "uncertain",
+                         "val_fraction", "test_fraction"})
+FILE_SPLITS = frozenset({"val_fraction", "test_fraction"})  # sources whose files may lack a split draw it  # the default input side of image files and of volume files
 
 
 def resolve_input(cfg: Any, task: Any, channels: int | None = None, side: int | None = None) -> tuple[int, int]:
@@ -64,6 +72,9 @@ class Loaded:
 class Source:
     name: ClassVar[str]
     requires: ClassVar[str | None] = None  # the data.* key it cannot do without
+    # the source-specific data.* keys it reads (SOURCE_KEYS): any other of them set in a config is
+    # refused in one line instead of silently ignored (None: not checked)
+    reads: ClassVar[frozenset[str] | None] = None
     tasks: ClassVar[tuple[str, ...]] = ()  # tasks it reads for, beside those whose `sources` name it
     patches: ClassVar[bool] = False  # trains on random patches of its volumes by default
     # `kdstyles check` may read a few items of each split instead of all (generated data: every
@@ -116,39 +127,6 @@ def progress(quiet: bool):
     from ...progress import Steps
 
     return Steps(quiet)
-
-
-def _fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:
-    """In-memory images (N, H, W, C) or volumes (N, D, H, W, C) converted to the configured
-    channels and size."""
-    dims = images.ndim - 2
-    if images.shape[1:] == (size,) * dims + (channels,):
-        return images
-    if space(dims).volumes:
-        return _fit_volumes(images, channels, size)
-    from PIL import Image
-
-    out = np.empty((len(images), size, size, channels), np.uint8)
-    for i, img in enumerate(images):
-        out[i] = convert(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), channels, size)
-    return out
-
-
-def _fit_volumes(volumes: np.ndarray, channels: int, size: int | None) -> np.ndarray:
-    """Volumes resized (trilinear) to size^3 (``None``: their own shape, all alike), grey-scale
-    repeated or colour averaged to ``channels``."""
-    import torch
-    import torch.nn.functional as F
-
-    out = np.empty((len(volumes), *((size,) * 3 if size else volumes.shape[1:4]), channels), np.uint8)
-    for i, v in enumerate(volumes):
-        x = torch.from_numpy(np.ascontiguousarray(v)).float().movedim(-1, 0)[None]
-        if x.shape[1] != channels:
-            x = x.mean(1, keepdim=True).expand(-1, channels, -1, -1, -1)
-        if size and tuple(x.shape[2:]) != (size,) * 3:
-            x = F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=False)
-        out[i] = x[0].movedim(0, -1).round().clamp(0, 255).to(torch.uint8).numpy()
-    return out
 
 
 BOX_REPORT = ["no objects", "objects"]  # detection: the image-level label says whether it has boxes

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Loaded, Source, from_files
+from . import FILE_SPLITS, Loaded, Source, from_files
 
 
 class COCO(Source):
     name = "coco"
     requires = "path"
+    reads = frozenset({"path", "root", "classes"}) | FILE_SPLITS
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         from ..boxfiles import read_coco

@@ -20,7 +20,7 @@ from ...errors import KDError
 from ...fileio import read_json
 from .. import checks, files, volumes
 from ..labels import labels_of
-from . import Loaded, Source, Split, progress, split_assignment
+from . import FILE_SPLITS, Loaded, Source, Split, progress, split_assignment
 
 DEFAULT_PATCH = 64
 
@@ -77,6 +77,7 @@ def read_layout(root: Path, classes: list[str] | None, num_classes: int
 class Decathlon(Source):
     name = "decathlon"
     requires = "root"
+    reads = frozenset({"root", "classes", "num_classes"}) | FILE_SPLITS
     patches = True
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:

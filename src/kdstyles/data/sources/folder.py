@@ -11,7 +11,7 @@ from pathlib import Path
 from ...dims import dims
 from ..checks import Problem
 from ..labels import labels_of
-from . import Loaded, Source, from_files, from_volume_files
+from . import FILE_SPLITS, Loaded, Source, from_files, from_volume_files
 
 
 def _left_out(loaded: Loaded, others: Counter, kind: str) -> Loaded:
@@ -26,6 +26,7 @@ def _left_out(loaded: Loaded, others: Counter, kind: str) -> Loaded:
 class Folder(Source):
     name = "folder"
     requires = "root"
+    reads = frozenset({"root", "classes", "num_classes", "none_label"}) | FILE_SPLITS
     unlabeled_requires = "root"  # data.unlabeled.root
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:

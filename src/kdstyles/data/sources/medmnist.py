@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ...dims import dims
 from ...errors import KDError
 from ..labels import labels_of
-from . import Loaded, Source, from_arrays, resolve_input
+from . import Loaded, Source, _fit_arrays, from_arrays, resolve_input
 from .medmnist_info import FLAGS, FLAGS_3D, URL
 
 SIZES = (28, 64, 128, 224)
@@ -155,6 +156,7 @@ def load(path: Path, volumes: bool = False, multilabel: bool | None = False,
 class MedMNIST(Source):
     name = "medmnist"
     requires = "flag"
+    reads = frozenset({"root", "flag", "size"})
     unlabeled_requires = "flag"  # data.unlabeled.flag
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
@@ -175,12 +177,26 @@ class MedMNIST(Source):
     def volumes(self, cfg) -> bool | None:
         return cfg.flag in FLAGS_3D
 
-
     def unlabeled(self, cfg, task, seed, channels, size, patch, quiet):
         """A MedMNIST file's split (``data.unlabeled.flag``, ``size``, ``split``) without its labels."""
-        from ..unlabeled import array_split
-
         u = cfg.unlabeled
         path = locate(u.flag, u.size, u.root, multilabel=None, key="data.unlabeled")
         return array_split(cfg, seed, channels, size, path, u.flag in FLAGS_3D,
                            f"MedMNIST {u.flag} {u.split} (labels not used)")
+
+
+def array_split(cfg, seed: int, channels: int, size: int, path: Path, volumes: bool, what: str):
+    """A split's images of a MedMNIST file or of an npz file in its layout, labels unused
+    (:class:`~kdstyles.data.unlabeled.Unlabeled`)."""
+    from ..unlabeled import draw, from_arrays as unlabeled_arrays
+
+    u = cfg.unlabeled
+    space = dims(cfg.dims)
+    if volumes != space.volumes:
+        raise KDError(f"data.unlabeled.flag: '{u.flag}' holds {dims(3 if volumes else 2).unit}, the labelled "
+                      f"data {space.unit}")
+    images = load(path, volumes=volumes, multilabel=None, splits=(u.split,))[f"{u.split}_images"]
+    images = images[draw(len(images), u.samples, seed)]
+    names = [f"'{path}' {u.split}[{i}]" for i in range(len(images))]
+    return unlabeled_arrays(images, _fit_arrays(images, channels, size), names, f"data.unlabeled '{path}'",
+                            f"images of {what}")

@@ -16,7 +16,7 @@ import numpy as np
 from ...errors import KDError
 from ..labels import labels_of
 from . import Loaded, Source, from_arrays, resolve_input
-from .medmnist import load
+from .medmnist import array_split, load
 
 SPLITS = ("train", "val", "test")
 
@@ -41,6 +41,7 @@ def class_names(arrays: dict[str, np.ndarray], given: list[str] | None, path: Pa
 class Npz(Source):
     name = "npz"
     requires = "path"
+    reads = frozenset({"path", "classes"})
     unlabeled_requires = "path"  # data.unlabeled.path
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
@@ -64,8 +65,6 @@ class Npz(Source):
 
     def unlabeled(self, cfg, task, seed, channels, size, patch, quiet):
         """A split of an npz file in MedMNIST's layout (``data.unlabeled.path``, ``split``), labels unused."""
-        from ..unlabeled import array_split
-
         u = cfg.unlabeled
         path = Path(u.path)
         if not path.is_file():

@@ -110,6 +110,7 @@ def _read(path: Path):
 class Synthetic(Source):
     name = "synthetic"
     previews = True
+    reads = frozenset({"train_samples", "val_samples", "test_samples"})
     unlabeled_requires = "samples"  # data.unlabeled.samples
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
@@ -142,7 +143,7 @@ class Synthetic(Source):
     def unlabeled(self, cfg, task, seed, channels, size, patch, quiet):
         """The embedded generator's extra images of the task (``samples`` of them), labels withheld."""
         from .. import unlabeled as found
-        from . import _fit_arrays
+        from ..fit import fit_arrays
 
         u, space = cfg.unlabeled, dims(cfg.dims)
         module = task.synthetic_volumes if space.volumes else task.synthetic
@@ -152,5 +153,5 @@ class Synthetic(Source):
         images = generate(module, seed, "unlabeled", u.samples, size, cfg.dims)[0]
         names = [f"synthetic unlabeled[{i}]" for i in range(len(images))]
         what = "the embedded synthetic CT-like volumes" if space.volumes else task.description
-        return found.from_arrays(images, _fit_arrays(images, channels, size), names, "data.unlabeled (synthetic)",
+        return found.from_arrays(images, fit_arrays(images, channels, size), names, "data.unlabeled (synthetic)",
                                  f"{space.unit} like {what} (labels withheld)")
