@@ -28,7 +28,7 @@ from contextlib import nullcontext
 import torch
 
 from kdstyles import Experiment
-from kdstyles.cohort import TrainStep
+from kdstyles.engine.cohort import TrainStep
 from kdstyles.models.taps import Tap
 from kdstyles.models.zoo import build_network
 

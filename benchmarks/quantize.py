@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from kdstyles.export import export_run
-from kdstyles.metrics import label
-from kdstyles.runfolder import RunFolder
+from kdstyles.deploy.export import export_run
+from kdstyles.common.metrics import label
+from kdstyles.store.runfolder import RunFolder
 
 
 def cpu_name() -> str:

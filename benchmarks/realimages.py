@@ -187,7 +187,7 @@ def gather(folder: Path) -> None:
     commands (more recipes, more seeds), each of which writes only its own runs' rows."""
     from types import SimpleNamespace
 
-    from kdstyles.compare import collect, write_results
+    from kdstyles.workflows.compare import collect, write_results
 
     runs = []
     for run in sorted(folder.glob("*-seed*")):

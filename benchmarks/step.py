@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from kdstyles import Experiment
-from kdstyles.cohort import TrainStep
+from kdstyles.engine.cohort import TrainStep
 from kdstyles.engine import make_optimizer
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from kdstyles import Experiment
-from kdstyles.cohort import TrainStep
+from kdstyles.engine.cohort import TrainStep
 from kdstyles.data.mix import MixDraw
 from kdstyles.engine import make_optimizer
 from step import optimizer_step  # benchmarks/step.py, beside this script

@@ -59,7 +59,7 @@ def kept_registries():
     after it, so that no other test sees it."""
     from kdstyles import plugins
     from kdstyles.data.sources import SOURCES
-    from kdstyles.metrics import REPORTS_AS
+    from kdstyles.common.metrics import REPORTS_AS
     from kdstyles.models.zoo import ARCHS
     from kdstyles.styles import STYLES
     from kdstyles.tasks import TASKS
@@ -101,7 +101,7 @@ def tiny_overrides(tmp_path):
 @pytest.fixture(scope="session")
 def comparison(tmp_path_factory):
     """kd and diverse over 2 seeds, run once for the compare and report tests."""
-    from kdstyles.compare import compare
+    from kdstyles.workflows.compare import compare
 
     out = tmp_path_factory.mktemp("cmp") / "kd-vs-diverse"
     lines = []
@@ -186,7 +186,7 @@ def assert_same_run(a_dir, b_dir):
     """Two run folders ended with identical weights, optimizer states and metrics."""
     import torch
 
-    from kdstyles import checkpoints
+    from kdstyles.store import checkpoints
 
     a = checkpoints.load(a_dir / "checkpoints" / "last.pt")
     b = checkpoints.load(b_dir / "checkpoints" / "last.pt")

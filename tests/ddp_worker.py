@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from kdstyles import Experiment
-from kdstyles.distributed import current, teardown
+from kdstyles.common.distributed import current, teardown
 
 
 class Net(nn.Module):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from kdstyles.compare import write_results
+from kdstyles.workflows.compare import write_results
 from kdstyles.report import analysis, findings, load_rows, load_study, markdown
 
 
@@ -82,8 +82,8 @@ def fake_detection_comparison(folder, found: dict[tuple[str, str], list[float]],
     """Detection runs whose networks find each object with probability ``found[(preset,
     network)][seed]`` (and add one false positive per image): eval.json with mAP, and
     outputs.npz with the boxes, which is all a comparison draws images from."""
-    from kdstyles.boxes import detection_metrics, unpad
-    from kdstyles.runfolder import RunFolder
+    from kdstyles.common.boxes import detection_metrics, unpad
+    from kdstyles.store.runfolder import RunFolder
 
     rows = []
     for (preset, network), per_seed in found.items():
@@ -133,7 +133,7 @@ def test_detection_comparisons_draw_test_images_for_paired_intervals(tmp_path):
         (tmp_path / "same" / "diverse-seed0" / "eval.json").read_text())
     row = analysis.paired_rows(load_study(tmp_path / "same", load_rows(tmp_path / "same")))[0]
     assert (row["mean"], row["lo"], row["hi"], row["verdict"]) == (0, 0, 0, "not distinguishable")
-    from kdstyles.runfolder import RunFolder
+    from kdstyles.store.runfolder import RunFolder
 
     damaged = RunFolder(tmp_path / "same" / "student-seed0")
     for write in (lambda: damaged.outputs_file().write_bytes(b"not a zip"),

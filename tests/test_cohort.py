@@ -4,7 +4,7 @@ import torch.nn as nn
 
 from conftest import THREE, assert_gradient_isolation
 from kdstyles import KDError, build_cohort, load_config
-from kdstyles.routing import PRESETS
+from kdstyles.styles.routing import PRESETS
 import copy
 
 

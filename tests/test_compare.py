@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import SMALL
-from kdstyles.compare import compare
+from kdstyles.workflows.compare import compare
 from kdstyles.report import load_rows, load_study, markdown, render, table_data
 
 
@@ -120,7 +120,7 @@ def test_bad_teacher_and_ablation_options_fail_before_any_run(tmp_path):
 def test_ablation_plan_drops_each_edge_and_keeps_options():
     from pathlib import Path
 
-    from kdstyles.compare import plan
+    from kdstyles.workflows.compare import plan
     from kdstyles.config import load_config
 
     base = ["routing.preset=ctsl-mkt", "networks.students.s3.arch=resnet10"]
@@ -178,7 +178,7 @@ def test_a_one_student_config_compares_the_presets_that_fit_it(tmp_path):
     """Its default preset (diverse) needs two students, but a comparison of student and kd does
     not run it; a preset that needs two is refused before any run."""
     from kdstyles import KDError
-    from kdstyles.compare import plan
+    from kdstyles.workflows.compare import plan
 
     cfg = tmp_path / "one.yaml"
     cfg.write_text("networks:\n  students:\n    s1: {arch: resnet10, widen: 0.25}\n")
@@ -193,7 +193,7 @@ def test_a_one_student_config_compares_the_presets_that_fit_it(tmp_path):
 def test_recipes_set_more_than_edges_and_are_checked_before_any_run(tmp_path):
     """--recipes: each a preset and the keys it sets, beside --presets, in one comparison."""
     from kdstyles import KDError
-    from kdstyles.compare import plan
+    from kdstyles.workflows.compare import plan
 
     recipes = tmp_path / "recipes.yaml"
     recipes.write_text("kd-t4: {preset: kd, set: {styles.predictions.temperature: 4, train.epochs: 2}}\n"
@@ -222,8 +222,8 @@ def test_a_budget_narrows_the_recipes_by_successive_halving_on_validation(tmp_pa
     losers stay paused (resumable, not in results.csv), and the one finalist runs in full."""
     import json
 
-    from kdstyles.compare import parse_budget
-    from kdstyles.runfolder import RunFolder
+    from kdstyles.workflows.compare import parse_budget
+    from kdstyles.store.runfolder import RunFolder
 
     lines = []
     summary = compare(None, ["student", "kd", "dml", "fitnet"], 1, tmp_path / "c",

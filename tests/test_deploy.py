@@ -10,8 +10,8 @@ from PIL import Image
 
 from conftest import assert_same_prediction_rows
 from kdstyles import Experiment, KDError
-from kdstyles.export import Deployable, export_run
-from kdstyles.predict import load_predictor
+from kdstyles.deploy.export import Deployable, export_run
+from kdstyles.deploy.predict import load_predictor
 from conftest import DATA, SEG
 
 
@@ -40,7 +40,7 @@ def images(tmp_path_factory):
 def reference(run_dir, network):
     exp = Experiment.from_run(run_dir, quiet=True)
     exp.load_weights("best")
-    from kdstyles.export import deployable
+    from kdstyles.deploy.export import deployable
 
     return deployable(exp, network)
 
@@ -139,7 +139,7 @@ def test_predict_onnx_without_torch_matches_run_folder(run_dir, images, tmp_path
 
 
 def test_predict_inputs_from_csv_and_errors(run_dir, images, tmp_path):
-    from kdstyles.predict import collect_inputs, predict
+    from kdstyles.deploy.predict import collect_inputs, predict
 
     listing = tmp_path / "list.csv"
     listing.write_text("path\n" + f"{images / 'img0.png'}\n{images / 'img3.png'}\n")
@@ -176,8 +176,8 @@ def test_deployable_normalises_inside():
 
 
 def test_segmentation_export_and_predict_masks(tiny_overrides, tmp_path):
-    from kdstyles.export import export_run
-    from kdstyles.predict import predict
+    from kdstyles.deploy.export import export_run
+    from kdstyles.deploy.predict import predict
     from kdstyles.data.generators.synthetic_seg import render_frame
 
     exp = Experiment(None, overrides=tiny_overrides(*SEG, *DATA, "train.epochs=1", "eval.overlays=0"), quiet=True)

@@ -13,9 +13,9 @@ import torch
 
 from conftest import DATA, assert_gradient_isolation, assert_same_detections
 from kdstyles import Experiment, KDError, build_cohort, load_config
-from kdstyles.boxes import decode, detection_metrics, encode, iou
+from kdstyles.common.boxes import decode, detection_metrics, encode, iou
 from kdstyles.data import affine_boxes, flip_boxes, pad_boxes
-from kdstyles.runfolder import RunFolder
+from kdstyles.store.runfolder import RunFolder
 
 DET = ["task=detection", "networks.teacher.arch=unet", "networks.teacher.widen=0.5",
        "networks.students.s1.arch=unet", "networks.students.s1.widen=0.25",
@@ -53,7 +53,7 @@ def test_metrics_follow_coco_on_hand_cases():
 
 
 def test_fidelity_is_the_students_ap50_against_the_teachers_confident_boxes():
-    from kdstyles.boxes import fidelity
+    from kdstyles.common.boxes import fidelity
 
     teacher = [np.array([[10, 10, 30, 30, 0.9, 0], [40, 40, 50, 50, 0.2, 0]], np.float32),  # one confident box
                np.array([[5, 5, 15, 15, 0.8, 1]], np.float32)]
@@ -113,7 +113,7 @@ def test_map_matches_monai_coco_metric(dims):
 def test_matches_give_the_metrics_of_any_draw_of_the_images(dims):
     """boxes.Matches (what comparisons draw test images from) equals matching the drawn images
     again: all once, and images drawn 0-3 times as a bootstrap does."""
-    from kdstyles.boxes import Matches
+    from kdstyles.common.boxes import Matches
 
     rng = np.random.default_rng(dims)
     dets, gts = random_detections(rng, 25, dims)
@@ -287,8 +287,8 @@ def test_detections_compare_as_sets():
 
 
 def test_detection_trains_evaluates_draws_exports_and_predicts(tiny_overrides, tmp_path):
-    from kdstyles.export import export_run
-    from kdstyles.predict import predict
+    from kdstyles.deploy.export import export_run
+    from kdstyles.deploy.predict import predict
 
     exp = Experiment(None, overrides=tiny_overrides(*DET, *DATA, "train.epochs=1", "eval.overlays=2"), quiet=True)
     exp.fit()

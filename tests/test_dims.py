@@ -1,9 +1,9 @@
-"""kdstyles.dims: what differs between images and volumes, in one place."""
+"""kdstyles.common.dims: what differs between images and volumes, in one place."""
 
 import pytest
 import torch
 
-from kdstyles.dims import dims
+from kdstyles.common.dims import dims
 from kdstyles.errors import KDError
 
 

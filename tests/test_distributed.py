@@ -94,7 +94,8 @@ def test_whole_volume_validation_is_scored_once_under_torchrun(tmp_path):
 def test_more_processes_than_gpus_is_one_line(monkeypatch):
     """torchrun --nproc_per_node=2 on a 1-GPU node: named before any CUDA or NCCL call
     (which would fail with 'invalid device ordinal' or a duplicate-GPU error)."""
-    from kdstyles import KDError, distributed
+    from kdstyles import KDError
+    from kdstyles.common import distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")

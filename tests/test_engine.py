@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from kdstyles import Experiment, KDError, TrainingDiverged
-from kdstyles import checkpoints
+from kdstyles.store import checkpoints
 from kdstyles.cli import main
 from conftest import THREE
 
@@ -118,7 +118,7 @@ def test_a_run_keeps_the_taps_it_started_with_when_the_default_changes(tiny_over
     """run.json records each edge's resolved taps; resuming, evaluating and exporting the run
     tap those modules even where the default rule (a newer kdstyles) picks others, while a
     new run and an explicitly configured tap follow the config."""
-    from kdstyles.export import export_run
+    from kdstyles.deploy.export import export_run
     from kdstyles.tasks.classification import Classification
 
     exp = Experiment(None, overrides=tiny_overrides("train.epochs=1"), quiet=True)
@@ -397,7 +397,7 @@ def test_loader_workers_never_fork_while_a_checkpoint_is_being_written(tmp_path,
 def test_demo_trains_a_shared_teacher_and_three_recipes_then_reuses_them(tmp_path, monkeypatch, capsys):
     from conftest import tiny
     from kdstyles.cli import main
-    from kdstyles.compare import DEMO_VARIANTS
+    from kdstyles.workflows.compare import DEMO_VARIANTS
 
     sets = [a for o in tiny(tmp_path, "train.epochs=1") if not o.startswith("output.") for a in ("--set", o)]
     args = ["kdstyles", "demo", "--out", str(tmp_path / "demo"), "-q", *sets]
@@ -518,7 +518,7 @@ def test_epoch_time_is_split_into_data_wait_validation_and_checkpoints(tmp_path)
     rows = list(csv.DictReader((exp.run_dir / "times.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and rows[2]["epoch_s"] != "99"
     from kdstyles.engine.log import time_summary
-    from kdstyles.runfolder import RunFolder
+    from kdstyles.store.runfolder import RunFolder
 
     total = RunFolder(exp.run_dir).read_times()
     assert total["epoch"] == 6 and total["epoch_s"] == pytest.approx(sum(float(r["epoch_s"]) for r in rows))
@@ -555,7 +555,7 @@ def test_reading_and_predicting_progress_in_a_log_is_a_plain_line_per_tenth(monk
 
     from rich.console import Console
 
-    from kdstyles import progress
+    from kdstyles.common import progress
 
     clock = iter(range(0, 1000, 2))  # every call to the clock: 2 s later
     monkeypatch.setattr(progress.time, "perf_counter", lambda: float(next(clock)))

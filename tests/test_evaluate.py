@@ -1,10 +1,10 @@
-"""Predictions and scores (kdstyles.evaluate): the ensemble, known networks, fidelity."""
+"""Predictions and scores (kdstyles.engine.evaluate): the ensemble, known networks, fidelity."""
 
 import pytest
 import torch
 
 from kdstyles import build_cohort, load_config
-from kdstyles.evaluate import ENSEMBLE, score, score_cohort, score_split
+from kdstyles.engine.evaluate import ENSEMBLE, score, score_cohort, score_split
 from kdstyles.tasks import TASKS
 
 
@@ -90,7 +90,7 @@ def test_run_and_eval_files_record_task_and_dims_and_older_folders_still_open(tm
     from kdstyles import Experiment
     from kdstyles.report import load_rows
     from kdstyles.report.results import metric_set
-    from kdstyles.runfolder import RunFolder
+    from kdstyles.store.runfolder import RunFolder
 
     exp = Experiment(None, overrides=tiny(tmp_path, *SEG, "data.train_samples=16", "data.val_samples=4",
                                           "data.test_samples=4", "data.batch_size=8", "train.epochs=1"), quiet=True)
@@ -120,7 +120,7 @@ def test_eval_json_is_one_record_read_by_its_keeper(tmp_path):
     import json
 
     from kdstyles import KDError
-    from kdstyles.runfolder import Evaluation, RunFolder
+    from kdstyles.store.runfolder import Evaluation, RunFolder
 
     run = RunFolder(tmp_path / "kd-seed1")
     run.path.mkdir()

@@ -20,9 +20,10 @@ import torch
 from PIL import Image
 
 from conftest import assert_same_run, tiny, wait_for
-from kdstyles import Experiment, KDError, checkpoints
+from kdstyles import Experiment, KDError
+from kdstyles.store import checkpoints
 from kdstyles.errors import Interrupted
-from kdstyles.fileio import FolderLock
+from kdstyles.store.fileio import FolderLock
 
 
 def not_warnings(err: str) -> list[str]:
@@ -243,7 +244,7 @@ def test_stale_temp_files_are_removed_and_files_follow_the_umask(tmp_path):
         os.umask(old)
 
 
-HOLD = "import sys, time; from kdstyles.fileio import FolderLock; FolderLock(sys.argv[1]).acquire(); " \
+HOLD = "import sys, time; from kdstyles.store.fileio import FolderLock; FolderLock(sys.argv[1]).acquire(); " \
        "print('held', flush=True); time.sleep(60)"
 
 

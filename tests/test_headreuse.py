@@ -80,7 +80,7 @@ def test_the_projector_is_simkds_and_its_bottleneck_follows_factor():
 
 
 def test_a_reopened_run_and_its_export_carry_projector_and_head(tmp_path):
-    from kdstyles.export import export_run
+    from kdstyles.deploy.export import export_run
 
     teacher = offline_teacher(tmp_path)
     exp = Experiment(None, overrides=tiny(tmp_path, "routing.preset=simkd", "train.epochs=1",

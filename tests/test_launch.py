@@ -1,4 +1,4 @@
-"""Comparisons and tuning as scheduler jobs (kdstyles.launch, submitit): the real engine through
+"""Comparisons and tuning as scheduler jobs (kdstyles.workflows.launch, submitit): the real engine through
 submitit's local executor (a shared teacher and the runs that depend on it; a job preempted
 mid-run requeues and resumes bit-identical), the Slurm script submitit writes for the options
 given (through a stand-in sbatch), and bad options in one line. No test needs a cluster."""
@@ -16,8 +16,8 @@ import pytest
 
 from conftest import assert_same_run
 from kdstyles import KDError
-from kdstyles.launch import Launch, RunJob, parse_extra
-from kdstyles.runfolder import ComparisonFolder, RunFolder
+from kdstyles.workflows.launch import Launch, RunJob, parse_extra
+from kdstyles.store.runfolder import ComparisonFolder, RunFolder
 
 pytest.importorskip("submitit")
 
@@ -29,7 +29,7 @@ def small(tmp_path, *extra):
 
 
 def test_a_comparison_runs_as_local_jobs_teacher_first(tmp_path):
-    from kdstyles.compare import compare
+    from kdstyles.workflows.compare import compare
 
     out = tmp_path / "cmp"
     lines = []
@@ -62,7 +62,7 @@ def test_a_preempted_job_requeues_and_resumes_bit_identical(tmp_path):
     the same run never stopped."""
     import submitit
 
-    from kdstyles.compare import plan
+    from kdstyles.workflows.compare import plan
 
     over = small(tmp_path, "train.epochs=12", "train.checkpoint_every_steps=1", "train.early_stopping=null")
     _, [whole], _ = plan(None, ["kd"], 1, tmp_path / "whole", over)
@@ -123,7 +123,7 @@ print(f"Submitted batch job {{n}}")
 
 
 def test_the_slurm_script_has_the_requested_resources_and_dependencies(tmp_path, monkeypatch):
-    from kdstyles.compare import compare
+    from kdstyles.workflows.compare import compare
 
     monkeypatch.setenv("PATH", f"{fake_sbatch(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     launch = Launch("slurm", partition="gpu", time_min=90, gpus_per_run=2, cpus_per_run=8, mem="32G",
@@ -177,7 +177,7 @@ def test_the_cli_refuses_slurm_options_without_the_slurm_launcher(tmp_path, cli,
 
 def test_tune_workers_share_a_journal_study(tmp_path):
     pytest.importorskip("optuna")
-    from kdstyles.tune import tune
+    from kdstyles.workflows.tune import tune
 
     cfg = tmp_path / "tune.yaml"
     cfg.write_text("tune:\n  space:\n    optim.lr: {low: 0.0001, high: 0.01, log: true}\n  trials: 2\n"
@@ -202,7 +202,7 @@ def test_values_that_would_leave_their_sbatch_line_are_refused(tmp_path, monkeyp
     """Every value kdstyles writes into a job script (extra options, partition, account, memory,
     from the command line or the config) is refused in one line before anything is written when
     it holds a line break or shell syntax Slurm never needs."""
-    from kdstyles.compare import compare
+    from kdstyles.workflows.compare import compare
     from kdstyles.config import load_config
 
     monkeypatch.setenv("PATH", f"{fake_sbatch(tmp_path)}{os.pathsep}{os.environ['PATH']}")
@@ -223,7 +223,7 @@ def test_slurm_values_stay_on_their_lines_and_own_options_cannot_be_replaced(tmp
     through, each option on one #SBATCH line before the command; the options kdstyles sets
     (signal, time, logs, dependency) cannot be replaced through --slurm-extra; memory must read
     as Slurm's."""
-    from kdstyles.compare import compare
+    from kdstyles.workflows.compare import compare
 
     monkeypatch.setenv("PATH", f"{fake_sbatch(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     launch = Launch("slurm", partition="gpu,cpu", mem="64000M", wait=False,
@@ -248,7 +248,7 @@ def test_slurm_values_stay_on_their_lines_and_own_options_cannot_be_replaced(tmp
 
 def test_a_refused_submission_is_one_line(tmp_path, monkeypatch):
     """sbatch refusing a job (an unknown partition, here) ends in one line quoting sbatch."""
-    from kdstyles.compare import compare
+    from kdstyles.workflows.compare import compare
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -268,7 +268,7 @@ def test_a_damaged_jobs_file_submits_nothing_again(tmp_path, monkeypatch):
     """jobs.json records which runs have a job queued: damaged (or missing while jobs/ holds
     submitted jobs), the command stops in one line instead of submitting a second job that
     would write into the same run folder."""
-    from kdstyles.compare import compare
+    from kdstyles.workflows.compare import compare
 
     monkeypatch.setenv("PATH", f"{fake_sbatch(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     launch = Launch("slurm", wait=False)
@@ -287,7 +287,7 @@ def test_a_damaged_jobs_file_submits_nothing_again(tmp_path, monkeypatch):
 
 def test_tune_checks_its_storage_before_any_worker_starts(tmp_path):
     pytest.importorskip("optuna")
-    from kdstyles.tune import tune
+    from kdstyles.workflows.tune import tune
 
     cfg = tmp_path / "tune.yaml"
     cfg.write_text("tune:\n  space:\n    optim.lr: {low: 0.0001, high: 0.01, log: true}\n  trials: 1\n")

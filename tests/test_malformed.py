@@ -515,7 +515,7 @@ CASES = [
 def trained_run(tmp_path_factory):
     """A tiny trained, evaluated run with s1 exported to ONNX."""
     from kdstyles import Experiment
-    from kdstyles.export import export_run
+    from kdstyles.deploy.export import export_run
 
     base = tmp_path_factory.mktemp("trained")
     exp = Experiment(None, overrides=tiny(base, "train.epochs=1"), quiet=True)

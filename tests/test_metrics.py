@@ -1,10 +1,10 @@
-"""Metrics (kdstyles.metrics): Dice/IoU/HD95 against hand-made masks, classification metrics,
+"""Metrics (kdstyles.common.metrics): Dice/IoU/HD95 against hand-made masks, classification metrics,
 fidelity, and the registry."""
 
 import pytest
 import torch
 
-from kdstyles.metrics import (METRICS, classification_details, classification_metrics, fidelity, per_image_scores,
+from kdstyles.common.metrics import (METRICS, classification_details, classification_metrics, fidelity, per_image_scores,
                               segmentation_metrics, task_metrics, task_of)
 
 

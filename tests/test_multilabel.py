@@ -33,7 +33,7 @@ def test_predictions_style_is_a_bernoulli_kl_per_label():
 
 
 def test_metrics_on_hand_cases():
-    from kdstyles.metrics import bernoulli_fidelity, multilabel_metrics
+    from kdstyles.common.metrics import bernoulli_fidelity, multilabel_metrics
 
     labels = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 1], [0, 0, 1]])  # label 2 is always present
     perfect = labels.float() * 0.8 + 0.1
@@ -52,7 +52,7 @@ def test_metrics_on_hand_cases():
 def test_label_ranks_give_mean_auroc_and_ap_of_any_draw_of_the_images():
     """metrics.LabelRanks (what comparisons draw test images from) equals torchmetrics on the
     drawn images, ties and a label without positives included."""
-    from kdstyles.metrics import LabelRanks, multilabel_metrics
+    from kdstyles.common.metrics import LabelRanks, multilabel_metrics
 
     rng = np.random.default_rng(0)
     labels = (rng.random((50, 4)) < [0.3, 0.1, 0.5, 0.0]).astype(np.float32)  # label 3 never present
@@ -111,7 +111,7 @@ def test_balanced_class_weights_weigh_each_labels_positives_by_its_negatives(tmp
 
 
 def _outputs(run_dir):
-    from kdstyles.runfolder import RunFolder
+    from kdstyles.store.runfolder import RunFolder
 
     arrays = RunFolder(run_dir).read_outputs()
     return {k[4:]: v for k, v in arrays.items() if k.startswith("out.")}, arrays["labels"]
@@ -119,8 +119,8 @@ def _outputs(run_dir):
 
 def test_multilabel_run_trains_evaluates_exports_and_predicts(tmp_path):
     pytest.importorskip("onnxruntime")
-    from kdstyles.export import export_run
-    from kdstyles.predict import predict
+    from kdstyles.deploy.export import export_run
+    from kdstyles.deploy.predict import predict
 
     exp = Experiment(None, overrides=tiny(tmp_path, *ML, "train.epochs=1"), quiet=True)
     exp.fit()
@@ -222,8 +222,8 @@ def test_multi_label_volumes_from_a_csv_train_evaluate_export_and_predict(tmp_pa
     pytest.importorskip("onnxruntime")
     nib = pytest.importorskip("nibabel")
     from kdstyles.data.generators.synthetic_vol import render_with_mask
-    from kdstyles.export import export_run
-    from kdstyles.predict import predict
+    from kdstyles.deploy.export import export_run
+    from kdstyles.deploy.predict import predict
 
     rows, truth = ["path,PatientAge,lesion,large organ"], {}
     for i in range(14):

@@ -69,28 +69,46 @@ def test_no_import_circles(graph):
             visit(node)
 
 
-LOW = ("kdstyles.errors", "kdstyles.signals", "kdstyles.fileio", "kdstyles.imageio", "kdstyles.metrics",
-       "kdstyles.styles", "kdstyles.models", "kdstyles.tasks", "kdstyles.distributed", "kdstyles.routing",
-       "kdstyles.boxes", "kdstyles.dims", "kdstyles.inputs")
-HIGH = ("kdstyles.engine", "kdstyles.cohort", "kdstyles.cli", "kdstyles.api", "kdstyles.compare", "kdstyles.report",
-        "kdstyles.export", "kdstyles.predict", "kdstyles.evaluate", "kdstyles.config", "kdstyles.data",
-        "kdstyles.runs", "kdstyles.launch", "kdstyles.quantize", "kdstyles.tune", "kdstyles.measure")
+# The layers, lowest first, by folder: a module imports from its own layer or those below it, never from one
+# above (the same rule as the import floors, readable from the folder names).
+LAYERS = (("kdstyles.errors", "kdstyles.common"),  # what every layer uses
+          ("kdstyles.store",),  # files and formats
+          ("kdstyles.styles", "kdstyles.models", "kdstyles.tasks"),  # the method's parts
+          ("kdstyles.data",),
+          ("kdstyles.config", "kdstyles.plugins"),
+          ("kdstyles.engine",),  # the training core: cohort, trainer, scoring
+          ("kdstyles.report",),
+          ("kdstyles.workflows", "kdstyles.deploy", "kdstyles.api"),
+          ("kdstyles.cli", "kdstyles"))
+ROOT_MODULES = 8  # at most: the front doors (api, cli, config, plugins), errors, __init__, __main__
 
 
-def test_low_modules_import_nothing_high(graph):
-    for module, targets in graph.items():
-        if module.startswith(LOW):
-            high = sorted(t for t in targets if t.startswith(HIGH))
-            assert not high, f"{module} imports {high}"
+def layer_of(module: str) -> int:
+    found = [(len(prefix), i) for i, prefixes in enumerate(LAYERS) for prefix in prefixes
+             if module == prefix or module.startswith(prefix + ".")]
+    assert found, f"{module} is in no layer: add its folder to LAYERS"
+    return max(found)[1]
+
+
+def test_every_import_runs_down_the_layers(graph):
+    upward = [f"{m} -> {t}" for m, targets in sorted(graph.items()) for t in sorted(targets)
+              if layer_of(t) > layer_of(m)]
+    assert not upward, f"imports that run up the layers: {', '.join(upward)}"
+
+
+def test_the_package_root_holds_only_its_front_doors():
+    found = sorted(p.name for p in ROOT.glob("*.py"))
+    assert len(found) <= ROOT_MODULES, f"{len(found)} modules at the package root ({', '.join(found)}); put each " \
+        "in the folder of its layer (common, store, engine, workflows, deploy, ...)"
 
 
 def test_one_registry_per_kind_of_thing():
-    from kdstyles.compare import RESULT_FIELDS
+    from kdstyles.workflows.compare import RESULT_FIELDS
     from kdstyles import KDError, load_config
     from kdstyles.config import SELECTION_METRICS
     from kdstyles.data.sources import SOURCES
-    from kdstyles.metrics import METRICS
-    from kdstyles.routing import PRESETS, RoutingConfig
+    from kdstyles.common.metrics import METRICS
+    from kdstyles.styles.routing import PRESETS, RoutingConfig
     from kdstyles.styles import KNOWLEDGE, STYLES
     from kdstyles.tasks import TASKS
 
@@ -107,7 +125,7 @@ def test_one_registry_per_kind_of_thing():
         assert set(task.sources) <= set(SOURCES)
 
 
-# The files of run and comparison folders, named by their keepers only (kdstyles.runfolder).
+# The files of run and comparison folders, named by their keepers only (kdstyles.store.runfolder).
 KEPT_FILES = {"config.yaml", "run.json", "metrics.csv", "times.csv", "eval.json", "outputs.npz", "checkpoints",
               "last.pt", "splits.csv", "data_report.json", "tensorboard", "overlays", "export", "comparison.json",
               "results.csv", "compression.json", "report.html", "jobs.json", "jobs"}
@@ -136,7 +154,7 @@ def _named_files(path: Path) -> list[tuple[int, str]]:
 
 
 def test_only_the_keepers_name_run_and_comparison_files():
-    keeper = ROOT / "runfolder.py"
+    keeper = ROOT / "store" / "runfolder.py"
     # the keeper itself names them (outputs.npz within a choice of two names)
     assert {name for _, name in _named_files(keeper)} | {"outputs.npz"} >= KEPT_FILES | {"best-..."}
     for path in sorted(ROOT.rglob("*.py")):
@@ -147,7 +165,7 @@ def test_only_the_keepers_name_run_and_comparison_files():
 
 
 def test_only_the_dims_module_tells_images_from_volumes():
-    """2D against 3D is decided in kdstyles.dims (words, sample shapes, layouts, memory formats,
+    """2D against 3D is decided in kdstyles.common.dims (words, sample shapes, layouts, memory formats,
     axes); config.py validates data.spatial_dims itself."""
     import re
 
@@ -157,7 +175,7 @@ def test_only_the_dims_module_tells_images_from_volumes():
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             assert not pattern.search(line), f"{path.relative_to(ROOT)}:{n} decides 2D against 3D itself: " \
-                                             f"{line.strip()}; ask kdstyles.dims"
+                                             f"{line.strip()}; ask kdstyles.common.dims"
 
 
 def test_no_task_named_outside_tasks():

@@ -100,7 +100,7 @@ def test_a_task_a_source_and_a_network_from_a_file_outside_the_package(plugin_an
                                                                       monkeypatch):
     """Trained here (the config imports the file), then read by new processes from another folder."""
     from kdstyles import Experiment
-    from kdstyles.export import export_run
+    from kdstyles.deploy.export import export_run
 
     work = plugin_and_images
     monkeypatch.chdir(work)

@@ -1,4 +1,4 @@
-"""8-bit and 16-bit exports (kdstyles.quantize through ``export --quantize``): calibration
+"""8-bit and 16-bit exports (kdstyles.deploy.quantize through ``export --quantize``): calibration
 images as training prepares them, the quantized file verified against the float one on the
 test split with the task's metrics, the tolerance line and exit status, torch-free predict,
 the report's table, and bad options in one line."""
@@ -15,8 +15,8 @@ import torch
 
 from kdstyles import KDError
 from kdstyles.api import Experiment
-from kdstyles.export import export_run
-from kdstyles.quantize import Scored, TooLossy, calibration_batches, check_options, output_head, paired_change
+from kdstyles.deploy.export import export_run
+from kdstyles.deploy.quantize import Scored, TooLossy, calibration_batches, check_options, output_head, paired_change
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_fp16_export_and_torch_free_predict(run_dir, tmp_path):
 
 def test_a_model_that_loses_too_much_is_kept_renamed_and_exits_1(run_dir, monkeypatch):
     """The verdict on numbers export measured: here a measured loss of 5 points against --max-drop 1."""
-    import kdstyles.export as export
+    import kdstyles.deploy.export as export
     from typer.testing import CliRunner
 
     from kdstyles.cli import app
@@ -190,7 +190,7 @@ def test_bad_options_stop_before_anything_is_written(run_dir):
 
 def test_the_report_lists_quantized_exports(run_dir):
     from kdstyles.report.html import quantized_table
-    from kdstyles.runfolder import RunFolder
+    from kdstyles.store.runfolder import RunFolder
 
     export_run(run_dir, "s2", quantize="fp16", max_drop=100)
     found = RunFolder(run_dir).quantized_exports()
@@ -235,7 +235,7 @@ def test_quantization_aware_training_resumes_a_float_run_and_exports(run_dir, tm
     float run's weights, their checkpoints keep their keys, and export rounds them off again."""
     import shutil
 
-    from kdstyles import checkpoints
+    from kdstyles.store import checkpoints
     from kdstyles.models.fakequant import _FakeQuant
 
     run = tmp_path / "run"

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from kdstyles import KDError, load_config
-from kdstyles.routing import PRESETS
+from kdstyles.styles.routing import PRESETS
 from conftest import THREE
 
 P, F = "predictions", "features"

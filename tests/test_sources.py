@@ -162,7 +162,7 @@ def make_mixed_folder(root, per_class=12):
 
 
 def test_mixed_modes_are_converted(tmp_path):
-    from kdstyles.imageio import read_image
+    from kdstyles.store.imageio import read_image
 
     make_mixed_folder(tmp_path)
     d = tmp_path / "benign"
@@ -232,7 +232,7 @@ def test_folder_reads_webp_and_names_the_files_it_leaves_out(tmp_path):
     bundle = build_data(cfg.data, seed=0)
     assert bundle.class_names == ["benign", "malignant"]
     assert sum(bundle.report.counts[s][0] for s in bundle.report.counts) == 7  # the WebP photo is read
-    from kdstyles.predict import collect_inputs
+    from kdstyles.deploy.predict import collect_inputs
 
     assert len(collect_inputs([tmp_path])) == 13  # predict skips the same hidden files
     left = [p.message for p in bundle.report.warnings if "left out" in p.message]
@@ -629,7 +629,7 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", compressed=False, pream
 
 
 def test_dicom_images_read_as_a_radiologist_sees_them(tmp_path):
-    from kdstyles.imageio import image_size, read_image
+    from kdstyles.store.imageio import image_size, read_image
 
     # CT-like stored values: HU = 2 * stored - 1024, shown through the file's window (40 +- 200 HU)
     hu = np.array([[-1000, 40, 240], [1000, -160, 40]])

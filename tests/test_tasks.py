@@ -93,7 +93,7 @@ def test_task_config_rules_name_the_key():
 def test_tasks_whose_metrics_are_not_means_over_images_keep_their_outputs():
     """Detection (mAP) and multi-label (mean AUROC) metrics are drawn again from outputs.npz,
     so evaluate keeps those tasks' outputs; the others pair per-image values."""
-    from kdstyles.metrics import METRICS
+    from kdstyles.common.metrics import METRICS
     from kdstyles.tasks import TASKS
 
     assert {n for n, t in TASKS.items() if t.keeps_outputs()} == {"detection", "multilabel"}

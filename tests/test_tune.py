@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from kdstyles import KDError
-from kdstyles.tune import epoch_value, trial_value, tune
+from kdstyles.workflows.tune import epoch_value, trial_value, tune
 
 BASE = {"name": "tiny",
         "data": {"image_size": 16, "train_samples": 48, "val_samples": 24, "test_samples": 24, "batch_size": 16},

@@ -309,7 +309,7 @@ def test_medmnist_split_without_labels_and_its_own_test_split_refused(tmp_path):
 
 
 def test_cli_trains_with_unlabelled_images_and_mixing_and_records_them(tmp_path):
-    from kdstyles.export import export_run
+    from kdstyles.deploy.export import export_run
 
     args = [a for o in tiny(tmp_path, *UNL, "train.epochs=1", "data.mix.mixup=0.8", "data.mix.cutmix=1")
             for a in ("--set", o)]
@@ -369,7 +369,7 @@ def test_every_task_trains_with_unlabelled_images(tmp_path, extra):
 
 
 def test_compare_shared_teacher_stays_uncached_with_unlabelled_images_or_mixing(tmp_path):
-    from kdstyles.compare import plan
+    from kdstyles.workflows.compare import plan
 
     flat = ["data.augment.hflip=false", "data.augment.vflip=false"]
     for extra, cached in (([], "true"), (UNL, "false"), (["data.mix.mixup=1"], "false")):

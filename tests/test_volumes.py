@@ -58,8 +58,8 @@ def test_gradient_isolation_in_3d(preset):
 
 
 def test_volumes_train_evaluate_and_export(tiny_overrides):
-    from kdstyles.export import export_run
-    from kdstyles.predict import load_predictor
+    from kdstyles.deploy.export import export_run
+    from kdstyles.deploy.predict import load_predictor
 
     exp = Experiment(None, overrides=tiny_overrides(*VOL, *DATA, "train.epochs=1"), quiet=True)
     exp.fit()
@@ -73,7 +73,7 @@ def test_volumes_train_evaluate_and_export(tiny_overrides):
     import nibabel as nib
 
     from kdstyles.data.generators.synthetic_vol import render_volume
-    from kdstyles.predict import predict
+    from kdstyles.deploy.predict import predict
 
     assert load_predictor(exp.run_dir / "export" / "s1.onnx").volumes["orientation"] == "RAS"
     for i in range(2):  # volumes as NIfTI files at another size: resized to the model's 16^3

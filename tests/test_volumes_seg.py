@@ -98,7 +98,7 @@ def test_patches_balance_foreground_and_pad_small_volumes():
 def test_sliding_windows_over_one_window_equal_the_plain_forward():
     from kdstyles import build_cohort
     from kdstyles.data import Window
-    from kdstyles.evaluate import network_outputs
+    from kdstyles.engine.evaluate import network_outputs
 
     torch.manual_seed(0)
     cohort = build_cohort(load_config(None, [*UNETS, *SYNTH]), num_classes=3, channels=1, image_size=16).eval()
@@ -113,7 +113,7 @@ def test_sliding_windows_over_one_window_equal_the_plain_forward():
 
 
 def test_surface_distances_are_in_mm_with_the_spacing():
-    from kdstyles.metrics import per_class_scores, surface_distances
+    from kdstyles.common.metrics import per_class_scores, surface_distances
 
     target = torch.zeros(1, 20, 20, 20, dtype=torch.long)
     target[0, 5:12, 5:12, 5:12] = 1
@@ -217,8 +217,8 @@ def test_decathlon_without_dataset_json_pairs_by_name(tmp_path):
 
 def test_decathlon_run_exports_and_predicts_nifti_masks_on_the_input_grid(tmp_path):
     pytest.importorskip("onnxruntime")
-    from kdstyles.export import export_run
-    from kdstyles.predict import predict
+    from kdstyles.deploy.export import export_run
+    from kdstyles.deploy.predict import predict
 
     root = decathlon(tmp_path / "dec", n=8)
     exp = Experiment(None, overrides=dec_args(root, f"output.dir={tmp_path / 'runs'}", "train.epochs=1",
@@ -250,8 +250,8 @@ def test_multi_channel_volumes_keep_the_chosen_modalities_through_export_and_pre
     those channels, an index dataset.json does not list, and a 2D source are one line each."""
     pytest.importorskip("onnxruntime")
     from kdstyles.data import volumes
-    from kdstyles.export import export_run
-    from kdstyles.predict import predict
+    from kdstyles.deploy.export import export_run
+    from kdstyles.deploy.predict import predict
 
     root = decathlon(tmp_path / "dec", n=6, modalities=4)
     exp = Experiment(None, overrides=dec_args(root, f"output.dir={tmp_path / 'runs'}", "train.epochs=1",
@@ -287,7 +287,7 @@ def test_multi_channel_volumes_keep_the_chosen_modalities_through_export_and_pre
 
 
 def test_3d_box_targets_decode_back_to_the_boxes():
-    from kdstyles.boxes import decode, encode
+    from kdstyles.common.boxes import decode, encode
 
     gt = torch.tensor([[[2.0, 3.0, 4.0, 9.0, 7.0, 12.0, 1], [-1] * 7], [[10, 1, 0, 15, 6, 3, 0], [1, 1, 1, 4, 3, 2, 0]]])
     heat, regress, centres = encode(gt, 2, (16, 12, 20))  # (D, H, W); x runs along W, z along D
@@ -319,7 +319,7 @@ def test_3d_boxes_move_exactly_with_flips_and_quarter_turns(seed):
 def test_3d_detection_trains_evaluates_and_exports(tiny_overrides):
     from kdstyles.data import checks
     from kdstyles.data.generators.synthetic_vol_det import generate
-    from kdstyles.export import export_run
+    from kdstyles.deploy.export import export_run
 
     vols, boxes = generate(0, "train", 9, 16)
     assert vols.shape == (9, 16, 16, 16, 1) and all(b.shape[1] == 7 for b in boxes)
@@ -339,7 +339,7 @@ def test_3d_detection_trains_evaluates_and_exports(tiny_overrides):
     side = export_run(exp.run_dir, "s1")
     assert side["output"]["shape"] == ["batch", "channels", "depth", "height", "width"]
     assert side["verification"]["max_abs_diff"] < 1e-4
-    from kdstyles.predict import predict
+    from kdstyles.deploy.predict import predict
 
     affine = np.diag([0.5, 0.5, 2.0, 1.0])
     affine[:3, 3] = [-20, 10, 30]
@@ -447,10 +447,10 @@ def test_3d_detection_on_patches_slides_windows_through_evaluate_export_and_pred
     """Trained on 16^3 patches of 32^3 volumes: validation and evaluate cover each whole volume
     with windows and pool the boxes of all volumes (mAP, outputs.npz for compare); the sidecar
     says so and predict slides the exported model's windows over a volume file."""
-    from kdstyles.boxes import unpad
-    from kdstyles.export import export_run
-    from kdstyles.predict import predict
-    from kdstyles.runfolder import RunFolder
+    from kdstyles.common.boxes import unpad
+    from kdstyles.deploy.export import export_run
+    from kdstyles.deploy.predict import predict
+    from kdstyles.store.runfolder import RunFolder
 
     det = ["task=detection", *UNETS[1:], *SYNTH, "data.image_size=32", "data.patch_size=16", "train.epochs=1"]
     exp = Experiment(None, overrides=tiny_overrides(*det), quiet=True)
@@ -465,7 +465,7 @@ def test_3d_detection_on_patches_slides_windows_through_evaluate_export_and_pred
     truth = [unpad(exp.data.splits["test"][i][1].numpy()) for i in range(3)]
     for got, want in zip(labels, truth):
         np.testing.assert_allclose(unpad(got), want)  # whole-volume boxes, on the volume's own grid
-    from kdstyles import checkpoints
+    from kdstyles.store import checkpoints
 
     best = RunFolder(exp.run_dir).best("s1")  # one epoch scores nothing 0.05 yet: raise the heatmap's bias
     state = checkpoints.load(best)
@@ -558,7 +558,7 @@ def test_3d_boxes_from_a_csv_in_world_mm_land_on_the_training_grid(tmp_path, siz
     """Boxes given in world millimetres (what predict writes) follow the volume through
     reorientation (LAS files turned to RAS) and resizing to data.image_size; with
     data.patch_size volumes keep their own grid, and so do their boxes."""
-    from kdstyles.boxes import grid_to_world, unpad
+    from kdstyles.common.boxes import grid_to_world, unpad
     from kdstyles.data import build_data
     from kdstyles.data.generators.synthetic_vol_det import generate
 

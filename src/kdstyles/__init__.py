@@ -11,9 +11,10 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Experiment": "api", "Cohort": "cohort", "NetLoss": "cohort", "as_target": "cohort", "build_cohort": "cohort",
-    "ExperimentConfig": "config", "load_config": "config", "KDError": "errors", "TrainingDiverged": "errors",
-    "PRESETS": "routing", "Edge": "routing", "resolve_edges": "routing", "TASKS": "tasks", "STYLES": "styles", "NetOutput": "styles",
+    "Experiment": "api", "Cohort": "engine.cohort", "NetLoss": "engine.cohort", "as_target": "engine.cohort",
+    "build_cohort": "engine.cohort", "ExperimentConfig": "config", "load_config": "config", "KDError": "errors",
+    "TrainingDiverged": "errors", "PRESETS": "styles.routing", "Edge": "styles.routing",
+    "resolve_edges": "styles.routing", "TASKS": "tasks", "STYLES": "styles", "NetOutput": "styles",
     "Style": "styles", "StyleOptions": "styles", "register": "styles",
 }
 

@@ -21,19 +21,21 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import __version__, checkpoints, distributed
-from .cohort import Cohort, build_cohort, pinned_taps
+from . import __version__
+from .common import distributed
+from .store import checkpoints
+from .engine.cohort import Cohort, build_cohort, pinned_taps
 from .config import (MOVABLE, RESUMABLE, ExperimentConfig, build_config, check_resumable, config_changes,
                      dump_config, load_config, yaml_value)
 from .data import DataBundle, build_data
-from .dims import dims
+from .common.dims import dims
 from .engine import Callback, Trainer, pick_device, resolve_workers
 from .errors import KDError, one_line
-from .inputs import Inputs
-from .evaluate import ENSEMBLE, score_cohort
+from .common.inputs import Inputs
+from .engine.evaluate import ENSEMBLE, score_cohort
 from .models.zoo import count_parameters
-from .routing import T
-from .runfolder import Evaluation, RunFolder, now
+from .styles.routing import T
+from .store.runfolder import Evaluation, RunFolder, now
 from .styles import learner_parts
 
 
@@ -178,7 +180,7 @@ class Experiment:
         """Find (download, where a network is reachable) the pretrained weights of every network
         the run builds from a name; one line naming the key and the file when one is missing."""
         from .models.pretrained import locate_weights
-        from .routing import used_networks
+        from .styles.routing import used_networks
 
         specs = {T: self.cfg.networks.teacher, **self.cfg.networks.students}
         for name in used_networks(list(self.cfg.networks.students), self.cfg.edges, self.cfg.routing.teacher_only):

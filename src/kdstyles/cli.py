@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .dims import dims
+from .common.dims import dims
 from .errors import Interrupted, KDError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -25,7 +25,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160, soft_wrap=True)
 
 SetOpt = typer.Option(None, "--set", "-s", help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
-# --launcher and its options (compare, tune): every run or worker a scheduler job (kdstyles.launch)
+# --launcher and its options (compare, tune): every run or worker a scheduler job (kdstyles.workflows.launch)
 LauncherOpt = typer.Option(None, "--launcher", help="slurm: Slurm jobs (through submitit); local: jobs on this "
                                                     "machine (default: the config's launcher.type)")
 PartitionOpt = typer.Option(None, "--slurm-partition", help="slurm: the partition")
@@ -51,7 +51,7 @@ def _fmt(v: Any, key: str = "") -> str:
 
 
 def metrics_table(result: dict[str, Any], title: str) -> Table:
-    from .metrics import label, task_metrics, task_of
+    from .common.metrics import label, task_metrics, task_of
 
     first = next(iter(result["networks"].values()))
     extra = [c for c in EXTRA_COLUMNS if any(c in m for m in result["networks"].values())]
@@ -80,13 +80,13 @@ def train(config: Optional[Path] = typer.Argument(None, help="experiment YAML (d
         exp = Experiment.from_run(resume, overrides=set_ or [], quiet=quiet)
     else:
         exp = Experiment(config, overrides=set_ or [], quiet=quiet)
-    from .distributed import current, teardown
+    from .common.distributed import current, teardown
 
     try:
         summary = exp.fit(resume=resume is not None)
         if current().main:  # under torchrun only rank 0 reports and evaluates
             from .engine.log import time_summary
-            from .runfolder import RunFolder
+            from .store.runfolder import RunFolder
 
             spent = time_summary(RunFolder(summary["run_dir"]).read_times())
             console.print(f"run folder: {summary['run_dir']} ({summary['status']}, {summary['epochs']} epochs"
@@ -107,7 +107,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
     """Evaluate every network of a run and the student ensemble; writes RUN_DIR/eval.json
     (the test split; eval-val.json, eval-train.json for the others)."""
     from .api import Experiment
-    from .runfolder import RunFolder
+    from .store.runfolder import RunFolder
 
     exp = Experiment.from_run(run_dir, quiet=True)
     result = exp.evaluate(checkpoint=checkpoint, split=split)
@@ -325,12 +325,12 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
             set_: Optional[list[str]] = SetOpt,
             quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Run every preset x seed (resumable), then write results.csv, the table and report.html."""
-    from .compare import base_config, parse_budget
-    from .compare import compare as run_compare
+    from .workflows.compare import base_config, parse_budget
+    from .workflows.compare import compare as run_compare
     from .report import load_rows, load_study, markdown, render
-    from .runfolder import ComparisonFolder
+    from .store.runfolder import ComparisonFolder
 
-    from .launch import from_options
+    from .workflows.launch import from_options
 
     default = "student" if ablate or recipes else ",".join(COMPARE_PRESETS)
     names = [p.strip() for p in (presets_ or default).split(",") if p.strip()]
@@ -379,8 +379,8 @@ def tune(config: Optional[Path] = typer.Argument(None, help="experiment YAML wit
          quiet: bool = typer.Option(True, "--quiet/--verbose", "-q/-v")) -> None:
     """Search tune.space with Optuna (TPE, median pruning); start it on several machines with one --storage."""
     from .config import load_config
-    from .launch import from_options
-    from .tune import tune as run_tune
+    from .workflows.launch import from_options
+    from .workflows.tune import tune as run_tune
 
     cfg = load_config(config, set_ or [])
     folder = out or Path(cfg.output.dir) / f"tune-{cfg.name}"
@@ -419,7 +419,7 @@ def tune(config: Optional[Path] = typer.Argument(None, help="experiment YAML wit
 @app.command()
 def report(folder: Path = typer.Argument(..., help="a comparison folder or an evaluated run folder")) -> None:
     """Re-render report.html (and print the table) from existing results, without training."""
-    from .compare import write_compression
+    from .workflows.compare import write_compression
     from .report import load_rows, load_study, markdown, render
 
     study = load_study(folder, load_rows(folder))
@@ -446,9 +446,9 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
                                                                "kept as NAME.int8.rejected.onnx")
            ) -> None:
     """Export a network as a self-contained model + JSON sidecar + Markdown model card."""
-    from .export import export_run
-    from .quantize import TooLossy
-    from .runfolder import RunFolder
+    from .deploy.export import export_run
+    from .deploy.quantize import TooLossy
+    from .store.runfolder import RunFolder
 
     note = lambda m: console.print(f"[yellow]note:[/yellow] {m}", highlight=False, soft_wrap=True)  # noqa: E731
     try:
@@ -474,7 +474,7 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
 
 def _print_quantized(side: dict, folder: Path) -> None:
     """The quantized model against the float one, as export measured them on the test split."""
-    from .quantize import worded
+    from .report.tables import worded
 
     q = side["quantization"]
     w = worded(q)
@@ -500,8 +500,8 @@ def predict(model: Path = typer.Argument(..., help="an exported .onnx / TorchScr
                                                      "than --max-drop); refused without it")) -> None:
     """Predict for new images (or NIfTI/NRRD volumes for a 3D model); writes OUT/predictions.csv
     (classes, masks under OUT/masks/, or boxes, as the task does)."""
-    from .predict import SKIPPED
-    from .predict import predict as run_predict
+    from .deploy.predict import SKIPPED
+    from .deploy.predict import predict as run_predict
 
     path = run_predict(model, inputs, out, network, batch_size, skip_unreadable=skip_unreadable,
                        allow_rejected=allow_rejected,
@@ -515,7 +515,7 @@ def predict(model: Path = typer.Argument(..., help="an exported .onnx / TorchScr
 @app.command()
 def presets(students: int = typer.Option(2, help="number of students (ctsl-mkt spans all of them)")) -> None:
     """List the routing presets and their edges."""
-    from .routing import PRESETS
+    from .styles.routing import PRESETS
 
     names = [f"s{i + 1}" for i in range(students)]
     for name, preset in PRESETS.items():
@@ -535,8 +535,8 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="comparison folder for
     """Train one teacher on the embedded histology patches, then its students alone, with the
     paper's `diverse` routing and with the best recipe, and print their test accuracy and how
     much of the teacher's lead each recovers. Re-running reuses finished runs."""
-    from .compare import DEMO_VARIANTS, run_demo
-    from .metrics import label
+    from .workflows.compare import DEMO_VARIANTS, run_demo
+    from .common.metrics import label
     from .report import render
     from .report.analysis import gap_closure
 

@@ -18,12 +18,12 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from . import sbatch
+from .store import sbatch
 from .data.sources import SOURCE_KEYS, SOURCES, sources_for, unlabeled_sources
 from .errors import KDError, unknown
-from .fileio import NAME_MAX, check_path_text
-from .metrics import METRICS
-from .routing import Edge, RoutingConfig, check_style_options, resolve_edges
+from .store.fileio import NAME_MAX, check_path_text, read_yaml
+from .common.metrics import METRICS
+from .styles.routing import Edge, RoutingConfig, check_style_options, resolve_edges
 from .tasks import DEFAULT_TASK, TASKS
 
 SELECTION_METRICS = ("auto", *(m.name for m in METRICS.values() if m.selectable))
@@ -772,62 +772,6 @@ def apply_overrides(raw: dict, pairs: list[str]) -> dict:
             node[int(last)] = value
         else:
             node[last] = value
-    return raw
-
-
-class _UniqueKeys(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML
-    keeps the last one, so a second ``data:`` section would silently drop the first."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor': its keys may be overridden
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key}' appears twice in one section (lines {seen[key] + 1} and "
-                                f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        check_path_text(str(path))
-    except ValueError as exc:
-        raise KDError(f"config file '{path}': {exc}") from None
-    if path.is_dir():
-        raise KDError(f"config file '{path}' is a folder; give an experiment .yaml file")
-    if not path.is_file():
-        raise KDError(f"config file '{path}' does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a safe loader)
-    except UnicodeDecodeError:
-        raise KDError(f"config file '{path}' is not UTF-8 text (is it a YAML file?)") from None
-    except RecursionError:
-        raise KDError(f"config file '{path}': nested too deeply to read (sections inside sections more than a few "
-                      "hundred levels down); an experiment needs a handful") from None
-    except OSError as exc:
-        raise KDError(f"config file '{path}' cannot be read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = str(getattr(exc, "problem", exc))
-        hint = ("; in double quotes a backslash starts an escape: write the path in single quotes or with /"
-                if "escape character" in problem else "")
-        raise KDError(f"config file '{path}'{where}: not valid YAML ({problem}){hint}") from None
-    if raw is None:
-        import sys
-
-        print(f"warning: config file '{path}' is empty; every key takes its default (the demo experiment)",
-              file=sys.stderr)
-        raw = {}
-    if not isinstance(raw, dict):
-        raise KDError(f"config file '{path}': expected a mapping of sections (data, networks, ...) at the top")
     return raw
 
 

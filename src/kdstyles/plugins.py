@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import KDError
-from .fileio import check_path_text
+from .store.fileio import check_path_text
 
 # What a plugin imports from here, and where it lives (imported when first asked for).
 _NAMES = {"Source": "data.sources", "register_source": "data.sources", "Arch": "models.zoo",

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..dims import dims as spatial
-from ..imageio import read_image
-from ..inputs import Inputs
+from ..common.dims import dims as spatial
+from ..store.imageio import read_image
+from ..common.inputs import Inputs
 from ..tasks import DEFAULT_TASK, TASKS
 from . import checks, files
 from .augment import MIN_KEPT, affine_boxes, build_augment, clip_boxes, flip_boxes, pad_boxes
@@ -89,8 +89,8 @@ class DataBundle:
 
     def save(self, folder: Any) -> None:
         """Write the data report and, for folder/CSV sources, the split assignment into a run
-        folder (a :class:`~kdstyles.runfolder.RunFolder`, which names the files)."""
-        from ..fileio import write_json
+        folder (a :class:`~kdstyles.store.runfolder.RunFolder`, which names the files)."""
+        from ..store.fileio import write_json
 
         if self.report is not None:
             write_json(folder.data_report_path, self.report.to_dict())
@@ -107,7 +107,7 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
 
     ``check=False`` returns the bundle with its report even when the data has errors
     (``kdstyles data inspect``); otherwise the first error is raised before anything else.
-    ``folder``: the run's :class:`~kdstyles.runfolder.RunFolder`, whose saved split assignment
+    ``folder``: the run's :class:`~kdstyles.store.runfolder.RunFolder`, whose saved split assignment
     is read back (None: no run folder).
     ``unlabeled``: load ``data.unlabeled`` too (a run without distillation edges has no use for
     it); its images are checked against every labelled split (:mod:`kdstyles.data.unlabeled`)."""

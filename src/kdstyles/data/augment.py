@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..dims import dims as spatial
+from ..common.dims import dims as spatial
 
 
 class BatchAugment:

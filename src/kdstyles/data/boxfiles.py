@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dims import dims as space
+from ..common.dims import dims as space
 from ..errors import KDError
-from ..fileio import read_csv
+from ..store.fileio import read_csv
 from .files import Record, split_value
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
@@ -188,7 +188,7 @@ def read_kvasir(root: Path, classes: list[str] | None) -> tuple[list[Record], Li
         for stem, found_boxes in found.items():
             for b, where in zip(found_boxes, written[stem]):
                 _ordered(b[:4], where, 2)
-        from ..imageio import is_image
+        from ..store.imageio import is_image
         from .segfolder import pair_dirs
 
         images, _ = pair_dirs(root, masks=False)
@@ -217,7 +217,7 @@ def _binary_mask(path: Path) -> np.ndarray:
     """A mask file's foreground (values above 127, or exactly 1), at its own size."""
     from PIL import Image
 
-    from ..imageio import DECODE_ERRORS, _failure
+    from ..store.imageio import DECODE_ERRORS, _failure
     from .segfolder import mask_values
 
     try:

@@ -18,9 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..dims import dims as space
+from ..common.dims import dims as space
 from ..errors import KDError
-from ..imageio import array_digest, file_digest, read_image
+from ..store.imageio import array_digest, file_digest, read_image
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..imageio import read_image
+from ..store.imageio import read_image
 from .augment import affine_boxes, flip_boxes, pad_boxes
 from .labels import CLASS_INDEX, Labels
 from .patches import Window, crop_patch

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KDError
-from ..fileio import read_csv
-from ..imageio import visible_dirs
+from ..store.fileio import read_csv
+from ..store.imageio import visible_dirs
 
 SPLITS = ("train", "val", "test")
 # What data sets call their splits (Kaggle's "Training"/"Testing", HF's "validation"), any case.
@@ -140,7 +140,7 @@ def assign_splits(records: list[Record], strata: np.ndarray, seed: int, val_frac
 def write_splits(path: Path, records: list[Record], labels: list[str], splits: list[str], base: Path) -> None:
     import io
 
-    from ..fileio import write_text
+    from ..store.fileio import write_text
 
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dims import dims as space
-from ..imageio import convert
+from ..common.dims import dims as space
+from ..store.imageio import convert
 
 
 def fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:

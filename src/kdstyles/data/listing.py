@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import KDError
-from ..fileio import read_csv
-from ..imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, visible_dirs, visible_files
+from ..store.fileio import read_csv
+from ..store.imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, visible_dirs, visible_files
 from .files import Record, split_folders, split_value
 
 IGNORED = {"thumbs.db", "desktop.ini"}  # what file browsers leave in folders

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import KDError
-from ..imageio import DECODE_ERRORS, IMAGE_SUFFIXES, _failure, is_image, visible_dirs
+from ..store.imageio import DECODE_ERRORS, IMAGE_SUFFIXES, _failure, is_image, visible_dirs
 from .files import Record, split_folders, split_of
 
 

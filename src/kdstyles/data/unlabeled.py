@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..dims import dims
+from ..common.dims import dims
 from ..errors import KDError
-from ..imageio import array_digest, is_image, is_volume, visible_files
+from ..store.imageio import array_digest, is_image, is_volume, visible_files
 from . import checks
 
 EVALUATED = ("val", "test")  # splits whose images must never be learned from
@@ -59,7 +59,7 @@ def from_files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int
     """Image (or volume) files, each decoded once and checked; one error line naming the first
     unreadable file. ``where``: the config key and place messages name; ``what``: where they
     are from, as run.json and model cards say it ("N images from WHAT")."""
-    from ..progress import Steps as progress
+    from ..common.progress import Steps as progress
     from .fit import fit_volumes
 
     if not paths:
@@ -67,7 +67,7 @@ def from_files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int
     names = [f"'{p}'" for p in paths]
     report = checks.DataReport([])
     if dims(cfg.dims).volumes:
-        from ..imageio import file_digest
+        from ..store.imageio import file_digest
         from . import volumes
 
         arrays, digests = [], []
@@ -107,7 +107,7 @@ def folder_files(cfg: Any) -> tuple[list[Path], str, str]:
 
 def csv_files(cfg: Any) -> tuple[list[Path], str, str]:
     """The files a CSV's ``path`` column lists (``data.unlabeled.path``; paths relative to it)."""
-    from ..fileio import read_csv
+    from ..store.fileio import read_csv
 
     csv_path = Path(cfg.unlabeled.path)
     where = f"data.unlabeled.path '{csv_path}'"

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import KDError
-from ..fileio import read_npz, write_npz
-from ..imageio import VOLUME_SUFFIXES, is_volume
+from ..store.fileio import read_npz, write_npz
+from ..store.imageio import VOLUME_SUFFIXES, is_volume
 
 
 def stem(path: Path) -> str:
@@ -246,7 +246,7 @@ def write_nifti(path: Path, mask: np.ndarray, affine: np.ndarray) -> None:
 
     import nibabel as nib
 
-    from ..fileio import atomic_write
+    from ..store.fileio import atomic_write
 
     img = nib.Nifti1Image(mask.astype(np.uint8), affine)
     img.header.set_data_dtype(np.uint8)

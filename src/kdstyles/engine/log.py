@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import KDError
-from ..runfolder import RunFolder
+from ..store.runfolder import RunFolder
 
 
 # Where an epoch's seconds went besides the steps (times.csv and the epoch line).

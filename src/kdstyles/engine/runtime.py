@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import distributed
-from ..dims import dims as space
+from ..common import distributed
+from ..common.dims import dims as space
 from ..errors import KDError
 
 

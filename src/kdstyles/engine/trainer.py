@@ -17,14 +17,15 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .. import checkpoints, distributed
-from ..cohort import Cohort, TrainStep
+from ..common import distributed
+from ..store import checkpoints
+from .cohort import Cohort, TrainStep
 from ..data.mix import Mixer
-from ..dims import dims
+from ..common.dims import dims
 from ..errors import Interrupted, KDError, TrainingDiverged
-from ..evaluate import ENSEMBLE, score_cohort
-from ..runfolder import RunFolder
-from ..signals import GracefulStop, signal_name
+from .evaluate import ENSEMBLE, score_cohort
+from ..store.runfolder import RunFolder
+from ..common.signals import GracefulStop, signal_name
 from .log import RunLog
 from .optim import Optimisation
 from .runtime import Runtime, resolve_workers

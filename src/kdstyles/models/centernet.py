@@ -1,6 +1,6 @@
 """The detection network: an encoder-decoder body (any of the segmentation archs) whose
 full-resolution features feed two small CenterNet heads, a heatmap per class and four box
-channels (see :mod:`kdstyles.boxes`). Teacher and students of any size output the same
+channels (see :mod:`kdstyles.common.boxes`). Teacher and students of any size output the same
 (B, K + 4, H, W) map (volumes: (B, K + 6, D, H, W)), so their outputs line up pixel for
 pixel, as distillation needs."""
 
@@ -11,8 +11,8 @@ import math
 import torch
 import torch.nn as nn
 
-from ..boxes import HEAT_PRIOR, HEAT_PRIOR_3D, box_channels
-from ..dims import dims as space
+from ..common.boxes import HEAT_PRIOR, HEAT_PRIOR_3D, box_channels
+from ..common.dims import dims as space
 from .zoo import CONVS
 
 NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)

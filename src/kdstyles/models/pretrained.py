@@ -195,7 +195,7 @@ def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
                           f"({str(exc).splitlines()[0][:100]})") from None
     if path.suffix not in SUFFIXES:
         raise KDError(f"{where}.pretrained: '{path}' is neither 'imagenet' nor a {', '.join(SUFFIXES)} file")
-    from ..checkpoints import load, state_dict_of
+    from ..store.checkpoints import load, state_dict_of
 
     return state_dict_of(load(path), path)
 

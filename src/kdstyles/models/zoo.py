@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from monai.networks import nets
 
-from ..dims import dims as space
+from ..common.dims import dims as space
 from ..errors import KDError, check_new_name, unknown
 
 SMALL_STEM_BELOW = 32

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import KDError
-from ..metrics import label as metric_label
-from ..metrics import METRICS, lower_is_better, paired_metric
-from ..routing import ENSEMBLE, T
-from ..runfolder import ComparisonFolder, RunFolder
+from ..common.metrics import label as metric_label
+from ..common.metrics import METRICS, lower_is_better, paired_metric
+from ..styles.routing import ENSEMBLE, T
+from ..store.runfolder import ComparisonFolder, RunFolder
 from ..tasks import TASKS
 from .results import TARGET, mean_std, networks_in, presets_in, primary, run_dirs
 from .significance import Drawn, interval_text, mcnemar, paired_interval, paired_ratio_interval, verdict

@@ -8,9 +8,9 @@ import html
 from pathlib import Path
 from typing import Any
 
-from ..fileio import write_text
-from ..quantize import worded
-from ..runfolder import ComparisonFolder, RunFolder
+from ..store.fileio import write_text
+from .tables import worded
+from ..store.runfolder import ComparisonFolder, RunFolder
 from .plots import (details_of, plot_accuracy_vs_parameters, plot_confusions, plot_curves, plot_per_class,
                     plot_reliability)
 from .analysis import Study, findings, load_study

@@ -8,7 +8,7 @@ import math
 import statistics
 from collections import defaultdict
 
-from ..runfolder import Evaluation, RunFolder
+from ..store.runfolder import Evaluation, RunFolder
 from .results import aggregate
 
 def _png(fig) -> str:

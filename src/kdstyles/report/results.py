@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KDError
-from ..fileio import read_csv
-from ..metrics import task_metrics, task_of
-from ..routing import DEFAULT_PRESET
-from ..runfolder import ComparisonFolder, RunFolder
+from ..store.fileio import read_csv
+from ..common.metrics import task_metrics, task_of
+from ..styles.routing import DEFAULT_PRESET
+from ..store.runfolder import ComparisonFolder, RunFolder
 
 TARGET = DEFAULT_PRESET  # the paired comparison puts the paper's preset against each baseline
 

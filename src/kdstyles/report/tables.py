@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..metrics import label as metric_label
-from ..metrics import lower_is_better
+from ..common.metrics import label as metric_label
+from ..common.metrics import lower_is_better
 from .analysis import Study, ablation_rows, findings, gap_closure, paired_rows, teacher_margin
 from .results import aggregate, metric_set, networks_in, presets_in, primary
 
@@ -117,3 +117,18 @@ def paired_markdown(study: Study) -> list[str]:
 def _p(d: dict[str, Any]) -> str:
     return f"{d['p']:.3g} ({d['only_a']}/{d['only_b']})" if "p" in d else "–"
 
+
+def worded(q: dict[str, Any]) -> dict[str, Any]:
+    """A quantized export's record (its sidecar's ``quantization``) in the words the console,
+    the report and the model card show: each model's metric, size and latencies, the change with
+    its interval, the agreement."""
+    from ..common.metrics import label
+
+    metric = q["metric"]
+    lo, hi = q["interval_points"]
+    each = {k: {"metric": f"{q[k]['metrics'].get(metric, float('nan')):.4f}", "mb": f"{q[k]['mb']:.2f}",
+                "b1": f"{q[k]['latency_b1_ms']:.2f}", "b32": f"{q[k]['latency_b32_ms']:.1f}"}
+            for k in ("float32", "quantized")}
+    return {"metric": label(metric), **each, "change": f"{q['change_points']:+.2f} pt [{lo:+.2f}, {hi:+.2f}]",
+            "agreement": f"{q['agreement']:.4f}" if isinstance(q.get("agreement"), float) else "n/a",
+            **{f"{k} ->": f"{each['float32'][k]} -> {each['quantized'][k]}" for k in ("metric", "mb", "b1", "b32")}}

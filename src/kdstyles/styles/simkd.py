@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..dims import dims as space
+from ..common.dims import dims as space
 from ..errors import KDError
 from .base import Knowledge, Style, StyleOptions, knowledge
 

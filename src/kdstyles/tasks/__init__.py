@@ -23,12 +23,12 @@ def register_task(task: type[Task]) -> type[Task]:
     if not (isinstance(task, type) and issubclass(task, Task)):
         raise KDError(f"register_task: give a Task subclass, not {task!r}")
     check_new_name("task", task.name, BUILT_IN)
-    from ..metrics import METRICS, REPORTS_AS
+    from ..common.metrics import METRICS, REPORTS_AS
 
     reports = next((n for n in task.lineage() if any(m.task == n for m in METRICS.values())), None)
     if reports is None:
         raise KDError(f"register_task: task '{task.name}' has no metrics: subclass a task whose metrics it reports "
-                      f"(e.g. Classification), or add Metric entries with task='{task.name}' to kdstyles.metrics.METRICS")
+                      f"(e.g. Classification), or add Metric entries with task='{task.name}' to kdstyles.common.metrics.METRICS")
     if reports != task.name:
         REPORTS_AS[task.name] = reports
     TASKS[task.name] = task

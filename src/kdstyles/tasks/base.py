@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..dims import dims as space
+from ..common.dims import dims as space
 from ..errors import KDError
 
 
@@ -73,7 +73,7 @@ class Task:
     @classmethod
     def check_config(cls, cfg: Any) -> None:
         """Task-specific rules of an experiment config; one-line KDError naming the key."""
-        from ..metrics import METRICS
+        from ..common.metrics import METRICS
 
         for name, spec in {"teacher": cfg.networks.teacher, **cfg.networks.students}.items():
             key = "networks.teacher" if name == "teacher" else f"networks.students.{name}"
@@ -165,7 +165,7 @@ class Task:
 
     def fidelity(self, teacher, student) -> dict[str, float]:
         """How closely a student follows the teacher (KL and top-1 agreement)."""
-        from ..metrics import fidelity
+        from ..common.metrics import fidelity
 
         return fidelity(teacher, student)
 
@@ -189,7 +189,7 @@ class Task:
         ``metrics.METRICS``: mAP, mean AUROC): evaluate then keeps every network's outputs for
         comparisons to draw test images from (:meth:`kept_outputs`), and whole volumes are
         pooled, not scored one by one (``evaluate.score_split``)."""
-        from ..metrics import METRICS
+        from ..common.metrics import METRICS
 
         return any(m.drawn and m.task in cls.lineage() for m in METRICS.values())
 

@@ -52,12 +52,12 @@ class Classification(Task):
         return default_tap(model, sample)
 
     def metrics(self, probs, labels, spacing=None):
-        from ..metrics import classification_metrics
+        from ..common.metrics import classification_metrics
 
         return classification_metrics(probs, labels)
 
     def details(self, probs, labels) -> dict[str, Any]:
-        from ..metrics import classification_details
+        from ..common.metrics import classification_details
 
         return classification_details(probs, labels)
 

@@ -1,5 +1,5 @@
 """Detection: boxes around objects (polyps in colonoscopy frames), learned CenterNet-style
-(:mod:`kdstyles.boxes`): every network outputs a heatmap per class and four box channels
+(:mod:`kdstyles.common.boxes`): every network outputs a heatmap per class and four box channels
 at the input's resolution, from an encoder-decoder body (:mod:`kdstyles.models.centernet`).
 
 Why CenterNet and not MONAI's RetinaNet: anchor-based heads need anchor matching and NMS
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..dims import dims as space
+from ..common.dims import dims as space
 from ..errors import KDError
 from .base import EncoderDecoderTask
 
@@ -67,7 +67,7 @@ class Detection(EncoderDecoderTask):
         return CenterNet(body, width, self.num_classes, dims)
 
     def supervised(self, logits, y, class_weights):
-        from ..boxes import encode, focal_loss
+        from ..common.boxes import encode, focal_loss
 
         k = self.num_classes
         heat, regress, centres = encode(y, k, logits.shape[2:])
@@ -92,7 +92,7 @@ class Detection(EncoderDecoderTask):
         plus ``box_weight`` x the L1 between their box channels, weighted the same way."""
         import torch.nn.functional as F
 
-        from ..metrics import bernoulli_kl
+        from ..common.metrics import bernoulli_kl
 
         k, t = self.num_classes, options.temperature
         s, d = source[:, :k].float(), target[:, :k].float()
@@ -106,26 +106,26 @@ class Detection(EncoderDecoderTask):
     # ------------------------------------------------------------------ evaluation
 
     def activate(self, logits):
-        from ..boxes import activate
+        from ..common.boxes import activate
 
         return activate(logits, self.num_classes)
 
     def condense(self, probs):
         import torch
 
-        from ..boxes import decode
+        from ..common.boxes import decode
 
         return torch.from_numpy(decode(probs.detach().cpu().numpy(), self.num_classes, self.max_detections))
 
     def fidelity(self, teacher, student):
         """No KL between box lists: ``agreement`` is the student's AP50 against the teacher's
         confident detections (boxes.fidelity)."""
-        from ..boxes import fidelity, unpad
+        from ..common.boxes import fidelity, unpad
 
         return fidelity([unpad(d) for d in teacher.numpy()], [unpad(d) for d in student.numpy()], self.num_classes)
 
     def metrics(self, probs, labels, spacing=None):
-        from ..boxes import detection_metrics, unpad
+        from ..common.boxes import detection_metrics, unpad
 
         dets = [unpad(d) for d in probs.numpy()]
         gts = [unpad(g) for g in labels.numpy()]
@@ -136,7 +136,7 @@ class Detection(EncoderDecoderTask):
 
     @classmethod
     def drawable(cls, outputs, labels, num_classes):
-        from ..boxes import Matches, unpad
+        from ..common.boxes import Matches, unpad
 
         gts = [unpad(g) for g in labels]
         return {n: Matches([unpad(d) for d in dets], gts, num_classes) for n, dets in outputs.items()}
@@ -159,13 +159,13 @@ class Detection(EncoderDecoderTask):
 
         import numpy as np
 
-        from ..boxes import decode
+        from ..common.boxes import decode
 
         dets = decode(probs[None], self.num_classes, self.max_detections)[0]
         dets = dets[dets[:, -2] >= PREDICT_MIN_SCORE]
         d = probs.ndim - 1
         if volume is None:
-            from ..imageio import image_size
+            from ..store.imageio import image_size
 
             extent = image_size(path)
         else:
@@ -173,7 +173,7 @@ class Detection(EncoderDecoderTask):
         scale = np.array([e / n for e, n in zip(extent, probs.shape[1:][::-1])] * 2)  # resized back
         boxes = dets[:, :2 * d] * scale
         if volume is not None and len(boxes):  # voxel edges -> world mm through the affine
-            from ..boxes import grid_to_world
+            from ..common.boxes import grid_to_world
 
             boxes = grid_to_world(boxes, volume[1])
         rows = [[*(round(float(v), 1) for v in b), round(float(det[-2]), 4), class_names[int(det[-1])]]

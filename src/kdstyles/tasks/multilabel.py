@@ -58,7 +58,7 @@ class Multilabel(Classification):
     def distill_outputs(self, source, target, options):
         import torch.nn.functional as F
 
-        from ..metrics import bernoulli_kl
+        from ..common.metrics import bernoulli_kl
 
         t = options.temperature
         s, d = source.float() / t, target.float() / t
@@ -69,17 +69,17 @@ class Multilabel(Classification):
         return logits.float().sigmoid()
 
     def fidelity(self, teacher, student):
-        from ..metrics import bernoulli_fidelity
+        from ..common.metrics import bernoulli_fidelity
 
         return bernoulli_fidelity(teacher, student)
 
     def metrics(self, probs, labels, spacing=None):
-        from ..metrics import multilabel_metrics
+        from ..common.metrics import multilabel_metrics
 
         return multilabel_metrics(probs, labels)
 
     def details(self, probs, labels) -> dict[str, Any]:
-        from ..metrics import multilabel_details
+        from ..common.metrics import multilabel_details
 
         return multilabel_details(probs, labels)
 
@@ -88,7 +88,7 @@ class Multilabel(Classification):
 
     @classmethod
     def drawable(cls, outputs, labels, num_classes):
-        from ..metrics import LabelRanks
+        from ..common.metrics import LabelRanks
 
         return {n: LabelRanks(p, labels) for n, p in outputs.items()}
 

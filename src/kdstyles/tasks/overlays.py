@@ -17,7 +17,7 @@ def _write_figures(folder: Path, count: int, mean: list[float], std: list[float]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..fileio import atomic_write
+    from ..store.fileio import atomic_write
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -53,7 +53,7 @@ def _mask_panels(k: int):
     Dice against ``truth`` (none for the ground truth itself)."""
     from matplotlib.colors import ListedColormap
 
-    from ..metrics import per_image_scores
+    from ..common.metrics import per_image_scores
 
     cmap = ListedColormap([(0, 0, 0, 0), (0.1, 0.9, 0.2, 0.55), (0.95, 0.2, 0.2, 0.55), (0.2, 0.4, 1, 0.55),
                            (1, 0.8, 0.1, 0.55), (0.8, 0.2, 0.9, 0.55)][:max(k, 2)])
@@ -110,7 +110,7 @@ def _box_panels(labels, dets: dict, min_score: float):
     or volume."""
     from matplotlib.patches import Rectangle
 
-    from ..boxes import detection_metrics
+    from ..common.boxes import detection_metrics
 
     k = int(max([float(labels[..., -1].max()), *(float(d[..., -1].max()) for d in dets.values())] + [0])) + 1
 
@@ -142,7 +142,7 @@ def write_box_overlays(folder: Path, images: torch.Tensor, labels: torch.Tensor,
     """One PNG per test image: ground-truth boxes (green), then each network's boxes scoring at
     least ``min_score`` (red, with the score; none does: its best, dashed), captioned with its
     AP@0.5 on that image."""
-    from ..boxes import unpad
+    from ..common.boxes import unpad
 
     box_panel = _box_panels(labels, dets, min_score)
 
@@ -160,7 +160,7 @@ def write_volume_box_overlays(folder: Path, volumes, labels: torch.Tensor, dets:
     ground-truth box (the middle slice when there is none) with the boxes that cross it, drawn
     as in :func:`write_box_overlays`; captions give each network's AP@0.5 on the whole volume.
     Volumes may differ in shape."""
-    from ..boxes import unpad
+    from ..common.boxes import unpad
 
     box_panel = _box_panels(labels, dets, min_score)
 

@@ -66,17 +66,17 @@ class Segmentation(EncoderDecoderTask):
                           "class logits at the input's size")
 
     def metrics(self, probs, labels, spacing=None):
-        from ..metrics import segmentation_metrics
+        from ..common.metrics import segmentation_metrics
 
         return segmentation_metrics(probs, labels, self.hd95, spacing)
 
     def details(self, probs, labels):
-        from ..metrics import segmentation_details
+        from ..common.metrics import segmentation_details
 
         return segmentation_details(probs, labels)
 
     def per_image(self, probs, labels) -> dict[str, list[float]]:
-        from ..metrics import per_image_scores
+        from ..common.metrics import per_image_scores
 
         dice, iou = per_image_scores(probs.argmax(1), labels, probs.shape[1])
         return {"dice": dice.tolist(), "iou": iou.tolist()}
@@ -103,8 +103,8 @@ def write_mask(path: Path, probs, source: Path) -> float:
     import numpy as np
     from PIL import Image
 
-    from ..fileio import atomic_write
-    from ..imageio import image_size
+    from ..store.fileio import atomic_write
+    from ..store.imageio import image_size
 
     mask = probs.argmax(0).astype(np.uint8)
     fraction = float((mask > 0).mean())

@@ -4,7 +4,7 @@ class ``cyst`` or ``tumour``; about one volume in three is normal and has no box
 volume holds small dense vessels that are not lesions.
 
 Boxes are ``(x1, y1, z1, x2, y2, z2, class)`` in voxel edges: x along the last array axis,
-z along the first (:mod:`kdstyles.boxes`).
+z along the first (:mod:`kdstyles.common.boxes`).
 """
 
 from __future__ import annotations

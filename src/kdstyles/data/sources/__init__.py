@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...dims import dims as space
+from ...common.dims import dims as space
 from ...errors import KDError, check_new_name
-from ...imageio import image_size
+from ...store.imageio import image_size
 from .. import checks, files, segfolder
 from ..fit import fit_arrays as _fit_arrays, fit_volumes as _fit_volumes
 from ..labels import labels_of
@@ -40,7 +40,7 @@ def resolve_input(cfg: Any, task: Any, channels: int | None = None, side: int | 
     """The channels and side the network takes: ``data.channels`` / ``data.image_size`` where
     set, else the source's defaults (:meth:`Source.default_input`), else the data's own
     (``channels``, ``side``: what the files hold). The one place these defaults are decided;
-    the result is the data bundle's :class:`~kdstyles.inputs.Inputs`, recorded in run.json."""
+    the result is the data bundle's :class:`~kdstyles.common.inputs.Inputs`, recorded in run.json."""
     default_channels, default_side = SOURCES[cfg.source].default_input(cfg, task)
     return cfg.channels or default_channels or channels, cfg.image_size or default_side or side
 
@@ -123,8 +123,8 @@ def unlabeled_sources() -> dict[str, Source]:
 
 def progress(quiet: bool):
     """Reading and checking files: a bar on a terminal, plain lines in a log, nothing when
-    ``quiet`` (:class:`kdstyles.progress.Steps`)."""
-    from ...progress import Steps
+    ``quiet`` (:class:`kdstyles.common.progress.Steps`)."""
+    from ...common.progress import Steps
 
     return Steps(quiet)
 
@@ -178,7 +178,7 @@ def from_volume_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None,
     ``data.image_size``^3 and kept in memory, boxes carried onto that grid; the split
     assignment as for image files. Detection with ``data.patch_size`` keeps each prepared
     volume's own grid (training takes patches, evaluation slides windows)."""
-    from ...boxes import world_to_grid
+    from ...common.boxes import world_to_grid
     from .. import volumes
 
     patch = cfg.patch_size if boxes_of is not None else None

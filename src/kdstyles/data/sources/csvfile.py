@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...dims import dims
+from ...common.dims import dims
 from ..labels import labels_of
 from . import FILE_SPLITS, Loaded, Source, from_files, from_volume_files
 

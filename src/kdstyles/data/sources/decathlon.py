@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import KDError
-from ...fileio import read_json
+from ...store.fileio import read_json
 from .. import checks, files, volumes
 from ..labels import labels_of
 from . import FILE_SPLITS, Loaded, Source, Split, progress, split_assignment

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ...dims import dims
+from ...common.dims import dims
 from ..checks import Problem
 from ..labels import labels_of
 from . import FILE_SPLITS, Loaded, Source, from_files, from_volume_files

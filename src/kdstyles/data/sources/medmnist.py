@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...dims import dims
+from ...common.dims import dims
 from ...errors import KDError
 from ..labels import labels_of
 from . import Loaded, Source, _fit_arrays, from_arrays, resolve_input

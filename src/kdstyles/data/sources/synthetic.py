@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ...dims import dims
+from ...common.dims import dims
 from ...errors import KDError
-from ...fileio import read_npz, write_npz
+from ...store.fileio import read_npz, write_npz
 from .. import checks
 from ..generators import generator
 from ..labels import labels_of

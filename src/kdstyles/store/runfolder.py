@@ -34,8 +34,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import KDError
-from .fileio import FolderLock, clean_temp_files, read_json, write_json, write_npz, write_text
+from ..errors import KDError
+from .fileio import FolderLock, clean_temp_files, read_json, read_yaml, write_json, write_npz, write_text
 
 STATUS_DONE = ("finished", "stopped early", "pruned")  # "pruned": kdstyles tune stopped it
 
@@ -219,8 +219,6 @@ class RunFolder:
         self.write_info(info)
 
     def read_config(self) -> dict[str, Any]:
-        from .config import read_yaml
-
         return read_yaml(self.config_path)
 
     def write_config(self, text: str) -> None:

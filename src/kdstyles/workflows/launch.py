@@ -5,7 +5,7 @@ parallel; ``--launcher local`` runs the same job objects as processes on this ma
 (submitit's local executor; what the tests use, as no cluster is needed for them).
 
 A job trains (or resumes) and evaluates its run exactly as ``compare`` does on one machine
-(:func:`kdstyles.runs.run_one`). Preempted or near its time limit, Slurm sends SIGUSR2
+(:func:`kdstyles.workflows.runs.run_one`). Preempted or near its time limit, Slurm sends SIGUSR2
 (``--signal``, submitit's default) or SIGTERM: the training writes its checkpoint at the end of
 the step, as on any stop signal, and the job requeues itself through submitit's checkpointing
 and resumes exactly where it stopped. The comparison folder keeps each run's last job in
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import sbatch
-from .config import LauncherConfig
-from .errors import KDError
+from ..store import sbatch
+from ..config import LauncherConfig
+from ..errors import KDError
 
 LAUNCHERS = ("slurm", "local")
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
@@ -142,7 +142,7 @@ class RunJob:
         import submitit
 
         from .runs import run_one
-        from .signals import also_stop_on
+        from ..common.signals import also_stop_on
 
         if gpus > 1:  # one process per GPU: the torchrun environment of one distributed run
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -208,7 +208,7 @@ def launch_comparison(teachers: list[Any], specs: list[Any], launch: Launch, cmp
     of each seed depending on its teacher), then wait for them (unless ``launch.wait`` is off)
     with a line whenever a run's state changes. Returns one result per run, as ``execute``."""
     from .runs import SHARED_TEACHER, run_state
-    from .runfolder import RunFolder
+    from ..store.runfolder import RunFolder
 
     folder = cmp.jobs_dir
     folder.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .dims import Dims, dims
-from .errors import KDError
+from ..errors import KDError
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .dims import dims as space
-from .errors import KDError
-from .imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, read_image, visible_files
-from .tasks import DEFAULT_TASK
+from ..common.dims import dims as space
+from ..errors import KDError
+from ..store.imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, read_image, visible_files
+from ..tasks import DEFAULT_TASK
 
 
 class Predictor:
@@ -32,7 +32,7 @@ class Predictor:
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], class_names: list[str], channels: int, size: int,
                  source: str, task: str = DEFAULT_TASK, volumes: dict | None = None):
-        from .tasks import TASKS
+        from ..tasks import TASKS
 
         self.run, self.class_names, self.channels, self.size, self.source = run, class_names, channels, size, source
         self.task = TASKS[task](len(class_names))
@@ -44,8 +44,8 @@ class Predictor:
 
 def _sidecar(model: Path) -> dict:
     """The JSON sidecar written next to an exported model, checked for what predict needs."""
-    from .fileio import read_json
-    from .tasks import TASKS
+    from ..store.fileio import read_json
+    from ..tasks import TASKS
 
     path = model.with_suffix(".json")
     again = "export the model again with 'kdstyles export RUN_DIR' to rewrite it"
@@ -64,7 +64,7 @@ def _sidecar(model: Path) -> dict:
                       f"whole numbers); {again}")
     task = side.get("task", DEFAULT_TASK)
     if side.get("plugins"):  # the run's plugins (a task of their own): imported as its config imported them
-        from .plugins import load_plugins
+        from ..plugins import load_plugins
 
         load_plugins(side["plugins"], where=f"sidecar '{path}' plugins")
     if task not in TASKS:
@@ -79,7 +79,7 @@ def _check_model(run: Callable[[np.ndarray], np.ndarray], side: dict, model: Pat
     declares (ONNX), then one forward of a blank input, whose output must have the task's shape
     for the sidecar's class list. A class list shorter or longer than the model's outputs, or
     the wrong channels or size, is one line naming both files."""
-    from .tasks import TASKS
+    from ..tasks import TASKS
 
     inp = side["input"]
     shape = space(3 if "depth" in inp else 2).shape(1, inp["channels"], inp["height"])
@@ -202,7 +202,7 @@ def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path
                 held = ", ".join(f"{n} {suffix}" for suffix, n in other.most_common(3))
                 searched.append(f"folder '{item}' ({f'it holds {held}' if found else 'empty'})")
         elif item.suffix.lower() == ".csv":
-            from .fileio import read_csv
+            from ..store.fileio import read_csv
 
             rows = read_csv(item, f"give a CSV with a 'path' column of {what} files", required=("path",))
             listed = [item.parent / row["path"] for row in rows if row["path"]]
@@ -237,10 +237,10 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
     written in ``OUT/masks/``, foreground fraction). An input that cannot be read stops
     everything with its one line, or with ``skip_unreadable`` is listed in ``OUT/skipped.csv``
     (path, reason) while the rest are predicted."""
-    from .fileio import write_text
-    from .progress import Steps
+    from ..store.fileio import write_text
+    from ..common.progress import Steps
 
-    from .fileio import check_path_text
+    from ..store.fileio import check_path_text
 
     try:
         check_path_text(str(out_dir))
@@ -309,8 +309,8 @@ def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int,
     import torch.nn.functional as F
     from monai.inferers import sliding_window_inference
 
-    from .data import volumes
-    from .data.labels import labels_of
+    from ..data import volumes
+    from ..data.labels import labels_of
 
     settings = predictor.volumes
     prepared = volumes.select_modalities(volumes.prepare(path, None, volumes.Preparation.of(settings)),

@@ -20,20 +20,21 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from . import __version__
-from .api import Experiment
-from .data.sources import SOURCES
-from .errors import KDError
-from .evaluate import ENSEMBLE
-from .fileio import atomic_write, write_json, write_text
+from .. import __version__
+from ..api import Experiment
+from ..data.sources import SOURCES
+from ..errors import KDError
+from ..engine.evaluate import ENSEMBLE
+from ..store.fileio import atomic_write, write_json, write_text
 from .measure import cpu_latency_ms
-from .metrics import label, task_metrics
-from .models.fakequant import float_copy
-from .models.zoo import count_parameters, flops_per_image
+from ..common.metrics import label, task_metrics
+from ..models.fakequant import float_copy
+from ..models.zoo import count_parameters, flops_per_image
+from ..report.tables import worded
+from ..store.runfolder import RunFolder
+from ..styles.routing import T
 from .quantize import (CALIBRATION, MAX_DROP, TooLossy, calibration_batches, check_options, quantize_file,
-                       quantized_path, rejected_path, verify, worded)
-from .routing import T
-from .runfolder import RunFolder
+                       quantized_path, rejected_path, verify)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -126,11 +127,11 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     checkpoint (eval.json); where there is none, the run is evaluated first and ``say`` (default:
     standard error) is told so before it starts.
 
-    ``quantize`` (int8, fp16): the float model is then quantized too (:mod:`kdstyles.quantize`)
+    ``quantize`` (int8, fp16): the float model is then quantized too (:mod:`kdstyles.deploy.quantize`)
     and verified against it on the test split; its file, sidecar and card sit beside the float
     model's (``s1.int8.onnx``), the float sidecar returned gains ``quantized``. A quantized model
     that loses more than ``max_drop`` points of the headline metric is kept as
-    ``s1.int8.rejected.onnx`` and :class:`~kdstyles.quantize.TooLossy` is raised."""
+    ``s1.int8.rejected.onnx`` and :class:`~kdstyles.deploy.quantize.TooLossy` is raised."""
     say = say or (lambda m: print(m, file=sys.stderr))
     if fmt not in FORMATS:
         raise KDError(f"--format '{fmt}' is not known; allowed: {', '.join(FORMATS)}")

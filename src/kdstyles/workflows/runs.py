@@ -1,7 +1,7 @@
 """One run of a comparison (or of tune's shared teachers): what it is (:class:`RunSpec`, its
 config validated once), where it stands (:func:`run_state`) and how it is brought to the end
 (:func:`run_one`: train or resume, then evaluate). ``compare`` runs them in this process or in
-worker processes, ``kdstyles.launch`` as scheduler jobs."""
+worker processes, ``kdstyles.workflows.launch`` as scheduler jobs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import traceback
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .config import ExperimentConfig
-from .errors import Interrupted, KDError
-from .runfolder import STATUS_DONE, RunFolder
+from ..config import ExperimentConfig
+from ..errors import Interrupted, KDError
+from ..store.runfolder import STATUS_DONE, RunFolder
 
 SHARED_TEACHER = "teacher"  # the run folders of shared teachers: teacher-seed<N>
 
@@ -64,7 +64,7 @@ def run_one(spec: RunSpec, quiet: bool = True, threads: int | None = None, stop_
 
 
 def _run(spec: RunSpec, quiet: bool, stop_after: int | None = None) -> dict[str, Any]:
-    from .api import Experiment
+    from ..api import Experiment
 
     def pause(trainer: Any, epoch: int) -> str | None:
         return PAUSED if stop_after is not None and stop_after <= epoch < trainer.cfg.train.epochs else None

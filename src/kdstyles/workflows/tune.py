@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from .compare import shared_teacher
-from .config import load_config, override
-from .errors import KDError, TrainingDiverged
-from .fileio import FolderLock, make_folder, write_json
-from .runfolder import STATUS_DONE, RunFolder
+from ..config import load_config, override
+from ..errors import KDError, TrainingDiverged
+from ..store.fileio import FolderLock, make_folder, write_json
+from ..store.runfolder import STATUS_DONE, RunFolder
 
 TRIAL_DIR = "{study}-trial-{number}"
 TEACHER_DIR = "{study}-teacher-{values}"
@@ -101,7 +101,7 @@ def _train_teacher(config, cfg, out: Path, name: str, overrides: list[str], valu
                    echo) -> tuple[str, ...]:
     """Train the shared teacher for these values unless a finished one exists (waiting while
     another worker trains it); returns the overrides that load it in the trial's run."""
-    from .api import Experiment
+    from ..api import Experiment
 
     spec, shared = shared_teacher(config, cfg, cfg.train.seed, out, name, overrides,
                                   [override(k.removeprefix(TEACHER), v) for k, v in values.items()])
@@ -166,12 +166,12 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
          launch: Any = None, workers: int = 1) -> dict[str, Any]:
     """Run trials until the study has ``tune.trials`` (or ``trials``) finished ones; returns the summary.
 
-    ``launch`` (a :class:`~kdstyles.launch.Launch`): ``workers`` scheduler jobs (a job array on
+    ``launch`` (a :class:`~kdstyles.workflows.launch.Launch`): ``workers`` scheduler jobs (a job array on
     Slurm) run the trials instead, sharing the study: ``storage``, or a journal file in the
     tune folder (Optuna's file storage, safe on a shared file system; SQLite over one is
     refused)."""
     optuna = _optuna()
-    from .api import Experiment
+    from ..api import Experiment
 
     overrides = list(overrides or [])
     cfg = check_space(config, overrides)

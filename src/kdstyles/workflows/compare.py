@@ -26,14 +26,14 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from .config import ExperimentConfig, build_config, load_config, read_yaml
-from .errors import Interrupted, KDError
-from .fileio import write_text
-from .metrics import METRICS
-from .routing import DEFAULT_PRESET, PRESETS
-from .runfolder import ComparisonFolder, RunFolder
+from ..config import ExperimentConfig, build_config, load_config, read_yaml
+from ..errors import Interrupted, KDError
+from ..store.fileio import write_text
+from ..common.metrics import METRICS
+from ..styles.routing import DEFAULT_PRESET, PRESETS
+from ..store.runfolder import ComparisonFolder, RunFolder
 from .runs import SHARED_TEACHER, RunSpec, run_one, run_state
-from .signals import GracefulStop, signal_name
+from ..common.signals import GracefulStop, signal_name
 
 CUSTOM = "custom"  # the config's own routing (its edges or preset), next to the named presets
 TEACHER_MODES = ("online", "shared")
@@ -100,7 +100,7 @@ def recipe_variants(path: str | Path | dict, base) -> list[Variant]:
 
     so one comparison can hold recipes that differ in more than their edges (images without
     labels, mixing, epochs, a style's options), each against the same students trained alone."""
-    from .config import override, read_yaml
+    from ..config import override, read_yaml
 
     try:
         raw = path if isinstance(path, dict) else read_yaml(path)  # the Python API may pass the mapping itself
@@ -141,7 +141,7 @@ def recipe_variants(path: str | Path | dict, base) -> list[Variant]:
 def ablation_variants(base) -> tuple[list[Variant], dict[str, Any]]:
     """The config's routing, each variant without one of its edges, its teacher edges only and
     its peer edges only (where those differ from the rest); plus what each variant removed."""
-    from .routing import T
+    from ..styles.routing import T
 
     edges = base.edges
     if len(edges) < 2:
@@ -402,7 +402,7 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
     its own recipe, e.g. more epochs) and every variant of that seed learns from it, frozen.
     ``ablate``: the config's routing, without each of its edges in turn, and its teacher
     edges / peer edges alone (plus ``presets`` beside them).
-    ``launch`` (a :class:`~kdstyles.launch.Launch`): every run a scheduler job instead of a run in
+    ``launch`` (a :class:`~kdstyles.workflows.launch.Launch`): every run a scheduler job instead of a run in
     this process; without waiting, the summary counts the runs still ``queued``."""
     out = Path(out)
     overrides = list(overrides or [])
@@ -505,7 +505,7 @@ def spend(specs: list[RunSpec], budget: float, quiet: bool, echo) -> tuple[list[
     survivors' remaining runs (every seed, every epoch, at the epoch times measured) fit what is
     left of the budget, they run in full. Paused runs keep their schedule, so a survivor ends
     exactly as a run never paused. Returns the results and what the halving did."""
-    from .report.analysis import INDEPENDENT
+    from ..report.analysis import INDEPENDENT
 
     t0 = time.monotonic()
     results, rungs = [], []
@@ -516,7 +516,7 @@ def spend(specs: list[RunSpec], budget: float, quiet: bool, echo) -> tuple[list[
     by = {(s.preset, s.seed): s for s in specs}
     metric = next(iter(specs)).cfg.train.selection_metric
     if metric == "auto":
-        from .tasks import TASKS
+        from ..tasks import TASKS
 
         metric = TASKS[specs[0].cfg.task].selection
     rate = max([e for s in baseline if (e := _epoch_seconds(s))] or [1.0])  # seconds an epoch, refined below
@@ -573,7 +573,7 @@ def run_demo(out: Path, overrides: list[str], quiet: bool = False, echo=print) -
     alone, by the paper's ``diverse`` routing and by the recipe the real-image study recommends
     (DEMO_RECIPES), as a comparison in ``out`` (resumable, results.csv and report.html); returns
     its Study (gap closure)."""
-    from .report import load_rows, load_study
+    from ..report import load_rows, load_study
 
     cfg = load_config(None, list(overrides))
     summary = compare(None, list(DEMO_PRESETS), 1, out, list(overrides), quiet=quiet, echo=echo, teacher="shared",
@@ -587,7 +587,7 @@ def run_demo(out: Path, overrides: list[str], quiet: bool = False, echo=print) -
 def write_compression(folder: str | Path) -> None:
     """Measure the networks once (on the evaluated run with the most networks) into
     FOLDER/compression.json for the report; kept when it is already there and whole."""
-    from .report.results import load_rows, run_dirs
+    from ..report.results import load_rows, run_dirs
 
     cmp = ComparisonFolder(folder)
     if cmp.compression() is not None:
@@ -598,7 +598,7 @@ def write_compression(folder: str | Path) -> None:
         return
     runs = [RunFolder(r) for r in run_dirs(cmp.path, rows).values() if RunFolder(r).trained()]
     if runs:
-        from .measure import measure_compression
+        from ..deploy.measure import measure_compression
 
         run = max(runs, key=lambda r: len(r.info().get("parameters", {})))
         cmp.write_compression(measure_compression(run.path))

@@ -12,8 +12,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .models.zoo import count_parameters, flops_per_image
-from .routing import T
+from ..models.zoo import count_parameters, flops_per_image
+from ..styles.routing import T
 
 
 def median_ms(run: Callable[[], Any], repeats: int = 20, warmup: int = 3) -> float:
@@ -37,7 +37,7 @@ def cpu_latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 20) ->
 def measure_compression(run_dir: str | Path) -> list[dict[str, Any]]:
     """Parameters, FLOPs per image and CPU latency (batch 1 and 32) of every network of a run,
     and each one's size relative to the teacher (the report's compression table)."""
-    from .api import Experiment
+    from ..api import Experiment
 
     exp = Experiment.from_run(run_dir, quiet=True)
     info = exp.run_info()

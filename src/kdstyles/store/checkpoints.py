@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .errors import KDError
+from ..errors import KDError
 from .fileio import atomic_write
 
 FORMAT = "kdstyles-1"

@@ -22,7 +22,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import KDError
+import yaml
+
+from ..errors import KDError
 
 ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
 TEMP_SUFFIX = ".tmp"
@@ -266,3 +268,61 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML
+    keeps the last one, so a second ``data:`` section would silently drop the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor': its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in one section (lines {seen[key] + 1} and "
+                                f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """An experiment YAML (or a recipes file): a mapping, read with the safe loader, a key given
+    twice refused; every way it can fail is one line naming the file."""
+    path = Path(path)
+    try:
+        check_path_text(str(path))
+    except ValueError as exc:
+        raise KDError(f"config file '{path}': {exc}") from None
+    if path.is_dir():
+        raise KDError(f"config file '{path}' is a folder; give an experiment .yaml file")
+    if not path.is_file():
+        raise KDError(f"config file '{path}' does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a safe loader)
+    except UnicodeDecodeError:
+        raise KDError(f"config file '{path}' is not UTF-8 text (is it a YAML file?)") from None
+    except RecursionError:
+        raise KDError(f"config file '{path}': nested too deeply to read (sections inside sections more than a few "
+                      "hundred levels down); an experiment needs a handful") from None
+    except OSError as exc:
+        raise KDError(f"config file '{path}' cannot be read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = str(getattr(exc, "problem", exc))
+        hint = ("; in double quotes a backslash starts an escape: write the path in single quotes or with /"
+                if "escape character" in problem else "")
+        raise KDError(f"config file '{path}'{where}: not valid YAML ({problem}){hint}") from None
+    if raw is None:
+        import sys
+
+        print(f"warning: config file '{path}' is empty; every key takes its default (the demo experiment)",
+              file=sys.stderr)
+        raw = {}
+    if not isinstance(raw, dict):
+        raise KDError(f"config file '{path}': expected a mapping of sections (data, networks, ...) at the top")
+    return raw

@@ -19,8 +19,8 @@ from typing import Any, Callable, Literal, Optional, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import KDError
-from .styles import STYLES, StyleOptions
+from ..errors import KDError
+from . import STYLES, StyleOptions
 
 TEACHER = T = "teacher"
 ENSEMBLE = "ensemble"  # the students' mean, evaluated like a network

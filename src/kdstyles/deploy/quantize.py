@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .errors import KDError
+from ..errors import KDError
 
 QUANTIZE = ("int8", "fp16")
 METHODS = ("minmax", "entropy", "percentile")
@@ -116,7 +116,7 @@ def quantize_file(source: Path, out: Path, quantize: str, batches: list[np.ndarr
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .fileio import atomic_write
+    from ..store.fileio import atomic_write
 
     if quantize == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -192,11 +192,11 @@ class Scored:
 def score_files(sessions: dict[str, Any], loader, task, inputs, window=None, spacing: list | None = None
                 ) -> dict[str, Scored]:
     """Model files' outputs on a loader's split, read once for all of them and scored by the one
-    scorer (:func:`kdstyles.evaluate.score_split`), as ``evaluate`` scores networks: the
+    scorer (:func:`kdstyles.engine.evaluate.score_split`), as ``evaluate`` scores networks: the
     loader's images are normalised and the models normalise inside, so each batch is taken back
     to [0, 1] first; whole volumes are covered by sliding ``window`` s of the model's input (on
     its probabilities, as ``predict`` does)."""
-    from .evaluate import score_split
+    from ..engine.evaluate import score_split
 
     mean = torch.tensor(inputs.mean).view(1, -1, *(1,) * inputs.spatial_dims)
     std = torch.tensor(inputs.std).view(1, -1, *(1,) * inputs.spatial_dims)
@@ -227,8 +227,8 @@ def paired_change(task, metric: str, a: Scored, b: Scored, num_classes: int) -> 
     """``b`` minus ``a`` on the headline metric with its 95% paired bootstrap interval over
     the test images: per-image values subtracted, or (a metric that is not a mean over images)
     the metric of both drawn on the same images."""
-    from .report.analysis import paired_difference
-    from .report.significance import paired_interval
+    from ..report.analysis import paired_difference
+    from ..report.significance import paired_interval
 
     if metric in a.per_image and metric in b.per_image:
         diff = paired_difference(np.asarray(b.per_image[metric], np.float64),
@@ -283,20 +283,3 @@ def verify(exp: Any, float_path: Path, quant_path: Path, inputs: Any, metric: st
     return {"split": "test", "images": len(split), "metric": metric, "threads": threads,
             "change_points": 100 * change, "interval_points": [100 * lo, 100 * hi], "agreement": agreement,
             **rows}
-
-
-def worded(q: dict[str, Any]) -> dict[str, Any]:
-    """A quantized export's record (its sidecar's ``quantization``) in the words the console,
-    the report and the model card show: each model's metric, size and latencies, the change with
-    its interval, the agreement."""
-    from .metrics import label
-
-    metric = q["metric"]
-    lo, hi = q["interval_points"]
-    each = {k: {"metric": f"{q[k]['metrics'].get(metric, float('nan')):.4f}", "mb": f"{q[k]['mb']:.2f}",
-                "b1": f"{q[k]['latency_b1_ms']:.2f}", "b32": f"{q[k]['latency_b32_ms']:.1f}"}
-            for k in ("float32", "quantized")}
-    return {"metric": label(metric), **each, "change": f"{q['change_points']:+.2f} pt [{lo:+.2f}, {hi:+.2f}]",
-            "agreement": f"{q['agreement']:.4f}" if isinstance(q.get("agreement"), float) else "n/a",
-            **{f"{k} ->": f"{each['float32'][k]} -> {each['quantized'][k]}" for k in ("metric", "mb", "b1", "b32")}}
-

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .errors import KDError
+from ..errors import KDError
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from .cohort import Cohort
-from .routing import ENSEMBLE, T
+from ..styles.routing import ENSEMBLE, T
 
 
 def network_outputs(cohort: Cohort, x: torch.Tensor, skip: frozenset[str] = frozenset(), window=None

@@ -25,17 +25,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import checkpoints
-from .config import ExperimentConfig, NetworkConfig
-from .dims import dims
-from .errors import KDError
-from .models.adapters import make_adapter
-from .models.taps import Tap, resolve_module
-from .models.zoo import MIN_MAP
-from .routing import T, Edge, used_networks
-from .runfolder import RunFolder
-from .styles import KNOWLEDGE, STYLES, Context, NetOutput
-from .tasks import TASKS, Task
+from ..store import checkpoints
+from ..config import ExperimentConfig, NetworkConfig
+from ..common.dims import dims
+from ..errors import KDError
+from ..models.adapters import make_adapter
+from ..models.taps import Tap, resolve_module
+from ..models.zoo import MIN_MAP
+from ..styles.routing import T, Edge, used_networks
+from ..store.runfolder import RunFolder
+from ..styles import KNOWLEDGE, STYLES, Context, NetOutput
+from ..tasks import TASKS, Task
 
 
 def as_target(t: torch.Tensor) -> torch.Tensor:
@@ -378,7 +378,7 @@ class Renormalise:
 def _teacher_inputs(path_str: str) -> Any:
     """The input record (channels, size, normalisation) of the run an offline teacher comes from,
     where its checkpoint is a run folder with a readable run.json; else None."""
-    from .inputs import Inputs
+    from ..common.inputs import Inputs
 
     run = RunFolder(path_str)
     if not Path(path_str).is_dir() or not run.info_path.is_file():
@@ -447,7 +447,7 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
             nets[name] = task.build_network(spec, channels, image_size, where=f"networks.{name}", dims=cfg.data.dims)
         taps[name] = {"map": spec.tap, "embedding": spec.embedding_tap}
     if cfg.train.qat:  # students learn with int8-rounded weights and outputs (models.fakequant)
-        from .models.fakequant import enable
+        from ..models.fakequant import enable
 
         for name in cfg.networks.students:
             if name in nets:

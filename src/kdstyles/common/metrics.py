@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import KDError
+from ..errors import KDError
 
 
 @dataclass(frozen=True)

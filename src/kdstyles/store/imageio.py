@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import KDError
+from ..errors import KDError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 warnings.filterwarnings("ignore", module="pydicom")  # a line per file for each deviation from the standard it reads past

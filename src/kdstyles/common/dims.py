@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import KDError
+from ..errors import KDError
 
 
 @dataclass(frozen=True)
