@@ -139,7 +139,7 @@ def test_demo_yaml_is_the_default_experiment():
 def test_demo_yaml_lists_every_key():
     from pathlib import Path
 
-    from kdstyles.config import _flatten
+    from kdstyles.config.resume import _flatten
 
     demo = _flatten(read_yaml(Path(__file__).parents[1] / "configs" / "demo.yaml"))
     full = _flatten(ExperimentConfig().model_dump(mode="json"))
@@ -152,7 +152,7 @@ def _float_keys(model, prefix=""):
 
     from pydantic import BaseModel
 
-    from kdstyles.config import _annotation_model
+    from kdstyles.config.messages import _annotation_model
 
     for name, field in model.model_fields.items():
         ann = field.annotation

@@ -1,30 +1,24 @@
-"""Experiment configuration: pydantic models, YAML loading, ``--set`` overrides.
-
-Every key is validated before any work starts; a bad key or value raises :class:`KDError`
-with one line naming the key path and what is allowed. The defaults describe the demo:
-a small online teacher and two compact students on the embedded histology patches.
-"""
+"""The experiment config's sections as pydantic models: every key, its type, bounds,
+default and description (the configuration reference is generated from them), and the
+checks that span keys (a source's own keys, what a task or style allows). The defaults
+describe the demo: a small online teacher and two compact students on the embedded
+histology patches."""
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from .store import sbatch
-from .data.sources import SOURCE_KEYS, SOURCES, sources_for, unlabeled_sources
-from .errors import KDError, unknown
-from .store.fileio import NAME_MAX, check_path_text, read_yaml
-from .common.metrics import METRICS
-from .styles.routing import Edge, RoutingConfig, check_style_options, resolve_edges
-from .tasks import DEFAULT_TASK, TASKS
+from ..common.metrics import METRICS
+from ..data.sources import SOURCE_KEYS, SOURCES, sources_for, unlabeled_sources
+from ..errors import KDError, unknown
+from ..store import sbatch
+from ..store.fileio import NAME_MAX, check_path_text
+from ..styles.routing import Edge, RoutingConfig, check_style_options, resolve_edges
+from ..tasks import DEFAULT_TASK, TASKS
 
 SELECTION_METRICS = ("auto", *(m.name for m in METRICS.values() if m.selectable))
 
@@ -383,7 +377,7 @@ class NetworkConfig(Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from .models.zoo import ARCHS, unknown_arch
+        from ..models.zoo import ARCHS, unknown_arch
 
         if v != "custom" and v not in ARCHS:
             raise ValueError(unknown_arch(v))
@@ -605,7 +599,7 @@ class ExperimentConfig(Strict):
     @field_validator("plugins")
     @classmethod
     def _plugin_paths(cls, v: list[str]) -> list[str]:
-        from .plugins import plugin_path
+        from ..plugins import plugin_path
 
         return [plugin_path(e) for e in v]
 
@@ -657,203 +651,3 @@ class ExperimentConfig(Strict):
 
     def run_dir(self) -> Path:
         return Path(self.output.dir) / self.run_name()
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def _annotation_model(ann: Any) -> Any:
-    """The pydantic model class inside an annotation (through Optional, list, dict), if any."""
-    origin = typing.get_origin(ann)
-    if origin in (typing.Union, types.UnionType, list, dict):
-        for arg in typing.get_args(ann):
-            found = _annotation_model(arg)
-            if found is not None:
-                return found
-        return None
-    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    """Field names allowed at the parent of ``loc`` (walks models, dict keys and list indices)."""
-    cls: Any = ExperimentConfig
-    for part in loc[:-1]:
-        if cls is None:
-            return []
-        if isinstance(part, int) or part not in cls.model_fields:
-            continue  # a dict key or list index: stay on the element model
-        cls = _annotation_model(cls.model_fields[part].annotation)
-    return sorted(cls.model_fields) if cls is not None else []
-
-
-_BRANCH = re.compile(r"^(bool|str|int|float|none|literal\[.*\]|list\[.*\]|dict\[.*\]|tuple\[.*\]|function-.*)$")
-_SHOULD = re.compile(r"^Input should be (a valid )?")
-
-
-def format_validation_error(err: ValidationError) -> str:
-    """One line: the first error's key path and what is allowed (plus a count of the other
-    keys in error). A value that fits no branch of a union (``true`` or a path, a number or
-    ``auto``) is one message listing every branch, not one per branch."""
-    errors = err.errors()
-    by_path: dict[tuple, list[dict]] = {}
-    for e in errors:
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and _BRANCH.match(p)))
-        by_path.setdefault(loc, []).append(e)
-    loc, group = next(iter(by_path.items()))
-    first = group[0]
-    path = ".".join(str(p) for p in loc)
-    if first["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc)
-        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        msg = f"unknown key '{path}'{hint}; allowed here: {', '.join(allowed)}"
-    else:
-        given = first.get("input")
-        shown = "" if isinstance(given, (dict, list)) else " (got null)" if given is None else \
-            f" (got {given!r})" if len(repr(given)) <= 80 else f" (got {repr(given)[:60]}... {len(repr(given)):,} characters)"
-        if len(group) > 1 and all(_SHOULD.match(e["msg"]) for e in group):
-            kinds = [_SHOULD.sub("", e["msg"]).split(",")[0].replace("integer", "whole number") for e in group]
-            text = "should be " + " or ".join(k if k.startswith("'") else f"a {k}" for k in dict.fromkeys(kinds))
-        else:
-            text = first["msg"].removeprefix("Value error, ")
-        msg = f"{path or 'config'}: {text}{shown}"
-    more = f" (+{len(by_path) - 1} more)" if len(by_path) > 1 else ""
-    return f"config error: {msg}{more}"
-
-
-def yaml_value(value: Any) -> str:
-    """A value as YAML on one line (the form ``--set KEY=VALUE`` reads back)."""
-    return yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix("...").strip()
-
-
-def override(key: str, value: Any) -> str:
-    """``KEY=VALUE`` for ``--set``, the value as YAML on one line."""
-    return f"{key}={yaml_value(value)}"
-
-
-def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
-    """``a.b.c=value`` -> (['a','b','c'], yaml-parsed value)."""
-    out = []
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip() or any(not part for part in key.split(".")):
-            raise KDError(f"--set '{pair}': expected KEY.PATH=VALUE, e.g. optim.lr=3e-4")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise KDError(f"--set '{pair}': the value is not valid YAML ({exc.problem})") from None
-        except RecursionError:
-            raise KDError(f"--set {key.strip()}: the value is nested too deeply to read") from None
-        out.append((key.strip().split("."), value))
-    return out
-
-
-def apply_overrides(raw: dict, pairs: list[str]) -> dict:
-    """Set each ``KEY.PATH=VALUE`` inside a raw config dict (creating dicts on the way)."""
-    for path, value in parse_overrides(pairs):
-        node: Any = raw
-        for depth, part in enumerate(path[:-1]):
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise KDError(f"--set {'.'.join(path)}: '{part}' is not an index of a list of {len(node)}")
-                node = node[int(part)]
-                continue
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, (dict, list)):
-                where = ".".join(path[: depth + 1])
-                raise KDError(f"--set {'.'.join(path)}: '{where}' holds a value, not a section")
-            node = child
-        last = path[-1]
-        if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise KDError(f"--set {'.'.join(path)}: '{last}' is not an index of a list of {len(node)}")
-            node[int(last)] = value
-        else:
-            node[last] = value
-    return raw
-
-
-def _plugins(raw: dict) -> None:
-    """Import the config's plugins before the rest is validated (they register the names it may use)."""
-    entries = raw.get("plugins") if isinstance(raw, dict) else None
-    if entries:
-        from .plugins import load_plugins
-
-        load_plugins(entries, "config error: plugins")
-
-
-def _validate(raw: dict) -> ExperimentConfig:
-    _plugins(raw)
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as err:
-        raise KDError(format_validation_error(err)) from None
-
-
-def build_config(raw: dict, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Validate a raw config; overrides apply on top of the resolved config (defaults filled in),
-    so ``--set networks.students.s1.arch=resnet18`` changes s1 and keeps s2."""
-    if not overrides:
-        return _validate(raw)
-    try:
-        _plugins(raw)
-        resolved = ExperimentConfig.model_validate(raw).model_dump(mode="json", exclude_none=True)
-    except (ValidationError, KDError):
-        resolved = raw  # the overrides may be what repairs it; validate once with them applied
-    return _validate(apply_overrides(resolved, list(overrides)))
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML experiment (or the defaults when ``path`` is None) and apply overrides."""
-    raw = read_yaml(path) if path is not None else {}
-    return build_config(raw, overrides)
-
-
-def dump_config(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-# ----------------------------------------------------------------------------- resume
-
-# Keys a resume may change (prefixes). Everything else fixed the networks, data, routing or
-# the meaning of the checkpoint when the run was created.
-RESUMABLE = ("train.epochs", "train.early_stopping", "train.qat", "train.val_every", "train.checkpoint_every_steps", "train.device",
-             "train.precision", "train.channels_last", "train.compile", "train.max_steps_per_epoch",
-             "train.deterministic",
-             "optim.lr", "optim.weight_decay", "optim.momentum", "schedule.factor", "schedule.patience",
-             "schedule.min_lr", "data.num_workers", "data.persistent_workers", "eval.", "output.tensorboard",
-             "launcher.")
-
-
-# Keys that name where things are: a run's data, teacher or plugin files may move to another
-# folder (a changed file set is refused by the run's splits.csv), so an edited config.yaml may
-# change them.
-MOVABLE = ("data.root", "data.path", "data.unlabeled.root", "data.unlabeled.path", "networks.teacher.checkpoint",
-           "output.dir", "output.name", "plugins")
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out or {prefix.rstrip("."): {}}
-    return {prefix.rstrip("."): value}
-
-
-def config_changes(old: ExperimentConfig, new: ExperimentConfig) -> dict[str, tuple[Any, Any]]:
-    """Every leaf key whose value differs: key -> (old, new)."""
-    a, b = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-
-
-def check_resumable(changes: dict[str, tuple[Any, Any]]) -> None:
-    """A resume takes these changes, or refuses with one line naming what may change."""
-    for key in changes:
-        if not key.startswith(RESUMABLE) and key not in ("output.dir", "output.name"):
-            allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE)
-            was = yaml_value(changes[key][0])
-            raise KDError(f"--set {key}: cannot change when resuming (the run was created with {key}={was}); "
-                          f"keys that may change on resume: {allowed}")

@@ -1,0 +1,71 @@
+"""Experiment configuration, one module per job: the sections as pydantic models
+(:mod:`~kdstyles.config.sections`), one-line messages for what does not validate
+(:mod:`~kdstyles.config.messages`), ``--set`` overrides (:mod:`~kdstyles.config.overrides`),
+and what a resume may change (:mod:`~kdstyles.config.resume`); here, loading: a YAML file or
+mapping with overrides, validated once, after the plugins it names are imported.
+
+Every key is validated before any work starts; a bad key or value raises :class:`KDError`
+with one line naming the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import KDError
+from ..store.fileio import read_yaml
+from .messages import format_validation_error
+from .overrides import apply_overrides, override, parse_overrides, yaml_value
+from .resume import MOVABLE, RESUMABLE, check_resumable, config_changes
+from .sections import (SELECTION_METRICS, AugmentConfig, DataConfig, EvalConfig, ExperimentConfig, LauncherConfig,
+                       LossConfig, MixConfig, NetworkConfig, NetworksConfig, OptimConfig, OutputConfig, ScheduleConfig,
+                       TeacherConfig, TrainConfig, TuneConfig, UnlabeledConfig)
+
+__all__ = ["MOVABLE", "RESUMABLE", "SELECTION_METRICS", "AugmentConfig", "DataConfig", "EvalConfig", "ExperimentConfig",
+           "LauncherConfig", "LossConfig", "MixConfig", "NetworkConfig", "NetworksConfig", "OptimConfig",
+           "OutputConfig", "ScheduleConfig", "TeacherConfig", "TrainConfig", "TuneConfig", "UnlabeledConfig",
+           "apply_overrides", "build_config", "check_resumable", "config_changes", "dump_config",
+           "format_validation_error", "load_config", "override", "parse_overrides", "read_yaml", "yaml_value"]
+
+
+def _plugins(raw: dict) -> None:
+    """Import the config's plugins before the rest is validated (they register the names it may use)."""
+    entries = raw.get("plugins") if isinstance(raw, dict) else None
+    if entries:
+        from ..plugins import load_plugins
+
+        load_plugins(entries, "config error: plugins")
+
+
+def _validate(raw: dict) -> ExperimentConfig:
+    _plugins(raw)
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise KDError(format_validation_error(err)) from None
+
+
+def build_config(raw: dict, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Validate a raw config; overrides apply on top of the resolved config (defaults filled in),
+    so ``--set networks.students.s1.arch=resnet18`` changes s1 and keeps s2."""
+    if not overrides:
+        return _validate(raw)
+    try:
+        _plugins(raw)
+        resolved = ExperimentConfig.model_validate(raw).model_dump(mode="json", exclude_none=True)
+    except (ValidationError, KDError):
+        resolved = raw  # the overrides may be what repairs it; validate once with them applied
+    return _validate(apply_overrides(resolved, list(overrides)))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML experiment (or the defaults when ``path`` is None) and apply overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    return build_config(raw, overrides)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
