@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -591,3 +592,42 @@ def test_validation_every_n_epochs_and_always_after_the_last(tiny_overrides):
     best = exp.folder.info()["best"]
     assert {b["epoch"] for b in best.values()} <= {2, 3}
     assert len((exp.run_dir / "times.csv").read_text().splitlines()) == 4
+
+
+def test_a_run_folder_of_an_earlier_release_resumes_as_a_new_run_would(tmp_path):
+    """tests/data/older-run was written by an earlier release (its RELEASE file; made by
+    tests/data/make_older_run.py) and interrupted after epoch 1 of 2. This release resumes it
+    and ends where a run of its own, never interrupted, ends: bit for bit on the machine that
+    wrote the folder; elsewhere within float summation order (epoch 1 was computed there)."""
+    import importlib.util
+    import shutil
+
+    data = Path(__file__).parent / "data"
+    spec = importlib.util.spec_from_file_location("make_older_run", data / "make_older_run.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    older = tmp_path / "older"
+    shutil.copytree(data / "older-run", older)
+    assert json.loads((older / "run.json").read_text())["status"] == "interrupted"
+    resumed = Experiment.from_run(older, quiet=True)
+    assert resumed.fit(resume=True)["epochs"] == 2
+    fresh = Experiment(None, overrides=[*maker.OVERRIDES, f"output.dir={tmp_path}", "output.name=fresh"], quiet=True)
+    fresh.fit()
+    a, b = checkpoints.load(fresh.run_dir / "checkpoints" / "last.pt"), checkpoints.load(older / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2 and a["cohort"].keys() == b["cohort"].keys()
+    for key, value in a["cohort"].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, b["cohort"][key], rtol=1e-4, atol=1e-6), key
+        else:
+            assert torch.equal(value, b["cohort"][key]), key
+    rows = [list(csv.DictReader((d / "metrics.csv").open())) for d in (fresh.run_dir, older)]
+    assert [(r["epoch"], r["network"]) for r in rows[0]] == [(r["epoch"], r["network"]) for r in rows[1]]
+    for mine, theirs in zip(*rows):
+        assert mine.keys() == theirs.keys()
+        for k, v in mine.items():  # every number (lr, losses, validation metrics) as a new run has it
+            if k in ("epoch", "network", "best") or not v:
+                assert v == theirs[k], (mine["epoch"], mine["network"], k)
+            else:
+                assert float(v) == pytest.approx(float(theirs[k]), rel=1e-4, abs=1e-6), (mine["epoch"], k)
+    info = json.loads((older / "run.json").read_text())
+    assert info["status"] == "finished" and [r["after_epoch"] for r in info["resumes"]] == [1]
