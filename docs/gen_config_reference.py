@@ -138,6 +138,7 @@ def _source_keys(model: type[BaseModel]) -> str:
 def render() -> str:
     from kdstyles.config import ExperimentConfig
     from kdstyles.styles import STYLES
+    from kdstyles.tasks import TASKS
 
     out = [HEADER]
     top: list[tuple[str, ...]] = []
@@ -152,6 +153,18 @@ def render() -> str:
             out += [f"## `{key}`", "", *([_cell(about), ""] if about else []), table(rows), ""]
         if key == "data":
             out += [_source_keys(model), ""]
+    out += ["## Task options", "",
+            "Settings of each task: in `tasks.<task>` (only the chosen task's are used). A resume may change "
+            "those marked *resumable* (settings of evaluation); the keys they had before tasks had sections "
+            "(`loss.dice_weight`, `eval.hd95`, ...) are still read.", ""]
+    for name, task in TASKS.items():
+        rows = []
+        section(task.Options, f"tasks.{name}", rows, [])
+        rows = [(k, t, d, a, desc + (" (resumable)" if k.rsplit(".", 1)[1] in task.Options.resumable else "")
+                 + "".join(f"; formerly `{old}`" for old, new in task.Options.legacy.items()
+                           if new == k.rsplit(".", 1)[1]))
+                for k, t, d, a, desc in rows]
+        out += [f"### `{name}`", "", table(rows) if rows else "No settings.", ""]
     out += ["## Style options", "",
             "Options of each learning style: in `styles.<style>` (defaults for every edge of that style) "
             "or in an edge's `options`.", ""]

@@ -208,3 +208,27 @@ def test_a_key_of_another_source_is_refused_not_ignored():
     whole = cfg.model_dump(mode="json")
     whole["data"]["flag"] = "pathmnist"  # kept by an earlier release's config.yaml, where it was ignored
     assert ExperimentConfig.model_validate(whole).data.flag == "pathmnist"
+
+
+def test_a_task_owns_its_settings_and_the_old_keys_still_read():
+    """Segmentation's Dice weight and HD95, detection's box weight and box count live in
+    tasks.<task>; the keys that held them before (config.yaml of earlier releases) still set
+    them; a misspelt setting or task is one line; a resume may change evaluation settings only."""
+    from kdstyles.config import check_resumable, config_changes
+
+    seg = ["task=segmentation", *(f"networks.{n}.arch=unet" for n in ("teacher", "students.s1", "students.s2"))]
+    cfg = load_config(None, [*seg, "tasks.segmentation.dice_weight=2", "tasks.segmentation.hd95=true"])
+    assert (cfg.task_options.dice_weight, cfg.task_options.hd95) == (2.0, True)
+    older = load_config(None, [*seg, "loss.dice_weight=2", "eval.hd95=true"])  # the keys of earlier releases
+    assert older.task_options == cfg.task_options and "dice_weight" not in older.model_dump()["loss"]
+    assert load_config(None, []).tasks == {}  # the default task has no settings; nothing else is kept
+    with pytest.raises(KDError, match=r"config error: tasks: segmentation.dice: not a setting of task segmentation; "
+                                      r"its settings: dice_weight, hd95"):
+        load_config(None, [*seg, "tasks.segmentation.dice=2"])
+    with pytest.raises(KDError, match="unknown task 'segmentaton' \\(did you mean segmentation\\?\\)"):
+        load_config(None, ["tasks.segmentaton.hd95=true"])
+    with pytest.raises(KDError, match="tasks: detection.max_detections: Input should be greater than or equal to 1"):
+        load_config(None, ["tasks.detection.max_detections=0"])
+    check_resumable(config_changes(cfg, load_config(None, [*seg, "tasks.segmentation.dice_weight=2"])))  # hd95
+    with pytest.raises(KDError, match="--set tasks.segmentation.dice_weight: cannot change when resuming"):
+        check_resumable(config_changes(cfg, load_config(None, [*seg, "tasks.segmentation.hd95=true"])))

@@ -20,21 +20,27 @@ PLUGIN = textwrap.dedent('''
 
     import torch.nn as nn
     import torch.nn.functional as F
+    from pydantic import Field
 
     from kdstyles.data import unlabeled
     from kdstyles.data.files import Record
     from kdstyles.data.sources import from_files
-    from kdstyles.plugins import Arch, Source, register_arch, register_source, register_task
+    from kdstyles.plugins import Arch, Source, TaskOptions, register_arch, register_source, register_task
     from kdstyles.tasks import Classification
 
 
+    class SmoothedOptions(TaskOptions):
+        smoothing: float = Field(0.1, ge=0, lt=1, description="how much of each label is spread over the classes")
+
+
     class Smoothed(Classification):
-        """Single-label classification on labels smoothed by 0.1."""
+        """Single-label classification on smoothed labels."""
 
         name = "smoothed"
+        Options = SmoothedOptions
 
         def supervised(self, logits, y, class_weights):
-            return F.cross_entropy(logits.float(), y, weight=class_weights, label_smoothing=0.1)
+            return F.cross_entropy(logits.float(), y, weight=class_weights, label_smoothing=self.options.smoothing)
 
 
     class Prefix(Source):
@@ -107,6 +113,7 @@ def test_a_task_a_source_and_a_network_from_a_file_outside_the_package(plugin_an
     (work / "mine.yaml").write_text(textwrap.dedent(f"""\
         plugins: [myplugins.py]
         task: smoothed
+        tasks: {{smoothed: {{smoothing: 0.2}}}}
         data: {{source: prefix, root: {work / 'prefixed'}, image_size: 16, val_fraction: 0.25, test_fraction: 0.25,
                batch_size: 8, augment: {{hflip: true, vflip: false}}, unlabeled: {{source: prefix, root: {work / 'pool'}}},
                unlabeled_batch_size: 4}}
@@ -121,6 +128,7 @@ def test_a_task_a_source_and_a_network_from_a_file_outside_the_package(plugin_an
     exp.fit()
     run = exp.run_dir
     assert run == work / "runs" / "mine" and type(exp.cohort.task).__name__ == "Smoothed"
+    assert exp.cohort.task.options.smoothing == 0.2  # its own setting, from the config's tasks.smoothed
     assert len(exp.data.unlabeled) == 12 and exp.data.unlabeled_about == f"12 images from {work / 'pool'}"
     recorded = (run / "config.yaml").read_text()
     assert str(work / "myplugins.py") in recorded  # by its absolute path: later commands import it from anywhere

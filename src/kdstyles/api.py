@@ -26,7 +26,7 @@ from .common import distributed
 from .store import checkpoints
 from .engine.cohort import Cohort, build_cohort, pinned_taps
 from .config import (MOVABLE, RESUMABLE, ExperimentConfig, build_config, check_resumable, config_changes,
-                     dump_config, load_config, yaml_value)
+                     dump_config, load_config, resumable, yaml_value)
 from .data import DataBundle, build_data
 from .common.dims import dims
 from .engine import Callback, Trainer, pick_device, resolve_workers
@@ -58,7 +58,7 @@ def check_edited(folder: RunFolder, cfg: ExperimentConfig) -> None:
         except KDError:
             return  # written by another version of kdstyles: nothing to hold it against
         for key, (was, edited) in config_changes(before, cfg).items():
-            if key.startswith(RESUMABLE) or key in MOVABLE or key.endswith(".pretrained") and isinstance(was, str):
+            if resumable(key) or key in MOVABLE or key.endswith(".pretrained") and isinstance(was, str):
                 continue
             raise KDError(f"'{folder.config_path}' was edited: {key} is {yaml_value(edited)} there, but the run was "
                           f"created with {yaml_value(was)} ({folder.info_path.name}); restore it (a resume may change "

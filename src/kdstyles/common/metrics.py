@@ -309,7 +309,7 @@ def surface_distances(pred: torch.Tensor, target: torch.Tensor, k: int, spacing=
     try:
         import scipy  # noqa: F401  (MONAI's distance transform)
     except ImportError:
-        raise KDError("eval.hd95: surface distances need scipy: pip install scipy") from None
+        raise KDError("tasks.segmentation.hd95: surface distances need scipy: pip install scipy") from None
     p1 = F.one_hot(pred, k).movedim(-1, 1).float()
     t1 = F.one_hot(target, k).movedim(-1, 1).float()
     spacing = None if spacing is None else [float(v) for v in spacing]

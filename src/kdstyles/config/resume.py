@@ -41,11 +41,23 @@ def config_changes(old: ExperimentConfig, new: ExperimentConfig) -> dict[str, tu
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
+def resumable(key: str) -> bool:
+    """Whether a resume may change this key: RESUMABLE's, and a task's settings of evaluation
+    (``tasks.<task>.<key>`` that its options call resumable)."""
+    from ..tasks import TASKS
+
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "tasks" and parts[1] in TASKS:
+        return parts[2] in TASKS[parts[1]].Options.resumable
+    return key.startswith(RESUMABLE)
+
+
 def check_resumable(changes: dict[str, tuple[Any, Any]]) -> None:
     """A resume takes these changes, or refuses with one line naming what may change."""
     for key in changes:
-        if not key.startswith(RESUMABLE) and key not in ("output.dir", "output.name"):
-            allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE)
+        if not resumable(key) and key not in ("output.dir", "output.name"):
+            allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE) + ", a task's evaluation " \
+                "settings (tasks.*: the configuration reference marks them)"
             was = yaml_value(changes[key][0])
             raise KDError(f"--set {key}: cannot change when resuming (the run was created with {key}={was}); "
                           f"keys that may change on resume: {allowed}")

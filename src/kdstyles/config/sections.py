@@ -426,9 +426,6 @@ class LossConfig(Strict):
     """L_i = ce_weight * CE + (1 - ce_weight) * sum_e weight_e * L_style(e); CE alone without edges."""
 
     ce_weight: float = Field(0.1, ge=0, le=1, description="a: weight of the supervised loss (CE, or Dice+CE)")
-    dice_weight: float = Field(1.0, ge=0, description="segmentation: weight of Dice in the Dice+CE loss (CE: 1)")
-    box_weight: float = Field(1.0, ge=0, description="detection: weight of the box L1 (centre offset, log size) "
-                                                     "beside the heatmap's focal loss")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="balanced: CE weighted by inverse class frequency of the training split")
     teacher_weight: float = Field(0.2, ge=0, description="default weight of edges from the teacher")
@@ -484,11 +481,8 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    hd95: bool = Field(False, description="segmentation: 95th-percentile Hausdorff distance and average surface "
-                                          "distance (pixels; mm for volumes)")
     overlays: int = Field(4, ge=0, description="segmentation, detection: test images drawn as overlay PNGs "
                                                "by evaluate")
-    max_detections: int = Field(100, ge=1, description="detection: boxes kept per image (the highest peaks)")
 
 
 class ParamSpace(Strict):
@@ -580,6 +574,9 @@ class ExperimentConfig(Strict):
     loss: LossConfig = LossConfig()
     styles: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="default options per style, e.g. predictions: {temperature: 4}")
+    tasks: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="each task's own settings, e.g. segmentation: {hd95: true} (the task "
+                                          "options below)")
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
@@ -595,6 +592,51 @@ class ExperimentConfig(Strict):
     @classmethod
     def _known_task(cls, v: str) -> str:
         return registered(v, TASKS, "task")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_task_keys(cls, raw: Any) -> Any:
+        """Keys that held a task's settings before tasks had sections (loss.dice_weight,
+        eval.hd95, ...; config.yaml of earlier releases holds them all) move to ``tasks.<task>``;
+        given there, they win (a --set on the old key changes the setting)."""
+        if not isinstance(raw, dict):
+            return raw
+        for name, task in TASKS.items():
+            for old, key in task.Options.legacy.items():
+                section, field = old.split(".")
+                given = raw.get(section)
+                if not isinstance(given, dict) or field not in given:
+                    continue
+                value = dict(given).pop(field)
+                raw = {**raw, section: {k: v for k, v in given.items() if k != field}}
+                if value != task.Options.model_fields[key].default or name == raw.get("task"):
+                    tasks = dict(raw.get("tasks") or {})
+                    tasks[name] = {**(tasks.get(name) or {}), key: value}
+                    raw["tasks"] = tasks
+        return raw
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from pydantic import ValidationError
+
+        for name, opts in v.items():
+            registered(name, TASKS, "task")
+            try:
+                TASKS[name].Options.model_validate(opts or {})
+            except ValidationError as err:
+                first = err.errors()[0]
+                key = ".".join(str(p) for p in first["loc"])
+                allowed = ", ".join(TASKS[name].Options.model_fields) or "none"
+                if first["type"] == "extra_forbidden":
+                    raise ValueError(f"{name}.{key}: not a setting of task {name}; its settings: {allowed}") from None
+                raise ValueError(f"{name}.{key}: {first['msg']} (got {first.get('input')!r})") from None
+        return v
+
+    @property
+    def task_options(self) -> Any:
+        """The chosen task's settings (``tasks.<task>``, defaults filled in)."""
+        return TASKS[self.task].Options.model_validate(self.tasks.get(self.task) or {})
 
     @field_validator("plugins")
     @classmethod

@@ -17,8 +17,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict
+
 from ..common.dims import dims as space
 from ..errors import KDError
+
+
+class TaskOptions(BaseModel):
+    """A task's own settings, in the config's ``tasks.<task>`` section (none by default). A
+    subclass adds fields (each with a default and a description: the configuration reference
+    lists them), names those a resume may change (``resumable``: settings of evaluation, not of
+    training), and the keys that held them before tasks had sections (``legacy``: 'loss.dice_weight'
+    -> 'dice_weight'), which a config may still use."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    resumable: ClassVar[tuple[str, ...]] = ()
+    legacy: ClassVar[dict[str, str]] = {}
 
 
 class Task:
@@ -46,13 +60,16 @@ class Task:
     mixes: ClassVar[tuple[str, ...]] = ("mixup", "cutmix")
     mix_refusal: ClassVar[str] = ""
 
-    def __init__(self, num_classes: int):
+    Options: ClassVar[type[TaskOptions]] = TaskOptions  # its settings (config: tasks.<name>)
+
+    def __init__(self, num_classes: int, **options: Any):
         self.num_classes = num_classes
+        self.options = self.Options(**options)
 
     @classmethod
     def from_config(cls, num_classes: int, cfg: Any) -> "Task":
-        """The task for an experiment config (subclasses read their own keys)."""
-        return cls(num_classes)
+        """The task for an experiment config: its options from the config's ``tasks.<name>``."""
+        return cls(num_classes, **cfg.task_options.model_dump())
 
     # ------------------------------------------------------------------ configuration
 

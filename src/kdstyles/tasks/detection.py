@@ -15,11 +15,21 @@ predictions), so it is scored as one more network.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
+
+from pydantic import Field
 
 from ..common.dims import dims as space
 from ..errors import KDError
-from .base import EncoderDecoderTask
+from .base import EncoderDecoderTask, TaskOptions
+
+
+class DetectionOptions(TaskOptions):
+    box_weight: float = Field(1.0, ge=0, description="weight of the box L1 (centre offset, log size) beside the "
+                                                     "heatmap's focal loss, in the supervised loss")
+    max_detections: int = Field(100, ge=1, description="boxes kept per image (the highest peaks)")
+    resumable: ClassVar[tuple[str, ...]] = ("max_detections",)
+    legacy: ClassVar[dict[str, str]] = {"loss.box_weight": "box_weight", "eval.max_detections": "max_detections"}
 
 HEAD_WIDTH = 64  # the body's output channels at widen 1 (the heads' width); at least 8
 HEAD_WIDTH_3D = 16  # volumes: the heads run at full resolution, where a 3x3x3 convolution costs 27 MACs a weight
@@ -47,13 +57,11 @@ class Detection(EncoderDecoderTask):
     mix_refusal = "cannot mix its boxes (a box-correct mix is not built)"
     overlay_writers = ("write_box_overlays", "write_volume_box_overlays")
 
-    def __init__(self, num_classes: int, box_weight: float = 1.0, max_detections: int = 100):
-        super().__init__(num_classes)
-        self.box_weight, self.max_detections = box_weight, max_detections
+    Options = DetectionOptions
 
-    @classmethod
-    def from_config(cls, num_classes: int, cfg: Any) -> "Detection":
-        return cls(num_classes, cfg.loss.box_weight, cfg.eval.max_detections)
+    def __init__(self, num_classes: int, box_weight: float = 1.0, max_detections: int = 100):
+        super().__init__(num_classes, box_weight=box_weight, max_detections=max_detections)
+        self.box_weight, self.max_detections = box_weight, max_detections
 
     # ------------------------------------------------------------------ training
 

@@ -8,10 +8,20 @@ classes is complete at every pixel.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
+
+from pydantic import Field
 
 from ..errors import KDError
-from .base import EncoderDecoderTask
+from .base import EncoderDecoderTask, TaskOptions
+
+
+class SegmentationOptions(TaskOptions):
+    dice_weight: float = Field(1.0, ge=0, description="weight of Dice in the supervised Dice + CE loss (CE: 1)")
+    hd95: bool = Field(False, description="also the 95th-percentile Hausdorff distance and the average surface "
+                                          "distance (pixels; mm for volumes)")
+    resumable: ClassVar[tuple[str, ...]] = ("hd95",)
+    legacy: ClassVar[dict[str, str]] = {"loss.dice_weight": "dice_weight", "eval.hd95": "hd95"}
 
 
 class Segmentation(EncoderDecoderTask):
@@ -33,14 +43,12 @@ class Segmentation(EncoderDecoderTask):
     mix_refusal = "mixes masks by CutMix only (a blend of two masks is not a mask)"
     overlay_writers = ("write_overlays", "write_volume_overlays")
 
+    Options = SegmentationOptions
+
     def __init__(self, num_classes: int, dice_weight: float = 1.0, hd95: bool = False):
-        super().__init__(num_classes)
+        super().__init__(num_classes, dice_weight=dice_weight, hd95=hd95)
         self.hd95, self.dice_weight = hd95, dice_weight
         self._dice_ce = None
-
-    @classmethod
-    def from_config(cls, num_classes: int, cfg: Any) -> "Segmentation":
-        return cls(num_classes, cfg.loss.dice_weight, cfg.eval.hd95)
 
     def supervised(self, logits, y, class_weights):
         if self._dice_ce is None:
