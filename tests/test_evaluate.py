@@ -142,3 +142,58 @@ def test_eval_json_is_one_record_read_by_its_keeper(tmp_path):
     with pytest.raises(KDError, match=r"eval.json' is damaged \(networks: input should be a valid dictionary\); "
                                       r"write it again with 'kdstyles evaluate"):
         run.read_eval()
+
+
+def test_classwise_ece_and_brier_against_a_hand_computation():
+    from kdstyles.common.metrics import brier, classification_metrics, classwise_ece
+
+    p = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    y = torch.tensor([0, 1, 1])
+    # two bins: class 0's probabilities 0.9, 0.6 (bin 1; labels 1, 0) and 0.3 (bin 0; label 0): |0.5| + |0.3|
+    # over 3 images; class 1's 0.1, 0.4 (bin 0; labels 0, 1) and 0.7 (bin 1; label 1): |-0.5| + |-0.3|
+    assert classwise_ece(p, y, n_bins=2) == pytest.approx((0.8 / 3 + 0.8 / 3) / 2)
+    assert brier(p, y) == pytest.approx((0.01 + 0.01 + 0.36 + 0.36 + 0.09 + 0.09) / 3)
+    perfect = classification_metrics(torch.eye(2)[[0, 1, 1]], y)
+    assert perfect["brier"] == pytest.approx(0) and perfect["cw_ece"] == pytest.approx(0)
+
+
+def test_the_fitted_temperature_is_the_one_the_labels_were_drawn_at():
+    from kdstyles.engine.evaluate import fit_temperature, tempered
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(4000, 5, generator=g)
+    labels = torch.multinomial(torch.softmax(logits / 2.5, 1), 1, generator=g)[:, 0]  # drawn at T = 2.5
+    t = fit_temperature(torch.softmax(logits, 1), labels)
+    assert t == pytest.approx(2.5, rel=0.08)
+    p = torch.softmax(logits[:3], 1)
+    assert torch.allclose(tempered(p, 1.0), p, atol=1e-6)
+    assert torch.equal(tempered(p, t).argmax(1), p.argmax(1))  # the ranking (accuracy) unchanged
+
+
+def test_evaluate_calibrated_fits_on_validation_and_keeps_the_plain_numbers(tmp_path, cli):
+    import json
+
+    from conftest import SEG, tiny
+
+    from kdstyles import Experiment, KDError
+
+    exp = Experiment(None, overrides=tiny(tmp_path), quiet=True)
+    exp.fit()
+    code, out, err = cli("evaluate", exp.run_dir, "--calibrated")
+    assert code == 0, err
+    result = json.loads((exp.run_dir / "eval.json").read_text())
+    c = result["calibration"]
+    assert c["fitted_on"] == "val" and c["val_images"] == 24 and set(c["temperature"]) == set(result["networks"])
+    for name, metrics in c["networks"].items():
+        assert metrics["accuracy"] == result["networks"][name]["accuracy"]  # a temperature keeps the ranking
+        before, after = c["val"][name]["nll"]
+        assert after <= before + 1e-6  # the temperature minimises the validation NLL (T = 1 is a candidate)
+        assert f"{name}: temperature {c['temperature'][name]:.3f}" in out
+    plain = Experiment.from_run(exp.run_dir, quiet=True).evaluate()
+    assert "calibration" not in plain and plain["networks"] == result["networks"]
+    seg = Experiment(None, overrides=tiny(tmp_path / "seg", *SEG), quiet=True)
+    with pytest.raises(KDError, match="evaluate --calibrated: temperature scaling is built for single-label "
+                                      "classification"):
+        seg.evaluate(calibrated=True)
+    with pytest.raises(KDError, match="fitted on the validation split; evaluate another split"):
+        exp.evaluate(split="val", calibrated=True)

@@ -37,6 +37,7 @@ from .models.zoo import count_parameters
 from .styles.routing import T
 from .store.runfolder import Evaluation, RunFolder, now
 from .styles import learner_parts
+from .tasks import TASKS
 
 
 # What run.json recorded before it kept the whole config: the keys it names, as the config reads them.
@@ -328,11 +329,42 @@ class Experiment:
             checkpoints.load_into(cohort.networks[name], checkpoints.state_dict_of(checkpoints.load(path), path, name),
                                   path, f"network '{name}'")
 
-    def evaluate(self, checkpoint: str = "best", split: str = "test") -> dict[str, Any]:
+    def _can_calibrate(self, split: str) -> None:
+        """Temperature scaling needs softmax probabilities per image and a validation split to fit on."""
+        task = TASKS[self.cfg.task]
+        if not task.calibrates:
+            raise KDError(f"evaluate --calibrated: temperature scaling is built for single-label classification "
+                          f"(one softmax per image) so far; task {task.name} is not yet")
+        if split == "val" or not len(self.data.splits.get("val", ())):
+            raise KDError("evaluate --calibrated: the temperatures are fitted on the validation split; "
+                          + ("evaluate another split with it" if split == "val" else "this run has none"))
+
+    def _calibration(self, cohort: Cohort, device: torch.device, scores: Any) -> dict[str, Any]:
+        """A temperature per network and the ensemble, fitted on the validation split; the
+        validation ECE and NLL before and after it; the evaluated split's metrics at it."""
+        from .engine.evaluate import fit_temperature, score, tempered
+
+        ds = self.data.splits["val"]
+        loader = self.data.loader("val", self.cfg.data.batch_size,
+                                  num_workers=resolve_workers(self.cfg.data.num_workers, device))
+        val = score_cohort(cohort, loader, device, ds.window, ds.spacing, per_image=False, details=False)
+        temperature = {n: fit_temperature(p, val.labels) for n, p in val.probs.items()}
+        after = score({n: tempered(p, temperature[n]) for n, p in val.probs.items()}, val.labels, cohort.task)
+        fitted = {n: {k: [val.metrics[n][k], after[n][k]] for k in ("ece", "cw_ece", "brier", "nll")}
+                  for n in temperature}
+        metrics = score({n: tempered(p, temperature[n]) for n, p in scores.probs.items()}, scores.labels, cohort.task)
+        return {"fitted_on": "val", "val_images": int(len(val.labels)), "temperature": temperature, "val": fitted,
+                "networks": metrics}
+
+    def evaluate(self, checkpoint: str = "best", split: str = "test", calibrated: bool = False) -> dict[str, Any]:
         """Metrics of every network and the ensemble on a split; written to RUN/eval.json (the
-        test split) or RUN/eval-<split>.json."""
+        test split) or RUN/eval-<split>.json. ``calibrated``: also a temperature per network
+        (and one for the ensemble) fitted on the validation split, and the split's metrics at
+        those temperatures beside the plain ones (the result's ``calibration``)."""
         if split not in self.data.splits:
             raise KDError(f"split '{split}' is not known; allowed: {', '.join(self.data.splits)}")
+        if calibrated:
+            self._can_calibrate(split)
         self.load_weights(checkpoint)
         device = pick_device(self.cfg.train.device)
         cohort = self.cohort.to(device)
@@ -367,5 +399,7 @@ class Experiment:
         if kept:  # before eval.json, which says the evaluation is complete
             self.folder.write_outputs(kept, split)
             result["outputs"] = self.folder.outputs_file(split).name
+        if calibrated:
+            result["calibration"] = self._calibration(cohort, device, scores)
         self.folder.write_eval(Evaluation.model_validate(result))
         return result

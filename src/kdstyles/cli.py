@@ -103,18 +103,31 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
              checkpoint: str = typer.Option("best", help="best (per network, on its own validation metric) or last"),
              split: str = typer.Option("test", help="train, val or test (eval.json holds test; the others are "
                                                     "written to eval-<split>.json)"),
-             as_json: bool = typer.Option(False, "--json", help="print eval.json instead of a table")) -> None:
+             as_json: bool = typer.Option(False, "--json", help="print eval.json instead of a table"),
+             calibrated: bool = typer.Option(False, "--calibrated", help="also fit a temperature per network and "
+                                             "for the ensemble on the validation split, and score the split at "
+                                             "it (classification)")) -> None:
     """Evaluate every network of a run and the student ensemble; writes RUN_DIR/eval.json
     (the test split; eval-val.json, eval-train.json for the others)."""
     from .api import Experiment
     from .store.runfolder import RunFolder
 
     exp = Experiment.from_run(run_dir, quiet=True)
-    result = exp.evaluate(checkpoint=checkpoint, split=split)
+    result = exp.evaluate(checkpoint=checkpoint, split=split, calibrated=calibrated)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         console.print(metrics_table(result, f"{run_dir} | {split} split | {checkpoint} checkpoint per network"))
+        if calibrated:
+            c = result["calibration"]
+            console.print(metrics_table({**result, "networks": c["networks"]},
+                                        f"at the temperatures fitted on the validation split ({c['val_images']} "
+                                        "images)"))
+            for name, t in c["temperature"].items():
+                ece = c["val"][name]["ece"]
+                console.print(f"  {name}: temperature {t:.3f}; validation ECE {ece[0]:.4f} -> {ece[1]:.4f}, "
+                              f"{split} ECE {result['networks'][name]['ece']:.4f} -> "
+                              f"{c['networks'][name]['ece']:.4f}", highlight=False)
         console.print(f"written: {RunFolder(run_dir).eval_file(split)}")
         info = exp.run_info()
         if info.get("status") != "finished":  # the numbers describe a run that has not reached its end

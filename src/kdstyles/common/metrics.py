@@ -40,6 +40,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("f1", "macro-F1", task="classification", selectable=True, headline=True),
     Metric("auroc", "AUROC", task="classification", selectable=True),
     Metric("ece", "ECE", False, task="classification"),
+    Metric("cw_ece", "classwise ECE", False, task="classification", table=False),
+    Metric("brier", "Brier", False, task="classification", table=False),
     Metric("mean_auroc", "mean AUROC", task="multilabel", selectable=True, headline=True, drawn=True),
     Metric("mean_ap", "mean AP", task="multilabel", selectable=True, drawn=True),
     Metric("label_f1", "macro-F1@0.5", task="multilabel", selectable=True, headline=True),
@@ -99,8 +101,32 @@ def task_of(names: Any) -> str:
 # ----------------------------------------------------------------------------- classification
 
 
+def classwise_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Classwise ECE (Kull et al., 2019): for each class k, the expected gap between the predicted
+    probability of k and how often k is the label, over ``n_bins`` equal-width bins of that
+    probability (weighted by the share of images in each bin); the mean over classes. Unlike ECE,
+    which looks at the top class only, it sees every class's probability."""
+    n, k = probs.shape
+    total = 0.0
+    for c in range(k):
+        p, hit = probs[:, c].double(), (labels == c).double()
+        bins = torch.clamp((p * n_bins).long(), max=n_bins - 1)
+        count = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, torch.ones_like(p))
+        gap = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, p - hit)
+        total += float(gap.abs().sum() / n)  # sum over bins of |mean p - mean hit| * count / n
+    return total / k
+
+
+def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The multiclass Brier score (Brier, 1950): the mean over images of the squared distance
+    between the probability vector and the label's one-hot vector (0 is perfect, 2 the worst)."""
+    onehot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
+    return float(((probs - onehot) ** 2).sum(1).mean())
+
+
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy, balanced accuracy, macro-F1, macro one-vs-rest AUROC, ECE (15 bins), NLL."""
+    """Accuracy, balanced accuracy, macro-F1, macro one-vs-rest AUROC, ECE (15 bins), classwise
+    ECE (15 bins), Brier score, NLL."""
     from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_auroc,
                                                         multiclass_calibration_error, multiclass_f1_score,
                                                         multiclass_recall)
@@ -112,6 +138,8 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[st
         "f1": multiclass_f1_score(probs, labels, k, average="macro"),
         "auroc": multiclass_auroc(probs, labels, k, average="macro") if len(labels.unique()) > 1 else torch.nan,
         "ece": multiclass_calibration_error(probs, labels, k, n_bins=15, norm="l1"),
+        "cw_ece": classwise_ece(probs, labels),
+        "brier": brier(probs, labels),
         "nll": F.nll_loss(probs.clamp_min(1e-12).log(), labels),
     }
     return {name: float(v) for name, v in m.items()}

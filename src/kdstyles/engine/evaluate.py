@@ -177,3 +177,43 @@ def mean_rows(rows: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, fl
     if not rows:
         return {}
     return {n: {k: _nanmean([r[n][k] for r in rows]) for k in rows[0][n]} for n in rows[0]}
+
+
+# ----------------------------------------------------------------------------- temperature scaling
+
+TEMPERATURES = (0.05, 20.0)  # the range a temperature is searched in
+
+
+def tempered(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Probabilities at a temperature (Guo et al., 2017): softmax(log p / T). A network's softmax
+    outputs give the same as its logits divided by T (log p is the logits up to a constant per
+    image); the ensemble's mean probabilities are tempered as one model's."""
+    return torch.softmax(probs.double().clamp_min(1e-12).log() / temperature, 1).to(probs.dtype)
+
+
+def fit_temperature(probs: torch.Tensor, labels: torch.Tensor, steps: int = 60) -> float:
+    """The temperature that minimises the negative log-likelihood of ``labels`` under
+    :func:`tempered` probabilities (one number: the ranking of classes, hence accuracy, is
+    unchanged). The NLL is convex in 1/T, so a golden-section search over log T in
+    ``TEMPERATURES`` finds it; deterministic, no optimiser state."""
+    import torch.nn.functional as F
+
+    logp = probs.double().clamp_min(1e-12).log()
+
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(logp / math.exp(log_t), labels))
+
+    lo, hi = math.log(TEMPERATURES[0]), math.log(TEMPERATURES[1])
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(steps):
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    return math.exp((lo + hi) / 2)

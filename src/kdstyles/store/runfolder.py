@@ -65,6 +65,10 @@ class Evaluation(BaseModel):
     per_image: dict[str, dict[str, Any]] = {}
     overlays: list[str] | None = None
     outputs: str | None = None
+    # evaluate --calibrated: the temperatures fitted on the validation split (``temperature``),
+    # the validation ECE, classwise ECE, Brier and NLL before and after them (``val``), and this
+    # split's metrics at them (``networks``)
+    calibration: dict[str, Any] | None = None
 
     def rows(self, preset: str | None = None, seed: int | None = None, run_dir: str | None = None,
              fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -250,7 +254,7 @@ class RunFolder:
         return self.eval_path if split == "test" else self.path / f"eval-{split}.json"
 
     def write_eval(self, evaluation: Evaluation) -> None:
-        unset = {k for k in ("overlays", "outputs") if getattr(evaluation, k) is None}
+        unset = {k for k in ("overlays", "outputs", "calibration") if getattr(evaluation, k) is None}
         write_json(self.eval_file(evaluation.split), evaluation.model_dump(exclude=unset))
 
     def outputs_file(self, split: str = "test") -> Path:

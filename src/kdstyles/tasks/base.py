@@ -46,6 +46,8 @@ class Task:
     patches: ClassVar[bool] = False  # trains on patches of whole volumes (data.patch_size) and slides over them
     # one class per image or pixel, a softmax over classes: styles that need it (dkd, dist) apply
     exclusive_classes: ClassVar[bool] = True
+    # one softmax per image: a temperature fitted on validation (evaluate --calibrated) applies
+    calibrates: ClassVar[bool] = False
     # what the class-imbalance warning suggests
     imbalance_remedy: ClassVar[str] = "data.sampler: balanced or loss.class_weights: balanced"
     synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data.generators

@@ -11,6 +11,7 @@ from .base import Task
 
 class Classification(Task):
     name = "classification"
+    calibrates = True
     loss_name = "ce"
     selection = "accuracy"
     sources = ("synthetic", "medmnist", "npz", "folder", "csv")
