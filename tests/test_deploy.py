@@ -200,3 +200,35 @@ def test_segmentation_export_and_predict_masks(tiny_overrides, tmp_path):
             # the same mask, but for a pixel or two whose classes tie to float order (an untrained net)
             assert (np.array(ma) != np.array(mb)).mean() <= 0.005
             assert set(np.unique(np.array(ma))) <= {0, 255}
+
+
+def test_a_calibrated_export_outputs_the_probabilities_evaluate_scored(run_dir, tmp_path):
+    """export --calibrated puts the temperature evaluate --calibrated fitted inside the model: its
+    ONNX outputs are the network's probabilities tempered as evaluation tempered them (the
+    ensemble's mean too); the sidecar and card say T and the validation ECE; without a fit it
+    is one line saying what to run."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from kdstyles.engine.evaluate import tempered
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    with pytest.raises(KDError, match=r"export --calibrated: no temperature fitted for 's1' at the best checkpoint; "
+                                      rf"run 'kdstyles evaluate {run} --calibrated' first"):
+        export_run(run, "s1", "onnx", calibrated=True)
+    assert not (run / "export" / "s1.onnx").exists()  # refused before anything is written
+    Experiment.from_run(run, quiet=True).evaluate(calibrated=True)
+    fitted = json.loads((run / "eval.json").read_text())["calibration"]
+    sample = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    for network in ("s1", "ensemble"):
+        side = export_run(run, network, "onnx", calibrated=True)
+        t = fitted["temperature"][network]
+        assert side["calibration"] == {"temperature": t, "fitted_on": "val", "val_ece": fitted["val"][network]["ece"]}
+        assert side["metrics"]["ece"] == fitted["networks"][network]["ece"]  # the card's metrics are at T
+        got = ort.InferenceSession(str(run / "export" / f"{network}.onnx")).run(None, {"image": sample.numpy()})[0]
+        with torch.inference_mode():
+            want = tempered(reference(run, network)(sample), t)
+        assert np.abs(got - want.numpy()).max() < 1e-5
+        assert f"T = {t:.3f}, fitted on the validation split" in (run / "export" / f"{network}.md").read_text()

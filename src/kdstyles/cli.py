@@ -456,7 +456,9 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
                                                                        "percentile"),
            max_drop: Optional[float] = typer.Option(None, help="points of the headline test metric the quantized "
                                                                "model may lose (default 1); more: exit 1, the file "
-                                                               "kept as NAME.int8.rejected.onnx")
+                                                               "kept as NAME.int8.rejected.onnx"),
+           calibrated: bool = typer.Option(False, "--calibrated", help="output probabilities at the temperature "
+                                           "'kdstyles evaluate --calibrated' fitted on the validation split")
            ) -> None:
     """Export a network as a self-contained model + JSON sidecar + Markdown model card."""
     from .deploy.export import export_run
@@ -466,7 +468,7 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
     note = lambda m: console.print(f"[yellow]note:[/yellow] {m}", highlight=False, soft_wrap=True)  # noqa: E731
     try:
         side = export_run(run_dir, network, fmt, out, checkpoint, quantize=quantize, calibration=calibration,
-                          calibration_method=calibration_method, max_drop=max_drop, say=note)
+                          calibration_method=calibration_method, max_drop=max_drop, say=note, calibrated=calibrated)
     except TooLossy as exc:
         side = exc.sidecar
         _print_quantized(side["quantized"], (Path(out) if out else RunFolder(run_dir).export_dir))

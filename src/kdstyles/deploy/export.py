@@ -41,19 +41,25 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
 class Deployable(nn.Module):
     """[0, 1] images -> probabilities as the task activates them (softmax over classes;
-    detection: heatmap probabilities and box channels); one network or the mean of several."""
+    detection: heatmap probabilities and box channels); one network or the mean of several.
+    ``temperature`` (export --calibrated): the class probabilities at it, softmax(log p / T), as
+    ``evaluate --calibrated`` scored them."""
 
     def __init__(self, networks: list[nn.Module], mean: list[float], std: list[float], task, dims: int = 2):
         super().__init__()
         self.networks = nn.ModuleList(networks)
         self.task = task
+        self.temperature: float | None = None
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, *(1,) * dims))
         self.register_buffer("std", torch.tensor(std).view(1, -1, *(1,) * dims))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = (image - self.mean) / self.std
         probs = [self.task.activate(net(x)) for net in self.networks]
-        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+        p = probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+        if self.temperature is not None:
+            p = torch.softmax(p.clamp_min(1e-12).log() / self.temperature, 1)
+        return p
 
 
 def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None) -> Deployable:
@@ -68,6 +74,19 @@ def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None
     # a student trained with train.qat deploys its float weights (--quantize rounds them)
     return Deployable([float_copy(cohort.networks[n]) for n in names], list(inputs.mean), list(inputs.std),
                       cohort.task, inputs.spatial_dims).eval()
+
+
+def calibrated_with(exp: Experiment, network: str, checkpoint: str) -> dict[str, Any]:
+    """The temperature ``evaluate --calibrated`` fitted for ``network`` (eval.json of the same
+    checkpoint), the validation ECE before and after it, and the test metrics at it."""
+    evaluation = exp.folder.evaluation()
+    c = evaluation.calibration if evaluation is not None and evaluation.checkpoint == checkpoint else None
+    if not c or network not in c.get("temperature", {}):
+        raise KDError(f"export --calibrated: no temperature fitted for '{network}' at the {checkpoint} checkpoint; "
+                      f"run 'kdstyles evaluate {exp.folder.path} --calibrated"
+                      f"{'' if checkpoint == 'best' else ' --checkpoint ' + checkpoint}' first")
+    return {"temperature": c["temperature"][network], "fitted_on": c.get("fitted_on", "val"),
+            "val_ece": c["val"][network]["ece"], "metrics": c["networks"][network]}
 
 
 def open_run(run_dir: str | Path, network: str | None, checkpoint: str = "best"
@@ -121,7 +140,7 @@ def _export_torchscript(model: nn.Module, sample: torch.Tensor, path: Path) -> f
 def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx", out: str | Path | None = None,
                checkpoint: str = "best", samples: int = 8, quantize: str | None = None,
                calibration: int | None = None, calibration_method: str | None = None, max_drop: float | None = None,
-               say: Callable[[str], None] | None = None) -> dict[str, Any]:
+               say: Callable[[str], None] | None = None, calibrated: bool = False) -> dict[str, Any]:
     """Export one network of a run (None: its first student); returns the sidecar (also
     written next to the model). The model card's metrics are the run's evaluation of that
     checkpoint (eval.json); where there is none, the run is evaluated first and ``say`` (default:
@@ -131,7 +150,12 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     and verified against it on the test split; its file, sidecar and card sit beside the float
     model's (``s1.int8.onnx``), the float sidecar returned gains ``quantized``. A quantized model
     that loses more than ``max_drop`` points of the headline metric is kept as
-    ``s1.int8.rejected.onnx`` and :class:`~kdstyles.deploy.quantize.TooLossy` is raised."""
+    ``s1.int8.rejected.onnx`` and :class:`~kdstyles.deploy.quantize.TooLossy` is raised.
+
+    ``calibrated``: the model outputs its probabilities at the temperature ``evaluate
+    --calibrated`` fitted on the validation split (read from eval.json of the same checkpoint:
+    one line saying what to run where there is none); the sidecar and the card say the
+    temperature and the validation ECE it came from, and give the calibrated metrics."""
     say = say or (lambda m: print(m, file=sys.stderr))
     if fmt not in FORMATS:
         raise KDError(f"--format '{fmt}' is not known; allowed: {', '.join(FORMATS)}")
@@ -141,6 +165,9 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     max_drop = MAX_DROP if max_drop is None else max_drop
     run_dir = Path(run_dir)
     exp, model, info, network = open_run(run_dir, network, checkpoint)
+    tempered = calibrated_with(exp, network, checkpoint) if calibrated else None
+    if tempered is not None:
+        model.temperature = tempered["temperature"]
     inputs = exp.inputs(info)
     path = Path(out) if out is not None else RunFolder(run_dir).export_dir / f"{network}{FORMATS[fmt]}"
     if path.suffix != FORMATS[fmt]:
@@ -155,7 +182,7 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
             "the test split first, for the model card's metrics (kdstyles evaluate writes the same eval.json)")
         exp.evaluate(checkpoint=checkpoint)
         evaluation = exp.folder.read_eval()
-    metrics = evaluation.networks.get(network, {})
+    metrics = tempered["metrics"] if tempered is not None else evaluation.networks.get(network, {})
     best = info.get("best", {})
     epochs = {n: best.get(n, {}).get("epoch") for n in (exp.cohort.students if network == ENSEMBLE else [network])}
     task = exp.cohort.task
@@ -173,6 +200,7 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
         "class_names": info["class_names"],
         **({"volumes": exp.cfg.data.preparation} if inputs.space.volumes else {}),
         "metrics": {"split": evaluation.split, **metrics},
+        **({"calibration": {k: v for k, v in tempered.items() if k != "metrics"}} if tempered is not None else {}),
         "verification": {"samples": samples, "max_abs_diff": diff,
                          "against": "onnxruntime" if fmt == "onnx" else "torch.jit.load"},
     }
@@ -274,6 +302,11 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
     selection = cfg.train.selection_metric if cfg.train.selection_metric != "auto" else exp.cohort.task.selection
     metric_rows = "\n".join(f"| {label(k)} | {m[k]:.4f} |" for k in task_metrics(exp.cohort.task.name, m)
                             if isinstance(m.get(k), float))
+    c = sidecar.get("calibration")
+    if c:  # the model outputs probabilities at the fitted temperature: say so under the metrics
+        metric_rows += (f"\n\nProbabilities are temperature-scaled: T = {c['temperature']:.3f}, fitted on the "
+                        f"{'validation' if c['fitted_on'] == 'val' else c['fitted_on']} split (its ECE "
+                        f"{c['val_ece'][0]:.4f} before, {c['val_ece'][1]:.4f} after); the metrics above are at it.")
     size_rows = "\n".join(f"| {n} | {p:,} | {f / 1e6:.1f} | {lat:.2f} |" for n, p, f, lat in rows)
     inp = sidecar["input"]
     kind = "volumes" if "depth" in inp else "images"
