@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from kdstyles import KDError, load_config
-from kdstyles.config import ExperimentConfig, apply_overrides, dump_config, read_yaml
+from kdstyles.config import ExperimentConfig, apply_overrides, build_config, dump_config, read_yaml
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -191,8 +191,8 @@ def test_every_float_key_refuses_non_finite_numbers(value):
 def test_a_key_of_another_source_is_refused_not_ignored():
     """data.val_fraction means nothing to MedMNIST's fixed splits, data.flag nothing to a folder:
     set, they were silently ignored; now one line names the key and the source's own keys. A
-    default value, or a whole section as config.yaml holds it (a run of an earlier release
-    whose ignored key it kept), still validates."""
+    default value, or a run folder's own config (an earlier release kept the ignored key
+    there), still validates."""
     with pytest.raises(KDError, match=r"config error: data: val_fraction: source 'medmnist' does not read it \(its "
                                       r"own keys: root, flag, size\); leave it out"):
         load_config(None, ["data.source=medmnist", "data.flag=pathmnist", "data.val_fraction=0.3"])
@@ -207,7 +207,9 @@ def test_a_key_of_another_source_is_refused_not_ignored():
     assert cfg.data.val_fraction == 0.3  # its own key; size at its default says nothing
     whole = cfg.model_dump(mode="json")
     whole["data"]["flag"] = "pathmnist"  # kept by an earlier release's config.yaml, where it was ignored
-    assert ExperimentConfig.model_validate(whole).data.flag == "pathmnist"
+    assert build_config(whole, recorded=True).data.flag == "pathmnist"  # that run still opens
+    with pytest.raises(KDError, match="data: flag: source 'folder' does not read it"):
+        build_config(whole)  # a config listing every key (as configs/demo.yaml does) is checked too
 
 
 def test_a_task_owns_its_settings_and_the_old_keys_still_read():

@@ -55,7 +55,7 @@ def check_edited(folder: RunFolder, cfg: ExperimentConfig) -> None:
     recorded = info.get("config")
     if isinstance(recorded, dict):
         try:
-            before = build_config(recorded)
+            before = build_config(recorded, recorded=True)
         except KDError:
             return  # written by another version of kdstyles: nothing to hold it against
         for key, (was, edited) in config_changes(before, cfg).items():
@@ -95,7 +95,7 @@ class Experiment:
                 spec = raw["networks"]["teacher"] if name == T else raw["networks"]["students"].get(name)
                 if spec is not None:
                     spec["arch"] = "custom"
-            cfg = build_config(raw)
+            cfg = build_config(raw, recorded=True)  # a validated config (or a run's), its networks from Python
         self.cfg = cfg
         self.modules = dict(networks or {})
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
@@ -116,11 +116,11 @@ class Experiment:
                           "the run's shapes and status); restore it, or train again in a new folder")
         raw = folder.read_config()
         try:
-            saved = build_config(raw)
+            saved = build_config(raw, recorded=True)
         except KDError as exc:
             raise KDError(f"{folder.config_path}: {exc}") from None
         check_edited(folder, saved)
-        cfg = build_config(raw, overrides) if overrides else saved
+        cfg = build_config(raw, overrides, recorded=True) if overrides else saved
         exp = cls(cfg, networks=networks, run_dir=folder.path, quiet=quiet)
         exp.changes = config_changes(saved, cfg)
         return exp

@@ -40,25 +40,28 @@ def _plugins(raw: dict) -> None:
         load_plugins(entries, "config error: plugins")
 
 
-def _validate(raw: dict) -> ExperimentConfig:
+def _validate(raw: dict, recorded: bool = False) -> ExperimentConfig:
     _plugins(raw)
     try:
-        return ExperimentConfig.model_validate(raw)
+        return ExperimentConfig.model_validate(raw, context={"recorded": recorded})
     except ValidationError as err:
         raise KDError(format_validation_error(err)) from None
 
 
-def build_config(raw: dict, overrides: list[str] | None = None) -> ExperimentConfig:
+def build_config(raw: dict, overrides: list[str] | None = None, recorded: bool = False) -> ExperimentConfig:
     """Validate a raw config; overrides apply on top of the resolved config (defaults filled in),
-    so ``--set networks.students.s1.arch=resnet18`` changes s1 and keeps s2."""
+    so ``--set networks.students.s1.arch=resnet18`` changes s1 and keeps s2. ``recorded``: a run
+    folder's own config (config.yaml, run.json's), which an earlier release wrote: checks added
+    since that only refuse keys it ignored are not applied to it."""
     if not overrides:
-        return _validate(raw)
+        return _validate(raw, recorded)
     try:
         _plugins(raw)
-        resolved = ExperimentConfig.model_validate(raw).model_dump(mode="json", exclude_none=True)
+        resolved = ExperimentConfig.model_validate(raw, context={"recorded": recorded}).model_dump(
+            mode="json", exclude_none=True)
     except (ValidationError, KDError):
         resolved = raw  # the overrides may be what repairs it; validate once with them applied
-    return _validate(apply_overrides(resolved, list(overrides)))
+    return _validate(apply_overrides(resolved, list(overrides)), recorded)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from ..common.metrics import METRICS
 from ..data.sources import SOURCE_KEYS, SOURCES, sources_for, unlabeled_sources
@@ -299,15 +299,16 @@ class DataConfig(Strict):
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no "
                              "training images; together they must be below 1 (0.15 each by default)")
-        return self._read_by_source()
+        return self
 
-    def _read_by_source(self) -> "DataConfig":
+    @model_validator(mode="after")
+    def _read_by_source(self, info: ValidationInfo) -> "DataConfig":
         """A source owns its keys: one that belongs to other sources (``SOURCE_KEYS``), set to
-        something other than its default, is refused instead of silently ignored. A whole data
-        section, as kdstyles writes config.yaml, was checked when it was first validated (and a
-        run folder of an earlier release still opens)."""
+        something other than its default, is refused instead of silently ignored. Not for a
+        run folder's own config (``recorded`` in the validation context): an earlier release
+        kept such a key there, ignored, and the run must still open."""
         reads = SOURCES[self.source].reads
-        if reads is None or len(self.model_fields_set) == len(type(self).model_fields):
+        if reads is None or (info.context or {}).get("recorded"):
             return self
         fields = type(self).model_fields
         for key in sorted(SOURCE_KEYS - reads):
