@@ -599,7 +599,8 @@ class ExperimentConfig(Strict):
     def _legacy_task_keys(cls, raw: Any) -> Any:
         """Keys that held a task's settings before tasks had sections (loss.dice_weight,
         eval.hd95, ...; config.yaml of earlier releases holds them all) move to ``tasks.<task>``;
-        given there, they win (a --set on the old key changes the setting)."""
+        an old key given beside the new one overrides it (a --set on the old key changes the
+        setting). A default value for a task the config does not run is dropped."""
         if not isinstance(raw, dict):
             return raw
         for name, task in TASKS.items():
@@ -608,12 +609,13 @@ class ExperimentConfig(Strict):
                 given = raw.get(section)
                 if not isinstance(given, dict) or field not in given:
                     continue
-                value = dict(given).pop(field)
+                tasks = raw.get("tasks") or {}
+                if not isinstance(tasks, dict) or not isinstance(tasks.get(name) or {}, dict):
+                    continue  # a malformed tasks section: validation names it
+                value = given[field]
                 raw = {**raw, section: {k: v for k, v in given.items() if k != field}}
                 if value != task.Options.model_fields[key].default or name == raw.get("task"):
-                    tasks = dict(raw.get("tasks") or {})
-                    tasks[name] = {**(tasks.get(name) or {}), key: value}
-                    raw["tasks"] = tasks
+                    raw["tasks"] = {**tasks, name: {**(tasks.get(name) or {}), key: value}}
         return raw
 
     @field_validator("tasks")
