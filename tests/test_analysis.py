@@ -211,3 +211,15 @@ def test_the_winner_is_chosen_on_the_validation_split_and_its_test_numbers_repor
         (tmp_path / f"kd-seed{seed}" / "eval-val.json").unlink()
         (tmp_path / f"fitnet-seed{seed}" / "eval-val.json").unlink()
     assert chosen(load_study(tmp_path, load_rows(tmp_path))) is None
+
+
+def test_students_markedly_worse_calibrated_than_their_teacher_are_named():
+    from kdstyles.report.analysis import worse_calibrated
+
+    rows = [{"preset": p, "seed": s, "network": n, "ece": e}
+            for p, s, n, e in (("kd", 0, "teacher", 0.01), ("kd", 1, "teacher", 0.01), ("kd", 0, "s1", 0.02),
+                               ("kd", 1, "s1", 0.03), ("mix", 0, "s1", 0.08), ("mix", 1, "s1", 0.06),
+                               ("mix", 0, "ensemble", float("nan")))]
+    assert worse_calibrated(rows) == [{"preset": "mix", "network": "s1", "ece": pytest.approx(0.07),
+                                       "teacher": pytest.approx(0.01)}]  # kd's 0.025: under teacher + 2 points
+    assert worse_calibrated([r for r in rows if r["network"] != "teacher"]) == []  # no teacher: nothing to say

@@ -188,6 +188,8 @@ def test_evaluate_calibrated_fits_on_validation_and_keeps_the_plain_numbers(tmp_
         assert metrics["accuracy"] == result["networks"][name]["accuracy"]  # a temperature keeps the ranking
         before, after = c["val"][name]["nll"]
         assert after <= before + 1e-6  # the temperature minimises the validation NLL (T = 1 is a candidate)
+        d, lo, hi = c["change"][name]["ece"]
+        assert d == pytest.approx(metrics["ece"] - result["networks"][name]["ece"], abs=1e-5) and lo <= d <= hi
         assert f"{name}: temperature {c['temperature'][name]:.3f}" in out
     plain = Experiment.from_run(exp.run_dir, quiet=True).evaluate()
     assert "calibration" not in plain and plain["networks"] == result["networks"]
@@ -197,3 +199,18 @@ def test_evaluate_calibrated_fits_on_validation_and_keeps_the_plain_numbers(tmp_
         seg.evaluate(calibrated=True)
     with pytest.raises(KDError, match="fitted on the validation split; evaluate another split"):
         exp.evaluate(split="val", calibrated=True)
+
+
+def test_the_ece_change_interval_is_paired_over_test_images():
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    from kdstyles.engine.evaluate import ece_change, tempered, top_label_ece
+
+    g = torch.Generator().manual_seed(1)
+    p = torch.softmax(3 * torch.randn(800, 4, generator=g), 1)
+    y = torch.randint(0, 4, (800,), generator=g)
+    assert float(top_label_ece(p, y)) == pytest.approx(float(multiclass_calibration_error(p, y, 4, n_bins=15)),
+                                                       abs=1e-6)
+    d, lo, hi = ece_change(p, tempered(p, 3.0), y, draws=400)
+    assert lo <= d <= hi < 0  # random labels: softer probabilities are clearly better calibrated
+    assert ece_change(p, p, y, draws=50) == (0.0, 0.0, 0.0)  # the same probabilities: no change on any draw

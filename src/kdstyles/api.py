@@ -341,8 +341,9 @@ class Experiment:
 
     def _calibration(self, cohort: Cohort, device: torch.device, scores: Any) -> dict[str, Any]:
         """A temperature per network and the ensemble, fitted on the validation split; the
-        validation ECE and NLL before and after it; the evaluated split's metrics at it."""
-        from .engine.evaluate import fit_temperature, score, tempered
+        validation ECE and NLL before and after it; the evaluated split's metrics at it, and its
+        change in ECE with a 95% paired bootstrap interval over the split's images."""
+        from .engine.evaluate import ece_change, fit_temperature, score, tempered
 
         ds = self.data.splits["val"]
         loader = self.data.loader("val", self.cfg.data.batch_size,
@@ -352,9 +353,12 @@ class Experiment:
         after = score({n: tempered(p, temperature[n]) for n, p in val.probs.items()}, val.labels, cohort.task)
         fitted = {n: {k: [val.metrics[n][k], after[n][k]] for k in ("ece", "cw_ece", "brier", "nll")}
                   for n in temperature}
-        metrics = score({n: tempered(p, temperature[n]) for n, p in scores.probs.items()}, scores.labels, cohort.task)
+        at = {n: tempered(p, temperature[n]) for n, p in scores.probs.items()}
+        metrics = score(at, scores.labels, cohort.task)
+        change = {n: {"ece": list(ece_change(scores.probs[n], at[n], scores.labels, seed=self.cfg.train.seed))}
+                  for n in at}
         return {"fitted_on": "val", "val_images": int(len(val.labels)), "temperature": temperature, "val": fitted,
-                "networks": metrics}
+                "networks": metrics, "change": change}
 
     def evaluate(self, checkpoint: str = "best", split: str = "test", calibrated: bool = False) -> dict[str, Any]:
         """Metrics of every network and the ensemble on a split; written to RUN/eval.json (the

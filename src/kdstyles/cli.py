@@ -125,9 +125,10 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
                                         "images)"))
             for name, t in c["temperature"].items():
                 ece = c["val"][name]["ece"]
+                d, lo, hi = c["change"][name]["ece"]
                 console.print(f"  {name}: temperature {t:.3f}; validation ECE {ece[0]:.4f} -> {ece[1]:.4f}, "
                               f"{split} ECE {result['networks'][name]['ece']:.4f} -> "
-                              f"{c['networks'][name]['ece']:.4f}", highlight=False)
+                              f"{c['networks'][name]['ece']:.4f} ({d:+.4f} [{lo:+.4f}, {hi:+.4f}])", highlight=False)
         console.print(f"written: {RunFolder(run_dir).eval_file(split)}")
         info = exp.run_info()
         if info.get("status") != "finished":  # the numbers describe a run that has not reached its end

@@ -217,3 +217,32 @@ def fit_temperature(probs: torch.Tensor, labels: torch.Tensor, steps: int = 60) 
             b = lo + ratio * (hi - lo)
             fb = nll(b)
     return math.exp((lo + hi) / 2)
+
+
+def top_label_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
+    """ECE of the top class (as torchmetrics' l1 ``multiclass_calibration_error``), for rows of
+    ``probs`` of shape (..., N, K): the gap between confidence and accuracy in each of ``n_bins``
+    equal-width confidence bins, weighted by the bin's share of images."""
+    conf, pred = probs.max(-1)
+    correct = (pred == labels).to(conf.dtype)
+    bins = torch.clamp((conf * n_bins).ceil().long() - 1, 0, n_bins - 1)  # (lo, hi] bins, as torchmetrics
+    gap = torch.zeros(*conf.shape[:-1], n_bins, dtype=torch.float64)
+    gap.scatter_add_(-1, bins, (conf - correct).double())
+    return gap.abs().sum(-1) / conf.shape[-1]
+
+
+def ece_change(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor, draws: int = 1000,
+               seed: int = 0) -> tuple[float, float, float]:
+    """The change in test ECE from ``before`` to ``after`` (probabilities of the same images),
+    with a 95% paired bootstrap interval: the images drawn again with replacement ``draws``
+    times, both ECEs computed on each draw (ECE is not a mean over images, so it is
+    recomputed, not averaged)."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(labels)
+    change = float(top_label_ece(after, labels) - top_label_ece(before, labels))
+    diffs = []
+    for chunk in range(0, draws, 100):
+        idx = torch.randint(0, n, (min(100, draws - chunk), n), generator=g)
+        diffs.append(top_label_ece(after[idx], labels[idx]) - top_label_ece(before[idx], labels[idx]))
+    d = torch.cat(diffs)
+    return change, float(d.quantile(0.025)), float(d.quantile(0.975))

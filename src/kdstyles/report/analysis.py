@@ -389,4 +389,32 @@ def findings(study: Study) -> list[str]:
         for a in (a for a in ablation if a["network"] == key):
             lines.append(f"{'; '.join(a['removed'])}: {a['text']} for the {key} ({study.target} with it minus "
                          f"without it), {effect.get(a['verdict'], 'cannot be judged')}.")
+    worse = worse_calibrated(study.rows)
+    if worse:
+        parts = ", ".join(f"{w['preset']} {w['network']} {w['ece']:.3f}" for w in worse)
+        lines.append(f"Calibration: markedly worse than the teacher's (test ECE {worse[0]['teacher']:.3f}, mean over "
+                     f"seeds): {parts}. 'kdstyles evaluate RUN --calibrated' fits a temperature per network on the "
+                     "validation split, and 'kdstyles export RUN --calibrated' deploys it.")
     return lines
+
+
+WORSE_ECE = (2.0, 0.02)  # markedly worse calibrated: ECE above twice the teacher's and 2 points more
+
+
+def worse_calibrated(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The students and ensembles whose test ECE (mean over seeds) is above ``WORSE_ECE[0]``
+    times the teacher's and ``WORSE_ECE[1]`` more (the teacher's: its mean over every run)."""
+    def ece(r: dict[str, Any]) -> float | None:
+        v = r.get("ece")
+        return float(v) if isinstance(v, (int, float)) and v == v else None
+
+    teacher = [e for r in rows if r["network"] == T and (e := ece(r)) is not None]
+    if not teacher:
+        return []
+    t = float(np.mean(teacher))
+    by: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r["network"] != T and (e := ece(r)) is not None:
+            by.setdefault((r["preset"], r["network"]), []).append(e)
+    return [{"preset": p, "network": n, "ece": float(np.mean(v)), "teacher": t} for (p, n), v in by.items()
+            if np.mean(v) > WORSE_ECE[0] * t and np.mean(v) > t + WORSE_ECE[1]]

@@ -66,8 +66,8 @@ class Evaluation(BaseModel):
     overlays: list[str] | None = None
     outputs: str | None = None
     # evaluate --calibrated: the temperatures fitted on the validation split (``temperature``),
-    # the validation ECE, classwise ECE, Brier and NLL before and after them (``val``), and this
-    # split's metrics at them (``networks``)
+    # the validation ECE, classwise ECE, Brier and NLL before and after them (``val``), this
+    # split's metrics at them (``networks``) and its change in ECE with a 95% interval (``change``)
     calibration: dict[str, Any] | None = None
 
     def rows(self, preset: str | None = None, seed: int | None = None, run_dir: str | None = None,
