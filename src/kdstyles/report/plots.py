@@ -9,6 +9,7 @@ import statistics
 from collections import defaultdict
 
 from ..store.runfolder import Evaluation, RunFolder
+from ..styles.routing import T
 from .results import aggregate
 
 def _png(fig) -> str:
@@ -122,13 +123,22 @@ def plot_per_class(details) -> str | None:
 
 
 def plot_reliability(details) -> str | None:
-    items = [(p, evs) for p, evs in details.items()
-             if evs and "reliability" in next(iter(evs[0].details.values()))]
+    """A reliability diagram for every network of every preset and their ensemble (the seeds'
+    bins pooled), the teacher once: accuracy against confidence, beside the diagonal."""
+    items, teacher_shown = [], False
+    for p, evs in details.items():
+        if not evs or "reliability" not in next(iter(evs[0].details.values())):
+            continue
+        for net in evs[0].details:
+            if net == T and teacher_shown:
+                continue
+            teacher_shown = teacher_shown or net == T
+            items.append((p, net, evs))
     if not items:
         return None
     fig, axes = _figure(3.0, 3.0, len(items))
-    for ax, (preset, evs) in zip(axes, items):
-        net = _focus(evs)
+    fig.subplots_adjust(hspace=0.45)  # room for each diagram's title under the row above
+    for ax, (preset, net, evs) in zip(axes, items):
         bins = len(evs[0].details[net]["reliability"])
         count, conf, acc = [0] * bins, [0.0] * bins, [0.0] * bins
         for e in evs:
@@ -142,7 +152,7 @@ def plot_reliability(details) -> str | None:
         ax.bar(xs, ys, width=1 / bins, edgecolor="k", alpha=0.7, label="accuracy")
         ax.plot([0, 1], [0, 1], "r--", lw=1)
         ece = statistics.fmean(e.networks[net]["ece"] for e in evs)
-        ax.set_title(f"{preset}: {net}, ECE {ece:.3f}", fontsize=9)
+        ax.set_title(f"{net if net == T else preset + ': ' + net}, ECE {ece:.3f}", fontsize=9)
         ax.set_xlabel("confidence", fontsize=7)
         ax.set_ylabel("accuracy", fontsize=7)
         ax.set_xlim(0, 1)
