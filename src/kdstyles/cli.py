@@ -394,6 +394,7 @@ def tune(config: Optional[Path] = typer.Argument(None, help="experiment YAML wit
     """Search tune.space with Optuna (TPE, median pruning); start it on several machines with one --storage."""
     from .config import load_config
     from .workflows.launch import from_options
+    from .store.runfolder import ComparisonFolder
     from .workflows.tune import tune as run_tune
 
     cfg = load_config(config, set_ or [])
@@ -427,7 +428,7 @@ def tune(config: Optional[Path] = typer.Argument(None, help="experiment YAML wit
         console.print("parameter importance: " + ", ".join(f"{k} {v:.2f}"
                                                                      for k, v in summary["importances"].items()),
                       highlight=False)
-    console.print(f"summary: {folder / 'tune.json'}", highlight=False)
+    console.print(f"summary: {ComparisonFolder(folder).tune_summary_path}", highlight=False)
 
 
 @app.command()

@@ -18,6 +18,9 @@ A comparison folder (:class:`ComparisonFolder`) holds a run folder per variant a
     CMP/compression.json     parameters, FLOPs and CPU latency of one run's networks
     CMP/jobs.json, CMP/jobs/ each run's scheduler job (compare --launcher) and the jobs' scripts and logs
     CMP/report.html          the self-contained report
+    TUNE/tune.json, TUNE/study.db, TUNE/study.journal, TUNE/workers/
+                             kdstyles tune: the summary, the study (SQLite, or Optuna's journal
+                             for workers launched as jobs) and the workers' scripts and logs
 
 These two classes are the only code that names the files (``tests/test_package.py`` checks).
 Every read of a file kdstyles wrote fails, when the file is damaged, with one line naming
@@ -368,6 +371,29 @@ class ComparisonFolder:
     def jobs_path(self) -> Path:
         """jobs.json: each run's scheduler job (``compare --launcher``)."""
         return self.path / "jobs.json"
+
+    @property
+    def study_db(self) -> Path:
+        """kdstyles tune: the study's default database (SQLite) in the tune folder."""
+        return self.path / "study.db"
+
+    @property
+    def study_journal(self) -> Path:
+        """kdstyles tune with workers launched as jobs: the study's journal file (Optuna's)."""
+        return self.path / "study.journal"
+
+    @property
+    def tune_summary_path(self) -> Path:
+        """kdstyles tune: the search's summary (best trials, their runs, counts by state)."""
+        return self.path / "tune.json"
+
+    @property
+    def workers_dir(self) -> Path:
+        """kdstyles tune with workers launched as jobs: their scripts and logs."""
+        return self.path / "workers"
+
+    def write_tune_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.tune_summary_path, summary)
 
     @property
     def jobs_dir(self) -> Path:

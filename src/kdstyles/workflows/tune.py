@@ -36,16 +36,13 @@ from typing import Any
 from .compare import shared_teacher
 from ..config import load_config, override
 from ..errors import KDError, TrainingDiverged
-from ..store.fileio import FolderLock, make_folder, write_json
-from ..store.runfolder import STATUS_DONE, RunFolder
+from ..store.fileio import FolderLock, make_folder
+from ..store.runfolder import STATUS_DONE, ComparisonFolder, RunFolder
 
 TRIAL_DIR = "{study}-trial-{number}"
 TEACHER_DIR = "{study}-teacher-{values}"
 TEACHER = "teacher."  # tune.space keys of the shared teacher's own run
 MAX_FAILED_IN_A_ROW = 5  # a worker whose trials keep diverging stops instead of spinning
-SUMMARY = "tune.json"
-JOURNAL = "study.journal"  # the study of workers launched as jobs (Optuna's journal file)
-WORKERS = "workers"  # their scripts and logs
 HEARTBEAT_S = 60  # a worker that stops beating for 2 minutes has crashed: its trial is failed and retried
 
 
@@ -181,7 +178,7 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
         return _launch_workers(config, cfg, out, overrides, storage, study_name, trials, launch, workers, echo)
     if storage is None:
         make_folder(out, "tune folder")  # the default database lives in the tune folder
-        storage = f"sqlite:///{(out / 'study.db').resolve()}"
+        storage = f"sqlite:///{ComparisonFolder(out).study_db.resolve()}"
     study_name = study_name or cfg.name
     students = list(cfg.networks.students)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.tune.startup_trials, n_warmup_steps=1)
@@ -243,7 +240,7 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
                           "and run the same command again")
     summary = summarize(study, optuna)
     summary.update({"storage": storage, "study": study_name, "objective": cfg.tune.objective})
-    write_json(out / SUMMARY, summary)
+    ComparisonFolder(out).write_tune_summary(summary)
     return summary
 
 
@@ -257,18 +254,18 @@ def _launch_workers(config, cfg, out: Path, overrides: list[str], storage: str |
         raise KDError(f"--storage '{storage}': SQLite over a shared file system corrupts under workers on several "
                       "nodes; give a database server (postgresql://... or mysql://...) or leave --storage out for "
                       "a journal file in the tune folder")
-    launch.check(out / WORKERS)
+    launch.check(ComparisonFolder(out).workers_dir)
     optuna = _optuna()
     if storage is None:
         make_folder(out, "tune folder")  # the journal lives in the tune folder
-    storage = storage or str((out / JOURNAL).resolve())
+    storage = storage or str(ComparisonFolder(out).study_journal.resolve())
     study_name = study_name or cfg.name
     # the study is opened (created) here, before any worker starts or anything else is written: a
     # storage that cannot be opened is one line, not a failure in every worker's log
     _open_study(optuna, storage, study_name, cfg.tune.startup_trials, optuna.pruners.NopPruner())
     make_folder(out, "tune folder")
     echo(f"{workers} worker(s) as {launch.launcher} jobs sharing {storage}")
-    done = tune_workers(launch, workers, out / WORKERS, TuneWorker(config, str(out), tuple(overrides), storage,
+    done = tune_workers(launch, workers, ComparisonFolder(out).workers_dir, TuneWorker(config, str(out), tuple(overrides), storage,
                                                                      study_name, trials))
     if not launch.wait:
         return {"storage": storage, "study": study_name, "objective": cfg.tune.objective, "submitted": done,
@@ -279,7 +276,7 @@ def _launch_workers(config, cfg, out: Path, overrides: list[str], storage: str |
     study = _open_study(optuna, storage, study_name, cfg.tune.startup_trials, optuna.pruners.NopPruner())
     summary = summarize(study, optuna)
     summary.update({"storage": storage, "study": study_name, "objective": cfg.tune.objective})
-    write_json(out / SUMMARY, summary)
+    ComparisonFolder(out).write_tune_summary(summary)
     return summary
 
 
