@@ -391,7 +391,7 @@ def findings(study: Study) -> list[str]:
                          f"without it), {effect.get(a['verdict'], 'cannot be judged')}.")
     worse = worse_calibrated(study.rows)
     if worse:
-        parts = ", ".join(f"{w['preset']} {w['network']} {w['ece']:.3f}" for w in worse)
+        parts = ", ".join(f"{w['network']} of {w['preset']} {w['ece']:.3f}" for w in worse)
         lines.append(f"Calibration: markedly worse than the teacher's (test ECE {worse[0]['teacher']:.3f}, mean over "
                      f"seeds): {parts}. 'kdstyles evaluate RUN --calibrated' fits a temperature per network on the "
                      "validation split, and 'kdstyles export RUN --calibrated' deploys it.")
