@@ -25,8 +25,8 @@ from . import __version__
 from .common import distributed
 from .store import checkpoints
 from .engine.cohort import Cohort, build_cohort, pinned_taps
-from .config import (MOVABLE, RESUMABLE, ExperimentConfig, build_config, check_resumable, config_changes,
-                     dump_config, load_config, resumable, yaml_value)
+from .config import (MOVABLE, ExperimentConfig, build_config, check_resumable, config_changes,
+                     dump_config, load_config, resumable, resumable_keys, yaml_value)
 from .data import DataBundle, build_data
 from .common.dims import dims
 from .engine import Callback, Trainer, pick_device, resolve_workers
@@ -63,7 +63,7 @@ def check_edited(folder: RunFolder, cfg: ExperimentConfig) -> None:
                 continue
             raise KDError(f"'{folder.config_path}' was edited: {key} is {yaml_value(edited)} there, but the run was "
                           f"created with {yaml_value(was)} ({folder.info_path.name}); restore it (a resume may change "
-                          f"only {', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE)}, with --set)")
+                          f"only {resumable_keys()}, with --set)")
         return
     for key, read in RECORDED.items():  # an older run.json: the keys it names
         was, edited = info.get(key), read(cfg)

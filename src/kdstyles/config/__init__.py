@@ -19,7 +19,7 @@ from ..errors import KDError
 from ..store.fileio import read_yaml
 from .messages import format_validation_error
 from .overrides import apply_overrides, override, parse_overrides, yaml_value
-from .resume import MOVABLE, RESUMABLE, check_resumable, config_changes, resumable
+from .resume import MOVABLE, RESUMABLE, check_resumable, config_changes, resumable, resumable_keys
 from .sections import (SELECTION_METRICS, AugmentConfig, DataConfig, EvalConfig, ExperimentConfig, LauncherConfig,
                        LossConfig, MixConfig, NetworkConfig, NetworksConfig, OptimConfig, OutputConfig, ScheduleConfig,
                        TeacherConfig, TrainConfig, TuneConfig, UnlabeledConfig)
@@ -27,7 +27,7 @@ from .sections import (SELECTION_METRICS, AugmentConfig, DataConfig, EvalConfig,
 __all__ = ["MOVABLE", "RESUMABLE", "SELECTION_METRICS", "AugmentConfig", "DataConfig", "EvalConfig", "ExperimentConfig",
            "LauncherConfig", "LossConfig", "MixConfig", "NetworkConfig", "NetworksConfig", "OptimConfig",
            "OutputConfig", "ScheduleConfig", "TeacherConfig", "TrainConfig", "TuneConfig", "UnlabeledConfig",
-           "apply_overrides", "build_config", "check_resumable", "config_changes", "dump_config", "resumable",
+           "apply_overrides", "build_config", "check_resumable", "config_changes", "dump_config", "resumable", "resumable_keys",
            "format_validation_error", "load_config", "override", "parse_overrides", "read_yaml", "yaml_value"]
 
 

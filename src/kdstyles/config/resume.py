@@ -52,12 +52,17 @@ def resumable(key: str) -> bool:
     return key.startswith(RESUMABLE)
 
 
+def resumable_keys() -> str:
+    """What a resume may change, in words (for the messages that refuse a change)."""
+    return ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE) + ", a task's evaluation settings " \
+        "(tasks.*: the configuration reference marks them)"
+
+
 def check_resumable(changes: dict[str, tuple[Any, Any]]) -> None:
     """A resume takes these changes, or refuses with one line naming what may change."""
     for key in changes:
         if not resumable(key) and key not in ("output.dir", "output.name"):
-            allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE) + ", a task's evaluation " \
-                "settings (tasks.*: the configuration reference marks them)"
+            allowed = resumable_keys()
             was = yaml_value(changes[key][0])
             raise KDError(f"--set {key}: cannot change when resuming (the run was created with {key}={was}); "
                           f"keys that may change on resume: {allowed}")

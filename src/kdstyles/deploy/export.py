@@ -24,7 +24,7 @@ from .. import __version__
 from ..api import Experiment
 from ..data.sources import SOURCES
 from ..errors import KDError
-from ..engine.evaluate import ENSEMBLE
+from ..engine.evaluate import ENSEMBLE, tempered
 from ..store.fileio import atomic_write, write_json, write_text
 from .measure import cpu_latency_ms
 from ..common.metrics import label, task_metrics
@@ -57,9 +57,7 @@ class Deployable(nn.Module):
         x = (image - self.mean) / self.std
         probs = [self.task.activate(net(x)) for net in self.networks]
         p = probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
-        if self.temperature is not None:
-            p = torch.softmax(p.clamp_min(1e-12).log() / self.temperature, 1)
-        return p
+        return p if self.temperature is None else tempered(p, self.temperature)
 
 
 def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None) -> Deployable:

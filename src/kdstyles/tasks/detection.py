@@ -61,7 +61,6 @@ class Detection(EncoderDecoderTask):
 
     def __init__(self, num_classes: int, box_weight: float = 1.0, max_detections: int = 100):
         super().__init__(num_classes, box_weight=box_weight, max_detections=max_detections)
-        self.box_weight, self.max_detections = box_weight, max_detections
 
     # ------------------------------------------------------------------ training
 
@@ -82,7 +81,7 @@ class Detection(EncoderDecoderTask):
         focal = focal_loss(logits[:, :k], heat)
         mask = centres.unsqueeze(1).float()
         box = ((logits[:, k:].float() - regress).abs() * mask).sum() / mask.sum().clamp_min(1)
-        return focal + self.box_weight * box
+        return focal + self.options.box_weight * box
 
     def check_output(self, where, logits, sample):
         boxes = 2 * (sample.ndim - 2)
@@ -123,7 +122,7 @@ class Detection(EncoderDecoderTask):
 
         from ..common.boxes import decode
 
-        return torch.from_numpy(decode(probs.detach().cpu().numpy(), self.num_classes, self.max_detections))
+        return torch.from_numpy(decode(probs.detach().cpu().numpy(), self.num_classes, self.options.max_detections))
 
     def fidelity(self, teacher, student):
         """No KL between box lists: ``agreement`` is the student's AP50 against the teacher's
@@ -169,7 +168,7 @@ class Detection(EncoderDecoderTask):
 
         from ..common.boxes import decode
 
-        dets = decode(probs[None], self.num_classes, self.max_detections)[0]
+        dets = decode(probs[None], self.num_classes, self.options.max_detections)[0]
         dets = dets[dets[:, -2] >= PREDICT_MIN_SCORE]
         d = probs.ndim - 1
         if volume is None:

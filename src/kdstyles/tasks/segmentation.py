@@ -47,14 +47,13 @@ class Segmentation(EncoderDecoderTask):
 
     def __init__(self, num_classes: int, dice_weight: float = 1.0, hd95: bool = False):
         super().__init__(num_classes, dice_weight=dice_weight, hd95=hd95)
-        self.hd95, self.dice_weight = hd95, dice_weight
         self._dice_ce = None
 
     def supervised(self, logits, y, class_weights):
         if self._dice_ce is None:
             from monai.losses import DiceCELoss
 
-            self._dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=self.dice_weight, lambda_ce=1.0)
+            self._dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=self.options.dice_weight, lambda_ce=1.0)
         return self._dice_ce(logits.float(), y.unsqueeze(1))
 
     def volume_prediction_words(self, windows: bool) -> str:
@@ -76,7 +75,7 @@ class Segmentation(EncoderDecoderTask):
     def metrics(self, probs, labels, spacing=None):
         from ..common.metrics import segmentation_metrics
 
-        return segmentation_metrics(probs, labels, self.hd95, spacing)
+        return segmentation_metrics(probs, labels, self.options.hd95, spacing)
 
     def details(self, probs, labels):
         from ..common.metrics import segmentation_details
