@@ -176,6 +176,7 @@ def test_evaluate_calibrated_fits_on_validation_and_keeps_the_plain_numbers(tmp_
     from conftest import SEG, tiny
 
     from kdstyles import Experiment, KDError
+    from kdstyles.store.runfolder import Evaluation
 
     exp = Experiment(None, overrides=tiny(tmp_path), quiet=True)
     exp.fit()
@@ -194,11 +195,79 @@ def test_evaluate_calibrated_fits_on_validation_and_keeps_the_plain_numbers(tmp_
     plain = Experiment.from_run(exp.run_dir, quiet=True).evaluate()
     assert "calibration" not in plain and plain["networks"] == result["networks"]
     seg = Experiment(None, overrides=tiny(tmp_path / "seg", *SEG), quiet=True)
-    with pytest.raises(KDError, match="evaluate --calibrated: temperature scaling is built for single-label "
-                                      "classification"):
+    sets = c["conformal"]
+    assert sets["target"] == 0.9 and set(sets["methods"]) == {"lac", "aps", "raps"}
+    for method, per in sets["methods"].items():
+        assert set(per) == set(result["networks"])
+        for name, m in per.items():
+            lo, hi = m["coverage_ci"]
+            assert 0 <= lo <= m["coverage"] <= hi <= 1 and 1 <= m["set_size"] <= 4  # 4 classes
+            assert len(m["per_class"]["coverage"]) == 4
+    assert "prediction sets for 90% coverage" in out
+    row = Evaluation.model_validate(result).rows()[0]  # results rows carry the default method's sets
+    assert row["coverage"] == sets["methods"]["aps"][row["network"]]["coverage"]
+    assert row["ece_calibrated"] == c["networks"][row["network"]]["ece"]
+    with pytest.raises(KDError, match=r"coverage 1.5: the share of images whose prediction set holds the true class "
+                                      r"is between 0 and 1"):
+        exp.evaluate(calibrated=True, coverage=1.5)
+    with pytest.raises(KDError, match="evaluate --calibrated: temperature scaling and prediction sets are built for "
+                                      "single-label classification"):
         seg.evaluate(calibrated=True)
     with pytest.raises(KDError, match="fitted on the validation split; evaluate another split"):
         exp.evaluate(split="val", calibrated=True)
+
+
+def test_conformal_scores_thresholds_and_sets_against_a_hand_computation():
+    from kdstyles.common.sets import class_scores, prediction_sets
+    from kdstyles.engine.conformal import set_summary, threshold
+
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.6, 0.3]])
+    y = torch.tensor([0, 1, 2])
+    true = lambda method: class_scores(p.numpy(), method)[[0, 1, 2], [0, 1, 2]].tolist()  # noqa: E731
+    assert true("lac") == pytest.approx([0.3, 0.7, 0.7])
+    # APS: the mass of the classes ranked at or above the label (0.7; 0.5 + 0.3; 0.6 + 0.3)
+    assert true("aps") == pytest.approx([0.7, 0.8, 0.9])
+    # RAPS: + 0.01 per rank beyond the first (the labels of images 1 and 2 are ranked second)
+    assert true("raps") == pytest.approx([0.7, 0.81, 0.91])
+    assert threshold(p, y, 0.5, "lac") == pytest.approx(0.7)  # ceil(4 * 0.5) = 2nd smallest of 0.3, 0.7, 0.7
+    assert threshold(p, y, 0.8, "aps") == float("inf")  # ceil(4 * 0.8) = 4 > 3 images: every class
+    sets = torch.from_numpy(prediction_sets(p.numpy(), 0.8, "aps"))
+    assert sets.tolist() == [[True, False, False], [True, True, False], [False, True, False]]
+    s = set_summary(sets, p, y)
+    assert s["coverage"] == pytest.approx(2 / 3) and s["set_size"] == pytest.approx(4 / 3)
+    assert s["decided"] == pytest.approx(2 / 3) and s["decided_accuracy"] == pytest.approx(1 / 2)
+    assert s["per_class"] == {"coverage": [1.0, 1.0, 0.0], "set_size": [1.0, 2.0, 1.0]}
+    assert prediction_sets(p.numpy(), -1.0, "lac").sum(1).tolist() == [1, 1, 1]  # the top class is always in the set
+
+
+def test_conformal_sets_hold_their_coverage_on_exchangeable_images():
+    """Labels drawn from the probabilities themselves, split in two: the threshold fitted on one
+    half gives at least the target coverage on the other, within sampling error, for every
+    method; the plain method's is the target (its interval holds 0.9), the adaptive ones' above
+    it (they take their last class whole, not at random) and their sets larger."""
+    from kdstyles.common.sets import METHODS
+    from kdstyles.engine.conformal import conformal
+
+    g = torch.Generator().manual_seed(3)
+    p = torch.softmax(2 * torch.randn(6000, 6, generator=g), 1)
+    y = torch.multinomial(p, 1, generator=g)[:, 0]
+    out = conformal({"s": p[:2000]}, y[:2000], {"s": p[2000:]}, y[2000:], 0.9)
+    for method in METHODS:
+        m = out["methods"][method]["s"]
+        lo, hi = m["coverage_ci"]
+        assert hi >= 0.9 and m["coverage"] <= 0.95, (method, m)
+    assert out["methods"]["lac"]["s"]["coverage_ci"][0] < 0.9
+    assert out["methods"]["lac"]["s"]["set_size"] <= out["methods"]["aps"]["s"]["set_size"]
+
+
+def test_aurc_and_the_risk_coverage_curve_against_a_hand_computation():
+    from kdstyles.common.metrics import aurc, risk_coverage
+
+    p = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.55, 0.45]])
+    y = torch.tensor([0, 0, 1, 1])  # by confidence: right (0.9), wrong (0.8), right (0.6), wrong (0.55)
+    assert aurc(p, y) == pytest.approx((0 + 1 / 2 + 1 / 3 + 2 / 4) / 4)
+    assert [r["risk"] for r in risk_coverage(p, y, points=2)] == [0.5, 0.5]
+    assert [r["risk"] for r in risk_coverage(p, y, points=4)] == [0.0, 0.5, pytest.approx(1 / 3), 0.5]
 
 
 def test_the_ece_change_interval_is_paired_over_test_images():

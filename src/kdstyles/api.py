@@ -329,20 +329,25 @@ class Experiment:
             checkpoints.load_into(cohort.networks[name], checkpoints.state_dict_of(checkpoints.load(path), path, name),
                                   path, f"network '{name}'")
 
-    def _can_calibrate(self, split: str) -> None:
-        """Temperature scaling needs softmax probabilities per image and a validation split to fit on."""
+    def can_calibrate(self, split: str = "test") -> str | None:
+        """Why temperature scaling and prediction sets cannot be fitted for ``split`` (None: they
+        can). They need softmax probabilities per image and a validation split to fit on."""
         task = TASKS[self.cfg.task]
         if not task.calibrates:
-            raise KDError(f"evaluate --calibrated: temperature scaling is built for single-label classification "
-                          f"(one softmax per image) so far; task {task.name} is not yet")
+            return (f"temperature scaling and prediction sets are built for single-label classification (one "
+                    f"softmax per image) so far; task {task.name} is not yet")
         if split == "val" or not len(self.data.splits.get("val", ())):
-            raise KDError("evaluate --calibrated: the temperatures are fitted on the validation split; "
-                          + ("evaluate another split with it" if split == "val" else "this run has none"))
+            return ("the temperatures and prediction sets are fitted on the validation split; "
+                    + ("evaluate another split with it" if split == "val" else "this run has none"))
+        return None
 
-    def _calibration(self, cohort: Cohort, device: torch.device, scores: Any) -> dict[str, Any]:
+    def _calibration(self, cohort: Cohort, device: torch.device, scores: Any, coverage: float) -> dict[str, Any]:
         """A temperature per network and the ensemble, fitted on the validation split; the
         validation ECE and NLL before and after it; the evaluated split's metrics at it, and its
-        change in ECE with a 95% paired bootstrap interval over the split's images."""
+        change in ECE with a 95% paired bootstrap interval over the split's images; split-conformal
+        prediction sets at ``coverage`` (:mod:`kdstyles.engine.conformal`), fitted on the
+        validation split's calibrated probabilities."""
+        from .engine.conformal import conformal
         from .engine.evaluate import ece_change, fit_temperature, score, tempered
 
         ds = self.data.splits["val"]
@@ -350,7 +355,8 @@ class Experiment:
                                   num_workers=resolve_workers(self.cfg.data.num_workers, device))
         val = score_cohort(cohort, loader, device, ds.window, ds.spacing, per_image=False, details=False)
         temperature = {n: fit_temperature(p, val.labels) for n, p in val.probs.items()}
-        after = score({n: tempered(p, temperature[n]) for n, p in val.probs.items()}, val.labels, cohort.task)
+        val_at = {n: tempered(p, temperature[n]) for n, p in val.probs.items()}
+        after = score(val_at, val.labels, cohort.task)
         fitted = {n: {k: [val.metrics[n][k], after[n][k]] for k in ("ece", "cw_ece", "brier", "nll")}
                   for n in temperature}
         at = {n: tempered(p, temperature[n]) for n, p in scores.probs.items()}
@@ -358,17 +364,25 @@ class Experiment:
         change = {n: {"ece": list(ece_change(scores.probs[n], at[n], scores.labels, seed=self.cfg.train.seed))}
                   for n in at}
         return {"fitted_on": "val", "val_images": int(len(val.labels)), "temperature": temperature, "val": fitted,
-                "networks": metrics, "change": change}
+                "networks": metrics, "change": change,
+                "conformal": conformal(val_at, val.labels, at, scores.labels, coverage)}
 
-    def evaluate(self, checkpoint: str = "best", split: str = "test", calibrated: bool = False) -> dict[str, Any]:
+    def evaluate(self, checkpoint: str = "best", split: str = "test", calibrated: bool = False,
+                 coverage: float | None = None) -> dict[str, Any]:
         """Metrics of every network and the ensemble on a split; written to RUN/eval.json (the
         test split) or RUN/eval-<split>.json. ``calibrated``: also a temperature per network
-        (and one for the ensemble) fitted on the validation split, and the split's metrics at
-        those temperatures beside the plain ones (the result's ``calibration``)."""
+        (and one for the ensemble) fitted on the validation split, the split's metrics at
+        those temperatures beside the plain ones, and conformal prediction sets at ``coverage``
+        (default ``eval.coverage``) (the result's ``calibration``)."""
         if split not in self.data.splits:
             raise KDError(f"split '{split}' is not known; allowed: {', '.join(self.data.splits)}")
-        if calibrated:
-            self._can_calibrate(split)
+        coverage = self.cfg.eval.coverage if coverage is None else coverage
+        if not 0 < coverage < 1:
+            raise KDError(f"coverage {coverage:g}: the share of images whose prediction set holds the true class "
+                          "is between 0 and 1, e.g. 0.9")
+        why = self.can_calibrate(split) if calibrated else None
+        if why:
+            raise KDError(f"evaluate --calibrated: {why}")
         self.load_weights(checkpoint)
         device = pick_device(self.cfg.train.device)
         cohort = self.cohort.to(device)
@@ -404,6 +418,6 @@ class Experiment:
             self.folder.write_outputs(kept, split)
             result["outputs"] = self.folder.outputs_file(split).name
         if calibrated:
-            result["calibration"] = self._calibration(cohort, device, scores)
+            result["calibration"] = self._calibration(cohort, device, scores, coverage)
         self.folder.write_eval(Evaluation.model_validate(result))
         return result

@@ -65,6 +65,21 @@ def metrics_table(result: dict[str, Any], title: str) -> Table:
     return table
 
 
+def prediction_sets_table(conformal: dict[str, Any], split: str) -> Table:
+    """Each method's prediction sets on the split, per network: coverage (95% interval), mean
+    set size, the share answered with one class and the accuracy there."""
+    table = Table(title=f"prediction sets for {conformal['target']:.0%} coverage, fitted on the validation split "
+                        f"({split} split; decided: one class in the set)")
+    for column in ("network", "method", "coverage [95% CI]", "set size", "decided", "accuracy when decided"):
+        table.add_column(column, justify="left" if column in ("network", "method") else "right")
+    for method, per in conformal["methods"].items():
+        for name, m in per.items():
+            lo, hi = m["coverage_ci"]
+            table.add_row(name, method, f"{m['coverage']:.3f} [{lo:.3f}, {hi:.3f}]", f"{m['set_size']:.2f}",
+                          f"{m['decided']:.1%}", _fmt(m["decided_accuracy"], ""))
+    return table
+
+
 @app.command()
 def train(config: Optional[Path] = typer.Argument(None, help="experiment YAML (default: the demo experiment)"),
           set_: Optional[list[str]] = SetOpt,
@@ -106,14 +121,16 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
              as_json: bool = typer.Option(False, "--json", help="print eval.json instead of a table"),
              calibrated: bool = typer.Option(False, "--calibrated", help="also fit a temperature per network and "
                                              "for the ensemble on the validation split, and score the split at "
-                                             "it (classification)")) -> None:
+                                             "it, and conformal prediction sets (classification)"),
+             coverage: Optional[float] = typer.Option(None, help="with --calibrated: the prediction sets' target "
+                                                      "coverage (default eval.coverage, 0.9)")) -> None:
     """Evaluate every network of a run and the student ensemble; writes RUN_DIR/eval.json
     (the test split; eval-val.json, eval-train.json for the others)."""
     from .api import Experiment
     from .store.runfolder import RunFolder
 
     exp = Experiment.from_run(run_dir, quiet=True)
-    result = exp.evaluate(checkpoint=checkpoint, split=split, calibrated=calibrated)
+    result = exp.evaluate(checkpoint=checkpoint, split=split, calibrated=calibrated, coverage=coverage)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -129,6 +146,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
                 console.print(f"  {name}: temperature {t:.3f}; validation ECE {ece[0]:.4f} -> {ece[1]:.4f}, "
                               f"{split} ECE {result['networks'][name]['ece']:.4f} -> "
                               f"{c['networks'][name]['ece']:.4f} ({d:+.4f} [{lo:+.4f}, {hi:+.4f}])", highlight=False)
+            console.print(prediction_sets_table(c["conformal"], split))
         console.print(f"written: {RunFolder(run_dir).eval_file(split)}")
         info = exp.run_info()
         if info.get("status") != "finished":  # the numbers describe a run that has not reached its end

@@ -42,6 +42,13 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("ece", "ECE", False, task="classification"),
     Metric("cw_ece", "classwise ECE", False, task="classification", table=False),
     Metric("brier", "Brier", False, task="classification", table=False),
+    Metric("aurc", "AURC", False, task="classification", table=False),
+    # evaluate --calibrated (compare does it for classification): the test split at the temperatures fitted on the
+    # validation split, and the conformal prediction sets (engine.conformal's default method) at the target coverage
+    Metric("temperature", "temperature", False, task="classification", table=False),
+    Metric("ece_calibrated", "ECE calibrated", False, task="classification", table=False),
+    Metric("coverage", "set coverage", task="classification", table=False),
+    Metric("set_size", "set size", False, task="classification", table=False),
     Metric("mean_auroc", "mean AUROC", task="multilabel", selectable=True, headline=True, drawn=True),
     Metric("mean_ap", "mean AP", task="multilabel", selectable=True, drawn=True),
     Metric("label_f1", "macro-F1@0.5", task="multilabel", selectable=True, headline=True),
@@ -117,6 +124,21 @@ def classwise_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -
     return total / k
 
 
+def errors_by_confidence(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1 where the top class is wrong, 0 where right, the most confident image first (ties in
+    their order)."""
+    conf, pred = probs.max(1)
+    return (pred != labels).double()[conf.argsort(descending=True, stable=True)]
+
+
+def aurc(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The area under the risk-coverage curve (Geifman et al., 2019): images ranked by confidence
+    (the top probability), the error rate among the k most confident, averaged over k = 1..N.
+    0 when every error is less confident than every correct answer; lower is better."""
+    wrong = errors_by_confidence(probs, labels)
+    return float((wrong.cumsum(0) / torch.arange(1, len(wrong) + 1, dtype=torch.float64)).mean())
+
+
 def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
     """The multiclass Brier score (Brier, 1950): the mean over images of the squared distance
     between the probability vector and the label's one-hot vector (0 is perfect, 2 the worst)."""
@@ -126,7 +148,7 @@ def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro-F1, macro one-vs-rest AUROC, ECE (15 bins), classwise
-    ECE (15 bins), Brier score, NLL."""
+    ECE (15 bins), Brier score, AURC, NLL."""
     from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_auroc,
                                                         multiclass_calibration_error, multiclass_f1_score,
                                                         multiclass_recall)
@@ -140,14 +162,16 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[st
         "ece": multiclass_calibration_error(probs, labels, k, n_bins=15, norm="l1"),
         "cw_ece": classwise_ece(probs, labels),
         "brier": brier(probs, labels),
+        "aurc": aurc(probs, labels),
         "nll": F.nll_loss(probs.clamp_min(1e-12).log(), labels),
     }
     return {name: float(v) for name, v in m.items()}
 
 
 def classification_details(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 10) -> dict[str, Any]:
-    """Per-class precision/recall/F1, the confusion matrix (rows: true class), and the
-    reliability diagram's bins (count, mean confidence, accuracy per confidence bin)."""
+    """Per-class precision/recall/F1, the confusion matrix (rows: true class), the reliability
+    diagram's bins (count, mean confidence, accuracy per confidence bin) and the risk-coverage
+    curve."""
     k = probs.shape[1]
     pred = probs.argmax(1)
     confusion = torch.zeros(k, k, dtype=torch.long)
@@ -165,7 +189,21 @@ def classification_details(probs: torch.Tensor, labels: torch.Tensor, n_bins: in
         reliability.append({"count": n, "confidence": float(conf[mask].mean()) if n else None,
                             "accuracy": float(correct[mask].mean()) if n else None})
     return {"confusion": confusion.tolist(), "precision": precision.tolist(), "recall": recall.tolist(),
-            "f1": f1.tolist(), "support": confusion.sum(1).tolist(), "reliability": reliability}
+            "f1": f1.tolist(), "support": confusion.sum(1).tolist(), "reliability": reliability,
+            "risk_coverage": risk_coverage(probs, labels)}
+
+
+def risk_coverage(probs: torch.Tensor, labels: torch.Tensor, points: int = 10) -> list[dict[str, float]]:
+    """The risk-coverage curve (Geifman & El-Yaniv, 2017): the error among the most confident
+    images at coverages 1/points, 2/points, ..., 1 (what a user gets by letting the model
+    abstain on the least confident rest)."""
+    wrong = errors_by_confidence(probs, labels)
+    n = len(wrong)
+    out = []
+    for i in range(1, points + 1):
+        kept = max(1, round(n * i / points))
+        out.append({"coverage": kept / n, "risk": float(wrong[:kept].mean())})
+    return out
 
 
 # ----------------------------------------------------------------------------- multi-label

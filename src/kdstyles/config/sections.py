@@ -484,6 +484,9 @@ class TrainConfig(Strict):
 class EvalConfig(Strict):
     overlays: int = Field(4, ge=0, description="segmentation, detection: test images drawn as overlay PNGs "
                                                "by evaluate")
+    coverage: float = Field(0.9, gt=0, lt=1, description="classification, evaluate --calibrated and compare: the "
+                                                         "target coverage of the conformal prediction sets (the share "
+                                                         "of images whose set holds the true class)")
 
 
 class ParamSpace(Strict):

@@ -76,15 +76,23 @@ def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None
 
 def calibrated_with(exp: Experiment, network: str, checkpoint: str) -> dict[str, Any]:
     """The temperature ``evaluate --calibrated`` fitted for ``network`` (eval.json of the same
-    checkpoint), the validation ECE before and after it, and the test metrics at it."""
+    checkpoint), the validation ECE before and after it, the test metrics at it, and the
+    conformal threshold of its prediction sets (``prediction_sets``, where fitted)."""
     evaluation = exp.folder.evaluation()
     c = evaluation.calibration if evaluation is not None and evaluation.checkpoint == checkpoint else None
     if not c or network not in c.get("temperature", {}):
         raise KDError(f"export --calibrated: no temperature fitted for '{network}' at the {checkpoint} checkpoint; "
                       f"run 'kdstyles evaluate {exp.folder.path} --calibrated"
                       f"{'' if checkpoint == 'best' else ' --checkpoint ' + checkpoint}' first")
-    return {"temperature": c["temperature"][network], "fitted_on": c.get("fitted_on", "val"),
-            "val_ece": c["val"][network]["ece"], "metrics": c["networks"][network]}
+    out = {"temperature": c["temperature"][network], "fitted_on": c.get("fitted_on", "val"),
+           "val_ece": c["val"][network]["ece"], "metrics": c["networks"][network]}
+    conformal = c.get("conformal")
+    if conformal:  # the default method's threshold (evaluate --calibrated fits every method)
+        method = conformal["default"]
+        m = conformal["methods"][method][network]
+        out["prediction_sets"] = {"method": method, "coverage": conformal["target"], "threshold": m["threshold"],
+                                  "test_coverage": m["coverage"], "test_set_size": m["set_size"]}
+    return out
 
 
 def open_run(run_dir: str | Path, network: str | None, checkpoint: str = "best"
@@ -305,6 +313,13 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
         metric_rows += (f"\n\nProbabilities are temperature-scaled: T = {c['temperature']:.3f}, fitted on the "
                         f"{'validation' if c['fitted_on'] == 'val' else c['fitted_on']} split (its ECE "
                         f"{c['val_ece'][0]:.4f} before, {c['val_ece'][1]:.4f} after); the metrics above are at it.")
+        ps = c.get("prediction_sets")
+        if ps:
+            metric_rows += (f" `kdstyles predict` also writes each image's prediction set ({ps['method'].upper()}, "
+                            f"split-conformal, fitted on the validation split for {ps['coverage']:.0%} coverage): "
+                            f"on the test split it held the true class for {ps['test_coverage']:.1%} of images, "
+                            f"with {ps['test_set_size']:.2f} classes on average. The guarantee holds for images "
+                            "like the validation split's; on another site's images, measure it again.")
     size_rows = "\n".join(f"| {n} | {p:,} | {f / 1e6:.1f} | {lat:.2f} |" for n, p, f, lat in rows)
     inp = sidecar["input"]
     kind = "volumes" if "depth" in inp else "images"

@@ -31,12 +31,13 @@ class Predictor:
     """Images in [0, 1] (N, C, H, W) float32 -> class probabilities (N, K, ...); ``task`` writes the rows."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], class_names: list[str], channels: int, size: int,
-                 source: str, task: str = DEFAULT_TASK, volumes: dict | None = None):
+                 source: str, task: str = DEFAULT_TASK, volumes: dict | None = None, sets: dict | None = None):
         from ..tasks import TASKS
 
         self.run, self.class_names, self.channels, self.size, self.source = run, class_names, channels, size, source
         self.task = TASKS[task](len(class_names))
         self.volumes = volumes  # volume models: orientation, spacing, window, overlap
+        self.sets = sets  # export --calibrated: the conformal method and threshold of prediction sets
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)
@@ -182,7 +183,8 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
             with torch.inference_mode():
                 return scripted(torch.from_numpy(batch)).numpy()
     _check_model(run, side, model, declared)
-    return Predictor(run, names, ch, size, str(model), side.get("task", DEFAULT_TASK), side.get("volumes"))
+    return Predictor(run, names, ch, size, str(model), side.get("task", DEFAULT_TASK), side.get("volumes"),
+                     side.get("calibration", {}).get("prediction_sets"))
 
 
 def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path]:
@@ -233,7 +235,8 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
             batch_size: int = 32, quiet: bool = False, skip_unreadable: bool = False, allow_rejected: bool = False,
             say: Callable[[str], None] | None = None) -> Path:
     """``OUT/predictions.csv``, one row per image as the task writes it (classification: path,
-    predicted class, its probability, one column per class; segmentation: path, the mask PNG
+    predicted class, its probability, one column per class, and with a model exported
+    ``--calibrated`` its prediction set; segmentation: path, the mask PNG
     written in ``OUT/masks/``, foreground fraction). An input that cannot be read stops
     everything with its one line, or with ``skip_unreadable`` is listed in ``OUT/skipped.csv``
     (path, reason) while the rest are predicted."""
@@ -277,8 +280,8 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
             if read:
                 batch = np.stack([image for _, _, image in read])
                 probs = predictor(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0)
-                rows += [task.prediction_row(path, p, names, out_dir, index)
-                         for (index, path, _), p in zip(read, probs, strict=True)]
+                rows += [task.prediction_row(path, p, names, out_dir, index) + in_set
+                         for (index, path, _), p, in_set in zip(read, probs, _set_cells(predictor, probs), strict=True)]
             bar.advance(progress, min(batch_size, len(files) - start))
     (out_dir / SKIPPED).unlink(missing_ok=True)  # from an earlier prediction into this folder
     if skipped:
@@ -289,7 +292,8 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
             raise KDError(f"none of the {len(files)} inputs could be read; see {out_dir / SKIPPED}")
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(task.prediction_header(names, volumes=predictor.volumes is not None))
+    w.writerow(task.prediction_header(names, volumes=predictor.volumes is not None)
+               + (["prediction_set"] if predictor.sets else []))
     w.writerows(rows)
     out = out_dir / "predictions.csv"
     write_text(out, buf.getvalue())
@@ -297,6 +301,18 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
 
 
 SKIPPED = "skipped.csv"
+
+
+def _set_cells(predictor: Predictor, probs: np.ndarray) -> list[list[str]]:
+    """Each image's prediction set as one cell, its classes joined by '|' (most likely first;
+    nothing when the model carries no conformal threshold)."""
+    if not predictor.sets:
+        return [[] for _ in probs]
+    from ..common.sets import prediction_sets
+
+    sets = prediction_sets(probs, predictor.sets["threshold"], predictor.sets["method"])
+    return [["|".join(predictor.class_names[k] for k in np.argsort(-p, kind="stable") if member[k])]
+            for p, member in zip(probs, sets, strict=True)]
 
 
 def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int, window_batch: int) -> list[str]:

@@ -70,8 +70,23 @@ class Evaluation(BaseModel):
     outputs: str | None = None
     # evaluate --calibrated: the temperatures fitted on the validation split (``temperature``),
     # the validation ECE, classwise ECE, Brier and NLL before and after them (``val``), this
-    # split's metrics at them (``networks``) and its change in ECE with a 95% interval (``change``)
+    # split's metrics at them (``networks``) and its change in ECE with a 95% interval (``change``),
+    # conformal prediction sets fitted on the validation split (``conformal``: target coverage, the
+    # default method, and per method and network the threshold, coverage, set size, ...)
     calibration: dict[str, Any] | None = None
+
+    def trust(self, network: str) -> dict[str, Any]:
+        """What the calibration block says of ``network`` in a results row: ``temperature``,
+        ``ece_calibrated`` (this split's ECE at it), and the default method's prediction sets'
+        ``coverage`` and ``set_size`` (empty when the split was evaluated without calibration)."""
+        c = self.calibration or {}
+        if network not in c.get("temperature", {}):
+            return {}
+        out = {"temperature": c["temperature"][network], "ece_calibrated": c["networks"][network]["ece"]}
+        sets = c.get("conformal", {}).get("methods", {}).get(c.get("conformal", {}).get("default"), {})
+        if network in sets:
+            out |= {"coverage": sets[network]["coverage"], "set_size": sets[network]["set_size"]}
+        return out
 
     def rows(self, preset: str | None = None, seed: int | None = None, run_dir: str | None = None,
              fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -83,7 +98,7 @@ class Evaluation(BaseModel):
             row = {"preset": preset or self.preset or "run", "seed": self.seed or 0 if seed is None else seed,
                    "network": network, "checkpoint": self.checkpoint, "split": self.split,
                    "run_dir": run_dir or self.run_dir}
-            row.update({k: v for k, v in metrics.items() if fields is None or k in fields})
+            row.update({k: v for k, v in (metrics | self.trust(network)).items() if fields is None or k in fields})
             out.append(row)
         return out
 
