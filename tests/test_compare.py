@@ -146,15 +146,24 @@ def test_ablation_plan_drops_each_edge_and_keeps_options():
         "teacher -> s1 predictions (w=0.2)", "teacher -> s2 predictions (w=0.2)"]
 
 
-def test_shared_teacher_trains_once_and_answers(tmp_path):
+SITE2 = "data.external=[{name: site2, source: synthetic, samples: 24}]"
+
+
+def test_shared_teacher_trains_once_and_answers(tmp_path, cli):
+    """Also: every run is calibrated and scored on an external set (the embedded second site),
+    whose rows, tables, gap closure and change from the test split the results and report carry."""
     out = tmp_path / "shared"
     lines = []
-    summary = compare(None, ["student"], 1, out, [*SMALL, "routing.preset=kd"], quiet=True, echo=lines.append,
-                      teacher="shared", teacher_overrides=["train.epochs=2"], ablate=True)
+    summary = compare(None, ["student"], 1, out, [*SMALL, "routing.preset=kd", SITE2], quiet=True,
+                      echo=lines.append, teacher="shared", teacher_overrides=["train.epochs=2"], ablate=True)
     assert summary["failed"] == [] and summary["runs"] == 1 + 4  # the teacher, kd, kd without each edge, student
     teacher_run = out / "teacher-seed0"
     assert len(list(csv.DictReader((teacher_run / "metrics.csv").open()))) == 2  # its own 2 epochs, the teacher alone
-    rows = list(csv.DictReader((out / "results.csv").open()))
+    everything = list(csv.DictReader((out / "results.csv").open()))
+    rows = [r for r in everything if r["split"] == "test"]
+    assert [r["split"] for r in everything] == ["test"] * len(rows) + ["site2"] * len(rows)  # each run on both
+    assert all(0 <= float(r["coverage"]) <= 1 and float(r["set_size"]) >= 1 and float(r["temperature"]) > 0
+               for r in everything)  # calibrated and with prediction sets, on both sets
     assert "teacher" not in {r["preset"] for r in rows}  # the teacher's run is not a compared variant
     teacher_rows = {r["preset"]: r["accuracy"] for r in rows if r["network"] == "teacher"}
     assert set(teacher_rows) == {"kd", "without-teacher-s1-predictions", "without-teacher-s2-predictions"}
@@ -172,6 +181,31 @@ def test_shared_teacher_trains_once_and_answers(tmp_path):
     assert "| teacher -> s1 predictions (w=0.2) | s1 |" in text
     assert "without-teacher" not in text.split("### kd against each baseline")[1].split("### Ablation")[0]
     assert "What the comparison shows" in render(out).read_text()
+    from kdstyles.report.trust import deploy_table, external_studies
+
+    externals = external_studies(out)
+    assert list(externals) == ["site2"] and externals["site2"].split == "site2"
+    ext_rows = load_rows(out, "site2")
+    assert {r["split"] for r in ext_rows} == {"site2"} and len(ext_rows) == len(rows)
+    text = markdown(load_rows(out), load_study(out, load_rows(out)), externals)
+    assert "## External set 'site2' (24 images from synthetic site 2)" in text
+    assert "### Before you deploy" in text and "| site2: accuracy (change [95% CI]) |" in text
+    header, body = deploy_table(load_study(out, load_rows(out)), externals)
+    kd_s1 = next(line for line in body if line[:2] == ["kd", "s1"])
+    ext = next(r for r in ext_rows if (r["preset"], r["network"]) == ("kd", "s1"))
+    test = next(r for r in rows if (r["preset"], r["network"]) == ("kd", "s1"))
+    drop = 100 * (float(ext["accuracy"]) - float(test["accuracy"]))
+    assert kd_s1[header.index("site2: accuracy (change [95% CI])")].startswith(f"{ext['accuracy']:.3f} ({drop:+.1f} pt [")
+    page = render(out).read_text()
+    assert "<h2>Before you deploy</h2>" in page and "<h2>External set 'site2' (24 images" in page
+    code, printed, err = cli("evaluate", out / "kd-seed0", "--split", "site2", "--calibrated")
+    assert code == 0, err
+    assert "prediction sets for 90% coverage" in printed
+    again = json.loads((out / "kd-seed0" / "eval-site2.json").read_text())
+    assert again["about"] == "24 images from synthetic site 2"  # evaluated again, the same numbers
+    assert again["networks"]["s1"]["accuracy"] == float(ext["accuracy"])
+    code, printed, err = cli("evaluate", out / "kd-seed0", "--split", "site3")
+    assert code != 0 and "split 'site3' is not known; allowed: train, val, test, site2" in err
 
 
 def test_a_one_student_config_compares_the_presets_that_fit_it(tmp_path):

@@ -225,9 +225,9 @@ def test_a_calibrated_export_outputs_the_probabilities_evaluate_scored(run_dir, 
     for network in ("s1", "ensemble"):
         side = export_run(run, network, "onnx", calibrated=True)
         t = fitted["temperature"][network]
-        sets = fitted["conformal"]["methods"]["aps"][network]
+        sets = fitted["conformal"]["methods"]["lac"][network]
         assert side["calibration"] == {"temperature": t, "fitted_on": "val", "val_ece": fitted["val"][network]["ece"],
-                                       "prediction_sets": {"method": "aps", "coverage": 0.9,
+                                       "prediction_sets": {"method": "lac", "coverage": 0.9,
                                                            "threshold": sets["threshold"],
                                                            "test_coverage": sets["coverage"],
                                                            "test_set_size": sets["set_size"]}}
@@ -237,7 +237,7 @@ def test_a_calibrated_export_outputs_the_probabilities_evaluate_scored(run_dir, 
             want = tempered(reference(run, network)(sample), t)
         assert np.abs(got - want.numpy()).max() < 1e-5
         assert f"T = {t:.3f}, fitted on the validation split" in (run / "export" / f"{network}.md").read_text()
-    # predict writes each image's set: the classes whose APS score is within the threshold, most likely first
+    # predict writes each image's set: the classes whose score is within the threshold, most likely first
     from kdstyles.common.sets import prediction_sets
     from kdstyles.deploy.predict import predict
 
@@ -248,8 +248,8 @@ def test_a_calibrated_export_outputs_the_probabilities_evaluate_scored(run_dir, 
     rows = list(csv.DictReader(open(predict(run / "export" / "s1.onnx", [images], tmp_path / "pred", quiet=True))))
     names = side["class_names"]
     probs = np.array([[float(r[f"p_{c}"]) for c in names] for r in rows])
-    s1 = fitted["conformal"]["methods"]["aps"]["s1"]["threshold"]
-    for row, member, p in zip(rows, prediction_sets(probs, s1, "aps"), probs, strict=True):
+    s1 = fitted["conformal"]["methods"]["lac"]["s1"]["threshold"]
+    for row, member, p in zip(rows, prediction_sets(probs, s1, "lac"), probs, strict=True):
         listed = row["prediction_set"].split("|")
         assert listed[0] == row["prediction"] and set(listed) == {names[k] for k in np.flatnonzero(member)}
         assert [p[names.index(c)] for c in listed] == sorted([p[names.index(c)] for c in listed], reverse=True)

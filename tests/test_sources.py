@@ -786,3 +786,53 @@ def test_npz_source_reads_your_arrays_with_their_class_names(tmp_path):
     np.savez(tmp_path / "float.npz", **{**arrays, "val_labels": np.zeros(8, np.float32)})
     with pytest.raises(KDError, match="val_labels has dtype float32; expected whole numbers"):
         build_data(load_config(None, ["data.source=npz", f"data.path={tmp_path / 'float.npz'}"]).data, seed=0)
+
+
+def test_external_sets_are_checked_before_training(tmp_path):
+    """data.external: a set of another site is read by its own source with the training data's
+    classes and input; a name of a split or used twice, a key its source does not read, a missing
+    required key, a class the training data lacks, images of the training or validation split
+    (leakage) and an empty set are each one line before anything trains; a set lacking a class
+    is fine."""
+    from kdstyles.data.checks import array_digest
+
+    make_mixed_folder(tmp_path / "data", per_class=20)
+    base = ["data.source=folder", f"data.root={tmp_path / 'data'}", "data.image_size=16", f"output.dir={tmp_path}",
+            "output.name=run", *FAST]
+
+    def external(text: str) -> list[str]:
+        return [*base, f"data.external=[{text}]"]
+
+    for text, message in [
+        ("{name: test, source: folder, root: x}", r"'test' cannot name an external set: .* not train, val, test"),
+        ("{name: b, source: folder, root: x}, {name: b, source: csv, path: y}", "two sets are named 'b'"),
+        ("{name: b, source: folder}", "external set 'b': source 'folder' needs data.root"),
+        ("{name: b, source: csv, path: y, root: z}", "external set 'b': root: source 'csv' does not read it"),
+        ("{name: b, source: foldr, root: x}", r"data.external.0.source: unknown source 'foldr' \(did you mean folder\?\)"),
+    ]:
+        with pytest.raises(KDError, match=message):
+            load_config(None, external(text))
+    site = tmp_path / "site_b"
+    make_mixed_folder(site, per_class=3)
+    (site / "malignant").rename(site / "atypical")  # a class training never saw
+    with pytest.raises(KDError, match=r"data.external 'b': data.root '.*site_b': .*'atypical', which is not in the training data's classes \(benign, malignant\)"):
+        Experiment(None, overrides=external(f"{{name: b, source: folder, root: {site}}}"), quiet=True).data
+    with pytest.raises(KDError, match="leakage"):  # the training folder itself: its images are training's
+        Experiment(None, overrides=external(f"{{name: b, source: folder, root: {tmp_path / 'data'}}}"), quiet=True).data
+    one = tmp_path / "site_c"
+    (one / "benign").mkdir(parents=True)
+    for i in range(4):  # benign only, images of its own
+        Image.fromarray(np.full((20, 24), 40 * i + 7, np.uint8)).save(one / "benign" / f"{i}.png")
+    data = Experiment(None, overrides=external(f"{{name: c, source: folder, root: {one}}}"), quiet=True).data
+    c = data.external["c"]
+    assert len(c) == 4 and c.labels.tolist() == [0] * 4 and data.external_about["c"].startswith("4 images from")
+    x, y, _ = next(iter(data.loader("c", 8)))
+    assert x.shape == (4, 3, 16, 16) and y.tolist() == [0] * 4  # the training input, normalised as its test split
+    # the embedded data: its second site is other images than any split's, shifted
+    synth = build_data(load_config(None, ["data.train_samples=16", "data.val_samples=8", "data.test_samples=8",
+                                          "data.image_size=16",
+                                          "data.external=[{name: s2, source: synthetic, samples: 12}]"]).data, 0)
+    s2 = synth.external["s2"]
+    assert len(s2) == 12 and synth.external_about["s2"] == "12 images from synthetic site 2"
+    seen = {array_digest(i) for split in synth.splits.values() for i in split.images}
+    assert not seen & {array_digest(i) for i in s2.images}

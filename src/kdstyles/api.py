@@ -329,6 +329,12 @@ class Experiment:
             checkpoints.load_into(cohort.networks[name], checkpoints.state_dict_of(checkpoints.load(path), path, name),
                                   path, f"network '{name}'")
 
+    def evaluate_sets(self, checkpoint: str = "best") -> list[dict[str, Any]]:
+        """The test split, then every external set (``data.external``), each calibrated where it
+        can be (:meth:`can_calibrate`): what ``train`` and ``compare`` evaluate after training."""
+        return [self.evaluate(checkpoint, split, calibrated=self.can_calibrate(split) is None)
+                for split in ("test", *self.data.external)]
+
     def can_calibrate(self, split: str = "test") -> str | None:
         """Why temperature scaling and prediction sets cannot be fitted for ``split`` (None: they
         can). They need softmax probabilities per image and a validation split to fit on."""
@@ -365,7 +371,8 @@ class Experiment:
                   for n in at}
         return {"fitted_on": "val", "val_images": int(len(val.labels)), "temperature": temperature, "val": fitted,
                 "networks": metrics, "change": change,
-                "conformal": conformal(val_at, val.labels, at, scores.labels, coverage)}
+                "conformal": conformal(val_at, val.labels, at, scores.labels, coverage,
+                                       self.cfg.eval.coverage_confidence, self.cfg.train.seed)}
 
     def evaluate(self, checkpoint: str = "best", split: str = "test", calibrated: bool = False,
                  coverage: float | None = None) -> dict[str, Any]:
@@ -374,8 +381,10 @@ class Experiment:
         (and one for the ensemble) fitted on the validation split, the split's metrics at
         those temperatures beside the plain ones, and conformal prediction sets at ``coverage``
         (default ``eval.coverage``) (the result's ``calibration``)."""
-        if split not in self.data.splits:
-            raise KDError(f"split '{split}' is not known; allowed: {', '.join(self.data.splits)}")
+        known = [*self.data.splits, *self.data.external]
+        if split not in known:
+            raise KDError(f"split '{split}' is not known; allowed: {', '.join(known)}"
+                          + ("" if self.data.external else " (and the names of data.external's sets)"))
         coverage = self.cfg.eval.coverage if coverage is None else coverage
         if not 0 < coverage < 1:
             raise KDError(f"coverage {coverage:g}: the share of images whose prediction set holds the true class "
@@ -389,7 +398,7 @@ class Experiment:
         loader = self.data.loader(split, self.cfg.data.batch_size,
                                   num_workers=resolve_workers(self.cfg.data.num_workers, device))
         shown = self.cfg.eval.overlays
-        ds = self.data.splits[split]
+        ds = self.data.dataset(split)
         scores = score_cohort(cohort, loader, device, ds.window, ds.spacing, keep=shown)
         metrics, samples, details, per_image = scores.metrics, scores.samples, scores.details, scores.per_image
         probs, labels = scores.probs, scores.labels
@@ -402,6 +411,7 @@ class Experiment:
                 metrics[name]["compression"] = params[T] / p
         result = {"run_dir": str(self.run_dir), "task": self.cfg.task, "spatial_dims": self.cfg.data.dims,
                   "split": split, "checkpoint": checkpoint,
+                  **({"about": self.data.external_about[split]} if split in self.data.external else {}),
                   "samples": samples, "preset": self.cfg.routing.label, "seed": self.cfg.train.seed,
                   "class_names": self.data.class_names,
                   "networks": metrics, "details": details, "per_image": per_image}

@@ -84,7 +84,7 @@ def prediction_sets_table(conformal: dict[str, Any], split: str) -> Table:
 def train(config: Optional[Path] = typer.Argument(None, help="experiment YAML (default: the demo experiment)"),
           set_: Optional[list[str]] = SetOpt,
           resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run folder where it stopped"),
-          evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate", help="evaluate on the test split"),
+          evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate", help="evaluate on the test split and every external set"),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or per-epoch lines")) -> None:
     """Train the teacher and students of an experiment (or resume a run folder)."""
     from .api import Experiment
@@ -107,8 +107,10 @@ def train(config: Optional[Path] = typer.Argument(None, help="experiment YAML (d
             console.print(f"run folder: {summary['run_dir']} ({summary['status']}, {summary['epochs']} epochs"
                           f"{'; ' + spent if spent else ''})")
             if evaluate_after:
-                result = exp.evaluate()
-                console.print(metrics_table(result, f"test split, {result['checkpoint']} checkpoint per network"))
+                for result in exp.evaluate_sets():
+                    where = ("test split" if result["split"] == "test" else
+                             f"external set '{result['split']}' ({result.get('about')})")
+                    console.print(metrics_table(result, f"{where}, {result['checkpoint']} checkpoint per network"))
     finally:
         teardown()
 
@@ -116,8 +118,9 @@ def train(config: Optional[Path] = typer.Argument(None, help="experiment YAML (d
 @app.command()
 def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
              checkpoint: str = typer.Option("best", help="best (per network, on its own validation metric) or last"),
-             split: str = typer.Option("test", help="train, val or test (eval.json holds test; the others are "
-                                                    "written to eval-<split>.json)"),
+             split: str = typer.Option("test", help="train, val, test, or the name of an external set (data.external); "
+                                                    "eval.json holds test, the others are written to "
+                                                    "eval-<split>.json"),
              as_json: bool = typer.Option(False, "--json", help="print eval.json instead of a table"),
              calibrated: bool = typer.Option(False, "--calibrated", help="also fit a temperature per network and "
                                              "for the ensemble on the validation split, and score the split at "
@@ -359,7 +362,6 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
     """Run every preset x seed (resumable), then write results.csv, the table and report.html."""
     from .workflows.compare import base_config, parse_budget
     from .workflows.compare import compare as run_compare
-    from .report import load_rows, load_study, markdown, render
     from .store.runfolder import ComparisonFolder
 
     from .workflows.launch import from_options
@@ -378,10 +380,7 @@ def compare(config: Optional[Path] = typer.Argument(None, help="experiment YAML 
                           teacher=teacher, teacher_overrides=teacher_set or [], ablate=ablate, launch=launch,
                           recipes=recipes, budget=parse_budget(budget) if budget is not None else None)
     if summary["rows"]:
-        study = load_study(folder, load_rows(folder))
-        console.print(markdown(study.rows, study), highlight=False, soft_wrap=True)
-        console.print(f"results: {ComparisonFolder(folder).results_path}\nreport: {render(folder, study)}",
-                      highlight=False)
+        _print_report(folder, f"results: {ComparisonFolder(folder).results_path}\n")
     if summary["queued"]:
         console.print(f"{len(summary['queued'])} run(s) queued or running as jobs (jobs.json, logs in "
                       f"{ComparisonFolder(folder).jobs_dir}); run the same command again to follow and collect them",
@@ -453,12 +452,20 @@ def tune(config: Optional[Path] = typer.Argument(None, help="experiment YAML wit
 def report(folder: Path = typer.Argument(..., help="a comparison folder or an evaluated run folder")) -> None:
     """Re-render report.html (and print the table) from existing results, without training."""
     from .workflows.compare import write_compression
-    from .report import load_rows, load_study, markdown, render
 
-    study = load_study(folder, load_rows(folder))
     write_compression(folder)
-    console.print(markdown(study.rows, study), highlight=False, soft_wrap=True)
-    console.print(f"report: {render(folder, study)}", highlight=False)
+    _print_report(folder)
+
+
+def _print_report(folder: Path, before: str = "") -> None:
+    """A comparison's (or run's) tables, analysis and before-you-deploy answer printed, and its
+    report.html written."""
+    from .report import load_rows, load_study, markdown, render
+    from .report.trust import external_studies
+
+    study, externals = load_study(folder, load_rows(folder)), external_studies(folder)
+    console.print(markdown(study.rows, study, externals), highlight=False, soft_wrap=True)
+    console.print(f"{before}report: {render(folder, study, externals)}", highlight=False)
 
 
 @app.command()
@@ -574,6 +581,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="comparison folder for
     from .common.metrics import label
     from .report import render
     from .report.analysis import gap_closure
+    from .report.trust import deploy_line, external_studies
 
     study = run_demo(out, set_ or [], quiet=quiet, echo=lambda line: console.print(line, highlight=False))
     metric = study.metric
@@ -602,7 +610,11 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="comparison folder for
                   "real photos (docs/realimages.md: kd at temperature 4 with unlabelled images, trained long), and "
                   "'kdstyles compare --seeds 3 --teacher shared --recipes FILE' gives intervals over seeds and "
                   "images on your data.", highlight=False)
-    console.print(f"runs and report: {out} ({render(out, study)})", highlight=False)
+    externals = external_studies(out)
+    line = deploy_line(study, externals)
+    if line:
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"runs and report: {out} ({render(out, study, externals)})", highlight=False)
 
 
 PATH_ERRORS = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS,

@@ -12,15 +12,19 @@ RAPS_LAMBDA, RAPS_K = 0.01, 1
 TIE = 1e-6
 
 
-def class_scores(probs: np.ndarray, method: str) -> np.ndarray:
-    """The nonconformity score of every class of every image (N, K): low where the class is likely."""
+def class_scores(probs: np.ndarray, method: str, u: np.ndarray | None = None) -> np.ndarray:
+    """The nonconformity score of every class of every image (N, K): low where the class is likely.
+    APS and RAPS: the mass of the classes ranked above the class plus ``u`` (one uniform draw per
+    image, (N,)) times its own probability, as Romano et al. randomise it for exact coverage
+    (None: its whole probability, which can only raise coverage)."""
     p = np.asarray(probs, dtype=np.float64)
     if method == "lac":
         return 1 - p
     rows = np.arange(len(p))[:, None]
     order = np.argsort(-p, axis=1, kind="stable")
     mass = np.empty_like(p)
-    mass[rows, order] = np.cumsum(p[rows, order], axis=1)  # the mass of the classes ranked at or above each
+    mass[rows, order] = np.cumsum(p[rows, order], axis=1) - p[rows, order]  # the mass ranked above each class
+    mass += p * (1.0 if u is None else np.asarray(u, dtype=np.float64)[:, None])
     if method == "aps":
         return mass
     if method == "raps":
@@ -30,10 +34,12 @@ def class_scores(probs: np.ndarray, method: str) -> np.ndarray:
     raise ValueError(f"conformal method '{method}' is not known; allowed: {', '.join(METHODS)}")
 
 
-def prediction_sets(probs: np.ndarray, threshold: float | None, method: str) -> np.ndarray:
-    """(N, K) booleans: the classes in each image's set (``threshold`` None: every class). The
-    top class is always in it (an empty set would say nothing a clinician can act on)."""
+def prediction_sets(probs: np.ndarray, threshold: float | None, method: str, u: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """(N, K) booleans: the classes in each image's set (``threshold`` None: every class; ``u``: as
+    :func:`class_scores`). The top class is always in it (an empty set would say nothing a
+    clinician can act on)."""
     p = np.asarray(probs)
-    sets = class_scores(p, method) <= (np.inf if threshold is None else threshold + TIE)
+    sets = class_scores(p, method, u) <= (np.inf if threshold is None else threshold + TIE)
     sets[np.arange(len(p)), p.argmax(1)] = True
     return sets

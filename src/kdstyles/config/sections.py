@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from ..common.metrics import METRICS
 from ..data.sources import SOURCE_KEYS, SOURCES, sources_for, unlabeled_sources
@@ -133,6 +134,49 @@ class UnlabeledConfig(Strict):
         return self
 
 
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class ExternalSet(Strict):
+    """A test set from elsewhere (another hospital, scanner or stain): every image a source lists
+    for it (or one of its splits), prepared as the test split is and scored after it. Its source
+    keys are its own; everything else (input size, channels, classes, volume preparation) is
+    the training data's, so its images reach the networks exactly as the test split's do."""
+
+    name: str = Field(..., description="how results name it (a short word: site2, hospital_b, scanner-2)")
+    source: str = Field(..., description="which source reads it (any labelled source kdstyles reads)",
+                        json_schema_extra={"registry": "sources"})
+    split: Optional[Literal["all", "train", "val", "test"]] = Field(
+        None, description="which of the source's splits are the set; default: all of them (files), its test split "
+                          "(the embedded data)")
+    samples: Optional[int] = Field(None, ge=1, description="synthetic: how many images (default data.test_samples)")
+    site: Literal[1, 2] = Field(2, description="synthetic: 2, the shifted second site (other stain, intensity and "
+                                               "blur); 1, more images like the training site's")
+    root: Optional[str] = Field(None, description="folder, medmnist, decathlon: as data.root")
+    path: Optional[str] = Field(None, description="csv, npz, coco: as data.path")
+    flag: Optional[str] = Field(None, description="medmnist: as data.flag")
+    size: Literal[28, 64, 128, 224] = Field(28, description="medmnist: as data.size")
+    none_label: Optional[str] = Field("No Finding", description="multi-label CSV: as data.none_label")
+    uncertain: Literal["error", "zeros", "ones"] = Field("error", description="multi-label CSV: as data.uncertain")
+
+    _paths = field_validator("root", "path")(_home)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,39}", v) or v in SPLIT_NAMES:
+            raise ValueError(f"'{v}' cannot name an external set: a short word of letters, digits, - and _ "
+                             f"starting with a letter, and not {', '.join(SPLIT_NAMES)}")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        return registered(v, SOURCES, "source")
+
+
 class DataConfig(Strict):
     """Where images come from and how they are prepared.
 
@@ -187,6 +231,8 @@ class DataConfig(Strict):
                                             "e.g. BraTS's FLAIR, T1w, T1gd, T2w): the channels to keep, by index "
                                             "(dataset.json's modality keys), in this order; default: all "
                                             "(decathlon), averaged to data.channels (volume folders/CSV)")
+    site: Literal[1, 2] = Field(1, description="synthetic: 1, the embedded data's site; 2, a shifted second site "
+                                               "(other stain, intensity and blur: the data page says how)")
     train_samples: int = Field(2000, ge=2, description="synthetic only")
     val_samples: int = Field(500, ge=1, description="synthetic only")
     test_samples: int = Field(1000, ge=1, description="synthetic only")
@@ -202,6 +248,7 @@ class DataConfig(Strict):
                             "min(8, CPUs - 1) when training on a GPU")
 
     _paths = field_validator("root", "path")(_home)
+    _external: bool = PrivateAttr(False)
 
     @field_validator("num_workers")
     @classmethod
@@ -224,6 +271,10 @@ class DataConfig(Strict):
                           "{source: npz, path: FILE, split: train}")
     unlabeled_batch_size: Optional[int] = Field(None, ge=1, description="unlabelled images drawn with every "
                                                 "labelled batch; default: data.batch_size")
+    external: list[ExternalSet] = Field(
+        [], description="test sets from other sites, each {name, source, ...its source keys}, checked like the test "
+                        "split (classes, leakage against training and validation images) and scored after it by "
+                        "train, evaluate --split NAME and compare")
     mix: MixConfig = MixConfig()
     views: Optional[int] = Field(None, ge=1, le=64, description="fixed augmented views per training image: epoch e "
                                  "shows view e mod views (unlabelled images: each pass), so a frozen teacher's "
@@ -317,6 +368,47 @@ class DataConfig(Strict):
                 raise ValueError(f"{key}: source '{self.source}' does not read it (its own keys: {own}); leave it "
                                  f"out, or choose the source it belongs to")
         return self
+
+    @model_validator(mode="after")
+    def _external_sets(self) -> "DataConfig":
+        """Every external set a valid data section of its own (its source's keys, the rest this
+        one's), with a name of its own."""
+        names = [e.name for e in self.external]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice:
+            raise ValueError(f"external: two sets are named '{twice}'; each needs a name of its own")
+        for entry in self.external:
+            try:
+                self.external_data(entry)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                key = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"external set '{entry.name}': {key + ': ' if key else ''}"
+                                 f"{first['msg'].removeprefix('Value error, ')}") from None
+        return self
+
+    def external_data(self, entry: ExternalSet) -> "DataConfig":
+        """The data section an external set is read with: its source and source keys, the
+        training data's class list (where its source reads one) and everything else of this
+        section (so its images are prepared as the test split's)."""
+        reads = SOURCES[entry.source].reads
+        own = {k for k in SOURCE_KEYS | {"site"} if k in type(entry).model_fields and k in entry.model_fields_set}
+        inherited = {k for k in ("classes", "num_classes") if reads is None or k in reads}
+        base = self.model_dump(exclude=(SOURCE_KEYS - inherited) | {"source", "site", "external", "unlabeled"},
+                               exclude_unset=True)
+        if entry.source == "synthetic":
+            own.add("site")
+        update = {k: getattr(entry, k) for k in own}
+        if entry.samples is not None:
+            update["test_samples"] = entry.samples
+        sub = DataConfig.model_validate({**base, **update, "source": entry.source})
+        sub._external = True
+        return sub
+
+    @property
+    def is_external(self) -> bool:
+        """Whether this section reads an external test set (:meth:`external_data`)."""
+        return self._external
 
     @property
     def fixed_views(self) -> bool:
@@ -487,6 +579,10 @@ class EvalConfig(Strict):
     coverage: float = Field(0.9, gt=0, lt=1, description="classification, evaluate --calibrated and compare: the "
                                                          "target coverage of the conformal prediction sets (the share "
                                                          "of images whose set holds the true class)")
+    coverage_confidence: Optional[float] = Field(
+        0.95, gt=0, lt=1, description="how sure the prediction sets reach eval.coverage over the draw of the "
+                                      "validation split they are fitted on (training-conditional); null: reached on "
+                                      "average over such draws (the classical marginal guarantee, smaller sets)")
 
 
 class ParamSpace(Strict):

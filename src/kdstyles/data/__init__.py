@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from ..common.dims import dims as spatial
 from ..store.imageio import read_image
 from ..common.inputs import Inputs
+from ..errors import KDError
 from ..tasks import DEFAULT_TASK, TASKS
 from . import checks, files
 from .augment import MIN_KEPT, affine_boxes, build_augment, clip_boxes, flip_boxes, pad_boxes
@@ -56,6 +57,12 @@ class DataBundle:
     unlabeled: ImageDataset | None = None  # data.unlabeled's images, prepared as the training split's
     unlabeled_about: str | None = None  # what they are, e.g. "10000 images from folder data/more"
     spatial_dims: int = 2
+    external: dict[str, ImageDataset] = field(default_factory=dict)  # data.external's sets, by name
+    external_about: dict[str, str] = field(default_factory=dict)  # what each is, e.g. "synthetic site 2"
+
+    def dataset(self, name: str) -> ImageDataset:
+        """A split (train, val, test) or an external set, by name."""
+        return self.splits[name] if name in self.splits else self.external[name]
 
     @property
     def inputs(self) -> Inputs:
@@ -72,7 +79,7 @@ class DataBundle:
         """Batches of (images, labels, sample indices); for the training split with
         ``unlabeled_batch`` and unlabelled images, joint batches that add ``unlabeled_batch``
         unlabelled images and their indices (:func:`joint_collate`)."""
-        ds = self.splits[split]
+        ds = self.dataset(split)
         balanced = train and self.sampler == "balanced"
         if ds.window:  # whole volumes of any shape: one at a time
             batch_size = 1
@@ -139,6 +146,9 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
               for s, v in stored.items()}
     bundle = DataBundle(splits, loaded.class_names, channels, patch or size, mean.tolist(), std.tolist(), report,
                         loaded.split_table, cfg.sampler, spatial_dims=cfg.dims)
+    for entry in cfg.external:
+        bundle.external[entry.name], bundle.external_about[entry.name] = _external(
+            cfg, entry, bundle, stored, task_cls, seed, quiet, check)
     if unlabeled and cfg.unlabeled is not None:
         from .unlabeled import check_overlap
 
@@ -152,6 +162,49 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
                                         train=True, positive=0.0, views=cfg.views)
         bundle.unlabeled_about = found.description
     return bundle
+
+
+def _external(cfg: Any, entry: Any, bundle: DataBundle, stored: dict, task_cls: Any, seed: int, quiet: bool,
+              check: bool) -> tuple[ImageDataset, str]:
+    """One external test set (``data.external``), read by its source into the training data's
+    input (channels, size, classes), checked like a test split and against every training and
+    validation image (leakage); prepared as the test split is."""
+    sub, source = cfg.external_data(entry), SOURCES[entry.source]
+    if not spatial(cfg.dims).volumes:  # images are fitted to the training input, whatever the source's default
+        sub = sub.model_copy(update={"channels": bundle.channels, "image_size": bundle.image_size})
+    given = sub.classes is None and (source.reads is None or "classes" in source.reads)
+    if given:  # a set may lack a class, not add one
+        sub = sub.model_copy(update={"classes": list(bundle.class_names)})
+    try:
+        loaded = source.external(sub, task_cls, seed, entry.split or source.external_split, quiet)
+    except KDError as exc:
+        text = str(exc).replace("data.classes", "the training data's classes") if given else str(exc)
+        raise KDError(f"data.external '{entry.name}': {text}") from None
+    where = f"data.external '{entry.name}' ({loaded.where})"
+    if loaded.class_names != bundle.class_names:
+        raise KDError(f"{where}: its classes {loaded.class_names} are not the training data's {bundle.class_names}; "
+                      "an external set is scored on the same classes")
+    if loaded.channels != bundle.channels:
+        raise KDError(f"{where}: its images have {loaded.channels} channel(s), the training data's "
+                      f"{bundle.channels}")
+    found = loaded.splits["test"]
+    if not len(found.labels):
+        raise KDError(f"{where}: it holds no images")
+    report = loaded.report
+    checks.check_duplicates({"train": stored["train"].digests, "val": stored["val"].digests, entry.name: found.digests},
+                            {"train": stored["train"].names, "val": stored["val"].names, entry.name: found.names},
+                            cfg.on_duplicates, report)
+    if check:
+        for problem in report.problems:
+            if problem.level == "error":
+                raise KDError(f"{where}: {problem.message}")
+    kind, test = labels_of(task_cls), bundle.splits["test"]
+    ds = ImageDataset(found.labels, torch.tensor(bundle.mean), torch.tensor(bundle.std), None, seed,
+                      images=found.images, paths=found.paths, channels=bundle.channels, size=loaded.size,
+                      masks=found.masks, boxes=found.boxes, **kind.box_moves(None), dims=cfg.dims,
+                      patch=test.window.size if test.window else None, positive=cfg.patch_positive,
+                      spacing=found.spacing, window_batch=cfg.batch_size, overlap=cfg.patch_overlap, kind=kind)
+    return ds, f"{len(found.labels)} {spatial(cfg.dims).unit} from {loaded.where}"
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -73,8 +73,9 @@ class Record:
     split: str | None  # None: to be assigned
 
 
-def class_list(records: list[Record], classes: list[str] | None, where: str) -> list[str]:
-    """The class names, in order; labels outside a given list and empty classes are errors."""
+def class_list(records: list[Record], classes: list[str] | None, where: str, external: bool = False) -> list[str]:
+    """The class names, in order; labels outside a given list and empty classes are errors (not
+    for an ``external`` test set: another site may have no case of a class)."""
     present = {r.label for r in records}
     if classes is None:
         numeric = all(lbl.lstrip("-").isdigit() for lbl in present)
@@ -84,7 +85,7 @@ def class_list(records: list[Record], classes: list[str] | None, where: str) -> 
             raise KDError(f"{where}: '{r.path}' has label '{r.label}', which is not in data.classes "
                           f"({', '.join(classes)})")
     empty = [c for c in classes if c not in present]
-    if empty:
+    if empty and not external:
         raise KDError(f"{where}: class '{empty[0]}' of data.classes has no images")
     return list(classes)
 

@@ -46,7 +46,7 @@ class Labels:
 
     def of_records(self, records: list[files.Record], cfg: Any, where: str) -> tuple[list[str], np.ndarray]:
         """The class names and labels of files with a class each (``records[i].label``)."""
-        names = files.class_list(records, cfg.classes, where)
+        names = files.class_list(records, cfg.classes, where, cfg.is_external)
         if not names:
             raise KDError(f"{where}: no images found (a path relative to the folder the command runs in?)")
         if len(names) < 2:

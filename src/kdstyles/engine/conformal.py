@@ -1,22 +1,30 @@
 """Split-conformal prediction sets and selective prediction for single-label classification.
 
 A prediction set holds every class whose nonconformity score is at most a threshold fitted
-on the validation split, so that, over images exchangeable with the validation split's, the
-set holds the true class with probability at least the target coverage 1 - alpha (Vovk et
-al., 2005; Angelopoulos & Bates, 2021). Three scores:
+on the validation split, so that on images exchangeable with the validation split's the set
+holds the true class for at least the target share of images, 1 - alpha (Vovk et al., 2005;
+Angelopoulos & Bates, 2021). Three scores (:mod:`kdstyles.common.sets`):
 
-- ``lac`` (least ambiguous set-valued classifier, Sadinle et al., 2019): 1 - p_y. The
-  plain method: the smallest sets on average, but the same threshold for easy and hard images.
-- ``aps`` (adaptive prediction sets, Romano et al., 2020): the probability mass of the
-  classes ranked at or above y, sum_{j: p_j >= p_y} p_j. Sets grow where the model is unsure.
-  (Not randomised: a set includes its last class whole, which can only raise coverage.)
+- ``lac`` (least ambiguous set-valued classifier, Sadinle et al., 2019): 1 - p_y. The plain
+  method: the smallest sets on average. What ``export --calibrated`` and ``predict`` use, and
+  the coverage in results rows: deterministic, one set per image.
+- ``aps`` (adaptive prediction sets, Romano et al., 2020): the mass of the classes ranked
+  above y plus U p_y, U uniform (seeded, one draw per image). Sets grow where the model is unsure.
 - ``raps`` (regularised APS, Angelopoulos et al., 2021): APS plus ``lam`` * max(0, rank(y) -
   ``k_reg``), which keeps sets from growing into the long tail of unlikely classes.
 
-The threshold is the ceil((n + 1)(1 - alpha))-th smallest validation score (infinite when
-that exceeds n: every class). Selective prediction (abstaining on the least confident
-images) is measured beside it: :func:`kdstyles.common.metrics.aurc` and the risk-coverage
-curve of :func:`kdstyles.common.metrics.classification_details`.
+The threshold is the k-th smallest validation score. With ``confidence`` None, k = ceil((n + 1)
+(1 - alpha)): coverage 1 - alpha on average over draws of the validation split (the classical,
+marginal guarantee). With ``confidence`` (e.g. 0.95), k is the smallest with P(Binomial(n,
+1 - alpha) <= k - 1) >= confidence: coverage at least 1 - alpha for all but 1 - confidence of
+validation splits (Vovk, 2012, training-conditional validity), so one unlucky, easy validation
+split does not leave its sets short. Either way k > n means every class. Validation images also
+picked each network's best checkpoint, which makes them look a little easier than new ones;
+the test split's coverage and its interval show whether that mattered.
+
+Selective prediction (abstaining on the least confident images) is measured beside it:
+:func:`kdstyles.common.metrics.aurc` and the risk-coverage curve of
+:func:`kdstyles.common.metrics.classification_details`.
 """
 
 from __future__ import annotations
@@ -29,14 +37,24 @@ import torch
 
 from ..common.sets import METHODS, class_scores, prediction_sets
 
-DEFAULT_METHOD = "aps"  # what export --calibrated and predict write: sets that adapt to the image
+DEFAULT_METHOD = "lac"  # what export --calibrated, predict and results rows use: deterministic sets
 
 
-def threshold(probs: torch.Tensor, labels: torch.Tensor, coverage: float, method: str) -> float:
+def rank(n: int, coverage: float, confidence: float | None) -> int:
+    """Which of ``n`` sorted validation scores is the threshold (1-based; above n: none is)."""
+    if confidence is None:
+        return math.ceil((n + 1) * coverage)
+    from scipy.stats import binom
+
+    return int(binom.ppf(confidence, n, coverage)) + 1
+
+
+def threshold(probs: torch.Tensor, labels: torch.Tensor, coverage: float, method: str,
+              confidence: float | None = None, u: np.ndarray | None = None) -> float:
     """The split-conformal threshold on calibration images (``probs`` of the validation split):
-    the ceil((n + 1) * coverage)-th smallest score of the true classes (inf when n is too small)."""
-    s = np.sort(class_scores(probs.numpy(), method)[np.arange(len(labels)), labels.numpy()])
-    k = math.ceil((len(s) + 1) * coverage)
+    the :func:`rank`-th smallest score of the true classes (inf when n is too small)."""
+    s = np.sort(class_scores(probs.numpy(), method, u)[np.arange(len(labels)), labels.numpy()])
+    k = rank(len(s), coverage, confidence)
     return math.inf if k > len(s) else float(s[k - 1])
 
 
@@ -72,15 +90,20 @@ def set_summary(sets: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor) -
 
 
 def conformal(val: dict[str, torch.Tensor], val_labels: torch.Tensor, test: dict[str, torch.Tensor],
-              labels: torch.Tensor, coverage: float) -> dict[str, Any]:
+              labels: torch.Tensor, coverage: float, confidence: float | None = None, seed: int = 0
+              ) -> dict[str, Any]:
     """Every method's threshold per network (fitted on ``val``; None: too few images for the
-    coverage, so every class is in every set) and its sets on ``test``."""
-    out: dict[str, Any] = {"target": coverage, "default": DEFAULT_METHOD, "methods": {}}
+    coverage, so every class is in every set) and its sets on ``test``. APS and RAPS draw their
+    uniform numbers from ``seed``, one per image of each split, the same for every network."""
+    out: dict[str, Any] = {"target": coverage, "confidence": confidence, "default": DEFAULT_METHOD, "methods": {}}
+    g = np.random.default_rng([seed, 8111])
+    u_val, u_test = g.random(len(val_labels)), g.random(len(labels))
     for method in METHODS:
         per = {}
+        random = method != "lac"
         for name, p in test.items():
-            qhat = threshold(val[name], val_labels, coverage, method)
-            sets = torch.from_numpy(prediction_sets(p.numpy(), qhat, method))
+            qhat = threshold(val[name], val_labels, coverage, method, confidence, u_val if random else None)
+            sets = torch.from_numpy(prediction_sets(p.numpy(), qhat, method, u_test if random else None))
             per[name] = {"threshold": None if math.isinf(qhat) else qhat, **set_summary(sets, p, labels)}
         out["methods"][method] = per
     return out

@@ -36,6 +36,7 @@ class Study:
     closure: list[dict[str, Any]] | None = None  # gap_closure's answer, drawn once for findings, tables and report
     folder: Path | None = None  # the comparison (or run) folder the rows come from
     choice: dict[str, Any] | None = None  # winner's answer, drawn once
+    split: str = "test"  # or an external set's name: the images the rows and values are of
 
     @property
     def seeds(self) -> list[int]:
@@ -46,8 +47,9 @@ class Study:
                      (preset, seed, network) and isinstance(r.get(self.metric), (int, float))), None)
 
 
-def load_study(folder: str | Path, rows: list[dict[str, Any]]) -> Study:
-    """The rows with comparison.json (when there is one) and each run's per-image values."""
+def load_study(folder: str | Path, rows: list[dict[str, Any]], split: str = "test") -> Study:
+    """The rows with comparison.json (when there is one) and each run's per-image values (of the
+    test split, or of an external set: ``split``, the rows' too)."""
     folder = Path(folder)
     manifest = ComparisonFolder(folder).manifest()
     measured = {k for r in rows for k, v in r.items() if isinstance(v, (int, float))}  # not empty columns
@@ -60,7 +62,7 @@ def load_study(folder: str | Path, rows: list[dict[str, Any]]) -> Study:
     for (preset, seed), run in run_dirs(folder, rows).items():
         rf = RunFolder(run)
         try:
-            evaluation = rf.evaluation()
+            evaluation = rf.evaluation(split)
             per_image = evaluation.per_image if evaluation is not None else {}
         except KDError:
             per_image = {}
@@ -68,20 +70,20 @@ def load_study(folder: str | Path, rows: list[dict[str, Any]]) -> Study:
             if isinstance(metrics, dict) and isinstance(metrics.get(metric), list):
                 values[(preset, seed, network)] = np.asarray(metrics[metric], dtype=np.float64)
         if METRICS.get(metric) and METRICS[metric].drawn:
-            for network, drawable in _drawable(rf, METRICS[metric].task).items():
+            for network, drawable in _drawable(rf, METRICS[metric].task, split).items():
                 values[(preset, seed, network)] = drawable
-    return Study(rows, metric, values, target, manifest, folder=folder)
+    return Study(rows, metric, values, target, manifest, folder=folder, split=split)
 
 
-def _drawable(rf: RunFolder, task: str | None) -> dict[str, Any]:
+def _drawable(rf: RunFolder, task: str | None, split: str = "test") -> dict[str, Any]:
     """Each network's test outputs in the form its task draws test images again from
     (``Task.drawable``), read from outputs.npz; none for a run evaluated before kdstyles kept
     them, or a damaged file (that run then pairs by seed only)."""
-    if not rf.outputs_file().is_file():
+    if not rf.outputs_file(split).is_file():
         return {}
     try:
-        arrays = rf.read_outputs()
-        classes = len(rf.read_eval().class_names)
+        arrays = rf.read_outputs(split)
+        classes = len(rf.read_eval(split).class_names)
     except KDError:
         return {}
     outputs = {key[4:]: v for key, v in arrays.items() if key.startswith("out.")}
@@ -373,9 +375,10 @@ def findings(study: Study) -> list[str]:
         for g in closure:
             by_preset.setdefault(g["preset"], []).append(f"{g['network']} {g['text']}")
         parts = "; ".join(f"{p} {', '.join(v)}" for p, v in by_preset.items())
-        lines.append(f"Share of the teacher's lead recovered on the test split ({label}, (distilled - alone) / "
+        where = "the test split" if study.split == "test" else f"external set '{study.split}'"
+        lines.append(f"Share of the teacher's lead recovered on {where} ({label}, (distilled - alone) / "
                      f"(teacher - alone), 100% = as good as the teacher): {parts}.")
-    choice = chosen(study)
+    choice = chosen(study) if study.split == "test" else None  # chosen on validation, its test value once
     if choice is not None and choice["candidates"] > 1:
         lines.append(winner_text(choice))
     vs_alone = [d for d in paired_rows(study) if d["baseline"] == INDEPENDENT]

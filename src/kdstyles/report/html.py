@@ -16,6 +16,7 @@ from .plots import (details_of, plot_accuracy_vs_parameters, plot_confusions, pl
 from .analysis import Study, findings, load_study
 from .results import load_rows, networks_in, presets_in, primary, run_dirs
 from .tables import analysis_tables, table_data
+from .trust import DEPLOY_NOTE, about, deploy_line, deploy_table, external_studies
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -54,9 +55,10 @@ def quantized_table(found: list[tuple[str, int, dict[str, Any]]]) -> tuple[list[
     return header, body
 
 
-def render(folder: str | Path, study: Study | None = None) -> Path:
+def render(folder: str | Path, study: Study | None = None, externals: dict[str, Study] | None = None) -> Path:
     """Write FOLDER/report.html (self-contained) and return its path; ``study``: the folder's
-    :func:`load_study` when the caller has it (its paired intervals are not drawn again)."""
+    :func:`load_study` when the caller has it (its paired intervals are not drawn again), and
+    ``externals`` likewise (:func:`~kdstyles.report.trust.external_studies`)."""
     folder = Path(folder)
     rows = study.rows if study is not None else load_rows(folder)
     dirs = run_dirs(folder, rows)
@@ -77,6 +79,23 @@ def render(folder: str | Path, study: Study | None = None) -> Path:
                         "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
     for title, header, body in analysis_tables(study):
         sections.append(f"<h2>{html.escape(title)}</h2>" + _html_table(header, body, cls="paired"))
+    externals = external_studies(folder) if externals is None else externals
+    header, body = deploy_table(study, externals)
+    if any(any(c != "–" for c in line[3:]) for line in body):
+        line = deploy_line(study, externals)
+        sections.append("<h2>Before you deploy</h2>" + (f"<p>{html.escape(line)}</p>" if line else "")
+                        + _html_table(header, body, cls="deploy") + f'<p class="note">{html.escape(DEPLOY_NOTE)}</p>')
+    for name, ext in externals.items():
+        what = about(ext)
+        sections.append(f"<h2>External set '{html.escape(name)}'{' (' + html.escape(what) + ')' if what else ''}</h2>")
+        for net in networks_in(ext.rows):
+            header, body, best = table_data(ext.rows, net)
+            sections.append(f"<h3>{html.escape(net)}</h3>" + _html_table(header, body, best, cls="results"))
+        lines = findings(ext)
+        if lines:
+            sections.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+        for title, header, body in analysis_tables(ext):
+            sections.append(f"<h3>{html.escape(title)}</h3>" + _html_table(header, body, cls="paired"))
     comp = ComparisonFolder(folder).compression() or []
     if comp:
         sections.append("<h2>Compression (CPU)</h2>")

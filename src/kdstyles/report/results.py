@@ -38,23 +38,36 @@ def _num(v: str) -> Any:
     return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
-def load_rows(folder: Path) -> list[dict[str, Any]]:
-    """results.csv of a comparison, or one run's eval.json as rows."""
+def load_rows(folder: Path, split: str = "test") -> list[dict[str, Any]]:
+    """results.csv of a comparison, or one run's eval.json as rows: those of the test split, or
+    of an external set (``split``: its name)."""
     folder = Path(folder)
     results = ComparisonFolder(folder).results_path
     if results.is_file():
         again = "run the same 'kdstyles compare' command again to rebuild it (finished runs are kept)"
         rows = read_csv(results, again, required=("preset", "seed", "network", "run_dir"))
         _check_whole(folder, results, rows, again)
+        rows = [row for row in rows if (row.get("split") or "test") == split]  # older files: the test split's
         task = RunFolder(rows[0]["run_dir"]).task() if rows else None
         return [{k: _num(v) for k, v in row.items()} | ({"task": task} if task else {}) for row in rows]
     run = RunFolder(folder)
-    if run.eval_path.is_file():
-        evaluation = run.read_eval()
+    if run.eval_file(split).is_file():
+        evaluation = run.read_eval(split)
         task = {"task": evaluation.task} if evaluation.task else {}
         return [row | task for row in evaluation.rows(run_dir=str(folder))]
     raise KDError(f"'{folder}' has neither results.csv (a comparison) nor eval.json (an evaluated run); "
                   "run kdstyles compare or kdstyles evaluate first")
+
+
+def external_sets(folder: Path) -> list[str]:
+    """The external sets (``data.external``) a comparison's results.csv, or a run folder, holds
+    results of, in their order."""
+    folder = Path(folder)
+    results = ComparisonFolder(folder).results_path
+    if results.is_file():
+        rows = read_csv(results, "", required=("preset", "seed", "network", "run_dir"))
+        return [s for s in dict.fromkeys(r.get("split") or "test" for r in rows) if s not in ("test", "val", "train")]
+    return RunFolder(folder).external_evaluated()
 
 
 def _check_whole(folder: Path, path: Path, rows: list[dict[str, str]], again: str) -> None:

@@ -78,6 +78,27 @@ def paired_ratio_interval(nums: list[np.ndarray | Drawn], dens: list[np.ndarray 
     return _percentiles(float(estimate[0] / estimate[1]), num[ok] / den[ok], level)
 
 
+def unpaired_interval(a: list[np.ndarray], b: list[np.ndarray], replicates: int = REPLICATES,
+                      level: float = LEVEL, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a) - mean(b) for per-image values of two different sets of images (a network on an
+    external set and on the test split: nothing to pair), per seed, averaged over seeds, with a
+    bootstrap interval that draws the seeds, then each set's images on its own."""
+    kept = [(np.asarray(x, np.float64), np.asarray(y, np.float64)) for x, y in zip(a, b, strict=True)
+            if len(x) and len(y)]
+    if not kept:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    estimate = float(np.mean([x.mean() - y.mean() for x, y in kept]))
+    per_seed = np.empty((len(kept), replicates))
+    for i, (x, y) in enumerate(kept):
+        for start in range(0, replicates, CHUNK):
+            k = min(CHUNK, replicates - start)
+            per_seed[i, start:start + k] = (x[rng.integers(0, len(x), (k, len(x)))].mean(1)
+                                            - y[rng.integers(0, len(y), (k, len(y)))].mean(1))
+    drawn = rng.integers(0, len(kept), size=(replicates, len(kept)))
+    return _percentiles(estimate, per_seed[drawn, np.arange(replicates)[:, None]].mean(1), level)
+
+
 def _bootstrap(per_seed: list[tuple[np.ndarray | Drawn, ...]], replicates: int, seed: int
                ) -> tuple[np.ndarray, np.ndarray]:
     """Per seed, one or more paired quantities on that seed's test images. Returns each

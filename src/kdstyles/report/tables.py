@@ -10,6 +10,7 @@ from ..common.metrics import label as metric_label
 from ..common.metrics import lower_is_better
 from .analysis import Study, ablation_rows, findings, gap_closure, paired_rows, teacher_margin
 from .results import aggregate, metric_set, networks_in, presets_in, primary
+from .trust import about, deploy_table
 
 
 def _cell(ms: tuple[float, float, int]) -> str:
@@ -44,23 +45,40 @@ def table_data(rows: list[dict[str, Any]], network: str) -> tuple[list[str], lis
     return header, body, best
 
 
-def markdown(rows: list[dict[str, Any]], study: Study | None = None) -> str:
+def markdown(rows: list[dict[str, Any]], study: Study | None = None,
+             externals: dict[str, Study] | None = None) -> str:
     """The tables of every network, then the paired analysis (``study``: with per-image values
-    and the comparison's manifest, from :func:`load_study`)."""
+    and the comparison's manifest, from :func:`load_study`), then, with ``externals`` (a study
+    per external set), the before-you-deploy table and each set's tables and analysis."""
+    parts = _network_tables(rows, "test split")
+    study = study or Study(rows, primary(rows))
+    parts += paired_markdown(study)
+    if externals is not None:
+        header, body = deploy_table(study, externals)
+        if any(any(c != "–" for c in line[3:]) for line in body):
+            parts += ["### Before you deploy\n", _md_table(header, body), ""]
+        for name, ext in externals.items():
+            parts += [f"## External set '{name}'" + (f" ({about(ext)})" if about(ext) else "") + "\n"]
+            parts += _network_tables(ext.rows, f"external set '{name}'") + paired_markdown(ext)
+    return "\n".join(parts)
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      *("| " + " | ".join(line) + " |" for line in body)])
+
+
+def _network_tables(rows: list[dict[str, Any]], where: str) -> list[str]:
     parts = []
     n_seeds = len({r["seed"] for r in rows})
     for net in networks_in(rows):
         header, body, best = table_data(rows, net)
-        parts.append(f"### {net} (test split, mean ± std over {n_seeds} seed{'s' * (n_seeds > 1)}; best in bold)\n")
-        parts.append("| " + " | ".join(header) + " |")
-        parts.append("|" + "---|" * len(header))
-        for line, flags in zip(body, best, strict=True):
-            cells = [line[0], *(f"**{c}**" if f else c for c, f in zip(line[1:], flags, strict=True))]
-            parts.append("| " + " | ".join(cells) + " |")
+        parts.append(f"### {net} ({where}, mean ± std over {n_seeds} seed{'s' * (n_seeds > 1)}; best in bold)\n")
+        parts.append(_md_table(header, [[line[0], *(f"**{c}**" if f else c for c, f in zip(line[1:], flags,
+                                                                                        strict=True))]
+                                        for line, flags in zip(body, best, strict=True)]))
         parts.append("")
-    study = study or Study(rows, primary(rows))
-    parts += paired_markdown(study)
-    return "\n".join(parts)
+    return parts
 
 
 def _interval_note(study: Study) -> str:
@@ -109,8 +127,7 @@ def paired_markdown(study: Study) -> list[str]:
     if lines:
         parts += ["### What the comparison shows\n", *(f"- {line}" for line in lines), ""]
     for title, header, body in analysis_tables(study):
-        parts += [f"### {title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        parts += ["| " + " | ".join(line) + " |" for line in body] + [""]
+        parts += [f"### {title}\n", _md_table(header, body), ""]
     return parts
 
 

@@ -57,7 +57,8 @@ class Evaluation(BaseModel):
     run_dir: str = ""
     task: str | None = None
     spatial_dims: int | None = None
-    split: str = "test"
+    split: str = "test"  # or an external set's name (data.external)
+    about: str | None = None  # an external set: what it is, e.g. "500 images from synthetic site 2"
     checkpoint: str = "best"
     samples: int | None = None
     preset: str | None = None
@@ -261,6 +262,15 @@ class RunFolder:
         """eval.json's record, or None where the run was not evaluated on that split."""
         return self.read_eval(split) if self.eval_file(split).is_file() else None
 
+    def external_evaluated(self) -> list[str]:
+        """The external sets this run was evaluated on, as its config names them (data.external)."""
+        try:
+            external = ((self.read_config() or {}).get("data") or {}).get("external") or []
+        except KDError:
+            return []
+        names = [e.get("name") for e in external if isinstance(e, dict)]
+        return [n for n in names if isinstance(n, str) and self.eval_file(n).is_file()]
+
     def eval_checkpoint(self) -> str | None:
         """Which checkpoint eval.json describes (None when there is no eval.json)."""
         evaluation = self.evaluation()
@@ -272,7 +282,7 @@ class RunFolder:
         return self.eval_path if split == "test" else self.path / f"eval-{split}.json"
 
     def write_eval(self, evaluation: Evaluation) -> None:
-        unset = {k for k in ("overlays", "outputs", "calibration") if getattr(evaluation, k) is None}
+        unset = {k for k in ("overlays", "outputs", "calibration", "about") if getattr(evaluation, k) is None}
         write_json(self.eval_file(evaluation.split), evaluation.model_dump(exclude=unset))
 
     def outputs_file(self, split: str = "test") -> Path:

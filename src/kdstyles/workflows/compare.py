@@ -371,12 +371,14 @@ RESULT_FIELDS = ("preset", "seed", "network", "checkpoint", "split", *METRICS, "
 
 
 def collect(specs: list[RunSpec]) -> list[dict[str, Any]]:
-    """One row per run x network from each run's eval.json (runs without one are left out)."""
+    """One row per run x network from each run's eval.json (runs without one are left out), then
+    the rows of every external set (data.external: eval-<name>.json), their ``split`` the set's name."""
     rows = []
-    for spec in specs:
-        evaluation = RunFolder(spec.run_dir).evaluation()
-        if evaluation is not None:
-            rows += evaluation.rows(spec.preset, spec.seed, spec.run_dir, fields=RESULT_FIELDS)
+    for split in ("test", *dict.fromkeys(e.name for spec in specs for e in spec.cfg.data.external)):
+        for spec in specs:
+            evaluation = RunFolder(spec.run_dir).evaluation(split)
+            if evaluation is not None:
+                rows += evaluation.rows(spec.preset, spec.seed, spec.run_dir, fields=RESULT_FIELDS)
     return rows
 
 
@@ -567,6 +569,10 @@ def spend(specs: list[RunSpec], budget: float, quiet: bool, echo) -> tuple[list[
     return results, halving
 
 
+# the embedded data's shifted second site (data/generators: other stain, intensity and blur), as an external test set
+DEMO_EXTERNAL = "data.external=[{name: site2, source: synthetic, site: 2}]"
+
+
 def run_demo(out: Path, overrides: list[str], quiet: bool = False, echo=print) -> Any:
     """``kdstyles demo``: the answer a user came for, on the embedded data in one seed. One shared
     teacher (trained for twice the students' epochs, on labels), then its students trained
@@ -575,6 +581,7 @@ def run_demo(out: Path, overrides: list[str], quiet: bool = False, echo=print) -
     its Study (gap closure)."""
     from ..report import load_rows, load_study
 
+    overrides = [DEMO_EXTERNAL, *overrides]  # the second site, scored after the test split (a --set may replace it)
     cfg = load_config(None, list(overrides))
     summary = compare(None, list(DEMO_PRESETS), 1, out, list(overrides), quiet=quiet, echo=echo, teacher="shared",
                       teacher_overrides=[f"train.epochs={DEMO_TEACHER_EPOCHS * cfg.train.epochs}"],

@@ -85,7 +85,7 @@ def _run(spec: RunSpec, quiet: bool, stop_after: int | None = None) -> dict[str,
                 exp.fit(resume=True, callbacks=[pause])
         if exp.folder.status() == PAUSED:
             return {"run_dir": spec.run_dir, "state": PAUSED}
-        exp.evaluate(checkpoint=spec.checkpoint, calibrated=exp.can_calibrate() is None)
+        exp.evaluate_sets(checkpoint=spec.checkpoint)
         exp.evaluate(checkpoint=spec.checkpoint, split="val")  # what a comparison's choice is made on
         return {"run_dir": spec.run_dir, "state": {"new": "trained", "resume": "resumed"}.get(state, "evaluated")}
     except Interrupted as exc:

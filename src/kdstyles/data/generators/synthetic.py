@@ -22,7 +22,8 @@ import numpy as np
 from ...errors import KDError
 
 CLASS_NAMES = ("normal", "lymphocytic", "tumour", "stroma")
-SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "unlabeled": 3}  # unlabeled: data.unlabeled's extra images
+# unlabeled: data.unlabeled's extra images; external: data.external's (images of neither split, at any site)
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "unlabeled": 3, "external": 4}
 MIN_SIZE, MAX_SIZE = 16, 512
 
 # Reference H&E optical-density stain vectors (RGB), rows: haematoxylin, eosin.

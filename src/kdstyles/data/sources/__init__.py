@@ -32,7 +32,7 @@ FILE_SIDE, VOLUME_SIDE = 224, 64
 # labelled source; the embedded data's sample counts are left alone, as a config written for the demo keeps them
 # when --set data.source=... points it at other data)
 SOURCE_KEYS = frozenset({"root", "path", "flag", "size", "classes", "num_classes", "none_label", "uncertain",
-                         "val_fraction", "test_fraction"})
+                         "val_fraction", "test_fraction", "site"})
 FILE_SPLITS = frozenset({"val_fraction", "test_fraction"})  # sources whose files may lack a split draw it  # the default input side of image files and of volume files
 
 
@@ -114,6 +114,39 @@ class Source:
         :mod:`kdstyles.data.unlabeled` do the shared work (:func:`~kdstyles.data.unlabeled.from_arrays`,
         :func:`~kdstyles.data.unlabeled.from_files`, :func:`~kdstyles.data.unlabeled.draw`)."""
         raise NotImplementedError
+
+
+    # an external test set (``data.external``) of this source: which of its splits it is by default
+    external_split: ClassVar[str] = "all"
+
+    def external(self, cfg: Any, task: Any, seed: int, split: str, quiet: bool) -> Loaded:
+        """An external test set's images as :class:`Loaded` with one split, ``test``: the source's
+        splits read from ``cfg`` (the data section the set is read with:
+        :meth:`~kdstyles.config.sections.DataConfig.external_data`), ``split`` of them, or every
+        one put together (``all``)."""
+        loaded = self.load(cfg, seed, task, None, quiet)
+        chosen = list(loaded.splits) if split == "all" else [split]
+        if split not in loaded.splits and split != "all":
+            raise KDError(f"{loaded.where}: there is no {split} split; allowed: all, {', '.join(loaded.splits)}")
+        loaded.splits = {"test": merge_splits([loaded.splits[s] for s in chosen])}
+        loaded.split_table = None
+        return loaded
+
+
+def merge_splits(parts: list[Split]) -> Split:
+    """Splits put together, in order (images in memory, or files, as the parts hold them)."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def joined(name: str) -> Any:
+        values = [getattr(p, name) for p in parts]
+        if any(v is None for v in values):
+            return None
+        return np.concatenate(values) if isinstance(values[0], np.ndarray) else [x for v in values for x in v]
+
+    return Split(joined("images"), np.concatenate([p.labels for p in parts]), joined("paths"), joined("masks"),
+                 [d for p in parts for d in p.digests], [n for p in parts for n in p.names], joined("boxes"),
+                 joined("spacing"))
 
 
 def unlabeled_sources() -> dict[str, Source]:

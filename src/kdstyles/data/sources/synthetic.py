@@ -107,10 +107,19 @@ def _read(path: Path):
         return None
 
 
+def _items(task, module: str, seed: int, split: str, n: int, size: int, cfg) -> tuple:
+    """One split's images and labels as the task takes them, at ``cfg.site``."""
+    from ..generators import at_site
+
+    images, labels = generate(module, seed, split, n, size, cfg.dims)
+    return labels_of(task).generated(at_site(images, cfg.site, seed), labels)
+
+
 class Synthetic(Source):
     name = "synthetic"
     previews = True
-    reads = frozenset({"train_samples", "val_samples", "test_samples"})
+    reads = frozenset({"train_samples", "val_samples", "test_samples", "site"})
+    external_split = "test"
     unlabeled_requires = "samples"  # data.unlabeled.samples
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
@@ -124,9 +133,26 @@ class Synthetic(Source):
                             cfg.train_samples + cfg.val_samples + cfg.test_samples, size, cfg.dims, channels)
         raw = {}
         for split, n in (("train", cfg.train_samples), ("val", cfg.val_samples), ("test", cfg.test_samples)):
-            raw[split] = labels_of(task).generated(*generate(module, seed, split, n, size, cfg.dims))
+            raw[split] = _items(task, module, seed, split, n, size, cfg)
         names = list(generator(module).CLASS_NAMES)
-        return from_arrays(raw, names, channels, size, "synthetic", task)
+        return from_arrays(raw, names, channels, size, "synthetic" + (f" site {cfg.site}" if cfg.site != 1 else ""),
+                           task)
+
+    def external(self, cfg, task, seed, split, quiet) -> Loaded:
+        """An embedded external set: ``data.test_samples`` images drawn apart from every split
+        (their own seed stream), at ``cfg.site`` (2: the shifted second site). ``split`` names one of
+        the embedded splits instead (at that site)."""
+        space = dims(cfg.dims)
+        module = task.synthetic_volumes if space.volumes else task.synthetic
+        if module is None or space.volumes and cfg.site != 1:
+            raise KDError(f"data.external: the embedded data has no {'second site of its ' if module else ''}"
+                          f"volumes for task {task.name}; give files of another site (source: csv or folder)")
+        channels, size = resolve_input(cfg, task)
+        stream = "external" if split in ("test", "all") else split
+        checks.check_memory("data.external samples", cfg.test_samples, size, cfg.dims, channels)
+        raw = {"test": _items(task, module, seed, stream, cfg.test_samples, size, cfg)}
+        return from_arrays(raw, list(generator(module).CLASS_NAMES), channels, size,
+                           f"synthetic site {cfg.site}", task)
 
     def default_input(self, cfg, task):
         if dims(cfg.dims).volumes:
