@@ -204,6 +204,11 @@ def test_shared_teacher_trains_once_and_answers(tmp_path, cli):
     again = json.loads((out / "kd-seed0" / "eval-site2.json").read_text())
     assert again["about"] == "24 images from synthetic site 2"  # evaluated again, the same numbers
     assert again["networks"]["s1"]["accuracy"] == float(ext["accuracy"])
+    from kdstyles.deploy.export import export_run
+
+    export_run(out / "kd-seed0", "s1", "torchscript")
+    card = (out / "kd-seed0" / "export" / "s1.md").read_text()
+    assert f"| site2 | 24 images from synthetic site 2 | accuracy {float(ext['accuracy']):.4f};" in card
     code, printed, err = cli("evaluate", out / "kd-seed0", "--split", "site3")
     assert code != 0 and "split 'site3' is not known; allowed: train, val, test, site2" in err
 

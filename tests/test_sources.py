@@ -788,7 +788,7 @@ def test_npz_source_reads_your_arrays_with_their_class_names(tmp_path):
         build_data(load_config(None, ["data.source=npz", f"data.path={tmp_path / 'float.npz'}"]).data, seed=0)
 
 
-def test_external_sets_are_checked_before_training(tmp_path):
+def test_external_sets_are_checked_before_training(tmp_path, cli):
     """data.external: a set of another site is read by its own source with the training data's
     classes and input; a name of a split or used twice, a key its source does not read, a missing
     required key, a class the training data lacks, images of the training or validation split
@@ -836,3 +836,62 @@ def test_external_sets_are_checked_before_training(tmp_path):
     assert len(s2) == 12 and synth.external_about["s2"] == "12 images from synthetic site 2"
     seen = {array_digest(i) for split in synth.splits.values() for i in split.images}
     assert not seen & {array_digest(i) for i in s2.images}
+    code, out, err = cli("check", *(a for o in external(f"{{name: c, source: folder, root: {one}}}")
+                                    for a in ("--set", o)))
+    assert code == 0, err
+    assert "external  c: 4 images from data.root" in out and "checked against the training and validation" in out
+
+
+def test_subgroups_split_every_metric_with_the_gap_and_its_change_from_the_teacher(tmp_path, cli):
+    """data.groups: CSV columns whose values split the test metrics per group (each image's group
+    kept); the report's subgroup rows give the gap between the groups of at least eval.min_group
+    images (smaller ones flagged, not ranked) and the change from the teacher's gap, as a hand
+    computation from the per-image values gives them; a missing column, a column of one value or
+    a source without such columns is one line."""
+    from kdstyles.report import load_rows, load_study
+    from kdstyles.report.trust import group_rows, group_table
+
+    make_mixed_folder(tmp_path / "imgs", per_class=30)
+    sites = ["A", "B"] * 12 + ["C"]  # in the test split: C has too few images to rank
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split", "site", "sex", "scanner"])
+        for cls in ("benign", "malignant"):
+            for i in range(30):
+                split = "test" if i < 13 else "val" if i < 18 else "train"
+                site = sites[(i if cls == "benign" else i + 13) % len(sites)] if split == "test" else "A"
+                w.writerow([f"imgs/{cls}/{i}.{'jpg' if i % 6 == 4 else 'png'}", cls, split, site, "FM"[i % 2], "X"])
+    base = ["data.source=csv", f"data.path={tmp_path / 'labels.csv'}", "data.image_size=16", f"output.dir={tmp_path}",
+            "output.name=run", "eval.min_group=3", *FAST]
+    with pytest.raises(KDError, match=r"needs the column\(s\) path, site, age; found: path, label, split, site, sex"):
+        Experiment(None, overrides=[*base, "data.groups=[site, age]"], quiet=True).data
+    with pytest.raises(KDError, match=r"data.groups: column 'scanner' of '.*labels.csv' has one value only \('X'\)"):
+        Experiment(None, overrides=[*base, "data.groups=[scanner]"], quiet=True).data
+    with pytest.raises(KDError, match="groups: source 'synthetic' does not read it"):
+        load_config(None, ["data.groups=[site]"])
+    exp = Experiment(None, overrides=[*base, "data.groups=[site, sex]"], quiet=True)
+    exp.fit()
+    result = exp.evaluate()
+    g = result["groups"]["columns"]["site"]
+    assert g["values"] == ["A", "B", "C"] and g["counts"] == [13, 12, 1] and g["small"] == ["C"]
+    assert set(result["groups"]["columns"]) == {"site", "sex"} and len(g["of_image"]) == 26
+    of = np.array(g["of_image"])
+    correct = {n: np.array(v["accuracy"]) for n, v in result["per_image"].items()}
+    for name, per in g["networks"].items():
+        for value in g["values"]:
+            assert per[value]["accuracy"] == pytest.approx(correct[name][of == value].mean())
+    rows = group_rows(load_study(exp.run_dir, load_rows(exp.run_dir)))
+    site = {r["network"]: r for r in rows if r["column"] == "site"}
+    assert list(site) == ["teacher", "s1", "s2", "ensemble"]
+    gap = {n: abs(correct[n][of == "A"].mean() - correct[n][of == "B"].mean()) for n in site}  # C is not ranked
+    for name, r in site.items():
+        est, lo, hi = r["gap"]
+        assert est == pytest.approx(gap[name]) and lo <= est <= hi
+        if name != "teacher":
+            d, lo, hi = r["change"]
+            assert d == pytest.approx(gap[name] - gap["teacher"]) and lo <= d <= hi
+    assert site["teacher"]["change"] is None and "C" not in {r["worst"] for r in rows}
+    header, body = group_table(rows)
+    assert "C " in body[0][3] and "(1*)" in body[0][3]
+    code, out, err = cli("evaluate", exp.run_dir)
+    assert code == 0 and "accuracy per site (n images; * fewer than 3)" in out and "C (1*)" in out

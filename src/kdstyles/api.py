@@ -429,5 +429,9 @@ class Experiment:
             result["outputs"] = self.folder.outputs_file(split).name
         if calibrated:
             result["calibration"] = self._calibration(cohort, device, scores, coverage)
+        if ds.groups and scores.pooled:
+            from .engine.evaluate import group_metrics
+
+            result["groups"] = group_metrics(probs, labels, ds.groups, cohort.task, self.cfg.eval.min_group)
         self.folder.write_eval(Evaluation.model_validate(result))
         return result

@@ -65,6 +65,22 @@ def metrics_table(result: dict[str, Any], title: str) -> Table:
     return table
 
 
+def group_metrics_table(result: dict[str, Any], column: str, g: dict[str, Any]) -> Table:
+    """A data.groups column: each network's headline metric in each group (n images; * under
+    eval.min_group)."""
+    from .common.metrics import label, task_metrics
+
+    first = next(iter(g["networks"].values()))[g["values"][0]]
+    metric = task_metrics(result.get("task"), first, headline=True)[0]
+    table = Table(title=f"{label(metric)} per {column} (n images; * fewer than {result['groups']['min_count']})")
+    table.add_column("network")
+    for value, n in zip(g["values"], g["counts"], strict=True):
+        table.add_column(f"{value} ({n}{'*' if value in g['small'] else ''})", justify="right")
+    for name, per in g["networks"].items():
+        table.add_row(name, *(_fmt(per[v].get(metric), metric) for v in g["values"]))
+    return table
+
+
 def prediction_sets_table(conformal: dict[str, Any], split: str) -> Table:
     """Each method's prediction sets on the split, per network: coverage (95% interval), mean
     set size, the share answered with one class and the accuracy there."""
@@ -150,6 +166,8 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
                               f"{split} ECE {result['networks'][name]['ece']:.4f} -> "
                               f"{c['networks'][name]['ece']:.4f} ({d:+.4f} [{lo:+.4f}, {hi:+.4f}])", highlight=False)
             console.print(prediction_sets_table(c["conformal"], split))
+        for column, g in (result.get("groups") or {}).get("columns", {}).items():
+            console.print(group_metrics_table(result, column, g))
         console.print(f"written: {RunFolder(run_dir).eval_file(split)}")
         info = exp.run_info()
         if info.get("status") != "finished":  # the numbers describe a run that has not reached its end
@@ -189,10 +207,15 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
                       "batch for the distillation edges", highlight=False)
     elif u is not None:
         console.print("  unlabelled  not used: no distillation edge to learn from them", highlight=False)
+    for name, about in data.external_about.items():
+        console.print(f"  external  {name}: {about}, checked against the training and validation {unit}; scored "
+                      "after the test split", highlight=False)
     if exp.cfg.data.mix.on:
         m = exp.cfg.data.mix
-        console.print(f"  mix  mixup {m.mixup:g}, CutMix {m.cutmix:g}, on {m.prob:.0%} of the training batches",
-                      highlight=False)
+        console.print(f"  mix  mixup {m.mixup:g}, CutMix {m.cutmix:g}, on {m.prob:.0%} of the training batches; "
+                      "mixed views leave students markedly less calibrated than their teacher (docs/unlabeled.md), so "
+                      "use the probabilities of 'kdstyles evaluate --calibrated' / 'export --calibrated'",
+                      highlight=False, soft_wrap=True)
     if exp.cfg.data.views:
         k = exp.cfg.data.views
         cached = exp.cfg.networks.teacher.cache and cohort.frozen

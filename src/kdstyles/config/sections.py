@@ -271,6 +271,8 @@ class DataConfig(Strict):
                           "{source: npz, path: FILE, split: train}")
     unlabeled_batch_size: Optional[int] = Field(None, ge=1, description="unlabelled images drawn with every "
                                                 "labelled batch; default: data.batch_size")
+    groups: list[str] = Field([], description="csv: columns (e.g. site, sex, age_band) whose values split every test "
+                                              "metric per group, with the worst group and the gap between groups")
     external: list[ExternalSet] = Field(
         [], description="test sets from other sites, each {name, source, ...its source keys}, checked like the test "
                         "split (classes, leakage against training and validation images) and scored after it by "
@@ -392,9 +394,9 @@ class DataConfig(Strict):
         training data's class list (where its source reads one) and everything else of this
         section (so its images are prepared as the test split's)."""
         reads = SOURCES[entry.source].reads
-        own = {k for k in SOURCE_KEYS | {"site"} if k in type(entry).model_fields and k in entry.model_fields_set}
+        own = {k for k in SOURCE_KEYS if k in type(entry).model_fields and k in entry.model_fields_set}
         inherited = {k for k in ("classes", "num_classes") if reads is None or k in reads}
-        base = self.model_dump(exclude=(SOURCE_KEYS - inherited) | {"source", "site", "external", "unlabeled"},
+        base = self.model_dump(exclude=(SOURCE_KEYS - inherited) | {"source", "external", "unlabeled"},
                                exclude_unset=True)
         if entry.source == "synthetic":
             own.add("site")
@@ -579,6 +581,8 @@ class EvalConfig(Strict):
     coverage: float = Field(0.9, gt=0, lt=1, description="classification, evaluate --calibrated and compare: the "
                                                          "target coverage of the conformal prediction sets (the share "
                                                          "of images whose set holds the true class)")
+    min_group: int = Field(20, ge=1, description="data.groups: groups with fewer test images are flagged (shown, "
+                                                 "left out of the worst group and the gap)")
     coverage_confidence: Optional[float] = Field(
         0.95, gt=0, lt=1, description="how sure the prediction sets reach eval.coverage over the draw of the "
                                       "validation split they are fitted on (training-conditional); null: reached on "

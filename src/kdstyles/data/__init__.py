@@ -144,6 +144,11 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
                               spacing=v.spacing, window_batch=cfg.batch_size, overlap=cfg.patch_overlap, kind=kind,
                               views=cfg.views if s == "train" else None)
               for s, v in stored.items()}
+    if cfg.groups:
+        from .groups import read_groups
+
+        for split, values in read_groups(cfg, stored).items():
+            splits[split].groups = values
     bundle = DataBundle(splits, loaded.class_names, channels, patch or size, mean.tolist(), std.tolist(), report,
                         loaded.split_table, cfg.sampler, spatial_dims=cfg.dims)
     for entry in cfg.external:

@@ -56,6 +56,7 @@ class ImageDataset(Dataset):
         self.mean, self.std = mean.view(-1, *(1,) * dims), std.view(-1, *(1,) * dims)
         self.augment, self.seed, self.channels, self.size = augment, seed, channels, size
         self.views = views  # fixed views: epoch e shows view e mod views, and an item's key says which
+        self.groups: dict[str, list[str]] = {}  # data.groups: each item's value per column
 
     def __len__(self) -> int:
         return len(self.labels)

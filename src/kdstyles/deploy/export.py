@@ -74,6 +74,35 @@ def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None
                       cohort.task, inputs.spatial_dims).eval()
 
 
+def external_rows(exp: Experiment, network: str, checkpoint: str, calibrated: bool) -> str:
+    """The model card's section on the external test sets the run was scored on (data.external,
+    at the same checkpoint): the headline metrics on each, at the fitted temperature where the model
+    outputs calibrated probabilities, and the prediction sets' coverage there; '' without any."""
+    from ..common.metrics import label, task_metrics
+
+    lines = []
+    for name in exp.folder.external_evaluated():
+        evaluation = exp.folder.read_eval(name)
+        if evaluation.checkpoint != checkpoint or network not in evaluation.networks:
+            continue
+        c = evaluation.calibration or {}
+        metrics = c["networks"][network] if calibrated and network in c.get("networks", {}) else \
+            evaluation.networks[network]
+        cells = [f"{label(k)} {metrics[k]:.4f}" for k in task_metrics(evaluation.task or exp.cohort.task.name,
+                                                                      metrics, headline=True)
+                 if isinstance(metrics.get(k), float)]
+        trust = evaluation.trust(network)
+        if "coverage" in trust:
+            cells.append(f"prediction sets' coverage {trust['coverage']:.3f} (fitted for "
+                         f"{c['conformal']['target']:.0%} on this run's validation split)")
+        lines.append(f"| {name} | {evaluation.about or ''} | {'; '.join(cells)} |")
+    if not lines:
+        return ""
+    return ("\n## External test sets\n\nScored after the test split, on images from elsewhere (data.external)"
+            + (", at the fitted temperature" if calibrated else "") + ":\n\n| set | what | metrics |\n|---|---|---|\n"
+            + "\n".join(lines) + "\n")
+
+
 def calibrated_with(exp: Experiment, network: str, checkpoint: str) -> dict[str, Any]:
     """The temperature ``evaluate --calibrated`` fitted for ``network`` (eval.json of the same
     checkpoint), the validation ECE before and after it, the test metrics at it, and the
@@ -345,6 +374,7 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
         size_rows += (f"\n\nOf {network}'s {sum(parts.values()):,} parameters, {parts['own']:,} are its own network's; "
                       f"{parts['projector']:,} are the projector and {parts['teacher_head']:,} the teacher's classifier "
                       "it learned to use (SimKD), both part of this model.")
+    external = external_rows(exp, network, sidecar["checkpoint"], sidecar.get("calibration") is not None)
     return f"""# Model card: `{network}` from `{sidecar['run_dir']}`
 
 Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`), from the
@@ -365,7 +395,7 @@ Preset `{info.get('preset')}` (edges: {'; '.join(info.get('edges', [])) or 'none
 | metric | value |
 |---|---|
 {metric_rows}
-
+{external}
 ## Size and speed (CPU, batch 1, {torch.get_num_threads()} threads)
 
 | network | parameters | MFLOPs / image | latency (ms) |

@@ -179,6 +179,23 @@ def mean_rows(rows: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, fl
     return {n: {k: _nanmean([r[n][k] for r in rows]) for k in rows[0][n]} for n in rows[0]}
 
 
+def group_metrics(probs: dict[str, torch.Tensor], labels: torch.Tensor, groups: dict[str, list[str]], task,
+                  min_count: int) -> dict[str, Any]:
+    """Every network's metrics within each group of each column of ``groups`` (data.groups: each
+    image's value), the groups' sizes, which are under ``min_count`` (flagged: shown, but too few
+    images to rank), and each image's group (what comparisons draw the gap's intervals from)."""
+    out: dict[str, Any] = {"min_count": min_count, "columns": {}}
+    for column, of_image in groups.items():
+        names = sorted(set(of_image))
+        members = {v: torch.tensor([i for i, x in enumerate(of_image) if x == v]) for v in names}
+        out["columns"][column] = {
+            "values": names, "counts": [len(members[v]) for v in names],
+            "small": [v for v in names if len(members[v]) < min_count], "of_image": list(of_image),
+            "networks": {n: {v: task.metrics(p[members[v]], labels[members[v]]) for v in names}
+                         for n, p in probs.items()}}
+    return out
+
+
 # ----------------------------------------------------------------------------- temperature scaling
 
 TEMPERATURES = (0.05, 20.0)  # the range a temperature is searched in

@@ -16,7 +16,8 @@ from .plots import (details_of, plot_accuracy_vs_parameters, plot_confusions, pl
 from .analysis import Study, findings, load_study
 from .results import load_rows, networks_in, presets_in, primary, run_dirs
 from .tables import analysis_tables, table_data
-from .trust import DEPLOY_NOTE, about, deploy_line, deploy_table, external_studies
+from .trust import (DEPLOY_NOTE, about, deploy_line, deploy_table, external_studies, group_rows, group_table,
+                    group_title)
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -85,6 +86,10 @@ def render(folder: str | Path, study: Study | None = None, externals: dict[str, 
         line = deploy_line(study, externals)
         sections.append("<h2>Before you deploy</h2>" + (f"<p>{html.escape(line)}</p>" if line else "")
                         + _html_table(header, body, cls="deploy") + f'<p class="note">{html.escape(DEPLOY_NOTE)}</p>')
+    groups = group_rows(study)
+    if groups:
+        sections.append(f"<h2>{html.escape(group_title(groups))}</h2>" + _html_table(*group_table(groups),
+                                                                                      cls="groups"))
     for name, ext in externals.items():
         what = about(ext)
         sections.append(f"<h2>External set '{html.escape(name)}'{' (' + html.escape(what) + ')' if what else ''}</h2>")

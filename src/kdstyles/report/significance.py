@@ -99,6 +99,45 @@ def unpaired_interval(a: list[np.ndarray], b: list[np.ndarray], replicates: int 
     return _percentiles(estimate, per_seed[drawn, np.arange(replicates)[:, None]].mean(1), level)
 
 
+def group_gap_intervals(values: list[tuple[np.ndarray, ...]], groups: list[np.ndarray], eligible: np.ndarray,
+                        replicates: int = REPLICATES, level: float = LEVEL, seed: int = 0
+                        ) -> list[tuple[float, float, float]]:
+    """The gap between groups (the best group's mean minus the worst's, over the ``eligible``
+    groups) of one or more networks scored on the same images, with bootstrap intervals; with two
+    networks also the first's gap minus the second's, paired (both gaps on every draw of the same
+    images). ``values``: per seed, each network's per-image values; ``groups``: per seed, each
+    image's group index. Each replicate draws the seeds, then each seed's images, as
+    :func:`paired_interval` does. Returns (estimate, lo, hi) per network, then the difference."""
+    rng = np.random.default_rng(seed)
+    n_groups = len(eligible)
+
+    def gaps(v: np.ndarray, g: np.ndarray) -> np.ndarray:  # v, g: (k, n) drawn values and groups
+        k = len(v)
+        flat = (g + n_groups * np.arange(k)[:, None]).ravel()
+        sums = np.bincount(flat, weights=v.ravel(), minlength=k * n_groups).reshape(k, n_groups)
+        counts = np.bincount(flat, minlength=k * n_groups).reshape(k, n_groups)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)[:, eligible]
+        return np.nanmax(means, 1) - np.nanmin(means, 1)
+
+    nets = len(values[0])
+    quantities = nets + (1 if nets == 2 else 0)
+    estimates = np.zeros((len(values), quantities))
+    drawn = np.empty((quantities, len(values), replicates))
+    for i, (vs, g) in enumerate(zip(values, groups, strict=True)):
+        vs = [np.asarray(v, np.float64) for v in vs]
+        full = [gaps(v[None], g[None])[0] for v in vs]
+        estimates[i] = full + ([full[0] - full[1]] if nets == 2 else [])
+        for start in range(0, replicates, CHUNK):
+            k = min(CHUNK, replicates - start)
+            idx = rng.integers(0, len(g), size=(k, len(g)))
+            each = [gaps(v[idx], g[idx]) for v in vs]
+            drawn[:, i, start:start + k] = each + ([each[0] - each[1]] if nets == 2 else [])
+    seeds = rng.integers(0, len(values), size=(replicates, len(values)))
+    combined = drawn[:, seeds, np.arange(replicates)[:, None]].mean(2)
+    return [_percentiles(float(estimates[:, q].mean()), combined[q], level) for q in range(quantities)]
+
+
 def _bootstrap(per_seed: list[tuple[np.ndarray | Drawn, ...]], replicates: int, seed: int
                ) -> tuple[np.ndarray, np.ndarray]:
     """Per seed, one or more paired quantities on that seed's test images. Returns each

@@ -10,7 +10,7 @@ from ..common.metrics import label as metric_label
 from ..common.metrics import lower_is_better
 from .analysis import Study, ablation_rows, findings, gap_closure, paired_rows, teacher_margin
 from .results import aggregate, metric_set, networks_in, presets_in, primary
-from .trust import about, deploy_table
+from .trust import about, deploy_table, group_rows, group_table, group_title
 
 
 def _cell(ms: tuple[float, float, int]) -> str:
@@ -57,6 +57,9 @@ def markdown(rows: list[dict[str, Any]], study: Study | None = None,
         header, body = deploy_table(study, externals)
         if any(any(c != "–" for c in line[3:]) for line in body):
             parts += ["### Before you deploy\n", _md_table(header, body), ""]
+        groups = group_rows(study)
+        if groups:
+            parts += [f"### {group_title(groups)}\n", _md_table(*group_table(groups)), ""]
         for name, ext in externals.items():
             parts += [f"## External set '{name}'" + (f" ({about(ext)})" if about(ext) else "") + "\n"]
             parts += _network_tables(ext.rows, f"external set '{name}'") + paired_markdown(ext)

@@ -59,6 +59,11 @@ def _interval(c: tuple[float, float, float] | None) -> str:
     return f"{100 * d:+.1f} pt" + ("" if np.isnan(lo) else f" [{100 * lo:+.1f}, {100 * hi:+.1f}]")
 
 
+def _teacher_preset(rows: list[dict[str, Any]]) -> str | None:
+    """The first preset whose runs have a teacher (its row stands for the teacher)."""
+    return next((p for p in presets_in(rows) if any(r["network"] == T and r["preset"] == p for r in rows)), None)
+
+
 def coverage_target(study: Study) -> float | None:
     """The prediction sets' target coverage, as the first calibrated run's eval.json says it."""
     for run in run_dirs(study.folder, study.rows).values() if study.folder is not None else ():
@@ -83,7 +88,7 @@ def deploy_table(study: Study, externals: dict[str, Study]) -> tuple[list[str], 
     for name in externals:
         header += [f"{name}: {metric_label(metric)} (change [95% CI])", f"{name}: set coverage"]
     body = []
-    teacher = next((p for p in presets_in(rows) if any(r["network"] == T and r["preset"] == p for r in rows)), None)
+    teacher = _teacher_preset(rows)
     pairs = ([(teacher, T)] if teacher else []) + [(p, n) for p in presets_in(rows) for n in networks_in(rows)
                                                    if _mean(rows, p, n, metric) is not None]
     for preset, net in pairs:
@@ -144,3 +149,96 @@ DEPLOY_NOTE = ("Calibration: ECE on the test split, then at the temperature fitt
                "holding the true class and their mean size. External sets: the metric there and its change from the "
                "test split, with a 95% bootstrap interval over both sets' images and the seeds; the sets' coverage "
                "there shows whether the guarantee travels. Means over seeds.")
+
+
+def _groups_of(study: Study) -> dict[tuple[str, int], dict[str, Any]]:
+    """Each run's data.groups evaluation (test split), by (preset, seed)."""
+    out = {}
+    for key, run in run_dirs(study.folder, study.rows).items() if study.folder is not None else ():
+        try:
+            evaluation = RunFolder(run).evaluation(study.split)
+        except KDError:
+            continue
+        if evaluation is not None and evaluation.groups:
+            out[key] = evaluation.groups
+    return out
+
+
+def group_rows(study: Study) -> list[dict[str, Any]]:
+    """Per data.groups column, preset and network (the teacher once per column): the metric in each
+    group (mean over seeds; groups under the minimum count flagged), the worst group, the gap
+    between the best and worst of the others with a 95% bootstrap interval, and for students and
+    ensembles the change from their teacher's gap, paired on the same test images
+    (:func:`~kdstyles.report.significance.group_gap_intervals`). Needs per-image values (metrics
+    that are means over images)."""
+    from .analysis import _teacher_value
+    from .significance import group_gap_intervals
+
+    found = _groups_of(study)
+    if not found:
+        return []
+    metric, out = study.metric, []
+    first = next(iter(found.values()))
+    columns = list(first.get("columns", {}))
+    for column in columns:
+        teacher = _teacher_preset(study.rows)
+        pairs = ([(teacher, T)] if teacher else []) + [(p, n) for p in presets_in(study.rows)
+                                                       for n in networks_in(study.rows)]
+        for preset, net in pairs:
+            values, groups, per_group, names, counts, small = [], [], {}, None, None, []
+            teacher_too = []
+            for seed in study.seeds:
+                g = found.get((preset, seed), {}).get("columns", {}).get(column)
+                v = study.values.get((preset, seed, net))
+                if g is None or not isinstance(v, np.ndarray) or len(v) != len(g["of_image"]):
+                    continue
+                names, counts, small = g["values"], g["counts"], g["small"]
+                index = {name: i for i, name in enumerate(names)}
+                groups.append(np.array([index[x] for x in g["of_image"]]))
+                _, t = _teacher_value(study, preset, seed)
+                values.append((v,) + ((t,) if net != T and isinstance(t, np.ndarray) and len(t) == len(v) else ()))
+                teacher_too.append(len(values[-1]) == 2)
+                for name in names:
+                    per_group.setdefault(name, []).append(g["networks"].get(net, {}).get(name, {}).get(metric))
+            if not values:
+                continue
+            eligible = np.array([c >= (first.get("min_count") or 0) for c in counts])
+            mean = {name: mean_std(vals)[0] for name, vals in per_group.items()}
+            ranked = [n for n in names if eligible[names.index(n)] and mean[n] == mean[n]]
+            row = {"column": column, "preset": preset, "network": net, "metric": metric,
+                   "groups": [(n, mean[n], counts[i], n in small) for i, n in enumerate(names)],
+                   "worst": min(ranked, key=lambda n: mean[n]) if ranked else None, "gap": None, "change": None,
+                   "min_count": first.get("min_count")}
+            if eligible.sum() >= 2:
+                if all(teacher_too):
+                    gap, _, change = group_gap_intervals(values, groups, eligible)
+                    row["change"] = change
+                else:
+                    gap = group_gap_intervals([v[:1] for v in values], groups, eligible)[0]
+                row["gap"] = gap
+            out.append(row)
+    return out
+
+
+def group_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """:func:`group_rows` as a table."""
+    header = ["column", "preset", "network", "per group (n; * under the minimum)", "worst group",
+              "gap between groups [95% CI]", "change from the teacher's gap [95% CI]"]
+    body = []
+    for r in rows:
+        groups = " · ".join(f"{n} {_f(m)} ({c}{'*' if few else ''})" for n, m, c, few in r["groups"])
+        change = r["change"]
+        word = ""
+        if change is not None and not np.isnan(change[1]):
+            word = " narrowed" if change[2] < 0 else " widened" if change[1] > 0 else " no clear change"
+        body.append([r["column"], r["preset"], r["network"], groups, r["worst"] or "–", _interval(r["gap"]),
+                     _interval(change) + word if change is not None else "–"])
+    return header, body
+
+
+def group_title(rows: list[dict[str, Any]]) -> str:
+    """The subgroup table's title."""
+    r = rows[0]
+    return (f"Subgroups (data.groups): test {metric_label(r['metric'])} per group, mean over seeds; the gap is the best "
+            f"group minus the worst among those of at least {r['min_count']} images, with a 95% bootstrap interval "
+            "over test images and seeds; its change from the teacher's is paired on the same images")

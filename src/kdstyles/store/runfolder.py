@@ -75,6 +75,9 @@ class Evaluation(BaseModel):
     # conformal prediction sets fitted on the validation split (``conformal``: target coverage, the
     # default method, and per method and network the threshold, coverage, set size, ...)
     calibration: dict[str, Any] | None = None
+    # data.groups: per column the groups (``values``), their ``counts``, the ``small`` ones, each
+    # image's group (``of_image``) and every network's metrics per group (``networks``)
+    groups: dict[str, Any] | None = None
 
     def trust(self, network: str) -> dict[str, Any]:
         """What the calibration block says of ``network`` in a results row: ``temperature``,
@@ -282,7 +285,7 @@ class RunFolder:
         return self.eval_path if split == "test" else self.path / f"eval-{split}.json"
 
     def write_eval(self, evaluation: Evaluation) -> None:
-        unset = {k for k in ("overlays", "outputs", "calibration", "about") if getattr(evaluation, k) is None}
+        unset = {k for k in ("overlays", "outputs", "calibration", "about", "groups") if getattr(evaluation, k) is None}
         write_json(self.eval_file(evaluation.split), evaluation.model_dump(exclude=unset))
 
     def outputs_file(self, split: str = "test") -> Path:

@@ -32,7 +32,7 @@ FILE_SIDE, VOLUME_SIDE = 224, 64
 # labelled source; the embedded data's sample counts are left alone, as a config written for the demo keeps them
 # when --set data.source=... points it at other data)
 SOURCE_KEYS = frozenset({"root", "path", "flag", "size", "classes", "num_classes", "none_label", "uncertain",
-                         "val_fraction", "test_fraction", "site"})
+                         "val_fraction", "test_fraction", "site", "groups"})
 FILE_SPLITS = frozenset({"val_fraction", "test_fraction"})  # sources whose files may lack a split draw it  # the default input side of image files and of volume files
 
 

@@ -19,7 +19,7 @@ from . import FILE_SPLITS, Loaded, Source, from_files, from_volume_files
 class CSV(Source):
     name = "csv"
     requires = "path"
-    reads = frozenset({"path", "classes", "num_classes", "none_label", "uncertain"}) | FILE_SPLITS
+    reads = frozenset({"path", "classes", "num_classes", "none_label", "uncertain", "groups"}) | FILE_SPLITS
     unlabeled_requires = "path"  # data.unlabeled.path
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
