@@ -211,7 +211,7 @@ def test_a_calibrated_export_outputs_the_probabilities_evaluate_scored(run_dir, 
 
     import onnxruntime as ort
 
-    from kdstyles.engine.evaluate import tempered
+    from kdstyles.common.calibration import tempered
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -236,7 +236,7 @@ def test_a_calibrated_export_outputs_the_probabilities_evaluate_scored(run_dir, 
         with torch.inference_mode():
             want = tempered(reference(run, network)(sample), t)
         assert np.abs(got - want.numpy()).max() < 1e-5
-        assert f"T = {t:.3f}, fitted on the validation split" in (run / "export" / f"{network}.md").read_text()
+        assert f"temperature-scaled (temperature {t:.3f}), fitted on the validation split" in (run / "export" / f"{network}.md").read_text()
     # predict writes each image's set: the classes whose score is within the threshold, most likely first
     from kdstyles.common.sets import prediction_sets
     from kdstyles.deploy.predict import predict

@@ -159,7 +159,7 @@ def test_classwise_ece_and_brier_against_a_hand_computation():
 
 
 def test_the_fitted_temperature_is_the_one_the_labels_were_drawn_at():
-    from kdstyles.engine.evaluate import fit_temperature, tempered
+    from kdstyles.common.calibration import fit_temperature, tempered
 
     g = torch.Generator().manual_seed(0)
     logits = 3 * torch.randn(4000, 5, generator=g)
@@ -193,9 +193,11 @@ def test_evaluate_calibrated_fits_on_validation_and_keeps_the_plain_numbers(tmp_
         d, lo, hi = c["change"][name]["ece"]
         assert d == pytest.approx(metrics["ece"] - result["networks"][name]["ece"], abs=1e-5) and lo <= d <= hi
         assert f"{name}: temperature {c['temperature'][name]:.3f}" in out
+        before, after = c["test"][name]["ece"]
+        assert before == pytest.approx(result["networks"][name]["ece"], abs=1e-6)
+        assert after == pytest.approx(metrics["ece"], abs=1e-6)
     plain = Experiment.from_run(exp.run_dir, quiet=True).evaluate()
     assert "calibration" not in plain and plain["networks"] == result["networks"]
-    seg = Experiment(None, overrides=tiny(tmp_path / "seg", *SEG), quiet=True)
     sets = c["conformal"]
     assert sets["target"] == 0.9 and sets["confidence"] == 0.95 and set(sets["methods"]) == {"lac", "aps", "raps"}
     for method, per in sets["methods"].items():
@@ -207,15 +209,66 @@ def test_evaluate_calibrated_fits_on_validation_and_keeps_the_plain_numbers(tmp_
     assert "prediction sets for 90% coverage" in out
     row = Evaluation.model_validate(result).rows()[0]  # results rows carry the default method's sets
     assert row["coverage"] == sets["methods"]["lac"][row["network"]]["coverage"]
-    assert row["ece_calibrated"] == c["networks"][row["network"]]["ece"]
+    assert row["ece_calibrated"] == pytest.approx(c["networks"][row["network"]]["ece"], abs=1e-6)
     with pytest.raises(KDError, match=r"coverage 1.5: the share of images whose prediction set holds the true class "
                                       r"is between 0 and 1"):
         exp.evaluate(calibrated=True, coverage=1.5)
-    with pytest.raises(KDError, match="evaluate --calibrated: temperature scaling and prediction sets are built for "
-                                      "single-label classification"):
-        seg.evaluate(calibrated=True)
+    det = Experiment(None, overrides=tiny(tmp_path / "det", "task=detection", *SEG[1:]), quiet=True)
+    with pytest.raises(KDError, match="evaluate --calibrated: temperature scaling is built for classification, "
+                                      "multi-label and segmentation so far; task detection is not yet"):
+        det.evaluate(calibrated=True)
     with pytest.raises(KDError, match="fitted on the validation split; evaluate another split"):
         exp.evaluate(split="val", calibrated=True)
+
+
+def test_segmentation_and_multilabel_runs_are_calibrated_on_their_rows(tmp_path):
+    """Segmentation: one temperature fitted on a seeded sample of the validation split's pixels,
+    the masks (Dice) unchanged at it; multi-label: a temperature per label, each label's yes/no
+    a 2-class softmax, so that its tempered probability is sigmoid(logit(p) / T); neither gets
+    prediction sets (no single class per image)."""
+    from conftest import DATA, SEG, tiny
+
+    from kdstyles import Experiment
+    from kdstyles.common.calibration import label_rows, tempered, tempered_labels
+    from kdstyles.store.runfolder import Evaluation
+
+    seg = Experiment(None, overrides=tiny(tmp_path / "seg", *SEG, *DATA), quiet=True)
+    seg.fit()
+    result = seg.evaluate(calibrated=True)
+    c = result["calibration"]
+    assert "conformal" not in c and all(isinstance(t, float) for t in c["temperature"].values())
+    for name, metrics in c["networks"].items():
+        assert metrics["dice"] == result["networks"][name]["dice"]  # the argmax of every pixel is kept
+        assert c["test"][name]["ece"][0] == pytest.approx(result["networks"][name]["ece"], abs=1e-9)
+        before, after = c["val"][name]["nll"]
+        assert after <= before + 1e-6
+    multi = Experiment(None, overrides=tiny(tmp_path / "ml", "task=multilabel", "data.image_size=32"), quiet=True)
+    multi.fit()
+    result = multi.evaluate(calibrated=True)
+    c = result["calibration"]
+    k = len(result["class_names"])
+    assert "conformal" not in c and all(len(t) == k for t in c["temperature"].values())
+    assert Evaluation.model_validate(result).rows()[0]["ece_calibrated"] == c["test"]["teacher"]["ece"][1]
+    g = torch.Generator().manual_seed(0)
+    p, t = torch.rand(5, 3, generator=g), [0.5, 1.0, 2.0]
+    rows, _, _, label = label_rows(p, torch.zeros(5, 3))
+    for j in range(3):  # the 2-class softmax of each label's rows at its temperature is the tempered sigmoid
+        assert torch.allclose(tempered(rows[label == j], t[j])[:, 1], tempered_labels(p, t)[:, j], atol=1e-6)
+    assert torch.allclose(tempered_labels(p, [1.0] * 3), p, atol=1e-6)
+    # exported calibrated, the ONNX model outputs each label at its temperature
+    import onnxruntime as ort
+
+    from kdstyles.deploy.export import deployable, export_run
+
+    side = export_run(multi.run_dir, "s1", "onnx", calibrated=True)
+    assert side["calibration"]["temperature"] == c["temperature"]["s1"] and "prediction_sets" not in side["calibration"]
+    x = torch.rand(3, 3, 32, 32, generator=g)
+    got = ort.InferenceSession(str(multi.run_dir / "export" / "s1.onnx")).run(None, {"image": x.numpy()})[0]
+    again = Experiment.from_run(multi.run_dir, quiet=True)
+    again.load_weights("best")
+    with torch.inference_mode():
+        want = tempered_labels(deployable(again, "s1")(x), c["temperature"]["s1"])
+    assert np.abs(got - want.numpy()).max() < 1e-5
 
 
 def test_conformal_scores_thresholds_and_sets_against_a_hand_computation():
@@ -280,7 +333,7 @@ def test_aurc_and_the_risk_coverage_curve_against_a_hand_computation():
 def test_the_ece_change_interval_is_paired_over_test_images():
     from torchmetrics.functional.classification import multiclass_calibration_error
 
-    from kdstyles.engine.evaluate import ece_change, tempered, top_label_ece
+    from kdstyles.common.calibration import ece_change, tempered, top_label_ece
 
     g = torch.Generator().manual_seed(1)
     p = torch.softmax(3 * torch.randn(800, 4, generator=g), 1)

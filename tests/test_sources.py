@@ -836,6 +836,13 @@ def test_external_sets_are_checked_before_training(tmp_path, cli):
     assert len(s2) == 12 and synth.external_about["s2"] == "12 images from synthetic site 2"
     seen = {array_digest(i) for split in synth.splits.values() for i in split.images}
     assert not seen & {array_digest(i) for i in s2.images}
+    unets = [f"networks.{n}.arch=unet" for n in ("teacher", "students.s1", "students.s2")]
+    for task, nets in (("multilabel", []), ("segmentation", unets), ("detection", unets)):  # every 2D task's site 2
+        cfg = load_config(None, [f"task={task}", "data.train_samples=8", "data.val_samples=4", "data.test_samples=4",
+                                 "data.image_size=32", "data.external=[{name: s2, source: synthetic, samples: 6}]",
+                                 *nets])
+        shifted = build_data(cfg.data, 0, task=task).external["s2"]
+        assert len(shifted) == 6 and shifted[(0, 0)][0].shape == (3, 32, 32)
     code, out, err = cli("check", *(a for o in external(f"{{name: c, source: folder, root: {one}}}")
                                     for a in ("--set", o)))
     assert code == 0, err

@@ -336,43 +336,57 @@ class Experiment:
                 for split in ("test", *self.data.external)]
 
     def can_calibrate(self, split: str = "test") -> str | None:
-        """Why temperature scaling and prediction sets cannot be fitted for ``split`` (None: they
-        can). They need softmax probabilities per image and a validation split to fit on."""
+        """Why temperature scaling (and prediction sets) cannot be fitted for ``split`` (None: they
+        can). They need probabilities the task calibrates, a validation split to fit on, and
+        the split's outputs together (not whole volumes scored one by one)."""
         task = TASKS[self.cfg.task]
         if not task.calibrates:
-            return (f"temperature scaling and prediction sets are built for single-label classification (one "
-                    f"softmax per image) so far; task {task.name} is not yet")
+            return (f"temperature scaling is built for classification, multi-label and segmentation so far; task "
+                    f"{task.name} is not yet")
         if split == "val" or not len(self.data.splits.get("val", ())):
             return ("the temperatures and prediction sets are fitted on the validation split; "
                     + ("evaluate another split with it" if split == "val" else "this run has none"))
+        if self.data.dataset(split).window is not None or self.data.splits["val"].window is not None:
+            return "whole volumes scored one by one on sliding windows are not calibrated yet"
         return None
 
     def _calibration(self, cohort: Cohort, device: torch.device, scores: Any, coverage: float) -> dict[str, Any]:
-        """A temperature per network and the ensemble, fitted on the validation split; the
-        validation ECE and NLL before and after it; the evaluated split's metrics at it, and its
-        change in ECE with a 95% paired bootstrap interval over the split's images; split-conformal
+        """A temperature per network and the ensemble (per label for multi-label), fitted on the
+        validation split's calibration rows (:meth:`~kdstyles.tasks.Task.calibration_rows`); ECE,
+        classwise ECE, Brier and NLL of the validation and the evaluated split's rows before and
+        after it; the evaluated split's metrics at it, and its change in ECE with a 95% paired
+        bootstrap interval over the split's images; for one class per image, split-conformal
         prediction sets at ``coverage`` (:mod:`kdstyles.engine.conformal`), fitted on the
         validation split's calibrated probabilities."""
+        from .common.calibration import ece_change, summary, temperatures
         from .engine.conformal import conformal
-        from .engine.evaluate import ece_change, fit_temperature, score, tempered
+        from .engine.evaluate import score
 
+        task = cohort.task
         ds = self.data.splits["val"]
         loader = self.data.loader("val", self.cfg.data.batch_size,
                                   num_workers=resolve_workers(self.cfg.data.num_workers, device))
         val = score_cohort(cohort, loader, device, ds.window, ds.spacing, per_image=False, details=False)
-        temperature = {n: fit_temperature(p, val.labels) for n, p in val.probs.items()}
-        val_at = {n: tempered(p, temperature[n]) for n, p in val.probs.items()}
-        after = score(val_at, val.labels, cohort.task)
-        fitted = {n: {k: [val.metrics[n][k], after[n][k]] for k in ("ece", "cw_ece", "brier", "nll")}
-                  for n in temperature}
-        at = {n: tempered(p, temperature[n]) for n, p in scores.probs.items()}
-        metrics = score(at, scores.labels, cohort.task)
-        change = {n: {"ece": list(ece_change(scores.probs[n], at[n], scores.labels, seed=self.cfg.train.seed))}
-                  for n in at}
-        return {"fitted_on": "val", "val_images": int(len(val.labels)), "temperature": temperature, "val": fitted,
-                "networks": metrics, "change": change,
-                "conformal": conformal(val_at, val.labels, at, scores.labels, coverage,
-                                       self.cfg.eval.coverage_confidence, self.cfg.train.seed)}
+        temperature, val_at, at, fitted, test, change = {}, {}, {}, {}, {}, {}
+        keys = ("ece", "cw_ece", "brier", "nll")
+        for n, p in val.probs.items():
+            rows, y, _, label = task.calibration_rows(p, val.labels)
+            temperature[n] = temperatures(rows, y, label, task.num_classes)
+            val_at[n] = task.tempered(p, temperature[n])
+            before, after = summary(rows, y, label), summary(task.calibration_rows(val_at[n], val.labels)[0], y, label)
+            fitted[n] = {k: [before[k], after[k]] for k in keys}
+            at[n] = task.tempered(scores.probs[n], temperature[n])
+            rows, y, owner, label = task.calibration_rows(scores.probs[n], scores.labels)
+            tempered_rows = task.calibration_rows(at[n], scores.labels)[0]
+            before, after = summary(rows, y, label), summary(tempered_rows, y, label)
+            test[n] = {k: [before[k], after[k]] for k in keys}
+            change[n] = {"ece": list(ece_change(rows, tempered_rows, y, owner, label, seed=self.cfg.train.seed))}
+        out = {"fitted_on": "val", "val_images": int(len(val.labels)), "temperature": temperature, "val": fitted,
+               "test": test, "networks": score(at, scores.labels, task), "change": change}
+        if task.prediction_sets:
+            out["conformal"] = conformal(val_at, val.labels, at, scores.labels, coverage,
+                                         self.cfg.eval.coverage_confidence, self.cfg.train.seed)
+        return out
 
     def evaluate(self, checkpoint: str = "best", split: str = "test", calibrated: bool = False,
                  coverage: float | None = None) -> dict[str, Any]:

@@ -159,13 +159,16 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
             console.print(metrics_table({**result, "networks": c["networks"]},
                                         f"at the temperatures fitted on the validation split ({c['val_images']} "
                                         "images)"))
+            from .common.calibration import temperature_words
+
             for name, t in c["temperature"].items():
-                ece = c["val"][name]["ece"]
+                ece, after = c["val"][name]["ece"], c["test"][name]["ece"]
                 d, lo, hi = c["change"][name]["ece"]
-                console.print(f"  {name}: temperature {t:.3f}; validation ECE {ece[0]:.4f} -> {ece[1]:.4f}, "
-                              f"{split} ECE {result['networks'][name]['ece']:.4f} -> "
-                              f"{c['networks'][name]['ece']:.4f} ({d:+.4f} [{lo:+.4f}, {hi:+.4f}])", highlight=False)
-            console.print(prediction_sets_table(c["conformal"], split))
+                console.print(f"  {name}: {temperature_words(t)}; validation ECE {ece[0]:.4f} -> {ece[1]:.4f}, "
+                              f"{split} ECE {after[0]:.4f} -> {after[1]:.4f} ({d:+.4f} [{lo:+.4f}, {hi:+.4f}])",
+                              highlight=False)
+            if "conformal" in c:
+                console.print(prediction_sets_table(c["conformal"], split))
         for column, g in (result.get("groups") or {}).get("columns", {}).items():
             console.print(group_metrics_table(result, column, g))
         console.print(f"written: {RunFolder(run_dir).eval_file(split)}")

@@ -118,7 +118,6 @@ def classwise_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -
     for c in range(k):
         p, hit = probs[:, c].double(), (labels == c).double()
         bins = torch.clamp((p * n_bins).long(), max=n_bins - 1)
-        count = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, torch.ones_like(p))
         gap = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, p - hit)
         total += float(gap.abs().sum() / n)  # sum over bins of |mean p - mean hit| * count / n
     return total / k
@@ -212,7 +211,8 @@ def risk_coverage(probs: torch.Tensor, labels: torch.Tensor, points: int = 10) -
 def multilabel_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Probabilities (N, K) per label against multi-hot labels: the mean over labels of AUROC
     and of average precision (labels with positives and negatives only), macro-F1 at 0.5,
-    the share of label decisions that are right, exact-set matches, and the mean binary NLL."""
+    the share of label decisions that are right, exact-set matches, the mean binary NLL, and
+    the ECE and Brier score of each label's yes/no, averaged over labels."""
     y = labels.long()
     per_label = multilabel_details(probs, labels)
     pred = (probs >= 0.5).long()
@@ -227,6 +227,11 @@ def multilabel_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, f
         "exact_match": (pred == y).all(1).float().mean(),
         "nll": F.binary_cross_entropy(p, y.float()),
     }
+    from .calibration import label_rows, summary
+
+    rows, ys, _, label = label_rows(probs, labels)
+    calibrated = summary(rows, ys, label)  # each label's yes/no, then the mean over labels
+    m |= {"ece": calibrated["ece"], "brier": calibrated["brier"]}
     return {name: float(v) for name, v in m.items()}
 
 
@@ -388,13 +393,17 @@ def surface_distances(pred: torch.Tensor, target: torch.Tensor, k: int, spacing=
 
 def segmentation_metrics(probs: torch.Tensor, labels: torch.Tensor, hd95: bool = False,
                          spacing=None) -> dict[str, float]:
-    """Dice and IoU (means over images of the foreground classes' mean), pixel accuracy, NLL;
-    with ``hd95`` also HD95 and average surface distance (mm with ``spacing``)."""
+    """Dice and IoU (means over images of the foreground classes' mean), pixel accuracy, NLL, the
+    ECE of a seeded sample of pixels; with ``hd95`` also HD95 and average surface distance (mm
+    with ``spacing``)."""
+    from .calibration import pixel_rows, top_label_ece
+
     pred = probs.argmax(1)
     dice, iou = per_image_scores(pred, labels, probs.shape[1])
     out = {"dice": float(dice.mean()), "iou": float(iou.mean()),
            "pixel_accuracy": float((pred == labels).float().mean()),
-           "nll": float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))}
+           "nll": float(F.nll_loss(probs.clamp_min(1e-12).log(), labels)),
+           "ece": float(top_label_ece(*pixel_rows(probs, labels)[:2]))}
     if hd95:
         hd, asd = surface_distances(pred, labels, probs.shape[1], spacing)
         out["hd95"], out["asd"] = float(torch.nanmean(hd)), float(torch.nanmean(asd))

@@ -24,7 +24,7 @@ from .. import __version__
 from ..api import Experiment
 from ..data.sources import SOURCES
 from ..errors import KDError
-from ..engine.evaluate import ENSEMBLE, tempered
+from ..engine.evaluate import ENSEMBLE
 from ..store.fileio import atomic_write, write_json, write_text
 from .measure import cpu_latency_ms
 from ..common.metrics import label, task_metrics
@@ -57,7 +57,7 @@ class Deployable(nn.Module):
         x = (image - self.mean) / self.std
         probs = [self.task.activate(net(x)) for net in self.networks]
         p = probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
-        return p if self.temperature is None else tempered(p, self.temperature)
+        return p if self.temperature is None else self.task.tempered(p, self.temperature)
 
 
 def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None) -> Deployable:
@@ -339,7 +339,9 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
                             if isinstance(m.get(k), float))
     c = sidecar.get("calibration")
     if c:  # the model outputs probabilities at the fitted temperature: say so under the metrics
-        metric_rows += (f"\n\nProbabilities are temperature-scaled: T = {c['temperature']:.3f}, fitted on the "
+        from ..common.calibration import temperature_words
+
+        metric_rows += (f"\n\nProbabilities are temperature-scaled ({temperature_words(c['temperature'])}), fitted on the "
                         f"{'validation' if c['fitted_on'] == 'val' else c['fitted_on']} split (its ECE "
                         f"{c['val_ece'][0]:.4f} before, {c['val_ece'][1]:.4f} after); the metrics above are at it.")
         ps = c.get("prediction_sets")

@@ -69,9 +69,10 @@ class Evaluation(BaseModel):
     per_image: dict[str, dict[str, Any]] = {}
     overlays: list[str] | None = None
     outputs: str | None = None
-    # evaluate --calibrated: the temperatures fitted on the validation split (``temperature``),
-    # the validation ECE, classwise ECE, Brier and NLL before and after them (``val``), this
-    # split's metrics at them (``networks``) and its change in ECE with a 95% interval (``change``),
+    # evaluate --calibrated: the temperatures fitted on the validation split (``temperature``: a
+    # number, or one per label for multi-label), the validation and this split's ECE, classwise
+    # ECE, Brier and NLL before and after them (``val``, ``test``: pairs), this split's metrics at
+    # them (``networks``) and its change in ECE with a 95% interval (``change``),
     # conformal prediction sets fitted on the validation split (``conformal``: target coverage, the
     # default method, and per method and network the threshold, coverage, set size, ...)
     calibration: dict[str, Any] | None = None
@@ -86,7 +87,9 @@ class Evaluation(BaseModel):
         c = self.calibration or {}
         if network not in c.get("temperature", {}):
             return {}
-        out = {"temperature": c["temperature"][network], "ece_calibrated": c["networks"][network]["ece"]}
+        test = c.get("test", {}).get(network)  # the evaluated split's calibration rows before and after
+        out = {"temperature": c["temperature"][network] if isinstance(c["temperature"][network], (int, float))
+               else None, "ece_calibrated": test["ece"][1] if test else c["networks"][network].get("ece")}
         sets = c.get("conformal", {}).get("methods", {}).get(c.get("conformal", {}).get("default"), {})
         if network in sets:
             out |= {"coverage": sets[network]["coverage"], "set_size": sets[network]["set_size"]}

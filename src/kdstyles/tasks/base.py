@@ -46,8 +46,10 @@ class Task:
     patches: ClassVar[bool] = False  # trains on patches of whole volumes (data.patch_size) and slides over them
     # one class per image or pixel, a softmax over classes: styles that need it (dkd, dist) apply
     exclusive_classes: ClassVar[bool] = True
-    # one softmax per image: a temperature fitted on validation (evaluate --calibrated) applies
+    # temperature scaling fitted on validation (evaluate --calibrated) applies to its probabilities
+    # (calibration_rows, tempered); prediction_sets: one class per image, so conformal sets too
     calibrates: ClassVar[bool] = False
+    prediction_sets: ClassVar[bool] = False
     # what the class-imbalance warning suggests
     imbalance_remedy: ClassVar[str] = "data.sampler: balanced or loss.class_weights: balanced"
     synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data.generators
@@ -226,6 +228,19 @@ class Task:
         ``images``, ``same_images(other)`` and ``metrics(counts)``: the drawn metrics for images
         drawn ``counts`` (k, images) times each, ``{metric: (k,)}``."""
         return {}
+
+    def calibration_rows(self, probs, labels) -> tuple:
+        """Its probabilities as calibration rows (:mod:`kdstyles.common.calibration`): (rows (M, C),
+        their labels (M,), each row's image (M,) or None where a row is an image, each row's label
+        (M,) or None where one temperature serves all). A softmax per image: the images."""
+        return probs, labels, None, None
+
+    def tempered(self, probs, temperature):
+        """Its probabilities at a temperature fitted on its calibration rows: softmax(log p / T)
+        over the classes (dimension 1)."""
+        from ..common.calibration import tempered
+
+        return tempered(probs, temperature)
 
     def ensemble(self, probs: list):
         """The students' ensemble: the mean of their probabilities (per pixel when dense)."""

@@ -12,6 +12,7 @@ from .base import Task
 class Classification(Task):
     name = "classification"
     calibrates = True
+    prediction_sets = True
     loss_name = "ce"
     selection = "accuracy"
     sources = ("synthetic", "medmnist", "npz", "folder", "csv")

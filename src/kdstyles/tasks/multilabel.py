@@ -73,6 +73,20 @@ class Multilabel(Classification):
 
         return bernoulli_fidelity(teacher, student)
 
+    prediction_sets = False  # no single class per image to put in a set
+
+    def calibration_rows(self, probs, labels):
+        """Each image's yes/no per label, a temperature per label (labels differ in how often and how
+        surely they are found)."""
+        from ..common.calibration import label_rows
+
+        return label_rows(probs, labels)
+
+    def tempered(self, probs, temperature):
+        from ..common.calibration import tempered_labels
+
+        return tempered_labels(probs, temperature)
+
     def metrics(self, probs, labels, spacing=None):
         from ..common.metrics import multilabel_metrics
 

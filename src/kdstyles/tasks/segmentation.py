@@ -72,6 +72,14 @@ class Segmentation(EncoderDecoderTask):
                           f"{self.num_classes} classes, {size}); a segmentation network returns per-pixel "
                           "class logits at the input's size")
 
+    calibrates = True
+
+    def calibration_rows(self, probs, labels):
+        """The pixels (voxels) of a seeded sample, a softmax each, one temperature."""
+        from ..common.calibration import pixel_rows
+
+        return (*pixel_rows(probs, labels), None)
+
     def metrics(self, probs, labels, spacing=None):
         from ..common.metrics import segmentation_metrics
 
