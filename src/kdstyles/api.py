@@ -351,42 +351,15 @@ class Experiment:
         return None
 
     def _calibration(self, cohort: Cohort, device: torch.device, scores: Any, coverage: float) -> dict[str, Any]:
-        """A temperature per network and the ensemble (per label for multi-label), fitted on the
-        validation split's calibration rows (:meth:`~kdstyles.tasks.Task.calibration_rows`); ECE,
-        classwise ECE, Brier and NLL of the validation and the evaluated split's rows before and
-        after it; the evaluated split's metrics at it, and its change in ECE with a 95% paired
-        bootstrap interval over the split's images; for one class per image, split-conformal
-        prediction sets at ``coverage`` (:mod:`kdstyles.engine.conformal`), fitted on the
-        validation split's calibrated probabilities."""
-        from .common.calibration import ece_change, summary, temperatures
-        from .engine.conformal import conformal
-        from .engine.evaluate import score
+        """The validation split scored, then temperatures and prediction sets fitted on it for
+        the evaluated split's ``scores`` (:func:`kdstyles.engine.evaluate.calibration`)."""
+        from .engine.evaluate import calibration
 
-        task = cohort.task
         ds = self.data.splits["val"]
         loader = self.data.loader("val", self.cfg.data.batch_size,
                                   num_workers=resolve_workers(self.cfg.data.num_workers, device))
         val = score_cohort(cohort, loader, device, ds.window, ds.spacing, per_image=False, details=False)
-        temperature, val_at, at, fitted, test, change = {}, {}, {}, {}, {}, {}
-        keys = ("ece", "cw_ece", "brier", "nll")
-        for n, p in val.probs.items():
-            rows, y, _, label = task.calibration_rows(p, val.labels)
-            temperature[n] = temperatures(rows, y, label, task.num_classes)
-            val_at[n] = task.tempered(p, temperature[n])
-            before, after = summary(rows, y, label), summary(task.calibration_rows(val_at[n], val.labels)[0], y, label)
-            fitted[n] = {k: [before[k], after[k]] for k in keys}
-            at[n] = task.tempered(scores.probs[n], temperature[n])
-            rows, y, owner, label = task.calibration_rows(scores.probs[n], scores.labels)
-            tempered_rows = task.calibration_rows(at[n], scores.labels)[0]
-            before, after = summary(rows, y, label), summary(tempered_rows, y, label)
-            test[n] = {k: [before[k], after[k]] for k in keys}
-            change[n] = {"ece": list(ece_change(rows, tempered_rows, y, owner, label, seed=self.cfg.train.seed))}
-        out = {"fitted_on": "val", "val_images": int(len(val.labels)), "temperature": temperature, "val": fitted,
-               "test": test, "networks": score(at, scores.labels, task), "change": change}
-        if task.prediction_sets:
-            out["conformal"] = conformal(val_at, val.labels, at, scores.labels, coverage,
-                                         self.cfg.eval.coverage_confidence, self.cfg.train.seed)
-        return out
+        return calibration(cohort.task, val, scores, coverage, self.cfg.eval.coverage_confidence, self.cfg.train.seed)
 
     def evaluate(self, checkpoint: str = "best", split: str = "test", calibrated: bool = False,
                  coverage: float | None = None) -> dict[str, Any]:

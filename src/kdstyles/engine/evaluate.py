@@ -194,3 +194,40 @@ def group_metrics(probs: dict[str, torch.Tensor], labels: torch.Tensor, groups: 
             "networks": {n: {v: task.metrics(p[members[v]], labels[members[v]]) for v in names}
                          for n, p in probs.items()}}
     return out
+
+
+def calibration(task, val: Scores, scores: Scores, coverage: float, confidence: float | None = None,
+                seed: int = 0) -> dict[str, Any]:
+    """evaluate --calibrated: a temperature per network and the ensemble (per label for
+    multi-label), fitted on the validation split's calibration rows (``val``:
+    :meth:`~kdstyles.tasks.Task.calibration_rows`); ECE, classwise ECE, Brier and NLL of the
+    validation and the evaluated split's rows before and after it (``val``, ``test``: pairs); the
+    evaluated split's metrics at it, and its change in ECE with a 95% paired bootstrap interval
+    over the split's images; for one class per image, split-conformal prediction sets at
+    ``coverage`` (:mod:`kdstyles.engine.conformal`), fitted on the validation split's calibrated
+    probabilities."""
+    from ..common.calibration import ece_change, summary, temperatures
+    from .conformal import conformal
+
+    temperature, val_at, at, fitted, test, change = {}, {}, {}, {}, {}, {}
+    keys = ("ece", "cw_ece", "brier", "nll")
+
+    def before_after(probs: torch.Tensor, tempered: torch.Tensor, labels: torch.Tensor) -> tuple:
+        rows, y, owner, label = task.calibration_rows(probs, labels)
+        at_rows = task.calibration_rows(tempered, labels)[0]
+        a, b = summary(rows, y, label), summary(at_rows, y, label)
+        return {k: [a[k], b[k]] for k in keys}, (rows, at_rows, y, owner, label)
+
+    for n, p in val.probs.items():
+        rows, y, _, label = task.calibration_rows(p, val.labels)
+        temperature[n] = temperatures(rows, y, label, task.num_classes)
+        val_at[n] = task.tempered(p, temperature[n])
+        fitted[n], _ = before_after(p, val_at[n], val.labels)
+        at[n] = task.tempered(scores.probs[n], temperature[n])
+        test[n], drawn = before_after(scores.probs[n], at[n], scores.labels)
+        change[n] = {"ece": list(ece_change(*drawn, seed=seed))}
+    out = {"fitted_on": "val", "val_images": int(len(val.labels)), "temperature": temperature, "val": fitted,
+           "test": test, "networks": score(at, scores.labels, task), "change": change}
+    if task.prediction_sets:
+        out["conformal"] = conformal(val_at, val.labels, at, scores.labels, coverage, confidence, seed)
+    return out
