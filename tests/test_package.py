@@ -129,7 +129,7 @@ def test_one_registry_per_kind_of_thing():
 KEPT_FILES = {"config.yaml", "run.json", "metrics.csv", "times.csv", "eval.json", "outputs.npz", "checkpoints",
               "last.pt", "splits.csv", "data_report.json", "tensorboard", "overlays", "export", "comparison.json",
               "results.csv", "compression.json", "report.html", "jobs.json", "jobs", "study.db", "study.journal",
-              "tune.json", "workers"}
+              "tune.json", "workers", "probe.json"}
 
 
 def _named_files(path: Path) -> list[tuple[int, str]]:

@@ -295,6 +295,8 @@ class Experiment:
                               "epoch would learn the rounding; add --set train.epochs=N with N above "
                               f"{trainer.state.epoch} (a few more epochs are usually enough)")
         self.show_warnings()
+        # a frozen backbone's head, fitted before anything is written (a failure leaves no run folder behind)
+        probed = self.probe(cohort) if not resume and T in cohort.frozen and self.needs_probe else None
         with self.folder.lock() if main else nullcontext():
             if main:
                 self.folder.clean_temp_files()
@@ -302,6 +304,8 @@ class Experiment:
                     self._check_dirs(resume)  # again, now that no other process can be writing
                     self._write_run_info()
                     self.data.save(self.folder)
+                    if probed is not None:
+                        self.folder.write_probe(probed)
                     if T in cohort.frozen:
                         checkpoints.save({"network": T, "epoch": 0, "state_dict": cohort.networks[T].state_dict()},
                                          self.folder.best(T))
@@ -314,6 +318,25 @@ class Experiment:
                 trainer.apply_changes(self.changes)
             state = trainer.fit(resume=resume)
         return {"run_dir": str(self.run_dir), "status": state.status, "epochs": state.epoch, "best": state.best}
+
+    @property
+    def needs_probe(self) -> bool:
+        """Whether the teacher is a frozen backbone without a head for this run's classes (a
+        Hugging Face model and no checkpoint): the probe stage fits one before training."""
+        from .models.hf import is_hf
+
+        teacher = self.cfg.networks.teacher
+        return is_hf(teacher.arch) and not teacher.checkpoint and T not in self.modules
+
+    def probe(self, cohort: Cohort) -> dict[str, Any]:
+        """Fit the frozen teacher's head on its embeddings of the training images, chosen on the
+        validation split (:mod:`kdstyles.engine.probe`); what :meth:`fit` writes to probe.json."""
+        from .engine.probe import fit_probe
+
+        device = pick_device(self.cfg.train.device)
+        found = fit_probe(cohort, self.data, device, self.cfg.data.batch_size, self.cfg.train.seed, self.quiet)
+        cohort.to(torch.device("cpu"))
+        return found
 
     def load_weights(self, checkpoint: str = "best") -> None:
         """Load each network's best checkpoint (or the last epoch's weights) from the run folder."""

@@ -448,8 +448,9 @@ class NetworkConfig(Strict):
     """One network: an architecture by name (or ``custom`` for a module passed through the API)."""
 
     arch: str = Field("resnet10", description="a network of the zoo (resnet10/18/34/50, mobilenetv2, efficientnet-b0, "
-                                              "densenet121, unet, basicunet, ...), or custom (a module passed "
-                                              "through the Python API)")
+                                              "densenet121, unet, basicunet, ...), custom (a module passed "
+                                              "through the Python API), or for an offline teacher a vision "
+                                              "transformer from the Hugging Face Hub: hf:ID[@REVISION] or hf:FOLDER")
     widen: float = Field(1.0, gt=0, description="width multiplier (resnets only)")
     stem: Literal["auto", "imagenet", "small"] = Field(
         "auto", description="small: 3x3 stride-1 stem, no max pool; auto: small below 32 px")
@@ -472,8 +473,15 @@ class NetworkConfig(Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
+        from ..models.hf import is_hf, parse
         from ..models.zoo import ARCHS, unknown_arch
 
+        if is_hf(v):
+            try:
+                parse(v)
+            except KDError as exc:
+                raise ValueError(str(exc)) from None
+            return v
         if v != "custom" and v not in ARCHS:
             raise ValueError(unknown_arch(v))
         return v
@@ -492,6 +500,13 @@ class TeacherConfig(NetworkConfig):
 
     @model_validator(mode="after")
     def _offline_needs_checkpoint(self) -> "TeacherConfig":
+        from ..models.hf import is_hf
+
+        if is_hf(self.arch):
+            if self.mode != "offline":
+                raise ValueError(f"arch {self.arch}: a Hugging Face teacher is frozen; set networks.teacher.mode: "
+                                 "offline (without a checkpoint, a probe fits its head on the training images first)")
+            return self
         if self.mode == "offline" and not self.checkpoint:
             raise ValueError("mode 'offline' needs checkpoint: a run folder or a .pt file with the teacher's weights")
         return self
@@ -505,6 +520,17 @@ class NetworksConfig(Strict):
     teacher: TeacherConfig = TeacherConfig()
     students: dict[str, NetworkConfig] = Field(default_factory=_default_students, description="the students by name "
                                                 "(any number; default s1 and s2, resnet10 x 0.25)")
+
+    @field_validator("students")
+    @classmethod
+    def _no_hf_students(cls, v: dict) -> dict:
+        from ..models.hf import is_hf
+
+        hf = next((name for name, spec in v.items() if is_hf(spec.arch)), None)
+        if hf is not None:
+            raise ValueError(f"{hf}.arch: {v[hf].arch} is a teacher; a student is a network of the zoo (a vision "
+                             "transformer student is not built yet)")
+        return v
 
     @field_validator("students")
     @classmethod

@@ -452,13 +452,16 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
         for name in cfg.networks.students:
             if name in nets:
                 enable(nets[name])
+    for net in nets.values():  # a network with an input contract of its own (a Hugging Face teacher)
+        if inputs is not None and hasattr(net, "set_inputs"):
+            net.set_inputs(inputs)
     frozen = set()
     if T in nets and cfg.networks.teacher.mode == "offline":
         frozen.add(T)
-        if load_offline:
+        if load_offline and cfg.networks.teacher.checkpoint:  # none: a Hugging Face teacher whose head the probe fits
             weights, path = _offline_teacher_weights(cfg.networks.teacher.checkpoint)
             checkpoints.load_into(nets[T], weights, path, f"networks.teacher (arch {cfg.networks.teacher.arch})")
-        own = _teacher_inputs(cfg.networks.teacher.checkpoint)
+        own = _teacher_inputs(cfg.networks.teacher.checkpoint) if cfg.networks.teacher.checkpoint else None
         if inputs is not None and own is not None and own.channels == inputs.channels and (
                 own.mean != inputs.mean or own.std != inputs.std):
             nets[T].register_forward_pre_hook(Renormalise(inputs, own))

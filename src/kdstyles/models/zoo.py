@@ -161,7 +161,14 @@ def build_network(arch: str, in_channels: int, num_classes: int, image_size: int
                   stem: str = "auto", pretrained: bool | str = False, where: str = "networks",
                   spatial_dims: int = 2) -> nn.Module:
     """Build a named 2D or 3D network; ``pretrained``: False, "imagenet" (True) or a weights file
-    (2D only). What an arch takes is its :class:`Arch` record's to say."""
+    (2D only). What an arch takes is its :class:`Arch` record's to say; ``hf:...``: a vision
+    transformer from the Hugging Face Hub with a head for ``num_classes`` (:mod:`kdstyles.models.hf`)."""
+    from .hf import build_hf, is_hf
+
+    if is_hf(arch):
+        if space(spatial_dims).volumes:
+            raise KDError(f"{where}.arch: {arch} takes 2D images; for volumes use {archs_that(lambda o: o.volumes)}")
+        return build_hf(arch, num_classes, where)
     if arch not in ARCHS:
         raise KDError(f"{where}.arch: {unknown_arch(arch)}")
     a = ARCHS[arch]
@@ -214,7 +221,11 @@ def conv_output_sizes(model: nn.Module, sample: torch.Tensor) -> list[tuple[str,
 
 
 def default_tap(model: nn.Module, sample: torch.Tensor) -> str:
-    """The module path tapped when a features edge names none (see the module docstring)."""
+    """The module path tapped when a features edge names none (see the module docstring; a
+    network that names its own, as a Hugging Face teacher does its last block, gives that)."""
+    own = getattr(model, "default_map_tap", None)
+    if isinstance(own, str):
+        return own
     convs = conv_output_sizes(model, sample)
     if not convs:
         raise KDError(f"{type(model).__name__} has no convolution to tap by default; set 'tap' to a module path")

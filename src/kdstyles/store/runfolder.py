@@ -268,6 +268,17 @@ class RunFolder:
         """eval.json's record, or None where the run was not evaluated on that split."""
         return self.read_eval(split) if self.eval_file(split).is_file() else None
 
+    @property
+    def probe_path(self) -> Path:
+        return self.path / "probe.json"
+
+    def write_probe(self, found: dict[str, Any]) -> None:
+        """What the probe stage tried and chose for a frozen teacher's head (engine.probe)."""
+        write_json(self.probe_path, found)
+
+    def probe(self) -> dict[str, Any] | None:
+        return read_json(self.probe_path, "train the run again") if self.probe_path.is_file() else None
+
     def external_evaluated(self) -> list[str]:
         """The external sets this run was evaluated on, as its config names them (data.external)."""
         try:

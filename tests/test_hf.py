@@ -1,0 +1,121 @@
+"""Vision transformers from the Hugging Face Hub as frozen teachers (models/hf.py) and the probe
+that fits their head (engine/probe.py), on tiny random DINOv2 and ViT models written by
+save_pretrained in the test (nothing is downloaded)."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny
+from kdstyles import Experiment, KDError, load_config
+
+transformers = pytest.importorskip("transformers")
+
+
+def save_dinov2(folder, registers=0, size=32):
+    if registers:
+        cfg = transformers.Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                     intermediate_size=64, image_size=size, patch_size=8,
+                                                     num_register_tokens=registers)
+        model = transformers.Dinov2WithRegistersModel(cfg)
+    else:
+        cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=64, image_size=size, patch_size=8)
+        model = transformers.Dinov2Model(cfg)
+    model.save_pretrained(folder)
+    return folder
+
+
+def save_vit(folder, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+    cfg = transformers.ViTConfig(hidden_size=24, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48,
+                                 image_size=24, patch_size=6)
+    transformers.ViTModel(cfg).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(mean), "image_std": list(std)}))
+    return folder
+
+
+def teacher(folder, *extra):
+    return [f"networks.teacher.arch=hf:{folder}", "networks.teacher.mode=offline", *extra]
+
+
+def test_a_hub_model_keeps_its_input_contract_and_gives_maps_on_its_patch_grid(tmp_path):
+    """It sees the run's images back in [0, 1], grey repeated to RGB, resized to its size and
+    normalised with its own statistics (the preprocessor file's); each block's patch tokens come
+    out as a map on the patch grid, register and class tokens dropped."""
+    import torch.nn.functional as F
+
+    from kdstyles.common.inputs import Inputs
+    from kdstyles.models.hf import build_hf
+    from kdstyles.models.taps import Tap
+
+    vit = build_hf(f"hf:{save_vit(tmp_path / 'vit')}", 3, "networks.teacher")
+    assert vit.contract["size"] == 24 and vit.contract["mean"] == (0.5, 0.5, 0.5) and vit.default_map_tap == "blocks.2"
+    vit.set_inputs(Inputs(1, 16, 2, (0.3,), (0.2,)))
+    x = torch.rand(2, 1, 16, 16)
+    want = F.interpolate((x * 0.2 + 0.3).expand(-1, 3, -1, -1), size=(24, 24), mode="bilinear",
+                         align_corners=False, antialias=True)
+    assert torch.allclose(vit.prepare(x), (want - 0.5) / 0.5, atol=1e-6)
+    dino = build_hf(f"hf:{save_dinov2(tmp_path / 'dino', registers=2)}", 4, "networks.teacher")
+    assert dino.contract["registers"] == 2 and dino.contract["mean"] == (0.485, 0.456, 0.406)  # no file: ImageNet's
+    tap = Tap(dino, ["blocks.0", "blocks.1", "embedding"], "test")
+    with tap.recording() as found:
+        logits = dino(torch.rand(3, 3, 32, 32))
+    assert logits.shape == (3, 4) and found["embedding"].shape == (3, 32)
+    assert found["blocks.0"].shape == found["blocks.1"].shape == (3, 32, 4, 4)  # 32 px / 8 px patches; 1 + 2 dropped
+    assert not any(p.requires_grad for p in dino.backbone.parameters())
+
+
+def test_a_frozen_hub_teacher_is_probed_then_teaches_students(tmp_path, cli):
+    """Offline with no checkpoint: the probe fits its head on the training images' embeddings
+    (the weight decay chosen on validation, probe.json) before anything else is written; the
+    students then learn from its predictions and its last block's map; the run evaluates again
+    from its folder, the teacher's head included."""
+    folder = save_dinov2(tmp_path / "dino")
+    exp = Experiment(None, overrides=tiny(tmp_path, *teacher(folder), "routing.preset=diverse"), quiet=True)
+    exp.fit()
+    probe = json.loads((exp.run_dir / "probe.json").read_text())
+    assert probe["embedding"] == 32 and probe["images"] == {"train": 48, "val": 24} and probe["metric"] == "accuracy"
+    assert str(probe["chosen"]) in probe["decays"] and probe["val"]["accuracy"] == max(probe["decays"].values())
+    info = json.loads((exp.run_dir / "run.json").read_text())
+    assert ["teacher", "s2", "features", "blocks.1", info["taps"][1][4]] == info["taps"][1]
+    first = exp.evaluate()
+    code, out, err = cli("evaluate", exp.run_dir)
+    assert code == 0, err
+    again = json.loads((exp.run_dir / "eval.json").read_text())
+    assert again["networks"]["teacher"] == first["networks"]["teacher"]  # the probed head, read back
+
+
+def test_hub_teachers_that_cannot_be_had_or_used_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(KDError, match=r"networks.teacher.arch: 'nobody/no-such-model' is not a folder here and could "
+                                      r"not be had from the Hugging Face Hub .*'hf download nobody/no-such-model "
+                                      r"--local-dir DIR' and set networks.teacher.arch: hf:DIR"):
+        Experiment(None, overrides=tiny(tmp_path, *teacher("nobody/no-such-model")), quiet=True).cohort
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(KDError, match=f"folder '{empty}' holds no model transformers can load"):
+        Experiment(None, overrides=tiny(tmp_path, *teacher(empty)), quiet=True).cohort
+    with pytest.raises(KDError, match="a Hugging Face teacher is frozen; set networks.teacher.mode: offline"):
+        load_config(None, [f"networks.teacher.arch=hf:{empty}"])
+    with pytest.raises(KDError, match="s1.arch: hf:x is a teacher; a student is a network of the zoo"):
+        load_config(None, ["networks.students.s1.arch=hf:x"])
+    with pytest.raises(KDError, match="name a Hugging Face model after hf:"):
+        load_config(None, ["networks.teacher.arch=hf:@main", "networks.teacher.mode=offline"])
+
+
+def test_the_probe_picks_the_decay_that_scores_best_on_validation():
+    """Separable embeddings: every decay separates the validation images, and the tie goes to
+    the strongest; the head fitted by L-BFGS classifies them all."""
+    from kdstyles.engine.probe import DECAYS, fit_head
+    from kdstyles.tasks import TASKS
+
+    task = TASKS["classification"](3)
+    g = torch.Generator().manual_seed(0)
+    centres = 4 * torch.eye(3, 8)
+    y = torch.arange(60) % 3
+    x = centres[y] + 0.3 * torch.randn(60, 8, generator=g)
+    head = fit_head(task, x, y, DECAYS[0], 3, seed=0)
+    assert (head(x).argmax(1) == y).all()
+    strong = fit_head(task, x, y, DECAYS[-1], 3, seed=0)
+    assert strong.weight.norm() < head.weight.norm()  # the decay shrinks the weights
