@@ -46,6 +46,28 @@ def tempered_labels(probs: torch.Tensor, temperatures: list[float]) -> torch.Ten
     return torch.sigmoid((p.log() - (1 - p).log()) / t).to(probs.dtype)
 
 
+def classwise_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Classwise ECE (Kull et al., 2019): for each class k, the expected gap between the predicted
+    probability of k and how often k is the label, over ``n_bins`` equal-width bins of that
+    probability (weighted by the share of images in each bin); the mean over classes. Unlike ECE,
+    which looks at the top class only, it sees every class's probability."""
+    n, k = probs.shape
+    total = 0.0
+    for c in range(k):
+        p, hit = probs[:, c].double(), (labels == c).double()
+        bins = torch.clamp((p * n_bins).long(), max=n_bins - 1)
+        gap = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, p - hit)
+        total += float(gap.abs().sum() / n)  # sum over bins of |mean p - mean hit| * count / n
+    return total / k
+
+
+def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The multiclass Brier score (Brier, 1950): the mean over images of the squared distance
+    between the probability vector and the label's one-hot vector (0 is perfect, 2 the worst)."""
+    onehot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
+    return float(((probs - onehot) ** 2).sum(1).mean())
+
+
 TEMPERATURES = (0.05, 20.0)  # the range a temperature is searched in
 
 
@@ -139,8 +161,6 @@ def temperatures(rows: torch.Tensor, labels: torch.Tensor, label: torch.Tensor |
 def summary(rows: torch.Tensor, labels: torch.Tensor, label: torch.Tensor | None = None) -> dict[str, Any]:
     """How calibrated the rows are: ECE of the top class (15 bins), classwise ECE, the Brier score
     and the NLL; where rows belong to labels, each label's too (``per_label``) and their mean."""
-    from .metrics import brier, classwise_ece
-
     def of(r: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         return {"ece": float(top_label_ece(r, y)), "cw_ece": classwise_ece(r, y), "brier": brier(r, y),
                 "nll": float(F.nll_loss(r.double().clamp_min(1e-12).log(), y))}

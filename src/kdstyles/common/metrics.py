@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import KDError
+from .calibration import brier, classwise_ece, label_rows, pixel_rows, summary, top_label_ece
 
 
 @dataclass(frozen=True)
@@ -108,21 +109,6 @@ def task_of(names: Any) -> str:
 # ----------------------------------------------------------------------------- classification
 
 
-def classwise_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
-    """Classwise ECE (Kull et al., 2019): for each class k, the expected gap between the predicted
-    probability of k and how often k is the label, over ``n_bins`` equal-width bins of that
-    probability (weighted by the share of images in each bin); the mean over classes. Unlike ECE,
-    which looks at the top class only, it sees every class's probability."""
-    n, k = probs.shape
-    total = 0.0
-    for c in range(k):
-        p, hit = probs[:, c].double(), (labels == c).double()
-        bins = torch.clamp((p * n_bins).long(), max=n_bins - 1)
-        gap = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, p - hit)
-        total += float(gap.abs().sum() / n)  # sum over bins of |mean p - mean hit| * count / n
-    return total / k
-
-
 def errors_by_confidence(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """1 where the top class is wrong, 0 where right, the most confident image first (ties in
     their order)."""
@@ -136,13 +122,6 @@ def aurc(probs: torch.Tensor, labels: torch.Tensor) -> float:
     0 when every error is less confident than every correct answer; lower is better."""
     wrong = errors_by_confidence(probs, labels)
     return float((wrong.cumsum(0) / torch.arange(1, len(wrong) + 1, dtype=torch.float64)).mean())
-
-
-def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """The multiclass Brier score (Brier, 1950): the mean over images of the squared distance
-    between the probability vector and the label's one-hot vector (0 is perfect, 2 the worst)."""
-    onehot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
-    return float(((probs - onehot) ** 2).sum(1).mean())
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -227,8 +206,6 @@ def multilabel_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, f
         "exact_match": (pred == y).all(1).float().mean(),
         "nll": F.binary_cross_entropy(p, y.float()),
     }
-    from .calibration import label_rows, summary
-
     rows, ys, _, label = label_rows(probs, labels)
     calibrated = summary(rows, ys, label)  # each label's yes/no, then the mean over labels
     m |= {"ece": calibrated["ece"], "brier": calibrated["brier"]}
@@ -396,8 +373,6 @@ def segmentation_metrics(probs: torch.Tensor, labels: torch.Tensor, hd95: bool =
     """Dice and IoU (means over images of the foreground classes' mean), pixel accuracy, NLL, the
     ECE of a seeded sample of pixels; with ``hd95`` also HD95 and average surface distance (mm
     with ``spacing``)."""
-    from .calibration import pixel_rows, top_label_ece
-
     pred = probs.argmax(1)
     dice, iou = per_image_scores(pred, labels, probs.shape[1])
     out = {"dice": float(dice.mean()), "iou": float(iou.mean()),
