@@ -11,11 +11,13 @@ from types import ModuleType
 import numpy as np
 
 # The second site (data.site: 2, or an external set's site: 2): the same kinds of images as if
-# from another laboratory's stainer and scanner. Colour: red down, blue up (a bluer haematoxylin,
-# a paler eosin); intensity: gamma 1.35 (darker mid-tones); optics: a Gaussian blur of 0.7 px at
-# 64 px (scaled with the image); sensor: Gaussian noise of 2.5% of the range.
-SITE2_GAIN, SITE2_OFFSET = (0.90, 0.86, 1.08), (0.03, 0.0, -0.02)
-SITE2_GAMMA, SITE2_BLUR, SITE2_NOISE = 1.35, 0.7, 0.025
+# from another laboratory's stainer and scanner. Colour: red and green down, blue up (a bluer
+# haematoxylin, a paler eosin); intensity: gamma 1.25 (darker mid-tones); optics: a Gaussian blur
+# of 0.6 px at 64 px (scaled with the image); sensor: Gaussian noise of 2.5% of the range. Chosen
+# so that a demo-trained teacher loses about 7 points of accuracy there and its students 11 to 15
+# (a shift like another hospital's, not a different task); stronger settings fall off a cliff.
+SITE2_GAIN, SITE2_OFFSET = (0.92, 0.88, 1.06), (0.025, 0.0, -0.015)
+SITE2_GAMMA, SITE2_BLUR, SITE2_NOISE = 1.25, 0.6, 0.025
 
 
 def generator(name: str) -> ModuleType:
