@@ -299,6 +299,15 @@ def test_conformal_scores_thresholds_and_sets_against_a_hand_computation():
     assert prediction_sets(p.numpy(), -1.0, "lac").sum(1).tolist() == [1, 1, 1]  # the top class is always in the set
 
 
+def test_the_binomial_quantile_is_scipys():
+    from scipy.stats import binom
+
+    from kdstyles.engine.conformal import binomial_quantile
+
+    for n, p, q in [(3, 0.5, 0.8), (3, 0.5, 0.9), (24, 0.9, 0.95), (500, 0.9, 0.95), (1000, 0.8, 0.99), (7, 0.3, 0.5)]:
+        assert binomial_quantile(q, n, p) == int(binom.ppf(q, n, p)), (n, p, q)
+
+
 def test_conformal_sets_hold_their_coverage_on_exchangeable_images():
     """Labels drawn from the probabilities themselves, split in two: the threshold fitted on one
     half gives the target coverage on the other, within sampling error, for every method (APS and

@@ -44,9 +44,21 @@ def rank(n: int, coverage: float, confidence: float | None) -> int:
     """Which of ``n`` sorted validation scores is the threshold (1-based; above n: none is)."""
     if confidence is None:
         return math.ceil((n + 1) * coverage)
-    from scipy.stats import binom
+    return binomial_quantile(confidence, n, coverage) + 1
 
-    return int(binom.ppf(confidence, n, coverage)) + 1
+
+def binomial_quantile(q: float, n: int, p: float) -> int:
+    """The smallest j with P(Binomial(n, p) <= j) >= q (scipy's ``binom.ppf``, without importing
+    scipy.stats, which costs every process that calibrates about a second)."""
+    if p >= 1:
+        return n
+    log_p, log_q, total = math.log(p), math.log1p(-p), 0.0
+    for j in range(n + 1):
+        total += math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_p
+                          + (n - j) * log_q)
+        if total >= q - 1e-12:
+            return j
+    return n
 
 
 def threshold(probs: torch.Tensor, labels: torch.Tensor, coverage: float, method: str,
