@@ -119,3 +119,50 @@ def test_the_probe_picks_the_decay_that_scores_best_on_validation():
     assert (head(x).argmax(1) == y).all()
     strong = fit_head(task, x, y, DECAYS[-1], 3, seed=0)
     assert strong.weight.norm() < head.weight.norm()  # the decay shrinks the weights
+
+
+def to_timm(model):
+    """A transformers DINOv2 model's weights in timm's ViT names (what UNI ships): the inverse of
+    the mapping under test, written from timm's layout (qkv fused in query, key, value order)."""
+    sd = model.state_dict()
+    out = {"cls_token": sd["embeddings.cls_token"], "pos_embed": sd["embeddings.position_embeddings"],
+           "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
+           "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+           "norm.weight": sd["layernorm.weight"], "norm.bias": sd["layernorm.bias"]}
+    for i in range(model.config.num_hidden_layers):
+        o, b = f"encoder.layer.{i}.", f"blocks.{i}."
+        for part in ("weight", "bias"):
+            out[f"{b}attn.qkv.{part}"] = torch.cat([sd[f"{o}attention.{n}_proj.{part}"] for n in "qkv"])
+            for src, dst in (("norm1", "norm1"), ("norm2", "norm2"), ("attention.o_proj", "attn.proj"),
+                             ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+                out[f"{b}{dst}.{part}"] = sd[f"{o}{src}.{part}"]
+        out[f"{b}ls1.gamma"], out[f"{b}ls2.gamma"] = sd[f"{o}layer_scale1.lambda1"], sd[f"{o}layer_scale2.lambda1"]
+    return out
+
+
+def test_a_checkpoint_in_timms_layout_loads_without_timm(tmp_path):
+    """A folder as UNI's is published (timm's config.json with architecture and pretrained_cfg,
+    pytorch_model.bin with timm's key names, layer scale) loads as the same network: the same
+    embedding as the model it was written from, its mean and std its own; an unsupported layout
+    (registers) is one line."""
+    from kdstyles.models.hf import build_hf
+
+    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                                    patch_size=8, layerscale_value=0.5)
+    source = transformers.Dinov2Model(cfg).eval()
+    folder = tmp_path / "uni"
+    folder.mkdir()
+    torch.save({**to_timm(source), "head.weight": torch.zeros(0)}, folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps({
+        "architecture": "vit_tiny_patch8_32", "num_classes": 0, "model_args": {"num_heads": 2, "init_values": 0.5},
+        "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "input_size": [3, 32, 32]}}))
+    net = build_hf(f"hf:{folder}", 3, "networks.teacher").eval()
+    assert net.contract["mean"] == (0.5, 0.5, 0.5) and net.contract["size"] == 32
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = source(pixel_values=x).pooler_output
+        got = net.backbone(pixel_values=x).pooler_output
+    assert torch.allclose(got, want, atol=1e-5)
+    torch.save({**to_timm(source), "reg_token": torch.zeros(1, 4, 32)}, folder / "pytorch_model.bin")
+    with pytest.raises(KDError, match="this timm ViT has reg_token, which kdstyles does not map yet"):
+        build_hf(f"hf:{folder}", 3, "networks.teacher")

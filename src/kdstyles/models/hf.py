@@ -70,6 +70,8 @@ def load_backbone(arch: str, where: str) -> tuple[nn.Module, dict[str, Any]]:
     transformers = _transformers()
     ref, revision = parse(arch)
     local = Path(ref).expanduser()
+    if local.is_dir() and _timm_config(local) is not None:
+        return load_timm(local, where)
     source = str(local) if local.is_dir() else ref
     try:
         model = transformers.AutoModel.from_pretrained(source, revision=revision, local_files_only=local.is_dir())
@@ -99,6 +101,104 @@ def load_backbone(arch: str, where: str) -> tuple[nn.Module, dict[str, Any]]:
     contract = {"size": size, "patch": patch, "mean": mean, "std": std, "hidden": int(config.hidden_size),
                 "blocks": int(config.num_hidden_layers), "registers": int(getattr(config, "num_register_tokens", 0)),
                 "name": ref if not local.is_dir() else local.name}
+    return model, contract
+
+
+# ----------------------------------------------------------------------------- timm's layout
+
+# timm's ViT sizes by name: (heads) for the widths its names stand for
+TIMM_HEADS = {"tiny": 3, "small": 6, "base": 12, "large": 16, "huge": 16, "giant": 16}
+
+
+def _timm_config(folder: Path) -> dict[str, Any] | None:
+    """A folder's config.json when it is timm's (an ``architecture`` key), else None."""
+    path = folder / "config.json"
+    try:
+        found = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) and isinstance(found.get("architecture"), str) else None
+
+
+def _timm_weights(folder: Path, where: str) -> dict[str, torch.Tensor]:
+    """The weights of a timm checkpoint folder: model.safetensors or pytorch_model.bin (read with
+    weights_only=True)."""
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / "model.safetensors"))
+    if (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return state.get("state_dict", state) if isinstance(state, dict) else state
+    raise KDError(f"{where}.arch: folder '{folder}' has timm's config.json but neither model.safetensors nor "
+                  "pytorch_model.bin")
+
+
+def timm_to_dinov2(state: dict[str, torch.Tensor], heads: int, where: str) -> tuple[dict[str, Any], dict]:
+    """A timm ViT's weights (class token, position embedding over it and the patches, GELU MLPs,
+    optional layer scale: UNI's layout) as transformers' DINOv2 modules, which compute the same
+    forward: (the DINOv2 config's fields, the state dict in its names)."""
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}  # an ImageNet classifier, if kept: unused
+    unsupported = sorted({k.split(".")[0] for k in state if k.startswith(("reg_token", "fc_norm", "attn_pool"))})
+    swiglu = any(k.endswith("mlp.fc1_g.weight") or k.endswith("mlp.fc2_x.weight") for k in state)
+    if unsupported or swiglu or "cls_token" not in state:
+        what = ", ".join(unsupported) or ("SwiGLU MLPs" if swiglu else "no class token")
+        raise KDError(f"{where}.arch: this timm ViT has {what}, which kdstyles does not map yet (it maps timm ViTs with "
+                      "a class token, GELU MLPs and optional layer scale, as UNI's)")
+    dim = state["pos_embed"].shape[-1]
+    patch = state["patch_embed.proj.weight"].shape[-1]
+    blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    side = math.isqrt(state["pos_embed"].shape[1] - 1)
+    hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    if hidden % dim:
+        raise KDError(f"{where}.arch: this timm ViT's MLP width {hidden} is not a whole multiple of its width {dim}, "
+                      "which kdstyles does not map yet")
+    config = {"hidden_size": dim, "num_hidden_layers": blocks, "num_attention_heads": heads,
+              "mlp_ratio": hidden // dim, "patch_size": patch,
+              "image_size": side * patch, "layerscale_value": 1.0, "qkv_bias": "blocks.0.attn.qkv.bias" in state}
+    out = {"embeddings.cls_token": state["cls_token"], "embeddings.mask_token": torch.zeros(1, dim),
+           "embeddings.position_embeddings": state["pos_embed"],
+           "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+           "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+           "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"]}
+    for i in range(blocks):
+        b, o = f"blocks.{i}.", f"encoder.layer.{i}."
+        for part in ("weight", "bias"):
+            fused = state.get(f"{b}attn.qkv.{part}")
+            if fused is not None:  # timm's qkv: query, key and value stacked in that order
+                for name, piece in zip(("q_proj", "k_proj", "v_proj"), fused.chunk(3, 0), strict=True):
+                    out[f"{o}attention.{name}.{part}"] = piece
+            for src, dst in (("norm1", "norm1"), ("norm2", "norm2"), ("attn.proj", "attention.o_proj"),
+                             ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+                out[f"{o}{dst}.{part}"] = state[f"{b}{src}.{part}"]
+        for k in (1, 2):
+            out[f"{o}layer_scale{k}.lambda1"] = state.get(f"{b}ls{k}.gamma", torch.ones(dim))
+    return config, out
+
+
+def load_timm(folder: Path, where: str) -> tuple[nn.Module, dict[str, Any]]:
+    """A checkpoint folder in timm's layout (config.json with ``architecture``, and its weights)
+    as a DINOv2 module of transformers (:func:`timm_to_dinov2`), and its input contract (timm's
+    ``pretrained_cfg``: mean, std, input size)."""
+    transformers = _transformers()
+    found = _timm_config(folder)
+    name, args = found["architecture"], found.get("model_args") or {}
+    size_word = next((w for w in TIMM_HEADS if f"_{w}_" in f"_{name}_"), None)
+    heads = int(args.get("num_heads") or (TIMM_HEADS[size_word] if size_word else 0))
+    if not name.startswith("vit_") or not heads:
+        raise KDError(f"{where}.arch: timm architecture '{name}' is not a ViT kdstyles knows the heads of; give "
+                      "model_args.num_heads in its config.json")
+    config, state = timm_to_dinov2(_timm_weights(folder, where), heads, where)
+    model = transformers.Dinov2Model(transformers.Dinov2Config(**config))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise KDError(f"{where}.arch: timm checkpoint '{folder}' does not fit a ViT of its own shapes (missing "
+                      f"{(missing or ['-'])[0]}, unexpected {(unexpected or ['-'])[0]})")
+    pre = found.get("pretrained_cfg") or {}
+    mean, std = tuple(pre.get("mean", IMAGENET[0])), tuple(pre.get("std", IMAGENET[1]))
+    size = int((pre.get("input_size") or [3, config["image_size"]])[-1])
+    contract = {"size": size, "patch": config["patch_size"], "mean": mean, "std": std, "hidden": config["hidden_size"],
+                "blocks": config["num_hidden_layers"], "registers": 0, "name": folder.name}
     return model, contract
 
 
