@@ -80,6 +80,18 @@ def test_a_frozen_hub_teacher_is_probed_then_teaches_students(tmp_path, cli):
     info = json.loads((exp.run_dir / "run.json").read_text())
     assert ["teacher", "s2", "features", "blocks.1", info["taps"][1][4]] == info["taps"][1]
     first = exp.evaluate()
+    # its class token to a student's pooled features through a projector, and by CKA without one
+    edges = ("routing.edges=[{src: teacher, dst: s1, style: embedding, weight: 0.5}, "
+             "{src: teacher, dst: s2, style: cka, weight: 0.5}]")
+    embedded = Experiment(None, overrides=tiny(tmp_path / "emb", *teacher(folder), "routing.preset=null", edges,
+                                              "train.epochs=1"), quiet=True)
+    embedded.fit()
+    adapters = dict(embedded.cohort.adapters.items())
+    assert len(adapters) == 1 and isinstance(next(iter(adapters.values())).project[0], torch.nn.Linear)
+    import csv
+
+    logged = list(csv.DictReader((embedded.run_dir / "metrics.csv").open()))
+    assert any(r.get("train_embedding<-teacher") for r in logged) and any(r.get("train_cka<-teacher") for r in logged)
     code, out, err = cli("evaluate", exp.run_dir)
     assert code == 0, err
     again = json.loads((exp.run_dir / "eval.json").read_text())

@@ -323,3 +323,35 @@ def test_mlkd_matches_a_hand_computation_of_its_three_levels(standardize):
     assert STYLES["mlkd"].loss(src, src.clone(), opts).item() == pytest.approx(0.0, abs=1e-6)
     dense = STYLES["mlkd"].loss(src.T.reshape(1, 4, 5, 1), dst.T.reshape(1, 4, 5, 1), opts)  # pixels as rows
     assert torch.isfinite(dense) and dense.item() > 0
+
+
+def test_embedding_losses_against_a_hand_computation():
+    """cosine: 1 - cos of each sample's pair, averaged; smooth_l1 and mse: between the two
+    embeddings standardised over their features."""
+    from kdstyles.styles.embedding import EmbeddingOptions
+
+    t = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # the source (teacher's class token)
+    s = torch.tensor([[1.0, 1.0, 0.0], [0.0, -3.0, 0.0]])  # the projected learner
+    got = STYLES["embedding"].loss(t, s, EmbeddingOptions(loss="cosine"))
+    assert float(got) == pytest.approx(((1 - 1 / 2 ** 0.5) + (1 - (-1))) / 2)
+    z = lambda x: (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-6)  # noqa: E731
+    assert float(STYLES["embedding"].loss(t, s, EmbeddingOptions(loss="mse"))) == pytest.approx(
+        float(((z(s) - z(t)) ** 2).mean()), rel=1e-6)
+    d = (z(s) - z(t)).abs()
+    huber = torch.where(d < 1, 0.5 * d ** 2, d - 0.5).mean()
+    assert float(STYLES["embedding"].loss(t, s, EmbeddingOptions(loss="smooth_l1"))) == pytest.approx(float(huber),
+                                                                                                      rel=1e-6)
+    assert float(STYLES["embedding"].loss(t, 3 * t, EmbeddingOptions())) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cka_is_one_for_a_rotated_and_scaled_embedding_and_matches_its_formula():
+    from kdstyles.styles.base import StyleOptions
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 5, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
+    assert float(STYLES["cka"].loss(x, 2.5 * x @ q, StyleOptions())) == pytest.approx(0.0, abs=1e-6)
+    y = torch.randn(16, 7, generator=g, dtype=torch.float64)  # another width: no projector needed
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    cka = (yc.T @ xc).pow(2).sum() / (torch.linalg.norm(xc.T @ xc) * torch.linalg.norm(yc.T @ yc))
+    assert float(STYLES["cka"].loss(x, y, StyleOptions())) == pytest.approx(1 - float(cka), rel=1e-5)

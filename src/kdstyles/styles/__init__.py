@@ -3,8 +3,10 @@ of your own = one plugin file calling :func:`register` (``register_style`` in kd
 
 from .attention import Attention
 from .base import KNOWLEDGE, Context, Knowledge, NetOutput, Style, StyleOptions, knowledge
+from .cka import CKA
 from .dist import DIST
 from .dkd import DKD
+from .embedding import Embedding
 from .features import Features
 from .mlkd import MLKD
 from .predictions import Predictions
@@ -13,7 +15,8 @@ from .self_distill import SelfDistillation
 from .simkd import SimKD
 
 STYLES: dict[str, Style] = {s.name: s for s in (Predictions(), Features(), Attention(), Relations(),
-                                                  SelfDistillation(), DKD(), DIST(), SimKD(), MLKD())}
+                                                  SelfDistillation(), DKD(), DIST(), SimKD(), MLKD(), Embedding(),
+                                                  CKA())}
 BUILT_IN = frozenset(STYLES)
 
 
