@@ -74,3 +74,28 @@ def test_mobilenet_v2_has_torchvisions_layout_and_cost():
              "classifier.1.weight": (1000, 1280)}
     assert {k: tuple(sd[k].shape) for k in facts} == facts and len(sd) == 314
     assert default_tap(net, torch.zeros(1, 3, 224, 224)) == "features.18.0"  # 1280 x 7 x 7, as the authors tap
+
+
+def test_a_vit_student_learns_beside_a_cnn_and_exports(tmp_path):
+    """vit-tiny: an 8x8 patch grid at any size, whole heads at any width; its last block's patch
+    tokens are the map features edges tap (both ways, against a CNN), its class token the
+    embedding; it trains in a cohort and exports to ONNX with the same outputs."""
+    import torch
+
+    from conftest import tiny
+    from kdstyles import Experiment
+    from kdstyles.deploy.export import export_run
+    from kdstyles.models.zoo import build_network, default_embedding_tap, default_tap
+
+    for side, grid in ((28, 9), (64, 8)):
+        net = build_network("vit-tiny", 1, 5, side, widen=0.25)
+        assert net.pos_embed.shape == (1, 1 + grid * grid, 48) and net(torch.rand(2, 1, side, side)).shape == (2, 5)
+        assert default_tap(net, torch.rand(2, 1, side, side)) == "blocks.3" and default_embedding_tap(net) == "fc:in"
+    assert build_network("vit-tiny", 3, 2, 32, widen=0.3).fc.in_features % 3 == 0
+    exp = Experiment(None, overrides=tiny(tmp_path, "networks.students.s2.arch=vit-tiny", "routing.preset=diverse"),
+                     quiet=True)
+    exp.fit()
+    taps = {tuple(t[:3]): t[3:] for t in exp.run_info()["taps"]}
+    assert taps[("teacher", "s2", "features")][1] == "blocks.3" and taps[("s2", "s1", "features")][0] == "blocks.3"
+    side = export_run(exp.run_dir, "s2", "onnx")
+    assert side["verification"]["max_abs_diff"] < 1e-4

@@ -448,7 +448,7 @@ class NetworkConfig(Strict):
     """One network: an architecture by name (or ``custom`` for a module passed through the API)."""
 
     arch: str = Field("resnet10", description="a network of the zoo (resnet10/18/34/50, mobilenetv2, efficientnet-b0, "
-                                              "densenet121, unet, basicunet, ...), custom (a module passed "
+                                              "densenet121, vit-tiny, vit-small, unet, basicunet, ...), custom (a module passed "
                                               "through the Python API), or for an offline teacher a vision "
                                               "transformer from the Hugging Face Hub: hf:ID[@REVISION] or hf:FOLDER")
     widen: float = Field(1.0, gt=0, description="width multiplier (resnets only)")

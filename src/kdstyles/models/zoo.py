@@ -70,6 +70,13 @@ def _mobilenet(in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bo
     return MobileNetV2(in_ch, n_cls, widen, small)
 
 
+def _vit(name: str, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool, dims: int = 2,
+         image_size: int = 64) -> nn.Module:
+    from .vit import build_vit
+
+    return build_vit(name, in_ch, n_cls, image_size, widen)
+
+
 def _unet(in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool, dims: int = 2) -> nn.Module:
     channels = tuple(max(4, int(round(c * widen))) for c in (16, 32, 64, 128))
     return nets.UNet(dims, in_ch, n_cls, channels=channels, strides=(2, 2, 2), num_res_units=1, norm="batch")
@@ -111,6 +118,7 @@ class Arch:
     pretrained: str | None = None
     dense: bool = False
     stem_keeps_shapes: bool = False
+    sized: bool = False  # built for the input size: ``build(..., image_size=side)`` (a ViT's patch grid)
 
 
 ARCHS: dict[str, Arch] = {
@@ -121,6 +129,7 @@ ARCHS: dict[str, Arch] = {
     **{f"efficientnet-b{i}": Arch(partial(_efficientnet, f"efficientnet-b{i}"), pretrained="weights",
                                   stem_keeps_shapes=True) for i in range(8)},
     "mobilenet_v2": Arch(_mobilenet, widens=True, volumes=False, pretrained="weights"),
+    **{name: Arch(partial(_vit, name), widens=True, volumes=False, sized=True) for name in ("vit-tiny", "vit-small")},
     "unet": Arch(_unet, widens=True, dense=True),
     "basicunet": Arch(_basicunet, widens=True, dense=True),
     **{f"flexunet-{b}": Arch(partial(_flexunet, b), widens=True, dense=True, pretrained="encoder")
@@ -197,7 +206,8 @@ def build_network(arch: str, in_channels: int, num_classes: int, image_size: int
         raise KDError(f"{where}.pretrained: {arch} takes no pretrained weights ("
                       f"{archs_that(lambda o: o.pretrained == 'weights')} take 'imagenet' or a file; "
                       f"{archs_that(lambda o: o.pretrained == 'encoder')} 'imagenet'); set pretrained: false")
-    return a.build(in_channels, num_classes, widen, small, bool(source))
+    return a.build(in_channels, num_classes, widen, small, bool(source),
+                   **({"image_size": image_size} if a.sized else {}))
 
 
 MIN_MAP = 4  # a tapped map smaller than MIN_MAP x MIN_MAP is (nearly) a vector
