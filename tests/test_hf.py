@@ -178,3 +178,27 @@ def test_a_checkpoint_in_timms_layout_loads_without_timm(tmp_path):
     torch.save({**to_timm(source), "reg_token": torch.zeros(1, 4, 32)}, folder / "pytorch_model.bin")
     with pytest.raises(KDError, match="this timm ViT has reg_token, which kdstyles does not map yet"):
         build_hf(f"hf:{folder}", 3, "networks.teacher")
+
+
+def test_check_says_what_a_large_teacher_costs_and_bf16_runs_it(tmp_path, cli):
+    """kdstyles check times the frozen teacher on a batch and, with its outputs kept per view,
+    says the memory they take; precision bf16 runs its forward in half precision, its outputs
+    back in float32 and close to fp32's."""
+    from kdstyles.engine.cohort import frozen_cost
+
+    folder = save_dinov2(tmp_path / "dino")
+    over = tiny(tmp_path, *teacher(folder), "routing.preset=fitnet", "data.views=2", "networks.teacher.cache=true",
+                "networks.teacher.precision=bf16", "data.augment.hflip=false", "data.augment.vflip=false")
+    code, out, err = cli("check", *(a for o in over for a in ("--set", o)))
+    assert code == 0, err
+    assert "teacher cost" in out and "(bf16)" in out and "outputs kept for 96 image views take" in out
+    half = Experiment(None, overrides=over, quiet=True).cohort
+    full = Experiment(None, overrides=[*over[:-3], "networks.teacher.precision=fp32"], quiet=True).cohort
+    x = torch.rand(4, 3, 16, 16)
+    a, b = half(x, skip=frozenset({"s1", "s2"}))["teacher"], full(x, skip=frozenset({"s1", "s2"}))["teacher"]
+    assert a.logits.dtype == torch.float32 and all(t.dtype == torch.float32 for t in a.features.values())
+    assert torch.allclose(a.features["blocks.1"], b.features["blocks.1"], atol=0.1, rtol=0.05)
+    seconds, per_item = frozen_cost(full, "teacher", x)
+    assert seconds > 0 and per_item == 4 * (4 + 32 * 4 * 4)  # 4 classes' logits and the 32 x 4 x 4 map, float32
+    with pytest.raises(KDError, match="precision bf16: for a frozen teacher"):
+        load_config(None, ["networks.teacher.precision=bf16"])

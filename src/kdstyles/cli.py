@@ -258,7 +258,31 @@ def check(config: Optional[Path] = typer.Argument(None, help="experiment YAML"),
         console.print(f"  adapter {key}", highlight=False)
     for key in cohort.shadows:
         console.print(f"  shadow  {key} (frozen copy for self-distillation)", highlight=False)
+    for name in sorted(cohort.frozen):
+        _frozen_cost(exp, cohort, data, name, previewed)
     exp.show_warnings()  # the data's and the networks' (on stderr)
+
+
+def _frozen_cost(exp: Any, cohort: Any, data: Any, name: str, previewed: bool) -> None:
+    """What a frozen teacher costs: its forward here, per batch and per epoch, and the memory its
+    kept outputs take (networks.teacher.cache), before any training."""
+    from .engine.cohort import frozen_cost
+    from .workflows.compare import duration
+
+    d, teacher = exp.cfg.data, exp.cfg.networks.teacher
+    batch = d.batch_size
+    seconds, per_item = frozen_cost(cohort, name, data.inputs.sample(batch))
+    images = d.train_samples if previewed else len(data.splits["train"])
+    extra = (d.unlabeled.samples if previewed and d.unlabeled.samples else len(data.unlabeled)) \
+        if data.unlabeled is not None else 0
+    steps = -(-images // batch)
+    line = (f"  {name} cost  {seconds * 1000:,.0f} ms a batch of {batch} here ({teacher.precision}), about "
+            f"{duration(seconds * steps * (1 + (d.unlabeled_batch / batch if extra else 0)))} an epoch")
+    if teacher.cache and cohort.frozen:
+        kept = (images + extra) * (d.views or 1)
+        line += (f"; its outputs kept for {kept:,} image views take {kept * per_item / 1e6:,.0f} MB of memory, and it "
+                 f"runs only until each view was seen")
+    console.print(line, highlight=False, soft_wrap=True)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at a data set before training on it.")

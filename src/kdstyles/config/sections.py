@@ -495,6 +495,9 @@ class TeacherConfig(NetworkConfig):
     checkpoint: Optional[str] = Field(None, description="offline teacher: a run folder or a .pt state dict")
     cache: bool = Field(False, description="offline teacher without random augmentation: keep its outputs per "
                                            "training image after the first epoch and skip its forward from then on")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="offline teacher: run its forward in half precision (autocast; its outputs back in "
+                            "float32), for a large teacher on a device that supports it (bf16 on CPUs and recent GPUs)")
 
     _checkpoint = field_validator("checkpoint")(_home)
 
@@ -502,6 +505,9 @@ class TeacherConfig(NetworkConfig):
     def _offline_needs_checkpoint(self) -> "TeacherConfig":
         from ..models.hf import is_hf
 
+        if self.precision != "fp32" and self.mode != "offline":
+            raise ValueError(f"precision {self.precision}: for a frozen teacher (mode offline); an online teacher "
+                             "trains at train.precision")
         if is_hf(self.arch):
             if self.mode != "offline":
                 raise ValueError(f"arch {self.arch}: a Hugging Face teacher is frozen; set networks.teacher.mode: "

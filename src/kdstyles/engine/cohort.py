@@ -96,9 +96,11 @@ class Cohort(nn.Module):
     def __init__(self, networks: dict[str, nn.Module], edges: list[Edge], task: Task, sample: torch.Tensor,
                  ce_weight: float = 0.1, frozen: set[str] = frozenset(),
                  taps: dict[str, dict[str, str | None]] | None = None, class_weights: torch.Tensor | None = None,
-                 pinned: list[list[str | None]] | None = None):
+                 pinned: list[list[str | None]] | None = None, frozen_precision: str = "fp32"):
         super().__init__()
         self.task = task
+        # frozen networks (an offline teacher) may run in half precision, their outputs back in float32
+        self.frozen_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(frozen_precision)
         for e in edges:  # styles that change the learner (simkd: the teacher's head) do it first
             if STYLES[e.style].reshapes_learner:
                 STYLES[e.style].prepare(networks[e.src], networks[e.dst], e.options, sample, f"edge {e}")
@@ -265,9 +267,12 @@ class Cohort(nn.Module):
                 continue
             recording = self.taps[name].recording() if record else nullcontext({})
             frozen = name in self.frozen and not self._probing
-            with torch.inference_mode() if frozen else nullcontext(), recording as feats:
+            half = frozen and self.frozen_dtype is not None
+            with torch.inference_mode() if frozen else nullcontext(), recording as feats, \
+                    torch.autocast(x.device.type, self.frozen_dtype) if half else nullcontext():
                 logits = net(x)
-            outs[name] = NetOutput(logits, dict(feats))
+            outs[name] = NetOutput(logits.float(), {p: t.float() for p, t in feats.items()}) if half else \
+                NetOutput(logits, dict(feats))
             if cached:
                 self.cache.put(name, keys, outs[name])
         if record:
@@ -405,6 +410,22 @@ def _offline_teacher_weights(path_str: str) -> tuple[dict[str, torch.Tensor], Pa
     return checkpoints.state_dict_of(checkpoints.load(path), path, "teacher"), path
 
 
+def frozen_cost(cohort: Cohort, name: str, batch: torch.Tensor) -> tuple[float, int]:
+    """What a frozen network costs a run (``kdstyles check``): seconds for one forward of
+    ``batch`` here (the faster of two, at its precision), and the bytes its outputs take per
+    image where they are kept (``networks.teacher.cache``: logits and tapped maps, float32)."""
+    import time
+
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        outs = cohort(batch, record=True, skip=frozenset(n for n in cohort.networks if n != name))
+        seconds.append(time.perf_counter() - start)
+    out = outs[name]
+    per_item = out.logits[0].numel() + sum(t[0].numel() for t in out.features.values())
+    return min(seconds), 4 * per_item
+
+
 def pinned_taps(cohort: Cohort) -> list[list[str | None]]:
     """Per edge ``[src, dst, style, source path, target path]``: what a run folder records when
     it starts (run.json's ``taps``), so that resuming, evaluating or exporting it later taps the
@@ -467,4 +488,5 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
             nets[T].register_forward_pre_hook(Renormalise(inputs, own))
     weights = task.class_weights(class_counts, train_images) if class_counts is not None else None
     sample = dims(cfg.data.dims).sample(2, channels, image_size)
-    return Cohort(nets, edges, task, sample, cfg.loss.ce_weight, frozen, taps, weights, pinned)
+    return Cohort(nets, edges, task, sample, cfg.loss.ce_weight, frozen, taps, weights, pinned,
+                  frozen_precision=cfg.networks.teacher.precision)

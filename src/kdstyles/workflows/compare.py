@@ -469,7 +469,7 @@ def parse_budget(text: str) -> float:
     return h * 3600 + mins * 60 + secs
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     """``45 s``, ``12 min``, ``1 h 30 min`` (nothing below zero)."""
     seconds = max(0.0, seconds)
     if seconds < 60:
@@ -539,7 +539,7 @@ def spend(specs: list[RunSpec], budget: float, quiet: bool, echo) -> tuple[list[
         if remaining(alive) <= left or len(alive) == 1:
             break
         share = 2.0 ** (r - rounds)
-        echo(f"--budget: {len(alive)} candidates, {_duration(left)} left, not enough for all of them; rung "
+        echo(f"--budget: {len(alive)} candidates, {duration(left)} left, not enough for all of them; rung "
              f"{r + 1}: each to {share:.0%} of its epochs on seed {first}")
         values = {}
         for name in alive:
@@ -561,7 +561,7 @@ def spend(specs: list[RunSpec], budget: float, quiet: bool, echo) -> tuple[list[
         alive = kept
     over = remaining(alive) - (budget - (time.monotonic() - t0))
     if over > 0 and alive:
-        echo(f"--budget: the finalists ({', '.join(alive)}) need about {_duration(over)} more than the budget has "
+        echo(f"--budget: the finalists ({', '.join(alive)}) need about {duration(over)} more than the budget has "
              "left; running them in full anyway (a comparison needs its finalists' every seed and epoch)")
     results += execute([s for s in specs if s.preset in alive], quiet=quiet, echo=echo)
     halving = {"budget_s": budget, "metric": metric, "candidates": candidates, "finalists": alive, "rungs": rungs,
