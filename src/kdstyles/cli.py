@@ -280,8 +280,9 @@ def _frozen_cost(exp: Any, cohort: Any, data: Any, name: str, previewed: bool) -
             f"{duration(seconds * steps * (1 + (d.unlabeled_batch / batch if extra else 0)))} an epoch")
     if teacher.cache and cohort.frozen:
         kept = (images + extra) * (d.views or 1)
-        line += (f"; its outputs kept for {kept:,} image views take {kept * per_item / 1e6:,.0f} MB of memory, and it "
-                 f"runs only until each view was seen")
+        size = kept * per_item
+        words = f"{size / 1e6:,.0f} MB" if size >= 1e6 else f"{size / 1e3:,.0f} kB"
+        line += f"; its outputs kept for {kept:,} image views take {words} of memory, and it runs only until each view was seen"
     console.print(line, highlight=False, soft_wrap=True)
 
 
