@@ -23,9 +23,10 @@ BASE = {"name": "tiny",
                            "routing.preset": {"choices": ["kd", "diverse"]}}}}
 
 
-def config(tmp_path, **tune_changes):
+def config(tmp_path, epochs: int = 2, **tune_changes):
     cfg = json.loads(json.dumps(BASE))
     cfg["tune"].update(tune_changes)
+    cfg["train"]["epochs"] = epochs
     path = tmp_path / "tune.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
@@ -112,7 +113,7 @@ def test_a_trial_below_the_median_is_pruned_by_the_engine(tmp_path):
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path):
-    cfg, out = config(tmp_path, trials=4, startup_trials=4), tmp_path / "tune"
+    cfg, out = config(tmp_path, epochs=1, trials=4, startup_trials=4), tmp_path / "tune"  # what is shared, not learnt
     args = [sys.executable, "-m", "kdstyles", "tune", cfg, "--out", str(out), "--storage",
             f"sqlite:///{tmp_path / 'shared.db'}"]
     workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
