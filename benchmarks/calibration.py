@@ -26,12 +26,13 @@ SEED = re.compile(r"-seed\d+$")
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}  # two-sided 95% t quantiles by degrees of freedom
 
 
-def mean_interval(values: list[float]) -> str:
+def mean_interval(values: list[float], digits: int = 4) -> str:
+    """The mean and its 95% t-interval over seeds (also benchmarks/trust.py's)."""
     m = statistics.fmean(values)
     if len(values) < 2:
-        return f"{m:.4f}"
+        return f"{m:.{digits}f}"
     half = T95.get(len(values) - 1, 2.0) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{m:.4f} [{m - half:.4f}, {m + half:.4f}]"
+    return f"{m:.{digits}f} [{m - half:.{digits}f}, {m + half:.{digits}f}]"
 
 
 def run_folders(paths: list[str], recipes: set[str] | None) -> list[Path]:

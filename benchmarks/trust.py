@@ -13,23 +13,13 @@ and each run's eval.json, eval-NAME.json); nothing is trained.
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
+from calibration import mean_interval  # noqa: E402  (benchmarks/calibration.py, beside this file)
 
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}  # two-sided 95% t quantiles by degrees of freedom
-
-
-def mean_interval(values: list[float], digits: int = 3) -> str:
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{m:.{digits}f}"
-    half = T95.get(len(values) - 1, 2.0) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{m:.{digits}f} [{m - half:.{digits}f}, {m + half:.{digits}f}]"
 
 
 def main() -> None:

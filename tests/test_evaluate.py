@@ -171,7 +171,7 @@ def test_the_fitted_temperature_is_the_one_the_labels_were_drawn_at():
     assert torch.equal(tempered(p, t).argmax(1), p.argmax(1))  # the ranking (accuracy) unchanged
 
 
-def test_evaluate_calibrated_fits_on_validation_and_keeps_the_plain_numbers(tmp_path, cli):
+def test_evaluate_calibrated_fits_on_validation_and_keeps_the_plain_numbers(tmp_path, cli, monkeypatch):
     import json
 
     from conftest import SEG, tiny
@@ -196,6 +196,15 @@ def test_evaluate_calibrated_fits_on_validation_and_keeps_the_plain_numbers(tmp_
         before, after = c["test"][name]["ece"]
         assert before == pytest.approx(result["networks"][name]["ece"], abs=1e-6)
         assert after == pytest.approx(metrics["ece"], abs=1e-6)
+    import kdstyles.api
+
+    counted = []
+    scorer = kdstyles.api.score_cohort
+    monkeypatch.setattr(kdstyles.api, "score_cohort", lambda *a, **k: counted.append(1) or scorer(*a, **k))
+    again = Experiment.from_run(exp.run_dir, quiet=True)
+    again.evaluate(calibrated=True)
+    again.evaluate(split="train", calibrated=True)
+    assert len(counted) == 3  # test, validation (once: both sets are calibrated on its scores), train
     plain = Experiment.from_run(exp.run_dir, quiet=True).evaluate()
     assert "calibration" not in plain and plain["networks"] == result["networks"]
     sets = c["conformal"]

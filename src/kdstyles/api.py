@@ -105,6 +105,8 @@ class Experiment:
         self._data: DataBundle | None = None
         self._cohort: Cohort | None = None
         self._warnings: list[tuple[str, str]] = []  # shown once everything is checked (show_warnings)
+        # the validation split scored per checkpoint, for calibrating every set evaluate scores (dropped by fit)
+        self._val_scores: dict[str, Any] = {}
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, overrides: list[str] | None = None,
@@ -283,6 +285,7 @@ class Experiment:
         folder is locked for this process, stale temporary files are removed, and training
         starts (see :class:`kdstyles.engine.Trainer` for signals and crashes)."""
         self._check_dirs(resume)
+        self._val_scores = {}  # the weights will change
         if resume:
             check_resumable(self.changes)
         cohort = self.cohort  # builds and checks every network (and the data) before anything is written
@@ -373,15 +376,20 @@ class Experiment:
             return "whole volumes scored one by one on sliding windows are not calibrated yet"
         return None
 
-    def _calibration(self, cohort: Cohort, device: torch.device, scores: Any, coverage: float) -> dict[str, Any]:
-        """The validation split scored, then temperatures and prediction sets fitted on it for
+    def _calibration(self, cohort: Cohort, device: torch.device, scores: Any, coverage: float,
+                     checkpoint: str) -> dict[str, Any]:
+        """The validation split scored (once per checkpoint: the test split and every external set
+        are calibrated on the same scores), then temperatures and prediction sets fitted on it for
         the evaluated split's ``scores`` (:func:`kdstyles.engine.evaluate.calibration`)."""
         from .engine.evaluate import calibration
 
-        ds = self.data.splits["val"]
-        loader = self.data.loader("val", self.cfg.data.batch_size,
-                                  num_workers=resolve_workers(self.cfg.data.num_workers, device))
-        val = score_cohort(cohort, loader, device, ds.window, ds.spacing, per_image=False, details=False)
+        val = self._val_scores.get(checkpoint)
+        if val is None:
+            ds = self.data.splits["val"]
+            loader = self.data.loader("val", self.cfg.data.batch_size,
+                                      num_workers=resolve_workers(self.cfg.data.num_workers, device))
+            val = self._val_scores[checkpoint] = score_cohort(cohort, loader, device, ds.window, ds.spacing,
+                                                              per_image=False, details=False)
         return calibration(cohort.task, val, scores, coverage, self.cfg.eval.coverage_confidence, self.cfg.train.seed)
 
     def evaluate(self, checkpoint: str = "best", split: str = "test", calibrated: bool = False,
@@ -438,7 +446,7 @@ class Experiment:
             self.folder.write_outputs(kept, split)
             result["outputs"] = self.folder.outputs_file(split).name
         if calibrated:
-            result["calibration"] = self._calibration(cohort, device, scores, coverage)
+            result["calibration"] = self._calibration(cohort, device, scores, coverage, checkpoint)
         if ds.groups and scores.pooled:
             from .engine.evaluate import group_metrics
 

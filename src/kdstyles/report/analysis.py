@@ -37,6 +37,7 @@ class Study:
     folder: Path | None = None  # the comparison (or run) folder the rows come from
     choice: dict[str, Any] | None = None  # winner's answer, drawn once
     split: str = "test"  # or an external set's name: the images the rows and values are of
+    evaluations: dict[tuple[str, int], Any] = field(default_factory=dict)  # (preset, seed): its run's record
 
     @property
     def seeds(self) -> list[int]:
@@ -58,21 +59,23 @@ def load_study(folder: str | Path, rows: list[dict[str, Any]], split: str = "tes
     target = manifest.get("target")
     if target not in presets:
         target = TARGET if TARGET in presets else next((p for p in presets if p != INDEPENDENT), presets[0])
-    values = {}
+    values, evaluations = {}, {}
     for (preset, seed), run in run_dirs(folder, rows).items():
         rf = RunFolder(run)
         try:
             evaluation = rf.evaluation(split)
             per_image = evaluation.per_image if evaluation is not None else {}
         except KDError:
-            per_image = {}
+            evaluation, per_image = None, {}
+        if evaluation is not None:
+            evaluations[(preset, seed)] = evaluation
         for network, metrics in per_image.items():
             if isinstance(metrics, dict) and isinstance(metrics.get(metric), list):
                 values[(preset, seed, network)] = np.asarray(metrics[metric], dtype=np.float64)
         if METRICS.get(metric) and METRICS[metric].drawn:
             for network, drawable in _drawable(rf, METRICS[metric].task, split).items():
                 values[(preset, seed, network)] = drawable
-    return Study(rows, metric, values, target, manifest, folder=folder, split=split)
+    return Study(rows, metric, values, target, manifest, folder=folder, split=split, evaluations=evaluations)
 
 
 def _drawable(rf: RunFolder, task: str | None, split: str = "test") -> dict[str, Any]:

@@ -120,6 +120,12 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, tup
     return {key: {m: mean_std([r.get(m) for r in rs]) for m in (*metrics, "parameters")} for key, rs in groups.items()}
 
 
+def teacher_preset(rows: list[dict[str, Any]]) -> str | None:
+    """The first preset whose runs have a teacher (its rows stand for the teacher in tables)."""
+    return next((p for p in presets_in(rows) if any(r["network"] == "teacher" and r["preset"] == p for r in rows)),
+                None)
+
+
 def presets_in(rows) -> list[str]:
     return list(dict.fromkeys(r["preset"] for r in rows))
 

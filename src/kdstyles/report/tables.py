@@ -9,7 +9,7 @@ from typing import Any
 from ..common.metrics import label as metric_label
 from ..common.metrics import lower_is_better
 from .analysis import Study, ablation_rows, findings, gap_closure, paired_rows, teacher_margin
-from .results import aggregate, metric_set, networks_in, presets_in, primary
+from .results import aggregate, metric_set, networks_in, presets_in, primary, teacher_preset
 from .trust import about, deploy_table, group_rows, group_table, group_title
 
 
@@ -27,14 +27,14 @@ def table_data(rows: list[dict[str, Any]], network: str) -> tuple[list[str], lis
     metrics_ = metric_set(rows)
     header = ["preset", *(metric_label(m) for m in metrics_)]
     body: list[list[str]] = []
-    teacher_preset = next((p for p in presets if (p, "teacher") in agg), None)
-    lines = ([("teacher (reference)", agg[(teacher_preset, "teacher")])] if teacher_preset else [])
+    teacher = teacher_preset(rows)
+    lines = ([("teacher (reference)", agg[(teacher, "teacher")])] if teacher else [])
     lines += [(p + (" (independent students)" if p == "student" else ""), agg[(p, network)])
               for p in presets if (p, network) in agg]
     for label, metrics in lines:
         body.append([label, *(_cell(metrics[m]) for m in metrics_)])
     best = [[False] * len(metrics_) for _ in lines]
-    candidates = lines[1 if teacher_preset else 0:]
+    candidates = lines[1 if teacher else 0:]
     for j, m in enumerate(metrics_):
         finite = [metrics[m][0] for _, metrics in candidates if not math.isnan(metrics[m][0])]
         if not finite:

@@ -14,11 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..common.metrics import label as metric_label
-from ..errors import KDError
-from ..store.runfolder import RunFolder
 from ..styles.routing import T
 from .analysis import Study, chosen, load_study
-from .results import external_sets, load_rows, mean_std, networks_in, presets_in, run_dirs
+from .results import external_sets, load_rows, mean_std, networks_in, presets_in, teacher_preset
 from .significance import unpaired_interval
 
 
@@ -59,19 +57,10 @@ def _interval(c: tuple[float, float, float] | None) -> str:
     return f"{100 * d:+.1f} pt" + ("" if np.isnan(lo) else f" [{100 * lo:+.1f}, {100 * hi:+.1f}]")
 
 
-def _teacher_preset(rows: list[dict[str, Any]]) -> str | None:
-    """The first preset whose runs have a teacher (its row stands for the teacher)."""
-    return next((p for p in presets_in(rows) if any(r["network"] == T and r["preset"] == p for r in rows)), None)
-
-
 def coverage_target(study: Study) -> float | None:
-    """The prediction sets' target coverage, as the first calibrated run's eval.json says it."""
-    for run in run_dirs(study.folder, study.rows).values() if study.folder is not None else ():
-        try:
-            evaluation = RunFolder(run).evaluation()
-        except KDError:
-            continue
-        target = ((evaluation.calibration or {}).get("conformal") or {}).get("target") if evaluation else None
+    """The prediction sets' target coverage, as the first calibrated run's evaluation says it."""
+    for evaluation in study.evaluations.values():
+        target = ((evaluation.calibration or {}).get("conformal") or {}).get("target")
         if target:
             return float(target)
     return None
@@ -88,7 +77,7 @@ def deploy_table(study: Study, externals: dict[str, Study]) -> tuple[list[str], 
     for name in externals:
         header += [f"{name}: {metric_label(metric)} (change [95% CI])", f"{name}: set coverage"]
     body = []
-    teacher = _teacher_preset(rows)
+    teacher = teacher_preset(rows)
     pairs = ([(teacher, T)] if teacher else []) + [(p, n) for p in presets_in(rows) for n in networks_in(rows)
                                                    if _mean(rows, p, n, metric) is not None]
     for preset, net in pairs:
@@ -133,14 +122,7 @@ def deploy_line(study: Study, externals: dict[str, Study]) -> str | None:
 def about(study: Study) -> str:
     """What an external set is, as its first run's evaluation says (e.g. "1000 images from
     synthetic site 2")."""
-    for run in run_dirs(study.folder, study.rows).values() if study.folder is not None else ():
-        try:
-            evaluation = RunFolder(run).evaluation(study.split)
-        except KDError:
-            continue
-        if evaluation is not None and getattr(evaluation, "about", None):
-            return evaluation.about
-    return ""
+    return next((e.about for e in study.evaluations.values() if getattr(e, "about", None)), "")
 
 
 DEPLOY_NOTE = ("Calibration: ECE on the test split, then at the temperature fitted on the validation split. AURC: "
@@ -149,19 +131,6 @@ DEPLOY_NOTE = ("Calibration: ECE on the test split, then at the temperature fitt
                "holding the true class and their mean size. External sets: the metric there and its change from the "
                "test split, with a 95% bootstrap interval over both sets' images and the seeds; the sets' coverage "
                "there shows whether the guarantee travels. Means over seeds.")
-
-
-def _groups_of(study: Study) -> dict[tuple[str, int], dict[str, Any]]:
-    """Each run's data.groups evaluation (test split), by (preset, seed)."""
-    out = {}
-    for key, run in run_dirs(study.folder, study.rows).items() if study.folder is not None else ():
-        try:
-            evaluation = RunFolder(run).evaluation(study.split)
-        except KDError:
-            continue
-        if evaluation is not None and evaluation.groups:
-            out[key] = evaluation.groups
-    return out
 
 
 def group_rows(study: Study) -> list[dict[str, Any]]:
@@ -174,14 +143,14 @@ def group_rows(study: Study) -> list[dict[str, Any]]:
     from .analysis import _teacher_value
     from .significance import group_gap_intervals
 
-    found = _groups_of(study)
+    found = {key: e.groups for key, e in study.evaluations.items() if e.groups}
     if not found:
         return []
     metric, out = study.metric, []
     first = next(iter(found.values()))
     columns = list(first.get("columns", {}))
     for column in columns:
-        teacher = _teacher_preset(study.rows)
+        teacher = teacher_preset(study.rows)
         pairs = ([(teacher, T)] if teacher else []) + [(p, n) for p in presets_in(study.rows)
                                                        for n in networks_in(study.rows)]
         for preset, net in pairs:
