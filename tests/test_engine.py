@@ -241,6 +241,49 @@ def test_teacher_cache_same_losses_and_no_teacher_forward_after_epoch_one(tiny_o
     assert [e for e in before if e >= 1] == []
 
 
+def test_a_teachers_kept_outputs_are_stored_for_the_next_run_and_checked(tiny_overrides, tmp_path):
+    """networks.teacher.cache stores the outputs on disk (kdstyles.store.outputs): the next run of
+    the same teacher, data and seed reads them and runs the teacher on its first training batch
+    only, to check them, and learns exactly what the first did; a file whose outputs do not match
+    is dropped, computed again and replaced."""
+    from kdstyles.store import checkpoints
+
+    teacher_run = offline_teacher(tmp_path, tiny_overrides)
+    common = ["train.epochs=2", "networks.teacher.mode=offline", f"networks.teacher.checkpoint={teacher_run}",
+              "data.augment.hflip=false", "data.augment.vflip=false", "train.early_stopping=null",
+              "networks.teacher.cache=true"]
+
+    def run(name):
+        exp = Experiment(None, overrides=tiny_overrides(*common, f"output.name={name}"), quiet=True)
+        seen, trainers = [], []
+        exp.cohort.networks["teacher"].register_forward_pre_hook(
+            lambda m, i: seen.append(trainers[0].state.epoch if trainers else 0))
+        exp.fit(callbacks=[lambda trainer, epoch: trainers.append(trainer) if not trainers else None])
+        return exp, seen, trainers[0].outputs_file
+
+    first, seen, stored = run("first")
+    n_val = len(first.data.loader("val", 16))
+    assert stored.is_file() and len(seen) == 3 + n_val  # epoch 1 only: 3 training batches and validation
+    second, seen, again = run("second")
+    assert again == stored and seen == [0] * (1 + n_val)  # one training batch, to check the file
+    same_losses(first, second)
+    kept = checkpoints.load(stored)["outputs"]
+    tampered = {k: (-v if k.endswith("/logits") else v) for k, v in kept.items()}
+    checkpoints.save({"outputs": tampered}, stored)
+    third, seen, _ = run("third")
+    assert len(seen) == 3 + n_val  # dropped and computed again
+    assert torch.equal(checkpoints.load(stored)["outputs"]["teacher/logits"], kept["teacher/logits"])
+    same_losses(first, third)
+
+
+def same_losses(a, b):
+    rows = [list(csv.DictReader((e.run_dir / "metrics.csv").open())) for e in (a, b)]
+    assert len(rows[0]) == len(rows[1]) and any(r.get("train_loss") for r in rows[0])
+    for ra, rb in zip(*rows):
+        if ra.get("train_loss"):
+            assert float(ra["train_loss"]) == pytest.approx(float(rb["train_loss"]), rel=1e-5)
+
+
 def test_fixed_views_let_an_augmented_teacher_be_cached_with_unlabelled_images(tiny_overrides, tmp_path, monkeypatch,
                                                                              capsys):
     """data.views: K fixed augmented views per image (epoch e shows view e mod K, unlabelled

@@ -335,9 +335,13 @@ class Experiment:
         """Fit the frozen teacher's head on its embeddings of the training images, chosen on the
         validation split (:mod:`kdstyles.engine.probe`); what :meth:`fit` writes to probe.json."""
         from .engine.probe import fit_probe
+        from .store import outputs
 
         device = pick_device(self.cfg.train.device)
-        found = fit_probe(cohort, self.data, device, self.cfg.data.batch_size, self.cfg.train.seed, self.quiet)
+        teacher = cohort.networks[T]
+        store = outputs.path_for(outputs.key({"probe": 1, **outputs.run_parts(self.cfg)}, {T: teacher.state_dict()}))
+        found = fit_probe(cohort, self.data, device, self.cfg.data.batch_size, self.cfg.train.seed, self.quiet,
+                          store)
         cohort.to(torch.device("cpu"))
         return found
 

@@ -267,6 +267,7 @@ def _frozen_cost(exp: Any, cohort: Any, data: Any, name: str, previewed: bool) -
     """What a frozen teacher costs: its forward here, per batch and per epoch, and the memory its
     kept outputs take (networks.teacher.cache), before any training."""
     from .engine.cohort import frozen_cost
+    from .store.outputs import folder as outputs_folder
     from .workflows.compare import duration
 
     d, teacher = exp.cfg.data, exp.cfg.networks.teacher
@@ -282,7 +283,9 @@ def _frozen_cost(exp: Any, cohort: Any, data: Any, name: str, previewed: bool) -
         kept = (images + extra) * (d.views or 1)
         size = kept * per_item
         words = f"{size / 1e6:,.0f} MB" if size >= 1e6 else f"{size / 1e3:,.0f} kB"
-        line += f"; its outputs kept for {kept:,} image views take {words} of memory, and it runs only until each view was seen"
+        line += (f"; its outputs kept for {kept:,} image views take {words} of memory and as much disk (stored in "
+                 f"{outputs_folder()} for the next run of this teacher, data and seed), and it runs only until each "
+                 "view was seen")
     console.print(line, highlight=False, soft_wrap=True)
 
 

@@ -493,8 +493,10 @@ class TeacherConfig(NetworkConfig):
     mode: Literal["online", "offline"] = Field(
         "online", description="online: trained with the students; offline: loaded from checkpoint and frozen")
     checkpoint: Optional[str] = Field(None, description="offline teacher: a run folder or a .pt state dict")
-    cache: bool = Field(False, description="offline teacher without random augmentation: keep its outputs per "
-                                           "training image after the first epoch and skip its forward from then on")
+    cache: bool = Field(False, description="offline teacher without random augmentation (or with data.views): keep "
+                                           "its outputs per training image and view once seen and skip its forward "
+                                           "from then on; stored in $KDSTYLES_CACHE/teacher-outputs for the next run "
+                                           "of the same teacher, data and seed")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="offline teacher: run its forward in half precision (autocast; its outputs back in "
                             "float32), for a large teacher on a device that supports it (bf16 on CPUs and recent GPUs)")

@@ -82,6 +82,14 @@ class ImageDataset(Dataset):
         augmented nor normalised (what an exported model, which normalises inside, takes)."""
         return self._prepared(0, index)[0]
 
+    def plain_target(self, index: int) -> Any:
+        """An item's target as the supervised loss takes it, un-augmented (as :meth:`plain`): its
+        (H, W) mask where it has masks, else its label's target."""
+        if self.masks is None:
+            return self.kind.target(self.labels, index)
+        mask = self.masks[index] if not self.crop else self._prepared(0, index)[1]
+        return torch.from_numpy(np.ascontiguousarray(mask)).long()
+
     def __getitem__(self, key):
         return self.__getitems__([key])[0]
 
@@ -185,6 +193,14 @@ class JointDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.labelled)
+
+    def plain_target(self, index: int) -> Any:
+        """An item's target as the supervised loss takes it, un-augmented (as :meth:`plain`): its
+        (H, W) mask where it has masks, else its label's target."""
+        if self.masks is None:
+            return self.kind.target(self.labels, index)
+        mask = self.masks[index] if not self.crop else self._prepared(0, index)[1]
+        return torch.from_numpy(np.ascontiguousarray(mask)).long()
 
     def __getitem__(self, key):
         return self.__getitems__([key])[0]

@@ -158,11 +158,9 @@ CACHE_VERSION = 1  # bump when preparation changes what it produces
 
 
 def cache_folder() -> Path:
-    import os
+    from ..store.fileio import cache_root
 
-    root = os.environ.get("KDSTYLES_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kdstyles")
-    return Path(root) / "volumes"
+    return cache_root() / "volumes"
 
 
 def _cache_key(image_path: Path, label_path: Path | None, cfg: Any) -> str:

@@ -60,11 +60,15 @@ def network_seed(seed: int, name: str) -> int:
 
 class OutputCache:
     """Frozen networks' outputs kept per training sample (``n`` samples): a batch whose samples
-    are all cached skips those networks' forward (offline teacher, no random augmentation)."""
+    are all cached skips those networks' forward (offline teacher, no random augmentation).
+    What a run took from a file (:mod:`kdstyles.store.outputs`) is ``unverified`` until the
+    first batch served from it matched a fresh forward (:meth:`Cohort.forward`)."""
 
     def __init__(self, names, n: int):
         self.n = n
         self.stores: dict[str, dict | None] = {name: None for name in names}
+        self.unverified: set[str] = set()
+        self.filled_since_saved = 0  # samples filled since the store was last written or read
 
     def get(self, name: str, keys: torch.Tensor) -> NetOutput | None:
         store = self.stores.get(name)
@@ -82,10 +86,58 @@ class OutputCache:
             store = self.stores[name] = {
                 "logits": alloc(out.logits), "features": {p: alloc(t) for p, t in out.features.items()},
                 "filled": torch.zeros(self.n, dtype=torch.bool, device=out.logits.device)}
+        self.filled_since_saved += int((~store["filled"][keys]).sum())
         store["logits"][keys] = out.logits
         for p, t in out.features.items():
             store["features"][p][keys] = t
         store["filled"][keys] = True
+
+    def filled(self) -> int:
+        """How many samples every frozen network has an output for."""
+        return min((int(s["filled"].sum()) if s is not None else 0) for s in self.stores.values())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What a file keeps: each network's filled flags, logits and maps, on the CPU."""
+        out = {}
+        for name, store in self.stores.items():
+            if store is None:
+                continue
+            out[f"{name}/filled"], out[f"{name}/logits"] = store["filled"].cpu(), store["logits"].cpu()
+            out.update({f"{name}/features/{p}": t.cpu() for p, t in store["features"].items()})
+        return out
+
+    def load(self, tensors: dict[str, torch.Tensor], device: torch.device) -> int:
+        """Take a file's outputs (those of networks and sizes that fit), unverified; how many
+        samples it filled."""
+        for name in self.stores:
+            filled = tensors.get(f"{name}/filled")
+            if filled is None or filled.shape != (self.n,):
+                continue
+            prefix = f"{name}/features/"
+            self.stores[name] = {"filled": filled.to(device), "logits": tensors[f"{name}/logits"].to(device),
+                                 "features": {k[len(prefix):]: t.to(device) for k, t in tensors.items()
+                                              if k.startswith(prefix)}}
+            self.unverified.add(name)
+        self.filled_since_saved = 0
+        return self.filled()
+
+    def drop(self, name: str) -> None:
+        self.stores[name] = None
+        self.unverified.discard(name)
+
+
+def agrees(x: torch.Tensor, y: torch.Tensor | None) -> bool:
+    """Whether a frozen network's output computed again agrees with a kept one, up to what
+    another batch's arithmetic (or half precision) changes: 2% of the tensor's largest magnitude."""
+    if y is None or x.shape != y.shape:
+        return False
+    scale = float(x.abs().max()) if x.numel() else 0.0
+    return torch.allclose(x.float(), y.float(), rtol=0.02, atol=0.02 * scale + 1e-6)
+
+
+def same_outputs(a: NetOutput, b: NetOutput) -> bool:
+    """Whether two outputs of the same inputs agree (:func:`agrees`), logits and every map."""
+    return agrees(a.logits, b.logits) and all(agrees(t, b.features.get(p)) for p, t in a.features.items())
 
 
 class Cohort(nn.Module):
@@ -128,6 +180,7 @@ class Cohort(nn.Module):
         self.map_shapes: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # per tapping edge: (src, dst)
         self._probing = False
         self.cache: OutputCache | None = None
+        self.cache_mismatch: str | None = None  # a network whose stored outputs did not match its forward
         self.epoch = 1  # the epoch being trained (1-based; the engine sets it), for styles' warm-ups
         try:  # the first forwards: a network that cannot take the input's size is named in one line
             self.edge_taps = self._plan_taps(taps or {}, sample, pinned or [])
@@ -262,7 +315,8 @@ class Cohort(nn.Module):
             if name in skip:
                 continue
             cached = self.cache is not None and name in self.frozen and keys is not None
-            if cached and (hit := self.cache.get(name, keys)) is not None:
+            hit = self.cache.get(name, keys) if cached else None
+            if hit is not None and name not in self.cache.unverified:
                 outs[name] = hit
                 continue
             recording = self.taps[name].recording() if record else nullcontext({})
@@ -273,6 +327,13 @@ class Cohort(nn.Module):
                 logits = net(x)
             outs[name] = NetOutput(logits.float(), {p: t.float() for p, t in feats.items()}) if half else \
                 NetOutput(logits, dict(feats))
+            if hit is not None:  # the first batch served from a file: does it match this forward?
+                self.cache.unverified.discard(name)
+                if same_outputs(outs[name], hit):
+                    outs[name] = hit  # what every later batch gets, so a run reading the file learns the same
+                    continue
+                self.cache.drop(name)
+                self.cache_mismatch = name
             if cached:
                 self.cache.put(name, keys, outs[name])
         if record:

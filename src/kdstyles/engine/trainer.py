@@ -66,8 +66,10 @@ class Trainer:
         self.mixer = Mixer(cfg.data.mix, cfg.train.seed)
         self.val_loader = data.loader("val", cfg.data.batch_size, **workers)
         self.use_cache = cfg.networks.teacher.cache and bool(cohort.frozen)
+        self.outputs_file = None  # where the kept outputs are stored for other runs (kdstyles.store.outputs)
         if self.use_cache:  # per item and view (data.views); unlabelled images after the labelled ones
             cohort.enable_cache(data.splits["train"].keys + (data.unlabeled.keys if self.unlabeled_batch else 0))
+            self._read_outputs()
         self.model = self.rt.wrap(TrainStep(cohort))
         self.stop = GracefulStop()
         self.writer = checkpoints.Writer()  # last.pt and best checkpoints, written while training goes on
@@ -75,6 +77,50 @@ class Trainer:
         self._frozen_val: dict[str, torch.Tensor] = {}
         self.clock: dict[str, float] = {}  # this epoch's seconds: data_wait_s, val_s, checkpoint_s
         self.metric = cfg.train.selection_metric if cfg.train.selection_metric != "auto" else cohort.task.selection
+
+    # ------------------------------------------------------------------ a frozen teacher's stored outputs
+
+    def _read_outputs(self) -> None:
+        """Take the frozen networks' kept outputs from the store where a run of the same teacher,
+        data, views and seed left them, and say what the first epochs will compute and keep."""
+        from ..store import outputs
+
+        cohort, cfg = self.cohort, self.cfg
+        taps = {name: cohort.taps[name].paths for name in sorted(cohort.frozen)}
+        parts = {**outputs.run_parts(cfg), "taps": taps, "items": cohort.cache.n,
+                 "precision": cfg.networks.teacher.precision, "device": self.device.type, "world": self.dist.world,
+                 "rank": self.dist.rank}
+        key = outputs.key(parts, {name: cohort.networks[name].state_dict() for name in cohort.frozen})
+        self.outputs_file = outputs.path_for(key)
+        found = outputs.read(self.outputs_file)
+        filled = cohort.cache.load(found, self.device) if found is not None else 0
+        n = cohort.cache.n
+        if filled:
+            self.console.print(f"teacher outputs: {filled:,} of {n:,} image views read from {self.outputs_file}"
+                               + ("" if filled == n else "; the rest are computed as they come"), highlight=False)
+        else:
+            self.console.print(f"teacher outputs: computed for {n:,} image views as they come (the first "
+                               f"{cfg.data.views or 1} epoch(s)), then kept and stored in {self.outputs_file} for "
+                               "the next run of this teacher, data and seed", highlight=False)
+
+    def _store_outputs(self) -> None:
+        """Write what the epoch added to the stored outputs (the main process; a failure is a warning)."""
+        from ..store import outputs
+
+        cache = self.cohort.cache
+        if self.cohort.cache_mismatch is not None:
+            self.console.print(f"[yellow]warning: the stored outputs of {self.cohort.cache_mismatch} in "
+                               f"{self.outputs_file} did not match its forward (the data changed on disk?); "
+                               "they were computed again and the file is replaced")
+            self.cohort.cache_mismatch = None
+        if self.outputs_file is None or not cache.filled_since_saved or not self.dist.main:
+            return
+        why = outputs.write(self.outputs_file, cache.tensors())
+        cache.filled_since_saved = 0
+        if why is not None:
+            self.console.print(f"[yellow]warning: the teacher's outputs were not stored ({why}); this run keeps "
+                               "them in memory")
+            self.outputs_file = None
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -222,6 +268,8 @@ class Trainer:
             if stop or epoch >= self.cfg.train.epochs:
                 self.state.status = "stopped early" if stop else "finished"
             self.save_last()
+            if self.use_cache:
+                self._store_outputs()
             timing = {"epoch_s": time.perf_counter() - t0, **self.clock}
             self.log.epoch(rows, self.state.history, self.cfg.train.epochs, metric, timing)
             reasons = [reason for cb in self.callbacks if (reason := cb(self, epoch))]

@@ -15,8 +15,9 @@ What a distillation edge can take from it:
   block's after the final layer norm, as dense heads read it);
 - ``embedding``: the class token after the final layer norm (B, D), for ``relations`` edges
   and the probe;
-- its predictions: a linear ``head`` on that embedding, fitted by the probe stage
-  (:mod:`kdstyles.engine.probe`) when the teacher is offline and has no checkpoint.
+- its predictions: a linear ``head`` on that embedding (segmentation: on every patch token,
+  upsampled to the image), fitted by the probe stage (:mod:`kdstyles.engine.probe`) when the
+  teacher is offline and has no checkpoint.
 
 Offline (no network, ``HF_HUB_OFFLINE=1``), a hub id not in the local cache is one line saying
 what to download and where to point the config.
@@ -134,33 +135,59 @@ def _timm_weights(folder: Path, where: str) -> dict[str, torch.Tensor]:
                   "pytorch_model.bin")
 
 
-def timm_to_dinov2(state: dict[str, torch.Tensor], heads: int, where: str) -> tuple[dict[str, Any], dict]:
-    """A timm ViT's weights (class token, position embedding over it and the patches, GELU MLPs,
-    optional layer scale: UNI's layout) as transformers' DINOv2 modules, which compute the same
-    forward: (the DINOv2 config's fields, the state dict in its names)."""
+def timm_to_dinov2(state: dict[str, torch.Tensor], heads: int, where: str, side: int | None = None
+                   ) -> tuple[dict[str, Any], dict]:
+    """A timm ViT's weights as transformers' DINOv2 modules, which compute the same forward:
+    (the DINOv2 config's fields, the state dict in its names). Mapped: a class token; register
+    tokens (``reg_token``: Virchow2, H-optimus), placed after it as transformers places them; a
+    position embedding over the class token (and registers) and the patches, or over the
+    patches only (timm's ``no_embed_class``); GELU MLPs or SwiGLU ones (packed ``fc1`` as
+    Virchow2's, or split ``fc1_g``/``fc1_x``); optional layer scale. ``side``: the patch grid's
+    side where the config says it (else read from the position embedding)."""
     state = {k: v for k, v in state.items() if not k.startswith("head.")}  # an ImageNet classifier, if kept: unused
-    unsupported = sorted({k.split(".")[0] for k in state if k.startswith(("reg_token", "fc_norm", "attn_pool"))})
-    swiglu = any(k.endswith("mlp.fc1_g.weight") or k.endswith("mlp.fc2_x.weight") for k in state)
-    if unsupported or swiglu or "cls_token" not in state:
-        what = ", ".join(unsupported) or ("SwiGLU MLPs" if swiglu else "no class token")
+    unsupported = sorted({k.split(".")[0] for k in state if k.startswith(("fc_norm", "attn_pool", "norm_pre"))} |
+                         {"an MLP norm" for k in state if ".mlp.norm." in k})
+    if unsupported or "cls_token" not in state:
+        what = ", ".join(unsupported) or "no class token"
         raise KDError(f"{where}.arch: this timm ViT has {what}, which kdstyles does not map yet (it maps timm ViTs with "
-                      "a class token, GELU MLPs and optional layer scale, as UNI's)")
+                      "a class token, optional register tokens, GELU or SwiGLU MLPs and layer scale, as UNI's and "
+                      "Virchow2's)")
     dim = state["pos_embed"].shape[-1]
     patch = state["patch_embed.proj.weight"].shape[-1]
     blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    side = math.isqrt(state["pos_embed"].shape[1] - 1)
-    hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
-    if hidden % dim:
+    registers = state["reg_token"].shape[1] if "reg_token" in state else 0
+    pos, reg = state["pos_embed"], state.get("reg_token")
+    length = pos.shape[1]
+    if side is None:  # the grid from the embedding's length: patches only, or after the prefix tokens
+        side = next((math.isqrt(n) for n in (length, length - 1 - registers, length - 1)
+                     if n > 0 and math.isqrt(n) ** 2 == n), None)
+    patches = (side or 0) ** 2
+    if length == patches:  # no_embed_class: the class token (and registers) take no position
+        pos = torch.cat([torch.zeros_like(pos[:, :1]), pos], 1)
+    elif length == 1 + registers + patches and registers:  # registers' positions are constants: fold them in
+        reg = reg + pos[:, 1:1 + registers]
+        pos = torch.cat([pos[:, :1], pos[:, 1 + registers:]], 1)
+    elif length != 1 + patches:
+        raise KDError(f"{where}.arch: this timm ViT's position embedding ({length} positions) fits neither its "
+                      f"{patches} patches nor them and its {1 + registers} prefix tokens")
+    packed, split = "blocks.0.mlp.fc1.weight" in state, "blocks.0.mlp.fc1_g.weight" in state
+    swiglu = split or (packed and state["blocks.0.mlp.fc2.weight"].shape[1] * 2 == state["blocks.0.mlp.fc1.weight"].shape[0])
+    hidden = state["blocks.0.mlp.fc2.weight"].shape[1]  # the MLP's inner width (a SwiGLU's after its gate)
+    if not swiglu and hidden % dim:
         raise KDError(f"{where}.arch: this timm ViT's MLP width {hidden} is not a whole multiple of its width {dim}, "
                       "which kdstyles does not map yet")
     config = {"hidden_size": dim, "num_hidden_layers": blocks, "num_attention_heads": heads,
-              "mlp_ratio": hidden // dim, "patch_size": patch,
+              "mlp_ratio": max(1, round(hidden * 1.5 / dim)) if swiglu else hidden // dim, "use_swiglu_ffn": swiglu, "patch_size": patch,
               "image_size": side * patch, "layerscale_value": 1.0, "qkv_bias": "blocks.0.attn.qkv.bias" in state}
+    if registers:
+        config["num_register_tokens"] = registers
     out = {"embeddings.cls_token": state["cls_token"], "embeddings.mask_token": torch.zeros(1, dim),
-           "embeddings.position_embeddings": state["pos_embed"],
+           "embeddings.position_embeddings": pos,
            "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
            "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
            "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"]}
+    if registers:
+        out["embeddings.register_tokens"] = reg
     for i in range(blocks):
         b, o = f"blocks.{i}.", f"encoder.layer.{i}."
         for part in ("weight", "bias"):
@@ -168,9 +195,16 @@ def timm_to_dinov2(state: dict[str, torch.Tensor], heads: int, where: str) -> tu
             if fused is not None:  # timm's qkv: query, key and value stacked in that order
                 for name, piece in zip(("q_proj", "k_proj", "v_proj"), fused.chunk(3, 0), strict=True):
                     out[f"{o}attention.{name}.{part}"] = piece
-            for src, dst in (("norm1", "norm1"), ("norm2", "norm2"), ("attn.proj", "attention.o_proj"),
-                             ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+            for src, dst in (("norm1", "norm1"), ("norm2", "norm2"), ("attn.proj", "attention.o_proj")):
                 out[f"{o}{dst}.{part}"] = state[f"{b}{src}.{part}"]
+            if not swiglu:
+                out[f"{o}mlp.fc1.{part}"], out[f"{o}mlp.fc2.{part}"] = state[f"{b}mlp.fc1.{part}"], state[f"{b}mlp.fc2.{part}"]
+                continue
+            # SwiGLU: silu(gate) * up. Packed (timm's SwiGLUPacked): fc1 holds the gate, then the up projection
+            gate, up = ((state[f"{b}mlp.fc1_g.{part}"], state[f"{b}mlp.fc1_x.{part}"]) if split
+                        else state[f"{b}mlp.fc1.{part}"].chunk(2, 0))
+            out[f"{o}mlp.gate_proj.{part}"], out[f"{o}mlp.up_proj.{part}"] = gate, up
+            out[f"{o}mlp.down_proj.{part}"] = state[f"{b}mlp.fc2.{part}"]
         for k in (1, 2):
             out[f"{o}layer_scale{k}.lambda1"] = state.get(f"{b}ls{k}.gamma", torch.ones(dim))
     return config, out
@@ -188,18 +222,40 @@ def load_timm(folder: Path, where: str) -> tuple[nn.Module, dict[str, Any]]:
     if not name.startswith("vit_") or not heads:
         raise KDError(f"{where}.arch: timm architecture '{name}' is not a ViT kdstyles knows the heads of; give "
                       "model_args.num_heads in its config.json")
-    config, state = timm_to_dinov2(_timm_weights(folder, where), heads, where)
-    model = transformers.Dinov2Model(transformers.Dinov2Config(**config))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    pre = found.get("pretrained_cfg") or {}
+    given = (pre.get("input_size") or [None])[-1] or args.get("img_size")
+    weights = _timm_weights(folder, where)
+    patch = weights["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in weights else 0
+    side = int(given) // patch if given and patch and not int(given) % patch else None
+    config, state = timm_to_dinov2(weights, heads, where, side)
+    if config.get("num_register_tokens"):
+        model = transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(**config))
+    else:
+        model = transformers.Dinov2Model(transformers.Dinov2Config(**config))
+    if config["use_swiglu_ffn"]:
+        _swiglu_width(model, state["encoder.layer.0.mlp.down_proj.weight"].shape[1])
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape that does not fit
+        missing, unexpected = [str(exc).splitlines()[-1].strip()[:120]], []
     if missing or unexpected:
         raise KDError(f"{where}.arch: timm checkpoint '{folder}' does not fit a ViT of its own shapes (missing "
                       f"{(missing or ['-'])[0]}, unexpected {(unexpected or ['-'])[0]})")
-    pre = found.get("pretrained_cfg") or {}
     mean, std = tuple(pre.get("mean", IMAGENET[0])), tuple(pre.get("std", IMAGENET[1]))
     size = int((pre.get("input_size") or [3, config["image_size"]])[-1])
     contract = {"size": size, "patch": config["patch_size"], "mean": mean, "std": std, "hidden": config["hidden_size"],
-                "blocks": config["num_hidden_layers"], "registers": 0, "name": folder.name}
+                "blocks": config["num_hidden_layers"], "registers": config.get("num_register_tokens", 0),
+                "name": folder.name}
     return model, contract
+
+
+def _swiglu_width(model: nn.Module, hidden: int) -> None:
+    """transformers sizes a SwiGLU from an integer mlp_ratio (two thirds of it, rounded up to a
+    multiple of 8), which may miss a checkpoint's width: its projections are made that wide."""
+    for layer in model.encoder.layer:
+        mlp, dim = layer.mlp, layer.mlp.gate_proj.in_features
+        if mlp.gate_proj.out_features != hidden:
+            mlp.gate_proj, mlp.up_proj, mlp.down_proj = nn.Linear(dim, hidden), nn.Linear(dim, hidden), nn.Linear(hidden, dim)
 
 
 def _cached_folder(ref: str, revision: str | None) -> Path | None:
@@ -213,26 +269,55 @@ def _cached_folder(ref: str, revision: str | None) -> Path | None:
 
 class HFTeacher(nn.Module):
     """A frozen vision transformer with a linear head for this run's classes (see the module
-    docstring). ``set_inputs`` tells it how the run normalises its images."""
+    docstring): on the class-token embedding, or, ``dense`` (segmentation), on every patch
+    token (a 1x1 convolution on the last block's map), upsampled to the input's size.
+    ``set_inputs`` tells it how the run normalises its images."""
 
-    def __init__(self, backbone: nn.Module, contract: dict[str, Any], num_classes: int):
+    def __init__(self, backbone: nn.Module, contract: dict[str, Any], num_classes: int, dense: bool = False):
         super().__init__()
         self.backbone = backbone
         self.contract = contract
+        self.dense = dense
         self.blocks = nn.ModuleList(nn.Identity() for _ in range(contract["blocks"]))  # taps: blocks.K
         self.embedding = nn.Identity()  # tap: embedding
-        self.head = nn.Linear(contract["hidden"], num_classes)
+        self.head = nn.Conv2d(contract["hidden"], num_classes, 1) if dense else nn.Linear(contract["hidden"], num_classes)
         self.register_buffer("own_mean", torch.tensor(contract["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("own_std", torch.tensor(contract["std"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("run_mean", torch.tensor(IMAGENET[0]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("run_std", torch.tensor(IMAGENET[1]).view(1, -1, 1, 1), persistent=False)
         for p in self.backbone.parameters():
             p.requires_grad_(False)
+        self._fingerprint: torch.Tensor | None = None
+        self._omitted: str | None = None  # where a loaded checkpoint left the backbone out (its key prefix)
+        self.register_state_dict_post_hook(_without_backbone)
+        self._register_load_state_dict_pre_hook(self._check_backbone, with_module=False)
+        self.register_load_state_dict_post_hook(_backbone_not_missing)
+
+    def fingerprint(self) -> torch.Tensor:
+        """The SHA-256 of the frozen backbone's weights (32 bytes), computed once."""
+        if self._fingerprint is None:
+            from ..store.checkpoints import digest_of
+
+            digest = digest_of(self.backbone.state_dict()).digest()
+            self._fingerprint = torch.tensor(list(digest), dtype=torch.uint8)
+        return self._fingerprint
+
+    def _check_backbone(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        """Loading a checkpoint written without the backbone (its fingerprint instead): the
+        backbone loaded from the model's own files must be the one the head was fitted on."""
+        found = state_dict.pop(prefix + FINGERPRINT, None)
+        self._omitted = prefix + "backbone." if found is not None else None
+        if found is not None and not torch.equal(found.cpu(), self.fingerprint()):
+            raise KDError(f"the teacher's checkpoint holds a head fitted on other weights of {self.contract['name']} "
+                          "than those loaded now (another revision of the model?); give the revision it was fitted "
+                          "on (arch hf:ID@REVISION)")
 
     @property
     def default_map_tap(self) -> str:
         """What a features edge taps when it names nothing: the last block's patch tokens."""
         return f"blocks.{len(self.blocks) - 1}"
+
+    default_embedding_tap = "embedding"  # what an embedding edge taps when it names nothing: the class token
 
     def set_inputs(self, inputs: Any) -> None:
         """The run's normalisation (:class:`~kdstyles.common.inputs.Inputs`), undone before its own."""
@@ -249,8 +334,9 @@ class HFTeacher(nn.Module):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return (x - self.own_mean.to(x)) / self.own_std.to(x)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The class-token embedding (B, D); each block's patch tokens pass through ``blocks.K``."""
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class-token embedding (B, D) and the last block's patch tokens as a map (B, D, h, w);
+        each block's map passes through its tap ``blocks.K``."""
         out = self.backbone(pixel_values=self.prepare(x), output_hidden_states=True)
         hidden = list(out.hidden_states[1:])
         last = out.last_hidden_state
@@ -259,13 +345,38 @@ class HFTeacher(nn.Module):
         for tap, tokens in zip(self.blocks, hidden, strict=True):
             patches = tokens[:, skip:]
             side = int(math.isqrt(patches.shape[1]))
-            tap(patches.transpose(1, 2).reshape(len(patches), -1, side, side))
-        return self.embedding(last[:, 0])
+            grid = tap(patches.transpose(1, 2).reshape(len(patches), -1, side, side))
+        return self.embedding(last[:, 0]), grid
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the probe fits the head on: the embedding (B, D), or dense the patch map (B, D, h, w)."""
+        embedding, grid = self.encode(x)
+        return grid if self.dense else embedding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        out = self.head(self.features(x))
+        if self.dense:
+            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return out
 
 
-def build_hf(arch: str, num_classes: int, where: str) -> HFTeacher:
+FINGERPRINT = "backbone_fingerprint"  # what checkpoints keep of the frozen backbone: its weights' SHA-256
+
+
+def _without_backbone(module: HFTeacher, state_dict, prefix, local_metadata) -> None:
+    """Checkpoints (best, last, a teacher's) keep the head and the backbone's fingerprint, not its
+    weights, which the model's own files give again (a ViT-L would add 1.2 GB to every epoch's)."""
+    for key in [k for k in state_dict if k.startswith(prefix + "backbone.")]:
+        del state_dict[key]
+    state_dict[prefix + FINGERPRINT] = module.fingerprint()
+
+
+def _backbone_not_missing(module: HFTeacher, incompatible) -> None:
+    """A checkpoint written without the backbone leaves it as loaded, not missing."""
+    if module._omitted:
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(module._omitted)]
+
+
+def build_hf(arch: str, num_classes: int, where: str, dense: bool = False) -> HFTeacher:
     backbone, contract = load_backbone(arch, where)
-    return HFTeacher(backbone.eval(), contract, num_classes)
+    return HFTeacher(backbone.eval(), contract, num_classes, dense)

@@ -168,16 +168,17 @@ def unknown_arch(name: str) -> str:
 
 def build_network(arch: str, in_channels: int, num_classes: int, image_size: int, widen: float = 1.0,
                   stem: str = "auto", pretrained: bool | str = False, where: str = "networks",
-                  spatial_dims: int = 2) -> nn.Module:
+                  spatial_dims: int = 2, dense: bool = False) -> nn.Module:
     """Build a named 2D or 3D network; ``pretrained``: False, "imagenet" (True) or a weights file
     (2D only). What an arch takes is its :class:`Arch` record's to say; ``hf:...``: a vision
-    transformer from the Hugging Face Hub with a head for ``num_classes`` (:mod:`kdstyles.models.hf`)."""
+    transformer from the Hugging Face Hub with a head for ``num_classes`` (``dense``: per patch, upsampled to the
+    image; :mod:`kdstyles.models.hf`)."""
     from .hf import build_hf, is_hf
 
     if is_hf(arch):
         if space(spatial_dims).volumes:
             raise KDError(f"{where}.arch: {arch} takes 2D images; for volumes use {archs_that(lambda o: o.volumes)}")
-        return build_hf(arch, num_classes, where)
+        return build_hf(arch, num_classes, where, dense)
     if arch not in ARCHS:
         raise KDError(f"{where}.arch: {unknown_arch(arch)}")
     a = ARCHS[arch]
@@ -233,8 +234,8 @@ def conv_output_sizes(model: nn.Module, sample: torch.Tensor) -> list[tuple[str,
 def default_tap(model: nn.Module, sample: torch.Tensor) -> str:
     """The module path tapped when a features edge names none (see the module docstring; a
     network that names its own, as a Hugging Face teacher does its last block, gives that)."""
-    own = getattr(model, "default_map_tap", None)
-    if isinstance(own, str):
+    own = _own_tap(model, "default_map_tap")
+    if own:
         return own
     convs = conv_output_sizes(model, sample)
     if not convs:
@@ -245,12 +246,22 @@ def default_tap(model: nn.Module, sample: torch.Tensor) -> str:
     return large[-1] if large else convs[-1][0]
 
 
+def _own_tap(model: nn.Module, kind: str) -> str | None:
+    """The module path a network names itself for a kind of knowledge (``default_map_tap``,
+    ``default_embedding_tap``), if it does."""
+    own = getattr(model, kind, None)
+    return own if isinstance(own, str) else None
+
+
 def bottleneck_tap(model: nn.Module, sample: torch.Tensor) -> str:
     """An encoder-decoder's bottleneck: the deepest convolution with the smallest output map
     (raw conv output), found by one forward of ``sample``. Where that map is smaller than
     MIN_MAP on a side (small images or volumes), the deepest encoder convolution whose map is
     still MIN_MAP or more on every side (a spatial one, not a 1x1 shortcut projection), as
-    :func:`default_tap` does for classifiers."""
+    :func:`default_tap` does for classifiers. A network that names its own gives that."""
+    own = _own_tap(model, "default_map_tap")
+    if own:
+        return own
     seen = conv_output_sizes(model, sample)
     if not seen:
         raise KDError(f"{type(model).__name__} has no convolution to tap by default; set 'tap' to a module path")
@@ -265,7 +276,11 @@ def bottleneck_tap(model: nn.Module, sample: torch.Tensor) -> str:
 
 
 def default_embedding_tap(model: nn.Module) -> str:
-    """The penultimate embedding: the input of the network's last Linear layer (``fc:in``)."""
+    """The penultimate embedding: the input of the network's last Linear layer (``fc:in``), or
+    the path a network names itself (a Hugging Face teacher: ``embedding``)."""
+    own = _own_tap(model, "default_embedding_tap")
+    if own:
+        return own
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise KDError(f"{type(model).__name__} has no Linear classifier; set 'embedding_tap' to a module path "

@@ -43,6 +43,18 @@ def save(obj: dict[str, Any], path: str | Path) -> None:
     atomic_write(path, write)
 
 
+def digest_of(state: dict[str, torch.Tensor], digest: Any = None, prefix: str = "") -> Any:
+    """A hashlib SHA-256 fed with a state dict's names and exact bytes (in its order), for keys and
+    fingerprints that are the same on every machine for the same weights."""
+    import hashlib
+
+    digest = digest or hashlib.sha256()
+    for name, t in state.items():
+        digest.update(f"{prefix}{name}".encode())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest
+
+
 def snapshot(obj: Any) -> Any:
     """A copy of ``obj`` on the CPU that later training cannot change: tensors copied (the
     optimisers update them in place), containers rebuilt, anything else deep-copied."""

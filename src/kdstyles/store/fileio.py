@@ -44,6 +44,14 @@ def check_path_text(v: str) -> None:
                          f"holds at most {NAME_MAX}")
 
 
+def cache_root() -> Path:
+    """Where kdstyles keeps what it can make again (prepared volumes, embedded images, a frozen
+    teacher's outputs): ``$KDSTYLES_CACHE``, else ``$XDG_CACHE_HOME/kdstyles`` or ``~/.cache/kdstyles``."""
+    root = os.environ.get("KDSTYLES_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kdstyles")
+    return Path(root)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -43,6 +43,9 @@ class Task:
     # what its labels are, for the data code (kdstyles.data.labels): class-index, multi-hot (any
     # number of classes per image), mask (a class per pixel) or box-list (a padded (M, 5) tensor per image)
     label_kind: ClassVar[str] = "class-index"
+    # a class per pixel: a frozen backbone's head (the probe) is fitted on its patch tokens and
+    # upsampled to the image, not on its pooled embedding
+    per_pixel: ClassVar[bool] = False
     patches: ClassVar[bool] = False  # trains on patches of whole volumes (data.patch_size) and slides over them
     # one class per image or pixel, a softmax over classes: styles that need it (dkd, dist) apply
     exclusive_classes: ClassVar[bool] = True
@@ -128,7 +131,7 @@ class Task:
         from ..models.zoo import build_network
 
         return build_network(spec.arch, channels, self.num_classes, image_size, spec.widen, spec.stem,
-                             spec.pretrained, where=where, spatial_dims=dims)
+                             spec.pretrained, where=where, spatial_dims=dims, dense=self.per_pixel)
 
     def supervised(self, logits, y, class_weights):
         raise NotImplementedError

@@ -30,13 +30,14 @@ class Segmentation(EncoderDecoderTask):
     selection = "dice"
     sources = ("synthetic", "folder", "decathlon")
     label_kind = "mask"
+    per_pixel = True
     patches = True
     synthetic = "synthetic_seg"
     synthetic_volumes = "synthetic_vol_seg"
     volumes = True
     synthetic_size = 64
     description = "the embedded synthetic endoscopy frames"
-    arch_hint = "an encoder-decoder (unet, basicunet, flexunet-<encoder>)"
+    arch_hint = "an encoder-decoder (unet, basicunet, flexunet-<encoder>) or a Hugging Face teacher (hf:...)"
     title = "Segmentation"
     output_words = "per-pixel class probabilities"
     mixes = ("cutmix",)
@@ -44,6 +45,12 @@ class Segmentation(EncoderDecoderTask):
     overlay_writers = ("write_overlays", "write_volume_overlays")
 
     Options = SegmentationOptions
+
+    @classmethod
+    def accepts_arch(cls, arch: str) -> bool:
+        from ..models.hf import is_hf
+
+        return super().accepts_arch(arch) or is_hf(arch)  # a frozen backbone, its head fitted per patch
 
     def __init__(self, num_classes: int, dice_weight: float = 1.0, hd95: bool = False):
         super().__init__(num_classes, dice_weight=dice_weight, hd95=hd95)

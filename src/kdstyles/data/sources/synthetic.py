@@ -31,9 +31,9 @@ CACHE_VERSION = 1  # bump when a generator changes what it draws
 
 def cache_folder() -> Path:
     """``$KDSTYLES_CACHE/synthetic`` (default ``~/.cache/kdstyles/synthetic``), beside the volumes'."""
-    from ..volumes import cache_folder as volumes
+    from ...store.fileio import cache_root
 
-    return volumes().parent / "synthetic"
+    return cache_root() / "synthetic"
 
 
 @lru_cache(maxsize=8)
