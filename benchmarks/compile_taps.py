@@ -53,8 +53,8 @@ def cohort_step(config: str, size: int, device: str, backend: str, bf16: bool, c
     cohort.to(device, memory_format=fmt)
     for name in cohort.trainable:
         cohort.networks[name].compile(backend=backend)
-    x, y, _ = next(iter(exp.data.loader("train", 8, train=True)))
-    x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
+    batch = next(iter(exp.data.loader("train", 8, train=True))).to(torch.device(device), fmt)
+    x = batch.images
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
     if eval_first:
         cohort.eval()
@@ -62,7 +62,7 @@ def cohort_step(config: str, size: int, device: str, backend: str, bf16: bool, c
             cohort(x, record=False)
     cohort.train()
     with autocast:
-        losses = TrainStep(cohort)(x, y)
+        losses = TrainStep(cohort)(batch)
     torch.stack([nl.total.float() for nl in losses.values()]).sum().backward()
     return "recorded every tap, step done"
 

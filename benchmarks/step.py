@@ -75,8 +75,8 @@ def joint_vs_separate(config, preset, size, repeats, precision="fp32", channels_
     if compile_:
         for name in cohort.trainable:
             cohort.networks[name].compile()
-    x, y, _ = next(iter(exp.data.loader("train", cfg.data.batch_size, train=True)))
-    x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
+    batch = next(iter(exp.data.loader("train", cfg.data.batch_size, train=True))).to(torch.device(device), fmt)
+    x, y = batch.images, batch.targets
     step_module = TrainStep(cohort)
     opts = {n: make_optimizer(cfg.optim, cohort.parameters_of(n)) for n in cohort.trainable}
     dtype = torch.bfloat16 if precision == "bf16" else None
@@ -86,7 +86,7 @@ def joint_vs_separate(config, preset, size, repeats, precision="fp32", channels_
 
     def joint():
         with torch.autocast(kind, dtype=dtype or torch.float32, enabled=dtype is not None):
-            losses = step_module(x, y)
+            losses = step_module(batch)
         optimizer_step(losses, opts)
         cohort.after_step()
 

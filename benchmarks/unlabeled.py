@@ -23,6 +23,7 @@ import torch
 
 from kdstyles import Experiment
 from kdstyles.engine.cohort import TrainStep
+from kdstyles.data import Batch
 from kdstyles.data.mix import MixDraw
 from kdstyles.engine import make_optimizer
 from step import optimizer_step  # benchmarks/step.py, beside this script
@@ -46,17 +47,19 @@ def main() -> None:
     loader = data.loader("train", b, train=True, unlabeled_batch=b)
     t0 = time.perf_counter()
     batches = list(loader)
-    load_rate = sum(len(bt[0]) for bt in batches) / (time.perf_counter() - t0)
-    joint_x, y = batches[0][:2]  # the labelled images first, then the unlabelled ones
-    x = joint_x[:b]
+    load_rate = sum(len(bt.images) for bt in batches) / (time.perf_counter() - t0)
+    joint_batch = batches[0]  # the labelled images first, then the unlabelled ones
+    y = joint_batch.targets
     if args.mix:
-        joint_x = MixDraw("cutmix", 0.75, tuple(slice(0, s // 2) for s in x.shape[2:])).images(joint_x, b)
+        joint_batch = joint_batch.mixed(MixDraw("cutmix", 0.75, tuple(slice(0, s // 2)
+                                                                       for s in joint_batch.images.shape[2:])))
+    labelled_batch = Batch(joint_batch.images[:b], y, joint_batch.keys[:b])
     step = TrainStep(cohort)
     opts = {n: make_optimizer(cfg.optim, cohort.parameters_of(n)) for n in cohort.trainable}
     cohort.train()
 
-    def run(inputs, labelled):
-        optimizer_step(step(inputs, y, None, labelled), opts)
+    def run(batch):
+        optimizer_step(step(batch), opts)
 
     def timed(fn) -> float:
         t = time.perf_counter()
@@ -64,11 +67,11 @@ def main() -> None:
             fn()
         return (time.perf_counter() - t) / args.steps
 
-    run(joint_x, b), run(x, None)  # warm-up
+    run(joint_batch), run(labelled_batch)  # warm-up
     joint, two = [], []
     for _ in range(args.rounds):
-        joint.append(timed(lambda: run(joint_x, b)))
-        two.append(timed(lambda: (run(x, None), run(x, None))))
+        joint.append(timed(lambda: run(joint_batch)))
+        two.append(timed(lambda: (run(labelled_batch), run(labelled_batch))))
     result = {"preset": args.preset, "batch": f"{b}+{b}", "threads": torch.get_num_threads(), "mix": args.mix,
               "joint_step_ms": statistics.median(joint) * 1e3, "two_labelled_steps_ms": statistics.median(two) * 1e3,
               "loader_images_per_s": load_rate}

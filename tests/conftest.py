@@ -94,6 +94,17 @@ def cli(monkeypatch, capsys):
 
 
 @pytest.fixture
+def own_store(tmp_path, monkeypatch):
+    """A store of frozen teachers' outputs of this test's own (kdstyles.store.outputs): a test that
+    counts a teacher's forwards must not find outputs another test's identical teacher left."""
+    from kdstyles.store import outputs
+
+    folder = tmp_path / "teacher-outputs"
+    monkeypatch.setattr(outputs, "folder", lambda: folder)
+    return folder
+
+
+@pytest.fixture
 def tiny_overrides(tmp_path):
     return lambda *extra: tiny(tmp_path, *extra)
 

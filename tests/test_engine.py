@@ -212,7 +212,7 @@ def offline_teacher(tmp_path, tiny_overrides):
     return first.run_dir
 
 
-def test_teacher_cache_same_losses_and_no_teacher_forward_after_epoch_one(tiny_overrides, tmp_path):
+def test_teacher_cache_same_losses_and_no_teacher_forward_after_epoch_one(tiny_overrides, tmp_path, own_store):
     teacher_run = offline_teacher(tmp_path, tiny_overrides)
     common = ["train.epochs=3", "networks.teacher.mode=offline", f"networks.teacher.checkpoint={teacher_run}",
               "data.augment.hflip=false", "data.augment.vflip=false", "train.early_stopping=null"]
@@ -241,7 +241,7 @@ def test_teacher_cache_same_losses_and_no_teacher_forward_after_epoch_one(tiny_o
     assert [e for e in before if e >= 1] == []
 
 
-def test_a_teachers_kept_outputs_are_stored_for_the_next_run_and_checked(tiny_overrides, tmp_path):
+def test_a_teachers_kept_outputs_are_stored_for_the_next_run_and_checked(tiny_overrides, tmp_path, own_store):
     """networks.teacher.cache stores the outputs on disk (kdstyles.store.outputs): the next run of
     the same teacher, data and seed reads them and runs the teacher on its first training batch
     only, to check them, and learns exactly what the first did; a file whose outputs do not match
@@ -284,7 +284,8 @@ def same_losses(a, b):
             assert float(ra["train_loss"]) == pytest.approx(float(rb["train_loss"]), rel=1e-5)
 
 
-def test_fixed_views_let_an_augmented_teacher_be_cached_with_unlabelled_images(tiny_overrides, tmp_path, monkeypatch,
+def test_fixed_views_let_an_augmented_teacher_be_cached_with_unlabelled_images(tiny_overrides, tmp_path, own_store,
+                                                                             monkeypatch,
                                                                              capsys):
     """data.views: K fixed augmented views per image (epoch e shows view e mod K, unlabelled
     images each pass): the teacher's outputs are kept per image and view, so it stops running

@@ -98,11 +98,11 @@ def test_a_frozen_hub_teacher_is_probed_then_teaches_students(tmp_path, cli):
     assert again["networks"]["teacher"] == first["networks"]["teacher"]  # the probed head, read back
 
 
-def test_the_probes_embeddings_are_stored_for_the_next_run_and_checked(tmp_path):
+def test_the_probes_embeddings_are_stored_for_the_next_run_and_checked(tmp_path, own_store):
     """The probe's embeddings go to the store (kdstyles.store.outputs): the next run of the same
     teacher, data and seed reads them (its first batch embedded again to check them) and fits
     the same head; a file that does not agree with the teacher is embedded again."""
-    from kdstyles.store import checkpoints, outputs
+    from kdstyles.store import checkpoints
 
     folder = save_dinov2(tmp_path / "dino")
 
@@ -115,7 +115,8 @@ def test_the_probes_embeddings_are_stored_for_the_next_run_and_checked(tmp_path)
     first, second = probe("first"), probe("second")
     assert first["embeddings"] == "computed" and second["embeddings"] == "read from the store"
     assert second["val"] == first["val"] and second["chosen"] == first["chosen"]
-    stored = [p for p in outputs.folder().glob("*.pt") if set(checkpoints.load(p)["outputs"]) == {"train", "val"}]
+    stored = [p for p in own_store.glob("*.pt") if set(checkpoints.load(p)["outputs"]) == {"train", "val"}]
+    assert len(stored) == 1
     for path in stored:  # another model's embeddings under this key
         kept = checkpoints.load(path)["outputs"]
         checkpoints.save({"outputs": {k: v + 1 for k, v in kept.items()}}, path)

@@ -179,7 +179,7 @@ def test_multi_hot_labels_from_a_csv_and_what_is_refused(tmp_path):
     with pytest.raises(KDError, match="has label 'nodule', which is not in data.classes"):
         build_data(load_config(None, [*args, "data.classes=[effusion,mass]"]).data, 0, task="multilabel")
     balanced = build_data(load_config(None, [*args, "data.sampler=balanced"]).data, 0, task="multilabel")
-    x, y, _ = next(iter(balanced.loader("train", 4, train=True)))
+    y = next(iter(balanced.loader("train", 4, train=True))).targets
     assert y.shape == (4, len(bundle.class_names))  # multi-hot batches, drawn by the rarest label
     with pytest.raises(KDError, match="data.source: 'folder' is not read for task multilabel"):
         load_config(None, ["task=multilabel", "data.source=folder", f"data.root={tmp_path}"])

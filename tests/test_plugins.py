@@ -74,7 +74,7 @@ PLUGIN = textwrap.dedent('''
 
     register_task(Smoothed)
     register_source(Prefix())
-    register_arch("tinycnn", Arch(tiny_cnn, widens=True, volumes=False))
+    register_arch("tinycnn", Arch(tiny_cnn, widens=True, spatial_dims=(2,)))
 ''')
 
 

@@ -59,13 +59,17 @@ def test_joint_loader_batches_labelled_then_unlabelled(tmp_path):
     exp = Experiment(None, overrides=tiny(tmp_path, *UNL), quiet=True)
     data = exp.data
     assert len(data.unlabeled) == 20 and "20 images like the embedded synthetic histology" in data.unlabeled_about
-    x, y, idx, iu = next(iter(data.loader("train", 16, train=True, unlabeled_batch=8)))
-    assert x.shape == (24, 3, 16, 16) and y.shape == (16,) and len(idx) == 16 and len(iu) == 8
+    batch = next(iter(data.loader("train", 16, train=True, unlabeled_batch=8)))
+    x, y, keys = batch.images, batch.targets, batch.keys
+    assert x.shape == (24, 3, 16, 16) and y.shape == (16,) and batch.labelled == 16 and len(keys) == 24
     # the labelled images first, then the unlabelled ones, each prepared as a training image (normalised,
-    # augmented by its own seed)
-    assert torch.equal(x[0], data.splits["train"][(0, int(idx[0]))][0])
-    assert torch.equal(x[16], data.unlabeled[(0, int(iu[0]))][0])
-    assert len(next(iter(data.loader("train", 16, train=True)))) == 3  # without unlabelled: as before
+    # augmented by its own seed); an unlabelled image's key comes after every labelled key
+    n = data.splits["train"].keys
+    assert bool((keys[:16] < n).all()) and bool((keys[16:] >= n).all())
+    assert torch.equal(x[0], data.splits["train"][(0, int(keys[0]))][0])
+    assert torch.equal(x[16], data.unlabeled[(0, int(keys[16]) - n)][0])
+    alone = next(iter(data.loader("train", 16, train=True)))  # without unlabelled: every row labelled
+    assert alone.labelled is None and len(alone.images) == len(alone.targets) == len(alone.keys) == 16
 
 
 # ----------------------------------------------------------------------------- mixing
@@ -364,8 +368,8 @@ def test_every_task_trains_with_unlabelled_images(tmp_path, extra):
     exp.fit()
     assert json.loads((exp.run_dir / "run.json").read_text())["unlabeled"]["images"] == 6
     loader = exp.data.loader("train", exp.cfg.data.batch_size, train=True, unlabeled_batch=4)
-    x, y, _, iu = next(iter(loader))
-    assert len(iu) == 4 and x.shape[0] == len(y) + 4 == exp.cfg.data.batch_size + 4
+    batch = next(iter(loader))
+    assert batch.images.shape[0] == batch.labelled + 4 == len(batch.keys) == exp.cfg.data.batch_size + 4
 
 
 def test_compare_shared_teacher_stays_uncached_with_unlabelled_images_or_mixing(tmp_path):

@@ -75,7 +75,7 @@ def test_volumes_train_evaluate_and_export(tiny_overrides):
     from kdstyles.data.generators.synthetic_vol import render_volume
     from kdstyles.deploy.predict import predict
 
-    assert load_predictor(exp.run_dir / "export" / "s1.onnx").volumes["orientation"] == "RAS"
+    assert load_predictor(exp.run_dir / "export" / "s1.onnx").preparation["orientation"] == "RAS"
     for i in range(2):  # volumes as NIfTI files at another size: resized to the model's 16^3
         nib.save(nib.Nifti1Image(render_volume(0, "test", i, 24)[0][..., 0], np.eye(4)), exp.run_dir / f"v{i}.nii.gz")
     out = predict(exp.run_dir / "export" / "s1.onnx", [exp.run_dir / "v0.nii.gz", exp.run_dir / "v1.nii.gz"],

@@ -28,7 +28,6 @@ from .engine.cohort import Cohort, build_cohort, pinned_taps
 from .config import (MOVABLE, ExperimentConfig, build_config, check_resumable, config_changes,
                      dump_config, load_config, resumable, resumable_keys, yaml_value)
 from .data import DataBundle, build_data
-from .common.dims import dims
 from .engine import Callback, Trainer, pick_device, resolve_workers
 from .errors import KDError, one_line
 from .common.inputs import Inputs
@@ -183,11 +182,14 @@ class Experiment:
         """Find (download, where a network is reachable) the pretrained weights of every network
         the run builds from a name; one line naming the key and the file when one is missing."""
         from .models.pretrained import locate_weights
+        from .models.zoo import PRETRAINED_DIMS
         from .styles.routing import used_networks
 
         specs = {T: self.cfg.networks.teacher, **self.cfg.networks.students}
+        if self.cfg.data.dims not in PRETRAINED_DIMS:  # no weights to find: 3D networks start from scratch
+            return
         for name in used_networks(list(self.cfg.networks.students), self.cfg.edges, self.cfg.routing.teacher_only):
-            if name not in self.modules and not dims(self.cfg.data.dims).volumes:
+            if name not in self.modules:
                 locate_weights(specs[name].arch, specs[name].pretrained, f"networks.{name}")
 
     PREVIEW = 4  # items of each split `check` generates for a source that previews (embedded data)

@@ -39,9 +39,10 @@ def box_channels(dims: int) -> int:
     return 2 * dims
 
 
-HEAT_PRIOR = 0.1  # the heatmap's initial foreground probability (bias of its last convolution)
-HEAT_PRIOR_3D = 0.01  # volumes: 8-30x more background voxels per object; a lower start keeps the first focal
-                      # losses (negatives summed over every voxel) from dwarfing the positives
+# the heatmap's initial foreground probability (bias of its last convolution), by spatial dimensions: volumes have
+# 8-30x more background voxels per object; a lower start keeps the first focal losses (negatives summed over every
+# voxel) from dwarfing the positives
+HEAT_PRIOR = {2: 0.1, 3: 0.01}
 MIN_OVERLAP = 0.7  # CenterNet: a centre within the Gaussian's radius keeps IoU >= this with the box
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # COCO: 0.50:0.05:0.95
 FROC_RATES = (0.5, 1.0, 2.0, 4.0)  # false positives per image at which FROC sensitivity is read

@@ -1,14 +1,22 @@
 """What differs between images (2D) and volumes (3D), in one place: the words, the sample
-tensors, the tensor layout and memory format, the names of the spatial axes, and the axes
-augmentation turns about. Everything else asks :func:`dims` (as MONAI asks
-``Conv[Conv.CONV, spatial_dims]``) instead of testing ``spatial_dims`` itself."""
+tensors, the tensor layout and memory format, the names of the spatial axes, the axes
+augmentation turns about, the layers and resampling of maps, the files inputs come in and the
+input a file source defaults to. Everything else asks :func:`dims` (as MONAI asks
+``Conv[Conv.CONV, spatial_dims]``) instead of testing ``spatial_dims`` itself; what exists for
+one kind only (a task's embedded generator, an arch that builds in 3D) is looked up by the
+number of dimensions (``task.synthetic[n]``, ``n in arch.spatial_dims``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from ..errors import KDError
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES)
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd")  # volume files (read by kdstyles.data.volumes, with MONAI)
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,11 @@ class Dims:
     def unit(self) -> str:
         """Inputs in words: images or volumes."""
         return self.item + "s"
+
+    @property
+    def kind(self) -> str:
+        """What a model of this kind takes, in words: 2D images or volumes."""
+        return "volumes" if self.volumes else "2D images"
 
     @property
     def short(self) -> str:
@@ -76,6 +89,54 @@ class Dims:
         return Norm[Norm.BATCH, self.n]
 
     @property
+    def resized_on_read(self) -> bool:
+        """Whether inputs are resized to the network's input as they are read (images; volumes are
+        resampled by their preparation and may stay whole, slid over by windows)."""
+        return not self.volumes
+
+    @property
+    def mask_unit(self) -> str | None:
+        """What a mask's classes are measured in from the input's voxel size: millilitres for
+        volumes (their files carry a spacing in mm), nothing for images."""
+        return "ml" if self.volumes else None
+
+    @property
+    def adaptive_avg_pool(self):
+        """Adaptive average pooling of this many dimensions (torch's function)."""
+        import torch.nn.functional as F
+
+        return F.adaptive_avg_pool3d if self.volumes else F.adaptive_avg_pool2d
+
+    @property
+    def interpolation(self) -> str:
+        """The linear interpolation mode that resizes a map: bilinear or trilinear."""
+        return "trilinear" if self.volumes else "bilinear"
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        """The files inputs come in: image files (PNG, JPEG, TIFF, DICOM, ...) or NIfTI/NRRD volumes."""
+        return VOLUME_SUFFIXES if self.volumes else IMAGE_SUFFIXES
+
+    def takes(self, path: Path) -> bool:
+        """Whether a file is an input of this kind, by name; hidden files (macOS's ``._`` shadows
+        of copied files, which are not images) excluded."""
+        name = path.name.lower()
+        if self.volumes:
+            return name.endswith(VOLUME_SUFFIXES) and not path.name.startswith("._")
+        return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+    @property
+    def file_side(self) -> int:
+        """The network input's side a file source defaults to: 224 px images, 64-voxel volumes."""
+        return 64 if self.volumes else 224
+
+    @property
+    def file_channels(self) -> int:
+        """The channels a file source defaults to: RGB images, one-channel volumes (a channel per
+        modality where they are named)."""
+        return 1 if self.volumes else 3
+
+    @property
     def quarter_turn_axes(self) -> tuple[int, int]:
         """The (channel-less) axes a quarter turn rotates: the image plane, or a volume's slices."""
         return (1, 2) if self.volumes else (0, 1)
@@ -89,6 +150,17 @@ class Dims:
     def shear_terms(self) -> int:
         """Off-diagonal terms of a random shear."""
         return self.n * self.n - self.n
+
+
+def of(x) -> Dims:
+    """The kind of a batch tensor (N, C, *spatial): its spatial dimensions."""
+    return dims(x.ndim - 2)
+
+
+def of_axes(record: dict) -> Dims:
+    """The kind an input record names axes for (an exported model's sidecar ``input``: height and
+    width, with depth for volumes)."""
+    return dims(sum(axis in record for axis in ("depth", "height", "width")))
 
 
 @lru_cache(maxsize=None)

@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from ..common.dims import dims as spatial
 from ..common.metrics import METRICS
 from ..data.sources import SOURCE_KEYS, SOURCES, sources_for, unlabeled_sources
 from ..errors import KDError, unknown
@@ -333,12 +334,12 @@ class DataConfig(Strict):
         needs = SOURCES[self.source].requires
         if needs and getattr(self, needs) is None:
             raise ValueError(f"source '{self.source}' needs data.{needs}")
-        volumetric = SOURCES[self.source].volumes(self)
-        if self.spatial_dims == 3 and volumetric is False:
+        given = SOURCES[self.source].spatial_dims(self)  # None: either, as spatial_dims says
+        if self.spatial_dims == 3 and given == 2:
             raise ValueError(f"spatial_dims: 3 needs volumes; source '{self.source}'"
                              f"{' flag ' + self.flag if self.flag else ''} gives 2D images (volume sources: "
                              "synthetic, medmnist with a 3D flag, decathlon)")
-        if self.spatial_dims == 2 and volumetric is True:
+        if self.spatial_dims == 2 and given == 3:
             what = f"data.flag {self.flag}" if self.flag else f"source '{self.source}'"
             raise ValueError(f"spatial_dims: 2, but {what} holds volumes; leave spatial_dims out")
         if self.modalities is not None:
@@ -430,10 +431,13 @@ class DataConfig(Strict):
         return self.augment.random or self.patch_size is not None or SOURCES[self.source].patches
 
     @property
-    def preparation(self) -> dict[str, Any]:
+    def preparation(self) -> dict[str, Any] | None:
         """How volume files are prepared (orientation, spacing, window, the channels kept), whether
         whole volumes are covered by sliding windows of the network's input (trained on patches)
-        and how the windows overlap: the export sidecar's ``volumes``, what predict repeats."""
+        and how the windows overlap: the export sidecar's ``volumes``, what predict repeats. None
+        for images (they are only resized as they are read)."""
+        if spatial(self.dims).resized_on_read:
+            return None
         return {"orientation": self.orientation, "spacing": self.spacing, "window": self.window,
                 "windows": self.patch_size is not None or SOURCES[self.source].patches,
                 "overlap": self.patch_overlap, "modalities": self.modalities}
@@ -441,7 +445,7 @@ class DataConfig(Strict):
     @property
     def dims(self) -> int:
         """2 (images) or 3 (volumes): ``spatial_dims``, else what the source gives."""
-        return self.spatial_dims or (3 if SOURCES[self.source].volumes(self) else 2)
+        return self.spatial_dims or SOURCES[self.source].spatial_dims(self) or 2
 
 
 class NetworkConfig(Strict):

@@ -29,12 +29,13 @@ from ..errors import KDError
 from ..tasks import DEFAULT_TASK, TASKS
 from . import checks, files
 from .augment import MIN_KEPT, affine_boxes, build_augment, clip_boxes, flip_boxes, pad_boxes
-from .dataset import EpochBatchSampler, ImageDataset, JointBatchSampler, JointDataset, _mix, joint_collate
+from .dataset import (Batch, EpochBatchSampler, ImageDataset, JointBatchSampler, JointDataset, _mix, batch_collate,
+                      joint_collate)
 from .labels import labels_of
 from .patches import Window, crop_patch
 from .sources import SOURCES
 
-__all__ = ["MIN_KEPT", "DataBundle", "EpochBatchSampler", "ImageDataset", "JointBatchSampler", "JointDataset",
+__all__ = ["MIN_KEPT", "Batch", "DataBundle", "EpochBatchSampler", "ImageDataset", "JointBatchSampler", "JointDataset",
            "Window", "affine_boxes", "build_augment", "build_data", "clip_boxes", "crop_patch",
            "flip_boxes", "joint_collate", "pad_boxes"]
 
@@ -76,9 +77,10 @@ class DataBundle:
     def loader(self, split: str, batch_size: int, train: bool = False, num_workers: int = 0,
                seed: int = 0, max_batches: int | None = None, persistent_workers: bool = False,
                shard: tuple[int, int] = (0, 1), unlabeled_batch: int | None = None) -> DataLoader:
-        """Batches of (images, labels, sample indices); for the training split with
-        ``unlabeled_batch`` and unlabelled images, joint batches that add ``unlabeled_batch``
-        unlabelled images and their indices (:func:`joint_collate`)."""
+        """Batches of (images, labels, sample indices); with ``train``, each a training
+        :class:`~kdstyles.data.dataset.Batch`, and for the training split with ``unlabeled_batch``
+        and unlabelled images, joint ones that add ``unlabeled_batch`` unlabelled images
+        (:func:`joint_collate`)."""
         ds = self.dataset(split)
         balanced = train and self.sampler == "balanced"
         if ds.window:  # whole volumes of any shape: one at a time
@@ -86,7 +88,7 @@ class DataBundle:
         sampler = EpochBatchSampler(len(ds), batch_size, shuffle=train, seed=seed,
                                     max_batches=max_batches if train else None,
                                     weights=ds.kind.draw_weights(ds.labels) if balanced else None, shard=shard)
-        collate = None
+        collate = batch_collate if train else None
         if train and unlabeled_batch and self.unlabeled is not None:
             sampler = JointBatchSampler(sampler, len(self.unlabeled), unlabeled_batch, seed)
             ds, collate = JointDataset(ds, self.unlabeled), joint_collate
@@ -175,7 +177,7 @@ def _external(cfg: Any, entry: Any, bundle: DataBundle, stored: dict, task_cls: 
     input (channels, size, classes), checked like a test split and against every training and
     validation image (leakage); prepared as the test split is."""
     sub, source = cfg.external_data(entry), SOURCES[entry.source]
-    if not spatial(cfg.dims).volumes:  # images are fitted to the training input, whatever the source's default
+    if spatial(cfg.dims).resized_on_read:  # fitted to the training input, whatever the source's default
         sub = sub.model_copy(update={"channels": bundle.channels, "image_size": bundle.image_size})
     given = sub.classes is None and (source.reads is None or "classes" in source.reads)
     if given:  # a set may lack a class, not add one

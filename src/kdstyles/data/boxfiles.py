@@ -22,13 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.dims import dims as space
 from ..errors import KDError
 from ..store.fileio import read_csv
 from .files import Record, split_value
 
-BOX_COLUMNS = ("x1", "y1", "x2", "y2")
-BOX_COLUMNS_3D = ("x1", "y1", "z1", "x2", "y2", "z2")
+BOX_COLUMNS = {2: ("x1", "y1", "x2", "y2"), 3: ("x1", "y1", "z1", "x2", "y2", "z2")}  # by spatial dimensions
 COUNT = {4: "four", 6: "six"}
 
 
@@ -70,7 +68,7 @@ def _empty() -> np.ndarray:
 def read_box_csv(path: Path, classes: list[str] | None, dims: int = 2) -> tuple[list[Record], Listing]:
     """``path,x1,y1,x2,y2,label[,split]`` (``dims=3``: ``path,x1,y1,z1,x2,y2,z2,label[,split]``);
     paths relative to the CSV's folder."""
-    columns = BOX_COLUMNS_3D if space(dims).volumes else BOX_COLUMNS
+    columns = BOX_COLUMNS[dims]
     if not path.is_file():
         raise KDError(f"data.path: CSV file '{path}' does not exist")
     rows = read_csv(path, f"give columns path,{','.join(columns)},label[,split]",

@@ -5,7 +5,9 @@ batches of labelled and unlabelled images."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -184,23 +186,56 @@ class EpochBatchSampler(Sampler):
             yield [(self.epoch, i) for i in batch[self.rank::self.world]]
 
 
+@dataclass
+class Batch:
+    """One training step's inputs, as the trainer, the mixing, the cohort and the tasks take
+    them: the ``images``, the ``targets`` of the first ``labelled`` rows (all rows where it is
+    None; the rest are images without labels, ``data.unlabeled``), what each row is (``keys``:
+    a labelled item's key, then the unlabelled items' after every labelled key, so a frozen
+    teacher's kept outputs are indexed by one number) and the step's mix (a
+    :class:`~kdstyles.data.mix.MixDraw` or None)."""
+
+    images: torch.Tensor
+    targets: Any
+    keys: torch.Tensor
+    labelled: int | None = None
+    mix: Any = None
+
+    def pin_memory(self) -> "Batch":  # the DataLoader's pinning thread (CUDA)
+        return replace(self, images=self.images.pin_memory(), targets=self.targets.pin_memory(),
+                       keys=self.keys.pin_memory())
+
+    def to(self, device: torch.device, memory_format: torch.memory_format = torch.preserve_format) -> "Batch":
+        return replace(self, images=self.images.to(device, non_blocking=True, memory_format=memory_format),
+                       targets=self.targets.to(device, non_blocking=True),
+                       keys=self.keys.to(device, non_blocking=True))
+
+    def mixed(self, mix: Any) -> "Batch":
+        """The batch with the step's mix applied to its images (labelled and unlabelled rows
+        each among themselves); itself where there is none."""
+        if mix is None:
+            return self
+        return replace(self, images=mix.images(self.images, self.labelled), mix=mix)
+
+
+def batch_collate(items: list) -> Batch:
+    """A training batch of labelled items ``(image, label, key)``."""
+    from torch.utils.data import default_collate
+
+    images, targets, keys = default_collate(items)
+    return Batch(images, targets, keys)
+
+
 class JointDataset(Dataset):
     """The labelled training split and the unlabelled images behind one loader: keys are
-    ``(part, epoch, index)``, part 0 labelled, 1 unlabelled."""
+    ``(part, epoch, index)``, part 0 labelled, 1 unlabelled (whose items' keys come after every
+    labelled key)."""
 
     def __init__(self, labelled: ImageDataset, unlabeled: ImageDataset):
         self.labelled, self.unlabeled = labelled, unlabeled
 
     def __len__(self) -> int:
         return len(self.labelled)
-
-    def plain_target(self, index: int) -> Any:
-        """An item's target as the supervised loss takes it, un-augmented (as :meth:`plain`): its
-        (H, W) mask where it has masks, else its label's target."""
-        if self.masks is None:
-            return self.kind.target(self.labels, index)
-        mask = self.masks[index] if not self.crop else self._prepared(0, index)[1]
-        return torch.from_numpy(np.ascontiguousarray(mask)).long()
 
     def __getitem__(self, key):
         return self.__getitems__([key])[0]
@@ -211,19 +246,20 @@ class JointDataset(Dataset):
         for part, data in ((0, self.labelled), (1, self.unlabeled)):
             mine = [j for j, k in enumerate(keys) if k[0] == part]
             if mine:
-                for j, item in zip(mine, data.__getitems__([keys[j][1:] for j in mine])):
-                    out[j] = (part, *item)
+                after = part * self.labelled.keys  # unlabelled keys follow the labelled ones
+                for j, (image, label, key) in zip(mine, data.__getitems__([keys[j][1:] for j in mine])):
+                    out[j] = (part, image, label, key + after)
         return out
 
 
-def joint_collate(items: list) -> tuple:
-    """A joint batch: ``(images, labels, labelled indices, unlabelled indices)``, the images
-    stacked once, the labelled ones (``len(labels)`` of them) first, as the networks take them."""
+def joint_collate(items: list) -> Batch:
+    """A joint batch: the images stacked once, the labelled ones (``labelled`` of them) first, as
+    the networks take them; the labels of those; every row's key."""
     from torch.utils.data import default_collate
 
     labels, indices = default_collate([it[2:] for it in items if it[0] == 0])
-    unlabeled = torch.tensor([it[3] for it in items if it[0] == 1])
-    return torch.stack([it[1] for it in items]), labels, indices, unlabeled
+    unlabeled = torch.tensor([it[3] for it in items if it[0] == 1], dtype=indices.dtype)
+    return Batch(torch.stack([it[1] for it in items]), labels, torch.cat([indices, unlabeled]), len(labels))
 
 
 class JointBatchSampler(Sampler):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..common.dims import dims as space
 from ..store.imageio import convert
 
 
@@ -16,8 +15,11 @@ def fit_arrays(images: np.ndarray, channels: int, size: int) -> np.ndarray:
     dims = images.ndim - 2
     if images.shape[1:] == (size,) * dims + (channels,):
         return images
-    if space(dims).volumes:
-        return fit_volumes(images, channels, size)
+    return {2: fit_images, 3: fit_volumes}[dims](images, channels, size)
+
+
+def fit_images(images: np.ndarray, channels: int, size: int) -> np.ndarray:
+    """Images (N, H, W, C) resized (Pillow, as image files are read) and converted to ``channels``."""
     from PIL import Image
 
     out = np.empty((len(images), size, size, channels), np.uint8)

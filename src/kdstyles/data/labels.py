@@ -30,15 +30,16 @@ class Labels:
 
     # ---------------------------------------------------------------- reading
 
-    def folder(self, root: Path, cfg: Any, volumes: bool) -> tuple[list[files.Record], dict[str, Any], Any]:
-        """``source: folder``: the records of ``root``, what :func:`~kdstyles.data.sources.from_files`
+    def folder(self, root: Path, cfg: Any, space: Any) -> tuple[list[files.Record], dict[str, Any], Any]:
+        """``source: folder``: the records of ``root`` (files of ``space``, a
+        :class:`~kdstyles.common.dims.Dims`), what :func:`~kdstyles.data.sources.from_files`
         takes besides (``mask_of`` / ``boxes_of``) and the files left out (a Counter, or None)."""
         from .listing import list_folder
 
-        records, others = list_folder(root, volumes=volumes)
+        records, others = list_folder(root, space)
         return records, {}, others
 
-    def csv(self, path: Path, cfg: Any, volumes: bool) -> tuple[list[files.Record], dict[str, Any]]:
+    def csv(self, path: Path, cfg: Any, space: Any) -> tuple[list[files.Record], dict[str, Any]]:
         """``source: csv``: the records of a CSV file and what the loaders take besides."""
         from .listing import list_csv
 
@@ -139,17 +140,18 @@ class Mask(Labels):
     name = "mask"
     per_pixel = True
 
-    def folder(self, root, cfg, volumes):
+    def folder(self, root, cfg, space):
         from . import segfolder
 
-        if volumes:
+        if space.volumes:  # validation: volume folders of masks are decathlon's
             raise KDError(f"data.root '{root}': {VOLUME_FILES}")
         records, mask_of = segfolder.list_pairs(root)
         return records, {"mask_of": mask_of}, None
 
-    def csv(self, path, cfg, volumes):
-        raise KDError(f"data.path '{path}': {VOLUME_FILES}" if volumes else
-                      f"data.path '{path}': a CSV of images with masks is not read; segmentation reads "
+    def csv(self, path, cfg, space):
+        if space.volumes:  # validation: volume masks are decathlon's
+            raise KDError(f"data.path '{path}': {VOLUME_FILES}")
+        raise KDError(f"data.path '{path}': a CSV of images with masks is not read; segmentation reads "
                       "data.source: folder (images/ and masks/)")
 
     def generated(self, images, labels):
@@ -167,18 +169,18 @@ class BoxList(Labels):
     dataset itself (flips, affine), augmentation changes intensities only."""
     name = "box-list"
 
-    def folder(self, root, cfg, volumes):
+    def folder(self, root, cfg, space):
         from .boxfiles import read_kvasir
 
-        if volumes:
+        if space.volumes:  # validation: volume boxes come in a CSV
             raise KDError(f"data.root '{root}': {VOLUME_FILES}")
         records, listing = read_kvasir(root, cfg.classes)
         return records, {"boxes_of": listing}, None
 
-    def csv(self, path, cfg, volumes):
+    def csv(self, path, cfg, space):
         from .boxfiles import read_box_csv
 
-        records, listing = read_box_csv(path, cfg.classes, dims=3 if volumes else 2)
+        records, listing = read_box_csv(path, cfg.classes, dims=space.n)
         return records, {"boxes_of": listing}
 
     def generated(self, images, labels):

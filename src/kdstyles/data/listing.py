@@ -9,18 +9,18 @@ from pathlib import Path
 
 from ..errors import KDError
 from ..store.fileio import read_csv
-from ..store.imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, visible_dirs, visible_files
+from ..common.dims import Dims, dims
+from ..store.imageio import visible_dirs, visible_files
 from .files import Record, split_folders, split_value
 
 IGNORED = {"thumbs.db", "desktop.ini"}  # what file browsers leave in folders
 
 
-def list_folder(root: Path, volumes: bool = False) -> tuple[list[Record], Counter]:
-    """Records of ``root/<class>/<file>`` (or inside ``root/train/`` etc.): image files, or
-    volume files (NIfTI/NRRD) with ``volumes``; and the other files found there, counted by
+def list_folder(root: Path, space: Dims = dims(2)) -> tuple[list[Record], Counter]:
+    """Records of ``root/<class>/<file>`` (or inside ``root/train/`` etc.): the input files of
+    ``space`` (images, or NIfTI/NRRD volumes); and the other files found there, counted by
     suffix (hidden files and file browsers' own left out) for a warning."""
-    fits = is_volume if volumes else is_image
-    kind, suffixes = ("volumes", VOLUME_SUFFIXES) if volumes else ("images", IMAGE_SUFFIXES)
+    fits, kind, suffixes = space.takes, space.unit, space.suffixes
     if not root.is_dir():
         raise KDError(f"data.root: folder '{root}' does not exist")
     bases = split_folders(root)

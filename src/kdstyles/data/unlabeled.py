@@ -20,7 +20,7 @@ import numpy as np
 
 from ..common.dims import dims
 from ..errors import KDError
-from ..store.imageio import array_digest, is_image, is_volume, visible_files
+from ..store.imageio import array_digest, visible_files
 from . import checks
 
 EVALUATED = ("val", "test")  # splits whose images must never be learned from
@@ -59,29 +59,18 @@ def from_files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int
     """Image (or volume) files, each decoded once and checked; one error line naming the first
     unreadable file. ``where``: the config key and place messages name; ``what``: where they
     are from, as run.json and model cards say it ("N images from WHAT")."""
-    from ..common.progress import Steps as progress
-    from .fit import fit_volumes
-
     if not paths:
         raise KDError(f"{where}: holds no {dims(cfg.dims).item} files")
+    return READ[cfg.dims](paths, cfg, channels, size, patch, where, what, quiet)
+
+
+def _image_files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int | None, where: str, what: str,
+                 quiet: bool) -> Unlabeled:
+    """Image files, decoded (kept in memory where they fit ``data.cache_gb``) and checked."""
+    from ..common.progress import Steps as progress
+
     names = [f"'{p}'" for p in paths]
     report = checks.DataReport([])
-    if dims(cfg.dims).volumes:
-        from ..store.imageio import file_digest
-        from . import volumes
-
-        arrays, digests = [], []
-        with progress(quiet) as bar:
-            task_id = bar.add_task(f"reading {len(paths)} unlabelled volumes", total=len(paths))
-            for p in paths:
-                prepared = volumes.select_modalities(volumes.prepare_cached(p, None, cfg, use_cache=cfg.volume_cache),
-                                                     cfg.modalities, p)
-                vol = fit_volumes(prepared.image[None], channels, None if patch else size)[0]
-                arrays.append(vol)
-                digests.append({file_digest(p), array_digest(vol)})
-                bar.advance(task_id)
-        images = arrays if patch else np.stack(arrays)
-        return Unlabeled(images, list(paths), names, digests, where, f"{len(paths)} volumes from {what}")
     keep = len(paths) * size * size * channels <= cfg.cache_gb * 1e9
     with progress(quiet) as bar:
         task_id = bar.add_task(f"checking {len(paths)} unlabelled images", total=len(paths))
@@ -94,6 +83,33 @@ def from_files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int
     return Unlabeled(images, list(paths), names, digests, where, f"{len(paths)} images from {what}")
 
 
+def _volume_files(paths: list[Path], cfg: Any, channels: int, size: int, patch: int | None, where: str, what: str,
+                  quiet: bool) -> Unlabeled:
+    """Volume files, each prepared as the labelled ones (cached), fitted to the input's channels
+    (and size, unless training takes patches of whole volumes)."""
+    from ..common.progress import Steps as progress
+    from ..store.imageio import file_digest
+    from . import volumes
+    from .fit import fit_volumes
+
+    arrays, digests = [], []
+    with progress(quiet) as bar:
+        task_id = bar.add_task(f"reading {len(paths)} unlabelled volumes", total=len(paths))
+        for p in paths:
+            prepared = volumes.select_modalities(volumes.prepare_cached(p, None, cfg, use_cache=cfg.volume_cache),
+                                                 cfg.modalities, p)
+            vol = fit_volumes(prepared.image[None], channels, None if patch else size)[0]
+            arrays.append(vol)
+            digests.append({file_digest(p), array_digest(vol)})
+            bar.advance(task_id)
+    images = arrays if patch else np.stack(arrays)
+    return Unlabeled(images, list(paths), [f"'{p}'" for p in paths], digests, where,
+                     f"{len(paths)} volumes from {what}")
+
+
+READ = {2: _image_files, 3: _volume_files}  # how files without labels are read, by spatial dimensions
+
+
 def folder_files(cfg: Any) -> tuple[list[Path], str, str]:
     """The image (or volume) files anywhere under ``data.unlabeled.root`` (class folders and
     labels ignored), the key messages name, and what they are."""
@@ -101,8 +117,7 @@ def folder_files(cfg: Any) -> tuple[list[Path], str, str]:
     where = f"data.unlabeled.root '{root}'"
     if not root.is_dir():
         raise KDError(f"{where}: folder does not exist")
-    fits = is_volume if dims(cfg.dims).volumes else is_image
-    return [p for p in visible_files(root) if fits(p)], where, f"folder {root}"
+    return [p for p in visible_files(root) if dims(cfg.dims).takes(p)], where, f"folder {root}"
 
 
 def csv_files(cfg: Any) -> tuple[list[Path], str, str]:

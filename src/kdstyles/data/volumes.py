@@ -88,7 +88,7 @@ def read(path: Path, what: str = "volume"):
     except Exception as exc:  # noqa: BLE001 (any reader failure is the file's fault)
         cause = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
         raise KDError(f"{what} '{path}' cannot be read as a volume ({cause})") from None
-    if vol.ndim != 4:
+    if vol.ndim != 4:  # validation: a file of another rank
         raise KDError(f"{what} '{path}' has {vol.ndim - 1} spatial dimensions; a volume has 3")
     return vol
 

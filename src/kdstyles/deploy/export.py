@@ -37,6 +37,7 @@ from .quantize import (CALIBRATION, MAX_DROP, TooLossy, calibration_batches, che
                        quantized_path, rejected_path, verify)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+INT8_KERNEL_DIMS = (2,)  # convolutions onnxruntime's CPU provider runs in int8 (3D ones it runs dequantized)
 
 
 class Deployable(nn.Module):
@@ -233,7 +234,7 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
         "normalisation": {"mean": list(inputs.mean), "std": list(inputs.std),
                           "applied": "inside the model"},
         "class_names": info["class_names"],
-        **({"volumes": exp.cfg.data.preparation} if inputs.space.volumes else {}),
+        **({"volumes": exp.cfg.data.preparation} if exp.cfg.data.preparation is not None else {}),
         "metrics": {"split": evaluation.split, **metrics},
         **({"calibration": {k: v for k, v in tempered.items() if k != "metrics"}} if tempered is not None else {}),
         "verification": {"samples": samples, "max_abs_diff": diff,
@@ -262,7 +263,7 @@ def export_quantized(exp: Experiment, info: dict[str, Any], network: str, model:
     split; its sidecar (also written) and card."""
     q_path = quantized_path(path, quantize)
     seed = exp.cfg.train.seed
-    if quantize == "int8" and inputs.space.volumes:
+    if quantize == "int8" and inputs.spatial_dims not in INT8_KERNEL_DIMS:
         say("int8 volumes: onnxruntime's CPU provider has no int8 kernel for 3D convolutions and runs them "
             "dequantized (smaller file, slower); the verification below measures it")
     batches = calibration_batches(exp.data.splits["train"], calibration, seed) if quantize == "int8" else []

@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..common.dims import dims as space
+from ..common.dims import VOLUME_SUFFIXES, Dims, dims, of_axes
 from ..errors import KDError
-from ..store.imageio import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_image, is_volume, read_image, visible_files
+from ..store.imageio import read_image, visible_files
 from ..tasks import DEFAULT_TASK
 
 
@@ -31,12 +31,14 @@ class Predictor:
     """Images in [0, 1] (N, C, H, W) float32 -> class probabilities (N, K, ...); ``task`` writes the rows."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], class_names: list[str], channels: int, size: int,
-                 source: str, task: str = DEFAULT_TASK, volumes: dict | None = None, sets: dict | None = None):
+                 source: str, task: str = DEFAULT_TASK, preparation: dict | None = None, sets: dict | None = None,
+                 spatial_dims: int = 2):
         from ..tasks import TASKS
 
         self.run, self.class_names, self.channels, self.size, self.source = run, class_names, channels, size, source
         self.task = TASKS[task](len(class_names))
-        self.volumes = volumes  # volume models: orientation, spacing, window, overlap
+        self.space = dims(spatial_dims)  # what it takes: images or volumes
+        self.preparation = preparation  # volume models: orientation, spacing, window, overlap
         self.sets = sets  # export --calibrated: the conformal method and threshold of prediction sets
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -83,7 +85,7 @@ def _check_model(run: Callable[[np.ndarray], np.ndarray], side: dict, model: Pat
     from ..tasks import TASKS
 
     inp = side["input"]
-    shape = space(3 if "depth" in inp else 2).shape(1, inp["channels"], inp["height"])
+    shape = of_axes(inp).shape(1, inp["channels"], inp["height"])
     where = f"sidecar '{model.with_suffix('.json')}' does not fit model '{model}'"
     again = "export the model again with 'kdstyles export RUN_DIR'"
     given = f"input {'x'.join(map(str, shape[1:]))} (channels x size)"
@@ -133,7 +135,6 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
         from .export import open_run
 
         exp, net, info, network = open_run(model, network, checkpoint)
-        vol = exp.cfg.data.preparation if space(exp.cfg.data.dims).volumes else None
 
         def run(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -141,7 +142,7 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
 
         inputs = exp.inputs(info)
         return Predictor(run, info["class_names"], inputs.channels, inputs.side, f"{model} ({network})",
-                         exp.cfg.task, vol)
+                         exp.cfg.task, exp.cfg.data.preparation, spatial_dims=exp.cfg.data.dims)
     if not model.is_file():
         raise KDError(f"model '{model}' does not exist (give an exported .onnx/.pt file or a run folder)")
     if model.suffix not in (".onnx", ".pt"):
@@ -184,15 +185,13 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
                 return scripted(torch.from_numpy(batch)).numpy()
     _check_model(run, side, model, declared)
     return Predictor(run, names, ch, size, str(model), side.get("task", DEFAULT_TASK), side.get("volumes"),
-                     side.get("calibration", {}).get("prediction_sets"))
+                     side.get("calibration", {}).get("prediction_sets"), of_axes(side["input"]).n)
 
 
-def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path]:
+def collect_inputs(inputs: list[str | Path], space: Dims = dims(2)) -> list[Path]:
     """Image files (volume files for a volume model), folders (searched recursively) and CSV
     files of paths (column 'path')."""
-    what, suffixes = ("volume", VOLUME_SUFFIXES) if volumes else ("image", IMAGE_SUFFIXES)
-
-    fits = is_volume if volumes else is_image
+    what, suffixes, fits = space.item, space.suffixes, space.takes
     files: list[Path] = []
     searched: list[str] = []  # folders and CSV files that gave nothing, and what they hold instead
     for item in map(Path, inputs):
@@ -216,8 +215,8 @@ def collect_inputs(inputs: list[str | Path], volumes: bool = False) -> list[Path
                 raise KDError(f"input {what} '{item}' does not exist")
             files.append(item)
         else:
-            other = " (this model takes 2D images)" if not volumes and is_volume(item) \
-                else " (this model takes volumes)" if volumes and item.suffix.lower() in IMAGE_SUFFIXES else ""
+            elsewhere = any(dims(n).takes(item) for n in (2, 3))  # an input of the other kind
+            other = f" (this model takes {space.kind})" if elsewhere else ""
             raise KDError(f"input '{item}' is not a{'n' if what == 'image' else ''} {what} "
                           f"({', '.join(suffixes)}), a folder or a .csv{other}")
     if not files:
@@ -250,10 +249,9 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
     except ValueError as exc:
         raise KDError(f"--out '{out_dir}': {exc}") from None
     predictor = load_predictor(model, network, allow_rejected=allow_rejected, say=say)
-    files = collect_inputs(inputs, volumes=predictor.volumes is not None)
+    files = collect_inputs(inputs, predictor.space)
     out_dir = Path(out_dir)
     task, names = predictor.task, predictor.class_names
-    rows: list[list[str]] = []
     skipped: list[tuple[Path, str]] = []
 
     def attempt(path: Path, work: Callable[[], Any]) -> Any:
@@ -267,22 +265,9 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
             return None
 
     with Steps(quiet) as bar:
-        kind = "volumes" if predictor.volumes is not None else "images"
-        progress = bar.add_task(f"predicting {len(files)} {kind}", len(files))
-        for index, path in enumerate(files if predictor.volumes is not None else ()):
-            row = attempt(path, lambda: _predict_volume(predictor, path, out_dir, index, batch_size))
-            rows += [row] if row is not None else []
-            bar.advance(progress)
-        for start in range(0, len(files) if predictor.volumes is None else 0, batch_size):
-            read = [(start + n, p, attempt(p, lambda p=p: read_image(p, predictor.channels, predictor.size)[0]))
-                    for n, p in enumerate(files[start:start + batch_size])]
-            read = [item for item in read if item[2] is not None]
-            if read:
-                batch = np.stack([image for _, _, image in read])
-                probs = predictor(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0)
-                rows += [task.prediction_row(path, p, names, out_dir, index) + in_set
-                         for (index, path, _), p, in_set in zip(read, probs, _set_cells(predictor, probs), strict=True)]
-            bar.advance(progress, min(batch_size, len(files) - start))
+        progress = bar.add_task(f"predicting {len(files)} {predictor.space.unit}", len(files))
+        rows = PREDICT[predictor.space.n](predictor, files, out_dir, batch_size, attempt,
+                                          lambda n: bar.advance(progress, n))
     (out_dir / SKIPPED).unlink(missing_ok=True)  # from an earlier prediction into this folder
     if skipped:
         buf = io.StringIO()
@@ -292,7 +277,7 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, ne
             raise KDError(f"none of the {len(files)} inputs could be read; see {out_dir / SKIPPED}")
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(task.prediction_header(names, volumes=predictor.volumes is not None)
+    w.writerow(task.prediction_header(names, predictor.space)
                + (["prediction_set"] if predictor.sets else []))
     w.writerows(rows)
     out = out_dir / "predictions.csv"
@@ -315,6 +300,35 @@ def _set_cells(predictor: Predictor, probs: np.ndarray) -> list[list[str]]:
             for p, member in zip(probs, sets, strict=True)]
 
 
+def _predict_images(predictor: Predictor, files: list[Path], out_dir: Path, batch_size: int,
+                    attempt: Callable, advance: Callable[[int], Any]) -> list[list[str]]:
+    """Every image's row, ``batch_size`` images a batch (``attempt``: one read, its error kept
+    or raised)."""
+    rows: list[list[str]] = []
+    for start in range(0, len(files), batch_size):
+        read = [(start + n, p, attempt(p, lambda p=p: read_image(p, predictor.channels, predictor.size)[0]))
+                for n, p in enumerate(files[start:start + batch_size])]
+        read = [item for item in read if item[2] is not None]
+        if read:
+            batch = np.stack([image for _, _, image in read])
+            probs = predictor(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0)
+            rows += [predictor.task.prediction_row(path, p, predictor.class_names, out_dir, index) + in_set
+                     for (index, path, _), p, in_set in zip(read, probs, _set_cells(predictor, probs), strict=True)]
+        advance(min(batch_size, len(files) - start))
+    return rows
+
+
+def _predict_volumes(predictor: Predictor, files: list[Path], out_dir: Path, window_batch: int,
+                     attempt: Callable, advance: Callable[[int], Any]) -> list[list[str]]:
+    """Every volume's row, one volume at a time (:func:`_predict_volume`)."""
+    rows: list[list[str]] = []
+    for index, path in enumerate(files):
+        row = attempt(path, lambda: _predict_volume(predictor, path, out_dir, index, window_batch))
+        rows += [row] if row is not None else []
+        advance(1)
+    return rows
+
+
 def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int, window_batch: int) -> list[str]:
     """One volume's row: classification (and detection of a model trained on whole volumes) of the
     volume resized to the model's input; detection of a model trained on patches by sliding
@@ -328,14 +342,14 @@ def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int,
     from ..data import volumes
     from ..data.labels import labels_of
 
-    settings = predictor.volumes
+    settings = predictor.preparation
     prepared = volumes.select_modalities(volumes.prepare(path, None, volumes.Preparation.of(settings)),
                                          settings.get("modalities"), path)
     if prepared.image.shape[-1] != predictor.channels:
         raise KDError(f"volume '{path}' has {prepared.image.shape[-1]} channels; the model takes "
                       f"{predictor.channels}")
     x = torch.from_numpy(prepared.image).movedim(-1, 0)[None].float().div_(255)
-    size = (predictor.size,) * 3
+    size = (predictor.size,) * predictor.space.n
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.asarray(predictor(np.ascontiguousarray(batch.numpy(), dtype=np.float32))))
@@ -346,7 +360,7 @@ def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int,
             probs = sliding_window_inference(x, size, window_batch, run, overlap=settings.get("overlap", 0.25),
                                              mode="gaussian")[0].numpy()
     else:  # the whole volume resized to the model's input
-        probs = run(F.interpolate(x, size=size, mode="trilinear", align_corners=False))[0].numpy()
+        probs = run(F.interpolate(x, size=size, mode=predictor.space.interpolation, align_corners=False))[0].numpy()
     if not masks:
         return predictor.task.prediction_row(path, probs, predictor.class_names, out_dir, index,
                                              volume=(prepared.image.shape[:3], prepared.affine))
@@ -355,3 +369,6 @@ def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, index: int,
     volumes.write_nifti(mask_path, mask, prepared.source_affine)
     voxel_ml = abs(float(np.linalg.det(prepared.source_affine[:3, :3]))) / 1000.0
     return predictor.task.volume_prediction_row(path, mask_path, mask, voxel_ml, predictor.class_names)
+
+
+PREDICT = {2: _predict_images, 3: _predict_volumes}  # how inputs are predicted, by spatial dimensions

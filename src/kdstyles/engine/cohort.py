@@ -394,9 +394,11 @@ class TrainStep(nn.Module):
         super().__init__()
         self.cohort = cohort
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor | None = None,
-                labelled: int | None = None, mix: Any = None) -> dict[str, NetLoss]:
-        return self.cohort.losses(self.cohort(x, keys=keys), y, labelled, mix)
+    def forward(self, batch: Any) -> dict[str, NetLoss]:
+        """A :class:`~kdstyles.data.dataset.Batch`'s losses: every network's forward (kept outputs
+        of frozen networks served by the rows' keys), then every loss."""
+        return self.cohort.losses(self.cohort(batch.images, keys=batch.keys), batch.targets, batch.labelled,
+                                  batch.mix)
 
     def outside_ddp(self) -> list[str]:
         """Parameter and buffer names DDP must leave alone: frozen networks and shadows."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -84,10 +85,9 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
-    def batch(self, x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor | None):
-        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        y = y.to(self.device, non_blocking=True)
-        return x, y, keys.to(self.device, non_blocking=True) if keys is not None else None
+    def batch(self, batch: Any) -> Any:
+        """A training :class:`~kdstyles.data.dataset.Batch` on the device, images in its memory format."""
+        return batch.to(self.device, self.memory_format)
 
     def backward(self, total: torch.Tensor, optimizers) -> None:
         """One backward of the summed losses, then one step per optimizer (scaled for fp16)."""

@@ -320,20 +320,12 @@ class Trainer:
         label = f"{epoch + 1}/{self.cfg.train.epochs}"
         unit = dims(self.cfg.data.dims).short
         drawn = self.cfg.data.batch_size + self.unlabeled_batch  # images a step draws, labelled or not
-        n_train = self.data.splits["train"].keys  # the unlabelled images' keys follow the labelled ones
         with self.log.epoch_progress(label, total_steps, start, drawn, unit) as progress:
             for step, batch in enumerate(self._batches(), start=start):
-                x, y, keys = self.rt.batch(*batch[:2], batch[2] if self.use_cache else None)
-                labelled = None
-                if len(batch) > 3:  # a joint batch: the unlabelled images follow the labelled ones
-                    labelled = len(y)
-                    if keys is not None:
-                        keys = torch.cat([keys, batch[3].to(keys.device) + n_train])
-                mix = self.mixer.draw(epoch, step, tuple(x.shape[2:]))
-                if mix is not None:
-                    x = mix.images(x, labelled)
+                batch = self.rt.batch(batch)
+                batch = batch.mixed(self.mixer.draw(epoch, step, tuple(batch.images.shape[2:])))
                 with self.rt.autocast():
-                    losses = self.model(x, y, keys, labelled, mix)
+                    losses = self.model(batch)
                 total = torch.stack([nl.total.float() for nl in losses.values()]).sum()
                 diverged, stop = distributed.any_flags([not bool(torch.isfinite(total)), self.stop.requested],
                                                        self.dist, self.device)

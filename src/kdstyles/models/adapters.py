@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..common.dims import dims as space
 from ..errors import KDError
 
 
@@ -25,9 +26,10 @@ class Adapter(nn.Module):
         self.resize = tuple(src_shape[2:]) != self.size
         self.project: nn.Module = nn.Identity()
         if project and dst_shape[1] != src_shape[1]:
-            if len(dst_shape) > 2:
-                conv, norm = (nn.Conv2d, nn.BatchNorm2d) if len(dst_shape) == 4 else (nn.Conv3d, nn.BatchNorm3d)
-                self.project = nn.Sequential(conv(dst_shape[1], src_shape[1], 1, bias=False), norm(src_shape[1]))
+            if len(dst_shape) > 2:  # a map: a 1x1 convolution of its spatial dimensions
+                kind = space(len(dst_shape) - 2)
+                self.project = nn.Sequential(kind.conv(dst_shape[1], src_shape[1], 1, bias=False),
+                                             kind.batch_norm(src_shape[1]))
             else:
                 self.project = nn.Sequential(nn.Linear(dst_shape[1], src_shape[1], bias=False),
                                              nn.BatchNorm1d(src_shape[1]))
@@ -35,12 +37,11 @@ class Adapter(nn.Module):
     def forward(self, dst: torch.Tensor, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(receiver's map in the source's channels, source map at the receiver's size)."""
         if self.resize:
-            pool = F.adaptive_avg_pool2d if len(self.size) == 2 else F.adaptive_avg_pool3d
+            kind = space(len(self.size))
             if all(s >= d for s, d in zip(src.shape[2:], self.size)):
-                src = pool(src, self.size)
+                src = kind.adaptive_avg_pool(src, self.size)
             else:
-                mode = "bilinear" if len(self.size) == 2 else "trilinear"
-                src = F.interpolate(src, size=self.size, mode=mode, align_corners=False)
+                src = F.interpolate(src, size=self.size, mode=kind.interpolation, align_corners=False)
         return self.project(dst), src
 
 

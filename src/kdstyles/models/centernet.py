@@ -11,15 +11,12 @@ import math
 import torch
 import torch.nn as nn
 
-from ..common.boxes import HEAT_PRIOR, HEAT_PRIOR_3D, box_channels
+from ..common.boxes import HEAT_PRIOR, box_channels
 from ..common.dims import dims as space
-from .zoo import CONVS
-
-NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def _head(width: int, out: int, dims: int) -> nn.Sequential:
-    conv = CONVS[dims - 2]
+    conv = space(dims).conv
     return nn.Sequential(conv(width, width, 3, padding=1), nn.ReLU(), conv(width, out, 1))
 
 
@@ -27,10 +24,10 @@ class CenterNet(nn.Module):
     def __init__(self, body: nn.Module, width: int, num_classes: int, dims: int = 2):
         super().__init__()
         self.body = body
-        self.neck = nn.Sequential(NORMS[dims - 2](width), nn.ReLU())
+        self.neck = nn.Sequential(space(dims).batch_norm(width), nn.ReLU())
         self.heat = _head(width, num_classes, dims)
         self.box = _head(width, box_channels(dims), dims)
-        prior = HEAT_PRIOR_3D if space(dims).volumes else HEAT_PRIOR
+        prior = HEAT_PRIOR[dims]
         nn.init.constant_(self.heat[-1].bias, -math.log((1 - prior) / prior))  # focal loss's prior
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

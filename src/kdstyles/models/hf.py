@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ..errors import KDError
 
 PREFIX = "hf:"
+SPATIAL_DIMS = (2,)  # what these models take: 2D images
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 

@@ -51,7 +51,7 @@ def _densenet(cls: type, in_ch: int, n_cls: int, widen: float, small: bool, pret
     model = cls(spatial_dims=dims, in_channels=in_ch, out_channels=n_cls)
     if small:
         old = model.features.conv0
-        model.features.conv0 = CONVS[dims - 2](in_ch, old.out_channels, 3, stride=1, padding=1, bias=False)
+        model.features.conv0 = space(dims).conv(in_ch, old.out_channels, 3, stride=1, padding=1, bias=False)
         model.features.pool0 = nn.Identity()
     return model
 
@@ -106,7 +106,7 @@ class Arch:
     widen, small, pretrained, dims=2)`` returns the module (``small``: the 3x3/stride-1 stem for
     small inputs; ``pretrained``: load an ImageNet encoder itself, for ``pretrained="encoder"``).
     The fields are what the config may ask of it: ``widens`` (a width multiplier),
-    ``volumes`` (3D, ``dims=3``), ``pretrained`` (``"weights"``: ImageNet weights or a file,
+    ``spatial_dims`` (what it builds: 2D networks, and 3D ones with ``dims=3``), ``pretrained`` (``"weights"``: ImageNet weights or a file,
     loaded by name in models/pretrained.py; ``"encoder"``: the builder loads an ImageNet
     encoder; None: none), ``dense`` (an encoder-decoder: a map at the input's size, for
     segmentation and detection; otherwise a classifier's logits), ``stem_keeps_shapes`` (its
@@ -114,7 +114,7 @@ class Arch:
 
     build: Callable[..., nn.Module]
     widens: bool = False
-    volumes: bool = True
+    spatial_dims: tuple[int, ...] = (2, 3)
     pretrained: str | None = None
     dense: bool = False
     stem_keeps_shapes: bool = False
@@ -128,8 +128,8 @@ ARCHS: dict[str, Arch] = {
        for d in (121, 169, 201)},
     **{f"efficientnet-b{i}": Arch(partial(_efficientnet, f"efficientnet-b{i}"), pretrained="weights",
                                   stem_keeps_shapes=True) for i in range(8)},
-    "mobilenet_v2": Arch(_mobilenet, widens=True, volumes=False, pretrained="weights"),
-    **{name: Arch(partial(_vit, name), widens=True, volumes=False, sized=True) for name in ("vit-tiny", "vit-small")},
+    "mobilenet_v2": Arch(_mobilenet, widens=True, spatial_dims=(2,), pretrained="weights"),
+    **{name: Arch(partial(_vit, name), widens=True, spatial_dims=(2,), sized=True) for name in ("vit-tiny", "vit-small")},
     "unet": Arch(_unet, widens=True, dense=True),
     "basicunet": Arch(_basicunet, widens=True, dense=True),
     **{f"flexunet-{b}": Arch(partial(_flexunet, b), widens=True, dense=True, pretrained="encoder")
@@ -138,6 +138,7 @@ ARCHS: dict[str, Arch] = {
 
 
 BUILT_IN = frozenset(ARCHS)
+PRETRAINED_DIMS = (2,)  # where ImageNet weights (and weight files) exist: 2D networks
 
 
 def register_arch(name: str, arch: Arch) -> Arch:
@@ -173,23 +174,26 @@ def build_network(arch: str, in_channels: int, num_classes: int, image_size: int
     (2D only). What an arch takes is its :class:`Arch` record's to say; ``hf:...``: a vision
     transformer from the Hugging Face Hub with a head for ``num_classes`` (``dense``: per patch, upsampled to the
     image; :mod:`kdstyles.models.hf`)."""
-    from .hf import build_hf, is_hf
+    from .hf import SPATIAL_DIMS as HF_DIMS, build_hf, is_hf
 
+    kind = space(spatial_dims)
     if is_hf(arch):
-        if space(spatial_dims).volumes:
-            raise KDError(f"{where}.arch: {arch} takes 2D images; for volumes use {archs_that(lambda o: o.volumes)}")
+        if spatial_dims not in HF_DIMS:
+            raise KDError(f"{where}.arch: {arch} takes 2D images; for {kind.unit} use "
+                          f"{archs_that(lambda o: spatial_dims in o.spatial_dims)}")
         return build_hf(arch, num_classes, where, dense)
     if arch not in ARCHS:
         raise KDError(f"{where}.arch: {unknown_arch(arch)}")
     a = ARCHS[arch]
     small = stem == "small" or (stem == "auto" and image_size < SMALL_STEM_BELOW)
-    if space(spatial_dims).volumes:
-        if not a.volumes:
-            raise KDError(f"{where}.arch: {arch} is 2D only; for volumes use {archs_that(lambda o: o.volumes)}")
+    if spatial_dims not in a.spatial_dims:
+        raise KDError(f"{where}.arch: {arch} is {'/'.join(f'{n}D' for n in a.spatial_dims)} only; for {kind.unit} "
+                      f"use {archs_that(lambda o: spatial_dims in o.spatial_dims)}")
+    if spatial_dims not in PRETRAINED_DIMS:
         if pretrained:
-            raise KDError(f"{where}.pretrained: ImageNet weights are 2D; a 3D network starts from scratch "
-                          "(set pretrained: false)")
-        return a.build(in_channels, num_classes, widen, small, False, dims=3)
+            raise KDError(f"{where}.pretrained: ImageNet weights are 2D; a {spatial_dims}D network starts from "
+                          "scratch (set pretrained: false)")
+        return a.build(in_channels, num_classes, widen, small, False, dims=spatial_dims)
     if widen != 1.0 and not a.widens:
         raise KDError(f"{where}.widen: {arch} takes no width multiplier (those that do: "
                       f"{archs_that(lambda o: o.widens)}); set {where}.widen=1")

@@ -20,23 +20,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..common.dims import DICOM_SUFFIXES, IMAGE_SUFFIXES, VOLUME_SUFFIXES, dims
 from ..errors import KDError
 
-DICOM_SUFFIXES = (".dcm", ".dicom")
 warnings.filterwarnings("ignore", module="pydicom")  # a line per file for each deviation from the standard it reads past
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES)
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd")  # volume files (read by kdstyles.data.volumes, with MONAI)
 
 
 def is_volume(path: Path) -> bool:
     """A NIfTI or NRRD file by name (macOS's ``._`` shadow files excluded)."""
-    return path.name.lower().endswith(VOLUME_SUFFIXES) and not path.name.startswith("._")
+    return dims(3).takes(path)
 
 
 def is_image(path: Path) -> bool:
     """An image file by name; hidden files (macOS's ``._x.png`` shadows of copied images,
     which are not images) excluded."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return dims(2).takes(path)
 
 
 def visible_dirs(folder: Path) -> list[Path]:

@@ -55,11 +55,10 @@ class Task:
     prediction_sets: ClassVar[bool] = False
     # what the class-imbalance warning suggests
     imbalance_remedy: ClassVar[str] = "data.sampler: balanced or loss.class_weights: balanced"
-    synthetic: ClassVar[str]  # the embedded generator: a module of kdstyles.data.generators
-    synthetic_volumes: ClassVar[str | None] = None  # its 3D counterpart (data.spatial_dims: 3), if any
-    volumes: ClassVar[bool] = False  # trains on 3D inputs (data.spatial_dims: 3)
-    synthetic_size: ClassVar[int]  # its default image size
-    description: ClassVar[str]  # what the embedded data is, for model cards
+    # the embedded generators by spatial dimensions: a module of kdstyles.data.generators each (its
+    # CLASS_NAMES, DEFAULT_SIZE, CHANNELS and DESCRIPTION), e.g. {2: "synthetic", 3: "synthetic_vol"}
+    synthetic: ClassVar[dict[int, str]] = {}
+    spatial_dims: ClassVar[tuple[int, ...]] = (2,)  # what it trains on (data.spatial_dims): 2D images, 3D volumes
     title: ClassVar[str]  # the task in a model card's words ("Multi-label classification")
     classes_are: ClassVar[str] = ""  # where exclusive_classes is False: what its classes are instead
     output_words: ClassVar[str]  # what an exported model returns, for model cards
@@ -106,13 +105,13 @@ class Task:
         metric = cfg.train.selection_metric
         if metric != "auto" and METRICS[metric].task not in cls.lineage():
             raise KDError(f"train.selection_metric: '{metric}' is not a {cls.name} metric")
-        if cfg.data.patch_size is not None and not (cls.patches and space(cfg.data.dims).volumes):
+        if cfg.data.patch_size is not None and not (cls.patches and space(cfg.data.dims).volumes):  # validation
             raise KDError(f"data.patch_size: patches are for 3D segmentation and detection (task {cls.name}, "
                           f"spatial_dims {cfg.data.dims}); leave it out")
         refused = [k for k in cfg.data.mix.kinds if k not in cls.mixes]
         if refused:
             raise KDError(f"data.mix.{refused[0]}: task {cls.name} {cls.mix_refusal}; set data.mix.{refused[0]}: 0")
-        if space(cfg.data.dims).volumes and not cls.volumes:
+        if cfg.data.dims not in cls.spatial_dims:
             raise KDError(f"data.spatial_dims: task {cls.name} is 2D only; use spatial_dims: 2")
         if not cls.exclusive_classes:
             from ..styles import STYLES
@@ -252,18 +251,19 @@ class Task:
         return torch.stack(list(probs)).mean(0)
 
     # the writers in tasks.overlays that draw this task's pictures: (images, volumes); None: no pictures
-    overlay_writers: ClassVar[tuple[str, str] | None] = None
+    overlay_writers: ClassVar[dict[int, str]] = {}  # by spatial dimensions: a function of tasks.overlays
 
     def write_visuals(self, folder: Path, images, labels, probs: dict, mean: list[float], std: list[float],
                       count: int) -> list[Path]:
         """Up to ``count`` test images drawn into ``folder`` (the run folder's overlays) with every
         network's output, by the task's ``overlay_writers``; none by default."""
         n = min(count, len(labels))
-        if self.overlay_writers is None or n == 0:
+        writer = self.overlay_writers.get(images[0].ndim - 1) if n else None  # an item is (C, *spatial)
+        if writer is None:
             return []
         from . import overlays
 
-        write = getattr(overlays, self.overlay_writers[images[0].ndim == 4])
+        write = getattr(overlays, writer)
         return write(folder, images[:n], labels[:n], {k: p[:n] for k, p in probs.items()}, mean, std)
 
     # ------------------------------------------------------------------ deployment (no torch)
@@ -271,7 +271,8 @@ class Task:
     def output_shape(self, dims: int = 2) -> list[str]:
         return ["batch", "classes"]
 
-    def prediction_header(self, class_names: list[str], volumes: bool = False) -> list[str]:
+    def prediction_header(self, class_names: list[str], space: Any = None) -> list[str]:
+        """The predictions.csv header for a model of ``space`` (a :class:`~kdstyles.common.dims.Dims`; None: images)."""
         raise NotImplementedError
 
     def volume_prediction_words(self, windows: bool) -> str:

@@ -16,11 +16,8 @@ class Classification(Task):
     loss_name = "ce"
     selection = "accuracy"
     sources = ("synthetic", "medmnist", "npz", "folder", "csv")
-    synthetic = "synthetic"
-    synthetic_volumes = "synthetic_vol"
-    volumes = True
-    synthetic_size = 64
-    description = "the embedded synthetic histology patches"
+    synthetic = {2: "synthetic", 3: "synthetic_vol"}
+    spatial_dims = (2, 3)
     arch_hint = "a classifier"
     title = "Classification"
     output_words = "class probabilities (softmax)"
@@ -66,7 +63,7 @@ class Classification(Task):
     def per_image(self, probs, labels) -> dict[str, list[float]]:
         return {"accuracy": (probs.argmax(1) == labels).int().tolist()}
 
-    def prediction_header(self, class_names, volumes=False):
+    def prediction_header(self, class_names, space=None):
         return ["path", "prediction", "probability", *(f"p_{c}" for c in class_names)]
 
     def prediction_row(self, path: Path, probs, class_names, out_dir, index, volume=None):

@@ -31,8 +31,9 @@ class DetectionOptions(TaskOptions):
     resumable: ClassVar[tuple[str, ...]] = ("max_detections",)
     legacy: ClassVar[dict[str, str]] = {"loss.box_weight": "box_weight", "eval.max_detections": "max_detections"}
 
-HEAD_WIDTH = 64  # the body's output channels at widen 1 (the heads' width); at least 8
-HEAD_WIDTH_3D = 16  # volumes: the heads run at full resolution, where a 3x3x3 convolution costs 27 MACs a weight
+# the body's output channels at widen 1 (the heads' width; at least 8), by spatial dimensions: volumes' heads run at
+# full resolution, where a 3x3x3 convolution costs 27 MACs a weight
+HEAD_WIDTH = {2: 64, 3: 16}
 PREDICT_MIN_SCORE = 0.05  # boxes predict writes (objects: those scoring 0.5 or more)
 
 
@@ -45,17 +46,14 @@ class Detection(EncoderDecoderTask):
     sources = ("synthetic", "csv", "coco", "folder")
     label_kind = "box-list"
     patches = True
-    synthetic = "synthetic_det"
-    synthetic_volumes = "synthetic_vol_det"
-    volumes = True
-    synthetic_size = 64
-    description = "the embedded synthetic endoscopy frames with polyp boxes"
+    synthetic = {2: "synthetic_det", 3: "synthetic_vol_det"}
+    spatial_dims = (2, 3)
     arch_hint = "an encoder-decoder body for the CenterNet head (unet, basicunet, flexunet-<encoder>)"
     title = "Detection"
     output_words = "heatmap probabilities per class and the box channels per pixel"
     mixes = ()
     mix_refusal = "cannot mix its boxes (a box-correct mix is not built)"
-    overlay_writers = ("write_box_overlays", "write_volume_box_overlays")
+    overlay_writers = {2: "write_box_overlays", 3: "write_volume_box_overlays"}
 
     Options = DetectionOptions
 
@@ -68,7 +66,7 @@ class Detection(EncoderDecoderTask):
         from ..models.centernet import CenterNet
         from ..models.zoo import build_network
 
-        width = max(8, int(round((HEAD_WIDTH_3D if space(dims).volumes else HEAD_WIDTH) * spec.widen)))
+        width = max(8, int(round(HEAD_WIDTH[dims] * spec.widen)))
         body = build_network(spec.arch, channels, width, image_size, spec.widen, spec.stem, spec.pretrained,
                              where=where, spatial_dims=dims)
         return CenterNet(body, width, self.num_classes, dims)
@@ -153,7 +151,7 @@ class Detection(EncoderDecoderTask):
     def output_shape(self, dims: int = 2):
         return ["batch", "channels", *space(dims).axes]
 
-    def prediction_header(self, class_names, volumes=False):
+    def prediction_header(self, class_names, space=None):
         return ["path", "objects", "detections"]
 
     def prediction_row(self, path: Path, probs, class_names, out_dir, index, volume=None):

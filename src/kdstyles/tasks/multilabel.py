@@ -28,10 +28,8 @@ class Multilabel(Classification):
     loss_name = "bce"
     selection = "mean_auroc"
     sources = ("synthetic", "medmnist", "npz", "csv")
-    synthetic = "synthetic_multi"
-    synthetic_volumes = "synthetic_vol_multi"
+    synthetic = {2: "synthetic_multi", 3: "synthetic_vol_multi"}
     volumes = True  # the embedded volumes' findings, or volume files listed in a CSV (CT-RATE-style findings)
-    description = "the embedded multi-label histology mosaics (the tissue classes each 2x2 mosaic shows)"
     label_kind = "multi-hot"
     imbalance_remedy = ("loss.class_weights: balanced (each label's positives weighted by its negatives) or "
                         "data.sampler: balanced (images drawn by their rarest label)")
@@ -106,7 +104,7 @@ class Multilabel(Classification):
 
         return {n: LabelRanks(p, labels) for n, p in outputs.items()}
 
-    def prediction_header(self, class_names, volumes=False):
+    def prediction_header(self, class_names, space=None):
         return ["path", "labels", *(f"p_{c}" for c in class_names)]
 
     def prediction_row(self, path: Path, probs, class_names, out_dir, index, volume=None):

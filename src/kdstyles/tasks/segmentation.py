@@ -32,17 +32,14 @@ class Segmentation(EncoderDecoderTask):
     label_kind = "mask"
     per_pixel = True
     patches = True
-    synthetic = "synthetic_seg"
-    synthetic_volumes = "synthetic_vol_seg"
-    volumes = True
-    synthetic_size = 64
-    description = "the embedded synthetic endoscopy frames"
+    synthetic = {2: "synthetic_seg", 3: "synthetic_vol_seg"}
+    spatial_dims = (2, 3)
     arch_hint = "an encoder-decoder (unet, basicunet, flexunet-<encoder>) or a Hugging Face teacher (hf:...)"
     title = "Segmentation"
     output_words = "per-pixel class probabilities"
     mixes = ("cutmix",)
     mix_refusal = "mixes masks by CutMix only (a blend of two masks is not a mask)"
-    overlay_writers = ("write_overlays", "write_volume_overlays")
+    overlay_writers = {2: "write_overlays", 3: "write_volume_overlays"}
 
     Options = SegmentationOptions
 
@@ -103,8 +100,9 @@ class Segmentation(EncoderDecoderTask):
         dice, iou = per_image_scores(probs.argmax(1), labels, probs.shape[1])
         return {"dice": dice.tolist(), "iou": iou.tolist()}
 
-    def prediction_header(self, class_names, volumes=False):
-        return ["path", "mask", "foreground_fraction", *((f"ml_{c}" for c in class_names[1:]) if volumes else ())]
+    def prediction_header(self, class_names, space=None):
+        unit = space.mask_unit if space is not None else None  # volumes: each class's size in millilitres
+        return ["path", "mask", "foreground_fraction", *((f"{unit}_{c}" for c in class_names[1:]) if unit else ())]
 
     def volume_prediction_row(self, path: Path, mask_path: Path, mask, voxel_ml: float, class_names) -> list[str]:
         """A volume's row: the input, its mask file (written by predict), the foreground fraction

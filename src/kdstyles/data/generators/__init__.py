@@ -1,5 +1,5 @@
-"""The embedded data's generators, one module per kind of image (``Task.synthetic`` and
-``Task.synthetic_volumes`` name them): histology patches (``synthetic``), their mosaics with
+"""The embedded data's generators, one module per kind of image (``Task.synthetic`` names them
+by spatial dimensions): histology patches (``synthetic``), their mosaics with
 several findings (``synthetic_multi``), endoscopy frames with polyp masks (``synthetic_seg``)
 and boxes (``synthetic_det``), and CT-like volumes for classification, segmentation,
 detection and multi-label (``synthetic_vol*``). Every item is a pure function of (seed, split,
@@ -21,7 +21,8 @@ SITE2_GAMMA, SITE2_BLUR, SITE2_NOISE = 1.25, 0.6, 0.025
 
 
 def generator(name: str) -> ModuleType:
-    """The generator module of that name (``generate``, ``CLASS_NAMES``, ``DEFAULT_SIZE``)."""
+    """The generator module of that name (``generate``, ``CLASS_NAMES``, ``DEFAULT_SIZE``, ``CHANNELS``,
+    ``DESCRIPTION``)."""
     return import_module(f"{__name__}.{name}")
 
 
@@ -33,7 +34,7 @@ def at_site(images: np.ndarray, site: int, seed: int) -> np.ndarray:
 
     if site == 1:
         return images
-    if images.ndim != 4 or images.shape[-1] != 3:
+    if images.ndim != 4 or images.shape[-1] != 3:  # validation: RGB images only
         raise KDError("data.site: 2: the embedded second site has 2D images only; leave site out for volumes")
     x = images.astype(np.float32) / 255
     x = np.clip(x * np.float32(SITE2_GAIN) + np.float32(SITE2_OFFSET), 0, 1) ** SITE2_GAMMA

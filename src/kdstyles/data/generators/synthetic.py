@@ -22,6 +22,9 @@ import numpy as np
 from ...errors import KDError
 
 CLASS_NAMES = ("normal", "lymphocytic", "tumour", "stroma")
+DEFAULT_SIZE, CHANNELS = 64, 3  # the input a config without data.image_size / channels gets
+SITES = (1, 2)  # data.site: the second site shifts stain, focus and noise (at_site)
+DESCRIPTION = "the embedded synthetic histology patches"  # what the data is, for model cards
 # unlabeled: data.unlabeled's extra images; external: data.external's (images of neither split, at any site)
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "unlabeled": 3, "external": 4}
 MIN_SIZE, MAX_SIZE = 16, 512

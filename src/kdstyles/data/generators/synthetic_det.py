@@ -10,6 +10,9 @@ from .synthetic import check_request
 from .synthetic_seg import render_with_boxes
 
 CLASS_NAMES = ("polyp",)
+DEFAULT_SIZE, CHANNELS = 64, 3
+SITES = (1, 2)  # data.site: the second site shifts stain, focus and noise (at_site)
+DESCRIPTION = "the embedded synthetic endoscopy frames with polyp boxes"
 
 
 def generate(seed: int, split: str, n: int, size: int, start: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:

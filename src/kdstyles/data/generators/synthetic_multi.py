@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import KDError
-from .synthetic import CLASS_NAMES, check_request, render_patch
+from .synthetic import CHANNELS, CLASS_NAMES, DEFAULT_SIZE, SITES, check_request, render_patch
 
-__all__ = ["CLASS_NAMES", "generate"]
+__all__ = ["CHANNELS", "CLASS_NAMES", "DEFAULT_SIZE", "DESCRIPTION", "SITES", "generate"]
+
+DESCRIPTION = "the embedded multi-label histology mosaics (the tissue classes each 2x2 mosaic shows)"
 
 
 def generate(seed: int, split: str, n: int, size: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:

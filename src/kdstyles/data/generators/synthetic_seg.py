@@ -17,6 +17,9 @@ import numpy as np
 from .synthetic import SPLIT_IDS, _smooth_field, check_request, finish
 
 CLASS_NAMES = ("background", "polyp")
+DEFAULT_SIZE, CHANNELS = 64, 3
+SITES = (1, 2)  # data.site: the second site shifts stain, focus and noise (at_site)
+DESCRIPTION = "the embedded synthetic endoscopy frames"
 
 
 def _blob(size: int, rng: np.random.Generator, cy: float, cx: float, r: float) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,9 @@ from .synthetic import SPLIT_IDS, _blur
 CLASS_NAMES = ("normal", "cyst", "tumour")
 MIN_SIZE, MAX_SIZE = 16, 96
 DEFAULT_SIZE = 32
+CHANNELS = 1
+SITES = (1,)  # no second site for volumes
+DESCRIPTION = "the embedded synthetic CT-like volumes"
 
 
 def _smooth(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:

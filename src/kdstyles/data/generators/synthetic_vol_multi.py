@@ -19,9 +19,11 @@ from __future__ import annotations
 import numpy as np
 
 from .synthetic import SPLIT_IDS
-from .synthetic_vol import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, _blob, add_lesion, check_request, finish, organ_scene
+from .synthetic_vol import (CHANNELS, DEFAULT_SIZE, DESCRIPTION, MAX_SIZE, MIN_SIZE, SITES, _blob, add_lesion,
+                            check_request, finish, organ_scene)
 
-__all__ = ["CLASS_NAMES", "DEFAULT_SIZE", "MAX_SIZE", "MIN_SIZE", "generate", "render_findings"]
+__all__ = ["CHANNELS", "CLASS_NAMES", "DEFAULT_SIZE", "DESCRIPTION", "MAX_SIZE", "MIN_SIZE", "SITES", "generate",
+           "render_findings"]
 
 CLASS_NAMES = ("cyst", "tumour", "calcification")
 PREVALENCE = (0.40, 0.40, 0.30)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synthetic_vol import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, check_request, render_with_mask
+from .synthetic_vol import (CHANNELS, DEFAULT_SIZE, DESCRIPTION, MAX_SIZE, MIN_SIZE, SITES, check_request,
+                            render_with_mask)
 
 # the sizes are what the synthetic source reads of every generator
-__all__ = ["CLASS_NAMES", "DEFAULT_SIZE", "MAX_SIZE", "MIN_SIZE", "generate"]
+__all__ = ["CHANNELS", "CLASS_NAMES", "DEFAULT_SIZE", "DESCRIPTION", "MAX_SIZE", "MIN_SIZE", "SITES",
+           "generate"]
 
 CLASS_NAMES = ("background", "organ", "lesion")
 

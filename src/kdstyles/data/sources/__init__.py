@@ -26,7 +26,6 @@ from ..fit import fit_arrays as _fit_arrays, fit_volumes as _fit_volumes
 from ..labels import labels_of
 
 
-FILE_SIDE, VOLUME_SIDE = 224, 64
 # data.* keys that belong to some sources only, refused for the others (the rest of the data section applies to
 # every source: the volume and cache keys too, as images without labels from files read them whatever the
 # labelled source; the embedded data's sample counts are left alone, as a config written for the demo keeps them
@@ -85,9 +84,8 @@ class Source:
         """The channels and side of the network input when ``data.channels`` / ``data.image_size``
         are left out (None: the data's own, known once it is read). Image files: RGB at
         224 px; volume files: a channel per modality (one) at 64 voxels a side."""
-        if space(cfg.dims).volumes:
-            return len(cfg.modalities) if cfg.modalities else 1, VOLUME_SIDE
-        return 3, FILE_SIDE
+        kind = space(cfg.dims)
+        return len(cfg.modalities) if cfg.modalities else kind.file_channels, kind.file_side
 
     def load(self, cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet: bool) -> Loaded:
         """``saved_splits``: the run folder's record of which file went to which split, read back
@@ -98,9 +96,10 @@ class Source:
         """What the data is, in a few words (model cards)."""
         raise NotImplementedError
 
-    def volumes(self, cfg: Any) -> bool | None:
-        """Whether this data is volumes (True), images (False), or either as ``spatial_dims`` says (None)."""
-        return False
+    def spatial_dims(self, cfg: Any) -> int | None:
+        """The spatial dimensions of this data: 2 (images), 3 (volumes), or None: either, as
+        ``data.spatial_dims`` says."""
+        return 2
 
     # images without labels (``data.unlabeled`` naming this source): the data.unlabeled.* key it
     # cannot do without, and how it lists them (a source that does not override it gives none)
@@ -340,6 +339,12 @@ def from_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet:
     return Loaded(splits, names, channels, size, report, where, table)
 
 
+def read_files(cfg: Any) -> Any:
+    """How a file source's records are read for the run's spatial dimensions: image files
+    (:func:`from_files`) or volume files (:func:`from_volume_files`)."""
+    return {2: from_files, 3: from_volume_files}[cfg.dims]
+
+
 def _registry() -> dict[str, Source]:
     from .coco import COCO
     from .csvfile import CSV
@@ -370,3 +375,4 @@ def register_source(source: Source) -> Source:
     check_new_name("source", source.name, BUILT_IN)
     SOURCES[source.name] = source
     return source
+

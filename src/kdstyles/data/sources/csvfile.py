@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ...common.dims import dims
 from ..labels import labels_of
-from . import FILE_SPLITS, Loaded, Source, from_files, from_volume_files
+from . import FILE_SPLITS, Loaded, Source, read_files
 
 
 class CSV(Source):
@@ -24,15 +24,14 @@ class CSV(Source):
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         path = Path(cfg.path)
-        volumes = dims(cfg.dims).volumes
-        records, extra = labels_of(task).csv(path, cfg, volumes)
-        read = from_volume_files if volumes else from_files
-        return read(cfg, seed, task, saved_splits, quiet, records, path.parent, f"data.path '{path}'", **extra)
+        records, extra = labels_of(task).csv(path, cfg, dims(cfg.dims))
+        return read_files(cfg)(cfg, seed, task, saved_splits, quiet, records, path.parent, f"data.path '{path}'",
+                               **extra)
 
     def describe(self, cfg, task) -> str:
         return f"CSV {cfg.path}"
 
-    def volumes(self, cfg) -> bool | None:
+    def spatial_dims(self, cfg) -> int | None:
         return None  # image files, or volume files with spatial_dims: 3
 
 

@@ -136,5 +136,5 @@ class Decathlon(Source):
     def describe(self, cfg, task) -> str:
         return f"Decathlon volumes {cfg.root}"
 
-    def volumes(self, cfg) -> bool | None:
-        return True
+    def spatial_dims(self, cfg) -> int | None:
+        return 3

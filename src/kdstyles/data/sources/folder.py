@@ -11,7 +11,7 @@ from pathlib import Path
 from ...common.dims import dims
 from ..checks import Problem
 from ..labels import labels_of
-from . import FILE_SPLITS, Loaded, Source, from_files, from_volume_files
+from . import FILE_SPLITS, Loaded, Source, read_files
 
 
 def _left_out(loaded: Loaded, others: Counter, kind: str) -> Loaded:
@@ -32,15 +32,14 @@ class Folder(Source):
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         root = Path(cfg.root)
         space = dims(cfg.dims)
-        records, extra, others = labels_of(task).folder(root, cfg, space.volumes)
-        read = from_volume_files if space.volumes else from_files
-        loaded = read(cfg, seed, task, saved_splits, quiet, records, root, f"data.root '{root}'", **extra)
+        records, extra, others = labels_of(task).folder(root, cfg, space)
+        loaded = read_files(cfg)(cfg, seed, task, saved_splits, quiet, records, root, f"data.root '{root}'", **extra)
         return _left_out(loaded, others, space.unit) if others is not None else loaded
 
     def describe(self, cfg, task) -> str:
         return f"{dims(cfg.dims).item} folder {cfg.root}"
 
-    def volumes(self, cfg) -> bool | None:
+    def spatial_dims(self, cfg) -> int | None:
         return None  # image files, or volume files with spatial_dims: 3
 
 

@@ -174,8 +174,8 @@ class MedMNIST(Source):
     def describe(self, cfg, task) -> str:
         return f"MedMNIST {cfg.flag} ({cfg.size} {'voxels a side' if cfg.flag in FLAGS_3D else 'px'})"
 
-    def volumes(self, cfg) -> bool | None:
-        return cfg.flag in FLAGS_3D
+    def spatial_dims(self, cfg) -> int | None:
+        return 3 if cfg.flag in FLAGS_3D else 2  # a flag's files hold images or volumes
 
     def unlabeled(self, cfg, task, seed, channels, size, patch, quiet):
         """A MedMNIST file's split (``data.unlabeled.flag``, ``size``, ``split``) without its labels."""
@@ -192,7 +192,7 @@ def array_split(cfg, seed: int, channels: int, size: int, path: Path, volumes: b
 
     u = cfg.unlabeled
     space = dims(cfg.dims)
-    if volumes != space.volumes:
+    if volumes != space.volumes:  # validation: a flag's files hold images or volumes
         raise KDError(f"data.unlabeled.flag: '{u.flag}' holds {dims(3 if volumes else 2).unit}, the labelled "
                       f"data {space.unit}")
     images = load(path, volumes=volumes, multilabel=None, splits=(u.split,))[f"{u.split}_images"]

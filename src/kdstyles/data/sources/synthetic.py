@@ -1,7 +1,7 @@
 """``source: synthetic``: the embedded generator of the task (histology patches for
 classification, mosaics of them for multi-label, endoscopy frames with polyp masks for
-segmentation and with polyp boxes for detection; ``Task.synthetic``), or with
-``data.spatial_dims: 3`` its CT-like volumes (``Task.synthetic_volumes``)."""
+segmentation and with polyp boxes for detection), or with ``data.spatial_dims: 3`` its CT-like
+volumes: the generator ``Task.synthetic`` names for the run's spatial dimensions."""
 
 from __future__ import annotations
 
@@ -123,11 +123,10 @@ class Synthetic(Source):
     unlabeled_requires = "samples"  # data.unlabeled.samples
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
-        space = dims(cfg.dims)
-        module = task.synthetic_volumes if space.volumes else task.synthetic
+        module = task.synthetic.get(cfg.dims)
         if module is None:
-            raise KDError(f"data.spatial_dims: 3: task {task.name} has no embedded volumes; give volume files "
-                          "(data.source: csv) or use spatial_dims: 2")
+            raise KDError(f"data.spatial_dims: {cfg.dims}: task {task.name} has no embedded {dims(cfg.dims).unit}; "
+                          "give files (data.source: csv or folder) or another spatial_dims")
         channels, size = resolve_input(cfg, task)
         checks.check_memory("data.train_samples + val_samples + test_samples",
                             cfg.train_samples + cfg.val_samples + cfg.test_samples, size, cfg.dims, channels)
@@ -142,11 +141,11 @@ class Synthetic(Source):
         """An embedded external set: ``data.test_samples`` images drawn apart from every split
         (their own seed stream), at ``cfg.site`` (2: the shifted second site). ``split`` names one of
         the embedded splits instead (at that site)."""
-        space = dims(cfg.dims)
-        module = task.synthetic_volumes if space.volumes else task.synthetic
-        if module is None or space.volumes and cfg.site != 1:
+        module = task.synthetic.get(cfg.dims)
+        if module is None or cfg.site not in generator(module).SITES:
             raise KDError(f"data.external: the embedded data has no {'second site of its ' if module else ''}"
-                          f"volumes for task {task.name}; give files of another site (source: csv or folder)")
+                          f"{dims(cfg.dims).unit} for task {task.name}; give files of another site (source: csv or "
+                          "folder)")
         channels, size = resolve_input(cfg, task)
         stream = "external" if split in ("test", "all") else split
         checks.check_memory("data.external samples", cfg.test_samples, size, cfg.dims, channels)
@@ -155,14 +154,14 @@ class Synthetic(Source):
                            f"synthetic site {cfg.site}", task)
 
     def default_input(self, cfg, task):
-        if dims(cfg.dims).volumes:
-            return 1, generator(task.synthetic_volumes).DEFAULT_SIZE if task.synthetic_volumes else None
-        return 3, task.synthetic_size
+        module = task.synthetic.get(cfg.dims)
+        return (generator(module).CHANNELS, generator(module).DEFAULT_SIZE) if module else (1, None)
 
     def describe(self, cfg, task) -> str:
-        return "the embedded synthetic CT-like volumes" if dims(cfg.dims).volumes else task.description
+        module = task.synthetic.get(cfg.dims)
+        return generator(module).DESCRIPTION if module else f"no embedded {dims(cfg.dims).unit}"
 
-    def volumes(self, cfg) -> bool | None:
+    def spatial_dims(self, cfg) -> int | None:
         return None  # images, or volumes with spatial_dims: 3
 
 
@@ -172,12 +171,12 @@ class Synthetic(Source):
         from ..fit import fit_arrays
 
         u, space = cfg.unlabeled, dims(cfg.dims)
-        module = task.synthetic_volumes if space.volumes else task.synthetic
+        module = task.synthetic.get(cfg.dims)
         if module is None:
-            raise KDError(f"data.unlabeled.source: synthetic: task {task.name} has no embedded volumes")
+            raise KDError(f"data.unlabeled.source: synthetic: task {task.name} has no embedded {space.unit}")
         checks.check_memory("data.unlabeled.samples", u.samples, size, cfg.dims, channels)
         images = generate(module, seed, "unlabeled", u.samples, size, cfg.dims)[0]
         names = [f"synthetic unlabeled[{i}]" for i in range(len(images))]
-        what = "the embedded synthetic CT-like volumes" if space.volumes else task.description
+        what = generator(module).DESCRIPTION
         return found.from_arrays(images, fit_arrays(images, channels, size), names, "data.unlabeled (synthetic)",
                                  f"{space.unit} like {what} (labels withheld)")
