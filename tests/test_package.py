@@ -228,3 +228,17 @@ def test_label_kinds_are_asked_not_tested():
                 named = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and n.value in LABELS]
                 assert not named, f"{rel}:{node.lineno} tests for label kind '{named[0]}'; ask the kind " \
                                   "(kdstyles.data.labels)"
+
+
+def test_monai_is_imported_without_transformers_which_still_imports_after():
+    """MONAI's first import under kdstyles skips transformers' BERT (3 s a process); transformers
+    itself still imports afterwards, for the Hugging Face teachers."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    code = ("import sys, kdstyles, monai\nassert 'transformers' not in sys.modules, 'imported with monai'\n"
+            "import transformers\nprint(transformers.Dinov2Config.__name__)")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr[-500:]
+    assert found.stdout.strip() == "Dinov2Config"

@@ -8,7 +8,10 @@ torch installed.
 
 from importlib import import_module
 
+from .common.monai_import import install as _install
+
 __version__ = "0.1.0"
+_install()  # MONAI's first import skips transformers' BERT (3 s a process; common/monai_import.py)
 
 _EXPORTS = {
     "Experiment": "api", "Cohort": "engine.cohort", "NetLoss": "engine.cohort", "as_target": "engine.cohort",
