@@ -131,7 +131,7 @@ def test_ablation_plan_drops_each_edge_and_keeps_options():
     assert len(names) == 1 + len(full) + 1  # every edge dropped once (no teacher edges: no "only" variants)
     for spec in specs[1:-1]:
         edges = spec.cfg.edges  # set on the config as objects, not as YAML text
-        assert not any(o.startswith("routing.edges=") for o in spec.overrides)
+        assert "routing.edges" not in dict(spec.changes)
         assert len(edges) == len(full) - 1
         assert all(e in full for e in edges)  # weights and the preset's options (temperature 3) kept
         [gone] = [e for e in full if e not in edges]
@@ -292,3 +292,19 @@ def test_a_budget_narrows_the_recipes_by_successive_halving_on_validation(tmp_pa
             parse_budget(bad)
     with pytest.raises(KDError, match="leave out --launcher and --jobs"):
         compare(None, ["student"], 1, tmp_path / "d", SMALL, jobs=2, budget=60)
+
+
+def test_variants_are_typed_changes_applied_in_order_never_text(tmp_path):
+    """A recipe's keys reach each run's config as the values its YAML gave (applied in order, a
+    section then a key inside it), shared by no two runs; comparison.json records them as values."""
+    from kdstyles.workflows.compare import plan
+
+    recipes = {"more": {"preset": "kd", "set": {"data.unlabeled": {"source": "synthetic", "samples": 8},
+                                                 "data.unlabeled.samples": 6, "styles.predictions.temperature": 4}}}
+    _, specs, _ = plan(None, ["student"], 2, tmp_path / "c", ["train.epochs=1"], recipes=recipes)
+    runs = [s for s in specs if s.preset == "more"]
+    assert [s.cfg.data.unlabeled.samples for s in runs] == [6, 6] and [s.seed for s in runs] == [0, 1]
+    assert recipes["more"]["set"]["data.unlabeled"]["samples"] == 8  # the recipe itself untouched
+    record = runs[1].record()["changes"]
+    assert record["train.seed"] == 1 and record["styles.predictions.temperature"] == 4
+    assert record["routing.preset"] == "kd" and record["train.epochs"] == 1

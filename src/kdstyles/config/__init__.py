@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from ..errors import KDError
 from ..store.fileio import read_yaml
 from .messages import format_validation_error
-from .overrides import apply_overrides, override, parse_overrides, yaml_value
+from .overrides import Change, apply_changes, apply_overrides, changes_of, override, parse_overrides, yaml_value
 from .resume import MOVABLE, RESUMABLE, check_resumable, config_changes, resumable, resumable_keys
 from .sections import (SELECTION_METRICS, AugmentConfig, DataConfig, EvalConfig, ExperimentConfig, LauncherConfig,
                        LossConfig, MixConfig, NetworkConfig, NetworksConfig, OptimConfig, OutputConfig, ScheduleConfig,
@@ -27,7 +27,7 @@ from .sections import (SELECTION_METRICS, AugmentConfig, DataConfig, EvalConfig,
 __all__ = ["MOVABLE", "RESUMABLE", "SELECTION_METRICS", "AugmentConfig", "DataConfig", "EvalConfig", "ExperimentConfig",
            "LauncherConfig", "LossConfig", "MixConfig", "NetworkConfig", "NetworksConfig", "OptimConfig",
            "OutputConfig", "ScheduleConfig", "TeacherConfig", "TrainConfig", "TuneConfig", "UnlabeledConfig",
-           "apply_overrides", "build_config", "check_resumable", "config_changes", "dump_config", "resumable", "resumable_keys",
+           "Change", "apply_changes", "apply_overrides", "build_config", "changes_of", "check_resumable", "config_changes", "dump_config", "resumable", "resumable_keys",
            "format_validation_error", "load_config", "override", "parse_overrides", "read_yaml", "yaml_value"]
 
 
@@ -48,12 +48,15 @@ def _validate(raw: dict, recorded: bool = False) -> ExperimentConfig:
         raise KDError(format_validation_error(err)) from None
 
 
-def build_config(raw: dict, overrides: list[str] | None = None, recorded: bool = False) -> ExperimentConfig:
-    """Validate a raw config; overrides apply on top of the resolved config (defaults filled in),
-    so ``--set networks.students.s1.arch=resnet18`` changes s1 and keeps s2. ``recorded``: a run
+def build_config(raw: dict, overrides: list[str] | None = None, recorded: bool = False,
+                 changes: list[Change] | tuple[Change, ...] = ()) -> ExperimentConfig:
+    """Validate a raw config; overrides (``--set`` text) and then ``changes`` (typed: a dotted
+    key and its value) apply on top of the resolved config (defaults filled in), so
+    ``--set networks.students.s1.arch=resnet18`` changes s1 and keeps s2. ``recorded``: a run
     folder's own config (config.yaml, run.json's), which an earlier release wrote: checks added
     since that only refuse keys it ignored are not applied to it."""
-    if not overrides:
+    changes = [*changes_of(list(overrides or [])), *changes]
+    if not changes:
         return _validate(raw, recorded)
     try:
         _plugins(raw)
@@ -61,13 +64,15 @@ def build_config(raw: dict, overrides: list[str] | None = None, recorded: bool =
             mode="json", exclude_none=True)
     except (ValidationError, KDError):
         resolved = raw  # the overrides may be what repairs it; validate once with them applied
-    return _validate(apply_overrides(resolved, list(overrides)), recorded)
+    return _validate(apply_changes(resolved, changes), recorded)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML experiment (or the defaults when ``path`` is None) and apply overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                changes: list[Change] | tuple[Change, ...] = ()) -> ExperimentConfig:
+    """Load a YAML experiment (or the defaults when ``path`` is None) and apply overrides (text),
+    then changes (typed)."""
     raw = read_yaml(path) if path is not None else {}
-    return build_config(raw, overrides)
+    return build_config(raw, overrides, changes=changes)
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -1,7 +1,12 @@
-"""``--set KEY.PATH=VALUE``: values read as YAML, set inside a raw config, and written back."""
+"""``--set KEY.PATH=VALUE``: values read as YAML, set inside a raw config, and written back.
+
+Text is read once, at the command line: ``--set`` pairs become :data:`Change` s (a dotted key
+and its value), which is what the workflows (compare's variants and seeds, a shared teacher,
+tune's trials) add to a config: typed values, never text parsed again."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import yaml
@@ -16,6 +21,14 @@ def yaml_value(value: Any) -> str:
 def override(key: str, value: Any) -> str:
     """``KEY=VALUE`` for ``--set``, the value as YAML on one line."""
     return f"{key}={yaml_value(value)}"
+
+
+Change = tuple[str, Any]  # a dotted config key and its value
+
+
+def changes_of(pairs: list[str]) -> list[Change]:
+    """``--set`` text as changes: ``a.b=1`` -> ``("a.b", 1)``."""
+    return [(".".join(path), value) for path, value in parse_overrides(pairs)]
 
 
 def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
@@ -37,7 +50,14 @@ def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
 
 def apply_overrides(raw: dict, pairs: list[str]) -> dict:
     """Set each ``KEY.PATH=VALUE`` inside a raw config dict (creating dicts on the way)."""
-    for path, value in parse_overrides(pairs):
+    return apply_changes(raw, changes_of(pairs))
+
+
+def apply_changes(raw: dict, changes: list[Change] | tuple[Change, ...]) -> dict:
+    """Set each change's value at its dotted key inside a raw config dict, in order (creating
+    dicts on the way)."""
+    for key, value in changes:
+        path = key.split(".")
         node: Any = raw
         for depth, part in enumerate(path[:-1]):
             if isinstance(node, list):
@@ -56,7 +76,7 @@ def apply_overrides(raw: dict, pairs: list[str]) -> dict:
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):
                 raise KDError(f"--set {'.'.join(path)}: '{last}' is not an index of a list of {len(node)}")
-            node[int(last)] = value
+            node[int(last)] = copy.deepcopy(value)  # a value given to several configs stays each one's own
         else:
-            node[last] = value
+            node[last] = copy.deepcopy(value)
     return raw

@@ -26,7 +26,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from ..config import ExperimentConfig, build_config, load_config, read_yaml
+from ..config import Change, ExperimentConfig, build_config, changes_of, load_config, read_yaml
 from ..errors import Interrupted, KDError
 from ..store.fileio import write_text
 from ..common.metrics import METRICS
@@ -52,17 +52,18 @@ STOP_GRACE_S = 120  # how long stopped workers may take to write their checkpoin
 @dataclass(frozen=True)
 class Variant:
     """One routing compared: a preset, the config's own routing, or an ablation of it (``edges``:
-    the routing's own edges it keeps, set on the config as objects)."""
+    the routing's own edges it keeps, set on the config as objects); ``changes``: the config keys
+    it sets (typed values: a recipe's YAML as read, never text parsed again)."""
 
     name: str
-    overrides: tuple[str, ...]
+    changes: tuple[Change, ...]
     note: str = ""
     edges: tuple | None = None
     baseline: bool = False  # a reference (a ceiling, another baseline), never the comparison's choice
 
-    def config(self, raw: dict, overrides: list[str]) -> ExperimentConfig:
-        """This variant's config: the raw config with ``overrides`` on top, then its edges."""
-        cfg = build_config(raw, overrides)
+    def config(self, raw: dict, changes: list[Change]) -> ExperimentConfig:
+        """This variant's config: the raw config with ``changes`` on top, then its edges."""
+        cfg = build_config(raw, changes=changes)
         if self.edges is None:
             return cfg
         resolved = cfg.model_dump(mode="json")
@@ -87,7 +88,7 @@ def preset_variants(presets: list[str], base, beside_edges: bool = False) -> lis
         if p != CUSTOM and base.routing.edges is not None and not beside_edges:
             raise KDError(f"the config routes by edges; compare it as '--presets {CUSTOM}' next to named presets, "
                           f"and remove routing.edges to run '{p}'")
-        out.append(Variant(p, () if p == CUSTOM else ("routing.edges=null", f"routing.preset={p}")))
+        out.append(Variant(p, () if p == CUSTOM else (("routing.edges", None), ("routing.preset", p))))
     return out
 
 
@@ -100,7 +101,7 @@ def recipe_variants(path: str | Path | dict, base) -> list[Variant]:
 
     so one comparison can hold recipes that differ in more than their edges (images without
     labels, mixing, epochs, a style's options), each against the same students trained alone."""
-    from ..config import override, read_yaml
+    from ..config import read_yaml
 
     try:
         raw = path if isinstance(path, dict) else read_yaml(path)  # the Python API may pass the mapping itself
@@ -133,7 +134,7 @@ def recipe_variants(path: str | Path | dict, base) -> list[Variant]:
             routed = preset_variants([preset], base, beside_edges=True)[0]
         except KDError as exc:
             raise KDError(f"{where}: {str(exc).removeprefix('--presets: ')}") from None
-        out.append(Variant(name, (*routed.overrides, *(override(k, v) for k, v in (recipe.get("set") or {}).items())),
+        out.append(Variant(name, (*routed.changes, *given.items()),
                            str(recipe.get("note") or ""), baseline=recipe.get("baseline", False)))
     return out
 
@@ -183,7 +184,7 @@ def base_config(config: str | Path | None, overrides: list[str], presets: list[s
         if ablate or CUSTOM in presets or not named:
             raise
         try:  # loads with a preset the comparison runs: only the config's own routing was wrong
-            return load_config(config, [*overrides, f"routing.preset={named[0]}"])
+            return load_config(config, overrides, changes=[("routing.preset", named[0])])
         except KDError:
             raise exc from None  # the config's own error, not the retry's
 
@@ -221,47 +222,57 @@ def plan(config: str | None, presets: list[str], seeds: int, out: Path, override
     info["notes"] = {v.name: v.note for v in variants if v.note}
     info["baselines"] = [v.name for v in variants if v.baseline]
     raw = read_yaml(config) if config is not None else {}
+    given = changes_of(overrides)  # the command's text, read once
+    try:
+        teacher_given = changes_of(teacher_overrides)
+    except KDError as exc:
+        raise KDError(f"--teacher-set: {exc}".replace("--set ", "", 1)) from None
     teachers, specs = [], []
     for i in range(seeds):
         seed = base.train.seed + i
-        shared: tuple[str, ...] = ()
+        shared: tuple[Change, ...] = ()
         if teacher == "shared":
-            t_spec, shared = shared_teacher(config, base, seed, out, f"{SHARED_TEACHER}-seed{seed}", overrides,
-                                            teacher_overrides, checkpoint)
+            t_spec, shared = shared_teacher(config, base, seed, out, f"{SHARED_TEACHER}-seed{seed}", given,
+                                            teacher_given, checkpoint)
             teachers.append(t_spec)
         for v in variants:
             name = f"{v.name}-seed{seed}"
-            ov = (*overrides, *v.overrides, *shared, f"train.seed={seed}", f"output.dir={out}", f"output.name={name}")
-            cfg = v.config(raw, list(ov))  # every run's config is valid before the first starts
-            specs.append(RunSpec(v.name, seed, str(out / name), config, ov, checkpoint, cfg))
+            changes = (*given, *v.changes, *shared, *run_place(seed, out, name))
+            cfg = v.config(raw, list(changes))  # every run's config is valid before the first starts
+            specs.append(RunSpec(v.name, seed, str(out / name), config, changes, checkpoint, cfg))
     info["teacher"]["runs"] = {t.seed: t.run_dir for t in teachers}
     info["teacher"]["overrides"] = teacher_overrides
     return teachers, specs, info
 
 
-def shared_teacher(config, base, seed: int, out: Path, name: str, overrides: list[str],
-                   teacher_overrides: list[str], checkpoint: str = "best", option: str | None = "--teacher-set"
-                   ) -> tuple[RunSpec, tuple[str, ...]]:
+def run_place(seed: int, out: Path, name: str) -> tuple[Change, ...]:
+    """The changes that make a run of a comparison (or tune) this seed's, in ``out/name``."""
+    return ("train.seed", seed), ("output.dir", str(out)), ("output.name", name)
+
+
+def shared_teacher(config, base, seed: int, out: Path, name: str, given: list[Change],
+                   teacher_given: list[Change], checkpoint: str = "best", option: str | None = "--teacher-set"
+                   ) -> tuple[RunSpec, tuple[Change, ...]]:
     """The run that trains one seed's shared teacher (preset ``teacher``: the teacher alone, on
-    labels), and the overrides that make every run of that seed load it as a frozen offline
-    teacher. ``tune`` uses it too, for a
-    teacher whose own keys (``teacher.train.epochs``) are searched."""
+    labels; ``given``: the comparison's changes, then ``teacher_given``: its own), and the
+    changes that make every run of that seed load it as a frozen offline teacher. ``tune`` uses
+    it too, for a teacher whose own keys (``teacher.train.epochs``) are searched."""
     if base.networks.teacher.mode == "offline":
         raise KDError("a shared teacher is trained here; the config's teacher is already offline "
                       "(networks.teacher.mode: offline): leave out --teacher shared and teacher.* keys")
-    ov = (*overrides, "routing.edges=null", "routing.preset=teacher", "train.early_stopping=null", f"train.seed={seed}",
-          *teacher_overrides, f"output.dir={out}", f"output.name={name}")
+    changes = (*given, ("routing.edges", None), ("routing.preset", "teacher"), ("train.early_stopping", None),
+               *teacher_given, *run_place(seed, out, name))
     try:
-        cfg = load_config(config, list(ov))
+        cfg = load_config(config, changes=changes)
     except KDError as exc:
         raise (KDError(f"{option}: {exc}".replace("--set ", "", 1)) if option else exc) from None
-    same_net = tuple(o for o in teacher_overrides if o.startswith("networks.teacher."))  # the same network to load
+    same_net = tuple(c for c in teacher_given if c[0].startswith("networks.teacher."))  # the same network to load
     # a cached teacher answers for a fixed set of views of each image: only where views are fixed (one, or
     # data.views of them), never where each step's view is new (unlabelled images need its exact answer)
     cache = base.data.fixed_views and (base.data.unlabeled is None or base.data.views is not None)
-    shared = (*same_net, "networks.teacher.mode=offline", f"networks.teacher.checkpoint={out / name}",
-              f"networks.teacher.cache={str(cache).lower()}")
-    return RunSpec(SHARED_TEACHER, seed, str(out / name), config, ov, checkpoint, cfg), shared
+    shared = (*same_net, ("networks.teacher.mode", "offline"), ("networks.teacher.checkpoint", str(out / name)),
+              ("networks.teacher.cache", bool(cache)))
+    return RunSpec(SHARED_TEACHER, seed, str(out / name), config, changes, checkpoint, cfg), shared
 
 
 def _stop_with_parent(parent: int) -> None:

@@ -9,7 +9,7 @@ import traceback
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..config import ExperimentConfig
+from ..config import Change, ExperimentConfig
 from ..errors import Interrupted, KDError
 from ..store.runfolder import STATUS_DONE, RunFolder
 
@@ -22,14 +22,15 @@ class RunSpec:
     seed: int
     run_dir: str
     config: str | None
-    overrides: tuple[str, ...]  # on top of config, as the manifest records them
+    changes: tuple[Change, ...]  # on top of config: the command's --set, the variant's keys, seed and place
     checkpoint: str
     cfg: ExperimentConfig = field(repr=False, compare=False)  # the run's config, validated once by plan
 
     def record(self) -> dict[str, Any]:
-        """What comparison.json keeps of it: the fields, and the edges the run trains."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cfg"} | {
-            "overrides": list(self.overrides), "edges": [str(e) for e in self.cfg.edges]}
+        """What comparison.json keeps of it: the fields (the changes as one mapping, a later
+        value of a key in place of an earlier one), and the edges the run trains."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("cfg", "changes")} | {
+            "changes": dict(self.changes), "edges": [str(e) for e in self.cfg.edges]}
 
 
 def run_state(spec: RunSpec) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .compare import shared_teacher
-from ..config import load_config, override
+from ..config import Change, changes_of, load_config
 from ..errors import KDError, TrainingDiverged
 from ..store.fileio import FolderLock, make_folder
 from ..store.runfolder import STATUS_DONE, ComparisonFolder, RunFolder
@@ -69,10 +69,10 @@ def check_space(config: str | None, overrides: list[str]) -> Any:
         for v in values:
             try:
                 if key.startswith(TEACHER):
-                    shared_teacher(config, cfg, cfg.train.seed, Path("runs"), "teacher", overrides,
-                                   [override(key.removeprefix(TEACHER), v)], option=None)
+                    shared_teacher(config, cfg, cfg.train.seed, Path("runs"), "teacher", changes_of(overrides),
+                                   [(key.removeprefix(TEACHER), v)], option=None)
                 else:
-                    load_config(config, [*overrides, override(key, v)])
+                    load_config(config, overrides, changes=[(key, v)])
             except KDError as exc:
                 raise KDError(f"tune.space.{key}: the value {v!r} does not make a valid experiment ({exc})") from None
     students = list(cfg.networks.students)
@@ -95,13 +95,13 @@ def _teacher_dir(study: str, values: dict[str, Any]) -> str:
 
 
 def _train_teacher(config, cfg, out: Path, name: str, overrides: list[str], values: dict[str, Any], quiet: bool,
-                   echo) -> tuple[str, ...]:
+                   echo) -> tuple[Change, ...]:
     """Train the shared teacher for these values unless a finished one exists (waiting while
-    another worker trains it); returns the overrides that load it in the trial's run."""
+    another worker trains it); returns the changes that load it in the trial's run."""
     from ..api import Experiment
 
-    spec, shared = shared_teacher(config, cfg, cfg.train.seed, out, name, overrides,
-                                  [override(k.removeprefix(TEACHER), v) for k, v in values.items()])
+    spec, shared = shared_teacher(config, cfg, cfg.train.seed, out, name, changes_of(overrides),
+                                  [(k.removeprefix(TEACHER), v) for k, v in values.items()])
     with FolderLock(out, "tune folder", name=f".{name}.lock", wait=True):
         run = RunFolder(spec.run_dir)
         if run.status() not in STATUS_DONE:
@@ -207,14 +207,15 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
             return "pruned" if trial.should_prune() else None
 
         try:
-            shared: tuple[str, ...] = ()
+            shared: tuple[Change, ...] = ()
             if teacher:
                 t_name = _teacher_dir(study_name, teacher)
                 trial.set_user_attr("teacher_run", str(out / t_name))
                 shared = _train_teacher(config, cfg, out, t_name, overrides, teacher, quiet, echo)
-            exp = Experiment(config, overrides=[*overrides, *(override(k, v) for k, v in values.items()
-                                                              if k not in teacher),
-                                                *shared, f"output.dir={out}", f"output.name={name}"], quiet=quiet)
+            trial_cfg = load_config(config, overrides, changes=[
+                *((k, v) for k, v in values.items() if k not in teacher), *shared,
+                ("output.dir", str(out)), ("output.name", name)])
+            exp = Experiment(trial_cfg, quiet=quiet)
             exp.fit(callbacks=[report])
         except TrainingDiverged as exc:  # e.g. a learning rate too high: this trial fails, the search goes on
             echo(f"trial {trial.number}: failed ({exc})")
