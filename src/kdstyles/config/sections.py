@@ -343,9 +343,10 @@ class DataConfig(Strict):
             what = f"data.flag {self.flag}" if self.flag else f"source '{self.source}'"
             raise ValueError(f"spatial_dims: 2, but {what} holds volumes; leave spatial_dims out")
         if self.modalities is not None:
-            if self.source not in ("decathlon", "folder", "csv") or self.dims != 3:
-                raise ValueError("modalities: selects channels of volume files (source decathlon, or folder/csv "
-                                 f"with spatial_dims 3), not of source '{self.source}'"
+            if not SOURCES[self.source].volume_files or self.dims != 3:
+                readers = ", ".join(n for n, s in SOURCES.items() if s.volume_files)
+                raise ValueError(f"modalities: selects channels of volume files (sources {readers}, with "
+                                 f"spatial_dims 3), not of source '{self.source}'"
                                  f"{' with 2D images' if self.dims == 2 else ''}; leave it out")
             if self.channels is not None and self.channels != len(self.modalities):
                 raise ValueError(f"channels: {self.channels}, but modalities keeps {len(self.modalities)}; "
@@ -399,7 +400,7 @@ class DataConfig(Strict):
         inherited = {k for k in ("classes", "num_classes") if reads is None or k in reads}
         base = self.model_dump(exclude=(SOURCE_KEYS - inherited) | {"source", "external", "unlabeled"},
                                exclude_unset=True)
-        if entry.source == "synthetic":
+        if "site" in (reads or ()):  # a generated set's site is its own, never the training data's
             own.add("site")
         update = {k: getattr(entry, k) for k in own}
         if entry.samples is not None:

@@ -79,6 +79,7 @@ class Source:
     # `kdstyles check` may read a few items of each split instead of all (generated data: every
     # item passes the same checks, and the rest only costs time)
     previews: ClassVar[bool] = False
+    volume_files: ClassVar[bool] = False  # reads NIfTI/NRRD files, whose channels data.modalities selects
 
     def default_input(self, cfg: Any, task: Any) -> tuple[int | None, int | None]:
         """The channels and side of the network input when ``data.channels`` / ``data.image_size``

@@ -20,6 +20,7 @@ class CSV(Source):
     name = "csv"
     requires = "path"
     reads = frozenset({"path", "classes", "num_classes", "none_label", "uncertain", "groups"}) | FILE_SPLITS
+    volume_files = True
     unlabeled_requires = "path"  # data.unlabeled.path
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:

@@ -78,6 +78,7 @@ class Decathlon(Source):
     name = "decathlon"
     requires = "root"
     reads = frozenset({"root", "classes", "num_classes"}) | FILE_SPLITS
+    volume_files = True
     patches = True
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:

@@ -27,6 +27,7 @@ class Folder(Source):
     name = "folder"
     requires = "root"
     reads = frozenset({"root", "classes", "num_classes", "none_label"}) | FILE_SPLITS
+    volume_files = True
     unlabeled_requires = "root"  # data.unlabeled.root
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
