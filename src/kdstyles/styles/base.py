@@ -78,12 +78,18 @@ class LogitOptions(StyleOptions):
                                                  "warns")
 
 
+def zscore(x: torch.Tensor) -> torch.Tensor:
+    """Each sample's (and pixel's) values over dim 1 (classes, or an embedding's features) with
+    zero mean and unit standard deviation."""
+    return (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-7)
+
+
 def soften(logits: torch.Tensor, options: StyleOptions) -> torch.Tensor:
     """Logits (fp32 under autocast too) over the classes (dim 1), z-scored per sample (and
     pixel) where ``options.standardize``, divided by the temperature: what the softmax sees."""
     z = logits.float()
     if getattr(options, "standardize", False):
-        z = (z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + 1e-7)
+        z = zscore(z)
     return z / options.temperature
 
 

@@ -17,21 +17,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .base import Style, StyleOptions
+from .base import Style, StyleOptions, zscore
 
 
 class EmbeddingOptions(StyleOptions):
     loss: Literal["cosine", "smooth_l1", "mse"] = Field("cosine", description="how the projected embedding is "
                                                         "compared with the source's")
-
-
-def standardised(x: torch.Tensor) -> torch.Tensor:
-    """Each sample's embedding with zero mean and unit variance over its features."""
-    return (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-6)
 
 
 class Embedding(Style):
@@ -45,4 +39,4 @@ class Embedding(Style):
         if options.loss == "cosine":
             return (1 - F.cosine_similarity(target, source, dim=1)).mean()
         compare = F.smooth_l1_loss if options.loss == "smooth_l1" else F.mse_loss
-        return compare(standardised(target), standardised(source))
+        return compare(zscore(target), zscore(source))

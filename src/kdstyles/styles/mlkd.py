@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from .base import Style, StyleOptions, class_rows
+from .base import Style, StyleOptions, class_rows, zscore
 
 
 class MLKDOptions(StyleOptions):
@@ -56,7 +56,7 @@ def softmaxed(logits: torch.Tensor, temperature: float, standardize: bool) -> to
     """(B, K, *spatial) logits -> log-probabilities at ``temperature`` over dim 1."""
     z = logits.float()
     if standardize:
-        z = (z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + 1e-7)
+        z = zscore(z)
     return F.log_softmax(z / temperature, dim=1)
 
 
