@@ -68,7 +68,7 @@ class OutputCache:
         self.n = n
         self.stores: dict[str, dict | None] = {name: None for name in names}
         self.unverified: set[str] = set()
-        self.filled_since_saved = 0  # samples filled since the store was last written or read
+        self.changed = False  # outputs put since the store was last written or read
 
     def get(self, name: str, keys: torch.Tensor) -> NetOutput | None:
         store = self.stores.get(name)
@@ -86,7 +86,7 @@ class OutputCache:
             store = self.stores[name] = {
                 "logits": alloc(out.logits), "features": {p: alloc(t) for p, t in out.features.items()},
                 "filled": torch.zeros(self.n, dtype=torch.bool, device=out.logits.device)}
-        self.filled_since_saved += int((~store["filled"][keys]).sum())
+        self.changed = True  # no count here: a device sync on every step the teacher runs
         store["logits"][keys] = out.logits
         for p, t in out.features.items():
             store["features"][p][keys] = t
@@ -118,7 +118,7 @@ class OutputCache:
                                  "features": {k[len(prefix):]: t.to(device) for k, t in tensors.items()
                                               if k.startswith(prefix)}}
             self.unverified.add(name)
-        self.filled_since_saved = 0
+        self.changed = False
         return self.filled()
 
     def drop(self, name: str) -> None:

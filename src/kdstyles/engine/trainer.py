@@ -104,7 +104,8 @@ class Trainer:
                                "the next run of this teacher, data and seed", highlight=False)
 
     def _store_outputs(self) -> None:
-        """Write what the epoch added to the stored outputs (the main process; a failure is a warning)."""
+        """Write the kept outputs to the store once, at an epoch's end: when every view is kept, or
+        as far as they got when the run ends (the main process; a failure is a warning)."""
         from ..store import outputs
 
         cache = self.cohort.cache
@@ -113,10 +114,12 @@ class Trainer:
                                f"{self.outputs_file} did not match its forward (the data changed on disk?); "
                                "they were computed again and the file is replaced")
             self.cohort.cache_mismatch = None
-        if self.outputs_file is None or not cache.filled_since_saved or not self.dist.main:
-            return
+        ended = self.state.status != "running"  # the last epoch or early stopping
+        if self.outputs_file is None or not cache.changed or not self.dist.main or not (ended or
+                                                                                         cache.filled() == cache.n):
+            return  # written once: when every view is kept, or as far as they got when the run ends
         why = outputs.write(self.outputs_file, cache.tensors())
-        cache.filled_since_saved = 0
+        cache.changed = False
         if why is not None:
             self.console.print(f"[yellow]warning: the teacher's outputs were not stored ({why}); this run keeps "
                                "them in memory")
