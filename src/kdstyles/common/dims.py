@@ -152,11 +152,6 @@ class Dims:
         return self.n * self.n - self.n
 
 
-def of(x) -> Dims:
-    """The kind of a batch tensor (N, C, *spatial): its spatial dimensions."""
-    return dims(x.ndim - 2)
-
-
 def of_axes(record: dict) -> Dims:
     """The kind an input record names axes for (an exported model's sidecar ``input``: height and
     width, with depth for volumes)."""
