@@ -208,3 +208,22 @@ def assert_same_run(a_dir, b_dir):
         sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
         assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
     assert (a_dir / "metrics.csv").read_text() == (b_dir / "metrics.csv").read_text()
+
+
+def run_bundle(folder, inputs, out):
+    """A MONAI Bundle's inference run by MONAI's own runner (``monai.bundle.run``, what
+    ``python -m monai.bundle run`` calls), as its docs/README.md says to run it; returns ``out``."""
+    from monai.bundle import run
+
+    run(config_file=str(folder / "configs" / "inference.json"), meta_file=str(folder / "configs" / "metadata.json"),
+        logging_file=False, bundle_root=str(folder), dataset_dir=str(inputs), output_dir=str(out))
+    return out
+
+
+def bundle_probabilities(out) -> dict[str, list[float]]:
+    """A bundle's predictions.csv (MONAI's ClassificationSaver: the file, then a value per class) by file name."""
+    import csv
+    from pathlib import Path
+
+    with open(out / "predictions.csv", newline="") as f:
+        return {Path(row[0]).name: [float(v) for v in row[1:]] for row in csv.reader(f)}

@@ -2,6 +2,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,6 +201,19 @@ def test_segmentation_export_and_predict_masks(tiny_overrides, tmp_path):
             # the same mask, but for a pixel or two whose classes tie to float order (an untrained net)
             assert (np.array(ma) != np.array(mb)).mean() <= 0.005
             assert set(np.unique(np.array(ma))) <= {0, 255}
+    # the MONAI Bundle writes the same masks at the network's input size (here 32 px; predict's at the image's)
+    from conftest import run_bundle
+    from kdstyles.deploy.bundle import export_bundle
+
+    bundle = export_bundle(exp.run_dir, "ensemble", tmp_path / "bundle", say=lambda m: None)
+    assert bundle["output"]["shape"] == ["batch", 2, "height", "width"]
+    written = run_bundle(tmp_path / "bundle", folder, tmp_path / "bundle-out")
+    for rb in rows_b[1:]:
+        path, mask_b = rb.split(",")[:2]
+        with Image.open(written / f"{Path(path).stem}_mask.png") as m, Image.open(mask_b) as mb:
+            assert m.size == (32, 32)
+            back = np.array(m.resize((40, 40), Image.Resampling.NEAREST))  # as predict puts it on the image
+            assert (back != np.array(mb)).mean() <= 0.005 and set(np.unique(np.array(m))) <= {0, 255}
 
 
 def test_a_calibrated_export_outputs_the_probabilities_evaluate_scored(run_dir, tmp_path):
@@ -253,3 +267,61 @@ def test_a_calibrated_export_outputs_the_probabilities_evaluate_scored(run_dir, 
         listed = row["prediction_set"].split("|")
         assert listed[0] == row["prediction"] and set(listed) == {names[k] for k in np.flatnonzero(member)}
         assert [p[names.index(c)] for c in listed] == sorted([p[names.index(c)] for c in listed], reverse=True)
+
+
+def test_a_monai_bundle_runs_in_monais_runner_and_predicts_what_kdstyles_predicts(run_dir, images, tmp_path):
+    """export --format bundle: the folder MONAI's bundle specification asks for; its metadata
+    declares the input and output tensors MONAI's own check verifies against the network; MONAI's
+    inference workflow has every property it requires; run by MONAI's runner over a folder of
+    images (other sizes, a grey one) it writes each image's probabilities, which are kdstyles
+    predict's on the same files (float32 through the same Pillow steps: 1e-5)."""
+    from monai.bundle import ConfigWorkflow, verify_net_in_out
+
+    from conftest import bundle_probabilities, run_bundle
+    from kdstyles.deploy.bundle import export_bundle
+    from kdstyles.deploy.predict import predict
+
+    out = tmp_path / "s1_bundle"
+    side = export_bundle(run_dir, "s1", out, license="MIT", authors="A. Tester", say=lambda m: None)
+    assert side["verification"]["max_abs_diff"] < 1e-5
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["configs/inference.json", "configs/metadata.json", "docs/README.md", "docs/license.txt",
+                     "models/model.pt", "models/model.ts"]
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    required = {"version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
+                "description", "authors", "copyright", "network_data_format"}
+    assert required <= set(meta) and meta["authors"] == "A. Tester" and "MIT" in (out / "docs/license.txt").read_text()
+    tensor = {"type", "format", "modality", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data",
+              "channel_def"}
+    image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
+    assert tensor <= set(image) and tensor <= set(pred)
+    assert image["spatial_shape"] == [16, 16] and image["num_channels"] == 3 and image["value_range"] == [0, 1]
+    assert pred["channel_def"] == {"0": "normal", "1": "lymphocytic", "2": "tumour", "3": "stroma"}
+    assert meta["kdstyles"]["networks"] == [{"name": "s1", "arch": "resnet10", "widen": 0.125, "stem": "auto"}]
+    assert "arXiv:2212.02931" in " ".join(meta["references"])
+    workflow = ConfigWorkflow(config_file=str(out / "configs" / "inference.json"), logging_file=False,
+                              workflow_type="inference", bundle_root=str(out), dataset_dir=str(images))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    verify_net_in_out(net_id="network_def", config_file=str(out / "configs" / "inference.json"),
+                      meta_file=str(out / "configs" / "metadata.json"), device="cpu", bundle_root=str(out))
+    got = bundle_probabilities(run_bundle(out, images, tmp_path / "bundle-out"))
+    rows = list(csv.DictReader(predict(run_dir, [images], tmp_path / "pred", network="s1", quiet=True).open()))
+    assert sorted(got) == sorted(Path(r["path"]).name for r in rows) and len(rows) == 6
+    for r in rows:
+        want = [float(r[f"p_{c}"]) for c in ("normal", "lymphocytic", "tumour", "stroma")]
+        assert np.abs(np.array(got[Path(r["path"]).name]) - want).max() < 1e-5
+    assert "python -m monai.bundle run --config_file configs/inference.json" in (out / "docs/README.md").read_text()
+    # exported again: the earlier bundle replaced whole; a folder of other files is refused untouched
+    (out / "models" / "stray.bin").write_bytes(b"x")
+    export_bundle(run_dir, "s1", out, say=lambda m: None)
+    assert not (out / "models" / "stray.bin").exists() and "No licence was chosen" in (out / "docs/license.txt").read_text()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(KDError, match=rf"^--out '{other}' is a folder of other files; give a new folder \(--out\)$"):
+        export_bundle(run_dir, "s1", other, say=lambda m: None)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    with pytest.raises(KDError, match="--license 'MIT license!': give an SPDX identifier"):
+        export_bundle(run_dir, "s1", tmp_path / "b2", license="MIT license!")
+

@@ -306,6 +306,11 @@ def test_detection_trains_evaluates_draws_exports_and_predicts(tiny_overrides, t
     drawable = exp.cohort.task.drawable({k[4:]: v for k, v in kept.items() if k != "labels"}, kept["labels"], 2)
     for name, m in result["networks"].items():
         assert drawable[name].metrics()["map"][0] == pytest.approx(m["map"], abs=1e-9)
+    from kdstyles.deploy.bundle import export_bundle
+
+    with pytest.raises(KDError, match=r"^--format bundle: task detection: its output \(a heatmap per class"):
+        export_bundle(exp.run_dir, "ensemble", tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
     side = export_run(exp.run_dir, "ensemble")
     assert side["task"] == "detection" and side["verification"]["max_abs_diff"] < 1e-4
     images = tmp_path / "frames"

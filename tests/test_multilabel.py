@@ -4,8 +4,10 @@ train, evaluate, export to ONNX and predict, on images and on volumes (ChestMNIS
 test_sources.py)."""
 
 import csv
+import json
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -149,6 +151,16 @@ def test_multilabel_run_trains_evaluates_exports_and_predicts(tmp_path):
     assert_same_label_rows(rows[0][1:], rows[1][1:])
     for a in rows[0][1:]:
         assert a[1] == "|".join(c for c, p in zip(rows[0][0][2:], a[2:]) if float(p) >= 0.5).replace("p_", "")
+    # the MONAI Bundle writes each image's label probabilities (independent sigmoids), as predict does
+    from conftest import bundle_probabilities, run_bundle
+    from kdstyles.deploy.bundle import export_bundle
+
+    export_bundle(exp.run_dir, "ensemble", tmp_path / "bundle", say=lambda m: None)
+    meta = json.loads((tmp_path / "bundle" / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["format"] == "classes"
+    got = bundle_probabilities(run_bundle(tmp_path / "bundle", frames, tmp_path / "bundle-out"))
+    for a in rows[1][1:]:
+        assert np.abs(np.array(got[Path(a[0]).name]) - [float(v) for v in a[2:]]).max() < 1e-5
 
 
 def test_multi_hot_labels_from_a_csv_and_what_is_refused(tmp_path):

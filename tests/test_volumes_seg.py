@@ -242,6 +242,18 @@ def test_decathlon_run_exports_and_predicts_nifti_masks_on_the_input_grid(tmp_pa
         assert ml == pytest.approx((values == 1).sum() * 1.2 * 1.2 * 1.6 / 1000, abs=1e-3)
     with pytest.raises(KDError, match="this model takes volumes"):
         predict(exp.run_dir, [tmp_path / "x.png"], tmp_path / "pred", quiet=True)
+    # the MONAI Bundle prepares the volume as training did (LAS -> RAS, 1.5 mm, the window), slides the
+    # same windows and writes the mask back on the file's own grid: predict's mask
+    from conftest import run_bundle
+    from kdstyles.deploy.bundle import export_bundle
+
+    export_bundle(exp.run_dir, "ensemble", tmp_path / "bundle", say=lambda m: None)
+    inputs = tmp_path / "cases"
+    inputs.mkdir()
+    (inputs / case.name).write_bytes(case.read_bytes())
+    written = nib.load(run_bundle(tmp_path / "bundle", inputs, tmp_path / "bundle-out") / "case_003_mask.nii.gz")
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+    assert (np.asarray(written.dataobj) != values).mean() <= 0.005
 
 
 def test_multi_channel_volumes_keep_the_chosen_modalities_through_export_and_predict(tmp_path):

@@ -526,8 +526,9 @@ def _print_report(folder: Path, before: str = "") -> None:
 def export(run_dir: Path = typer.Argument(..., help="a run folder"),
            network: Optional[str] = typer.Option(None, help="a student (default: the first), ensemble (mean of "
                                                             "the students) or teacher"),
-           fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
-           out: Optional[Path] = typer.Option(None, help="model file (default: RUN_DIR/export/NETWORK.onnx|.pt)"),
+           fmt: str = typer.Option("onnx", "--format", help="onnx, torchscript or bundle (a MONAI Bundle folder)"),
+           out: Optional[Path] = typer.Option(None, help="model file (default: RUN_DIR/export/NETWORK.onnx|.pt; a "
+                                                         "bundle: the folder RUN_DIR/export/NETWORK_bundle)"),
            checkpoint: str = typer.Option("best", help="best or last"),
            quantize: Optional[str] = typer.Option(None, help="int8 (static, calibrated) or fp16: also write a "
                                                             "quantized model, verified on the test split"),
@@ -539,14 +540,22 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
                                                                "model may lose (default 1); more: exit 1, the file "
                                                                "kept as NAME.int8.rejected.onnx"),
            calibrated: bool = typer.Option(False, "--calibrated", help="output probabilities at the temperature "
-                                           "'kdstyles evaluate --calibrated' fitted on the validation split")
+                                           "'kdstyles evaluate --calibrated' fitted on the validation split"),
+           authors: Optional[str] = typer.Option(None, help="bundle: the model's authors (metadata and licence)"),
+           license: Optional[str] = typer.Option(None, "--license", help="bundle: the weights' licence, an SPDX "
+                                                                         "identifier (MIT, Apache-2.0, CC-BY-4.0, ...)"),
+           modality: str = typer.Option("n/a", help="bundle: the input's modality in MONAI's words (CT, MR, US, "
+                                                    "XR, microscopy, photo, ...)")
            ) -> None:
-    """Export a network as a self-contained model + JSON sidecar + Markdown model card."""
+    """Export a network as a self-contained model + JSON sidecar + Markdown model card, or as a MONAI Bundle."""
     from .deploy.export import export_run
     from .deploy.quantize import TooLossy
     from .store.runfolder import RunFolder
 
     note = lambda m: console.print(f"[yellow]note:[/yellow] {m}", highlight=False, soft_wrap=True)  # noqa: E731
+    if fmt == "bundle":
+        _export_bundle(run_dir, network, out, checkpoint, calibrated, authors, license, modality, quantize, note)
+        return
     try:
         side = export_run(run_dir, network, fmt, out, checkpoint, quantize=quantize, calibration=calibration,
                           calibration_method=calibration_method, max_drop=max_drop, say=note, calibrated=calibrated)
@@ -566,6 +575,24 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
     if side["run_status"] != "finished":
         console.print(f"[yellow]note:[/yellow] the run is {side['run_status']}: the model card says it has not "
                       "finished", highlight=False, soft_wrap=True)
+
+
+def _export_bundle(run_dir: Path, network: str | None, out: Path | None, checkpoint: str, calibrated: bool,
+                   authors: str | None, license: str | None, modality: str, quantize: str | None, note) -> None:
+    from .deploy.bundle import export_bundle
+
+    if quantize is not None:
+        raise KDError("--quantize: a MONAI Bundle holds the float32 network; quantize an onnx export instead")
+    side = export_bundle(run_dir, network, out, checkpoint, calibrated, authors, license, modality, say=note)
+    folder = Path(side["folder"])
+    console.print(f"exported {side['network']} ({side['checkpoint']} checkpoint) as a MONAI Bundle: {folder}",
+                  highlight=False)
+    console.print(f"max |torchscript - pytorch| on {side['verification']['samples']} inputs: "
+                  f"{side['verification']['max_abs_diff']:.2e}\nrun it: cd {folder} && python -m monai.bundle run "
+                  "--config_file configs/inference.json --bundle_root . --dataset_dir INPUTS --output_dir OUT",
+                  highlight=False, soft_wrap=True)
+    if side["run_status"] != "finished":
+        note(f"the run is {side['run_status']}: the model card says it has not finished")
 
 
 def _print_quantized(side: dict, folder: Path) -> None:

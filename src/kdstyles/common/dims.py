@@ -101,6 +101,11 @@ class Dims:
         return "ml" if self.volumes else None
 
     @property
+    def mask_suffix(self) -> str:
+        """The file a predicted mask is written as: PNG for images, NIfTI for volumes."""
+        return ".nii.gz" if self.volumes else ".png"
+
+    @property
     def adaptive_avg_pool(self):
         """Adaptive average pooling of this many dimensions (torch's function)."""
         import torch.nn.functional as F

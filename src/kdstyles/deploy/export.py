@@ -136,12 +136,24 @@ def open_run(run_dir: str | Path, network: str | None, checkpoint: str = "best"
     return exp, deployable(exp, network, info), info, network
 
 
+def open_export(run_dir: Path, network: str | None, checkpoint: str, calibrated: bool
+                ) -> tuple[Experiment, Deployable, dict[str, Any], str, dict[str, Any] | None]:
+    """:func:`open_run`, and with ``calibrated`` the model set to output its probabilities at
+    the fitted temperature (:func:`calibrated_with`, also returned; else None)."""
+    exp, model, info, network = open_run(run_dir, network, checkpoint)
+    tempered = calibrated_with(exp, network, checkpoint) if calibrated else None
+    if tempered is not None:
+        model.temperature = tempered["temperature"]
+    return exp, model, info, network, tempered
+
+
 def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> float:
     import numpy as np
     import onnxruntime as ort
 
     # torch's ONNX exporter names every torchvision operator it cannot register (kdstyles has no torchvision)
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    model.eval()
 
     def write(tmp: str) -> None:
         batch = torch.export.Dim("batch", min=1, max=4096)
@@ -160,10 +172,14 @@ def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> float:
 
 
 def _export_torchscript(model: nn.Module, sample: torch.Tensor, path: Path) -> float:
+    """Traced on the first two inputs of ``sample`` and checked on all of them (a trace that
+    kept anything of its own inputs, e.g. batch statistics, differs on the others)."""
+    model.eval()
+
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.jit.save(torch.jit.trace(model, sample), tmp)
+            torch.jit.save(torch.jit.trace(model, sample[:2]), tmp)
 
     atomic_write(path, write)
     with warnings.catch_warnings():
@@ -171,6 +187,66 @@ def _export_torchscript(model: nn.Module, sample: torch.Tensor, path: Path) -> f
         loaded = torch.jit.load(str(path))
     with torch.inference_mode():
         return float((loaded(sample) - model(sample)).abs().max())
+
+
+def card_evaluation(exp: Experiment, run_dir: Path, checkpoint: str, say: Callable[[str], None]) -> Any:
+    """The run's evaluation of ``checkpoint`` (eval.json), for a model card's metrics; where there
+    is none, the checkpoint is evaluated on the test split first (``say`` is told so)."""
+    evaluation = exp.folder.evaluation()
+    if evaluation is None or evaluation.checkpoint != checkpoint:
+        say(f"{run_dir}: the {checkpoint} checkpoint has not been evaluated (no eval.json of it); evaluating it on "
+            "the test split first, for the model card's metrics (kdstyles evaluate writes the same eval.json)")
+        exp.evaluate(checkpoint=checkpoint)
+        evaluation = exp.folder.read_eval()
+    return evaluation
+
+
+def describe(exp: Experiment, info: dict[str, Any], network: str, inputs: Any, evaluation: Any, checkpoint: str,
+             run_dir: Path, tempered: dict[str, Any] | None) -> dict[str, Any]:
+    """What every export says of its model (the sidecar less its file, format and verification):
+    the run, the checkpoint, the input and output, the classes, the metrics (at the fitted
+    temperature where ``tempered``) and the network it holds (:func:`network_record`)."""
+    metrics = tempered["metrics"] if tempered is not None else evaluation.networks.get(network, {})
+    best = info.get("best", {})
+    epochs = {n: best.get(n, {}).get("epoch") for n in (exp.cohort.students if network == ENSEMBLE else [network])}
+    task = exp.cohort.task
+    return {
+        "kdstyles": __version__, "torch": torch.__version__,
+        "task": task.name, "plugins": exp.cfg.plugins, "network": network, "run_dir": str(run_dir),
+        "run_status": info.get("status"), "preset": info.get("preset"),
+        "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.get("epochs_done")},
+        "input": inputs.sidecar(),
+        "output": {"name": "probabilities",
+                   "shape": [len(info["class_names"]) if d == "classes" else d
+                             for d in task.output_shape(inputs.spatial_dims)]},
+        "normalisation": {"mean": list(inputs.mean), "std": list(inputs.std),
+                          "applied": "inside the model"},
+        "class_names": info["class_names"],
+        **({"volumes": exp.cfg.data.preparation} if exp.cfg.data.preparation is not None else {}),
+        "metrics": {"split": evaluation.split, **metrics},
+        **({"calibration": {k: v for k, v in tempered.items() if k != "metrics"}} if tempered is not None else {}),
+        "networks": network_record(exp, network),
+    }
+
+
+def network_record(exp: Experiment, network: str) -> list[dict[str, Any]]:
+    """The network(s) an export holds, as a config builds them again (arch, widen, stem): what
+    ``pretrained`` or an offline teacher's ``checkpoint`` check a published model against."""
+    names = exp.cohort.students if network == ENSEMBLE else [network]
+    specs = {T: exp.cfg.networks.teacher, **exp.cfg.networks.students}
+    return [{"name": n, "arch": specs[n].arch, "widen": specs[n].widen, "stem": specs[n].stem} for n in names]
+
+
+def plain_state_dict(exp: Experiment, network: str) -> dict[str, torch.Tensor]:
+    """The exported network's own weights by kdstyles' names (an ensemble's prefixed by each
+    student's name), contiguous and on the CPU, for a safetensors or torch file."""
+    names = exp.cohort.students if network == ENSEMBLE else [network]
+    out = {}
+    for n in names:
+        prefix = f"{n}." if network == ENSEMBLE else ""
+        for k, v in float_copy(exp.cohort.networks[n]).state_dict().items():
+            out[prefix + k] = v.detach().cpu().contiguous()
+    return out
 
 
 def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx", out: str | Path | None = None,
@@ -200,10 +276,7 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     calibration_method = calibration_method or "minmax"
     max_drop = MAX_DROP if max_drop is None else max_drop
     run_dir = Path(run_dir)
-    exp, model, info, network = open_run(run_dir, network, checkpoint)
-    tempered = calibrated_with(exp, network, checkpoint) if calibrated else None
-    if tempered is not None:
-        model.temperature = tempered["temperature"]
+    exp, model, info, network, tempered = open_export(run_dir, network, checkpoint, calibrated)
     inputs = exp.inputs(info)
     path = Path(out) if out is not None else RunFolder(run_dir).export_dir / f"{network}{FORMATS[fmt]}"
     if path.suffix != FORMATS[fmt]:
@@ -212,34 +285,11 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     sample = inputs.sample(samples, random=True, generator=gen)
     diff = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, sample, path)
 
-    evaluation = exp.folder.evaluation()
-    if evaluation is None or evaluation.checkpoint != checkpoint:
-        say(f"{run_dir}: the {checkpoint} checkpoint has not been evaluated (no eval.json of it); evaluating it on "
-            "the test split first, for the model card's metrics (kdstyles evaluate writes the same eval.json)")
-        exp.evaluate(checkpoint=checkpoint)
-        evaluation = exp.folder.read_eval()
-    metrics = tempered["metrics"] if tempered is not None else evaluation.networks.get(network, {})
-    best = info.get("best", {})
-    epochs = {n: best.get(n, {}).get("epoch") for n in (exp.cohort.students if network == ENSEMBLE else [network])}
-    task = exp.cohort.task
-    sidecar = {
-        "format": fmt, "file": path.name, "kdstyles": __version__, "torch": torch.__version__,
-        "task": task.name, "plugins": exp.cfg.plugins, "network": network, "run_dir": str(run_dir),
-        "run_status": info.get("status"), "preset": info.get("preset"),
-        "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.get("epochs_done")},
-        "input": inputs.sidecar(),
-        "output": {"name": "probabilities",
-                   "shape": [len(info["class_names"]) if d == "classes" else d
-                             for d in task.output_shape(inputs.spatial_dims)]},
-        "normalisation": {"mean": list(inputs.mean), "std": list(inputs.std),
-                          "applied": "inside the model"},
-        "class_names": info["class_names"],
-        **({"volumes": exp.cfg.data.preparation} if exp.cfg.data.preparation is not None else {}),
-        "metrics": {"split": evaluation.split, **metrics},
-        **({"calibration": {k: v for k, v in tempered.items() if k != "metrics"}} if tempered is not None else {}),
-        "verification": {"samples": samples, "max_abs_diff": diff,
-                         "against": "onnxruntime" if fmt == "onnx" else "torch.jit.load"},
-    }
+    evaluation = card_evaluation(exp, run_dir, checkpoint, say)
+    sidecar = {"format": fmt, "file": path.name,
+               **describe(exp, info, network, inputs, evaluation, checkpoint, run_dir, tempered),
+               "verification": {"samples": samples, "max_abs_diff": diff,
+                                "against": "onnxruntime" if fmt == "onnx" else "torch.jit.load"}}
     write_json(path.with_suffix(".json"), sidecar)
     write_text(path.with_suffix(".md"), model_card(exp, info, network, model, sidecar, sample))
     if quantize is not None:

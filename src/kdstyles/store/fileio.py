@@ -212,6 +212,33 @@ def make_folder(folder: Path, what: str = "folder") -> None:
         raise KDError(f"{what} '{folder}' cannot be created ({exc.strerror or exc})") from None
 
 
+def write_folder(folder: Path, fill: Callable[[Path], Any], ours: Callable[[Path], bool], what: str) -> Any:
+    """``folder`` written whole or not at all: ``fill`` writes into a new sibling folder, which
+    then takes ``folder``'s place. An earlier folder is replaced only where ``ours`` says this
+    command wrote it (otherwise, unless it is empty, one line and nothing touched); a crash
+    leaves the earlier folder as it was and at most a hidden ``.NAME.*`` sibling."""
+    import shutil
+
+    if folder.exists() and not (folder.is_dir() and (not any(folder.iterdir()) or ours(folder))):
+        kind = "a folder of other files" if folder.is_dir() else "a file"
+        raise KDError(f"{what} '{folder}' is {kind}; give a new folder (--out)")
+    make_folder(folder.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        result = fill(staging)
+        os.chmod(staging, 0o777 & ~_umask())
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}") if folder.exists() else None
+        if old is not None:
+            os.replace(folder, old)
+        os.replace(staging, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return result
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 class FolderLock:
     """An exclusive lock on a folder while a process writes it (``FOLDER/.lock`` holds its PID).
 

@@ -287,6 +287,24 @@ class Task:
         model saw resized to its input."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ MONAI Bundle
+
+    bundle_refusal: ClassVar[str] = ""  # why a MONAI Bundle cannot describe this task's output ('': it can)
+
+    def bundle_output(self, class_names: list[str], side: int, dims: int = 2) -> dict[str, Any]:
+        """How a MONAI Bundle declares and writes this task's output ('pred', what the exported
+        model returns): its tensor format (metadata.json's ``network_data_format``) and the
+        ``postprocessing`` transforms and ``handlers`` of its inference.json (MONAI config
+        dicts; ``@output_dir`` is the folder written). Per-image probabilities, one CSV row per
+        image (MONAI's ClassificationSaver: the file, then a value per class)."""
+        return {"type": "probabilities", "format": "classes", "spatial_shape": [], "value_range": [0, 1],
+                "postprocessing": [],
+                "handlers": [{"_target_": "ClassificationSaver", "output_dir": "@output_dir",
+                              "batch_transform": "$lambda batch: [item['image'].meta for item in batch]",
+                              "output_transform": "$lambda output: [item['pred'] for item in output]"}],
+                "writes": "predictions.csv: a row per image, its file then its probability of each class in the "
+                          "order of channel_def"}
+
 
 class EncoderDecoderTask(Task):
     """A task whose networks are encoder-decoders giving a map at the input's size

@@ -50,6 +50,9 @@ class Detection(EncoderDecoderTask):
     spatial_dims = (2, 3)
     arch_hint = "an encoder-decoder body for the CenterNet head (unet, basicunet, flexunet-<encoder>)"
     title = "Detection"
+    bundle_refusal = ("its output (a heatmap per class and box channels per pixel, decoded into boxes by kdstyles) "
+                      "has no format in MONAI's bundle conventions, whose detection bundles return decoded boxes; "
+                      "export it with --format onnx or torchscript")
     output_words = "heatmap probabilities per class and the box channels per pixel"
     mixes = ()
     mix_refusal = "cannot mix its boxes (a box-correct mix is not built)"

@@ -13,6 +13,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from ..errors import KDError
+from ..common.dims import dims as space
 from .base import EncoderDecoderTask, TaskOptions
 
 
@@ -116,6 +117,27 @@ class Segmentation(EncoderDecoderTask):
     def prediction_row(self, path: Path, probs, class_names, out_dir, index, volume=None):
         mask_path = out_dir / "masks" / f"{index:05d}-{path.stem}.png"
         return [str(path), str(mask_path), f"{write_mask(mask_path, probs, path):.6f}"]
+
+    def bundle_output(self, class_names, side, dims=2):
+        """Per-pixel probabilities; the bundle writes each input's argmax mask (class indices; a
+        binary mask as 0/255, as ``predict`` writes it): PNG at the network's input size for
+        images, NIfTI on the input volume's own grid (the preparation inverted) for volumes."""
+        space_ = space(dims)
+        binary = len(class_names) == 2 and space_.resized_on_read  # a PNG mask: 0/255 as predict writes it
+        save = {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "mask",
+                "output_ext": space_.mask_suffix, "output_dtype": "$numpy.uint8", "resample": False,
+                "separate_folder": False, "print_log": False, **({"scale": 255} if binary else {})}
+        steps = [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]
+        if space_.resized_on_read:  # rows first (kdstyles' layout) -> MONAI's PNG writer's (width first)
+            steps.append({"_target_": "Transposed", "keys": "pred", "indices": [0, 2, 1]})
+        else:  # back through orientation and spacing, onto the volume file's own grid (nearest)
+            steps.append({"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+                          "nearest_interp": True, "to_tensor": True})
+        return {"type": "image", "format": "labels", "spatial_shape": [side] * len(space_.axes),
+                "value_range": [0, 1], "postprocessing": [*steps, save], "handlers": [],
+                "writes": f"one mask per input, NAME_mask{save['output_ext']}: "
+                          + (f"{side}x{side} px" if space_.resized_on_read else "on the volume's own grid")
+                          + (", 0/255" if binary else ", class indices")}
 
 
 def write_mask(path: Path, probs, source: Path) -> float:
