@@ -182,15 +182,20 @@ class Experiment:
         """Find (download, where a network is reachable) the pretrained weights of every network
         the run builds from a name; one line naming the key and the file when one is missing."""
         from .models.pretrained import locate_weights
+        from .models.published import check_fits, is_published, read_published
         from .models.zoo import PRETRAINED_DIMS
         from .styles.routing import used_networks
 
         specs = {T: self.cfg.networks.teacher, **self.cfg.networks.students}
-        if self.cfg.data.dims not in PRETRAINED_DIMS:  # no weights to find: 3D networks start from scratch
-            return
         for name in used_networks(list(self.cfg.networks.students), self.cfg.edges, self.cfg.routing.teacher_only):
-            if name not in self.modules:
-                locate_weights(specs[name].arch, specs[name].pretrained, f"networks.{name}")
+            spec, where = specs[name], f"networks.{name}"
+            if name in self.modules:
+                continue
+            if is_published(spec.pretrained):  # a network kdstyles published: found (downloaded) and checked now
+                check_fits(read_published(spec.pretrained, f"{where}.pretrained"), spec.arch, spec.widen, spec.stem,
+                           where)
+            elif self.cfg.data.dims in PRETRAINED_DIMS:  # 3D networks start from scratch otherwise
+                locate_weights(spec.arch, spec.pretrained, where)
 
     PREVIEW = 4  # items of each split `check` generates for a source that previews (embedded data)
 

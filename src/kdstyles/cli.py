@@ -608,6 +608,37 @@ def _print_quantized(side: dict, folder: Path) -> None:
 
 
 @app.command()
+def push(run_dir: Path = typer.Argument(..., help="a run folder (evaluated: the card gives its test metrics)"),
+         repo: str = typer.Option(..., help="the Hugging Face Hub repository, ORG/NAME (created where missing)"),
+         network: Optional[str] = typer.Option(None, help="a student (default: the first), ensemble or teacher"),
+         private: bool = typer.Option(False, "--private", help="create the repository private"),
+         revision: Optional[str] = typer.Option(None, help="the branch to push to (created where missing; default: "
+                                                           "main)"),
+         dry_run: Optional[Path] = typer.Option(None, "--dry-run", help="write the folder that would be uploaded "
+                                                                         "here, and upload nothing"),
+         checkpoint: str = typer.Option("best", help="best or last"),
+         calibrated: bool = typer.Option(False, "--calibrated", help="the models output probabilities at the fitted "
+                                                                     "temperature (as export --calibrated)"),
+         license: Optional[str] = typer.Option(None, "--license", help="the weights' licence as the Hub names it "
+                                                                       "(mit, apache-2.0, cc-by-4.0, ...; default: "
+                                                                       "other)"),
+         dataset: Optional[list[str]] = typer.Option(None, help="a Hub dataset the model was trained on "
+                                                                "(ORG/NAME; repeatable)")) -> None:
+    """Upload a network to the Hugging Face Hub: ONNX, TorchScript, safetensors weights, the sidecar and a card."""
+    from .deploy.hub import push as push_run
+
+    note = lambda m: console.print(f"[yellow]note:[/yellow] {m}", highlight=False, soft_wrap=True)  # noqa: E731
+    side = push_run(run_dir, repo, network, private, revision, dry_run, checkpoint, calibrated, license, dataset or [],
+                    say=note)
+    if side["uploaded"]:
+        console.print(f"pushed {side['network']} to {repo}{'@' + revision if revision else ''}: {side['url']}",
+                      highlight=False)
+    else:
+        console.print(f"dry run: {', '.join(side['files'])} written to {side['folder']} (nothing uploaded; "
+                      f"'hf upload {repo} {side['folder']}' uploads it)", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def predict(model: Path = typer.Argument(..., help="an exported .onnx / TorchScript .pt file, or a run folder"),
             inputs: list[Path] = typer.Argument(..., help="image (or volume) files, folders, or CSV files with a "
                                                           "'path' column"),

@@ -464,15 +464,21 @@ class NetworkConfig(Strict):
                                          "default: input of the last Linear ('fc:in')")
     pretrained: Union[bool, str] = Field(
         False, description="imagenet (or true): ImageNet weights from the Hugging Face hub (ResNets, DenseNets, "
-                           "EfficientNets, mobilenet_v2); or the path of a .safetensors/.pth/.pt file in "
-                           "torchvision's or timm's naming")
+                           "EfficientNets, mobilenet_v2); the path of a .safetensors/.pth/.pt file in "
+                           "torchvision's or timm's naming; or a network kdstyles published (any arch, 2D or 3D): a "
+                           "MONAI Bundle folder (export --format bundle), a Hub repository's folder or hf:ORG/NAME"
+                           "[@REVISION] (kdstyles push), with this network's arch, widen and stem")
 
     @field_validator("pretrained")
     @classmethod
     def _pretrained(cls, v: Union[bool, str]) -> Union[bool, str]:
-        if isinstance(v, str) and v != "imagenet" and not v.endswith((".safetensors", ".pth", ".pt")):
-            raise ValueError(f"'{v}' is neither imagenet nor a .safetensors/.pth/.pt file; allowed: false, imagenet, "
-                             "PATH")
+        from ..models.published import is_published
+
+        if isinstance(v, str) and v != "imagenet" and not v.endswith((".safetensors", ".pth", ".pt")) \
+                and not is_published(v):
+            raise ValueError(f"'{v}' is neither imagenet, a .safetensors/.pth/.pt file, nor a network kdstyles "
+                             "published (a bundle or Hub repository folder, or hf:ORG/NAME); allowed: false, "
+                             "imagenet, PATH, FOLDER, hf:ORG/NAME")
         return "imagenet" if v is True else v
 
     @field_validator("arch")
@@ -497,7 +503,10 @@ class TeacherConfig(NetworkConfig):
     widen: float = Field(0.5, gt=0, description="width multiplier (resnets only)")
     mode: Literal["online", "offline"] = Field(
         "online", description="online: trained with the students; offline: loaded from checkpoint and frozen")
-    checkpoint: Optional[str] = Field(None, description="offline teacher: a run folder or a .pt state dict")
+    checkpoint: Optional[str] = Field(None, description="offline teacher: a run folder, a .pt state dict, or a "
+                                                        "network kdstyles published (a MONAI Bundle folder, a Hub "
+                                                        "repository's folder or hf:ORG/NAME[@REVISION]) built as "
+                                                        "networks.teacher")
     cache: bool = Field(False, description="offline teacher without random augmentation (or with data.views): keep "
                                            "its outputs per training image and view once seen and skip its forward "
                                            "from then on; stored in $KDSTYLES_CACHE/teacher-outputs for the next run "
@@ -831,7 +840,10 @@ class ExperimentConfig(Strict):
         if self.data.normalize != "auto":
             return self.data.normalize
         nets = [self.networks.teacher, *self.networks.students.values()]
-        return "imagenet" if any(n.pretrained for n in nets) else "dataset"
+        from ..models.published import is_published
+
+        # a network kdstyles published is fine-tuned from the run's own statistics (its own are in its record)
+        return "imagenet" if any(n.pretrained and not is_published(n.pretrained) for n in nets) else "dataset"
 
     def run_name(self) -> str:
         return self.output.name or f"{self.name}-{self.routing.label}-seed{self.train.seed}"

@@ -30,10 +30,10 @@ import torch
 
 from .. import __version__
 from ..errors import KDError
-from ..store.fileio import write_folder, write_json, write_text
+from ..store.fileio import atomic_write, write_folder, write_json, write_text
 from ..store.runfolder import RunFolder
 from .export import (_export_torchscript, card_evaluation, describe, model_card, open_export,
-                     plain_state_dict)
+                     plain_state_dict, publication_record)
 
 SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 REFERENCES = [
@@ -194,11 +194,7 @@ def metadata(side: dict[str, Any], output: dict[str, Any], card: dict[str, Any])
                 "spatial_shape": output["spatial_shape"], "dtype": "float32", "value_range": output["value_range"],
                 "is_patch_data": False, "channel_def": {str(k): n for k, n in enumerate(names)}}},
         },
-        "kdstyles": {"version": __version__, "task": side["task"], "networks": side["networks"],
-                     "network": side["network"], "input": side["input"], "normalisation": side["normalisation"],
-                     "class_names": names, "weights": "models/model.pt", "metrics": side["metrics"],
-                     **({"volumes": side["volumes"]} if "volumes" in side else {}),
-                     **({"calibration": side["calibration"]} if "calibration" in side else {})},
+        "kdstyles": publication_record(side, "models/model.pt"),
     }
 
 
@@ -269,9 +265,8 @@ def export_bundle(run_dir: str | Path, network: str | None = None, out: str | Pa
     def fill(root: Path) -> dict[str, Any]:
         (root / "models").mkdir()
         diff = _export_torchscript(model, sample, root / "models" / "model.ts")
-        from ..store.checkpoints import save
-
-        save(plain_state_dict(exp, network), root / "models" / "model.pt")
+        weights = plain_state_dict(exp, network)  # a bare state dict, as MONAI's CheckpointLoader reads one
+        atomic_write(root / "models" / "model.pt", lambda tmp: torch.save(weights, tmp))
         side = {"format": "bundle", "file": "models/model.ts",
                 **describe(exp, info, network, inputs, evaluation, checkpoint, run_dir, tempered),
                 "verification": {"samples": samples, "max_abs_diff": diff, "against": "torch.jit.load"}}

@@ -237,6 +237,17 @@ def network_record(exp: Experiment, network: str) -> list[dict[str, Any]]:
     return [{"name": n, "arch": specs[n].arch, "widen": specs[n].widen, "stem": specs[n].stem} for n in names]
 
 
+def publication_record(side: dict[str, Any], weights: str) -> dict[str, Any]:
+    """What a published model (a MONAI Bundle's metadata, a Hub repository's config.json) says of
+    its network for kdstyles to load it back (``pretrained``, an offline teacher's ``checkpoint``):
+    the network(s) and how they were built, the file of their plain weights, the input, the
+    normalisation, the classes and the test metrics."""
+    keys = ("task", "network", "networks", "input", "normalisation", "class_names", "metrics", "volumes",
+            "calibration")
+    return {"format": "kdstyles-network", "version": __version__, "weights": weights,
+            **{k: side[k] for k in keys if k in side}}
+
+
 def plain_state_dict(exp: Experiment, network: str) -> dict[str, torch.Tensor]:
     """The exported network's own weights by kdstyles' names (an ensemble's prefixed by each
     student's name), contiguous and on the CPU, for a safetensors or torch file."""

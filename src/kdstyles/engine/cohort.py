@@ -447,7 +447,16 @@ def _teacher_inputs(path_str: str) -> Any:
     """The input record (channels, size, normalisation) of the run an offline teacher comes from,
     where its checkpoint is a run folder with a readable run.json; else None."""
     from ..common.inputs import Inputs
+    from ..common.dims import of_axes
+    from ..models.published import is_published, read_published
 
+    if is_published(path_str) and not RunFolder(path_str).info_path.is_file():  # its record has the input
+        record = read_published(path_str, "networks.teacher.checkpoint").record
+        try:
+            return Inputs(int(record["input"]["channels"]), int(record["input"]["height"]),
+                          of_axes(record["input"]).n, mean=tuple(record["normalisation"]["mean"]), std=tuple(record["normalisation"]["std"]))
+        except (KeyError, TypeError, ValueError):
+            return None
     run = RunFolder(path_str)
     if not Path(path_str).is_dir() or not run.info_path.is_file():
         return None
@@ -457,8 +466,17 @@ def _teacher_inputs(path_str: str) -> Any:
         return None
 
 
-def _offline_teacher_weights(path_str: str) -> tuple[dict[str, torch.Tensor], Path]:
-    """The teacher's weights from a run folder (its best teacher checkpoint) or a file, and the file."""
+def _offline_teacher_weights(path_str: str, spec: Any = None) -> tuple[dict[str, torch.Tensor], Path]:
+    """The teacher's weights from a run folder (its best teacher checkpoint), a file or a network
+    kdstyles published (checked against the config's teacher), and the file."""
+    from ..models.published import check_fits, is_published, read_published
+
+    if is_published(path_str) and not RunFolder(path_str).info_path.is_file():
+        where = "networks.teacher.checkpoint"
+        published = read_published(path_str, where)
+        if spec is not None:
+            check_fits(published, spec.arch, spec.widen, spec.stem, "networks.teacher")
+        return published.weights(where), published.weights_path
     path = Path(path_str)
     if not path.exists():
         raise KDError(f"networks.teacher.checkpoint: '{path}' does not exist (give the teacher's run folder or a .pt "
@@ -543,7 +561,7 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
     if T in nets and cfg.networks.teacher.mode == "offline":
         frozen.add(T)
         if load_offline and cfg.networks.teacher.checkpoint:  # none: a Hugging Face teacher whose head the probe fits
-            weights, path = _offline_teacher_weights(cfg.networks.teacher.checkpoint)
+            weights, path = _offline_teacher_weights(cfg.networks.teacher.checkpoint, cfg.networks.teacher)
             checkpoints.load_into(nets[T], weights, path, f"networks.teacher (arch {cfg.networks.teacher.arch})")
         own = _teacher_inputs(cfg.networks.teacher.checkpoint) if cfg.networks.teacher.checkpoint else None
         if inputs is not None and own is not None and own.channels == inputs.channels and (

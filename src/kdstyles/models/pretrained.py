@@ -148,6 +148,16 @@ def hub_file(arch: str, where: str) -> Path:
         hub_log.setLevel(level)
 
 
+def hub_unreachable(endpoint: str) -> str | None:
+    """Why the Hugging Face Hub cannot be reached from here, in words (offline by setting, or no
+    network: its host name does not resolve), or None."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return "offline (HF_HUB_OFFLINE=1)"
+    if not _hub_resolves(endpoint):
+        return "the hub's host name does not resolve: no network"
+    return None
+
+
 def _hub_resolves(endpoint: str) -> bool:
     """Whether the hub's host name resolves (a machine without network fails at once here,
     instead of after huggingface_hub's five retries)."""

@@ -290,6 +290,7 @@ class Task:
     # ------------------------------------------------------------------ MONAI Bundle
 
     bundle_refusal: ClassVar[str] = ""  # why a MONAI Bundle cannot describe this task's output ('': it can)
+    hub_pipeline: ClassVar[str] = "image-classification"  # the Hugging Face Hub's pipeline tag for its models
 
     def bundle_output(self, class_names: list[str], side: int, dims: int = 2) -> dict[str, Any]:
         """How a MONAI Bundle declares and writes this task's output ('pred', what the exported

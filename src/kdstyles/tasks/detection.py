@@ -50,6 +50,7 @@ class Detection(EncoderDecoderTask):
     spatial_dims = (2, 3)
     arch_hint = "an encoder-decoder body for the CenterNet head (unet, basicunet, flexunet-<encoder>)"
     title = "Detection"
+    hub_pipeline = "object-detection"
     bundle_refusal = ("its output (a heatmap per class and box channels per pixel, decoded into boxes by kdstyles) "
                       "has no format in MONAI's bundle conventions, whose detection bundles return decoded boxes; "
                       "export it with --format onnx or torchscript")

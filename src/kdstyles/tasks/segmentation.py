@@ -37,6 +37,7 @@ class Segmentation(EncoderDecoderTask):
     spatial_dims = (2, 3)
     arch_hint = "an encoder-decoder (unet, basicunet, flexunet-<encoder>) or a Hugging Face teacher (hf:...)"
     title = "Segmentation"
+    hub_pipeline = "image-segmentation"
     output_words = "per-pixel class probabilities"
     mixes = ("cutmix",)
     mix_refusal = "mixes masks by CutMix only (a blend of two masks is not a mask)"
