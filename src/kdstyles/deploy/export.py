@@ -281,7 +281,7 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     temperature and the validation ECE it came from, and give the calibrated metrics."""
     say = say or (lambda m: print(m, file=sys.stderr))
     if fmt not in FORMATS:
-        raise KDError(f"--format '{fmt}' is not known; allowed: {', '.join(FORMATS)}")
+        raise KDError(f"--format '{fmt}' is not known; allowed: {', '.join(FORMATS)}, bundle")
     check_options(quantize, calibration_method, calibration, max_drop, fmt)
     calibration = CALIBRATION if calibration is None else calibration
     calibration_method = calibration_method or "minmax"

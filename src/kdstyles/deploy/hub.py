@@ -172,7 +172,9 @@ def hub_folder(run_dir: str | Path, repo: str, folder: Path, network: str | None
     from .measure import cpu_latency_ms
 
     run_dir = Path(run_dir)
-    evaluation = RunFolder(run_dir).evaluation() if RunFolder(run_dir).info_path.is_file() else None
+    if not RunFolder(run_dir).info_path.is_file():
+        raise KDError(f"run folder '{run_dir}' does not exist or holds no run.json (give a folder kdstyles trained)")
+    evaluation = RunFolder(run_dir).evaluation()
     if evaluation is None or evaluation.checkpoint != checkpoint or evaluation.split != "test":
         raise KDError(f"push: the card needs the test metrics of the {checkpoint} checkpoint and {run_dir} has none; "
                       f"run 'kdstyles evaluate {run_dir}" + ("" if checkpoint == "best" else f" --checkpoint "

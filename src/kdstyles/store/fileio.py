@@ -221,7 +221,7 @@ def write_folder(folder: Path, fill: Callable[[Path], Any], ours: Callable[[Path
 
     if folder.exists() and not (folder.is_dir() and (not any(folder.iterdir()) or ours(folder))):
         kind = "a folder of other files" if folder.is_dir() else "a file"
-        raise KDError(f"{what} '{folder}' is {kind}; give a new folder (--out)")
+        raise KDError(f"{what} '{folder}' is {kind}; give a new or empty folder")
     make_folder(folder.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
