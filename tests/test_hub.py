@@ -106,13 +106,14 @@ def test_push_uploads_with_the_token_huggingface_hub_reads_and_never_shows_it(ru
                      ("upload_folder", "lab/s1-tiny", "v1", sorted(HUB_FILES), False)]
     assert TOKEN not in capsys.readouterr().out
 
-    class Refusing(FakeApi):
-        def upload_folder(self, *a, **k):
-            raise RuntimeError(f"403 Forbidden: token {TOKEN} cannot write to lab/s1-tiny")
+    class Refusing(FakeApi):  # a token without write access: refused before anything is exported
+        def create_repo(self, *a, **k):
+            raise RuntimeError(f"403 Forbidden: token {TOKEN} cannot create repositories in lab")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", Refusing)
-    with pytest.raises(KDError, match=r"^push: the Hub refused the upload to 'lab/s1-tiny' \(403 Forbidden: token \*\*\* "
-                                      r"cannot write") as err:
+    monkeypatch.setattr(hub, "hub_folder", lambda *a, **k: pytest.fail("exported before the repository was made"))
+    with pytest.raises(KDError, match=r"^push: the Hub refused the repository 'lab/s1-tiny' \(403 Forbidden: token "
+                                      r"\*\*\* cannot create") as err:
         push(run, "lab/s1-tiny", "s1", say=lambda m: None)
     assert TOKEN not in str(err.value)
 

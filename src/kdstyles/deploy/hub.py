@@ -232,19 +232,27 @@ def push(run_dir: str | Path, repo: str, network: str | None = None, private: bo
                 "folder": str(dry_run), "uploaded": False}
     from huggingface_hub import HfApi
 
+    api = HfApi(token=token)
+    try:  # the repository and branch first: a token without write access stops here, before any export
+        url = api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo, branch=revision, exist_ok=True)
+    except Exception as exc:  # noqa: BLE001 (huggingface_hub raises its own HTTP and validation errors)
+        raise KDError(f"push: the Hub refused the repository '{repo}'{_why(exc, token)}") from None
     staging = Path(tempfile.mkdtemp(prefix="kdstyles-push-"))
     try:
         side = hub_folder(run_dir, repo, staging / "repo", network, checkpoint, calibrated, license, datasets, say)
-        api = HfApi(token=token)
         try:
-            url = api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
-            if revision:
-                api.create_branch(repo, branch=revision, exist_ok=True)
             commit = api.upload_folder(repo_id=repo, folder_path=str(staging / "repo"), revision=revision,
                                        commit_message=f"kdstyles push: {side['network']} of {Path(run_dir).name}")
-        except Exception as exc:  # noqa: BLE001 (huggingface_hub raises its own HTTP and validation errors)
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace(token, "***")[:160]
-            raise KDError(f"push: the Hub refused the upload to '{repo}' ({reason})") from None
+        except Exception as exc:  # noqa: BLE001
+            raise KDError(f"push: the Hub refused the upload to '{repo}'{_why(exc, token)}") from None
         return {**side, "uploaded": True, "url": str(getattr(commit, "commit_url", "") or url)}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _why(exc: BaseException, token: str) -> str:
+    """An error of the Hub's in a few words, the token masked wherever it appears."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace(token, "***")[:160]
+    return f" ({text})"
