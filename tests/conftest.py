@@ -227,3 +227,20 @@ def bundle_probabilities(out) -> dict[str, list[float]]:
 
     with open(out / "predictions.csv", newline="") as f:
         return {Path(row[0]).name: [float(v) for v in row[1:]] for row in csv.reader(f)}
+
+
+def resume(run_dir, cli=None) -> None:
+    """``kdstyles train --resume RUN --quiet --no-evaluate``: in a new process (what a user's
+    second command is: nothing of the interrupted one left in memory), or, given the ``cli``
+    fixture, in this one (the same command, without a second start-up; the parametrised
+    variants of a test use it once one of them has checked the new process)."""
+    import subprocess
+    import sys
+
+    args = ["train", "--resume", str(run_dir), "--quiet", "--no-evaluate"]
+    if cli is not None:
+        code, _, err = cli(*args)
+        assert code == 0, err
+        return
+    proc = subprocess.run([sys.executable, "-m", "kdstyles", *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr

@@ -117,7 +117,7 @@ def test_students_named_otherwise_train_export_and_predict_by_default(tmp_path):
         "accuracy"]
 
 
-def test_predict_onnx_without_torch_matches_run_folder(run_dir, images, tmp_path):
+def test_predict_onnx_without_torch_matches_run_folder(run_dir, images, tmp_path, cli):
     if not (run_dir / "export" / "ensemble.onnx").is_file():
         export_run(run_dir, "ensemble", "onnx")
     code = ("import sys; sys.modules['torch'] = None\n"  # importing torch would now fail
@@ -127,10 +127,8 @@ def test_predict_onnx_without_torch_matches_run_folder(run_dir, images, tmp_path
             "main()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "kdstyles", "predict", str(run_dir), str(images), "--network",
-                           "ensemble", "--out", str(tmp_path / "run"), "--batch-size", "2"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = cli("predict", run_dir, images, "--network", "ensemble", "--out", tmp_path / "run", "--batch-size", 2)
+    assert code == 0, err
     a = list(csv.DictReader((tmp_path / "onnx" / "predictions.csv").open()))
     b = list(csv.DictReader((tmp_path / "run" / "predictions.csv").open()))
     assert len(a) == 6

@@ -5,8 +5,6 @@ test_sources.py)."""
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -163,7 +161,7 @@ def test_multilabel_run_trains_evaluates_exports_and_predicts(tmp_path):
         assert np.abs(np.array(got[Path(a[0]).name]) - [float(v) for v in a[2:]]).max() < 1e-5
 
 
-def test_multi_hot_labels_from_a_csv_and_what_is_refused(tmp_path):
+def test_multi_hot_labels_from_a_csv_and_what_is_refused(tmp_path, cli):
     from kdstyles.data import build_data
 
     rng = np.random.default_rng(0)
@@ -182,11 +180,10 @@ def test_multi_hot_labels_from_a_csv_and_what_is_refused(tmp_path):
         assert split.labels[k].tolist() == [(i >> b) & 1 for b in range(3)]
     as_class = build_data(load_config(None, [*args, "data.none_label=null"]).data, 0, task="multilabel")
     assert as_class.class_names == ["No Finding", *findings]  # without none_label it is a class like any other
-    proc = subprocess.run([sys.executable, "-m", "kdstyles", "data", "inspect", str(tmp_path / "labels.csv"),
-                           "--set", "task=multilabel", "--set", "data.image_size=16"],
-                          capture_output=True, text=True, timeout=120)
-    rows = {ln.split("│")[1].strip(): ln for ln in proc.stdout.splitlines() if ln.count("│") > 3}
-    assert proc.returncode == 0 and "mass" in rows
+    code, out, _ = cli("data", "inspect", tmp_path / "labels.csv", "--set", "task=multilabel", "--set",
+                       "data.image_size=16")
+    rows = {ln.split("│")[1].strip(): ln for ln in out.splitlines() if ln.count("│") > 3}
+    assert code == 0 and "mass" in rows
     assert [int(v) for v in rows["images"].split("│")[2:5]] == [len(bundle.splits[s]) for s in ("train", "val", "test")]
     with pytest.raises(KDError, match="has label 'nodule', which is not in data.classes"):
         build_data(load_config(None, [*args, "data.classes=[effusion,mass]"]).data, 0, task="multilabel")

@@ -178,12 +178,11 @@ def test_bad_options_are_one_line(args, match):
         check_options(*args)
 
 
-def test_bad_options_stop_before_anything_is_written(run_dir):
+def test_bad_options_stop_before_anything_is_written(run_dir, cli):
     before = sorted(p.name for p in (run_dir / "export").glob("*")) if (run_dir / "export").is_dir() else []
-    proc = subprocess.run([sys.executable, "-m", "kdstyles", "export", str(run_dir), "--quantize", "int4"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: --quantize 'int4' is not known; allowed: int8, fp16"]
+    code, _, err = cli("export", run_dir, "--quantize", "int4")
+    assert code == 2
+    assert err.strip().splitlines() == ["error: --quantize 'int4' is not known; allowed: int8, fp16"]
     after = sorted(p.name for p in (run_dir / "export").glob("*")) if (run_dir / "export").is_dir() else []
     assert after == before
 

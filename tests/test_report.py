@@ -3,7 +3,6 @@
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -20,13 +19,12 @@ window.addEventListener('load', () => {
 </script></body>"""
 
 
-def test_report_renders_in_a_real_browser(comparison, tmp_path):
+def test_report_renders_in_a_real_browser(comparison, tmp_path, cli):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:
         pytest.skip("Chromium is not installed here (.ci/run installs Debian's chromium where it can)")
     out, _, _ = comparison
-    subprocess.run([sys.executable, "-m", "kdstyles", "report", str(out)], check=True, capture_output=True,
-                   timeout=300)
+    assert cli("report", out)[0] == 0
     page = (out / "report.html").read_text()
     assert "http://" not in page and "https://" not in page  # self-contained
     probe = tmp_path / "probe.html"

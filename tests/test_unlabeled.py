@@ -3,8 +3,6 @@ what each loss sees, leakage refused, every source and task, and bad input in on
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -312,14 +310,13 @@ def test_medmnist_split_without_labels_and_its_own_test_split_refused(tmp_path):
 # ----------------------------------------------------------------------------- training, every task
 
 
-def test_cli_trains_with_unlabelled_images_and_mixing_and_records_them(tmp_path):
+def test_cli_trains_with_unlabelled_images_and_mixing_and_records_them(tmp_path, cli):
     from kdstyles.deploy.export import export_run
 
     args = [a for o in tiny(tmp_path, *UNL, "train.epochs=1", "data.mix.mixup=0.8", "data.mix.cutmix=1")
             for a in ("--set", o)]
-    proc = subprocess.run([sys.executable, "-m", "kdstyles", "train", *args, "--quiet", "--no-evaluate"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = cli("train", *args, "--quiet", "--no-evaluate")
+    assert code == 0, err
     run = tmp_path / "run"
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished"

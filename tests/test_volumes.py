@@ -3,8 +3,6 @@ adapters and taps, gradient isolation in 3D, MedMNIST 3D files, a run that train
 evaluates and exports, and the config rules that keep the 2D-only parts 2D."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -124,7 +122,7 @@ def test_what_stays_2d_says_so_in_one_line(extra, message, tmp_path):
         load_config(None, ["data.source=medmnist", "data.flag=nodulemnist3d", "data.spatial_dims=2"])
 
 
-def test_volume_files_in_class_folders_and_csv(tmp_path):
+def test_volume_files_in_class_folders_and_csv(tmp_path, cli):
     """NIfTI volumes in class folders (or listed in a CSV) for 3D classification: read,
     oriented and windowed like Decathlon volumes, resized to data.image_size^3."""
     nib = pytest.importorskip("nibabel")
@@ -181,9 +179,9 @@ def test_volume_files_in_class_folders_and_csv(tmp_path):
         build_data(cfg.data, 0, task="segmentation")
     # data inspect lists every bad volume (reading volumes stops before the splits are made)
     nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), tmp_path / "vols" / "cyst" / "flat.nii.gz")
-    proc = subprocess.run([sys.executable, "-m", "kdstyles", "data", "inspect", str(tmp_path / "vols"), "--set",
-                           "data.spatial_dims=3", "--set", "data.image_size=16"], capture_output=True, text=True)
-    lines = proc.stdout.replace("\n ", " ").strip().splitlines()
-    assert proc.returncode == 1 and len(lines) == 2, proc.stdout + proc.stderr
+    code, out, err = cli("data", "inspect", tmp_path / "vols", "--set", "data.spatial_dims=3", "--set",
+                         "data.image_size=16")
+    lines = out.replace("\n ", " ").strip().splitlines()
+    assert code == 1 and len(lines) == 2, out + err
     assert "flat.nii.gz' has 2 spatial dimensions" in lines[0] and "v99.nii.gz' cannot be read" in lines[1]
-    assert "run 'kdstyles data inspect'" not in proc.stdout + proc.stderr
+    assert "run 'kdstyles data inspect'" not in out + err
