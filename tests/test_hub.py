@@ -177,7 +177,7 @@ def test_a_published_network_comes_back_as_a_starting_point_and_as_a_frozen_teac
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     same = ["networks.teacher.mode=offline", "networks.teacher.arch=resnet10", "networks.teacher.widen=0.125",
             f"networks.teacher.checkpoint={bundle}", "networks.students.s1.pretrained=hf:lab/s1-tiny"]
-    exp = Experiment(None, overrides=tiny(tmp_path / "again", *same), quiet=True)
+    exp = Experiment(None, overrides=tiny(tmp_path / "again", *same, "train.epochs=1"), quiet=True)
     want = torch.load(bundle / "models" / "model.pt", weights_only=True)
     for name in ("teacher", "s1"):
         got = exp.cohort.networks[name].state_dict()
@@ -201,6 +201,9 @@ def test_a_published_network_comes_back_as_a_starting_point_and_as_a_frozen_teac
     with pytest.raises(KDError, match="holds an ensemble of 2 networks; publish one network"):
         Experiment(None, overrides=tiny(tmp_path / "w", f"networks.students.s1.pretrained={tmp_path / 'ensemble'}",
                                         "networks.students.s1.widen=0.125"), quiet=True).find_weights()
+    exp.fit()  # trained, the run opens without the repository (its checkpoints hold the weights)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert Experiment.from_run(exp.run_dir, quiet=True).evaluate()["networks"]["s1"]["accuracy"] >= 0
 
 
 def test_a_published_classifier_starts_a_network_of_other_classes_with_its_own_head(published):

@@ -174,7 +174,8 @@ class Experiment:
             counts = counts if self.cfg.loss.class_weights == "balanced" else None
             self._cohort = build_cohort(self.cfg, *shape, self.modules, class_counts=counts, train_images=images,
                                         pinned=(info or {}).get("taps"),
-                                        inputs=self.inputs(info) if info is not None else self.data.inputs)
+                                        inputs=self.inputs(info) if info is not None else self.data.inputs,
+                                        reopened=info is not None)
             self._warnings += [("warning", w) for w in self._cohort.warnings]
         return self._cohort
 
@@ -182,7 +183,7 @@ class Experiment:
         """Find (download, where a network is reachable) the pretrained weights of every network
         the run builds from a name; one line naming the key and the file when one is missing."""
         from .models.pretrained import locate_weights
-        from .models.published import check_fits, is_published, read_published
+        from .models.published import check_fits, names_published, read_published
         from .models.zoo import PRETRAINED_DIMS
         from .styles.routing import used_networks
 
@@ -191,7 +192,7 @@ class Experiment:
             spec, where = specs[name], f"networks.{name}"
             if name in self.modules:
                 continue
-            if is_published(spec.pretrained):  # a network kdstyles published: found (downloaded) and checked now
+            if names_published(spec.pretrained):  # a network kdstyles published: found (downloaded) and checked now
                 check_fits(read_published(spec.pretrained, f"{where}.pretrained"), spec.arch, spec.widen, spec.stem,
                            where)
             elif self.cfg.data.dims in PRETRAINED_DIMS:  # 3D networks start from scratch otherwise

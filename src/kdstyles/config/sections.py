@@ -472,13 +472,14 @@ class NetworkConfig(Strict):
     @field_validator("pretrained")
     @classmethod
     def _pretrained(cls, v: Union[bool, str]) -> Union[bool, str]:
-        from ..models.published import is_published
+        from ..models.published import names_published
 
-        if isinstance(v, str) and v != "imagenet" and not v.endswith((".safetensors", ".pth", ".pt")) \
-                and not is_published(v):
-            raise ValueError(f"'{v}' is neither imagenet, a .safetensors/.pth/.pt file, nor a network kdstyles "
-                             "published (a bundle or Hub repository folder, or hf:ORG/NAME); allowed: false, "
-                             "imagenet, PATH, FOLDER, hf:ORG/NAME")
+        # a published network's folder is not checked here (a run folder keeps naming it after it moved), but a
+        # file of another kind is refused at once
+        if names_published(v) and not v.startswith("hf:") and (not v.strip() or (
+                Path(v).suffix and not Path(os.path.expanduser(v)).is_dir())):
+            raise ValueError(f"'{v}' is neither imagenet, a .safetensors/.pth/.pt file, nor the folder or hf:ORG/NAME "
+                             "of a network kdstyles published; allowed: false, imagenet, PATH, FOLDER, hf:ORG/NAME")
         return "imagenet" if v is True else v
 
     @field_validator("arch")
@@ -840,10 +841,10 @@ class ExperimentConfig(Strict):
         if self.data.normalize != "auto":
             return self.data.normalize
         nets = [self.networks.teacher, *self.networks.students.values()]
-        from ..models.published import is_published
+        from ..models.published import names_published
 
         # a network kdstyles published is fine-tuned from the run's own statistics (its own are in its record)
-        return "imagenet" if any(n.pretrained and not is_published(n.pretrained) for n in nets) else "dataset"
+        return "imagenet" if any(n.pretrained and not names_published(n.pretrained) for n in nets) else "dataset"
 
     def run_name(self) -> str:
         return self.output.name or f"{self.name}-{self.routing.label}-seed{self.train.seed}"

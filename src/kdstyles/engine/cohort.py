@@ -453,8 +453,9 @@ def _teacher_inputs(path_str: str) -> Any:
     if is_published(path_str) and not RunFolder(path_str).info_path.is_file():  # its record has the input
         record = read_published(path_str, "networks.teacher.checkpoint").record
         try:
-            return Inputs(int(record["input"]["channels"]), int(record["input"]["height"]),
-                          of_axes(record["input"]).n, mean=tuple(record["normalisation"]["mean"]), std=tuple(record["normalisation"]["std"]))
+            inp, norm = record["input"], record["normalisation"]
+            return Inputs(int(inp["channels"]), int(inp["height"]), of_axes(inp).n, tuple(norm["mean"]),
+                          tuple(norm["std"]))
         except (KeyError, TypeError, ValueError):
             return None
     run = RunFolder(path_str)
@@ -517,13 +518,17 @@ def pinned_taps(cohort: Cohort) -> list[list[str | None]]:
 def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_size: int,
                  modules: dict[str, nn.Module] | None = None, load_offline: bool = True,
                  class_counts: list[int] | None = None, train_images: int | None = None,
-                 pinned: list[list[str | None]] | None = None, inputs: Any = None) -> Cohort:
+                 pinned: list[list[str | None]] | None = None, inputs: Any = None, reopened: bool = False) -> Cohort:
     """Build every network the routing uses, check taps and shapes, create adapters.
     ``class_counts`` (training split; with ``train_images`` its size) weights the supervised
     loss as the task does (``Task.class_weights``: inverse class frequency for CE); ``pinned``:
     the taps a run folder recorded (:func:`pinned_taps`). ``inputs``: this run's input record;
     an offline teacher from a run folder that normalised its images otherwise gets them
-    renormalised as its own run did (:class:`Renormalise`)."""
+    renormalised as its own run did (:class:`Renormalise`). ``reopened``: a trained run folder's
+    networks, whose weights its checkpoints give: a published network they started from is not
+    read again (it may have moved)."""
+    from ..models.published import names_published
+
     modules = dict(modules or {})
     edges = cfg.edges
     names = used_networks(list(cfg.networks.students), edges, cfg.routing.teacher_only)
@@ -546,6 +551,8 @@ def build_cohort(cfg: ExperimentConfig, num_classes: int, channels: int, image_s
                           f"e.g. Experiment(config, networks={{'{name}': model}})")
         else:
             torch.manual_seed(network_seed(cfg.train.seed, name))
+            if reopened and names_published(spec.pretrained):  # its weights come from the run's checkpoints
+                spec = spec.model_copy(update={"pretrained": False})  # (the same network: built, then loaded)
             nets[name] = task.build_network(spec, channels, image_size, where=f"networks.{name}", dims=cfg.data.dims)
         taps[name] = {"map": spec.tap, "embedding": spec.embedding_tap}
     if cfg.train.qat:  # students learn with int8-rounded weights and outputs (models.fakequant)

@@ -26,6 +26,7 @@ HUB_PREFIX = "hf:"
 BUNDLE_META = Path("configs") / "metadata.json"
 HUB_CONFIG = "config.json"
 FORMAT = "kdstyles-network"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")  # a weights file (models.pretrained), not a published folder
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,21 @@ class Published:
 
 
 def is_published(source: Any) -> bool:
-    """Whether a ``pretrained``/``checkpoint`` value names a published network (a Hub id, or a
-    folder holding a bundle's metadata or a Hub repository's config)."""
+    """Whether a ``pretrained``/``checkpoint`` value names a published network: a Hub id, or a
+    folder holding a bundle's metadata or a Hub repository's config."""
     if not isinstance(source, str):
         return False
     if source.startswith(HUB_PREFIX):
         return True
     folder = Path(os.path.expanduser(source))
     return folder.is_dir() and ((folder / BUNDLE_META).is_file() or (folder / HUB_CONFIG).is_file())
+
+
+def names_published(pretrained: Any) -> bool:
+    """Whether a ``pretrained`` value can only mean a published network (a Hub id or a folder,
+    not ``imagenet`` or a weights file), whether or not that folder is here now: a run folder
+    that started from it keeps naming it after it moved."""
+    return isinstance(pretrained, str) and pretrained != "imagenet" and not pretrained.endswith(WEIGHT_SUFFIXES)
 
 
 def _record(path: Path, where: str, source: str) -> dict[str, Any]:
@@ -105,6 +113,9 @@ def read_published(source: str, where: str) -> Published:
     """The record and weights file of a published network; one line naming ``where`` and the
     source when it is none."""
     folder = _hub_files(source, where) if source.startswith(HUB_PREFIX) else Path(os.path.expanduser(source))
+    if not folder.is_dir():
+        raise KDError(f"{where}: '{source}' does not exist (give imagenet, a weights file, a MONAI Bundle or Hub "
+                      "repository folder kdstyles published, or hf:ORG/NAME)")
     meta = folder / BUNDLE_META if (folder / BUNDLE_META).is_file() else folder / HUB_CONFIG
     if not meta.is_file():
         raise KDError(f"{where}: '{source}' is neither a MONAI Bundle nor a Hub repository kdstyles published "

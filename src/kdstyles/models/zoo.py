@@ -176,10 +176,10 @@ def build_network(arch: str, in_channels: int, num_classes: int, image_size: int
     image; :mod:`kdstyles.models.hf`)."""
     from .hf import SPATIAL_DIMS as HF_DIMS, build_hf, is_hf
 
-    from .published import check_fits, is_published, load_published, read_published
+    from .published import check_fits, load_published, names_published, read_published
 
     kind = space(spatial_dims)
-    if is_published(pretrained) and not is_hf(arch):  # a network kdstyles published: built as it was, then loaded
+    if names_published(pretrained) and not is_hf(arch):  # a network kdstyles published: built as it was, then loaded
         published = read_published(pretrained, f"{where}.pretrained")
         check_fits(published, arch, widen, stem, where)
         model = build_network(arch, in_channels, num_classes, image_size, widen, stem, False, where, spatial_dims,
