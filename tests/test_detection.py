@@ -249,17 +249,25 @@ def test_box_distillation_follows_the_source_where_it_is_confident():
     from kdstyles.styles.predictions import PredictionsOptions
     from kdstyles.tasks import TASKS
 
+    from kdstyles.styles import STYLES
+    from kdstyles.styles.base import Context
+
     task, opts = TASKS["detection"](1), PredictionsOptions(temperature=2)
+    context = Context(output_kind=task.output_kind, classes=task.num_classes)  # as the cohort hands it
+
+    def distill(a, b, options):  # the predictions style on the detection task's outputs
+        return STYLES["predictions"].compute(a, b, options, task, context)
+
     source = torch.full((1, 5, 8, 8), -6.0)
     source[0, 0, 3, 3], source[0, 1:, 3, 3] = 4.0, torch.tensor([0.2, -0.1, 2.0, 1.5])
-    assert task.distill_outputs(source, source.clone(), opts) == pytest.approx(0, abs=1e-6)
+    assert distill(source, source.clone(), opts) == pytest.approx(0, abs=1e-6)
     off_object = source.clone()
     off_object[0, 1:, 6, 6] += 3  # boxes differ where the source sees only background
     on_object = source.clone()
     on_object[0, 1:, 3, 3] += 3  # the same difference where it sees an object
-    assert task.distill_outputs(source, on_object, opts) > 50 * task.distill_outputs(source, off_object, opts)
+    assert distill(source, on_object, opts) > 50 * distill(source, off_object, opts)
     no_boxes = PredictionsOptions(temperature=2, box_weight=0)
-    assert task.distill_outputs(source, on_object, no_boxes) == pytest.approx(0, abs=1e-6)
+    assert distill(source, on_object, no_boxes) == pytest.approx(0, abs=1e-6)
 
 
 def test_predicted_boxes_of_equal_score_come_in_class_then_corner_order(tmp_path):

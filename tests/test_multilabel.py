@@ -21,14 +21,22 @@ ML = ["task=multilabel", "data.image_size=32"]
 
 
 def test_predictions_style_is_a_bernoulli_kl_per_label():
+    from kdstyles.styles import STYLES
+    from kdstyles.styles.base import Context
+
     task = TASKS["multilabel"](2)
+    context = Context(output_kind=task.output_kind, classes=task.num_classes)  # as the cohort hands it
+
+    def distill(a, b, options):  # the predictions style on the multi-label task's outputs
+        return STYLES["predictions"].compute(a, b, options, task, context)
+
     source, target = torch.tensor([[2.0, -1.0]]), torch.tensor([[0.0, 1.0]])
     for t, scale in ((1.0, False), (2.0, True)):
         p, q = torch.sigmoid(source / t), torch.sigmoid(target / t)
         expected = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum() * (t * t if scale else 1)
-        got = task.distill_outputs(source, target, SimpleNamespace(temperature=t, t2_scaling=scale))
+        got = distill(source, target, SimpleNamespace(temperature=t, t2_scaling=scale))
         assert float(got) == pytest.approx(float(expected), rel=1e-5)
-    assert float(task.distill_outputs(source, source, SimpleNamespace(temperature=1.0, t2_scaling=True))) == \
+    assert float(distill(source, source, SimpleNamespace(temperature=1.0, t2_scaling=True))) == \
         pytest.approx(0, abs=1e-6)
 
 
@@ -83,13 +91,18 @@ def test_embedded_mosaics_are_labelled_with_the_classes_they_show():
         generate(0, "train", 1, 20)
 
 
-def test_multilabel_gradient_isolation():
+def test_multilabel_gradient_isolation(monkeypatch):
+    from kdstyles.styles import outputs
+
     cfg = load_config(None, [*ML, "routing.preset=diverse", "networks.teacher.widen=0.25",
                              "networks.students.s1.widen=0.125", "networks.students.s2.widen=0.125"])
     cohort = build_cohort(cfg, num_classes=4, channels=3, image_size=32)
+    seen = []  # the cohort tells the predictions edges what the outputs are: labels, 4 of them
+    labels = outputs.OUTPUT_KINDS["labels"]
+    monkeypatch.setitem(outputs.OUTPUT_KINDS, "labels", lambda s, t, o, k: seen.append(k) or labels(s, t, o, k))
     y = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.float)
     losses = cohort.losses(cohort(torch.randn(3, 3, 32, 32)), y)
-    assert set(losses["s1"].terms) == {"bce", "predictions<-teacher", "features<-s2"}
+    assert set(losses["s1"].terms) == {"bce", "predictions<-teacher", "features<-s2"} and seen == [4, 4]
     assert_gradient_isolation(cohort, losses)
 
 

@@ -355,3 +355,22 @@ def test_cka_is_one_for_a_rotated_and_scaled_embedding_and_matches_its_formula()
     xc, yc = x - x.mean(0), y - y.mean(0)
     cka = (yc.T @ xc).pow(2).sum() / (torch.linalg.norm(xc.T @ xc) * torch.linalg.norm(yc.T @ yc))
     assert float(STYLES["cka"].loss(x, y, StyleOptions())) == pytest.approx(1 - float(cka), rel=1e-5)
+
+
+def test_a_plugin_task_with_outputs_of_its_own_kind_registers_how_they_compare(monkeypatch):
+    """A task declares what its outputs are (``output_kind``); ``predictions`` and ``self`` compare
+    them as that kind says (kdstyles.styles.outputs), never asking the task; a plugin registers a
+    kind of its own through kdstyles.plugins."""
+    from kdstyles.plugins import register_output_kind
+    from kdstyles.styles.base import Context
+    from kdstyles.styles.outputs import OUTPUT_KINDS, softened_kl
+
+    monkeypatch.setitem(OUTPUT_KINDS, "placeholder", None)  # restored (removed) after the test
+    register_output_kind("placeholder", lambda s, t, o, k: k * softened_kl(s, t, o))
+    source, target = torch.randn(4, 3), torch.randn(4, 3)
+    for style in ("predictions", "self"):
+        opts = STYLES[style].Options(temperature=2.0)
+        got = STYLES[style].compute(source, target, opts, None, Context(output_kind="placeholder", classes=3))
+        assert torch.allclose(got, 3 * softened_kl(source, target, opts))
+        plain = STYLES[style].compute(source, target, opts, None, Context())  # the default: classes
+        assert torch.allclose(plain, softened_kl(source, target, opts))

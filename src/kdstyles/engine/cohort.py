@@ -374,7 +374,8 @@ class Cohort(nn.Module):
                 style = STYLES[e.style]
                 if style.labels and len(target) > n:  # the labelled rows only
                     source, target = source[rows], target[rows]
-                context = Context(style_labels if style.labels else None, self.epoch)
+                context = Context(style_labels if style.labels else None, self.epoch, self.task.output_kind,
+                                  self.task.num_classes)
                 term = style.compute(source, target, e.options, self.task, context)
                 label = e.term if e.term not in terms else f"{e.term}#{i}"
                 terms[label] = term

@@ -54,11 +54,14 @@ class NetOutput:
 @dataclass
 class Context:
     """What the cohort hands every style besides the two tensors: the batch's labels, for a
-    style with ``labels = True`` (class indices (B,), or (B, *spatial) masks), and the epoch
-    being trained (1-based; warm-ups)."""
+    style with ``labels = True`` (class indices (B,), or (B, *spatial) masks), the epoch
+    being trained (1-based; warm-ups), and what the networks' outputs are (the task's
+    ``output_kind`` and number of classes: :mod:`kdstyles.styles.outputs`)."""
 
     labels: torch.Tensor | None = None
     epoch: int = 1
+    output_kind: str = "classes"
+    classes: int = 0
 
 
 class StyleOptions(BaseModel):
@@ -208,9 +211,8 @@ class Style:
 
     def compute(self, source: torch.Tensor, target: torch.Tensor, options: StyleOptions, task,
                 context: Context) -> torch.Tensor:
-        """The loss the cohort takes for an edge; a style whose meaning depends on the task's
-        outputs (``predictions`` on boxes) asks the task here, one that needs the labels or the
-        epoch reads ``context``."""
+        """The loss the cohort takes for an edge; a style whose meaning depends on what the outputs
+        are (``predictions`` on boxes), or that needs the labels or the epoch, reads ``context``."""
         return self.loss(source, target, options)
 
     def prepare(self, source: nn.Module, learner: nn.Module, options: StyleOptions, sample: torch.Tensor,

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 
 from .base import LogitOptions, Style
-from .predictions import softened_kl
+from .outputs import compare_outputs, softened_kl
 
 
 class SelfOptions(LogitOptions):
@@ -38,7 +38,7 @@ class SelfDistillation(Style):
         return softened_kl(source, target, options)
 
     def compute(self, source, target, options, task, context):
-        return task.distill_outputs(source, target, options)
+        return compare_outputs(context.output_kind, source, target, options, context.classes)
 
     @torch.no_grad()
     def update_shadow(self, shadow, network, options, event):

@@ -46,6 +46,9 @@ class Task:
     # a class per pixel: a frozen backbone's head (the probe) is fitted on its patch tokens and
     # upsampled to the image, not on its pooled embedding
     per_pixel: ClassVar[bool] = False
+    # what its outputs are to the styles that compare two networks' outputs (kdstyles.styles.outputs):
+    # classes (a softmax over dim 1), labels (a sigmoid per class) or heatmaps (detection)
+    output_kind: ClassVar[str] = "classes"
     patches: ClassVar[bool] = False  # trains on patches of whole volumes (data.patch_size) and slides over them
     # one class per image or pixel, a softmax over classes: styles that need it (dkd, dist) apply
     exclusive_classes: ClassVar[bool] = True
@@ -167,14 +170,6 @@ class Task:
     def default_tap(self, model, sample) -> str:
         """The module path a features/attention edge compares when none is configured."""
         raise NotImplementedError
-
-    def distill_outputs(self, source, target, options):
-        """What ``predictions`` (and ``self``) compare between two networks' outputs: the
-        softened KL over classes (per pixel when dense). ``options`` carries the style's
-        ``temperature`` and ``t2_scaling``."""
-        from ..styles.predictions import softened_kl
-
-        return softened_kl(source, target, options)
 
     # ------------------------------------------------------------------ evaluation
 

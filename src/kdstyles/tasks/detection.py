@@ -50,6 +50,7 @@ class Detection(EncoderDecoderTask):
     spatial_dims = (2, 3)
     arch_hint = "an encoder-decoder body for the CenterNet head (unet, basicunet, flexunet-<encoder>)"
     title = "Detection"
+    output_kind = "heatmaps"
     hub_pipeline = "object-detection"
     bundle_refusal = ("its output (a heatmap per class and box channels per pixel, decoded into boxes by kdstyles) "
                       "has no format in MONAI's bundle conventions, whose detection bundles return decoded boxes; "
@@ -93,26 +94,6 @@ class Detection(EncoderDecoderTask):
             raise KDError(f"{where}: output shape {tuple(logits.shape)} does not match (batch, "
                           f"{self.num_classes} classes + {boxes} box channels, {size}); a detection network "
                           "returns heatmaps and box channels at the input's size")
-
-    def distill_outputs(self, source, target, options):
-        """Per class and pixel, KL between the source's and the target's sigmoid probabilities at
-        the style's temperature, weighted by the source's confidence (its highest class
-        probability at that pixel) so the background's many pixels do not drown the objects;
-        plus ``box_weight`` x the L1 between their box channels, weighted the same way."""
-        import torch.nn.functional as F
-
-        from ..common.metrics import bernoulli_kl
-
-        k, t = self.num_classes, options.temperature
-        s, d = source[:, :k].float(), target[:, :k].float()
-        weight = s.sigmoid().amax(1)  # (B, H, W); the source is detached by the cohort
-        norm = weight.sum().clamp_min(1e-6)
-        kl = bernoulli_kl(F.logsigmoid(s / t), F.logsigmoid(-s / t), F.logsigmoid(d / t), F.logsigmoid(-d / t))
-        heat = (kl.sum(1) * weight).sum() / norm * (t * t if options.t2_scaling else 1.0)
-        box = ((source[:, k:].float() - target[:, k:].float()).abs().sum(1) * weight).sum() / norm
-        return heat + getattr(options, "box_weight", 1.0) * box
-
-    # ------------------------------------------------------------------ evaluation
 
     def activate(self, logits):
         from ..common.boxes import activate

@@ -34,6 +34,7 @@ class Multilabel(Classification):
     imbalance_remedy = ("loss.class_weights: balanced (each label's positives weighted by its negatives) or "
                         "data.sampler: balanced (images drawn by their rarest label)")
     title = "Multi-label classification"
+    output_kind = "labels"
     output_words = "a probability per class (independent sigmoids; predict reports a class at >= 0.5)"
 
     def supervised(self, logits, y, class_weights):
@@ -52,16 +53,6 @@ class Multilabel(Classification):
                           "(made by an older kdstyles) does not record; train a new run")
         pos = torch.tensor(counts, dtype=torch.float).clamp_min(1)
         return (images - pos).clamp_min(1) / pos
-
-    def distill_outputs(self, source, target, options):
-        import torch.nn.functional as F
-
-        from ..common.metrics import bernoulli_kl
-
-        t = options.temperature
-        s, d = source.float() / t, target.float() / t
-        kl = bernoulli_kl(F.logsigmoid(s), F.logsigmoid(-s), F.logsigmoid(d), F.logsigmoid(-d)).sum(1).mean()
-        return kl * t * t if options.t2_scaling else kl
 
     def activate(self, logits):
         return logits.float().sigmoid()
