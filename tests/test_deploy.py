@@ -284,7 +284,7 @@ def test_a_monai_bundle_runs_in_monais_runner_and_predicts_what_kdstyles_predict
     assert side["verification"]["max_abs_diff"] < 1e-5
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["configs/inference.json", "configs/metadata.json", "docs/README.md", "docs/license.txt",
-                     "models/model.pt", "models/model.ts"]
+                     "models/model.json", "models/model.pt", "models/model.ts"]
     meta = json.loads((out / "configs" / "metadata.json").read_text())
     required = {"version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
                 "description", "authors", "copyright", "network_data_format"}
@@ -309,6 +309,9 @@ def test_a_monai_bundle_runs_in_monais_runner_and_predicts_what_kdstyles_predict
     for r in rows:
         want = [float(r[f"p_{c}"]) for c in ("normal", "lymphocytic", "tumour", "stroma")]
         assert np.abs(np.array(got[Path(r["path"]).name]) - want).max() < 1e-5
+    # kdstyles predict takes the bundle folder itself (its TorchScript model and the sidecar beside it)
+    again = list(csv.DictReader(predict(out, [images], tmp_path / "pred-bundle", quiet=True).open()))
+    assert_same_prediction_rows(again, rows)
     assert "python -m monai.bundle run --config_file configs/inference.json" in (out / "docs/README.md").read_text()
     # exported again: the earlier bundle replaced whole; a folder of other files is refused untouched
     (out / "models" / "stray.bin").write_bytes(b"x")

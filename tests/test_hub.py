@@ -68,7 +68,7 @@ def test_a_dry_run_writes_the_repository_with_a_card_the_hub_reads(run, publishe
     own = Experiment.from_run(run, quiet=True)
     own.load_weights("best")
     assert all(torch.equal(weights[k], v) for k, v in own.cohort.networks["s1"].state_dict().items())
-    predictor = load_predictor(repo / "model.onnx")
+    predictor = load_predictor(repo)  # a clone of the repository: its ONNX model and sidecar
     assert predictor(np.zeros((2, 3, 16, 16), np.float32)).shape == (2, 4)
     assert load_predictor(repo / "model.torchscript.pt").class_names == config["class_names"]
 

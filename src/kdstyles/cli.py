@@ -639,7 +639,8 @@ def push(run_dir: Path = typer.Argument(..., help="a run folder (evaluated: the 
 
 
 @app.command()
-def predict(model: Path = typer.Argument(..., help="an exported .onnx / TorchScript .pt file, or a run folder"),
+def predict(model: Path = typer.Argument(..., help="an exported .onnx / TorchScript .pt file, a run folder, or a "
+                                                  "published MONAI Bundle or Hub repository folder"),
             inputs: list[Path] = typer.Argument(..., help="image (or volume) files, folders, or CSV files with a "
                                                           "'path' column"),
             out: Path = typer.Option(Path("predictions"), help="folder for predictions.csv"),

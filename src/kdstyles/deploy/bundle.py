@@ -11,6 +11,7 @@ Zoo load, run by MONAI's own runner (``python -m monai.bundle run``).
       models/model.ts         TorchScript: [0, 1] inputs -> probabilities (normalisation inside)
       models/model.pt         the network's plain state dict (kdstyles' names; loaded back by
                               ``pretrained`` or an offline teacher's ``checkpoint``)
+      models/model.json       the sidecar, as beside any export (``kdstyles predict BUNDLE``)
       docs/README.md          the model card, with how to run the bundle
       docs/license.txt        the licence the exporter chose (--license)
 
@@ -270,6 +271,7 @@ def export_bundle(run_dir: str | Path, network: str | None = None, out: str | Pa
         side = {"format": "bundle", "file": "models/model.ts",
                 **describe(exp, info, network, inputs, evaluation, checkpoint, run_dir, tempered),
                 "verification": {"samples": samples, "max_abs_diff": diff, "against": "torch.jit.load"}}
+        write_json(root / "models" / "model.json", side)  # the sidecar: kdstyles predict BUNDLE reads it
         card_text = model_card(exp, info, network, model, side, sample)
         card = {"name": f"{network} ({task.title.lower()}, kdstyles)",
                 "task": f"{task.title} of {inputs.space.unit} into {len(side['class_names'])} classes: "

@@ -123,12 +123,26 @@ def rejected(side: dict, model: Path) -> str | None:
     return f"model '{model}' was rejected by kdstyles export: its {q.get('type', 'quantized')} weights {lost}"
 
 
+PUBLISHED_MODELS = ("model.onnx", "models/model.ts", "model.torchscript.pt")  # a Hub repository's, a bundle's
+
+
+def published_model(path: Path) -> Path:
+    """A folder kdstyles published (a Hub repository: its ONNX model; a MONAI Bundle: its
+    TorchScript model), as the model file in it with its sidecar; any other path as it is."""
+    from ..store.runfolder import RunFolder
+
+    if path.is_dir() and not RunFolder(path).info_path.is_file():
+        return next((path / m for m in PUBLISHED_MODELS if (path / m).is_file() and (path / m).with_suffix(".json")
+                     .is_file()), path)
+    return path
+
+
 def load_predictor(model: str | Path, network: str | None = None, checkpoint: str = "best",
                    allow_rejected: bool = False, say: Callable[[str], None] | None = None) -> Predictor:
     """An exported .onnx or TorchScript .pt file (with its sidecar), or a run folder. A
     quantized model that export rejected is refused unless ``allow_rejected`` (then ``say``
     is told what it lost)."""
-    model = Path(model)
+    model = published_model(Path(model))
     if model.is_dir():
         import torch
 
@@ -145,8 +159,9 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
                          exp.cfg.task, exp.cfg.data.preparation, spatial_dims=exp.cfg.data.dims)
     if not model.is_file():
         raise KDError(f"model '{model}' does not exist (give an exported .onnx/.pt file or a run folder)")
-    if model.suffix not in (".onnx", ".pt"):
-        raise KDError(f"model '{model}': expected an .onnx or TorchScript .pt file, or a run folder")
+    if model.suffix not in (".onnx", ".pt", ".ts"):
+        raise KDError(f"model '{model}': expected an .onnx or TorchScript .pt/.ts file, a run folder, or a folder "
+                      "kdstyles published (a MONAI Bundle, a Hub repository)")
     side = _sidecar(model)
     why = rejected(side, model)
     if why and not allow_rejected:
