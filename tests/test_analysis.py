@@ -223,3 +223,23 @@ def test_students_markedly_worse_calibrated_than_their_teacher_are_named():
     assert worse_calibrated(rows) == [{"preset": "mix", "network": "s1", "ece": pytest.approx(0.07),
                                        "teacher": pytest.approx(0.01)}]  # kd's 0.025: under teacher + 2 points
     assert worse_calibrated([r for r in rows if r["network"] != "teacher"]) == []  # no teacher: nothing to say
+
+
+def test_comparison_json_is_a_record_its_keeper_reads_old_damaged_or_newer(tmp_path):
+    """comparison.json is read and written by ComparisonFolder as a Manifest: a file of an earlier
+    release (fewer keys) opens with defaults, one of a later release keeps its unknown keys when
+    written back, a damaged or missing one reads as empty."""
+    from kdstyles.store.runfolder import ComparisonFolder, Manifest
+
+    folder = ComparisonFolder(tmp_path)
+    assert folder.manifest() == Manifest()  # missing
+    (tmp_path / "comparison.json").write_text(json.dumps({"presets": ["kd"], "seeds": 2, "runs": [{"preset": "kd"}],
+                                                          "from_the_future": {"x": 1}}))
+    old = folder.manifest()
+    assert old.presets == ["kd"] and old.baselines == [] and old.target is None and old.runs == [{"preset": "kd"}]
+    folder.write_manifest(old)
+    assert json.loads((tmp_path / "comparison.json").read_text())["from_the_future"] == {"x": 1}
+    (tmp_path / "comparison.json").write_text('{"presets": ["kd"], "runs": ')  # cut short
+    assert folder.manifest() == Manifest()
+    (tmp_path / "comparison.json").write_text(json.dumps({"runs": "not a list"}))  # edited by hand
+    assert folder.manifest() == Manifest()

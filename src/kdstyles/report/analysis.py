@@ -15,7 +15,7 @@ from ..errors import KDError
 from ..common.metrics import label as metric_label
 from ..common.metrics import METRICS, lower_is_better, paired_metric
 from ..styles.routing import ENSEMBLE, T
-from ..store.runfolder import ComparisonFolder, RunFolder
+from ..store.runfolder import ComparisonFolder, Manifest, RunFolder
 from ..tasks import TASKS
 from .results import TARGET, mean_std, networks_in, presets_in, primary, run_dirs
 from .significance import Drawn, interval_text, mcnemar, paired_interval, paired_ratio_interval, verdict
@@ -31,7 +31,7 @@ class Study:
     # (preset, seed, network): per-image values, or the task's outputs to draw test images from
     values: dict[tuple[str, int, str], Any] = field(default_factory=dict)
     target: str = TARGET
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest = field(default_factory=Manifest)
     compared: dict[tuple, dict[str, Any] | None] = field(default_factory=dict)  # _compare's answers (drawing is slow)
     closure: list[dict[str, Any]] | None = None  # gap_closure's answer, drawn once for findings, tables and report
     folder: Path | None = None  # the comparison (or run) folder the rows come from
@@ -56,7 +56,7 @@ def load_study(folder: str | Path, rows: list[dict[str, Any]], split: str = "tes
     measured = {k for r in rows for k, v in r.items() if isinstance(v, (int, float))}  # not empty columns
     metric = paired_metric(measured) or primary(rows)
     presets = presets_in(rows)
-    target = manifest.get("target")
+    target = manifest.target
     if target not in presets:
         target = TARGET if TARGET in presets else next((p for p in presets if p != INDEPENDENT), presets[0])
     values, evaluations = {}, {}
@@ -152,7 +152,7 @@ def _networks(study: Study) -> list[str]:
 def paired_rows(study: Study) -> list[dict[str, Any]]:
     """The target against every other preset (ablation variants have their own table), per
     student and the ensemble."""
-    variants = set((study.manifest.get("ablation") or {}).get("removed", {}))
+    variants = set((study.manifest.ablation or {}).get("removed", {}))
     out = []
     for base in presets_in(study.rows):
         if base == study.target or base in variants:
@@ -256,7 +256,7 @@ def winner(study: Study) -> dict[str, Any] | None:
     metric = study.metric
     sign = -1 if lower_is_better(metric) else 1
     scores: dict[tuple[str, str], dict[int, Any]] = {}
-    references = {INDEPENDENT, *(study.manifest.get("baselines") or [])}  # baselines are never the choice
+    references = {INDEPENDENT, *study.manifest.baselines}  # baselines are never the choice
     for (preset, seed), run in run_dirs(study.folder, study.rows).items():
         if preset in references:
             continue
@@ -339,7 +339,7 @@ def margin_is_clear(margin: list[dict[str, Any]]) -> bool:
 def ablation_rows(study: Study) -> list[dict[str, Any]]:
     """What each ablation variant removed, and the full routing minus that variant per network:
     positive = the removed edge(s) helped."""
-    ablation = study.manifest.get("ablation") or {}
+    ablation = study.manifest.ablation or {}
     full, removed = ablation.get("full"), ablation.get("removed", {})
     presets = presets_in(study.rows)
     if full not in presets:

@@ -80,7 +80,7 @@ def _check_whole(folder: Path, path: Path, rows: list[dict[str, str]], again: st
                           f"'{row.get('run_dir')}' is not {row.get('preset')}-seed{row.get('seed')}); {again}")
     listed = {(Path(r["run_dir"]).name, r["network"]) for r in rows}  # by folder name: a run_dir may be
     # relative, absolute or moved (run_dirs resolves it by name too)
-    for run in ComparisonFolder(folder).manifest().get("runs", []):
+    for run in ComparisonFolder(folder).manifest().runs:
         rf = RunFolder(str(run.get("run_dir", ""))) if isinstance(run, dict) else None
         if rf is None or not rf.eval_path.is_file():
             continue

@@ -383,6 +383,34 @@ def _whole_json(path: Path, kind: type = dict) -> Any:
         return None
 
 
+class Manifest(BaseModel):
+    """comparison.json: what a comparison ran, read and written only by :class:`ComparisonFolder`
+    (keys a later or earlier release wrote are kept; a missing key is its default, so folders of
+    earlier releases open).
+
+    ``runs``: each run's record (:meth:`kdstyles.workflows.runs.RunSpec.record`); ``target``: the
+    recipe the comparison asks about (an ablation's full recipe); ``ablation``: the full recipe and
+    each variant without one edge (``removed``); ``baselines``: recipes never chosen; ``notes``: a
+    line per variant; ``teacher``: its mode, the shared teachers' run folders by seed and their
+    overrides; ``halving``: compare --budget's rungs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    config: str | None = None
+    presets: list[str] | None = None
+    recipes: Any = None
+    seeds: int | None = None
+    overrides: list[str] = []
+    checkpoint: str = "best"
+    runs: list[dict[str, Any]] = []
+    target: str | None = None
+    ablation: dict[str, Any] | None = None
+    baselines: list[str] = []
+    notes: dict[str, str] = {}
+    teacher: dict[str, Any] = {}
+    halving: dict[str, Any] | None = None
+
+
 class ComparisonFolder:
     """A comparison's folder: its manifest, results, compression table and report; the run
     folders inside it are read through :class:`RunFolder`."""
@@ -464,12 +492,17 @@ class ComparisonFolder:
     def write_jobs(self, jobs: dict[str, Any]) -> None:
         write_json(self.jobs_path, jobs)
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_json(self.manifest_path, manifest)
+    def write_manifest(self, manifest: Manifest) -> None:
+        write_json(self.manifest_path, manifest.model_dump(mode="json"))
 
-    def manifest(self) -> dict[str, Any]:
-        """comparison.json, or {} when it is missing or damaged (a folder of results alone)."""
-        return _whole_json(self.manifest_path) or {}
+    def manifest(self) -> Manifest:
+        """comparison.json, or an empty record when it is missing or damaged (a folder of results
+        alone)."""
+        found = _whole_json(self.manifest_path)
+        try:
+            return Manifest.model_validate(found or {})
+        except ValueError:  # a hand-edited file of other types: what it records is read as absent
+            return Manifest()
 
     def compression(self) -> list[dict[str, Any]] | None:
         """compression.json when it was measured and is whole, else None."""

@@ -31,7 +31,7 @@ from ..errors import Interrupted, KDError
 from ..store.fileio import write_text
 from ..common.metrics import METRICS
 from ..styles.routing import DEFAULT_PRESET, PRESETS
-from ..store.runfolder import ComparisonFolder, RunFolder
+from ..store.runfolder import ComparisonFolder, Manifest, RunFolder
 from .runs import SHARED_TEACHER, RunSpec, run_one, run_state
 from ..common.signals import GracefulStop, signal_name
 
@@ -429,11 +429,10 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
                                  ablate, recipes)
     folder = ComparisonFolder(out)
     with folder.lock():
-        manifest = {"config": config, "presets": presets,
-                    "recipes": recipes if isinstance(recipes, dict) else str(recipes) if recipes else None,
-                    "seeds": seeds, "overrides": overrides,
-                    "checkpoint": checkpoint, **info,
-                    "runs": [spec.record() for spec in specs]}
+        manifest = Manifest(config=config, presets=presets,
+                            recipes=recipes if isinstance(recipes, dict) else str(recipes) if recipes else None,
+                            seeds=seeds, overrides=overrides, checkpoint=checkpoint, **info,
+                            runs=[spec.record() for spec in specs])
         folder.write_manifest(manifest)
         results = []
         try:
@@ -455,7 +454,7 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
                 if budget is not None:
                     spent, halving = spend(todo, budget, quiet, echo)
                     results += spent
-                    manifest["halving"] = halving
+                    manifest.halving = halving
                     folder.write_manifest(manifest)
                 else:
                     results += execute(todo, jobs=jobs, quiet=quiet, echo=echo)
