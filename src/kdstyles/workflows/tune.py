@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from .compare import shared_teacher
+from .runs import run_one, run_state
 from ..config import Change, changes_of, load_config
-from ..errors import KDError, TrainingDiverged
+from ..errors import Interrupted, KDError, TrainingDiverged
 from ..store.fileio import FolderLock, make_folder
-from ..store.runfolder import STATUS_DONE, ComparisonFolder, RunFolder
+from ..store.runfolder import ComparisonFolder
 
 TRIAL_DIR = "{study}-trial-{number}"
 TEACHER_DIR = "{study}-teacher-{values}"
@@ -98,20 +99,18 @@ def _train_teacher(config, cfg, out: Path, name: str, overrides: list[str], valu
                    echo) -> tuple[Change, ...]:
     """Train the shared teacher for these values unless a finished one exists (waiting while
     another worker trains it); returns the changes that load it in the trial's run."""
-    from ..api import Experiment
-
     spec, shared = shared_teacher(config, cfg, cfg.train.seed, out, name, changes_of(overrides),
                                   [(k.removeprefix(TEACHER), v) for k, v in values.items()])
-    with FolderLock(out, "tune folder", name=f".{name}.lock", wait=True):
-        run = RunFolder(spec.run_dir)
-        if run.status() not in STATUS_DONE:
-            echo(f"  shared teacher: {'resuming' if run.last.is_file() else 'training'} {spec.run_dir}")
-            if run.last.is_file():
-                Experiment.from_run(spec.run_dir, quiet=quiet).fit(resume=True)
-            else:
-                Experiment(spec.cfg, quiet=quiet).fit()
-        else:
-            echo(f"  shared teacher: {spec.run_dir} (trained before)")
+    with FolderLock(out, "tune folder", name=f".{name}.lock", wait=True):  # one worker trains it, the others wait
+        state = run_state(spec)
+        echo(f"  shared teacher: {spec.run_dir} (trained before)" if state == "done" else
+             f"  shared teacher: {'resuming' if state == 'resume' else 'training' if state == 'new' else 'evaluating'} "
+             f"{spec.run_dir}")
+        result = run_one(spec, quiet=quiet)  # as compare's shared teachers: trained or resumed, then evaluated
+        if result["state"] == "interrupted":
+            raise Interrupted(result["error"], result["signum"])
+        if result["state"] == "failed":
+            raise KDError(f"shared teacher {spec.run_dir}: {result['error']}")
     return shared
 
 
