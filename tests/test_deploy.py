@@ -249,6 +249,16 @@ def test_a_calibrated_export_outputs_the_probabilities_evaluate_scored(run_dir, 
             want = tempered(reference(run, network)(sample), t)
         assert np.abs(got - want.numpy()).max() < 1e-5
         assert f"temperature-scaled (temperature {t:.3f}), fitted on the validation split" in (run / "export" / f"{network}.md").read_text()
+    # a calibrated MONAI Bundle: its TorchScript model outputs the same tempered probabilities
+    from kdstyles.deploy.bundle import export_bundle
+
+    export_bundle(run, "s1", tmp_path / "bundle", calibrated=True, say=lambda m: None)
+    meta = json.loads((tmp_path / "bundle" / "configs" / "metadata.json").read_text())
+    assert meta["kdstyles"]["calibration"]["temperature"] == fitted["temperature"]["s1"]
+    with torch.inference_mode():
+        got = torch.jit.load(str(tmp_path / "bundle" / "models" / "model.ts"))(sample)
+        want = tempered(reference(run, "s1")(sample), fitted["temperature"]["s1"])
+    assert (got - want).abs().max() < 1e-5
     # predict writes each image's set: the classes whose score is within the threshold, most likely first
     from kdstyles.common.sets import prediction_sets
     from kdstyles.deploy.predict import predict
