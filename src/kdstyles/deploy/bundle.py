@@ -271,7 +271,7 @@ def export_bundle(run_dir: str | Path, network: str | None = None, out: str | Pa
         side = {"format": "bundle", "file": "models/model.ts",
                 **describe(exp, info, network, inputs, evaluation, checkpoint, run_dir, tempered),
                 "verification": {"samples": samples, "max_abs_diff": diff, "against": "torch.jit.load"}}
-        write_json(root / "models" / "model.json", side)  # the sidecar: kdstyles predict BUNDLE reads it
+        write_json(root / "models" / "model.json", {**side, "file": "model.ts"})  # the sidecar, beside its model
         card_text = model_card(exp, info, network, model, side, sample)
         card = {"name": f"{network} ({task.title.lower()}, kdstyles)",
                 "task": f"{task.title} of {inputs.space.unit} into {len(side['class_names'])} classes: "

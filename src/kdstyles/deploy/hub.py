@@ -210,7 +210,7 @@ def hub_folder(run_dir: str | Path, repo: str, folder: Path, network: str | None
         text = (_front_matter(repo, side, intervals, license, datasets or [], source)
                 + _hub_section(repo, side, intervals, _gap_closure(run_dir, info.get("preset"), name), teacher,
                                sum(count_parameters(m) for m in model.networks), cpu_latency_ms(model, one))
-                + card.split("\n", 1)[1].replace("# Model card", "## Model card", 1))
+                + card.split("\n", 1)[1].lstrip("\n"))  # the card less its title (the repository names it)
         write_text(root / "README.md", text)
         return {**side, "files": sorted(p.name for p in root.iterdir())}
 
