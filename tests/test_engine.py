@@ -463,6 +463,12 @@ def test_demo_trains_a_shared_teacher_and_three_recipes_then_reuses_them(tmp_pat
     assert json.loads((runs / "diverse-seed0" / "run.json").read_text())["best"].keys() == {"s1", "s2"}  # frozen
     assert teacher["epochs_done"] == 2  # twice the students' epochs
     assert (runs / "report.html").is_file() and (runs / "results.csv").is_file()
+    # a Hub card of one of these runs gives the gap closure the table printed (its recipe is the
+    # comparison's name for it, not the preset it expands to)
+    from kdstyles.deploy.hub import _gap_closure
+
+    closed = _gap_closure(runs / f"{DEMO_VARIANTS[-1]}-seed0", "s2")
+    assert closed["preset"] == DEMO_VARIANTS[-1] and f"({closed['text']})" in first
     run()
     again = capsys.readouterr().out
     assert again.count("skipped (finished)") == 4

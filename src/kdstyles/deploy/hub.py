@@ -86,20 +86,24 @@ def _intervals(evaluation: Any, network: str, task: str) -> dict[str, tuple[floa
     return out
 
 
-def _gap_closure(run_dir: Path, preset: str | None, network: str) -> dict[str, Any] | None:
+def _gap_closure(run_dir: Path, network: str) -> dict[str, Any] | None:
     """The share of the teacher's lead this network recovers, where the run belongs to a
-    comparison that trained the students alone too (its folder's results)."""
+    comparison that trained the students alone too (its folder's results; the run's recipe is
+    the comparison's name for it, e.g. kd-unlabelled, not the preset it expands to)."""
     folder = run_dir.parent
-    if not preset or not ComparisonFolder(folder).results_path.is_file():
+    if not ComparisonFolder(folder).results_path.is_file():
         return None
     from ..report.analysis import gap_closure, load_study
     from ..report.results import load_rows
 
     try:
-        study = load_study(folder, load_rows(folder))
+        rows = load_rows(folder)
+        study = load_study(folder, rows)
     except KDError:
         return None
-    found = next((g for g in gap_closure(study) if (g["preset"], g["network"]) == (preset, network)), None)
+    here = run_dir.resolve()
+    recipe = next((r["preset"] for r in rows if Path(r["run_dir"]).resolve() == here), None)
+    found = next((g for g in gap_closure(study) if (g["preset"], g["network"]) == (recipe, network)), None)
     return {**found, "comparison": str(folder), "metric": study.metric} if found else None
 
 
@@ -208,7 +212,7 @@ def hub_folder(run_dir: str | Path, repo: str, folder: Path, network: str | None
         source = SOURCES[exp.cfg.data.source].describe(exp.cfg.data, exp.cohort.task)
         one = exp.inputs(info).sample(1)
         text = (_front_matter(repo, side, intervals, license, datasets or [], source)
-                + _hub_section(repo, side, intervals, _gap_closure(run_dir, info.get("preset"), name), teacher,
+                + _hub_section(repo, side, intervals, _gap_closure(run_dir, name), teacher,
                                sum(count_parameters(m) for m in model.networks), cpu_latency_ms(model, one))
                 + card.split("\n", 1)[1].lstrip("\n"))  # the card less its title (the repository names it)
         write_text(root / "README.md", text)
