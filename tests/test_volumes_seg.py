@@ -284,6 +284,17 @@ def test_multi_channel_volumes_keep_the_chosen_modalities_through_export_and_pre
     # the exported model keeps the same channels as the run: the same mask, but for a voxel or two
     # on a class boundary that float order may put either side
     np.testing.assert_allclose(*(np.array(r, float) for r in rows), rtol=0.02, atol=0.01)
+    # the MONAI Bundle keeps the same channels of the 4-channel file: predict's mask
+    from conftest import run_bundle
+    from kdstyles.deploy.bundle import export_bundle
+
+    export_bundle(exp.run_dir, "s1", tmp_path / "bundle", say=lambda m: None)
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / case.name).write_bytes(case.read_bytes())
+    written = nib.load(run_bundle(tmp_path / "bundle", tmp_path / "cases", tmp_path / "b") / "case_001_mask.nii.gz")
+    mask = nib.load(predict(exp.run_dir, [case], tmp_path / "pred-s1", network="s1", quiet=True)
+                    .read_text().splitlines()[1].split(",")[1])
+    assert written.shape == mask.shape and (np.asarray(written.dataobj) != np.asarray(mask.dataobj)).mean() <= 0.005
     two = tmp_path / "two.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 16, 2), np.float32), np.eye(4)), two)
     with pytest.raises(KDError, match=r"has no channel 2 \(it has 2: 0..1\), which data.modalities \[2, 0\] keeps"):
