@@ -481,8 +481,9 @@ def _offline_teacher_weights(path_str: str, spec: Any = None) -> tuple[dict[str,
         return published.weights(where), published.weights_path
     path = Path(path_str)
     if not path.exists():
-        raise KDError(f"networks.teacher.checkpoint: '{path}' does not exist (give the teacher's run folder or a .pt "
-                      "file of its weights)")
+        raise KDError(f"networks.teacher.checkpoint: '{path}' does not exist (give the teacher's run folder, a .pt "
+                      "file of its weights, or a network kdstyles published: a bundle or Hub repository folder, "
+                      "hf:ORG/NAME)")
     if path.is_dir():
         run = RunFolder(path)
         found = run.teacher_weights()
