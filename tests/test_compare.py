@@ -282,7 +282,7 @@ def test_a_budget_narrows_the_recipes_by_successive_halving_on_validation(tmp_pa
         run = RunFolder(tmp_path / "c" / f"{name}-seed0")
         assert run.status() == "paused" and not run.eval_path.is_file()
     done = RunFolder(tmp_path / "c" / f"{finalist}-seed0").info()
-    assert done["status"] == "finished" and done["epochs_done"] == 4 and len(done["resumes"]) == 2
+    assert done.status == "finished" and done.epochs_done == 4 and len(done.resumes) == 2
     assert any("rung 1" in line for line in lines) and any("kept" in line for line in lines)
     assert parse_budget("1h30m") == 5400 and parse_budget("90m") == 5400 and parse_budget("45") == 45
     from kdstyles import KDError

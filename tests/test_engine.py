@@ -637,7 +637,7 @@ def test_validation_every_n_epochs_and_always_after_the_last(tiny_overrides):
     assert all(r["val_accuracy"] == "" and r["best"] == "False" for r in by_epoch[1])
     assert all(r["val_accuracy"] != "" for e in (2, 3) for r in by_epoch[e])
     assert all(r["train_loss"] != "" for r in rows if r["network"] in ("s1", "s2"))
-    best = exp.folder.info()["best"]
+    best = exp.folder.info().best
     assert {b["epoch"] for b in best.values()} <= {2, 3}
     assert len((exp.run_dir / "times.csv").read_text().splitlines()) == 4
 
@@ -682,3 +682,25 @@ def test_a_run_folder_of_an_earlier_release_resumes_as_a_new_run_would(tmp_path)
                 assert float(v) == pytest.approx(float(theirs[k]), rel=1e-4, abs=1e-6), (mine["epoch"], k)
     info = json.loads((older / "run.json").read_text())
     assert info["status"] == "finished" and [r["after_epoch"] for r in info["resumes"]] == [1]
+
+
+def test_run_json_is_a_record_its_keeper_reads_old_newer_or_damaged(tmp_path):
+    """run.json is read and written by RunFolder as a RunInfo: a file of an earlier release
+    (no taps, no spatial_dims) opens with what it lacks as absent, a later release's unknown keys
+    survive an update, a value of the wrong kind is one line naming the file and the key."""
+    from kdstyles import KDError
+    from kdstyles.store.runfolder import RunFolder
+
+    folder = RunFolder(tmp_path)
+    older = {"task": "classification", "preset": "kd", "class_names": ["a", "b"], "image_size": 16, "channels": 3,
+             "normalize": {"mean": [0.5] * 3, "std": [0.2] * 3}, "status": "finished", "epochs_done": 2,
+             "best": {"s1": {"epoch": 2}}, "from_the_future": [1, 2]}
+    (tmp_path / "run.json").write_text(json.dumps(older))
+    info = folder.info()
+    assert info.taps is None and info.spatial_dims is None and info.epochs_done == 2 and info.best["s1"]["epoch"] == 2
+    folder.update_info(status="interrupted", epochs_done=3)
+    again = json.loads((tmp_path / "run.json").read_text())
+    assert again == {**older, "status": "interrupted", "epochs_done": 3}  # nothing added, nothing lost
+    (tmp_path / "run.json").write_text(json.dumps({**older, "best": ["not", "a", "mapping"]}))
+    with pytest.raises(KDError, match=rf"^'{tmp_path / 'run.json'}' is damaged \(best\); it records the run's shapes"):
+        folder.info()

@@ -93,7 +93,7 @@ def test_a_reopened_run_and_its_export_carry_projector_and_head(tmp_path):
     side = export_run(exp.run_dir, "s1", "onnx")
     assert side["verification"]["max_abs_diff"] < 1e-4
     info = exp.folder.info()
-    assert info["reused_heads"]["s1"]["teacher_head"] > 0
+    assert info.reused_heads["s1"]["teacher_head"] > 0
 
 
 def test_what_simkd_refuses(tmp_path):

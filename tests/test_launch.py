@@ -84,7 +84,7 @@ def test_a_preempted_job_requeues_and_resumes_bit_identical(tmp_path):
     job.result()  # raises if the job failed
     log = job.paths.stdout.read_text() + job.paths.stderr.read_text()
     assert "Caught signal SIGUSR2" in log and "this job is preempted" in log and "Requeued job" in log, log[-2000:]
-    resumes = folder.info()["resumes"]  # stopped in training by the preemption signal, then resumed
+    resumes = folder.info().resumes  # stopped in training by the preemption signal, then resumed
     assert [r["ended"]["stopped_at"]["signal"] for r in resumes] == ["SIGUSR2"]
     assert_same_run(Path(whole.run_dir), Path(stopped.run_dir))
 

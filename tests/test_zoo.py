@@ -95,7 +95,7 @@ def test_a_vit_student_learns_beside_a_cnn_and_exports(tmp_path):
     exp = Experiment(None, overrides=tiny(tmp_path, "networks.students.s2.arch=vit-tiny", "routing.preset=diverse"),
                      quiet=True)
     exp.fit()
-    taps = {tuple(t[:3]): t[3:] for t in exp.run_info()["taps"]}
+    taps = {tuple(t[:3]): t[3:] for t in exp.run_info().taps}
     assert taps[("teacher", "s2", "features")][1] == "blocks.3" and taps[("s2", "s1", "features")][0] == "blocks.3"
     side = export_run(exp.run_dir, "s2", "onnx")
     assert side["verification"]["max_abs_diff"] < 1e-4

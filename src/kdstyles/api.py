@@ -34,7 +34,7 @@ from .common.inputs import Inputs
 from .engine.evaluate import ENSEMBLE, score_cohort
 from .models.zoo import count_parameters
 from .styles.routing import T
-from .store.runfolder import Evaluation, RunFolder, now
+from .store.runfolder import Evaluation, RunFolder, RunInfo, now
 from .styles import learner_parts
 from .tasks import TASKS
 
@@ -51,7 +51,7 @@ def check_edited(folder: RunFolder, cfg: ExperimentConfig) -> None:
     routing, the networks...) and was edited by hand is one line, before anything is touched.
     Paths (data, the teacher's checkpoint) may move; a changed file set is caught by splits.csv."""
     info = folder.info()
-    recorded = info.get("config")
+    recorded = info.config
     if isinstance(recorded, dict):
         try:
             before = build_config(recorded, recorded=True)
@@ -65,7 +65,7 @@ def check_edited(folder: RunFolder, cfg: ExperimentConfig) -> None:
                           f"only {resumable_keys()}, with --set)")
         return
     for key, read in RECORDED.items():  # an older run.json: the keys it names
-        was, edited = info.get(key), read(cfg)
+        was, edited = getattr(info, key), read(cfg)
         if key in ("image_size", "channels") and edited is None:
             continue  # left to the source's default, which run.json resolved
         if was is not None and edited is not None and was != edited:
@@ -164,8 +164,8 @@ class Experiment:
             info = self.run_info() if self.folder.trained() else None
             if info is not None:
                 inputs = self.inputs(info)
-                shape = (len(info["class_names"]), inputs.channels, inputs.side)
-                counts, images = info.get("train_counts"), info.get("train_images")
+                shape = (len(info.class_names), inputs.channels, inputs.side)
+                counts, images = info.train_counts, info.train_images
             else:
                 self.find_weights()  # before the data: a missing weights file stops the run in seconds
                 d = self.data
@@ -173,7 +173,7 @@ class Experiment:
                 images = len(d.splits["train"])
             counts = counts if self.cfg.loss.class_weights == "balanced" else None
             self._cohort = build_cohort(self.cfg, *shape, self.modules, class_counts=counts, train_images=images,
-                                        pinned=(info or {}).get("taps"),
+                                        pinned=info.taps if info is not None else None,
                                         inputs=self.inputs(info) if info is not None else self.data.inputs,
                                         reopened=info is not None)
             self._warnings += [("warning", w) for w in self._cohort.warnings]
@@ -224,32 +224,32 @@ class Experiment:
             self._warnings += [("warning", w) for w in self._cohort.warnings]
         return self.cohort, bundle, True
 
-    def run_info(self) -> dict[str, Any]:
+    def run_info(self) -> RunInfo:
         """The run folder's run.json (edges, shapes, class names, normalisation, status)."""
         if not self.folder.info_path.is_file():
             raise KDError(f"'{self.run_dir}' is not a run folder: run.json is missing")
         info = self.folder.info()
-        missing = [k for k in ("class_names", "normalize") if k not in info]
+        missing = [k for k in ("class_names", "normalize") if getattr(info, k) is None]
         if missing:
             raise KDError(f"'{self.folder.info_path}' is damaged (no '{missing[0]}'); restore it, or train again "
                           "in a new folder")
-        taps = info.get("taps", [])
+        taps = info.taps if info.taps is not None else []
         if not (isinstance(taps, list) and all(isinstance(t, list) and len(t) == 5 and
                                                 all(v is None or isinstance(v, str) for v in t) for t in taps)):
             raise KDError(f"'{self.folder.info_path}' is damaged ('taps' is not a list of [source, target, style, "
                           "source tap, target tap]); restore it, or delete the 'taps' key to tap today's defaults")
-        if "image_size" not in info:  # a run folder written before run.json recorded shapes: ask the data
-            info.update(image_size=self.data.image_size, channels=self.data.channels)
+        if info.image_size is None:  # a run folder written before run.json recorded shapes: ask the data
+            info = info.model_copy(update={"image_size": self.data.image_size, "channels": self.data.channels})
         return info
 
-    def inputs(self, info: dict[str, Any] | None = None) -> Inputs:
+    def inputs(self, info: RunInfo | None = None) -> Inputs:
         """What the run's networks take, as run.json records it."""
         return Inputs.from_record(info or self.run_info(), self.folder.info_path, self.cfg.data.dims)
 
     def _write_run_info(self) -> None:
         c = self.cohort
         params = {n: count_parameters(net) for n, net in c.networks.items()}
-        info = {
+        info = RunInfo.model_validate({
             "kdstyles": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "created": now(), "task": self.cfg.task,
             "preset": self.cfg.routing.label, "edges": [str(e) for e in c.edges],
@@ -264,7 +264,7 @@ class Experiment:
             "mix": self.cfg.data.mix.model_dump() if self.cfg.data.mix.on else None,
             "config": self.cfg.model_dump(mode="json"),  # what config.yaml must keep (Experiment.from_run checks)
             "status": "created",
-        }
+        })
         self.folder.write_info(info)
         self.folder.write_config(dump_config(self.cfg))
 

@@ -173,9 +173,9 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
             console.print(group_metrics_table(result, column, g))
         console.print(f"written: {RunFolder(run_dir).eval_file(split)}")
         info = exp.run_info()
-        if info.get("status") != "finished":  # the numbers describe a run that has not reached its end
-            console.print(f"[yellow]note:[/yellow] the run is {info.get('status', 'not finished')} after "
-                          f"{info.get('epochs_done', 0)} of {exp.cfg.train.epochs} epochs: these are its "
+        if info.status != "finished":  # the numbers describe a run that has not reached its end
+            console.print(f"[yellow]note:[/yellow] the run is {info.status or 'not finished'} after "
+                          f"{info.epochs_done or 0} of {exp.cfg.train.epochs} epochs: these are its "
                           f"{checkpoint} weights so far (kdstyles train --resume {run_dir} finishes it)",
                           highlight=False, soft_wrap=True)
 

@@ -40,8 +40,8 @@ class Inputs:
         """Read back from run.json (``spatial_dims``: the config's, for a folder written before
         run.json recorded it)."""
         try:
-            norm = info["normalize"]
-            return cls(int(info["channels"]), int(info["image_size"]), int(info.get("spatial_dims") or spatial_dims),
+            norm = info.normalize
+            return cls(int(info.channels), int(info.image_size), int(info.spatial_dims or spatial_dims),
                        tuple(map(float, norm["mean"])), tuple(map(float, norm["std"])))
         except (KeyError, TypeError, ValueError) as exc:
             raise KDError(f"'{where}' is damaged (the input: channels, image_size, normalize.mean/std; "

@@ -258,7 +258,7 @@ def export_bundle(run_dir: str | Path, network: str | None = None, out: str | Pa
     inputs = exp.inputs(info)
     evaluation = card_evaluation(exp, run_dir, checkpoint, say)
     sample = inputs.sample(samples, random=True, generator=torch.Generator().manual_seed(0))
-    output = task.bundle_output(info["class_names"], inputs.side, inputs.spatial_dims)
+    output = task.bundle_output(info.class_names, inputs.side, inputs.spatial_dims)
     authors = authors or f"the authors of the kdstyles run {run_dir.name} (kdstyles export --authors)"
     year = datetime.date.today().year
     source = SOURCES[exp.cfg.data.source].describe(exp.cfg.data, task)
@@ -276,7 +276,7 @@ def export_bundle(run_dir: str | Path, network: str | None = None, out: str | Pa
         card = {"name": f"{network} ({task.title.lower()}, kdstyles)",
                 "task": f"{task.title} of {inputs.space.unit} into {len(side['class_names'])} classes: "
                         + ", ".join(side["class_names"]),
-                "description": f"A network distilled with kdstyles (preset {info.get('preset')}) from run "
+                "description": f"A network distilled with kdstyles (preset {info.preset}) from run "
                                f"{run_dir.name}; it outputs {task.output_words}.",
                 "authors": authors, "copyright": f"Copyright (c) {year} {authors}", "license": license,
                 "data_source": source,

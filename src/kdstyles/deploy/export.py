@@ -31,7 +31,7 @@ from ..common.metrics import label, task_metrics
 from ..models.fakequant import float_copy
 from ..models.zoo import count_parameters, flops_per_image
 from ..report.tables import worded
-from ..store.runfolder import RunFolder
+from ..store.runfolder import RunFolder, RunInfo
 from ..styles.routing import T
 from .quantize import (CALIBRATION, MAX_DROP, TooLossy, calibration_batches, check_options, quantize_file,
                        quantized_path, rejected_path, verify)
@@ -61,7 +61,7 @@ class Deployable(nn.Module):
         return p if self.temperature is None else self.task.tempered(p, self.temperature)
 
 
-def deployable(exp: Experiment, network: str, info: dict[str, Any] | None = None) -> Deployable:
+def deployable(exp: Experiment, network: str, info: RunInfo | None = None) -> Deployable:
     """The network of a run (weights already loaded) wrapped for deployment."""
     cohort = exp.cohort
     allowed = cohort.names + ([ENSEMBLE] if len(cohort.students) > 1 else [])
@@ -201,27 +201,27 @@ def card_evaluation(exp: Experiment, run_dir: Path, checkpoint: str, say: Callab
     return evaluation
 
 
-def describe(exp: Experiment, info: dict[str, Any], network: str, inputs: Any, evaluation: Any, checkpoint: str,
+def describe(exp: Experiment, info: RunInfo, network: str, inputs: Any, evaluation: Any, checkpoint: str,
              run_dir: Path, tempered: dict[str, Any] | None) -> dict[str, Any]:
     """What every export says of its model (the sidecar less its file, format and verification):
     the run, the checkpoint, the input and output, the classes, the metrics (at the fitted
     temperature where ``tempered``) and the network it holds (:func:`network_record`)."""
     metrics = tempered["metrics"] if tempered is not None else evaluation.networks.get(network, {})
-    best = info.get("best", {})
+    best = info.best
     epochs = {n: best.get(n, {}).get("epoch") for n in (exp.cohort.students if network == ENSEMBLE else [network])}
     task = exp.cohort.task
     return {
         "kdstyles": __version__, "torch": torch.__version__,
         "task": task.name, "plugins": exp.cfg.plugins, "network": network, "run_dir": str(run_dir),
-        "run_status": info.get("status"), "preset": info.get("preset"),
-        "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.get("epochs_done")},
+        "run_status": info.status, "preset": info.preset,
+        "checkpoint": checkpoint, "epochs": epochs if checkpoint == "best" else {"last": info.epochs_done},
         "input": inputs.sidecar(),
         "output": {"name": "probabilities",
-                   "shape": [len(info["class_names"]) if d == "classes" else d
+                   "shape": [len(info.class_names) if d == "classes" else d
                              for d in task.output_shape(inputs.spatial_dims)]},
         "normalisation": {"mean": list(inputs.mean), "std": list(inputs.std),
                           "applied": "inside the model"},
-        "class_names": info["class_names"],
+        "class_names": info.class_names,
         **({"volumes": exp.cfg.data.preparation} if exp.cfg.data.preparation is not None else {}),
         "metrics": {"split": evaluation.split, **metrics},
         **({"calibration": {k: v for k, v in tempered.items() if k != "metrics"}} if tempered is not None else {}),
@@ -317,7 +317,7 @@ def export_run(run_dir: str | Path, network: str | None = None, fmt: str = "onnx
     return sidecar
 
 
-def export_quantized(exp: Experiment, info: dict[str, Any], network: str, model: nn.Module, sidecar: dict[str, Any],
+def export_quantized(exp: Experiment, info: RunInfo, network: str, model: nn.Module, sidecar: dict[str, Any],
                      path: Path, inputs: Any, sample: torch.Tensor, quantize: str, calibration: int, method: str,
                      max_drop: float, say: Callable[[str], None]) -> dict[str, Any]:
     """The quantized model beside the float one at ``path``, verified against it on the test
@@ -385,7 +385,7 @@ predictions: {w['agreement']}.
 """
 
 
-def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Module, sidecar: dict[str, Any],
+def model_card(exp: Experiment, info: RunInfo, network: str, model: nn.Module, sidecar: dict[str, Any],
                sample: torch.Tensor) -> str:
     cfg = exp.cfg
     one = sample[:1]
@@ -427,13 +427,13 @@ def model_card(exp: Experiment, info: dict[str, Any], network: str, model: nn.Mo
     checked = (f"The exported model matched PyTorch to {v['max_abs_diff']:.2e} (max absolute difference on "
                f"{v['samples']} inputs, checked with {v['against']})." if "max_abs_diff" in v else
                f"It was checked against {v['against']} ({v['images']} images; below).")
-    unl, mix = info.get("unlabeled"), info.get("mix")
+    unl, mix = info.unlabeled, info.mix
     extra = (f" Its distillation edges also learned from {unl['about']}, without their labels." if unl else "") + \
         (f" Training batches were mixed (mixup {mix['mixup']:g}, CutMix {mix['cutmix']:g}, probability "
          f"{mix['prob']:g})." if mix else "")
-    unfinished = "" if info.get("status") == "finished" else \
-        f" of {cfg.train.epochs} (**the run is {info.get('status')}: it has not finished**)"
-    parts = (info.get("reused_heads") or {}).get(network)
+    unfinished = "" if info.status == "finished" else \
+        f" of {cfg.train.epochs} (**the run is {info.status}: it has not finished**)"
+    parts = (info.reused_heads or {}).get(network)
     if parts:  # simkd: the student classifies through the teacher's head, carried in this file
         size_rows += (f"\n\nOf {network}'s {sum(parts.values()):,} parameters, {parts['own']:,} are its own network's; "
                       f"{parts['projector']:,} are the projector and {parts['teacher_head']:,} the teacher's classifier "
@@ -451,8 +451,8 @@ Exported by kdstyles {__version__} as {sidecar['format']} (`{sidecar['file']}`),
 
 ## Training
 
-Preset `{info.get('preset')}` (edges: {'; '.join(info.get('edges', [])) or 'none'}), seed {cfg.train.seed},
-{info.get('epochs_done')} epochs{unfinished}, model selection on validation {selection}.
+Preset `{info.preset}` (edges: {'; '.join(info.edges) or 'none'}), seed {cfg.train.seed},
+{info.epochs_done} epochs{unfinished}, model selection on validation {selection}.
 
 ## Metrics ({m.get('split', 'test')} split)
 

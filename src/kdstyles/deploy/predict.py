@@ -155,7 +155,7 @@ def load_predictor(model: str | Path, network: str | None = None, checkpoint: st
                 return net(torch.from_numpy(batch)).numpy()
 
         inputs = exp.inputs(info)
-        return Predictor(run, info["class_names"], inputs.channels, inputs.side, f"{model} ({network})",
+        return Predictor(run, info.class_names, inputs.channels, inputs.side, f"{model} ({network})",
                          exp.cfg.task, exp.cfg.data.preparation, spatial_dims=exp.cfg.data.dims)
     if not model.is_file():
         raise KDError(f"model '{model}' does not exist (give an exported .onnx/.pt file or a run folder)")

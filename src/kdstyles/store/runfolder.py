@@ -43,6 +43,43 @@ from .fileio import FolderLock, clean_temp_files, read_json, read_yaml, write_js
 STATUS_DONE = ("finished", "stopped early", "pruned")  # "pruned": kdstyles tune stopped it
 
 
+class RunInfo(BaseModel):
+    """run.json: what a run is and where it stands, read and written only by :class:`RunFolder`
+    (keys a later or earlier release wrote are kept; a key an earlier one lacked is its default).
+
+    Written when the run is created (versions, task, preset, edges, adapters, pinned ``taps``,
+    ``parameters``, ``class_names``, the input: ``image_size``, ``channels``, ``spatial_dims``,
+    ``normalize``; the training split's counts, images without labels, the mix, the whole
+    ``config``) and as it goes (``status``, ``epochs_done``, ``best`` epoch and value per
+    network, ``stopped_at`` or ``error``, ``resumes``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task: str | None = None
+    preset: str | None = None
+    edges: list[str] = []
+    adapters: list[Any] = []
+    taps: Any = None  # [source, target, style, source tap, target tap] per edge (None: an older run; checked by run_info)
+    parameters: dict[str, Any] = {}
+    reused_heads: dict[str, Any] | None = None
+    class_names: list[str] | None = None
+    image_size: Any = None
+    channels: Any = None
+    spatial_dims: Any = None
+    normalize: Any = None
+    train_counts: Any = None
+    train_images: Any = None
+    unlabeled: dict[str, Any] | None = None
+    mix: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    status: str | None = None
+    epochs_done: int | None = None
+    best: dict[str, Any] = {}
+    stopped_at: dict[str, Any] | None = None
+    error: str | None = None
+    resumes: list[dict[str, Any]] = []
+
+
 class Evaluation(BaseModel):
     """eval.json: one split of a run evaluated (``kdstyles evaluate``, ``Experiment.evaluate``),
     read and written only by :class:`RunFolder` (keys a later or earlier release wrote are kept).
@@ -204,12 +241,20 @@ class RunFolder:
         """Training started here: run.json and checkpoints/ exist (shapes can be read back)."""
         return self.info_path.is_file() and self.checkpoints.is_dir()
 
-    def info(self) -> dict[str, Any]:
-        return read_json(self.info_path, "it records the run's shapes and status; restore it, or train again in "
-                                         "a new folder (--set output.name=NEW)")
+    RECOVER_INFO = "it records the run's shapes and status; restore it, or train again in a new folder " \
+                   "(--set output.name=NEW)"
+
+    def info(self) -> RunInfo:
+        """run.json, checked; one line naming it where it is damaged."""
+        found = read_json(self.info_path, self.RECOVER_INFO)
+        try:
+            return RunInfo.model_validate(found)
+        except ValueError as exc:
+            where = ".".join(map(str, exc.errors()[0]["loc"])) if hasattr(exc, "errors") else "?"
+            raise KDError(f"'{self.info_path}' is damaged ({where}); {self.RECOVER_INFO}") from None
 
     def status(self) -> str | None:
-        return self.info().get("status") if self.info_path.is_file() else None
+        return self.info().status if self.info_path.is_file() else None
 
     def task(self) -> str | None:
         """The task this run trained, as eval.json or run.json records it (None: a run folder
@@ -223,12 +268,13 @@ class RunFolder:
                 return task
         return None
 
-    def write_info(self, info: dict[str, Any]) -> None:
-        write_json(self.info_path, info)
+    def write_info(self, info: RunInfo) -> None:
+        write_json(self.info_path, info.model_dump(mode="json", exclude_unset=True))
 
-    def update_info(self, **fields: Any) -> dict[str, Any]:
-        info = self.info() if self.info_path.is_file() else {}
-        info.update(fields)
+    def update_info(self, **fields: Any) -> RunInfo:
+        """run.json with ``fields`` set (the others as they were)."""
+        info = self.info() if self.info_path.is_file() else RunInfo()
+        info = RunInfo.model_validate({**info.model_dump(exclude_unset=True), **fields})
         self.write_info(info)
         return info
 
@@ -237,7 +283,7 @@ class RunFolder:
         """A resume joins run.json's ``resumes`` with how the run had ended (status, and where it
         stopped or the error, which leave the top level: it describes the run as it goes on);
         ``config``: the config it goes on with (what config.yaml must keep from now on)."""
-        info = self.info()
+        info = self.info().model_dump(exclude_unset=True)
         if config is not None and "config" in info:
             info["config"] = config
         resumes = info.get("resumes", [])
@@ -245,7 +291,7 @@ class RunFolder:
         resumes.append({"at": now(), "after_epoch": epoch, "step": step, "ended": ended,
                         "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
         info["resumes"] = resumes
-        self.write_info(info)
+        self.write_info(RunInfo.model_validate(info))
 
     def read_config(self) -> dict[str, Any]:
         return read_yaml(self.config_path)

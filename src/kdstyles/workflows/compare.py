@@ -538,7 +538,7 @@ def spend(specs: list[RunSpec], budget: float, quiet: bool, echo) -> tuple[list[
         total = 0.0
         for name in names:
             for s in (x for x in specs if x.preset == name):
-                done = (RunFolder(s.run_dir).info().get("epochs_done") or 0) if RunFolder(s.run_dir).trained() else 0
+                done = (RunFolder(s.run_dir).info().epochs_done or 0) if RunFolder(s.run_dir).trained() else 0
                 total += max(0, s.cfg.train.epochs - done) * (_epoch_seconds(by[(name, first)]) or rate)
         return total
 
@@ -617,5 +617,5 @@ def write_compression(folder: str | Path) -> None:
     if runs:
         from ..deploy.measure import measure_compression
 
-        run = max(runs, key=lambda r: len(r.info().get("parameters", {})))
+        run = max(runs, key=lambda r: len(r.info().parameters))
         cmp.write_compression(measure_compression(run.path))

@@ -80,7 +80,7 @@ def _run(spec: RunSpec, quiet: bool, stop_after: int | None = None) -> dict[str,
         else:
             exp = Experiment.from_run(spec.run_dir, quiet=quiet)
             if state == "resume":
-                done = exp.run_info().get("epochs_done") or 0
+                done = exp.run_info().epochs_done or 0
                 if stop_after is not None and done >= stop_after:
                     return {"run_dir": spec.run_dir, "state": PAUSED}
                 exp.fit(resume=True, callbacks=[pause])
