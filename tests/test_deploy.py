@@ -165,6 +165,21 @@ def test_predict_inputs_from_csv_and_errors(run_dir, images, tmp_path):
         load_predictor(tmp_path / "lonely.onnx")
 
 
+def test_evaluating_gives_each_network_its_own_mode_back(run_dir, tmp_path):
+    """A network put in evaluation mode (as export puts the one it traces) stays so after the run
+    is evaluated, and one in training mode stays in training mode."""
+    import shutil
+
+    shutil.copytree(run_dir, tmp_path / "run")  # the shared run folder keeps no eval.json of this test's
+    exp = Experiment.from_run(tmp_path / "run", quiet=True)
+    exp.load_weights("best")
+    exp.cohort.networks["s1"].eval()
+    exp.cohort.networks["s2"].train()
+    exp.evaluate()
+    assert not any(m.training for m in exp.cohort.networks["s1"].modules())
+    assert all(m.training for m in exp.cohort.networks["s2"].modules())
+
+
 def test_deployable_normalises_inside():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
     from kdstyles.tasks import TASKS

@@ -220,3 +220,16 @@ def test_a_published_classifier_starts_a_network_of_other_classes_with_its_own_h
                                       r"channels\?\)\)"):
         load_published(build_network("resnet10", 1, 4, 16, widen=0.125),
                        read_published(str(repo), "networks.s1.pretrained"), "networks.s1.pretrained")
+
+
+def test_names_a_user_types_for_the_hub_are_checked_before_any_work(run, tmp_path):
+    """--dataset ids, a --dry-run folder that cannot exist, and an hf: source the Hub could not
+    hold are one line each, before anything is exported or read."""
+    with pytest.raises(KDError, match=r"^--dataset 'bad name!': the Hub refuses it"):
+        push(run, "lab/s1-tiny", datasets=["bad name!"], dry_run=tmp_path / "dry")
+    with pytest.raises(KDError, match=r"^--dry-run '.*': the path's part '.*' is 300 bytes"):
+        push(run, "lab/s1-tiny", dry_run=tmp_path / ("x" * 300))
+    assert not (tmp_path / "dry").exists()
+    with pytest.raises(KDError, match=r"^networks.s1.pretrained: 'hf:bad--name/x' names no repository the Hub could hold"):
+        Experiment(None, overrides=tiny(tmp_path / "z", "networks.students.s1.pretrained=hf:bad--name/x"),
+                   quiet=True).find_weights()

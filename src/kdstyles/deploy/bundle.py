@@ -31,7 +31,7 @@ import torch
 
 from .. import __version__
 from ..errors import KDError
-from ..store.fileio import atomic_write, write_folder, write_json, write_text
+from ..store.fileio import atomic_write, check_folder_text, write_folder, write_json, write_text
 from ..store.runfolder import RunFolder
 from .export import (_export_torchscript, card_evaluation, describe, model_card, open_export,
                      plain_state_dict, publication_record)
@@ -246,6 +246,8 @@ def export_bundle(run_dir: str | Path, network: str | None = None, out: str | Pa
 
     say = say or (lambda m: print(m, file=sys.stderr))
     run_dir = Path(run_dir)
+    if out is not None:
+        check_folder_text(out, "--out")
     if license is not None and not license.replace("-", "").replace(".", "").replace("+", "").isalnum():
         raise KDError(f"--license '{license}': give an SPDX identifier such as MIT, Apache-2.0 or CC-BY-4.0")
     exp, model, info, network, tempered = open_export(run_dir, network, checkpoint, calibrated)

@@ -153,7 +153,6 @@ def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> float:
 
     # torch's ONNX exporter names every torchvision operator it cannot register (kdstyles has no torchvision)
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    model.eval()
 
     def write(tmp: str) -> None:
         batch = torch.export.Dim("batch", min=1, max=4096)
@@ -174,8 +173,6 @@ def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> float:
 def _export_torchscript(model: nn.Module, sample: torch.Tensor, path: Path) -> float:
     """Traced on the first two inputs of ``sample`` and checked on all of them (a trace that
     kept anything of its own inputs, e.g. batch statistics, differs on the others)."""
-    model.eval()
-
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

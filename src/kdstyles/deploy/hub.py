@@ -27,23 +27,23 @@ import numpy as np
 import yaml
 
 from ..errors import KDError
-from ..store.fileio import write_folder, write_json, write_text
+from ..store.fileio import check_folder_text, write_folder, write_json, write_text
 from ..store.runfolder import ComparisonFolder, RunFolder
 
 HUB_FILES = ("README.md", "config.json", "model.onnx", "model.json", "model.torchscript.pt", "model.torchscript.json",
              "model.safetensors")
 
 
-def check_repo(repo: str) -> str:
-    """An ORG/NAME the Hub accepts, or one line saying what it refuses."""
+def check_repo(repo: str, what: str = "--repo", namespace: bool = True) -> str:
+    """An ORG/NAME (``namespace``; else NAME too) the Hub accepts, or one line saying what it refuses."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise KDError(f"--repo '{repo}': give ORG/NAME (your user or organisation name, then the model's name)")
+    if namespace and (repo.count("/") != 1 or not all(repo.split("/"))):
+        raise KDError(f"{what} '{repo}': give ORG/NAME (your user or organisation name, then the model's name)")
     try:
         validate_repo_id(repo)
     except HFValidationError:
-        raise KDError(f"--repo '{repo}': the Hub refuses it; names use letters, digits, '-', '_' and '.', do not "
+        raise KDError(f"{what} '{repo}': the Hub refuses it; names use letters, digits, '-', '_' and '.', do not "
                       "start or end with '-' or '.', hold no '--' or '..', and are at most 96 characters") from None
     return repo
 
@@ -230,6 +230,10 @@ def push(run_dir: str | Path, repo: str, network: str | None = None, private: bo
     branch ``revision``, created where missing), or with ``dry_run`` write the folder it would
     upload there and stop. Without a network or a token: one line, before anything is exported."""
     check_repo(repo)
+    for dataset in datasets or []:
+        check_repo(dataset, "--dataset", namespace=False)
+    if dry_run is not None:
+        check_folder_text(dry_run, "--dry-run")
     token = None if dry_run is not None else hub_token()
     if dry_run is not None:
         return {**hub_folder(run_dir, repo, Path(dry_run), network, checkpoint, calibrated, license, datasets, say),

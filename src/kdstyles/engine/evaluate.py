@@ -139,13 +139,15 @@ def score_split(outputs: Outputs, loader, task, window=None, spacing=None, keep:
 
 @torch.inference_mode()
 def score_cohort(cohort: Cohort, loader, device: torch.device, window=None, spacing=None, **options) -> Scores:
-    """:func:`score_split` for a cohort's networks, in evaluation mode (its mode given back)."""
-    was_training = cohort.training
+    """:func:`score_split` for a cohort's networks, in evaluation mode; each module's mode given
+    back as it was (a network a caller had put in evaluation mode, e.g. one being exported, stays so)."""
+    modes = [(m, m.training) for m in cohort.modules()]
     cohort.eval()
     try:
         return score_split(cohort_outputs(cohort, device, window), loader, cohort.task, window, spacing, **options)
     finally:
-        cohort.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def score(probs: dict[str, torch.Tensor], labels: torch.Tensor, task, spacing=None) -> dict[str, dict[str, float]]:

@@ -121,8 +121,7 @@ def hub_file(arch: str, where: str) -> Path:
     from huggingface_hub import constants, hf_hub_download
 
     repo = HUB_REPOS[arch]
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    resolves = True
+    why = None
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)  # its retry lines ("Retrying in 8s ...") would break the one-line error
@@ -130,13 +129,12 @@ def hub_file(arch: str, where: str) -> Path:
         try:
             return Path(hf_hub_download(repo, HUB_FILE, local_files_only=True))  # the cache first, no request
         except Exception:  # noqa: BLE001 (not cached)
-            resolves = offline or _hub_resolves(constants.ENDPOINT)  # no name lookup: no network, no retries
-            if offline or not resolves:
+            why = hub_unreachable(constants.ENDPOINT)  # no name lookup: no network, no retries
+            if why:
                 raise
         return Path(hf_hub_download(repo, HUB_FILE))
     except Exception as exc:  # huggingface_hub raises its own types for offline, network and HTTP failures
-        reason = "offline (HF_HUB_OFFLINE=1)" if offline else \
-            "the hub's host name does not resolve: no network" if not resolves else {
+        reason = why or {
             "LocalEntryNotFoundError": "the hub cannot be reached", "GatedRepoError": "the repository is gated",
             "RepositoryNotFoundError": "no such repository", "EntryNotFoundError": "no such file in it",
         }.get(type(exc).__name__, type(exc).__name__)

@@ -26,7 +26,6 @@ HUB_PREFIX = "hf:"
 BUNDLE_META = Path("configs") / "metadata.json"
 HUB_CONFIG = "config.json"
 FORMAT = "kdstyles-network"
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")  # a weights file (models.pretrained), not a published folder
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,9 @@ def names_published(pretrained: Any) -> bool:
     """Whether a ``pretrained`` value can only mean a published network (a Hub id or a folder,
     not ``imagenet`` or a weights file), whether or not that folder is here now: a run folder
     that started from it keeps naming it after it moved."""
-    return isinstance(pretrained, str) and pretrained != "imagenet" and not pretrained.endswith(WEIGHT_SUFFIXES)
+    from .pretrained import SUFFIXES  # a weights file, not a published folder
+
+    return isinstance(pretrained, str) and pretrained != "imagenet" and not pretrained.endswith(SUFFIXES)
 
 
 def _record(path: Path, where: str, source: str) -> dict[str, Any]:
@@ -84,8 +85,15 @@ def _hub_files(source: str, where: str) -> Path:
 
     from .pretrained import hub_unreachable
 
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     repo, _, revision = source[len(HUB_PREFIX):].partition("@")
     revision = revision or None
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise KDError(f"{where}: '{source}' names no repository the Hub could hold; give hf:ORG/NAME[@REVISION] "
+                      "(letters, digits, '-', '_', '.')") from None
 
     def fetch(name: str) -> Path:
         try:

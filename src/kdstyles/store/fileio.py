@@ -44,6 +44,14 @@ def check_path_text(v: str) -> None:
                          f"holds at most {NAME_MAX}")
 
 
+def check_folder_text(folder: str | Path, what: str) -> None:
+    """:func:`check_path_text` for a folder a command was given, as one line naming the option."""
+    try:
+        check_path_text(str(folder))
+    except ValueError as exc:
+        raise KDError(f"{what} '{folder}': {exc}") from None
+
+
 def cache_root() -> Path:
     """Where kdstyles keeps what it can make again (prepared volumes, embedded images, a frozen
     teacher's outputs): ``$KDSTYLES_CACHE``, else ``$XDG_CACHE_HOME/kdstyles`` or ``~/.cache/kdstyles``."""
