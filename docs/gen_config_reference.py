@@ -121,18 +121,29 @@ def table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def _source_keys(model: type[BaseModel]) -> str:
-    """Which data keys belong to which source (a key of another source is refused)."""
-    from kdstyles.data.sources import SOURCE_KEYS, SOURCES
+def _source_keys() -> list[str]:
+    """Each source's own keys of ``data`` and ``data.unlabeled`` (its options models)."""
+    from kdstyles.data.sources import SOURCES
 
-    lines = ["Keys of one source: each source reads its own of "
-             + ", ".join(f"`{k}`" for k in model.model_fields if k in SOURCE_KEYS)
-             + "; one set for a source that does not read it is refused in one line (the rest of the section "
-               "applies to every source):", ""]
+    out = ["## Source keys", "",
+           "The `data` section is the keys above, which every source shares, plus those of the source "
+           "`data.source` names; `data.unlabeled` and each `data.external` set likewise take their source's. "
+           "A key of another source is refused in one line (it would be ignored), unless it holds that "
+           "source's default. A plugin's source brings its own keys the same way.", ""]
     for name, source in SOURCES.items():
-        own = [f"`{k}`" for k in model.model_fields if source.reads is not None and k in source.reads]
-        lines.append(f"- `{name}`: {', '.join(own) or 'none'}")
-    return "\n".join(lines)
+        out += [f"### `source: {name}`", ""]
+        for model, prefix, what in ((source.Options, "data", "In `data` (and in an external set of this source)"),
+                                    (source.Unlabeled, "data.unlabeled", "In `data.unlabeled`")):
+            rows: list[tuple[str, ...]] = []
+            section(model, prefix, rows, [])
+            rows.sort(key=lambda r: r[0] != f"data.{source.requires}")  # the key it cannot do without first
+            if rows:
+                out += [f"{what}:", "", table(rows), ""]
+        if not source.Options.model_fields:
+            out += ["No keys of its own.", ""]
+        if source.requires:
+            out += [f"Requires `data.{source.requires}`.", ""]
+    return out
 
 
 def render() -> str:
@@ -152,7 +163,7 @@ def render() -> str:
         if rows:
             out += [f"## `{key}`", "", *([_cell(about), ""] if about else []), table(rows), ""]
         if key == "data":
-            out += [_source_keys(model), ""]
+            out += _source_keys()
     out += ["## Task options", "",
             "Settings of each task: in `tasks.<task>` (only the chosen task's are used). A resume may change "
             "those marked *resumable* (settings of evaluation); the keys they had before tasks had sections "

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kdstyles import KDError, load_config
 from kdstyles.config import ExperimentConfig, apply_overrides, build_config, dump_config, read_yaml
@@ -23,7 +24,8 @@ from kdstyles.config import ExperimentConfig, apply_overrides, build_config, dum
                                       "(got 3)"),
     ("data.num_workers=many", "config error: data.num_workers: should be a whole number or 'auto' (got 'many')"),
     ("data.num_workers=null", "config error: data.num_workers: should be a whole number or 'auto' (got null)"),
-    ("data.val_fraction=0.85", "config error: data: val_fraction 0.85 + test_fraction 0.15 leave no training images"),
+    ("data.val_fraction=0.85", "config error: data.val_fraction: source 'synthetic' does not read it (its own keys: "
+                               "site); leave it out, or choose the source it belongs to (got 0.85)"),
     ("output.name=../elsewhere", "config error: output.name: a folder name, not a path, goes here (where runs go is "
                                  "output.dir) (got '../elsewhere')"),
     ("name=a/b", "config error: name: a folder name, not a path"),
@@ -189,27 +191,40 @@ def test_every_float_key_refuses_non_finite_numbers(value):
 
 
 def test_a_key_of_another_source_is_refused_not_ignored():
-    """data.val_fraction means nothing to MedMNIST's fixed splits, data.flag nothing to a folder:
-    set, they were silently ignored; now one line names the key and the source's own keys. A
-    default value, or a run folder's own config (an earlier release kept the ignored key
-    there), still validates."""
-    with pytest.raises(KDError, match=r"config error: data: val_fraction: source 'medmnist' does not read it \(its "
-                                      r"own keys: root, flag, size\); leave it out"):
+    """The data section is the shared keys plus those of its source (a union discriminated on
+    data.source): data.val_fraction means nothing to MedMNIST's fixed splits, data.flag nothing to a
+    folder; one line names the key and the source's own keys. A key no source has gets the
+    nearest name. A default value of another source's key, or a run folder's own config (an
+    earlier release kept every source's keys there, ignored), still validates, without the key."""
+    with pytest.raises(KDError, match=r"config error: data.val_fraction: source 'medmnist' does not read it \(its "
+                                      r"own keys: flag, root, size\); leave it out"):
         load_config(None, ["data.source=medmnist", "data.flag=pathmnist", "data.val_fraction=0.3"])
-    with pytest.raises(KDError, match="data: flag: source 'folder' does not read it"):
+    with pytest.raises(KDError, match="data.flag: source 'folder' does not read it"):
         load_config(None, ["data.source=folder", "data.root=x", "data.flag=pathmnist"])
-    with pytest.raises(KDError, match="data: none_label: source 'npz' does not read it"):
+    with pytest.raises(KDError, match="data.none_label: source 'npz' does not read it"):
         load_config(None, ["data.source=npz", "data.path=x.npz", "data.none_label=Normal"])
+    with pytest.raises(KDError, match=r"^config error: unknown key 'data.roots' \(did you mean 'root'\?\); allowed here "
+                                      r"with source 'folder': augment, .*root, .*volume_cache, window$"):
+        load_config(None, ["data.source=folder", "data.roots=x"])
+    with pytest.raises(KDError, match=r"data.unlabeled.split: source 'folder' does not read it \(its own keys: root\)"):
+        load_config(None, ["data.unlabeled={source: folder, root: x, split: val}"])
+    with pytest.raises(KDError, match=r"config error: data: val_fraction 0.6 \+ test_fraction 0.5 leave no training"):
+        load_config(None, ["data.source=folder", "data.root=x", "data.val_fraction=0.6", "data.test_fraction=0.5"])
     # a config written for the demo keeps its sample counts when pointed at other data
     demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
     assert load_config(demo, ["data.source=folder", "data.root=x"]).data.train_samples == 2000
     cfg = load_config(None, ["data.source=folder", "data.root=x", "data.val_fraction=0.3", "data.size=28"])
-    assert cfg.data.val_fraction == 0.3  # its own key; size at its default says nothing
+    assert cfg.data.val_fraction == 0.3 and cfg.data.options.val_fraction == 0.3  # its own key, in its model
+    assert not hasattr(cfg.data, "size")  # medmnist's, at its default: says nothing, left out
+    assert cfg.data.num_classes == 2 and cfg.data.classes is None  # its keys have their defaults
     whole = cfg.model_dump(mode="json")
     whole["data"]["flag"] = "pathmnist"  # kept by an earlier release's config.yaml, where it was ignored
-    assert build_config(whole, recorded=True).data.flag == "pathmnist"  # that run still opens
-    with pytest.raises(KDError, match="data: flag: source 'folder' does not read it"):
+    reopened = build_config(whole, recorded=True)  # that run still opens, the key left out
+    assert not hasattr(reopened.data, "flag") and reopened.data.model_dump() == cfg.data.model_dump()
+    with pytest.raises(KDError, match="data.flag: source 'folder' does not read it"):
         build_config(whole)  # a config listing every key (as configs/demo.yaml does) is checked too
+    written = yaml.safe_load(dump_config(cfg))["data"]  # config.yaml: the source's keys right after it
+    assert list(written)[:2] == ["source", "val_fraction"] and written["root"] == "x" and "flag" not in written
 
 
 def test_a_task_owns_its_settings_and_the_old_keys_still_read():

@@ -261,7 +261,7 @@ CASES = [
     ("classes-one-name", lambda t, r: (["check", "--set", "data.source=csv", "--set", "data.path=x.csv", "--set",
                                         "data.classes=[only]"], "data.classes: needs at least two class names")),
     ("key-of-another-source", lambda t, r: (["check", "--set", "data.classes=[a,b]"],
-                                            "data: classes: source 'synthetic' does not read it")),
+                                            "data.classes: source 'synthetic' does not read it")),
     ("student-named-teacher", lambda t, r: (["check", "--set", "networks.students.teacher.arch=resnet10"],
                                             "networks.students")),
     ("cache-with-augmentation", lambda t, r: (["check", "--set", "networks.teacher.cache=true", "--set",

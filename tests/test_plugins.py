@@ -25,7 +25,7 @@ PLUGIN = textwrap.dedent('''
     from kdstyles.data import unlabeled
     from kdstyles.data.files import Record
     from kdstyles.data.sources import from_files
-    from kdstyles.plugins import Arch, Source, TaskOptions, register_arch, register_source, register_task
+    from kdstyles.plugins import Arch, Source, SourceOptions, TaskOptions, register_arch, register_source, register_task
     from kdstyles.tasks import Classification
 
 
@@ -43,17 +43,30 @@ PLUGIN = textwrap.dedent('''
             return F.cross_entropy(logits.float(), y, weight=class_weights, label_smoothing=self.options.smoothing)
 
 
+    class PrefixOptions(SourceOptions):
+        root: str | None = Field(None, description="the folder of PNG files named <class>_<anything>.png")
+        separator: str = Field("_", min_length=1, description="what ends the class in a file name")
+        val_fraction: float = Field(0.2, gt=0, lt=1, description="images drawn for validation")
+        test_fraction: float = Field(0.2, gt=0, lt=1, description="images drawn for testing")
+
+
+    class PrefixUnlabeled(SourceOptions):
+        root: str | None = Field(None, description="a folder of PNG files, without labels")
+
+
     class Prefix(Source):
         """Images whose class is the start of their file name, all in one folder (data.root)."""
 
         name = "prefix"
+        Options = PrefixOptions
         requires = "root"
         tasks = ("classification", "smoothed")
+        Unlabeled = PrefixUnlabeled
         unlabeled_requires = "root"  # images without labels: the PNGs in data.unlabeled.root
 
         def load(self, cfg, seed, task, saved_splits, quiet):
             root = Path(cfg.root)
-            records = [Record(p, p.name.split("_")[0], None) for p in sorted(root.glob("*.png"))]
+            records = [Record(p, p.name.split(cfg.separator)[0], None) for p in sorted(root.glob("*.png"))]
             return from_files(cfg, seed, task, saved_splits, quiet, records, root, f"data.root '{root}'")
 
         def describe(self, cfg, task):
@@ -150,6 +163,29 @@ def test_a_task_a_source_and_a_network_from_a_file_outside_the_package(plugin_an
         "teacher": size[16], "s1": size[8], "s2": size[8]}
 
 
+def test_a_plugin_source_owns_its_keys(plugin_and_images, kept_registries):
+    """The plugin's source brings its keys to the data section (and to data.unlabeled and its
+    external sets), validated by its Options model: its defaults, its bounds, and the keys of
+    other sources refused."""
+    work = plugin_and_images
+    base = [f"plugins=[{work / 'myplugins.py'}]", "data.source=prefix", f"data.root={work / 'prefixed'}"]
+    cfg = load_config(None, [*base, "data.external=[{name: b, source: prefix, root: elsewhere, separator: '-'}]"])
+    assert cfg.data.separator == "_" and cfg.data.options.val_fraction == 0.2  # its defaults
+    external = cfg.data.external_data(cfg.data.external[0])
+    assert (external.root, external.separator, external.image_size) == ("elsewhere", "-", cfg.data.image_size)
+    for change, message in (
+            ("data.separator=", "config error: data.separator: String should have at least 1 character"),
+            ("data.flag=pathmnist", "config error: data.flag: source 'prefix' does not read it (its own keys: root, "
+                                    "separator, test_fraction, val_fraction)"),
+            ("data.seperator=-", "config error: unknown key 'data.seperator' (did you mean 'separator'?)"),
+            ("data.unlabeled={source: prefix, root: x, split: val}",
+             "config error: data.unlabeled.split: source 'prefix' does not read it (its own keys: root)"),
+            ("data.external=[{name: b, source: prefix, root: x, image_size: 8}]",
+             "config error: unknown key 'data.external.0.image_size'")):
+        with pytest.raises(KDError, match=re.escape(message)):
+            load_config(None, [*base, change])
+
+
 def test_plugin_errors_are_one_line_naming_the_entry(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "broken.py").write_text("raise RuntimeError('half written')\n")
@@ -159,11 +195,18 @@ def test_plugin_errors_are_one_line_naming_the_entry(tmp_path, monkeypatch):
                                          "register_style(type('Mine', (Features,), {'name': 'predictions'})())\n")
     (tmp_path / "clash.py").write_text("from kdstyles.plugins import Arch, register_arch\n"
                                        "register_arch('resnet18', Arch(lambda *a, **k: None))\n")
+    (tmp_path / "keyless.py").write_text("from kdstyles.plugins import Source, register_source\n"
+                                         "register_source(type('Mine', (Source,), {'name': 'mine', 'requires': 'root'})())\n")
+    (tmp_path / "untyped.py").write_text("from kdstyles.plugins import Source, register_source\n"
+                                         "register_source(type('Mine', (Source,), {'name': 'mine', 'Options': dict})())\n")
     for entry, message in (("missing.py", "plugins[0] 'missing.py': no such file"),
                            ("broken.py", "plugins[0] 'broken.py' failed to import: RuntimeError: half written"),
                            ("clash.py", "plugins[0] 'clash.py': register_arch: 'resnet18' is a built-in arch"),
                            ("exits.py", "plugins[0] 'exits.py' exited while it was imported (exit status 3)"),
                            ("restyle.py", "register_style: 'predictions' is a built-in style"),
+                           ("keyless.py", "register_source: Mine.requires names 'root', which is not a key of its "
+                                          "Options (none)"),
+                           ("untyped.py", "register_source: Mine.Options must be a SourceOptions subclass"),
                            ("x" * 300 + ".py", "plugins[0]: the path's part 'xxxx"),
                            ("no_such_module_here", "failed to import: ModuleNotFoundError")):
         with pytest.raises(KDError, match=re.escape(message)):

@@ -807,7 +807,7 @@ def test_external_sets_are_checked_before_training(tmp_path, cli):
         ("{name: test, source: folder, root: x}", r"'test' cannot name an external set: .* not train, val, test"),
         ("{name: b, source: folder, root: x}, {name: b, source: csv, path: y}", "two sets are named 'b'"),
         ("{name: b, source: folder}", "external set 'b': source 'folder' needs data.root"),
-        ("{name: b, source: csv, path: y, root: z}", "external set 'b': root: source 'csv' does not read it"),
+        ("{name: b, source: csv, path: y, root: z}", "data.external.0.root: source 'csv' does not read it"),
         ("{name: b, source: foldr, root: x}", r"data.external.0.source: unknown source 'foldr' \(did you mean folder\?\)"),
     ]:
         with pytest.raises(KDError, match=message):

@@ -28,9 +28,9 @@ from .errors import KDError
 from .store.fileio import check_path_text
 
 # What a plugin imports from here, and where it lives (imported when first asked for).
-_NAMES = {"Source": "data.sources", "register_source": "data.sources", "Arch": "models.zoo",
-          "register_arch": "models.zoo", "Style": "styles", "register_style": "styles", "Task": "tasks",
-          "TaskOptions": "tasks.base", "register_task": "tasks", "register_output_kind": "styles.outputs"}
+_NAMES = {"Source": "data.sources", "SourceOptions": "data.options", "register_source": "data.sources",
+          "Arch": "models.zoo", "register_arch": "models.zoo", "Style": "styles", "register_style": "styles",
+          "Task": "tasks", "TaskOptions": "tasks.base", "register_task": "tasks", "register_output_kind": "styles.outputs"}
 
 
 def __getattr__(name: str) -> Any:
@@ -40,8 +40,8 @@ def __getattr__(name: str) -> Any:
     return getattr(module, "register" if name == "register_style" else name)
 
 
-__all__ = ["Arch", "Source", "Style", "Task", "TaskOptions", "load_plugins", "plugin_path", "register_arch",
-           "register_output_kind", "register_source", "register_style", "register_task"]
+__all__ = ["Arch", "Source", "SourceOptions", "Style", "Task", "TaskOptions", "load_plugins", "plugin_path",
+           "register_arch", "register_output_kind", "register_source", "register_style", "register_task"]
 
 _LOADED: dict[str, object] = {}  # what each entry imported (a file once per process, however often named)
 

@@ -76,4 +76,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML (config.yaml), every key with its value; the data section's source's
+    own keys right after ``source``."""
+    raw = cfg.model_dump(mode="json")
+    own = set(cfg.data.model_extra or {})
+    data = raw["data"]
+    raw["data"] = {"source": data["source"], **{k: v for k, v in data.items() if k in own},
+                   **{k: v for k, v in data.items() if k not in own and k != "source"}}
+    return yaml.safe_dump(raw, sort_keys=False)

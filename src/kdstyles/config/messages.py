@@ -58,6 +58,8 @@ def format_validation_error(err: ValidationError) -> str:
         near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         msg = f"unknown key '{path}'{hint}; allowed here: {', '.join(allowed)}"
+    elif first["type"] == "unknown_key":  # a key of a section whose keys its source decides (data)
+        msg = f"unknown key '{path}'{first['msg']}"
     else:
         given = first.get("input")
         shown = "" if isinstance(given, (dict, list)) else " (got null)" if given is None else \

@@ -15,10 +15,11 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from ..common.dims import dims as spatial
 from ..common.metrics import METRICS
-from ..data.sources import SOURCE_KEYS, SOURCES, sources_for, unlabeled_sources
+from ..data.sources import SOURCES, sources_for, unlabeled_sources
+from ..data.options import home as _home, own_keys
 from ..errors import KDError, unknown
 from ..store import sbatch
-from ..store.fileio import NAME_MAX, check_path_text
+from ..store.fileio import NAME_MAX
 from ..styles.routing import Edge, RoutingConfig, check_style_options, resolve_edges
 from ..tasks import DEFAULT_TASK, TASKS
 
@@ -35,6 +36,29 @@ def registered(name: str, registry: dict, what: str) -> str:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class BySource(BaseModel):
+    """A section whose keys are its own fields plus those of the source it names
+    (:mod:`kdstyles.data.options`): the source's keys are validated by its options
+    model, kept with their defaults and read as attributes (``cfg.data.root``)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
+
+    def _source_options(self, info: ValidationInfo, model: str, given_only: bool = False) -> Any:
+        """Validate the keys beyond the fields as the named source's ``model`` ("Options" or
+        "Unlabeled") and keep them (``given_only``: those given, without defaults)."""
+        source = SOURCES[self.source]
+        options = getattr(source, model)
+        clash = sorted(set(options.model_fields) & set(type(self).model_fields))
+        if clash:
+            raise ValueError(f"source '{self.source}' declares '{clash[0]}' in its {model} model, a key every source "
+                             "has; its plugin must name that key otherwise")
+        opts = own_keys(dict(self.model_extra or {}), options, self.source, [getattr(s, model) for s in SOURCES.values()],
+                        type(self).model_fields, bool((info.context or {}).get("recorded")))
+        self.__pydantic_extra__ = {k: getattr(opts, k) for k in opts.model_fields
+                                   if not given_only or k in opts.model_fields_set}
+        return opts
 
 
 class AugmentConfig(Strict):
@@ -54,14 +78,6 @@ class AugmentConfig(Strict):
         """Whether any random augmentation is on (a training image then differs between epochs)."""
         return bool(self.hflip or self.vflip or self.rotate90 or self.rotate or self.zoom or self.shift or self.shear
                     or self.intensity)
-
-
-def _home(v: str | None) -> str | None:
-    """A path as a shell would read it: ``~/data`` is the home folder's ``data``; refused in one
-    line where no file system could hold it (a NUL, a name longer than NAME_MAX bytes)."""
-    if isinstance(v, str):
-        check_path_text(v)
-    return os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
 
 
 def _folder_name(v: str | None) -> str | None:
@@ -98,7 +114,7 @@ class MixConfig(Strict):
         return [k for k in ("mixup", "cutmix") if getattr(self, k) > 0] if self.prob > 0 else []
 
 
-class UnlabeledConfig(Strict):
+class UnlabeledConfig(BySource):
     """Images without labels for the distillation edges (the supervised loss never sees them),
     listed by a source (``data.unlabeled.source``): the embedded generator's extra images
     (``synthetic``, ``samples`` of them, their labels withheld), a folder tree searched at any
@@ -111,16 +127,6 @@ class UnlabeledConfig(Strict):
                         "plugin's", json_schema_extra={"registry": "sources that list images without labels"})
     samples: Optional[int] = Field(None, ge=1, description="synthetic: how many images (required); others: use at "
                                                             "most this many (a seeded draw)")
-    root: Optional[str] = Field(None, description="folder: the tree of image (or volume) files; medmnist: folder of "
-                                                  "the npz files (default ~/.medmnist)")
-    path: Optional[str] = Field(None, description="csv: a CSV file with a path column (paths relative to it); npz: "
-                                                  "a file of arrays in MedMNIST's layout")
-    flag: Optional[str] = Field(None, description="medmnist: pathmnist, dermamnist, ...")
-    size: Literal[28, 64, 128, 224] = Field(28, description="medmnist: which file (image size) to read")
-    split: Literal["train", "val", "test"] = Field("train", description="medmnist, npz: the split whose images are "
-                                                                      "used")
-
-    _paths = field_validator("root", "path")(_home)
 
     @field_validator("source")
     @classmethod
@@ -128,7 +134,8 @@ class UnlabeledConfig(Strict):
         return registered(v, unlabeled_sources(), "source of images without labels")
 
     @model_validator(mode="after")
-    def _needs(self) -> "UnlabeledConfig":
+    def _needs(self, info: ValidationInfo) -> "UnlabeledConfig":
+        self._source_options(info, "Unlabeled")
         needs = SOURCES[self.source].unlabeled_requires
         if needs and getattr(self, needs) is None:
             raise ValueError(f"source '{self.source}' needs data.unlabeled.{needs}")
@@ -138,10 +145,10 @@ class UnlabeledConfig(Strict):
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class ExternalSet(Strict):
+class ExternalSet(BySource):
     """A test set from elsewhere (another hospital, scanner or stain): every image a source lists
-    for it (or one of its splits), prepared as the test split is and scored after it. Its source
-    keys are its own; everything else (input size, channels, classes, volume preparation) is
+    for it (or one of its splits), prepared as the test split is and scored after it. Its source's
+    keys (``root``, ``path``, ...: the keys that source has in ``data``) are its own; everything else (input size, channels, classes, volume preparation) is
     the training data's, so its images reach the networks exactly as the test split's do."""
 
     name: str = Field(..., description="how results name it (a short word: site2, hospital_b, scanner-2)")
@@ -150,17 +157,8 @@ class ExternalSet(Strict):
     split: Optional[Literal["all", "train", "val", "test"]] = Field(
         None, description="which of the source's splits are the set; default: all of them (files), its test split "
                           "(the embedded data)")
-    samples: Optional[int] = Field(None, ge=1, description="synthetic: how many images (default data.test_samples)")
-    site: Literal[1, 2] = Field(2, description="synthetic: 2, the shifted second site (other stain, intensity and "
-                                               "blur); 1, more images like the training site's")
-    root: Optional[str] = Field(None, description="folder, medmnist, decathlon: as data.root")
-    path: Optional[str] = Field(None, description="csv, npz, coco: as data.path")
-    flag: Optional[str] = Field(None, description="medmnist: as data.flag")
-    size: Literal[28, 64, 128, 224] = Field(28, description="medmnist: as data.size")
-    none_label: Optional[str] = Field("No Finding", description="multi-label CSV: as data.none_label")
-    uncertain: Literal["error", "zeros", "ones"] = Field("error", description="multi-label CSV: as data.uncertain")
-
-    _paths = field_validator("root", "path")(_home)
+    samples: Optional[int] = Field(None, ge=1, description="synthetic: how many images (default data.test_samples; "
+                                   "the set is the second site, site: 2, unless it says site: 1)")
 
     @field_validator("name")
     @classmethod
@@ -177,27 +175,21 @@ class ExternalSet(Strict):
     def _known_source(cls, v: str) -> str:
         return registered(v, SOURCES, "source")
 
+    @model_validator(mode="after")
+    def _own_keys(self, info: ValidationInfo) -> "ExternalSet":
+        self._source_options(info, "Options", given_only=True)
+        return self
 
-class DataConfig(Strict):
-    """Where images come from and how they are prepared.
 
-    ``source``: ``synthetic`` (embedded generator), ``medmnist`` (an npz file by ``flag`` and
-    ``size`` in ``root``), ``folder`` (class-per-subfolder tree at ``root``, optionally inside
-    ``train/``, ``val/``, ``test/``) or ``csv`` (``path`` to a CSV with ``path,label[,split]``).
+class DataConfig(BySource):
+    """Where images come from and how they are prepared: the keys every source shares, and
+    those of the source ``source`` names (its :class:`~kdstyles.data.options.SourceOptions`
+    model: ``root`` for ``folder``, ``path`` for ``csv``, ``flag`` for ``medmnist``, ...), read
+    as attributes (``cfg.data.root``); :attr:`options` is the source's validated model.
     """
 
     source: str = Field("synthetic", description="where labelled images come from (the data page lists each source "
                         "and its format; a plugin may register more)", json_schema_extra={"registry": "sources"})
-    root: Optional[str] = Field(None, description="medmnist: folder of the npz files (default ~/.medmnist); "
-                                                  "folder: the image tree")
-    path: Optional[str] = Field(None, description="csv: the CSV file (image paths relative to it); npz: your arrays "
-                                                  "in MedMNIST's layout (train/val/test images and labels)")
-    flag: Optional[str] = Field(None, description="medmnist: pathmnist, dermamnist, bloodmnist, ...")
-    size: Literal[28, 64, 128, 224] = Field(28, description="medmnist: which file (image size) to read")
-    classes: Optional[list[str]] = Field(None, description="folder/csv: the class list (default: sorted labels); "
-                                         "segmentation: names of the mask values 0..K-1")
-    num_classes: int = Field(2, ge=2, le=255, description="segmentation: mask values 0..K-1 (2: binary masks, "
-                                                          "0/255 thresholded)")
     image_size: Optional[int] = Field(None, ge=8, le=1024, description="network input size; default: the source's "
                                       "(synthetic 64, synthetic volumes 32, medmnist its size, folder/csv 224, "
                                       "volume files 64)")
@@ -223,23 +215,14 @@ class DataConfig(Strict):
                                "evaluate and export")
     channels: Optional[int] = Field(None, ge=1, le=3, description="1 or 3; default: the source's (synthetic and "
                                     "folder/csv 3, medmnist its own)")
-    none_label: Optional[str] = Field("No Finding", description="multi-label CSV with names joined by |: the "
-                                      "name that means no class (NIH ChestX-ray14's); null: every name is a class")
-    uncertain: Literal["error", "zeros", "ones"] = Field("error", description="multi-label CSV with a column per "
-                                                         "class: what a -1 (uncertain) becomes (CheXpert's "
-                                                         "U-Zeros, U-Ones); error: stop at the first")
     modalities: Optional[list[int]] = Field(None, description="volume files with several channels (MRI sequences, "
                                             "e.g. BraTS's FLAIR, T1w, T1gd, T2w): the channels to keep, by index "
                                             "(dataset.json's modality keys), in this order; default: all "
                                             "(decathlon), averaged to data.channels (volume folders/CSV)")
-    site: Literal[1, 2] = Field(1, description="synthetic: 1, the embedded data's site; 2, a shifted second site "
-                                               "(other stain, intensity and blur: the data page says how)")
-    train_samples: int = Field(2000, ge=2, description="synthetic only")
+    train_samples: int = Field(2000, ge=2, description="synthetic only (other sources leave it alone, so a config "
+                               "written for the embedded data can be pointed at files)")
     val_samples: int = Field(500, ge=1, description="synthetic only")
     test_samples: int = Field(1000, ge=1, description="synthetic only")
-    val_fraction: float = Field(0.15, gt=0, lt=1, description="folder/csv: share of train split off as val "
-                                "when no val split exists (stratified, seeded, saved in the run folder)")
-    test_fraction: float = Field(0.15, gt=0, lt=1, description="likewise for a missing test split")
     normalize: Literal["auto", "dataset", "imagenet", "none"] = Field(
         "auto", description="dataset: per-channel mean/std of the training split; imagenet: ImageNet's; none: [0, 1]; "
                             "auto: imagenet when a network is pretrained, else dataset")
@@ -248,7 +231,6 @@ class DataConfig(Strict):
         "auto", description="DataLoader worker processes; auto: 0 on a CPU (the main process keeps up), "
                             "min(8, CPUs - 1) when training on a GPU")
 
-    _paths = field_validator("root", "path")(_home)
     _external: bool = PrivateAttr(False)
 
     @field_validator("num_workers")
@@ -272,10 +254,8 @@ class DataConfig(Strict):
                           "{source: npz, path: FILE, split: train}")
     unlabeled_batch_size: Optional[int] = Field(None, ge=1, description="unlabelled images drawn with every "
                                                 "labelled batch; default: data.batch_size")
-    groups: list[str] = Field([], description="csv: columns (e.g. site, sex, age_band) whose values split every test "
-                                              "metric per group, with the worst group and the gap between groups")
     external: list[ExternalSet] = Field(
-        [], description="test sets from other sites, each {name, source, ...its source keys}, checked like the test "
+        [], description="test sets from other sites, each {name, source, split, ...its source's keys}, checked like the test "
                         "split (classes, leakage against training and validation images) and scored after it by "
                         "train, evaluate --split NAME and compare")
     mix: MixConfig = MixConfig()
@@ -315,32 +295,24 @@ class DataConfig(Strict):
             raise ValueError(f"needs distinct channel indices >= 0, e.g. [0, 3] (got {v})")
         return v
 
-    @field_validator("classes")
-    @classmethod
-    def _distinct_classes(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        if v is not None and not v:
-            raise ValueError("needs at least one class name")
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError("class names must be distinct")
-        return v
-
     @field_validator("source")
     @classmethod
     def _known_source(cls, v: str) -> str:
         return registered(v, SOURCES, "source")
 
     @model_validator(mode="after")
-    def _source_keys(self) -> "DataConfig":
+    def _source_keys(self, info: ValidationInfo) -> "DataConfig":
+        self._source_options(info, "Options")
         needs = SOURCES[self.source].requires
         if needs and getattr(self, needs) is None:
             raise ValueError(f"source '{self.source}' needs data.{needs}")
         given = SOURCES[self.source].spatial_dims(self)  # None: either, as spatial_dims says
         if self.spatial_dims == 3 and given == 2:
             raise ValueError(f"spatial_dims: 3 needs volumes; source '{self.source}'"
-                             f"{' flag ' + self.flag if self.flag else ''} gives 2D images (volume sources: "
+                             f"{' flag ' + self.flag if getattr(self, 'flag', None) else ''} gives 2D images (volume sources: "
                              "synthetic, medmnist with a 3D flag, decathlon)")
         if self.spatial_dims == 2 and given == 3:
-            what = f"data.flag {self.flag}" if self.flag else f"source '{self.source}'"
+            what = f"data.flag {self.flag}" if getattr(self, "flag", None) else f"source '{self.source}'"
             raise ValueError(f"spatial_dims: 2, but {what} holds volumes; leave spatial_dims out")
         if self.modalities is not None:
             if not SOURCES[self.source].volume_files or self.dims != 3:
@@ -351,27 +323,12 @@ class DataConfig(Strict):
             if self.channels is not None and self.channels != len(self.modalities):
                 raise ValueError(f"channels: {self.channels}, but modalities keeps {len(self.modalities)}; "
                                  "leave channels out")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no "
-                             "training images; together they must be below 1 (0.15 each by default)")
         return self
 
-    @model_validator(mode="after")
-    def _read_by_source(self, info: ValidationInfo) -> "DataConfig":
-        """A source owns its keys: one that belongs to other sources (``SOURCE_KEYS``), set to
-        something other than its default, is refused instead of silently ignored. Not for a
-        run folder's own config (``recorded`` in the validation context): an earlier release
-        kept such a key there, ignored, and the run must still open."""
-        reads = SOURCES[self.source].reads
-        if reads is None or (info.context or {}).get("recorded"):
-            return self
-        fields = type(self).model_fields
-        for key in sorted(SOURCE_KEYS - reads):
-            if key in self.model_fields_set and getattr(self, key) != fields[key].default:
-                own = ", ".join(k for k in fields if k in reads) or "none"
-                raise ValueError(f"{key}: source '{self.source}' does not read it (its own keys: {own}); leave it "
-                                 f"out, or choose the source it belongs to")
-        return self
+    @property
+    def options(self) -> Any:
+        """The source's own keys as its options model (``Source.Options``)."""
+        return SOURCES[self.source].Options.model_validate(self.model_extra or {})
 
     @model_validator(mode="after")
     def _external_sets(self) -> "DataConfig":
@@ -395,14 +352,12 @@ class DataConfig(Strict):
         """The data section an external set is read with: its source and source keys, the
         training data's class list (where its source reads one) and everything else of this
         section (so its images are prepared as the test split's)."""
-        reads = SOURCES[entry.source].reads
-        own = {k for k in SOURCE_KEYS if k in type(entry).model_fields and k in entry.model_fields_set}
-        inherited = {k for k in ("classes", "num_classes") if reads is None or k in reads}
-        base = self.model_dump(exclude=(SOURCE_KEYS - inherited) | {"source", "external", "unlabeled"},
+        source = SOURCES[entry.source]
+        base = self.model_dump(exclude={*(self.model_extra or {}), "source", "external", "unlabeled"},
                                exclude_unset=True)
-        if "site" in (reads or ()):  # a generated set's site is its own, never the training data's
-            own.add("site")
-        update = {k: getattr(entry, k) for k in own}
+        inherited = {k: v for k, v in (self.model_extra or {}).items()
+                     if k in ("classes", "num_classes") and k in source.Options.model_fields}
+        update = {**inherited, **source.external_defaults, **(entry.model_extra or {})}
         if entry.samples is not None:
             update["test_samples"] = entry.samples
         sub = DataConfig.model_validate({**base, **update, "source": entry.source})

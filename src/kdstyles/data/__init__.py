@@ -146,7 +146,7 @@ def build_data(cfg: Any, seed: int, folder: Any = None, quiet: bool = True,
                               spacing=v.spacing, window_batch=cfg.batch_size, overlap=cfg.patch_overlap, kind=kind,
                               views=cfg.views if s == "train" else None)
               for s, v in stored.items()}
-    if cfg.groups:
+    if getattr(cfg, "groups", None):  # a key of the csv source
         from .groups import read_groups
 
         for split, values in read_groups(cfg, stored).items():
@@ -179,7 +179,7 @@ def _external(cfg: Any, entry: Any, bundle: DataBundle, stored: dict, task_cls: 
     sub, source = cfg.external_data(entry), SOURCES[entry.source]
     if spatial(cfg.dims).resized_on_read:  # fitted to the training input, whatever the source's default
         sub = sub.model_copy(update={"channels": bundle.channels, "image_size": bundle.image_size})
-    given = sub.classes is None and (source.reads is None or "classes" in source.reads)
+    given = "classes" in source.Options.model_fields and sub.classes is None
     if given:  # a set may lack a class, not add one
         sub = sub.model_copy(update={"classes": list(bundle.class_names)})
     try:

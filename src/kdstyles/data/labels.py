@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import KDError
 from . import checks, files
+from .options import option
 
 VOLUME_FILES = ("volume files in class folders are for 3D classification (and a box CSV for 3D detection); "
                 "3D segmentation reads data.source: decathlon")
@@ -47,7 +48,7 @@ class Labels:
 
     def of_records(self, records: list[files.Record], cfg: Any, where: str) -> tuple[list[str], np.ndarray]:
         """The class names and labels of files with a class each (``records[i].label``)."""
-        names = files.class_list(records, cfg.classes, where, cfg.is_external)
+        names = files.class_list(records, option(cfg, "classes"), where, cfg.is_external)
         if not names:
             raise KDError(f"{where}: no images found (a path relative to the folder the command runs in?)")
         if len(names) < 2:
@@ -109,7 +110,7 @@ class MultiHot(Labels):
     multi_hot = True
 
     def of_records(self, records, cfg, where):
-        return files.multi_hot(records, cfg.classes, where, cfg.none_label)
+        return files.multi_hot(records, option(cfg, "classes"), where, option(cfg, "none_label"))
 
     def check(self, split, labels, num_classes, names, report):  # counts: the images showing each class
         checks.check_multi_hot(split, labels, num_classes, names, report)

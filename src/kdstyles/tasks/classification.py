@@ -25,8 +25,9 @@ class Classification(Task):
     @classmethod
     def check_config(cls, cfg: Any) -> None:
         super().check_config(cfg)
-        if cfg.data.classes is not None and len(cfg.data.classes) < 2:
-            raise KDError(f"data.classes: needs at least two class names (got {len(cfg.data.classes)}); "
+        classes = getattr(cfg.data, "classes", None)  # sources with a class list
+        if classes is not None and len(classes) < 2:
+            raise KDError(f"data.classes: needs at least two class names (got {len(classes)}); "
                           "a classifier tells classes apart")
 
     @classmethod

@@ -24,15 +24,9 @@ from ...store.imageio import image_size
 from .. import checks, files, segfolder
 from ..fit import fit_arrays as _fit_arrays, fit_volumes as _fit_volumes
 from ..labels import labels_of
+from ..options import SourceOptions, option
 
 
-# data.* keys that belong to some sources only, refused for the others (the rest of the data section applies to
-# every source: the volume and cache keys too, as images without labels from files read them whatever the
-# labelled source; the embedded data's sample counts are left alone, as a config written for the demo keeps them
-# when --set data.source=... points it at other data)
-SOURCE_KEYS = frozenset({"root", "path", "flag", "size", "classes", "num_classes", "none_label", "uncertain",
-                         "val_fraction", "test_fraction", "site", "groups"})
-FILE_SPLITS = frozenset({"val_fraction", "test_fraction"})  # sources whose files may lack a split draw it  # the default input side of image files and of volume files
 
 
 def resolve_input(cfg: Any, task: Any, channels: int | None = None, side: int | None = None) -> tuple[int, int]:
@@ -70,10 +64,12 @@ class Loaded:
 
 class Source:
     name: ClassVar[str]
-    requires: ClassVar[str | None] = None  # the data.* key it cannot do without
-    # the source-specific data.* keys it reads (SOURCE_KEYS): any other of them set in a config is
-    # refused in one line instead of silently ignored (None: not checked)
-    reads: ClassVar[frozenset[str] | None] = None
+    # its own keys of the data section (a SourceOptions model: its fields, bounds and descriptions);
+    # a key of another source set in a config is refused in one line instead of silently ignored
+    Options: ClassVar[type[SourceOptions]] = SourceOptions
+    requires: ClassVar[str | None] = None  # the key of its Options it cannot do without
+    # what an external set of this source (data.external) has other than its Options' defaults
+    external_defaults: ClassVar[dict[str, Any]] = {}
     tasks: ClassVar[tuple[str, ...]] = ()  # tasks it reads for, beside those whose `sources` name it
     patches: ClassVar[bool] = False  # trains on random patches of its volumes by default
     # `kdstyles check` may read a few items of each split instead of all (generated data: every
@@ -102,8 +98,9 @@ class Source:
         ``data.spatial_dims`` says."""
         return 2
 
-    # images without labels (``data.unlabeled`` naming this source): the data.unlabeled.* key it
-    # cannot do without, and how it lists them (a source that does not override it gives none)
+    # images without labels (``data.unlabeled`` naming this source): its own keys of data.unlabeled,
+    # the one it cannot do without, and how it lists them (a source that does not override it gives none)
+    Unlabeled: ClassVar[type[SourceOptions]] = SourceOptions
     unlabeled_requires: ClassVar[str | None] = None
 
     def unlabeled(self, cfg: Any, task: Any, seed: int, channels: int, size: int, patch: int | None,
@@ -198,7 +195,7 @@ def split_assignment(cfg: Any, seed: int, saved: Path | None, records: list[file
         raise KDError(f"{where}: the files changed since this run was created ({saved} no longer matches); "
                       "start a new run")
     if assignment is None:
-        assignment = files.assign_splits(records, strata, seed, cfg.val_fraction, cfg.test_fraction)
+        assignment = files.assign_splits(records, strata, seed, option(cfg, "val_fraction"), option(cfg, "test_fraction"))
     return assignment
 
 
@@ -305,13 +302,13 @@ def from_files(cfg: Any, seed: int, task: Any, saved_splits: Path | None, quiet:
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
         report_names = BOX_REPORT
     elif mask_of is not None:  # masks first: every image has one of its size; the image-level label = has foreground
-        names = cfg.classes or (["background", "foreground"] if cfg.num_classes == 2 else
-                                [str(k) for k in range(cfg.num_classes)])
+        k = option(cfg, "num_classes")
+        names = option(cfg, "classes") or (["background", "foreground"] if k == 2 else [str(i) for i in range(k)])
         with progress(quiet) as bar:
             task_id = bar.add_task(f"reading {len(records)} masks", total=len(records))
             for r in records:
                 wh = image_size(r.path)  # the header only: the size the mask must have
-                masks_by_path[str(r.path)] = segfolder.read_mask(mask_of[str(r.path)], cfg.num_classes, size, wh)
+                masks_by_path[str(r.path)] = segfolder.read_mask(mask_of[str(r.path)], k, size, wh)
                 r.label = "1" if masks_by_path[str(r.path)].any() else "0"
                 bar.advance(task_id)
         labels = np.array([int(r.label) for r in records], dtype=np.int64)
@@ -374,6 +371,14 @@ def register_source(source: Source) -> Source:
     if not isinstance(source, Source):
         raise KDError(f"register_source: give a Source instance, not {type(source).__name__}")
     check_new_name("source", source.name, BUILT_IN)
+    for kind in ("Options", "Unlabeled"):
+        model = getattr(source, kind)
+        if not (isinstance(model, type) and issubclass(model, SourceOptions)):
+            raise KDError(f"register_source: {type(source).__name__}.{kind} must be a SourceOptions subclass (its "
+                          "keys; kdstyles.plugins.SourceOptions)")
+    if source.requires and source.requires not in source.Options.model_fields:
+        raise KDError(f"register_source: {type(source).__name__}.requires names '{source.requires}', which is not a "
+                      f"key of its Options ({', '.join(source.Options.model_fields) or 'none'})")
     SOURCES[source.name] = source
     return source
 

@@ -4,14 +4,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
-from . import FILE_SPLITS, Loaded, Source, from_files
+from pydantic import Field
+
+from . import Loaded, Source, from_files
+from ..options import ClassList, FileSplits
+
+
+class COCOOptions(ClassList, FileSplits):
+    path: Optional[str] = Field(None, description="the COCO-format JSON file")
+    root: Optional[str] = Field(None, description="the folder of its images (default: the JSON file's)")
 
 
 class COCO(Source):
     name = "coco"
     requires = "path"
-    reads = frozenset({"path", "root", "classes"}) | FILE_SPLITS
+    Options = COCOOptions
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:
         from ..boxfiles import read_coco

@@ -10,16 +10,34 @@ number of them, multi-label, either layout), or for detection
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field
 
 from ...common.dims import dims
 from ..labels import labels_of
-from . import FILE_SPLITS, Loaded, Source, read_files
+from . import Loaded, Source, read_files
+from ..options import FileSplits, MaskClasses, NoneLabel, SourceOptions
+
+
+class CSVOptions(MaskClasses, NoneLabel, FileSplits):
+    path: Optional[str] = Field(None, description="the CSV file (image paths relative to it)")
+    uncertain: Literal["error", "zeros", "ones"] = Field("error", description="multi-label CSV with a column per "
+                                                         "class: what a -1 (uncertain) becomes (CheXpert's "
+                                                         "U-Zeros, U-Ones); error: stop at the first")
+    groups: list[str] = Field([], description="columns (e.g. site, sex, age_band) whose values split every test "
+                                              "metric per group, with the worst group and the gap between groups")
+
+
+class CSVUnlabeled(SourceOptions):
+    path: Optional[str] = Field(None, description="a CSV file with a path column (paths relative to it)")
 
 
 class CSV(Source):
     name = "csv"
     requires = "path"
-    reads = frozenset({"path", "classes", "num_classes", "none_label", "uncertain", "groups"}) | FILE_SPLITS
+    Options = CSVOptions
+    Unlabeled = CSVUnlabeled
     volume_files = True
     unlabeled_requires = "path"  # data.unlabeled.path
 

@@ -13,14 +13,22 @@ volumes (``data.patch_size``, default 64).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+from pydantic import Field
 
 from ...errors import KDError
 from ...store.fileio import read_json
 from .. import checks, files, volumes
 from ..labels import labels_of
-from . import FILE_SPLITS, Loaded, Source, Split, progress, split_assignment
+from . import Loaded, Source, Split, progress, split_assignment
+from ..options import FileSplits, MaskClasses
+
+
+class DecathlonOptions(MaskClasses, FileSplits):
+    root: Optional[str] = Field(None, description="the task folder: imagesTr/, labelsTr/ and (optionally) "
+                                                  "dataset.json")
 
 DEFAULT_PATCH = 64
 
@@ -77,7 +85,7 @@ def read_layout(root: Path, classes: list[str] | None, num_classes: int
 class Decathlon(Source):
     name = "decathlon"
     requires = "root"
-    reads = frozenset({"root", "classes", "num_classes"}) | FILE_SPLITS
+    Options = DecathlonOptions
     volume_files = True
     patches = True
 

@@ -7,11 +7,25 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
 
 from ...common.dims import dims
 from ..checks import Problem
 from ..labels import labels_of
-from . import FILE_SPLITS, Loaded, Source, read_files
+from . import Loaded, Source, read_files
+from ..options import FileSplits, MaskClasses, NoneLabel, SourceOptions
+
+
+class FolderOptions(MaskClasses, NoneLabel, FileSplits):
+    root: Optional[str] = Field(None, description="the image (or volume) tree: class folders, optionally inside "
+                                                  "train/, val/, test/; images/ and masks/ for dense tasks")
+
+
+class FolderUnlabeled(SourceOptions):
+    root: Optional[str] = Field(None, description="the tree of image (or volume) files, searched at any depth "
+                                                  "(labels and class folders ignored)")
 
 
 def _left_out(loaded: Loaded, others: Counter, kind: str) -> Loaded:
@@ -26,7 +40,8 @@ def _left_out(loaded: Loaded, others: Counter, kind: str) -> Loaded:
 class Folder(Source):
     name = "folder"
     requires = "root"
-    reads = frozenset({"root", "classes", "num_classes", "none_label"}) | FILE_SPLITS
+    Options = FolderOptions
+    Unlabeled = FolderUnlabeled
     volume_files = True
     unlabeled_requires = "root"  # data.unlabeled.root
 

@@ -14,14 +14,30 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Literal, Optional
 
 import numpy as np
+from pydantic import Field
 
 from ...common.dims import dims
 from ...errors import KDError
 from ..labels import labels_of
 from . import Loaded, Source, _fit_arrays, from_arrays, resolve_input
 from .medmnist_info import FLAGS, FLAGS_3D, URL
+from ..options import SourceOptions
+
+SPLIT = Literal["train", "val", "test"]
+
+
+class MedMNISTOptions(SourceOptions):
+    flag: Optional[str] = Field(None, description="pathmnist, dermamnist, bloodmnist, ... (a flag ending in 3d holds "
+                                                  "volumes)")
+    size: Literal[28, 64, 128, 224] = Field(28, description="which file (image size) to read")
+    root: Optional[str] = Field(None, description="folder of the npz files (default ~/.medmnist)")
+
+
+class MedMNISTUnlabeled(MedMNISTOptions):
+    split: SPLIT = Field("train", description="the split whose images are used")
 
 SIZES = (28, 64, 128, 224)
 SIZES_3D = (28, 64)
@@ -156,7 +172,8 @@ def load(path: Path, volumes: bool = False, multilabel: bool | None = False,
 class MedMNIST(Source):
     name = "medmnist"
     requires = "flag"
-    reads = frozenset({"root", "flag", "size"})
+    Options = MedMNISTOptions
+    Unlabeled = MedMNISTUnlabeled
     unlabeled_requires = "flag"  # data.unlabeled.flag
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:

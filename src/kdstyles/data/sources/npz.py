@@ -10,13 +10,26 @@ pickled objects is refused unread.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+from pydantic import Field
 
 from ...errors import KDError
 from ..labels import labels_of
 from . import Loaded, Source, from_arrays, resolve_input
-from .medmnist import array_split, load
+from .medmnist import SPLIT, array_split, load
+from ..options import ClassList, SourceOptions
+
+
+class NpzOptions(ClassList):
+    path: Optional[str] = Field(None, description="your arrays in MedMNIST's layout (train/val/test images and "
+                                                  "labels)")
+
+
+class NpzUnlabeled(SourceOptions):
+    path: Optional[str] = Field(None, description="a file of arrays in MedMNIST's layout")
+    split: SPLIT = Field("train", description="the split whose images are used")
 
 SPLITS = ("train", "val", "test")
 
@@ -41,7 +54,8 @@ def class_names(arrays: dict[str, np.ndarray], given: list[str] | None, path: Pa
 class Npz(Source):
     name = "npz"
     requires = "path"
-    reads = frozenset({"path", "classes"})
+    Options = NpzOptions
+    Unlabeled = NpzUnlabeled
     unlabeled_requires = "path"  # data.unlabeled.path
 
     def load(self, cfg, seed, task, saved_splits, quiet) -> Loaded:

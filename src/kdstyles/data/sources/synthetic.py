@@ -9,9 +9,10 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from ...common.dims import dims
 from ...errors import KDError
@@ -20,6 +21,12 @@ from .. import checks
 from ..generators import generator
 from ..labels import labels_of
 from . import Loaded, Source, from_arrays, resolve_input
+from ..options import SourceOptions
+
+
+class SyntheticOptions(SourceOptions):
+    site: Literal[1, 2] = Field(1, description="1, the embedded data's site; 2, a shifted second site (other stain, "
+                                               "intensity and blur: the data page says how)")
 
 # Generating costs about 75 ms a 224 px image on one core (3,500 images: 4 to 5 minutes).
 # Splits above these sizes are rendered by one process per core and kept on disk, so a
@@ -118,7 +125,8 @@ def _items(task, module: str, seed: int, split: str, n: int, size: int, cfg) -> 
 class Synthetic(Source):
     name = "synthetic"
     previews = True
-    reads = frozenset({"train_samples", "val_samples", "test_samples", "site"})
+    Options = SyntheticOptions
+    external_defaults = {"site": 2}  # an external set of the embedded data: the shifted second site
     external_split = "test"
     unlabeled_requires = "samples"  # data.unlabeled.samples
 
