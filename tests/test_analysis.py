@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from kdstyles.workflows.compare import write_results
+from kdstyles.store.runfolder import ComparisonFolder, ResultRow
 from kdstyles.report import analysis, findings, load_rows, load_study, markdown
 
 
@@ -26,7 +26,7 @@ def fake_comparison(folder, correct: dict[tuple[str, str], list[np.ndarray]], ma
             path.write_text(json.dumps(ev))
             rows.append({"preset": preset, "seed": seed, "network": network, "checkpoint": "best", "split": "test",
                          metric: float(np.mean(c)), "run_dir": str(run)})
-    write_results(rows, folder / "results.csv")
+    ComparisonFolder(folder).write_results([ResultRow(**r) for r in rows])
     if manifest:
         (folder / "comparison.json").write_text(json.dumps(manifest))
     return load_study(folder, load_rows(folder))
@@ -112,7 +112,7 @@ def fake_detection_comparison(folder, found: dict[tuple[str, str], list[float]],
             run.eval_path.write_text(json.dumps(ev))
             rows.append({"preset": preset, "seed": seed, "network": network, "checkpoint": "best", "split": "test",
                          "map": m, "run_dir": str(run.path)})
-    write_results(rows, folder / "results.csv")
+    ComparisonFolder(folder).write_results([ResultRow(**r) for r in rows])
     return load_study(folder, load_rows(folder))
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdstyles import build_cohort, load_config
+from kdstyles import KDError, build_cohort, load_config
 from kdstyles.engine.evaluate import ENSEMBLE, score, score_cohort, score_split
 from kdstyles.tasks import TASKS
 
@@ -130,11 +130,13 @@ def test_eval_json_is_one_record_read_by_its_keeper(tmp_path):
     run.eval_path.write_text(json.dumps(older))
     record = run.read_eval()
     assert record.task is None and record.class_names == [] and record.per_image["s1"]["accuracy"] == [1, 0]
-    assert record.rows() == [{"preset": "run", "seed": 0, "network": "s1", "checkpoint": "best", "split": "test",
-                              "run_dir": "", "accuracy": 0.5, "ece": record.networks["s1"]["ece"]}]
-    assert record.rows("kd", 1, "x", fields=("accuracy",))[0] == {
+    assert [r.values() for r in record.rows()] == [
+        {"preset": "run", "seed": 0, "network": "s1", "checkpoint": "best", "split": "test", "run_dir": "",
+         "accuracy": 0.5, "ece": record.networks["s1"]["ece"]}]
+    assert record.rows("kd", 1, "x")[0].metrics == {"accuracy": 0.5, "ece": record.networks["s1"]["ece"]}
+    assert record.rows("kd", 1, "x")[0].values() == {
         "preset": "kd", "seed": 1, "network": "s1", "checkpoint": "best", "split": "test", "run_dir": "x",
-        "accuracy": 0.5}
+        "accuracy": 0.5, "ece": record.networks["s1"]["ece"]}
     newer = dict(older, calibration={"s1": {"temperature": 1.5}})  # a key this release does not know: kept
     run.write_eval(Evaluation.model_validate(newer))
     assert json.loads(run.eval_path.read_text())["calibration"] == {"s1": {"temperature": 1.5}}
@@ -216,7 +218,7 @@ def test_evaluate_calibrated_fits_on_validation_and_keeps_the_plain_numbers(tmp_
             assert 0 <= lo <= m["coverage"] <= hi <= 1 and 1 <= m["set_size"] <= 4  # 4 classes
             assert len(m["per_class"]["coverage"]) == 4
     assert "prediction sets for 90% coverage" in out
-    row = Evaluation.model_validate(result).rows()[0]  # results rows carry the default method's sets
+    row = Evaluation.model_validate(result).rows()[0].values()  # results rows carry the default method's sets
     assert row["coverage"] == sets["methods"]["lac"][row["network"]]["coverage"]
     assert row["ece_calibrated"] == pytest.approx(c["networks"][row["network"]]["ece"], abs=1e-6)
     with pytest.raises(KDError, match=r"coverage 1.5: the share of images whose prediction set holds the true class "
@@ -257,7 +259,7 @@ def test_segmentation_and_multilabel_runs_are_calibrated_on_their_rows(tmp_path)
     c = result["calibration"]
     k = len(result["class_names"])
     assert "conformal" not in c and all(len(t) == k for t in c["temperature"].values())
-    assert Evaluation.model_validate(result).rows()[0]["ece_calibrated"] == c["test"]["teacher"]["ece"][1]
+    assert Evaluation.model_validate(result).rows()[0].metrics["ece_calibrated"] == c["test"]["teacher"]["ece"][1]
     g = torch.Generator().manual_seed(0)
     p, t = torch.rand(5, 3, generator=g), [0.5, 1.0, 2.0]
     rows, _, _, label = label_rows(p, torch.zeros(5, 3))
@@ -361,3 +363,30 @@ def test_the_ece_change_interval_is_paired_over_test_images():
     d, lo, hi = ece_change(p, tempered(p, 3.0), y, draws=400)
     assert lo <= d <= hi < 0  # random labels: softer probabilities are clearly better calibrated
     assert ece_change(p, p, y, draws=50) == (0.0, 0.0, 0.0)  # the same probabilities: no change on any draw
+
+
+def test_results_rows_are_records_their_keeper_reads_and_writes(tmp_path):
+    """results.csv is written and read only by ComparisonFolder, a ResultRow per line: numbers
+    come back as numbers, empty cells as absent, an older file without the split column as the
+    test split's, and a cell of the wrong kind is one line naming the file, line and column."""
+    from kdstyles.store.runfolder import ComparisonFolder, ResultRow
+
+    folder = ComparisonFolder(tmp_path)
+    run = str(tmp_path / "kd-seed1")
+    folder.write_results([ResultRow(preset="kd", seed=1, network="s1", checkpoint="best", run_dir=run,
+                                    accuracy=0.75, ece=0.125, temperature=None, not_a_column=3),
+                          ResultRow(preset="kd", seed=1, network="s1", checkpoint="best", split="site2",
+                                    run_dir=run, accuracy=0.5)])
+    lines = folder.results_path.read_text().splitlines()
+    assert lines[0].split(",") == list(ResultRow.columns()) and len(lines) == 3
+    back = folder.results()
+    assert back[0].values() == {"preset": "kd", "seed": 1, "network": "s1", "checkpoint": "best", "split": "test",
+                                "run_dir": run, "accuracy": 0.75, "ece": 0.125}
+    assert [r.metrics for r in folder.results("site2")] == [{"accuracy": 0.5}]
+    folder.results_path.write_text(f"preset,seed,network,checkpoint,accuracy,run_dir\nkd,1,s1,best,1,{run}\n")
+    older = folder.results()
+    assert older[0].split == "test" and older[0].metrics == {"accuracy": 1} and older[0].seed == 1
+    folder.results_path.write_text("preset,seed,network,run_dir\nkd,x,s1,/a/kd-seedx\n")
+    with pytest.raises(KDError, match=r"results.csv' is damaged: line 2, column seed: Input should be a valid "
+                                      r"integer.*; run the same 'kdstyles compare' command again"):
+        folder.results()

@@ -103,7 +103,7 @@ def test_the_package_root_holds_only_its_front_doors():
 
 
 def test_one_registry_per_kind_of_thing():
-    from kdstyles.workflows.compare import RESULT_FIELDS
+    from kdstyles.store.runfolder import ResultRow
     from kdstyles import KDError, load_config
     from kdstyles.config import SELECTION_METRICS
     from kdstyles.data.sources import SOURCES
@@ -118,7 +118,7 @@ def test_one_registry_per_kind_of_thing():
         assert f"allowed: {', '.join(registry)} (got" in str(err.value)
     assert set(RoutingConfig.model_fields["preset"].annotation.__args__[0].__args__) == set(PRESETS)
     assert set(SELECTION_METRICS) - {"auto"} == {m for m, spec in METRICS.items() if spec.selectable}
-    assert [f for f in RESULT_FIELDS if f in METRICS] == list(METRICS)
+    assert [f for f in ResultRow.columns() if f in METRICS] == list(METRICS)
     assert all(style.consumes in KNOWLEDGE for style in STYLES.values())
     for task in TASKS.values():
         assert task.selection in METRICS and METRICS[task.selection].task == task.name

@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import KDError
-from .fileio import FolderLock, clean_temp_files, read_json, read_yaml, write_json, write_npz, write_text
+from .fileio import FolderLock, clean_temp_files, read_csv, read_json, read_yaml, write_json, write_npz, write_text
 
 STATUS_DONE = ("finished", "stopped early", "pruned")  # "pruned": kdstyles tune stopped it
 
@@ -133,18 +133,67 @@ class Evaluation(BaseModel):
         return out
 
     def rows(self, preset: str | None = None, seed: int | None = None, run_dir: str | None = None,
-             fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+             columns_only: bool = False) -> list["ResultRow"]:
         """Result rows, one per network (what results.csv holds): the run's preset and seed (or
         those given: a comparison's variant), the checkpoint, split, run folder and the
-        metrics (only ``fields`` where given)."""
+        metrics (``columns_only``: those results.csv has columns for)."""
         out = []
         for network, metrics in self.networks.items():
-            row = {"preset": preset or self.preset or "run", "seed": self.seed or 0 if seed is None else seed,
-                   "network": network, "checkpoint": self.checkpoint, "split": self.split,
-                   "run_dir": run_dir or self.run_dir}
-            row.update({k: v for k, v in (metrics | self.trust(network)).items() if fields is None or k in fields})
-            out.append(row)
+            values = {k: v for k, v in (metrics | self.trust(network)).items()
+                      if not columns_only or k in ResultRow.metric_columns()}
+            out.append(ResultRow(preset=preset or self.preset or "run", seed=self.seed or 0 if seed is None else seed,
+                                 network=network, checkpoint=self.checkpoint, split=self.split,
+                                 run_dir=run_dir or self.run_dir or "", **values))
         return out
+
+
+class ResultRow(BaseModel):
+    """One network of one run on one split: a row of results.csv, which only
+    :class:`ComparisonFolder` reads and writes. The metrics (names of ``METRICS``, and the
+    calibration columns) are its extra fields, numbers or empty."""
+
+    model_config = ConfigDict(extra="allow")
+
+    preset: str
+    seed: int
+    network: str
+    checkpoint: str | None = None
+    split: str = "test"  # a file written before external sets: every row is the test split's
+    run_dir: str
+
+    @staticmethod
+    def metric_columns() -> tuple[str, ...]:
+        from ..common.metrics import METRICS
+
+        return tuple(METRICS)
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """results.csv's header, in order (the run folder last: a row cut short lacks it)."""
+        return ("preset", "seed", "network", "checkpoint", "split", *cls.metric_columns(), "run_dir")
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def values(self) -> dict[str, Any]:
+        """The row as a mapping (what the report's tables read)."""
+        return self.model_dump()
+
+    @classmethod
+    def from_cells(cls, cells: dict[str, str]) -> "ResultRow":
+        """A row as the CSV holds it (text cells): numbers read back as numbers, empty cells as
+        absent."""
+        def number(v: str) -> Any:
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                return v
+            return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+        fixed = {"preset", "network", "checkpoint", "split", "run_dir"}
+        return cls.model_validate({k: (v if k in fixed else number(v)) for k, v in cells.items()
+                                   if v not in ("", None) or k in ("preset", "network", "run_dir")})
 
 
 def now() -> str:
@@ -549,6 +598,50 @@ class ComparisonFolder:
             return Manifest.model_validate(found or {})
         except ValueError:  # a hand-edited file of other types: what it records is read as absent
             return Manifest()
+
+    def write_results(self, rows: list[ResultRow]) -> None:
+        """results.csv: a row per run and network, the columns of :meth:`ResultRow.columns`."""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=ResultRow.columns(), restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(r.values() for r in rows)
+        write_text(self.results_path, buf.getvalue())
+
+    def results(self, split: str | None = None) -> list[ResultRow]:
+        """results.csv's rows (of ``split``: the test split or an external set's name; all by
+        default), checked whole: every row complete (a file cut short ends in a row whose last
+        cells are empty) and every evaluated run of the manifest in it (one cut at a row's end
+        lacks whole runs). What is damaged is one line naming the file, never a table silently
+        left out."""
+        path = self.results_path
+        again = "run the same 'kdstyles compare' command again to rebuild it (finished runs are kept)"
+        cells = read_csv(path, again, required=("preset", "seed", "network", "run_dir"))
+        rows = []
+        for line, row in enumerate(cells, start=2):  # run_dir is the last column, and names the row's preset and seed
+            if Path(row.get("run_dir") or "").name != f"{row.get('preset')}-seed{row.get('seed')}" or not row["network"]:
+                raise KDError(f"'{path}' is damaged: line {line} is cut short or altered (its run_dir "
+                              f"'{row.get('run_dir')}' is not {row.get('preset')}-seed{row.get('seed')}); {again}")
+            try:
+                rows.append(ResultRow.from_cells(row))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise KDError(f"'{path}' is damaged: line {line}, column {'.'.join(map(str, first['loc']))}: "
+                              f"{first['msg']}; {again}") from None
+        listed = {(Path(r.run_dir).name, r.network) for r in rows}  # by folder name: a run_dir may be
+        # relative, absolute or moved (the report resolves it by name too)
+        for run in self.manifest().runs:
+            rf = RunFolder(str(run.get("run_dir", ""))) if isinstance(run, dict) else None
+            if rf is None or not rf.eval_path.is_file():
+                continue
+            try:
+                networks = rf.read_eval().networks
+            except KDError:
+                continue  # a damaged eval.json is reported where it is read
+            missing = next((n for n in networks if (rf.path.name, n) not in listed), None)
+            if missing is not None:
+                raise KDError(f"'{path}' is damaged: it lacks network '{missing}' of {rf.path}, whose eval.json "
+                              f"holds it; {again}")
+        return [r for r in rows if split is None or r.split == split]
 
     def compression(self) -> list[dict[str, Any]] | None:
         """compression.json when it was measured and is whole, else None."""

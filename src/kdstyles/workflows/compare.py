@@ -14,7 +14,6 @@ folder is locked while a compare runs in it, and every run folder while a run tr
 from __future__ import annotations
 
 import csv
-import io
 import math
 import multiprocessing
 import os
@@ -28,10 +27,8 @@ from typing import Any
 
 from ..config import Change, ExperimentConfig, build_config, changes_of, load_config, read_yaml
 from ..errors import Interrupted, KDError
-from ..store.fileio import write_text
-from ..common.metrics import METRICS
 from ..styles.routing import DEFAULT_PRESET, PRESETS
-from ..store.runfolder import ComparisonFolder, Manifest, RunFolder
+from ..store.runfolder import ComparisonFolder, Manifest, ResultRow, RunFolder
 from .runs import SHARED_TEACHER, RunSpec, run_one, run_state
 from ..common.signals import GracefulStop, signal_name
 
@@ -378,10 +375,7 @@ def _execute_parallel(specs: list[RunSpec], jobs: int, echo) -> list[dict[str, A
     return results
 
 
-RESULT_FIELDS = ("preset", "seed", "network", "checkpoint", "split", *METRICS, "run_dir")
-
-
-def collect(specs: list[RunSpec]) -> list[dict[str, Any]]:
+def collect(specs: list[RunSpec]) -> list[ResultRow]:
     """One row per run x network from each run's eval.json (runs without one are left out), then
     the rows of every external set (data.external: eval-<name>.json), their ``split`` the set's name."""
     rows = []
@@ -389,16 +383,8 @@ def collect(specs: list[RunSpec]) -> list[dict[str, Any]]:
         for spec in specs:
             evaluation = RunFolder(spec.run_dir).evaluation(split)
             if evaluation is not None:
-                rows += evaluation.rows(spec.preset, spec.seed, spec.run_dir, fields=RESULT_FIELDS)
+                rows += evaluation.rows(spec.preset, spec.seed, spec.run_dir, columns_only=True)
     return rows
-
-
-def write_results(rows: list[dict[str, Any]], path: Path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, restval="")
-    w.writeheader()
-    w.writerows(rows)
-    write_text(path, buf.getvalue())
 
 
 def compare(config: str | None, presets: list[str], seeds: int, out: str | Path, overrides: list[str] | None = None,
@@ -460,7 +446,7 @@ def compare(config: str | None, presets: list[str], seeds: int, out: str | Path,
                     results += execute(todo, jobs=jobs, quiet=quiet, echo=echo)
         finally:
             rows = collect(specs)  # what finished so far, also when stopped
-            write_results(rows, folder.results_path)
+            folder.write_results(rows)
         write_compression(out)
     failed = [r for r in results if r["state"] == "failed"]
     queued = [r for r in results if r["state"] == "queued"]
