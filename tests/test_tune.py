@@ -112,6 +112,24 @@ def test_a_trial_below_the_median_is_pruned_by_the_engine(tmp_path):
     assert info["status"] == "pruned" and info["epochs_done"] == 1  # of 2 epochs
 
 
+def test_diverged_trials_fail_and_the_search_stops_after_too_many_in_a_row(tmp_path, monkeypatch):
+    """A trial whose loss becomes non-finite (a learning rate far too high) is a failed trial,
+    not the end of the search; after MAX_FAILED_IN_A_ROW of them one line says to narrow the
+    space. Each trial is its own run folder, stopped where it diverged."""
+    import kdstyles.workflows.tune as tuning
+
+    monkeypatch.setattr(tuning, "MAX_FAILED_IN_A_ROW", 2)
+    lines = []
+    with pytest.raises(KDError, match=r"2 trials in a row diverged; narrow tune.space"):
+        tune(config(tmp_path, trials=3, space={"optim.lr": {"choices": [1.0e12]}}), tmp_path / "tune",
+             echo=lines.append)
+    failed = [line for line in lines if ": failed (" in line]
+    assert len(failed) == 2 and all("is nan" in line or "is inf" in line for line in failed), lines
+    for n in (0, 1):
+        info = json.loads((tmp_path / "tune" / f"tiny-trial-{n}" / "run.json").read_text())
+        assert info["status"] == "diverged", info["status"]
+
+
 def test_two_workers_share_one_sqlite_study(tmp_path):
     cfg, out = config(tmp_path, epochs=1, trials=4, startup_trials=4), tmp_path / "tune"  # what is shared, not learnt
     args = [sys.executable, "-m", "kdstyles", "tune", cfg, "--out", str(out), "--storage",

@@ -2,9 +2,10 @@
 ``ce_weight``, edge weights, learning rate, the routing itself...) with Optuna.
 
 The search space is the config's ``tune.space``: config keys with a range or choices. Each
-trial is one ordinary run (its own run folder ``trial-<N>`` in the tune folder) with the
-trial's values as overrides; its value is the validation metric of ``tune.objective``
-(never the test split). The engine reports each epoch's validation value to the trial, and a
+trial is one ordinary run (its own run folder ``trial-<N>`` in the tune folder, trained by
+``run_one`` as every run of compare and the launcher is) with the trial's values as changes;
+its value is the validation metric of ``tune.objective`` (never the test split, which a
+trial does not evaluate). The engine reports each epoch's validation value to the trial, and a
 trial below the median of earlier ones at the same epoch is stopped (``pruned``).
 
 Keys under ``teacher.`` (``teacher.train.epochs``) belong to a shared teacher instead: it is
@@ -34,13 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from .compare import shared_teacher
-from .runs import run_one, run_state
+from .runs import RunSpec, run_one, run_state
 from ..config import Change, changes_of, load_config
 from ..errors import Interrupted, KDError, TrainingDiverged
 from ..store.fileio import FolderLock, make_folder
-from ..store.runfolder import ComparisonFolder
+from ..store.runfolder import ComparisonFolder, RunFolder
 
 TRIAL_DIR = "{study}-trial-{number}"
+TRIAL = "trial"  # a trial's RunSpec preset
 TEACHER_DIR = "{study}-teacher-{values}"
 TEACHER = "teacher."  # tune.space keys of the shared teacher's own run
 MAX_FAILED_IN_A_ROW = 5  # a worker whose trials keep diverging stops instead of spinning
@@ -167,8 +169,6 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
     tune folder (Optuna's file storage, safe on a shared file system; SQLite over one is
     refused)."""
     optuna = _optuna()
-    from ..api import Experiment
-
     overrides = list(overrides or [])
     cfg = check_space(config, overrides)
     out = Path(out)
@@ -205,28 +205,34 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
                 trial.report(value, epoch)
             return "pruned" if trial.should_prune() else None
 
-        try:
-            shared: tuple[Change, ...] = ()
-            if teacher:
-                t_name = _teacher_dir(study_name, teacher)
-                trial.set_user_attr("teacher_run", str(out / t_name))
-                shared = _train_teacher(config, cfg, out, t_name, overrides, teacher, quiet, echo)
-            trial_cfg = load_config(config, overrides, changes=[
-                *((k, v) for k, v in values.items() if k not in teacher), *shared,
-                ("output.dir", str(out)), ("output.name", name)])
-            exp = Experiment(trial_cfg, quiet=quiet)
-            exp.fit(callbacks=[report])
-        except TrainingDiverged as exc:  # e.g. a learning rate too high: this trial fails, the search goes on
-            echo(f"trial {trial.number}: failed ({exc})")
+        shared: tuple[Change, ...] = ()
+        if teacher:
+            t_name = _teacher_dir(study_name, teacher)
+            trial.set_user_attr("teacher_run", str(out / t_name))
+            shared = _train_teacher(config, cfg, out, t_name, overrides, teacher, quiet, echo)
+        changes = (*changes_of(overrides), *((k, v) for k, v in values.items() if k not in teacher), *shared,
+                   ("output.dir", str(out)), ("output.name", name))
+        spec = RunSpec(TRIAL, cfg.train.seed, str(out / name), config, changes, "best",
+                       load_config(config, changes=changes))
+        result = run_one(spec, quiet=quiet, callbacks=(report,), evaluate=False)
+        if result["state"] == "interrupted":
+            raise Interrupted(result["error"], result["signum"])
+        if result["state"] == "failed" and result.get("diverged"):  # e.g. a learning rate too high: this trial
+            echo(f"trial {trial.number}: failed ({result['error']})")  # fails, the search goes on
             failed[0] += 1
             if failed[0] >= MAX_FAILED_IN_A_ROW:
                 study.stop()
-            raise
+            raise TrainingDiverged(result["error"])
+        if result["state"] == "failed":
+            if "traceback" in result:
+                echo(result["traceback"])
+            raise KDError(f"trial {trial.number} ({spec.run_dir}): {result['error']}")
         failed[0] = 0
-        if exp.folder.status() == "pruned":
+        run = RunFolder(spec.run_dir)
+        if run.status() == "pruned":
             echo(f"trial {trial.number}: pruned")
             raise optuna.TrialPruned()
-        value = trial_value(_history(exp), metric, cfg.tune.objective, students)
+        value = trial_value(_history(run), metric, cfg.tune.objective, students)
         echo(f"trial {trial.number}: {value:.4f}")
         return value
 
@@ -311,10 +317,10 @@ def _open_study(optuna, storage: str, name: str, startup: int, pruner, attempts:
                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
 
 
-def _history(exp) -> list[dict[str, Any]]:
+def _history(run: RunFolder) -> list[dict[str, Any]]:
     """metrics.csv's validation values, as numbers."""
     out = []
-    for r in exp.folder.read_metrics():
+    for r in run.read_metrics():
         row: dict[str, Any] = {"network": r["network"], "epoch": int(r["epoch"])}
         row.update({k: float(v) for k, v in r.items() if k.startswith("val_") and v not in ("", None)})
         out.append(row)
