@@ -87,7 +87,7 @@ def test_style_defaults_from_config_reach_preset_edges():
      "routing.edges.0: s1 -> s1 in style 'predictions': an edge joins two different networks"),
     ({"src": "s1", "dst": "s2", "style": "self"},
      "routing.edges.0: s1 -> s2 in style 'self': its src and dst must be the same network"),
-    ({"src": "teacher", "dst": "s1", "style": "telepathy"}, "unknown style 'telepathy'; allowed: predictions, features"),
+    ({"src": "teacher", "dst": "s1", "style": "telepathy"}, "unknown style 'telepathy'; allowed: attention, cka, dist, dkd, embedding, features"),
     ({"src": "teacher", "dst": "s1", "style": "predictions", "options": {"temp": 2}},
      "routing.edges.0.temp: unknown option of style 'predictions'; allowed: temperature, t2_scaling"),
     ({"src": "teacher", "dst": "s1", "style": "predictions", "options": {"temperature": -1}},

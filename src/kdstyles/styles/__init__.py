@@ -1,22 +1,12 @@
-"""Learning styles, registered by name. A built-in style = one file + one line here; a style
-of your own = one plugin file calling :func:`register` (``register_style`` in kdstyles.plugins)."""
+"""Learning styles, registered by name. A built-in style = one file here (found by
+:func:`~kdstyles.common.registry.discover`); a style of your own = one plugin file calling
+:func:`register` (``register_style`` in kdstyles.plugins)."""
 
-from .attention import Attention
+from ..common.registry import discover
 from .base import KNOWLEDGE, Context, Knowledge, NetOutput, Style, StyleOptions, knowledge
-from .cka import CKA
-from .dist import DIST
-from .dkd import DKD
-from .embedding import Embedding
-from .features import Features
-from .mlkd import MLKD
-from .predictions import Predictions
-from .relations import Relations
-from .self_distill import SelfDistillation
-from .simkd import SimKD
 
-STYLES: dict[str, Style] = {s.name: s for s in (Predictions(), Features(), Attention(), Relations(),
-                                                  SelfDistillation(), DKD(), DIST(), SimKD(), MLKD(), Embedding(),
-                                                  CKA())}
+# every module but the routing (which reads this registry) and the shared parts
+STYLES: dict[str, Style] = {s.name: s() for s in discover(__name__, Style, skip=("base", "outputs", "routing"))}
 BUILT_IN = frozenset(STYLES)
 
 

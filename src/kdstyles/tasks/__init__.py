@@ -1,5 +1,6 @@
-"""Tasks, registered by name. A built-in task = one file here + one line below; a task of your
-own = one plugin file calling :func:`register_task` (kdstyles.plugins)."""
+"""Tasks, registered by name. A built-in task = one file here (found by
+:func:`~kdstyles.common.registry.discover`); a task of your own = one plugin file calling
+:func:`register_task` (kdstyles.plugins)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from .detection import Detection
 from .multilabel import Multilabel
 from .segmentation import Segmentation
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Classification, Multilabel, Segmentation, Detection)}
+from ..common.registry import discover
+
+# every module but the shared parts (overlays imports torch, which ONNX predict does without)
+TASKS: dict[str, type[Task]] = {t.name: t for t in discover(__name__, Task, skip=("base", "overlays"))}
 DEFAULT_TASK = Classification.name  # a config without task:, a sidecar or run folder that does not say
 BUILT_IN = frozenset(TASKS)
 

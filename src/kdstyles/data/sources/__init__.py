@@ -1,5 +1,5 @@
-"""Data sources, registered by name. A built-in source = one file here + one line in
-``_registry``; a source of your own = one plugin file calling :func:`register_source`
+"""Data sources, registered by name. A built-in source = one file here (found by
+:func:`~kdstyles.common.registry.discover`); a source of your own = one plugin file calling :func:`register_source`
 (kdstyles.plugins).
 
 A source turns the ``data`` config into :class:`Loaded`: every split's images (uint8
@@ -344,15 +344,9 @@ def read_files(cfg: Any) -> Any:
 
 
 def _registry() -> dict[str, Source]:
-    from .coco import COCO
-    from .csvfile import CSV
-    from .decathlon import Decathlon
-    from .folder import Folder
-    from .medmnist import MedMNIST
-    from .npz import Npz
-    from .synthetic import Synthetic
+    from ...common.registry import discover
 
-    return {s.name: s for s in (Synthetic(), MedMNIST(), Npz(), Folder(), CSV(), COCO(), Decathlon())}
+    return {s.name: s() for s in discover(__name__, Source)}
 
 
 SOURCES: dict[str, Source] = _registry()
