@@ -24,6 +24,24 @@ def test_default_tap_is_the_deepest_map_of_at_least_4x4(size, stem, tap):
     assert default_tap(net, torch.zeros(1, 3, size, size)) == tap
 
 
+def test_a_network_says_where_its_maps_are():
+    """A builder may name the modules a features edge chooses from (map_tap_modules: a ResNet's
+    stages) or the one it taps (default_map_tap); without either, the last convolution of a map
+    of at least 4x4, a 1x1 one included."""
+    import torch.nn as nn
+
+    net = nn.Sequential()
+    net.add_module("stage", nn.Conv2d(3, 4, 3, padding=1))
+    net.add_module("mix", nn.Conv2d(4, 4, 1))
+    x = torch.zeros(1, 3, 8, 8)
+    assert default_tap(net, x) == "mix"
+    net.map_tap_modules = ("stage",)
+    assert default_tap(net, x) == "stage"
+    net.default_map_tap = "mix"
+    assert default_tap(net, x) == "mix"
+    assert build_network("resnet10", 3, 2, 32).map_tap_modules == ("layer",)
+
+
 @pytest.mark.parametrize("arch, dims, size, want", [
     ("unet", 2, 64, (8, 8)), ("unet", 2, 32, (4, 4)), ("unet", 2, 16, (4, 4)), ("unet", 3, 24, (6, 6, 6)),
     ("unet", 3, 8, (4, 4, 4)), ("flexunet-resnet10", 2, 64, (4, 4))])

@@ -43,7 +43,9 @@ def _resnet(fn: Callable, in_ch: int, n_cls: int, widen: float, small: bool, pre
         kw.update(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True)
     else:
         kw.update(conv1_t_size=7, conv1_t_stride=2)
-    return fn(**kw)
+    model = fn(**kw)
+    model.map_tap_modules = ("layer",)  # its stages: a features edge taps their 3x3 convolutions by default
+    return model
 
 
 def _densenet(cls: type, in_ch: int, n_cls: int, widen: float, small: bool, pretrained: bool,
@@ -110,7 +112,12 @@ class Arch:
     loaded by name in models/pretrained.py; ``"encoder"``: the builder loads an ImageNet
     encoder; None: none), ``dense`` (an encoder-decoder: a map at the input's size, for
     segmentation and detection; otherwise a classifier's logits), ``stem_keeps_shapes`` (its
-    small stem changes a stride, not a weight's shape, so pretrained weights still fit)."""
+    small stem changes a stride, not a weight's shape, so pretrained weights still fit).
+
+    What a network is tapped at by default it may say itself, as attributes the builder sets on
+    the module: ``default_map_tap`` (a module path for features edges), ``map_tap_modules``
+    (prefixes of the module paths whose spatial convolutions a features edge chooses from: a
+    ResNet's ``layer``), ``default_embedding_tap`` (for relations and embedding edges)."""
 
     build: Callable[..., nn.Module]
     widens: bool = False
@@ -253,8 +260,9 @@ def default_tap(model: nn.Module, sample: torch.Tensor) -> str:
     convs = conv_output_sizes(model, sample)
     if not convs:
         raise KDError(f"{type(model).__name__} has no convolution to tap by default; set 'tap' to a module path")
-    if any(name.startswith("layer4.") for name, _, _ in convs):  # a ResNet: its 3x3 convs in the stages
-        convs = [c for c in convs if c[0].startswith("layer") and max(c[1].kernel_size) > 1]
+    within = getattr(model, "map_tap_modules", None)  # where a network says its maps are (a ResNet: its stages)
+    if within:
+        convs = [c for c in convs if c[0].startswith(tuple(within)) and max(c[1].kernel_size) > 1] or convs
     large = [name for name, _, hw in convs if min(hw) >= MIN_MAP]
     return large[-1] if large else convs[-1][0]
 
