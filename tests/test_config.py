@@ -224,7 +224,7 @@ def test_a_key_of_another_source_is_refused_not_ignored():
     with pytest.raises(KDError, match="data.flag: source 'folder' does not read it"):
         build_config(whole)  # a config listing every key (as configs/demo.yaml does) is checked too
     written = yaml.safe_load(dump_config(cfg))["data"]  # config.yaml: the source's keys right after it
-    assert list(written)[:2] == ["source", "val_fraction"] and written["root"] == "x" and "flag" not in written
+    assert list(written)[:3] == ["source", "root", "val_fraction"] and written["root"] == "x" and "flag" not in written
 
 
 def test_a_task_owns_its_settings_and_the_old_keys_still_read():

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from ..data.sources import SOURCES
 from ..errors import KDError
 from ..store.fileio import read_yaml
 from .messages import format_validation_error
@@ -79,8 +80,9 @@ def dump_config(cfg: ExperimentConfig) -> str:
     """The config as YAML (config.yaml), every key with its value; the data section's source's
     own keys right after ``source``."""
     raw = cfg.model_dump(mode="json")
-    own = set(cfg.data.model_extra or {})
+    first = SOURCES[cfg.data.source].requires  # the key it cannot do without, then its others
+    own = sorted(cfg.data.model_extra or {}, key=lambda k: k != first)
     data = raw["data"]
-    raw["data"] = {"source": data["source"], **{k: v for k, v in data.items() if k in own},
+    raw["data"] = {"source": data["source"], **{k: data[k] for k in own},
                    **{k: v for k, v in data.items() if k not in own and k != "source"}}
     return yaml.safe_dump(raw, sort_keys=False)
