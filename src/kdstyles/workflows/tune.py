@@ -214,19 +214,13 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
                    ("output.dir", str(out)), ("output.name", name))
         spec = RunSpec(TRIAL, cfg.train.seed, str(out / name), config, changes, "best",
                        load_config(config, changes=changes))
-        result = run_one(spec, quiet=quiet, callbacks=(report,), evaluate=False)
-        if result["state"] == "interrupted":
-            raise Interrupted(result["error"], result["signum"])
-        if result["state"] == "failed" and result.get("diverged"):  # e.g. a learning rate too high: this trial
-            echo(f"trial {trial.number}: failed ({result['error']})")  # fails, the search goes on
+        try:
+            _raise_failure(run_one(spec, quiet=quiet, callbacks=(report,), evaluate=False), trial.number, echo)
+        except TrainingDiverged:
             failed[0] += 1
             if failed[0] >= MAX_FAILED_IN_A_ROW:
                 study.stop()
-            raise TrainingDiverged(result["error"])
-        if result["state"] == "failed":
-            if "traceback" in result:
-                echo(result["traceback"])
-            raise KDError(f"trial {trial.number} ({spec.run_dir}): {result['error']}")
+            raise
         failed[0] = 0
         run = RunFolder(spec.run_dir)
         if run.status() == "pruned":
@@ -248,6 +242,22 @@ def tune(config: str | None, out: str | Path, overrides: list[str] | None = None
     summary.update({"storage": storage, "study": study_name, "objective": cfg.tune.objective})
     ComparisonFolder(out).write_tune_summary(summary)
     return summary
+
+
+def _raise_failure(result: dict[str, Any], number: int, echo) -> None:
+    """What a trial's run (``run_one``'s result) ended in, raised where it did not train: a stop
+    signal ends the worker; a diverged run (e.g. a learning rate too high) is a failed trial
+    (TrainingDiverged: the search goes on); any other failure ends the search in one line."""
+    if result["state"] == "interrupted":
+        raise Interrupted(result["error"], result["signum"])
+    if result["state"] != "failed":
+        return
+    if result.get("diverged"):
+        echo(f"trial {number}: failed ({result['error']})")
+        raise TrainingDiverged(result["error"])
+    if "traceback" in result:
+        echo(result["traceback"])
+    raise KDError(f"trial {number} ({result['run_dir']}): {result['error']}")
 
 
 def _launch_workers(config, cfg, out: Path, overrides: list[str], storage: str | None, study_name: str | None,
