@@ -54,8 +54,9 @@ class BySource(BaseModel):
         if clash:
             raise ValueError(f"source '{self.source}' declares '{clash[0]}' in its {model} model, a key every source "
                              "has; its plugin must name that key otherwise")
-        opts = own_keys(dict(self.model_extra or {}), options, self.source, [getattr(s, model) for s in SOURCES.values()],
-                        type(self).model_fields, bool((info.context or {}).get("recorded")))
+        others = [getattr(s, model) for s in SOURCES.values()]
+        opts = own_keys(dict(self.model_extra or {}), options, self.source, others, type(self).model_fields,
+                        bool((info.context or {}).get("recorded")))
         self.__pydantic_extra__ = {k: getattr(opts, k) for k in opts.model_fields
                                    if not given_only or k in opts.model_fields_set}
         return opts
@@ -147,9 +148,10 @@ SPLIT_NAMES = ("train", "val", "test")
 
 class ExternalSet(BySource):
     """A test set from elsewhere (another hospital, scanner or stain): every image a source lists
-    for it (or one of its splits), prepared as the test split is and scored after it. Its source's
-    keys (``root``, ``path``, ...: the keys that source has in ``data``) are its own; everything else (input size, channels, classes, volume preparation) is
-    the training data's, so its images reach the networks exactly as the test split's do."""
+    for it (or one of its splits), prepared as the test split is and scored after it. Its
+    source's keys (``root``, ``path``, ...: the keys that source has in ``data``) are its own;
+    everything else (input size, channels, classes, volume preparation) is the training data's,
+    so its images reach the networks exactly as the test split's do."""
 
     name: str = Field(..., description="how results name it (a short word: site2, hospital_b, scanner-2)")
     source: str = Field(..., description="which source reads it (any labelled source kdstyles reads)",
@@ -255,8 +257,8 @@ class DataConfig(BySource):
     unlabeled_batch_size: Optional[int] = Field(None, ge=1, description="unlabelled images drawn with every "
                                                 "labelled batch; default: data.batch_size")
     external: list[ExternalSet] = Field(
-        [], description="test sets from other sites, each {name, source, split, ...its source's keys}, checked like the test "
-                        "split (classes, leakage against training and validation images) and scored after it by "
+        [], description="test sets from other sites, each {name, source, split, ...its source's keys}, checked like "
+                        "the test split (classes, leakage against training and validation images) and scored after it by "
                         "train, evaluate --split NAME and compare")
     mix: MixConfig = MixConfig()
     views: Optional[int] = Field(None, ge=1, le=64, description="fixed augmented views per training image: epoch e "
@@ -308,9 +310,9 @@ class DataConfig(BySource):
             raise ValueError(f"source '{self.source}' needs data.{needs}")
         given = SOURCES[self.source].spatial_dims(self)  # None: either, as spatial_dims says
         if self.spatial_dims == 3 and given == 2:
-            raise ValueError(f"spatial_dims: 3 needs volumes; source '{self.source}'"
-                             f"{' flag ' + self.flag if getattr(self, 'flag', None) else ''} gives 2D images (volume sources: "
-                             "synthetic, medmnist with a 3D flag, decathlon)")
+            flag = f" flag {self.flag}" if getattr(self, "flag", None) else ""
+            raise ValueError(f"spatial_dims: 3 needs volumes; source '{self.source}'{flag} gives 2D images (volume "
+                             "sources: synthetic, medmnist with a 3D flag, decathlon)")
         if self.spatial_dims == 2 and given == 3:
             what = f"data.flag {self.flag}" if getattr(self, "flag", None) else f"source '{self.source}'"
             raise ValueError(f"spatial_dims: 2, but {what} holds volumes; leave spatial_dims out")

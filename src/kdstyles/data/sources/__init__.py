@@ -195,7 +195,8 @@ def split_assignment(cfg: Any, seed: int, saved: Path | None, records: list[file
         raise KDError(f"{where}: the files changed since this run was created ({saved} no longer matches); "
                       "start a new run")
     if assignment is None:
-        assignment = files.assign_splits(records, strata, seed, option(cfg, "val_fraction"), option(cfg, "test_fraction"))
+        assignment = files.assign_splits(records, strata, seed, option(cfg, "val_fraction"),
+                                         option(cfg, "test_fraction"))
     return assignment
 
 
