@@ -201,8 +201,8 @@ def test_segmentation_export_and_predict_masks(tiny_overrides, tmp_path):
     assert side["verification"]["max_abs_diff"] < 1e-4
     folder = tmp_path / "frames"
     folder.mkdir()
-    for i in range(3):
-        Image.fromarray(render_frame(4, "test", i, 40)[0]).save(folder / f"f{i}.png")
+    for i in range(3):  # frames wider than high: masks come back at 56 x 40, the right way round
+        Image.fromarray(render_frame(4, "test", i, 40)[0]).resize((56, 40)).save(folder / f"f{i}.png")
     a = predict(exp.run_dir / "export" / "ensemble.onnx", [folder], tmp_path / "onnx", quiet=True)
     b = predict(exp.run_dir, [folder], tmp_path / "run", network="ensemble", quiet=True)
     rows_a, rows_b = a.read_text().splitlines(), b.read_text().splitlines()
@@ -210,11 +210,11 @@ def test_segmentation_export_and_predict_masks(tiny_overrides, tmp_path):
     for ra, rb in zip(rows_a[1:], rows_b[1:]):
         mask_a, mask_b = ra.split(",")[1], rb.split(",")[1]
         with Image.open(mask_a) as ma, Image.open(mask_b) as mb:
-            assert ma.size == (40, 40)  # back at the input image's size
+            assert ma.size == (56, 40)  # back at the input image's size
             # the same mask, but for a pixel or two whose classes tie to float order (an untrained net)
             assert (np.array(ma) != np.array(mb)).mean() <= 0.005
             assert set(np.unique(np.array(ma))) <= {0, 255}
-    # the MONAI Bundle writes the same masks at the network's input size (here 32 px; predict's at the image's)
+    # the MONAI Bundle writes the same masks, resized back to each image's size as predict does
     from conftest import run_bundle
     from kdstyles.deploy.bundle import export_bundle
 
@@ -224,9 +224,8 @@ def test_segmentation_export_and_predict_masks(tiny_overrides, tmp_path):
     for rb in rows_b[1:]:
         path, mask_b = rb.split(",")[:2]
         with Image.open(written / f"{Path(path).stem}_mask.png") as m, Image.open(mask_b) as mb:
-            assert m.size == (32, 32)
-            back = np.array(m.resize((40, 40), Image.Resampling.NEAREST))  # as predict puts it on the image
-            assert (back != np.array(mb)).mean() <= 0.005 and set(np.unique(np.array(m))) <= {0, 255}
+            assert m.size == (56, 40)  # the network saw 32 x 32
+            assert (np.array(m) != np.array(mb)).mean() <= 0.005 and set(np.unique(np.array(m))) <= {0, 255}
 
 
 def test_a_calibrated_export_outputs_the_probabilities_evaluate_scored(run_dir, tmp_path):

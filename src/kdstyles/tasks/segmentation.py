@@ -121,24 +121,35 @@ class Segmentation(EncoderDecoderTask):
 
     def bundle_output(self, class_names, side, dims=2):
         """Per-pixel probabilities; the bundle writes each input's argmax mask (class indices; a
-        binary mask as 0/255, as ``predict`` writes it): PNG at the network's input size for
-        images, NIfTI on the input volume's own grid (the preparation inverted) for volumes."""
+        binary mask as 0/255, as ``predict`` writes it): PNG at the input image's own size for
+        images (as ``predict`` resizes it back: nearest), NIfTI on the input volume's own grid (the preparation inverted) for volumes."""
         space_ = space(dims)
         binary = len(class_names) == 2 and space_.resized_on_read  # a PNG mask: 0/255 as predict writes it
         save = {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "mask",
                 "output_ext": space_.mask_suffix, "output_dtype": "$numpy.uint8", "resample": False,
                 "separate_folder": False, "print_log": False, **({"scale": 255} if binary else {})}
         steps = [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]
-        if space_.resized_on_read:  # rows first (kdstyles' layout) -> MONAI's PNG writer's (width first)
-            steps.append({"_target_": "Transposed", "keys": "pred", "indices": [0, 2, 1]})
+        if space_.resized_on_read:
+            # back at the input file's own size (nearest, with Pillow, as predict does), then rows first
+            # (kdstyles' layout) -> MONAI's PNG writer's (width first)
+            steps += [{"_target_": "Lambda", "func": RESIZE_BACK},
+                      {"_target_": "Transposed", "keys": "pred", "indices": [0, 2, 1]}]
         else:  # back through orientation and spacing, onto the volume file's own grid (nearest)
             steps.append({"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
                           "nearest_interp": True, "to_tensor": True})
         return {"type": "image", "format": "labels", "spatial_shape": [side] * len(space_.axes),
                 "value_range": [0, 1], "postprocessing": [*steps, save], "handlers": [],
                 "writes": f"one mask per input, NAME_mask{save['output_ext']}: "
-                          + (f"{side}x{side} px" if space_.resized_on_read else "on the volume's own grid")
+                          + ("at the image's own size" if space_.resized_on_read else "on the volume's own grid")
                           + (", 0/255" if binary else ", class indices")}
+
+
+# a MONAI Bundle's 2D mask (class indices, rows first) resized back to its input file's own size with
+# Pillow's nearest neighbour, as write_mask does (the bundle's reader resized the image on reading)
+RESIZE_BACK = ("$lambda d: dict(d, pred=monai.data.MetaTensor(torch.as_tensor(numpy.asarray("
+               "Image.fromarray(d['pred'][0].cpu().numpy().astype(numpy.uint8)).resize("
+               "Image.open(d['image'].meta['filename_or_obj']).size, Image.Resampling.NEAREST)))[None], "
+               "meta=d['pred'].meta))")
 
 
 def write_mask(path: Path, probs, source: Path) -> float:
