@@ -295,7 +295,7 @@ def test_a_monai_bundle_runs_in_monais_runner_and_predicts_what_kdstyles_predict
     """export --format bundle: the folder MONAI's bundle specification asks for; its metadata
     declares the input and output tensors MONAI's own check verifies against the network; MONAI's
     inference workflow has every property it requires; run by MONAI's runner over a folder of
-    images (other sizes, a grey one) it writes each image's probabilities, which are kdstyles
+    images (other sizes, a grey one, a 16-bit and a float one) it writes each image's probabilities, which are kdstyles
     predict's on the same files (float32 through the same Pillow steps: 1e-5)."""
     from monai.bundle import ConfigWorkflow, verify_net_in_out
 
@@ -321,6 +321,13 @@ def test_a_monai_bundle_runs_in_monais_runner_and_predicts_what_kdstyles_predict
     assert pred["channel_def"] == {"0": "normal", "1": "lymphocytic", "2": "tumour", "3": "stroma"}
     assert meta["kdstyles"]["networks"] == [{"name": "s1", "arch": "resnet10", "widen": 0.125, "stem": "auto"}]
     assert "arXiv:2212.02931" in " ".join(meta["references"])
+    import shutil
+
+    images = Path(shutil.copytree(images, tmp_path / "images"))
+    rng = np.random.default_rng(0)  # a 16-bit grey image and a float one: stretched to 8 bits, as kdstyles reads them
+    Image.fromarray(rng.integers(300, 40000, (20, 24)).astype(np.uint16)).save(images / "deep.png")
+    Image.fromarray(rng.normal(0, 1, (18, 18)).astype(np.float32)).save(images / "float.tif")
+    assert Image.open(images / "deep.png").mode.startswith("I") and Image.open(images / "float.tif").mode == "F"
     workflow = ConfigWorkflow(config_file=str(out / "configs" / "inference.json"), logging_file=False,
                               workflow_type="inference", bundle_root=str(out), dataset_dir=str(images))
     workflow.initialize()
@@ -329,7 +336,7 @@ def test_a_monai_bundle_runs_in_monais_runner_and_predicts_what_kdstyles_predict
                       meta_file=str(out / "configs" / "metadata.json"), device="cpu", bundle_root=str(out))
     got = bundle_probabilities(run_bundle(out, images, tmp_path / "bundle-out"))
     rows = list(csv.DictReader(predict(run_dir, [images], tmp_path / "pred", network="s1", quiet=True).open()))
-    assert sorted(got) == sorted(Path(r["path"]).name for r in rows) and len(rows) == 6
+    assert sorted(got) == sorted(Path(r["path"]).name for r in rows) and len(rows) == 8
     for r in rows:
         want = [float(r[f"p_{c}"]) for c in ("normal", "lymphocytic", "tumour", "stroma")]
         assert np.abs(np.array(got[Path(r["path"]).name]) - want).max() < 1e-5

@@ -58,13 +58,22 @@ def is_bundle(folder: Path) -> bool:
         return False
 
 
+# 16-bit, 32-bit integer and float images to 8 bits as kdstyles reads them (store.imageio._to_uint8): kept
+# where the values fit 0..255 as integers, else stretched from their minimum to their maximum
+TO_8_BIT = ("(Image.fromarray((lambda a, kind: a.astype(numpy.uint8) if kind in 'ui' and a.min() >= 0 and "
+            "a.max() <= 255 else (((a - a.min()) / (a.max() - a.min()) * 255 if a.max() > a.min() else a * 0) + 0.5)"
+            ".astype(numpy.uint8))(numpy.asarray(im).astype(numpy.float64), numpy.asarray(im).dtype.kind)) "
+            "if im.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F') else im)")
+
+
 def _image_steps(inputs: Any, preparation: dict | None, per_pixel: bool) -> tuple[list[dict], dict, tuple]:
-    """Images: read with Pillow, converted to grey or RGB and resized (bilinear) to the input as
-    kdstyles reads them (``store.imageio.convert``), channels first, scaled to [0, 1]."""
+    """Images: read with Pillow, 16-bit and float ones brought to 8 bits, converted to grey or RGB
+    and resized (bilinear) to the input as kdstyles reads them (``store.imageio.convert``),
+    channels first, scaled to [0, 1]."""
     mode, side = ("L" if inputs.channels == 1 else "RGB"), inputs.side
     steps = [
         {"_target_": "LoadImaged", "keys": "image", "reader": "PILReader", "reverse_indexing": False,
-         "converter": f"$lambda im: im.convert('{mode}').resize(({side}, {side}), Image.Resampling.BILINEAR)"},
+         "converter": f"$lambda im: {TO_8_BIT}.convert('{mode}').resize(({side}, {side}), Image.Resampling.BILINEAR)"},
         {"_target_": "EnsureChannelFirstd", "keys": "image", "channel_dim": "no_channel" if mode == "L" else -1},
         {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0.0, "a_max": 255.0, "b_min": 0.0,
          "b_max": 1.0},
