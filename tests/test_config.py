@@ -146,6 +146,7 @@ def test_demo_yaml_lists_every_key():
     demo = _flatten(read_yaml(Path(__file__).parents[1] / "configs" / "demo.yaml"))
     full = _flatten(ExperimentConfig().model_dump(mode="json"))
     assert [k for k in full if k not in demo and not k.startswith(("styles", "routing"))] == []
+    assert [k for k in demo if k not in full and not k.startswith(("styles", "routing"))] == []  # none of another source
 
 
 def _float_keys(model, prefix=""):
