@@ -268,6 +268,13 @@ def test_box_distillation_follows_the_source_where_it_is_confident():
     assert distill(source, on_object, opts) > 50 * distill(source, off_object, opts)
     no_boxes = PredictionsOptions(temperature=2, box_weight=0)
     assert distill(source, on_object, no_boxes) == pytest.approx(0, abs=1e-6)
+    # self-distillation compares a network with its shadow the same way, with a box weight of its own
+    from kdstyles.styles.self_distill import SelfOptions
+
+    mine = STYLES["self"].compute(source, on_object, SelfOptions(temperature=2), task, context)
+    assert mine == pytest.approx(float(distill(source, on_object, opts)), rel=1e-6)
+    assert STYLES["self"].compute(source, on_object, SelfOptions(temperature=2, box_weight=0), task,
+                                  context) == pytest.approx(0, abs=1e-6)
 
 
 def test_predicted_boxes_of_equal_score_come_in_class_then_corner_order(tmp_path):

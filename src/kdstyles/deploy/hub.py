@@ -36,15 +36,13 @@ HUB_FILES = ("README.md", "config.json", "model.onnx", "model.json", "model.torc
 
 def check_repo(repo: str, what: str = "--repo", namespace: bool = True) -> str:
     """An ORG/NAME (``namespace``; else NAME too) the Hub accepts, or one line saying what it refuses."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from ..models.published import hub_refuses
 
     if namespace and (repo.count("/") != 1 or not all(repo.split("/"))):
         raise KDError(f"{what} '{repo}': give ORG/NAME (your user or organisation name, then the model's name)")
-    try:
-        validate_repo_id(repo)
-    except HFValidationError:
+    if hub_refuses(repo):
         raise KDError(f"{what} '{repo}': the Hub refuses it; names use letters, digits, '-', '_' and '.', do not "
-                      "start or end with '-' or '.', hold no '--' or '..', and are at most 96 characters") from None
+                      "start or end with '-' or '.', hold no '--' or '..', and are at most 96 characters")
     return repo
 
 

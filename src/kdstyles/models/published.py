@@ -44,6 +44,17 @@ class Published:
         return read_state_dict(self.weights_path, where)
 
 
+def hub_refuses(repo: str) -> bool:
+    """Whether the Hub could hold no repository of this id (huggingface_hub's own rules)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return True
+    return False
+
+
 def is_published(source: Any) -> bool:
     """Whether a ``pretrained``/``checkpoint`` value names a published network: a Hub id, or a
     folder holding a bundle's metadata or a Hub repository's config."""
@@ -85,15 +96,11 @@ def _hub_files(source: str, where: str) -> Path:
 
     from .pretrained import hub_unreachable
 
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     repo, _, revision = source[len(HUB_PREFIX):].partition("@")
     revision = revision or None
-    try:
-        validate_repo_id(repo)
-    except HFValidationError:
+    if hub_refuses(repo):
         raise KDError(f"{where}: '{source}' names no repository the Hub could hold; give hf:ORG/NAME[@REVISION] "
-                      "(letters, digits, '-', '_', '.')") from None
+                      "(letters, digits, '-', '_', '.')")
 
     def fetch(name: str) -> Path:
         try:

@@ -52,7 +52,8 @@ def external_sets(folder: Path) -> list[str]:
     results of, in their order."""
     comparison = ComparisonFolder(folder)
     if comparison.results_path.is_file():
-        return [s for s in dict.fromkeys(r.split for r in comparison.results()) if s not in ("test", "val", "train")]
+        names = dict.fromkeys(r.split for r in comparison.results(whole=False))  # load_rows checks it whole
+        return [s for s in names if s not in ("test", "val", "train")]
     return RunFolder(folder).external_evaluated()
 
 

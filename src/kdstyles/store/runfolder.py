@@ -137,10 +137,9 @@ class Evaluation(BaseModel):
         """Result rows, one per network (what results.csv holds): the run's preset and seed (or
         those given: a comparison's variant), the checkpoint, split, run folder and the
         metrics (``columns_only``: those results.csv has columns for)."""
-        out = []
+        out, columns = [], ResultRow.metric_columns()
         for network, metrics in self.networks.items():
-            values = {k: v for k, v in (metrics | self.trust(network)).items()
-                      if not columns_only or k in ResultRow.metric_columns()}
+            values = {k: v for k, v in (metrics | self.trust(network)).items() if not columns_only or k in columns}
             out.append(ResultRow(preset=preset or self.preset or "run", seed=self.seed or 0 if seed is None else seed,
                                  network=network, checkpoint=self.checkpoint, split=self.split,
                                  run_dir=run_dir or self.run_dir or "", **values))
@@ -607,12 +606,12 @@ class ComparisonFolder:
         w.writerows(r.values() for r in rows)
         write_text(self.results_path, buf.getvalue())
 
-    def results(self, split: str | None = None) -> list[ResultRow]:
+    def results(self, split: str | None = None, whole: bool = True) -> list[ResultRow]:
         """results.csv's rows (of ``split``: the test split or an external set's name; all by
-        default), checked whole: every row complete (a file cut short ends in a row whose last
-        cells are empty) and every evaluated run of the manifest in it (one cut at a row's end
-        lacks whole runs). What is damaged is one line naming the file, never a table silently
-        left out."""
+        default), checked: every row complete (a file cut short ends in a row whose last cells
+        are empty) and, with ``whole``, every evaluated run of the manifest in it (one cut at a
+        row's end lacks whole runs; this reads each run's eval.json). What is damaged is one
+        line naming the file, never a table silently left out."""
         path = self.results_path
         again = "run the same 'kdstyles compare' command again to rebuild it (finished runs are kept)"
         cells = read_csv(path, again, required=("preset", "seed", "network", "run_dir"))
@@ -629,7 +628,7 @@ class ComparisonFolder:
                               f"{first['msg']}; {again}") from None
         listed = {(Path(r.run_dir).name, r.network) for r in rows}  # by folder name: a run_dir may be
         # relative, absolute or moved (the report resolves it by name too)
-        for run in self.manifest().runs:
+        for run in self.manifest().runs if whole else []:
             rf = RunFolder(str(run.get("run_dir", ""))) if isinstance(run, dict) else None
             if rf is None or not rf.eval_path.is_file():
                 continue

@@ -22,9 +22,18 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..common.metrics import bernoulli_kl
-from .base import StyleOptions, soften
+from .base import LogitOptions, StyleOptions, soften
+
+
+class OutputOptions(LogitOptions):
+    """Options of the styles that compare two networks' outputs by kind (``predictions``, ``self``)."""
+
+    box_weight: float = Field(1.0, ge=0, description="detection: weight of the box-channel L1 beside the "
+                                                     "heatmap's KL")
+
 
 # kind -> loss(source, target, options, classes)
 OUTPUT_KINDS: dict[str, Callable[[torch.Tensor, torch.Tensor, Any, int], torch.Tensor]] = {}
@@ -68,7 +77,7 @@ def _heatmaps(source, target, options, classes):
     kl = bernoulli_kl(F.logsigmoid(s / t), F.logsigmoid(-s / t), F.logsigmoid(d / t), F.logsigmoid(-d / t))
     heat = (kl.sum(1) * weight).sum() / norm * (t * t if options.t2_scaling else 1.0)
     box = ((source[:, k:].float() - target[:, k:].float()).abs().sum(1) * weight).sum() / norm
-    return heat + getattr(options, "box_weight", 1.0) * box  # self's options have no box_weight: 1
+    return heat + options.box_weight * box
 
 
 register_output_kind("classes", _classes)

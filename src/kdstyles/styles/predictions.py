@@ -12,15 +12,11 @@ standardization, Sun et al. 2024; :func:`kdstyles.styles.base.soften`).
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from .base import LogitOptions, Style
-from .outputs import compare_outputs, softened_kl
+from .base import Style
+from .outputs import OutputOptions, compare_outputs, softened_kl
 
 
-class PredictionsOptions(LogitOptions):
-    box_weight: float = Field(1.0, ge=0, description="detection: weight of the box-channel L1 beside the "
-                                                     "heatmap's KL")
+PredictionsOptions = OutputOptions  # its options: the temperature, T^2, standardization, detection's box weight
 
 
 class Predictions(Style):

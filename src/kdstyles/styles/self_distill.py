@@ -18,11 +18,11 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from .base import LogitOptions, Style
-from .outputs import compare_outputs, softened_kl
+from .base import Style
+from .outputs import OutputOptions, compare_outputs, softened_kl
 
 
-class SelfOptions(LogitOptions):
+class SelfOptions(OutputOptions):
     mode: Literal["ema", "epoch"] = Field(
         "ema", description="the shadow: an average of the weights after every step, or the network as it was at "
                            "the previous epoch's end")
